@@ -1,0 +1,216 @@
+//! The live server: libpq-style connection options and the backup start/stop calls.
+//!
+//! A non-exclusive backup must start and stop on one session, so `Server` holds that session
+//! for the whole backup while the files are read directly from PGDATA.
+
+use crate::error::{Error, Result};
+use crate::pg::Lsn;
+use std::str::FromStr;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// Connection options, as libpq takes them: `--dbname` may be a conninfo string or a URI;
+/// the other flags and then PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD fill the gaps.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnOpts {
+    /// Connection string or URI (as `psql -d`).
+    #[arg(short = 'd', long)]
+    pub dbname: Option<String>,
+    /// Server host or socket directory [env: PGHOST].
+    #[arg(short = 'h', long)]
+    pub host: Option<String>,
+    /// Server port [env: PGPORT].
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+    /// User name [env: PGUSER].
+    #[arg(short = 'U', long)]
+    pub username: Option<String>,
+}
+
+impl ConnOpts {
+    fn config(&self) -> Result<Config> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut cfg = match &self.dbname {
+            Some(s) if s.contains('=') || s.contains("://") => Config::from_str(s)
+                .map_err(|e| Error::BadInput(format!("invalid connection string: {e}")))?,
+            Some(db) => {
+                let mut c = Config::new();
+                c.dbname(db);
+                c
+            }
+            None => Config::new(),
+        };
+        if cfg.get_hosts().is_empty() {
+            let host = self
+                .host
+                .clone()
+                .or_else(|| env("PGHOST"))
+                .unwrap_or_else(|| "/var/run/postgresql".into());
+            for h in host.split(',') {
+                cfg.host(h);
+            }
+        }
+        if cfg.get_ports().is_empty() {
+            let port = match (self.port, env("PGPORT")) {
+                (Some(p), _) => p,
+                (None, Some(p)) => {
+                    p.parse().map_err(|_| Error::BadInput(format!("PGPORT {p:?} is not a port")))?
+                }
+                (None, None) => 5432,
+            };
+            cfg.port(port);
+        }
+        if cfg.get_user().is_none() {
+            let user = self.username.clone().or_else(|| env("PGUSER")).unwrap_or_else(os_user);
+            cfg.user(&user);
+        }
+        if cfg.get_dbname().is_none() {
+            cfg.dbname(env("PGDATABASE").as_deref().unwrap_or("postgres"));
+        }
+        if cfg.get_password().is_none() {
+            if let Some(pw) = env("PGPASSWORD") {
+                cfg.password(pw);
+            }
+        }
+        cfg.application_name("pgsnapfs");
+        Ok(cfg)
+    }
+}
+
+fn os_user() -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or null; read immediately.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return "postgres".into();
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    }
+}
+
+/// What the server says about itself.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub data_directory: String,
+    pub version_num: u32,
+    pub version: String,
+    pub system_identifier: u64,
+    pub wal_segment_size: u64,
+    pub archive_mode: String,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        self.version_num / 10000
+    }
+}
+
+/// The result of stopping a backup.
+pub struct BackupStop {
+    pub lsn: Lsn,
+    pub label_file: String,
+    pub tablespace_map: Option<String>,
+}
+
+pub struct Server {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    target: String,
+}
+
+fn pg(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Postgres { what, source }
+}
+
+impl Server {
+    pub fn connect(opts: &ConnOpts) -> Result<Server> {
+        let cfg = opts.config()?;
+        let target = format!(
+            "{:?} port {:?} as {}",
+            cfg.get_hosts(),
+            cfg.get_ports(),
+            cfg.get_user().unwrap_or("?")
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(crate::error::io("start async runtime"))?;
+        let (client, conn) = rt.block_on(cfg.connect(NoTls)).map_err(|source| {
+            Error::Failed(format!(
+                "cannot connect to PostgreSQL at {target}: {source}; is the server running? \
+                 (set --dbname, -h/-p/-U or PGHOST/PGPORT/PGUSER)"
+            ))
+        })?;
+        rt.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!("PostgreSQL connection ended: {e}");
+            }
+        });
+        Ok(Server { rt, client, target })
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn info(&self) -> Result<ServerInfo> {
+        let row = self
+            .rt
+            .block_on(self.client.query_one(
+                "SELECT current_setting('data_directory'), current_setting('server_version_num')::int, \
+                 current_setting('server_version'), (SELECT system_identifier FROM pg_control_system())::text, \
+                 (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
+                 current_setting('archive_mode')",
+                &[],
+            ))
+            .map_err(pg("read server settings"))?;
+        Ok(ServerInfo {
+            data_directory: row.get(0),
+            version_num: row.get::<_, i32>(1) as u32,
+            version: row.get(2),
+            system_identifier: row
+                .get::<_, String>(3)
+                .parse()
+                .map_err(|_| Error::Failed("server reported a bad system identifier".into()))?,
+            wal_segment_size: row.get::<_, i64>(4) as u64,
+            archive_mode: row.get(5),
+        })
+    }
+
+    /// Starts a non-exclusive backup with an immediate checkpoint.
+    pub fn backup_start(&self, label: &str, major: u32) -> Result<Lsn> {
+        let sql = if major >= 15 {
+            "SELECT pg_backup_start($1, true)::text"
+        } else {
+            "SELECT pg_start_backup($1, true, false)::text"
+        };
+        let row = self
+            .rt
+            .block_on(self.client.query_one(sql, &[&label]))
+            .map_err(pg("start the backup"))?;
+        parse_lsn(&row.get::<_, String>(0))
+    }
+
+    /// Stops the backup, waiting until the WAL it needs is archived (when archiving is on).
+    pub fn backup_stop(&self, major: u32) -> Result<BackupStop> {
+        let sql = if major >= 15 {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+        } else {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+        };
+        let row = self
+            .rt
+            .block_on(self.client.query_one(sql, &[]))
+            .map_err(pg("stop the backup"))?;
+        let map: Option<String> = row.get(2);
+        Ok(BackupStop {
+            lsn: parse_lsn(&row.get::<_, String>(0))?,
+            label_file: row.get(1),
+            tablespace_map: map.filter(|m| !m.is_empty()),
+        })
+    }
+}
+
+fn parse_lsn(s: &str) -> Result<Lsn> {
+    Lsn::from_str(s).map_err(|_| Error::Failed(format!("server returned a bad LSN {s:?}")))
+}

@@ -1,0 +1,52 @@
+//! Storage back ends: a plain object store of immutable, atomically written objects.
+//!
+//! Keys are `/`-separated paths such as `packs/ab/ab12…`; the repository layout lives in
+//! `store::layout` only. `put` never replaces a different object: content-addressed objects
+//! are idempotent to write, and anything else that collides is a bug worth stopping for.
+
+mod local;
+#[cfg(test)]
+pub mod memory;
+
+pub use local::LocalBackend;
+
+/// Why a back-end call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    #[error("object {key} already exists with different content")]
+    Conflict { key: String },
+    #[error("{op} {key}: {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BackendError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound { .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// An object store. Implementations are shared between threads.
+pub trait Backend: Send + Sync {
+    /// A human-readable location, for messages.
+    fn location(&self) -> String;
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// Up to `len` bytes from `offset`; short only at the end of the object.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// Stores `data` under `key` atomically and durably. Succeeds if an identical object is
+    /// already there; fails with `Conflict` if a different one is.
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// All keys under `prefix` (a directory-like prefix ending in `/`, or empty), sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    fn delete(&self, key: &str) -> Result<()>;
+    /// Whether `key` exists.
+    fn exists(&self, key: &str) -> Result<bool>;
+}

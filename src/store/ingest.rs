@@ -1,0 +1,352 @@
+//! Ingest: turns a directory tree on disk into chunks and tree blobs, reusing what a parent
+//! snapshot already stored.
+//!
+//! Reading stays on the calling thread, in file order, so packs keep files together; hashing
+//! and compression run on a worker pool, with a bounded window of chunks in flight. A chunk
+//! is compared first with the chunk at the same position in the parent's file, then with the
+//! blobs stored earlier in this run. Memory: the window, one pack, the parent's chunk refs of
+//! the file being read, and about 100 bytes per blob newly stored in this run.
+
+use super::pack::{encode_blob, BlobType};
+use super::tree::{encode_chunk_list, BlobRef, Chunk, Dir, Loc, Node, NodeKind, LIST_FANOUT};
+use super::{Id, Packer, Repository, StoreError};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// What to do with a path met while walking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    Keep,
+    /// Keep the directory but none of its contents.
+    Empty,
+    Skip,
+    /// A symlink to store as the directory it points to.
+    Follow,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub files: u64,
+    pub bytes: u64,
+    pub chunks_new: u64,
+    pub chunks_reused: u64,
+    pub chunks_zero: u64,
+}
+
+/// Errors while ingesting: the store's, or reading the source tree.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: file names must be UTF-8")]
+    BadName { path: String },
+}
+
+type Known = Arc<Mutex<HashMap<Id, Loc>>>;
+
+enum Outcome {
+    Zero,
+    /// Equal to the parent's chunk at the same position.
+    Same,
+    Known(Id, Loc),
+    New { id: Id, stored: Vec<u8> },
+}
+
+struct Job {
+    data: Vec<u8>,
+    expect: Option<Id>,
+    reply: Sender<Outcome>,
+}
+
+fn work(job: Job, known: &Known, level: i32) {
+    let data = &job.data;
+    let outcome = if data.iter().all(|b| *b == 0) {
+        Outcome::Zero
+    } else {
+        let id = Id::of(data);
+        let hit = known.lock().expect("known map").get(&id).copied();
+        match hit {
+            _ if job.expect == Some(id) => Outcome::Same,
+            Some(loc) => Outcome::Known(id, loc),
+            None => Outcome::New { id, stored: encode_blob(data, level) },
+        }
+    };
+    let _ = job.reply.send(outcome);
+}
+
+pub struct Ingest<'r> {
+    repo: &'r Repository,
+    packer: Packer<'r>,
+    known: Known,
+    jobs: Option<Sender<Job>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    window: usize,
+    pub stats: Stats,
+    progress: Box<dyn Fn(u64) + 'r>,
+}
+
+impl<'r> Ingest<'r> {
+    /// `progress` is called with the number of bytes read as reading goes on.
+    pub fn new(repo: &'r Repository, threads: usize, progress: Box<dyn Fn(u64) + 'r>) -> Ingest<'r> {
+        let known: Known = Arc::default();
+        let (tx, rx) = bounded::<Job>(threads * 4);
+        let level = repo.config.compression_level;
+        let workers = (0..threads.max(1))
+            .map(|_| {
+                let rx = rx.clone();
+                let known = known.clone();
+                std::thread::spawn(move || {
+                    for job in rx {
+                        work(job, &known, level);
+                    }
+                })
+            })
+            .collect();
+        Ingest {
+            repo,
+            packer: Packer::new(repo, repo.config.pack_size as usize),
+            known,
+            jobs: Some(tx),
+            workers,
+            window: threads.max(1) * 4,
+            stats: Stats::default(),
+            progress,
+        }
+    }
+
+    /// Stores a tree or list blob unless the parent's blob or one from this run is identical.
+    fn store_blob(&mut self, kind: BlobType, data: &[u8], parent: Option<&BlobRef>) -> Result<BlobRef, StoreError> {
+        let id = Id::of(data);
+        if let Some(p) = parent.filter(|p| p.id == id) {
+            return Ok(*p);
+        }
+        if let Some(loc) = self.known.lock().expect("known map").get(&id) {
+            return Ok(BlobRef { id, loc: *loc, len: data.len() as u32 });
+        }
+        let r = self.packer.add_blob(kind, data)?;
+        self.known.lock().expect("known map").insert(id, r.loc);
+        Ok(r)
+    }
+
+    fn resolve(&mut self, outcome: Outcome, len: u32, parent: Option<&Chunk>) -> Result<Chunk, StoreError> {
+        Ok(match outcome {
+            Outcome::Zero => {
+                self.stats.chunks_zero += 1;
+                Chunk { id: Id::default(), len, loc: None }
+            }
+            Outcome::Same => {
+                self.stats.chunks_reused += 1;
+                *parent.expect("Same only when the parent has a chunk here")
+            }
+            Outcome::Known(id, loc) => {
+                self.stats.chunks_reused += 1;
+                Chunk { id, len, loc: Some(loc) }
+            }
+            Outcome::New { id, stored } => {
+                let hit = self.known.lock().expect("known map").get(&id).copied();
+                let loc = match hit {
+                    // Another worker stored the same chunk while this one compressed it.
+                    Some(loc) => loc,
+                    None => {
+                        let loc = self.packer.add(id, BlobType::Data, &stored, len)?;
+                        self.known.lock().expect("known map").insert(id, loc);
+                        self.stats.chunks_new += 1;
+                        loc
+                    }
+                };
+                Chunk { id, len, loc: Some(loc) }
+            }
+        })
+    }
+
+    /// Chunks a stream; returns its size and chunk-list refs.
+    fn ingest_stream(
+        &mut self,
+        mut reader: impl Read,
+        path: &str,
+        parent_lists: &[BlobRef],
+    ) -> Result<(u64, Vec<BlobRef>), IngestError> {
+        let parent_chunks = self.repo.file_chunks(parent_lists)?;
+        let chunk_size = self.repo.config.chunk_size as usize;
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut pending: VecDeque<(Receiver<Outcome>, u32)> = VecDeque::new();
+        let mut size = 0u64;
+        loop {
+            let mut buf = vec![0u8; chunk_size];
+            let n = read_full(&mut reader, &mut buf)
+                .map_err(|source| IngestError::Read { path: path.to_string(), source })?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            size += n as u64;
+            (self.progress)(n as u64);
+            let idx = chunks.len() + pending.len();
+            let expect = parent_chunks.get(idx).filter(|c| c.len as usize == n).map(|c| c.id);
+            let (reply, rx) = bounded(1);
+            let job = Job { data: buf, expect, reply };
+            self.jobs.as_ref().expect("pool open").send(job).expect("workers alive");
+            pending.push_back((rx, n as u32));
+            if pending.len() >= self.window {
+                self.resolve_next(&mut pending, &mut chunks, &parent_chunks)?;
+            }
+            if n < chunk_size {
+                break;
+            }
+        }
+        while !pending.is_empty() {
+            self.resolve_next(&mut pending, &mut chunks, &parent_chunks)?;
+        }
+        let mut lists = Vec::with_capacity(chunks.len().div_ceil(LIST_FANOUT));
+        for (i, part) in chunks.chunks(LIST_FANOUT).enumerate() {
+            let data = encode_chunk_list(part);
+            lists.push(self.store_blob(BlobType::ChunkList, &data, parent_lists.get(i))?);
+        }
+        Ok((size, lists))
+    }
+
+    fn resolve_next(
+        &mut self,
+        pending: &mut VecDeque<(Receiver<Outcome>, u32)>,
+        chunks: &mut Vec<Chunk>,
+        parent_chunks: &[Chunk],
+    ) -> Result<(), StoreError> {
+        let (rx, len) = pending.pop_front().expect("pending is not empty");
+        let outcome = rx.recv().expect("worker replies");
+        let chunk = self.resolve(outcome, len, parent_chunks.get(chunks.len()))?;
+        chunks.push(chunk);
+        Ok(())
+    }
+
+    /// A file node for in-memory content (such as a backup_label).
+    pub fn file_from_bytes(&mut self, name: &str, data: &[u8], mode: u32, mtime: i64) -> Result<Node, IngestError> {
+        let (size, lists) = self.ingest_stream(data, name, &[])?;
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        Ok(Node { name: name.into(), mode, mtime, kind: NodeKind::File { size, lists } })
+    }
+
+    /// Writes a directory blob from its (unsorted) entries.
+    pub fn write_dir(&mut self, mut entries: Vec<Node>, parent: Option<&BlobRef>) -> Result<BlobRef, StoreError> {
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let data = serde_json::to_vec(&Dir { entries }).expect("tree serializes");
+        self.store_blob(BlobType::Tree, &data, parent)
+    }
+
+    /// Reads the entries of directory `path` (relative name `rel`, "" for the root).
+    pub fn read_dir(
+        &mut self,
+        path: &Path,
+        rel: &str,
+        parent: Option<&BlobRef>,
+        filter: &dyn Fn(&str, &fs::Metadata) -> Visit,
+    ) -> Result<Vec<Node>, IngestError> {
+        let parent_dir = match parent {
+            Some(r) => Some(self.repo.load_dir(r)?),
+            None => None,
+        };
+        let read_err = |source| IngestError::Read { path: path.display().to_string(), source };
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path).map_err(read_err)? {
+            let entry = entry.map_err(read_err)?;
+            let name = entry.file_name().into_string().map_err(|n| IngestError::BadName {
+                path: path.join(n).display().to_string(),
+            })?;
+            names.push(name);
+        }
+        names.sort();
+        let mut nodes = Vec::new();
+        for name in names {
+            let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let child = path.join(&name);
+            let meta = match fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                // Dropped while we walked: WAL replay accounts for it.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(source) => return Err(IngestError::Read { path: child.display().to_string(), source }),
+            };
+            let prev = parent_dir.as_ref().and_then(|d| d.get(&name));
+            let visit = filter(&child_rel, &meta);
+            let meta = match visit {
+                Visit::Follow => fs::metadata(&child)
+                    .map_err(|source| IngestError::Read { path: child.display().to_string(), source })?,
+                _ => meta,
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            let mtime = meta.mtime();
+            let kind = match visit {
+                Visit::Skip => continue,
+                Visit::Empty => NodeKind::Dir { tree: self.write_dir(Vec::new(), None)? },
+                _ if meta.is_dir() => {
+                    let prev_tree = match prev.map(|n| &n.kind) {
+                        Some(NodeKind::Dir { tree }) => Some(tree),
+                        _ => None,
+                    };
+                    let entries = self.read_dir(&child, &child_rel, prev_tree, filter)?;
+                    NodeKind::Dir { tree: self.write_dir(entries, prev_tree)? }
+                }
+                _ if meta.file_type().is_symlink() => {
+                    let target = fs::read_link(&child)
+                        .map_err(|source| IngestError::Read { path: child.display().to_string(), source })?;
+                    NodeKind::Symlink { target: target.to_string_lossy().into_owned() }
+                }
+                _ if meta.is_file() => {
+                    let file = match File::open(&child) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(source) => return Err(IngestError::Read { path: child.display().to_string(), source }),
+                    };
+                    let prev_lists: &[BlobRef] = match prev.map(|n| &n.kind) {
+                        Some(NodeKind::File { lists, .. }) => lists,
+                        _ => &[],
+                    };
+                    let (size, lists) = self.ingest_stream(file, &child.display().to_string(), prev_lists)?;
+                    self.stats.files += 1;
+                    self.stats.bytes += size;
+                    NodeKind::File { size, lists }
+                }
+                _ => {
+                    tracing::warn!("skipping {}: not a file, directory or symlink", child.display());
+                    continue;
+                }
+            };
+            nodes.push(Node { name, mode, mtime, kind });
+        }
+        Ok(nodes)
+    }
+
+    /// Writes the last pack. Returns the bytes this ingest added to the repository.
+    pub fn finish(mut self) -> Result<(Stats, u64), StoreError> {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.packer.flush()?;
+        Ok((self.stats.clone(), self.packer.bytes_written))
+    }
+}
+
+/// Reads until `buf` is full or the stream ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

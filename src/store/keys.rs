@@ -1,0 +1,49 @@
+//! Object keys: the only place the repository layout is spelled out.
+
+use super::Id;
+
+pub const CONFIG: &str = "config";
+pub const SNAPSHOTS: &str = "snapshots/";
+pub const PACKS: &str = "packs/";
+pub const WAL: &str = "wal/";
+pub const SYSTEMS: &str = "systems/";
+
+pub fn pack(id: &Id) -> String {
+    let hex = id.to_hex();
+    format!("{PACKS}{}/{hex}", &hex[..2])
+}
+
+pub fn snapshot(id: &str) -> String {
+    format!("{SNAPSHOTS}{id}")
+}
+
+pub fn system(sysid: u64) -> String {
+    format!("{SYSTEMS}{sysid}")
+}
+
+/// The prefix holding all WAL of one cluster.
+pub fn wal_system(sysid: u64) -> String {
+    format!("{WAL}{sysid}/")
+}
+
+/// An archived WAL file (segment, partial, history or backup file) of one cluster.
+pub fn wal_file(sysid: u64, tli: u32, name: &str) -> String {
+    format!("{WAL}{sysid}/{tli:08X}/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_keys() {
+        let id = Id::of(b"x");
+        assert_eq!(pack(&id), format!("packs/{}/{}", &id.to_hex()[..2], id.to_hex()));
+        assert_eq!(snapshot("20261121T054012Z"), "snapshots/20261121T054012Z");
+        assert_eq!(
+            wal_file(7, 2, "000000020000000000000003"),
+            "wal/7/00000002/000000020000000000000003"
+        );
+        assert_eq!(system(7), "systems/7");
+    }
+}

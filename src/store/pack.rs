@@ -1,0 +1,195 @@
+//! Packs: large objects holding many blobs (data chunks and tree blobs) in the order written.
+//!
+//! `"PGSNPK01" || blob… || entry… || u32 entry count || "PGSNPKIX"`; an entry is
+//! `id (32) || u8 type || 3 zero bytes || u32 offset || u32 stored length || u32 length`
+//! (little endian, 48 bytes). The entry table sits at the end so blobs stream out as they are
+//! compressed, and the table alone lets `check` and `gc` rebuild what a pack holds without any
+//! other object. A blob whose stored length equals its length is raw; otherwise it is one zstd
+//! frame. A pack's name is random, fixed when the pack is opened, so references to its blobs
+//! can be written before it is full; integrity rests on each blob's own hash.
+
+use super::{Id, StoreError};
+
+pub const MAGIC: &[u8; 8] = b"PGSNPK01";
+pub const TRAILER_MAGIC: &[u8; 8] = b"PGSNPKIX";
+pub const ENTRY_LEN: usize = 48;
+/// No blob is larger: chunks are at most 16 MiB and tree blobs far smaller.
+pub const MAX_BLOB_LEN: u32 = 64 << 20;
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobType {
+    Data = 0,
+    Tree = 1,
+    ChunkList = 2,
+}
+
+impl BlobType {
+    fn from_u8(v: u8) -> Option<BlobType> {
+        match v {
+            0 => Some(BlobType::Data),
+            1 => Some(BlobType::Tree),
+            2 => Some(BlobType::ChunkList),
+            _ => None,
+        }
+    }
+}
+
+/// One blob's place in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub id: Id,
+    pub kind: BlobType,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub len: u32,
+}
+
+/// Compresses a blob for storage: one zstd frame if that is smaller, else the raw bytes.
+pub fn encode_blob(data: &[u8], level: i32) -> Vec<u8> {
+    match zstd::bulk::compress(data, level) {
+        Ok(c) if c.len() < data.len() => c,
+        _ => data.to_vec(),
+    }
+}
+
+/// Turns stored blob bytes back into the blob and checks them against `id`.
+pub fn decode_blob(stored: &[u8], len: u32, id: &Id, pack: &str) -> Result<Vec<u8>, StoreError> {
+    if len > MAX_BLOB_LEN {
+        return Err(StoreError::corrupt(pack, format!("blob {id}: implausible length {len}")));
+    }
+    let data = if stored.len() == len as usize {
+        stored.to_vec()
+    } else {
+        zstd::bulk::decompress(stored, len as usize)
+            .map_err(|e| StoreError::corrupt(pack, format!("blob {id}: cannot decompress: {e}")))?
+    };
+    if data.len() != len as usize || Id::of(&data) != *id {
+        return Err(StoreError::corrupt(pack, format!("blob {id}: checksum mismatch")));
+    }
+    Ok(data)
+}
+
+/// Builds one pack in memory; the caller bounds its size.
+pub struct PackWriter {
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl Default for PackWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackWriter {
+    pub fn new() -> PackWriter {
+        PackWriter { buf: MAGIC.to_vec(), entries: Vec::new() }
+    }
+
+    /// Appends an already encoded blob and returns its entry.
+    pub fn add(&mut self, id: Id, kind: BlobType, stored: &[u8], len: u32) -> Entry {
+        let entry = Entry {
+            id,
+            kind,
+            offset: self.buf.len() as u32,
+            stored_len: stored.len() as u32,
+            len,
+        };
+        self.buf.extend_from_slice(stored);
+        self.entries.push(entry);
+        entry
+    }
+
+    pub fn size(&self) -> usize {
+        self.buf.len() + self.entries.len() * ENTRY_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends the entry table and returns the pack's bytes.
+    pub fn finish(mut self) -> (Vec<u8>, Vec<Entry>) {
+        for e in &self.entries {
+            self.buf.extend_from_slice(&e.id.0);
+            self.buf.extend_from_slice(&[e.kind as u8, 0, 0, 0]);
+            self.buf.extend_from_slice(&e.offset.to_le_bytes());
+            self.buf.extend_from_slice(&e.stored_len.to_le_bytes());
+            self.buf.extend_from_slice(&e.len.to_le_bytes());
+        }
+        self.buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(TRAILER_MAGIC);
+        (self.buf, self.entries)
+    }
+}
+
+/// The length of the trailer read first when listing a pack: count and magic.
+pub const TAIL_LEN: usize = 12;
+
+/// Parses the count from the last `TAIL_LEN` bytes of a pack.
+pub fn parse_tail(tail: &[u8], pack: &str) -> Result<u32, StoreError> {
+    if tail.len() != TAIL_LEN || &tail[4..] != TRAILER_MAGIC {
+        return Err(StoreError::corrupt(pack, "bad pack trailer"));
+    }
+    Ok(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")))
+}
+
+/// Parses an entry table (without the tail), checking every entry lies inside the blob area.
+pub fn parse_entries(table: &[u8], pack_len: u64, pack: &str) -> Result<Vec<Entry>, StoreError> {
+    if table.len() % ENTRY_LEN != 0 {
+        return Err(StoreError::corrupt(pack, "bad entry table length"));
+    }
+    let blob_end = pack_len.saturating_sub((table.len() + TAIL_LEN) as u64);
+    table
+        .chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            let u32_at = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&e[..32]);
+            let entry = Entry {
+                id: Id(id),
+                kind: BlobType::from_u8(e[32])
+                    .ok_or_else(|| StoreError::corrupt(pack, "unknown blob type"))?,
+                offset: u32_at(36),
+                stored_len: u32_at(40),
+                len: u32_at(44),
+            };
+            if (entry.offset as u64) < MAGIC.len() as u64
+                || entry.offset as u64 + entry.stored_len as u64 > blob_end
+            {
+                return Err(StoreError::corrupt(pack, format!("entry {} out of bounds", entry.id)));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_layout_and_round_trip() {
+        let mut w = PackWriter::new();
+        let blob = b"page".repeat(100);
+        let stored = encode_blob(&blob, 3);
+        let e = w.add(Id::of(&blob), BlobType::Data, &stored, blob.len() as u32);
+        assert_eq!(e.offset, 8);
+        let (bytes, entries) = w.finish();
+        assert_eq!(&bytes[..8], MAGIC);
+        assert_eq!(bytes.len(), 8 + stored.len() + ENTRY_LEN + TAIL_LEN);
+        let n = parse_tail(&bytes[bytes.len() - TAIL_LEN..], "p").unwrap();
+        assert_eq!(n, 1);
+        let table_start = bytes.len() - TAIL_LEN - ENTRY_LEN;
+        let parsed =
+            parse_entries(&bytes[table_start..bytes.len() - TAIL_LEN], bytes.len() as u64, "p")
+                .unwrap();
+        assert_eq!(parsed, entries);
+        let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
+        assert_eq!(decode_blob(s, e.len, &e.id, "p").unwrap(), blob);
+        let mut bad = s.to_vec();
+        bad[3] ^= 1;
+        assert!(decode_blob(&bad, e.len, &e.id, "p").is_err());
+    }
+}

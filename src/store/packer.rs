@@ -1,0 +1,59 @@
+//! The packer: groups blobs into packs of about `target` bytes and writes each when full.
+
+use super::pack::{BlobType, PackWriter};
+use super::tree::Loc;
+use super::{keys, Id, Repository, StoreError};
+
+pub struct Packer<'a> {
+    repo: &'a Repository,
+    target: usize,
+    current: Option<(Id, PackWriter)>,
+    /// Bytes of packs written so far, the "newly stored" figure of a backup.
+    pub bytes_written: u64,
+    pub packs_written: u64,
+}
+
+/// A fresh random pack name: packs are named before their content is known.
+fn random_id() -> Id {
+    let mut buf = [0u8; 32];
+    // SAFETY: buf is a valid writable buffer of the given length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    assert_eq!(n, 32, "getrandom failed");
+    Id(buf)
+}
+
+impl<'a> Packer<'a> {
+    pub fn new(repo: &'a Repository, target: usize) -> Packer<'a> {
+        Packer { repo, target, current: None, bytes_written: 0, packs_written: 0 }
+    }
+
+    /// Adds an encoded blob (see `pack::encode_blob`) and returns where it will be.
+    pub fn add(&mut self, id: Id, kind: BlobType, stored: &[u8], len: u32) -> Result<Loc, StoreError> {
+        let (pack, writer) = self.current.get_or_insert_with(|| (random_id(), PackWriter::new()));
+        let e = writer.add(id, kind, stored, len);
+        let loc = Loc { pack: *pack, offset: e.offset, stored_len: e.stored_len };
+        if writer.size() >= self.target {
+            self.flush()?;
+        }
+        Ok(loc)
+    }
+
+    /// Encodes and adds a blob.
+    pub fn add_blob(&mut self, kind: BlobType, data: &[u8]) -> Result<super::tree::BlobRef, StoreError> {
+        let id = Id::of(data);
+        let stored = super::pack::encode_blob(data, self.repo.config.compression_level);
+        let loc = self.add(id, kind, &stored, data.len() as u32)?;
+        Ok(super::tree::BlobRef { id, loc, len: data.len() as u32 })
+    }
+
+    /// Writes the open pack, if any. After this every returned `Loc` is durable.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if let Some((id, writer)) = self.current.take() {
+            let (bytes, _) = writer.finish();
+            self.repo.backend().put(&keys::pack(&id), &bytes)?;
+            self.bytes_written += bytes.len() as u64;
+            self.packs_written += 1;
+        }
+        Ok(())
+    }
+}

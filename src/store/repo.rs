@@ -1,0 +1,234 @@
+//! The repository: its config, and typed reads and writes of blobs, trees and snapshots.
+
+use super::backend::{Backend, LocalBackend};
+use super::snapshot::Snapshot;
+use super::tree::{decode_chunk_list, BlobRef, Chunk, Dir, Loc};
+use super::{keys, object, pack, Id, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The repository format version this build reads and writes.
+pub const VERSION: u32 = 1;
+
+/// The `config` object: plain JSON, so the version can be read before anything else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub version: u32,
+    pub id: String,
+    /// Bytes per chunk: a multiple of the 8 KiB PostgreSQL page.
+    pub chunk_size: u32,
+    pub compression_level: i32,
+    /// Target size of a pack in bytes.
+    pub pack_size: u32,
+    pub created: DateTime<Utc>,
+}
+
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    pub config: Config,
+}
+
+/// Opens the back end a `--repo` value names. Only local directories exist so far.
+pub fn open_backend(spec: &str) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(Arc::new(LocalBackend::open(Path::new(spec))))
+}
+
+impl Repository {
+    /// Creates a repository in an empty (or missing) location.
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        chunk_size: u32,
+        compression_level: i32,
+    ) -> Result<Repository, StoreError> {
+        if chunk_size == 0 || chunk_size % 8192 != 0 || chunk_size > 16 << 20 {
+            return Err(StoreError::BadSetting(format!(
+                "chunk size {chunk_size} must be a multiple of 8 KiB, at most 16 MiB"
+            )));
+        }
+        if !(1..=22).contains(&compression_level) {
+            return Err(StoreError::BadSetting(format!(
+                "compression level {compression_level} must be between 1 and 22"
+            )));
+        }
+        if !backend.list("")?.is_empty() {
+            return Err(StoreError::NotEmpty { location: backend.location() });
+        }
+        let config = Config {
+            version: VERSION,
+            id: Id::of(format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes())
+                .to_hex()[..16]
+                .to_string(),
+            chunk_size,
+            compression_level,
+            pack_size: 32 << 20,
+            created: Utc::now(),
+        };
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        backend.put(keys::CONFIG, &json)?;
+        Ok(Repository { backend, config })
+    }
+
+    /// Opens an existing repository, refusing formats this build does not know.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Repository, StoreError> {
+        let raw = match backend.get(keys::CONFIG) {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => {
+                return Err(StoreError::NotARepository(backend.location()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let v: Versioned = serde_json::from_slice(&raw)
+            .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
+        if v.version != VERSION {
+            return Err(StoreError::Version {
+                location: backend.location(),
+                found: v.version,
+                supported: VERSION,
+            });
+        }
+        let config: Config = serde_json::from_slice(&raw)
+            .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
+        Ok(Repository { backend, config })
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// Reads one blob and verifies it against its id.
+    pub fn read_blob(&self, id: &Id, loc: &Loc, len: u32) -> Result<Vec<u8>, StoreError> {
+        let key = keys::pack(&loc.pack);
+        let stored = self.backend.get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
+        if stored.len() != loc.stored_len as usize {
+            return Err(StoreError::corrupt(&key, format!("blob {id} is truncated")));
+        }
+        pack::decode_blob(&stored, len, id, &key)
+    }
+
+    /// A chunk's bytes: zeros for an all-zero chunk, otherwise the verified blob.
+    pub fn read_chunk(&self, c: &Chunk) -> Result<Vec<u8>, StoreError> {
+        match &c.loc {
+            None => Ok(vec![0; c.len as usize]),
+            Some(loc) => self.read_blob(&c.id, loc, c.len),
+        }
+    }
+
+    pub fn load_dir(&self, r: &BlobRef) -> Result<Dir, StoreError> {
+        let data = self.read_blob(&r.id, &r.loc, r.len)?;
+        serde_json::from_slice(&data)
+            .map_err(|e| StoreError::corrupt(format!("tree {}", r.id), e.to_string()))
+    }
+
+    pub fn load_chunk_list(&self, r: &BlobRef) -> Result<Vec<Chunk>, StoreError> {
+        let data = self.read_blob(&r.id, &r.loc, r.len)?;
+        decode_chunk_list(&data, &format!("chunk list {}", r.id))
+    }
+
+    /// Every chunk of a file, in order.
+    pub fn file_chunks(&self, lists: &[BlobRef]) -> Result<Vec<Chunk>, StoreError> {
+        let mut out = Vec::new();
+        for r in lists {
+            out.extend(self.load_chunk_list(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes a sealed object (see `object`).
+    pub fn put_sealed(&self, key: &str, payload: &[u8]) -> Result<(), StoreError> {
+        Ok(self.backend.put(key, &object::seal(payload, self.config.compression_level))?)
+    }
+
+    pub fn get_sealed(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        object::open(&self.backend.get(key)?, key)
+    }
+
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .backend
+            .list(keys::SNAPSHOTS)?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(keys::SNAPSHOTS).map(str::to_string))
+            .collect())
+    }
+
+    pub fn load_snapshot(&self, id: &str) -> Result<Snapshot, StoreError> {
+        let key = keys::snapshot(id);
+        let payload = match self.get_sealed(&key) {
+            Err(StoreError::Backend(e)) if e.is_not_found() => {
+                return Err(StoreError::NoSuchBackup(id.to_string()))
+            }
+            other => other?,
+        };
+        serde_json::from_slice(&payload).map_err(|e| StoreError::corrupt(key, e.to_string()))
+    }
+
+    /// All snapshots, oldest first. A manifest that fails to load is returned as an error
+    /// in its slot so one corrupt backup does not hide the others.
+    pub fn snapshots(&self) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
+        let mut all: Vec<_> = self.snapshot_ids()?.iter().map(|id| self.load_snapshot(id)).collect();
+        all.sort_by_key(|s| s.as_ref().map(|s| s.stop_time).ok());
+        Ok(all)
+    }
+
+    /// Publishes a backup. The caller has flushed every pack the snapshot references.
+    pub fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        let json = serde_json::to_vec_pretty(s).expect("snapshot serializes");
+        self.put_sealed(&keys::snapshot(&s.id), &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::backend::memory::MemoryBackend;
+    use super::super::pack::BlobType;
+    use super::super::Packer;
+    use super::*;
+
+    #[test]
+    fn init_open_and_blob_round_trip() {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let repo = Repository::init(backend.clone(), 65536, 3).unwrap();
+        assert!(matches!(
+            Repository::init(backend.clone(), 65536, 3),
+            Err(StoreError::NotEmpty { .. })
+        ));
+        let repo2 = Repository::open(backend.clone()).unwrap();
+        assert_eq!(repo2.config.chunk_size, 65536);
+
+        let mut packer = Packer::new(&repo, 1 << 20);
+        let blob = vec![7u8; 100_000];
+        let r = packer.add_blob(BlobType::Data, &blob).unwrap();
+        packer.flush().unwrap();
+        assert_eq!(repo.read_blob(&r.id, &r.loc, r.len).unwrap(), blob);
+    }
+
+    #[test]
+    fn corrupt_blob_is_reported_not_served() {
+        let mem = Arc::new(MemoryBackend::default());
+        let repo = Repository::init(mem.clone(), 65536, 3).unwrap();
+        let mut packer = Packer::new(&repo, 1 << 20);
+        let r = packer.add_blob(BlobType::Data, &[1u8; 5000]).unwrap();
+        packer.flush().unwrap();
+        mem.tamper(&keys::pack(&r.loc.pack), |b| b[r.loc.offset as usize + 2] ^= 1);
+        let err = repo.read_blob(&r.id, &r.loc, r.len).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&r.loc.pack.to_hex()), "{err}");
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        mem.put(keys::CONFIG, br#"{"version": 999}"#).unwrap();
+        assert!(matches!(Repository::open(mem), Err(StoreError::Version { found: 999, .. })));
+    }
+}

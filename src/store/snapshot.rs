@@ -1,0 +1,73 @@
+//! Snapshot manifests: one sealed JSON object per finished backup, written last.
+//!
+//! A manifest's existence is what makes a backup visible, so it is the final write of a
+//! backup, after every pack it references is durable.
+
+use super::tree::BlobRef;
+use crate::pg::Lsn;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The manifest format written by this version.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    /// Where the tablespace lived on the backed-up host.
+    pub location: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub format: u32,
+    pub id: String,
+    /// As a string: JSON readers lose precision on 64-bit integers.
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub pg_version: String,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    pub wal_segment_size: u64,
+    pub label: String,
+    pub backup_label: String,
+    pub tablespace_map: Option<String>,
+    pub tablespaces: Vec<Tablespace>,
+    /// Bytes of all files in the backup.
+    pub size_logical: u64,
+    /// Bytes this backup added to the repository (compressed, including tree blobs).
+    pub size_stored_new: u64,
+    pub files: u64,
+    pub chunk_size: u32,
+    /// The backup whose tree was compared against to reuse unchanged chunks.
+    pub parent: Option<String>,
+    pub root: BlobRef,
+}
+
+impl Snapshot {
+    pub fn sysid(&self) -> u64 {
+        self.system_identifier.parse().unwrap_or(0)
+    }
+}
+
+/// A backup id from its start time: sortable, readable, and safe as a file name.
+pub fn id_for(time: DateTime<Utc>) -> String {
+    time.format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ids_sort_by_time() {
+        let a = id_for(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap());
+        let b = id_for(Utc.with_ymd_and_hms(2026, 11, 2, 3, 4, 5).unwrap());
+        assert_eq!(a, "20260102T030405Z");
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,184 @@
+//! The snapshot tree: directories (JSON tree blobs) → files → chunk lists (binary blobs).
+//!
+//! Every node is a content-addressed blob in a pack, so an unchanged directory or file list
+//! costs nothing in the next backup. A file's chunks are split into lists of at most
+//! `LIST_FANOUT` chunks: a 1 GiB relation segment with a few changed pages rewrites a few
+//! lists, not one list of every chunk. References carry the blob's location, so reading a
+//! backup needs no repository-wide index.
+
+use super::{Id, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// Chunks per chunk-list blob: 1024 × 48 bytes ≈ 48 KiB per list.
+pub const LIST_FANOUT: usize = 1024;
+const CHUNK_REF_LEN: usize = 48;
+const ZERO_PACK: u32 = u32::MAX;
+
+/// Where a blob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Loc {
+    pub pack: Id,
+    pub offset: u32,
+    pub stored_len: u32,
+}
+
+/// A reference to a tree or chunk-list blob, as written in tree JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub id: Id,
+    #[serde(flatten)]
+    pub loc: Loc,
+    pub len: u32,
+}
+
+/// One fixed-size piece of a file. `loc == None` marks an all-zero chunk, which is never
+/// stored (and whose `id` is all zeros).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub id: Id,
+    pub len: u32,
+    pub loc: Option<Loc>,
+}
+
+/// Encodes a chunk list: `u32 pack count || pack ids || u32 chunk count || chunk refs`, each
+/// ref `id || u32 pack index (u32::MAX = zeros) || u32 offset || u32 stored length || u32
+/// length`, little endian. The pack table keeps refs at 48 bytes instead of 80.
+pub fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
+    let mut packs: Vec<Id> = Vec::new();
+    let mut refs = Vec::with_capacity(chunks.len() * CHUNK_REF_LEN);
+    for c in chunks {
+        let (idx, offset, stored) = match c.loc {
+            None => (ZERO_PACK, 0, 0),
+            Some(loc) => {
+                // Lists are short and packs few, so a linear search beats a map here.
+                let idx = match packs.iter().rposition(|p| *p == loc.pack) {
+                    Some(i) => i,
+                    None => {
+                        packs.push(loc.pack);
+                        packs.len() - 1
+                    }
+                };
+                (idx as u32, loc.offset, loc.stored_len)
+            }
+        };
+        refs.extend_from_slice(&c.id.0);
+        for v in [idx, offset, stored, c.len] {
+            refs.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let mut out = Vec::with_capacity(8 + packs.len() * 32 + refs.len());
+    out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    for p in &packs {
+        out.extend_from_slice(&p.0);
+    }
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    out.extend_from_slice(&refs);
+    out
+}
+
+pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreError> {
+    let bad = || StoreError::corrupt(name, "malformed chunk list");
+    let u32_at = |i: usize| -> Result<u32, StoreError> {
+        let b = data.get(i..i + 4).ok_or_else(bad)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let id_at = |i: usize| -> Result<Id, StoreError> {
+        let b = data.get(i..i + 32).ok_or_else(bad)?;
+        Ok(Id(b.try_into().expect("32 bytes")))
+    };
+    let npacks = u32_at(0)? as usize;
+    let packs = (0..npacks).map(|i| id_at(4 + i * 32)).collect::<Result<Vec<_>, _>>()?;
+    let base = 4 + npacks * 32;
+    let n = u32_at(base)? as usize;
+    if data.len() != base + 4 + n * CHUNK_REF_LEN {
+        return Err(bad());
+    }
+    (0..n)
+        .map(|i| {
+            let at = base + 4 + i * CHUNK_REF_LEN;
+            let idx = u32_at(at + 32)?;
+            let loc = match idx {
+                ZERO_PACK => None,
+                i => Some(Loc {
+                    pack: *packs.get(i as usize).ok_or_else(bad)?,
+                    offset: u32_at(at + 36)?,
+                    stored_len: u32_at(at + 40)?,
+                }),
+            };
+            Ok(Chunk { id: id_at(at)?, len: u32_at(at + 44)?, loc })
+        })
+        .collect()
+}
+
+/// A directory tree blob. Entries are sorted by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dir {
+    pub entries: Vec<Node>,
+}
+
+impl Dir {
+    pub fn get(&self, name: &str) -> Option<&Node> {
+        self.entries
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Seconds since the Unix epoch.
+    pub mtime: i64,
+    #[serde(flatten)]
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NodeKind {
+    Dir { tree: BlobRef },
+    File { size: u64, lists: Vec<BlobRef> },
+    Symlink { target: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_list_round_trip() {
+        let p1 = Id::of(b"p1");
+        let p2 = Id::of(b"p2");
+        let chunks = vec![
+            Chunk { id: Id::of(b"a"), len: 65536, loc: Some(Loc { pack: p1, offset: 8, stored_len: 100 }) },
+            Chunk { id: Id::default(), len: 65536, loc: None },
+            Chunk { id: Id::of(b"b"), len: 100, loc: Some(Loc { pack: p2, offset: 9, stored_len: 50 }) },
+            Chunk { id: Id::of(b"c"), len: 7, loc: Some(Loc { pack: p1, offset: 200, stored_len: 7 }) },
+        ];
+        let enc = encode_chunk_list(&chunks);
+        assert_eq!(enc.len(), 4 + 2 * 32 + 4 + 4 * 48);
+        assert_eq!(decode_chunk_list(&enc, "x").unwrap(), chunks);
+        assert!(decode_chunk_list(&enc[..enc.len() - 1], "x").is_err());
+    }
+
+    #[test]
+    fn dir_json_shape() {
+        let loc = Loc { pack: Id::of(b"p"), offset: 8, stored_len: 10 };
+        let dir = Dir {
+            entries: vec![
+                Node { name: "PG_VERSION".into(), mode: 0o600, mtime: 1, kind: NodeKind::File { size: 3, lists: vec![BlobRef { id: Id::of(b"l"), loc, len: 10 }] } },
+                Node { name: "base".into(), mode: 0o700, mtime: 1, kind: NodeKind::Dir { tree: BlobRef { id: Id::of(b"t"), loc, len: 10 } } },
+                Node { name: "pg_wal".into(), mode: 0o777, mtime: 1, kind: NodeKind::Symlink { target: "/x".into() } },
+            ],
+        };
+        let json = serde_json::to_string(&dir).unwrap();
+        assert!(json.contains(r#""type":"file""#), "{json}");
+        assert!(json.contains(r#""stored_len":10"#), "{json}");
+        assert_eq!(serde_json::from_str::<Dir>(&json).unwrap(), dir);
+        assert!(dir.get("base").is_some());
+        assert!(dir.get("nope").is_none());
+    }
+}
