@@ -1,0 +1,342 @@
+//! One file's copy-on-write data: the set of written blocks and a sparse scratch file that
+//! holds them at their own offsets. Unwritten blocks come from the source up to
+//! `source_len` and read as zeros past it. Invariant: the scratch file is zero outside
+//! written blocks and at or past `size`, so shrinking is `set_len` and growing is free.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use crate::source::{NodeId, Source};
+use crate::Error;
+
+/// The copy-on-write state of one regular file.
+#[derive(Debug)]
+pub(crate) struct CowFile {
+    /// The source node whose bytes show through, if the file came from the source.
+    origin: Option<NodeId>,
+    path: PathBuf,
+    block_size: u64,
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    size: u64,
+    mtime: SystemTime,
+    /// Bytes below this that are not in a written block come from the source. Only ever
+    /// shrinks (truncation), so bytes cut off and regrown read as zeros.
+    source_len: u64,
+    written: Blocks,
+    /// Created on the first write, so a file that is only truncated or grown costs nothing.
+    data: Option<File>,
+}
+
+impl CowFile {
+    /// State for a file of `size` bytes whose bytes show through from `origin`.
+    pub(crate) fn new(
+        origin: Option<NodeId>,
+        size: u64,
+        mtime: SystemTime,
+        path: PathBuf,
+        block_size: u32,
+    ) -> Self {
+        Self {
+            origin,
+            path,
+            block_size: u64::from(block_size),
+            inner: RwLock::new(Inner {
+                size,
+                mtime,
+                source_len: if origin.is_some() { size } else { 0 },
+                written: Blocks::default(),
+                data: None,
+            }),
+        }
+    }
+
+    /// The current size and modification time.
+    pub(crate) fn size_mtime(&self) -> Result<(u64, SystemTime), Error> {
+        let inner = self.read_lock()?;
+        Ok((inner.size, inner.mtime))
+    }
+
+    /// How many blocks are stored in the scratch file.
+    #[cfg(test)]
+    pub(crate) fn stored_blocks(&self) -> Result<u64, Error> {
+        Ok(self.read_lock()?.written.count())
+    }
+
+    /// Reads up to `len` bytes at `offset`, merging written blocks over the source.
+    pub(crate) fn read(
+        &self,
+        source: &dyn Source,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, Error> {
+        let inner = self.read_lock()?;
+        let end = offset.saturating_add(u64::from(len)).min(inner.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        // Walk runs of bytes with the same origin, so a clean range is one source read.
+        while pos < end {
+            let (run, mut run_end) = self.classify(&inner, pos);
+            while run_end < end {
+                match self.classify(&inner, run_end) {
+                    (next, next_end) if next == run => run_end = next_end,
+                    _ => break,
+                }
+            }
+            let run_end = run_end.min(end);
+            let want = (run_end - pos) as usize;
+            let start = out.len();
+            match run {
+                Run::Scratch => {
+                    out.resize(start + want, 0);
+                    if let Some(data) = &inner.data {
+                        read_at_most(data, &mut out[start..], pos)?;
+                    }
+                }
+                Run::Source => {
+                    let origin = self
+                        .origin
+                        .expect("only files with an origin have source bytes");
+                    let bytes = source.read(origin, pos, want as u32)?;
+                    out.extend_from_slice(&bytes[..bytes.len().min(want)]);
+                    out.resize(start + want, 0);
+                }
+                Run::Zero => out.resize(start + want, 0),
+            }
+            pos = run_end;
+        }
+        Ok(out)
+    }
+
+    /// Writes `buf` at `offset`. A block the write covers only in part is first filled
+    /// from the source (read-modify-write), unless it is already stored or has no source bytes.
+    pub(crate) fn write(&self, source: &dyn Source, offset: u64, buf: &[u8]) -> Result<(), Error> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = checked_end(offset, buf.len() as u64)?;
+        let mut inner = self.write_lock()?;
+        if inner.data.is_none() {
+            inner.data = Some(self.create_data_file()?);
+        }
+        let first = offset / self.block_size;
+        let last = (end - 1) / self.block_size;
+        for block in [first, last] {
+            self.fill_from_source(&mut inner, source, block, offset, end)?;
+        }
+        let data = inner.data.as_ref().expect("created above");
+        data.write_all_at(buf, offset)?;
+        for block in first..=last {
+            inner.written.insert(block);
+        }
+        inner.size = inner.size.max(end);
+        inner.mtime = SystemTime::now();
+        Ok(())
+    }
+
+    /// Shrinks or grows the file to `size`.
+    pub(crate) fn set_size(&self, size: u64) -> Result<(), Error> {
+        checked_end(size, 0)?;
+        let mut inner = self.write_lock()?;
+        if size < inner.size {
+            inner.source_len = inner.source_len.min(size);
+            inner.written.truncate(size.div_ceil(self.block_size));
+            if let Some(data) = &inner.data {
+                // Zeroes the cut part of a stored block, keeping the invariant.
+                data.set_len(size)?;
+            }
+        }
+        inner.size = size;
+        inner.mtime = SystemTime::now();
+        Ok(())
+    }
+
+    /// Sets the modification time.
+    pub(crate) fn set_mtime(&self, mtime: SystemTime) -> Result<(), Error> {
+        self.write_lock()?.mtime = mtime;
+        Ok(())
+    }
+
+    /// Flushes the scratch file, if there is one, to the scratch disk.
+    pub(crate) fn sync(&self, datasync: bool) -> Result<(), Error> {
+        let inner = self.read_lock()?;
+        match &inner.data {
+            Some(data) if datasync => data.sync_data()?,
+            Some(data) => data.sync_all()?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Where the byte at `pos` comes from, and where that run ends within its block.
+    fn classify(&self, inner: &Inner, pos: u64) -> (Run, u64) {
+        let block = pos / self.block_size;
+        let block_end = (block + 1) * self.block_size;
+        if inner.written.contains(block) {
+            (Run::Scratch, block_end)
+        } else if pos < inner.source_len {
+            (Run::Source, block_end.min(inner.source_len))
+        } else {
+            (Run::Zero, block_end)
+        }
+    }
+
+    /// Copies `block`'s source bytes to the scratch file before the write `[start, end)`
+    /// lands on part of it. The whole block is copied, in one source read, so a write that
+    /// fails half-way leaves old bytes rather than a hole.
+    fn fill_from_source(
+        &self,
+        inner: &mut Inner,
+        source: &dyn Source,
+        block: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<(), Error> {
+        let block_start = block * self.block_size;
+        let block_end = block_start + self.block_size;
+        let source_end = block_end.min(inner.source_len);
+        let covered = start <= block_start && end >= block_end;
+        if covered || inner.written.contains(block) || block_start >= source_end {
+            return Ok(());
+        }
+        let origin = self
+            .origin
+            .expect("only files with an origin have source bytes");
+        let want = (source_end - block_start) as usize;
+        let bytes = source.read(origin, block_start, want as u32)?;
+        let data = inner.data.as_ref().expect("created before filling");
+        data.write_all_at(&bytes[..bytes.len().min(want)], block_start)?;
+        // Mark it now: the first and last block may be the same one.
+        inner.written.insert(block);
+        Ok(())
+    }
+
+    fn create_data_file(&self) -> Result<File, Error> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(|e| Error::context(e, format!("create {}", self.path.display())))
+    }
+
+    fn read_lock(&self) -> Result<RwLockReadGuard<'_, Inner>, Error> {
+        self.inner.read().map_err(|_| poisoned())
+    }
+
+    fn write_lock(&self) -> Result<RwLockWriteGuard<'_, Inner>, Error> {
+        self.inner.write().map_err(|_| poisoned())
+    }
+}
+
+impl Drop for CowFile {
+    fn drop(&mut self) {
+        let created = self
+            .inner
+            .get_mut()
+            .map(|i| i.data.is_some())
+            .unwrap_or(true);
+        if created {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!("remove scratch file {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Scratch,
+    Source,
+    Zero,
+}
+
+fn poisoned() -> Error {
+    Error::io("file state poisoned by an earlier panic")
+}
+
+/// `offset + len`, refusing sizes the kernel's signed offsets cannot hold.
+fn checked_end(offset: u64, len: u64) -> Result<u64, Error> {
+    offset
+        .checked_add(len)
+        .filter(|&end| end <= i64::MAX as u64)
+        .ok_or_else(|| Error::from_errno(libc::EFBIG))
+}
+
+/// Fills `buf` from `offset`, leaving what lies past the end of `file` untouched (zero).
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A sparse set of block numbers: 64 per word, only non-empty words kept, so a write at a
+/// huge offset costs one word.
+#[derive(Debug, Default)]
+struct Blocks {
+    words: BTreeMap<u64, u64>,
+}
+
+impl Blocks {
+    fn contains(&self, block: u64) -> bool {
+        self.words
+            .get(&(block / 64))
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
+    }
+
+    fn insert(&mut self, block: u64) {
+        *self.words.entry(block / 64).or_default() |= 1 << (block % 64);
+    }
+
+    /// Removes every block from `first` on.
+    fn truncate(&mut self, first: u64) {
+        self.words.split_off(&first.div_ceil(64));
+        if !first.is_multiple_of(64) {
+            if let Some(word) = self.words.get_mut(&(first / 64)) {
+                *word &= (1 << (first % 64)) - 1;
+            }
+        }
+        self.words.retain(|_, w| *w != 0);
+    }
+
+    #[cfg(test)]
+    fn count(&self) -> u64 {
+        self.words.values().map(|w| u64::from(w.count_ones())).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_truncate_inside_and_at_word_edges() {
+        let mut b = Blocks::default();
+        for i in [0, 1, 63, 64, 65, 200] {
+            b.insert(i);
+        }
+        b.truncate(65);
+        assert_eq!(b.count(), 4);
+        assert!(b.contains(64) && !b.contains(65) && !b.contains(200));
+        b.truncate(64);
+        assert_eq!(b.count(), 3);
+        b.truncate(0);
+        assert_eq!(b.count(), 0);
+    }
+}

@@ -1,0 +1,529 @@
+//! The `fuser::Filesystem` glue: decodes each request, calls the [`Overlay`] and encodes
+//! the reply; no file-system logic lives here. Each request runs under `catch_unwind`, so
+//! a bug answers EIO instead of killing a session thread. Missing features answer a real
+//! errno (ENODATA, EOPNOTSUPP), never ENOSYS, which the kernel would remember.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::cow::{Entry, Overlay, SetAttr, Stat};
+use crate::source::Kind;
+use crate::Error;
+
+/// How long the kernel may cache attributes and names. Long, because every change goes
+/// through this file system, and the kernel updates or drops its cache on each one.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// Inode numbers are never reused, so one generation does.
+const GENERATION: Generation = Generation(0);
+
+/// Open files need no per-handle state: everything is keyed by inode.
+const NO_HANDLE: FileHandle = FileHandle(0);
+
+/// Kernel cache of file pages is kept across opens: content changes only through us.
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+
+pub(crate) struct Fs {
+    overlay: Overlay,
+    uid: u32,
+    gid: u32,
+    block_size: u32,
+    writeback_cache: bool,
+    /// Listings taken at opendir, so offsets stay valid while the directory changes.
+    dirs: Mutex<HashMap<u64, Arc<[Entry]>>>,
+    next_dir: AtomicU64,
+}
+
+impl Fs {
+    pub(crate) fn new(
+        overlay: Overlay,
+        uid: u32,
+        gid: u32,
+        block_size: u32,
+        writeback_cache: bool,
+    ) -> Self {
+        Self {
+            overlay,
+            uid,
+            gid,
+            block_size,
+            writeback_cache,
+            dirs: Mutex::new(HashMap::new()),
+            next_dir: AtomicU64::new(1),
+        }
+    }
+
+    fn attr(&self, st: &Stat) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(st.ino),
+            size: st.size,
+            blocks: st.size.div_ceil(512),
+            atime: st.mtime,
+            mtime: st.mtime,
+            ctime: st.mtime,
+            crtime: st.mtime,
+            kind: file_type(st.kind),
+            perm: st.perm,
+            nlink: st.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: self.block_size,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, op: &str, reply: ReplyEntry, f: impl FnOnce() -> Result<Stat, Error>) {
+        match run(op, f) {
+            Ok(st) => reply.entry(&TTL, &self.attr(&st), GENERATION),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn dirs(&self) -> MutexGuard<'_, HashMap<u64, Arc<[Entry]>>> {
+        // Only inserts and removes happen under this lock: a panic cannot leave it torn.
+        self.dirs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs one request, turning a panic into EIO and logging failures once.
+fn run<T>(op: &str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Errno> {
+    let result = catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::io(format!("{op}: panicked"))));
+    result.map_err(|e| {
+        if e.errno == libc::EIO {
+            tracing::error!("{op}: {e}");
+        } else {
+            tracing::debug!("{op}: {e}");
+        }
+        Errno::from_i32(e.errno)
+    })
+}
+
+fn empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        if self.writeback_cache {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        for flag in wanted.iter() {
+            if config.add_capabilities(flag).is_err() {
+                tracing::warn!("kernel does not support {flag:?}");
+            }
+        }
+        // More reads in flight than the default 16, for readahead over slow sources.
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry("lookup", reply, || self.overlay.lookup(parent.0, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _ = run("forget", || self.overlay.forget(ino.0, nlookup));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match run("getattr", || self.overlay.getattr(ino.0)) {
+            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let result = run("setattr", || {
+            // Every file has the one owner the mount reports.
+            if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
+                return Err(Error::new(libc::EPERM, "ownership cannot change"));
+            }
+            let mtime = mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            });
+            self.overlay.setattr(ino.0, &SetAttr { mode, size, mtime })
+        });
+        match result {
+            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match run("readlink", || self.overlay.readlink(ino.0)) {
+            Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry("mknod", reply, || {
+            if mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(Error::new(libc::EPERM, "only regular files can be made"));
+            }
+            self.overlay
+                .create(parent.0, name, mode & !umask, true, false)
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry("mkdir", reply, || {
+            self.overlay.mkdir(parent.0, name, mode & !umask)
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, run("unlink", || self.overlay.unlink(parent.0, name)));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, run("rmdir", || self.overlay.rmdir(parent.0, name)));
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.entry("symlink", reply, || {
+            self.overlay.symlink(parent.0, link_name, target)
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            run("rename", || {
+                if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+                    return Err(Error::new(
+                        libc::EINVAL,
+                        format!("rename flags {flags} are not supported"),
+                    ));
+                }
+                let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+                self.overlay
+                    .rename(parent.0, name, newparent.0, newname, noreplace)
+            }),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.entry("link", reply, || {
+            self.overlay.link(ino.0, newparent.0, newname)
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        match run("open", || self.overlay.open(ino.0, write, truncate)) {
+            Ok(()) => reply.opened(NO_HANDLE, OPEN_FLAGS),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match run("read", || self.overlay.read(ino.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match run("write", || self.overlay.write(ino.0, offset, data)) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, run("fsync", || self.overlay.fsync(ino.0, datasync)));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let listing = run("opendir", || {
+            let dots = [".", ".."].map(|name| Entry {
+                name: name.into(),
+                ino: ino.0,
+                kind: Kind::Dir,
+            });
+            Ok(dots
+                .into_iter()
+                .chain(self.overlay.readdir(ino.0)?)
+                .collect::<Arc<[Entry]>>())
+        });
+        match listing {
+            Ok(listing) => {
+                let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
+                self.dirs().insert(fh, listing);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(listing) = self.dirs().get(&fh.0).cloned() else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        // An entry's offset is where the next readdir resumes.
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes live in memory: nothing to flush.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match run("statfs", || self.overlay.statfs()) {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks permissions itself (default_permissions); this is existence only.
+        empty(
+            reply,
+            run("access", || self.overlay.getattr(ino.0).map(drop)),
+        );
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let exclusive = flags & libc::O_EXCL != 0;
+        let truncate = flags & libc::O_TRUNC != 0;
+        match run("create", || {
+            self.overlay
+                .create(parent.0, name, mode & !umask, exclusive, truncate)
+        }) {
+            Ok(st) => reply.created(&TTL, &self.attr(&st), GENERATION, NO_HANDLE, OPEN_FLAGS),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            run("fallocate", || {
+                if mode != 0 {
+                    return Err(Error::new(
+                        libc::EOPNOTSUPP,
+                        format!("fallocate mode {mode:#x} is not supported"),
+                    ));
+                }
+                self.overlay.allocate(ino.0, offset, length)
+            }),
+        );
+    }
+}
