@@ -61,5 +61,8 @@ impl Error {
 
 /// Wraps an I/O error with what was being done, for `map_err`.
 pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what: what.to_string(), source }
+    move |source| Error::Io {
+        what: what.to_string(),
+        source,
+    }
 }

@@ -1,17 +1,19 @@
 //! pgsnapfs: PostgreSQL base backups and archived WAL in a content-addressed chunk store,
 //! restorable to any point in time and mountable as a data directory.
 //!
-//! `store` knows nothing of PostgreSQL; `pg` knows nothing of the store; the commands
-//! (`backup`, `archive`, `restore`, …) join the two.
+//! `store` knows nothing of PostgreSQL and `pg` nothing of the store; `backup`, `archive`,
+//! `pitr` and `restore` join the two, and `cli` only parses and prints.
 
-pub mod store;
+pub mod archive;
+pub mod backup;
+pub mod cli;
 pub mod error;
+pub mod mount;
+pub mod pg;
+pub mod pitr;
+pub mod restore;
 pub mod server;
+pub mod store;
+pub mod view;
+
 pub use error::{Error, Result};
-// TEMP STUB until src/pg lands
-pub mod pg {
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-    pub struct Lsn(pub u64);
-    impl std::str::FromStr for Lsn { type Err = (); fn from_str(_: &str) -> Result<Lsn, ()> { Err(()) } }
-    #[derive(Debug, thiserror::Error)] #[error("x")] pub struct Error;
-}

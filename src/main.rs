@@ -1,1 +1,28 @@
-fn main() {}
+//! The `pgsnapfs` executable: parse, run, print the error, exit with its code.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = pgsnapfs::cli::Cli::parse();
+    let default = match cli.verbose {
+        0 => "warn,fuser=error",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .init();
+    match pgsnapfs::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Each error's message already names its cause, so one line says it all.
+            eprintln!("pgsnapfs: error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

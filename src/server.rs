@@ -4,7 +4,7 @@
 //! for the whole backup while the files are read directly from PGDATA.
 
 use crate::error::{Error, Result};
-use crate::pg::Lsn;
+use crate::pg::lsn::Lsn;
 use std::str::FromStr;
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -52,15 +52,19 @@ impl ConnOpts {
         if cfg.get_ports().is_empty() {
             let port = match (self.port, env("PGPORT")) {
                 (Some(p), _) => p,
-                (None, Some(p)) => {
-                    p.parse().map_err(|_| Error::BadInput(format!("PGPORT {p:?} is not a port")))?
-                }
+                (None, Some(p)) => p
+                    .parse()
+                    .map_err(|_| Error::BadInput(format!("PGPORT {p:?} is not a port")))?,
                 (None, None) => 5432,
             };
             cfg.port(port);
         }
         if cfg.get_user().is_none() {
-            let user = self.username.clone().or_else(|| env("PGUSER")).unwrap_or_else(os_user);
+            let user = self
+                .username
+                .clone()
+                .or_else(|| env("PGUSER"))
+                .unwrap_or_else(os_user);
             cfg.user(&user);
         }
         if cfg.get_dbname().is_none() {
@@ -83,7 +87,9 @@ fn os_user() -> String {
         if pw.is_null() {
             return "postgres".into();
         }
-        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 

@@ -60,7 +60,10 @@ enum Outcome {
     /// Equal to the parent's chunk at the same position.
     Same,
     Known(Id, Loc),
-    New { id: Id, stored: Vec<u8> },
+    New {
+        id: Id,
+        stored: Vec<u8>,
+    },
 }
 
 struct Job {
@@ -79,7 +82,10 @@ fn work(job: Job, known: &Known, level: i32) {
         match hit {
             _ if job.expect == Some(id) => Outcome::Same,
             Some(loc) => Outcome::Known(id, loc),
-            None => Outcome::New { id, stored: encode_blob(data, level) },
+            None => Outcome::New {
+                id,
+                stored: encode_blob(data, level),
+            },
         }
     };
     let _ = job.reply.send(outcome);
@@ -98,7 +104,11 @@ pub struct Ingest<'r> {
 
 impl<'r> Ingest<'r> {
     /// `progress` is called with the number of bytes read as reading goes on.
-    pub fn new(repo: &'r Repository, threads: usize, progress: Box<dyn Fn(u64) + 'r>) -> Ingest<'r> {
+    pub fn new(
+        repo: &'r Repository,
+        threads: usize,
+        progress: Box<dyn Fn(u64) + 'r>,
+    ) -> Ingest<'r> {
         let known: Known = Arc::default();
         let (tx, rx) = bounded::<Job>(threads * 4);
         let level = repo.config.compression_level;
@@ -126,24 +136,42 @@ impl<'r> Ingest<'r> {
     }
 
     /// Stores a tree or list blob unless the parent's blob or one from this run is identical.
-    fn store_blob(&mut self, kind: BlobType, data: &[u8], parent: Option<&BlobRef>) -> Result<BlobRef, StoreError> {
+    fn store_blob(
+        &mut self,
+        kind: BlobType,
+        data: &[u8],
+        parent: Option<&BlobRef>,
+    ) -> Result<BlobRef, StoreError> {
         let id = Id::of(data);
         if let Some(p) = parent.filter(|p| p.id == id) {
             return Ok(*p);
         }
         if let Some(loc) = self.known.lock().expect("known map").get(&id) {
-            return Ok(BlobRef { id, loc: *loc, len: data.len() as u32 });
+            return Ok(BlobRef {
+                id,
+                loc: *loc,
+                len: data.len() as u32,
+            });
         }
         let r = self.packer.add_blob(kind, data)?;
         self.known.lock().expect("known map").insert(id, r.loc);
         Ok(r)
     }
 
-    fn resolve(&mut self, outcome: Outcome, len: u32, parent: Option<&Chunk>) -> Result<Chunk, StoreError> {
+    fn resolve(
+        &mut self,
+        outcome: Outcome,
+        len: u32,
+        parent: Option<&Chunk>,
+    ) -> Result<Chunk, StoreError> {
         Ok(match outcome {
             Outcome::Zero => {
                 self.stats.chunks_zero += 1;
-                Chunk { id: Id::default(), len, loc: None }
+                Chunk {
+                    id: Id::default(),
+                    len,
+                    loc: None,
+                }
             }
             Outcome::Same => {
                 self.stats.chunks_reused += 1;
@@ -151,7 +179,11 @@ impl<'r> Ingest<'r> {
             }
             Outcome::Known(id, loc) => {
                 self.stats.chunks_reused += 1;
-                Chunk { id, len, loc: Some(loc) }
+                Chunk {
+                    id,
+                    len,
+                    loc: Some(loc),
+                }
             }
             Outcome::New { id, stored } => {
                 let hit = self.known.lock().expect("known map").get(&id).copied();
@@ -165,7 +197,11 @@ impl<'r> Ingest<'r> {
                         loc
                     }
                 };
-                Chunk { id, len, loc: Some(loc) }
+                Chunk {
+                    id,
+                    len,
+                    loc: Some(loc),
+                }
             }
         })
     }
@@ -184,8 +220,10 @@ impl<'r> Ingest<'r> {
         let mut size = 0u64;
         loop {
             let mut buf = vec![0u8; chunk_size];
-            let n = read_full(&mut reader, &mut buf)
-                .map_err(|source| IngestError::Read { path: path.to_string(), source })?;
+            let n = read_full(&mut reader, &mut buf).map_err(|source| IngestError::Read {
+                path: path.to_string(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }
@@ -193,10 +231,21 @@ impl<'r> Ingest<'r> {
             size += n as u64;
             (self.progress)(n as u64);
             let idx = chunks.len() + pending.len();
-            let expect = parent_chunks.get(idx).filter(|c| c.len as usize == n).map(|c| c.id);
+            let expect = parent_chunks
+                .get(idx)
+                .filter(|c| c.len as usize == n)
+                .map(|c| c.id);
             let (reply, rx) = bounded(1);
-            let job = Job { data: buf, expect, reply };
-            self.jobs.as_ref().expect("pool open").send(job).expect("workers alive");
+            let job = Job {
+                data: buf,
+                expect,
+                reply,
+            };
+            self.jobs
+                .as_ref()
+                .expect("pool open")
+                .send(job)
+                .expect("workers alive");
             pending.push_back((rx, n as u32));
             if pending.len() >= self.window {
                 self.resolve_next(&mut pending, &mut chunks, &parent_chunks)?;
@@ -230,15 +279,30 @@ impl<'r> Ingest<'r> {
     }
 
     /// A file node for in-memory content (such as a backup_label).
-    pub fn file_from_bytes(&mut self, name: &str, data: &[u8], mode: u32, mtime: i64) -> Result<Node, IngestError> {
+    pub fn file_from_bytes(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        mode: u32,
+        mtime: i64,
+    ) -> Result<Node, IngestError> {
         let (size, lists) = self.ingest_stream(data, name, &[])?;
         self.stats.files += 1;
         self.stats.bytes += size;
-        Ok(Node { name: name.into(), mode, mtime, kind: NodeKind::File { size, lists } })
+        Ok(Node {
+            name: name.into(),
+            mode,
+            mtime,
+            kind: NodeKind::File { size, lists },
+        })
     }
 
     /// Writes a directory blob from its (unsorted) entries.
-    pub fn write_dir(&mut self, mut entries: Vec<Node>, parent: Option<&BlobRef>) -> Result<BlobRef, StoreError> {
+    pub fn write_dir(
+        &mut self,
+        mut entries: Vec<Node>,
+        parent: Option<&BlobRef>,
+    ) -> Result<BlobRef, StoreError> {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let data = serde_json::to_vec(&Dir { entries }).expect("tree serializes");
         self.store_blob(BlobType::Tree, &data, parent)
@@ -256,72 +320,111 @@ impl<'r> Ingest<'r> {
             Some(r) => Some(self.repo.load_dir(r)?),
             None => None,
         };
-        let read_err = |source| IngestError::Read { path: path.display().to_string(), source };
+        let read_err = |source| IngestError::Read {
+            path: path.display().to_string(),
+            source,
+        };
         let mut names = Vec::new();
         for entry in fs::read_dir(path).map_err(read_err)? {
             let entry = entry.map_err(read_err)?;
-            let name = entry.file_name().into_string().map_err(|n| IngestError::BadName {
-                path: path.join(n).display().to_string(),
-            })?;
+            let name = entry
+                .file_name()
+                .into_string()
+                .map_err(|n| IngestError::BadName {
+                    path: path.join(n).display().to_string(),
+                })?;
             names.push(name);
         }
         names.sort();
         let mut nodes = Vec::new();
         for name in names {
-            let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let child_rel = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
             let child = path.join(&name);
             let meta = match fs::symlink_metadata(&child) {
                 Ok(m) => m,
                 // Dropped while we walked: WAL replay accounts for it.
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(source) => return Err(IngestError::Read { path: child.display().to_string(), source }),
+                Err(source) => {
+                    return Err(IngestError::Read {
+                        path: child.display().to_string(),
+                        source,
+                    })
+                }
             };
             let prev = parent_dir.as_ref().and_then(|d| d.get(&name));
             let visit = filter(&child_rel, &meta);
             let meta = match visit {
-                Visit::Follow => fs::metadata(&child)
-                    .map_err(|source| IngestError::Read { path: child.display().to_string(), source })?,
+                Visit::Follow => fs::metadata(&child).map_err(|source| IngestError::Read {
+                    path: child.display().to_string(),
+                    source,
+                })?,
                 _ => meta,
             };
             let mode = meta.permissions().mode() & 0o7777;
             let mtime = meta.mtime();
             let kind = match visit {
                 Visit::Skip => continue,
-                Visit::Empty => NodeKind::Dir { tree: self.write_dir(Vec::new(), None)? },
+                Visit::Empty => NodeKind::Dir {
+                    tree: self.write_dir(Vec::new(), None)?,
+                },
                 _ if meta.is_dir() => {
                     let prev_tree = match prev.map(|n| &n.kind) {
                         Some(NodeKind::Dir { tree }) => Some(tree),
                         _ => None,
                     };
                     let entries = self.read_dir(&child, &child_rel, prev_tree, filter)?;
-                    NodeKind::Dir { tree: self.write_dir(entries, prev_tree)? }
+                    NodeKind::Dir {
+                        tree: self.write_dir(entries, prev_tree)?,
+                    }
                 }
                 _ if meta.file_type().is_symlink() => {
-                    let target = fs::read_link(&child)
-                        .map_err(|source| IngestError::Read { path: child.display().to_string(), source })?;
-                    NodeKind::Symlink { target: target.to_string_lossy().into_owned() }
+                    let target = fs::read_link(&child).map_err(|source| IngestError::Read {
+                        path: child.display().to_string(),
+                        source,
+                    })?;
+                    NodeKind::Symlink {
+                        target: target.to_string_lossy().into_owned(),
+                    }
                 }
                 _ if meta.is_file() => {
                     let file = match File::open(&child) {
                         Ok(f) => f,
                         Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                        Err(source) => return Err(IngestError::Read { path: child.display().to_string(), source }),
+                        Err(source) => {
+                            return Err(IngestError::Read {
+                                path: child.display().to_string(),
+                                source,
+                            })
+                        }
                     };
                     let prev_lists: &[BlobRef] = match prev.map(|n| &n.kind) {
                         Some(NodeKind::File { lists, .. }) => lists,
                         _ => &[],
                     };
-                    let (size, lists) = self.ingest_stream(file, &child.display().to_string(), prev_lists)?;
+                    let (size, lists) =
+                        self.ingest_stream(file, &child.display().to_string(), prev_lists)?;
                     self.stats.files += 1;
                     self.stats.bytes += size;
                     NodeKind::File { size, lists }
                 }
                 _ => {
-                    tracing::warn!("skipping {}: not a file, directory or symlink", child.display());
+                    tracing::warn!(
+                        "skipping {}: not a file, directory or symlink",
+                        child.display()
+                    );
                     continue;
                 }
             };
-            nodes.push(Node { name, mode, mtime, kind });
+            nodes.push(Node {
+                name,
+                mode,
+                mtime,
+                kind,
+            });
         }
         Ok(nodes)
     }

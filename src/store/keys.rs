@@ -38,7 +38,10 @@ mod tests {
     #[test]
     fn exact_keys() {
         let id = Id::of(b"x");
-        assert_eq!(pack(&id), format!("packs/{}/{}", &id.to_hex()[..2], id.to_hex()));
+        assert_eq!(
+            pack(&id),
+            format!("packs/{}/{}", &id.to_hex()[..2], id.to_hex())
+        );
         assert_eq!(snapshot("20261121T054012Z"), "snapshots/20261121T054012Z");
         assert_eq!(
             wal_file(7, 2, "000000020000000000000003"),

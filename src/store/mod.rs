@@ -5,8 +5,9 @@
 //! a partial backup visible. See docs/repository-format.md.
 
 pub mod backend;
-pub mod ingest;
+pub mod cache;
 mod id;
+pub mod ingest;
 pub mod keys;
 pub mod object;
 pub mod pack;
@@ -27,14 +28,20 @@ pub enum StoreError {
     Backend(#[from] BackendError),
     #[error("{object} is corrupt: {reason}")]
     Corrupt { object: String, reason: String },
-    #[error("{0} is not a pgsnapfs repository (no config object); create one with `pgsnapfs init`")]
+    #[error(
+        "{0} is not a pgsnapfs repository (no config object); create one with `pgsnapfs init`"
+    )]
     NotARepository(String),
     #[error("{location} is not empty; `pgsnapfs init` needs an empty or missing directory")]
     NotEmpty { location: String },
     #[error(
         "repository {location} has format version {found}, but this pgsnapfs reads version {supported}; use a newer pgsnapfs"
     )]
-    Version { location: String, found: u32, supported: u32 },
+    Version {
+        location: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("backup {0} not found; `pgsnapfs list` shows the backups")]
     NoSuchBackup(String),
     #[error("invalid repository setting: {0}")]
@@ -43,6 +50,9 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> StoreError {
-        StoreError::Corrupt { object: object.into(), reason: reason.into() }
+        StoreError::Corrupt {
+            object: object.into(),
+            reason: reason.into(),
+        }
     }
 }

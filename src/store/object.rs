@@ -39,12 +39,18 @@ pub fn seal(payload: &[u8], level: i32) -> Vec<u8> {
 /// Parses the header of a sealed object (the first `HEADER_LEN` bytes suffice).
 pub fn header(data: &[u8], name: &str) -> Result<Header, StoreError> {
     if data.len() < HEADER_LEN || &data[..8] != MAGIC {
-        return Err(StoreError::corrupt(name, "not a pgsnapfs object (bad magic)"));
+        return Err(StoreError::corrupt(
+            name,
+            "not a pgsnapfs object (bad magic)",
+        ));
     }
     let mut digest = [0u8; 32];
     digest.copy_from_slice(&data[8..40]);
     let len = u64::from_le_bytes(data[40..48].try_into().expect("8 bytes"));
-    Ok(Header { digest: Id(digest), len })
+    Ok(Header {
+        digest: Id(digest),
+        len,
+    })
 }
 
 /// Opens a sealed object, verifying its digest.
@@ -57,7 +63,12 @@ pub fn open(data: &[u8], name: &str) -> Result<Vec<u8>, StoreError> {
         // corrupt, so a flipped header bit cannot ask for a huge allocation.
         ZSTD => zstd::stream::decode_all(body)
             .map_err(|e| StoreError::corrupt(name, format!("cannot decompress: {e}")))?,
-        other => return Err(StoreError::corrupt(name, format!("unknown compression {other}"))),
+        other => {
+            return Err(StoreError::corrupt(
+                name,
+                format!("unknown compression {other}"),
+            ))
+        }
     };
     if payload.len() as u64 != h.len || Id::of(&payload) != h.digest {
         return Err(StoreError::corrupt(name, "checksum mismatch"));

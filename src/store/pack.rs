@@ -56,7 +56,10 @@ pub fn encode_blob(data: &[u8], level: i32) -> Vec<u8> {
 /// Turns stored blob bytes back into the blob and checks them against `id`.
 pub fn decode_blob(stored: &[u8], len: u32, id: &Id, pack: &str) -> Result<Vec<u8>, StoreError> {
     if len > MAX_BLOB_LEN {
-        return Err(StoreError::corrupt(pack, format!("blob {id}: implausible length {len}")));
+        return Err(StoreError::corrupt(
+            pack,
+            format!("blob {id}: implausible length {len}"),
+        ));
     }
     let data = if stored.len() == len as usize {
         stored.to_vec()
@@ -65,7 +68,10 @@ pub fn decode_blob(stored: &[u8], len: u32, id: &Id, pack: &str) -> Result<Vec<u
             .map_err(|e| StoreError::corrupt(pack, format!("blob {id}: cannot decompress: {e}")))?
     };
     if data.len() != len as usize || Id::of(&data) != *id {
-        return Err(StoreError::corrupt(pack, format!("blob {id}: checksum mismatch")));
+        return Err(StoreError::corrupt(
+            pack,
+            format!("blob {id}: checksum mismatch"),
+        ));
     }
     Ok(data)
 }
@@ -84,7 +90,10 @@ impl Default for PackWriter {
 
 impl PackWriter {
     pub fn new() -> PackWriter {
-        PackWriter { buf: MAGIC.to_vec(), entries: Vec::new() }
+        PackWriter {
+            buf: MAGIC.to_vec(),
+            entries: Vec::new(),
+        }
     }
 
     /// Appends an already encoded blob and returns its entry.
@@ -118,7 +127,8 @@ impl PackWriter {
             self.buf.extend_from_slice(&e.stored_len.to_le_bytes());
             self.buf.extend_from_slice(&e.len.to_le_bytes());
         }
-        self.buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(TRAILER_MAGIC);
         (self.buf, self.entries)
     }
@@ -158,7 +168,10 @@ pub fn parse_entries(table: &[u8], pack_len: u64, pack: &str) -> Result<Vec<Entr
             if (entry.offset as u64) < MAGIC.len() as u64
                 || entry.offset as u64 + entry.stored_len as u64 > blob_end
             {
-                return Err(StoreError::corrupt(pack, format!("entry {} out of bounds", entry.id)));
+                return Err(StoreError::corrupt(
+                    pack,
+                    format!("entry {} out of bounds", entry.id),
+                ));
             }
             Ok(entry)
         })
@@ -182,9 +195,12 @@ mod tests {
         let n = parse_tail(&bytes[bytes.len() - TAIL_LEN..], "p").unwrap();
         assert_eq!(n, 1);
         let table_start = bytes.len() - TAIL_LEN - ENTRY_LEN;
-        let parsed =
-            parse_entries(&bytes[table_start..bytes.len() - TAIL_LEN], bytes.len() as u64, "p")
-                .unwrap();
+        let parsed = parse_entries(
+            &bytes[table_start..bytes.len() - TAIL_LEN],
+            bytes.len() as u64,
+            "p",
+        )
+        .unwrap();
         assert_eq!(parsed, entries);
         let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
         assert_eq!(decode_blob(s, e.len, &e.id, "p").unwrap(), blob);

@@ -24,14 +24,32 @@ fn random_id() -> Id {
 
 impl<'a> Packer<'a> {
     pub fn new(repo: &'a Repository, target: usize) -> Packer<'a> {
-        Packer { repo, target, current: None, bytes_written: 0, packs_written: 0 }
+        Packer {
+            repo,
+            target,
+            current: None,
+            bytes_written: 0,
+            packs_written: 0,
+        }
     }
 
     /// Adds an encoded blob (see `pack::encode_blob`) and returns where it will be.
-    pub fn add(&mut self, id: Id, kind: BlobType, stored: &[u8], len: u32) -> Result<Loc, StoreError> {
-        let (pack, writer) = self.current.get_or_insert_with(|| (random_id(), PackWriter::new()));
+    pub fn add(
+        &mut self,
+        id: Id,
+        kind: BlobType,
+        stored: &[u8],
+        len: u32,
+    ) -> Result<Loc, StoreError> {
+        let (pack, writer) = self
+            .current
+            .get_or_insert_with(|| (random_id(), PackWriter::new()));
         let e = writer.add(id, kind, stored, len);
-        let loc = Loc { pack: *pack, offset: e.offset, stored_len: e.stored_len };
+        let loc = Loc {
+            pack: *pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+        };
         if writer.size() >= self.target {
             self.flush()?;
         }
@@ -39,11 +57,19 @@ impl<'a> Packer<'a> {
     }
 
     /// Encodes and adds a blob.
-    pub fn add_blob(&mut self, kind: BlobType, data: &[u8]) -> Result<super::tree::BlobRef, StoreError> {
+    pub fn add_blob(
+        &mut self,
+        kind: BlobType,
+        data: &[u8],
+    ) -> Result<super::tree::BlobRef, StoreError> {
         let id = Id::of(data);
         let stored = super::pack::encode_blob(data, self.repo.config.compression_level);
         let loc = self.add(id, kind, &stored, data.len() as u32)?;
-        Ok(super::tree::BlobRef { id, loc, len: data.len() as u32 })
+        Ok(super::tree::BlobRef {
+            id,
+            loc,
+            len: data.len() as u32,
+        })
     }
 
     /// Writes the open pack, if any. After this every returned `Loc` is durable.

@@ -53,12 +53,16 @@ impl Repository {
             )));
         }
         if !backend.list("")?.is_empty() {
-            return Err(StoreError::NotEmpty { location: backend.location() });
+            return Err(StoreError::NotEmpty {
+                location: backend.location(),
+            });
         }
         let config = Config {
             version: VERSION,
-            id: Id::of(format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes())
-                .to_hex()[..16]
+            id: Id::of(
+                format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+            )
+            .to_hex()[..16]
                 .to_string(),
             chunk_size,
             compression_level,
@@ -108,7 +112,9 @@ impl Repository {
     /// Reads one blob and verifies it against its id.
     pub fn read_blob(&self, id: &Id, loc: &Loc, len: u32) -> Result<Vec<u8>, StoreError> {
         let key = keys::pack(&loc.pack);
-        let stored = self.backend.get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
+        let stored = self
+            .backend
+            .get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
         if stored.len() != loc.stored_len as usize {
             return Err(StoreError::corrupt(&key, format!("blob {id} is truncated")));
         }
@@ -121,6 +127,48 @@ impl Repository {
             None => Ok(vec![0; c.len as usize]),
             Some(loc) => self.read_blob(&c.id, loc, c.len),
         }
+    }
+
+    /// Reads chunks in order, fetching neighbours in one pack with one ranged read of at most
+    /// `MAX_SPAN` bytes: backups write a file's chunks next to each other.
+    pub fn read_chunks(&self, chunks: &[Chunk]) -> Result<Vec<Vec<u8>>, StoreError> {
+        const MAX_SPAN: u64 = 8 << 20;
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut i = 0;
+        while i < chunks.len() {
+            let Some(first) = chunks[i].loc else {
+                out.push(vec![0; chunks[i].len as usize]);
+                i += 1;
+                continue;
+            };
+            let mut end = first.offset as u64 + first.stored_len as u64;
+            let mut j = i + 1;
+            while let Some(next) = chunks.get(j).and_then(|c| c.loc) {
+                let next_end = next.offset as u64 + next.stored_len as u64;
+                if next.pack != first.pack
+                    || next.offset as u64 != end
+                    || next_end - first.offset as u64 > MAX_SPAN
+                {
+                    break;
+                }
+                end = next_end;
+                j += 1;
+            }
+            let key = keys::pack(&first.pack);
+            let span =
+                self.backend
+                    .get_range(&key, first.offset as u64, end - first.offset as u64)?;
+            for c in &chunks[i..j] {
+                let loc = c.loc.expect("runs hold stored chunks");
+                let at = (loc.offset - first.offset) as usize;
+                let stored = span.get(at..at + loc.stored_len as usize).ok_or_else(|| {
+                    StoreError::corrupt(&key, format!("blob {} is truncated", c.id))
+                })?;
+                out.push(pack::decode_blob(stored, c.len, &c.id, &key)?);
+            }
+            i = j;
+        }
+        Ok(out)
     }
 
     pub fn load_dir(&self, r: &BlobRef) -> Result<Dir, StoreError> {
@@ -143,9 +191,16 @@ impl Repository {
         Ok(out)
     }
 
+    /// A whole (small) file's content.
+    pub fn read_file(&self, lists: &[BlobRef]) -> Result<Vec<u8>, StoreError> {
+        Ok(self.read_chunks(&self.file_chunks(lists)?)?.concat())
+    }
+
     /// Writes a sealed object (see `object`).
     pub fn put_sealed(&self, key: &str, payload: &[u8]) -> Result<(), StoreError> {
-        Ok(self.backend.put(key, &object::seal(payload, self.config.compression_level))?)
+        Ok(self
+            .backend
+            .put(key, &object::seal(payload, self.config.compression_level))?)
     }
 
     pub fn get_sealed(&self, key: &str) -> Result<Vec<u8>, StoreError> {
@@ -175,7 +230,11 @@ impl Repository {
     /// All snapshots, oldest first. A manifest that fails to load is returned as an error
     /// in its slot so one corrupt backup does not hide the others.
     pub fn snapshots(&self) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
-        let mut all: Vec<_> = self.snapshot_ids()?.iter().map(|id| self.load_snapshot(id)).collect();
+        let mut all: Vec<_> = self
+            .snapshot_ids()?
+            .iter()
+            .map(|id| self.load_snapshot(id))
+            .collect();
         all.sort_by_key(|s| s.as_ref().map(|s| s.stop_time).ok());
         Ok(all)
     }
@@ -219,7 +278,9 @@ mod tests {
         let mut packer = Packer::new(&repo, 1 << 20);
         let r = packer.add_blob(BlobType::Data, &[1u8; 5000]).unwrap();
         packer.flush().unwrap();
-        mem.tamper(&keys::pack(&r.loc.pack), |b| b[r.loc.offset as usize + 2] ^= 1);
+        mem.tamper(&keys::pack(&r.loc.pack), |b| {
+            b[r.loc.offset as usize + 2] ^= 1
+        });
         let err = repo.read_blob(&r.id, &r.loc, r.len).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains(&r.loc.pack.to_hex()), "{err}");
@@ -229,6 +290,9 @@ mod tests {
     fn newer_format_is_refused() {
         let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
         mem.put(keys::CONFIG, br#"{"version": 999}"#).unwrap();
-        assert!(matches!(Repository::open(mem), Err(StoreError::Version { found: 999, .. })));
+        assert!(matches!(
+            Repository::open(mem),
+            Err(StoreError::Version { found: 999, .. })
+        ));
     }
 }

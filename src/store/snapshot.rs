@@ -4,7 +4,7 @@
 //! backup, after every pack it references is durable.
 
 use super::tree::BlobRef;
-use crate::pg::Lsn;
+use crate::pg::lsn::Lsn;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,9 @@ pub struct Snapshot {
     /// The backup whose tree was compared against to reuse unchanged chunks.
     pub parent: Option<String>,
     pub root: BlobRef,
+    /// Permission bits and mtime of the data directory itself.
+    pub root_mode: u32,
+    pub root_mtime: i64,
 }
 
 impl Snapshot {

@@ -87,7 +87,9 @@ pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreErr
         Ok(Id(b.try_into().expect("32 bytes")))
     };
     let npacks = u32_at(0)? as usize;
-    let packs = (0..npacks).map(|i| id_at(4 + i * 32)).collect::<Result<Vec<_>, _>>()?;
+    let packs = (0..npacks)
+        .map(|i| id_at(4 + i * 32))
+        .collect::<Result<Vec<_>, _>>()?;
     let base = 4 + npacks * 32;
     let n = u32_at(base)? as usize;
     if data.len() != base + 4 + n * CHUNK_REF_LEN {
@@ -105,7 +107,11 @@ pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreErr
                     stored_len: u32_at(at + 40)?,
                 }),
             };
-            Ok(Chunk { id: id_at(at)?, len: u32_at(at + 44)?, loc })
+            Ok(Chunk {
+                id: id_at(at)?,
+                len: u32_at(at + 44)?,
+                loc,
+            })
         })
         .collect()
 }
@@ -153,10 +159,38 @@ mod tests {
         let p1 = Id::of(b"p1");
         let p2 = Id::of(b"p2");
         let chunks = vec![
-            Chunk { id: Id::of(b"a"), len: 65536, loc: Some(Loc { pack: p1, offset: 8, stored_len: 100 }) },
-            Chunk { id: Id::default(), len: 65536, loc: None },
-            Chunk { id: Id::of(b"b"), len: 100, loc: Some(Loc { pack: p2, offset: 9, stored_len: 50 }) },
-            Chunk { id: Id::of(b"c"), len: 7, loc: Some(Loc { pack: p1, offset: 200, stored_len: 7 }) },
+            Chunk {
+                id: Id::of(b"a"),
+                len: 65536,
+                loc: Some(Loc {
+                    pack: p1,
+                    offset: 8,
+                    stored_len: 100,
+                }),
+            },
+            Chunk {
+                id: Id::default(),
+                len: 65536,
+                loc: None,
+            },
+            Chunk {
+                id: Id::of(b"b"),
+                len: 100,
+                loc: Some(Loc {
+                    pack: p2,
+                    offset: 9,
+                    stored_len: 50,
+                }),
+            },
+            Chunk {
+                id: Id::of(b"c"),
+                len: 7,
+                loc: Some(Loc {
+                    pack: p1,
+                    offset: 200,
+                    stored_len: 7,
+                }),
+            },
         ];
         let enc = encode_chunk_list(&chunks);
         assert_eq!(enc.len(), 4 + 2 * 32 + 4 + 4 * 48);
@@ -166,12 +200,46 @@ mod tests {
 
     #[test]
     fn dir_json_shape() {
-        let loc = Loc { pack: Id::of(b"p"), offset: 8, stored_len: 10 };
+        let loc = Loc {
+            pack: Id::of(b"p"),
+            offset: 8,
+            stored_len: 10,
+        };
         let dir = Dir {
             entries: vec![
-                Node { name: "PG_VERSION".into(), mode: 0o600, mtime: 1, kind: NodeKind::File { size: 3, lists: vec![BlobRef { id: Id::of(b"l"), loc, len: 10 }] } },
-                Node { name: "base".into(), mode: 0o700, mtime: 1, kind: NodeKind::Dir { tree: BlobRef { id: Id::of(b"t"), loc, len: 10 } } },
-                Node { name: "pg_wal".into(), mode: 0o777, mtime: 1, kind: NodeKind::Symlink { target: "/x".into() } },
+                Node {
+                    name: "PG_VERSION".into(),
+                    mode: 0o600,
+                    mtime: 1,
+                    kind: NodeKind::File {
+                        size: 3,
+                        lists: vec![BlobRef {
+                            id: Id::of(b"l"),
+                            loc,
+                            len: 10,
+                        }],
+                    },
+                },
+                Node {
+                    name: "base".into(),
+                    mode: 0o700,
+                    mtime: 1,
+                    kind: NodeKind::Dir {
+                        tree: BlobRef {
+                            id: Id::of(b"t"),
+                            loc,
+                            len: 10,
+                        },
+                    },
+                },
+                Node {
+                    name: "pg_wal".into(),
+                    mode: 0o777,
+                    mtime: 1,
+                    kind: NodeKind::Symlink {
+                        target: "/x".into(),
+                    },
+                },
             ],
         };
         let json = serde_json::to_string(&dir).unwrap();

@@ -21,9 +21,15 @@ pub struct LocalBackend {
 fn io<'a>(op: &'static str, key: &'a str) -> impl FnOnce(std::io::Error) -> BackendError + 'a {
     move |source| {
         if source.kind() == ErrorKind::NotFound {
-            BackendError::NotFound { key: key.to_string() }
+            BackendError::NotFound {
+                key: key.to_string(),
+            }
         } else {
-            BackendError::Io { op, key: key.to_string(), source }
+            BackendError::Io {
+                op,
+                key: key.to_string(),
+                source,
+            }
         }
     }
 }
@@ -50,7 +56,9 @@ fn create_dirs(dir: &Path) -> std::io::Result<()> {
 impl LocalBackend {
     /// Opens a back end rooted at an existing directory.
     pub fn open(root: &Path) -> LocalBackend {
-        LocalBackend { root: root.to_path_buf() }
+        LocalBackend {
+            root: root.to_path_buf(),
+        }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -111,7 +119,9 @@ impl Backend for LocalBackend {
         if dest.exists() {
             return match Self::same_content(&dest, data).map_err(io("compare", key))? {
                 true => Ok(()),
-                false => Err(BackendError::Conflict { key: key.to_string() }),
+                false => Err(BackendError::Conflict {
+                    key: key.to_string(),
+                }),
             };
         }
         let tmp = self.temp_path();
@@ -129,15 +139,15 @@ impl Backend for LocalBackend {
         };
         let result = write().map_err(io("write", key)).and_then(|()| {
             match fs::hard_link(&tmp, &dest) {
-                Ok(()) => {
-                    fsync_dir(dest.parent().expect("object path has a parent"))
-                        .map_err(io("fsync directory of", key))
-                }
+                Ok(()) => fsync_dir(dest.parent().expect("object path has a parent"))
+                    .map_err(io("fsync directory of", key)),
                 // Someone else published it first: fine if it is the same object.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     match Self::same_content(&dest, data).map_err(io("compare", key))? {
                         true => Ok(()),
-                        false => Err(BackendError::Conflict { key: key.to_string() }),
+                        false => Err(BackendError::Conflict {
+                            key: key.to_string(),
+                        }),
                     }
                 }
                 Err(e) => Err(io("link", key)(e)),
@@ -195,7 +205,10 @@ mod tests {
         let b = LocalBackend::open(dir.path());
         b.put("a/b/c", b"hello").unwrap();
         b.put("a/b/c", b"hello").unwrap();
-        assert!(matches!(b.put("a/b/c", b"other"), Err(BackendError::Conflict { .. })));
+        assert!(matches!(
+            b.put("a/b/c", b"other"),
+            Err(BackendError::Conflict { .. })
+        ));
         assert_eq!(b.get("a/b/c").unwrap(), b"hello");
         assert_eq!(b.get_range("a/b/c", 1, 3).unwrap(), b"ell");
         assert_eq!(b.get_range("a/b/c", 3, 100).unwrap(), b"lo");

@@ -12,7 +12,12 @@ pub struct MemoryBackend {
 impl MemoryBackend {
     /// Replaces an object's bytes, as a corruption would.
     pub fn tamper(&self, key: &str, f: impl FnOnce(&mut Vec<u8>)) {
-        f(self.objects.lock().unwrap().get_mut(key).expect("object exists"));
+        f(self
+            .objects
+            .lock()
+            .unwrap()
+            .get_mut(key)
+            .expect("object exists"));
     }
 }
 
@@ -50,7 +55,11 @@ impl Backend for MemoryBackend {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let objects = self.objects.lock().unwrap();
-        Ok(objects.keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+        Ok(objects
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
     }
 
     fn delete(&self, key: &str) -> Result<()> {

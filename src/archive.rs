@@ -1,0 +1,332 @@
+//! The WAL archive: `wal-push`, `wal-fetch`, the registry of clusters and the WAL catalog.
+//!
+//! Each archived file is one sealed object under `wal/<system>/<timeline>/`, and each segment
+//! also gets a small summary object (commit times, restore points, xids) under `walsum/`, so
+//! point-in-time targets can be checked without reading WAL. `wal-push` reads no index and
+//! lists nothing on its usual path: a registry lookup, two writes.
+
+use crate::error::{io, Error, Result};
+use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_SIZE};
+use crate::pg::walscan::{scan_segment, SegmentSummary};
+use crate::pg::{control::ControlData, lsn::Lsn};
+use crate::store::{keys, object, BackendError, Repository, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A cluster (system identifier) known to the repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct System {
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub wal_segment_size: u64,
+    pub registered: DateTime<Utc>,
+}
+
+fn summary_key(sysid: u64, tli: u32, name: &str) -> String {
+    format!("walsum/{sysid}/{tli:08X}/{name}")
+}
+
+pub fn load_system(repo: &Repository, sysid: u64) -> Result<Option<System>> {
+    match repo.get_sealed(&keys::system(sysid)) {
+        Ok(p) => Ok(Some(serde_json::from_slice(&p).map_err(|e| {
+            StoreError::corrupt(keys::system(sysid), e.to_string())
+        })?)),
+        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn systems(repo: &Repository) -> Result<Vec<System>> {
+    let mut out = Vec::new();
+    for key in repo.backend().list(keys::SYSTEMS)? {
+        let id = key.trim_start_matches(keys::SYSTEMS);
+        if let Ok(sysid) = id.parse::<u64>() {
+            out.extend(load_system(repo, sysid)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Records a cluster, unless it is already known.
+pub fn register_system(repo: &Repository, system: &System) -> Result<()> {
+    let sysid: u64 = system
+        .system_identifier
+        .parse()
+        .expect("numeric system identifier");
+    if load_system(repo, sysid)?.is_none() {
+        let json = serde_json::to_vec_pretty(system).expect("system serializes");
+        match repo.put_sealed(&keys::system(sysid), &json) {
+            // A concurrent registration won; either record will do.
+            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Picks the cluster a command means: the one given, or the only one in the repository.
+pub fn resolve_system(repo: &Repository, given: Option<u64>) -> Result<System> {
+    if let Some(sysid) = given {
+        return load_system(repo, sysid)?.ok_or_else(|| {
+            Error::BadInput(format!(
+                "system identifier {sysid} has no backups or WAL in this repository"
+            ))
+        });
+    }
+    let mut all = systems(repo)?;
+    match all.len() {
+        0 => Err(Error::NotFound(
+            "the repository holds no backups or WAL yet".into(),
+        )),
+        1 => Ok(all.remove(0)),
+        _ => Err(Error::BadInput(format!(
+            "the repository holds several clusters ({}); choose one with --system",
+            all.iter()
+                .map(|s| s.system_identifier.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Stored,
+    /// An identical copy was already archived.
+    AlreadyArchived,
+}
+
+/// Archives one file from pg_wal (as `archive_command` passes it, relative to PGDATA).
+pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::BadInput(format!("{} is not a WAL file name", path.display())))?;
+    // The segment size only matters for segment numbers; the key needs the timeline.
+    let file = WalFile::parse(name, DEFAULT_SEG_SIZE).ok_or_else(|| {
+        Error::BadInput(format!(
+            "{name} is not a WAL segment, history or backup file name"
+        ))
+    })?;
+    let data = std::fs::read(path).map_err(io(format!("read {}", path.display())))?;
+    // archive_command runs in PGDATA, so pg_control is beside pg_wal.
+    let pgdata = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let control = std::fs::read(pgdata.join("global/pg_control"))
+        .ok()
+        .and_then(|b| ControlData::parse(&b).ok());
+    let (sysid, summary) = match file {
+        WalFile::Segment { .. } | WalFile::Partial { .. } => {
+            let header = SegmentHeader::parse(&data)?;
+            if major_from_wal_magic(header.magic).is_none() {
+                return Err(Error::BadInput(format!(
+                    "{name}: unknown WAL page magic {:#06x}; not a WAL segment of PostgreSQL 13–18",
+                    header.magic
+                )));
+            }
+            if header.seg_size as usize != data.len() && matches!(file, WalFile::Segment { .. }) {
+                return Err(Error::BadInput(format!(
+                    "{name}: {} bytes, but its header says segments are {} bytes",
+                    data.len(),
+                    header.seg_size
+                )));
+            }
+            let summary = scan_segment(&data, &header)
+                .map_err(|e| {
+                    tracing::warn!(
+                        "{name}: cannot summarise ({e}); time targets in it will not be checked"
+                    )
+                })
+                .ok();
+            (header.system_identifier, summary)
+        }
+        _ => match &control {
+            Some(c) => (c.system_identifier, None),
+            None => (
+                resolve_system(repo, None)?
+                    .system_identifier
+                    .parse()
+                    .expect("numeric"),
+                None,
+            ),
+        },
+    };
+    check_system(repo, sysid, control.as_ref(), name)?;
+    if let Some(s) = &summary {
+        let json = serde_json::to_vec(s).expect("summary serializes");
+        match repo.put_sealed(&summary_key(sysid, file.tli(), name), &json) {
+            // A retried push of a segment whose earlier summary differs is judged below by
+            // the segment itself.
+            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
+            other => other?,
+        }
+    }
+    let key = keys::wal_file(sysid, file.tli(), name);
+    match repo.put_sealed(&key, &data) {
+        Ok(()) => Ok(Pushed::Stored),
+        Err(StoreError::Backend(BackendError::Conflict { .. })) => {
+            // Compare contents by digest: compression settings may differ between copies.
+            let head = repo
+                .backend()
+                .get_range(&key, 0, object::HEADER_LEN as u64)?;
+            if object::header(&head, &key)?.digest == crate::store::Id::of(&data) {
+                Ok(Pushed::AlreadyArchived)
+            } else {
+                Err(Error::Failed(format!(
+                    "{name} is already archived in {key} with different content; refusing to \
+                     overwrite it. Two clusters may be archiving into one place, or this file \
+                     is damaged: compare the two before doing anything else"
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Refuses WAL of a cluster the repository does not know, unless it knows none yet.
+fn check_system(
+    repo: &Repository,
+    sysid: u64,
+    control: Option<&ControlData>,
+    name: &str,
+) -> Result<()> {
+    if load_system(repo, sysid)?.is_some() {
+        return Ok(());
+    }
+    let known = systems(repo)?;
+    if known.is_empty() {
+        let control = control.filter(|c| c.system_identifier == sysid);
+        return register_system(
+            repo,
+            &System {
+                system_identifier: sysid.to_string(),
+                pg_major: control.and_then(|c| c.major).unwrap_or(0),
+                wal_segment_size: 0,
+                registered: Utc::now(),
+            },
+        );
+    }
+    Err(Error::BadInput(format!(
+        "{name} belongs to the cluster with system identifier {sysid}, but this repository holds \
+         {}; run `pgsnapfs backup` of this cluster once to add it, or check archive_command points \
+         at the right repository",
+        known
+            .iter()
+            .map(|s| s.system_identifier.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// Restores one archived file to `dest` (as `restore_command` asks), atomically.
+pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> Result<()> {
+    let file = WalFile::parse(name, DEFAULT_SEG_SIZE)
+        .ok_or_else(|| Error::BadInput(format!("{name} is not a WAL file name")))?;
+    let system = resolve_system(repo, sysid)?;
+    let sysid: u64 = system.system_identifier.parse().expect("numeric");
+    let key = keys::wal_file(sysid, file.tli(), name);
+    let data = match repo.get_sealed(&key) {
+        Err(StoreError::Backend(e)) if e.is_not_found() => {
+            return Err(Error::NotFound(format!("{name} is not in the archive")))
+        }
+        other => other?,
+    };
+    let tmp = dest.with_extension("pgsnapfs-tmp");
+    std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, dest).map_err(io(format!("rename to {}", dest.display())))
+}
+
+/// The archived WAL of one timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineWal {
+    pub timeline: u32,
+    /// Segment numbers, ascending.
+    #[serde(skip)]
+    pub segnos: Vec<u64>,
+    pub segments: usize,
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub gaps: Vec<Gap>,
+    pub history: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Gap {
+    /// The first missing segment.
+    pub from: String,
+    /// The last missing segment.
+    pub to: String,
+}
+
+/// Lists the archived WAL of a cluster, per timeline, with gaps.
+pub fn catalog(repo: &Repository, system: &System) -> Result<Vec<TimelineWal>> {
+    let sysid: u64 = system.system_identifier.parse().expect("numeric");
+    let seg_size = segment_size(system);
+    let mut by_tli: BTreeMap<u32, (Vec<u64>, bool)> = BTreeMap::new();
+    for key in repo.backend().list(&keys::wal_system(sysid))? {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        match WalFile::parse(name, seg_size) {
+            Some(WalFile::Segment { tli, segno }) => by_tli.entry(tli).or_default().0.push(segno),
+            Some(WalFile::History { tli }) => by_tli.entry(tli).or_default().1 = true,
+            _ => {}
+        }
+    }
+    Ok(by_tli
+        .into_iter()
+        .map(|(tli, (mut segnos, history))| {
+            segnos.sort_unstable();
+            let name = |segno| WalFile::Segment { tli, segno }.name(seg_size);
+            let gaps = segnos
+                .windows(2)
+                .filter(|w| w[1] > w[0] + 1)
+                .map(|w| Gap {
+                    from: name(w[0] + 1),
+                    to: name(w[1] - 1),
+                })
+                .collect();
+            TimelineWal {
+                timeline: tli,
+                segments: segnos.len(),
+                first: segnos.first().map(|s| name(*s)),
+                last: segnos.last().map(|s| name(*s)),
+                segnos,
+                gaps,
+                history,
+            }
+        })
+        .collect())
+}
+
+pub fn segment_size(system: &System) -> u64 {
+    if system.wal_segment_size == 0 {
+        DEFAULT_SEG_SIZE
+    } else {
+        system.wal_segment_size
+    }
+}
+
+/// The stored summary of one archived segment, if it has one.
+pub fn summary(
+    repo: &Repository,
+    sysid: u64,
+    tli: u32,
+    segno: u64,
+    seg_size: u64,
+) -> Result<Option<SegmentSummary>> {
+    let name = WalFile::Segment { tli, segno }.name(seg_size);
+    let key = summary_key(sysid, tli, &name);
+    match repo.get_sealed(&key) {
+        Ok(p) => Ok(serde_json::from_slice(&p).ok()),
+        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The LSN just past the end of the segment, for range checks.
+pub fn segment_end(segno: u64, seg_size: u64) -> Lsn {
+    Lsn((segno + 1) * seg_size)
+}

@@ -1,0 +1,273 @@
+//! `backup`: an online, non-exclusive base backup of a running server into the repository.
+//!
+//! The server is told a backup is running (pg_backup_start) while the files are read straight
+//! from PGDATA; torn pages are fine because replay of the WAL from the start LSN repairs them.
+//! The snapshot manifest is written last, after every pack and the WAL the backup needs.
+
+use crate::archive::{self, System};
+use crate::error::{io, Error, Result};
+use crate::pg::label::BackupLabel;
+use crate::pg::layout::{self, Entry};
+use crate::pg::wal::{segment_of, WalFile};
+use crate::pg::{control::ControlData, lsn::Lsn};
+use crate::server::{ConnOpts, Server};
+use crate::store::ingest::{Ingest, IngestError, Visit};
+use crate::store::snapshot::{self, Snapshot, Tablespace};
+use crate::store::{keys, Repository};
+use chrono::Utc;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub struct BackupOptions {
+    pub pgdata: PathBuf,
+    pub conn: ConnOpts,
+    pub label: Option<String>,
+    pub threads: usize,
+    /// Shows progress as bytes are read (a terminal progress bar, or nothing).
+    pub progress: Box<dyn Fn(u64)>,
+}
+
+impl From<IngestError> for Error {
+    fn from(e: IngestError) -> Error {
+        match e {
+            IngestError::Store(s) => Error::Store(s),
+            other => Error::Failed(other.to_string()),
+        }
+    }
+}
+
+fn canonical(p: &Path) -> Result<PathBuf> {
+    fs::canonicalize(p).map_err(io(format!("resolve {}", p.display())))
+}
+
+/// Reads pg_control from a data directory, or explains why it is not one.
+pub fn control_of(pgdata: &Path) -> Result<ControlData> {
+    if !pgdata.join("PG_VERSION").is_file() {
+        return Err(Error::BadInput(format!(
+            "{} is not a PostgreSQL data directory (no PG_VERSION file)",
+            pgdata.display()
+        )));
+    }
+    let bytes = fs::read(pgdata.join("global/pg_control"))
+        .map_err(io(format!("read {}/global/pg_control", pgdata.display())))?;
+    Ok(ControlData::parse(&bytes)?)
+}
+
+pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
+    let control = control_of(&opts.pgdata)?;
+    let server = Server::connect(&opts.conn)?;
+    let info = server.info()?;
+    let pgdata = canonical(&opts.pgdata)?;
+    if canonical(Path::new(&info.data_directory))? != pgdata {
+        return Err(Error::BadInput(format!(
+            "--pgdata {} is not the data directory of the server at {} (it uses {})",
+            opts.pgdata.display(),
+            server.target(),
+            info.data_directory
+        )));
+    }
+    if control.system_identifier != info.system_identifier {
+        return Err(Error::BadInput(format!(
+            "{}/global/pg_control has system identifier {}, but the server reports {}",
+            pgdata.display(),
+            control.system_identifier,
+            info.system_identifier
+        )));
+    }
+    let sysid = info.system_identifier;
+    let major = info.major();
+    archive::register_system(
+        repo,
+        &System {
+            system_identifier: sysid.to_string(),
+            pg_major: major,
+            wal_segment_size: info.wal_segment_size,
+            registered: Utc::now(),
+        },
+    )?;
+    let parent = latest_of(repo, sysid)?;
+
+    let start_time = Utc::now();
+    let mut id = snapshot::id_for(start_time);
+    for n in 1.. {
+        if !repo.backend().exists(&keys::snapshot(&id))? {
+            break;
+        }
+        id = format!("{}-{n}", snapshot::id_for(start_time));
+    }
+    let label = opts
+        .label
+        .clone()
+        .unwrap_or_else(|| format!("pgsnapfs {id}"));
+    tracing::info!(backup = %id, parent = ?parent.as_ref().map(|p| &p.id), "starting backup");
+    let start_lsn = server.backup_start(&label, major)?;
+
+    let tablespaces = tablespaces_of(&pgdata)?;
+    let mut ingest = Ingest::new(repo, opts.threads, opts.progress);
+    let filter = pg_filter(pgdata.clone());
+    let parent_root = parent.as_ref().map(|p| p.root);
+    let mut root = ingest.read_dir(&pgdata, "", parent_root.as_ref(), &filter)?;
+
+    let stop = server.backup_stop(major)?;
+    let stop_time = Utc::now();
+    let parsed = BackupLabel::parse(&stop.label_file)?;
+    root.retain(|n| n.name != "backup_label");
+    root.push(ingest.file_from_bytes(
+        "backup_label",
+        stop.label_file.as_bytes(),
+        0o600,
+        stop_time.timestamp(),
+    )?);
+    let root_meta = fs::metadata(&pgdata).map_err(io(format!("stat {}", pgdata.display())))?;
+    let root_ref = ingest.write_dir(root, parent_root.as_ref())?;
+    let (stats, stored) = ingest.finish()?;
+
+    ensure_wal(
+        repo,
+        &pgdata,
+        sysid,
+        parsed.start_tli,
+        start_lsn,
+        stop.lsn,
+        info.wal_segment_size,
+    )?;
+
+    let snap = Snapshot {
+        format: snapshot::FORMAT,
+        id,
+        system_identifier: sysid.to_string(),
+        pg_major: major,
+        pg_version: info.version.clone(),
+        timeline: parsed.start_tli,
+        start_lsn,
+        stop_lsn: stop.lsn,
+        start_time,
+        stop_time,
+        wal_segment_size: info.wal_segment_size,
+        label,
+        backup_label: stop.label_file,
+        tablespace_map: stop.tablespace_map,
+        tablespaces,
+        size_logical: stats.bytes,
+        size_stored_new: stored,
+        files: stats.files,
+        chunk_size: repo.config.chunk_size,
+        parent: parent.map(|p| p.id),
+        root: root_ref,
+        root_mode: root_meta.permissions().mode() & 0o7777,
+        root_mtime: root_meta.mtime(),
+    };
+    repo.save_snapshot(&snap)?;
+    tracing::info!(
+        backup = %snap.id,
+        chunks_new = stats.chunks_new,
+        chunks_reused = stats.chunks_reused,
+        chunks_zero = stats.chunks_zero,
+        "backup finished"
+    );
+    Ok(snap)
+}
+
+/// The newest readable backup of a cluster: the one a new backup compares against.
+pub fn latest_of(repo: &Repository, sysid: u64) -> Result<Option<Snapshot>> {
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .filter_map(|s| s.ok())
+        .filter(|s| s.sysid() == sysid && s.chunk_size == repo.config.chunk_size)
+        .next_back())
+}
+
+fn tablespaces_of(pgdata: &Path) -> Result<Vec<Tablespace>> {
+    let dir = pgdata.join("pg_tblspc");
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(io(format!("list {}", dir.display())))? {
+        let entry = entry.map_err(io(format!("list {}", dir.display())))?;
+        let Ok(oid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(target) = fs::read_link(entry.path()) {
+            out.push(Tablespace {
+                oid,
+                location: target.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    out.sort_by_key(|t| t.oid);
+    Ok(out)
+}
+
+/// What pg_basebackup leaves out, and tablespace links read as the directories they point to.
+fn pg_filter(pgdata: PathBuf) -> impl Fn(&str, &fs::Metadata) -> Visit {
+    // Unlogged relations are judged per directory; remember the last directory's verdict.
+    let cache: RefCell<Option<(PathBuf, HashSet<String>)>> = RefCell::new(None);
+    move |rel: &str, meta: &fs::Metadata| {
+        let is_tablespace_link = meta.file_type().is_symlink()
+            && rel
+                .strip_prefix("pg_tblspc/")
+                .is_some_and(|oid| oid.parse::<u32>().is_ok());
+        if is_tablespace_link {
+            return Visit::Follow;
+        }
+        match layout::classify(rel, meta.is_dir()) {
+            Entry::Skip => return Visit::Skip,
+            Entry::SkipContents => return Visit::Empty,
+            Entry::Keep => {}
+        }
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if !meta.is_file() || !layout::is_relation_file(name) {
+            return Visit::Keep;
+        }
+        let dir = PathBuf::from(dir);
+        let mut cache = cache.borrow_mut();
+        if cache.as_ref().map(|(d, _)| d != &dir).unwrap_or(true) {
+            let names: Vec<String> = fs::read_dir(pgdata.join(&dir))
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            *cache = Some((dir.clone(), layout::unlogged_skips(&refs)));
+        }
+        let skips = &cache.as_ref().expect("just set").1;
+        if skips.contains(name) {
+            Visit::Skip
+        } else {
+            Visit::Keep
+        }
+    }
+}
+
+/// Makes sure the WAL from start to stop is archived, copying it from pg_wal when the
+/// archiver has not (archiving off, or pointed elsewhere), so every backup is restorable.
+fn ensure_wal(
+    repo: &Repository,
+    pgdata: &Path,
+    sysid: u64,
+    tli: u32,
+    start: Lsn,
+    stop: Lsn,
+    seg_size: u64,
+) -> Result<()> {
+    for segno in segment_of(start, seg_size)..=segment_of(stop, seg_size) {
+        let name = WalFile::Segment { tli, segno }.name(seg_size);
+        if repo.backend().exists(&keys::wal_file(sysid, tli, &name))? {
+            continue;
+        }
+        let path = pgdata.join("pg_wal").join(&name);
+        if !path.exists() {
+            return Err(Error::Failed(format!(
+                "WAL segment {name}, needed to restore this backup, is neither in the repository nor \
+                 in {}; check archive_command",
+                pgdata.join("pg_wal").display()
+            )));
+        }
+        tracing::info!("archiving {name} from pg_wal: the archiver has not stored it here");
+        archive::push(repo, &path)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The command line: clap definitions and output. Commands hold no logic of their own; they
+//! parse, call the library and print, human-readable by default and JSON with `--json`.
+
+mod backup;
+mod info;
+mod init;
+mod mount;
+mod restore;
+mod wal;
+
+use crate::error::{Error, Result};
+use crate::pg::target::{Target, TargetAction};
+use crate::pitr::Goal;
+use crate::store::{open_backend, Repository};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "pgsnapfs",
+    version,
+    about = "PostgreSQL backups you can mount at any point in time"
+)]
+pub struct Cli {
+    /// Repository location: a directory [env: PGSNAPFS_REPO]
+    #[arg(long, env = "PGSNAPFS_REPO", global = true, hide_env = true)]
+    pub repo: Option<String>,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(init::Args),
+    /// Take an online base backup of a running server.
+    Backup(backup::Args),
+    /// Archive one WAL file (for archive_command = 'pgsnapfs wal-push %p').
+    WalPush(wal::PushArgs),
+    /// Restore one archived WAL file (for restore_command = 'pgsnapfs wal-fetch %f %p').
+    WalFetch(wal::FetchArgs),
+    /// List backups.
+    List(info::ListArgs),
+    /// Show backups, archived WAL per timeline with gaps, and the restorable range.
+    Info(info::InfoArgs),
+    /// Write a data directory that recovers to a backup or a point in time.
+    Restore(restore::Args),
+    /// Mount the catalogue of backups, or (with --backup or --target-*) a writable view of
+    /// one point in time that PostgreSQL starts on directly.
+    Mount(mount::Args),
+    /// Unmount a mount, including a stale one left by a killed process.
+    Umount(mount::UmountArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let repo = || -> Result<String> {
+        cli.repo.clone().ok_or_else(|| {
+            Error::BadInput("no repository given: use --repo or set PGSNAPFS_REPO".into())
+        })
+    };
+    match cli.command {
+        Command::Init(a) => init::run(&repo()?, a),
+        Command::Backup(a) => backup::run(&open(&repo()?)?, a),
+        Command::WalPush(a) => wal::push(&open(&repo()?)?, a),
+        Command::WalFetch(a) => wal::fetch(&open(&repo()?)?, a),
+        Command::List(a) => info::list(&open(&repo()?)?, a),
+        Command::Info(a) => info::info(&open(&repo()?)?, a),
+        Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, a),
+        Command::Mount(a) => mount::run(open(&repo()?)?, &repo()?, a),
+        Command::Umount(a) => mount::umount(a),
+    }
+}
+
+/// Opens an existing repository, with a clear error for a missing one.
+fn open(spec: &str) -> Result<Repository> {
+    if !spec.contains("://") && !std::path::Path::new(spec).is_dir() {
+        return Err(Error::BadInput(format!(
+            "repository {spec} does not exist; create it with `pgsnapfs init --repo {spec}`"
+        )));
+    }
+    Ok(Repository::open(open_backend(spec)?)?)
+}
+
+/// Which point to recover to: shared by restore, mount and verify.
+#[derive(clap::Args, Debug, Clone)]
+#[group(multiple = false)]
+pub struct GoalArgs {
+    /// A backup as it was when it ended: its id, or `latest`.
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Recover to this time ('2026-11-20 14:30:00+00' or RFC 3339; no zone = local time).
+    #[arg(long)]
+    pub target_time: Option<String>,
+    /// Recover to this WAL location (e.g. 0/3000060).
+    #[arg(long)]
+    pub target_lsn: Option<String>,
+    /// Recover to this named restore point (pg_create_restore_point).
+    #[arg(long)]
+    pub target_name: Option<String>,
+    /// Recover to the commit of this transaction id.
+    #[arg(long)]
+    pub target_xid: Option<u32>,
+}
+
+impl GoalArgs {
+    /// The goal; with nothing given, the latest state: newest backup plus all archived WAL.
+    pub fn goal(&self) -> Result<Goal> {
+        let bad = |e: crate::pg::Error| Error::BadInput(e.to_string());
+        Ok(if let Some(b) = &self.backup {
+            Goal::Backup(b.clone())
+        } else if let Some(t) = &self.target_time {
+            Goal::Target(Target::Time(crate::pg::target::parse_time(t).map_err(bad)?))
+        } else if let Some(l) = &self.target_lsn {
+            Goal::Target(Target::Lsn(l.parse().map_err(|_| {
+                Error::BadInput(format!("{l:?} is not an LSN such as 0/3000060"))
+            })?))
+        } else if let Some(n) = &self.target_name {
+            Goal::Target(Target::Name(n.clone()))
+        } else if let Some(x) = self.target_xid {
+            Goal::Target(Target::Xid(x))
+        } else {
+            Goal::Latest
+        })
+    }
+}
+
+pub fn parse_action(s: &str) -> std::result::Result<TargetAction, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of pause, promote, shutdown"))
+}
+
+/// A byte-counting progress bar on stderr; indicatif draws nothing when stderr is not a
+/// terminal, so logs and pipes stay clean.
+fn progress(total: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match total {
+        Some(t) => ProgressBar::new(t).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+                .expect("valid template"),
+        ),
+    };
+    bar.set_message(what.to_string());
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar
+}
+
+/// "1.5 GiB"-style sizes for humans.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializes")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_for_humans() {
+        assert_eq!(super::human(512), "512 B");
+        assert_eq!(super::human(1536), "1.5 KiB");
+    }
+}

@@ -1,0 +1,288 @@
+//! `pgsnapfs mount` and `pgsnapfs umount`
+
+use super::{human, parse_action, GoalArgs};
+use crate::error::{io, Error, Result};
+use crate::mount::SnapSource;
+use crate::pg::recovery::RecoverySettings;
+use crate::pg::target::TargetAction;
+use crate::store::Repository;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to mount (an existing, empty directory).
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub goal: GoalArgs,
+    /// Writable view: where the server's writes go (a missing or empty directory).
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// The user the server runs as: files are shown as owned by it (root only).
+    #[arg(long, default_value = "postgres")]
+    pub owner: String,
+    /// What the server does at the target.
+    #[arg(long, default_value = "pause", value_parser = parse_action)]
+    pub target_action: TargetAction,
+    /// shared_buffers for the server on the view: sized so replay does not evict
+    /// pages through FUSE one at a time.
+    #[arg(long, default_value = "1GB")]
+    pub shared_buffers: String,
+    /// Memory for decompressed chunks.
+    #[arg(long, default_value = "512MiB", value_parser = super::init::parse_size)]
+    pub cache_size: u32,
+    /// Return once the mount is ready, leaving it mounted in the background.
+    #[arg(long)]
+    pub background: bool,
+    /// The cluster, when the repository holds several.
+    #[arg(long)]
+    pub system: Option<u64>,
+}
+
+#[derive(clap::Args)]
+pub struct UmountArgs {
+    pub mountpoint: PathBuf,
+    /// Detach now even if busy; the mount goes away when the last file is closed.
+    #[arg(long)]
+    pub lazy: bool,
+}
+
+/// The line a mount prints on stdout once it can be used; `--background` waits for it.
+const READY: &str = "pgsnapfs: mounted";
+
+fn user_ids(name: &str) -> Result<(u32, u32)> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| Error::BadInput(format!("bad user name {name:?}")))?;
+    // SAFETY: getpwnam returns null or a pointer to static storage read at once.
+    unsafe {
+        let pw = libc::getpwnam(cname.as_ptr());
+        if pw.is_null() {
+            return Err(Error::BadInput(format!("no such user {name:?} (--owner)")));
+        }
+        Ok(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+fn check_mountpoint(dir: &Path) -> Result<()> {
+    match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::BadInput(format!(
+            "mount point {} is not empty",
+            dir.display()
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(Error::BadInput(format!(
+            "mount point {} holds a stale mount; clean it up with `pgsnapfs umount {}`",
+            dir.display(),
+            dir.display()
+        ))),
+        Err(e) => Err(Error::BadInput(format!(
+            "mount point {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in every thread started after this, and returns a waiter for
+/// them: the signals are taken synchronously, so the mount unmounts cleanly.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-mask calls on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
+    if a.background {
+        return background();
+    }
+    check_mountpoint(&a.mountpoint)?;
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let (uid, gid) = if is_root {
+        user_ids(&a.owner)?
+    } else {
+        unsafe { (libc::geteuid(), libc::getegid()) }
+    };
+    let repo = Arc::new(repo);
+    let cache = a.cache_size as usize;
+    let view = a.goal.backup.is_some()
+        || a.goal.target_time.is_some()
+        || a.goal.target_lsn.is_some()
+        || a.goal.target_name.is_some()
+        || a.goal.target_xid.is_some();
+    let (source, writable, fsname) = if view {
+        let scratch = a.scratch.clone().ok_or_else(|| {
+            Error::BadInput(
+                "a point-in-time mount needs --scratch DIR for the server's writes".into(),
+            )
+        })?;
+        let plan = crate::pitr::plan(&repo, a.system, &a.goal.goal()?)?;
+        let mountpoint = std::fs::canonicalize(&a.mountpoint)
+            .map_err(io(format!("resolve {}", a.mountpoint.display())))?;
+        let settings = RecoverySettings {
+            restore_command: super::restore::restore_command(repo_spec, &plan)?,
+            target: plan.target.clone(),
+            action: a.target_action,
+            timeline: None,
+        };
+        let owner = crate::view::Owner { uid, gid };
+        let changes = crate::view::prepare(
+            &repo,
+            &plan,
+            &settings,
+            &scratch,
+            &mountpoint,
+            owner,
+            &a.shared_buffers,
+        )?;
+        eprintln!(
+            "mounting backup {} (ended {}) at {}; about {} of WAL to replay on start{}",
+            plan.snapshot.id,
+            plan.snapshot.stop_time.to_rfc3339(),
+            a.mountpoint.display(),
+            human(plan.replay_bytes),
+            match &plan.target {
+                Some(t) => format!(" to {t:?}"),
+                None => String::new(),
+            }
+        );
+        eprintln!("archive_mode is off on this view: a server started here never archives WAL");
+        let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
+        (
+            source,
+            Some(scratch.join("cow")),
+            format!("pgsnapfs:{}", plan.snapshot.id),
+        )
+    } else {
+        if a.scratch.is_some() {
+            return Err(Error::BadInput(
+                "--scratch is for a point-in-time mount: add --backup or a --target-*".into(),
+            ));
+        }
+        (
+            SnapSource::catalogue(repo.clone(), cache)?,
+            None,
+            "pgsnapfs".to_string(),
+        )
+    };
+    let signals = block_signals();
+    let handle = pgsnapfs_fuse::mount(
+        Arc::new(source),
+        &a.mountpoint,
+        pgsnapfs_fuse::MountOptions {
+            fsname,
+            uid,
+            gid,
+            allow_other: is_root,
+            writable,
+            block_size: crate::pg::PAGE_SIZE as u32,
+            threads: 4,
+            writeback_cache: true,
+        },
+    )
+    .map_err(|e| Error::Failed(format!("cannot mount at {}: {e}", a.mountpoint.display())))?;
+    println!("{READY} at {}", handle.mountpoint().display());
+    let _ = std::io::stdout().flush();
+    let unmounter = handle.unmounter();
+    std::thread::spawn(move || loop {
+        let mut sig = 0;
+        // SAFETY: waits for one of the blocked signals.
+        unsafe { libc::sigwait(&signals, &mut sig) };
+        tracing::info!("signal {sig}: unmounting");
+        match unmounter.unmount() {
+            Ok(()) => break,
+            Err(e) => eprintln!("pgsnapfs: cannot unmount yet: {e}; stop what is using the mount, then signal again"),
+        }
+    });
+    handle
+        .wait()
+        .map_err(|e| Error::Failed(format!("mount ended with an error: {e}")))
+}
+
+/// Starts this same command in the foreground as a detached child, and returns once it has
+/// printed that it is mounted (or has failed).
+fn background() -> Result<()> {
+    let exe = std::env::current_exe().map_err(io("find the pgsnapfs executable"))?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--background")
+        .collect();
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: setsid in the child before exec, so terminal signals do not reach it.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(io("start the mount process"))?;
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(io("read from the mount process"))?;
+        if line.starts_with(READY) {
+            println!("{line} (process {})", child.id());
+            return Ok(());
+        }
+    }
+    let status = child.wait().map_err(io("wait for the mount process"))?;
+    Err(Error::Failed(format!(
+        "the mount process exited ({status}) before mounting; see the messages above"
+    )))
+}
+
+pub fn umount(a: UmountArgs) -> Result<()> {
+    let path = &a.mountpoint;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::BadInput(format!("bad path {}", path.display())))?;
+    let flags = if a.lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        println!("unmounted {}", path.display());
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM) => {
+            let status = Command::new("fusermount3")
+                .arg("-u")
+                .args(a.lazy.then_some("-z"))
+                .arg(path)
+                .status();
+            match status {
+                Ok(s) if s.success() => {
+                    println!("unmounted {}", path.display());
+                    Ok(())
+                }
+                _ => Err(Error::Failed(format!("cannot unmount {}: permission denied (run as root, or as the user who mounted it with fusermount3 installed)", path.display()))),
+            }
+        }
+        Some(libc::EBUSY) => Err(Error::Failed(format!(
+            "{} is busy: stop the server or shell using it (fuser -vm {}), or use --lazy",
+            path.display(),
+            path.display()
+        ))),
+        Some(libc::EINVAL) => Err(Error::BadInput(format!(
+            "{} is not a mount point",
+            path.display()
+        ))),
+        Some(libc::ENOENT) => Err(Error::BadInput(format!(
+            "{} does not exist",
+            path.display()
+        ))),
+        _ => Err(Error::Failed(format!(
+            "cannot unmount {}: {err}",
+            path.display()
+        ))),
+    }
+}

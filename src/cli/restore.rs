@@ -1,0 +1,115 @@
+//! `pgsnapfs restore`
+
+use super::{human, parse_action, progress, GoalArgs};
+use crate::error::{Error, Result};
+use crate::pg::recovery::{self, RecoverySettings};
+use crate::pg::target::TargetAction;
+use crate::pitr::{self, Plan};
+use crate::restore::{self, RestoreOptions};
+use crate::store::Repository;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The directory to write (missing or empty).
+    #[arg(long)]
+    pub to: PathBuf,
+    #[command(flatten)]
+    pub goal: GoalArgs,
+    /// What the server does at the target.
+    #[arg(long, default_value = "pause", value_parser = parse_action)]
+    pub target_action: TargetAction,
+    /// Put tablespace OID at DIR instead of its original location (repeatable).
+    #[arg(long, value_name = "OID=DIR", value_parser = parse_map)]
+    pub tablespace_map: Vec<(u32, PathBuf)>,
+    /// The cluster, when the repository holds several.
+    #[arg(long)]
+    pub system: Option<u64>,
+}
+
+fn parse_map(s: &str) -> std::result::Result<(u32, PathBuf), String> {
+    let (oid, dir) = s.split_once('=').ok_or("expected OID=DIR")?;
+    Ok((
+        oid.parse()
+            .map_err(|_| format!("{oid:?} is not a tablespace OID"))?,
+        PathBuf::from(dir),
+    ))
+}
+
+/// Shell-quotes a word for restore_command, which PostgreSQL runs through sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The restore_command that fetches WAL of this plan's cluster from this repository.
+pub fn restore_command(repo_spec: &str, plan: &Plan) -> Result<String> {
+    let exe = std::env::current_exe().map_err(crate::error::io("find the pgsnapfs executable"))?;
+    // The server runs the command in its data directory: use an absolute repository path.
+    let repo = if repo_spec.contains("://") {
+        repo_spec.to_string()
+    } else {
+        std::fs::canonicalize(repo_spec)
+            .map_err(crate::error::io(format!("resolve {repo_spec}")))?
+            .display()
+            .to_string()
+    };
+    Ok(format!(
+        "{} wal-fetch --repo {} --system {} %f %p",
+        sh_quote(&exe.display().to_string()),
+        sh_quote(&repo),
+        plan.system.system_identifier
+    ))
+}
+
+pub fn run(repo: &Repository, repo_spec: &str, a: Args) -> Result<()> {
+    let plan = pitr::plan(repo, a.system, &a.goal.goal()?)?;
+    let snap = &plan.snapshot;
+    eprintln!(
+        "restoring backup {} ({}, ended {}) to {}; about {} of WAL to replay",
+        snap.id,
+        human(snap.size_logical),
+        snap.stop_time.to_rfc3339(),
+        a.to.display(),
+        human(plan.replay_bytes)
+    );
+    let settings = RecoverySettings {
+        restore_command: restore_command(repo_spec, &plan)?,
+        target: plan.target.clone(),
+        action: a.target_action,
+        timeline: None,
+    };
+    let bar = progress(Some(snap.size_logical), "restoring");
+    let tick = bar.clone();
+    let started = Instant::now();
+    let done = restore::run(
+        repo,
+        &plan,
+        &RestoreOptions {
+            to: a.to.clone(),
+            tablespace_map: a.tablespace_map.into_iter().collect::<HashMap<_, _>>(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            progress: Box::new(move |n| tick.inc(n)),
+            recovery_conf: recovery::render(&settings, snap.pg_major),
+        },
+    )
+    .map_err(|e| match e {
+        Error::BadInput(_) => e,
+        other => Error::Failed(format!(
+            "{other}; {} may be incomplete: delete it before trying again",
+            a.to.display()
+        )),
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "restored {} files ({}) in {:.1}s. Start the server with: pg_ctl -D {} start",
+        done.files,
+        human(done.bytes),
+        started.elapsed().as_secs_f64(),
+        a.to.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,543 @@
+//! The mount adapter: serves backups from the repository as a `pgsnapfs_fuse::Source`.
+//!
+//! This is the one place where the store, PostgreSQL and the FUSE crate meet. Two trees:
+//! the catalogue (`backups/<id>/`, `latest`, `wal/<timeline>/`), and the view of one
+//! backup prepared for a server to start on (recovery settings, `pg_wal` on scratch,
+//! tablespaces as links). Nodes are created lazily as directories are first listed, so
+//! memory grows with what is looked at; chunks are cached in a bounded LRU.
+
+use crate::archive::{self, System};
+use crate::store::cache::BlobCache;
+use crate::store::snapshot::Snapshot;
+use crate::store::tree::{BlobRef, Chunk, NodeKind, LIST_FANOUT};
+use crate::store::{keys, object, Id, Repository, StoreError};
+use pgsnapfs_fuse::{Attr, DirEntry, Error as FsError, Kind, NodeId, Source};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where the view keeps tablespace contents; `pg_tblspc/<oid>` links point here, because
+/// PostgreSQL insists that entries of pg_tblspc are symbolic links.
+pub const TABLESPACES_DIR: &str = ".pgsnapfs-tablespaces";
+
+/// Changes a view makes to the root of a backup's tree.
+#[derive(Default)]
+pub struct ViewChanges {
+    /// Files added or replaced, with their content.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Symbolic links added or replacing entries.
+    pub symlinks: Vec<(String, PathBuf)>,
+    /// Entries hidden.
+    pub hide: Vec<String>,
+    /// The mount point, to make tablespace links absolute; None leaves tablespaces as
+    /// directories.
+    pub mountpoint: Option<PathBuf>,
+}
+
+enum Content {
+    Chunks {
+        lists: Vec<(BlobRef, OnceLock<Arc<Vec<Chunk>>>)>,
+        chunk_size: u32,
+    },
+    Bytes(Arc<Vec<u8>>),
+    /// An archived WAL file: a sealed object, served whole from the cache.
+    Sealed {
+        key: String,
+        len: OnceLock<u64>,
+    },
+}
+
+enum Data {
+    Dir {
+        tree: Option<(BlobRef, u32)>,
+        children: OnceLock<BTreeMap<String, NodeId>>,
+        tblspc: bool,
+    },
+    File {
+        size: u64,
+        content: Content,
+    },
+    Symlink(PathBuf),
+}
+
+struct NodeData {
+    mode: u16,
+    mtime: i64,
+    data: Data,
+}
+
+/// A tree of backups served to the FUSE layer.
+pub struct SnapSource {
+    repo: Arc<Repository>,
+    nodes: RwLock<Vec<Arc<NodeData>>>,
+    cache: BlobCache<String>,
+    tablespace_base: Option<PathBuf>,
+}
+
+fn eio(e: StoreError) -> FsError {
+    tracing::error!("{e}");
+    FsError::io(e.to_string())
+}
+
+impl SnapSource {
+    fn new(
+        repo: Arc<Repository>,
+        cache_bytes: usize,
+        tablespace_base: Option<PathBuf>,
+    ) -> SnapSource {
+        SnapSource {
+            repo,
+            nodes: RwLock::new(Vec::new()),
+            cache: BlobCache::new(cache_bytes),
+            tablespace_base,
+        }
+    }
+
+    fn add(&self, node: NodeData) -> NodeId {
+        let mut nodes = self.nodes.write().expect("node table");
+        nodes.push(Arc::new(node));
+        nodes.len() as NodeId
+    }
+
+    fn node(&self, id: NodeId) -> Result<Arc<NodeData>, FsError> {
+        let nodes = self.nodes.read().expect("node table");
+        id.checked_sub(1)
+            .and_then(|i| nodes.get(i as usize))
+            .cloned()
+            .ok_or_else(|| FsError::not_found(format!("no node {id}")))
+    }
+
+    /// Node 1 must be the root, but its children are made first: reserve it, fill it later.
+    fn reserve_root(&self) {
+        let root = self.add(NodeData {
+            mode: 0o700,
+            mtime: now(),
+            data: Data::Dir {
+                tree: None,
+                children: OnceLock::new(),
+                tblspc: false,
+            },
+        });
+        debug_assert_eq!(root, pgsnapfs_fuse::ROOT);
+    }
+
+    fn set_root(&self, mode: u32, mtime: i64, children: BTreeMap<String, NodeId>) {
+        let cell = OnceLock::new();
+        let _ = cell.set(children);
+        self.nodes.write().expect("node table")[0] = Arc::new(NodeData {
+            mode: mode as u16,
+            mtime,
+            data: Data::Dir {
+                tree: None,
+                children: cell,
+                tblspc: false,
+            },
+        });
+    }
+
+    fn virtual_dir(&self, children: BTreeMap<String, NodeId>) -> NodeId {
+        let cell = OnceLock::new();
+        let _ = cell.set(children);
+        self.add(NodeData {
+            mode: 0o700,
+            mtime: now(),
+            data: Data::Dir {
+                tree: None,
+                children: cell,
+                tblspc: false,
+            },
+        })
+    }
+
+    fn tree_dir(
+        &self,
+        tree: BlobRef,
+        chunk_size: u32,
+        mode: u32,
+        mtime: i64,
+        tblspc: bool,
+    ) -> NodeId {
+        self.add(NodeData {
+            mode: mode as u16,
+            mtime,
+            data: Data::Dir {
+                tree: Some((tree, chunk_size)),
+                children: OnceLock::new(),
+                tblspc,
+            },
+        })
+    }
+
+    fn bytes_file(&self, data: Vec<u8>, mtime: i64) -> NodeId {
+        self.add(NodeData {
+            mode: 0o600,
+            mtime,
+            data: Data::File {
+                size: data.len() as u64,
+                content: Content::Bytes(Arc::new(data)),
+            },
+        })
+    }
+
+    fn symlink(&self, target: PathBuf) -> NodeId {
+        self.add(NodeData {
+            mode: 0o777,
+            mtime: now(),
+            data: Data::Symlink(target),
+        })
+    }
+
+    /// The read-only catalogue of every backup and all archived WAL.
+    pub fn catalogue(repo: Arc<Repository>, cache_bytes: usize) -> Result<SnapSource, StoreError> {
+        let src = SnapSource::new(repo.clone(), cache_bytes, None);
+        src.reserve_root();
+        let mut backups = BTreeMap::new();
+        let mut newest: Option<Snapshot> = None;
+        for snap in repo.snapshots()? {
+            match snap {
+                Ok(s) => {
+                    backups.insert(
+                        s.id.clone(),
+                        src.tree_dir(s.root, s.chunk_size, s.root_mode, s.root_mtime, false),
+                    );
+                    newest = Some(s);
+                }
+                Err(e) => tracing::warn!("not shown: {e}"),
+            }
+        }
+        if let Some(s) = &newest {
+            backups.insert("latest".into(), src.symlink(PathBuf::from(&s.id)));
+        }
+        let systems =
+            archive::systems(&repo).map_err(|e| StoreError::corrupt("systems/", e.to_string()))?;
+        let mut wal = BTreeMap::new();
+        for system in &systems {
+            let timelines = src.wal_dirs(&repo, system)?;
+            if systems.len() == 1 {
+                wal = timelines;
+            } else {
+                wal.insert(system.system_identifier.clone(), src.virtual_dir(timelines));
+            }
+        }
+        let mut root = BTreeMap::new();
+        root.insert("backups".to_string(), src.virtual_dir(backups));
+        root.insert("wal".to_string(), src.virtual_dir(wal));
+        src.set_root(0o700, now(), root);
+        Ok(src)
+    }
+
+    fn wal_dirs(
+        &self,
+        repo: &Repository,
+        system: &System,
+    ) -> Result<BTreeMap<String, NodeId>, StoreError> {
+        let sysid: u64 = system.system_identifier.parse().unwrap_or(0);
+        let mut by_tli: BTreeMap<String, BTreeMap<String, NodeId>> = BTreeMap::new();
+        for key in repo.backend().list(&keys::wal_system(sysid))? {
+            let mut parts = key.rsplit('/');
+            let (Some(name), Some(tli)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let node = self.add(NodeData {
+                mode: 0o600,
+                mtime: 0,
+                data: Data::File {
+                    size: 0,
+                    content: Content::Sealed {
+                        key: key.clone(),
+                        len: OnceLock::new(),
+                    },
+                },
+            });
+            by_tli
+                .entry(tli.to_string())
+                .or_default()
+                .insert(name.to_string(), node);
+        }
+        Ok(by_tli
+            .into_iter()
+            .map(|(tli, files)| (tli, self.virtual_dir(files)))
+            .collect())
+    }
+
+    /// A backup's data directory with `changes` applied to its root, for a server to start on.
+    pub fn view(
+        repo: Arc<Repository>,
+        snap: &Snapshot,
+        changes: ViewChanges,
+        cache_bytes: usize,
+    ) -> Result<SnapSource, StoreError> {
+        let base = changes.mountpoint.as_ref().map(|m| m.join(TABLESPACES_DIR));
+        let src = SnapSource::new(repo.clone(), cache_bytes, base.clone());
+        src.reserve_root();
+        let mut children = src.expand(&snap.root, snap.chunk_size, false)?;
+        for name in &changes.hide {
+            children.remove(name);
+        }
+        for (name, data) in changes.files {
+            children.insert(name, src.bytes_file(data, now()));
+        }
+        for (name, target) in changes.symlinks {
+            children.insert(name, src.symlink(target));
+        }
+        if base.is_some() {
+            if let Some(&tblspc) = children.get("pg_tblspc") {
+                let spaces = src.tablespace_trees(tblspc)?;
+                if !spaces.is_empty() {
+                    children.insert(TABLESPACES_DIR.into(), src.virtual_dir(spaces));
+                }
+            }
+        }
+        src.set_root(snap.root_mode, snap.root_mtime, children);
+        Ok(src)
+    }
+
+    /// The tablespace directories under pg_tblspc, as nodes of their own.
+    fn tablespace_trees(&self, tblspc: NodeId) -> Result<BTreeMap<String, NodeId>, StoreError> {
+        let node = self
+            .node(tblspc)
+            .map_err(|e| StoreError::corrupt("pg_tblspc", e.to_string()))?;
+        let Data::Dir {
+            tree: Some((tree, chunk_size)),
+            ..
+        } = &node.data
+        else {
+            return Ok(BTreeMap::new());
+        };
+        let mut out = BTreeMap::new();
+        for entry in self.repo.load_dir(tree)?.entries {
+            if let NodeKind::Dir { tree } = entry.kind {
+                out.insert(
+                    entry.name,
+                    self.tree_dir(tree, *chunk_size, entry.mode, entry.mtime, false),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates nodes for the entries of a tree blob.
+    fn expand(
+        &self,
+        tree: &BlobRef,
+        chunk_size: u32,
+        tblspc: bool,
+    ) -> Result<BTreeMap<String, NodeId>, StoreError> {
+        let dir = self.repo.load_dir(tree)?;
+        let mut out = BTreeMap::new();
+        for entry in dir.entries {
+            let id = match entry.kind {
+                NodeKind::Dir { .. } if tblspc && self.tablespace_base.is_some() => {
+                    let base = self.tablespace_base.as_ref().expect("checked");
+                    self.symlink(base.join(&entry.name))
+                }
+                NodeKind::Dir { tree } => self.tree_dir(
+                    tree,
+                    chunk_size,
+                    entry.mode,
+                    entry.mtime,
+                    entry.name == "pg_tblspc",
+                ),
+                NodeKind::File { size, lists } => self.add(NodeData {
+                    mode: entry.mode as u16,
+                    mtime: entry.mtime,
+                    data: Data::File {
+                        size,
+                        content: Content::Chunks {
+                            lists: lists.into_iter().map(|r| (r, OnceLock::new())).collect(),
+                            chunk_size,
+                        },
+                    },
+                }),
+                NodeKind::Symlink { target } => self.symlink(PathBuf::from(target)),
+            };
+            out.insert(entry.name, id);
+        }
+        Ok(out)
+    }
+
+    fn children<'a>(&self, node: &'a NodeData) -> Result<&'a BTreeMap<String, NodeId>, FsError> {
+        let Data::Dir {
+            tree,
+            children,
+            tblspc,
+        } = &node.data
+        else {
+            return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+        };
+        if let Some(c) = children.get() {
+            return Ok(c);
+        }
+        let (tree, chunk_size) = tree
+            .as_ref()
+            .expect("virtual directories are filled when made");
+        let expanded = self.expand(tree, *chunk_size, *tblspc).map_err(eio)?;
+        // A concurrent expansion may have won; its nodes are equivalent, ours go unused.
+        Ok(children.get_or_init(|| expanded))
+    }
+
+    fn chunk(
+        &self,
+        lists: &[(BlobRef, OnceLock<Arc<Vec<Chunk>>>)],
+        index: usize,
+    ) -> Result<Chunk, FsError> {
+        let (r, cell) = lists
+            .get(index / LIST_FANOUT)
+            .ok_or_else(|| FsError::io("chunk index past the file's lists"))?;
+        let list = match cell.get() {
+            Some(l) => l.clone(),
+            None => {
+                let loaded = Arc::new(self.repo.load_chunk_list(r).map_err(eio)?);
+                cell.get_or_init(|| loaded).clone()
+            }
+        };
+        list.get(index % LIST_FANOUT)
+            .copied()
+            .ok_or_else(|| FsError::io("chunk index past the list"))
+    }
+
+    fn chunk_data(&self, c: &Chunk) -> Result<Arc<Vec<u8>>, FsError> {
+        if c.loc.is_none() {
+            return Ok(Arc::new(vec![0; c.len as usize]));
+        }
+        self.cache
+            .get_or_fetch(&c.id, || self.repo.read_chunk(c).map_err(|e| e.to_string()))
+            .map_err(|msg| {
+                tracing::error!("{msg}");
+                FsError::io(msg)
+            })
+    }
+
+    fn sealed(&self, key: &str) -> Result<Arc<Vec<u8>>, FsError> {
+        self.cache
+            .get_or_fetch(&Id::of(key.as_bytes()), || {
+                self.repo.get_sealed(key).map_err(|e| e.to_string())
+            })
+            .map_err(|msg| {
+                tracing::error!("{msg}");
+                FsError::io(msg)
+            })
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn kind_of(data: &Data) -> Kind {
+    match data {
+        Data::Dir { .. } => Kind::Dir,
+        Data::File { .. } => Kind::File,
+        Data::Symlink(_) => Kind::Symlink,
+    }
+}
+
+impl Source for SnapSource {
+    fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<Option<NodeId>, FsError> {
+        let node = self.node(parent)?;
+        let Some(name) = name.to_str() else {
+            return Ok(None);
+        };
+        Ok(self.children(&node)?.get(name).copied())
+    }
+
+    fn getattr(&self, id: NodeId) -> Result<Attr, FsError> {
+        let node = self.node(id)?;
+        let size = match &node.data {
+            Data::Dir { .. } => 4096,
+            Data::File {
+                size,
+                content: Content::Sealed { key, len },
+            } => match len.get() {
+                Some(l) => *l,
+                None => {
+                    let head = self
+                        .repo
+                        .backend()
+                        .get_range(key, 0, object::HEADER_LEN as u64)
+                        .map_err(|e| eio(e.into()))?;
+                    let l = object::header(&head, key).map_err(eio)?.len;
+                    *len.get_or_init(|| l)
+                }
+            }
+            .max(*size),
+            Data::File { size, .. } => *size,
+            Data::Symlink(t) => t.as_os_str().len() as u64,
+        };
+        Ok(Attr {
+            kind: kind_of(&node.data),
+            size,
+            perm: node.mode & 0o7777,
+            mtime: UNIX_EPOCH + Duration::from_secs(node.mtime.max(0) as u64),
+        })
+    }
+
+    fn readdir(&self, id: NodeId) -> Result<Vec<DirEntry>, FsError> {
+        let node = self.node(id)?;
+        let children = self.children(&node)?;
+        children
+            .iter()
+            .map(|(name, &child)| {
+                Ok(DirEntry {
+                    name: name.into(),
+                    node: child,
+                    kind: kind_of(&self.node(child)?.data),
+                })
+            })
+            .collect()
+    }
+
+    fn readlink(&self, id: NodeId) -> Result<PathBuf, FsError> {
+        match &self.node(id)?.data {
+            Data::Symlink(t) => Ok(t.clone()),
+            _ => Err(FsError::new(libc::EINVAL, "not a symbolic link")),
+        }
+    }
+
+    fn read(&self, id: NodeId, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let node = self.node(id)?;
+        let Data::File {
+            size: file_size,
+            content,
+        } = &node.data
+        else {
+            return Err(FsError::new(libc::EISDIR, "not a file"));
+        };
+        let whole = |data: &[u8]| {
+            let start = (offset as usize).min(data.len());
+            let end = (start + size as usize).min(data.len());
+            data[start..end].to_vec()
+        };
+        match content {
+            Content::Bytes(b) => Ok(whole(b)),
+            Content::Sealed { key, .. } => Ok(whole(&self.sealed(key)?)),
+            Content::Chunks { lists, chunk_size } => {
+                let cs = *chunk_size as u64;
+                let end = (offset + size as u64).min(*file_size);
+                let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+                let mut pos = offset;
+                while pos < end {
+                    let index = pos / cs;
+                    let chunk = self.chunk(lists, index as usize)?;
+                    let data = self.chunk_data(&chunk)?;
+                    let from = (pos - index * cs) as usize;
+                    let to = ((end - index * cs) as usize).min(data.len());
+                    if from >= to {
+                        return Err(FsError::io(format!(
+                            "chunk {} is shorter than the file says",
+                            chunk.id
+                        )));
+                    }
+                    out.extend_from_slice(&data[from..to]);
+                    pos = index * cs + to as u64;
+                }
+                Ok(out)
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Timeline history files (`TTTTTTTT.history`) and the timeline path they
+//! describe. Key type: `HistoryEntry`, one line of the file.
+//! Decision: parse as timeline.c's readTimeLineHistory does (comments and blank
+//! lines skipped, ids strictly increasing), so what we accept is what recovery
+//! accepts.
+
+use super::lsn::Lsn;
+use super::wal::segment_of;
+use super::Error;
+
+/// One ancestor timeline of the timeline the history file belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The ancestor timeline.
+    pub parent_tli: u32,
+    /// Where the next timeline branched off `parent_tli`.
+    pub switchpoint: Lsn,
+    /// Free text, e.g. "no recovery target specified".
+    pub reason: String,
+}
+
+/// Parses a history file: lines "parentTLI<tab>switchpoint<tab>reason".
+pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, Error> {
+    let mut entries: Vec<HistoryEntry> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let bad = |reason| Error::History { line, reason };
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let (tli, rest) = split_field(trimmed);
+        let tli: u32 = tli
+            .parse()
+            .map_err(|_| bad("expected a numeric timeline id"))?;
+        let (switchpoint, reason) = split_field(rest.trim_start());
+        let switchpoint: Lsn = switchpoint
+            .parse()
+            .map_err(|_| bad("expected a switchpoint location"))?;
+        if entries.last().is_some_and(|last| tli <= last.parent_tli) {
+            return Err(bad("timeline ids must be in increasing sequence"));
+        }
+        entries.push(HistoryEntry {
+            parent_tli: tli,
+            switchpoint,
+            reason: reason.trim().to_string(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Splits off the text before the first whitespace.
+fn split_field(s: &str) -> (&str, &str) {
+    s.split_at(s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len()))
+}
+
+/// The timeline that holds `lsn` on the way to `target_tli`, whose history
+/// is `history`. A switchpoint itself belongs to the newer timeline.
+pub fn timeline_of(lsn: Lsn, target_tli: u32, history: &[HistoryEntry]) -> u32 {
+    history
+        .iter()
+        .find(|e| lsn < e.switchpoint)
+        .map_or(target_tli, |e| e.parent_tli)
+}
+
+/// The timeline whose file recovery reads for segment `segno` on the way to
+/// `target_tli`: the segment holding a switchpoint comes from the newer
+/// timeline, as in XLogFileReadAnyTLI.
+pub fn timeline_of_segment(
+    segno: u64,
+    seg_size: u64,
+    target_tli: u32,
+    history: &[HistoryEntry],
+) -> u32 {
+    history
+        .iter()
+        .find(|e| segno < segment_of(e.switchpoint, seg_size))
+        .map_or(target_tli, |e| e.parent_tli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 16 * 1024 * 1024;
+
+    /// 00000003.history as PostgreSQL writes it.
+    const TLI3: &str = "1\t0/3000000\tno recovery target specified\n\n\
+                        2\t0/5000160\tbefore 2026-11-20 14:30:00+00\n";
+
+    fn tli3() -> Vec<HistoryEntry> {
+        parse_history(TLI3).unwrap()
+    }
+
+    #[test]
+    fn parses_postgres_output() {
+        assert_eq!(
+            tli3(),
+            vec![
+                HistoryEntry {
+                    parent_tli: 1,
+                    switchpoint: Lsn(0x300_0000),
+                    reason: "no recovery target specified".into()
+                },
+                HistoryEntry {
+                    parent_tli: 2,
+                    switchpoint: Lsn(0x500_0160),
+                    reason: "before 2026-11-20 14:30:00+00".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_a_real_pg15_history_file() {
+        // 00000002.history written by PostgreSQL 15 promoting at a restore point.
+        let h = parse_history("1\t0/93E8AA0\tat restore point \"rp_4\"\n").unwrap();
+        assert_eq!(
+            h,
+            vec![HistoryEntry {
+                parent_tli: 1,
+                switchpoint: Lsn(0x93E_8AA0),
+                reason: "at restore point \"rp_4\"".into()
+            }]
+        );
+        assert_eq!(timeline_of(Lsn(0x93E_8A9F), 2, &h), 1);
+        assert_eq!(timeline_of(Lsn(0x93E_8AA0), 2, &h), 2);
+        assert_eq!(timeline_of_segment(8, 16 << 20, 2, &h), 1);
+        assert_eq!(timeline_of_segment(9, 16 << 20, 2, &h), 2);
+    }
+
+    #[test]
+    fn skips_comments_and_tolerates_missing_reason() {
+        let h = parse_history("# comment\n  # indented comment\n1\t0/3000000\n").unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].reason, "");
+        assert_eq!(parse_history("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn rejects_malformed_lines() {
+        let cases = [
+            ("x\t0/1\n", 1, "expected a numeric timeline id"),
+            ("1\n", 1, "expected a switchpoint location"),
+            ("1\tzz\n", 1, "expected a switchpoint location"),
+            (
+                "\n2\t0/1\ta\n2\t0/2\tb\n",
+                3,
+                "timeline ids must be in increasing sequence",
+            ),
+            (
+                "3\t0/1\ta\n2\t0/2\tb\n",
+                2,
+                "timeline ids must be in increasing sequence",
+            ),
+        ];
+        for (text, line, reason) in cases {
+            assert_eq!(
+                parse_history(text),
+                Err(Error::History { line, reason }),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn timeline_of_lsn() {
+        let h = tli3();
+        assert_eq!(timeline_of(Lsn(0x100_0000), 3, &h), 1);
+        assert_eq!(timeline_of(Lsn(0x2FF_FFFF), 3, &h), 1);
+        assert_eq!(timeline_of(Lsn(0x300_0000), 3, &h), 2);
+        assert_eq!(timeline_of(Lsn(0x500_015F), 3, &h), 2);
+        assert_eq!(timeline_of(Lsn(0x500_0160), 3, &h), 3);
+        assert_eq!(timeline_of(Lsn(u64::MAX), 3, &h), 3);
+        assert_eq!(timeline_of(Lsn(0x100), 1, &[]), 1);
+    }
+
+    #[test]
+    fn timeline_of_segment_prefers_newer_timeline() {
+        let h = tli3();
+        assert_eq!(timeline_of_segment(2, SEG, 3, &h), 1);
+        // 0/3000000 starts segment 3, which therefore is read from timeline 2.
+        assert_eq!(timeline_of_segment(3, SEG, 3, &h), 2);
+        assert_eq!(timeline_of_segment(4, SEG, 3, &h), 2);
+        // Segment 5 holds the switch to timeline 3 at 0/5000160.
+        assert_eq!(timeline_of_segment(5, SEG, 3, &h), 3);
+        assert_eq!(timeline_of_segment(9, SEG, 3, &h), 3);
+    }
+}

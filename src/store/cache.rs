@@ -1,0 +1,150 @@
+//! A bounded LRU of decompressed blobs where concurrent misses of one id share one fetch.
+//!
+//! Mounts read the same chunk many times (the kernel asks in 128 KiB pieces, PostgreSQL in
+//! 8 KiB pages), so every chunk is decompressed and verified once while it stays cached.
+//! Memory: at most `capacity` bytes of blobs plus about 80 bytes per cached blob.
+
+use super::Id;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+type Shared = Arc<Vec<u8>>;
+type Flight<E> = Arc<OnceLock<Result<Shared, E>>>;
+
+struct Lru {
+    map: HashMap<Id, (Shared, u64)>,
+    order: BTreeMap<u64, Id>,
+    tick: u64,
+    bytes: usize,
+}
+
+pub struct BlobCache<E> {
+    capacity: usize,
+    lru: Mutex<Lru>,
+    inflight: Mutex<HashMap<Id, Flight<E>>>,
+}
+
+impl<E: Clone> BlobCache<E> {
+    pub fn new(capacity: usize) -> Self {
+        BlobCache {
+            capacity,
+            lru: Mutex::new(Lru {
+                map: HashMap::new(),
+                order: BTreeMap::new(),
+                tick: 0,
+                bytes: 0,
+            }),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, id: &Id) -> Option<Shared> {
+        let mut lru = self.lru.lock().expect("cache lock");
+        let lru = &mut *lru;
+        lru.tick += 1;
+        let tick = lru.tick;
+        let (data, old) = lru.map.get_mut(id)?;
+        lru.order.remove(old);
+        *old = tick;
+        lru.order.insert(tick, *id);
+        Some(data.clone())
+    }
+
+    fn insert(&self, id: Id, data: Shared) {
+        let mut lru = self.lru.lock().expect("cache lock");
+        let lru = &mut *lru;
+        if lru.map.contains_key(&id) || data.len() > self.capacity {
+            return;
+        }
+        lru.tick += 1;
+        lru.bytes += data.len();
+        lru.order.insert(lru.tick, id);
+        lru.map.insert(id, (data, lru.tick));
+        while lru.bytes > self.capacity {
+            let Some((_, victim)) = lru.order.pop_first() else {
+                break;
+            };
+            if let Some((d, _)) = lru.map.remove(&victim) {
+                lru.bytes -= d.len();
+            }
+        }
+    }
+
+    /// The cached blob, or the result of `fetch`, run once however many threads ask at once.
+    /// Errors are not cached: the next caller tries again.
+    pub fn get_or_fetch(
+        &self,
+        id: &Id,
+        fetch: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Shared, E> {
+        if let Some(hit) = self.get(id) {
+            return Ok(hit);
+        }
+        let flight = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .entry(*id)
+            .or_default()
+            .clone();
+        let result = flight.get_or_init(|| fetch().map(Arc::new)).clone();
+        // Cache before retiring the flight, so a late caller finds one or the other.
+        if let Ok(data) = &result {
+            self.insert(*id, data.clone());
+        }
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        if inflight.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            inflight.remove(id);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn evicts_least_recently_used_within_capacity() {
+        let c: BlobCache<()> = BlobCache::new(10);
+        let (a, b, d) = (Id::of(b"a"), Id::of(b"b"), Id::of(b"d"));
+        c.get_or_fetch(&a, || Ok(vec![0; 4])).unwrap();
+        c.get_or_fetch(&b, || Ok(vec![0; 4])).unwrap();
+        assert!(c.get(&a).is_some()); // a is now the most recent
+        c.get_or_fetch(&d, || Ok(vec![0; 4])).unwrap();
+        assert!(c.get(&b).is_none(), "b was least recently used");
+        assert!(c.get(&a).is_some() && c.get(&d).is_some());
+    }
+
+    #[test]
+    fn concurrent_misses_share_one_fetch_and_errors_are_not_cached() {
+        let c: Arc<BlobCache<String>> = Arc::new(BlobCache::new(1 << 20));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let id = Id::of(b"x");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, calls) = (c.clone(), calls.clone());
+                std::thread::spawn(move || {
+                    c.get_or_fetch(&id, || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        Ok(vec![1; 100])
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().len(), 100);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let bad = Id::of(b"bad");
+        assert!(c.get_or_fetch(&bad, || Err("boom".to_string())).is_err());
+        assert!(
+            c.get_or_fetch(&bad, || Ok(vec![2])).is_ok(),
+            "an error must not stick"
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! A writable view of a backup for a server to start on: what changes in its root, and the
+//! scratch directory that takes the server's writes.
+//!
+//! `pg_wal` is a link to the scratch disk, because WAL restored and written through FUSE
+//! makes replay several times slower; archiving is turned off so a server on a view can
+//! never push WAL into the production archive.
+
+use crate::error::{io, Error, Result};
+use crate::mount::ViewChanges;
+use crate::pg::recovery::{self, RecoverySettings};
+use crate::pitr::Plan;
+use crate::store::tree::NodeKind;
+use crate::store::Repository;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn mkdir_owned(path: &Path, owner: Owner) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(io(format!("create {}", path.display())))?;
+    std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid))
+        .map_err(io(format!("chown {}", path.display())))
+}
+
+/// The settings appended to postgresql.auto.conf of a view: recovery, plus what a
+/// throw-away server needs (no archiving, hot standby, shared_buffers for replay).
+pub fn settings_text(
+    settings: &RecoverySettings,
+    major: u32,
+    shared_buffers: &str,
+) -> Result<String> {
+    let mut text = String::from("\n# Added by pgsnapfs for a server on a mounted backup.\n");
+    text += &recovery::render(settings, major);
+    for (name, value) in recovery::view_overrides(major) {
+        text += &format!("{name} = {value}\n");
+    }
+    text += &format!("shared_buffers = {}\n", recovery::quote(shared_buffers));
+    Ok(text)
+}
+
+/// Creates the scratch directory and returns the changes the view makes to the backup.
+pub fn prepare(
+    repo: &Repository,
+    plan: &Plan,
+    settings: &RecoverySettings,
+    scratch: &Path,
+    mountpoint: &Path,
+    owner: Owner,
+    shared_buffers: &str,
+) -> Result<ViewChanges> {
+    crate::restore::check_empty(scratch, "scratch directory")?;
+    if !scratch.exists() {
+        mkdir_owned(scratch, owner)?;
+    }
+    let wal = scratch.join("pg_wal");
+    mkdir_owned(&wal, owner)?;
+    mkdir_owned(&wal.join("archive_status"), owner)?;
+
+    let root = repo.load_dir(&plan.snapshot.root)?;
+    let mut conf = match root.get("postgresql.auto.conf").map(|n| &n.kind) {
+        Some(NodeKind::File { lists, .. }) => repo.read_file(lists)?,
+        _ => Vec::new(),
+    };
+    conf.extend_from_slice(
+        settings_text(settings, plan.snapshot.pg_major, shared_buffers)?.as_bytes(),
+    );
+    let wal = fs::canonicalize(&wal).map_err(io(format!("resolve {}", wal.display())))?;
+    if !wal.is_absolute() {
+        return Err(Error::Failed(format!(
+            "{} did not resolve to an absolute path",
+            wal.display()
+        )));
+    }
+    Ok(ViewChanges {
+        files: vec![
+            ("recovery.signal".into(), Vec::new()),
+            ("postgresql.auto.conf".into(), conf),
+        ],
+        symlinks: vec![("pg_wal".into(), wal)],
+        hide: vec![
+            "standby.signal".into(),
+            "postmaster.pid".into(),
+            "postmaster.opts".into(),
+        ],
+        mountpoint: Some(mountpoint.to_path_buf()),
+    })
+}
