@@ -14,6 +14,7 @@ pub mod pitr;
 pub mod restore;
 pub mod server;
 pub mod store;
+pub mod verify;
 pub mod view;
 
 pub use error::{Error, Result};

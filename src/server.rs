@@ -217,6 +217,51 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Runs a statement, ignoring its rows.
+    pub fn execute(&self, sql: &str) -> Result<()> {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .map_err(pg(sql.to_string()))
+    }
+
+    /// The first column of every row, as text.
+    pub fn query_strings(&self, sql: &str) -> Result<Vec<String>> {
+        let rows = self
+            .rt
+            .block_on(self.client.simple_query(sql))
+            .map_err(pg(sql.to_string()))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some(r.get(0).unwrap_or_default().to_string())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// A query that must return exactly one row holding a boolean.
+    pub fn query_bool(&self, sql: &str) -> Result<bool> {
+        match self.query_strings(sql)?.as_slice() {
+            [v] if v == "t" => Ok(true),
+            [v] if v == "f" => Ok(false),
+            other => Err(Error::BadInput(format!(
+                "expected one boolean from {sql:?}, got {other:?}"
+            ))),
+        }
+    }
+
+    pub fn has_function(&self, name: &str) -> Result<bool> {
+        let sql = format!(
+            "SELECT count(*) > 0 FROM pg_proc WHERE proname = '{}'",
+            name.replace('\'', "''")
+        );
+        self.query_bool(&sql)
+    }
+}
+
 fn parse_lsn(s: &str) -> Result<Lsn> {
     Lsn::from_str(s).map_err(|_| Error::Failed(format!("server returned a bad LSN {s:?}")))
 }

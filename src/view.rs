@@ -21,6 +21,36 @@ pub struct Owner {
     pub gid: u32,
 }
 
+impl Owner {
+    /// The ids of a user, such as the `postgres` a server runs as.
+    pub fn lookup(name: &str) -> Result<Owner> {
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| Error::BadInput(format!("bad user name {name:?}")))?;
+        // SAFETY: getpwnam returns null or a pointer to static storage, read at once.
+        unsafe {
+            let pw = libc::getpwnam(cname.as_ptr());
+            if pw.is_null() {
+                return Err(Error::BadInput(format!("no such user {name:?}")));
+            }
+            Ok(Owner {
+                uid: (*pw).pw_uid,
+                gid: (*pw).pw_gid,
+            })
+        }
+    }
+
+    /// The user running this process.
+    pub fn me() -> Owner {
+        // SAFETY: plain id queries.
+        unsafe {
+            Owner {
+                uid: libc::geteuid(),
+                gid: libc::getegid(),
+            }
+        }
+    }
+}
+
 fn mkdir_owned(path: &Path, owner: Owner) -> Result<()> {
     fs::DirBuilder::new()
         .mode(0o700)

@@ -6,6 +6,7 @@ mod info;
 mod init;
 mod mount;
 mod restore;
+mod verify;
 mod wal;
 
 use crate::error::{Error, Result};
@@ -53,6 +54,9 @@ pub enum Command {
     Mount(mount::Args),
     /// Unmount a mount, including a stale one left by a killed process.
     Umount(mount::UmountArgs),
+    /// Restore test: mount a point in time, start PostgreSQL on it, read every table,
+    /// check indexes, run assertions, tear down.
+    Verify(verify::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -71,6 +75,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, a),
         Command::Mount(a) => mount::run(open(&repo()?)?, &repo()?, a),
         Command::Umount(a) => mount::umount(a),
+        Command::Verify(a) => verify::run(open(&repo()?)?, &repo()?, a),
     }
 }
 

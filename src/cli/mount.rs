@@ -6,6 +6,7 @@ use crate::mount::SnapSource;
 use crate::pg::recovery::RecoverySettings;
 use crate::pg::target::TargetAction;
 use crate::store::Repository;
+use crate::view::Owner;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,19 +53,6 @@ pub struct UmountArgs {
 /// The line a mount prints on stdout once it can be used; `--background` waits for it.
 const READY: &str = "pgsnapfs: mounted";
 
-fn user_ids(name: &str) -> Result<(u32, u32)> {
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| Error::BadInput(format!("bad user name {name:?}")))?;
-    // SAFETY: getpwnam returns null or a pointer to static storage read at once.
-    unsafe {
-        let pw = libc::getpwnam(cname.as_ptr());
-        if pw.is_null() {
-            return Err(Error::BadInput(format!("no such user {name:?} (--owner)")));
-        }
-        Ok(((*pw).pw_uid, (*pw).pw_gid))
-    }
-}
-
 fn check_mountpoint(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
         Ok(true) => Ok(()),
@@ -104,11 +92,12 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
     }
     check_mountpoint(&a.mountpoint)?;
     let is_root = unsafe { libc::geteuid() } == 0;
-    let (uid, gid) = if is_root {
-        user_ids(&a.owner)?
+    let owner = if is_root {
+        Owner::lookup(&a.owner)?
     } else {
-        unsafe { (libc::geteuid(), libc::getegid()) }
+        Owner::me()
     };
+    let (uid, gid) = (owner.uid, owner.gid);
     let repo = Arc::new(repo);
     let cache = a.cache_size as usize;
     let view = a.goal.backup.is_some()
@@ -131,7 +120,6 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             action: a.target_action,
             timeline: None,
         };
-        let owner = crate::view::Owner { uid, gid };
         let changes = crate::view::prepare(
             &repo,
             &plan,

@@ -1,0 +1,102 @@
+//! `pgsnapfs verify`
+
+use super::{print_json, GoalArgs};
+use crate::error::{io, Error, Result};
+use crate::pitr::{self, Goal};
+use crate::store::Repository;
+use crate::verify::{self, VerifyOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub goal: GoalArgs,
+    /// SQL assertions, `;`-terminated; each must return true.
+    #[arg(long)]
+    pub sql: Option<PathBuf>,
+    /// The user the test server runs as (and the role it connects as).
+    #[arg(long, default_value = "postgres")]
+    pub user: String,
+    /// Directory of the PostgreSQL server binaries [default: /usr/lib/postgresql/MAJOR/bin].
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
+    /// Memory for decompressed chunks.
+    #[arg(long, default_value = "512MiB", value_parser = super::init::parse_size)]
+    pub cache_size: u32,
+    /// The cluster, when the repository holds several.
+    #[arg(long)]
+    pub system: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
+    // With nothing named, test the newest backup as it was taken.
+    let goal = match a.goal.goal()? {
+        Goal::Latest => Goal::Backup("latest".into()),
+        g => g,
+    };
+    let plan = pitr::plan(&repo, a.system, &goal)?;
+    let assertions = match &a.sql {
+        Some(path) => verify::split_sql(
+            &std::fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?,
+        ),
+        None => Vec::new(),
+    };
+    let work = std::env::temp_dir().join(format!("pgsnapfs-verify-{}", std::process::id()));
+    eprintln!(
+        "verifying backup {} (recovering to {})",
+        plan.snapshot.id,
+        verify::describe(&plan)
+    );
+    let result = verify::run(
+        Arc::new(repo),
+        &plan,
+        &VerifyOptions {
+            restore_command: super::restore::restore_command(repo_spec, &plan)?,
+            user: a.user,
+            pg_bin: a.pg_bin,
+            assertions,
+            work_dir: work.clone(),
+            cache_bytes: a.cache_size as usize,
+        },
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    let report = result?;
+    if a.json {
+        print_json(&report);
+    } else {
+        let p = &report.phases;
+        println!(
+            "backup {}: {} ({} databases, {} tables read, {} indexes checked{}, {} assertions)",
+            report.backup,
+            if report.ok { "OK" } else { "FAILED" },
+            report.databases,
+            report.tables,
+            report.indexes_checked,
+            if report.amcheck {
+                " with amcheck"
+            } else {
+                ", amcheck not available"
+            },
+            report.assertions
+        );
+        println!(
+            "phases: mount {:.2}s, start {:.2}s, recovery {:.2}s, checks {:.2}s",
+            p.mount_s, p.start_s, p.recovery_s, p.checks_s
+        );
+        for problem in &report.problems {
+            println!("problem: {problem}");
+        }
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!(
+            "backup {} failed verification: {}",
+            report.backup,
+            report.problems.join("; ")
+        )))
+    }
+}

@@ -1,0 +1,359 @@
+//! `verify`: an automated restore test. Mounts a point in time, starts PostgreSQL on it,
+//! reads every table, checks indexes with amcheck where it can, runs the user's assertions,
+//! and tears everything down. The repository is only read.
+//!
+//! The view is promoted at its target so amcheck can be installed; its writes go to a
+//! throw-away copy-on-write layer, and archiving is off, so promotion touches nothing real.
+
+use crate::error::{io, Error, Result};
+use crate::mount::SnapSource;
+use crate::pg::recovery::RecoverySettings;
+use crate::pg::target::TargetAction;
+use crate::pitr::Plan;
+use crate::server::{ConnOpts, Server};
+use crate::store::Repository;
+use crate::view::{self, Owner};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct VerifyOptions {
+    pub restore_command: String,
+    /// The operating-system user the server runs as, and the database role used.
+    pub user: String,
+    pub pg_bin: Option<PathBuf>,
+    /// SQL assertions: each statement must return one row holding true.
+    pub assertions: Vec<String>,
+    pub work_dir: PathBuf,
+    pub cache_bytes: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Phases {
+    pub mount_s: f64,
+    pub start_s: f64,
+    pub recovery_s: f64,
+    pub checks_s: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub backup: String,
+    pub ok: bool,
+    pub phases: Phases,
+    pub databases: usize,
+    pub tables: usize,
+    pub indexes_checked: usize,
+    pub amcheck: bool,
+    pub assertions: usize,
+    pub problems: Vec<String>,
+}
+
+fn secs(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// The server binaries for a major: the ones given, or Debian's for that major.
+fn pg_bin(given: Option<&Path>, major: u32) -> Result<PathBuf> {
+    let dir = given
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
+    let out = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            Error::BadInput(format!(
+                "no PostgreSQL {major} server in {} ({e}); pass --pg-bin",
+                dir.display()
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let found: Option<u32> = text
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok());
+    if found != Some(major) {
+        return Err(Error::BadInput(format!(
+            "the backup is of PostgreSQL {major}, but {} is {}; pass --pg-bin with PostgreSQL {major} binaries",
+            dir.display(),
+            text.trim()
+        )));
+    }
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("find a free port"))?;
+    Ok(l.local_addr().map_err(io("find a free port"))?.port())
+}
+
+/// Runs a command as `user` (through runuser when we are root and it is someone else).
+fn as_user(user: &str, program: &Path) -> Command {
+    let me_root = unsafe { libc::geteuid() } == 0;
+    if me_root && user != "root" {
+        let mut c = Command::new("runuser");
+        c.args(["-u", user, "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+struct Running<'a> {
+    bin: &'a Path,
+    user: &'a str,
+    data: &'a Path,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let _ = as_user(self.user, &self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<Report> {
+    let mut report = Report {
+        backup: plan.snapshot.id.clone(),
+        ..Report::default()
+    };
+    let bin = pg_bin(opts.pg_bin.as_deref(), plan.snapshot.pg_major)?;
+    let owner = Owner::lookup(&opts.user)?;
+    let (uid, gid) = (owner.uid, owner.gid);
+
+    let started = Instant::now();
+    crate::restore::check_empty(&opts.work_dir, "work directory")?;
+    std::fs::create_dir_all(&opts.work_dir)
+        .map_err(io(format!("create {}", opts.work_dir.display())))?;
+    std::os::unix::fs::chown(&opts.work_dir, Some(uid), Some(gid))
+        .map_err(io("chown work directory"))?;
+    let mnt = opts.work_dir.join("data");
+    let scratch = opts.work_dir.join("scratch");
+    let sock = opts.work_dir.join("socket");
+    for d in [&mnt, &sock] {
+        std::fs::create_dir(d).map_err(io(format!("create {}", d.display())))?;
+        std::os::unix::fs::chown(d, Some(uid), Some(gid))
+            .map_err(io(format!("chown {}", d.display())))?;
+    }
+    let settings = RecoverySettings {
+        restore_command: opts.restore_command.clone(),
+        target: plan.target.clone(),
+        action: TargetAction::Promote,
+        timeline: None,
+    };
+    let mut changes = view::prepare(&repo, plan, &settings, &scratch, &mnt, owner, "256MB")?;
+    // Only this process can reach the private socket: trust it, whatever pg_hba.conf said.
+    changes
+        .files
+        .push(("pg_hba.conf".into(), b"local all all trust\n".to_vec()));
+    let source = SnapSource::view(repo, &plan.snapshot, changes, opts.cache_bytes)?;
+    let handle = pgsnapfs_fuse::mount(
+        Arc::new(source),
+        &mnt,
+        pgsnapfs_fuse::MountOptions {
+            fsname: format!("pgsnapfs-verify:{}", plan.snapshot.id),
+            uid,
+            gid,
+            allow_other: unsafe { libc::geteuid() } == 0,
+            writable: Some(scratch.join("cow")),
+            block_size: crate::pg::PAGE_SIZE as u32,
+            threads: 4,
+            writeback_cache: true,
+        },
+    )
+    .map_err(|e| Error::Failed(format!("cannot mount at {}: {e}", mnt.display())))?;
+    report.phases.mount_s = secs(started);
+
+    let port = free_port()?;
+    let log = opts.work_dir.join("server.log");
+    let started = Instant::now();
+    let status = as_user(&opts.user, &bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(&mnt)
+        .arg("-l")
+        .arg(&log)
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -k {} -c listen_addresses=''",
+            sock.display()
+        ))
+        .args(["-w", "-t", "3600", "start"])
+        .output()
+        .map_err(io("run pg_ctl"))?;
+    let running = Running {
+        bin: &bin,
+        user: &opts.user,
+        data: &mnt,
+    };
+    if !status.status.success() {
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(8).collect();
+        report.problems.push(format!(
+            "the server did not start on backup {}: {}",
+            plan.snapshot.id,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
+        drop(running);
+        drop(handle);
+        return Ok(report);
+    }
+    report.phases.start_s = secs(started);
+
+    let conn = ConnOpts {
+        dbname: None,
+        host: Some(sock.display().to_string()),
+        port: Some(port),
+        username: Some(opts.user.clone()),
+    };
+    let started = Instant::now();
+    let server = Server::connect(&conn)?;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while server.query_bool("SELECT pg_is_in_recovery()")? {
+        if Instant::now() > deadline {
+            report
+                .problems
+                .push("recovery did not finish within an hour".into());
+            return Ok(report);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    report.phases.recovery_s = secs(started);
+
+    let started = Instant::now();
+    check_all(&server, &conn, opts, &mut report)?;
+    report.phases.checks_s = secs(started);
+    report.ok = report.problems.is_empty();
+    drop(server);
+    drop(running);
+    handle
+        .unmount()
+        .map_err(|e| Error::Failed(format!("unmount {}: {e}", mnt.display())))?;
+    Ok(report)
+}
+
+fn check_all(
+    server: &Server,
+    conn: &ConnOpts,
+    opts: &VerifyOptions,
+    report: &mut Report,
+) -> Result<()> {
+    let databases =
+        server.query_strings("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")?;
+    report.databases = databases.len();
+    report.amcheck = true;
+    for db in &databases {
+        let dbname = format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"));
+        let s = Server::connect(&ConnOpts {
+            dbname: Some(dbname),
+            ..conn.clone()
+        })?;
+        let amcheck = s.execute("CREATE EXTENSION IF NOT EXISTS amcheck").is_ok();
+        report.amcheck &= amcheck;
+        let tables = s.query_strings(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind IN ('r', 'm', 't') \
+             AND c.relpersistence = 'p' ORDER BY 1",
+        )?;
+        for t in &tables {
+            report.tables += 1;
+            if let Err(e) = s.execute(&format!("SELECT count(*) FROM ONLY {t}")) {
+                report
+                    .problems
+                    .push(format!("database {db}: table {t} cannot be read: {e}"));
+                continue;
+            }
+            if amcheck && s.has_function("verify_heapam")? {
+                match s.query_strings(&format!(
+                    "SELECT blkno || ': ' || msg FROM verify_heapam('{}'::regclass, check_toast := true) LIMIT 5",
+                    t.replace('\'', "''")
+                )) {
+                    Ok(rows) if rows.is_empty() => {}
+                    Ok(rows) => report.problems.push(format!("database {db}: table {t}: amcheck: {}", rows.join("; "))),
+                    Err(e) => report.problems.push(format!("database {db}: table {t}: amcheck failed: {e}")),
+                }
+            }
+        }
+        if amcheck {
+            let indexes = s.query_strings(
+                "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p' \
+                 AND i.indisvalid ORDER BY 1",
+            )?;
+            for i in &indexes {
+                report.indexes_checked += 1;
+                if let Err(e) = s.execute(&format!(
+                    "SELECT bt_index_check('{}'::regclass)",
+                    i.replace('\'', "''")
+                )) {
+                    report
+                        .problems
+                        .push(format!("database {db}: index {i}: {e}"));
+                }
+            }
+        }
+    }
+    for sql in &opts.assertions {
+        report.assertions += 1;
+        match server.query_bool(sql) {
+            Ok(true) => {}
+            Ok(false) => report
+                .problems
+                .push(format!("assertion returned false: {sql}")),
+            Err(e) => report
+                .problems
+                .push(format!("assertion failed: {sql}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Splits an assertions file into statements at semicolons that end a line.
+pub fn split_sql(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if trimmed.ends_with(';') {
+            out.push(current.trim().trim_end_matches(';').to_string());
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn splits_statements_at_line_ending_semicolons() {
+        let sql = "-- rows are there\nSELECT count(*) > 0\n  FROM t;\n\nSELECT true;\nSELECT 'a;b' = 'a;b'";
+        assert_eq!(
+            super::split_sql(sql),
+            vec![
+                "SELECT count(*) > 0\n  FROM t",
+                "SELECT true",
+                "SELECT 'a;b' = 'a;b'"
+            ]
+        );
+    }
+}
+
+/// A plan's recovery goal for humans.
+pub fn describe(plan: &Plan) -> String {
+    match &plan.target {
+        None => "all archived WAL".into(),
+        Some(t) => format!("{t:?}"),
+    }
+}
