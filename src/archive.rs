@@ -119,6 +119,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     let control = std::fs::read(pgdata.join("global/pg_control"))
         .ok()
         .and_then(|b| ControlData::parse(&b).ok());
+    let mut seg_size = 0;
     let (sysid, summary) = match file {
         WalFile::Segment { .. } | WalFile::Partial { .. } => {
             let header = SegmentHeader::parse(&data)?;
@@ -135,6 +136,18 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
                     header.seg_size
                 )));
             }
+            // A recycled file still carries the header of the segment it used to be.
+            if let WalFile::Segment { segno, .. } | WalFile::Partial { segno, .. } =
+                WalFile::parse(name, header.seg_size as u64).unwrap_or(file)
+            {
+                if header.pageaddr != segno * header.seg_size as u64 {
+                    return Err(Error::BadInput(format!(
+                        "{name}: its first page belongs to WAL position {}, not to this segment; \
+                         refusing a recycled or misnamed file",
+                        crate::pg::lsn::Lsn(header.pageaddr)
+                    )));
+                }
+            }
             let summary = scan_segment(&data, &header)
                 .map_err(|e| {
                     tracing::warn!(
@@ -142,6 +155,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
                     )
                 })
                 .ok();
+            seg_size = header.seg_size as u64;
             (header.system_identifier, summary)
         }
         _ => match &control {
@@ -155,7 +169,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             ),
         },
     };
-    check_system(repo, sysid, control.as_ref(), name)?;
+    check_system(repo, sysid, control.as_ref(), seg_size, name)?;
     if let Some(s) = &summary {
         let json = serde_json::to_vec(s).expect("summary serializes");
         match repo.put_sealed(&summary_key(sysid, file.tli(), name), &json) {
@@ -192,6 +206,7 @@ fn check_system(
     repo: &Repository,
     sysid: u64,
     control: Option<&ControlData>,
+    seg_size: u64,
     name: &str,
 ) -> Result<()> {
     if load_system(repo, sysid)?.is_some() {
@@ -205,7 +220,7 @@ fn check_system(
             &System {
                 system_identifier: sysid.to_string(),
                 pg_major: control.and_then(|c| c.major).unwrap_or(0),
-                wal_segment_size: 0,
+                wal_segment_size: seg_size,
                 registered: Utc::now(),
             },
         );

@@ -96,12 +96,13 @@ pub fn run(repo: &Repository, repo_spec: &str, a: Args) -> Result<()> {
             recovery_conf: recovery::render(&settings, snap.pg_major),
         },
     )
-    .map_err(|e| match e {
-        Error::BadInput(_) => e,
-        other => Error::Failed(format!(
-            "{other}; {} may be incomplete: delete it before trying again",
-            a.to.display()
-        )),
+    .inspect_err(|e| {
+        if !matches!(e, Error::BadInput(_)) {
+            eprintln!(
+                "pgsnapfs: {} may be incomplete: delete it before trying again",
+                a.to.display()
+            );
+        }
     })?;
     bar.finish_and_clear();
     println!(

@@ -1,0 +1,582 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines that scripts/bench recorded into the result tables.
+
+    bench_report.py --results results.jsonl [--out DIR] [--merge]
+
+Prints the markdown on stdout. With --out, also writes DIR/benchmarks.md and
+DIR/benchmarks.json. With --merge (a `scripts/bench --chunk-sizes` run), only the chunk-size
+section is replaced in an existing DIR/benchmarks.json and the markdown is rebuilt from it.
+
+Hand-written text survives a rewrite: any block of an existing benchmarks.md between
+`<!-- notes:NAME -->` and `<!-- /notes:NAME -->` is carried over into the new file at the same
+named place.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+MIB = 1024 * 1024
+SEGMENT = 16 * MIB
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def load(path):
+    recs = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                recs.append(json.loads(line))
+    return recs
+
+
+class Records:
+    def __init__(self, recs):
+        self.recs = recs
+
+    def merged(self, key, tool):
+        """run -> merged fields of every record with this key and tool."""
+        runs = {}
+        for r in self.recs:
+            if r["key"] == key and r["tool"] == tool:
+                runs.setdefault(r["run"], {}).update(r)
+        return runs
+
+    def values(self, key, tool, field):
+        return [r[field] for r in self.merged(key, tool).values() if field in r]
+
+    def median(self, key, tool, field):
+        return med(self.values(key, tool, field))
+
+    def one(self, key, tool=""):
+        m = self.merged(key, tool)
+        return m[min(m)] if m else {}
+
+
+def peak_rss(r):
+    """Peak memory of one run: the sampled sum over the process tree, or the process's own
+    ru_maxrss when larger (one process sampled between two polls)."""
+    return max(r.get("peak_rss_kb", 0), r.get("maxrss_child_kb", 0)) * 1024
+
+
+def fmt_s(x):
+    if x is None:
+        return "–"
+    if x >= 100:
+        return f"{x:.0f} s"
+    if x >= 10:
+        return f"{x:.1f} s"
+    if x >= 1:
+        return f"{x:.2f} s"
+    return f"{x * 1000:.0f} ms" if x >= 0.01 else f"{x * 1000:.1f} ms"
+
+
+def fmt_b(x):
+    if x is None:
+        return "–"
+    if x >= 1024 * MIB:
+        return f"{x / 1024 / MIB:.2f} GiB"
+    if x >= 10 * MIB:
+        return f"{x / MIB:.0f} MiB"
+    if x >= MIB:
+        return f"{x / MIB:.1f} MiB"
+    return f"{x / 1024:.0f} KiB"
+
+
+def fmt_rate(bps):
+    if bps is None:
+        return "–"
+    return f"{bps / MIB:.0f} MiB/s"
+
+
+def fmt_ratio(r):
+    if r is None or math.isnan(r):
+        return "–"
+    return f"{r:.2f}" if r < 10 else f"{r:.1f}"
+
+
+def ratio(a, b):
+    try:
+        return a / b if a is not None and b else None
+    except ZeroDivisionError:
+        return None
+
+
+def build(recs):
+    R = Records(recs)
+    meta = R.one("meta")
+    meta.update({k: v for k, v in R.one("meta_end").items() if k not in ("key", "tool", "run")})
+    for k in ("key", "tool", "run"):
+        meta.pop(k, None)
+    out = {"meta": meta, "rows": [], "limits": {}, "near_limits": [], "datasets": {},
+           "wal": {}, "chunk_sizes": []}
+    rows = out["rows"]
+
+    def row(name, measure, unit, better, pgbr, snap, block=None, runs=None, note=""):
+        rows.append({"row": name, "measure": measure, "unit": unit, "better": better,
+                     "pgbackrest": pgbr, "pgsnapfs": snap, "pgbackrest_block": block,
+                     "ratio": ratio(snap, pgbr), "runs": runs, "note": note})
+
+    # Data sets
+    for name in ("pgbench", "orders"):
+        d = R.one("dataset", name)
+        if d:
+            out["datasets"][name] = {"bytes": d["bytes"], "zstd3_bytes": d["zstd3_bytes"],
+                                     "zstd3_ratio": d["bytes"] / d["zstd3_bytes"],
+                                     "rows": d.get("rows")}
+
+    # Physical limits (medians)
+    lim = out["limits"]
+    for key, name in (("limit_read", "disk"), ("limit_sha256", "sha256sum"),
+                      ("limit_zstd", "zstd"), ("limit_unzstd", "zstd")):
+        runs = R.merged(key, name)
+        if runs:
+            b = next(iter(runs.values()))["bytes"]
+            s = med([r["wall_s"] for r in runs.values()])
+            lim[key.replace("limit_", "")] = {"bytes": b, "wall_s": s, "bytes_per_s": b / s,
+                                              "runs": len(runs)}
+    z = R.merged("limit_zstd", "zstd")
+    if z:
+        r0 = next(iter(z.values()))
+        lim["zstd"]["ratio"] = r0["bytes"] / r0["out_bytes"]
+
+    def lrate(k):
+        return lim.get(k, {}).get("bytes_per_s")
+
+    # Full and incremental backups
+    for key, label in (("full_pgbench", "full backup, pgbench only"),
+                       ("full", "full backup, pgbench + orders"),
+                       ("incr", f"incremental after pgbench -T {meta.get('pgbench_seconds')} -c 4")):
+        tools = {t: R.merged(key, t) for t in ("pgbackrest", "pgsnapfs", "pgbackrest-block")}
+        if not tools["pgsnapfs"]:
+            continue
+        n = len(tools["pgsnapfs"])
+        m = {t: med([r.get("wall_s") for r in runs.values()]) for t, runs in tools.items()}
+        row(label, "wall time", "s", "lower", m["pgbackrest"], m["pgsnapfs"],
+            m["pgbackrest-block"], n)
+        if key != "incr":
+            m = {t: med([peak_rss(r) for r in runs.values()]) for t, runs in tools.items()}
+            row(label, "peak RSS", "bytes", "lower", m["pgbackrest"], m["pgsnapfs"],
+                m["pgbackrest-block"], n,
+                "pgBackRest: sum over its processes (main + process-max workers)")
+        m = {t: med([r.get("repo_bytes_added") for r in runs.values()])
+             for t, runs in tools.items()}
+        row(label, "repository bytes added" if key == "incr" else "repository bytes", "bytes",
+            "lower", m["pgbackrest"], m["pgsnapfs"], m["pgbackrest-block"], n,
+            "backup files only, the WAL archive not counted")
+
+    # WAL archiving
+    segs = {t: [r["wall_s"] for r in recs if r["key"] == "wal_segment" and r["tool"] == t]
+            for t in ("pgbackrest", "pgsnapfs", "pgbackrest-block")}
+    if segs["pgsnapfs"]:
+        for t, xs in segs.items():
+            if xs:
+                xs = sorted(xs)
+                out["wal"][t] = {"segments": len(xs), "median_s": med(xs),
+                                 "mean_s": sum(xs) / len(xs),
+                                 "p90_s": xs[min(len(xs) - 1, int(0.9 * len(xs)))],
+                                 "max_s": xs[-1]}
+        row("WAL archiving", "per segment, archive_command (median)", "s", "lower",
+            med(segs["pgbackrest"]), med(segs["pgsnapfs"]), None, len(segs["pgsnapfs"]),
+            "over the segments of the pgbench run; both synchronous")
+    loop = {t: R.merged("wal_loop", t) for t in ("pgbackrest", "pgsnapfs")}
+    if loop["pgsnapfs"]:
+        rate = {t: med([r["segments"] / r["wall_s"] for r in runs.values()])
+                for t, runs in loop.items()}
+        nseg = next(iter(loop["pgsnapfs"].values()))["segments"]
+        row("WAL archiving", f"sustained, {nseg} segments pushed one by one", "segments/s",
+            "higher", rate["pgbackrest"], rate["pgsnapfs"], None, len(loop["pgsnapfs"]))
+        b = {t: med([r["repo_bytes"] for r in runs.values()]) for t, runs in loop.items()}
+        out["wal"]["loop_repo_bytes"] = b
+        out["wal"]["loop_segments"] = nseg
+
+    # Time to a queryable server
+    for key, label in (("latest", "queryable on the last backup"),
+                       ("pitr", f"queryable at {meta.get('pitr_offset_s')} s into pgbench")):
+        phases = {}
+        for t in ("pgbackrest", "pgsnapfs"):
+            a = R.merged(key + ".restore", t)
+            b = R.merged(key, t)
+            per_run = []
+            for run in sorted(b):
+                if run in a and "start_s" in b[run]:
+                    per_run.append({"restore_s": a[run]["wall_s"], "start_s": b[run]["start_s"],
+                                    "pause_s": b[run]["pause_s"], "query_s": b[run]["query_s"]})
+            for p in per_run:
+                p["total_s"] = sum(p.values())
+            phases[t] = per_run
+        if not phases["pgsnapfs"]:
+            continue
+        n = len(phases["pgsnapfs"])
+        names = {"restore_s": "restore (pgBackRest) / mount (pgsnapfs)",
+                 "start_s": "pg_ctl start -w", "pause_s": "then until paused at the target",
+                 "query_s": "first query", "total_s": "total"}
+        for p, nm in names.items():
+            row(label, nm, "s", "lower", med([x[p] for x in phases["pgbackrest"]]),
+                med([x[p] for x in phases["pgsnapfs"]]), None, n)
+        if key == "pitr":
+            hw = R.values("pitr", "pgsnapfs", "mount_vmhwm_kb")
+            out["pitr_mount_vmhwm_bytes"] = med(hw) * 1024 if hw else None
+            out["pitr_replayed_to"] = R.values("pitr", "pgsnapfs", "history_rows")[:1]
+
+    # Cold scans
+    for table in ("pgbench_accounts", "bench_orders"):
+        key = "scan_" + table
+        runs = {t: R.merged(key, t) for t in ("pgbackrest", "pgsnapfs")}
+        if not runs["pgsnapfs"]:
+            continue
+        m = {t: med([r["wall_s"] for r in rs.values()]) for t, rs in runs.items()}
+        tb = next(iter(runs["pgsnapfs"].values()))["table_bytes"]
+        row(f"cold full scan, count(*) {table} ({fmt_b(tb)})", "wall time", "s", "lower",
+            m["pgbackrest"], m["pgsnapfs"], None, len(runs["pgsnapfs"]),
+            "pgBackRest column: the restored local copy")
+        out.setdefault("scan_bytes", {})[table] = tb
+    hw = R.values("scan_mount", "pgsnapfs", "vmhwm_kb")
+    if hw:
+        out["scan_mount_vmhwm_bytes"] = med(hw) * 1024
+        out["scan_mount_vmhwm_before_bytes"] = med(
+            R.values("scan_mount", "pgsnapfs", "vmhwm_before_scan_kb")) * 1024
+
+    # Restore test
+    rt = {t: R.merged("restore_test", t) for t in ("pgbackrest", "pgsnapfs")}
+    if rt["pgbackrest"]:
+        snap_ok = [r for r in rt["pgsnapfs"].values() if "wall_s" in r]
+        row("restore test", "pgsnapfs verify / pgBackRest restore + start + count(*) every table",
+            "s", "lower", med([r["wall_s"] for r in rt["pgbackrest"].values()]),
+            med([r["wall_s"] for r in snap_ok]) if snap_ok else None, None,
+            len(rt["pgbackrest"]), "" if snap_ok else "pgsnapfs verify: not available")
+
+    # How close pgsnapfs is to the limits
+    near = out["near_limits"]
+    sha, zst, unz, rd = lrate("sha256"), lrate("zstd"), lrate("unzstd"), lrate("read")
+    cores = meta.get("cores") or 2
+    if sha and zst and rd:
+        cpu_bound = cores / (1 / sha + 1 / zst)
+        for key, label in (("full", "full backup, pgbench + orders"), ("full_pgbench",
+                                                                       "full backup, pgbench only"),
+                           ("incr", "incremental backup")):
+            runs = R.merged(key, "pgsnapfs")
+            if not runs:
+                continue
+            logical = med([r.get("size_logical") for r in runs.values()])
+            wall = med([r["wall_s"] for r in runs.values()])
+            got = logical / wall
+            bound = min(rd, cpu_bound)
+            near.append({"row": label, "achieved_bytes_per_s": got, "limit_bytes_per_s": bound,
+                         "limit": f"min(cold read {fmt_rate(rd)}, {cores} cores × sha256+zstd-3 "
+                                  f"{fmt_rate(cpu_bound)})", "fraction": got / bound})
+        ideal = SEGMENT / sha + SEGMENT / zst
+        if segs.get("pgsnapfs"):
+            got = med(segs["pgsnapfs"])
+            near.append({"row": "wal-push, per segment", "achieved_s": got, "limit_s": ideal,
+                         "limit": "one core: sha256 + zstd -3 of 16 MiB", "fraction": ideal / got})
+    if unz and sha and rd:
+        for table in ("pgbench_accounts", "bench_orders"):
+            runs = R.merged("scan_" + table, "pgsnapfs")
+            loc = R.merged("scan_" + table, "pgbackrest")
+            if not runs:
+                continue
+            tb = next(iter(runs.values()))["table_bytes"]
+            got = tb / med([r["wall_s"] for r in runs.values()])
+            local = tb / med([r["wall_s"] for r in loc.values()]) if loc else None
+            one_core = 1 / (1 / sha + 1 / unz)
+            near.append({"row": f"cold scan {table}", "achieved_bytes_per_s": got,
+                         "limit_bytes_per_s": local,
+                         "limit": f"the local copy's scan ({fmt_rate(local)}); disk {fmt_rate(rd)}; "
+                                  f"one core sha256+unzstd {fmt_rate(one_core)}",
+                         "fraction": got / local if local else None})
+
+    # Chunk-size sweep
+    for cs in ("8K", "16K", "32K", "64K", "128K", "256K", "1M"):
+        b1 = R.one("sweep_backup1", cs)
+        b2 = R.one("sweep_backup2", cs)
+        if not b1 or not b2:
+            continue
+        size = int(cs[:-1]) * (1024 if cs.endswith("K") else MIB)
+        chunks = math.ceil(b2["size_logical"] / size)
+        out["chunk_sizes"].append({
+            "chunk_size": cs, "chunk_bytes": size,
+            "first_size_logical": b1["size_logical"], "first_stored": b1["size_stored_new"],
+            "first_repo_bytes": b1["repo_bytes_added"], "first_wall_s": b1["wall_s"],
+            "first_peak_rss": peak_rss(b1),
+            "second_size_logical": b2["size_logical"], "second_stored_new": b2["size_stored_new"],
+            "second_repo_bytes": b2["repo_bytes_added"], "second_wall_s": b2["wall_s"],
+            "second_peak_rss": peak_rss(b2),
+            "chunks": chunks, "chunk_list_bytes": chunks * 48,
+        })
+    out["raw"] = recs
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+def cell(v, unit):
+    if v is None:
+        return "–"
+    if unit == "s":
+        return fmt_s(v)
+    if unit == "bytes":
+        return fmt_b(v)
+    if unit == "segments/s":
+        return f"{v:.1f}/s"
+    return f"{v:.3g}"
+
+
+def verdict(r):
+    x = r["ratio"]
+    if x is None:
+        return "–"
+    good = x < 1 if r["better"] == "lower" else x > 1
+    if 0.95 <= x <= 1.05:
+        return "≈"
+    return "pgsnapfs" if good else "pgBackRest"
+
+
+def results_table(doc):
+    lines = ["| row | measure | pgBackRest | pgsnapfs | pgsnapfs / pgBackRest | better is | "
+             "ahead | pgBackRest block incr. (BETA) |",
+             "|---|---|---:|---:|---:|---|---|---:|"]
+    for r in doc["rows"]:
+        lines.append(
+            f"| {r['row']} | {r['measure']} | {cell(r['pgbackrest'], r['unit'])} | "
+            f"{cell(r['pgsnapfs'], r['unit'])} | {fmt_ratio(r['ratio'])} | {r['better']} | "
+            f"{verdict(r)} | {cell(r['pgbackrest_block'], r['unit'])} |")
+    return "\n".join(lines)
+
+
+def chunk_table(doc):
+    cs = doc.get("chunk_sizes") or []
+    if not cs:
+        return ""
+    lines = ["| chunk size | 1st backup stored | 1st backup time | 2nd backup: size_stored_new | "
+             "2nd backup: repo bytes added | 2nd backup time | chunks | chunk lists (× 48 B) | "
+             "2nd stored + lists |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cs:
+        lines.append(
+            f"| {c['chunk_size']} | {fmt_b(c['first_stored'])} | {fmt_s(c['first_wall_s'])} | "
+            f"{fmt_b(c['second_stored_new'])} | {fmt_b(c['second_repo_bytes'])} | "
+            f"{fmt_s(c['second_wall_s'])} | {c['chunks']:,} | {fmt_b(c['chunk_list_bytes'])} | "
+            f"{fmt_b(c['second_stored_new'] + c['chunk_list_bytes'])} |")
+    return "\n".join(lines)
+
+
+def chunk_reading(doc):
+    cs = doc.get("chunk_sizes") or []
+    if not cs:
+        return ""
+    best = min(cs, key=lambda c: c["second_stored_new"] + c["chunk_list_bytes"])
+    d64 = next((c for c in cs if c["chunk_size"] == "64K"), None)
+    s = (f"Computed from this run: the smallest incremental-plus-chunk-list cost is at "
+         f"**{best['chunk_size']}** ({fmt_b(best['second_stored_new'] + best['chunk_list_bytes'])})")
+    if d64 and best is not d64:
+        s += (f"; 64K costs {fmt_b(d64['second_stored_new'] + d64['chunk_list_bytes'])} "
+              f"({(d64['second_stored_new'] + d64['chunk_list_bytes']) / (best['second_stored_new'] + best['chunk_list_bytes']):.2f}×)")
+    return s + "."
+
+
+def machine(meta):
+    return (f"{meta.get('cpu', '?')}, {meta.get('cores')} cores, {meta.get('mem_gib')} GiB RAM, "
+            f"Linux {meta.get('kernel')}, Debian {meta.get('debian')}, disk {meta.get('disk')}")
+
+
+def render(doc, notes):
+    m = doc["meta"]
+    L = []
+    L.append("# Benchmarks: pgsnapfs against pgBackRest\n")
+    L.append("Generated by `scripts/bench` (numbers) — text between `notes` markers is written "
+             "by hand and kept when the file is regenerated.\n")
+    L.append(f"- **Date:** {m.get('date')}")
+    L.append(f"- **Command:** `{m.get('command')}` ({m.get('mode')} mode)")
+    L.append(f"- **Machine:** {machine(m)}")
+    L.append(f"- **Load:** the 2 cores are shared with other engineers' builds; load average "
+             f"{m.get('loadavg_start')} at the start, {m.get('loadavg_end')} at the end. "
+             f"Cheap rows are the median of {m.get('runs')} runs.")
+    L.append(f"- **Versions:** {m.get('postgres')}; {m.get('pgbackrest')}; {m.get('pgsnapfs')} "
+             f"(commit {m.get('git_commit')}{', with uncommitted changes' if m.get('git_dirty') else ''}); "
+             f"{m.get('zstd')}")
+    L.append(f"- **Page cache dropped** before every backup, restore, mount and scan: "
+             f"{'yes' if m.get('caches_dropped', 1) else 'NO (not permitted here)'}")
+    L.append("")
+    L.append(notes.get("summary", "<!-- notes:summary -->\n<!-- /notes:summary -->"))
+    L.append("")
+    if doc["datasets"]:
+        L.append("## Data sets\n")
+        L.append("| data set | rows | relation files | zstd -3 | ratio |")
+        L.append("|---|---:|---:|---:|---:|")
+        desc = {"pgbench": f"pgbench, scale {m.get('scale')} (accounts, branches, tellers, history + indexes)",
+                "orders": "bench_orders: real-like rows (ids, timestamps, prices, codes, e-mails, md5 notes) + primary key"}
+        for k, d in doc["datasets"].items():
+            L.append(f"| {desc.get(k, k)} | {d.get('rows') or '–'} | {fmt_b(d['bytes'])} | "
+                     f"{fmt_b(d['zstd3_bytes'])} | {d['zstd3_ratio']:.1f}× |")
+        L.append("")
+        L.append("pgbench's tables are mostly blank padding and compress about 30×, which flatters "
+                 "every tool's sizes; bench_orders compresses like real data. The full-backup rows "
+                 "are given for pgbench alone and for both; all other rows run on the cluster "
+                 "holding both (the pgbench run changes only the pgbench tables).\n")
+    if doc["rows"]:
+        L.append("## Results\n")
+        L.append("Ratio = pgsnapfs / pgBackRest; *better is* says whether a lower or higher "
+                 "figure wins, *ahead* names the tool that wins (≈ within 5%). pgBackRest: zstd "
+                 "level 3, process-max=2, archive-async=n, start-fast=y, local repository on the "
+                 "same disk. pgsnapfs: zstd level 3, 64K chunks, both cores. The last column is "
+                 "pgBackRest 2.45 with `repo-bundle=y repo-block=y` (block incremental, marked "
+                 "BETA in 2.45), in its own repository.\n")
+        L.append(results_table(doc))
+        L.append("")
+        extra = []
+        if doc.get("scan_mount_vmhwm_bytes"):
+            extra.append(f"- Peak memory (VmHWM) of the pgsnapfs mount process over the cold scans: "
+                         f"{fmt_b(doc['scan_mount_vmhwm_bytes'])} (before the scans, after start and "
+                         f"recovery: {fmt_b(doc.get('scan_mount_vmhwm_before_bytes'))}); for the "
+                         f"point-in-time mount: {fmt_b(doc.get('pitr_mount_vmhwm_bytes'))}.")
+        w = doc.get("wal") or {}
+        for t in ("pgbackrest", "pgsnapfs", "pgbackrest-block"):
+            if t in w:
+                x = w[t]
+                extra.append(f"- archive_command, {t}: {x['segments']} segments, median "
+                             f"{fmt_s(x['median_s'])}, mean {fmt_s(x['mean_s'])}, p90 "
+                             f"{fmt_s(x['p90_s'])}, max {fmt_s(x['max_s'])}.")
+        if w.get("loop_repo_bytes"):
+            b = w["loop_repo_bytes"]
+            extra.append(f"- Repository size after the {w.get('loop_segments')}-segment loop: "
+                         f"pgBackRest {fmt_b(b.get('pgbackrest'))}, pgsnapfs {fmt_b(b.get('pgsnapfs'))}.")
+        if extra:
+            L.extend(extra)
+            L.append("")
+    if doc["limits"]:
+        lim = doc["limits"]
+        L.append("## Physical limits (same run, same data)\n")
+        L.append("| what | throughput | how |")
+        L.append("|---|---:|---|")
+        how = {"read": "`find DATA -type f -exec cat` after dropping caches (data directory without pg_wal)",
+               "sha256": "`sha256sum`, one core, warm cache",
+               "zstd": "`zstd -3 -T1`, one core, warm cache",
+               "unzstd": "`zstd -d` of that output, one core"}
+        for k in ("read", "sha256", "zstd", "unzstd"):
+            if k in lim:
+                extra = f" (ratio {lim[k]['ratio']:.1f}×)" if "ratio" in lim[k] else ""
+                L.append(f"| {k} | {fmt_rate(lim[k]['bytes_per_s'])} | {how[k]}{extra}, "
+                         f"{fmt_b(lim[k]['bytes'])} |")
+        L.append("")
+    if doc["near_limits"]:
+        L.append("### How close pgsnapfs is to them\n")
+        L.append("| pgsnapfs row | achieved | limit | fraction of the limit |")
+        L.append("|---|---:|---|---:|")
+        for n in doc["near_limits"]:
+            if "achieved_s" in n:
+                a = fmt_s(n["achieved_s"])
+                lim_txt = f"{fmt_s(n['limit_s'])}: {n['limit']}"
+            else:
+                a = fmt_rate(n["achieved_bytes_per_s"])
+                lim_txt = (f"{fmt_rate(n['limit_bytes_per_s'])}: {n['limit']}"
+                           if n.get("limit_bytes_per_s") else n["limit"])
+            f = n.get("fraction")
+            L.append(f"| {n['row']} | {a} | {lim_txt} | {f * 100:.0f}% |" if f else
+                     f"| {n['row']} | {a} | {lim_txt} | – |")
+        L.append("")
+    L.append(notes.get("analysis", "<!-- notes:analysis -->\n<!-- /notes:analysis -->"))
+    L.append("")
+    if doc.get("chunk_sizes"):
+        L.append("## Chunk size\n")
+        L.append("For each chunk size: a fresh repository, a full backup of the cluster (pgbench + "
+                 "orders), then a second backup after the pgbench run. Every size backs up the "
+                 "*same two states* (stopped copies of the cluster taken before and after the run), "
+                 "so the sizes see exactly the same changes. *Chunk lists* = logical size / chunk "
+                 "size × 48 bytes, what each backup's manifest holds before reuse of unchanged "
+                 "lists.\n")
+        L.append(chunk_table(doc))
+        L.append("")
+        L.append(chunk_reading(doc))
+        L.append("")
+        L.append(notes.get("chunk", "<!-- notes:chunk -->\n<!-- /notes:chunk -->"))
+        L.append("")
+    L.append("## Method\n")
+    L.append(METHOD)
+    return "\n".join(L) + "\n"
+
+
+METHOD = """\
+- **One cluster, every tool in turn.** PostgreSQL 15 with `wal_level=replica` and an
+  `archive_command` (`scripts/lib/bench-archive.sh`) that pushes each WAL file with
+  `pgbackrest archive-push` (plain and block-incremental stanzas) and `pgsnapfs wal-push`, one
+  after the other, in an order that rotates per segment, timing each. Backups are taken from the
+  same files one tool after the other, in a rotating order, after a `CHECKPOINT` and a dropped
+  page cache.
+- **Full backup:** each run into fresh repositories (`pgbackrest stanza-create` + `backup
+  --type=full`; `pgsnapfs init` + `backup`). Peak RSS is sampled every 50 ms over the whole process
+  tree (pgBackRest runs a main process and process-max workers) and is at least the process's own
+  `ru_maxrss` (what `/usr/bin/time -v` reports). Repository bytes: `du -sb` of the backup files,
+  without the WAL archive.
+- **Incremental:** `pgbackrest backup --type=incr`; pgsnapfs: a plain second backup. Bytes added
+  to the repository by that backup (WAL archive not counted).
+- **WAL archiving:** the per-segment time of each tool's push inside the archive command during
+  the pgbench run (synchronous: pgBackRest `archive-async=n`, pgsnapfs `wal-push`). Sustained rate:
+  the newest archived segments copied aside and pushed one by one with the tool's command into a
+  fresh repository/stanza, timed as a whole.
+- **Queryable:** pgBackRest `restore --type=immediate --target-action=pause` (last backup) or
+  `--type=time --target=T --target-action=pause --set=<full>` (point in time); pgsnapfs `mount
+  --backup latest` or `--target-time T` with `--scratch` and `--background`. Then
+  `pg_ctl start -w` with the same options for both (`archive_mode=off`, `shared_buffers=1GB`), the
+  wait until `pg_get_wal_replay_pause_state() = 'paused'`, and the first query (`count(*)` on
+  pgbench_branches). Both servers must see the same number of pgbench_history rows at T.
+- **Cold full scan:** the last backup restored by pgBackRest to local disk against a pgsnapfs
+  mount of it; for each run the page cache is dropped, both servers restarted, the mount is
+  mounted anew (cold chunk cache), the page cache dropped again once both are paused at the
+  target, then `SELECT count(*)` on each table.
+- **Restore test:** `pgsnapfs verify` against pgBackRest `restore` + start + `count(*)` of every
+  table of every database + stop.
+"""
+
+
+def carry_notes(path):
+    notes = {}
+    try:
+        text = open(path).read()
+    except OSError:
+        return notes
+    for m in re.finditer(r"<!-- notes:(\w+) -->.*?<!-- /notes:\1 -->", text, re.S):
+        notes[m.group(1)] = m.group(0)
+    return notes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--merge", action="store_true")
+    a = ap.parse_args()
+    doc = build(load(a.results))
+    if a.merge and a.out and os.path.exists(os.path.join(a.out, "benchmarks.json")):
+        old = json.load(open(os.path.join(a.out, "benchmarks.json")))
+        old["chunk_sizes"] = doc["chunk_sizes"]
+        old.setdefault("chunk_sizes_meta", {})
+        old["chunk_sizes_meta"] = doc["meta"]
+        old["raw"] = [r for r in old.get("raw", []) if not r["key"].startswith("sweep_")] + \
+            [r for r in doc["raw"] if r["key"].startswith("sweep_")]
+        doc = old
+    notes = carry_notes(os.path.join(a.out, "benchmarks.md")) if a.out else {}
+    md = render(doc, notes)
+    sys.stdout.write(md)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "benchmarks.json"), "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+            f.write("\n")
+        with open(os.path.join(a.out, "benchmarks.md"), "w") as f:
+            f.write(md)
+        print(f"wrote {a.out}/benchmarks.md and {a.out}/benchmarks.json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+# shellcheck shell=bash
+# Installs what pgsnapfs's tests, demo and benchmarks need, only where it is missing.
+# Source it, then call install_test_deps (or install_bench_deps). Safe to run any number of
+# times; runs `apt-get update` once, and only if a package must be installed. Logs to stderr.
+# Needs root (CI and the dev machines run as root) on Debian 12.
+
+DEPS_APT_UPDATED=${DEPS_APT_UPDATED:-0}
+
+deps_log() {
+    echo "[deps] $*" >&2
+}
+
+deps_is_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
+# apt_install_missing PKG... : installs the packages that dpkg does not have.
+apt_install_missing() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        deps_is_installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        deps_log "already installed: $*"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        deps_log "missing Debian packages ${missing[*]}, and installing them needs root"
+        return 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$DEPS_APT_UPDATED" != 1 ]; then
+        deps_log "apt-get update"
+        apt-get update -qq >&2
+        DEPS_APT_UPDATED=1
+    fi
+    deps_log "apt-get install ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${missing[@]}" >&2
+}
+
+# Debian's postgresql package creates and starts a cluster 15/main on port 5432. The tests and
+# the demo run their own clusters; stop any packaged cluster and keep it from starting again.
+stop_packaged_clusters() {
+    command -v pg_lsclusters >/dev/null 2>&1 || return 0
+    local ver name status
+    while read -r ver name _port status _rest; do
+        [ -n "$ver" ] || continue
+        if [ "${status%%,*}" = online ]; then
+            deps_log "stopping the packaged PostgreSQL cluster $ver/$name"
+            pg_ctlcluster "$ver" "$name" stop >&2 || deps_log "could not stop $ver/$name"
+        fi
+        local conf="/etc/postgresql/$ver/$name/start.conf"
+        if [ -f "$conf" ] && [ "$(grep -v '^#' "$conf" | tr -d '[:space:]')" = auto ]; then
+            deps_log "setting $conf to manual, so $ver/$name does not start at boot"
+            echo manual >"$conf"
+        fi
+    done < <(pg_lsclusters -h 2>/dev/null)
+}
+
+# rustfmt and clippy, through rustup if cargo does not have them yet.
+install_rust_components() {
+    local comp
+    for comp in rustfmt clippy; do
+        local probe=(cargo fmt --version)
+        [ "$comp" = clippy ] && probe=(cargo clippy --version)
+        if "${probe[@]}" >/dev/null 2>&1; then
+            deps_log "already installed: $comp"
+        elif command -v rustup >/dev/null 2>&1; then
+            deps_log "rustup component add $comp"
+            rustup component add "$comp" >&2
+        else
+            deps_log "cargo has no $comp and there is no rustup to add it"
+            return 1
+        fi
+    done
+}
+
+install_test_deps() {
+    command -v cargo >/dev/null 2>&1 || {
+        deps_log "cargo is missing: install Rust with rustup first"
+        return 1
+    }
+    local pkgs=(postgresql-15 postgresql-client-15 fuse3 pkg-config)
+    # zstd-sys and other crates compile C code.
+    command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
+    apt_install_missing "${pkgs[@]}"
+    stop_packaged_clusters
+    install_rust_components
+}
+
+install_bench_deps() {
+    install_test_deps
+    apt_install_missing pgbackrest
+    stop_packaged_clusters
+}
