@@ -6,7 +6,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = pgsnapfs::cli::Cli::parse();
     let default = match cli.verbose {
-        0 => "warn,fuser=error",
+        0 => "warn,fuser=off",
         1 => "info",
         _ => "debug",
     };

@@ -15,6 +15,7 @@ use pgsnapfs_fuse::{Attr, DirEntry, Error as FsError, Kind, NodeId, Source};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,8 @@ enum Content {
     Chunks {
         lists: Vec<(BlobRef, OnceLock<Arc<Vec<Chunk>>>)>,
         chunk_size: u32,
+        /// Where a sequential reader would read next, to detect sequential access.
+        next: AtomicU64,
     },
     Bytes(Arc<Vec<u8>>),
     /// An archived WAL file: a sealed object, served whole from the cache.
@@ -68,12 +71,17 @@ struct NodeData {
     data: Data,
 }
 
+/// Chunks read ahead of a sequential reader.
+const READ_AHEAD_CHUNKS: usize = 8;
+
 /// A tree of backups served to the FUSE layer.
 pub struct SnapSource {
     repo: Arc<Repository>,
     nodes: RwLock<Vec<Arc<NodeData>>>,
-    cache: BlobCache<String>,
+    cache: Arc<BlobCache<String>>,
     tablespace_base: Option<PathBuf>,
+    /// Runs of chunks to fetch ahead; a full queue drops the request.
+    read_ahead: crossbeam_channel::Sender<Vec<Chunk>>,
 }
 
 fn eio(e: StoreError) -> FsError {
@@ -87,11 +95,32 @@ impl SnapSource {
         cache_bytes: usize,
         tablespace_base: Option<PathBuf>,
     ) -> SnapSource {
+        let cache = Arc::new(BlobCache::new(cache_bytes));
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<Chunk>>(4);
+        for _ in 0..2 {
+            let (rx, repo, cache) = (rx.clone(), repo.clone(), cache.clone());
+            // Ends when the source (and so the sender) is dropped.
+            std::thread::spawn(move || {
+                for run in rx {
+                    let missing: Vec<Chunk> = run
+                        .into_iter()
+                        .filter(|c| c.loc.is_some() && cache.get(&c.id).is_none())
+                        .collect();
+                    // Neighbours come in one ranged read; errors surface on the real read.
+                    if let Ok(all) = repo.read_chunks(&missing) {
+                        for (c, data) in missing.iter().zip(all) {
+                            let _ = cache.get_or_fetch(&c.id, || Ok(data));
+                        }
+                    }
+                }
+            });
+        }
         SnapSource {
             repo,
             nodes: RwLock::new(Vec::new()),
-            cache: BlobCache::new(cache_bytes),
+            cache,
             tablespace_base,
+            read_ahead: tx,
         }
     }
 
@@ -348,6 +377,7 @@ impl SnapSource {
                         content: Content::Chunks {
                             lists: lists.into_iter().map(|r| (r, OnceLock::new())).collect(),
                             chunk_size,
+                            next: AtomicU64::new(0),
                         },
                     },
                 }),
@@ -408,6 +438,24 @@ impl SnapSource {
                 tracing::error!("{msg}");
                 FsError::io(msg)
             })
+    }
+
+    /// Queues the chunks after `from` for fetching, if the reader is sequential.
+    fn read_ahead(
+        &self,
+        lists: &[(BlobRef, OnceLock<Arc<Vec<Chunk>>>)],
+        from: usize,
+        count: usize,
+    ) {
+        let run: Vec<Chunk> = (from..count.min(from + READ_AHEAD_CHUNKS))
+            .filter_map(|i| self.chunk(lists, i).ok())
+            .collect();
+        if run
+            .iter()
+            .any(|c| c.loc.is_some() && self.cache.get(&c.id).is_none())
+        {
+            let _ = self.read_ahead.try_send(run);
+        }
     }
 
     fn sealed(&self, key: &str) -> Result<Arc<Vec<u8>>, FsError> {
@@ -516,9 +564,20 @@ impl Source for SnapSource {
         match content {
             Content::Bytes(b) => Ok(whole(b)),
             Content::Sealed { key, .. } => Ok(whole(&self.sealed(key)?)),
-            Content::Chunks { lists, chunk_size } => {
+            Content::Chunks {
+                lists,
+                chunk_size,
+                next,
+            } => {
                 let cs = *chunk_size as u64;
                 let end = (offset + size as u64).min(*file_size);
+                if next.swap(end, Ordering::Relaxed) == offset && offset > 0 {
+                    self.read_ahead(
+                        lists,
+                        (end / cs) as usize + 1,
+                        file_size.div_ceil(cs) as usize,
+                    );
+                }
                 let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
                 let mut pos = offset;
                 while pos < end {
