@@ -242,8 +242,9 @@ fn pg_filter(pgdata: PathBuf) -> impl Fn(&str, &fs::Metadata) -> Visit {
     }
 }
 
-/// Makes sure the WAL from start to stop is archived, copying it from pg_wal when the
-/// archiver has not (archiving off, or pointed elsewhere), so every backup is restorable.
+/// Makes sure the WAL from start to stop is in the repository, copying it from pg_wal when the
+/// archiver has not stored it yet (or archives elsewhere), so every backup is restorable.
+/// The segments are complete: pg_backup_stop switched to a new segment and flushed.
 fn ensure_wal(
     repo: &Repository,
     pgdata: &Path,
@@ -266,7 +267,7 @@ fn ensure_wal(
                 pgdata.join("pg_wal").display()
             )));
         }
-        tracing::info!("archiving {name} from pg_wal: the archiver has not stored it here");
+        tracing::info!("copying {name} from pg_wal: the archiver has not stored it here yet");
         archive::push(repo, &path)?;
     }
     Ok(())

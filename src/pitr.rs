@@ -66,7 +66,7 @@ impl Walk<'_> {
 
     /// The first segment number missing between `from` and `to` on timeline `tli`.
     fn first_gap(&self, tli: u32, from: u64, to: u64) -> Option<u64> {
-        let have: Vec<u64> = self
+        let have: std::collections::HashSet<u64> = self
             .timelines
             .iter()
             .filter(|t| t.timeline >= tli)

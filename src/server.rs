@@ -197,12 +197,14 @@ impl Server {
         parse_lsn(&row.get::<_, String>(0))
     }
 
-    /// Stops the backup, waiting until the WAL it needs is archived (when archiving is on).
+    /// Stops the backup without waiting for the archiver: the caller makes sure the WAL it
+    /// needs is in the repository (from the archive, or from pg_wal), so a broken
+    /// archive_command cannot hang a backup.
     pub fn backup_stop(&self, major: u32) -> Result<BackupStop> {
         let sql = if major >= 15 {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
         } else {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
         };
         let row = self
             .rt
