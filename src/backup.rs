@@ -177,8 +177,7 @@ pub fn latest_of(repo: &Repository, sysid: u64) -> Result<Option<Snapshot>> {
         .snapshots()?
         .into_iter()
         .filter_map(|s| s.ok())
-        .filter(|s| s.sysid() == sysid && s.chunk_size == repo.config.chunk_size)
-        .next_back())
+        .rfind(|s| s.sysid() == sysid && s.chunk_size == repo.config.chunk_size))
 }
 
 fn tablespaces_of(pgdata: &Path) -> Result<Vec<Tablespace>> {

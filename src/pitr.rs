@@ -84,6 +84,20 @@ impl Walk<'_> {
     }
 }
 
+impl Plan {
+    /// Where recovery stops, for people.
+    pub fn describe(&self) -> String {
+        match &self.target {
+            None => "the end of the archived WAL".into(),
+            Some(Target::Immediate) => "the end of the backup".into(),
+            Some(Target::Time(t)) => format!("time {}", t.to_rfc3339()),
+            Some(Target::Lsn(l)) => format!("LSN {l}"),
+            Some(Target::Name(n)) => format!("restore point {n:?}"),
+            Some(Target::Xid(x)) => format!("transaction {x}"),
+        }
+    }
+}
+
 /// Chooses the backup and checks the WAL for a goal. Nothing is written.
 pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> {
     let system = match (sysid, goal) {
@@ -273,12 +287,11 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
     })
 }
 
+/// The earliest and latest times a restore can reach, if any.
+pub type Range = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// The earliest and latest times a restore can reach, for `info`.
-pub fn restorable_range(
-    repo: &Repository,
-    system: &System,
-    backups: &[Snapshot],
-) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+pub fn restorable_range(repo: &Repository, system: &System, backups: &[Snapshot]) -> Result<Range> {
     let sysid: u64 = system.system_identifier.parse().expect("numeric");
     let Some(first) = backups.iter().find(|s| s.sysid() == sysid) else {
         return Ok((None, None));

@@ -349,11 +349,3 @@ mod tests {
         );
     }
 }
-
-/// A plan's recovery goal for humans.
-pub fn describe(plan: &Plan) -> String {
-    match &plan.target {
-        None => "all archived WAL".into(),
-        Some(t) => format!("{t:?}"),
-    }
-}

@@ -9,7 +9,8 @@ Appends one JSON line to FILE:
                         every 50 ms (pgBackRest runs a main process plus process-max workers),
      "hwm_sum_kb"     : the sum over every process seen of its own peak (VmHWM), an upper bound,
      "maxrss_child_kb": ru_maxrss of the command's process from wait4 (what /usr/bin/time -v
-                        prints as "Maximum resident set size"; for one process, its peak)}
+                        prints as "Maximum resident set size"; for one process, its peak),
+     "load1"          : the 1-minute load average when the command started}
 and exits with the command's exit code. The command's stdout goes to --stdout FILE (or this
 process's stdout); its stderr is inherited.
 """
@@ -81,6 +82,8 @@ def main():
     if not cmd:
         ap.error("no command given")
 
+    with open("/proc/loadavg") as f:
+        load1 = float(f.read().split()[0])
     out = open(a.stdout, "wb") if a.stdout else None
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=out or sys.stdout.buffer)
@@ -120,6 +123,7 @@ def main():
         "peak_rss_kb": peak,
         "hwm_sum_kb": sum(hwm.values()),
         "maxrss_child_kb": usage.ru_maxrss,
+        "load1": load1,
     }
     with open(a.results, "a") as f:
         f.write(json.dumps(rec) + "\n")

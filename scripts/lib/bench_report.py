@@ -137,17 +137,20 @@ def build(recs):
     # Physical limits (medians)
     lim = out["limits"]
     for key, name in (("limit_read", "disk"), ("limit_sha256", "sha256sum"),
-                      ("limit_zstd", "zstd"), ("limit_unzstd", "zstd")):
+                      ("limit_sha256_ni", "openssl"),
+                      ("limit_zstd", "zstd"), ("limit_unzstd", "zstd"),
+                      ("limit_wal_sha256_ni", "openssl"), ("limit_wal_zstd", "zstd")):
         runs = R.merged(key, name)
         if runs:
             b = next(iter(runs.values()))["bytes"]
             s = med([r["wall_s"] for r in runs.values()])
             lim[key.replace("limit_", "")] = {"bytes": b, "wall_s": s, "bytes_per_s": b / s,
                                               "runs": len(runs)}
-    z = R.merged("limit_zstd", "zstd")
-    if z:
-        r0 = next(iter(z.values()))
-        lim["zstd"]["ratio"] = r0["bytes"] / r0["out_bytes"]
+    for k in ("zstd", "wal_zstd"):
+        z = R.merged("limit_" + k, "zstd")
+        if z:
+            r0 = next(iter(z.values()))
+            lim[k]["ratio"] = r0["bytes"] / r0["out_bytes"]
 
     def lrate(k):
         return lim.get(k, {}).get("bytes_per_s")
@@ -257,7 +260,10 @@ def build(recs):
 
     # How close pgsnapfs is to the limits
     near = out["near_limits"]
-    sha, zst, unz, rd = lrate("sha256"), lrate("zstd"), lrate("unzstd"), lrate("read")
+    # The hashing limit is SHA-256 with the CPU's SHA extensions (openssl), which the sha2
+    # crate uses too; coreutils sha256sum does not use them.
+    sha = lrate("sha256_ni") or lrate("sha256")
+    zst, unz, rd = lrate("zstd"), lrate("unzstd"), lrate("read")
     cores = meta.get("cores") or 2
     if sha and zst and rd:
         cpu_bound = cores / (1 / sha + 1 / zst)
@@ -274,11 +280,19 @@ def build(recs):
             near.append({"row": label, "achieved_bytes_per_s": got, "limit_bytes_per_s": bound,
                          "limit": f"min(cold read {fmt_rate(rd)}, {cores} cores × sha256+zstd-3 "
                                   f"{fmt_rate(cpu_bound)})", "fraction": got / bound})
-        ideal = SEGMENT / sha + SEGMENT / zst
+        wsha = lrate("wal_sha256_ni") or sha
+        wzst = lrate("wal_zstd") or zst
+        ideal = SEGMENT / wsha + SEGMENT / wzst
         if segs.get("pgsnapfs"):
             got = med(segs["pgsnapfs"])
             near.append({"row": "wal-push, per segment", "achieved_s": got, "limit_s": ideal,
-                         "limit": "one core: sha256 + zstd -3 of 16 MiB", "fraction": ideal / got})
+                         "limit": "one core: sha256 + zstd -3 of one 16 MiB segment "
+                                  "(measured on the segments set aside)",
+                         "fraction": ideal / got})
+        if loop.get("pgsnapfs"):
+            got = med([r["segments"] / r["wall_s"] for r in loop["pgsnapfs"].values()])
+            near.append({"row": "wal-push, sustained", "achieved_s": 1 / got, "limit_s": ideal,
+                         "limit": "the same", "fraction": ideal * got})
     if unz and sha and rd:
         for table in ("pgbench_accounts", "bench_orders"):
             runs = R.merged("scan_" + table, "pgsnapfs")
@@ -313,6 +327,10 @@ def build(recs):
             "second_peak_rss": peak_rss(b2),
             "chunks": chunks, "chunk_list_bytes": chunks * 48,
         })
+    loads = [r["load1"] for r in recs if "load1" in r]
+    if loads:
+        meta["load1_median"] = med(loads)
+        meta["load1_max"] = max(loads)
     out["raw"] = recs
     return out
 
@@ -344,13 +362,13 @@ def verdict(r):
 
 def results_table(doc):
     lines = ["| row | measure | pgBackRest | pgsnapfs | pgsnapfs / pgBackRest | better is | "
-             "ahead | pgBackRest block incr. (BETA) |",
-             "|---|---|---:|---:|---:|---|---|---:|"]
+             "ahead | runs | pgBackRest block incr. (BETA) |",
+             "|---|---|---:|---:|---:|---|---|---:|---:|"]
     for r in doc["rows"]:
         lines.append(
             f"| {r['row']} | {r['measure']} | {cell(r['pgbackrest'], r['unit'])} | "
             f"{cell(r['pgsnapfs'], r['unit'])} | {fmt_ratio(r['ratio'])} | {r['better']} | "
-            f"{verdict(r)} | {cell(r['pgbackrest_block'], r['unit'])} |")
+            f"{verdict(r)} | {r['runs'] or ''} | {cell(r['pgbackrest_block'], r['unit'])} |")
     return "\n".join(lines)
 
 
@@ -400,8 +418,11 @@ def render(doc, notes):
     L.append(f"- **Command:** `{m.get('command')}` ({m.get('mode')} mode)")
     L.append(f"- **Machine:** {machine(m)}")
     L.append(f"- **Load:** the 2 cores are shared with other engineers' builds; load average "
-             f"{m.get('loadavg_start')} at the start, {m.get('loadavg_end')} at the end. "
-             f"Cheap rows are the median of {m.get('runs')} runs.")
+             f"{m.get('loadavg_start')} at the start, {m.get('loadavg_end')} at the end; "
+             f"1-minute load when the timed commands started: median {m.get('load1_median')}, "
+             f"max {m.get('load1_max')}. "
+             f"The whole run (servers and tools included) ran at nice {m.get('nice')}, so it "
+             f"took the CPU before those builds. Cheap rows are the median of {m.get('runs')} runs.")
     L.append(f"- **Versions:** {m.get('postgres')}; {m.get('pgbackrest')}; {m.get('pgsnapfs')} "
              f"(commit {m.get('git_commit')}{', with uncommitted changes' if m.get('git_dirty') else ''}); "
              f"{m.get('zstd')}")
@@ -434,6 +455,20 @@ def render(doc, notes):
                  "BETA in 2.45), in its own repository.\n")
         L.append(results_table(doc))
         L.append("")
+        rt = [r for r in doc["raw"] if r["key"] == "verify_output"]
+        if rt:
+            o = rt[-1]["output"]
+            ph = o.get("phases") or {}
+            L.append(f"`pgsnapfs verify` phases (last run): "
+                     + ", ".join(f"{k.removesuffix('_s')} {fmt_s(v)}" for k, v in ph.items())
+                     + f"; {o.get('databases')} databases, {o.get('tables')} tables read, "
+                     f"{o.get('indexes_checked')} indexes checked (amcheck: {o.get('amcheck')}), "
+                     f"ok: {o.get('ok')}.\n")
+        L.append("`pgsnapfs verify` does more than the pgBackRest side of the restore-test row: "
+                 "besides reading every table it checks indexes and runs assertions, so that "
+                 "ratio is conservative for pgsnapfs." if rt else
+                 "`pgsnapfs verify` was not available in this build: its cell is empty.")
+        L.append("")
         extra = []
         if doc.get("scan_mount_vmhwm_bytes"):
             extra.append(f"- Peak memory (VmHWM) of the pgsnapfs mount process over the cold scans: "
@@ -460,10 +495,13 @@ def render(doc, notes):
         L.append("| what | throughput | how |")
         L.append("|---|---:|---|")
         how = {"read": "`find DATA -type f -exec cat` after dropping caches (data directory without pg_wal)",
-               "sha256": "`sha256sum`, one core, warm cache",
+               "sha256": "`sha256sum` (coreutils: no SHA extensions), one core, warm cache",
+               "sha256_ni": "`openssl dgst -sha256` (SHA extensions, as the sha2 crate), one core, warm cache",
                "zstd": "`zstd -3 -T1`, one core, warm cache",
-               "unzstd": "`zstd -d` of that output, one core"}
-        for k in ("read", "sha256", "zstd", "unzstd"):
+               "unzstd": "`zstd -d` of that output, one core",
+               "wal_sha256_ni": "WAL: `openssl dgst -sha256` on the segments set aside, one core",
+               "wal_zstd": "WAL: `zstd -3 -T1` on the segments set aside, one core"}
+        for k in ("read", "sha256", "sha256_ni", "zstd", "unzstd", "wal_sha256_ni", "wal_zstd"):
             if k in lim:
                 extra = f" (ratio {lim[k]['ratio']:.1f}×)" if "ratio" in lim[k] else ""
                 L.append(f"| {k} | {fmt_rate(lim[k]['bytes_per_s'])} | {how[k]}{extra}, "
@@ -495,6 +533,13 @@ def render(doc, notes):
                  "so the sizes see exactly the same changes. *Chunk lists* = logical size / chunk "
                  "size × 48 bytes, what each backup's manifest holds before reuse of unchanged "
                  "lists.\n")
+        cm = doc.get("chunk_sizes_meta")
+        if cm:
+            L.append(f"Sweep run separately: {cm.get('date')}, `{cm.get('command')}`, scale "
+                     f"{cm.get('scale')}, pgbench {cm.get('pgbench_seconds')} s.\n")
+        else:
+            L.append(f"Scale {m.get('scale')} plus bench_orders, pgbench -T "
+                     f"{m.get('pgbench_seconds')} -c 4 between the two backups.\n")
         L.append(chunk_table(doc))
         L.append("")
         L.append(chunk_reading(doc))

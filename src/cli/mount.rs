@@ -52,6 +52,30 @@ pub struct UmountArgs {
 
 /// The line a mount prints on stdout once it can be used; `--background` waits for it.
 const READY: &str = "pgsnapfs: mounted";
+/// Set by `--background` for the mount process it starts.
+const DETACHED: &str = "PGSNAPFS_MOUNT_DETACHED";
+
+/// Once mounted in the background, stop holding the caller's stdout and stderr (a caller
+/// piping them would otherwise wait forever): later messages go to `<scratch>/mount.log`, or
+/// nowhere for the catalogue.
+fn detach_output(scratch: Option<&Path>) -> Result<()> {
+    let target = match scratch {
+        Some(dir) => dir.join("mount.log"),
+        None => PathBuf::from("/dev/null"),
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&target)
+        .map_err(io(format!("open {}", target.display())))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: duplicating a valid descriptor onto stdout and stderr.
+    unsafe {
+        libc::dup2(file.as_raw_fd(), 1);
+        libc::dup2(file.as_raw_fd(), 2);
+    }
+    Ok(())
+}
 
 fn check_mountpoint(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
@@ -130,15 +154,12 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             &a.shared_buffers,
         )?;
         eprintln!(
-            "mounting backup {} (ended {}) at {}; about {} of WAL to replay on start{}",
+            "mounting backup {} (ended {}) at {}; about {} of WAL to replay on start, to {}",
             plan.snapshot.id,
             plan.snapshot.stop_time.to_rfc3339(),
             a.mountpoint.display(),
             human(plan.replay_bytes),
-            match &plan.target {
-                Some(t) => format!(" to {t:?}"),
-                None => String::new(),
-            }
+            plan.describe()
         );
         eprintln!("archive_mode is off on this view: a server started here never archives WAL");
         let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
@@ -177,6 +198,9 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
     .map_err(|e| Error::Failed(format!("cannot mount at {}: {e}", a.mountpoint.display())))?;
     println!("{READY} at {}", handle.mountpoint().display());
     let _ = std::io::stdout().flush();
+    if std::env::var_os(DETACHED).is_some() {
+        detach_output(a.scratch.as_deref())?;
+    }
     let unmounter = handle.unmounter();
     std::thread::spawn(move || loop {
         let mut sig = 0;
@@ -203,6 +227,7 @@ fn background() -> Result<()> {
         .collect();
     let mut cmd = Command::new(exe);
     cmd.args(&args)
+        .env(DETACHED, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

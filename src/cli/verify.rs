@@ -48,7 +48,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
     eprintln!(
         "verifying backup {} (recovering to {})",
         plan.snapshot.id,
-        verify::describe(&plan)
+        plan.describe()
     );
     let result = verify::run(
         Arc::new(repo),

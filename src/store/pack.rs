@@ -147,7 +147,7 @@ pub fn parse_tail(tail: &[u8], pack: &str) -> Result<u32, StoreError> {
 
 /// Parses an entry table (without the tail), checking every entry lies inside the blob area.
 pub fn parse_entries(table: &[u8], pack_len: u64, pack: &str) -> Result<Vec<Entry>, StoreError> {
-    if table.len() % ENTRY_LEN != 0 {
+    if !table.len().is_multiple_of(ENTRY_LEN) {
         return Err(StoreError::corrupt(pack, "bad entry table length"));
     }
     let blob_end = pack_len.saturating_sub((table.len() + TAIL_LEN) as u64);

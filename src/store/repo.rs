@@ -30,9 +30,18 @@ pub struct Repository {
     pub config: Config,
 }
 
-/// Opens the back end a `--repo` value names. Only local directories exist so far.
+/// Opens the back end a `--repo` value names: `s3://bucket/prefix`, or a local directory.
 pub fn open_backend(spec: &str) -> Result<Arc<dyn Backend>, StoreError> {
-    Ok(Arc::new(LocalBackend::open(Path::new(spec))))
+    match spec.split_once("://") {
+        None => Ok(Arc::new(LocalBackend::open(Path::new(spec)))),
+        Some(("s3", _)) => super::backend::S3Backend::open(spec)
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(|e| StoreError::BadSetting(e.to_string())),
+        // Only the scheme: the rest of the URL may hold something secret.
+        Some((scheme, _)) => Err(StoreError::BadSetting(format!(
+            "unsupported repository URL scheme {scheme:?}: use s3://bucket/prefix or a directory"
+        ))),
+    }
 }
 
 impl Repository {
@@ -42,7 +51,7 @@ impl Repository {
         chunk_size: u32,
         compression_level: i32,
     ) -> Result<Repository, StoreError> {
-        if chunk_size == 0 || chunk_size % 8192 != 0 || chunk_size > 16 << 20 {
+        if chunk_size == 0 || !chunk_size.is_multiple_of(8192) || chunk_size > 16 << 20 {
             return Err(StoreError::BadSetting(format!(
                 "chunk size {chunk_size} must be a multiple of 8 KiB, at most 16 MiB"
             )));

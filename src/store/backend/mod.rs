@@ -7,8 +7,10 @@
 mod local;
 #[cfg(test)]
 pub mod memory;
+mod s3;
 
 pub use local::LocalBackend;
+pub use s3::{RequestCounts, S3Backend, S3ConfigError, S3Settings};
 
 /// Why a back-end call failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,4 +51,8 @@ pub trait Backend: Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
     /// Whether `key` exists.
     fn exists(&self, key: &str) -> Result<bool>;
+    /// Requests sent so far, for back ends that pay per request (S3).
+    fn stats(&self) -> Option<RequestCounts> {
+        None
+    }
 }

@@ -1,0 +1,1215 @@
+//! `pgsnapfs mount` / `umount` against real FUSE and real PostgreSQL 15: the read-only catalogue
+//! of backups, writable point-in-time views that a server starts on directly, and the life
+//! cycle of a mount (busy, stale, signals, bad mount points).
+//!
+//! FUSE mounts need root, so pgsnapfs `mount`/`umount` run as root here (not as postgres like
+//! the rest of the harness). Every mount is a [`Mount`] guard: dropping it stops the server
+//! running on the mount, unmounts (lazily if it must) and reaps or kills the mount process, so a
+//! failing test leaves nothing mounted.
+
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The line a mount prints on stdout once it can be used.
+const READY: &str = "pgsnapfs: mounted";
+/// How long a mount may take to come up, and a mount process to exit after unmounting.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
+/// shared_buffers for servers on views: the default (1GB) is sized for big replays; these
+/// tests run several servers at once on tiny data.
+const VIEW_SHARED_BUFFERS: &str = "128MB";
+
+/// Every row of `t`, as one comparable string.
+const T_ROWS: &str =
+    "SELECT coalesce(string_agg(id || ':' || v, ',' ORDER BY id), '<empty>') FROM t";
+
+// ---------------------------------------------------------------------------------------------
+// Running pgsnapfs as root, and mounts
+
+/// `pgsnapfs ARGS...` as root (FUSE needs it), with the harness's scrubbed environment.
+fn root_cmd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsnapfs"));
+    cmd.args(args).current_dir("/").stdin(Stdio::null());
+    for var in [
+        "PGSNAPFS_REPO",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGDATA",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Mount points currently in /proc/self/mounts (octal escapes decoded).
+fn mount_points() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(|p| {
+            PathBuf::from(
+                p.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\012", "\n")
+                    .replace("\\134", "\\"),
+            )
+        })
+        .collect()
+}
+
+fn is_mounted(p: &Path) -> bool {
+    mount_points().iter().any(|m| m == p)
+}
+
+/// True if the process no longer runs (gone, or a zombie).
+fn pid_gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(st) => st
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2) of a process this test started.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Waits up to `timeout` for a child to exit.
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One `pgsnapfs mount` and what runs on it. Drop stops the server, unmounts (falling back to
+/// a lazy `umount -l`), and reaps or kills the mount process.
+struct Mount {
+    /// The mount point (canonical, as /proc/mounts shows it).
+    dir: PathBuf,
+    /// The foreground mount process.
+    child: Option<Child>,
+    /// The mount process of a `--background` mount (not our child).
+    bg_pid: Option<u32>,
+    /// The mount process's stderr.
+    log: PathBuf,
+    stdout: Arc<Mutex<String>>,
+    command: String,
+    server: Option<Cluster>,
+}
+
+/// `--scratch DIR --shared-buffers 128MB` plus a goal, for a writable view.
+fn view_args<'a>(scratch: &'a Path, goal: &[&'a str]) -> Vec<&'a str> {
+    let mut v = goal.to_vec();
+    v.extend([
+        "--scratch",
+        s(scratch),
+        "--shared-buffers",
+        VIEW_SHARED_BUFFERS,
+    ]);
+    v
+}
+
+/// An empty directory for a mount point, owned by postgres.
+fn mountpoint(work: &TestDir, name: &str) -> PathBuf {
+    let p = work.subdir(name, 0o755);
+    fs::canonicalize(&p).unwrap()
+}
+
+impl Mount {
+    /// `pgsnapfs mount --repo R MOUNTPOINT ARGS...` in the foreground; returns once it printed
+    /// that it is mounted. Panics with its output if it does not mount.
+    #[track_caller]
+    fn start(repo: &Repo, mountpoint: &Path, args: &[&str]) -> Mount {
+        Mount::try_start(repo, mountpoint, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(repo: &Repo, mountpoint: &Path, args: &[&str]) -> Result<Mount, String> {
+        let log = mountpoint.with_extension("mount.log");
+        let mut all = vec!["mount", "--repo", repo.path_str(), s(mountpoint)];
+        all.extend_from_slice(args);
+        let mut cmd = root_cmd(&all);
+        cmd.stdout(Stdio::piped())
+            .stderr(fs::File::create(&log).expect("create mount log"));
+        let command = describe(&cmd);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<bool>();
+        let out = child.stdout.take().unwrap();
+        let collected = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let ready = line.starts_with(READY);
+                collected.lock().unwrap().push_str(&(line + "\n"));
+                if ready {
+                    let _ = tx.send(true);
+                }
+            }
+            let _ = tx.send(false);
+        });
+        let mut m = Mount {
+            dir: fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf()),
+            child: Some(child),
+            bg_pid: None,
+            log,
+            stdout,
+            command,
+            server: None,
+        };
+        match rx.recv_timeout(MOUNT_TIMEOUT) {
+            Ok(true) if is_mounted(&m.dir) => Ok(m),
+            Ok(true) => Err(format!(
+                "the mount said it was ready but {} is not in /proc/mounts\n{}",
+                m.dir.display(),
+                m.report()
+            )),
+            Ok(false) => {
+                let st = wait_child(m.child.as_mut().unwrap(), MOUNT_TIMEOUT);
+                Err(format!(
+                    "mount exited ({st:?}) before mounting\n{}",
+                    m.report()
+                ))
+            }
+            Err(_) => Err(format!(
+                "mount not ready after {MOUNT_TIMEOUT:?}\n{}",
+                m.report()
+            )),
+        }
+    }
+
+    /// `pgsnapfs mount ... --background`: the command must return once mounted, printing
+    /// `pgsnapfs: mounted at ...` and the mount process's id.
+    #[track_caller]
+    fn start_background(repo: &Repo, mountpoint: &Path, args: &[&str]) -> Mount {
+        let log = mountpoint.with_extension("mount.log");
+        let mut all = vec!["mount", "--repo", repo.path_str(), s(mountpoint)];
+        all.extend_from_slice(args);
+        all.push("--background");
+        // stderr to a file: the mount process inherits it and keeps it open while mounted.
+        let mut cmd = root_cmd(&all);
+        cmd.stdout(Stdio::piped())
+            .stderr(fs::File::create(&log).expect("create mount log"));
+        let command = describe(&cmd);
+        let mut child = cmd.spawn().unwrap();
+        let mut out = String::new();
+        let mut pipe = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let _ = pipe.read_to_string(&mut out);
+            out
+        });
+        let status = wait_child(&mut child, MOUNT_TIMEOUT);
+        let dir = fs::canonicalize(mountpoint).unwrap();
+        let mut m = Mount {
+            dir: dir.clone(),
+            child: None,
+            bg_pid: None,
+            log,
+            stdout: Arc::new(Mutex::new(String::new())),
+            command,
+            server: None,
+        };
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`mount --background` did not return within {MOUNT_TIMEOUT:?}\n{}",
+                m.report()
+            );
+        };
+        let out = reader.join().unwrap();
+        *m.stdout.lock().unwrap() = out.clone();
+        // "pgsnapfs: mounted at DIR (process PID)"
+        m.bg_pid = out
+            .split("(process ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|p| p.trim().parse().ok());
+        assert!(
+            status.success(),
+            "mount --background failed\n{}",
+            m.report()
+        );
+        assert!(
+            out.contains(READY),
+            "mount --background did not say it was mounted\n{}",
+            m.report()
+        );
+        assert!(
+            m.bg_pid.is_some(),
+            "mount --background did not print the mount process id\n{}",
+            m.report()
+        );
+        assert!(
+            is_mounted(&dir),
+            "{} is not mounted\n{}",
+            dir.display(),
+            m.report()
+        );
+        m
+    }
+
+    fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .or(self.bg_pid)
+            .expect("a mount process")
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "command: {}\n--- stdout ---\n{}--- stderr ({}) ---\n{}",
+            self.command,
+            self.stdout.lock().unwrap(),
+            self.log.display(),
+            fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    /// Starts PostgreSQL (as postgres) on this mount; it is stopped before the unmount.
+    #[track_caller]
+    fn start_server(&mut self) -> &Cluster {
+        assert!(
+            self.server.is_none(),
+            "a server already runs on {}",
+            self.dir.display()
+        );
+        match Cluster::try_start_on(&self.dir, &[]) {
+            Ok(c) => self.server = Some(c),
+            Err(e) => panic!("{e}\n--- mount ---\n{}", self.report()),
+        }
+        self.server.as_ref().unwrap()
+    }
+
+    fn server(&self) -> &Cluster {
+        self.server.as_ref().expect("no server on this mount")
+    }
+
+    /// `pg_ctl stop -m fast` of the server on this mount.
+    #[track_caller]
+    fn stop_server(&mut self) {
+        let mut c = self.server.take().expect("no server on this mount");
+        c.stop();
+    }
+
+    /// `pgsnapfs umount MOUNTPOINT` as root.
+    fn umount(&self) -> Run {
+        pgsnapfs_as_root(&["umount", s(&self.dir)])
+    }
+
+    /// Unmounts with `pgsnapfs umount`, and checks that the mount process then exits 0 and
+    /// the mount point is gone from /proc/mounts.
+    #[track_caller]
+    fn umount_ok(&mut self) {
+        self.umount().assert_ok();
+        assert!(
+            !is_mounted(&self.dir),
+            "{} still mounted",
+            self.dir.display()
+        );
+        let pid = self.pid();
+        if let Some(child) = self.child.as_mut() {
+            let st = wait_child(child, MOUNT_TIMEOUT);
+            assert!(
+                st.is_some_and(|st| st.success()),
+                "mount process ended with {st:?} after umount\n{}",
+                self.report()
+            );
+        } else {
+            let gone = wait_for(MOUNT_TIMEOUT, || {
+                if pid_gone(pid) {
+                    Ok(())
+                } else {
+                    Err(format!("process {pid} runs"))
+                }
+            });
+            assert!(
+                gone.is_ok(),
+                "background mount process: {gone:?}\n{}",
+                self.report()
+            );
+        }
+    }
+
+    fn cleanup(&mut self) {
+        // The server first: a server holds the mount busy.
+        drop(self.server.take());
+        if is_mounted(&self.dir) {
+            let ok = pgsnapfs_as_root(&["umount", s(&self.dir)]).status.success();
+            if !ok {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.dir)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            if wait_child(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(pid) = self.bg_pid.take() {
+            let _ = wait_for(Duration::from_secs(10), || {
+                if pid_gone(pid) {
+                    Ok(())
+                } else {
+                    Err(String::new())
+                }
+            });
+            if !pid_gone(pid) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File helpers
+
+fn sha256_file(p: &Path) -> std::io::Result<String> {
+    let mut f = fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Relative path → sha256 of every regular file below `root` (symbolic links not followed).
+#[track_caller]
+fn sha_tree(root: &Path) -> BTreeMap<String, String> {
+    files_below(root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let h = sha256_file(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            (rel, h)
+        })
+        .collect()
+}
+
+/// Whether a base backup leaves this data-directory file out (pg_basebackup's rules, which
+/// pgsnapfs follows): WAL, the per-run files, caches the server rebuilds, temporary files.
+fn excluded_from_backup(rel: &str) -> bool {
+    const DIR_CONTENTS: [&str; 7] = [
+        "pg_stat_tmp",
+        "pg_replslot",
+        "pg_dynshmem",
+        "pg_notify",
+        "pg_serial",
+        "pg_snapshots",
+        "pg_subtrans",
+    ];
+    const FILES: [&str; 7] = [
+        "postgresql.auto.conf.tmp",
+        "current_logfiles.tmp",
+        "backup_label",
+        "tablespace_map",
+        "backup_manifest",
+        "postmaster.pid",
+        "postmaster.opts",
+    ];
+    let parts: Vec<&str> = rel.split('/').collect();
+    let (name, parents) = parts.split_last().unwrap();
+    parents.first() == Some(&"pg_wal")
+        || parents
+            .iter()
+            .any(|d| DIR_CONTENTS.contains(d) || d.starts_with("pgsql_tmp"))
+        || name.starts_with("pgsql_tmp")
+        || name.starts_with("pg_internal.init")
+        || FILES.contains(name)
+}
+
+fn backup_dir(mnt: &Path, id: &str) -> PathBuf {
+    mnt.join("backups").join(id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// Every file of a mounted backup has the bytes the source data directory had at backup time.
+///
+/// How "at backup time" is pinned down without stopping the source (a shutdown rewrites
+/// pg_control and writes pg_stat, and the server keeps writing while it runs): autovacuum is
+/// off and the cluster is idle and checkpointed, then the source tree is hashed right before
+/// and right after the backup. A file with the same hash both times did not change while the
+/// backup read it, so the mount must show exactly those bytes. Files that did change in
+/// between (pg_control, rewritten by the backup's own checkpoint; anything else the server
+/// touched) are listed, must not include the tables' relation files, and are not compared.
+/// Files the backup excludes by design (pg_wal/*, postmaster.pid/opts, pg_internal.init,
+/// pg_subtrans/*, ...) must be absent from the mount, and backup_label must be the one
+/// pg_backup_stop returned.
+#[test]
+fn mounted_backup_has_the_source_bytes() {
+    let repo = Repo::init();
+    let source = Cluster::start_new(ClusterOptions {
+        settings: vec![("autovacuum".into(), "off".into())],
+        ..ClusterOptions::default()
+    });
+    source.pgbench_init(1);
+    source.psql(
+        "CREATE TABLE t(id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, 2000) g;",
+    );
+    // The user tables' files (t's long values live in its TOAST table).
+    let relations: Vec<String> = source
+        .psql(
+            "SELECT pg_relation_filepath(c) FROM unnest(ARRAY['pgbench_accounts', \
+             'pgbench_accounts_pkey', 't', 't_pkey']::regclass[]) c
+             UNION ALL
+             SELECT pg_relation_filepath(reltoastrelid) FROM pg_class WHERE relname = 't'",
+        )
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // Quiesce: VACUUM FREEZE sets every hint bit, so the backup's own catalogue reads do not
+    // dirty pages; the checkpoint writes everything out before the "before" hashes.
+    source.psql("VACUUM FREEZE; CHECKPOINT;");
+
+    let before = sha_tree(&source.data);
+    let backup = repo.backup(&source);
+    let after = sha_tree(&source.data);
+    let id = json_str(&backup, "id");
+
+    let work = TestDir::new("mount-bytes");
+    let mnt = mountpoint(&work, "mnt");
+    let m = Mount::start(&repo, &mnt, &[]);
+    let root = backup_dir(&m.dir, &id);
+    let mounted = sha_tree(&root);
+
+    let mut changed = Vec::new();
+    let mut compared = 0;
+    let mut problems = String::new();
+    for (rel, hash) in &after {
+        if excluded_from_backup(rel) {
+            continue;
+        }
+        match before.get(rel) {
+            Some(h) if h == hash => {}
+            // Changed or created while the backup ran: not comparable.
+            _ => {
+                changed.push(rel.clone());
+                continue;
+            }
+        }
+        compared += 1;
+        match mounted.get(rel) {
+            None => problems.push_str(&format!("  missing from the mount: {rel}\n")),
+            Some(h) if h != hash => problems.push_str(&format!(
+                "  different bytes: {rel} (source {hash}, mount {h})\n"
+            )),
+            _ => {}
+        }
+    }
+    for rel in mounted.keys() {
+        let known = before.contains_key(rel) || after.contains_key(rel);
+        if rel != "backup_label" && !known {
+            problems.push_str(&format!("  in the mount, not in the source: {rel}\n"));
+        }
+        if rel != "backup_label" && excluded_from_backup(rel) {
+            problems.push_str(&format!("  excluded file present in the mount: {rel}\n"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "backup {id} mounted at {} differs from the source {}:\n{problems}\
+         (files changed during the backup, not compared: {changed:?})",
+        root.display(),
+        source.data.display()
+    );
+    // The comparison must have covered the data: the relation files, and nearly every file.
+    for rel in &relations {
+        assert!(
+            !changed.contains(rel),
+            "relation file {rel} changed while the backup ran; the comparison proves nothing"
+        );
+        assert!(
+            mounted.contains_key(rel),
+            "relation file {rel} missing from the mount"
+        );
+    }
+    eprintln!("not compared (changed while the backup ran): {changed:?}; compared {compared}");
+    assert!(
+        changed.len() * 20 < compared,
+        "too many files changed during the backup ({} of {compared}): {changed:?}",
+        changed.len()
+    );
+    // Excluded by design, and present in the source: must not be in the mount.
+    assert!(after.contains_key("postmaster.pid"));
+    for rel in after.keys().filter(|r| excluded_from_backup(r)) {
+        assert!(
+            !mounted.contains_key(rel),
+            "{rel} should not be in the backup"
+        );
+    }
+    assert!(
+        root.join("pg_wal").is_dir(),
+        "pg_wal missing from the backup"
+    );
+
+    // backup_label is pg_backup_stop's.
+    let label = fs::read_to_string(root.join("backup_label")).unwrap();
+    let start_lsn = json_str(&backup, "start_lsn");
+    assert!(
+        label.starts_with(&format!("START WAL LOCATION: {start_lsn} (file ")),
+        "backup_label does not start at the backup's start LSN {start_lsn}:\n{label}"
+    );
+    assert!(
+        label.contains(&format!("LABEL: pgsnapfs {id}")),
+        "backup_label has another label:\n{label}"
+    );
+    assert!(label.contains("BACKUP METHOD: streamed"), "{label}");
+}
+
+/// The classic accident: a table is dropped by mistake. Mounting the point in time T just
+/// before the DROP (recovery pauses there, hot standby) and starting PostgreSQL on the mount
+/// shows the table with exactly its rows at T, and nothing committed after.
+///
+/// Queries run with a lock_timeout: if replay stopped after the DROP's AccessExclusiveLock
+/// record but before its commit, the startup process still holds that lock while paused, and
+/// a plain SELECT on the table would wait forever.
+#[test]
+fn dropped_table_is_back_at_target_time() {
+    dropped_table_scenario(None);
+}
+
+/// The same accident, recovered with `--target-action promote`: the view ends recovery at
+/// T and opens read-write, with the table and its rows.
+#[test]
+fn dropped_table_is_back_at_target_time_promoted() {
+    dropped_table_scenario(Some("promote"));
+}
+
+fn dropped_table_scenario(action: Option<&str>) {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    source.psql(
+        "CREATE TABLE t(id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'base-' || g FROM generate_series(1, 300) g;",
+    );
+    repo.backup(&source);
+    // Changes after the backup, so the rows come from WAL replay, not from the backup.
+    source.psql(
+        "UPDATE t SET v = 'replayed-' || id WHERE id % 3 = 0;
+         DELETE FROM t WHERE id > 290;
+         INSERT INTO t VALUES (1000, 'late row');",
+    );
+    let want = source.psql(T_ROWS);
+    let t = source.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    source.psql("DROP TABLE t");
+    source.psql(
+        "CREATE TABLE after_drop(id int);
+         INSERT INTO after_drop SELECT generate_series(1, 100);",
+    );
+    source.switch_wal_and_wait_archived();
+    assert!(source.try_psql(T_ROWS).is_err(), "t was not dropped");
+
+    let work = TestDir::new("mount-drop");
+    let mnt = mountpoint(&work, "mnt");
+    let scratch = work.join("scratch");
+    let mut goal = vec!["--target-time", t.as_str()];
+    if let Some(a) = action {
+        goal.extend(["--target-action", a]);
+    }
+    let mut m = if action.is_none() {
+        Mount::start_background(&repo, &mnt, &view_args(&scratch, &goal))
+    } else {
+        Mount::start(&repo, &mnt, &view_args(&scratch, &goal))
+    };
+    // pg_wal of the view lives on the scratch disk.
+    let pg_wal = fs::read_link(m.dir.join("pg_wal")).expect("pg_wal is a symbolic link");
+    assert!(
+        pg_wal.starts_with(fs::canonicalize(&scratch).unwrap()),
+        "pg_wal points to {}, not into the scratch dir {}",
+        pg_wal.display(),
+        scratch.display()
+    );
+    let server = m.start_server();
+    let state = server.wait_until_paused_or_ready();
+    let want_state = if action.is_none() {
+        RecoveryState::Paused
+    } else {
+        RecoveryState::Ready
+    };
+    assert_eq!(state, want_state, "server log:\n{}", server.log_tail(30));
+    let got = server.try_psql(&format!("SET lock_timeout = '20s'; {T_ROWS}"));
+    let got = got.unwrap_or_else(|e| {
+        panic!(
+            "cannot read t on the view at {t} (target action {action:?}): {e}\n\
+             locks held: {}\n--- server log (tail) ---\n{}",
+            server.psql(
+                "SELECT string_agg(locktype || ' ' || coalesce(relation::regclass::text, '') \
+                 || ' ' || mode || ' pid ' || pid || ' granted ' || granted, '; ') FROM pg_locks"
+            ),
+            server.log_tail(15)
+        )
+    });
+    assert_eq!(got, want, "rows of t at {t}");
+    assert_eq!(
+        server.psql("SELECT to_regclass('after_drop') IS NULL"),
+        "t",
+        "a table created after the target is visible"
+    );
+    assert_eq!(server.psql("SHOW archive_mode"), "off");
+    m.stop_server();
+    m.umount_ok();
+}
+
+/// Mounts (catalogue and views), servers on views (including writes and a promotion) and
+/// verify read the repository and never change a byte of it.
+#[test]
+fn repository_unchanged_by_mounts_servers_and_verify() {
+    let repo = Repo::init();
+    let mut source = Cluster::archiving_to(&repo.path);
+    source.psql(
+        "CREATE TABLE t(id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g;",
+    );
+    let id = json_str(&repo.backup(&source), "id");
+    source.psql("INSERT INTO t VALUES (501, 'after backup')");
+    let lsn = source.current_wal_lsn();
+    source.switch_wal_and_wait_archived();
+    // No more archiving from here on.
+    source.stop();
+    let before = repo.digest();
+
+    let work = TestDir::new("mount-ro");
+    {
+        let cat = Mount::start(&repo, &mountpoint(&work, "cat"), &[]);
+        let files = sha_tree(&backup_dir(&cat.dir, &id));
+        assert!(files.contains_key("PG_VERSION"), "{files:?}");
+        let wal = sha_tree(&cat.dir.join("wal"));
+        assert!(!wal.is_empty(), "no archived WAL in the catalogue");
+    }
+    {
+        // A promoted view that writes, checkpoints and shuts down.
+        let scratch = work.join("scratch1");
+        let mut m = Mount::start(
+            &repo,
+            &mountpoint(&work, "view1"),
+            &view_args(
+                &scratch,
+                &["--target-lsn", &lsn, "--target-action", "promote"],
+            ),
+        );
+        let server = m.start_server();
+        assert_eq!(server.wait_until_paused_or_ready(), RecoveryState::Ready);
+        server.psql(
+            "INSERT INTO t SELECT g, 'view' FROM generate_series(1000, 3000) g;
+             CREATE TABLE new_in_view AS SELECT generate_series(1, 10000) AS n;
+             VACUUM FULL t;
+             CHECKPOINT;",
+        );
+        m.stop_server();
+        m.umount_ok();
+    }
+    {
+        // A paused view.
+        let scratch = work.join("scratch2");
+        let mut m = Mount::start(
+            &repo,
+            &mountpoint(&work, "view2"),
+            &view_args(&scratch, &["--backup", &id]),
+        );
+        let server = m.start_server();
+        server.wait_until_paused_or_ready();
+        assert_eq!(server.psql("SELECT count(*) FROM t"), "500");
+        m.stop_server();
+        m.umount_ok();
+    }
+    pgsnapfs_as_root(&["verify", "--repo", repo.path_str(), "--json"]).assert_ok();
+
+    assert_same_tree(&before, &repo.digest(), "the repository");
+}
+
+/// Two views of different points in time, each with its own server, at the same time: each
+/// sees its own rows, and a write on one (promoted) view does not show in the other.
+#[test]
+fn two_servers_on_two_points_in_time_at_once() {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    source.psql(
+        "CREATE TABLE t(id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'base' FROM generate_series(1, 50) g;",
+    );
+    repo.backup(&source);
+    source.psql("INSERT INTO t SELECT g, 'a' FROM generate_series(51, 100) g");
+    let rows_a = source.psql(T_ROWS);
+    let lsn_a = source.current_wal_lsn();
+    source.psql(
+        "INSERT INTO t SELECT g, 'b' FROM generate_series(101, 150) g;
+         UPDATE t SET v = 'b-updated' WHERE id <= 10;",
+    );
+    let rows_b = source.psql(T_ROWS);
+    source.switch_wal_and_wait_archived();
+    let latest = json_str(&repo.backup(&source), "id");
+    assert_ne!(rows_a, rows_b);
+
+    let work = TestDir::new("mount-two");
+    let mut at_a = Mount::start(
+        &repo,
+        &mountpoint(&work, "a"),
+        &view_args(&work.join("scratch-a"), &["--target-lsn", &lsn_a]),
+    );
+    let mut at_latest = Mount::start_background(
+        &repo,
+        &mountpoint(&work, "latest"),
+        &view_args(
+            &work.join("scratch-latest"),
+            &["--backup", "latest", "--target-action", "promote"],
+        ),
+    );
+    at_a.start_server();
+    at_latest.start_server();
+    at_a.server().wait_until_paused();
+    assert_eq!(
+        at_latest.server().wait_until_paused_or_ready(),
+        RecoveryState::Ready
+    );
+    assert_eq!(at_a.server().psql(T_ROWS), rows_a, "view at {lsn_a}");
+    assert_eq!(
+        at_latest.server().psql(T_ROWS),
+        rows_b,
+        "view of backup {latest}"
+    );
+
+    at_latest
+        .server()
+        .psql("INSERT INTO t VALUES (9999, 'only in the latest view')");
+    assert_eq!(
+        at_a.server().psql(T_ROWS),
+        rows_a,
+        "view at {lsn_a} after a write elsewhere"
+    );
+    assert_eq!(
+        at_latest.server().psql("SELECT v FROM t WHERE id = 9999"),
+        "only in the latest view"
+    );
+    // And the source, still running, has neither view's write.
+    assert_eq!(source.psql("SELECT count(*) FROM t WHERE id = 9999"), "0");
+
+    at_a.stop_server();
+    at_latest.stop_server();
+    at_a.umount_ok();
+    at_latest.umount_ok();
+}
+
+/// The catalogue lists every backup and `latest`; `cp -r` of a backup gives the same files as
+/// the mount; archived WAL is served as stored; and the catalogue is read-only (EROFS).
+#[test]
+fn catalogue_listing_copy_wal_and_read_only() {
+    let repo = Repo::init();
+    let mut source = Cluster::archiving_to(&repo.path);
+    source.pgbench_init(1);
+    let first = json_str(&repo.backup(&source), "id");
+    source.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
+    let second = json_str(&repo.backup(&source), "id");
+    let seg = source.switch_wal_and_wait_archived();
+    let sysid = source.system_identifier();
+    source.stop();
+    assert_ne!(first, second);
+
+    let work = TestDir::new("mount-cat");
+    let m = Mount::start(&repo, &mountpoint(&work, "mnt"), &[]);
+
+    // ls backups/
+    let ls = run_command(Command::new("ls").arg(m.dir.join("backups"))).assert_ok();
+    let listed: BTreeSet<String> = ls.stdout_str().lines().map(str::to_string).collect();
+    let want: BTreeSet<String> = [first.clone(), second.clone(), "latest".to_string()].into();
+    assert_eq!(listed, want, "ls of backups/");
+    assert_eq!(
+        fs::read_link(m.dir.join("backups/latest")).unwrap(),
+        PathBuf::from(&second),
+        "backups/latest"
+    );
+    assert!(m.dir.join("backups/latest/PG_VERSION").is_file());
+
+    // cp -r of a backup equals the mount, file for file.
+    let copy = work.join("copy");
+    run_command(
+        Command::new("cp")
+            .arg("-r")
+            .arg(backup_dir(&m.dir, &first))
+            .arg(&copy),
+    )
+    .assert_ok();
+    let mounted = sha_tree(&backup_dir(&m.dir, &first));
+    let copied = sha_tree(&copy);
+    assert!(
+        mounted.keys().any(|k| k.starts_with("base/")) && mounted.len() > 100,
+        "the backup has too few files: {}",
+        mounted.len()
+    );
+    if mounted != copied {
+        let differ: Vec<_> = mounted
+            .keys()
+            .chain(copied.keys())
+            .filter(|k| mounted.get(*k) != copied.get(*k))
+            .collect();
+        panic!("cp -r of backup {first} differs from the mount: {differ:?}");
+    }
+
+    // Archived WAL: the timeline dir lists what the repository holds, with the stored bytes.
+    let stored: BTreeSet<String> =
+        fs::read_dir(repo.path.join("wal").join(&sysid).join("00000001"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    let shown: BTreeSet<String> = fs::read_dir(m.dir.join("wal/00000001"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(shown, stored, "wal/00000001 of the catalogue");
+    assert!(shown.contains(&seg), "segment {seg} not shown: {shown:?}");
+    let fetched = work.subdir("fetched", 0o755).join(&seg);
+    repo.run("wal-fetch", &[&seg, s(&fetched)]).assert_ok();
+    let served = fs::read(m.dir.join("wal/00000001").join(&seg)).unwrap();
+    assert_eq!(served.len(), 16 << 20, "size of WAL segment {seg}");
+    assert!(
+        served == fs::read(&fetched).unwrap(),
+        "WAL segment {seg} differs from wal-fetch"
+    );
+
+    // Read-only.
+    let b = backup_dir(&m.dir, &first);
+    let erofs = |what: &str, r: std::io::Result<()>| match r {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+        other => panic!("{what} in the catalogue: expected EROFS, got {other:?}"),
+    };
+    erofs("create a file", fs::write(b.join("new_file"), b"x"));
+    erofs(
+        "open for writing",
+        fs::OpenOptions::new()
+            .write(true)
+            .open(b.join("PG_VERSION"))
+            .map(|_| ()),
+    );
+    erofs("remove a file", fs::remove_file(b.join("PG_VERSION")));
+    erofs(
+        "make a directory",
+        fs::create_dir(m.dir.join("backups/new")),
+    );
+    erofs(
+        "rename",
+        fs::rename(b.join("PG_VERSION"), b.join("PG_VERSION.old")),
+    );
+    assert_eq!(
+        fs::read_to_string(b.join("PG_VERSION")).unwrap().trim(),
+        "15"
+    );
+}
+
+/// A mount in use cannot be unmounted (exit 1, "busy"): not while a server runs on a view,
+/// not while a process has its cwd in the catalogue; once the user goes away, umount works
+/// and the mount process exits 0.
+#[test]
+fn busy_mount_refuses_to_unmount() {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    source.psql("CREATE TABLE t AS SELECT generate_series(1, 100) AS n");
+    repo.backup(&source);
+
+    let work = TestDir::new("mount-busy");
+    // A server on a view.
+    let mut view = Mount::start(
+        &repo,
+        &mountpoint(&work, "view"),
+        &view_args(&work.join("scratch"), &["--backup", "latest"]),
+    );
+    view.start_server().wait_until_paused_or_ready();
+    view.umount().assert_exit(1).assert_mentions("busy");
+    assert!(is_mounted(&view.dir), "a failed umount unmounted anyway");
+    assert_eq!(view.server().psql("SELECT count(*) FROM t"), "100");
+    view.stop_server();
+    view.umount_ok();
+
+    // A shell-like process whose cwd is inside the catalogue.
+    let mut cat = Mount::start(&repo, &mountpoint(&work, "cat"), &[]);
+    let mut sleeper = Command::new("sleep")
+        .arg("600")
+        .current_dir(cat.dir.join("backups"))
+        .spawn()
+        .unwrap();
+    let busy = cat.umount();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    busy.assert_exit(1).assert_mentions("busy");
+    assert!(is_mounted(&cat.dir), "a failed umount unmounted anyway");
+    cat.umount_ok();
+    assert!(
+        is_absent_or_empty(&cat.dir),
+        "the mount point is not empty after umount"
+    );
+}
+
+/// What a signal did to a mount process: still mounted and serving, cleanly gone, or killed
+/// and leaving a stale mount behind.
+fn after_signal(m: &mut Mount) -> String {
+    let mounted = is_mounted(&m.dir);
+    let stale = fs::read_dir(&m.dir)
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    let status = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+    format!("mounted={mounted} stale(ENOTCONN)={stale} process exit status={status:?}")
+}
+
+/// SIGTERM and SIGINT to a foreground mount unmount it cleanly: the process exits 0 and the
+/// mount point leaves /proc/mounts.
+#[test]
+fn signals_unmount_a_foreground_mount() {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    repo.backup(&source);
+    let work = TestDir::new("mount-signal");
+
+    for (name, sig) in [("SIGTERM", libc::SIGTERM), ("SIGINT", libc::SIGINT)] {
+        let mnt = mountpoint(&work, name);
+        let mut m = Mount::start(&repo, &mnt, &[]);
+        assert!(m.dir.join("backups/latest/PG_VERSION").is_file());
+        signal(m.pid(), sig);
+        let st = wait_child(m.child.as_mut().unwrap(), MOUNT_TIMEOUT);
+        assert!(
+            st.is_some_and(|st| st.success()),
+            "after {name} the mount process ended with {st:?} ({})\n{}",
+            after_signal(&mut m),
+            m.report()
+        );
+        assert!(!is_mounted(&mnt), "{name} left {} mounted", mnt.display());
+        assert!(is_absent_or_empty(&mnt));
+    }
+}
+
+/// SIGTERM to the mount process of a view a server runs on must not pull the file system
+/// from under the server: the mount stays and keeps serving. Once the server is stopped, a
+/// second SIGTERM unmounts and the process exits 0.
+#[test]
+fn sigterm_leaves_a_busy_mount_alone() {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    source.psql("CREATE TABLE t AS SELECT generate_series(1, 100) AS n");
+    repo.backup(&source);
+
+    let work = TestDir::new("mount-sigbusy");
+    let mut view = Mount::start(
+        &repo,
+        &mountpoint(&work, "view"),
+        &view_args(&work.join("scratch"), &["--backup", "latest"]),
+    );
+    view.start_server().wait_until_paused_or_ready();
+    signal(view.pid(), libc::SIGTERM);
+    std::thread::sleep(Duration::from_secs(1));
+    let state = after_signal(&mut view);
+    assert!(
+        is_mounted(&view.dir) && !pid_gone(view.pid()),
+        "SIGTERM to the mount process of a busy view: {state}\n{}",
+        view.report()
+    );
+    assert_eq!(
+        view.server().try_psql("SELECT count(*) FROM t"),
+        Ok("100".to_string()),
+        "the server after SIGTERM to its mount process ({state})"
+    );
+    view.stop_server();
+    signal(view.pid(), libc::SIGTERM);
+    let st = wait_child(view.child.as_mut().unwrap(), MOUNT_TIMEOUT);
+    assert!(
+        st.is_some_and(|st| st.success()),
+        "second SIGTERM: the mount process ended with {st:?}\n{}",
+        view.report()
+    );
+    assert!(!is_mounted(&view.dir));
+}
+
+/// SIGKILL of the mount process leaves a stale mount (ENOTCONN). Mounting on it again is
+/// refused with a hint; `pgsnapfs umount` cleans it up and the directory can be mounted on
+/// again.
+#[test]
+fn killed_mount_process_leaves_stale_mount_that_umount_cleans() {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    let id = json_str(&repo.backup(&source), "id");
+
+    let work = TestDir::new("mount-stale");
+    let mnt = mountpoint(&work, "mnt");
+    let mut m = Mount::start(&repo, &mnt, &[]);
+    assert!(backup_dir(&m.dir, &id).join("PG_VERSION").is_file());
+    let mut child = m.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert!(is_mounted(&mnt), "the mount vanished with its process");
+    let err = fs::read_dir(&mnt).map(|_| ()).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "stat of a stale mount: {err}"
+    );
+
+    pgsnapfs_as_root(&["mount", "--repo", repo.path_str(), s(&mnt)])
+        .assert_exit(2)
+        .assert_mentions("stale")
+        .assert_mentions("umount");
+
+    pgsnapfs_as_root(&["umount", s(&mnt)]).assert_ok();
+    assert!(!is_mounted(&mnt), "{} still mounted", mnt.display());
+    assert!(
+        is_absent_or_empty(&mnt) && mnt.is_dir(),
+        "mount point not usable"
+    );
+
+    let again = Mount::start(&repo, &mnt, &[]);
+    assert!(backup_dir(&again.dir, &id).join("PG_VERSION").is_file());
+}
+
+/// A non-empty or missing mount point is refused with exit 2 and a message naming it, before
+/// anything is created; `umount` of a directory that is not a mount point is bad input too.
+#[test]
+fn bad_mount_points_are_refused() {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    repo.backup(&source);
+    let work = TestDir::new("mount-bad");
+
+    let full = mountpoint(&work, "full");
+    fs::write(full.join("keep.txt"), b"mine").unwrap();
+    for args in [
+        vec![],
+        vec![
+            "--backup",
+            "latest",
+            "--scratch",
+            s(&work.path().join("scratch")),
+        ],
+    ] {
+        let mut all = vec!["mount", "--repo", repo.path_str(), s(&full)];
+        all.extend(args.iter().copied());
+        pgsnapfs_as_root(&all)
+            .assert_exit(2)
+            .assert_mentions(s(&full))
+            .assert_mentions("not empty");
+        assert!(!is_mounted(&full));
+        assert_eq!(fs::read(full.join("keep.txt")).unwrap(), b"mine");
+        assert!(
+            !work.join("scratch").exists(),
+            "scratch created for a refused mount"
+        );
+    }
+
+    let missing = work.join("missing");
+    pgsnapfs_as_root(&["mount", "--repo", repo.path_str(), s(&missing)])
+        .assert_exit(2)
+        .assert_mentions(s(&missing));
+    assert!(!missing.exists() && !is_mounted(&missing));
+
+    pgsnapfs_as_root(&["umount", s(&full)])
+        .assert_exit(2)
+        .assert_mentions("not a mount point");
+}
+
+/// Whatever a server writes on a view lives in the scratch dir only: after unmounting and
+/// removing it, a new mount of the same point in time does not have the server's table.
+#[test]
+fn removing_scratch_discards_the_servers_writes() {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    source.psql(
+        "CREATE TABLE t(id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g;",
+    );
+    let id = json_str(&repo.backup(&source), "id");
+
+    let work = TestDir::new("mount-scratch");
+    let mnt = mountpoint(&work, "mnt");
+    let scratch = work.join("scratch");
+    let goal = ["--backup", id.as_str(), "--target-action", "promote"];
+    {
+        let mut m = Mount::start(&repo, &mnt, &view_args(&scratch, &goal));
+        let server = m.start_server();
+        assert_eq!(server.wait_until_paused_or_ready(), RecoveryState::Ready);
+        server.psql(
+            "CREATE TABLE written_on_view AS SELECT generate_series(1, 5000) AS n;
+             UPDATE t SET v = 'changed on view';
+             CHECKPOINT;",
+        );
+        m.stop_server();
+        m.umount_ok();
+    }
+    assert!(
+        !files_below(&scratch).is_empty(),
+        "the server's writes are not in the scratch dir {}",
+        scratch.display()
+    );
+    // A used scratch dir is not silently reused.
+    pgsnapfs_as_root(&{
+        let mut a = vec!["mount", "--repo", repo.path_str(), s(&mnt)];
+        a.extend(view_args(&scratch, &goal));
+        a
+    })
+    .assert_exit(2)
+    .assert_mentions("scratch");
+    assert!(!is_mounted(&mnt));
+
+    fs::remove_dir_all(&scratch).unwrap();
+    let scratch2 = work.join("scratch2");
+    let mut m = Mount::start(&repo, &mnt, &view_args(&scratch2, &goal));
+    let server = m.start_server();
+    assert_eq!(server.wait_until_paused_or_ready(), RecoveryState::Ready);
+    assert_eq!(
+        server.psql("SELECT to_regclass('written_on_view') IS NULL"),
+        "t",
+        "the table written on the first view survived removing its scratch dir"
+    );
+    assert_eq!(
+        server.psql("SELECT count(*) FILTER (WHERE v = 'v') FROM t"),
+        "100",
+        "rows of t"
+    );
+    m.stop_server();
+    m.umount_ok();
+}
