@@ -88,6 +88,19 @@ install_test_deps() {
     apt_install_missing "${pkgs[@]}"
     stop_packaged_clusters
     install_rust_components
+    install_moto
+}
+
+# The S3 tests run against moto's standalone server on 127.0.0.1.
+install_moto() {
+    if ! command -v moto_server >/dev/null 2>&1; then
+        deps_log "installing moto[server] (S3 test server) with pip"
+        python3 -m pip install --quiet 'moto[server]'
+    fi
+    command -v moto_server >/dev/null 2>&1 || {
+        deps_log "moto_server is not on PATH after pip install; add pip's bin directory to PATH"
+        return 1
+    }
 }
 
 install_bench_deps() {
