@@ -17,9 +17,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("PostgreSQL: {what}: {source}")]
+    #[error("PostgreSQL: {what}: {message}")]
     Postgres {
         what: String,
+        /// The server's own message (tokio-postgres displays only "db error").
+        message: String,
         #[source]
         source: tokio_postgres::Error,
     },

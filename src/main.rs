@@ -21,7 +21,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Each error's message already names its cause, so one line says it all.
-            eprintln!("pgsnapfs: error: {err}");
+            // A missing WAL file is routine for restore_command: not worth the word "error".
+            match &err {
+                pgsnapfs::Error::NotFound(_) => eprintln!("pgsnapfs: {err}"),
+                _ => eprintln!("pgsnapfs: error: {err}"),
+            }
             ExitCode::from(err.exit_code())
         }
     }

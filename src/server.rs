@@ -125,7 +125,20 @@ pub struct Server {
 
 fn pg(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
     let what = what.into();
-    move |source| Error::Postgres { what, source }
+    move |source| {
+        let message = match source.as_db_error() {
+            Some(db) => match db.detail() {
+                Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
+                None => format!("{}: {}", db.severity(), db.message()),
+            },
+            None => source.to_string(),
+        };
+        Error::Postgres {
+            what,
+            message,
+            source,
+        }
+    }
 }
 
 impl Server {

@@ -403,6 +403,131 @@ impl Drop for Mount {
     }
 }
 
+/// A server started on a view exactly as a user would: `pg_ctl -D MOUNTPOINT -o "-p PORT -k
+/// SOCKDIR" -w start`, with no setting overridden ([`Cluster::start_on`] forces archive_mode
+/// off by itself, which would hide whether the view does). Drop stops it (immediate mode).
+/// Declare it after the [`Mount`] it runs on, so it is stopped before the unmount.
+struct PlainServer {
+    data: PathBuf,
+    dir: TestDir,
+    sock: PathBuf,
+    port: u16,
+    running: bool,
+}
+
+impl PlainServer {
+    #[track_caller]
+    fn start(data: &Path) -> PlainServer {
+        let dir = TestDir::new("plain-server");
+        let sock = dir.subdir("sock", 0o700);
+        let port = free_port();
+        let mut server = PlainServer {
+            data: data.to_path_buf(),
+            sock: sock.clone(),
+            port,
+            running: false,
+            dir,
+        };
+        let run = run_command(
+            postgres_command(pg_tool("pg_ctl"))
+                .arg("-D")
+                .arg(data)
+                .arg("-l")
+                .arg(server.dir.join("server.log"))
+                .arg("-o")
+                .arg(format!("-p {port} -k {}", sock.display()))
+                .args(["-w", "-t", "120", "start"]),
+        );
+        server.running = run.status.success();
+        assert!(
+            server.running,
+            "pg_ctl start on {}\n{}\n--- log ---\n{}",
+            data.display(),
+            run.report(),
+            server.log()
+        );
+        server
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs SQL from a file (so VACUUM and CHECKPOINT run outside a transaction block).
+    #[track_caller]
+    fn psql(&self, sql: &str) -> String {
+        let file = self.dir.join("query.sql");
+        fs::write(&file, sql).unwrap();
+        chown_to_postgres(&file);
+        let run = run_command(
+            postgres_command(pg_tool("psql"))
+                .arg("-h")
+                .arg(&self.sock)
+                .args(["-p", &self.port.to_string()])
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                    "postgres",
+                    "-f",
+                ])
+                .arg(&file),
+        );
+        assert!(
+            run.status.success(),
+            "{}\n--- log ---\n{}",
+            run.report(),
+            self.log()
+        );
+        run.stdout_str().trim().to_string()
+    }
+
+    /// Waits until the server is out of recovery (promoted).
+    #[track_caller]
+    fn wait_promoted(&self) {
+        let done = wait_for(Duration::from_secs(120), || {
+            match self.psql("SELECT pg_is_in_recovery()").as_str() {
+                "f" => Ok(()),
+                other => Err(other.to_string()),
+            }
+        });
+        assert!(done.is_ok(), "{done:?}\n--- log ---\n{}", self.log());
+    }
+
+    fn pg_ctl_stop(&mut self, mode: &str) -> Run {
+        self.running = false;
+        run_command(
+            postgres_command(pg_tool("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", mode, "-w", "-t", "120", "stop"]),
+        )
+    }
+
+    #[track_caller]
+    fn stop(&mut self) {
+        let run = self.pg_ctl_stop("fast");
+        assert!(
+            run.status.success(),
+            "{}\n--- log ---\n{}",
+            run.report(),
+            self.log()
+        );
+    }
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl_stop("immediate");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // File helpers
 
@@ -610,9 +735,10 @@ fn mounted_backup_has_the_source_bytes() {
 /// before the DROP (recovery pauses there, hot standby) and starting PostgreSQL on the mount
 /// shows the table with exactly its rows at T, and nothing committed after.
 ///
-/// Queries run with a lock_timeout: if replay stopped after the DROP's AccessExclusiveLock
-/// record but before its commit, the startup process still holds that lock while paused, and
-/// a plain SELECT on the table would wait forever.
+/// Replay stops after the DROP's AccessExclusiveLock record but before its commit, so while
+/// paused the startup process holds that lock and a SELECT would wait: as the mount's message
+/// and the operations guide say, promote with pg_wal_replay_resume() first. Queries run with
+/// a lock_timeout so a regression fails instead of hanging.
 #[test]
 fn dropped_table_is_back_at_target_time() {
     dropped_table_scenario(None);
@@ -678,7 +804,19 @@ fn dropped_table_scenario(action: Option<&str>) {
         RecoveryState::Ready
     };
     assert_eq!(state, want_state, "server log:\n{}", server.log_tail(30));
-    let got = server.try_psql(&format!("SET lock_timeout = '20s'; {T_ROWS}"));
+    if action.is_none() {
+        // Paused in hot standby, the DROP's transaction (open at T) still holds its
+        // AccessExclusiveLock. The documented remedy, which the mount prints: promote.
+        server.psql("SELECT pg_wal_replay_resume()");
+        let promoted = wait_for(Duration::from_secs(120), || {
+            match server.psql("SELECT pg_is_in_recovery()").as_str() {
+                "f" => Ok(()),
+                other => Err(other.to_string()),
+            }
+        });
+        assert!(promoted.is_ok(), "{promoted:?}\n{}", server.log_tail(20));
+    }
+    let got = server.try_psql(&format!("SET lock_timeout = '5s'; {T_ROWS}"));
     let got = got.unwrap_or_else(|e| {
         panic!(
             "cannot read t on the view at {t} (target action {action:?}): {e}\n\
@@ -728,7 +866,15 @@ fn repository_unchanged_by_mounts_servers_and_verify() {
         assert!(!wal.is_empty(), "no archived WAL in the catalogue");
     }
     {
-        // A promoted view that writes, checkpoints and shuts down.
+        // A promoted view that writes, switches WAL, checkpoints and shuts down, on a server
+        // started by hand with no overrides: the backed-up postgresql.conf says
+        // archive_mode = on with an archive_command into this repository, so only the view's
+        // own settings keep the server from pushing its new timeline's WAL here.
+        let conf = fs::read_to_string(source.data.join("postgresql.conf")).unwrap();
+        assert!(
+            conf.contains("archive_mode = on"),
+            "the source does not archive"
+        );
         let scratch = work.join("scratch1");
         let mut m = Mount::start(
             &repo,
@@ -738,15 +884,30 @@ fn repository_unchanged_by_mounts_servers_and_verify() {
                 &["--target-lsn", &lsn, "--target-action", "promote"],
             ),
         );
-        let server = m.start_server();
-        assert_eq!(server.wait_until_paused_or_ready(), RecoveryState::Ready);
+        let mut server = PlainServer::start(&m.dir);
+        server.wait_promoted();
+        assert_eq!(
+            server.psql("SELECT setting FROM pg_settings WHERE name = 'archive_mode'"),
+            "off",
+            "archive_mode of a server on a view"
+        );
         server.psql(
             "INSERT INTO t SELECT g, 'view' FROM generate_series(1000, 3000) g;
              CREATE TABLE new_in_view AS SELECT generate_series(1, 10000) AS n;
              VACUUM FULL t;
+             SELECT pg_switch_wal();
+             INSERT INTO t VALUES (5000, 'more');
+             SELECT pg_switch_wal();
              CHECKPOINT;",
         );
-        m.stop_server();
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            server.psql("SELECT archived_count + failed_count FROM pg_stat_archiver"),
+            "0",
+            "the server on the view tried to archive"
+        );
+        server.stop();
+        drop(server);
         m.umount_ok();
     }
     {

@@ -298,6 +298,7 @@ fn verify_and_mount_report_a_corrupt_chunk() {
     let report = run.json();
     assert_eq!(report["ok"], false, "{}", run.report());
     let p = problems(&report);
+    eprintln!("verify's problems with the corrupt chunk: {p:?}");
     assert!(
         p.iter().any(|m| {
             let m = m.to_lowercase();
@@ -310,5 +311,27 @@ fn verify_and_mount_report_a_corrupt_chunk() {
         &damaged,
         &repo.digest(),
         "the repository after mount and verify",
+    );
+}
+
+/// A problem says why: an assertion that fails with an SQL error is reported with the
+/// server's message (here "division by zero"), not only with a generic "db error" (the same
+/// formatting hides "could not read block ...: Input/output error" for an unreadable table).
+#[test]
+fn verify_problems_carry_the_servers_error_message() {
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    source.psql("CREATE TABLE t AS SELECT generate_series(1, 10) AS n");
+    repo.backup(&source);
+    let dir = TestDir::new("verify-error");
+    let sql = sql_file(&dir, "error.sql", "SELECT count(*) / 0 = 1 FROM t;\n");
+    let run = verify(&repo, &["--sql", s(&sql)]).assert_exit(1);
+    let report = run.json();
+    let p = problems(&report);
+    assert_eq!(p.len(), 1, "{p:?}\n{}", run.report());
+    assert!(p[0].contains("count(*) / 0 = 1"), "{p:?}");
+    assert!(
+        p[0].contains("division by zero"),
+        "the problem does not carry PostgreSQL's error message: {p:?}"
     );
 }

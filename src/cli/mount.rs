@@ -111,6 +111,9 @@ fn block_signals() -> libc::sigset_t {
 }
 
 pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
+    // Before any thread starts: a thread with the default mask would take SIGTERM and die,
+    // leaving a stale mount.
+    let signals = block_signals();
     if a.background {
         return background();
     }
@@ -162,6 +165,13 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             plan.describe()
         );
         eprintln!("archive_mode is off on this view: a server started here never archives WAL");
+        if matches!(a.target_action, TargetAction::Pause) {
+            eprintln!(
+                "recovery pauses at the target in hot standby; if a query waits on a lock held by a \
+                 transaction still open at the target (a DROP or TRUNCATE), promote the view with \
+                 SELECT pg_wal_replay_resume() (or mount with --target-action promote)"
+            );
+        }
         let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
         (
             source,
@@ -180,7 +190,6 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             "pgsnapfs".to_string(),
         )
     };
-    let signals = block_signals();
     let handle = pgsnapfs_fuse::mount(
         Arc::new(source),
         &a.mountpoint,
