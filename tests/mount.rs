@@ -1374,3 +1374,38 @@ fn removing_scratch_discards_the_servers_writes() {
     m.stop_server();
     m.umount_ok();
 }
+
+/// Run as the server's own user, a mount goes through the setuid fusermount3 (Debian
+/// `fuse3`). It needs read-write access to /dev/fuse, which Debian's udev rule gives everyone
+/// (mode 0666); this machine's device node may be 0600, so the test opens it up as Debian does.
+#[test]
+fn the_server_user_can_mount_through_fusermount3() {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).expect("chmod /dev/fuse");
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.path);
+    source.psql("CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 42);");
+    let id = json_str(&repo.backup(&source), "id");
+    source.switch_wal_and_wait_archived();
+
+    let work = TestDir::new("mount-user");
+    let mnt = mountpoint(&work, "mnt");
+    let mnt_arg = mnt.display().to_string();
+    let repo_arg = repo.path.display().to_string();
+    pgsnapfs(&["mount", "--repo", &repo_arg, "--background", &mnt_arg]).assert_ok();
+    // Only the mounting user may enter a mount made without allow_other, root included.
+    let listed = Command::new("runuser")
+        .args(["-u", "postgres", "--", "ls"])
+        .arg(mnt.join("backups"))
+        .output()
+        .expect("run ls as postgres");
+    let umount = pgsnapfs(&["umount", &mnt_arg]);
+    let names = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert_eq!(
+        names.split_whitespace().collect::<Vec<_>>(),
+        [id.as_str(), "latest"],
+        "{listed:?}"
+    );
+    umount.assert_ok();
+    assert!(is_absent_or_empty(&mnt), "the mount point is empty again");
+}

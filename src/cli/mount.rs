@@ -204,7 +204,18 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             writeback_cache: true,
         },
     )
-    .map_err(|e| Error::Failed(format!("cannot mount at {}: {e}", a.mountpoint.display())))?;
+    .map_err(|e| {
+        let hint = if !is_root && e.errno == libc::EACCES {
+            "; without root, mounting needs read-write access to /dev/fuse (mode 0666, Debian's \
+             default) and fusermount3 (Debian package fuse3)"
+        } else {
+            ""
+        };
+        Error::Failed(format!(
+            "cannot mount at {}: {e}{hint}",
+            a.mountpoint.display()
+        ))
+    })?;
     println!("{READY} at {}", handle.mountpoint().display());
     let _ = std::io::stdout().flush();
     if std::env::var_os(DETACHED).is_some() {
