@@ -56,23 +56,6 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Mount points currently in /proc/self/mounts (octal escapes decoded).
-fn mount_points() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .map(|p| {
-            PathBuf::from(
-                p.replace("\\040", " ")
-                    .replace("\\011", "\t")
-                    .replace("\\012", "\n")
-                    .replace("\\134", "\\"),
-            )
-        })
-        .collect()
-}
-
 fn is_mounted(p: &Path) -> bool {
     mount_points().iter().any(|m| m == p)
 }

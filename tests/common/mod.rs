@@ -497,21 +497,8 @@ impl Drop for TestDir {
 /// Lazily unmounts every mount point at or below `root`, deepest first, so removing the dir
 /// never deletes files through a mount left behind by a failed test.
 pub fn unmount_below(root: &Path) {
-    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        // /proc/mounts escapes space, tab, newline and backslash as octal.
-        .map(|p| {
-            PathBuf::from(
-                p.replace("\\040", " ")
-                    .replace("\\011", "\t")
-                    .replace("\\012", "\n")
-                    .replace("\\134", "\\"),
-            )
-        })
+    let mut points: Vec<PathBuf> = mount_points()
+        .into_iter()
         .filter(|p| p.starts_with(root))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -724,4 +711,22 @@ pub fn parse_lsn(s: &str) -> u64 {
     let hi = u64::from_str_radix(hi, 16).unwrap_or_else(|_| panic!("{s:?} is not an LSN"));
     let lo = u64::from_str_radix(lo, 16).unwrap_or_else(|_| panic!("{s:?} is not an LSN"));
     (hi << 32) | lo
+}
+
+/// Mount points currently in /proc/self/mounts, which escapes space, tab, newline and
+/// backslash as octal.
+pub fn mount_points() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(|p| {
+            PathBuf::from(
+                p.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\012", "\n")
+                    .replace("\\134", "\\"),
+            )
+        })
+        .collect()
 }
