@@ -101,6 +101,8 @@ def fmt_rate(bps):
 def fmt_ratio(r):
     if r is None or math.isnan(r):
         return "–"
+    if r < 0.1:
+        return f"{r:.3f}"
     return f"{r:.2f}" if r < 10 else f"{r:.1f}"
 
 
@@ -421,11 +423,16 @@ def render(doc, notes):
              f"{m.get('loadavg_start')} at the start, {m.get('loadavg_end')} at the end; "
              f"1-minute load when the timed commands started: median {m.get('load1_median')}, "
              f"max {m.get('load1_max')}. "
-             f"The whole run (servers and tools included) ran at nice {m.get('nice')}, so it "
-             f"took the CPU before those builds. Cheap rows are the median of {m.get('runs')} runs.")
+             + (f"The whole run (servers, mounts and tools) ran at nice {m.get('nice')}, its "
+                f"scheduler autogroups too ({m.get('autogroup')}), so it took the CPU before "
+                f"those builds. " if m.get("autogroup") and not m.get("autogroup", "").endswith(" 0")
+                else f"The run was at nice {m.get('nice')}, but with autogroup scheduling that "
+                f"only counts inside its own session: other sessions' builds still got their "
+                f"share of the CPU. ")
+             + f"Cheap rows are the median of {m.get('runs')} runs.")
     L.append(f"- **Versions:** {m.get('postgres')}; {m.get('pgbackrest')}; {m.get('pgsnapfs')} "
              f"(commit {m.get('git_commit')}{', with uncommitted changes' if m.get('git_dirty') else ''}); "
-             f"{m.get('zstd')}")
+             f"zstd {m.get('zstd')}")
     L.append(f"- **Page cache dropped** before every backup, restore, mount and scan: "
              f"{'yes' if m.get('caches_dropped', 1) else 'NO (not permitted here)'}")
     L.append("")
@@ -441,7 +448,9 @@ def render(doc, notes):
             L.append(f"| {desc.get(k, k)} | {d.get('rows') or '–'} | {fmt_b(d['bytes'])} | "
                      f"{fmt_b(d['zstd3_bytes'])} | {d['zstd3_ratio']:.1f}× |")
         L.append("")
-        L.append("pgbench's tables are mostly blank padding and compress about 30×, which flatters "
+        pr = doc["datasets"].get("pgbench", {}).get("zstd3_ratio")
+        L.append(f"pgbench's tables are mostly blank padding and compress {pr or 30:.0f}× here "
+                 "(heap alone about 30×), which flatters "
                  "every tool's sizes; bench_orders compresses like real data. The full-backup rows "
                  "are given for pgbench alone and for both; all other rows run on the cluster "
                  "holding both (the pgbench run changes only the pgbench tables).\n")

@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
     about = "PostgreSQL backups you can mount at any point in time"
 )]
 pub struct Cli {
-    /// Repository location: a directory [env: PGSNAPFS_REPO]
+    /// Repository location: a directory, or s3://bucket/prefix [env: PGSNAPFS_REPO]
     #[arg(long, env = "PGSNAPFS_REPO", global = true, hide_env = true)]
     pub repo: Option<String>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.

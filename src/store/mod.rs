@@ -32,7 +32,7 @@ pub enum StoreError {
         "{0} is not a pgsnapfs repository (no config object); create one with `pgsnapfs init`"
     )]
     NotARepository(String),
-    #[error("{location} is not empty; `pgsnapfs init` needs an empty or missing directory")]
+    #[error("{location} is not empty; `pgsnapfs init` needs an empty or missing location")]
     NotEmpty { location: String },
     #[error(
         "repository {location} has format version {found}, but this pgsnapfs reads version {supported}; use a newer pgsnapfs"
