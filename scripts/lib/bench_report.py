@@ -426,6 +426,7 @@ def render(doc, notes):
              + (f"The whole run (servers, mounts and tools) ran at nice {m.get('nice')}, its "
                 f"scheduler autogroups too ({m.get('autogroup')}), so it took the CPU before "
                 f"those builds. " if m.get("autogroup") and not m.get("autogroup", "").endswith(" 0")
+                else "The run was at normal priority. " if not m.get("nice")
                 else f"The run was at nice {m.get('nice')}, but with autogroup scheduling that "
                 f"only counts inside its own session: other sessions' builds still got their "
                 f"share of the CPU. ")
@@ -564,7 +565,9 @@ METHOD = """\
 - **One cluster, every tool in turn.** PostgreSQL 15 with `wal_level=replica` and an
   `archive_command` (`scripts/lib/bench-archive.sh`) that pushes each WAL file with
   `pgbackrest archive-push` (plain and block-incremental stanzas) and `pgsnapfs wal-push`, one
-  after the other, in an order that rotates per segment, timing each. Backups are taken from the
+  after the other, in an order that rotates per segment, timing each (it is installed under a
+  name containing "pgbackrest": `pgbackrest backup` refuses an archive_command without that
+  word). Backups are taken from the
   same files one tool after the other, in a rotating order, after a `CHECKPOINT` and a dropped
   page cache.
 - **Full backup:** each run into fresh repositories (`pgbackrest stanza-create` + `backup
@@ -588,8 +591,15 @@ METHOD = """\
   mount of it; for each run the page cache is dropped, both servers restarted, the mount is
   mounted anew (cold chunk cache), the page cache dropped again once both are paused at the
   target, then `SELECT count(*)` on each table.
-- **Restore test:** `pgsnapfs verify` against pgBackRest `restore` + start + `count(*)` of every
-  table of every database + stop.
+- **Restore test:** `pgsnapfs verify --backup latest` against pgBackRest `restore` + start +
+  `count(*)` of every table (catalogs included) of every database, in one psql session per
+  database, + stop.
+- **Chunk-size sweep:** the cluster is stopped cleanly before and after the pgbench run and copied
+  (states A and B); for each chunk size, each state is started on its own port with
+  `archive_mode=off` and backed up into a fresh repository (`pgsnapfs init --chunk-size`).
+- **Physical limits:** cold read of the data directory (without pg_wal) after dropping caches;
+  `sha256sum`, `openssl dgst -sha256`, `zstd -3 -T1` and `zstd -d` on the same files, warm; the
+  WAL limits on the segments set aside for the loop.
 """
 
 

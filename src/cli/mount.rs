@@ -31,8 +31,8 @@ pub struct Args {
     /// pages through FUSE one at a time.
     #[arg(long, default_value = "1GB")]
     pub shared_buffers: String,
-    /// Memory for decompressed chunks.
-    #[arg(long, default_value = "512MiB", value_parser = super::init::parse_size)]
+    /// Memory for decompressed chunks (the kernel's page cache holds file pages as well).
+    #[arg(long, default_value = "128MiB", value_parser = super::init::parse_size)]
     pub cache_size: u32,
     /// Return once the mount is ready, leaving it mounted in the background.
     #[arg(long)]

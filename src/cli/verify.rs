@@ -21,8 +21,8 @@ pub struct Args {
     /// Directory of the PostgreSQL server binaries [default: /usr/lib/postgresql/MAJOR/bin].
     #[arg(long)]
     pub pg_bin: Option<PathBuf>,
-    /// Memory for decompressed chunks.
-    #[arg(long, default_value = "512MiB", value_parser = super::init::parse_size)]
+    /// Memory for decompressed chunks (the kernel's page cache holds file pages as well).
+    #[arg(long, default_value = "128MiB", value_parser = super::init::parse_size)]
     pub cache_size: u32,
     /// The cluster, when the repository holds several.
     #[arg(long)]
