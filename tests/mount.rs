@@ -443,22 +443,7 @@ impl PlainServer {
         fs::write(&file, sql).unwrap();
         chown_to_postgres(&file);
         let run = run_command(
-            postgres_command(pg_tool("psql"))
-                .arg("-h")
-                .arg(&self.sock)
-                .args(["-p", &self.port.to_string()])
-                .args([
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-d",
-                    "postgres",
-                    "-f",
-                ])
-                .arg(&file),
+            common::cluster::psql_command(&self.sock, self.port, "postgres").arg(&file),
         );
         assert!(
             run.status.success(),

@@ -414,22 +414,8 @@ impl Cluster {
     }
 
     pub fn try_psql_db(&self, db: &str, sql: &str) -> Result<String, String> {
-        let mut cmd = postgres_command(pg_tool("psql"));
-        cmd.arg("-h")
-            .arg(&self.sock)
-            .args(["-p", &self.port.to_string()])
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                db,
-                "-f",
-                "-",
-            ])
+        let mut cmd = psql_command(&self.sock, self.port, db);
+        cmd.arg("-")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -602,4 +588,25 @@ impl Drop for Cluster {
             self.kill();
         }
     }
+}
+
+/// psql as postgres on a server's private socket: quiet, unaligned, tuples only, stopping at
+/// the first error; the caller adds the file to run after `-f`.
+pub fn psql_command(sock: &Path, port: u16, db: &str) -> Command {
+    let mut cmd = postgres_command(pg_tool("psql"));
+    cmd.arg("-h")
+        .arg(sock)
+        .args(["-p", &port.to_string()])
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-f",
+        ]);
+    cmd
 }
