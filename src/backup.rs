@@ -159,6 +159,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         root: root_ref,
         root_mode: root_meta.permissions().mode() & 0o7777,
         root_mtime: root_meta.mtime(),
+        requests: repo.backend().stats(),
     };
     repo.save_snapshot(&snap)?;
     tracing::info!(

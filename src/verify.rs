@@ -11,6 +11,8 @@ use crate::pg::recovery::RecoverySettings;
 use crate::pg::target::TargetAction;
 use crate::pitr::Plan;
 use crate::server::{ConnOpts, Server};
+use crate::store::backend::RequestCounts;
+use crate::store::diskcache::CacheCounts;
 use crate::store::Repository;
 use crate::view::{self, Owner};
 use serde::Serialize;
@@ -49,6 +51,12 @@ pub struct Report {
     pub amcheck: bool,
     pub assertions: usize,
     pub problems: Vec<String>,
+    /// Requests sent to an S3 repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestCounts>,
+    /// Chunks served from (and missing in) the local disk cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_cache: Option<CacheCounts>,
 }
 
 fn secs(since: Instant) -> f64 {

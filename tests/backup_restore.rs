@@ -39,9 +39,9 @@ enum Target {
 
 /// Backup, writes, target, more writes; restore to the target and compare with the source as
 /// it was at the target.
-fn point_in_time_round_trip(target: Target) {
-    let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+fn point_in_time_round_trip(target: Target, store: Store) {
+    let repo = Repo::init_on(store);
+    let source = Cluster::archiving_to(&repo.spec);
     source.pgbench_init(1);
     create_t(&source);
     let backup = repo.backup(&source);
@@ -94,27 +94,34 @@ fn point_in_time_round_trip(target: Target) {
     );
 }
 
-#[test]
-fn restore_to_target_time() {
-    point_in_time_round_trip(Target::Time);
+fn restore_to_target_time(store: Store) {
+    point_in_time_round_trip(Target::Time, store);
 }
 
 #[test]
 fn restore_to_target_lsn() {
-    point_in_time_round_trip(Target::Lsn);
+    point_in_time_round_trip(Target::Lsn, Store::Local);
 }
 
 #[test]
 fn restore_to_target_name() {
-    point_in_time_round_trip(Target::Name);
+    point_in_time_round_trip(Target::Name, Store::Local);
 }
+
+// The repository's contract on both back ends: one test body each.
+on_both_stores!(
+    restore_to_target_time,
+    restore_latest_backup_without_target,
+    second_backup_stores_only_changes,
+    wal_push_is_idempotent_and_refuses_different_content,
+    wal_fetch_of_missing_segment_exits_4,
+);
 
 /// `restore --backup latest`: the restored server reaches consistency with the rows the
 /// backup saw; `list` and the backup JSON describe the backup.
-#[test]
-fn restore_latest_backup_without_target() {
-    let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+fn restore_latest_backup_without_target(store: Store) {
+    let repo = Repo::init_on(store);
+    let source = Cluster::archiving_to(&repo.spec);
     source.pgbench_init(1);
     create_t(&source);
     source.pgbench_run(1, 2);
@@ -169,10 +176,9 @@ fn restore_latest_backup_without_target() {
 /// chunk almost every time: measured at scale 2, 5 s at 2,500 tps changes 78% of the chunks,
 /// and even 100 rate-limited transactions change 30% of the compressed bytes (mostly the
 /// index). No chunk-level deduplication could pass a 25% bound on that workload.
-#[test]
-fn second_backup_stores_only_changes() {
-    let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+fn second_backup_stores_only_changes(store: Store) {
+    let repo = Repo::init_on(store);
+    let source = Cluster::archiving_to(&repo.spec);
     source.pgbench_init(2);
     let first = repo.backup(&source);
     let script = source.dir().join("hot-set.sql");
@@ -217,7 +223,7 @@ fn second_backup_stores_only_changes() {
 #[test]
 fn tablespace_round_trip() {
     let repo = Repo::init();
-    let mut source = Cluster::archiving_to(&repo.path);
+    let mut source = Cluster::archiving_to(&repo.spec);
     let location = source.dir().subdir("tablespace", 0o700);
     source.psql(&format!(
         "CREATE TABLESPACE ts LOCATION '{}';
@@ -299,9 +305,8 @@ fn push_from_pg_wal(repo: &Repo, c: &Cluster, name: &str) -> Run {
 
 /// Pushing the same segment again succeeds; a different file under an archived name is
 /// refused with a message saying it differs, and the archive keeps the original.
-#[test]
-fn wal_push_is_idempotent_and_refuses_different_content() {
-    let repo = Repo::init();
+fn wal_push_is_idempotent_and_refuses_different_content(store: Store) {
+    let repo = Repo::init_on(store);
     let (source, names) = cluster_with_segments(1);
     let name = &names[0];
     let original = std::fs::read(source.data.join("pg_wal").join(name)).expect("read segment");
@@ -343,7 +348,7 @@ fn wal_push_is_idempotent_and_refuses_different_content() {
 #[test]
 fn wal_push_refuses_segment_of_another_cluster() {
     let repo = Repo::init();
-    let own = Cluster::archiving_to(&repo.path);
+    let own = Cluster::archiving_to(&repo.spec);
     own.psql("CREATE TABLE w(x int); INSERT INTO w VALUES (1)");
     own.switch_wal_and_wait_archived();
 
@@ -365,10 +370,9 @@ fn wal_push_refuses_segment_of_another_cluster() {
 
 /// wal-fetch of a segment the archive does not have exits 4 (PostgreSQL then stops asking)
 /// and writes nothing.
-#[test]
-fn wal_fetch_of_missing_segment_exits_4() {
-    let repo = Repo::init();
-    let c = Cluster::archiving_to(&repo.path);
+fn wal_fetch_of_missing_segment_exits_4(store: Store) {
+    let repo = Repo::init_on(store);
+    let c = Cluster::archiving_to(&repo.spec);
     c.psql("CREATE TABLE w(x int); INSERT INTO w VALUES (1)");
     let archived = c.switch_wal_and_wait_archived();
     let scratch = TestDir::new("fetch");

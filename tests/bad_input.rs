@@ -11,7 +11,7 @@ use std::path::Path;
 /// so nothing writes to the repository afterwards.
 fn repo_with_backup() -> Repo {
     let repo = Repo::init();
-    let mut c = Cluster::archiving_to(&repo.path);
+    let mut c = Cluster::archiving_to(&repo.spec);
     c.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);");
     repo.backup(&c);
     c.psql("INSERT INTO t VALUES (11)");
@@ -246,7 +246,7 @@ fn corrupt_pack_fails_only_the_backup_using_it() {
     let packs = repo.path.join("packs");
 
     // The other cluster first, so the damaged cluster's new packs hold only its own chunks.
-    let mut other = Cluster::archiving_to(&repo.path);
+    let mut other = Cluster::archiving_to(&repo.spec);
     other.psql(
         "CREATE TABLE survivor(id int PRIMARY KEY, v text);
          INSERT INTO survivor SELECT g, 'other-' || g FROM generate_series(1, 1000) g;",
@@ -262,7 +262,7 @@ fn corrupt_pack_fails_only_the_backup_using_it() {
         packs.display()
     );
 
-    let mut damaged = Cluster::archiving_to(&repo.path);
+    let mut damaged = Cluster::archiving_to(&repo.spec);
     damaged.pgbench_init(1);
     let damaged_backup = json_str(&repo.backup(&damaged), "id");
     damaged.switch_wal_and_wait_archived();

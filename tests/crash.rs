@@ -27,7 +27,7 @@ const T_ROWS: &str = "SELECT count(*) || ' ' || sum(id) FROM t";
 #[test]
 fn killed_backup_leaves_repository_usable() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.pgbench_init(5);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY);

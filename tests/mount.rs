@@ -138,7 +138,7 @@ impl Mount {
 
     fn try_start(repo: &Repo, mountpoint: &Path, args: &[&str]) -> Result<Mount, String> {
         let log = mountpoint.with_extension("mount.log");
-        let mut all = vec!["mount", "--repo", repo.path_str(), s(mountpoint)];
+        let mut all = vec!["mount", "--repo", &repo.spec, s(mountpoint)];
         all.extend_from_slice(args);
         let mut cmd = root_cmd(&all);
         cmd.stdout(Stdio::piped())
@@ -197,7 +197,7 @@ impl Mount {
     #[track_caller]
     fn start_background(repo: &Repo, mountpoint: &Path, args: &[&str]) -> Mount {
         let log = mountpoint.with_extension("mount.log");
-        let mut all = vec!["mount", "--repo", repo.path_str(), s(mountpoint)];
+        let mut all = vec!["mount", "--repo", &repo.spec, s(mountpoint)];
         all.extend_from_slice(args);
         all.push("--background");
         // stderr to a file: the mount process inherits it and keeps it open while mounted.
@@ -721,7 +721,7 @@ fn dropped_table_is_back_at_target_time_promoted() {
 
 fn dropped_table_scenario(action: Option<&str>) {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'base-' || g FROM generate_series(1, 300) g;",
@@ -812,7 +812,7 @@ fn dropped_table_scenario(action: Option<&str>) {
 #[test]
 fn repository_unchanged_by_mounts_servers_and_verify() {
     let repo = Repo::init();
-    let mut source = Cluster::archiving_to(&repo.path);
+    let mut source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g;",
@@ -892,7 +892,7 @@ fn repository_unchanged_by_mounts_servers_and_verify() {
         m.stop_server();
         m.umount_ok();
     }
-    pgsnapfs_as_root(&["verify", "--repo", repo.path_str(), "--json"]).assert_ok();
+    pgsnapfs_as_root(&["verify", "--repo", &repo.spec, "--json"]).assert_ok();
 
     assert_same_tree(&before, &repo.digest(), "the repository");
 }
@@ -902,7 +902,7 @@ fn repository_unchanged_by_mounts_servers_and_verify() {
 #[test]
 fn two_servers_on_two_points_in_time_at_once() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'base' FROM generate_series(1, 50) g;",
@@ -974,7 +974,7 @@ fn two_servers_on_two_points_in_time_at_once() {
 #[test]
 fn catalogue_listing_copy_wal_and_read_only() {
     let repo = Repo::init();
-    let mut source = Cluster::archiving_to(&repo.path);
+    let mut source = Cluster::archiving_to(&repo.spec);
     source.pgbench_init(1);
     let first = json_str(&repo.backup(&source), "id");
     source.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
@@ -1080,7 +1080,7 @@ fn catalogue_listing_copy_wal_and_read_only() {
 #[test]
 fn busy_mount_refuses_to_unmount() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.psql("CREATE TABLE t AS SELECT generate_series(1, 100) AS n");
     repo.backup(&source);
 
@@ -1133,7 +1133,7 @@ fn after_signal(m: &mut Mount) -> String {
 #[test]
 fn signals_unmount_a_foreground_mount() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     repo.backup(&source);
     let work = TestDir::new("mount-signal");
 
@@ -1160,7 +1160,7 @@ fn signals_unmount_a_foreground_mount() {
 #[test]
 fn sigterm_leaves_a_busy_mount_alone() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.psql("CREATE TABLE t AS SELECT generate_series(1, 100) AS n");
     repo.backup(&source);
 
@@ -1201,7 +1201,7 @@ fn sigterm_leaves_a_busy_mount_alone() {
 #[test]
 fn killed_mount_process_leaves_stale_mount_that_umount_cleans() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     let id = json_str(&repo.backup(&source), "id");
 
     let work = TestDir::new("mount-stale");
@@ -1220,7 +1220,7 @@ fn killed_mount_process_leaves_stale_mount_that_umount_cleans() {
         "stat of a stale mount: {err}"
     );
 
-    pgsnapfs_as_root(&["mount", "--repo", repo.path_str(), s(&mnt)])
+    pgsnapfs_as_root(&["mount", "--repo", &repo.spec, s(&mnt)])
         .assert_exit(2)
         .assert_mentions("stale")
         .assert_mentions("umount");
@@ -1241,7 +1241,7 @@ fn killed_mount_process_leaves_stale_mount_that_umount_cleans() {
 #[test]
 fn bad_mount_points_are_refused() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     repo.backup(&source);
     let work = TestDir::new("mount-bad");
 
@@ -1256,7 +1256,7 @@ fn bad_mount_points_are_refused() {
             s(&work.path().join("scratch")),
         ],
     ] {
-        let mut all = vec!["mount", "--repo", repo.path_str(), s(&full)];
+        let mut all = vec!["mount", "--repo", &repo.spec, s(&full)];
         all.extend(args.iter().copied());
         pgsnapfs_as_root(&all)
             .assert_exit(2)
@@ -1271,7 +1271,7 @@ fn bad_mount_points_are_refused() {
     }
 
     let missing = work.join("missing");
-    pgsnapfs_as_root(&["mount", "--repo", repo.path_str(), s(&missing)])
+    pgsnapfs_as_root(&["mount", "--repo", &repo.spec, s(&missing)])
         .assert_exit(2)
         .assert_mentions(s(&missing));
     assert!(!missing.exists() && !is_mounted(&missing));
@@ -1286,7 +1286,7 @@ fn bad_mount_points_are_refused() {
 #[test]
 fn removing_scratch_discards_the_servers_writes() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g;",
@@ -1316,7 +1316,7 @@ fn removing_scratch_discards_the_servers_writes() {
     );
     // A used scratch dir is not silently reused.
     pgsnapfs_as_root(&{
-        let mut a = vec!["mount", "--repo", repo.path_str(), s(&mnt)];
+        let mut a = vec!["mount", "--repo", &repo.spec, s(&mnt)];
         a.extend(view_args(&scratch, &goal));
         a
     })
@@ -1351,7 +1351,7 @@ fn the_server_user_can_mount_through_fusermount3() {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).expect("chmod /dev/fuse");
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.psql("CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 42);");
     let id = json_str(&repo.backup(&source), "id");
     source.switch_wal_and_wait_archived();

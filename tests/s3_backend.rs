@@ -2,6 +2,7 @@
 //! real S3-protocol server (moto); then the S3 back end through a fault-injecting proxy, and
 //! the `pgsnapfs` binary on an `s3://` repository.
 
+mod common;
 mod s3;
 
 use pgsnapfs::store::backend::{Backend, BackendError, LocalBackend, S3Backend, S3Settings};

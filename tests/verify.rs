@@ -29,7 +29,7 @@ fn s(p: &Path) -> &str {
 
 /// `pgsnapfs verify --repo R --json ARGS...` as root.
 fn verify(repo: &Repo, args: &[&str]) -> Run {
-    let mut all = vec!["verify", "--repo", repo.path_str(), "--json"];
+    let mut all = vec!["verify", "--repo", &repo.spec, "--json"];
     all.extend_from_slice(args);
     pgsnapfs_as_root(&all)
 }
@@ -72,7 +72,7 @@ impl Catalogue {
         let dir = fs::canonicalize(dir).unwrap();
         let log = dir.with_extension("mount.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsnapfs"));
-        cmd.args(["mount", "--repo", repo.path_str(), s(&dir)])
+        cmd.args(["mount", "--repo", &repo.spec, s(&dir)])
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -127,7 +127,7 @@ impl Drop for Catalogue {
 #[test]
 fn verify_passes_good_backup_and_fails_false_assertion() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;
@@ -208,7 +208,7 @@ fn find_blob(repo: &Path, id: &[u8]) -> Vec<(PathBuf, u64, u64)> {
 #[test]
 fn verify_and_mount_report_a_corrupt_chunk() {
     let repo = Repo::init();
-    let mut source = Cluster::archiving_to(&repo.path);
+    let mut source = Cluster::archiving_to(&repo.spec);
     // About 6 MB of barely compressible rows, so the table spans many chunks.
     source.psql(
         "CREATE TABLE precious(id int PRIMARY KEY, v text);
@@ -320,7 +320,7 @@ fn verify_and_mount_report_a_corrupt_chunk() {
 #[test]
 fn verify_problems_carry_the_servers_error_message() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     source.psql("CREATE TABLE t AS SELECT generate_series(1, 10) AS n");
     repo.backup(&source);
     let dir = TestDir::new("verify-error");

@@ -4,6 +4,7 @@ use super::{human, print_json};
 use crate::archive::{self, TimelineWal};
 use crate::error::Result;
 use crate::pitr;
+use crate::store::backend::RequestCounts;
 use crate::store::snapshot::Snapshot;
 use crate::store::Repository;
 use chrono::{DateTime, Utc};
@@ -38,6 +39,8 @@ pub struct BackupRow {
     pub files: u64,
     pub label: String,
     pub parent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestCounts>,
 }
 
 impl From<&Snapshot> for BackupRow {
@@ -57,6 +60,7 @@ impl From<&Snapshot> for BackupRow {
             files: s.files,
             label: s.label.clone(),
             parent: s.parent.clone(),
+            requests: s.requests,
         }
     }
 }
@@ -162,6 +166,9 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
             wal: &'a [WalRow],
             restorable: Option<&'a Restorable>,
             restorable_by_system: &'a [Restorable],
+            /// What this `info` cost, on S3.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            requests: Option<RequestCounts>,
         }
         print_json(&Out {
             repository: Repo {
@@ -175,6 +182,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
             wal: &wal,
             restorable: main_range,
             restorable_by_system: &ranges,
+            requests: repo.backend().stats(),
         });
         return Ok(());
     }

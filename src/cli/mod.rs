@@ -12,6 +12,7 @@ mod wal;
 use crate::error::{Error, Result};
 use crate::pg::target::{Target, TargetAction};
 use crate::pitr::Goal;
+use crate::store::diskcache::DiskCache;
 use crate::store::{open_backend, Repository};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -158,6 +159,68 @@ fn progress(total: Option<u64>, what: &str) -> ProgressBar {
     bar
 }
 
+/// Parses a size such as `64K`, `128MiB` or `4G` (binary units).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let upper = s.to_ascii_uppercase();
+    let n = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (num, shift) = match n.chars().last() {
+        Some('K') => (&n[..n.len() - 1], 10),
+        Some('M') => (&n[..n.len() - 1], 20),
+        Some('G') => (&n[..n.len() - 1], 30),
+        Some('T') => (&n[..n.len() - 1], 40),
+        _ => (n, 0),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size such as 64K, 128MiB or 4G"))
+}
+
+/// Caches for commands that read a backup through a mount: `mount` and `verify`.
+#[derive(clap::Args)]
+pub struct CacheArgs {
+    /// Memory for decompressed chunks (the kernel's page cache holds file pages as well).
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Local disk cache of chunks read from an S3 repository, shared by later mounts and
+    /// verifies [env: PGSNAPFS_CACHE_DIR] [default: $XDG_CACHE_HOME/pgsnapfs or
+    /// ~/.cache/pgsnapfs]
+    #[arg(long, env = "PGSNAPFS_CACHE_DIR", hide_env = true)]
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Size limit of that disk cache; 0 turns it off.
+    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+    pub disk_cache_size: u64,
+}
+
+impl CacheArgs {
+    /// Adds the disk cache to a remote repository; a local one is its own disk.
+    fn attach(&self, repo: Repository, spec: &str) -> Result<Repository> {
+        if !spec.contains("://") || self.disk_cache_size == 0 {
+            return Ok(repo);
+        }
+        let base = match (&self.cache_dir, std::env::var_os("XDG_CACHE_HOME")) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(xdg)) if !xdg.is_empty() => std::path::PathBuf::from(xdg).join("pgsnapfs"),
+            (None, _) => std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/pgsnapfs"))
+                .ok_or_else(|| {
+                    Error::BadInput("no HOME to put the disk cache in: use --cache-dir".into())
+                })?,
+        };
+        // Per repository, named by its id: two repositories never share cache files.
+        let dir = base.join(&repo.config.id);
+        let cache = DiskCache::open(&dir, self.disk_cache_size).map_err(|e| {
+            Error::BadInput(format!(
+                "cannot use disk cache {}: {e}; choose another with --cache-dir or turn it off \
+                 with --disk-cache-size 0",
+                dir.display()
+            ))
+        })?;
+        Ok(repo.with_disk_cache(cache))
+    }
+}
+
 /// "1.5 GiB"-style sizes for humans.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -188,6 +251,16 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("64K"), Ok(65536));
+        assert_eq!(super::parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(super::parse_size("4G"), Ok(4 << 30));
+        assert_eq!(super::parse_size("8192"), Ok(8192));
+        assert!(super::parse_size("lots").is_err());
+        assert!(super::parse_size("99999999T").is_err());
     }
 
     #[test]

@@ -31,9 +31,8 @@ pub struct Args {
     /// pages through FUSE one at a time.
     #[arg(long, default_value = "1GB")]
     pub shared_buffers: String,
-    /// Memory for decompressed chunks (the kernel's page cache holds file pages as well).
-    #[arg(long, default_value = "128MiB", value_parser = super::init::parse_size)]
-    pub cache_size: u32,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     /// Return once the mount is ready, leaving it mounted in the background.
     #[arg(long)]
     pub background: bool,
@@ -118,6 +117,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         return background();
     }
     check_mountpoint(&a.mountpoint)?;
+    let repo = a.cache.attach(repo, repo_spec)?;
     let is_root = unsafe { libc::geteuid() } == 0;
     let owner = if is_root {
         Owner::lookup(&a.owner)?
@@ -126,7 +126,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
     };
     let (uid, gid) = (owner.uid, owner.gid);
     let repo = Arc::new(repo);
-    let cache = a.cache_size as usize;
+    let cache = a.cache.cache_size as usize;
     let view = a.goal.backup.is_some()
         || a.goal.target_time.is_some()
         || a.goal.target_lsn.is_some()

@@ -21,9 +21,8 @@ pub struct Args {
     /// Directory of the PostgreSQL server binaries [default: /usr/lib/postgresql/MAJOR/bin].
     #[arg(long)]
     pub pg_bin: Option<PathBuf>,
-    /// Memory for decompressed chunks (the kernel's page cache holds file pages as well).
-    #[arg(long, default_value = "128MiB", value_parser = super::init::parse_size)]
-    pub cache_size: u32,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     /// The cluster, when the repository holds several.
     #[arg(long)]
     pub system: Option<u64>,
@@ -50,8 +49,9 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         plan.snapshot.id,
         plan.describe()
     );
+    let repo = Arc::new(a.cache.attach(repo, repo_spec)?);
     let result = verify::run(
-        Arc::new(repo),
+        repo.clone(),
         &plan,
         &VerifyOptions {
             restore_command: super::restore::restore_command(repo_spec, &plan)?,
@@ -59,11 +59,13 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             pg_bin: a.pg_bin,
             assertions,
             work_dir: work.clone(),
-            cache_bytes: a.cache_size as usize,
+            cache_bytes: a.cache.cache_size as usize,
         },
     );
     let _ = std::fs::remove_dir_all(&work);
-    let report = result?;
+    let mut report = result?;
+    report.requests = repo.backend().stats();
+    report.disk_cache = repo.disk_cache_counts();
     if a.json {
         print_json(&report);
     } else {
@@ -86,6 +88,14 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             "phases: mount {:.2}s, start {:.2}s, recovery {:.2}s, checks {:.2}s",
             p.mount_s, p.start_s, p.recovery_s, p.checks_s
         );
+        if let (Some(r), Some(c)) = (&report.requests, &report.disk_cache) {
+            println!(
+                "S3: {} requests; disk cache: {} chunks served locally, {} fetched",
+                r.total(),
+                c.hits,
+                c.misses
+            );
+        }
         for problem in &report.problems {
             println!("problem: {problem}");
         }

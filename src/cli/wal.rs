@@ -2,6 +2,7 @@
 
 use crate::archive::{self, Pushed};
 use crate::error::Result;
+use crate::store::backend::RequestCounts;
 use crate::store::Repository;
 use std::path::PathBuf;
 
@@ -9,6 +10,9 @@ use std::path::PathBuf;
 pub struct PushArgs {
     /// The WAL file (%p).
     pub path: PathBuf,
+    /// Print what was done (and the requests it took, on S3) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -23,11 +27,26 @@ pub struct FetchArgs {
 }
 
 pub fn push(repo: &Repository, a: PushArgs) -> Result<()> {
-    if archive::push(repo, &a.path)? == Pushed::AlreadyArchived {
+    let pushed = archive::push(repo, &a.path)?;
+    if pushed == Pushed::AlreadyArchived {
         tracing::info!(
             "{} was already archived with identical content",
             a.path.display()
         );
+    }
+    if a.json {
+        #[derive(serde::Serialize)]
+        struct Out {
+            file: String,
+            already_archived: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            requests: Option<RequestCounts>,
+        }
+        super::print_json(&Out {
+            file: a.path.display().to_string(),
+            already_archived: pushed == Pushed::AlreadyArchived,
+            requests: repo.backend().stats(),
+        });
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod diskcache;
 mod id;
 pub mod ingest;
 pub mod keys;

@@ -1,6 +1,7 @@
 //! The repository: its config, and typed reads and writes of blobs, trees and snapshots.
 
 use super::backend::{Backend, LocalBackend};
+use super::diskcache::{CacheCounts, DiskCache};
 use super::snapshot::Snapshot;
 use super::tree::{decode_chunk_list, BlobRef, Chunk, Dir, Loc};
 use super::{keys, object, pack, Id, StoreError};
@@ -28,6 +29,8 @@ pub struct Config {
 pub struct Repository {
     backend: Arc<dyn Backend>,
     pub config: Config,
+    /// Local copies of blobs, for remote repositories read by mounts.
+    disk_cache: Option<DiskCache>,
 }
 
 /// Opens the back end a `--repo` value names: `s3://bucket/prefix`, or a local directory.
@@ -80,7 +83,11 @@ impl Repository {
         };
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         backend.put(keys::CONFIG, &json)?;
-        Ok(Repository { backend, config })
+        Ok(Repository {
+            backend,
+            config,
+            disk_cache: None,
+        })
     }
 
     /// Opens an existing repository, refusing formats this build does not know.
@@ -107,7 +114,11 @@ impl Repository {
         }
         let config: Config = serde_json::from_slice(&raw)
             .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
-        Ok(Repository { backend, config })
+        Ok(Repository {
+            backend,
+            config,
+            disk_cache: None,
+        })
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -118,8 +129,21 @@ impl Repository {
         self.backend.clone()
     }
 
+    /// Reads blobs through `cache` from now on.
+    pub fn with_disk_cache(mut self, cache: DiskCache) -> Repository {
+        self.disk_cache = Some(cache);
+        self
+    }
+
+    pub fn disk_cache_counts(&self) -> Option<CacheCounts> {
+        self.disk_cache.as_ref().map(DiskCache::counts)
+    }
+
     /// Reads one blob and verifies it against its id.
     pub fn read_blob(&self, id: &Id, loc: &Loc, len: u32) -> Result<Vec<u8>, StoreError> {
+        if let Some(data) = self.disk_cache.as_ref().and_then(|c| c.get(id, len)) {
+            return Ok(data);
+        }
         let key = keys::pack(&loc.pack);
         let stored = self
             .backend
@@ -127,7 +151,16 @@ impl Repository {
         if stored.len() != loc.stored_len as usize {
             return Err(StoreError::corrupt(&key, format!("blob {id} is truncated")));
         }
-        pack::decode_blob(&stored, len, id, &key)
+        self.decode(&stored, len, id, &key)
+    }
+
+    /// Verifies a stored blob and keeps it in the disk cache.
+    fn decode(&self, stored: &[u8], len: u32, id: &Id, key: &str) -> Result<Vec<u8>, StoreError> {
+        let data = pack::decode_blob(stored, len, id, key)?;
+        if let Some(cache) = &self.disk_cache {
+            cache.put(id, stored);
+        }
+        Ok(data)
     }
 
     /// A chunk's bytes: zeros for an all-zero chunk, otherwise the verified blob.
@@ -138,21 +171,27 @@ impl Repository {
         }
     }
 
-    /// Reads chunks in order, fetching neighbours in one pack with one ranged read of at most
-    /// `MAX_SPAN` bytes: backups write a file's chunks next to each other.
+    /// Reads chunks in order. Chunks not in the disk cache are fetched with one ranged read
+    /// per run of neighbours in one pack, of at most `MAX_SPAN` bytes: backups write a file's
+    /// chunks next to each other.
     pub fn read_chunks(&self, chunks: &[Chunk]) -> Result<Vec<Vec<u8>>, StoreError> {
         const MAX_SPAN: u64 = 8 << 20;
-        let mut out = Vec::with_capacity(chunks.len());
+        let mut out: Vec<Option<Vec<u8>>> = chunks
+            .iter()
+            .map(|c| match c.loc {
+                None => Some(vec![0; c.len as usize]),
+                Some(_) => self.disk_cache.as_ref().and_then(|d| d.get(&c.id, c.len)),
+            })
+            .collect();
         let mut i = 0;
         while i < chunks.len() {
-            let Some(first) = chunks[i].loc else {
-                out.push(vec![0; chunks[i].len as usize]);
+            let (Some(first), None) = (chunks[i].loc, &out[i]) else {
                 i += 1;
                 continue;
             };
             let mut end = first.offset as u64 + first.stored_len as u64;
             let mut j = i + 1;
-            while let Some(next) = chunks.get(j).and_then(|c| c.loc) {
+            while let (Some(Some(next)), Some(None)) = (chunks.get(j).map(|c| c.loc), out.get(j)) {
                 let next_end = next.offset as u64 + next.stored_len as u64;
                 if next.pack != first.pack
                     || next.offset as u64 != end
@@ -167,17 +206,20 @@ impl Repository {
             let span =
                 self.backend
                     .get_range(&key, first.offset as u64, end - first.offset as u64)?;
-            for c in &chunks[i..j] {
+            for (c, slot) in chunks[i..j].iter().zip(&mut out[i..j]) {
                 let loc = c.loc.expect("runs hold stored chunks");
                 let at = (loc.offset - first.offset) as usize;
                 let stored = span.get(at..at + loc.stored_len as usize).ok_or_else(|| {
                     StoreError::corrupt(&key, format!("blob {} is truncated", c.id))
                 })?;
-                out.push(pack::decode_blob(stored, c.len, &c.id, &key)?);
+                *slot = Some(self.decode(stored, c.len, &c.id, &key)?);
             }
             i = j;
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|d| d.expect("every chunk read"))
+            .collect())
     }
 
     pub fn load_dir(&self, r: &BlobRef) -> Result<Dir, StoreError> {
@@ -293,6 +335,39 @@ mod tests {
         let err = repo.read_blob(&r.id, &r.loc, r.len).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains(&r.loc.pack.to_hex()), "{err}");
+    }
+
+    #[test]
+    fn read_chunks_merges_misses_and_serves_hits_from_the_disk_cache() {
+        let mem = Arc::new(MemoryBackend::default());
+        let plain = Repository::init(mem.clone(), 65536, 3).unwrap();
+        let mut packer = Packer::new(&plain, 1 << 20);
+        let chunks: Vec<Chunk> = (0..6u8)
+            .map(|n| {
+                let r = packer.add_blob(BlobType::Data, &[n; 9000]).unwrap();
+                Chunk {
+                    id: r.id,
+                    loc: Some(r.loc),
+                    len: r.len,
+                }
+            })
+            .collect();
+        packer.flush().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open(mem.clone())
+            .unwrap()
+            .with_disk_cache(DiskCache::open(dir.path(), 1 << 20).unwrap());
+        let expect: Vec<Vec<u8>> = (0..6u8).map(|n| vec![n; 9000]).collect();
+
+        // Chunks 1 and 4 cached: the rest come in runs around them.
+        repo.read_chunks(&[chunks[1], chunks[4]]).unwrap();
+        assert_eq!(repo.read_chunks(&chunks).unwrap(), expect);
+        assert_eq!(repo.disk_cache_counts().unwrap().hits, 2);
+
+        // Everything is cached now: the pack is not needed any more.
+        mem.tamper(&keys::pack(&chunks[0].loc.unwrap().pack), |b| b.clear());
+        assert_eq!(repo.read_chunks(&chunks).unwrap(), expect);
+        assert!(plain.read_chunks(&chunks).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! A manifest's existence is what makes a backup visible, so it is the final write of a
 //! backup, after every pack it references is durable.
 
+use super::backend::RequestCounts;
 use super::tree::BlobRef;
 use crate::pg::lsn::Lsn;
 use chrono::{DateTime, Utc};
@@ -48,6 +49,9 @@ pub struct Snapshot {
     /// Permission bits and mtime of the data directory itself.
     pub root_mode: u32,
     pub root_mtime: i64,
+    /// Requests the backup sent to an S3 repository, up to (not including) this manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestCounts>,
 }
 
 impl Snapshot {

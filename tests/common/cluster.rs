@@ -7,6 +7,7 @@ use super::{
     describe, free_port, pg_tool, pgsnapfs_bin, postgres_command, run_command, wait_for, Run,
     TestDir,
 };
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,9 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Debug, Default)]
 pub struct ClusterOptions {
-    /// Archive WAL into this repository: `archive_mode=on` and
-    /// `archive_command='<pgsnapfs> wal-push --repo <repo> %p'`. Without it, archiving is off.
-    pub archive_repo: Option<PathBuf>,
+    /// Archive WAL into this repository (a `--repo` value): `archive_mode=on` and
+    /// `archive_command='<pgsnapfs> wal-push --repo "<repo>" %p'`. Without it, archiving is off.
+    pub archive_repo: Option<String>,
     /// Extra `name = value` lines for postgresql.conf (values are written as given, so quote
     /// strings: `("work_mem", "'8MB'")`).
     pub settings: Vec<(String, String)>,
@@ -29,9 +30,9 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
-    pub fn archiving_to(repo: &Path) -> ClusterOptions {
+    pub fn archiving_to(repo: impl AsRef<OsStr>) -> ClusterOptions {
         ClusterOptions {
-            archive_repo: Some(repo.to_path_buf()),
+            archive_repo: Some(repo.as_ref().to_string_lossy().into_owned()),
             ..ClusterOptions::default()
         }
     }
@@ -102,9 +103,10 @@ impl Cluster {
         match &opts.archive_repo {
             Some(repo) => {
                 conf.push_str(&format!(
-                    "archive_mode = on\narchive_command = '{} wal-push --repo {} %p'\n",
+                    // Double quotes: an s3:// URL holds `?` and `&`.
+                    "archive_mode = on\narchive_command = '{} wal-push --repo \"{}\" %p'\n",
                     pgsnapfs_bin().display(),
-                    repo.display()
+                    repo
                 ));
             }
             None => conf.push_str("archive_mode = off\n"),
@@ -138,7 +140,7 @@ impl Cluster {
     }
 
     /// A started cluster archiving into `repo`.
-    pub fn archiving_to(repo: &Path) -> Cluster {
+    pub fn archiving_to(repo: impl AsRef<OsStr>) -> Cluster {
         Cluster::start_new(ClusterOptions::archiving_to(repo))
     }
 

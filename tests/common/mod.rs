@@ -15,7 +15,10 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod moto;
 
+// Not every test binary uses all of them.
+#[allow(unused_imports)]
 pub use cluster::{Cluster, ClusterOptions, RecoveryState};
 
 use std::collections::hash_map::RandomState;
@@ -344,30 +347,82 @@ pub fn pgsnapfs_as_root<S: AsRef<OsStr>>(args: &[S]) -> Run {
     run_command(&mut cmd)
 }
 
-/// A pgsnapfs repository path inside its own [`TestDir`]. [`Repo::new`] only picks the path;
-/// [`Repo::init`] also runs `pgsnapfs init`.
+/// Which back end a test repository lives on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// A directory.
+    Local,
+    /// A bucket on a moto S3 server of its own, started for the repository.
+    S3,
+}
+
+/// Declares `#[test]`s `NAME::local` and `NAME::s3` for each `fn NAME(store: Store)`, so one
+/// test body runs on both back ends.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn local() {
+                super::$name($crate::common::Store::Local)
+            }
+            #[test]
+            fn s3() {
+                super::$name($crate::common::Store::S3)
+            }
+        }
+    )*};
+}
+
+/// A pgsnapfs repository inside its own [`TestDir`]. [`Repo::new`] only picks the location;
+/// [`Repo::init`] also runs `pgsnapfs init`. On S3, `path` is a local directory for the test's
+/// own files and `spec` the `s3://` URL.
 pub struct Repo {
     pub path: PathBuf,
+    /// The `--repo` value.
+    pub spec: String,
+    pub store: Store,
+    /// Declared before the dir: the server stops first.
+    moto: Option<moto::Moto>,
     _dir: TestDir,
 }
 
 impl Repo {
     pub fn new() -> Repo {
+        Repo::new_on(Store::Local)
+    }
+
+    pub fn init() -> Repo {
+        Repo::init_on(Store::Local)
+    }
+
+    pub fn new_on(store: Store) -> Repo {
         let dir = TestDir::new("repo");
+        let path = dir.join("repo");
+        let (spec, moto) = match store {
+            Store::Local => (path.display().to_string(), None),
+            Store::S3 => {
+                let moto = moto::Moto::start();
+                moto.create_bucket("pgsnapfs");
+                let spec = format!("s3://pgsnapfs/repo?endpoint={}", moto.endpoint());
+                fs::create_dir(&path).expect("create the test's local dir");
+                chown_to_postgres(&path);
+                (spec, Some(moto))
+            }
+        };
         Repo {
-            path: dir.join("repo"),
+            path,
+            spec,
+            store,
+            moto,
             _dir: dir,
         }
     }
 
-    pub fn init() -> Repo {
-        let repo = Repo::new();
+    pub fn init_on(store: Store) -> Repo {
+        let repo = Repo::new_on(store);
         repo.run("init", &[]).assert_ok();
         repo
-    }
-
-    pub fn path_str(&self) -> &str {
-        self.path.to_str().expect("utf-8 repo path")
     }
 
     /// `pgsnapfs SUBCOMMAND --repo PATH ARGS...` as postgres.
@@ -380,7 +435,7 @@ impl Repo {
         let mut v = vec![
             subcommand.to_string(),
             "--repo".to_string(),
-            self.path_str().to_string(),
+            self.spec.clone(),
         ];
         v.extend(args.iter().map(|s| s.to_string()));
         v
@@ -412,9 +467,23 @@ impl Repo {
         self.run("restore", &v)
     }
 
-    /// A fingerprint of every file under the repository, to check a command changed nothing.
+    /// A fingerprint of every object in the repository (and, locally, every file and its
+    /// mode), to check a command changed nothing.
     pub fn digest(&self) -> BTreeMap<String, String> {
-        tree_digest(&self.path)
+        match self.store {
+            Store::Local => tree_digest(&self.path),
+            Store::S3 => {
+                let backend = pgsnapfs::store::open_backend(&self.spec).expect("open S3 repo");
+                let keys = backend.list("").expect("list the S3 repository");
+                keys.into_iter()
+                    .map(|k| {
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        h.write(&backend.get(&k).expect("read an S3 object"));
+                        (k, format!("{:x}", h.finish()))
+                    })
+                    .collect()
+            }
+        }
     }
 }
 

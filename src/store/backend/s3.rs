@@ -54,7 +54,8 @@ impl Default for S3Settings {
 }
 
 /// HTTP requests sent, by kind; retried attempts count again (they are billed).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RequestCounts {
     pub get: u64,
     pub put: u64,
