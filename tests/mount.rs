@@ -138,9 +138,7 @@ impl Mount {
 
     fn try_start(repo: &Repo, mountpoint: &Path, args: &[&str]) -> Result<Mount, String> {
         let log = mountpoint.with_extension("mount.log");
-        let mut all = vec!["mount", "--repo", &repo.spec, s(mountpoint)];
-        all.extend_from_slice(args);
-        let mut cmd = root_cmd(&all);
+        let mut cmd = root_cmd(&repo.args("mount", &[&[s(mountpoint)], args].concat()));
         cmd.stdout(Stdio::piped())
             .stderr(fs::File::create(&log).expect("create mount log"));
         let command = describe(&cmd);
@@ -197,9 +195,8 @@ impl Mount {
     #[track_caller]
     fn start_background(repo: &Repo, mountpoint: &Path, args: &[&str]) -> Mount {
         let log = mountpoint.with_extension("mount.log");
-        let mut all = vec!["mount", "--repo", &repo.spec, s(mountpoint)];
-        all.extend_from_slice(args);
-        all.push("--background");
+        let mut all = repo.args("mount", &[&[s(mountpoint)], args].concat());
+        all.push("--background".into());
         // stderr to a file: the mount process inherits it and keeps it open while mounted.
         let mut cmd = root_cmd(&all);
         cmd.stdout(Stdio::piped())
@@ -577,9 +574,8 @@ fn backup_dir(mnt: &Path, id: &str) -> PathBuf {
 /// Files the backup excludes by design (pg_wal/*, postmaster.pid/opts, pg_internal.init,
 /// pg_subtrans/*, ...) must be absent from the mount, and backup_label must be the one
 /// pg_backup_stop returned.
-#[test]
-fn mounted_backup_has_the_source_bytes() {
-    let repo = Repo::init();
+fn mounted_backup_has_the_source_bytes(store: Store) {
+    let repo = Repo::init_on(store);
     let source = Cluster::start_new(ClusterOptions {
         settings: vec![("autovacuum".into(), "off".into())],
         ..ClusterOptions::default()
@@ -707,20 +703,26 @@ fn mounted_backup_has_the_source_bytes() {
 /// paused the startup process holds that lock and a SELECT would wait: as the mount's message
 /// and the operations guide say, promote with pg_wal_replay_resume() first. Queries run with
 /// a lock_timeout so a regression fails instead of hanging.
-#[test]
-fn dropped_table_is_back_at_target_time() {
-    dropped_table_scenario(None);
+fn dropped_table_is_back_at_target_time(store: Store) {
+    dropped_table_scenario(None, store);
 }
 
 /// The same accident, recovered with `--target-action promote`: the view ends recovery at
 /// T and opens read-write, with the table and its rows.
 #[test]
 fn dropped_table_is_back_at_target_time_promoted() {
-    dropped_table_scenario(Some("promote"));
+    dropped_table_scenario(Some("promote"), Store::Local);
 }
 
-fn dropped_table_scenario(action: Option<&str>) {
-    let repo = Repo::init();
+// Mounts of a repository on either back end: one test body each.
+on_both_stores!(
+    mounted_backup_has_the_source_bytes,
+    dropped_table_is_back_at_target_time,
+    repository_unchanged_by_mounts_servers_and_verify,
+);
+
+fn dropped_table_scenario(action: Option<&str>, store: Store) {
+    let repo = Repo::init_on(store);
     let source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
@@ -809,9 +811,8 @@ fn dropped_table_scenario(action: Option<&str>) {
 
 /// Mounts (catalogue and views), servers on views (including writes and a promotion) and
 /// verify read the repository and never change a byte of it.
-#[test]
-fn repository_unchanged_by_mounts_servers_and_verify() {
-    let repo = Repo::init();
+fn repository_unchanged_by_mounts_servers_and_verify(store: Store) {
+    let repo = Repo::init_on(store);
     let mut source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
@@ -892,7 +893,7 @@ fn repository_unchanged_by_mounts_servers_and_verify() {
         m.stop_server();
         m.umount_ok();
     }
-    pgsnapfs_as_root(&["verify", "--repo", &repo.spec, "--json"]).assert_ok();
+    pgsnapfs_as_root(&repo.args("verify", &["--json"])).assert_ok();
 
     assert_same_tree(&before, &repo.digest(), "the repository");
 }

@@ -29,8 +29,8 @@ fn s(p: &Path) -> &str {
 
 /// `pgsnapfs verify --repo R --json ARGS...` as root.
 fn verify(repo: &Repo, args: &[&str]) -> Run {
-    let mut all = vec!["verify", "--repo", &repo.spec, "--json"];
-    all.extend_from_slice(args);
+    let mut all = repo.args("verify", &["--json"]);
+    all.extend(args.iter().map(|a| a.to_string()));
     pgsnapfs_as_root(&all)
 }
 
@@ -72,7 +72,7 @@ impl Catalogue {
         let dir = fs::canonicalize(dir).unwrap();
         let log = dir.with_extension("mount.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsnapfs"));
-        cmd.args(["mount", "--repo", &repo.spec, s(&dir)])
+        cmd.args(repo.args("mount", &[s(&dir)]))
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -123,10 +123,10 @@ impl Drop for Catalogue {
 }
 
 /// verify passes on a good backup (exit 0, ok, tables read, indexes checked with amcheck, a
-/// true assertion), and fails with exit 1 naming the statement when an assertion is false.
-#[test]
-fn verify_passes_good_backup_and_fails_false_assertion() {
-    let repo = Repo::init();
+/// true assertion), and fails with exit 1 naming the statement when an assertion is false. On
+/// S3 the second verify reads from the local disk cache.
+fn verify_passes_good_backup_and_fails_false_assertion(store: Store) {
+    let repo = Repo::init_on(store);
     let source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
@@ -146,6 +146,7 @@ fn verify_passes_good_backup_and_fails_false_assertion() {
     );
     let run = verify(&repo, &["--sql", s(&good)]).assert_exit(0);
     let report = run.json();
+    let first = report.clone();
     assert_eq!(report["ok"], true, "{}", run.report());
     assert_eq!(json_str(&report, "backup"), id);
     assert!(json_u64(&report, "databases") >= 1, "{report}");
@@ -177,7 +178,33 @@ fn verify_passes_good_backup_and_fails_false_assertion() {
         "exactly the false assertion is a problem: {p:?}"
     );
     assert!(p[0].contains("count(*) = 101"), "{p:?}");
+
+    if store == Store::S3 {
+        // The second verify of the same backup reads its chunks from the local disk cache.
+        let cache = |r: &serde_json::Value| {
+            (
+                json_u64(&r["disk_cache"], "hits"),
+                json_u64(&r["disk_cache"], "misses"),
+                json_u64(&r["requests"], "get"),
+            )
+        };
+        let ((_, first_misses, first_gets), (hits, misses, gets)) = (cache(&first), cache(&report));
+        assert!(
+            first_misses > 0,
+            "the first verify fetched nothing: {first}"
+        );
+        assert!(
+            hits > 0 && misses * 10 <= hits,
+            "second verify: {hits} chunks from the disk cache, {misses} fetched\n{report}"
+        );
+        assert!(
+            gets * 2 < first_gets,
+            "second verify sent {gets} GETs, the first {first_gets}\n{report}"
+        );
+    }
 }
+
+on_both_stores!(verify_passes_good_backup_and_fails_false_assertion);
 
 /// The pack entries (offset, stored length) of the blob with this id, in every pack file.
 fn find_blob(repo: &Path, id: &[u8]) -> Vec<(PathBuf, u64, u64)> {

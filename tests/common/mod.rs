@@ -430,13 +430,18 @@ impl Repo {
         pgsnapfs(&self.args(subcommand, args))
     }
 
-    /// The argument list `SUBCOMMAND --repo PATH ARGS...`.
+    /// The argument list `SUBCOMMAND --repo SPEC ARGS...`; on S3, mount and verify keep their
+    /// disk cache in the test's own dir.
     pub fn args(&self, subcommand: &str, args: &[&str]) -> Vec<String> {
         let mut v = vec![
             subcommand.to_string(),
             "--repo".to_string(),
             self.spec.clone(),
         ];
+        if self.store == Store::S3 && matches!(subcommand, "mount" | "verify") {
+            v.push("--cache-dir".into());
+            v.push(self.path.join("cache").display().to_string());
+        }
         v.extend(args.iter().map(|s| s.to_string()));
         v
     }
