@@ -120,7 +120,7 @@ def build(recs):
     for k in ("key", "tool", "run"):
         meta.pop(k, None)
     out = {"meta": meta, "rows": [], "limits": {}, "near_limits": [], "datasets": {},
-           "wal": {}, "chunk_sizes": []}
+           "wal": {}, "chunk_sizes": [], "s3": []}
     rows = out["rows"]
 
     def row(name, measure, unit, better, pgbr, snap, block=None, runs=None, note=""):
@@ -329,6 +329,61 @@ def build(recs):
             "second_peak_rss": peak_rss(b2),
             "chunks": chunks, "chunk_list_bytes": chunks * 48,
         })
+    # S3 against local: the same cluster, pgsnapfs into a directory and into moto.
+    s3 = out["s3"] = []
+
+    def s3row(name, measure, unit, better, local, remote, runs, note=""):
+        s3.append({"row": name, "measure": measure, "unit": unit, "better": better,
+                   "local": local, "s3": remote, "ratio": ratio(remote, local), "runs": runs,
+                   "note": note})
+
+    for n, label in ((1, "full backup"), (2, "second backup, nothing changed")):
+        b = {t: R.merged(f"s3_backup{n}", t) for t in ("local", "s3")}
+        if not b["s3"]:
+            continue
+        runs = len(b["s3"])
+        m = {t: med([r["wall_s"] for r in rs.values()]) for t, rs in b.items()}
+        s3row(label, "wall time", "s", "lower", m["local"], m["s3"], runs)
+        logical = med([r["size_logical"] for r in b["s3"].values()])
+        s3row(label, f"throughput ({fmt_b(logical)} of files)", "bytes/s", "higher",
+              logical / m["local"] if m["local"] else None,
+              logical / m["s3"] if m["s3"] else None, runs)
+        s3row(label, "peak RSS", "bytes", "lower",
+              med([peak_rss(r) for r in b["local"].values()]),
+              med([peak_rss(r) for r in b["s3"].values()]), runs)
+        s3row(label, "S3 requests (of which PUT + part uploads)", "count", "lower", None,
+              med([r["requests"] for r in b["s3"].values()]), runs,
+              f"{med([r['puts'] + r['upload_parts'] for r in b['s3'].values()]):.0f} PUT + parts")
+    w = {t: R.one("s3_wal", t) for t in ("local", "s3")}
+    if w["s3"]:
+        per = {t: w[t]["wall_s"] / w[t]["segments"] if w[t] else None for t in w}
+        s3row("wal-push", f"per segment ({w['s3']['segments']} pushed one by one)", "s", "lower",
+              per["local"], per["s3"], 1)
+        s3row("wal-push", "S3 requests per new segment", "count", "lower", None,
+              w["s3"]["requests_per_segment"], 1,
+              f"{w['s3']['new_segments']} new of {w['s3']['segments']}")
+    q = {}
+    for k in ("local", "cold", "warm"):
+        a, b = R.merged(f"s3_query_{k}.restore", "pgsnapfs"), R.merged(f"s3_query_{k}", "pgsnapfs")
+        tot = [a[r]["wall_s"] + b[r]["start_s"] + b[r]["pause_s"] + b[r]["query_s"]
+               for r in sorted(b) if r in a and "query_s" in b[r]]
+        q[k] = (med(tot), len(tot)) if tot else (None, 0)
+    if q["cold"][0] is not None:
+        s3row("first query on a mount of the last backup", "mount + start + first query, "
+              "S3 disk cache empty", "s", "lower", q["local"][0], q["cold"][0], q["cold"][1],
+              "page cache dropped first")
+        s3row("first query on a mount of the last backup", "the same, disk cache warm", "s",
+              "lower", q["local"][0], q["warm"][0], q["warm"][1])
+    v = {k: R.merged(f"s3_verify_{k}", k) for k in ("local", "cold", "warm")}
+    if v["cold"]:
+        vl = med([r["wall_s"] for r in v["local"].values()]) if v["local"] else None
+        for k, label in (("cold", "disk cache empty"), ("warm", "disk cache warm")):
+            rs = v[k].values()
+            s3row("verify of the last backup", f"wall time, {label}", "s", "lower", vl,
+                  med([r["wall_s"] for r in rs]), len(v[k]),
+                  f"{med([r['gets'] for r in rs]):.0f} GETs, "
+                  f"{med([r['cache_hits'] for r in rs]):.0f} chunks from the disk cache")
+
     loads = [r["load1"] for r in recs if "load1" in r]
     if loads:
         meta["load1_median"] = med(loads)
@@ -349,6 +404,8 @@ def cell(v, unit):
         return fmt_b(v)
     if unit == "segments/s":
         return f"{v:.1f}/s"
+    if unit == "bytes/s":
+        return fmt_rate(v)
     return f"{v:.3g}"
 
 
@@ -371,6 +428,19 @@ def results_table(doc):
             f"| {r['row']} | {r['measure']} | {cell(r['pgbackrest'], r['unit'])} | "
             f"{cell(r['pgsnapfs'], r['unit'])} | {fmt_ratio(r['ratio'])} | {r['better']} | "
             f"{verdict(r)} | {r['runs'] or ''} | {cell(r['pgbackrest_block'], r['unit'])} |")
+    return "\n".join(lines)
+
+
+def s3_table(doc):
+    rows = doc.get("s3") or []
+    if not rows:
+        return ""
+    lines = ["| row | measure | local | S3 (moto) | S3 / local | better is | runs | note |",
+             "|---|---|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['measure']} | {cell(r['local'], r['unit'])} | "
+                     f"{cell(r['s3'], r['unit'])} | {fmt_ratio(r['ratio'])} | {r['better']} | "
+                     f"{r['runs'] or ''} | {r['note']} |")
     return "\n".join(lines)
 
 
@@ -556,6 +626,24 @@ def render(doc, notes):
         L.append("")
         L.append(notes.get("chunk", "<!-- notes:chunk -->\n<!-- /notes:chunk -->"))
         L.append("")
+    if doc.get("s3"):
+        L.append("## S3 back end\n")
+        L.append("The same cluster backed up by pgsnapfs into a local directory and into a bucket "
+                 "on moto's S3 server on 127.0.0.1 (`scripts/bench --s3`). moto is a Python "
+                 "server on the same two cores, so the S3 column pays its CPU as well as the "
+                 "HTTP round trips: a real object store is slower per request but does not take "
+                 "the backup's CPU. Requests are counted by pgsnapfs (`--json`). The first-query "
+                 "rows mount the last backup, start PostgreSQL on it and run the first query; "
+                 "*warm* reuses the local disk cache the cold mount filled (the page cache is "
+                 "dropped before each).\n")
+        sm = doc.get("s3_meta")
+        if sm:
+            L.append(f"S3 rows run separately: {sm.get('date')}, `{sm.get('command')}`, scale "
+                     f"{sm.get('scale')}.\n")
+        L.append(s3_table(doc))
+        L.append("")
+        L.append(notes.get("s3", "<!-- notes:s3 -->\n<!-- /notes:s3 -->"))
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"
@@ -618,16 +706,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
     ap.add_argument("--out")
-    ap.add_argument("--merge", action="store_true")
+    ap.add_argument("--merge", choices=("chunk_sizes", "s3"),
+                    help="merge only this part into the existing --out files")
     a = ap.parse_args()
     doc = build(load(a.results))
     if a.merge and a.out and os.path.exists(os.path.join(a.out, "benchmarks.json")):
+        # Only this part is new: keep the rest of the published run.
+        prefix = {"chunk_sizes": "sweep_", "s3": "s3_"}[a.merge]
         old = json.load(open(os.path.join(a.out, "benchmarks.json")))
-        old["chunk_sizes"] = doc["chunk_sizes"]
-        old.setdefault("chunk_sizes_meta", {})
-        old["chunk_sizes_meta"] = doc["meta"]
-        old["raw"] = [r for r in old.get("raw", []) if not r["key"].startswith("sweep_")] + \
-            [r for r in doc["raw"] if r["key"].startswith("sweep_")]
+        old[a.merge] = doc[a.merge]
+        old[a.merge + "_meta"] = doc["meta"]
+        old["raw"] = [r for r in old.get("raw", []) if not r["key"].startswith(prefix)] + \
+            [r for r in doc["raw"] if r["key"].startswith(prefix)]
         doc = old
     notes = carry_notes(os.path.join(a.out, "benchmarks.md")) if a.out else {}
     md = render(doc, notes)

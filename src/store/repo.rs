@@ -7,8 +7,9 @@ use super::tree::{decode_chunk_list, BlobRef, Chunk, Dir, Loc};
 use super::{keys, object, pack, Id, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The repository format version this build reads and writes.
 pub const VERSION: u32 = 1;
@@ -31,6 +32,20 @@ pub struct Repository {
     pub config: Config,
     /// Local copies of blobs, for remote repositories read by mounts.
     disk_cache: Option<DiskCache>,
+    /// Recently read stretches of metadata packs, most recent first.
+    meta_windows: Mutex<VecDeque<MetaWindow>>,
+}
+
+/// Backups write a snapshot's trees and chunk lists into packs of their own, in the order a
+/// walk of the tree reads them, so metadata is read in windows of `META_WINDOW` bytes: one
+/// request serves the next few hundred files' lists. At most `META_WINDOWS` are kept.
+const META_WINDOW: u64 = 1 << 20;
+const META_WINDOWS: usize = 8;
+
+struct MetaWindow {
+    pack: Id,
+    start: u64,
+    data: Arc<Vec<u8>>,
 }
 
 /// Opens the back end a `--repo` value names: `s3://bucket/prefix`, or a local directory.
@@ -87,6 +102,7 @@ impl Repository {
             backend,
             config,
             disk_cache: None,
+            meta_windows: Mutex::default(),
         })
     }
 
@@ -118,6 +134,7 @@ impl Repository {
             backend,
             config,
             disk_cache: None,
+            meta_windows: Mutex::default(),
         })
     }
 
@@ -222,14 +239,54 @@ impl Repository {
             .collect())
     }
 
+    /// Reads a tree or chunk list blob through the metadata windows.
+    fn read_meta(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        if let Some(data) = self.disk_cache.as_ref().and_then(|c| c.get(&r.id, r.len)) {
+            return Ok(data);
+        }
+        let (off, len) = (r.loc.offset as u64, r.loc.stored_len as u64);
+        let hit = {
+            let mut windows = self.meta_windows.lock().expect("metadata windows");
+            let found = windows.iter().position(|w| {
+                w.pack == r.loc.pack && w.start <= off && off + len <= w.start + w.data.len() as u64
+            });
+            found.map(|i| {
+                let w = windows.remove(i).expect("found above");
+                let hit = (w.start, w.data.clone());
+                windows.push_front(w);
+                hit
+            })
+        };
+        let key = keys::pack(&r.loc.pack);
+        let (start, data) = match hit {
+            Some(hit) => hit,
+            None => {
+                let data = Arc::new(self.backend.get_range(&key, off, len.max(META_WINDOW))?);
+                let mut windows = self.meta_windows.lock().expect("metadata windows");
+                windows.push_front(MetaWindow {
+                    pack: r.loc.pack,
+                    start: off,
+                    data: data.clone(),
+                });
+                windows.truncate(META_WINDOWS);
+                (off, data)
+            }
+        };
+        let at = (off - start) as usize;
+        let stored = data
+            .get(at..at + len as usize)
+            .ok_or_else(|| StoreError::corrupt(&key, format!("blob {} is truncated", r.id)))?;
+        self.decode(stored, r.len, &r.id, &key)
+    }
+
     pub fn load_dir(&self, r: &BlobRef) -> Result<Dir, StoreError> {
-        let data = self.read_blob(&r.id, &r.loc, r.len)?;
+        let data = self.read_meta(r)?;
         serde_json::from_slice(&data)
             .map_err(|e| StoreError::corrupt(format!("tree {}", r.id), e.to_string()))
     }
 
     pub fn load_chunk_list(&self, r: &BlobRef) -> Result<Vec<Chunk>, StoreError> {
-        let data = self.read_blob(&r.id, &r.loc, r.len)?;
+        let data = self.read_meta(r)?;
         decode_chunk_list(&data, &format!("chunk list {}", r.id))
     }
 
@@ -368,6 +425,80 @@ mod tests {
         mem.tamper(&keys::pack(&chunks[0].loc.unwrap().pack), |b| b.clear());
         assert_eq!(repo.read_chunks(&chunks).unwrap(), expect);
         assert!(plain.read_chunks(&chunks).is_err());
+    }
+
+    /// Counts ranged reads on the way to a memory back end.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryBackend,
+        ranged: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Backend for Counting {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn get(&self, key: &str) -> super::super::backend::Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: u64,
+        ) -> super::super::backend::Result<Vec<u8>> {
+            self.ranged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get_range(key, offset, len)
+        }
+        fn put(&self, key: &str, data: &[u8]) -> super::super::backend::Result<()> {
+            self.inner.put(key, data)
+        }
+        fn list(&self, prefix: &str) -> super::super::backend::Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> super::super::backend::Result<()> {
+            self.inner.delete(key)
+        }
+        fn exists(&self, key: &str) -> super::super::backend::Result<bool> {
+            self.inner.exists(key)
+        }
+    }
+
+    #[test]
+    fn chunk_lists_are_read_in_windows_and_still_verified() {
+        let counting = Arc::new(Counting::default());
+        let repo = Repository::init(counting.clone(), 65536, 3).unwrap();
+        let mut packer = Packer::new(&repo, 32 << 20);
+        let lists: Vec<(BlobRef, Vec<Chunk>)> = (0..300u32)
+            .map(|n| {
+                let chunks = vec![Chunk {
+                    id: Id::of(&n.to_le_bytes()),
+                    len: 8192,
+                    loc: None,
+                }];
+                let data = super::super::tree::encode_chunk_list(&chunks);
+                (packer.add_blob(BlobType::ChunkList, &data).unwrap(), chunks)
+            })
+            .collect();
+        packer.flush().unwrap();
+        let before = counting.ranged.load(std::sync::atomic::Ordering::Relaxed);
+        for (r, chunks) in &lists {
+            assert_eq!(&repo.load_chunk_list(r).unwrap(), chunks);
+        }
+        let reads = counting.ranged.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(reads, 1, "300 lists in one pack: one window");
+
+        let (victim, _) = &lists[150];
+        counting.inner.tamper(&keys::pack(&victim.loc.pack), |b| {
+            b[victim.loc.offset as usize + 1] ^= 1
+        });
+        let fresh = Repository::open(counting.clone()).unwrap();
+        assert!(matches!(
+            fresh.load_chunk_list(victim),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(fresh.load_chunk_list(&lists[151].0).is_ok());
     }
 
     #[test]
