@@ -468,7 +468,7 @@ struct Checker<'a> {
     /// Packs by index, so a reference costs 4 bytes of pack id, not 32.
     pack_ids: Vec<Id>,
     pack_index: HashMap<Id, u32>,
-    /// Every referenced blob: about 24 bytes of key and value, 30–45 in the B-tree.
+    /// Every referenced blob: 24 bytes of key and value, 40–50 with the B-tree's overhead.
     refs: BTreeMap<(u32, u32), Expect>,
     /// Tree and chunk-list blobs already walked.
     walked: HashSet<Id>,
@@ -573,7 +573,7 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    /// Whether this run re-reads `key` (of `size` bytes, if known without reading it).
+    /// Whether this run reads the data of `key` (before consulting the record).
     fn wants_data(&self, key: &str) -> bool {
         self.opts.read_data && self.opts.subset.selects(key, self.seed)
     }
