@@ -26,6 +26,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+/// Bytes read from a pack's end when only its entry table is wanted: the table of a pack of
+/// up to 1300 blobs, so one read usually does.
+const TABLE_GUESS: u64 = 64 << 10;
+
 /// A pack or WAL object verified by reading is read again after this long, so bit rot that
 /// happens after a check is found by a later one even without `--full`.
 pub const REVERIFY_AFTER_SECS: i64 = 30 * 24 * 3600;
@@ -456,8 +460,15 @@ fn wal_needs(
         .collect()
 }
 
-/// A clean tree or list, or the (relative path, problem) pairs of the damage below it.
+/// The (relative path, problem) pairs of the damage below a tree; empty for a clean one.
 type Hits = Rc<Vec<(String, usize)>>;
+
+/// Pass 3's results per tree and chunk-list id: an entry per distinct tree or list.
+#[derive(Default)]
+struct Memo {
+    trees: HashMap<Id, Hits>,
+    lists: HashMap<Id, Vec<usize>>,
+}
 
 struct Checker<'a> {
     repo: &'a Repository,
@@ -654,8 +665,9 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    /// The entry table of a pack, from the whole pack or with two ranged reads; the inner
-    /// error says why the pack's trailer is unusable.
+    /// The entry table of a pack, from the whole pack or from its end (one ranged read for
+    /// tables up to `TABLE_GUESS`, two beyond); the inner error says why the trailer is
+    /// unusable.
     fn entry_table(
         &mut self,
         key: &str,
@@ -663,23 +675,21 @@ impl<'a> Checker<'a> {
         data: Option<&[u8]>,
     ) -> Result<std::result::Result<Vec<u8>, String>> {
         let backend = self.repo.backend();
-        let tail = match data {
-            Some(d) => d[d.len().saturating_sub(pack::TAIL_LEN)..].to_vec(),
+        let (end, end_at) = match data {
+            Some(d) => (std::borrow::Cow::Borrowed(d), 0),
             None => {
-                let t = backend.get_range(
-                    key,
-                    size.saturating_sub(pack::TAIL_LEN as u64),
-                    pack::TAIL_LEN as u64,
-                )?;
-                self.read(t.len() as u64);
-                t
+                let at = size.saturating_sub(TABLE_GUESS);
+                let e = backend.get_range(key, at, size - at)?;
+                self.read(e.len() as u64);
+                (std::borrow::Cow::Owned(e), at)
             }
         };
         let reason = |e: StoreError| match e {
             StoreError::Corrupt { reason, .. } => reason,
             other => other.to_string(),
         };
-        let count = match pack::parse_tail(&tail, key) {
+        let tail = &end[end.len().saturating_sub(pack::TAIL_LEN)..];
+        let count = match pack::parse_tail(tail, key) {
             Ok(c) => c,
             Err(e) => return Ok(Err(reason(e))),
         };
@@ -687,15 +697,13 @@ impl<'a> Checker<'a> {
             Ok(s) => s,
             Err(e) => return Ok(Err(reason(e))),
         };
-        let len = size - start - pack::TAIL_LEN as u64;
-        Ok(Ok(match data {
-            Some(d) => d[start as usize..(start + len) as usize].to_vec(),
-            None => {
-                let t = backend.get_range(key, start, len)?;
-                self.read(t.len() as u64);
-                t
-            }
-        }))
+        let table_end = end.len() - pack::TAIL_LEN;
+        if start >= end_at {
+            return Ok(Ok(end[(start - end_at) as usize..table_end].to_vec()));
+        }
+        let t = backend.get_range(key, start, size - start - pack::TAIL_LEN as u64)?;
+        self.read(t.len() as u64);
+        Ok(Ok(t))
     }
 
     fn missing_pack(&mut self, index: u32, key: &str) -> Result<()> {
@@ -738,20 +746,29 @@ impl<'a> Checker<'a> {
     fn check_wal(&mut self, sysid: u64, system: &System, backups: &[&Snapshot]) -> Result<()> {
         let seg_size = archive::segment_size(system);
         let timelines = archive::catalog(self.repo, system)?;
-        let have_from = |tli: u32| -> Vec<u64> {
-            let mut v: Vec<u64> = timelines
-                .iter()
-                .filter(|t| t.timeline >= tli)
-                .flat_map(|t| t.segnos.iter().copied())
-                .collect();
-            v.sort_unstable();
-            v.dedup();
-            v
-        };
-        let needs = wal_needs(backups, seg_size, |tli| have_from(tli).last().copied());
+        // Archived segments on each backup's timeline or later ones, as recovery follows them.
+        let have_from: HashMap<u32, Vec<u64>> = backups
+            .iter()
+            .map(|s| s.timeline)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|tli| {
+                let mut v: Vec<u64> = timelines
+                    .iter()
+                    .filter(|t| t.timeline >= tli)
+                    .flat_map(|t| t.segnos.iter().copied())
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                (tli, v)
+            })
+            .collect();
+        let needs = wal_needs(backups, seg_size, |tli| {
+            have_from.get(&tli).and_then(|v| v.last().copied())
+        });
         let mut gaps: BTreeMap<(u32, u64, u64), usize> = BTreeMap::new();
         for need in &needs {
-            for (a, b) in missing_ranges(&have_from(need.tli), need.from, need.to) {
+            for (a, b) in missing_ranges(&have_from[&need.tli], need.from, need.to) {
                 let name = |s| {
                     WalFile::Segment {
                         tli: need.tli,
@@ -860,8 +877,8 @@ impl<'a> Checker<'a> {
     }
 
     /// Pass 3: the damaged paths below a tree, relative to it; memoised per tree id.
-    fn tree_hits(&mut self, r: &BlobRef, memo: &mut HashMap<Id, Hits>) -> Hits {
-        if let Some(h) = memo.get(&r.id) {
+    fn tree_hits(&mut self, r: &BlobRef, memo: &mut Memo) -> Hits {
+        if let Some(h) = memo.trees.get(&r.id) {
             return h.clone();
         }
         let mut out = Vec::new();
@@ -883,7 +900,7 @@ impl<'a> Checker<'a> {
                     NodeKind::File { lists, .. } => {
                         let mut ps = BTreeSet::new();
                         for l in lists {
-                            ps.extend(self.list_hits(l));
+                            ps.extend(self.list_hits(l, &mut memo.lists));
                         }
                         out.extend(ps.into_iter().map(|p| (node.name.clone(), p)));
                     }
@@ -892,25 +909,34 @@ impl<'a> Checker<'a> {
             }
         }
         let h = Rc::new(out);
-        memo.insert(r.id, h.clone());
+        memo.trees.insert(r.id, h.clone());
         h
     }
 
-    fn list_hits(&self, l: &BlobRef) -> BTreeSet<usize> {
-        if let Some(p) = self.hit(&l.loc) {
-            return [p].into();
+    /// The problems touching a chunk list's chunks; memoised per list id (a changed file's
+    /// unchanged lists are shared with other backups).
+    fn list_hits(&self, l: &BlobRef, memo: &mut HashMap<Id, Vec<usize>>) -> Vec<usize> {
+        if let Some(h) = memo.get(&l.id) {
+            return h.clone();
         }
-        match self.repo.load_chunk_list(l) {
-            Ok(chunks) => chunks
-                .iter()
-                .filter_map(|c| c.loc.as_ref().and_then(|loc| self.hit(loc)))
-                .collect(),
-            Err(_) => BTreeSet::new(),
-        }
+        let hits: BTreeSet<usize> = match self.hit(&l.loc) {
+            Some(p) => [p].into(),
+            None => match self.repo.load_chunk_list(l) {
+                Ok(chunks) => chunks
+                    .iter()
+                    .filter_map(|c| c.loc.as_ref().and_then(|loc| self.hit(loc)))
+                    .collect(),
+                // Reported in pass 1.
+                Err(_) => BTreeSet::new(),
+            },
+        };
+        let hits: Vec<usize> = hits.into_iter().collect();
+        memo.insert(l.id, hits.clone());
+        hits
     }
 
     fn attribute(&mut self, snapshots: &[Snapshot]) {
-        let mut memo = HashMap::new();
+        let mut memo = Memo::default();
         for s in snapshots {
             for (path, p) in self.tree_hits(&s.root, &mut memo).iter() {
                 let problem = &mut self.report.problems[*p];
@@ -1060,6 +1086,32 @@ mod tests {
         assert!(keys.iter().all(|k| Subset::All.selects(k, 0)));
     }
 
+    /// A manifest whose backup covers segments `start..=stop` of 16 MiB.
+    fn snapshot(id: &str, tli: u32, start: u64, stop: u64, root: Option<BlobRef>) -> Snapshot {
+        let seg: u64 = 16 << 20;
+        let root = root.unwrap_or(BlobRef {
+            id: Id::default(),
+            loc: Loc {
+                pack: Id::default(),
+                offset: 8,
+                stored_len: 1,
+            },
+            len: 1,
+        });
+        let json = serde_json::json!({
+            "format": 1, "id": id, "system_identifier": "7", "pg_major": 15,
+            "pg_version": "15", "timeline": tli,
+            "start_lsn": crate::pg::lsn::Lsn(start * seg).to_string(),
+            "stop_lsn": crate::pg::lsn::Lsn(stop * seg + 100).to_string(),
+            "start_time": "2026-11-21T05:40:12Z", "stop_time": "2026-11-21T05:40:14Z",
+            "wal_segment_size": seg, "label": "", "backup_label": "",
+            "tablespace_map": null, "tablespaces": [], "size_logical": 0,
+            "size_stored_new": 0, "files": 0, "chunk_size": 65536, "parent": null,
+            "root": root, "root_mode": 448, "root_mtime": 0
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
     #[test]
     fn wal_gaps_and_needs() {
         assert_eq!(missing_ranges(&[2, 3, 4], 2, 4), vec![]);
@@ -1071,22 +1123,7 @@ mod tests {
         assert_eq!(missing_ranges(&[1, 2, 7], 3, 6), vec![(3, 6)]);
 
         let seg = 16 << 20;
-        let snap = |id: &str, tli, start: u64, stop: u64| {
-            let json = serde_json::json!({
-                "format": 1, "id": id, "system_identifier": "7", "pg_major": 15,
-                "pg_version": "15", "timeline": tli,
-                "start_lsn": crate::pg::lsn::Lsn(start * seg).to_string(),
-                "stop_lsn": crate::pg::lsn::Lsn(stop * seg + 100).to_string(),
-                "start_time": "2026-11-21T05:40:12Z", "stop_time": "2026-11-21T05:40:14Z",
-                "wal_segment_size": seg, "label": "", "backup_label": "",
-                "tablespace_map": null, "tablespaces": [], "size_logical": 0,
-                "size_stored_new": 0, "files": 0, "chunk_size": 65536, "parent": null,
-                "root": {"id": Id::default(), "pack": Id::default(), "offset": 8,
-                         "stored_len": 1, "len": 1},
-                "root_mode": 448, "root_mtime": 0
-            });
-            serde_json::from_value::<Snapshot>(json).unwrap()
-        };
+        let snap = |id: &str, tli, start: u64, stop: u64| snapshot(id, tli, start, stop, None);
         let (a, b, c) = (snap("a", 1, 2, 3), snap("b", 1, 8, 8), snap("c", 2, 20, 21));
         // Out of order on purpose: needs follow WAL positions.
         let needs = wal_needs(&[&c, &a, &b], seg, |tli| {
@@ -1179,6 +1216,138 @@ mod tests {
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].kind, ProblemKind::BadPackEntry);
         assert!(f[0].offsets.is_empty());
+    }
+
+    /// The whole check in memory: a pack with a table larger than one end read, a damaged
+    /// chunk named with its file and backup, and a referenced pack that is gone.
+    #[test]
+    fn check_names_the_files_of_damaged_chunks() {
+        use crate::store::backend::memory::MemoryBackend;
+        use crate::store::tree::{encode_chunk_list, Chunk, Dir, Node};
+        use crate::store::Backend;
+        use crate::store::Packer;
+        use std::sync::Arc;
+
+        let mem = Arc::new(MemoryBackend::default());
+        let repo = Repository::init(mem.clone(), 65536, 3).unwrap();
+        let mut packer = Packer::new(&repo, 1 << 30);
+        // 2000 entries: a 96 KB table, more than TABLE_GUESS.
+        let chunks: Vec<Chunk> = (0..2000u32)
+            .map(|i| {
+                let data = format!("chunk {i}").repeat(10);
+                let r = packer.add_blob(BlobType::Data, data.as_bytes()).unwrap();
+                Chunk {
+                    id: r.id,
+                    len: r.len,
+                    loc: Some(r.loc),
+                }
+            })
+            .collect();
+        let list = |c: &[Chunk], packer: &mut Packer| {
+            packer
+                .add_blob(BlobType::ChunkList, &encode_chunk_list(c))
+                .unwrap()
+        };
+        let file = |name: &str, lists| Node {
+            name: name.into(),
+            mode: 0o600,
+            mtime: 0,
+            kind: NodeKind::File { size: 0, lists },
+        };
+        let (l1, l2) = (
+            list(&chunks[..1000], &mut packer),
+            list(&chunks[1000..], &mut packer),
+        );
+        packer.flush().unwrap();
+        // A second pack, which will go missing, holding one file's only list.
+        let lost = list(&chunks[..1], &mut packer);
+        packer.flush().unwrap();
+        let base = Dir {
+            entries: vec![file("16384", vec![l1]), file("16385", vec![l2])],
+        };
+        let base = packer
+            .add_blob(BlobType::Tree, &serde_json::to_vec(&base).unwrap())
+            .unwrap();
+        let dir_node = Node {
+            name: "base".into(),
+            mode: 0o700,
+            mtime: 0,
+            kind: NodeKind::Dir { tree: base },
+        };
+        let root1 = Dir {
+            entries: vec![dir_node.clone()],
+        };
+        let root2 = Dir {
+            entries: vec![dir_node, file("lost", vec![lost])],
+        };
+        let root1 = packer
+            .add_blob(BlobType::Tree, &serde_json::to_vec(&root1).unwrap())
+            .unwrap();
+        let root2 = packer
+            .add_blob(BlobType::Tree, &serde_json::to_vec(&root2).unwrap())
+            .unwrap();
+        packer.flush().unwrap();
+        archive::register_system(
+            &repo,
+            &System {
+                system_identifier: "7".into(),
+                pg_major: 15,
+                wal_segment_size: 16 << 20,
+                registered: chrono::Utc::now(),
+            },
+        )
+        .unwrap();
+        for segno in 2..=4 {
+            let name = WalFile::Segment { tli: 1, segno }.name(16 << 20);
+            repo.put_sealed(&keys::wal_file(7, 1, &name), b"wal")
+                .unwrap();
+        }
+        for (id, root, start) in [("b1", root1, 2), ("b2", root2, 4)] {
+            repo.save_snapshot(&snapshot(id, 1, start, start, Some(root)))
+                .unwrap();
+        }
+        let run = |read_data| {
+            check(
+                &repo,
+                CheckOptions {
+                    read_data,
+                    subset: Subset::All,
+                    full: false,
+                    record: None,
+                    progress: Box::new(|_| {}),
+                },
+            )
+            .unwrap()
+        };
+        let clean = run(true);
+        assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+        assert_eq!((clean.snapshots, clean.packs, clean.packs_read), (2, 3, 3));
+        assert_eq!(clean.blobs_checked, 2000 + 2 + 1 + 3);
+        assert_eq!(clean.trees, 3 + 3);
+
+        let victim = chunks[1500].loc.unwrap();
+        mem.tamper(&keys::pack(&victim.pack), |b| {
+            b[victim.offset as usize + 1] ^= 1
+        });
+        mem.delete(&keys::pack(&lost.loc.pack)).unwrap();
+        let structure = run(false);
+        let kinds: Vec<_> = structure.problems.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, vec![ProblemKind::MissingPack], "{structure:?}");
+        let p = &structure.problems[0];
+        assert_eq!(p.object, keys::pack(&lost.loc.pack));
+        assert_eq!(p.backups, ["b2".to_string()].into());
+        assert_eq!(p.files, ["lost".to_string()].into());
+
+        let data = run(true);
+        let p = data
+            .problems
+            .iter()
+            .find(|p| p.kind == ProblemKind::BlobCorrupt)
+            .expect("the flipped chunk is found");
+        assert_eq!(p.object, keys::pack(&victim.pack));
+        assert_eq!(p.backups, ["b1".to_string(), "b2".to_string()].into());
+        assert_eq!(p.files, ["base/16385".to_string()].into());
+        assert_eq!(data.problems.len(), 2, "{:?}", data.problems);
     }
 
     #[test]
