@@ -171,8 +171,8 @@ pub struct Report {
     /// Packs the backups reference, and packs nothing references (left for gc).
     pub packs: usize,
     pub packs_unreferenced: usize,
-    /// Packs whose every blob was re-hashed this run, and packs skipped because an earlier
-    /// run verified them (or because they are outside the subset).
+    /// Packs whose every blob was re-hashed this run, and packs in the subset skipped because
+    /// an earlier run verified them.
     pub packs_read: usize,
     pub packs_verified_earlier: usize,
     pub blobs_checked: u64,
