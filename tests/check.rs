@@ -93,7 +93,7 @@ fn wal_key(repo: &Repo, sysid: &str, seg: &str) -> std::path::PathBuf {
 fn check_reports_each_kind_of_damage_and_the_rest_still_restores() {
     let repo = Repo::init();
     let state = TestDir::new("check-state");
-    let mut source = Cluster::archiving_to(&repo.path);
+    let mut source = Cluster::archiving_to(&repo.spec);
     let sysid = source.system_identifier();
     source.psql(
         "CREATE TABLE kept AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 1000) g",
@@ -247,14 +247,8 @@ fn check_reports_each_kind_of_damage_and_the_rest_still_restores() {
         .assert_exit(3)
         .assert_mentions(&b3);
     let fetched = work.join("fetched");
-    pgsnapfs(&[
-        "wal-fetch",
-        "--repo",
-        repo.path_str(),
-        &segs[0],
-        fetched.to_str().unwrap(),
-    ])
-    .assert_exit(3);
+    repo.run("wal-fetch", &[&segs[0], fetched.to_str().unwrap()])
+        .assert_exit(3);
     assert!(!fetched.exists(), "a corrupt WAL segment was written out");
 }
 
@@ -265,7 +259,7 @@ fn check_reports_each_kind_of_damage_and_the_rest_still_restores() {
 fn subsets_and_the_record_of_verified_packs() {
     let repo = Repo::init();
     let state = TestDir::new("check-state");
-    let mut source = Cluster::archiving_to(&repo.path);
+    let mut source = Cluster::archiving_to(&repo.spec);
     let hurt = create_big(&source, "hurt");
     repo.backup(&source);
     source.switch_wal_and_wait_archived();
