@@ -24,10 +24,6 @@ pub struct System {
     pub registered: DateTime<Utc>,
 }
 
-fn summary_key(sysid: u64, tli: u32, name: &str) -> String {
-    format!("walsum/{sysid}/{tli:08X}/{name}")
-}
-
 pub fn load_system(repo: &Repository, sysid: u64) -> Result<Option<System>> {
     match repo.get_sealed(&keys::system(sysid)) {
         Ok(p) => Ok(Some(serde_json::from_slice(&p).map_err(|e| {
@@ -172,7 +168,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     check_system(repo, sysid, control.as_ref(), seg_size, name)?;
     if let Some(s) = &summary {
         let json = serde_json::to_vec(s).expect("summary serializes");
-        match repo.put_sealed(&summary_key(sysid, file.tli(), name), &json) {
+        match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {
             // A retried push of a segment whose earlier summary differs is judged below by
             // the segment itself.
             Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
@@ -333,7 +329,7 @@ pub fn summary(
     seg_size: u64,
 ) -> Result<Option<SegmentSummary>> {
     let name = WalFile::Segment { tli, segno }.name(seg_size);
-    let key = summary_key(sysid, tli, &name);
+    let key = keys::wal_summary(sysid, tli, &name);
     match repo.get_sealed(&key) {
         Ok(p) => Ok(serde_json::from_slice(&p).ok()),
         Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),

@@ -52,6 +52,7 @@ fn contract(b: &dyn Backend) {
     assert!(b.get_range("nope", 0, 10).unwrap_err().is_not_found());
     assert!(b.get_range("nope", 0, 0).unwrap_err().is_not_found());
     assert!(!b.exists("nope").unwrap());
+    assert!(b.size("nope").unwrap_err().is_not_found(), "{what}");
     assert!(b.list("").unwrap().is_empty());
 
     // Create-only, idempotent put.
@@ -62,6 +63,7 @@ fn contract(b: &dyn Backend) {
     assert!(is_conflict(b.put("a/b/c", b"hellp")), "same length: {what}");
     assert_eq!(b.get("a/b/c").unwrap(), b"hello");
     assert!(b.exists("a/b/c").unwrap());
+    assert_eq!(b.size("a/b/c").unwrap(), 5, "{what}");
 
     // Ranges: short only at the end, empty past it.
     assert_eq!(b.get_range("a/b/c", 1, 3).unwrap(), b"ell");

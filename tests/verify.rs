@@ -206,29 +206,6 @@ fn verify_passes_good_backup_and_fails_false_assertion(store: Store) {
 
 on_both_stores!(verify_passes_good_backup_and_fails_false_assertion);
 
-/// The pack entries (offset, stored length) of the blob with this id, in every pack file.
-fn find_blob(repo: &Path, id: &[u8]) -> Vec<(PathBuf, u64, u64)> {
-    let mut found = Vec::new();
-    for pack in files_below(&repo.join("packs")) {
-        let data = fs::read(&pack).unwrap();
-        let n = data.len();
-        if n < 20 || &data[n - 8..] != b"PGSNPKIX" {
-            continue;
-        }
-        let count = u32::from_le_bytes(data[n - 12..n - 8].try_into().unwrap()) as usize;
-        let table = n - 12 - count * 48;
-        for i in 0..count {
-            let e = &data[table + i * 48..table + (i + 1) * 48];
-            if &e[..32] == id {
-                let offset = u32::from_le_bytes(e[36..40].try_into().unwrap()) as u64;
-                let stored = u32::from_le_bytes(e[40..44].try_into().unwrap()) as u64;
-                found.push((pack.clone(), offset, stored));
-            }
-        }
-    }
-    found
-}
-
 /// A flipped byte in a chunk that a table needs: a fresh catalogue mount answers EIO for that
 /// part of the relation file (and never different bytes), and verify exits 1 naming the table
 /// or the I/O error. The repository is only read throughout.
@@ -278,8 +255,8 @@ fn verify_and_mount_report_a_corrupt_chunk() {
         "chunk {victim} of {relpath} ({}) is in no pack",
         hex::encode(chunk_id)
     );
-    for (pack, offset, stored) in &places {
-        flip_byte(pack, offset + stored / 2);
+    for place in &places {
+        flip_byte(&place.pack, place.offset + place.stored_len / 2);
     }
     let damaged = repo.digest();
 

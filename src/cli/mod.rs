@@ -2,6 +2,7 @@
 //! parse, call the library and print, human-readable by default and JSON with `--json`.
 
 mod backup;
+mod check;
 mod info;
 mod init;
 mod mount;
@@ -55,6 +56,9 @@ pub enum Command {
     Mount(mount::Args),
     /// Unmount a mount, including a stale one left by a killed process.
     Umount(mount::UmountArgs),
+    /// Check the repository: every object the backups need is there (and with --read-data
+    /// intact), and the WAL is continuous. Exit 3 when something is damaged or missing.
+    Check(check::Args),
     /// Restore test: mount a point in time, start PostgreSQL on it, read every table,
     /// check indexes, run assertions, tear down.
     Verify(verify::Args),
@@ -77,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mount(a) => mount::run(open(&repo()?)?, &repo()?, a),
         Command::Umount(a) => mount::umount(a),
         Command::Verify(a) => verify::run(open(&repo()?)?, &repo()?, a),
+        Command::Check(a) => check::run(&open(&repo()?)?, a),
     }
 }
 

@@ -7,6 +7,7 @@ pub const SNAPSHOTS: &str = "snapshots/";
 pub const PACKS: &str = "packs/";
 pub const WAL: &str = "wal/";
 pub const SYSTEMS: &str = "systems/";
+pub const WAL_SUMMARIES: &str = "walsum/";
 
 pub fn pack(id: &Id) -> String {
     let hex = id.to_hex();
@@ -31,6 +32,11 @@ pub fn wal_file(sysid: u64, tli: u32, name: &str) -> String {
     format!("{WAL}{sysid}/{tli:08X}/{name}")
 }
 
+/// The summary of an archived WAL segment (commit times, restore points, xids).
+pub fn wal_summary(sysid: u64, tli: u32, segment: &str) -> String {
+    format!("{WAL_SUMMARIES}{sysid}/{tli:08X}/{segment}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +54,9 @@ mod tests {
             "wal/7/00000002/000000020000000000000003"
         );
         assert_eq!(system(7), "systems/7");
+        assert_eq!(
+            wal_summary(7, 2, "000000020000000000000003"),
+            "walsum/7/00000002/000000020000000000000003"
+        );
     }
 }

@@ -145,36 +145,73 @@ pub fn parse_tail(tail: &[u8], pack: &str) -> Result<u32, StoreError> {
     Ok(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")))
 }
 
-/// Parses an entry table (without the tail), checking every entry lies inside the blob area.
-pub fn parse_entries(table: &[u8], pack_len: u64, pack: &str) -> Result<Vec<Entry>, StoreError> {
-    if !table.len().is_multiple_of(ENTRY_LEN) {
-        return Err(StoreError::corrupt(pack, "bad entry table length"));
+/// Where the entry table of a pack of `pack_len` bytes holding `count` entries starts.
+pub fn table_start(pack_len: u64, count: u32, pack: &str) -> Result<u64, StoreError> {
+    let table = count as u64 * ENTRY_LEN as u64 + TAIL_LEN as u64;
+    if table + MAGIC.len() as u64 > pack_len {
+        return Err(StoreError::corrupt(
+            pack,
+            format!("bad pack trailer: {count} entries do not fit in {pack_len} bytes"),
+        ));
     }
+    Ok(pack_len - table)
+}
+
+/// Why one entry of an entry table is unusable; its neighbours may still be fine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadEntry {
+    #[error("entry {index} has unknown blob type {kind}")]
+    UnknownType { index: usize, kind: u8 },
+    #[error("entry {index} (blob {id}) lies outside the pack: bytes {offset}..{end}, blobs end at {blob_end}")]
+    OutOfBounds {
+        index: usize,
+        id: Id,
+        offset: u32,
+        end: u64,
+        blob_end: u64,
+    },
+}
+
+/// The entries of a table (without the tail), one by one, each checked to lie inside the
+/// blob area. The caller has checked the table is a whole number of entries.
+pub fn entries(table: &[u8], pack_len: u64) -> impl Iterator<Item = Result<Entry, BadEntry>> + '_ {
     let blob_end = pack_len.saturating_sub((table.len() + TAIL_LEN) as u64);
     table
         .chunks_exact(ENTRY_LEN)
-        .map(|e| {
+        .enumerate()
+        .map(move |(index, e)| {
             let u32_at = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
             let mut id = [0u8; 32];
             id.copy_from_slice(&e[..32]);
             let entry = Entry {
                 id: Id(id),
                 kind: BlobType::from_u8(e[32])
-                    .ok_or_else(|| StoreError::corrupt(pack, "unknown blob type"))?,
+                    .ok_or(BadEntry::UnknownType { index, kind: e[32] })?,
                 offset: u32_at(36),
                 stored_len: u32_at(40),
                 len: u32_at(44),
             };
-            if (entry.offset as u64) < MAGIC.len() as u64
-                || entry.offset as u64 + entry.stored_len as u64 > blob_end
-            {
-                return Err(StoreError::corrupt(
-                    pack,
-                    format!("entry {} out of bounds", entry.id),
-                ));
+            let end = entry.offset as u64 + entry.stored_len as u64;
+            if (entry.offset as u64) < MAGIC.len() as u64 || end > blob_end {
+                return Err(BadEntry::OutOfBounds {
+                    index,
+                    id: entry.id,
+                    offset: entry.offset,
+                    end,
+                    blob_end,
+                });
             }
             Ok(entry)
         })
+}
+
+/// Parses an entry table (without the tail), checking every entry lies inside the blob area.
+pub fn parse_entries(table: &[u8], pack_len: u64, pack: &str) -> Result<Vec<Entry>, StoreError> {
+    if !table.len().is_multiple_of(ENTRY_LEN) {
+        return Err(StoreError::corrupt(pack, "bad entry table length"));
+    }
+    entries(table, pack_len)
+        .map(|e| e.map_err(|e| StoreError::corrupt(pack, e.to_string())))
         .collect()
 }
 
@@ -207,5 +244,30 @@ mod tests {
         let mut bad = s.to_vec();
         bad[3] ^= 1;
         assert!(decode_blob(&bad, e.len, &e.id, "p").is_err());
+    }
+
+    /// A damaged entry is reported on its own; its neighbours still parse.
+    #[test]
+    fn entries_one_by_one() {
+        let mut w = PackWriter::new();
+        for blob in [b"first".as_slice(), b"second"] {
+            w.add(Id::of(blob), BlobType::Data, blob, blob.len() as u32);
+        }
+        let (mut bytes, written) = w.finish();
+        let n = bytes.len() as u64;
+        let count = parse_tail(&bytes[bytes.len() - TAIL_LEN..], "p").unwrap();
+        let start = table_start(n, count, "p").unwrap() as usize;
+        assert_eq!(start, 8 + 5 + 6);
+        assert!(table_start(n, 1000, "p").is_err());
+        // The high byte of the first entry's offset.
+        bytes[start + 39] ^= 0xff;
+        let table = &bytes[start..bytes.len() - TAIL_LEN];
+        let parsed: Vec<_> = entries(table, n).collect();
+        assert!(
+            matches!(parsed[0], Err(BadEntry::OutOfBounds { index: 0, id, .. }) if id == written[0].id),
+            "{parsed:?}"
+        );
+        assert_eq!(parsed[1], Ok(written[1]));
+        assert!(parse_entries(table, n, "p").is_err());
     }
 }

@@ -193,6 +193,10 @@ impl Backend for LocalBackend {
             Err(e) => Err(io("stat", key)(e)),
         }
     }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        Ok(fs::metadata(self.path(key)).map_err(io("stat", key))?.len())
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +216,8 @@ mod tests {
         assert_eq!(b.get("a/b/c").unwrap(), b"hello");
         assert_eq!(b.get_range("a/b/c", 1, 3).unwrap(), b"ell");
         assert_eq!(b.get_range("a/b/c", 3, 100).unwrap(), b"lo");
+        assert_eq!(b.size("a/b/c").unwrap(), 5);
+        assert!(b.size("nope").unwrap_err().is_not_found());
         assert_eq!(b.list("a/").unwrap(), vec!["a/b/c".to_string()]);
         assert!(b.get("nope").unwrap_err().is_not_found());
         b.delete("a/b/c").unwrap();

@@ -70,4 +70,8 @@ impl Backend for MemoryBackend {
     fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.objects.lock().unwrap().contains_key(key))
     }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        Ok(self.get(key)?.len() as u64)
+    }
 }

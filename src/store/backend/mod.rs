@@ -51,6 +51,8 @@ pub trait Backend: Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
     /// Whether `key` exists.
     fn exists(&self, key: &str) -> Result<bool>;
+    /// The object's length in bytes (`check` needs it to find a pack's entry table).
+    fn size(&self, key: &str) -> Result<u64>;
     /// Requests sent so far, for back ends that pay per request (S3).
     fn stats(&self) -> Option<RequestCounts> {
         None

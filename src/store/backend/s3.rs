@@ -994,6 +994,17 @@ impl Backend for S3Backend {
         })
     }
 
+    fn size(&self, key: &str) -> Result<u64> {
+        let k = key.to_string();
+        self.run("stat", key, |inner| async move {
+            match inner.size(&k).await {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => Err(BackendError::NotFound { key: k }),
+                Err(f) => Err(f.into_error("stat", &k)),
+            }
+        })
+    }
+
     fn stats(&self) -> Option<RequestCounts> {
         Some(self.counters.snapshot())
     }
