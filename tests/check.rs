@@ -305,3 +305,39 @@ fn subsets_and_the_record_of_verified_packs() {
 
     check(&repo, state.path(), &["--read-data-subset", "0/2"]).assert_exit(2);
 }
+
+/// On either back end: a clean repository passes `check --read-data`, reading every pack and
+/// WAL object; a pack that disappears is reported (exit 3) naming the backup that needs it.
+fn missing_pack_is_named(store: Store) {
+    let repo = Repo::init_on(store);
+    let source = Cluster::archiving_to(&repo.spec);
+    create_big(&source, "kept");
+    let id = json_str(&repo.backup(&source), "id");
+    source.switch_wal_and_wait_archived();
+    let state = TestDir::new("check-state");
+
+    let clean = check(&repo, state.path(), &["--read-data", "--full"])
+        .assert_exit(0)
+        .json();
+    assert!(problems(&clean).is_empty(), "{clean:#}");
+    assert!(json_u64(&clean, "packs_read") > 0, "{clean:#}");
+    assert!(json_u64(&clean, "wal_objects_read") > 0, "{clean:#}");
+
+    let backend = pgsnapfs::store::open_backend(&repo.spec).expect("open the repository");
+    let pack = backend
+        .list("packs/")
+        .expect("list packs")
+        .into_iter()
+        .next()
+        .expect("a backup wrote packs");
+    backend.delete(&pack).expect("delete a pack");
+    let report = check(&repo, state.path(), &[]).assert_exit(3).json();
+    let p = the_problem(&report, "missing_pack");
+    assert!(
+        p["object"].as_str().unwrap_or_default().contains(&pack),
+        "{p:#}"
+    );
+    assert_eq!(strings(&p["backups"]), BTreeSet::from([id]), "{p:#}");
+}
+
+on_both_stores!(missing_pack_is_named);

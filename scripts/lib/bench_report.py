@@ -359,9 +359,8 @@ def build(recs):
         per = {t: w[t]["wall_s"] / w[t]["segments"] if w[t] else None for t in w}
         s3row("wal-push", f"per segment ({w['s3']['segments']} pushed one by one)", "s", "lower",
               per["local"], per["s3"], 1)
-        s3row("wal-push", "S3 requests per new segment", "count", "lower", None,
-              w["s3"]["requests_per_segment"], 1,
-              f"{w['s3']['new_segments']} new of {w['s3']['segments']}")
+        s3row("wal-push", "S3 requests per segment", "count", "lower", None,
+              w["s3"]["requests_per_segment"], 1, "segments not archived before")
     q = {}
     for k in ("local", "cold", "warm"):
         a, b = R.merged(f"s3_query_{k}.restore", "pgsnapfs"), R.merged(f"s3_query_{k}", "pgsnapfs")

@@ -27,8 +27,7 @@ pub struct FetchArgs {
 }
 
 pub fn push(repo: &Repository, a: PushArgs) -> Result<()> {
-    let pushed = archive::push(repo, &a.path)?;
-    if pushed == Pushed::AlreadyArchived {
+    if archive::push(repo, &a.path)? == Pushed::AlreadyArchived {
         tracing::info!(
             "{} was already archived with identical content",
             a.path.display()
@@ -38,13 +37,11 @@ pub fn push(repo: &Repository, a: PushArgs) -> Result<()> {
         #[derive(serde::Serialize)]
         struct Out {
             file: String,
-            already_archived: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             requests: Option<RequestCounts>,
         }
         super::print_json(&Out {
             file: a.path.display().to_string(),
-            already_archived: pushed == Pushed::AlreadyArchived,
             requests: repo.backend().stats(),
         });
     }

@@ -427,48 +427,10 @@ mod tests {
         assert!(plain.read_chunks(&chunks).is_err());
     }
 
-    /// Counts ranged reads on the way to a memory back end.
-    #[derive(Default)]
-    struct Counting {
-        inner: MemoryBackend,
-        ranged: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Backend for Counting {
-        fn location(&self) -> String {
-            self.inner.location()
-        }
-        fn get(&self, key: &str) -> super::super::backend::Result<Vec<u8>> {
-            self.inner.get(key)
-        }
-        fn get_range(
-            &self,
-            key: &str,
-            offset: u64,
-            len: u64,
-        ) -> super::super::backend::Result<Vec<u8>> {
-            self.ranged
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.get_range(key, offset, len)
-        }
-        fn put(&self, key: &str, data: &[u8]) -> super::super::backend::Result<()> {
-            self.inner.put(key, data)
-        }
-        fn list(&self, prefix: &str) -> super::super::backend::Result<Vec<String>> {
-            self.inner.list(prefix)
-        }
-        fn delete(&self, key: &str) -> super::super::backend::Result<()> {
-            self.inner.delete(key)
-        }
-        fn exists(&self, key: &str) -> super::super::backend::Result<bool> {
-            self.inner.exists(key)
-        }
-    }
-
     #[test]
     fn chunk_lists_are_read_in_windows_and_still_verified() {
-        let counting = Arc::new(Counting::default());
-        let repo = Repository::init(counting.clone(), 65536, 3).unwrap();
+        let mem = Arc::new(MemoryBackend::default());
+        let repo = Repository::init(mem.clone(), 65536, 3).unwrap();
         let mut packer = Packer::new(&repo, 32 << 20);
         let lists: Vec<(BlobRef, Vec<Chunk>)> = (0..300u32)
             .map(|n| {
@@ -482,18 +444,18 @@ mod tests {
             })
             .collect();
         packer.flush().unwrap();
-        let before = counting.ranged.load(std::sync::atomic::Ordering::Relaxed);
+        let before = mem.ranged_reads();
         for (r, chunks) in &lists {
             assert_eq!(&repo.load_chunk_list(r).unwrap(), chunks);
         }
-        let reads = counting.ranged.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let reads = mem.ranged_reads() - before;
         assert_eq!(reads, 1, "300 lists in one pack: one window");
 
         let (victim, _) = &lists[150];
-        counting.inner.tamper(&keys::pack(&victim.loc.pack), |b| {
+        mem.tamper(&keys::pack(&victim.loc.pack), |b| {
             b[victim.loc.offset as usize + 1] ^= 1
         });
-        let fresh = Repository::open(counting.clone()).unwrap();
+        let fresh = Repository::open(mem.clone()).unwrap();
         assert!(matches!(
             fresh.load_chunk_list(victim),
             Err(StoreError::Corrupt { .. })

@@ -2,14 +2,21 @@
 
 use super::{Backend, BackendError, Result};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct MemoryBackend {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    ranged: AtomicUsize,
 }
 
 impl MemoryBackend {
+    /// `get_range` calls so far, for tests of request economy.
+    pub fn ranged_reads(&self) -> usize {
+        self.ranged.load(Ordering::Relaxed)
+    }
+
     /// Replaces an object's bytes, as a corruption would.
     pub fn tamper(&self, key: &str, f: impl FnOnce(&mut Vec<u8>)) {
         f(self
@@ -35,6 +42,7 @@ impl Backend for MemoryBackend {
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.ranged.fetch_add(1, Ordering::Relaxed);
         let data = self.get(key)?;
         let start = (offset as usize).min(data.len());
         let end = (start + len as usize).min(data.len());
