@@ -50,8 +50,8 @@ struct MetaWindow {
 
 /// Opens the back end a `--repo` value names: `s3://bucket/prefix`, or a local directory.
 pub fn open_backend(spec: &str) -> Result<Arc<dyn Backend>, StoreError> {
-    match spec.split_once("://") {
-        None => Ok(Arc::new(LocalBackend::open(Path::new(spec)))),
+    let backend = match spec.split_once("://") {
+        None => Ok(Arc::new(LocalBackend::open(Path::new(spec))) as Arc<dyn Backend>),
         Some(("s3", _)) => super::backend::S3Backend::open(spec)
             .map(|b| Arc::new(b) as Arc<dyn Backend>)
             .map_err(|e| StoreError::BadSetting(e.to_string())),
@@ -59,7 +59,8 @@ pub fn open_backend(spec: &str) -> Result<Arc<dyn Backend>, StoreError> {
         Some((scheme, _)) => Err(StoreError::BadSetting(format!(
             "unsupported repository URL scheme {scheme:?}: use s3://bucket/prefix or a directory"
         ))),
-    }
+    }?;
+    Ok(super::backend::killpoint::wrap(backend))
 }
 
 impl Repository {

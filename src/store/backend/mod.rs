@@ -4,6 +4,7 @@
 //! `store::layout` only. `put` never replaces a different object: content-addressed objects
 //! are idempotent to write, and anything else that collides is a bug worth stopping for.
 
+pub mod killpoint;
 mod local;
 #[cfg(test)]
 pub mod memory;

@@ -1,0 +1,133 @@
+//! Kill points, a test aid for tests/crash_injection.rs: with `PGSNAPFS_KILL_AT=put:N` the
+//! process sends itself SIGKILL just before its N-th `put` starts, with `put-done:N` just
+//! after it published its object (likewise `delete:N`, `delete-done:N`). A real SIGKILL, so
+//! nothing is flushed or cleaned up. `PGSNAPFS_KILL_AT=count` prints each point passed, as
+//! `kill point put:N KEY`, so a test can enumerate every point of a command. Unset, `wrap`
+//! returns the back end untouched.
+
+use super::{Backend, RequestCounts, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const ENV: &str = "PGSNAPFS_KILL_AT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Count,
+    /// Die on passing this point: `put:3` is `("put", 3)`.
+    Kill(&'static str, u64),
+}
+
+/// The points, in the spelling `PGSNAPFS_KILL_AT` takes.
+const POINTS: [&str; 4] = ["put", "put-done", "delete", "delete-done"];
+
+fn parse(value: &str) -> Option<Mode> {
+    if value == "count" {
+        return Some(Mode::Count);
+    }
+    let (point, n) = value.split_once(':')?;
+    let point = POINTS.into_iter().find(|p| *p == point)?;
+    Some(Mode::Kill(point, n.parse().ok().filter(|n| *n > 0)?))
+}
+
+/// Puts and deletes of the whole process (a command may open its back end more than once).
+static PUTS: AtomicU64 = AtomicU64::new(0);
+static DELETES: AtomicU64 = AtomicU64::new(0);
+
+/// `backend` with kill points if `PGSNAPFS_KILL_AT` is set; panics on a value it cannot use,
+/// so a mistyped test does not silently test nothing.
+pub fn wrap(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    let Some(value) = std::env::var_os(ENV) else {
+        return backend;
+    };
+    let value = value.to_string_lossy();
+    let mode = parse(&value).unwrap_or_else(|| {
+        panic!("{ENV}={value:?}: expected count, or put, put-done, delete or delete-done, ':' and a number from 1")
+    });
+    Arc::new(KillPoints {
+        inner: backend,
+        mode,
+    })
+}
+
+struct KillPoints {
+    inner: Arc<dyn Backend>,
+    mode: Mode,
+}
+
+impl KillPoints {
+    fn pass(&self, point: &'static str, n: u64, key: &str) {
+        match self.mode {
+            Mode::Count => eprintln!("kill point {point}:{n} {key}"),
+            Mode::Kill(p, at) if p == point && at == n => {
+                // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            Mode::Kill(..) => {}
+        }
+    }
+
+    /// Runs `op` as the next operation counted by `counter`, between its two points.
+    fn around(
+        &self,
+        counter: &AtomicU64,
+        [before, done]: [&'static str; 2],
+        key: &str,
+        op: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        self.pass(before, n, key);
+        op()?;
+        self.pass(done, n, key);
+        Ok(())
+    }
+}
+
+impl Backend for KillPoints {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.inner.get_range(key, offset, len)
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.around(&PUTS, ["put", "put-done"], key, || {
+            self.inner.put(key, data)
+        })
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        self.around(&DELETES, ["delete", "delete-done"], key, || {
+            self.inner.delete(key)
+        })
+    }
+    fn exists(&self, key: &str) -> Result<bool> {
+        self.inner.exists(key)
+    }
+    fn size(&self, key: &str) -> Result<u64> {
+        self.inner.size(key)
+    }
+    fn stats(&self) -> Option<RequestCounts> {
+        self.inner.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values() {
+        assert_eq!(parse("count"), Some(Mode::Count));
+        assert_eq!(parse("put:3"), Some(Mode::Kill("put", 3)));
+        assert_eq!(parse("delete-done:12"), Some(Mode::Kill("delete-done", 12)));
+        for bad in ["", "put", "put:0", "put:x", "get:1", "put-done", "count:1"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+}
