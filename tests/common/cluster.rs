@@ -27,6 +27,8 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
     /// initdb --data-checksums.
     pub data_checksums: bool,
+    /// initdb --wal-segsize, in MB; PostgreSQL's 16 when not given.
+    pub wal_segsize_mb: Option<u32>,
 }
 
 impl ClusterOptions {
@@ -83,6 +85,9 @@ impl Cluster {
         ]);
         if opts.data_checksums {
             initdb.arg("--data-checksums");
+        }
+        if let Some(mb) = opts.wal_segsize_mb {
+            initdb.arg(format!("--wal-segsize={mb}"));
         }
         run_command(&mut initdb).assert_ok();
 

@@ -1,0 +1,286 @@
+//! Crash injection: `backup` and `wal-push` SIGKILLed at every point where they write to the
+//! repository, just before each put and just after each put published its object. The points
+//! are deterministic (`PGSNAPFS_KILL_AT`, src/store/backend/killpoint.rs), and each command's
+//! are enumerated by a counting run rather than guessed. After every kill, `check --read-data
+//! --full` passes and the killed command succeeds when run again; every backup that finished
+//! before a kill still restores with exactly its rows. The debris of the killed runs stays in
+//! the repository, as it would in life.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a restored copy holds of `t`; [`rows_after`] is what it must hold. The test never
+/// reads `t` on the source: a read sets hint bits, and the checkpoint of the next backup would
+/// write those pages, so the number of changed chunks (and kill points) would vary.
+const ROWS: &str = "SELECT count(*), count(DISTINCT id), min(id), max(id), \
+     bool_and(v = md5(id::text)) FROM t";
+
+/// [`ROWS`] once batches `0..=n` are in: ids 1 to N, each once, each with its own value.
+fn rows_after(n: u32) -> String {
+    let last = (n + 1) * BATCH;
+    format!("{last}|{last}|1|{last}|t")
+}
+
+/// Rows per batch: a few 64 KiB chunks.
+const BATCH: u32 = 2500;
+/// Batches `t` has room for.
+const BATCHES: u32 = 80;
+
+/// Table `t`, partitioned by batch: each batch of rows fills a file of its own, so adding one
+/// changes the same number of chunks whichever batch it is, and no catalog page.
+fn create_t(c: &Cluster) {
+    let mut sql =
+        "CREATE TABLE t(batch int, id int, v text) PARTITION BY LIST (batch);".to_string();
+    for n in 0..BATCHES {
+        sql.push_str(&format!(
+            "CREATE TABLE t{n} PARTITION OF t FOR VALUES IN ({n});"
+        ));
+    }
+    c.psql(&sql);
+}
+
+/// Adds batch `n` of rows to `t`.
+fn add_batch(c: &Cluster, n: u32) {
+    assert!(n < BATCHES, "t has room for {BATCHES} batches");
+    c.psql(&format!(
+        "INSERT INTO t SELECT {n}, g, md5(g::text) FROM generate_series({}, {}) g",
+        n * BATCH + 1,
+        (n + 1) * BATCH
+    ));
+}
+
+/// The kill points a successful run of `args` passes, in order, with the keys they touch.
+fn count_points(args: &[String]) -> (Run, Vec<(String, String)>) {
+    let run = run_command(pgsnapfs_command(args).env("PGSNAPFS_KILL_AT", "count")).assert_ok();
+    let points = run
+        .stderr_str()
+        .lines()
+        .filter_map(|l| l.strip_prefix("kill point "))
+        .map(|l| {
+            let (point, key) = l.split_once(' ').unwrap_or((l, ""));
+            (point.to_string(), key.to_string())
+        })
+        .collect();
+    (run, points)
+}
+
+/// Runs `args` with a kill point and asserts that SIGKILL ended it there.
+#[track_caller]
+fn kill_at(args: &[String], point: &str, key: &str) {
+    let run = run_command(pgsnapfs_command(args).env("PGSNAPFS_KILL_AT", point));
+    assert_eq!(
+        run.status.signal(),
+        Some(libc::SIGKILL),
+        "expected SIGKILL at {point} ({key})\n{}",
+        run.report()
+    );
+}
+
+#[track_caller]
+fn assert_check_passes(repo: &Repo, state: &Path, after: &str) {
+    let run = repo.run(
+        "check",
+        &[
+            "--read-data",
+            "--full",
+            "--json",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code(), Some(0), "check after {after}\n{}", run.report());
+    assert_eq!(
+        run.json()["ok"],
+        true,
+        "check after {after}\n{}",
+        run.report()
+    );
+}
+
+/// A backup that finished, and the last batch of rows it holds.
+struct Finished {
+    id: String,
+    batch: u32,
+}
+
+/// Backups `list` shows that are not in `finished`.
+fn unlisted(repo: &Repo, finished: &[Finished]) -> Vec<String> {
+    repo.list()
+        .iter()
+        .map(|b| json_str(b, "id"))
+        .filter(|id| !finished.iter().any(|f| &f.id == id))
+        .collect()
+}
+
+/// Restores each backup and compares its rows.
+#[track_caller]
+fn assert_restore(repo: &Repo, backups: &[&Finished], after: &str) {
+    for b in backups {
+        let dir = TestDir::new("restore");
+        let to = dir.join("data");
+        repo.restore(&to, &["--backup", &b.id]).assert_ok();
+        let restored = Cluster::start_on(&to);
+        assert_ne!(
+            restored.wait_until_paused_or_ready(),
+            RecoveryState::ShutDown,
+            "backup {} after {after}",
+            b.id
+        );
+        assert_eq!(
+            restored.psql(ROWS),
+            rows_after(b.batch),
+            "rows of backup {} after {after}",
+            b.id
+        );
+    }
+}
+
+/// Waits for the next second of the clock. A backup's checkpoint rewrites
+/// pg_logical/replorigin_checkpoint with the same content, and its directory is stored anew
+/// only if the file's mtime (in seconds) differs from the previous backup's: a backup that
+/// starts in a second of its own always stores it, so its number of puts does not vary.
+fn next_second() {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    // A margin for the file system's coarser clock.
+    std::thread::sleep(
+        Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))
+            + Duration::from_millis(20),
+    );
+}
+
+/// Makes every blob a pack of its own (`pack_size` is the size at which a pack is closed), so
+/// each new chunk of a backup is one put: many kill points, and a number of them that depends
+/// only on which chunks changed, not on how well they compress.
+fn one_blob_per_pack(repo: &Repo) {
+    let path = repo.path.join("config");
+    let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    config["pack_size"] = 1.into();
+    fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+}
+
+/// An archive_command into the repository that waits while the gate is closed. A killed
+/// backup must store the WAL it needs itself: if the archiver could store it first, the
+/// backup's kill points would depend on a race.
+struct ArchiveGate {
+    dir: TestDir,
+}
+
+impl ArchiveGate {
+    fn new() -> ArchiveGate {
+        ArchiveGate {
+            dir: TestDir::new("gate"),
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("closed")
+    }
+
+    /// A cluster archiving through the gate, with 1 MB WAL segments (`check --read-data`
+    /// reads them all after every kill).
+    fn options(&self, repo: &Repo) -> ClusterOptions {
+        let command = format!(
+            "'while test -e {}; do sleep 0.05; done; {} wal-push --repo {} %p'",
+            self.file().display(),
+            pgsnapfs_bin().display(),
+            repo.spec
+        );
+        ClusterOptions {
+            settings: vec![
+                ("archive_mode".into(), "on".into()),
+                ("archive_command".into(), command),
+                // Nothing but the test changes the data: the same work, the same kill points.
+                ("autovacuum".into(), "off".into()),
+            ],
+            wal_segsize_mb: Some(1),
+            ..ClusterOptions::default()
+        }
+    }
+
+    fn close(&self) {
+        fs::write(self.file(), b"").unwrap();
+    }
+
+    /// Opens the gate and waits until the archiver has stored every finished segment.
+    fn open(&self, source: &Cluster) {
+        fs::remove_file(self.file()).unwrap();
+        // Some WAL, so that the switch finishes a segment even right after a backup's.
+        source.psql("SELECT pg_logical_emit_message(false, 'crash-test', 'wake')");
+        source.switch_wal_and_wait_archived();
+    }
+}
+
+#[test]
+fn backup_killed_at_every_point() {
+    let repo = Repo::init();
+    one_blob_per_pack(&repo);
+    let state = TestDir::new("check-state");
+    let gate = ArchiveGate::new();
+    let source = Cluster::start_new(gate.options(&repo));
+    create_t(&source);
+    let mut backup = repo.args("backup", &["--json"]);
+    backup.extend(source.backup_args());
+
+    let finished_as = |run: &Run, batch: u32| Finished {
+        id: json_str(&run.json(), "id"),
+        batch,
+    };
+    add_batch(&source, 0);
+    let mut finished = vec![finished_as(&pgsnapfs(&backup).assert_ok(), 0)];
+
+    // Every later backup does the same work: one batch of rows since the backup before.
+    add_batch(&source, 1);
+    gate.close();
+    next_second();
+    let (counted, points) = count_points(&backup);
+    gate.open(&source);
+    finished.push(finished_as(&counted, 1));
+    eprintln!("backup kill points: {points:?}");
+    assert!(points.len() as u32 + 2 <= BATCHES, "{points:?}");
+    assert!(
+        points.len() >= 40,
+        "expected a backup to write many objects: {points:?}"
+    );
+
+    for (batch, (point, key)) in (2..).zip(&points) {
+        let after = format!("backup killed at {point} ({key})");
+        add_batch(&source, batch);
+        gate.close();
+        next_second();
+        kill_at(&backup, point, key);
+        gate.open(&source);
+        // Killed after its manifest was stored, the backup finished; before, it must not show.
+        let new = unlisted(&repo, &finished);
+        if point.starts_with("put-done") && key.starts_with("snapshots/") {
+            assert_eq!(new.len(), 1, "{after}: new backups {new:?}");
+            finished.push(Finished {
+                id: new[0].clone(),
+                batch,
+            });
+        } else {
+            assert!(
+                new.is_empty(),
+                "{after}: a killed backup is listed: {new:?}"
+            );
+        }
+        assert_check_passes(&repo, state.path(), &after);
+        if batch % 8 == 0 {
+            assert_restore(&repo, &[&finished[0], finished.last().unwrap()], &after);
+        }
+        finished.push(finished_as(&pgsnapfs(&backup).assert_ok(), batch));
+    }
+
+    assert_eq!(unlisted(&repo, &finished), Vec::<String>::new());
+    assert_eq!(
+        repo.list().len(),
+        finished.len(),
+        "list shows the finished backups"
+    );
+    assert_check_passes(&repo, state.path(), "all kills");
+    assert_restore(&repo, &finished.iter().collect::<Vec<_>>(), "all kills");
+}
