@@ -121,23 +121,27 @@ fn unlisted(repo: &Repo, finished: &[Finished]) -> Vec<String> {
 #[track_caller]
 fn assert_restore(repo: &Repo, backups: &[&Finished], after: &str) {
     for b in backups {
-        let dir = TestDir::new("restore");
-        let to = dir.join("data");
-        repo.restore(&to, &["--backup", &b.id]).assert_ok();
-        let restored = Cluster::start_on(&to);
-        assert_ne!(
-            restored.wait_until_paused_or_ready(),
-            RecoveryState::ShutDown,
-            "backup {} after {after}",
-            b.id
-        );
-        assert_eq!(
-            restored.psql(ROWS),
-            rows_after(b.batch),
-            "rows of backup {} after {after}",
-            b.id
-        );
+        assert_restores_rows(repo, &["--backup", &b.id], b.batch, after);
     }
+}
+
+/// Restores what `goal` names and asserts it holds batches `0..=batch` of `t`.
+#[track_caller]
+fn assert_restores_rows(repo: &Repo, goal: &[&str], batch: u32, after: &str) {
+    let dir = TestDir::new("restore");
+    let to = dir.join("data");
+    repo.restore(&to, goal).assert_ok();
+    let restored = Cluster::start_on(&to);
+    assert_ne!(
+        restored.wait_until_paused_or_ready(),
+        RecoveryState::ShutDown,
+        "restore {goal:?} after {after}"
+    );
+    assert_eq!(
+        restored.psql(ROWS),
+        rows_after(batch),
+        "rows of restore {goal:?} after {after}"
+    );
 }
 
 /// Waits for the next second of the clock. A backup's checkpoint rewrites
@@ -283,4 +287,59 @@ fn backup_killed_at_every_point() {
     );
     assert_check_passes(&repo, state.path(), "all kills");
     assert_restore(&repo, &finished.iter().collect::<Vec<_>>(), "all kills");
+}
+
+#[test]
+fn wal_push_killed_at_every_point() {
+    let repo = Repo::init();
+    let state = TestDir::new("check-state");
+    // No archiver: the test pushes each segment itself, as archive_command would.
+    let source = Cluster::start_new(ClusterOptions {
+        wal_segsize_mb: Some(1),
+        ..ClusterOptions::default()
+    });
+    create_t(&source);
+    add_batch(&source, 0);
+    let first = Finished {
+        id: json_str(&repo.backup(&source), "id"),
+        batch: 0,
+    };
+    // The segments after the backup, one batch each, copied aside as they are finished: a
+    // checkpoint may recycle them in pg_wal.
+    let scratch = TestDir::new("wal");
+    let segments: Vec<(u32, String, PathBuf)> = (1..=6)
+        .map(|batch| {
+            add_batch(&source, batch);
+            let name = source.psql("SELECT pg_walfile_name(pg_switch_wal())");
+            let copy = scratch.join(&name);
+            copy_for_postgres(&source.data.join("pg_wal").join(&name), &copy);
+            (batch, name, copy)
+        })
+        .collect();
+    let push = |copy: &Path| repo.args("wal-push", &[copy.to_str().unwrap()]);
+
+    let (_, points) = count_points(&push(&segments[0].2));
+    eprintln!("wal-push kill points: {points:?}");
+    assert!((2..segments.len()).contains(&points.len()), "{points:?}");
+    let mut pushed = 1;
+    for ((point, key), (_, name, copy)) in points.iter().zip(&segments[1..]) {
+        let after = format!("wal-push {name} killed at {point} ({key})");
+        kill_at(&push(copy), point, key);
+        assert_check_passes(&repo, state.path(), &after);
+        // PostgreSQL runs archive_command again until it succeeds.
+        pgsnapfs(&push(copy)).assert_ok();
+        let fetched = scratch.join(format!("{name}.fetched"));
+        repo.run("wal-fetch", &[name, fetched.to_str().unwrap()])
+            .assert_ok();
+        assert!(
+            fs::read(&fetched).unwrap() == fs::read(copy).unwrap(),
+            "wal-fetch {name} after {after} returned other bytes"
+        );
+        pushed += 1;
+    }
+
+    assert_check_passes(&repo, state.path(), "all kills");
+    assert_restore(&repo, &[&first], "all kills");
+    // Recovery through every pushed segment reaches the last batch they hold.
+    assert_restores_rows(&repo, &[], segments[pushed - 1].0, "all kills");
 }

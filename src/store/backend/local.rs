@@ -19,18 +19,19 @@ pub struct LocalBackend {
 }
 
 fn io<'a>(op: &'static str, key: &'a str) -> impl FnOnce(std::io::Error) -> BackendError + 'a {
-    move |source| {
-        if source.kind() == ErrorKind::NotFound {
-            BackendError::NotFound {
-                key: key.to_string(),
-            }
-        } else {
-            BackendError::Io {
-                op,
-                key: key.to_string(),
-                source,
-            }
-        }
+    move |source| match source.kind() {
+        ErrorKind::NotFound => BackendError::NotFound {
+            key: key.to_string(),
+        },
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => BackendError::NoSpace {
+            op,
+            key: key.to_string(),
+        },
+        _ => BackendError::Io {
+            op,
+            key: key.to_string(),
+            source,
+        },
     }
 }
 

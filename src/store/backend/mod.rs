@@ -20,6 +20,12 @@ pub enum BackendError {
     NotFound { key: String },
     #[error("object {key} already exists with different content")]
     Conflict { key: String },
+    /// The repository's disk (or quota) is full.
+    #[error(
+        "no space left in the repository to {op} {key}: free space there, then run the command \
+         again (backups already stored are intact)"
+    )]
+    NoSpace { op: &'static str, key: String },
     #[error("{op} {key}: {source}")]
     Io {
         op: &'static str,
