@@ -509,6 +509,20 @@ pub fn json_u64(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("field {key:?} missing or not an unsigned integer in {v}"))
 }
 
+/// The requests in a `"requests"` object of pgsnapfs's JSON (retries are already in the
+/// per-kind counts).
+#[track_caller]
+pub fn requests_total(r: &serde_json::Value) -> u64 {
+    let kinds = r
+        .as_object()
+        .unwrap_or_else(|| panic!("\"requests\" is not an object: {r}"));
+    kinds
+        .iter()
+        .filter(|(k, _)| k.as_str() != "retries")
+        .map(|(_, v)| v.as_u64().unwrap_or_else(|| panic!("bad count in {r}")))
+        .sum()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Temp dirs
 
