@@ -7,6 +7,9 @@ pub const SNAPSHOTS: &str = "snapshots/";
 pub const PACKS: &str = "packs/";
 pub const WAL: &str = "wal/";
 pub const SYSTEMS: &str = "systems/";
+pub const LOCKS: &str = "locks/";
+pub const KEEP: &str = "keep/";
+pub const TRASH: &str = "trash/";
 
 pub fn pack(id: &Id) -> String {
     let hex = id.to_hex();
@@ -15,6 +18,21 @@ pub fn pack(id: &Id) -> String {
 
 pub fn snapshot(id: &str) -> String {
     format!("{SNAPSHOTS}{id}")
+}
+
+/// A lease held by a running command.
+pub fn lock(id: &str) -> String {
+    format!("{LOCKS}{id}")
+}
+
+/// The mark that keeps a backup from expiring.
+pub fn keep(backup: &str) -> String {
+    format!("{KEEP}{backup}")
+}
+
+/// The packs one gc run condemned.
+pub fn trash(run: &str) -> String {
+    format!("{TRASH}{run}")
 }
 
 pub fn system(sysid: u64) -> String {
@@ -48,5 +66,11 @@ mod tests {
             "wal/7/00000002/000000020000000000000003"
         );
         assert_eq!(system(7), "systems/7");
+        assert_eq!(lock("9f3a"), "locks/9f3a");
+        assert_eq!(keep("20261121T054012Z"), "keep/20261121T054012Z");
+        assert_eq!(
+            trash("20261121T054012Z-9f3a"),
+            "trash/20261121T054012Z-9f3a"
+        );
     }
 }

@@ -53,6 +53,14 @@ impl Backend for MemoryBackend {
         }
     }
 
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.into(), data.to_vec());
+        Ok(())
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let objects = self.objects.lock().unwrap();
         Ok(objects
@@ -69,5 +77,9 @@ impl Backend for MemoryBackend {
 
     fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.objects.lock().unwrap().contains_key(key))
+    }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        Ok(self.get(key)?.len() as u64)
     }
 }

@@ -617,6 +617,19 @@ impl Inner {
         Err(Failure::Other("object kept appearing and disappearing".into()).into_error("put", key))
     }
 
+    /// A plain PUT: S3 replaces an object atomically. Only small records are replaced.
+    async fn replace(&self, key: &str, data: Bytes) -> std::result::Result<(), Failure> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(Failure::of)
+    }
+
     /// Uploads in parts and completes with `If-None-Match: *`. `Ok(true)`: the key is taken.
     /// A failed upload is aborted, so no parts linger (and bill) in the bucket.
     async fn put_multipart(&self, key: &str, data: Bytes) -> Result<bool> {
@@ -968,6 +981,17 @@ impl Backend for S3Backend {
         self.run("put", key, |inner| async move { inner.put(&k, data).await })
     }
 
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
+        let k = key.to_string();
+        let data = Bytes::copy_from_slice(data);
+        self.run("replace", key, |inner| async move {
+            inner
+                .replace(&k, data)
+                .await
+                .map_err(|f| f.into_error("replace", &k))
+        })
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let p = prefix.to_string();
         self.run("list", prefix, |inner| async move {
@@ -990,6 +1014,17 @@ impl Backend for S3Backend {
         let k = key.to_string();
         self.run("stat", key, |inner| async move {
             inner.head(&k).await.map_err(|f| f.into_error("stat", &k))
+        })
+    }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        let k = key.to_string();
+        self.run("stat", key, |inner| async move {
+            match inner.size(&k).await {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => Err(BackendError::NotFound { key: k }),
+                Err(f) => Err(f.into_error("stat", &k)),
+            }
         })
     }
 
