@@ -8,6 +8,7 @@ pub mod archive;
 pub mod backup;
 pub mod cli;
 pub mod error;
+pub mod expire;
 pub mod gc;
 pub mod lock;
 pub mod mount;

@@ -44,6 +44,11 @@ pub fn wal_system(sysid: u64) -> String {
     format!("{WAL}{sysid}/")
 }
 
+/// The prefix holding the WAL summaries of one cluster.
+pub fn wal_summaries(sysid: u64) -> String {
+    format!("walsum/{sysid}/")
+}
+
 /// An archived WAL file (segment, partial, history or backup file) of one cluster.
 pub fn wal_file(sysid: u64, tli: u32, name: &str) -> String {
     format!("{WAL}{sysid}/{tli:08X}/{name}")
