@@ -123,13 +123,7 @@ pub fn run(
             stop_time: s.stop_time,
         })
         .collect();
-    let verdicts = retention::decide(
-        &candidates,
-        policy,
-        Utc::now(),
-        &marks(repo)?,
-        &pins(repo)?,
-    );
+    let verdicts = retention::decide(&candidates, policy, Utc::now(), &marks(repo)?, &pins(repo)?);
     backups.sort_by(|a, b| (a.stop_time, &a.id).cmp(&(b.stop_time, &b.id)));
     let doomed: Vec<String> = backups
         .iter()
@@ -151,9 +145,7 @@ pub fn run(
     let mut cut_at: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for s in backups.iter().filter(|s| !verdicts[&s.id].is_empty()) {
         let seg = segment_of(s.start_lsn, s.wal_segment_size);
-        let e = cut_at
-            .entry(s.sysid())
-            .or_insert((seg, s.wal_segment_size));
+        let e = cut_at.entry(s.sysid()).or_insert((seg, s.wal_segment_size));
         e.0 = e.0.min(seg);
     }
     let mut wal = Vec::new();
@@ -206,7 +198,9 @@ fn cut_wal(
     let mut removed = 0;
     for key in summaries.iter().chain(&files).filter(|k| before(k)) {
         if !dry_run {
-            lease.expect("expire holds a lease unless dry").ensure_held()?;
+            lease
+                .expect("expire holds a lease unless dry")
+                .ensure_held()?;
             repo.backend().delete(key)?;
         }
         if key.starts_with(keys::WAL) {
@@ -253,7 +247,8 @@ mod tests {
         }
         for segno in 1..10 {
             let name = WalFile::Segment { tli: 1, segno }.name(SEG);
-            repo.put_sealed(&keys::wal_file(7, 1, &name), b"wal").unwrap();
+            repo.put_sealed(&keys::wal_file(7, 1, &name), b"wal")
+                .unwrap();
             repo.put_sealed(&format!("{}00000001/{name}", keys::wal_summaries(7)), b"{}")
                 .unwrap();
         }
@@ -282,11 +277,19 @@ mod tests {
         let (mem, repo) = setup();
         let before = mem.list("").unwrap();
         let dry = run(&repo, &last(2), true, None).unwrap();
-        assert_eq!(mem.list("").unwrap(), before, "a dry run changed the repository");
+        assert_eq!(
+            mem.list("").unwrap(),
+            before,
+            "a dry run changed the repository"
+        );
         assert_eq!(dry.wal[0].files_removed, 4);
         let lease = Lease::exclusive(&repo, "expire").unwrap();
         let report = run(&repo, &last(2), false, Some(&lease)).unwrap();
-        let kept: Vec<_> = report.backups.iter().map(|v| (v.id.as_str(), v.keep)).collect();
+        let kept: Vec<_> = report
+            .backups
+            .iter()
+            .map(|v| (v.id.as_str(), v.keep))
+            .collect();
         assert_eq!(kept, vec![("b2", false), ("b5", true), ("b8", true)]);
         assert_eq!(repo.snapshot_ids().unwrap(), vec!["b5", "b8"]);
         assert_eq!(report.wal[0].keep_from, "0/5000000");
@@ -308,13 +311,18 @@ mod tests {
         let report = run(&repo, &last(1), false, Some(&lease)).unwrap();
         assert_eq!(repo.snapshot_ids().unwrap(), vec!["b2", "b5", "b8"]);
         assert_eq!(report.backups[0].reasons, vec![Reason::Marked]);
-        assert!(matches!(&report.backups[1].reasons[0], Reason::Pinned(by) if by.starts_with("mount")));
+        assert!(
+            matches!(&report.backups[1].reasons[0], Reason::Pinned(by) if by.starts_with("mount"))
+        );
         assert_eq!(report.wal[0].files_removed, 1);
         mark(&repo, "b2", false).unwrap();
         drop(mount);
         run(&repo, &last(1), false, Some(&lease)).unwrap();
         assert_eq!(repo.snapshot_ids().unwrap(), vec!["b8"]);
-        assert!(mark(&repo, "b2", true).is_err(), "marked a backup that is gone");
+        assert!(
+            mark(&repo, "b2", true).is_err(),
+            "marked a backup that is gone"
+        );
         assert!(matches!(mark(&repo, "b2", false), Err(Error::NotFound(_))));
     }
 }

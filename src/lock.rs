@@ -145,12 +145,14 @@ impl Found {
         self.key.trim_start_matches(keys::LOCKS)
     }
 
+    /// An unreadable lease counts as live but not as exclusive: gc waits for it, and it
+    /// blocks nothing else.
     fn is_live_exclusive(&self, command: Option<&str>) -> bool {
         !self.stale
             && self
                 .record
                 .as_ref()
-                .is_none_or(|r| r.exclusive && command.is_none_or(|c| c == r.command))
+                .is_some_and(|r| r.exclusive && command.is_none_or(|c| c == r.command))
     }
 }
 
@@ -212,11 +214,8 @@ impl Lease {
                 tracing::info!("removing stale {}", what.unwrap_or(found.key.clone()));
                 repo.backend().delete(&found.key).or_else(ignore_missing)?;
             } else if found.is_live_exclusive(None) {
-                let what = found
-                    .record
-                    .as_ref()
-                    .map(LeaseRecord::describe)
-                    .unwrap_or_else(|| format!("unreadable lease {}", found.id()));
+                let what = found.record.as_ref().map(LeaseRecord::describe);
+                let what = what.unwrap_or_default();
                 return Err(Error::Failed(format!(
                     "the repository is busy: {what} holds it exclusively; try again when it \
                      finishes, or if that process is gone, remove the lease with \
