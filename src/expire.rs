@@ -130,12 +130,12 @@ pub fn run(
         .filter(|s| verdicts[&s.id].is_empty())
         .map(|s| s.id.clone())
         .collect();
+    let held = || lease.map_or(Ok(()), Lease::ensure_held);
     if !dry_run && !doomed.is_empty() {
-        let lease = lease.expect("expire holds a lease unless dry");
-        lease.ensure_held()?;
+        held()?;
         crate::gc::void_trash(repo, &doomed)?;
         for id in &doomed {
-            lease.ensure_held()?;
+            held()?;
             repo.backend().delete(&keys::snapshot(id))?;
             tracing::info!(backup = %id, "expired");
         }
@@ -151,7 +151,7 @@ pub fn run(
     let mut wal = Vec::new();
     if unreadable.is_empty() {
         for (sysid, (first, seg_size)) in cut_at {
-            let removed = cut_wal(repo, sysid, first, seg_size, dry_run, lease)?;
+            let removed = cut_wal(repo, sysid, first, seg_size, dry_run, &held)?;
             wal.push(WalCut {
                 system_identifier: sysid.to_string(),
                 keep_from: segment_start(first, seg_size).to_string(),
@@ -185,7 +185,7 @@ fn cut_wal(
     first: u64,
     seg_size: u64,
     dry_run: bool,
-    lease: Option<&Lease>,
+    held: &dyn Fn() -> Result<()>,
 ) -> Result<u64> {
     let before = |key: &str| match WalFile::parse(key.rsplit('/').next().unwrap_or(""), seg_size) {
         Some(WalFile::Segment { segno, .. })
@@ -198,9 +198,7 @@ fn cut_wal(
     let mut removed = 0;
     for key in summaries.iter().chain(&files).filter(|k| before(k)) {
         if !dry_run {
-            lease
-                .expect("expire holds a lease unless dry")
-                .ensure_held()?;
+            held()?;
             repo.backend().delete(key)?;
         }
         if key.starts_with(keys::WAL) {

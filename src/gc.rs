@@ -190,10 +190,13 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
     }
     report.packs_before = sizes.len() as u64;
     report.bytes_before = sizes.values().sum();
-    let mut alive: BTreeSet<String> = lock::live_ids(repo)?.into_iter().collect();
-    if let Some(own) = &own {
-        alive.remove(own);
-    }
+    // The leases of everyone else.
+    let others = || -> Result<BTreeSet<String>> {
+        let mut ids: BTreeSet<String> = lock::live_ids(repo)?.into_iter().collect();
+        ids.remove(own.as_deref().unwrap_or_default());
+        Ok(ids)
+    };
+    let mut alive = others()?;
     let backups = load_backups(repo)?;
     let mut refs = Refs::default();
     for b in &backups {
@@ -238,7 +241,8 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
         .map(|(id, _)| *id)
         .collect();
     mostly_dead.sort();
-    let mut repacked: HashSet<Id> = HashSet::new();
+    // Packs nothing references once the rewritten manifests are in place.
+    let mut released: HashSet<Id> = HashSet::new();
     if !mostly_dead.is_empty() {
         report.repacked_packs = mostly_dead.len() as u64;
         report.repacked_bytes = mostly_dead.iter().map(|p| sizes[p]).sum();
@@ -246,15 +250,15 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
             let done = repack(repo, &backups, &refs, &mostly_dead, &held)?;
             report.written_bytes = done.written;
             report.rewritten_backups = done.rewritten;
-            repacked.extend(done.emptied);
+            released.extend(done.emptied);
         }
-        repacked.extend(mostly_dead);
+        released.extend(mostly_dead);
     }
 
     // Phase 1: condemn what is unreferenced now.
     let mut packs: Vec<Id> = sizes
         .keys()
-        .filter(|p| !deleted.contains(p) && (!refs.uses(p) || repacked.contains(p)))
+        .filter(|p| !deleted.contains(p) && (!refs.uses(p) || released.contains(p)))
         .copied()
         .collect();
     packs.sort();
@@ -262,14 +266,9 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
         return Ok(report);
     }
     let bytes: u64 = packs.iter().map(|p| sizes[p]).sum();
-    if repacked.is_empty() {
-        // Nothing was rewritten, so the leases listed above are the ones alive at condemnation.
-    } else if !opts.dry_run {
+    if !released.is_empty() && !opts.dry_run {
         // Readers of the manifests as they were before the rewrite hold leases listed now.
-        alive.extend(lock::live_ids(repo)?);
-        if let Some(own) = &own {
-            alive.remove(own);
-        }
+        alive.extend(others()?);
     }
     if alive.is_empty() {
         // Nobody else was running: nothing can come to reference these packs.

@@ -213,9 +213,12 @@ impl Lease {
                 let what = found.record.as_ref().map(LeaseRecord::describe);
                 tracing::info!("removing stale {}", what.unwrap_or(found.key.clone()));
                 repo.backend().delete(&found.key).or_else(ignore_missing)?;
-            } else if found.is_live_exclusive(None) {
-                let what = found.record.as_ref().map(LeaseRecord::describe);
-                let what = what.unwrap_or_default();
+            } else if let Some(r) = found
+                .record
+                .as_ref()
+                .filter(|_| found.is_live_exclusive(None))
+            {
+                let what = r.describe();
                 return Err(Error::Failed(format!(
                     "the repository is busy: {what} holds it exclusively; try again when it \
                      finishes, or if that process is gone, remove the lease with \

@@ -1,11 +1,10 @@
-//! `pgsnapfs gc` and `pgsnapfs locks`
+//! `pgsnapfs gc`
 
 use super::{human, print_json};
 use crate::error::Result;
 use crate::gc::{self, GcOptions};
-use crate::lock::{self, Lease};
+use crate::lock::Lease;
 use crate::store::Repository;
-use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,15 +14,6 @@ pub struct Args {
     /// Show what would be deleted and repacked; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(clap::Args)]
-pub struct LocksArgs {
-    /// Remove this lease: for a command that is gone but whose lease is not stale yet.
-    #[arg(long, value_name = "ID")]
-    pub remove: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -84,55 +74,6 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             human(r.condemned_bytes),
             r.waiting_for.join(", ")
         );
-    }
-    Ok(())
-}
-
-#[derive(Serialize)]
-struct LockRow {
-    id: String,
-    stale: bool,
-    #[serde(flatten)]
-    record: Option<lock::LeaseRecord>,
-}
-
-pub fn locks(repo: &Repository, a: LocksArgs) -> Result<()> {
-    if let Some(id) = &a.remove {
-        lock::remove(repo, id)?;
-        println!("removed lease {id}");
-        return Ok(());
-    }
-    let rows: Vec<LockRow> = lock::list(repo)?
-        .into_iter()
-        .map(|f| LockRow {
-            id: f.id().to_string(),
-            stale: f.stale,
-            record: f.record,
-        })
-        .collect();
-    if a.json {
-        print_json(&rows);
-        return Ok(());
-    }
-    if rows.is_empty() {
-        println!("no leases: nothing is using the repository");
-    }
-    for row in &rows {
-        match &row.record {
-            Some(r) => println!(
-                "{}{} refreshed {}{}",
-                r.describe(),
-                if row.stale { " STALE" } else { "" },
-                r.refreshed
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                if r.pins.is_empty() {
-                    String::new()
-                } else {
-                    format!(", using {}", r.pins.join(", "))
-                }
-            ),
-            None => println!("lease {} unreadable (counts as live)", row.id),
-        }
     }
     Ok(())
 }

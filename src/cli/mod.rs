@@ -6,6 +6,7 @@ mod expire;
 mod gc;
 mod info;
 mod init;
+mod locks;
 mod mount;
 mod restore;
 mod verify;
@@ -67,7 +68,7 @@ pub enum Command {
     /// Delete packs no backup uses and repack mostly-unused ones; reports the space freed.
     Gc(gc::Args),
     /// List the leases of commands using the repository, or remove a stale one.
-    Locks(gc::LocksArgs),
+    Locks(locks::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -90,7 +91,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Expire(a) => expire::run(&open(&repo()?)?, a),
         Command::BackupKeep(a) => expire::keep(&open(&repo()?)?, a),
         Command::Gc(a) => gc::run(&open(&repo()?)?, a),
-        Command::Locks(a) => gc::locks(&open(&repo()?)?, a),
+        Command::Locks(a) => locks::run(&open(&repo()?)?, a),
     }
 }
 
