@@ -6,6 +6,7 @@
 
 use crate::archive::{self, System};
 use crate::error::{io, Error, Result};
+use crate::lock::Lease;
 use crate::pg::label::BackupLabel;
 use crate::pg::layout::{self, Entry};
 use crate::pg::wal::{segment_of, WalFile};
@@ -79,6 +80,9 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
     }
     let sysid = info.system_identifier;
     let major = info.major();
+    // Before the parent is read: while the lease is live, gc keeps the packs this backup
+    // reuses and writes (docs/repository-format.md, "Deleting").
+    let lease = Lease::shared(repo, "backup")?;
     archive::register_system(
         repo,
         &System {
@@ -161,6 +165,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         root_mtime: root_meta.mtime(),
         requests: repo.backend().stats(),
     };
+    lease.ensure_held()?;
     repo.save_snapshot(&snap)?;
     tracing::info!(
         backup = %snap.id,

@@ -2,6 +2,7 @@
 
 use super::{human, parse_action, GoalArgs};
 use crate::error::{io, Error, Result};
+use crate::lock::Lease;
 use crate::mount::SnapSource;
 use crate::pg::recovery::RecoverySettings;
 use crate::pg::target::TargetAction;
@@ -117,6 +118,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         return background();
     }
     check_mountpoint(&a.mountpoint)?;
+    let lease = Lease::shared(&repo, "mount")?;
     let repo = a.cache.attach(repo, repo_spec)?;
     let is_root = unsafe { libc::geteuid() } == 0;
     let owner = if is_root {
@@ -138,7 +140,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
                 "a point-in-time mount needs --scratch DIR for the server's writes".into(),
             )
         })?;
-        let plan = crate::pitr::plan(&repo, a.system, &a.goal.goal()?)?;
+        let plan = super::plan_pinned(&repo, &lease, a.system, &a.goal.goal()?)?;
         let mountpoint = std::fs::canonicalize(&a.mountpoint)
             .map_err(io(format!("resolve {}", a.mountpoint.display())))?;
         let settings = RecoverySettings {

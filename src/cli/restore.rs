@@ -2,9 +2,10 @@
 
 use super::{human, parse_action, progress, GoalArgs};
 use crate::error::{Error, Result};
+use crate::lock::Lease;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
-use crate::pitr::{self, Plan};
+use crate::pitr::Plan;
 use crate::restore::{self, RestoreOptions};
 use crate::store::Repository;
 use std::collections::HashMap;
@@ -64,7 +65,8 @@ pub fn restore_command(repo_spec: &str, plan: &Plan) -> Result<String> {
 }
 
 pub fn run(repo: &Repository, repo_spec: &str, a: Args) -> Result<()> {
-    let plan = pitr::plan(repo, a.system, &a.goal.goal()?)?;
+    let lease = Lease::shared(repo, "restore")?;
+    let plan = super::plan_pinned(repo, &lease, a.system, &a.goal.goal()?)?;
     let snap = &plan.snapshot;
     eprintln!(
         "restoring backup {} ({}, ended {}) to {}; about {} of WAL to replay",
