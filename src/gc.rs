@@ -33,6 +33,10 @@ pub struct Condemned {
     pub packs: Vec<Id>,
 }
 
+/// Repack passes per run: the first moves data, the next the metadata packs it left mostly
+/// dead; a third is rarely needed.
+const REPACK_ROUNDS: usize = 3;
+
 /// Every trash record.
 pub fn trash(repo: &Repository) -> Result<Vec<Condemned>> {
     let mut out = Vec::new();
@@ -197,7 +201,7 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
         Ok(ids)
     };
     let mut alive = others()?;
-    let backups = load_backups(repo)?;
+    let mut backups = load_backups(repo)?;
     let mut refs = Refs::default();
     for b in &backups {
         refs.walk_dir(repo, &b.root)?;
@@ -231,28 +235,46 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
     }
 
     // Repack: live blobs of mostly-dead packs move to new packs, and the backups using them
-    // are rewritten to point there; the old packs are then unreferenced.
-    let mut mostly_dead: Vec<Id> = sizes
-        .iter()
-        .filter(|(id, size)| {
-            let live = refs.live_bytes(id);
-            live > 0 && (size.saturating_sub(live)) as f64 >= opts.repack_threshold * **size as f64
-        })
-        .map(|(id, _)| *id)
-        .collect();
-    mostly_dead.sort();
-    // Packs nothing references once the rewritten manifests are in place.
+    // are rewritten to point there; the old packs are then unreferenced. Rewriting supersedes
+    // trees and chunk lists, which live in packs of their own: those packs may now be mostly
+    // dead in turn, so the selection runs again on what is live after the rewrite.
     let mut released: HashSet<Id> = HashSet::new();
-    if !mostly_dead.is_empty() {
-        report.repacked_packs = mostly_dead.len() as u64;
-        report.repacked_bytes = mostly_dead.iter().map(|p| sizes[p]).sum();
-        if !opts.dry_run {
-            let done = repack(repo, &backups, &refs, &mostly_dead, &held)?;
-            report.written_bytes = done.written;
-            report.rewritten_backups = done.rewritten;
-            released.extend(done.emptied);
+    for _ in 0..REPACK_ROUNDS {
+        let mut mostly_dead: Vec<Id> = sizes
+            .iter()
+            .filter(|(id, size)| {
+                let live = refs.live_bytes(id);
+                !released.contains(*id)
+                    && !deleted.contains(*id)
+                    && live > 0
+                    && (size.saturating_sub(live)) as f64 >= opts.repack_threshold * **size as f64
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if mostly_dead.is_empty() {
+            break;
         }
+        mostly_dead.sort();
+        report.repacked_packs += mostly_dead.len() as u64;
+        report.repacked_bytes += mostly_dead.iter().map(|p| sizes[p]).sum::<u64>();
+        if opts.dry_run {
+            released.extend(mostly_dead);
+            break;
+        }
+        let done = repack(repo, &backups, &refs, &mostly_dead, &held)?;
+        report.written_bytes += done.written;
+        for id in done.rewritten {
+            if !report.rewritten_backups.contains(&id) {
+                report.rewritten_backups.push(id);
+            }
+        }
+        released.extend(done.emptied);
         released.extend(mostly_dead);
+        backups = load_backups(repo)?;
+        refs = Refs::default();
+        for b in &backups {
+            refs.walk_dir(repo, &b.root)?;
+        }
     }
 
     // Phase 1: condemn what is unreferenced now.
