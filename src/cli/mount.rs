@@ -293,7 +293,8 @@ fn mount_process(mountinfo: &str, path: &Path) -> Option<u32> {
         .filter_map(|l| l.split_once(" - ")?.1.split(' ').nth(1))
         .filter(|source| source.starts_with("pgsnapfs"))
         .filter_map(|source| source.rsplit_once('@')?.1.parse().ok())
-        .last()
+        // The last of stacked mounts is the one visible.
+        .next_back()
 }
 
 pub fn umount(a: UmountArgs) -> Result<()> {
