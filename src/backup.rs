@@ -14,7 +14,7 @@ use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::server::{ConnOpts, Server};
 use crate::store::ingest::{Ingest, IngestError, Visit};
 use crate::store::snapshot::{self, Snapshot, Tablespace};
-use crate::store::{keys, Repository};
+use crate::store::{keys, BackendError, Repository, StoreError};
 use chrono::Utc;
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -95,12 +95,14 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
     let parent = latest_of(repo, sysid)?;
 
     let start_time = Utc::now();
+    let mut suffix = 0;
+    let next_id = |suffix: &mut u32| {
+        *suffix += 1;
+        format!("{}-{suffix}", snapshot::id_for(start_time))
+    };
     let mut id = snapshot::id_for(start_time);
-    for n in 1.. {
-        if !repo.backend().exists(&keys::snapshot(&id))? {
-            break;
-        }
-        id = format!("{}-{n}", snapshot::id_for(start_time));
+    while repo.backend().exists(&keys::snapshot(&id))? {
+        id = next_id(&mut suffix);
     }
     let label = opts
         .label
@@ -139,7 +141,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         info.wal_segment_size,
     )?;
 
-    let snap = Snapshot {
+    let mut snap = Snapshot {
         format: snapshot::FORMAT,
         id,
         system_identifier: sysid.to_string(),
@@ -165,8 +167,16 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         root_mtime: root_meta.mtime(),
         requests: repo.backend().stats(),
     };
-    lease.ensure_held()?;
-    repo.save_snapshot(&snap)?;
+    loop {
+        lease.ensure_held()?;
+        match repo.save_snapshot(&snap) {
+            // Another cluster's backup that started in the same second published first.
+            Err(StoreError::Backend(BackendError::Conflict { .. })) => {
+                snap.id = next_id(&mut suffix)
+            }
+            other => break other?,
+        }
+    }
     tracing::info!(
         backup = %snap.id,
         chunks_new = stats.chunks_new,

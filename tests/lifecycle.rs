@@ -462,3 +462,51 @@ fn stale_lease_of_a_killed_process_is_taken_over() {
     let listed = as_root(&repo, "list", &["--json"]).assert_ok().json();
     assert_eq!(ids(listed["backups"].as_array().unwrap()), vec![second]);
 }
+
+/// Two clusters archive into one repository and are backed up at the same moment (so their
+/// backups start in the same second and want the same id), while gc runs: both backups are
+/// published, under different ids, and each restores with exactly its own rows.
+#[test]
+fn two_clusters_back_up_into_one_repository_at_once() {
+    let repo = Repo::init();
+    let clusters = [
+        Cluster::archiving_to(&repo.spec),
+        Cluster::archiving_to(&repo.spec),
+    ];
+    let mut want = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        create_t(c);
+        add_rows(c, 1, 1000 * (i as u32 + 1));
+        want.push(c.psql(T_ROWS));
+    }
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let running: Vec<_> = clusters
+            .iter()
+            .map(|c| s.spawn(|| json_str(&repo.backup(c), "id")))
+            .collect();
+        // WAL pushes and gc runs while both backups are in flight.
+        for c in &clusters {
+            c.psql("SELECT pg_switch_wal()");
+        }
+        while !running.iter().all(|t| t.is_finished()) {
+            gc(&repo, &[]);
+        }
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    eprintln!("backup ids: {ids:?}");
+    assert_ne!(ids[0], ids[1], "two backups got one id");
+    for c in &clusters {
+        c.switch_wal_and_wait_archived();
+    }
+    gc(&repo, &[]);
+    let listed = repo.list();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for (i, c) in clusters.iter().enumerate() {
+        let b = listed
+            .iter()
+            .find(|b| json_str(b, "id") == ids[i])
+            .unwrap_or_else(|| panic!("backup {} is not listed: {listed:?}", ids[i]));
+        assert_eq!(json_str(b, "system_identifier"), c.system_identifier());
+        assert_eq!(restored(&repo, &ids[i], T_ROWS), want[i], "cluster {i}");
+    }
+}
