@@ -1,6 +1,7 @@
 //! Retention and garbage collection against real PostgreSQL 15: `expire`, `backup-keep`,
 //! `gc` and leases. What remains restores with exactly its rows, what goes is gone, and
-//! commands running at the same time (backup, mounts) lose nothing.
+//! commands running at the same time (backup, mounts) lose nothing. Expire, gc and repack run
+//! on both back ends.
 
 mod common;
 
@@ -65,21 +66,19 @@ fn segment_of(lsn: &str) -> String {
 
 /// Names of the archived WAL segments in the repository, sorted.
 fn archived_segments(repo: &Repo) -> Vec<String> {
-    let mut v: Vec<String> = files_below(&repo.path.join("wal"))
-        .iter()
-        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+    let mut v: Vec<String> = repo
+        .objects("wal/")
+        .into_iter()
+        .filter_map(|(k, _)| k.rsplit('/').next().map(str::to_string))
         .filter(|n| n.len() == 24)
         .collect();
     v.sort();
     v
 }
 
-/// Total bytes of the pack files.
+/// Total bytes of the packs.
 fn pack_bytes(repo: &Repo) -> u64 {
-    files_below(&repo.path.join("packs"))
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum()
+    repo.objects("packs/").iter().map(|(_, n)| n).sum()
 }
 
 #[track_caller]
@@ -114,10 +113,9 @@ fn verdicts(report: &serde_json::Value) -> Vec<(String, bool, String)> {
 
 /// Four backups; one marked; expire --keep-last 1 (dry, then for real); gc; the survivors
 /// restore exactly; WAL before the oldest survivor is gone. Then the mark is lifted.
-#[test]
-fn expire_keep_marks_and_gc() {
-    let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+fn expire_keep_marks_and_gc(store: Store) {
+    let repo = Repo::init_on(store);
+    let source = Cluster::archiving_to(&repo.spec);
     create_t(&source);
     let mut backups = Vec::new();
     let mut want = Vec::new();
@@ -226,10 +224,9 @@ fn expire_keep_marks_and_gc() {
 /// The first backup holds a large table; it is mostly deleted and rewritten, a second backup
 /// reuses the unchanged files, the first expires: its packs are mostly garbage, gc repacks
 /// them and rewrites the second backup's manifest, which still restores exactly.
-#[test]
-fn repack_after_most_data_expired() {
-    let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+fn repack_after_most_data_expired(store: Store) {
+    let repo = Repo::init_on(store);
+    let source = Cluster::archiving_to(&repo.spec);
     create_t(&source);
     add_rows(&source, 1, 150_000);
     let first = json_str(&repo.backup(&source), "id");
@@ -273,6 +270,8 @@ fn repack_after_most_data_expired() {
     assert_eq!(json_u64(&again, "freed_bytes"), 0, "{again}");
 }
 
+on_both_stores!(expire_keep_marks_and_gc, repack_after_most_data_expired);
+
 /// gc runs again and again while a backup writes packs no manifest references yet: the
 /// backup restores exactly afterwards.
 #[test]
@@ -281,7 +280,7 @@ fn gc_during_backup_loses_nothing() {
     // Autovacuum off: nothing but this test writes while the backup runs.
     let source = Cluster::start_new(ClusterOptions {
         settings: vec![("autovacuum".into(), "off".into())],
-        ..ClusterOptions::archiving_to(&repo.path)
+        ..ClusterOptions::archiving_to(&repo.spec)
     });
     create_t(&source);
     add_rows(&source, 1, 1000);
@@ -366,7 +365,7 @@ fn mountpoint(work: &TestDir, name: &str) -> PathBuf {
 #[test]
 fn mounts_keep_working_through_expire_and_gc() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     create_t(&source);
     add_rows(&source, 1, 2000);
     add_noise(&source, "scratch", 100_000);
@@ -423,7 +422,7 @@ fn mounts_keep_working_through_expire_and_gc() {
 #[test]
 fn stale_lease_of_a_killed_process_is_taken_over() {
     let repo = Repo::init();
-    let source = Cluster::archiving_to(&repo.path);
+    let source = Cluster::archiving_to(&repo.spec);
     create_t(&source);
     add_noise(&source, "scratch", 100_000);
     repo.backup(&source);

@@ -472,6 +472,20 @@ impl Repo {
         self.run("restore", &v)
     }
 
+    /// The keys under `prefix` and their sizes, through the library's back end (either store).
+    pub fn objects(&self, prefix: &str) -> Vec<(String, u64)> {
+        let backend = pgsnapfs::store::open_backend(&self.spec).expect("open the repository");
+        backend
+            .list(prefix)
+            .expect("list the repository")
+            .into_iter()
+            .map(|k| {
+                let size = backend.size(&k).expect("size of an object");
+                (k, size)
+            })
+            .collect()
+    }
+
     /// A fingerprint of every object in the repository (and, locally, every file and its
     /// mode), to check a command changed nothing.
     pub fn digest(&self) -> BTreeMap<String, String> {
