@@ -502,8 +502,13 @@ impl Cluster {
     #[track_caller]
     pub fn switch_wal_and_wait_archived(&self) -> String {
         // If nothing was written since the last switch, pg_switch_wal() returns the start of
-        // the current segment and pg_walfile_name() names the previous (finished) one: fine.
-        let seg = self.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        // the current segment. Up to 16 pg_walfile_name() of that boundary names the previous
+        // (finished) segment; from 17 on it names the next one, so step back a byte.
+        let seg = if self.major() < 17 {
+            self.psql("SELECT pg_walfile_name(pg_switch_wal())")
+        } else {
+            self.psql("SELECT pg_walfile_name(pg_switch_wal() - 1)")
+        };
         let query = format!(
             "SELECT coalesce(last_archived_wal, '') >= '{seg}', \
                     coalesce(last_archived_wal, '-'), failed_count, \
