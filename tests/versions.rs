@@ -81,7 +81,19 @@ fn round_trip(major: u32) {
 
     let out = TestDir::new("restore");
     let to = out.join("data");
-    repo.restore(&to, &goal).assert_ok();
+    repo.restore(&to, &goal)
+        .assert_ok()
+        .assert_mentions(&format!("PostgreSQL {major}'s server"));
+    // A server of another major refuses the directory before touching it. A newer one says
+    // which major made it; an older one already stops at settings it does not know.
+    let other = if major < 18 { 18 } else { 17 };
+    let refused = Cluster::try_start_on_bin(&to, &server_bin(other), &[])
+        .err()
+        .unwrap_or_else(|| panic!("PostgreSQL {other} started on a PostgreSQL {major} restore"));
+    assert!(
+        other < major || refused.contains(&format!("initialized by PostgreSQL version {major}")),
+        "{refused}"
+    );
     let restored = Cluster::try_start_on_bin(&to, &bin, &[]).unwrap_or_else(|e| panic!("{e}"));
     restored.wait_until_paused();
     assert_eq!(
@@ -96,8 +108,14 @@ fn round_trip(major: u32) {
     let scratch = work.join("scratch");
     let mut args = repo.args("mount", &[s(&mnt)]);
     args.extend(goal.iter().map(|a| a.to_string()));
-    args.extend(["--scratch".into(), s(&scratch).into(), "--background".into()]);
-    pgsnapfs_as_root(&args).assert_ok();
+    args.extend([
+        "--scratch".into(),
+        s(&scratch).into(),
+        "--background".into(),
+    ]);
+    pgsnapfs_as_root(&args)
+        .assert_ok()
+        .assert_mentions(&format!("start PostgreSQL {major} on it"));
     let view = Cluster::try_start_on_bin(&mnt, &bin, &[]).unwrap_or_else(|e| panic!("{e}"));
     view.wait_until_paused();
     assert_eq!(
@@ -118,7 +136,7 @@ fn round_trip(major: u32) {
     assert_eq!(report["ok"], true, "verify of PostgreSQL {major}: {report}");
     assert!(json_u64(&report, "tables") > 0, "{report}");
 
-    // Another major's server is refused, by name.
+    // verify refuses another major's server, naming both.
     let other = if major == 15 { 16 } else { 15 };
     repo.run(
         "verify",
@@ -128,4 +146,74 @@ fn round_trip(major: u32) {
     .assert_mentions(&format!("PostgreSQL {major}"))
     .assert_mentions(&format!("PostgreSQL) {other}."));
     assert!(fs::read_dir(&mnt).unwrap().next().is_none());
+}
+
+/// pg_upgrade makes a new cluster (new system identifier, new major) that backs up into the
+/// same repository: each cluster is a lineage of its own, restores pick one with --system, and
+/// `expire --keep-last 1` keeps the newest backup of each.
+#[test]
+fn upgraded_cluster_starts_a_new_lineage() {
+    let repo = Repo::init();
+    let mut old = cluster_of(15, &repo);
+    old.psql("CREATE TABLE t(id int, v text); INSERT INTO t VALUES (1, 'before upgrade')");
+    repo.backup(&old);
+    old.psql("INSERT INTO t VALUES (2, 'old cluster, newest backup')");
+    let old_newest = json_str(&repo.backup(&old), "id");
+    let old_rows = old.psql(T_ROWS);
+    let old_sysid = old.system_identifier();
+    old.stop();
+
+    let new = cluster_of(16, &repo);
+    new.psql("CREATE TABLE t(id int, v text); INSERT INTO t VALUES (1, 'after upgrade')");
+    repo.backup(&new);
+    new.psql("INSERT INTO t VALUES (3, 'new cluster, newest backup')");
+    let new_newest = json_str(&repo.backup(&new), "id");
+    let new_rows = new.psql(T_ROWS);
+    let new_sysid = new.system_identifier();
+    assert_ne!(old_sysid, new_sysid);
+
+    let majors: Vec<(String, u64)> = repo
+        .list()
+        .iter()
+        .map(|b| (json_str(b, "system_identifier"), json_u64(b, "pg_major")))
+        .collect();
+    for (sysid, major) in [(&old_sysid, 15), (&new_sysid, 16)] {
+        assert_eq!(
+            majors
+                .iter()
+                .filter(|(s, m)| s == sysid && *m == major)
+                .count(),
+            2,
+            "list: {majors:?}"
+        );
+    }
+
+    // Two clusters: which one must be said, and the refusal names both.
+    let out = TestDir::new("restore");
+    repo.restore(&out.join("any"), &["--backup", "latest"])
+        .assert_exit(2)
+        .assert_mentions("--system")
+        .assert_mentions(&old_sysid)
+        .assert_mentions(&new_sysid);
+
+    repo.run("expire", &["--keep-last", "1"]).assert_ok();
+    let left: Vec<String> = repo.list().iter().map(|b| json_str(b, "id")).collect();
+    let mut want = vec![old_newest, new_newest];
+    want.sort();
+    let mut got = left.clone();
+    got.sort();
+    assert_eq!(
+        got, want,
+        "expire --keep-last 1 must keep the newest of each cluster"
+    );
+
+    for (sysid, major, rows) in [(&old_sysid, 15, &old_rows), (&new_sysid, 16, &new_rows)] {
+        let to = out.join(format!("pg{major}"));
+        repo.restore(&to, &["--system", sysid, "--backup", "latest"])
+            .assert_ok();
+        let server = Cluster::try_start_on_bin(&to, &server_bin(major), &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        server.wait_until_paused_or_ready();
+        assert_eq!(&server.psql(T_ROWS), rows, "restore of the {major} lineage");
+    }
 }

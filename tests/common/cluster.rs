@@ -4,8 +4,8 @@
 //! then removes the cluster's own temp dir.
 
 use super::{
-    describe, free_port, machine, pg_tool, pgsnapfs_bin, postgres_command, run_command, wait_for, Run,
-    TestDir,
+    describe, free_port, machine, pg_tool, pgsnapfs_bin, postgres_command, run_command, wait_for,
+    Run, TestDir,
 };
 use std::ffi::OsStr;
 use std::fs;
@@ -546,16 +546,14 @@ impl Cluster {
             "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
              THEN pg_get_wal_replay_pause_state() ELSE 'not in recovery' END"
         };
-        let waited = wait_for(SERVER_TIMEOUT, || {
-            match self.try_psql(query) {
-                Ok(row) => match row.as_str() {
-                    "t|paused" => Ok(RecoveryState::Paused),
-                    r if r.starts_with("f|") => Ok(RecoveryState::Ready),
-                    _ => Err(format!("pg_is_in_recovery|pause_state = {row}")),
-                },
-                Err(_) if !self.process_alive() => Ok(RecoveryState::ShutDown),
-                Err(e) => Err(e),
-            }
+        let waited = wait_for(SERVER_TIMEOUT, || match self.try_psql(query) {
+            Ok(row) => match row.as_str() {
+                "t|paused" => Ok(RecoveryState::Paused),
+                r if r.starts_with("f|") => Ok(RecoveryState::Ready),
+                _ => Err(format!("pg_is_in_recovery|pause_state = {row}")),
+            },
+            Err(_) if !self.process_alive() => Ok(RecoveryState::ShutDown),
+            Err(e) => Err(e),
         });
         waited.unwrap_or_else(|e| {
             panic!(
