@@ -159,12 +159,15 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             &a.shared_buffers,
         )?;
         eprintln!(
-            "mounting backup {} (ended {}) at {}; about {} of WAL to replay on start, to {}",
+            "mounting backup {} (PostgreSQL {}, ended {}) at {}; about {} of WAL to replay on \
+             start, to {}; start PostgreSQL {} on it",
             plan.snapshot.id,
+            plan.snapshot.pg_major,
             plan.snapshot.stop_time.to_rfc3339(),
             a.mountpoint.display(),
             human(plan.replay_bytes),
-            plan.describe()
+            plan.describe(),
+            plan.snapshot.pg_major
         );
         eprintln!("archive_mode is off on this view: a server started here never archives WAL");
         if matches!(a.target_action, TargetAction::Pause) {
