@@ -80,7 +80,11 @@ pub fn resolve_system(repo: &Repository, given: Option<u64>) -> Result<System> {
         _ => Err(Error::BadInput(format!(
             "the repository holds several clusters ({}); choose one with --system",
             all.iter()
-                .map(|s| s.system_identifier.as_str())
+                .map(|s| match s.pg_major {
+                    // Registered by wal-push without a readable pg_control.
+                    0 => s.system_identifier.clone(),
+                    m => format!("{} of PostgreSQL {m}", s.system_identifier),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),

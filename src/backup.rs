@@ -6,6 +6,7 @@
 
 use crate::archive::{self, System};
 use crate::error::{io, Error, Result};
+use crate::lock::Lease;
 use crate::pg::label::BackupLabel;
 use crate::pg::layout::{self, Entry};
 use crate::pg::wal::{segment_of, WalFile};
@@ -13,7 +14,7 @@ use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::server::{ConnOpts, Server};
 use crate::store::ingest::{Ingest, IngestError, Visit};
 use crate::store::snapshot::{self, Snapshot, Tablespace};
-use crate::store::{keys, Repository};
+use crate::store::{keys, BackendError, Repository, StoreError};
 use chrono::Utc;
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -79,6 +80,9 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
     }
     let sysid = info.system_identifier;
     let major = info.major();
+    // Before the parent is read: while the lease is live, gc keeps the packs this backup
+    // reuses and writes (docs/repository-format.md, "Deleting").
+    let lease = Lease::shared(repo, "backup")?;
     archive::register_system(
         repo,
         &System {
@@ -91,12 +95,14 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
     let parent = latest_of(repo, sysid)?;
 
     let start_time = Utc::now();
+    let mut suffix = 0;
+    let next_id = |suffix: &mut u32| {
+        *suffix += 1;
+        format!("{}-{suffix}", snapshot::id_for(start_time))
+    };
     let mut id = snapshot::id_for(start_time);
-    for n in 1.. {
-        if !repo.backend().exists(&keys::snapshot(&id))? {
-            break;
-        }
-        id = format!("{}-{n}", snapshot::id_for(start_time));
+    while repo.backend().exists(&keys::snapshot(&id))? {
+        id = next_id(&mut suffix);
     }
     let label = opts
         .label
@@ -135,7 +141,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         info.wal_segment_size,
     )?;
 
-    let snap = Snapshot {
+    let mut snap = Snapshot {
         format: snapshot::FORMAT,
         id,
         system_identifier: sysid.to_string(),
@@ -161,7 +167,16 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         root_mtime: root_meta.mtime(),
         requests: repo.backend().stats(),
     };
-    repo.save_snapshot(&snap)?;
+    loop {
+        lease.ensure_held()?;
+        match repo.save_snapshot(&snap) {
+            // Another cluster's backup that started in the same second published first.
+            Err(StoreError::Backend(BackendError::Conflict { .. })) => {
+                snap.id = next_id(&mut suffix)
+            }
+            other => break other?,
+        }
+    }
     tracing::info!(
         backup = %snap.id,
         chunks_new = stats.chunks_new,

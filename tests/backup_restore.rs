@@ -147,17 +147,7 @@ fn restore_latest_backup_without_target(store: Store) {
         Store::S3 => {
             let r = &backup["requests"];
             let files = json_u64(&backup, "files");
-            let total: u64 = [
-                "get",
-                "put",
-                "head",
-                "list",
-                "upload_part",
-                "multipart_other",
-            ]
-            .iter()
-            .map(|k| json_u64(r, k))
-            .sum();
+            let total = requests_total(r);
             assert!(
                 json_u64(r, "put") + json_u64(r, "upload_part") > 0,
                 "{backup}"
@@ -349,17 +339,7 @@ fn wal_push_is_idempotent_and_refuses_different_content(store: Store) {
         // A constant handful per segment: config, cluster record, two conditional PUTs and
         // the reads that find the existing objects identical.
         let r = &again["requests"];
-        let total: u64 = [
-            "get",
-            "put",
-            "head",
-            "list",
-            "upload_part",
-            "multipart_other",
-        ]
-        .iter()
-        .map(|k| json_u64(r, k))
-        .sum();
+        let total = requests_total(r);
         assert!(total <= 6 && json_u64(r, "list") == 0, "{again}");
     }
     let before = repo.digest();

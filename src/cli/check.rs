@@ -3,6 +3,7 @@
 use super::{human, print_json, progress};
 use crate::check::{self, CheckOptions, Report, Subset};
 use crate::error::Result;
+use crate::lock::Lease;
 use crate::store::{Repository, StoreError};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ fn record_path(a: &Args, repo_id: &str) -> Option<PathBuf> {
 }
 
 pub fn run(repo: &Repository, a: Args) -> Result<()> {
+    // A shared lease: gc must not delete packs while check reads them and reports them missing.
+    let _lease = Lease::shared(repo, "check")?;
     let read_data = a.read_data || a.read_data_subset.is_some();
     let record = record_path(&a, &repo.config.id);
     if read_data && record.is_none() {

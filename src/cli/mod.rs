@@ -3,16 +3,20 @@
 
 mod backup;
 mod check;
+mod expire;
+mod gc;
 mod info;
 mod init;
+mod locks;
 mod mount;
 mod restore;
 mod verify;
 mod wal;
 
 use crate::error::{Error, Result};
+use crate::lock::Lease;
 use crate::pg::target::{Target, TargetAction};
-use crate::pitr::Goal;
+use crate::pitr::{self, Goal};
 use crate::store::diskcache::DiskCache;
 use crate::store::{open_backend, Repository};
 use clap::{Parser, Subcommand};
@@ -62,6 +66,14 @@ pub enum Command {
     /// Restore test: mount a point in time, start PostgreSQL on it, read every table,
     /// check indexes, run assertions, tear down.
     Verify(verify::Args),
+    /// Delete the backups a retention policy does not keep, and the WAL no kept backup needs.
+    Expire(expire::Args),
+    /// Mark a backup so expire never deletes it (or remove the mark with --off).
+    BackupKeep(expire::KeepArgs),
+    /// Delete packs no backup uses and repack mostly-unused ones; reports the space freed.
+    Gc(gc::Args),
+    /// List the leases of commands using the repository, or remove a stale one.
+    Locks(locks::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -82,6 +94,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Umount(a) => mount::umount(a),
         Command::Verify(a) => verify::run(open(&repo()?)?, &repo()?, a),
         Command::Check(a) => check::run(&open(&repo()?)?, a),
+        Command::Expire(a) => expire::run(&open(&repo()?)?, a),
+        Command::BackupKeep(a) => expire::keep(&open(&repo()?)?, a),
+        Command::Gc(a) => gc::run(&open(&repo()?)?, a),
+        Command::Locks(a) => locks::run(&open(&repo()?)?, a),
     }
 }
 
@@ -93,6 +109,23 @@ fn open(spec: &str) -> Result<Repository> {
         )));
     }
     Ok(Repository::open(open_backend(spec)?)?)
+}
+
+/// Plans recovery and pins the chosen backup in `lease`, so expire keeps it and its WAL
+/// while the command runs. If an expire was running as the pin was written, the plan is
+/// made again: the backup may have gone.
+fn plan_pinned(
+    repo: &Repository,
+    lease: &Lease,
+    system: Option<u64>,
+    goal: &Goal,
+) -> Result<pitr::Plan> {
+    loop {
+        let plan = pitr::plan(repo, system, goal)?;
+        if !lease.pin(repo, std::slice::from_ref(&plan.snapshot.id))? {
+            return Ok(plan);
+        }
+    }
 }
 
 /// Which point to recover to: shared by restore, mount and verify.

@@ -2,6 +2,7 @@
 
 use super::{human, parse_action, GoalArgs};
 use crate::error::{io, Error, Result};
+use crate::lock::Lease;
 use crate::mount::SnapSource;
 use crate::pg::recovery::RecoverySettings;
 use crate::pg::target::TargetAction;
@@ -117,6 +118,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         return background();
     }
     check_mountpoint(&a.mountpoint)?;
+    let lease = Lease::shared(&repo, "mount")?;
     let repo = a.cache.attach(repo, repo_spec)?;
     let is_root = unsafe { libc::geteuid() } == 0;
     let owner = if is_root {
@@ -138,7 +140,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
                 "a point-in-time mount needs --scratch DIR for the server's writes".into(),
             )
         })?;
-        let plan = crate::pitr::plan(&repo, a.system, &a.goal.goal()?)?;
+        let plan = super::plan_pinned(&repo, &lease, a.system, &a.goal.goal()?)?;
         let mountpoint = std::fs::canonicalize(&a.mountpoint)
             .map_err(io(format!("resolve {}", a.mountpoint.display())))?;
         let settings = RecoverySettings {
@@ -157,12 +159,15 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             &a.shared_buffers,
         )?;
         eprintln!(
-            "mounting backup {} (ended {}) at {}; about {} of WAL to replay on start, to {}",
+            "mounting backup {} (PostgreSQL {}, ended {}) at {}; about {} of WAL to replay on \
+             start, to {}; start PostgreSQL {} on it",
             plan.snapshot.id,
+            plan.snapshot.pg_major,
             plan.snapshot.stop_time.to_rfc3339(),
             a.mountpoint.display(),
             human(plan.replay_bytes),
-            plan.describe()
+            plan.describe(),
+            plan.snapshot.pg_major
         );
         eprintln!("archive_mode is off on this view: a server started here never archives WAL");
         if matches!(a.target_action, TargetAction::Pause) {
@@ -176,7 +181,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         (
             source,
             Some(scratch.join("cow")),
-            format!("pgsnapfs:{}", plan.snapshot.id),
+            format!("pgsnapfs:{}@{}", plan.snapshot.id, std::process::id()),
         )
     } else {
         if a.scratch.is_some() {
@@ -187,7 +192,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         (
             SnapSource::catalogue(repo.clone(), cache)?,
             None,
-            "pgsnapfs".to_string(),
+            format!("pgsnapfs@{}", std::process::id()),
         )
     };
     let handle = pgsnapfs_fuse::mount(
@@ -274,14 +279,50 @@ fn background() -> Result<()> {
     )))
 }
 
+/// The process serving the pgsnapfs mount at `path`, from its file system name
+/// (`pgsnapfs[:backup]@PID`) in a mountinfo listing.
+fn mount_process(mountinfo: &str, path: &Path) -> Option<u32> {
+    let path = std::fs::canonicalize(path).ok()?;
+    // Mount points are escaped: space, tab, newline and backslash as octal.
+    let escaped = path
+        .to_str()?
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(escaped.as_str()))
+        .filter_map(|l| l.split_once(" - ")?.1.split(' ').nth(1))
+        .filter(|source| source.starts_with("pgsnapfs"))
+        .filter_map(|source| source.rsplit_once('@')?.1.parse().ok())
+        // The last of stacked mounts is the one visible.
+        .next_back()
+}
+
 pub fn umount(a: UmountArgs) -> Result<()> {
     let path = &a.mountpoint;
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::BadInput(format!("bad path {}", path.display())))?;
     let flags = if a.lazy { libc::MNT_DETACH } else { 0 };
+    let owner = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| mount_process(&info, path));
+    let done = || {
+        // The mount process releases its lease and scratch on the way out: wait for it, so
+        // what runs next (gc, rm -rf scratch) finds it gone. A lazy unmount may stay busy.
+        if let (Some(pid), false) = (owner, a.lazy) {
+            let gone = || !Path::new(&format!("/proc/{pid}")).exists();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !gone() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        println!("unmounted {}", path.display());
+    };
     // SAFETY: a valid C string.
     if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        println!("unmounted {}", path.display());
+        done();
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
@@ -294,7 +335,7 @@ pub fn umount(a: UmountArgs) -> Result<()> {
                 .status();
             match status {
                 Ok(s) if s.success() => {
-                    println!("unmounted {}", path.display());
+                    done();
                     Ok(())
                 }
                 _ => Err(Error::Failed(format!("cannot unmount {}: permission denied (run as root, or as the user who mounted it with fusermount3 installed)", path.display()))),
@@ -317,5 +358,24 @@ pub fn umount(a: UmountArgs) -> Result<()> {
             "cannot unmount {}: {err}",
             path.display()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_mount_process_by_file_system_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = std::fs::canonicalize(dir.path()).unwrap().join("a b");
+        std::fs::create_dir(&mnt).unwrap();
+        let shown = mnt.to_str().unwrap().replace(' ', "\\040");
+        let info = format!(
+            "22 1 0:21 / /proc rw - proc proc rw\n\
+             90 22 0:50 / {shown} rw,nosuid - fuse pgsnapfs:20261121T054012Z@4242 rw\n"
+        );
+        assert_eq!(super::mount_process(&info, &mnt), Some(4242));
+        let other = format!("90 22 0:50 / {shown} rw - fuse sshfs@host rw\n");
+        assert_eq!(super::mount_process(&other, &mnt), None);
+        assert_eq!(super::mount_process(&info, dir.path()), None);
     }
 }

@@ -2,9 +2,10 @@
 
 use super::{human, parse_action, progress, GoalArgs};
 use crate::error::{Error, Result};
+use crate::lock::Lease;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
-use crate::pitr::{self, Plan};
+use crate::pitr::Plan;
 use crate::restore::{self, RestoreOptions};
 use crate::store::Repository;
 use std::collections::HashMap;
@@ -64,11 +65,13 @@ pub fn restore_command(repo_spec: &str, plan: &Plan) -> Result<String> {
 }
 
 pub fn run(repo: &Repository, repo_spec: &str, a: Args) -> Result<()> {
-    let plan = pitr::plan(repo, a.system, &a.goal.goal()?)?;
+    let lease = Lease::shared(repo, "restore")?;
+    let plan = super::plan_pinned(repo, &lease, a.system, &a.goal.goal()?)?;
     let snap = &plan.snapshot;
     eprintln!(
-        "restoring backup {} ({}, ended {}) to {}; about {} of WAL to replay",
+        "restoring backup {} (PostgreSQL {}, {}, ended {}) to {}; about {} of WAL to replay",
         snap.id,
+        snap.pg_major,
         human(snap.size_logical),
         snap.stop_time.to_rfc3339(),
         a.to.display(),
@@ -106,10 +109,11 @@ pub fn run(repo: &Repository, repo_spec: &str, a: Args) -> Result<()> {
     })?;
     bar.finish_and_clear();
     println!(
-        "restored {} files ({}) in {:.1}s. Start the server with: pg_ctl -D {} start",
+        "restored {} files ({}) in {:.1}s. Start it with PostgreSQL {}'s server: pg_ctl -D {} start",
         done.files,
         human(done.bytes),
         started.elapsed().as_secs_f64(),
+        snap.pg_major,
         a.to.display()
     );
     Ok(())

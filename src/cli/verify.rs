@@ -2,7 +2,8 @@
 
 use super::{print_json, GoalArgs};
 use crate::error::{io, Error, Result};
-use crate::pitr::{self, Goal};
+use crate::lock::Lease;
+use crate::pitr::Goal;
 use crate::store::Repository;
 use crate::verify::{self, VerifyOptions};
 use std::path::PathBuf;
@@ -36,7 +37,8 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         Goal::Latest => Goal::Backup("latest".into()),
         g => g,
     };
-    let plan = pitr::plan(&repo, a.system, &goal)?;
+    let lease = Lease::shared(&repo, "verify")?;
+    let plan = super::plan_pinned(&repo, &lease, a.system, &goal)?;
     let assertions = match &a.sql {
         Some(path) => verify::split_sql(
             &std::fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?,

@@ -8,6 +8,9 @@ pub const PACKS: &str = "packs/";
 pub const WAL: &str = "wal/";
 pub const SYSTEMS: &str = "systems/";
 pub const WAL_SUMMARIES: &str = "walsum/";
+pub const LOCKS: &str = "locks/";
+pub const KEEP: &str = "keep/";
+pub const TRASH: &str = "trash/";
 
 pub fn pack(id: &Id) -> String {
     let hex = id.to_hex();
@@ -18,6 +21,21 @@ pub fn snapshot(id: &str) -> String {
     format!("{SNAPSHOTS}{id}")
 }
 
+/// A lease held by a running command.
+pub fn lock(id: &str) -> String {
+    format!("{LOCKS}{id}")
+}
+
+/// The mark that keeps a backup from expiring.
+pub fn keep(backup: &str) -> String {
+    format!("{KEEP}{backup}")
+}
+
+/// The packs one gc run condemned.
+pub fn trash(run: &str) -> String {
+    format!("{TRASH}{run}")
+}
+
 pub fn system(sysid: u64) -> String {
     format!("{SYSTEMS}{sysid}")
 }
@@ -25,6 +43,11 @@ pub fn system(sysid: u64) -> String {
 /// The prefix holding all WAL of one cluster.
 pub fn wal_system(sysid: u64) -> String {
     format!("{WAL}{sysid}/")
+}
+
+/// The prefix holding the WAL summaries of one cluster.
+pub fn wal_summaries(sysid: u64) -> String {
+    format!("{WAL_SUMMARIES}{sysid}/")
 }
 
 /// An archived WAL file (segment, partial, history or backup file) of one cluster.
@@ -57,6 +80,12 @@ mod tests {
         assert_eq!(
             wal_summary(7, 2, "000000020000000000000003"),
             "walsum/7/00000002/000000020000000000000003"
+        );
+        assert_eq!(lock("9f3a"), "locks/9f3a");
+        assert_eq!(keep("20261121T054012Z"), "keep/20261121T054012Z");
+        assert_eq!(
+            trash("20261121T054012Z-9f3a"),
+            "trash/20261121T054012Z-9f3a"
         );
     }
 }

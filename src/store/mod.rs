@@ -19,7 +19,7 @@ pub mod tree;
 
 pub use backend::{Backend, BackendError};
 pub use id::Id;
-pub use packer::Packer;
+pub use packer::{random_id, Packer};
 pub use repo::{open_backend, Config, Repository};
 
 /// Errors of the chunk store.

@@ -14,7 +14,7 @@ pub struct Packer<'a> {
 }
 
 /// A fresh random pack name: packs are named before their content is known.
-fn random_id() -> Id {
+pub fn random_id() -> Id {
     let mut buf = [0u8; 32];
     // SAFETY: buf is a valid writable buffer of the given length.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };

@@ -65,6 +65,21 @@ pub fn id_for(time: DateTime<Utc>) -> String {
     time.format("%Y%m%dT%H%M%SZ").to_string()
 }
 
+/// A manifest with plausible values, for tests of code that handles manifests.
+#[cfg(test)]
+pub fn sample(id: &str, root: BlobRef) -> Snapshot {
+    serde_json::from_value(serde_json::json!({
+        "format": FORMAT, "id": id, "system_identifier": "7", "pg_major": 15,
+        "pg_version": "15", "timeline": 1, "start_lsn": "0/2000028",
+        "stop_lsn": "0/2000138", "start_time": "2026-01-01T00:00:00Z",
+        "stop_time": "2026-01-01T00:00:01Z", "wal_segment_size": 16777216,
+        "label": "", "backup_label": "", "tablespace_map": null, "tablespaces": [],
+        "size_logical": 0, "size_stored_new": 0, "files": 1, "chunk_size": 65536,
+        "parent": null, "root": root, "root_mode": 448, "root_mtime": 0
+    }))
+    .expect("sample manifest")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

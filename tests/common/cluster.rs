@@ -4,8 +4,8 @@
 //! then removes the cluster's own temp dir.
 
 use super::{
-    describe, free_port, pg_tool, pgsnapfs_bin, postgres_command, run_command, wait_for, Run,
-    TestDir,
+    describe, free_port, machine, pg_tool, pgsnapfs_bin, postgres_command, run_command, wait_for,
+    Run, TestDir,
 };
 use std::ffi::OsStr;
 use std::fs;
@@ -29,6 +29,9 @@ pub struct ClusterOptions {
     pub data_checksums: bool,
     /// initdb --wal-segsize, in MB; PostgreSQL's 16 when not given.
     pub wal_segsize_mb: Option<u32>,
+    /// initdb, pg_ctl and postgres from this directory (see [`super::server_bin`]) instead of
+    /// the harness's PostgreSQL 15.
+    pub server_bin: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -56,6 +59,8 @@ pub struct Cluster {
     pub sock: PathBuf,
     pub port: u16,
     pub log: PathBuf,
+    /// Where initdb, pg_ctl and postgres come from.
+    pub server_bin: PathBuf,
     /// `-c` settings passed on the postgres command line at every start.
     command_line: Vec<(String, String)>,
     running: bool,
@@ -73,7 +78,11 @@ impl Cluster {
         let data = dir.join("data");
         let sock = dir.subdir("sock", 0o700);
         let log = dir.join("server.log");
-        let mut initdb = postgres_command(pg_tool("initdb"));
+        let server_bin = opts
+            .server_bin
+            .clone()
+            .unwrap_or_else(|| machine().pg_bin.clone());
+        let mut initdb = postgres_command(server_bin.join("initdb"));
         initdb.arg("-D").arg(&data).args([
             "--auth=trust",
             "-E",
@@ -130,6 +139,7 @@ impl Cluster {
             sock,
             port,
             log,
+            server_bin,
             command_line: Vec::new(),
             running: false,
             pid: None,
@@ -169,6 +179,15 @@ impl Cluster {
     /// Like [`Cluster::start_on_with`] but returns the failure report (pg_ctl output and the
     /// server log) instead of panicking.
     pub fn try_start_on(data: &Path, settings: &[(&str, &str)]) -> Result<Cluster, String> {
+        Cluster::try_start_on_bin(data, &machine().pg_bin, settings)
+    }
+
+    /// [`Cluster::try_start_on`] with the server programs in `server_bin` (another major).
+    pub fn try_start_on_bin(
+        data: &Path,
+        server_bin: &Path,
+        settings: &[(&str, &str)],
+    ) -> Result<Cluster, String> {
         let dir = TestDir::new("server");
         let sock = dir.subdir("sock", 0o700);
         let port = free_port();
@@ -185,6 +204,7 @@ impl Cluster {
         let mut c = Cluster {
             data: data.to_path_buf(),
             log: dir.join("server.log"),
+            server_bin: server_bin.to_path_buf(),
             sock,
             port,
             command_line,
@@ -225,7 +245,7 @@ impl Cluster {
             // pg_ctl hands -o to /bin/sh: single-quote each value.
             opts.push_str(&format!(" -c {k}='{}'", v.replace('\'', r"'\''")));
         }
-        let mut cmd = postgres_command(pg_tool("pg_ctl"));
+        let mut cmd = postgres_command(self.server_bin.join("pg_ctl"));
         cmd.arg("-D")
             .arg(&self.data)
             .arg("-l")
@@ -293,7 +313,7 @@ impl Cluster {
 
     fn pg_ctl_stop(&self, mode: &str) -> Run {
         run_command(
-            postgres_command(pg_tool("pg_ctl"))
+            postgres_command(self.server_bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .args([
@@ -487,8 +507,13 @@ impl Cluster {
     #[track_caller]
     pub fn switch_wal_and_wait_archived(&self) -> String {
         // If nothing was written since the last switch, pg_switch_wal() returns the start of
-        // the current segment and pg_walfile_name() names the previous (finished) one: fine.
-        let seg = self.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        // the current segment. Up to 16 pg_walfile_name() of that boundary names the previous
+        // (finished) segment; from 17 on it names the next one, so step back a byte.
+        let seg = if self.major() < 17 {
+            self.psql("SELECT pg_walfile_name(pg_switch_wal())")
+        } else {
+            self.psql("SELECT pg_walfile_name(pg_switch_wal() - 1)")
+        };
         let query = format!(
             "SELECT coalesce(last_archived_wal, '') >= '{seg}', \
                     coalesce(last_archived_wal, '-'), failed_count, \
@@ -517,19 +542,23 @@ impl Cluster {
     /// Polls until the server is paused in recovery or out of recovery (or has exited).
     #[track_caller]
     pub fn wait_until_paused_or_ready(&self) -> RecoveryState {
-        let waited = wait_for(SERVER_TIMEOUT, || {
-            match self.try_psql(
-                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
-                 THEN pg_get_wal_replay_pause_state() ELSE 'not in recovery' END",
-            ) {
-                Ok(row) => match row.as_str() {
-                    "t|paused" => Ok(RecoveryState::Paused),
-                    r if r.starts_with("f|") => Ok(RecoveryState::Ready),
-                    _ => Err(format!("pg_is_in_recovery|pause_state = {row}")),
-                },
-                Err(_) if !self.process_alive() => Ok(RecoveryState::ShutDown),
-                Err(e) => Err(e),
-            }
+        // pg_get_wal_replay_pause_state() is new in 14; 13 has only the boolean.
+        let query = if self.major() < 14 {
+            "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() \
+             THEN 'not in recovery' WHEN pg_is_wal_replay_paused() THEN 'paused' \
+             ELSE 'not paused' END"
+        } else {
+            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
+             THEN pg_get_wal_replay_pause_state() ELSE 'not in recovery' END"
+        };
+        let waited = wait_for(SERVER_TIMEOUT, || match self.try_psql(query) {
+            Ok(row) => match row.as_str() {
+                "t|paused" => Ok(RecoveryState::Paused),
+                r if r.starts_with("f|") => Ok(RecoveryState::Ready),
+                _ => Err(format!("pg_is_in_recovery|pause_state = {row}")),
+            },
+            Err(_) if !self.process_alive() => Ok(RecoveryState::ShutDown),
+            Err(e) => Err(e),
         });
         waited.unwrap_or_else(|e| {
             panic!(
@@ -549,6 +578,14 @@ impl Cluster {
             "expected recovery to pause at the target\n--- server log ---\n{}",
             self.log_tail(60)
         );
+    }
+
+    /// The major of the data directory (its PG_VERSION file).
+    #[track_caller]
+    pub fn major(&self) -> u32 {
+        let v = fs::read_to_string(self.data.join("PG_VERSION"))
+            .unwrap_or_else(|e| panic!("read PG_VERSION in {}: {e}", self.data.display()));
+        v.trim().parse().expect("PG_VERSION holds a number")
     }
 
     #[track_caller]

@@ -39,6 +39,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Where PostgreSQL 15's programs live on Debian. `PGSNAPFS_TEST_PG_BIN` overrides it.
 pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// Where scripts/lib/deps.sh (`install_pg_matrix`) puts the other majors, as `MAJOR/bin`.
+/// `PGSNAPFS_TEST_PG_MATRIX` overrides it.
+pub const DEFAULT_PG_MATRIX: &str = "/opt/pgsnapfs-pg";
+
 /// Facts about this machine checked once per test process.
 pub struct Machine {
     pub pg_bin: PathBuf,
@@ -110,6 +114,26 @@ pub fn machine() -> &'static Machine {
 /// The absolute path of a PostgreSQL program (`initdb`, `psql`, ...).
 pub fn pg_tool(name: &str) -> PathBuf {
     machine().pg_bin.join(name)
+}
+
+/// The directory holding initdb, pg_ctl and postgres of PostgreSQL `major`: the harness's
+/// own for 15, else the npm build that scripts/test installs. psql and pgbench always come
+/// from [`pg_tool`] (Debian's 15 is a client for every major).
+pub fn server_bin(major: u32) -> PathBuf {
+    if major == 15 {
+        return machine().pg_bin.clone();
+    }
+    let root = std::env::var_os("PGSNAPFS_TEST_PG_MATRIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_MATRIX));
+    let bin = root.join(major.to_string()).join("bin");
+    assert!(
+        bin.join("postgres").is_file(),
+        "PostgreSQL {major} is missing: {} not found (scripts/test installs it: \
+         install_pg_matrix in scripts/lib/deps.sh)",
+        bin.join("postgres").display()
+    );
+    bin
 }
 
 /// Environment variables that would change which server or repository a command talks to;
@@ -472,6 +496,20 @@ impl Repo {
         self.run("restore", &v)
     }
 
+    /// The keys under `prefix` and their sizes, through the library's back end (either store).
+    pub fn objects(&self, prefix: &str) -> Vec<(String, u64)> {
+        let backend = pgsnapfs::store::open_backend(&self.spec).expect("open the repository");
+        backend
+            .list(prefix)
+            .expect("list the repository")
+            .into_iter()
+            .map(|k| {
+                let size = backend.size(&k).expect("size of an object");
+                (k, size)
+            })
+            .collect()
+    }
+
     /// A fingerprint of every object in the repository (and, locally, every file and its
     /// mode), to check a command changed nothing.
     pub fn digest(&self) -> BTreeMap<String, String> {
@@ -507,6 +545,20 @@ pub fn json_u64(v: &serde_json::Value, key: &str) -> u64 {
     v[key]
         .as_u64()
         .unwrap_or_else(|| panic!("field {key:?} missing or not an unsigned integer in {v}"))
+}
+
+/// The requests in a `"requests"` object of pgsnapfs's JSON (retries are already in the
+/// per-kind counts).
+#[track_caller]
+pub fn requests_total(r: &serde_json::Value) -> u64 {
+    let kinds = r
+        .as_object()
+        .unwrap_or_else(|| panic!("\"requests\" is not an object: {r}"));
+    kinds
+        .iter()
+        .filter(|(k, _)| k.as_str() != "retries")
+        .map(|(_, v)| v.as_u64().unwrap_or_else(|| panic!("bad count in {r}")))
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------

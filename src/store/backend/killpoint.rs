@@ -1,6 +1,7 @@
 //! Kill points, a test aid for tests/crash_injection.rs: with `PGSNAPFS_KILL_AT=put:N` the
 //! process sends itself SIGKILL just before its N-th `put` starts, with `put-done:N` just
-//! after it published its object (likewise `delete:N`, `delete-done:N`). A real SIGKILL, so
+//! after it published its object (likewise `replace`, `delete`; each kind counted on its
+//! own, as a lease's timed refresh replaces but never puts or deletes). A real SIGKILL, so
 //! nothing is flushed or cleaned up. `PGSNAPFS_KILL_AT=count` prints each point passed, as
 //! `kill point put:N KEY`, so a test can enumerate every point of a command. Unset, `wrap`
 //! returns the back end untouched.
@@ -19,7 +20,14 @@ enum Mode {
 }
 
 /// The points, in the spelling `PGSNAPFS_KILL_AT` takes.
-const POINTS: [&str; 4] = ["put", "put-done", "delete", "delete-done"];
+const POINTS: [&str; 6] = [
+    "put",
+    "put-done",
+    "replace",
+    "replace-done",
+    "delete",
+    "delete-done",
+];
 
 fn parse(value: &str) -> Option<Mode> {
     if value == "count" {
@@ -30,8 +38,9 @@ fn parse(value: &str) -> Option<Mode> {
     Some(Mode::Kill(point, n.parse().ok().filter(|n| *n > 0)?))
 }
 
-/// Puts and deletes of the whole process (a command may open its back end more than once).
+/// Puts, replaces and deletes of the whole process (a command may open its back end more than once).
 static PUTS: AtomicU64 = AtomicU64::new(0);
+static REPLACES: AtomicU64 = AtomicU64::new(0);
 static DELETES: AtomicU64 = AtomicU64::new(0);
 
 /// `backend` with kill points if `PGSNAPFS_KILL_AT` is set; panics on a value it cannot use,
@@ -42,7 +51,7 @@ pub fn wrap(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
     };
     let value = value.to_string_lossy();
     let mode = parse(&value).unwrap_or_else(|| {
-        panic!("{ENV}={value:?}: expected count, or put, put-done, delete or delete-done, ':' and a number from 1")
+        panic!("{ENV}={value:?}: expected count, or one of {POINTS:?}, ':' and a number from 1")
     });
     Arc::new(KillPoints {
         inner: backend,
@@ -98,6 +107,11 @@ impl Backend for KillPoints {
             self.inner.put(key, data)
         })
     }
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.around(&REPLACES, ["replace", "replace-done"], key, || {
+            self.inner.replace(key, data)
+        })
+    }
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.inner.list(prefix)
     }
@@ -126,6 +140,7 @@ mod tests {
         assert_eq!(parse("count"), Some(Mode::Count));
         assert_eq!(parse("put:3"), Some(Mode::Kill("put", 3)));
         assert_eq!(parse("delete-done:12"), Some(Mode::Kill("delete-done", 12)));
+        assert_eq!(parse("replace:2"), Some(Mode::Kill("replace", 2)));
         for bad in ["", "put", "put:0", "put:x", "get:1", "put-done", "count:1"] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }

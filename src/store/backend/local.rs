@@ -78,6 +78,22 @@ impl LocalBackend {
             .join(format!("{}-{}-{}.tmp", std::process::id(), n, nanos))
     }
 
+    /// Writes and fsyncs `data` to the temporary file `tmp`, and creates `dest`'s directory.
+    fn write_temp(&self, tmp: &Path, dest: &Path, data: &[u8], key: &str) -> Result<()> {
+        let write = || -> std::io::Result<()> {
+            create_dirs(tmp.parent().expect("temp path has a parent"))?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            create_dirs(dest.parent().expect("object path has a parent"))
+        };
+        write().map_err(io("write", key))
+    }
+
     fn same_content(path: &Path, data: &[u8]) -> std::io::Result<bool> {
         let mut f = File::open(path)?;
         if f.metadata()?.len() != data.len() as u64 {
@@ -126,19 +142,7 @@ impl Backend for LocalBackend {
             };
         }
         let tmp = self.temp_path();
-        let write = || -> std::io::Result<()> {
-            create_dirs(tmp.parent().expect("temp path has a parent"))?;
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            create_dirs(dest.parent().expect("object path has a parent"))?;
-            Ok(())
-        };
-        let result = write().map_err(io("write", key)).and_then(|()| {
+        let result = self.write_temp(&tmp, &dest, data, key).and_then(|()| {
             match fs::hard_link(&tmp, &dest) {
                 Ok(()) => fsync_dir(dest.parent().expect("object path has a parent"))
                     .map_err(io("fsync directory of", key)),
@@ -155,6 +159,21 @@ impl Backend for LocalBackend {
             }
         });
         let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    /// rename(2) swaps the name atomically: readers see the old file or the new one.
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(key);
+        let tmp = self.temp_path();
+        let result = self.write_temp(&tmp, &dest, data, key).and_then(|()| {
+            fs::rename(&tmp, &dest).map_err(io("rename", key))?;
+            fsync_dir(dest.parent().expect("object path has a parent"))
+                .map_err(io("fsync directory of", key))
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
         result
     }
 
@@ -221,6 +240,11 @@ mod tests {
         assert!(b.size("nope").unwrap_err().is_not_found());
         assert_eq!(b.list("a/").unwrap(), vec!["a/b/c".to_string()]);
         assert!(b.get("nope").unwrap_err().is_not_found());
+        assert_eq!(b.size("a/b/c").unwrap(), 5);
+        b.replace("a/b/c", b"replaced").unwrap();
+        assert_eq!(b.get("a/b/c").unwrap(), b"replaced");
+        b.replace("a/new", b"fresh").unwrap();
+        assert_eq!(b.get("a/new").unwrap(), b"fresh");
         b.delete("a/b/c").unwrap();
         assert!(!b.exists("a/b/c").unwrap());
         // No temporary files are left behind.

@@ -61,6 +61,14 @@ impl Backend for MemoryBackend {
         }
     }
 
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.into(), data.to_vec());
+        Ok(())
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let objects = self.objects.lock().unwrap();
         Ok(objects

@@ -1,8 +1,10 @@
 //! Storage back ends: a plain object store of immutable, atomically written objects.
 //!
 //! Keys are `/`-separated paths such as `packs/ab/ab12…`; the repository layout lives in
-//! `store::layout` only. `put` never replaces a different object: content-addressed objects
+//! `store::keys` only. `put` never replaces a different object: content-addressed objects
 //! are idempotent to write, and anything else that collides is a bug worth stopping for.
+//! `replace` is the one exception, for the few records that change in place (leases, and
+//! snapshot manifests that gc points at repacked blobs).
 
 pub mod killpoint;
 mod local;
@@ -53,6 +55,9 @@ pub trait Backend: Send + Sync {
     /// Stores `data` under `key` atomically and durably. Succeeds if an identical object is
     /// already there; fails with `Conflict` if a different one is.
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Stores `data` under `key` atomically and durably, replacing any object there: a reader
+    /// sees the old bytes or the new, never a mix.
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()>;
     /// All keys under `prefix` (a directory-like prefix ending in `/`, or empty), sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     fn delete(&self, key: &str) -> Result<()>;

@@ -618,6 +618,19 @@ impl Inner {
         Err(Failure::Other("object kept appearing and disappearing".into()).into_error("put", key))
     }
 
+    /// A plain PUT: S3 replaces an object atomically. Only small records are replaced.
+    async fn replace(&self, key: &str, data: Bytes) -> std::result::Result<(), Failure> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(Failure::of)
+    }
+
     /// Uploads in parts and completes with `If-None-Match: *`. `Ok(true)`: the key is taken.
     /// A failed upload is aborted, so no parts linger (and bill) in the bucket.
     async fn put_multipart(&self, key: &str, data: Bytes) -> Result<bool> {
@@ -967,6 +980,17 @@ impl Backend for S3Backend {
         let k = key.to_string();
         let data = Bytes::copy_from_slice(data);
         self.run("put", key, |inner| async move { inner.put(&k, data).await })
+    }
+
+    fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
+        let k = key.to_string();
+        let data = Bytes::copy_from_slice(data);
+        self.run("replace", key, |inner| async move {
+            inner
+                .replace(&k, data)
+                .await
+                .map_err(|f| f.into_error("replace", &k))
+        })
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {

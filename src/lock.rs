@@ -1,0 +1,496 @@
+//! Leases: records in the repository (`locks/<id>`) of the commands using it, so they work
+//! across hosts on S3 as well as locally.
+//!
+//! Every command that reads packs or snapshots holds a shared lease while it runs; gc, expire
+//! and backup-keep hold an exclusive one, which excludes each other but never readers or
+//! writers. A heartbeat thread refreshes the lease every `REFRESH`; a lease not refreshed
+//! within its TTL, or whose process is dead on this very machine, is stale and counts as gone.
+//! gc never waits for leases: it records which were alive when it condemned packs and deletes
+//! them only once all of those are gone (docs/repository-format.md, "Deleting").
+
+use crate::error::{Error, Result};
+use crate::store::{keys, object, random_id, Backend, Repository, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How long a lease stays live without a refresh.
+pub const TTL: Duration = Duration::from_secs(300);
+/// How often the holder refreshes it. The holder gives its lease up as lost once
+/// `TTL - REFRESH` has passed without a successful refresh, so clocks may disagree by up to
+/// `REFRESH` before another host could take a lease over too early.
+const REFRESH: Duration = Duration::from_secs(60);
+/// How often a command that must wait for an expire looks again.
+const POLL: Duration = Duration::from_secs(1);
+
+/// The lease object: sealed JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub id: String,
+    pub command: String,
+    pub exclusive: bool,
+    pub host: String,
+    pub pid: u32,
+    /// The holder's boot and PID namespace: where it equals ours, a dead PID is a dead holder.
+    pub instance: String,
+    pub created: DateTime<Utc>,
+    pub refreshed: DateTime<Utc>,
+    pub ttl_s: u64,
+    /// Backups this command uses, which expire keeps while the lease is live.
+    #[serde(default)]
+    pub pins: Vec<String>,
+}
+
+/// This process's host and instance, to judge leases held on the same machine.
+#[derive(Debug, Clone)]
+pub struct Here {
+    pub host: String,
+    pub instance: String,
+}
+
+impl Here {
+    pub fn current() -> Here {
+        let mut buf = [0u8; 256];
+        // SAFETY: buf is writable for its length; gethostname NUL-terminates on success.
+        let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            "unknown".into()
+        };
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let pidns = std::fs::read_link("/proc/self/ns/pid")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        Here {
+            host,
+            instance: format!("{}/{pidns}", boot.trim()),
+        }
+    }
+}
+
+/// Whether a process of this PID namespace exists.
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+impl LeaseRecord {
+    /// Whether the holder is certainly gone: not refreshed within its TTL, or a process that
+    /// no longer exists on this machine (a PID that exists may be reused: that still counts
+    /// as alive until the TTL runs out).
+    pub fn is_stale(&self, now: DateTime<Utc>, here: &Here, alive: impl Fn(u32) -> bool) -> bool {
+        let ttl = chrono::Duration::seconds(self.ttl_s as i64);
+        self.refreshed + ttl < now
+            || (self.host == here.host
+                && !self.instance.is_empty()
+                && self.instance == here.instance
+                && !alive(self.pid))
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} lease {} ({} on {}, pid {}, since {})",
+            if self.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            },
+            self.id,
+            self.command,
+            self.host,
+            self.pid,
+            self.created
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// A lease as found in the repository.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub key: String,
+    /// `None` if the object could not be read: treated as live, since its holder is unknown.
+    pub record: Option<LeaseRecord>,
+    pub stale: bool,
+}
+
+/// Every lease in the repository, judged at `now`.
+pub fn list(repo: &Repository) -> Result<Vec<Found>> {
+    let here = Here::current();
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for key in repo.backend().list(keys::LOCKS)? {
+        let record = match repo.get_sealed(&key) {
+            Ok(p) => serde_json::from_slice::<LeaseRecord>(&p).ok(),
+            // Released between the listing and the read.
+            Err(StoreError::Backend(e)) if e.is_not_found() => continue,
+            Err(e) => {
+                tracing::warn!("cannot read lease {key}: {e}");
+                None
+            }
+        };
+        let stale = record
+            .as_ref()
+            .is_some_and(|r| r.is_stale(now, &here, pid_alive));
+        out.push(Found { key, record, stale });
+    }
+    Ok(out)
+}
+
+impl Found {
+    pub fn id(&self) -> &str {
+        self.key.trim_start_matches(keys::LOCKS)
+    }
+
+    /// An unreadable lease counts as live but not as exclusive: gc waits for it, and it
+    /// blocks nothing else.
+    fn is_live_exclusive(&self, command: Option<&str>) -> bool {
+        !self.stale
+            && self
+                .record
+                .as_ref()
+                .is_some_and(|r| r.exclusive && command.is_none_or(|c| c == r.command))
+    }
+}
+
+/// The ids of the leases that are live now.
+pub fn live_ids(repo: &Repository) -> Result<Vec<String>> {
+    Ok(list(repo)?
+        .into_iter()
+        .filter(|f| !f.stale)
+        .map(|f| f.id().to_string())
+        .collect())
+}
+
+/// Removes a lease by id (`pgsnapfs locks --remove`).
+pub fn remove(repo: &Repository, id: &str) -> Result<()> {
+    let key = keys::lock(id);
+    if !repo.backend().exists(&key)? {
+        return Err(Error::NotFound(format!(
+            "no lease {id}; `pgsnapfs locks` lists them"
+        )));
+    }
+    repo.backend().delete(&key)?;
+    Ok(())
+}
+
+struct State {
+    record: LeaseRecord,
+    last_ok: std::time::Instant,
+    lost: Option<String>,
+    stop: bool,
+}
+
+/// A lease this process holds. Dropping it stops the heartbeat and removes the lease.
+pub struct Lease {
+    backend: Arc<dyn Backend>,
+    level: i32,
+    key: String,
+    state: Arc<(Mutex<State>, Condvar)>,
+    heartbeat: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lease {
+    /// Takes a shared lease for `command`.
+    pub fn shared(repo: &Repository, command: &str) -> Result<Lease> {
+        Lease::take(repo, command, false)
+    }
+
+    /// Takes the exclusive lease for `command`, failing if another gc, expire or
+    /// backup-keep holds one. Stale leases found on the way are removed.
+    pub fn exclusive(repo: &Repository, command: &str) -> Result<Lease> {
+        let lease = Lease::take(repo, command, true)?;
+        // Written before listing: of two commands starting together, at least one sees the
+        // other (both may, and both give up).
+        for found in list(repo)? {
+            if found.key == lease.key {
+                continue;
+            }
+            if found.stale {
+                let what = found.record.as_ref().map(LeaseRecord::describe);
+                tracing::info!("removing stale {}", what.unwrap_or(found.key.clone()));
+                repo.backend().delete(&found.key).or_else(ignore_missing)?;
+            } else if let Some(r) = found
+                .record
+                .as_ref()
+                .filter(|_| found.is_live_exclusive(None))
+            {
+                let what = r.describe();
+                return Err(Error::Failed(format!(
+                    "the repository is busy: {what} holds it exclusively; try again when it \
+                     finishes, or if that process is gone, remove the lease with \
+                     `pgsnapfs locks --remove {}`",
+                    found.id()
+                )));
+            }
+        }
+        Ok(lease)
+    }
+
+    fn take(repo: &Repository, command: &str, exclusive: bool) -> Result<Lease> {
+        let here = Here::current();
+        let now = Utc::now();
+        let record = LeaseRecord {
+            id: random_id().to_hex()[..16].to_string(),
+            command: command.into(),
+            exclusive,
+            host: here.host,
+            pid: std::process::id(),
+            instance: here.instance,
+            created: now,
+            refreshed: now,
+            ttl_s: TTL.as_secs(),
+            pins: Vec::new(),
+        };
+        let key = keys::lock(&record.id);
+        let backend = repo.backend_arc();
+        let level = repo.config.compression_level;
+        backend.put(&key, &seal(&record, level))?;
+        let state = Arc::new((
+            Mutex::new(State {
+                record,
+                last_ok: std::time::Instant::now(),
+                lost: None,
+                stop: false,
+            }),
+            Condvar::new(),
+        ));
+        let heartbeat = {
+            let (backend, key, state) = (backend.clone(), key.clone(), state.clone());
+            std::thread::spawn(move || heartbeat(backend.as_ref(), &key, level, &state))
+        };
+        Ok(Lease {
+            backend,
+            level,
+            key,
+            state,
+            heartbeat: Some(heartbeat),
+        })
+    }
+
+    pub fn id(&self) -> String {
+        self.state.0.lock().expect("lease state").record.id.clone()
+    }
+
+    /// Fails if the lease may have been lost (refreshes failed for too long, or it was
+    /// removed): a command checks this before a step that relies on it, such as publishing
+    /// a backup or deleting packs.
+    pub fn ensure_held(&self) -> Result<()> {
+        let s = self.state.0.lock().expect("lease state");
+        if let Some(why) = &s.lost {
+            return Err(Error::Failed(format!(
+                "lost the repository lease {}: {why}; nothing more is written, run the command \
+                 again",
+                s.record.id
+            )));
+        }
+        if s.last_ok.elapsed() > TTL - REFRESH {
+            return Err(Error::Failed(format!(
+                "could not refresh the repository lease {} for {}s; nothing more is written, \
+                 run the command again",
+                s.record.id,
+                s.last_ok.elapsed().as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the backups this command uses, so expire keeps them (and their WAL) while it
+    /// runs. If an expire was running when the pins were written, it may have missed them:
+    /// this waits for it to end and returns true, and the caller must check its backups
+    /// still exist.
+    pub fn pin(&self, repo: &Repository, backups: &[String]) -> Result<bool> {
+        {
+            let mut s = self.state.0.lock().expect("lease state");
+            s.record.pins = backups.to_vec();
+            s.record.refreshed = Utc::now();
+            self.backend
+                .replace(&self.key, &seal(&s.record, self.level))?;
+        }
+        let mut waited = false;
+        loop {
+            let expiring: Vec<Found> = list(repo)?
+                .into_iter()
+                .filter(|f| f.key != self.key && f.is_live_exclusive(Some("expire")))
+                .collect();
+            let Some(first) = expiring.first() else {
+                return Ok(waited);
+            };
+            if !waited {
+                tracing::warn!("waiting for a running expire ({}) to finish", first.id());
+            }
+            waited = true;
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+fn ignore_missing(
+    e: crate::store::BackendError,
+) -> std::result::Result<(), crate::store::BackendError> {
+    if e.is_not_found() {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn seal(record: &LeaseRecord, level: i32) -> Vec<u8> {
+    object::seal(
+        &serde_json::to_vec_pretty(record).expect("lease serializes"),
+        level,
+    )
+}
+
+fn heartbeat(backend: &dyn Backend, key: &str, level: i32, state: &(Mutex<State>, Condvar)) {
+    let (lock, wake) = state;
+    let mut s = lock.lock().expect("lease state");
+    loop {
+        s = wake
+            .wait_timeout_while(s, REFRESH, |s| !s.stop)
+            .expect("lease state")
+            .0;
+        if s.stop {
+            return;
+        }
+        s.record.refreshed = Utc::now();
+        let bytes = seal(&s.record, level);
+        // Someone removed it (judged stale, or `locks --remove`): writing it back would claim
+        // a protection that others have stopped honouring.
+        let result = backend.exists(key).and_then(|there| {
+            if there {
+                backend.replace(key, &bytes).map(|_| true)
+            } else {
+                Ok(false)
+            }
+        });
+        match result {
+            Ok(true) => s.last_ok = std::time::Instant::now(),
+            Ok(false) => {
+                tracing::error!("repository lease {key} was removed by another process");
+                s.lost = Some("another process removed it as stale".into());
+                return;
+            }
+            Err(e) => tracing::warn!("cannot refresh repository lease {key}: {e}"),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.state.0.lock().expect("lease state").stop = true;
+        self.state.1.notify_all();
+        if let Some(t) = self.heartbeat.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.backend.delete(&self.key) {
+            if !e.is_not_found() {
+                tracing::warn!(
+                    "cannot remove repository lease {}: {e}; it goes stale in {}s",
+                    self.key,
+                    TTL.as_secs()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backend::memory::MemoryBackend;
+
+    fn repo() -> Repository {
+        Repository::init(Arc::new(MemoryBackend::default()), 65536, 3).unwrap()
+    }
+
+    fn record(host: &str, instance: &str, refreshed: DateTime<Utc>) -> LeaseRecord {
+        LeaseRecord {
+            id: "a".into(),
+            command: "backup".into(),
+            exclusive: false,
+            host: host.into(),
+            pid: 42,
+            instance: instance.into(),
+            created: refreshed,
+            refreshed,
+            ttl_s: 300,
+            pins: vec![],
+        }
+    }
+
+    #[test]
+    fn staleness() {
+        let here = Here {
+            host: "h".into(),
+            instance: "boot/ns".into(),
+        };
+        let now = Utc::now();
+        let fresh = record("h", "boot/ns", now - chrono::Duration::seconds(299));
+        assert!(!fresh.is_stale(now, &here, |_| true));
+        // Same machine, dead process: stale at once.
+        assert!(fresh.is_stale(now, &here, |_| false));
+        // Another host's process cannot be checked: only the TTL counts.
+        let remote = record("other", "boot/ns", now - chrono::Duration::seconds(299));
+        assert!(!remote.is_stale(now, &here, |_| false));
+        let old = record("other", "x", now - chrono::Duration::seconds(301));
+        assert!(old.is_stale(now, &here, |_| true));
+        // Another PID namespace on the same host (a container): only the TTL counts.
+        let container = record("h", "boot/other-ns", now);
+        assert!(!container.is_stale(now, &here, |_| false));
+    }
+
+    #[test]
+    fn exclusive_excludes_exclusive_not_shared() {
+        let repo = repo();
+        let shared = Lease::shared(&repo, "backup").unwrap();
+        let gc = Lease::exclusive(&repo, "gc").unwrap();
+        let err = Lease::exclusive(&repo, "expire").err().unwrap();
+        assert!(err.to_string().contains("busy"), "{err}");
+        // The refused attempt left no lease behind.
+        assert_eq!(live_ids(&repo).unwrap().len(), 2);
+        drop(gc);
+        let expire = Lease::exclusive(&repo, "expire").unwrap();
+        assert_eq!(live_ids(&repo).unwrap(), {
+            let mut v = vec![shared.id(), expire.id()];
+            v.sort();
+            v
+        });
+        drop((shared, expire));
+        assert!(repo.backend().list(keys::LOCKS).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_exclusive_lease_is_taken_over() {
+        let repo = repo();
+        let now = Utc::now();
+        let mut dead = record("elsewhere", "x", now - chrono::Duration::seconds(3600));
+        dead.exclusive = true;
+        dead.command = "gc".into();
+        repo.backend()
+            .put(&keys::lock("a"), &seal(&dead, 3))
+            .unwrap();
+        let found = list(&repo).unwrap();
+        assert!(found[0].stale);
+        let gc = Lease::exclusive(&repo, "gc").unwrap();
+        assert_eq!(live_ids(&repo).unwrap(), vec![gc.id()]);
+    }
+
+    #[test]
+    fn pins_are_visible_and_lost_lease_is_reported() {
+        let repo = repo();
+        let mount = Lease::shared(&repo, "mount").unwrap();
+        assert!(!mount.pin(&repo, &["b1".into()]).unwrap());
+        let found = list(&repo).unwrap();
+        assert_eq!(
+            found[0].record.as_ref().unwrap().pins,
+            vec!["b1".to_string()]
+        );
+        mount.ensure_held().unwrap();
+        mount.state.0.lock().unwrap().lost = Some("test".into());
+        assert!(mount.ensure_held().is_err());
+    }
+}
