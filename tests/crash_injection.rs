@@ -343,3 +343,144 @@ fn wal_push_killed_at_every_point() {
     // Recovery through every pushed segment reaches the last batch they hold.
     assert_restores_rows(&repo, &[], segments[pushed - 1].0, "all kills");
 }
+
+/// The repository and source of the expire and gc scenarios, where every round adds one
+/// backup the same way.
+struct Rounds {
+    repo: Repo,
+    source: Cluster,
+    backup: Vec<String>,
+    /// Backups that finished and that nothing has expired yet.
+    live: Vec<Finished>,
+    batch: u32,
+}
+
+impl Rounds {
+    fn new() -> Rounds {
+        let repo = Repo::init();
+        let source = Cluster::start_new(ClusterOptions {
+            settings: vec![("autovacuum".into(), "off".into())],
+            wal_segsize_mb: Some(1),
+            ..ClusterOptions::archiving_to(&repo.spec)
+        });
+        create_t(&source);
+        let mut backup = repo.args("backup", &["--json"]);
+        backup.extend(source.backup_args());
+        Rounds {
+            repo,
+            source,
+            backup,
+            live: Vec::new(),
+            batch: 0,
+        }
+    }
+
+    /// Adds a batch of rows and backs it up; waits until its WAL is all archived, so that
+    /// what expire cuts does not depend on the archiver's pace.
+    fn add_backup(&mut self) {
+        add_batch(&self.source, self.batch);
+        next_second();
+        let id = json_str(&pgsnapfs(&self.backup).assert_ok().json(), "id");
+        self.source.switch_wal_and_wait_archived();
+        self.live.push(Finished {
+            id,
+            batch: self.batch,
+        });
+        self.batch += 1;
+    }
+
+    /// `expire --keep-last KEEP`.
+    fn expire(&self) -> Vec<String> {
+        self.repo
+            .args("expire", &["--keep-last", &KEEP.to_string()])
+    }
+
+    /// Drops what a finished expire removed from `live`.
+    fn expired(&mut self) {
+        let excess = self.live.len().saturating_sub(KEEP);
+        self.live.drain(..excess);
+    }
+
+    /// After a kill: check passes, the newest `KEEP` backups (which expire keeps) are listed,
+    /// and with `restore` the oldest and newest of them restore with their rows.
+    #[track_caller]
+    fn assert_intact(&self, state: &Path, after: &str, restore: bool) {
+        assert_check_passes(&self.repo, state, after);
+        let kept = &self.live[self.live.len().saturating_sub(KEEP)..];
+        let listed: Vec<String> = self.repo.list().iter().map(|b| json_str(b, "id")).collect();
+        for b in kept {
+            assert!(listed.contains(&b.id), "{after}: backup {} is gone", b.id);
+        }
+        if restore {
+            assert_restore(&self.repo, &[&kept[0], kept.last().unwrap()], after);
+        }
+    }
+}
+
+/// Backups expire keeps in the expire and gc scenarios.
+const KEEP: usize = 2;
+
+#[test]
+fn expire_killed_at_every_point() {
+    let mut r = Rounds::new();
+    let state = TestDir::new("check-state");
+    // A round: one more backup, then expire removes the oldest (its manifest and its WAL).
+    for _ in 0..=KEEP {
+        r.add_backup();
+    }
+    // Not counted: the first expire also removes the WAL from before the first backup.
+    pgsnapfs(&r.expire()).assert_ok();
+    r.expired();
+    r.add_backup();
+    let (_, points) = count_points(&r.expire());
+    r.expired();
+    eprintln!("expire kill points: {points:?}");
+    assert!(points.len() >= 6, "{points:?}");
+
+    for (i, (point, key)) in points.iter().enumerate() {
+        let after = format!("expire killed at {point} ({key})");
+        r.add_backup();
+        kill_at(&r.expire(), point, key);
+        r.assert_intact(state.path(), &after, i % 4 == 3);
+        pgsnapfs(&r.expire()).assert_ok();
+        r.expired();
+        let listed: Vec<String> = r.repo.list().iter().map(|b| json_str(b, "id")).collect();
+        let live: Vec<String> = r.live.iter().map(|b| b.id.clone()).collect();
+        assert_eq!(listed, live, "after the expire killed at {point} ran again");
+    }
+    r.assert_intact(state.path(), "all kills", true);
+}
+
+#[test]
+fn gc_killed_at_every_point() {
+    let mut r = Rounds::new();
+    let state = TestDir::new("check-state");
+    // Repack every pack that holds any garbage: more of gc's steps run each time.
+    let gc = r.repo.args("gc", &["--repack-threshold", "1%"]);
+    // A round: one more backup, expire removes the oldest, and gc deletes and repacks what
+    // only that backup used.
+    let round = |r: &mut Rounds| {
+        r.add_backup();
+        pgsnapfs(&r.expire()).assert_ok();
+        r.expired();
+    };
+    for _ in 0..=KEEP {
+        r.add_backup();
+    }
+    // Not counted: the first gc also repacks the first, full backup's packs.
+    round(&mut r);
+    pgsnapfs(&gc).assert_ok();
+    round(&mut r);
+    let (_, points) = count_points(&gc);
+    eprintln!("gc kill points: {points:?}");
+    assert!(points.len() >= 6, "{points:?}");
+
+    for (i, (point, key)) in points.iter().enumerate() {
+        let after = format!("gc killed at {point} ({key})");
+        round(&mut r);
+        kill_at(&gc, point, key);
+        r.assert_intact(state.path(), &after, i % 4 == 3);
+        pgsnapfs(&gc).assert_ok();
+    }
+    r.assert_intact(state.path(), "all kills", true);
+}
