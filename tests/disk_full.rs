@@ -1,7 +1,8 @@
 //! A repository whose disk fills up: a backup that cannot fit fails with a message naming the
 //! object and what to do, shows no partial backup, and leaves the repository consistent; the
-//! earlier backup still restores with its rows; a wal-push fails with a non-zero exit (so
-//! PostgreSQL retries it); and once space is freed, the backup and the push succeed.
+//! earlier backup still restores with its rows; a wal-push into the full disk fails with a
+//! non-zero exit (so PostgreSQL retries it) and damages nothing; and once space is freed, the
+//! push and a new backup succeed.
 
 mod common;
 
@@ -64,11 +65,14 @@ fn fill(disk: &Tmpfs, name: &str, leave: u64) -> PathBuf {
     let filler = disk.point.join(name);
     let mut f = fs::File::create(&filler).unwrap();
     let block = vec![0xa5u8; 64 << 10];
-    while disk.free_bytes() > leave {
-        let n = (disk.free_bytes() - leave).min(block.len() as u64) as usize;
+    let mut left = disk.free_bytes().saturating_sub(leave);
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        // With nothing to leave, the last block may not fit: full is what was asked for.
         if f.write_all(&block[..n]).is_err() {
             break;
         }
+        left -= n as u64;
     }
     filler
 }
@@ -117,12 +121,10 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
            FROM generate_series(1, 100000) g",
     );
     let filler = fill(&disk, "filler", 512 << 10);
-    let failed = pgsnapfs(&backup).assert_exit(1);
-    failed
-        .assert_mentions("no space left")
-        .assert_mentions("packs/");
-    let failed = pgsnapfs(&backup).assert_exit(1);
-    failed.assert_mentions("run the command again");
+    pgsnapfs(&backup)
+        .assert_exit(1)
+        .assert_mentions("no space left in the repository to write packs/")
+        .assert_mentions("run the command again");
 
     let list = |spec: &str| -> Vec<String> {
         let v = pgsnapfs(&["list", "--json", "--repo", spec])
@@ -140,20 +142,6 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
         vec![first.clone()],
         "no partial backup is listed"
     );
-    check(&spec, state.path()).assert_ok();
-
-    // PostgreSQL keeps a segment until archive_command succeeds, so a failure must be non-zero.
-    // The failed backup removed its unfinished pack: first fill what that freed.
-    let more = fill(&disk, "more", 0);
-    source.psql("INSERT INTO t VALUES (1001, 'after')");
-    let name = source.psql("SELECT pg_walfile_name(pg_switch_wal())");
-    let segment = source.data.join("pg_wal").join(&name);
-    let scratch = TestDir::new("wal");
-    let copy = scratch.join(&name);
-    copy_for_postgres(&segment, &copy);
-    pgsnapfs(&["wal-push", "--repo", &spec, copy.to_str().unwrap()])
-        .assert_exit(1)
-        .assert_mentions("no space left");
     check(&spec, state.path()).assert_ok();
 
     let out = TestDir::new("restore");
@@ -181,8 +169,23 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
         );
     }
 
-    fs::remove_file(filler).unwrap();
+    // PostgreSQL keeps a segment until archive_command succeeds, so a failure must be non-zero.
+    // The failed backup removed its unfinished pack: first fill what that freed.
+    let more = fill(&disk, "more", 0);
+    source.psql("INSERT INTO t VALUES (1001, 'after')");
+    let name = source.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    let segment = source.data.join("pg_wal").join(&name);
+    let scratch = TestDir::new("wal");
+    let copy = scratch.join(&name);
+    copy_for_postgres(&segment, &copy);
+    pgsnapfs(&["wal-push", "--repo", &spec, copy.to_str().unwrap()])
+        .assert_exit(1)
+        .assert_mentions("no space left");
+    // With no byte free, check cannot write its lease either: give it the few it needs.
     fs::remove_file(more).unwrap();
+    check(&spec, state.path()).assert_ok();
+
+    fs::remove_file(filler).unwrap();
     pgsnapfs(&["wal-push", "--repo", &spec, copy.to_str().unwrap()]).assert_ok();
     // The archiver catches up too, so no WAL is missing.
     source.switch_wal_and_wait_archived();
