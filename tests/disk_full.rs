@@ -181,7 +181,20 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
     pgsnapfs(&["wal-push", "--repo", &spec, copy.to_str().unwrap()])
         .assert_exit(1)
         .assert_mentions("no space left");
-    // With no byte free, check cannot write its lease either: give it the few it needs.
+    // Recovery does not wait for space: restore works on the full disk, without its lease.
+    let to_full = out.join("data-full");
+    pgsnapfs(&[
+        "restore",
+        "--repo",
+        &spec,
+        "--backup",
+        &first,
+        "--to",
+        to_full.to_str().unwrap(),
+    ])
+    .assert_ok()
+    .assert_mentions("without it");
+    // With no byte free, check cannot write its lease: give it the few it needs.
     fs::remove_file(more).unwrap();
     check(&spec, state.path()).assert_ok();
 

@@ -5,9 +5,9 @@ use crate::error::{Error, Result};
 use crate::lock::Lease;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
-use crate::pitr::Plan;
+use crate::pitr::{self, Plan};
 use crate::restore::{self, RestoreOptions};
-use crate::store::Repository;
+use crate::store::{BackendError, Repository, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -65,8 +65,22 @@ pub fn restore_command(repo_spec: &str, plan: &Plan) -> Result<String> {
 }
 
 pub fn run(repo: &Repository, repo_spec: &str, a: Args) -> Result<()> {
-    let lease = Lease::shared(repo, "restore")?;
-    let plan = super::plan_pinned(repo, &lease, a.system, &a.goal.goal()?)?;
+    // A full repository disk must not stand between a lost server and its restore: without
+    // room for the lease, restore goes on unprotected and says so.
+    let lease = match Lease::shared(repo, "restore") {
+        Err(Error::Store(StoreError::Backend(BackendError::NoSpace { .. }))) => {
+            eprintln!(
+                "pgsnapfs: warning: no space in the repository for this restore's lease; \
+                 restoring without it: run no expire or gc until the restore is done"
+            );
+            None
+        }
+        lease => Some(lease?),
+    };
+    let plan = match &lease {
+        Some(lease) => super::plan_pinned(repo, lease, a.system, &a.goal.goal()?)?,
+        None => pitr::plan(repo, a.system, &a.goal.goal()?)?,
+    };
     let snap = &plan.snapshot;
     eprintln!(
         "restoring backup {} (PostgreSQL {}, {}, ended {}) to {}; about {} of WAL to replay",
