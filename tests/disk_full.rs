@@ -145,17 +145,20 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
     check(&spec, state.path()).assert_ok();
 
     let out = TestDir::new("restore");
+    let restore_first = |to: &Path| {
+        pgsnapfs(&[
+            "restore",
+            "--repo",
+            &spec,
+            "--backup",
+            &first,
+            "--to",
+            to.to_str().unwrap(),
+        ])
+        .assert_ok()
+    };
     let to = out.join("data");
-    pgsnapfs(&[
-        "restore",
-        "--repo",
-        &spec,
-        "--backup",
-        &first,
-        "--to",
-        to.to_str().unwrap(),
-    ])
-    .assert_ok();
+    restore_first(&to);
     {
         let restored = Cluster::start_on(&to);
         assert_ne!(
@@ -182,18 +185,7 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
         .assert_exit(1)
         .assert_mentions("no space left");
     // Recovery does not wait for space: restore works on the full disk, without its lease.
-    let to_full = out.join("data-full");
-    pgsnapfs(&[
-        "restore",
-        "--repo",
-        &spec,
-        "--backup",
-        &first,
-        "--to",
-        to_full.to_str().unwrap(),
-    ])
-    .assert_ok()
-    .assert_mentions("without it");
+    restore_first(&out.join("data-full")).assert_mentions("without it");
     // With no byte free, check cannot write its lease: give it the few it needs.
     fs::remove_file(more).unwrap();
     check(&spec, state.path()).assert_ok();
