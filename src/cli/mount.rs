@@ -110,7 +110,12 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
+pub fn run(
+    repo: Repository,
+    repo_spec: &str,
+    pass: &super::key::PassphraseArgs,
+    a: Args,
+) -> Result<()> {
     // Before any thread starts: a thread with the default mask would take SIGTERM and die,
     // leaving a stale mount.
     let signals = block_signals();
@@ -143,8 +148,18 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         let plan = super::plan_pinned(&repo, &lease, a.system, &a.goal.goal()?)?;
         let mountpoint = std::fs::canonicalize(&a.mountpoint)
             .map_err(io(format!("resolve {}", a.mountpoint.display())))?;
+        // The server is started by someone else, with its own environment: the view keeps
+        // the passphrase in its scratch directory for wal-fetch.
+        let key = match repo.crypto().is_encrypted() {
+            true => Some(super::key::view_key(&scratch)?),
+            false => None,
+        };
         let settings = RecoverySettings {
-            restore_command: super::restore::restore_command(repo_spec, &plan)?,
+            restore_command: super::restore::restore_command(
+                repo_spec,
+                &plan,
+                key.as_ref().map_or("", |k| &k.1),
+            )?,
             target: plan.target.clone(),
             action: a.target_action,
             timeline: None,
@@ -158,6 +173,9 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             owner,
             &a.shared_buffers,
         )?;
+        if let Some((path, _)) = &key {
+            super::key::write_view_key(&pass.read(repo_spec)?, path, owner)?;
+        }
         eprintln!(
             "mounting backup {} (ended {}) at {}; about {} of WAL to replay on start, to {}",
             plan.snapshot.id,
