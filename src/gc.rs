@@ -658,9 +658,9 @@ mod tests {
             .add_blob(BlobType::Tree, &serde_json::to_vec(&dir).unwrap())
             .unwrap();
         packer.flush().unwrap();
-        mem.replace(
+        repo.replace_sealed(
             &keys::snapshot("b"),
-            &object::seal(&serde_json::to_vec(&Snapshot { root, ..snap }).unwrap(), 3),
+            &serde_json::to_vec(&Snapshot { root, ..snap }).unwrap(),
         )
         .unwrap();
         drop(running);
