@@ -667,6 +667,52 @@ mod tests {
     }
 
     #[test]
+    fn encrypted_repository_needs_its_passphrase_and_hides_ids() {
+        let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let repo = Repository::create(
+            mem.clone(),
+            65536,
+            3,
+            Some((b"pass", super::super::key::cheap_kdf())),
+        )
+        .unwrap();
+        assert_eq!(repo.config.version, ENCRYPTED_VERSION);
+        let mut packer = Packer::new(&repo, 1 << 20);
+        let blob = b"row".repeat(1000);
+        let r = packer.add_blob(BlobType::Data, &blob).unwrap();
+        packer.flush().unwrap();
+        assert_ne!(r.id, Id::of(&blob), "ids are keyed");
+        repo.put_sealed("systems/1", b"secret label").unwrap();
+        assert!(!mem
+            .get("systems/1")
+            .unwrap()
+            .windows(6)
+            .any(|w| w == b"secret"));
+
+        assert!(matches!(
+            Repository::open(mem.clone()),
+            Err(StoreError::NeedKey(_))
+        ));
+        let pass = |p: &'static [u8]| move || Ok(Zeroizing::new(p.to_vec()));
+        assert!(matches!(
+            Repository::open_with(mem.clone(), &pass(b"wrong")),
+            Err(StoreError::WrongKey(_))
+        ));
+        let again = Repository::open_with(mem.clone(), &pass(b"pass")).unwrap();
+        assert_eq!(again.read_blob(&r.id, &r.loc, r.len).unwrap(), blob);
+        assert_eq!(again.get_sealed("systems/1").unwrap(), b"secret label");
+
+        // A second slot opens it too; the first can then go, but not the one in use.
+        again.add_key(b"other").unwrap();
+        let first = again.opened_with().unwrap().to_string();
+        assert!(again.remove_key(&first).is_err());
+        let other = Repository::open_with(mem.clone(), &pass(b"other")).unwrap();
+        other.remove_key(&first).unwrap();
+        assert!(Repository::open_with(mem.clone(), &pass(b"pass")).is_err());
+        assert_eq!(other.get_sealed("systems/1").unwrap(), b"secret label");
+    }
+
+    #[test]
     fn newer_format_is_refused() {
         let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
         mem.put(keys::CONFIG, br#"{"version": 999}"#).unwrap();
