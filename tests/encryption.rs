@@ -327,3 +327,54 @@ fn backup_works_as_a_non_superuser_role() {
     let restored = Cluster::start_on(&to);
     assert_eq!(restored.psql(ROWS), want);
 }
+
+/// A view's restore_command gets the key from a 0600 file of the server's user in the scratch
+/// directory, never from its command line; the mount shows nothing to other users.
+#[test]
+fn a_mounted_view_fetches_wal_with_a_private_key_file() {
+    use std::os::unix::fs::MetadataExt;
+    let repo = Repo::init_encrypted_on(Store::Local, PASS);
+    let source = archiving(&repo);
+    fill(&source, 1, 400);
+    repo.backup(&source);
+    let want = source.psql(ROWS);
+    source.switch_wal_and_wait_archived();
+
+    let work = TestDir::new("mount");
+    let mp = fs::canonicalize(work.subdir("mnt", 0o755)).unwrap();
+    let scratch = work.join("scratch");
+    let args = repo.args(
+        "mount",
+        &[
+            s(&mp),
+            "--backup",
+            "latest",
+            "--scratch",
+            s(&scratch),
+            "--shared-buffers",
+            "128MB",
+            "--background",
+        ],
+    );
+    pgsnapfs_as_root(&args).assert_ok();
+    let postgres_uid = fs::metadata(repo.passphrase_file.as_ref().unwrap())
+        .unwrap()
+        .uid();
+    let key = fs::metadata(scratch.join("passphrase")).unwrap();
+    assert_eq!((key.mode() & 0o777, key.uid()), (0o600, postgres_uid));
+    assert_eq!(fs::metadata(&scratch).unwrap().mode() & 0o077, 0);
+    assert_eq!(
+        fs::metadata(&mp).unwrap().mode() & 0o007,
+        0,
+        "the view is not world-readable"
+    );
+    let conf = fs::read_to_string(mp.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("--passphrase-file"), "{conf}");
+    assert!(!conf.contains(PASS), "{conf}");
+    {
+        let server = Cluster::start_on(&mp);
+        server.wait_until_paused_or_ready();
+        assert_eq!(server.psql(ROWS), want);
+    }
+    pgsnapfs_as_root(&["umount", s(&mp)]).assert_ok();
+}
