@@ -377,4 +377,8 @@ fn a_mounted_view_fetches_wal_with_a_private_key_file() {
         assert_eq!(server.psql(ROWS), want);
     }
     pgsnapfs_as_root(&["umount", s(&mp)]).assert_ok();
+    assert!(
+        !scratch.join("passphrase").exists(),
+        "the key file goes with the mount"
+    );
 }

@@ -139,7 +139,7 @@ pub fn run(
         || a.goal.target_lsn.is_some()
         || a.goal.target_name.is_some()
         || a.goal.target_xid.is_some();
-    let (source, writable, fsname) = if view {
+    let (source, writable, fsname, key_file) = if view {
         let scratch = a.scratch.clone().ok_or_else(|| {
             Error::BadInput(
                 "a point-in-time mount needs --scratch DIR for the server's writes".into(),
@@ -197,6 +197,7 @@ pub fn run(
             source,
             Some(scratch.join("cow")),
             format!("pgsnapfs:{}@{}", plan.snapshot.id, std::process::id()),
+            key.map(|(path, _)| path),
         )
     } else {
         if a.scratch.is_some() {
@@ -208,6 +209,7 @@ pub fn run(
             SnapSource::catalogue(repo.clone(), cache)?,
             None,
             format!("pgsnapfs@{}", std::process::id()),
+            None,
         )
     };
     let handle = pgsnapfs_fuse::mount(
@@ -252,9 +254,16 @@ pub fn run(
             Err(e) => eprintln!("pgsnapfs: cannot unmount yet: {e}; stop what is using the mount, then signal again"),
         }
     });
-    handle
+    let ended = handle
         .wait()
-        .map_err(|e| Error::Failed(format!("mount ended with an error: {e}")))
+        .map_err(|e| Error::Failed(format!("mount ended with an error: {e}")));
+    // The server that needed it is gone with the mount.
+    if let Some(path) = key_file {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("cannot remove the view's key file {}: {e}", path.display());
+        }
+    }
+    ended
 }
 
 /// Starts this same command in the foreground as a detached child, and returns once it has
