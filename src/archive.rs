@@ -9,7 +9,7 @@ use crate::error::{io, Error, Result};
 use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_SIZE};
 use crate::pg::walscan::{scan_segment, SegmentSummary};
 use crate::pg::{control::ControlData, lsn::Lsn};
-use crate::store::{keys, object, BackendError, Repository, StoreError};
+use crate::store::{keys, BackendError, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -184,10 +184,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         Ok(()) => Ok(Pushed::Stored),
         Err(StoreError::Backend(BackendError::Conflict { .. })) => {
             // Compare contents by digest: compression settings may differ between copies.
-            let head = repo
-                .backend()
-                .get_range(&key, 0, object::HEADER_LEN as u64)?;
-            if object::header(&head, &key)?.digest == crate::store::Id::of(&data) {
+            if repo.sealed_header(&key)?.digest == crate::store::Id::of(&data) {
                 Ok(Pushed::AlreadyArchived)
             } else {
                 Err(Error::Failed(format!(

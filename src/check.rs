@@ -16,10 +16,11 @@ use crate::archive::{self, System};
 use crate::error::{io, Result};
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::walscan::SegmentSummary;
+use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Loc, NodeKind};
-use crate::store::{keys, object, Id, Repository, StoreError};
+use crate::store::{keys, Id, Repository, StoreError};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -291,6 +292,7 @@ struct Finding {
 /// Holds one pack's entry table (and, given the whole pack, its blobs) against the references
 /// into it. Returns the findings and how many blobs were re-hashed.
 fn examine_pack(
+    crypto: &Crypto,
     key: &str,
     pack_len: u64,
     table: &[u8],
@@ -336,7 +338,7 @@ fn examine_pack(
         for e in entries {
             let stored = &d[e.offset as usize..(e.offset + e.stored_len) as usize];
             checked += 1;
-            if let Err(err) = pack::decode_blob(stored, e.len, &e.id, key) {
+            if let Err(err) = crypto.decode_blob(stored, e.len, &e.id, key) {
                 let reason = match err {
                     StoreError::Corrupt { reason, .. } => reason,
                     other => other.to_string(),
@@ -648,7 +650,14 @@ impl<'a> Checker<'a> {
                 return Ok(());
             }
         };
-        let (findings, checked) = examine_pack(key, size, &table, data.as_deref(), &refs);
+        let (findings, checked) = examine_pack(
+            self.repo.crypto(),
+            key,
+            size,
+            &table,
+            data.as_deref(),
+            &refs,
+        );
         self.report.blobs_checked += checked;
         if data.is_some() {
             self.report.packs_read += 1;
@@ -834,7 +843,7 @@ impl<'a> Checker<'a> {
             };
             self.read(raw.len() as u64);
             self.report.wal_objects_read += 1;
-            let opened = object::open(&raw, key).and_then(|payload| {
+            let opened = self.repo.crypto().open(key, &raw).and_then(|payload| {
                 if summary {
                     serde_json::from_slice::<SegmentSummary>(&payload)
                         .map_err(|e| StoreError::corrupt(key, e.to_string()))?;
@@ -1178,16 +1187,30 @@ mod tests {
     fn pack_findings_are_classified() {
         let (bytes, entries, refs) = sample_pack();
         let n = bytes.len() as u64;
-        let clean = examine_pack("p", n, table(&bytes), Some(&bytes), &refs);
+        let clean = examine_pack(
+            &Crypto::default(),
+            "p",
+            n,
+            table(&bytes),
+            Some(&bytes),
+            &refs,
+        );
         assert_eq!(clean, (vec![], 3));
 
         // A flipped byte inside the second blob: found only by reading the data, and
         // charged to the reference to that blob.
         let mut flipped = bytes.clone();
         flipped[entries[1].offset as usize + 3] ^= 0x10;
-        let (f, checked) = examine_pack("p", n, table(&flipped), None, &refs);
+        let (f, checked) = examine_pack(&Crypto::default(), "p", n, table(&flipped), None, &refs);
         assert_eq!((f.len(), checked), (0, 0));
-        let (f, _) = examine_pack("p", n, table(&flipped), Some(&flipped), &refs);
+        let (f, _) = examine_pack(
+            &Crypto::default(),
+            "p",
+            n,
+            table(&flipped),
+            Some(&flipped),
+            &refs,
+        );
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].kind, ProblemKind::BlobCorrupt);
         assert_eq!(f[0].offsets, vec![entries[1].offset]);
@@ -1196,7 +1219,7 @@ mod tests {
         // the reference to the third blob is charged to it.
         let mut table3 = table(&bytes).to_vec();
         table3[2 * pack::ENTRY_LEN + 39] ^= 0xff;
-        let (f, _) = examine_pack("p", n, &table3, None, &refs);
+        let (f, _) = examine_pack(&Crypto::default(), "p", n, &table3, None, &refs);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].kind, ProblemKind::EntryOutsidePack);
         assert_eq!(f[0].offsets, vec![entries[2].offset]);
@@ -1204,7 +1227,7 @@ mod tests {
         // A reference the table does not back up (a wrong id).
         let mut wrong = refs.clone();
         wrong[0].1.id8 ^= 1;
-        let (f, _) = examine_pack("p", n, table(&bytes), None, &wrong);
+        let (f, _) = examine_pack(&Crypto::default(), "p", n, table(&bytes), None, &wrong);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].kind, ProblemKind::MissingBlob);
         assert_eq!(f[0].offsets, vec![entries[0].offset]);
@@ -1212,7 +1235,7 @@ mod tests {
         // An unknown blob type.
         let mut table4 = table(&bytes).to_vec();
         table4[32] = 9;
-        let (f, _) = examine_pack("p", n, &table4, None, &refs[1..]);
+        let (f, _) = examine_pack(&Crypto::default(), "p", n, &table4, None, &refs[1..]);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].kind, ProblemKind::BadPackEntry);
         assert!(f[0].offsets.is_empty());

@@ -52,7 +52,9 @@ impl Error {
                 | StoreError::NotEmpty { .. }
                 | StoreError::Version { .. }
                 | StoreError::NoSuchBackup(_)
-                | StoreError::BadSetting(_),
+                | StoreError::BadSetting(_)
+                | StoreError::NeedKey(_)
+                | StoreError::WrongKey(_),
             )
             | Error::BadInput(_) => 2,
             Error::NotFound(_) => 4,

@@ -16,7 +16,7 @@ use crate::lock::{self, Lease};
 use crate::store::pack::{self, BlobType, Entry};
 use crate::store::snapshot::{self, Snapshot};
 use crate::store::tree::{decode_chunk_list, encode_chunk_list, BlobRef, Dir, Loc, NodeKind};
-use crate::store::{keys, object, random_id, Id, Packer, Repository, StoreError};
+use crate::store::{keys, random_id, Id, Packer, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -468,7 +468,7 @@ fn repack(
                 continue;
             }
             let stored = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-            pack::decode_blob(stored, e.len, &e.id, &key)?;
+            repo.crypto().decode_blob(stored, e.len, &e.id, &key)?;
             let loc = w.packer.add(e.id, BlobType::Data, stored, e.len)?;
             w.moved.insert((refs.index[p], e.offset), loc);
         }
@@ -484,10 +484,7 @@ fn repack(
     for s in &changed {
         held()?;
         let json = serde_json::to_vec_pretty(s).expect("snapshot serializes");
-        repo.backend().replace(
-            &keys::snapshot(&s.id),
-            &object::seal(&json, repo.config.compression_level),
-        )?;
+        repo.replace_sealed(&keys::snapshot(&s.id), &json)?;
         tracing::info!(backup = %s.id, "manifest now points at repacked blobs");
     }
     Ok(Repacked {
@@ -661,9 +658,9 @@ mod tests {
             .add_blob(BlobType::Tree, &serde_json::to_vec(&dir).unwrap())
             .unwrap();
         packer.flush().unwrap();
-        mem.replace(
+        repo.replace_sealed(
             &keys::snapshot("b"),
-            &object::seal(&serde_json::to_vec(&Snapshot { root, ..snap }).unwrap(), 3),
+            &serde_json::to_vec(&Snapshot { root, ..snap }).unwrap(),
         )
         .unwrap();
         drop(running);

@@ -9,7 +9,8 @@
 //! them only once all of those are gone (docs/repository-format.md, "Deleting").
 
 use crate::error::{Error, Result};
-use crate::store::{keys, object, random_id, Backend, Repository, StoreError};
+use crate::store::crypto::Sealer;
+use crate::store::{keys, random_id, Backend, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Condvar, Mutex};
@@ -187,7 +188,7 @@ struct State {
 /// A lease this process holds. Dropping it stops the heartbeat and removes the lease.
 pub struct Lease {
     backend: Arc<dyn Backend>,
-    level: i32,
+    sealer: Sealer,
     key: String,
     state: Arc<(Mutex<State>, Condvar)>,
     heartbeat: Option<std::thread::JoinHandle<()>>,
@@ -247,8 +248,8 @@ impl Lease {
         };
         let key = keys::lock(&record.id);
         let backend = repo.backend_arc();
-        let level = repo.config.compression_level;
-        backend.put(&key, &seal(&record, level))?;
+        let sealer = repo.sealer();
+        backend.put(&key, &seal(&record, &sealer, &key))?;
         let state = Arc::new((
             Mutex::new(State {
                 record,
@@ -260,11 +261,12 @@ impl Lease {
         ));
         let heartbeat = {
             let (backend, key, state) = (backend.clone(), key.clone(), state.clone());
-            std::thread::spawn(move || heartbeat(backend.as_ref(), &key, level, &state))
+            let sealer = sealer.clone();
+            std::thread::spawn(move || heartbeat(backend.as_ref(), &key, &sealer, &state))
         };
         Ok(Lease {
             backend,
-            level,
+            sealer,
             key,
             state,
             heartbeat: Some(heartbeat),
@@ -308,7 +310,7 @@ impl Lease {
             s.record.pins = backups.to_vec();
             s.record.refreshed = Utc::now();
             self.backend
-                .replace(&self.key, &seal(&s.record, self.level))?;
+                .replace(&self.key, &seal(&s.record, &self.sealer, &self.key))?;
         }
         let mut waited = false;
         loop {
@@ -338,14 +340,14 @@ fn ignore_missing(
     }
 }
 
-fn seal(record: &LeaseRecord, level: i32) -> Vec<u8> {
-    object::seal(
+fn seal(record: &LeaseRecord, sealer: &Sealer, key: &str) -> Vec<u8> {
+    sealer.seal(
+        key,
         &serde_json::to_vec_pretty(record).expect("lease serializes"),
-        level,
     )
 }
 
-fn heartbeat(backend: &dyn Backend, key: &str, level: i32, state: &(Mutex<State>, Condvar)) {
+fn heartbeat(backend: &dyn Backend, key: &str, sealer: &Sealer, state: &(Mutex<State>, Condvar)) {
     let (lock, wake) = state;
     let mut s = lock.lock().expect("lease state");
     loop {
@@ -357,7 +359,7 @@ fn heartbeat(backend: &dyn Backend, key: &str, level: i32, state: &(Mutex<State>
             return;
         }
         s.record.refreshed = Utc::now();
-        let bytes = seal(&s.record, level);
+        let bytes = seal(&s.record, sealer, key);
         // Someone removed it (judged stale, or `locks --remove`): writing it back would claim
         // a protection that others have stopped honouring.
         let result = backend.exists(key).and_then(|there| {
@@ -471,7 +473,10 @@ mod tests {
         dead.exclusive = true;
         dead.command = "gc".into();
         repo.backend()
-            .put(&keys::lock("a"), &seal(&dead, 3))
+            .put(
+                &keys::lock("a"),
+                &seal(&dead, &repo.sealer(), &keys::lock("a")),
+            )
             .unwrap();
         let found = list(&repo).unwrap();
         assert!(found[0].stale);

@@ -10,7 +10,7 @@ use crate::archive::{self, System};
 use crate::store::cache::BlobCache;
 use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Chunk, NodeKind, LIST_FANOUT};
-use crate::store::{keys, object, Id, Repository, StoreError};
+use crate::store::{keys, Id, Repository, StoreError};
 use pgsnapfs_fuse::{Attr, DirEntry, Error as FsError, Kind, NodeId, Source};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -504,12 +504,7 @@ impl Source for SnapSource {
             } => match len.get() {
                 Some(l) => *l,
                 None => {
-                    let head = self
-                        .repo
-                        .backend()
-                        .get_range(key, 0, object::HEADER_LEN as u64)
-                        .map_err(|e| eio(e.into()))?;
-                    let l = object::header(&head, key).map_err(eio)?.len;
+                    let l = self.repo.sealed_header(key).map_err(eio)?.len;
                     *len.get_or_init(|| l)
                 }
             }

@@ -1,5 +1,9 @@
 //! The live server: libpq-style connection options and the backup start/stop calls.
 //!
+//! Everything here works as a non-superuser role with `pg_read_all_settings` (for
+//! `current_setting('data_directory')`) and EXECUTE on `pg_backup_start`/`pg_backup_stop`;
+//! `pg_control_system()` and `pg_settings` are public (docs/operations.md, "A backup role").
+//!
 //! A non-exclusive backup must start and stop on one session, so `Server` holds that session
 //! for the whole backup while the files are read directly from PGDATA.
 

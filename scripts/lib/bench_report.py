@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Turns the JSON lines that scripts/bench recorded into the result tables.
 
-    bench_report.py --results results.jsonl [--out DIR] [--merge]
+    bench_report.py --results results.jsonl [--out DIR] [--merge chunk_sizes|s3|encryption]
 
 Prints the markdown on stdout. With --out, also writes DIR/benchmarks.md and
-DIR/benchmarks.json. With --merge (a `scripts/bench --chunk-sizes` run), only the chunk-size
-section is replaced in an existing DIR/benchmarks.json and the markdown is rebuilt from it.
+DIR/benchmarks.json. With --merge PART (a `scripts/bench --chunk-sizes`, `--s3` or
+`--encryption` run), only that section is replaced in an existing DIR/benchmarks.json and the
+markdown is rebuilt from it.
 
 Hand-written text survives a rewrite: any block of an existing benchmarks.md between
 `<!-- notes:NAME -->` and `<!-- /notes:NAME -->` is carried over into the new file at the same
@@ -60,6 +61,12 @@ class Records:
     def one(self, key, tool=""):
         m = self.merged(key, tool)
         return m[min(m)] if m else {}
+
+
+def pair_row(name, measure, unit, better, a, va, b, vb, runs, note=""):
+    """One row comparing two set-ups of the same measurement; the ratio is b / a."""
+    return {"row": name, "measure": measure, "unit": unit, "better": better, a: va, b: vb,
+            "ratio": ratio(vb, va), "runs": runs, "note": note}
 
 
 def peak_rss(r):
@@ -333,9 +340,7 @@ def build(recs):
     s3 = out["s3"] = []
 
     def s3row(name, measure, unit, better, local, remote, runs, note=""):
-        s3.append({"row": name, "measure": measure, "unit": unit, "better": better,
-                   "local": local, "s3": remote, "ratio": ratio(remote, local), "runs": runs,
-                   "note": note})
+        s3.append(pair_row(name, measure, unit, better, "local", local, "s3", remote, runs, note))
 
     for n, label in ((1, "full backup"), (2, "second backup, nothing changed")):
         b = {t: R.merged(f"s3_backup{n}", t) for t in ("local", "s3")}
@@ -382,6 +387,34 @@ def build(recs):
                   med([r["wall_s"] for r in rs]), len(v[k]),
                   f"{med([r['gets'] for r in rs]):.0f} GETs, "
                   f"{med([r['cache_hits'] for r in rs]):.0f} chunks from the disk cache")
+
+    # Encryption: the same cluster into a plain and an encrypted repository.
+    enc = out["encryption"] = []
+    b = {t: R.merged("enc_backup", t) for t in ("plain", "encrypted")}
+    s_ = {t: R.merged("enc_scan", t) for t in ("plain", "encrypted")}
+    if b["encrypted"]:
+        runs = len(b["encrypted"])
+        m = {t: med([r["wall_s"] for r in rs.values()]) for t, rs in b.items()}
+        logical = med([r["size_logical"] for r in b["encrypted"].values()])
+        for measure, unit, better, f in (
+                ("wall time", "s", "lower", lambda t: m[t]),
+                (f"throughput ({fmt_b(logical)} of files)", "bytes/s", "higher",
+                 lambda t: logical / m[t] if m[t] else None),
+                ("peak RSS", "bytes", "lower",
+                 lambda t: med([peak_rss(r) for r in b[t].values()]))):
+            enc.append(pair_row("full backup, page cache dropped", measure, unit, better,
+                                "plain", f("plain"), "encrypted", f("encrypted"), runs))
+    if s_["encrypted"]:
+        runs = len(s_["encrypted"])
+        w = {t: med([r["wall_s"] for r in rs.values()]) for t, rs in s_.items()}
+        size = med([r["table_bytes"] for r in s_["encrypted"].values()])
+        enc.append(pair_row("cold scan of pgbench_accounts through a mount", "wall time", "s",
+                            "lower", "plain", w["plain"], "encrypted", w["encrypted"], runs,
+                            "page cache dropped after the server started"))
+        enc.append(pair_row("cold scan of pgbench_accounts through a mount",
+                            f"throughput ({fmt_b(size)} table)", "bytes/s", "higher",
+                            "plain", size / w["plain"] if w["plain"] else None,
+                            "encrypted", size / w["encrypted"] if w["encrypted"] else None, runs))
 
     loads = [r["load1"] for r in recs if "load1" in r]
     if loads:
@@ -430,17 +463,22 @@ def results_table(doc):
     return "\n".join(lines)
 
 
-def s3_table(doc):
-    rows = doc.get("s3") or []
+def pair_table(rows, a, a_title, b, b_title):
+    """A table of `pair_row`s: column a, column b, and b / a."""
     if not rows:
         return ""
-    lines = ["| row | measure | local | S3 (moto) | S3 / local | better is | runs | note |",
+    lines = [f"| row | measure | {a_title} | {b_title} | {b_title} / {a_title} | better is | runs "
+             "| note |",
              "|---|---|---:|---:|---:|---|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['row']} | {r['measure']} | {cell(r['local'], r['unit'])} | "
-                     f"{cell(r['s3'], r['unit'])} | {fmt_ratio(r['ratio'])} | {r['better']} | "
+        lines.append(f"| {r['row']} | {r['measure']} | {cell(r[a], r['unit'])} | "
+                     f"{cell(r[b], r['unit'])} | {fmt_ratio(r['ratio'])} | {r['better']} | "
                      f"{r['runs'] or ''} | {r['note']} |")
     return "\n".join(lines)
+
+
+def s3_table(doc):
+    return pair_table(doc.get("s3") or [], "local", "local", "s3", "S3 (moto)")
 
 
 def chunk_table(doc):
@@ -643,6 +681,23 @@ def render(doc, notes):
         L.append("")
         L.append(notes.get("s3", "<!-- notes:s3 -->\n<!-- /notes:s3 -->"))
         L.append("")
+    if doc.get("encryption"):
+        L.append("## Encryption\n")
+        L.append("The same cluster backed up into a plain and an encrypted repository "
+                 "(`scripts/bench --encryption`; XChaCha20-Poly1305 and keyed HMAC-SHA-256 chunk "
+                 "ids, repository-format.md \"Encryption\"), then a mount of each backup, a server "
+                 "started on it, the page cache dropped and `pgbench_accounts` read in full. "
+                 "Every encrypted command also pays one Argon2id derivation (64 MiB) to unlock "
+                 "the key.\n")
+        em = doc.get("encryption_meta")
+        if em:
+            L.append(f"Encryption rows run separately: {em.get('date')}, `{em.get('command')}`, "
+                     f"scale {em.get('scale')}.\n")
+        L.append(pair_table(doc["encryption"], "plain", "plain", "encrypted", "encrypted"))
+        L.append("")
+        L.append(notes.get("encryption",
+                           "<!-- notes:encryption -->\n<!-- /notes:encryption -->"))
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"
@@ -705,13 +760,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
     ap.add_argument("--out")
-    ap.add_argument("--merge", choices=("chunk_sizes", "s3"),
+    ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption"),
                     help="merge only this part into the existing --out files")
     a = ap.parse_args()
     doc = build(load(a.results))
     if a.merge and a.out and os.path.exists(os.path.join(a.out, "benchmarks.json")):
         # Only this part is new: keep the rest of the published run.
-        prefix = {"chunk_sizes": "sweep_", "s3": "s3_"}[a.merge]
+        prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_"}[a.merge]
         old = json.load(open(os.path.join(a.out, "benchmarks.json")))
         old[a.merge] = doc[a.merge]
         old[a.merge + "_meta"] = doc["meta"]

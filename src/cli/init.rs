@@ -11,23 +11,39 @@ pub struct Args {
     /// zstd compression level (1–22).
     #[arg(long, default_value_t = 3)]
     pub compression_level: i32,
+    /// Encrypt the repository (XChaCha20-Poly1305, keyed chunk ids); the passphrase comes
+    /// from PGSNAPFS_PASSPHRASE, --passphrase-file or --passphrase-command.
+    #[arg(long)]
+    pub encryption: bool,
 }
 
-pub fn run(spec: &str, a: Args) -> Result<()> {
+pub fn run(spec: &str, a: Args, pass: &super::key::PassphraseArgs) -> Result<()> {
+    // Read before anything is created: a missing passphrase leaves no empty directory.
+    let passphrase = if a.encryption {
+        Some(pass.read(spec)?)
+    } else {
+        None
+    };
     let path = std::path::Path::new(spec);
     if !spec.contains("://") {
         std::fs::create_dir_all(path).map_err(|e| {
             Error::BadInput(format!("cannot create repository directory {spec}: {e}"))
         })?;
     }
-    let repo = Repository::init(
-        open_backend(spec)?,
-        // Out of range is refused by init.
-        u32::try_from(a.chunk_size).unwrap_or(u32::MAX),
-        a.compression_level,
-    )?;
+    // Out of range is refused by init.
+    let chunk_size = u32::try_from(a.chunk_size).unwrap_or(u32::MAX);
+    let backend = open_backend(spec)?;
+    let repo = match &passphrase {
+        Some(p) => Repository::init_encrypted(backend, chunk_size, a.compression_level, p)?,
+        None => Repository::init(backend, chunk_size, a.compression_level)?,
+    };
     println!(
-        "created repository {spec} (format {}, {} KiB chunks, zstd level {})",
+        "created {}repository {spec} (format {}, {} KiB chunks, zstd level {})",
+        if passphrase.is_some() {
+            "encrypted "
+        } else {
+            ""
+        },
         repo.config.version,
         repo.config.chunk_size / 1024,
         repo.config.compression_level

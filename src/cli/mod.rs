@@ -7,6 +7,7 @@ mod expire;
 mod gc;
 mod info;
 mod init;
+mod key;
 mod locks;
 mod mount;
 mod restore;
@@ -35,6 +36,8 @@ pub struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    #[command(flatten)]
+    pub passphrase: key::PassphraseArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,6 +77,8 @@ pub enum Command {
     Gc(gc::Args),
     /// List the leases of commands using the repository, or remove a stale one.
     Locks(locks::Args),
+    /// Add, list or remove the passphrases (key slots) of an encrypted repository.
+    Key(key::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -82,33 +87,39 @@ pub fn run(cli: Cli) -> Result<()> {
             Error::BadInput("no repository given: use --repo or set PGSNAPFS_REPO".into())
         })
     };
+    let pass = &cli.passphrase;
+    let open = |spec: &str| open(spec, pass);
     match cli.command {
-        Command::Init(a) => init::run(&repo()?, a),
+        Command::Init(a) => init::run(&repo()?, a, pass),
         Command::Backup(a) => backup::run(&open(&repo()?)?, a),
         Command::WalPush(a) => wal::push(&open(&repo()?)?, a),
         Command::WalFetch(a) => wal::fetch(&open(&repo()?)?, a),
         Command::List(a) => info::list(&open(&repo()?)?, a),
         Command::Info(a) => info::info(&open(&repo()?)?, a),
-        Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, a),
-        Command::Mount(a) => mount::run(open(&repo()?)?, &repo()?, a),
+        Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),
+        Command::Mount(a) => mount::run(open(&repo()?)?, &repo()?, pass, a),
         Command::Umount(a) => mount::umount(a),
-        Command::Verify(a) => verify::run(open(&repo()?)?, &repo()?, a),
+        Command::Verify(a) => verify::run(open(&repo()?)?, &repo()?, pass, a),
         Command::Check(a) => check::run(&open(&repo()?)?, a),
         Command::Expire(a) => expire::run(&open(&repo()?)?, a),
         Command::BackupKeep(a) => expire::keep(&open(&repo()?)?, a),
         Command::Gc(a) => gc::run(&open(&repo()?)?, a),
         Command::Locks(a) => locks::run(&open(&repo()?)?, a),
+        Command::Key(a) => key::run(&open(&repo()?)?, a),
     }
 }
 
-/// Opens an existing repository, with a clear error for a missing one.
-fn open(spec: &str) -> Result<Repository> {
+/// Opens an existing repository, with a clear error for a missing one; the passphrase is
+/// read only if the repository is encrypted.
+fn open(spec: &str, pass: &key::PassphraseArgs) -> Result<Repository> {
     if !spec.contains("://") && !std::path::Path::new(spec).is_dir() {
         return Err(Error::BadInput(format!(
             "repository {spec} does not exist; create it with `pgsnapfs init --repo {spec}`"
         )));
     }
-    Ok(Repository::open(open_backend(spec)?)?)
+    Ok(Repository::open_with(open_backend(spec)?, &|| {
+        pass.read(spec)
+    })?)
 }
 
 /// Plans recovery and pins the chosen backup in `lease`, so expire keeps it and its WAL

@@ -110,7 +110,12 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
+pub fn run(
+    repo: Repository,
+    repo_spec: &str,
+    pass: &super::key::PassphraseArgs,
+    a: Args,
+) -> Result<()> {
     // Before any thread starts: a thread with the default mask would take SIGTERM and die,
     // leaving a stale mount.
     let signals = block_signals();
@@ -134,7 +139,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         || a.goal.target_lsn.is_some()
         || a.goal.target_name.is_some()
         || a.goal.target_xid.is_some();
-    let (source, writable, fsname) = if view {
+    let (source, writable, fsname, key_file) = if view {
         let scratch = a.scratch.clone().ok_or_else(|| {
             Error::BadInput(
                 "a point-in-time mount needs --scratch DIR for the server's writes".into(),
@@ -143,8 +148,18 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         let plan = super::plan_pinned(&repo, &lease, a.system, &a.goal.goal()?)?;
         let mountpoint = std::fs::canonicalize(&a.mountpoint)
             .map_err(io(format!("resolve {}", a.mountpoint.display())))?;
+        // The server is started by someone else, with its own environment: the view keeps
+        // the passphrase in its scratch directory for wal-fetch.
+        let key = match repo.crypto().is_encrypted() {
+            true => Some(super::key::view_key(&scratch)?),
+            false => None,
+        };
         let settings = RecoverySettings {
-            restore_command: super::restore::restore_command(repo_spec, &plan)?,
+            restore_command: super::restore::restore_command(
+                repo_spec,
+                &plan,
+                key.as_ref().map_or("", |k| &k.1),
+            )?,
             target: plan.target.clone(),
             action: a.target_action,
             timeline: None,
@@ -158,6 +173,9 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             owner,
             &a.shared_buffers,
         )?;
+        if let Some((path, _)) = &key {
+            super::key::write_view_key(&pass.read(repo_spec)?, path, owner)?;
+        }
         eprintln!(
             "mounting backup {} (PostgreSQL {}, ended {}) at {}; about {} of WAL to replay on \
              start, to {}; start PostgreSQL {} on it",
@@ -182,6 +200,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             source,
             Some(scratch.join("cow")),
             format!("pgsnapfs:{}@{}", plan.snapshot.id, std::process::id()),
+            key.map(|(path, _)| path),
         )
     } else {
         if a.scratch.is_some() {
@@ -193,6 +212,7 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             SnapSource::catalogue(repo.clone(), cache)?,
             None,
             format!("pgsnapfs@{}", std::process::id()),
+            None,
         )
     };
     let handle = pgsnapfs_fuse::mount(
@@ -237,9 +257,16 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
             Err(e) => eprintln!("pgsnapfs: cannot unmount yet: {e}; stop what is using the mount, then signal again"),
         }
     });
-    handle
+    let ended = handle
         .wait()
-        .map_err(|e| Error::Failed(format!("mount ended with an error: {e}")))
+        .map_err(|e| Error::Failed(format!("mount ended with an error: {e}")));
+    // The server that needed it is gone with the mount.
+    if let Some(path) = key_file {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("cannot remove the view's key file {}: {e}", path.display());
+        }
+    }
+    ended
 }
 
 /// Starts this same command in the foreground as a detached child, and returns once it has

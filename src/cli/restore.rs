@@ -40,12 +40,13 @@ fn parse_map(s: &str) -> std::result::Result<(u32, PathBuf), String> {
 }
 
 /// Shell-quotes a word for restore_command, which PostgreSQL runs through sh.
-fn sh_quote(s: &str) -> String {
+pub(super) fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The restore_command that fetches WAL of this plan's cluster from this repository.
-pub fn restore_command(repo_spec: &str, plan: &Plan) -> Result<String> {
+/// `key` holds the options that give `wal-fetch` the key of an encrypted repository.
+pub fn restore_command(repo_spec: &str, plan: &Plan, key: &str) -> Result<String> {
     let exe = std::env::current_exe().map_err(crate::error::io("find the pgsnapfs executable"))?;
     // The server runs the command in its data directory: use an absolute repository path.
     let repo = if repo_spec.contains("://") {
@@ -57,14 +58,35 @@ pub fn restore_command(repo_spec: &str, plan: &Plan) -> Result<String> {
             .to_string()
     };
     Ok(format!(
-        "{} wal-fetch --repo {} --system {} %f %p",
+        "{} wal-fetch --repo {}{key} --system {} %f %p",
         sh_quote(&exe.display().to_string()),
         sh_quote(&repo),
         plan.system.system_identifier
     ))
 }
 
-pub fn run(repo: &Repository, repo_spec: &str, a: Args) -> Result<()> {
+/// The key options of a restored server's (or a verify server's) `wal-fetch`: the same
+/// passphrase file or command as this run, or PGSNAPFS_PASSPHRASE from its environment.
+pub fn fetch_key(repo: &Repository, pass: &super::key::PassphraseArgs) -> Result<String> {
+    if !repo.crypto().is_encrypted() {
+        return Ok(String::new());
+    }
+    let options = pass.fetch_options()?;
+    if options.is_empty() {
+        eprintln!(
+            "the repository is encrypted: the server's restore_command reads PGSNAPFS_PASSPHRASE \
+             from the server's environment"
+        );
+    }
+    Ok(options)
+}
+
+pub fn run(
+    repo: &Repository,
+    repo_spec: &str,
+    pass: &super::key::PassphraseArgs,
+    a: Args,
+) -> Result<()> {
     // A full repository disk must not stand between a lost server and its restore: without
     // room for the lease, restore goes on unprotected and says so.
     let lease = match Lease::shared(repo, "restore") {
@@ -92,7 +114,7 @@ pub fn run(repo: &Repository, repo_spec: &str, a: Args) -> Result<()> {
         human(plan.replay_bytes)
     );
     let settings = RecoverySettings {
-        restore_command: restore_command(repo_spec, &plan)?,
+        restore_command: restore_command(repo_spec, &plan, &fetch_key(repo, pass)?)?,
         target: plan.target.clone(),
         action: a.target_action,
         timeline: None,

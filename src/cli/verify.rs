@@ -31,7 +31,12 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
+pub fn run(
+    repo: Repository,
+    repo_spec: &str,
+    pass: &super::key::PassphraseArgs,
+    a: Args,
+) -> Result<()> {
     // With nothing named, test the newest backup as it was taken.
     let goal = match a.goal.goal()? {
         Goal::Latest => Goal::Backup("latest".into()),
@@ -51,12 +56,14 @@ pub fn run(repo: Repository, repo_spec: &str, a: Args) -> Result<()> {
         plan.snapshot.id,
         plan.describe()
     );
+    // The test server runs as --user with this process's environment.
+    let key = super::restore::fetch_key(&repo, pass)?;
     let repo = Arc::new(a.cache.attach(repo, repo_spec)?);
     let result = verify::run(
         repo.clone(),
         &plan,
         &VerifyOptions {
-            restore_command: super::restore::restore_command(repo_spec, &plan)?,
+            restore_command: super::restore::restore_command(repo_spec, &plan, &key)?,
             user: a.user,
             pg_bin: a.pg_bin,
             assertions,

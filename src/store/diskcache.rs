@@ -11,7 +11,8 @@
 //! mtime. Eviction lists the whole cache, about 100 bytes per cached blob, bounded by the
 //! limit.
 
-use super::{pack, Id};
+use super::crypto::Crypto;
+use super::Id;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -65,14 +66,15 @@ impl DiskCache {
         self.dir.join(&hex[..2]).join(hex)
     }
 
-    /// The blob's verified bytes, if cached and intact.
-    pub fn get(&self, id: &Id, len: u32) -> Option<Vec<u8>> {
+    /// The blob's verified bytes, if cached and intact. Stored bytes are kept as the
+    /// repository stores them: ciphertext for an encrypted one.
+    pub fn get(&self, id: &Id, len: u32, crypto: &Crypto) -> Option<Vec<u8>> {
         let path = self.path(id);
         let Ok(stored) = fs::read(&path) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        match pack::decode_blob(&stored, len, id, "disk cache") {
+        match crypto.decode_blob(&stored, len, id, "disk cache") {
             Ok(data) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 // Recency for eviction; a failure only makes eviction less exact.
@@ -204,9 +206,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(&dir.path().join("c"), 1 << 20).unwrap();
         let (id, data) = blob(1);
-        assert_eq!(cache.get(&id, 1000), None);
+        assert_eq!(cache.get(&id, 1000, &Crypto::default()), None);
         cache.put(&id, &data);
-        assert_eq!(cache.get(&id, 1000).as_deref(), Some(&data[..]));
+        assert_eq!(
+            cache.get(&id, 1000, &Crypto::default()).as_deref(),
+            Some(&data[..])
+        );
 
         let path = cache.path(&id);
         assert_eq!(
@@ -216,7 +221,11 @@ mod tests {
         let mut damaged = data.clone();
         damaged[10] ^= 1;
         fs::write(&path, &damaged).unwrap();
-        assert_eq!(cache.get(&id, 1000), None, "a damaged file is never served");
+        assert_eq!(
+            cache.get(&id, 1000, &Crypto::default()),
+            None,
+            "a damaged file is never served"
+        );
         assert!(!path.exists(), "and it is dropped");
         assert_eq!(cache.counts().hits, 1);
         assert_eq!(cache.counts().misses, 2);
@@ -238,7 +247,7 @@ mod tests {
                 .set_modified(old)
                 .unwrap();
         }
-        assert!(cache.get(&blobs[0].0, 1000).is_some());
+        assert!(cache.get(&blobs[0].0, 1000, &Crypto::default()).is_some());
         let (id3, data3) = blob(3);
         cache.put(&id3, &data3);
         let present: Vec<bool> = blobs

@@ -7,7 +7,8 @@
 //! blobs stored earlier in this run. Memory: the window, one pack, the parent's chunk refs of
 //! the file being read, and about 100 bytes per blob newly stored in this run.
 
-use super::pack::{encode_blob, BlobType};
+use super::crypto::Crypto;
+use super::pack::BlobType;
 use super::tree::{encode_chunk_list, BlobRef, Chunk, Dir, Loc, Node, NodeKind, LIST_FANOUT};
 use super::{Id, Packer, Repository, StoreError};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -72,19 +73,19 @@ struct Job {
     reply: Sender<Outcome>,
 }
 
-fn work(job: Job, known: &Known, level: i32) {
+fn work(job: Job, known: &Known, crypto: &Crypto, level: i32) {
     let data = &job.data;
     let outcome = if data.iter().all(|b| *b == 0) {
         Outcome::Zero
     } else {
-        let id = Id::of(data);
+        let id = crypto.id(data);
         let hit = known.lock().expect("known map").get(&id).copied();
         match hit {
             _ if job.expect == Some(id) => Outcome::Same,
             Some(loc) => Outcome::Known(id, loc),
             None => Outcome::New {
                 id,
-                stored: encode_blob(data, level),
+                stored: crypto.encode_blob(&id, data, level),
             },
         }
     };
@@ -119,9 +120,10 @@ impl<'r> Ingest<'r> {
             .map(|_| {
                 let rx = rx.clone();
                 let known = known.clone();
+                let crypto = repo.crypto().clone();
                 std::thread::spawn(move || {
                     for job in rx {
-                        work(job, &known, level);
+                        work(job, &known, &crypto, level);
                     }
                 })
             })
@@ -146,7 +148,7 @@ impl<'r> Ingest<'r> {
         data: &[u8],
         parent: Option<&BlobRef>,
     ) -> Result<BlobRef, StoreError> {
-        let id = Id::of(data);
+        let id = self.repo.crypto().id(data);
         if let Some(p) = parent.filter(|p| p.id == id) {
             return Ok(*p);
         }

@@ -11,6 +11,7 @@ pub const WAL_SUMMARIES: &str = "walsum/";
 pub const LOCKS: &str = "locks/";
 pub const KEEP: &str = "keep/";
 pub const TRASH: &str = "trash/";
+pub const KEY_SLOTS: &str = "keys/";
 
 pub fn pack(id: &Id) -> String {
     let hex = id.to_hex();
@@ -34,6 +35,11 @@ pub fn keep(backup: &str) -> String {
 /// The packs one gc run condemned.
 pub fn trash(run: &str) -> String {
     format!("{TRASH}{run}")
+}
+
+/// A key slot of an encrypted repository.
+pub fn key_slot(id: &str) -> String {
+    format!("{KEY_SLOTS}{id}")
 }
 
 pub fn system(sysid: u64) -> String {
@@ -82,6 +88,7 @@ mod tests {
             "walsum/7/00000002/000000020000000000000003"
         );
         assert_eq!(lock("9f3a"), "locks/9f3a");
+        assert_eq!(key_slot("9f3a"), "keys/9f3a");
         assert_eq!(keep("20261121T054012Z"), "keep/20261121T054012Z");
         assert_eq!(
             trash("20261121T054012Z-9f3a"),

@@ -6,9 +6,11 @@
 
 pub mod backend;
 pub mod cache;
+pub mod crypto;
 pub mod diskcache;
 mod id;
 pub mod ingest;
+pub mod key;
 pub mod keys;
 pub mod object;
 pub mod pack;
@@ -47,6 +49,14 @@ pub enum StoreError {
     NoSuchBackup(String),
     #[error("invalid repository setting: {0}")]
     BadSetting(String),
+    #[error(
+        "repository {0} is encrypted: give its passphrase in PGSNAPFS_PASSPHRASE, with --passphrase-file or with --passphrase-command"
+    )]
+    NeedKey(String),
+    #[error(
+        "no key slot of repository {0} opens with this passphrase: check the passphrase (or key file) given; `pgsnapfs key list` shows the slots. If the passphrase is right, the config or key slots are damaged"
+    )]
+    WrongKey(String),
 }
 
 impl StoreError {

@@ -16,9 +16,7 @@ pub struct Packer<'a> {
 /// A fresh random pack name: packs are named before their content is known.
 pub fn random_id() -> Id {
     let mut buf = [0u8; 32];
-    // SAFETY: buf is a valid writable buffer of the given length.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    assert_eq!(n, 32, "getrandom failed");
+    super::crypto::fill_random(&mut buf);
     Id(buf)
 }
 
@@ -33,7 +31,7 @@ impl<'a> Packer<'a> {
         }
     }
 
-    /// Adds an encoded blob (see `pack::encode_blob`) and returns where it will be.
+    /// Adds an encoded blob (see `Crypto::encode_blob`) and returns where it will be.
     pub fn add(
         &mut self,
         id: Id,
@@ -62,8 +60,9 @@ impl<'a> Packer<'a> {
         kind: BlobType,
         data: &[u8],
     ) -> Result<super::tree::BlobRef, StoreError> {
-        let id = Id::of(data);
-        let stored = super::pack::encode_blob(data, self.repo.config.compression_level);
+        let crypto = self.repo.crypto();
+        let id = crypto.id(data);
+        let stored = crypto.encode_blob(&id, data, self.repo.config.compression_level);
         let loc = self.add(id, kind, &stored, data.len() as u32)?;
         Ok(super::tree::BlobRef {
             id,

@@ -1,18 +1,27 @@
 //! The repository: its config, and typed reads and writes of blobs, trees and snapshots.
 
 use super::backend::{Backend, LocalBackend};
+use super::crypto::{Crypto, Sealer};
 use super::diskcache::{CacheCounts, DiskCache};
+use super::key::{new_master, Kdf, Slot};
 use super::snapshot::Snapshot;
 use super::tree::{decode_chunk_list, BlobRef, Chunk, Dir, Loc};
-use super::{keys, object, pack, Id, StoreError};
+use super::{keys, object, Id, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
 
-/// The repository format version this build reads and writes.
+/// The repository format version of plain repositories.
 pub const VERSION: u32 = 1;
+/// The format version of encrypted repositories: older builds refuse them instead of
+/// misreading (or writing plaintext into) them.
+pub const ENCRYPTED_VERSION: u32 = 2;
+
+/// A passphrase (or key file's content), asked for only when a repository is encrypted.
+pub type Secret<'a> = &'a dyn Fn() -> Result<Zeroizing<Vec<u8>>, StoreError>;
 
 /// The `config` object: plain JSON, so the version can be read before anything else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,11 +34,40 @@ pub struct Config {
     /// Target size of a pack in bytes.
     pub pack_size: u32,
     pub created: DateTime<Utc>,
+    /// Present in encrypted repositories (version 2) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// The algorithms of an encrypted repository (see `crypto` and `key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub cipher: String,
+    pub blob_ids: String,
+}
+
+impl Encryption {
+    fn current() -> Encryption {
+        Encryption {
+            cipher: "xchacha20-poly1305".into(),
+            blob_ids: "hmac-sha256".into(),
+        }
+    }
+}
+
+/// What opened an encrypted repository: needed to add key slots.
+struct Unlocked {
+    master: Zeroizing<[u8; 32]>,
+    slot: String,
+    /// The exact bytes of `config`, bound into every key slot.
+    config: Vec<u8>,
 }
 
 pub struct Repository {
     backend: Arc<dyn Backend>,
     pub config: Config,
+    crypto: Crypto,
+    unlocked: Option<Unlocked>,
     /// Local copies of blobs, for remote repositories read by mounts.
     disk_cache: Option<DiskCache>,
     /// Recently read stretches of metadata packs, most recent first.
@@ -64,11 +102,35 @@ pub fn open_backend(spec: &str) -> Result<Arc<dyn Backend>, StoreError> {
 }
 
 impl Repository {
-    /// Creates a repository in an empty (or missing) location.
+    /// Creates a plain repository in an empty (or missing) location.
     pub fn init(
         backend: Arc<dyn Backend>,
         chunk_size: u32,
         compression_level: i32,
+    ) -> Result<Repository, StoreError> {
+        Repository::create(backend, chunk_size, compression_level, None)
+    }
+
+    /// Creates an encrypted repository whose first key slot opens with `passphrase`.
+    pub fn init_encrypted(
+        backend: Arc<dyn Backend>,
+        chunk_size: u32,
+        compression_level: i32,
+        passphrase: &[u8],
+    ) -> Result<Repository, StoreError> {
+        Repository::create(
+            backend,
+            chunk_size,
+            compression_level,
+            Some((passphrase, Kdf::new_slot())),
+        )
+    }
+
+    fn create(
+        backend: Arc<dyn Backend>,
+        chunk_size: u32,
+        compression_level: i32,
+        encrypt: Option<(&[u8], Kdf)>,
     ) -> Result<Repository, StoreError> {
         if chunk_size == 0 || !chunk_size.is_multiple_of(8192) || chunk_size > 16 << 20 {
             return Err(StoreError::BadSetting(format!(
@@ -86,29 +148,56 @@ impl Repository {
             });
         }
         let config = Config {
-            version: VERSION,
-            id: Id::of(
-                format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
-            )
-            .to_hex()[..16]
-                .to_string(),
+            version: if encrypt.is_some() {
+                ENCRYPTED_VERSION
+            } else {
+                VERSION
+            },
+            id: super::random_id().to_hex()[..16].to_string(),
             chunk_size,
             compression_level,
             pack_size: 32 << 20,
             created: Utc::now(),
+            encryption: encrypt.as_ref().map(|_| Encryption::current()),
         };
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-        backend.put(keys::CONFIG, &json)?;
-        Ok(Repository {
-            backend,
-            config,
-            disk_cache: None,
-            meta_windows: Mutex::default(),
-        })
+        let mut repo = Repository::new(backend, config);
+        if let Some((passphrase, kdf)) = encrypt {
+            let master = new_master();
+            let slot = Slot::new(&master, passphrase, &json, kdf);
+            // The slot first: the config is what makes the location a repository.
+            repo.put_slot(&slot)?;
+            repo.crypto = Crypto::encrypted(&master);
+            repo.unlocked = Some(Unlocked {
+                master,
+                slot: slot.id,
+                config: json.clone(),
+            });
+        }
+        repo.backend.put(keys::CONFIG, &json)?;
+        Ok(repo)
     }
 
-    /// Opens an existing repository, refusing formats this build does not know.
+    fn new(backend: Arc<dyn Backend>, config: Config) -> Repository {
+        Repository {
+            backend,
+            config,
+            crypto: Crypto::default(),
+            unlocked: None,
+            disk_cache: None,
+            meta_windows: Mutex::default(),
+        }
+    }
+
+    /// Opens an existing plain repository, refusing formats this build does not know.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repository, StoreError> {
+        let location = backend.location();
+        Repository::open_with(backend, &|| Err(StoreError::NeedKey(location.clone())))
+    }
+
+    /// Opens an existing repository; an encrypted one is unlocked with `secret` before
+    /// anything but its config and key slots is read.
+    pub fn open_with(backend: Arc<dyn Backend>, secret: Secret) -> Result<Repository, StoreError> {
         let raw = match backend.get(keys::CONFIG) {
             Ok(raw) => raw,
             Err(e) if e.is_not_found() => {
@@ -122,21 +211,99 @@ impl Repository {
         }
         let v: Versioned = serde_json::from_slice(&raw)
             .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
-        if v.version != VERSION {
+        if v.version != VERSION && v.version != ENCRYPTED_VERSION {
             return Err(StoreError::Version {
                 location: backend.location(),
                 found: v.version,
-                supported: VERSION,
+                supported: ENCRYPTED_VERSION,
             });
         }
         let config: Config = serde_json::from_slice(&raw)
             .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
-        Ok(Repository {
-            backend,
-            config,
-            disk_cache: None,
-            meta_windows: Mutex::default(),
-        })
+        let encrypted = config.version == ENCRYPTED_VERSION;
+        if encrypted != config.encryption.is_some()
+            || config
+                .encryption
+                .as_ref()
+                .is_some_and(|e| *e != Encryption::current())
+        {
+            return Err(StoreError::corrupt(
+                keys::CONFIG,
+                "version and encryption settings disagree",
+            ));
+        }
+        let mut repo = Repository::new(backend, config);
+        if encrypted {
+            let passphrase = secret()?;
+            let unlocked = repo
+                .key_slots()?
+                .into_iter()
+                .find_map(|slot| {
+                    slot.open(&passphrase, &raw).map(|master| Unlocked {
+                        master,
+                        slot: slot.id,
+                        config: raw.clone(),
+                    })
+                })
+                .ok_or_else(|| StoreError::WrongKey(repo.backend.location()))?;
+            repo.crypto = Crypto::encrypted(&unlocked.master);
+            repo.unlocked = Some(unlocked);
+        }
+        Ok(repo)
+    }
+
+    /// How this repository stores blobs and sealed objects.
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
+    /// The key slots of an encrypted repository, by id. An unreadable slot is corruption.
+    pub fn key_slots(&self) -> Result<Vec<Slot>, StoreError> {
+        self.backend
+            .list(keys::KEY_SLOTS)?
+            .iter()
+            .map(|key| {
+                serde_json::from_slice(&self.backend.get(key)?)
+                    .map_err(|e| StoreError::corrupt(key, e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The id of the slot that opened this repository.
+    pub fn opened_with(&self) -> Option<&str> {
+        self.unlocked.as_ref().map(|u| u.slot.as_str())
+    }
+
+    /// Adds a key slot opening with `passphrase`; the data is untouched.
+    pub fn add_key(&self, passphrase: &[u8]) -> Result<Slot, StoreError> {
+        let u = self.unlocked.as_ref().ok_or_else(|| {
+            StoreError::BadSetting("the repository is not encrypted: it has no keys".into())
+        })?;
+        let slot = Slot::new(&u.master, passphrase, &u.config, Kdf::new_slot());
+        self.put_slot(&slot)?;
+        Ok(slot)
+    }
+
+    /// Removes a key slot other than the one that opened the repository, so at least one
+    /// known passphrase always remains.
+    pub fn remove_key(&self, id: &str) -> Result<(), StoreError> {
+        if self.opened_with() == Some(id) {
+            return Err(StoreError::BadSetting(format!(
+                "key slot {id} is the one this passphrase opens; give another key to remove it"
+            )));
+        }
+        let key = keys::key_slot(id);
+        if !self.backend.exists(&key)? {
+            return Err(StoreError::BadSetting(format!(
+                "no key slot {id}; `pgsnapfs key list` shows them"
+            )));
+        }
+        Ok(self.backend.delete(&key)?)
+    }
+
+    fn put_slot(&self, slot: &Slot) -> Result<(), StoreError> {
+        let json = serde_json::to_vec_pretty(slot).expect("key slot serializes");
+        Ok(self.backend.put(&keys::key_slot(&slot.id), &json)?)
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -159,7 +326,11 @@ impl Repository {
 
     /// Reads one blob and verifies it against its id.
     pub fn read_blob(&self, id: &Id, loc: &Loc, len: u32) -> Result<Vec<u8>, StoreError> {
-        if let Some(data) = self.disk_cache.as_ref().and_then(|c| c.get(id, len)) {
+        if let Some(data) = self
+            .disk_cache
+            .as_ref()
+            .and_then(|c| c.get(id, len, &self.crypto))
+        {
             return Ok(data);
         }
         let key = keys::pack(&loc.pack);
@@ -174,7 +345,7 @@ impl Repository {
 
     /// Verifies a stored blob and keeps it in the disk cache.
     fn decode(&self, stored: &[u8], len: u32, id: &Id, key: &str) -> Result<Vec<u8>, StoreError> {
-        let data = pack::decode_blob(stored, len, id, key)?;
+        let data = self.crypto.decode_blob(stored, len, id, key)?;
         if let Some(cache) = &self.disk_cache {
             cache.put(id, stored);
         }
@@ -198,7 +369,10 @@ impl Repository {
             .iter()
             .map(|c| match c.loc {
                 None => Some(vec![0; c.len as usize]),
-                Some(_) => self.disk_cache.as_ref().and_then(|d| d.get(&c.id, c.len)),
+                Some(_) => self
+                    .disk_cache
+                    .as_ref()
+                    .and_then(|d| d.get(&c.id, c.len, &self.crypto)),
             })
             .collect();
         let mut i = 0;
@@ -242,7 +416,11 @@ impl Repository {
 
     /// Reads a tree or chunk list blob through the metadata windows.
     fn read_meta(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
-        if let Some(data) = self.disk_cache.as_ref().and_then(|c| c.get(&r.id, r.len)) {
+        if let Some(data) = self
+            .disk_cache
+            .as_ref()
+            .and_then(|c| c.get(&r.id, r.len, &self.crypto))
+        {
             return Ok(data);
         }
         let (off, len) = (r.loc.offset as u64, r.loc.stored_len as u64);
@@ -305,15 +483,40 @@ impl Repository {
         Ok(self.read_chunks(&self.file_chunks(lists)?)?.concat())
     }
 
-    /// Writes a sealed object (see `object`).
+    /// A sealed object's bytes for `key` (see `object` and `crypto`).
+    pub fn seal(&self, key: &str, payload: &[u8]) -> Vec<u8> {
+        self.sealer().seal(key, payload)
+    }
+
+    pub fn sealer(&self) -> Sealer {
+        Sealer {
+            crypto: self.crypto.clone(),
+            level: self.config.compression_level,
+        }
+    }
+
+    /// Writes a sealed object.
     pub fn put_sealed(&self, key: &str, payload: &[u8]) -> Result<(), StoreError> {
-        Ok(self
-            .backend
-            .put(key, &object::seal(payload, self.config.compression_level))?)
+        Ok(self.backend.put(key, &self.seal(key, payload))?)
+    }
+
+    /// Replaces a sealed object atomically (leases, repacked manifests).
+    pub fn replace_sealed(&self, key: &str, payload: &[u8]) -> Result<(), StoreError> {
+        Ok(self.backend.replace(key, &self.seal(key, payload))?)
     }
 
     pub fn get_sealed(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        object::open(&self.backend.get(key)?, key)
+        self.crypto.open(key, &self.backend.get(key)?)
+    }
+
+    /// The header of a sealed object: from its first bytes in a plain repository, from the
+    /// whole object (decrypted) in an encrypted one.
+    pub fn sealed_header(&self, key: &str) -> Result<object::Header, StoreError> {
+        if self.crypto.is_encrypted() {
+            return self.crypto.header(key, &self.backend.get(key)?);
+        }
+        let head = self.backend.get_range(key, 0, object::HEADER_LEN as u64)?;
+        object::header(&head, key)
     }
 
     pub fn snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -462,6 +665,52 @@ mod tests {
             Err(StoreError::Corrupt { .. })
         ));
         assert!(fresh.load_chunk_list(&lists[151].0).is_ok());
+    }
+
+    #[test]
+    fn encrypted_repository_needs_its_passphrase_and_hides_ids() {
+        let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let repo = Repository::create(
+            mem.clone(),
+            65536,
+            3,
+            Some((b"pass", super::super::key::cheap_kdf())),
+        )
+        .unwrap();
+        assert_eq!(repo.config.version, ENCRYPTED_VERSION);
+        let mut packer = Packer::new(&repo, 1 << 20);
+        let blob = b"row".repeat(1000);
+        let r = packer.add_blob(BlobType::Data, &blob).unwrap();
+        packer.flush().unwrap();
+        assert_ne!(r.id, Id::of(&blob), "ids are keyed");
+        repo.put_sealed("systems/1", b"secret label").unwrap();
+        assert!(!mem
+            .get("systems/1")
+            .unwrap()
+            .windows(6)
+            .any(|w| w == b"secret"));
+
+        assert!(matches!(
+            Repository::open(mem.clone()),
+            Err(StoreError::NeedKey(_))
+        ));
+        let pass = |p: &'static [u8]| move || Ok(Zeroizing::new(p.to_vec()));
+        assert!(matches!(
+            Repository::open_with(mem.clone(), &pass(b"wrong")),
+            Err(StoreError::WrongKey(_))
+        ));
+        let again = Repository::open_with(mem.clone(), &pass(b"pass")).unwrap();
+        assert_eq!(again.read_blob(&r.id, &r.loc, r.len).unwrap(), blob);
+        assert_eq!(again.get_sealed("systems/1").unwrap(), b"secret label");
+
+        // A second slot opens it too; the first can then go, but not the one in use.
+        again.add_key(b"other").unwrap();
+        let first = again.opened_with().unwrap().to_string();
+        assert!(again.remove_key(&first).is_err());
+        let other = Repository::open_with(mem.clone(), &pass(b"other")).unwrap();
+        other.remove_key(&first).unwrap();
+        assert!(Repository::open_with(mem.clone(), &pass(b"pass")).is_err());
+        assert_eq!(other.get_sealed("systems/1").unwrap(), b"secret label");
     }
 
     #[test]

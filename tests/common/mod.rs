@@ -406,6 +406,9 @@ pub struct Repo {
     /// The `--repo` value.
     pub spec: String,
     pub store: Store,
+    /// For an encrypted repository: the passphrase file (owned by postgres, 0600) every
+    /// command of [`Repo::run`] gets.
+    pub passphrase_file: Option<PathBuf>,
     /// Declared before the dir: the server stops first.
     moto: Option<moto::Moto>,
     _dir: TestDir,
@@ -438,6 +441,7 @@ impl Repo {
             path,
             spec,
             store,
+            passphrase_file: None,
             moto,
             _dir: dir,
         }
@@ -446,6 +450,18 @@ impl Repo {
     pub fn init_on(store: Store) -> Repo {
         let repo = Repo::new_on(store);
         repo.run("init", &[]).assert_ok();
+        repo
+    }
+
+    /// An encrypted repository (`init --encryption`) whose passphrase is `passphrase`.
+    pub fn init_encrypted_on(store: Store, passphrase: &str) -> Repo {
+        let mut repo = Repo::new_on(store);
+        let file = repo._dir.join("passphrase");
+        fs::write(&file, passphrase).expect("write the passphrase file");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("chmod");
+        chown_to_postgres(&file);
+        repo.passphrase_file = Some(file);
+        repo.run("init", &["--encryption"]).assert_ok();
         repo
     }
 
@@ -462,6 +478,10 @@ impl Repo {
             "--repo".to_string(),
             self.spec.clone(),
         ];
+        if let Some(f) = &self.passphrase_file {
+            v.push("--passphrase-file".into());
+            v.push(f.display().to_string());
+        }
         if self.store == Store::S3 && matches!(subcommand, "mount" | "verify") {
             v.push("--cache-dir".into());
             v.push(self.path.join("cache").display().to_string());
