@@ -294,7 +294,7 @@ struct Finding {
 fn examine_pack(
     crypto: &Crypto,
     key: &str,
-    pack_len: u64,
+    blob_end: u64,
     table: &[u8],
     data: Option<&[u8]>,
     refs: &[(u32, Expect)],
@@ -311,7 +311,7 @@ fn examine_pack(
         }
     }
     let mut by_offset: HashMap<u32, Entry> = HashMap::new();
-    for e in pack::entries(table, pack_len) {
+    for e in pack::entries(table, blob_end) {
         match e {
             Ok(e) => {
                 by_offset.insert(e.offset, e);
@@ -642,7 +642,7 @@ impl<'a> Checker<'a> {
             };
             (None, s)
         };
-        let table = match self.entry_table(key, size, data.as_deref())? {
+        let (table, blob_end) = match self.entry_table(key, size, data.as_deref())? {
             Ok(t) => t,
             Err(reason) => {
                 let p = self.problem(Problem::new(ProblemKind::BadPack, key, reason));
@@ -653,7 +653,7 @@ impl<'a> Checker<'a> {
         let (findings, checked) = examine_pack(
             self.repo.crypto(),
             key,
-            size,
+            blob_end,
             &table,
             data.as_deref(),
             &refs,
@@ -674,15 +674,15 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    /// The entry table of a pack, from the whole pack or from its end (one ranged read for
-    /// tables up to `TABLE_GUESS`, two beyond); the inner error says why the trailer is
-    /// unusable.
+    /// The plain entry table of a pack and where it starts (where the blobs end), from the
+    /// whole pack or from its end (one ranged read for tables up to `TABLE_GUESS`, two
+    /// beyond); the inner error says why the trailer or table is unusable.
     fn entry_table(
         &mut self,
         key: &str,
         size: u64,
         data: Option<&[u8]>,
-    ) -> Result<std::result::Result<Vec<u8>, String>> {
+    ) -> Result<std::result::Result<(Vec<u8>, u64), String>> {
         let backend = self.repo.backend();
         let (end, end_at) = match data {
             Some(d) => (std::borrow::Cow::Borrowed(d), 0),
@@ -702,17 +702,23 @@ impl<'a> Checker<'a> {
             Ok(c) => c,
             Err(e) => return Ok(Err(reason(e))),
         };
-        let start = match pack::table_start(size, count, key) {
+        let crypto = self.repo.crypto();
+        let start = match pack::table_start(size, count, crypto.table_overhead(), key) {
             Ok(s) => s,
             Err(e) => return Ok(Err(reason(e))),
         };
         let table_end = end.len() - pack::TAIL_LEN;
-        if start >= end_at {
-            return Ok(Ok(end[(start - end_at) as usize..table_end].to_vec()));
-        }
-        let t = backend.get_range(key, start, size - start - pack::TAIL_LEN as u64)?;
-        self.read(t.len() as u64);
-        Ok(Ok(t))
+        let stored = if start >= end_at {
+            end[(start - end_at) as usize..table_end].to_vec()
+        } else {
+            let t = backend.get_range(key, start, size - start - pack::TAIL_LEN as u64)?;
+            self.read(t.len() as u64);
+            t
+        };
+        Ok(crypto
+            .open_table(key, &stored)
+            .map(|table| (table, start))
+            .map_err(reason))
     }
 
     fn missing_pack(&mut self, index: u32, key: &str) -> Result<()> {
@@ -1159,7 +1165,7 @@ mod tests {
             let stored = pack::encode_blob(&blob, 3);
             w.add(Id::of(&blob), BlobType::Data, &stored, blob.len() as u32);
         }
-        let (bytes, entries) = w.finish();
+        let (bytes, entries) = w.finish(<[u8]>::to_vec);
         let refs = entries
             .iter()
             .map(|e| {
@@ -1179,7 +1185,7 @@ mod tests {
     fn table(bytes: &[u8]) -> &[u8] {
         let n = bytes.len();
         let count = pack::parse_tail(&bytes[n - pack::TAIL_LEN..], "p").unwrap();
-        let start = pack::table_start(n as u64, count, "p").unwrap() as usize;
+        let start = pack::table_start(n as u64, count, 0, "p").unwrap() as usize;
         &bytes[start..n - pack::TAIL_LEN]
     }
 

@@ -13,6 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
+use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BlobType, Entry};
 use crate::store::snapshot::{self, Snapshot};
 use crate::store::tree::{decode_chunk_list, encode_chunk_list, BlobRef, Dir, Loc, NodeKind};
@@ -462,7 +463,7 @@ fn repack(
     for p in packs {
         let key = keys::pack(p);
         let bytes = repo.backend().get(&key)?;
-        for e in entries(&bytes, &key)? {
+        for e in entries(repo.crypto(), &bytes, &key)? {
             // Trees and lists are rewritten (or copied) as the walk below meets them.
             if e.kind != BlobType::Data || !refs.is_live(p, e.offset) {
                 continue;
@@ -500,22 +501,15 @@ fn repack(
 }
 
 /// A whole pack's entry table.
-fn entries(bytes: &[u8], key: &str) -> Result<Vec<Entry>> {
+fn entries(crypto: &Crypto, bytes: &[u8], key: &str) -> Result<Vec<Entry>> {
     let len = bytes.len();
     if len < pack::MAGIC.len() + pack::TAIL_LEN {
         return Err(StoreError::corrupt(key, "pack too short").into());
     }
-    let n = pack::parse_tail(&bytes[len - pack::TAIL_LEN..], key)? as usize;
-    let table_len = n
-        .checked_mul(pack::ENTRY_LEN)
-        .filter(|t| t + pack::TAIL_LEN + pack::MAGIC.len() <= len)
-        .ok_or_else(|| StoreError::corrupt(key, "bad entry count"))?;
-    let start = len - pack::TAIL_LEN - table_len;
-    Ok(pack::parse_entries(
-        &bytes[start..len - pack::TAIL_LEN],
-        len as u64,
-        key,
-    )?)
+    let n = pack::parse_tail(&bytes[len - pack::TAIL_LEN..], key)?;
+    let start = pack::table_start(len as u64, n, crypto.table_overhead(), key)? as usize;
+    let table = crypto.open_table(key, &bytes[start..len - pack::TAIL_LEN])?;
+    Ok(pack::parse_entries(&table, start as u64, key)?)
 }
 
 #[cfg(test)]

@@ -156,6 +156,25 @@ fn encrypted_restore_and_verify(store: Store) {
     let run = pgsnapfs_as_root(&args).assert_exit(0);
     assert_eq!(run.json()["ok"], true, "{}", run.report());
     repo.run("check", &["--read-data", "--full"]).assert_exit(0);
+
+    // Expire and gc read and write encrypted pack tables: repack everything still live.
+    let want_all = source.psql(ROWS);
+    let second = json_str(&repo.backup(&source), "id");
+    repo.run("expire", &["--keep-last", "1"]).assert_ok();
+    let gc = repo
+        .run("gc", &["--repack-threshold", "1%", "--json"])
+        .assert_ok()
+        .json();
+    assert!(json_u64(&gc, "freed_bytes") > 0, "{gc}");
+    repo.run("check", &["--read-data", "--full"]).assert_exit(0);
+    let to = out.join("second");
+    repo.restore(&to, &["--backup", &second]).assert_ok();
+    let restored = Cluster::start_on(&to);
+    assert_ne!(
+        restored.wait_until_paused_or_ready(),
+        RecoveryState::ShutDown
+    );
+    assert_eq!(restored.psql(ROWS), want_all, "rows of {second} after gc");
 }
 
 on_both_stores!(encrypted_restore_and_verify);

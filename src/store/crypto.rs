@@ -141,6 +141,33 @@ impl Crypto {
         Ok(data)
     }
 
+    /// Bytes encryption adds to a pack's entry table.
+    pub fn table_overhead(&self) -> usize {
+        if self.is_encrypted() {
+            OVERHEAD
+        } else {
+            0
+        }
+    }
+
+    /// A pack's entry table as stored: plain, or `nonce || ciphertext || tag` with the pack's
+    /// key as associated data, so blob ids, types and lengths are not readable.
+    pub fn seal_table(&self, pack: &str, table: &[u8]) -> Vec<u8> {
+        match &self.0 {
+            None => table.to_vec(),
+            Some(k) => encrypt(&k.cipher, table, &table_aad(pack)),
+        }
+    }
+
+    /// The plain entry table of a pack from its stored bytes, authenticated.
+    pub fn open_table(&self, pack: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match &self.0 {
+            None => Ok(stored.to_vec()),
+            Some(k) => decrypt(&k.cipher, stored, &table_aad(pack))
+                .ok_or_else(|| StoreError::corrupt(pack, "entry table: authentication failed")),
+        }
+    }
+
     /// A sealed object (see `object`) for the key `name`; encrypted, it is
     /// `"PGSNENC1" || nonce || XChaCha20-Poly1305(sealed object, aad = "PGSNENC1" || name)`,
     /// so an object copied under another name does not open.
@@ -195,6 +222,10 @@ impl Sealer {
     pub fn seal(&self, name: &str, payload: &[u8]) -> Vec<u8> {
         self.crypto.seal(name, payload, self.level)
     }
+}
+
+fn table_aad(pack: &str) -> Vec<u8> {
+    [pack::TRAILER_MAGIC.as_slice(), pack.as_bytes()].concat()
 }
 
 fn sealed_aad(name: &str) -> Vec<u8> {
@@ -269,6 +300,29 @@ mod tests {
                 &Crypto::default().seal("snapshots/a", payload, 3)
             )
             .is_err());
+    }
+
+    #[test]
+    fn pack_tables_are_hidden_and_bound_to_their_pack() {
+        let c = keys();
+        let table = [7u8; 96];
+        let stored = c.seal_table("packs/ab/ab01", &table);
+        assert_eq!(stored.len(), table.len() + c.table_overhead());
+        assert!(
+            !stored.windows(8).any(|w| w == [7u8; 8]),
+            "the table is readable"
+        );
+        assert_eq!(c.open_table("packs/ab/ab01", &stored).unwrap(), table);
+        assert!(c.open_table("packs/ab/ab02", &stored).is_err());
+        let mut bad = stored.clone();
+        bad[40] ^= 1;
+        assert!(matches!(
+            c.open_table("packs/ab/ab01", &bad),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let plain = Crypto::default();
+        assert_eq!(plain.seal_table("p", &table), table);
+        assert_eq!(plain.table_overhead(), 0);
     }
 
     #[test]

@@ -136,15 +136,18 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// Appends the entry table and returns the pack's bytes.
-    pub fn finish(mut self) -> (Vec<u8>, Vec<Entry>) {
+    /// Appends the entry table, as `seal_table` stores it (plain, or encrypted), and returns
+    /// the pack's bytes.
+    pub fn finish(mut self, seal_table: impl FnOnce(&[u8]) -> Vec<u8>) -> (Vec<u8>, Vec<Entry>) {
+        let mut table = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
         for e in &self.entries {
-            self.buf.extend_from_slice(&e.id.0);
-            self.buf.extend_from_slice(&[e.kind as u8, 0, 0, 0]);
-            self.buf.extend_from_slice(&e.offset.to_le_bytes());
-            self.buf.extend_from_slice(&e.stored_len.to_le_bytes());
-            self.buf.extend_from_slice(&e.len.to_le_bytes());
+            table.extend_from_slice(&e.id.0);
+            table.extend_from_slice(&[e.kind as u8, 0, 0, 0]);
+            table.extend_from_slice(&e.offset.to_le_bytes());
+            table.extend_from_slice(&e.stored_len.to_le_bytes());
+            table.extend_from_slice(&e.len.to_le_bytes());
         }
+        self.buf.extend_from_slice(&seal_table(&table));
         self.buf
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(TRAILER_MAGIC);
@@ -163,9 +166,16 @@ pub fn parse_tail(tail: &[u8], pack: &str) -> Result<u32, StoreError> {
     Ok(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")))
 }
 
-/// Where the entry table of a pack of `pack_len` bytes holding `count` entries starts.
-pub fn table_start(pack_len: u64, count: u32, pack: &str) -> Result<u64, StoreError> {
-    let table = count as u64 * ENTRY_LEN as u64 + TAIL_LEN as u64;
+/// Where the stored entry table of a pack of `pack_len` bytes holding `count` entries starts;
+/// `overhead` is what encryption adds to the table (see `Crypto::table_overhead`). The blobs
+/// end there.
+pub fn table_start(
+    pack_len: u64,
+    count: u32,
+    overhead: usize,
+    pack: &str,
+) -> Result<u64, StoreError> {
+    let table = count as u64 * ENTRY_LEN as u64 + (overhead + TAIL_LEN) as u64;
     if table + MAGIC.len() as u64 > pack_len {
         return Err(StoreError::corrupt(
             pack,
@@ -190,10 +200,10 @@ pub enum BadEntry {
     },
 }
 
-/// The entries of a table (without the tail), one by one, each checked to lie inside the
-/// blob area. The caller has checked the table is a whole number of entries.
-pub fn entries(table: &[u8], pack_len: u64) -> impl Iterator<Item = Result<Entry, BadEntry>> + '_ {
-    let blob_end = pack_len.saturating_sub((table.len() + TAIL_LEN) as u64);
+/// The entries of a (plain) table, one by one, each checked to lie inside the blob area,
+/// which ends at `blob_end` (the table's start). The caller has checked the table is a whole
+/// number of entries.
+pub fn entries(table: &[u8], blob_end: u64) -> impl Iterator<Item = Result<Entry, BadEntry>> + '_ {
     table
         .chunks_exact(ENTRY_LEN)
         .enumerate()
@@ -223,12 +233,12 @@ pub fn entries(table: &[u8], pack_len: u64) -> impl Iterator<Item = Result<Entry
         })
 }
 
-/// Parses an entry table (without the tail), checking every entry lies inside the blob area.
-pub fn parse_entries(table: &[u8], pack_len: u64, pack: &str) -> Result<Vec<Entry>, StoreError> {
+/// Parses a (plain) entry table, checking every entry lies inside the blob area.
+pub fn parse_entries(table: &[u8], blob_end: u64, pack: &str) -> Result<Vec<Entry>, StoreError> {
     if !table.len().is_multiple_of(ENTRY_LEN) {
         return Err(StoreError::corrupt(pack, "bad entry table length"));
     }
-    entries(table, pack_len)
+    entries(table, blob_end)
         .map(|e| e.map_err(|e| StoreError::corrupt(pack, e.to_string())))
         .collect()
 }
@@ -244,7 +254,7 @@ mod tests {
         let stored = encode_blob(&blob, 3);
         let e = w.add(Id::of(&blob), BlobType::Data, &stored, blob.len() as u32);
         assert_eq!(e.offset, 8);
-        let (bytes, entries) = w.finish();
+        let (bytes, entries) = w.finish(<[u8]>::to_vec);
         assert_eq!(&bytes[..8], MAGIC);
         assert_eq!(bytes.len(), 8 + stored.len() + ENTRY_LEN + TAIL_LEN);
         let n = parse_tail(&bytes[bytes.len() - TAIL_LEN..], "p").unwrap();
@@ -252,7 +262,7 @@ mod tests {
         let table_start = bytes.len() - TAIL_LEN - ENTRY_LEN;
         let parsed = parse_entries(
             &bytes[table_start..bytes.len() - TAIL_LEN],
-            bytes.len() as u64,
+            table_start as u64,
             "p",
         )
         .unwrap();
@@ -271,21 +281,21 @@ mod tests {
         for blob in [b"first".as_slice(), b"second"] {
             w.add(Id::of(blob), BlobType::Data, blob, blob.len() as u32);
         }
-        let (mut bytes, written) = w.finish();
+        let (mut bytes, written) = w.finish(<[u8]>::to_vec);
         let n = bytes.len() as u64;
         let count = parse_tail(&bytes[bytes.len() - TAIL_LEN..], "p").unwrap();
-        let start = table_start(n, count, "p").unwrap() as usize;
+        let start = table_start(n, count, 0, "p").unwrap() as usize;
         assert_eq!(start, 8 + 5 + 6);
-        assert!(table_start(n, 1000, "p").is_err());
+        assert!(table_start(n, 1000, 0, "p").is_err());
         // The high byte of the first entry's offset.
         bytes[start + 39] ^= 0xff;
         let table = &bytes[start..bytes.len() - TAIL_LEN];
-        let parsed: Vec<_> = entries(table, n).collect();
+        let parsed: Vec<_> = entries(table, start as u64).collect();
         assert!(
             matches!(parsed[0], Err(BadEntry::OutOfBounds { index: 0, id, .. }) if id == written[0].id),
             "{parsed:?}"
         );
         assert_eq!(parsed[1], Ok(written[1]));
-        assert!(parse_entries(table, n, "p").is_err());
+        assert!(parse_entries(table, start as u64, "p").is_err());
     }
 }

@@ -74,8 +74,9 @@ impl<'a> Packer<'a> {
     /// Writes the open pack, if any. After this every returned `Loc` is durable.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         if let Some((id, writer)) = self.current.take() {
-            let (bytes, _) = writer.finish();
-            self.repo.backend().put(&keys::pack(&id), &bytes)?;
+            let key = keys::pack(&id);
+            let (bytes, _) = writer.finish(|t| self.repo.crypto().seal_table(&key, t));
+            self.repo.backend().put(&key, &bytes)?;
             self.bytes_written += bytes.len() as u64;
             self.packs_written += 1;
         }

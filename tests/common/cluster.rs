@@ -514,8 +514,11 @@ impl Cluster {
         } else {
             self.psql("SELECT pg_walfile_name(pg_switch_wal() - 1)")
         };
+        // Also nothing else waiting: a backup's history file (SEG.XXXXXXXX.backup) sorts after
+        // its segment, so the segment can be archived before it.
         let query = format!(
-            "SELECT coalesce(last_archived_wal, '') >= '{seg}', \
+            "SELECT coalesce(last_archived_wal, '') >= '{seg}' AND NOT EXISTS \
+                    (SELECT FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), \
                     coalesce(last_archived_wal, '-'), failed_count, \
                     coalesce(last_failed_wal, '-') \
              FROM pg_stat_archiver"
