@@ -96,8 +96,11 @@ pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "checked {} backups ({} tree and list blobs), {} packs",
-        r.snapshots, r.trees, r.packs
+        "checked {} backup{} ({} tree and list blobs), {} packs",
+        r.snapshots,
+        if r.snapshots == 1 { "" } else { "s" },
+        r.trees,
+        r.packs
     );
     if r.read_data {
         let _ = write!(
