@@ -9,11 +9,12 @@ use crate::error::{io, Error, Result};
 use crate::lock::Lease;
 use crate::pg::label::BackupLabel;
 use crate::pg::layout::{self, Entry};
+use crate::pg::summary::{self, Changes, Summary};
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::server::{ConnOpts, Server};
 use crate::store::ingest::{Ingest, IngestError, Visit};
-use crate::store::snapshot::{self, Snapshot, Tablespace};
+use crate::store::snapshot::{self, ReadMode, ReadRecord, Snapshot, Tablespace};
 use crate::store::{keys, BackendError, Repository, StoreError};
 use chrono::Utc;
 use std::cell::RefCell;
@@ -21,12 +22,19 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// How long a backup waits for the WAL summarizer to reach its start before reading in full.
+const SUMMARIZER_WAIT: Duration = Duration::from_secs(60);
 
 pub struct BackupOptions {
     pub pgdata: PathBuf,
     pub conn: ConnOpts,
     pub label: Option<String>,
     pub threads: usize,
+    /// Read every file even when WAL summaries could say what changed.
+    pub full_read: bool,
     /// Shows progress as bytes are read (a terminal progress bar, or nothing).
     pub progress: Box<dyn Fn(u64)>,
 }
@@ -113,6 +121,24 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
 
     let tablespaces = tablespaces_of(&pgdata)?;
     let mut ingest = Ingest::new(repo, opts.threads, opts.progress);
+    let changes = match (&parent, opts.full_read) {
+        (_, true) => Err("--full-read was given".to_string()),
+        (None, _) => Err("there is no earlier backup of this cluster".to_string()),
+        (Some(p), _) => changes_since(&server, p, major, start_lsn, repo.config.chunk_size),
+    };
+    let full_read_reason = match changes {
+        Ok(changes) => {
+            tracing::info!("reading only what WAL summaries show changed");
+            ingest.set_known_changes(Box::new(move |rel| {
+                changes.for_file(&layout::relation_path(rel)?)
+            }));
+            None
+        }
+        Err(why) => {
+            tracing::info!("reading every file: {why}");
+            Some(why)
+        }
+    };
     let filter = pg_filter(pgdata.clone());
     let parent_root = parent.as_ref().map(|p| p.root);
     let mut root = ingest.read_dir(&pgdata, "", parent_root.as_ref(), &filter)?;
@@ -130,6 +156,15 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
     let root_meta = fs::metadata(&pgdata).map_err(io(format!("stat {}", pgdata.display())))?;
     let root_ref = ingest.write_dir(root, parent_root.as_ref())?;
     let (stats, stored) = ingest.finish()?;
+    let read = ReadRecord {
+        mode: match full_read_reason {
+            None => ReadMode::WalSummaries,
+            Some(_) => ReadMode::Full,
+        },
+        full_read_reason,
+        bytes_read: stats.bytes - stats.bytes_skipped,
+        bytes_skipped: stats.bytes_skipped,
+    };
 
     ensure_wal(
         repo,
@@ -166,6 +201,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         root_mode: root_meta.permissions().mode() & 0o7777,
         root_mtime: root_meta.mtime(),
         requests: repo.backend().stats(),
+        read: Some(read),
     };
     loop {
         lease.ensure_held()?;
@@ -182,9 +218,131 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         chunks_new = stats.chunks_new,
         chunks_reused = stats.chunks_reused,
         chunks_zero = stats.chunks_zero,
+        bytes_skipped = stats.bytes_skipped,
         "backup finished"
     );
     Ok(snap)
+}
+
+/// Which chunks of relation files may have changed since `parent` started, from the server's
+/// WAL summaries (17+); Err says why they cannot tell, and the backup then reads everything.
+///
+/// A chunk unchanged in the WAL from the parent's start to this backup's start holds what
+/// the parent stored: the parent read it after its start, and any change after that point
+/// is in this range. Changes after this backup's start are replayed from its WAL, as for
+/// pages read torn.
+fn changes_since(
+    server: &Server,
+    parent: &Snapshot,
+    major: u32,
+    start: Lsn,
+    chunk_size: u32,
+) -> std::result::Result<Changes, String> {
+    if major < 17 {
+        return Err(format!(
+            "PostgreSQL {major} has no WAL summaries (17 and later do)"
+        ));
+    }
+    if parent.pg_major != major {
+        return Err(format!(
+            "the previous backup is of PostgreSQL {}",
+            parent.pg_major
+        ));
+    }
+    let query = |sql: &str| server.query_rows(sql).map_err(|e| e.to_string());
+    let one = |sql: &str| -> std::result::Result<Vec<String>, String> {
+        query(sql)?
+            .pop()
+            .ok_or_else(|| format!("no row from {sql:?}"))
+    };
+    let num = |v: &str| -> std::result::Result<u64, String> {
+        v.parse()
+            .map_err(|_| format!("the server returned {v:?}, not a number"))
+    };
+    let lsn =
+        |v: &str| Lsn::from_str(v).map_err(|_| format!("the server returned a bad LSN {v:?}"));
+    let settings = one(
+        "SELECT current_setting('summarize_wal'), current_setting('block_size'), \
+         (SELECT setting FROM pg_settings WHERE name = 'segment_size'), \
+         (SELECT timeline_id FROM pg_control_checkpoint())",
+    )?;
+    if settings[0] != "on" {
+        return Err("summarize_wal is off (turn it on for faster incremental backups)".into());
+    }
+    let (block_size, segment_blocks, tli) =
+        (num(&settings[1])?, num(&settings[2])?, num(&settings[3])?);
+    if tli != u64::from(parent.timeline) {
+        return Err(format!(
+            "the previous backup {} is on timeline {}, this one on {tli}",
+            parent.id, parent.timeline
+        ));
+    }
+    if start < parent.start_lsn {
+        return Err(format!(
+            "the previous backup {} starts after this one",
+            parent.id
+        ));
+    }
+    let Some(mut changes) = Changes::new(u64::from(chunk_size) / block_size, segment_blocks) else {
+        return Err(format!(
+            "the repository's {chunk_size}-byte chunks do not tile {segment_blocks}-block segment files"
+        ));
+    };
+    // The summarizer writes a summary up to this backup's start checkpoint soon after it.
+    let waited = Instant::now();
+    loop {
+        let state =
+            one("SELECT summarized_tli, summarized_lsn FROM pg_get_wal_summarizer_state()")?;
+        if num(&state[0])? == tli && lsn(&state[1])? >= start {
+            break;
+        }
+        if waited.elapsed() > SUMMARIZER_WAIT {
+            return Err(format!(
+                "the WAL summarizer has reached only {} after {} s, not {start}",
+                state[1],
+                SUMMARIZER_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let summaries = query("SELECT tli, start_lsn, end_lsn FROM pg_available_wal_summaries()")?
+        .iter()
+        .map(|r| {
+            Ok(Summary {
+                tli: num(&r[0])? as u32,
+                start: lsn(&r[1])?,
+                end: lsn(&r[2])?,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    summary::check_coverage(&summaries, tli as u32, parent.start_lsn, start)?;
+    // Grouped by chunk on the server: one row per changed chunk, not per block.
+    let rows = query(&format!(
+        "WITH c AS (SELECT c.* FROM pg_available_wal_summaries() s, \
+           LATERAL pg_wal_summary_contents(s.tli, s.start_lsn, s.end_lsn) c \
+           WHERE s.tli = {tli} AND s.end_lsn > '{from}' AND s.start_lsn < '{start}') \
+         SELECT false, reltablespace, reldatabase, relfilenode, relforknumber, \
+           relblocknumber / {per_chunk} FROM c WHERE NOT is_limit_block GROUP BY 2, 3, 4, 5, 6 \
+         UNION ALL \
+         SELECT true, reltablespace, reldatabase, relfilenode, relforknumber, \
+           min(relblocknumber) FROM c WHERE is_limit_block GROUP BY 2, 3, 4, 5",
+        from = parent.start_lsn,
+        per_chunk = changes.chunk_blocks(),
+    ))?;
+    for r in rows {
+        let oid = |i: usize| num(&r[i]).map(|v| v as u32);
+        let fork: i16 = r[4]
+            .parse()
+            .map_err(|_| format!("bad fork number {:?}", r[4]))?;
+        let (spc, db, node, n) = (oid(1)?, oid(2)?, oid(3)?, num(&r[5])?);
+        if r[0] == "t" {
+            changes.add_limit(spc, db, node, fork, n);
+        } else {
+            changes.add_modified(spc, db, node, fork, n);
+        }
+    }
+    changes.finish();
+    Ok(changes)
 }
 
 /// The newest readable backup of a cluster: the one a new backup compares against.

@@ -244,8 +244,8 @@ impl Server {
             .map_err(pg(sql.to_string()))
     }
 
-    /// The first column of every row, as text.
-    pub fn query_strings(&self, sql: &str) -> Result<Vec<String>> {
+    /// Every row, each column as text (NULL as "").
+    pub fn query_rows(&self, sql: &str) -> Result<Vec<Vec<String>>> {
         let rows = self
             .rt
             .block_on(self.client.simple_query(sql))
@@ -253,11 +253,22 @@ impl Server {
         Ok(rows
             .into_iter()
             .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    Some(r.get(0).unwrap_or_default().to_string())
-                }
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or_default().to_string())
+                        .collect(),
+                ),
                 _ => None,
             })
+            .collect())
+    }
+
+    /// The first column of every row, as text.
+    pub fn query_strings(&self, sql: &str) -> Result<Vec<String>> {
+        Ok(self
+            .query_rows(sql)?
+            .into_iter()
+            .map(|row| row.into_iter().next().unwrap_or_default())
             .collect())
     }
 

@@ -22,6 +22,10 @@ pub struct Args {
     /// Backup label shown by the server.
     #[arg(long)]
     pub label: Option<String>,
+    /// Read and hash every file, even when the server's WAL summaries (PostgreSQL 17+,
+    /// summarize_wal = on) say which blocks changed since the previous backup.
+    #[arg(long)]
+    pub full_read: bool,
     /// Print the backup record as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -40,6 +44,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             conn: a.conn,
             label: a.label,
             threads,
+            full_read: a.full_read,
             progress: Box::new(move |n| tick.inc(n)),
         },
     )?;

@@ -5,7 +5,7 @@ use crate::archive::{self, TimelineWal};
 use crate::error::Result;
 use crate::pitr;
 use crate::store::backend::RequestCounts;
-use crate::store::snapshot::Snapshot;
+use crate::store::snapshot::{ReadRecord, Snapshot};
 use crate::store::Repository;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -41,6 +41,8 @@ pub struct BackupRow {
     pub parent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadRecord>,
 }
 
 impl From<&Snapshot> for BackupRow {
@@ -61,6 +63,7 @@ impl From<&Snapshot> for BackupRow {
             label: s.label.clone(),
             parent: s.parent.clone(),
             requests: s.requests,
+            read: s.read.clone(),
         }
     }
 }

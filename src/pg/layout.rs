@@ -139,17 +139,62 @@ pub fn is_relation_file(name: &str) -> bool {
     relation_file(name).is_some()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fork {
-    Main,
-    Fsm,
-    VisibilityMap,
-    Init,
+/// A relation fork, numbered as ForkNumber is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fork {
+    Main = 0,
+    Fsm = 1,
+    VisibilityMap = 2,
+    Init = 3,
 }
 
 struct RelationFile<'a> {
     number: &'a str,
     fork: Fork,
+    segment: u32,
+}
+
+/// DEFAULTTABLESPACE_OID and GLOBALTABLESPACE_OID: the tablespaces of base/ and global/.
+pub const DEFAULT_TABLESPACE: u32 = 1663;
+pub const GLOBAL_TABLESPACE: u32 = 1664;
+
+/// Which relation segment a file of a data directory holds, as WAL names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelationPath {
+    pub tablespace: u32,
+    /// 0 for the shared relations in global/.
+    pub database: u32,
+    pub relfilenode: u32,
+    pub fork: Fork,
+    /// The 1 GiB segment: ".1" is 1.
+    pub segment: u32,
+}
+
+/// Parses "base/<db>/<file>", "global/<file>" or "pg_tblspc/<spc>/<version dir>/<db>/<file>"
+/// (relative to PGDATA); None for anything that is not a relation file.
+pub fn relation_path(rel_path: &str) -> Option<RelationPath> {
+    let (dir, name) = rel_path.rsplit_once('/')?;
+    // Digits only: u32's parser would take "+5".
+    let oid = |s: &str| -> Option<u32> {
+        Some(s)
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))?
+            .parse()
+            .ok()
+    };
+    let (tablespace, database) = match dir.split('/').collect::<Vec<_>>()[..] {
+        ["global"] => (GLOBAL_TABLESPACE, 0),
+        ["base", db] => (DEFAULT_TABLESPACE, oid(db)?),
+        ["pg_tblspc", spc, version, db] if version.starts_with("PG_") => (oid(spc)?, oid(db)?),
+        _ => return None,
+    };
+    let file = relation_file(name)?;
+    Some(RelationPath {
+        tablespace,
+        database,
+        relfilenode: file.number.parse().ok()?,
+        fork: file.fork,
+        segment: file.segment,
+    })
 }
 
 /// OIDCHARS: the most digits a relation number has.
@@ -163,7 +208,12 @@ fn relation_file(name: &str) -> Option<RelationFile<'_>> {
     }
     let (number, rest) = name.split_at(digits);
     let (fork, rest) = fork_suffix(rest)?;
-    segment_suffix(rest).then_some(RelationFile { number, fork })
+    let segment = segment_suffix(rest)?;
+    Some(RelationFile {
+        number,
+        fork,
+        segment,
+    })
 }
 
 /// An optional "_fsm", "_vm" or "_init" (there is no "_main").
@@ -180,11 +230,12 @@ fn fork_suffix(rest: &str) -> Option<(Fork, &str)> {
     .find_map(|(suffix, fork)| after.strip_prefix(suffix).map(|r| (fork, r)))
 }
 
-/// Nothing, or "." and at least one digit.
-fn segment_suffix(rest: &str) -> bool {
+/// Nothing (segment 0), or "." and the segment number.
+fn segment_suffix(rest: &str) -> Option<u32> {
     match rest.strip_prefix('.') {
-        None => rest.is_empty(),
-        Some(seg) => !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()),
+        None => rest.is_empty().then_some(0),
+        Some(seg) if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) => seg.parse().ok(),
+        Some(_) => None,
     }
 }
 
@@ -201,7 +252,7 @@ fn is_temp_relation_file(name: &str) -> bool {
     if backend.is_empty() || !backend.bytes().all(|b| b.is_ascii_digit()) || digits == 0 {
         return false;
     }
-    fork_suffix(&rel[digits..]).is_some_and(|(_, rest)| segment_suffix(rest))
+    fork_suffix(&rel[digits..]).is_some_and(|(_, rest)| segment_suffix(rest).is_some())
 }
 
 #[cfg(test)]
@@ -346,6 +397,34 @@ mod tests {
             "_fsm",
         ] {
             assert!(!is_relation_file(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn relation_paths_name_what_wal_names() {
+        let p = relation_path("base/5/16384_vm.2").unwrap();
+        assert_eq!(
+            (p.tablespace, p.database, p.relfilenode, p.fork, p.segment),
+            (DEFAULT_TABLESPACE, 5, 16384, Fork::VisibilityMap, 2)
+        );
+        let p = relation_path("global/1262").unwrap();
+        assert_eq!(
+            (p.tablespace, p.database, p.fork, p.segment),
+            (GLOBAL_TABLESPACE, 0, Fork::Main, 0)
+        );
+        let p = relation_path("pg_tblspc/16400/PG_17_202406281/16384/16401.3").unwrap();
+        assert_eq!((p.tablespace, p.database, p.segment), (16400, 16384, 3));
+        for path in [
+            "base/5/pg_filenode.map",
+            "base/5/t3_16384",
+            "base/x/16384",
+            "global/pg_control",
+            "pg_xact/0000",
+            "16384",
+            "base/5/sub/16384",
+            "pg_tblspc/16400/x/16384/16401",
+        ] {
+            assert_eq!(relation_path(path), None, "{path}");
         }
     }
 

@@ -6,6 +6,10 @@
 //! is compared first with the chunk at the same position in the parent's file, then with the
 //! blobs stored earlier in this run. Memory: the window, one pack, the parent's chunk refs of
 //! the file being read, and about 100 bytes per blob newly stored in this run.
+//!
+//! A caller that knows which chunks of a file changed since the parent (PostgreSQL's WAL
+//! summaries) can say so with [`Ingest::set_known_changes`]: the other chunks are then
+//! taken from the parent without being read.
 
 use super::crypto::Crypto;
 use super::pack::BlobType;
@@ -14,7 +18,7 @@ use super::{Id, Packer, Repository, StoreError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
-use std::io::{ErrorKind, Read};
+use std::io::{Cursor, ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,7 +41,27 @@ pub struct Stats {
     pub chunks_new: u64,
     pub chunks_reused: u64,
     pub chunks_zero: u64,
+    /// Bytes taken from the parent without reading them (see [`KnownChanges`]).
+    pub bytes_skipped: u64,
 }
+
+/// Which chunks of a file may have changed since the parent snapshot: those listed (sorted,
+/// numbered from the file's start) and every chunk from `read_from` on. The others are
+/// the parent's, unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownChanges {
+    pub changed: Vec<u64>,
+    pub read_from: u64,
+}
+
+impl KnownChanges {
+    fn unchanged(&self, chunk: u64) -> bool {
+        chunk < self.read_from && self.changed.binary_search(&chunk).is_err()
+    }
+}
+
+/// Answers, for a file's path relative to the ingested root, what is known of its changes.
+pub type ChangeOracle<'r> = Box<dyn Fn(&str) -> Option<KnownChanges> + 'r>;
 
 /// Errors while ingesting: the store's, or reading the source tree.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +128,7 @@ pub struct Ingest<'r> {
     window: usize,
     pub stats: Stats,
     progress: Box<dyn Fn(u64) + 'r>,
+    changes: Option<ChangeOracle<'r>>,
 }
 
 impl<'r> Ingest<'r> {
@@ -138,7 +163,14 @@ impl<'r> Ingest<'r> {
             window: threads.max(1) * 4,
             stats: Stats::default(),
             progress,
+            changes: None,
         }
+    }
+
+    /// From now on, files with a parent are read only where `oracle` says they may have
+    /// changed. The caller vouches that every other chunk equals the parent's.
+    pub fn set_known_changes(&mut self, oracle: ChangeOracle<'r>) {
+        self.changes = Some(oracle);
     }
 
     /// Stores a tree or list blob unless the parent's blob or one from this run is identical.
@@ -212,31 +244,58 @@ impl<'r> Ingest<'r> {
         })
     }
 
-    /// Chunks a stream; returns its size and chunk-list refs.
+    /// Chunks a stream; returns its size and chunk-list refs. With `known` (and the size the
+    /// file had when opened), unchanged chunks of the length the parent stored are skipped
+    /// and taken from the parent.
     fn ingest_stream(
         &mut self,
-        mut reader: impl Read,
+        mut reader: impl Read + Seek,
         path: &str,
         parent_lists: &[BlobRef],
+        known: Option<(KnownChanges, u64)>,
     ) -> Result<(u64, Vec<BlobRef>), IngestError> {
         let parent_chunks = self.repo.file_chunks(parent_lists)?;
         let chunk_size = self.repo.config.chunk_size as usize;
         let mut chunks: Vec<Chunk> = Vec::new();
         let mut pending: VecDeque<(Receiver<Outcome>, u32)> = VecDeque::new();
         let mut size = 0u64;
+        let read_err = |source| IngestError::Read {
+            path: path.to_string(),
+            source,
+        };
         loop {
+            let idx = chunks.len() + pending.len();
+            let skip = known.as_ref().and_then(|(k, size_at_open)| {
+                let len = size_at_open.saturating_sub(size).min(chunk_size as u64);
+                let same_len = parent_chunks
+                    .get(idx)
+                    .is_some_and(|c| u64::from(c.len) == len);
+                (len > 0 && same_len && k.unchanged(idx as u64)).then_some(len as usize)
+            });
+            if let Some(len) = skip {
+                let (reply, rx) = bounded(1);
+                reply.send(Outcome::Same).expect("receiver held");
+                pending.push_back((rx, len as u32));
+                size += len as u64;
+                self.stats.bytes_skipped += len as u64;
+                reader.seek(SeekFrom::Start(size)).map_err(read_err)?;
+                if pending.len() >= self.window {
+                    self.resolve_next(&mut pending, &mut chunks, &parent_chunks)?;
+                }
+                // A short chunk ends the file as it was at open; what grew since is in WAL.
+                if len < chunk_size {
+                    break;
+                }
+                continue;
+            }
             let mut buf = vec![0u8; chunk_size];
-            let n = read_full(&mut reader, &mut buf).map_err(|source| IngestError::Read {
-                path: path.to_string(),
-                source,
-            })?;
+            let n = read_full(&mut reader, &mut buf).map_err(read_err)?;
             if n == 0 {
                 break;
             }
             buf.truncate(n);
             size += n as u64;
             (self.progress)(n as u64);
-            let idx = chunks.len() + pending.len();
             let expect = parent_chunks
                 .get(idx)
                 .filter(|c| c.len as usize == n)
@@ -292,7 +351,7 @@ impl<'r> Ingest<'r> {
         mode: u32,
         mtime: i64,
     ) -> Result<Node, IngestError> {
-        let (size, lists) = self.ingest_stream(data, name, &[])?;
+        let (size, lists) = self.ingest_stream(Cursor::new(data), name, &[], None)?;
         self.stats.files += 1;
         self.stats.bytes += size;
         Ok(Node {
@@ -411,8 +470,23 @@ impl<'r> Ingest<'r> {
                         Some(NodeKind::File { lists, .. }) => lists,
                         _ => &[],
                     };
-                    let (size, lists) =
-                        self.ingest_stream(file, &child.display().to_string(), prev_lists)?;
+                    let known = match &self.changes {
+                        Some(oracle) if !prev_lists.is_empty() => oracle(&child_rel),
+                        _ => None,
+                    };
+                    let skipped_before = self.stats.bytes_skipped;
+                    let (size, lists) = self.ingest_stream(
+                        file,
+                        &child.display().to_string(),
+                        prev_lists,
+                        known.map(|k| (k, meta.len())),
+                    )?;
+                    tracing::debug!(
+                        file = child_rel,
+                        size,
+                        skipped = self.stats.bytes_skipped - skipped_before,
+                        "file read"
+                    );
                     self.stats.files += 1;
                     self.stats.bytes += size;
                     NodeKind::File { size, lists }
@@ -462,4 +536,91 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backend::memory::MemoryBackend;
+
+    const CHUNK: usize = 8192;
+
+    /// Backs up `dir`, with `parent` and what the oracle says; returns the root and stats.
+    fn ingest(
+        repo: &Repository,
+        dir: &Path,
+        parent: Option<&BlobRef>,
+        oracle: Option<ChangeOracle<'static>>,
+    ) -> (BlobRef, Stats) {
+        let mut ingest = Ingest::new(repo, 2, Box::new(|_| {}));
+        if let Some(o) = oracle {
+            ingest.set_known_changes(o);
+        }
+        let nodes = ingest
+            .read_dir(dir, "", parent, &|_, _| Visit::Keep)
+            .unwrap();
+        let root = ingest.write_dir(nodes, parent).unwrap();
+        (root, ingest.finish().unwrap().0)
+    }
+
+    fn content(repo: &Repository, root: &BlobRef, name: &str) -> Vec<u8> {
+        match &repo.load_dir(root).unwrap().get(name).unwrap().kind {
+            NodeKind::File { lists, .. } => repo.read_file(lists).unwrap(),
+            other => panic!("{name} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn known_changes_skip_unchanged_chunks_and_read_the_rest() {
+        let repo = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let v1: Vec<u8> = (0..4 * CHUNK + 100).map(|i| (i % 251) as u8 + 1).collect();
+        fs::write(dir.path().join("rel"), &v1).unwrap();
+        fs::write(dir.path().join("new"), b"first").unwrap();
+        fs::write(dir.path().join("small"), [1; 3000]).unwrap();
+        let (first, _) = ingest(&repo, dir.path(), None, None);
+
+        // Chunks 1 and 3 change on disk, but the oracle knows only of chunk 1.
+        let mut v2 = v1.clone();
+        v2[CHUNK + 5] ^= 0xff;
+        v2[3 * CHUNK + 5] ^= 0xff;
+        v2.extend_from_slice(&[9; CHUNK]);
+        fs::write(dir.path().join("rel"), &v2).unwrap();
+        fs::write(dir.path().join("new"), b"second").unwrap();
+        fs::write(dir.path().join("small"), [2; 3000]).unwrap();
+        let oracle: ChangeOracle = Box::new(|rel| match rel {
+            "rel" => Some(KnownChanges {
+                changed: vec![1],
+                read_from: 10,
+            }),
+            "small" => Some(KnownChanges {
+                changed: vec![],
+                read_from: 10,
+            }),
+            _ => None,
+        });
+        let (second, stats) = ingest(&repo, dir.path(), Some(&first), Some(oracle));
+
+        // Chunks 0, 2 and 3 are the parent's unread; 1, the old tail (now longer) and the
+        // growth are read. A short file of unchanged length is the parent's.
+        assert_eq!(stats.bytes_skipped, 3 * CHUNK as u64 + 3000);
+        assert_eq!(content(&repo, &second, "small"), [1; 3000]);
+        let mut want = v2.clone();
+        want[3 * CHUNK + 5] ^= 0xff;
+        assert_eq!(content(&repo, &second, "rel"), want);
+        assert_eq!(content(&repo, &second, "new"), b"second");
+
+        // Chunks from read_from on are read even when unlisted.
+        let oracle: ChangeOracle = Box::new(|_| {
+            Some(KnownChanges {
+                changed: vec![],
+                read_from: 3,
+            })
+        });
+        let (third, stats) = ingest(&repo, dir.path(), Some(&first), Some(oracle));
+        assert_eq!(stats.bytes_skipped, 3 * CHUNK as u64 + 3000);
+        let mut want = v2.clone();
+        want[CHUNK + 5] ^= 0xff;
+        assert_eq!(content(&repo, &third, "rel"), want);
+    }
 }

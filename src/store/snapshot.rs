@@ -52,6 +52,30 @@ pub struct Snapshot {
     /// Requests the backup sent to an S3 repository, up to (not including) this manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestCounts>,
+    /// How the data directory was read (absent in manifests older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadRecord>,
+}
+
+/// How a backup read the data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRecord {
+    pub mode: ReadMode,
+    /// Why every file was read, when WAL summaries could not be used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_read_reason: Option<String>,
+    pub bytes_read: u64,
+    /// Bytes taken from the parent unread, because the WAL summaries show them unchanged.
+    pub bytes_skipped: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadMode {
+    /// Every file was read and hashed.
+    Full,
+    /// Relation files were read only where the server's WAL summaries (17+) show changes.
+    WalSummaries,
 }
 
 impl Snapshot {
