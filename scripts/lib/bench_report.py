@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Turns the JSON lines that scripts/bench recorded into the result tables.
 
-    bench_report.py --results results.jsonl [--out DIR] [--merge chunk_sizes|s3|encryption]
+    bench_report.py --results results.jsonl [--out DIR] [--merge chunk_sizes|s3|encryption|summaries]
 
 Prints the markdown on stdout. With --out, also writes DIR/benchmarks.md and
-DIR/benchmarks.json. With --merge PART (a `scripts/bench --chunk-sizes`, `--s3` or
+DIR/benchmarks.json. With --merge PART (a `scripts/bench --chunk-sizes`, `--s3`, `--summaries` or
 `--encryption` run), only that section is replaced in an existing DIR/benchmarks.json and the
 markdown is rebuilt from it.
 
@@ -416,6 +416,28 @@ def build(recs):
                             "plain", size / w["plain"] if w["plain"] else None,
                             "encrypted", size / w["encrypted"] if w["encrypted"] else None, runs))
 
+    # PostgreSQL 17: the same incremental backup read from WAL summaries and in full.
+    sm = out["summaries"] = []
+    for key, name in (("sum_busy", "incremental backup after pgbench"),
+                      ("sum_quiet", "incremental backup, nothing changed")):
+        b = {t: R.merged(key, t) for t in ("full-read", "wal-summaries")}
+        if not (b["full-read"] and b["wal-summaries"]):
+            continue
+        runs = len(b["wal-summaries"])
+
+        def m(t, f):
+            return med([f(r) for r in b[t].values()])
+        logical = m("wal-summaries", lambda r: r["size_logical"])
+        for measure, unit, better, f, note in (
+                ("wall time", "s", "lower", lambda r: r["wall_s"],
+                 f"{fmt_b(logical)} of files, page cache dropped"),
+                ("bytes read from the data directory", "bytes", "lower",
+                 lambda r: r["bytes_read"], ""),
+                ("bytes newly stored", "bytes", "lower", lambda r: r["size_stored_new"], ""),
+                ("peak RSS", "bytes", "lower", peak_rss, "")):
+            sm.append(pair_row(name, measure, unit, better, "full-read", m("full-read", f),
+                               "wal-summaries", m("wal-summaries", f), runs, note))
+
     loads = [r["load1"] for r in recs if "load1" in r]
     if loads:
         meta["load1_median"] = med(loads)
@@ -698,6 +720,26 @@ def render(doc, notes):
         L.append(notes.get("encryption",
                            "<!-- notes:encryption -->\n<!-- /notes:encryption -->"))
         L.append("")
+    if doc.get("summaries"):
+        L.append("## PostgreSQL 17: incremental backups from WAL summaries\n")
+        L.append("A PostgreSQL 17 cluster (`summarize_wal = on`, data checksums) at the same pgbench "
+                 "scale, a first backup and a short pgbench run (random updates all over "
+                 "pgbench_accounts, the worst case for block tracking); then the same incremental "
+                 "backup twice, each into a copy of the repository: reading only the chunks the "
+                 "server's WAL summaries show changed, and with `--full-read`. Then once more with "
+                 "nothing changed since the parent "
+                 "(`scripts/bench --summaries`; operations.md \"Faster incrementals on 17+\"). "
+                 "pgBackRest 2.45 does not support 17, so there is no pgBackRest column.\n")
+        smeta = doc.get("summaries_meta")
+        if smeta:
+            L.append(f"WAL-summary rows run separately: {smeta.get('date')}, "
+                     f"`{smeta.get('command')}`, scale {smeta.get('scale')}.\n")
+        L.append(pair_table(doc["summaries"], "full-read", "full read", "wal-summaries",
+                            "WAL summaries"))
+        L.append("")
+        L.append(notes.get("summaries",
+                           "<!-- notes:summaries -->\n<!-- /notes:summaries -->"))
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"
@@ -760,13 +802,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
     ap.add_argument("--out")
-    ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption"),
+    ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption", "summaries"),
                     help="merge only this part into the existing --out files")
     a = ap.parse_args()
     doc = build(load(a.results))
     if a.merge and a.out and os.path.exists(os.path.join(a.out, "benchmarks.json")):
         # Only this part is new: keep the rest of the published run.
-        prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_"}[a.merge]
+        prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_",
+                  "summaries": "sum_"}[a.merge]
         old = json.load(open(os.path.join(a.out, "benchmarks.json")))
         old[a.merge] = doc[a.merge]
         old[a.merge + "_meta"] = doc["meta"]
