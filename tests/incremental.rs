@@ -7,6 +7,8 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
+use std::fs;
+use std::time::Duration;
 
 /// One test per major, so they run in parallel and a failure names the major.
 macro_rules! each_major {
@@ -140,5 +142,36 @@ fn incremental_equals_full_read(major: u32) {
         restored.psql(CONTENTS),
         want,
         "PostgreSQL {major}: rows restored from the WAL-summary backup"
+    );
+    drop(restored);
+
+    // Summaries that no longer reach back to the previous backup (removed here, as
+    // wal_summary_keep_time removes them) mean a full read, and so does summarize_wal = off.
+    source.psql("INSERT INTO big VALUES (0, 'its summary is removed'); CHECKPOINT");
+    let summarized = format!(
+        "SELECT count(*) FROM pg_available_wal_summaries() WHERE end_lsn > '{}'",
+        json_str(&full, "start_lsn")
+    );
+    wait_for(Duration::from_secs(60), || {
+        match source.psql(&summarized).as_str() {
+            "0" => Err("the change is not summarized yet".into()),
+            _ => Ok(()),
+        }
+    })
+    .unwrap();
+    for f in fs::read_dir(source.data.join("pg_wal/summaries")).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let gap = repo.backup(&source);
+    assert_eq!(gap["read"]["mode"], "full", "{gap}");
+    assert!(
+        json_str(&gap["read"], "full_read_reason").contains("summar"),
+        "{gap}"
+    );
+    source.psql("ALTER SYSTEM SET summarize_wal = off; SELECT pg_reload_conf()");
+    let off = repo.backup(&source);
+    assert!(
+        json_str(&off["read"], "full_read_reason").contains("summarize_wal is off"),
+        "{off}"
     );
 }
