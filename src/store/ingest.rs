@@ -19,6 +19,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{Cursor, ErrorKind, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,18 @@ impl KnownChanges {
 
 /// Answers, for a file's path relative to the ingested root, what is known of its changes.
 pub type ChangeOracle<'r> = Box<dyn Fn(&str) -> Option<KnownChanges> + 'r>;
+
+/// A file read with known changes: what is known, its size when opened, and its descriptor
+/// for read-ahead hints.
+struct Skipping {
+    known: KnownChanges,
+    size_at_open: u64,
+    fd: RawFd,
+}
+
+/// How far ahead of the reader a skipping read asks the kernel for the chunks it will read:
+/// reads between skips are not sequential, so the kernel's own read-ahead stops.
+const PREFETCH_BYTES: u64 = 32 << 20;
 
 /// Errors while ingesting: the store's, or reading the source tree.
 #[derive(Debug, thiserror::Error)]
@@ -244,15 +257,14 @@ impl<'r> Ingest<'r> {
         })
     }
 
-    /// Chunks a stream; returns its size and chunk-list refs. With `known` (and the size the
-    /// file had when opened), unchanged chunks of the length the parent stored are skipped
-    /// and taken from the parent.
+    /// Chunks a stream; returns its size and chunk-list refs. With `skipping`, unchanged
+    /// chunks of the length the parent stored are skipped and taken from the parent.
     fn ingest_stream(
         &mut self,
         mut reader: impl Read + Seek,
         path: &str,
         parent_lists: &[BlobRef],
-        known: Option<(KnownChanges, u64)>,
+        skipping: Option<Skipping>,
     ) -> Result<(u64, Vec<BlobRef>), IngestError> {
         let parent_chunks = self.repo.file_chunks(parent_lists)?;
         let chunk_size = self.repo.config.chunk_size as usize;
@@ -263,16 +275,40 @@ impl<'r> Ingest<'r> {
             path: path.to_string(),
             source,
         };
+        // The length of chunk `idx` when it is skipped; chunks before it are all full.
+        let skip_len = |idx: usize| -> Option<usize> {
+            let s = skipping.as_ref()?;
+            let start = (idx * chunk_size) as u64;
+            let len = s.size_at_open.saturating_sub(start).min(chunk_size as u64);
+            let same_len = parent_chunks
+                .get(idx)
+                .is_some_and(|c| u64::from(c.len) == len);
+            (len > 0 && same_len && s.known.unchanged(idx as u64)).then_some(len as usize)
+        };
+        let prefetch_chunks = (PREFETCH_BYTES as usize / chunk_size).max(1);
+        let mut advised = 0;
         loop {
             let idx = chunks.len() + pending.len();
-            let skip = known.as_ref().and_then(|(k, size_at_open)| {
-                let len = size_at_open.saturating_sub(size).min(chunk_size as u64);
-                let same_len = parent_chunks
-                    .get(idx)
-                    .is_some_and(|c| u64::from(c.len) == len);
-                (len > 0 && same_len && k.unchanged(idx as u64)).then_some(len as usize)
-            });
-            if let Some(len) = skip {
+            if let Some(s) = &skipping {
+                let end = (s.size_at_open.div_ceil(chunk_size as u64) as usize)
+                    .min(idx + prefetch_chunks);
+                for i in advised.max(idx)..end {
+                    if skip_len(i).is_none() {
+                        // Only a hint: the read that follows works without it.
+                        // SAFETY: posix_fadvise reads nothing but its arguments.
+                        unsafe {
+                            libc::posix_fadvise(
+                                s.fd,
+                                (i * chunk_size) as libc::off_t,
+                                chunk_size as libc::off_t,
+                                libc::POSIX_FADV_WILLNEED,
+                            );
+                        }
+                    }
+                }
+                advised = advised.max(end);
+            }
+            if let Some(len) = skip_len(idx) {
                 let (reply, rx) = bounded(1);
                 reply.send(Outcome::Same).expect("receiver held");
                 pending.push_back((rx, len as u32));
@@ -470,8 +506,14 @@ impl<'r> Ingest<'r> {
                         Some(NodeKind::File { lists, .. }) => lists,
                         _ => &[],
                     };
-                    let known = match &self.changes {
-                        Some(oracle) if !prev_lists.is_empty() => oracle(&child_rel),
+                    let skipping = match &self.changes {
+                        Some(oracle) if !prev_lists.is_empty() => {
+                            oracle(&child_rel).map(|known| Skipping {
+                                known,
+                                size_at_open: meta.len(),
+                                fd: file.as_raw_fd(),
+                            })
+                        }
                         _ => None,
                     };
                     let skipped_before = self.stats.bytes_skipped;
@@ -479,7 +521,7 @@ impl<'r> Ingest<'r> {
                         file,
                         &child.display().to_string(),
                         prev_lists,
-                        known.map(|k| (k, meta.len())),
+                        skipping,
                     )?;
                     tracing::debug!(
                         file = child_rel,
