@@ -1,4 +1,4 @@
-//! `pgsnapfs check` against backups of real PostgreSQL 15: a clean repository passes; a
+//! `pgsnapfs check` against backups of real PostgreSQL: a clean repository passes; a
 //! flipped byte in a data chunk, in a pack's entry table, in a snapshot manifest, in archived
 //! WAL and in a WAL summary, and a missing WAL segment, are each reported (exit 3) naming the
 //! object, the backups and the files affected; the unaffected backup still restores with

@@ -176,7 +176,7 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
     // The failed backup removed its unfinished pack: first fill what that freed.
     let more = fill(&disk, "more", 0);
     source.psql("INSERT INTO t VALUES (1001, 'after')");
-    let name = source.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    let name = source.switch_wal();
     let segment = source.data.join("pg_wal").join(&name);
     let scratch = TestDir::new("wal");
     let copy = scratch.join(&name);

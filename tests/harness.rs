@@ -9,6 +9,9 @@ use std::path::PathBuf;
 #[test]
 fn cluster_lifecycle_and_psql() {
     let mut c = Cluster::start_new(ClusterOptions::default());
+    // Every server a test does not give a major runs PGSNAPFS_TEST_PG_MAJOR's (15 by default).
+    let major = |c: &Cluster| c.psql("SHOW server_version_num").parse::<u32>().unwrap() / 10000;
+    assert_eq!(major(&c), test_major());
     // Several statements, each in its own transaction; only query results are printed.
     let out = c.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
@@ -40,6 +43,7 @@ fn cluster_lifecycle_and_psql() {
     assert_eq!(on_copy.wait_until_paused_or_ready(), RecoveryState::Ready);
     assert_eq!(on_copy.psql("SELECT count(*) FROM t"), "10");
     assert_eq!(on_copy.psql("SHOW archive_mode"), "off");
+    assert_eq!(major(&on_copy), test_major());
 }
 
 #[test]

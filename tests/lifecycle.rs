@@ -1,4 +1,4 @@
-//! Retention and garbage collection against real PostgreSQL 15: `expire`, `backup-keep`,
+//! Retention and garbage collection against real PostgreSQL: `expire`, `backup-keep`,
 //! `gc` and leases. What remains restores with exactly its rows, what goes is gone, and
 //! commands running at the same time (backup, mounts) lose nothing. Expire, gc and repack run
 //! on both back ends.

@@ -1,4 +1,4 @@
-//! `pgsnapfs mount` / `umount` against real FUSE and real PostgreSQL 15: the read-only catalogue
+//! `pgsnapfs mount` / `umount` against real FUSE and real PostgreSQL: the read-only catalogue
 //! of backups, writable point-in-time views that a server starts on directly, and the life
 //! cycle of a mount (busy, stale, signals, bad mount points).
 //!
@@ -409,7 +409,7 @@ impl PlainServer {
             dir,
         };
         let run = run_command(
-            postgres_command(pg_tool("pg_ctl"))
+            postgres_command(test_server_bin().join("pg_ctl"))
                 .arg("-D")
                 .arg(data)
                 .arg("-l")
@@ -466,7 +466,7 @@ impl PlainServer {
     fn pg_ctl_stop(&mut self, mode: &str) -> Run {
         self.running = false;
         run_command(
-            postgres_command(pg_tool("pg_ctl"))
+            postgres_command(test_server_bin().join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .args(["-m", mode, "-w", "-t", "120", "stop"]),
@@ -1071,7 +1071,7 @@ fn catalogue_listing_copy_wal_and_read_only() {
     );
     assert_eq!(
         fs::read_to_string(b.join("PG_VERSION")).unwrap().trim(),
-        "15"
+        test_major().to_string()
     );
 }
 

@@ -1,4 +1,4 @@
-//! `pgsnapfs verify` (automated restore test) against real PostgreSQL 15 and real FUSE: it
+//! `pgsnapfs verify` (automated restore test) against real PostgreSQL and real FUSE: it
 //! passes on a good backup, fails on a false assertion, and fails naming the problem when a
 //! chunk a table needs is corrupt, while the mount answers EIO for that data and never
 //! wrong bytes.

@@ -4,8 +4,8 @@
 //! then removes the cluster's own temp dir.
 
 use super::{
-    describe, free_port, machine, pg_tool, pgsnapfs_bin, postgres_command, run_command, wait_for,
-    Run, TestDir,
+    describe, free_port, pg_tool, pgsnapfs_bin, postgres_command, run_command, test_server_bin,
+    wait_for, Run, TestDir,
 };
 use std::ffi::OsStr;
 use std::fs;
@@ -30,7 +30,7 @@ pub struct ClusterOptions {
     /// initdb --wal-segsize, in MB; PostgreSQL's 16 when not given.
     pub wal_segsize_mb: Option<u32>,
     /// initdb, pg_ctl and postgres from this directory (see [`super::server_bin`]) instead of
-    /// the harness's PostgreSQL 15.
+    /// those of [`super::test_major`].
     pub server_bin: Option<PathBuf>,
 }
 
@@ -78,10 +78,7 @@ impl Cluster {
         let data = dir.join("data");
         let sock = dir.subdir("sock", 0o700);
         let log = dir.join("server.log");
-        let server_bin = opts
-            .server_bin
-            .clone()
-            .unwrap_or_else(|| machine().pg_bin.clone());
+        let server_bin = opts.server_bin.clone().unwrap_or_else(test_server_bin);
         let mut initdb = postgres_command(server_bin.join("initdb"));
         initdb.arg("-D").arg(&data).args([
             "--auth=trust",
@@ -177,9 +174,9 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start_on_with`] but returns the failure report (pg_ctl output and the
-    /// server log) instead of panicking.
+    /// server log) instead of panicking. The server is of [`super::test_major`].
     pub fn try_start_on(data: &Path, settings: &[(&str, &str)]) -> Result<Cluster, String> {
-        Cluster::try_start_on_bin(data, &machine().pg_bin, settings)
+        Cluster::try_start_on_bin(data, &test_server_bin(), settings)
     }
 
     /// [`Cluster::try_start_on`] with the server programs in `server_bin` (another major).
@@ -501,23 +498,48 @@ impl Cluster {
     // -----------------------------------------------------------------------------------------
     // WAL and recovery
 
+    /// `pg_switch_wal()`; returns the name of the last finished segment: the one the switch
+    /// finished, or, if nothing was written since the last switch, the one before.
+    #[track_caller]
+    pub fn switch_wal(&self) -> String {
+        // The segment before the one WAL is now inserted into, worked out here: what
+        // pg_switch_wal() returns when there was nothing to switch, and what pg_walfile_name()
+        // makes of a segment boundary, differ between majors (18 returns a position past the
+        // new segment's page header).
+        let row = self.psql(
+            "SELECT pg_switch_wal(), pg_current_wal_insert_lsn(), \
+                    pg_walfile_name(pg_current_wal_insert_lsn()), setting \
+             FROM pg_settings WHERE name = 'wal_segment_size'",
+        );
+        let fields: Vec<&str> = row.split('|').collect();
+        assert_eq!(fields.len(), 4, "unexpected row {row:?}");
+        let insert = super::parse_lsn(fields[1]);
+        let seg_size: u64 = fields[3].parse().expect("wal_segment_size in bytes");
+        let finished = insert / seg_size - 1;
+        let per_id = 0x1_0000_0000 / seg_size;
+        format!(
+            "{}{:08X}{:08X}",
+            &fields[2][..8],
+            finished / per_id,
+            finished % per_id
+        )
+    }
+
     /// `pg_switch_wal()`, then waits until pg_stat_archiver reports the finished segment (or a
     /// later one) archived. Returns the segment name. Panics after a timeout with the archiver
     /// stats and the log.
     #[track_caller]
     pub fn switch_wal_and_wait_archived(&self) -> String {
-        // If nothing was written since the last switch, pg_switch_wal() returns the start of
-        // the current segment. Up to 16 pg_walfile_name() of that boundary names the previous
-        // (finished) segment; from 17 on it names the next one, so step back a byte.
-        let seg = if self.major() < 17 {
-            self.psql("SELECT pg_walfile_name(pg_switch_wal())")
-        } else {
-            self.psql("SELECT pg_walfile_name(pg_switch_wal() - 1)")
-        };
+        let seg = self.switch_wal();
         // Also nothing else waiting: a backup's history file (SEG.XXXXXXXX.backup) sorts after
-        // its segment, so the segment can be archived before it.
+        // its segment, so the segment can be archived before it. And the other way round: a
+        // segment finished during a backup is archived before the backup's history file,
+        // which then is the last archived although it sorts before the segment: so the
+        // segment's .done counts too.
         let query = format!(
-            "SELECT coalesce(last_archived_wal, '') >= '{seg}' AND NOT EXISTS \
+            "SELECT (coalesce(last_archived_wal, '') >= '{seg}' OR EXISTS \
+                     (SELECT FROM pg_ls_archive_statusdir() WHERE name = '{seg}.done')) \
+                    AND NOT EXISTS \
                     (SELECT FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), \
                     coalesce(last_archived_wal, '-'), failed_count, \
                     coalesce(last_failed_wal, '-') \

@@ -1,5 +1,6 @@
-//! Harness for the integration tests: real PostgreSQL 15 clusters driven by the real `pgsnapfs`
-//! binary, everything run as the `postgres` user because the tests themselves run as root.
+//! Harness for the integration tests: real PostgreSQL clusters (15, or the major in
+//! `PGSNAPFS_TEST_PG_MAJOR`: see [`test_major`]) driven by the real `pgsnapfs` binary,
+//! everything run as the `postgres` user because the tests themselves run as root.
 //!
 //! - [`TestDir`]: a temp dir that `postgres` owns; removed on drop (after unmounting anything
 //!   still mounted inside it), so a panicking test cleans up too.
@@ -134,6 +135,24 @@ pub fn server_bin(major: u32) -> PathBuf {
         bin.join("postgres").display()
     );
     bin
+}
+
+/// The major of every server a test starts without naming one (initdb, pg_ctl and postgres
+/// come from [`server_bin`] of it): `PGSNAPFS_TEST_PG_MAJOR`, 15 when unset. scripts/test runs
+/// the integration tests once more with 17 and with 18. Clients (psql, pgbench) stay 15's.
+pub fn test_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| match std::env::var("PGSNAPFS_TEST_PG_MAJOR") {
+        Err(_) => 15,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            panic!("PGSNAPFS_TEST_PG_MAJOR={v:?} is not a PostgreSQL major such as 17")
+        }),
+    })
+}
+
+/// The server programs of [`test_major`].
+pub fn test_server_bin() -> PathBuf {
+    server_bin(test_major())
 }
 
 /// Environment variables that would change which server or repository a command talks to;
@@ -485,6 +504,12 @@ impl Repo {
         if self.store == Store::S3 && matches!(subcommand, "mount" | "verify") {
             v.push("--cache-dir".into());
             v.push(self.path.join("cache").display().to_string());
+        }
+        // verify finds Debian's server of the backup's major by itself (tested on 15); the
+        // npm builds of the other majors are elsewhere.
+        if subcommand == "verify" && test_major() != 15 && !args.contains(&"--pg-bin") {
+            v.push("--pg-bin".into());
+            v.push(test_server_bin().display().to_string());
         }
         v.extend(args.iter().map(|s| s.to_string()));
         v
