@@ -122,6 +122,11 @@ impl Cluster {
             }
             None => conf.push_str("archive_mode = off\n"),
         }
+        // On 17+ the suite's incremental backups read from WAL summaries, as they do in
+        // production with summarize_wal on (tests/incremental.rs compares them with full reads).
+        if opts.server_bin.is_none() && super::test_major() >= 17 {
+            conf.push_str("summarize_wal = on\n");
+        }
         for (k, v) in &opts.settings {
             conf.push_str(&format!("{k} = {v}\n"));
         }
