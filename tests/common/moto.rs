@@ -95,17 +95,25 @@ impl Moto {
     }
 
     /// Creates a bucket with one plain HTTP request: moto does not check signatures, and
-    /// creating buckets is not something pgsnapfs does.
+    /// creating buckets is not something pgsnapfs does. A connection that moto resets or
+    /// refuses is tried again for a while: a port that accepted a connection is not yet a
+    /// server that answers (on a loaded machine, or a loopback connect that met itself).
     pub fn create_bucket(&self, bucket: &str) {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
-        write!(
-            conn,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .expect("send create-bucket request");
-        let mut reply = String::new();
-        conn.read_to_string(&mut reply).expect("read moto's reply");
+        let request = || -> std::io::Result<String> {
+            let mut conn = TcpStream::connect(("127.0.0.1", self.port))?;
+            write!(
+                conn,
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.port
+            )?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)?;
+            Ok(reply)
+        };
+        let reply = super::wait_for(Duration::from_secs(30), || {
+            request().map_err(|e| format!("create bucket {bucket} on moto: {e}"))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             reply.starts_with("HTTP/1.1 200"),
             "moto refused to create bucket {bucket}:\n{reply}"
