@@ -315,18 +315,24 @@ fn changes_since(
             })
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
-    summary::check_coverage(&summaries, tli as u32, parent.start_lsn, start)?;
+    // Exactly the summaries checked: one removed since makes the query fail, not miss it.
+    let covering = summary::covering(&summaries, tli as u32, parent.start_lsn, start)?
+        .iter()
+        .map(|s| format!("({}, '{}'::pg_lsn, '{}'::pg_lsn)", s.tli, s.start, s.end))
+        .collect::<Vec<_>>();
+    if covering.is_empty() {
+        return Ok(changes);
+    }
     // Grouped by chunk on the server: one row per changed chunk, not per block.
     let rows = query(&format!(
-        "WITH c AS (SELECT c.* FROM pg_available_wal_summaries() s, \
-           LATERAL pg_wal_summary_contents(s.tli, s.start_lsn, s.end_lsn) c \
-           WHERE s.tli = {tli} AND s.end_lsn > '{from}' AND s.start_lsn < '{start}') \
+        "WITH c AS (SELECT c.* FROM (VALUES {}) s(tli, start_lsn, end_lsn), \
+           LATERAL pg_wal_summary_contents(s.tli, s.start_lsn, s.end_lsn) c) \
          SELECT false, reltablespace, reldatabase, relfilenode, relforknumber, \
            relblocknumber / {per_chunk} FROM c WHERE NOT is_limit_block GROUP BY 2, 3, 4, 5, 6 \
          UNION ALL \
          SELECT true, reltablespace, reldatabase, relfilenode, relforknumber, \
            min(relblocknumber) FROM c WHERE is_limit_block GROUP BY 2, 3, 4, 5",
-        from = parent.start_lsn,
+        covering.join(", "),
         per_chunk = changes.chunk_blocks(),
     ))?;
     for r in rows {

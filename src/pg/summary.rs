@@ -20,15 +20,21 @@ pub struct Summary {
     pub end: Lsn,
 }
 
-/// Whether the summaries on `tli` cover [from, to) without a gap; if not, why not.
-pub fn check_coverage(summaries: &[Summary], tli: u32, from: Lsn, to: Lsn) -> Result<(), String> {
-    let mut on: Vec<&Summary> = summaries
+/// The summaries on `tli` that cover [from, to) without a gap; if there are none, why not.
+pub fn covering(
+    summaries: &[Summary],
+    tli: u32,
+    from: Lsn,
+    to: Lsn,
+) -> Result<Vec<Summary>, String> {
+    let mut on: Vec<Summary> = summaries
         .iter()
         .filter(|s| s.tli == tli && s.end > from && s.start < to)
+        .copied()
         .collect();
     on.sort_by_key(|s| s.start);
     let mut reached = from;
-    for s in on {
+    for s in &on {
         if s.start > reached {
             return Err(format!(
                 "no WAL summary covers {reached} to {} on timeline {tli}",
@@ -42,7 +48,7 @@ pub fn check_coverage(summaries: &[Summary], tli: u32, from: Lsn, to: Lsn) -> Re
             "WAL on timeline {tli} is summarized up to {reached}, not up to {to}"
         ));
     }
-    Ok(())
+    Ok(on)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,22 +197,14 @@ mod tests {
     #[test]
     fn coverage_needs_contiguous_summaries_on_the_timeline() {
         let s = [summary(10, 20), summary(20, 35), summary(35, 50)];
-        assert!(check_coverage(&s, 1, lsn(15), lsn(50)).is_ok());
-        assert!(check_coverage(&s, 1, lsn(10), lsn(40)).is_ok());
-        assert!(
-            check_coverage(&s, 1, lsn(5), lsn(40)).is_err(),
-            "starts before"
-        );
-        assert!(
-            check_coverage(&s, 1, lsn(15), lsn(60)).is_err(),
-            "ends after"
-        );
-        assert!(
-            check_coverage(&s, 2, lsn(15), lsn(40)).is_err(),
-            "other timeline"
-        );
+        assert_eq!(covering(&s, 1, lsn(15), lsn(50)).unwrap(), s);
+        assert_eq!(covering(&s, 1, lsn(21), lsn(30)).unwrap(), [s[1]]);
+        assert!(covering(&s, 1, lsn(10), lsn(40)).is_ok());
+        assert!(covering(&s, 1, lsn(5), lsn(40)).is_err(), "starts before");
+        assert!(covering(&s, 1, lsn(15), lsn(60)).is_err(), "ends after");
+        assert!(covering(&s, 2, lsn(15), lsn(40)).is_err(), "other timeline");
         let gap = [summary(10, 20), summary(25, 50)];
-        let err = check_coverage(&gap, 1, lsn(15), lsn(40)).unwrap_err();
+        let err = covering(&gap, 1, lsn(15), lsn(40)).unwrap_err();
         assert!(err.contains("no WAL summary covers"), "{err}");
     }
 
