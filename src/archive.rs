@@ -6,6 +6,7 @@
 //! lists nothing on its usual path: a registry lookup, two writes.
 
 use crate::error::{io, Error, Result};
+use crate::pg::history::{parse_history, TimelineTree};
 use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_SIZE};
 use crate::pg::walscan::{scan_segment, SegmentSummary};
 use crate::pg::{control::ControlData, lsn::Lsn};
@@ -311,6 +312,39 @@ pub fn catalog(repo: &Repository, system: &System) -> Result<Vec<TimelineWal>> {
             }
         })
         .collect())
+}
+
+/// The timeline tree of a cluster, from the history files its catalog lists. A timeline
+/// above 1 whose history file is missing or unreadable is listed in `missing`.
+pub fn timeline_tree(
+    repo: &Repository,
+    system: &System,
+    catalog: &[TimelineWal],
+) -> Result<TimelineTree> {
+    let sysid: u64 = system.system_identifier.parse().expect("numeric");
+    let mut histories = BTreeMap::new();
+    let mut missing = Vec::new();
+    for t in catalog {
+        let entries = if t.timeline == 1 {
+            Vec::new()
+        } else if !t.history {
+            missing.push(t.timeline);
+            Vec::new()
+        } else {
+            let name = WalFile::History { tli: t.timeline }.name(segment_size(system));
+            let text = repo.get_sealed(&keys::wal_file(sysid, t.timeline, &name))?;
+            match parse_history(&String::from_utf8_lossy(&text)) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!("{name} of system {sysid} is unreadable: {e}");
+                    missing.push(t.timeline);
+                    Vec::new()
+                }
+            }
+        };
+        histories.insert(t.timeline, entries);
+    }
+    Ok(TimelineTree::new(histories, missing))
 }
 
 pub fn segment_size(system: &System) -> u64 {

@@ -78,6 +78,72 @@ pub fn timeline_of_segment(
         .map_or(target_tli, |e| e.parent_tli)
 }
 
+/// The timelines of one cluster and how they branched, from their history files.
+///
+/// Timeline 1 has no history file; any other timeline whose file is missing is recorded in
+/// `missing`, and treated as if it had no ancestors (so nothing is planned across it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimelineTree {
+    histories: std::collections::BTreeMap<u32, Vec<HistoryEntry>>,
+    /// Timelines above 1 that hold WAL but have no readable history file.
+    pub missing: Vec<u32>,
+}
+
+impl TimelineTree {
+    /// A tree from each timeline's parsed history (timelines without one: empty).
+    pub fn new(
+        histories: std::collections::BTreeMap<u32, Vec<HistoryEntry>>,
+        missing: Vec<u32>,
+    ) -> TimelineTree {
+        TimelineTree { histories, missing }
+    }
+
+    /// Every timeline known, ascending.
+    pub fn timelines(&self) -> impl Iterator<Item = u32> + '_ {
+        self.histories.keys().copied()
+    }
+
+    /// The history of `tli`: its ancestors, oldest first, each with the switchpoint at
+    /// which the path to `tli` left it.
+    pub fn history(&self, tli: u32) -> &[HistoryEntry] {
+        self.histories.get(&tli).map_or(&[], Vec::as_slice)
+    }
+
+    /// The timeline `tli` branched from, and where.
+    pub fn parent(&self, tli: u32) -> Option<(u32, Lsn)> {
+        self.history(tli)
+            .last()
+            .map(|e| (e.parent_tli, e.switchpoint))
+    }
+
+    /// The timelines whose parent is `tli`, ascending.
+    pub fn children(&self, tli: u32) -> Vec<u32> {
+        self.timelines()
+            .filter(|t| self.parent(*t).is_some_and(|(p, _)| p == tli))
+            .collect()
+    }
+
+    /// Whether `ancestor` is `tli` or lies on its history.
+    pub fn is_ancestor(&self, ancestor: u32, tli: u32) -> bool {
+        ancestor == tli || self.history(tli).iter().any(|e| e.parent_tli == ancestor)
+    }
+
+    /// Where the path to `tli` leaves `ancestor`: None when `ancestor` is `tli` itself (its
+    /// WAL counts to its end) or is not on the path at all (see `is_ancestor`).
+    pub fn leaves_at(&self, ancestor: u32, tli: u32) -> Option<Lsn> {
+        self.history(tli)
+            .iter()
+            .find(|e| e.parent_tli == ancestor)
+            .map(|e| e.switchpoint)
+    }
+
+    /// Whether WAL position `lsn` of timeline `on` is part of the history of `tli`: `on` is
+    /// an ancestor of `tli` and `lsn` comes before the path to `tli` leaves it.
+    pub fn contains(&self, tli: u32, on: u32, lsn: Lsn) -> bool {
+        self.is_ancestor(on, tli) && self.leaves_at(on, tli).is_none_or(|end| lsn < end)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +251,35 @@ mod tests {
         // Segment 5 holds the switch to timeline 3 at 0/5000160.
         assert_eq!(timeline_of_segment(5, SEG, 3, &h), 3);
         assert_eq!(timeline_of_segment(9, SEG, 3, &h), 3);
+    }
+
+    fn tree() -> TimelineTree {
+        // 1 -> 2 at 0/3000000 -> 3 at 0/5000160; 1 -> 4 at 0/6000000.
+        let mut h = std::collections::BTreeMap::new();
+        h.insert(1, vec![]);
+        h.insert(2, parse_history("1\t0/3000000\tx\n").unwrap());
+        h.insert(3, tli3());
+        h.insert(4, parse_history("1\t0/6000000\ty\n").unwrap());
+        TimelineTree::new(h, vec![])
+    }
+
+    #[test]
+    fn tree_relations() {
+        let t = tree();
+        assert_eq!(t.timelines().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(t.parent(1), None);
+        assert_eq!(t.parent(3), Some((2, Lsn(0x500_0160))));
+        assert_eq!(t.children(1), vec![2, 4]);
+        assert_eq!(t.children(2), vec![3]);
+        assert!(t.is_ancestor(1, 3) && t.is_ancestor(2, 3) && t.is_ancestor(3, 3));
+        assert!(!t.is_ancestor(4, 3) && !t.is_ancestor(3, 2) && !t.is_ancestor(2, 4));
+        assert_eq!(t.leaves_at(1, 3), Some(Lsn(0x300_0000)));
+        assert_eq!(t.leaves_at(3, 3), None);
+        assert_eq!(t.leaves_at(4, 3), None);
+        assert!(t.contains(3, 1, Lsn(0x2FF_FFFF)));
+        assert!(!t.contains(3, 1, Lsn(0x300_0000)));
+        assert!(t.contains(3, 3, Lsn(u64::MAX)));
+        assert!(!t.contains(3, 4, Lsn(0x100)));
+        assert!(t.contains(4, 1, Lsn(0x5FF_FFFF)) && !t.contains(4, 1, Lsn(0x600_0000)));
     }
 }
