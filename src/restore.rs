@@ -5,6 +5,7 @@
 //! syncfs rather than file by file.
 
 use crate::error::{io, Error, Result};
+use crate::pg::recovery::{self, Rewritten};
 use crate::pitr::Plan;
 use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::Repository;
@@ -22,13 +23,39 @@ pub struct RestoreOptions {
     pub tablespace_map: HashMap<u32, PathBuf>,
     pub threads: usize,
     pub progress: Box<dyn Fn(u64) + Sync>,
-    /// The recovery settings to append to postgresql.auto.conf (see `pg::recovery`).
-    pub recovery_conf: String,
+    /// The recovery settings for postgresql.auto.conf's pgsnapfs block (`pg::recovery::render`).
+    pub recovery: String,
+    pub archive_mode: ArchiveMode,
+}
+
+/// Whether the restored server archives WAL once started (pgBackRest's --archive-mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchiveMode {
+    /// Keep the backup's archive settings: a server that replaces a lost one archives on.
+    Preserve,
+    /// archive_mode = off: a test restore never pushes WAL into the production archive.
+    Off,
+}
+
+/// What the restored configuration says about archiving, as far as the data directory shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Archiving {
+    Off,
+    /// archive_mode is on (or always), with this archive_command, if one is set.
+    On {
+        command: Option<String>,
+    },
+    /// The data directory has no postgresql.conf (Debian keeps it in /etc) and
+    /// postgresql.auto.conf does not set archive_mode.
+    Unknown,
 }
 
 pub struct Restored {
     pub files: u64,
     pub bytes: u64,
+    /// The configuration files whose settings of an earlier recovery were removed.
+    pub rewritten: Vec<Rewritten>,
+    pub archiving: Archiving,
 }
 
 /// A directory is usable if it is missing or empty.
@@ -120,23 +147,116 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
         return Err(e);
     }
 
-    let conf = opts.to.join("postgresql.auto.conf");
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(&conf)
-        .map_err(io(format!("open {}", conf.display())))?;
-    f.write_all(opts.recovery_conf.as_bytes())
-        .map_err(io(format!("write {}", conf.display())))?;
-    let signal = opts.to.join("recovery.signal");
-    fs::write(&signal, b"").map_err(io(format!("write {}", signal.display())))?;
+    let body = match opts.archive_mode {
+        ArchiveMode::Preserve => opts.recovery.clone(),
+        ArchiveMode::Off => format!("{}archive_mode = 'off'\n", opts.recovery),
+    };
+    let rewritten = write_recovery(&opts.to, &body)?;
+    let archiving = archiving(&opts.to)?;
     fs::set_permissions(&opts.to, fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
     for dir in std::iter::once(&opts.to).chain(spaces.values()) {
         syncfs(dir)?;
     }
     let (files, bytes) = totals.into_inner().expect("lock");
-    Ok(Restored { files, bytes })
+    Ok(Restored {
+        files,
+        bytes,
+        rewritten,
+        archiving,
+    })
+}
+
+/// A configuration file of the restored directory, by its path there: None if missing or
+/// not a regular file (a link to /etc is outside what the backup holds).
+fn read_conf(dir: &Path, rel: &str) -> Result<Option<String>> {
+    let path = dir.join(rel);
+    match fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("stat {}", path.display()))(e)),
+    }
+    let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
+    String::from_utf8(bytes).map(Some).map_err(|_| {
+        Error::Failed(format!(
+            "{} is not UTF-8 text, so its recovery settings cannot be rewritten; convert it \
+             to UTF-8 in the restored directory and restore again",
+            path.display()
+        ))
+    })
+}
+
+fn list_conf(dir: &Path, rel: &str) -> Result<Vec<String>> {
+    let path = dir.join(rel);
+    let entries = match fs::read_dir(&path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("list {}", path.display()))(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(format!("list {}", path.display())))?;
+        names.extend(entry.file_name().into_string().ok());
+    }
+    Ok(names)
+}
+
+/// Writes the one block of recovery settings, comments out those of earlier recoveries, and
+/// leaves recovery.signal as the only signal file: with standby.signal too, the server
+/// would start as a standby instead of recovering to the target.
+fn write_recovery(dir: &Path, body: &str) -> Result<Vec<Rewritten>> {
+    let rewritten =
+        recovery::rewrite_config(&|rel| read_conf(dir, rel), &|rel| list_conf(dir, rel), body)?;
+    for file in &rewritten {
+        let path = dir.join(&file.path);
+        let mode = fs::metadata(&path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
+        let tmp = dir.join(format!("{}.pgsnapfs-tmp", file.path));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io(format!("create {}", tmp.display())))?;
+        f.write_all(file.text.as_bytes())
+            .map_err(io(format!("write {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(io(format!("rename {}", tmp.display())))?;
+    }
+    let standby = dir.join("standby.signal");
+    match fs::remove_file(&standby) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(format!("remove {}", standby.display()))(e))
+        }
+        _ => {}
+    }
+    let signal = dir.join("recovery.signal");
+    fs::write(&signal, b"").map_err(io(format!("write {}", signal.display())))?;
+    Ok(rewritten)
+}
+
+/// What the restored configuration files say about archiving (the last value of each
+/// setting, as the server reads them).
+fn archiving(dir: &Path) -> Result<Archiving> {
+    let settings =
+        recovery::settings_in_order(&|rel| read_conf(dir, rel), &|rel| list_conf(dir, rel))?;
+    let last = |name: &str| {
+        settings
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    let command = settings
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "archive_command")
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty());
+    Ok(match last("archive_mode").as_deref() {
+        Some("on" | "always" | "true" | "yes" | "1") => Archiving::On { command },
+        Some(_) => Archiving::Off,
+        None if read_conf(dir, "postgresql.conf")?.is_some() => Archiving::Off,
+        None => Archiving::Unknown,
+    })
 }
 
 fn syncfs(dir: &Path) -> Result<()> {
