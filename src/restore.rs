@@ -41,9 +41,11 @@ pub enum ArchiveMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Archiving {
     Off,
-    /// archive_mode is on (or always), with this archive_command, if one is set.
+    /// archive_mode is on (or always), with this archive_command or archive_library (15+),
+    /// if one is set.
     On {
         command: Option<String>,
+        library: Option<String>,
     },
     /// The data directory has no postgresql.conf (Debian keeps it in /etc) and
     /// postgresql.auto.conf does not set archive_mode.
@@ -238,21 +240,21 @@ fn write_recovery(dir: &Path, body: &str) -> Result<Vec<Rewritten>> {
 fn archiving(dir: &Path) -> Result<Archiving> {
     let settings =
         recovery::settings_in_order(&|rel| read_conf(dir, rel), &|rel| list_conf(dir, rel))?;
+    // The last value of a setting is the one in force; an empty one is unset.
     let last = |name: &str| {
         settings
             .iter()
             .rev()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.to_ascii_lowercase())
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
     };
-    let command = settings
-        .iter()
-        .rev()
-        .find(|(n, _)| n == "archive_command")
-        .map(|(_, v)| v.clone())
-        .filter(|v| !v.is_empty());
-    Ok(match last("archive_mode").as_deref() {
-        Some("on" | "always" | "true" | "yes" | "1") => Archiving::On { command },
+    let mode = last("archive_mode").map(|m| m.to_ascii_lowercase());
+    Ok(match mode.as_deref() {
+        Some("on" | "always" | "true" | "yes" | "1") => Archiving::On {
+            command: last("archive_command"),
+            library: last("archive_library"),
+        },
         Some(_) => Archiving::Off,
         None if read_conf(dir, "postgresql.conf")?.is_some() => Archiving::Off,
         None => Archiving::Unknown,
@@ -347,4 +349,74 @@ fn write_file(repo: &Repository, job: &FileJob, progress: &(dyn Fn(u64) + Sync))
     }
     f.set_len(job.size).map_err(werr())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        fs::write(dir.join(rel), text).unwrap();
+    }
+
+    #[test]
+    fn recovery_files_of_a_restored_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir(d.join("conf.d")).unwrap();
+        write(
+            d,
+            "postgresql.conf",
+            "archive_mode = on\ninclude_dir 'conf.d'\n",
+        );
+        write(
+            d,
+            "conf.d/a.conf",
+            "recovery_target_lsn = '0/1'\narchive_command = 'x'\n",
+        );
+        write(d, "postgresql.auto.conf", "recovery_target_time = 'T'\n");
+        fs::set_permissions(
+            d.join("postgresql.auto.conf"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        write(d, "standby.signal", "");
+        // A link is never followed: it may lead out of the data directory (to /etc).
+        std::os::unix::fs::symlink(d.join("conf.d/a.conf"), d.join("conf.d/b.conf")).unwrap();
+
+        let rewritten = write_recovery(d, "restore_command = 'f'\n").unwrap();
+        let paths: Vec<&str> = rewritten.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["conf.d/a.conf", "postgresql.auto.conf"]);
+        let a = fs::read_to_string(d.join("conf.d/a.conf")).unwrap();
+        assert!(
+            a.starts_with("# Removed by pgsnapfs: recovery_target_lsn"),
+            "{a}"
+        );
+        let auto = d.join("postgresql.auto.conf");
+        assert!(fs::read_to_string(&auto)
+            .unwrap()
+            .contains(recovery::BLOCK_BEGIN));
+        assert_eq!(
+            fs::metadata(&auto).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert!(fs::symlink_metadata(d.join("conf.d/b.conf"))
+            .unwrap()
+            .is_symlink());
+        assert!(d.join("recovery.signal").is_file());
+        assert!(!d.join("standby.signal").exists());
+        assert_eq!(
+            archiving(d).unwrap(),
+            Archiving::On {
+                command: Some("x".into()),
+                library: None
+            }
+        );
+
+        write_recovery(d, "archive_mode = 'off'\n").unwrap();
+        assert_eq!(archiving(d).unwrap(), Archiving::Off);
+        fs::remove_file(d.join("postgresql.conf")).unwrap();
+        fs::remove_file(d.join("postgresql.auto.conf")).unwrap();
+        assert_eq!(archiving(d).unwrap(), Archiving::Unknown);
+    }
 }

@@ -173,13 +173,23 @@ pub fn run(
 fn describe_archiving(archiving: &Archiving) -> String {
     match archiving {
         Archiving::Off => "archive_mode is off: the restored server will not archive WAL".into(),
-        Archiving::On { command: None } => {
-            "archive_mode is on but no archive_command is set: the restored server will keep \
-             its WAL until one is"
-                .into()
-        }
+        Archiving::On {
+            command: None,
+            library: None,
+        } => "archive_mode is on but no archive_command is set: the restored server will keep \
+              its WAL until one is"
+            .into(),
+        Archiving::On {
+            command: None,
+            library: Some(library),
+        } => format!(
+            "archive_mode is on: once started, the restored server archives WAL with \
+             archive_library = {}; for a test restore, restore again with --archive-mode off",
+            recovery::quote(library)
+        ),
         Archiving::On {
             command: Some(command),
+            ..
         } => format!(
             "archive_mode is on: once started, the restored server archives WAL{} with \
              archive_command = {}; for a test restore, restore again with --archive-mode off",
