@@ -88,6 +88,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
     }
     let sysid = info.system_identifier;
     let major = info.major();
+    warn_recovery_targets(&server)?;
     // Before the parent is read: while the lease is live, gc keeps the packs this backup
     // reuses and writes (docs/repository-format.md, "Deleting").
     let lease = Lease::shared(repo, "backup")?;
@@ -222,6 +223,35 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         "backup finished"
     );
     Ok(snap)
+}
+
+/// Warns when the server's configuration sets recovery targets (left by the recovery that
+/// made it, usually): the backup carries them, and a server restored from it would stop
+/// its recovery at that old target if nothing removed them. `restore` and views do.
+fn warn_recovery_targets(server: &Server) -> Result<()> {
+    let rows = server.query_rows(
+        "SELECT name, setting, coalesce(sourcefile, '') FROM pg_settings \
+         WHERE name LIKE 'recovery\\_target%' AND source NOT IN ('default', 'override') \
+         ORDER BY name",
+    )?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let settings: Vec<String> = rows
+        .iter()
+        .map(|r| match r.as_slice() {
+            [name, setting, file] if !file.is_empty() => format!("{name} = '{setting}' ({file})"),
+            [name, setting, ..] => format!("{name} = '{setting}'"),
+            _ => String::new(),
+        })
+        .collect();
+    tracing::warn!(
+        "the server's configuration sets recovery targets, which this backup carries: {}; \
+         pgsnapfs restore and mount remove them, but remove them from the server's \
+         configuration (ALTER SYSTEM RESET ...) so that no other tool trips on them",
+        settings.join(", ")
+    );
+    Ok(())
 }
 
 /// Which chunks of relation files may have changed since `parent` started, from the server's

@@ -5,6 +5,7 @@
 //! syncfs rather than file by file.
 
 use crate::error::{io, Error, Result};
+use crate::pg::recovery::{self, Rewritten};
 use crate::pitr::Plan;
 use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::Repository;
@@ -22,13 +23,41 @@ pub struct RestoreOptions {
     pub tablespace_map: HashMap<u32, PathBuf>,
     pub threads: usize,
     pub progress: Box<dyn Fn(u64) + Sync>,
-    /// The recovery settings to append to postgresql.auto.conf (see `pg::recovery`).
-    pub recovery_conf: String,
+    /// The recovery settings for postgresql.auto.conf's pgsnapfs block (`pg::recovery::render`).
+    pub recovery: String,
+    pub archive_mode: ArchiveMode,
+}
+
+/// Whether the restored server archives WAL once started (pgBackRest's --archive-mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchiveMode {
+    /// Keep the backup's archive settings: a server that replaces a lost one archives on.
+    Preserve,
+    /// archive_mode = off: a test restore never pushes WAL into the production archive.
+    Off,
+}
+
+/// What the restored configuration says about archiving, as far as the data directory shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Archiving {
+    Off,
+    /// archive_mode is on (or always), with this archive_command or archive_library (15+),
+    /// if one is set.
+    On {
+        command: Option<String>,
+        library: Option<String>,
+    },
+    /// The data directory has no postgresql.conf (Debian keeps it in /etc) and
+    /// postgresql.auto.conf does not set archive_mode.
+    Unknown,
 }
 
 pub struct Restored {
     pub files: u64,
     pub bytes: u64,
+    /// The configuration files whose settings of an earlier recovery were removed.
+    pub rewritten: Vec<Rewritten>,
+    pub archiving: Archiving,
 }
 
 /// A directory is usable if it is missing or empty.
@@ -120,23 +149,116 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
         return Err(e);
     }
 
-    let conf = opts.to.join("postgresql.auto.conf");
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(&conf)
-        .map_err(io(format!("open {}", conf.display())))?;
-    f.write_all(opts.recovery_conf.as_bytes())
-        .map_err(io(format!("write {}", conf.display())))?;
-    let signal = opts.to.join("recovery.signal");
-    fs::write(&signal, b"").map_err(io(format!("write {}", signal.display())))?;
+    let body = match opts.archive_mode {
+        ArchiveMode::Preserve => opts.recovery.clone(),
+        ArchiveMode::Off => format!("{}archive_mode = 'off'\n", opts.recovery),
+    };
+    let rewritten = write_recovery(&opts.to, &body)?;
+    let archiving = archiving(&opts.to)?;
     fs::set_permissions(&opts.to, fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
     for dir in std::iter::once(&opts.to).chain(spaces.values()) {
         syncfs(dir)?;
     }
     let (files, bytes) = totals.into_inner().expect("lock");
-    Ok(Restored { files, bytes })
+    Ok(Restored {
+        files,
+        bytes,
+        rewritten,
+        archiving,
+    })
+}
+
+/// A configuration file of the restored directory, by its path there: None if missing or
+/// not a regular file (a link to /etc is outside what the backup holds).
+fn read_conf(dir: &Path, rel: &str) -> Result<Option<String>> {
+    let path = dir.join(rel);
+    match fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("stat {}", path.display()))(e)),
+    }
+    let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
+    String::from_utf8(bytes).map(Some).map_err(|_| {
+        Error::Failed(format!(
+            "{} is not UTF-8 text, so its recovery settings cannot be rewritten; convert it \
+             to UTF-8 in the restored directory and restore again",
+            path.display()
+        ))
+    })
+}
+
+fn list_conf(dir: &Path, rel: &str) -> Result<Vec<String>> {
+    let path = dir.join(rel);
+    let entries = match fs::read_dir(&path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("list {}", path.display()))(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(format!("list {}", path.display())))?;
+        names.extend(entry.file_name().into_string().ok());
+    }
+    Ok(names)
+}
+
+/// Writes the one block of recovery settings, comments out those of earlier recoveries, and
+/// leaves recovery.signal as the only signal file: with standby.signal too, the server
+/// would start as a standby instead of recovering to the target.
+fn write_recovery(dir: &Path, body: &str) -> Result<Vec<Rewritten>> {
+    let rewritten =
+        recovery::rewrite_config(&|rel| read_conf(dir, rel), &|rel| list_conf(dir, rel), body)?;
+    for file in &rewritten {
+        let path = dir.join(&file.path);
+        let mode = fs::metadata(&path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
+        let tmp = dir.join(format!("{}.pgsnapfs-tmp", file.path));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io(format!("create {}", tmp.display())))?;
+        f.write_all(file.text.as_bytes())
+            .map_err(io(format!("write {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(io(format!("rename {}", tmp.display())))?;
+    }
+    let standby = dir.join("standby.signal");
+    match fs::remove_file(&standby) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(format!("remove {}", standby.display()))(e))
+        }
+        _ => {}
+    }
+    let signal = dir.join("recovery.signal");
+    fs::write(&signal, b"").map_err(io(format!("write {}", signal.display())))?;
+    Ok(rewritten)
+}
+
+/// What the restored configuration files say about archiving (the last value of each
+/// setting, as the server reads them).
+fn archiving(dir: &Path) -> Result<Archiving> {
+    let settings =
+        recovery::settings_in_order(&|rel| read_conf(dir, rel), &|rel| list_conf(dir, rel))?;
+    // The last value of a setting is the one in force; an empty one is unset.
+    let last = |name: &str| {
+        settings
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let mode = last("archive_mode").map(|m| m.to_ascii_lowercase());
+    Ok(match mode.as_deref() {
+        Some("on" | "always" | "true" | "yes" | "1") => Archiving::On {
+            command: last("archive_command"),
+            library: last("archive_library"),
+        },
+        Some(_) => Archiving::Off,
+        None if read_conf(dir, "postgresql.conf")?.is_some() => Archiving::Off,
+        None => Archiving::Unknown,
+    })
 }
 
 fn syncfs(dir: &Path) -> Result<()> {
@@ -227,4 +349,74 @@ fn write_file(repo: &Repository, job: &FileJob, progress: &(dyn Fn(u64) + Sync))
     }
     f.set_len(job.size).map_err(werr())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        fs::write(dir.join(rel), text).unwrap();
+    }
+
+    #[test]
+    fn recovery_files_of_a_restored_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir(d.join("conf.d")).unwrap();
+        write(
+            d,
+            "postgresql.conf",
+            "archive_mode = on\ninclude_dir 'conf.d'\n",
+        );
+        write(
+            d,
+            "conf.d/a.conf",
+            "recovery_target_lsn = '0/1'\narchive_command = 'x'\n",
+        );
+        write(d, "postgresql.auto.conf", "recovery_target_time = 'T'\n");
+        fs::set_permissions(
+            d.join("postgresql.auto.conf"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        write(d, "standby.signal", "");
+        // A link is never followed: it may lead out of the data directory (to /etc).
+        std::os::unix::fs::symlink(d.join("conf.d/a.conf"), d.join("conf.d/b.conf")).unwrap();
+
+        let rewritten = write_recovery(d, "restore_command = 'f'\n").unwrap();
+        let paths: Vec<&str> = rewritten.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["conf.d/a.conf", "postgresql.auto.conf"]);
+        let a = fs::read_to_string(d.join("conf.d/a.conf")).unwrap();
+        assert!(
+            a.starts_with("# Removed by pgsnapfs: recovery_target_lsn"),
+            "{a}"
+        );
+        let auto = d.join("postgresql.auto.conf");
+        assert!(fs::read_to_string(&auto)
+            .unwrap()
+            .contains(recovery::BLOCK_BEGIN));
+        assert_eq!(
+            fs::metadata(&auto).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert!(fs::symlink_metadata(d.join("conf.d/b.conf"))
+            .unwrap()
+            .is_symlink());
+        assert!(d.join("recovery.signal").is_file());
+        assert!(!d.join("standby.signal").exists());
+        assert_eq!(
+            archiving(d).unwrap(),
+            Archiving::On {
+                command: Some("x".into()),
+                library: None
+            }
+        );
+
+        write_recovery(d, "archive_mode = 'off'\n").unwrap();
+        assert_eq!(archiving(d).unwrap(), Archiving::Off);
+        fs::remove_file(d.join("postgresql.conf")).unwrap();
+        fs::remove_file(d.join("postgresql.auto.conf")).unwrap();
+        assert_eq!(archiving(d).unwrap(), Archiving::Unknown);
+    }
 }

@@ -9,7 +9,7 @@ use crate::error::{io, Error, Result};
 use crate::mount::ViewChanges;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pitr::Plan;
-use crate::store::tree::NodeKind;
+use crate::store::tree::{BlobRef, Dir, NodeKind};
 use crate::store::Repository;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -60,20 +60,85 @@ fn mkdir_owned(path: &Path, owner: Owner) -> Result<()> {
         .map_err(io(format!("chown {}", path.display())))
 }
 
-/// The settings appended to postgresql.auto.conf of a view: recovery, plus what a
-/// throw-away server needs (no archiving, hot standby, shared_buffers for replay).
-pub fn settings_text(
-    settings: &RecoverySettings,
-    major: u32,
-    shared_buffers: &str,
-) -> Result<String> {
-    let mut text = String::from("\n# Added by pgsnapfs for a server on a mounted backup.\n");
-    text += &recovery::render(settings, major);
+/// The settings of a view's pgsnapfs block in postgresql.auto.conf: recovery, plus what
+/// a throw-away server needs (no archiving, hot standby, shared_buffers for replay).
+fn settings_text(settings: &RecoverySettings, major: u32, shared_buffers: &str) -> String {
+    let mut text = recovery::render(settings, major);
     for (name, value) in recovery::view_overrides(major) {
         text += &format!("{name} = {value}\n");
     }
     text += &format!("shared_buffers = {}\n", recovery::quote(shared_buffers));
-    Ok(text)
+    text
+}
+
+/// The directory at `path` (components joined by '/') in a backup's tree, if there is one.
+fn dir_at(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<Dir>> {
+    let mut dir = repo.load_dir(root)?;
+    for name in path.split('/').filter(|n| !n.is_empty()) {
+        dir = match dir.get(name).map(|n| &n.kind) {
+            Some(NodeKind::Dir { tree }) => repo.load_dir(tree)?,
+            _ => return Ok(None),
+        };
+    }
+    Ok(Some(dir))
+}
+
+/// A configuration file of the backup as text, by its path in the data directory; None
+/// if missing or not a regular file.
+fn read_conf(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<String>> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let Some(dir) = dir_at(repo, root, parent)? else {
+        return Ok(None);
+    };
+    let Some(NodeKind::File { lists, .. }) = dir.get(name).map(|n| &n.kind) else {
+        return Ok(None);
+    };
+    String::from_utf8(repo.read_file(lists)?)
+        .map(Some)
+        .map_err(|_| {
+            Error::Failed(format!(
+                "{path} of the backup is not UTF-8 text, so its recovery settings cannot be \
+                 rewritten for a view"
+            ))
+        })
+}
+
+/// The configuration changes of a view: its recovery settings block, and the settings of
+/// earlier recoveries commented out. A view replaces files at its top only, so a file
+/// deeper down keeps them, and the server may refuse to start: say which.
+fn config_files(repo: &Repository, plan: &Plan, body: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let root = &plan.snapshot.root;
+    let rewritten = recovery::rewrite_config(
+        &|path| read_conf(repo, root, path),
+        &|path| {
+            Ok(dir_at(repo, root, path)?
+                .map(|d| d.entries.into_iter().map(|n| n.name).collect())
+                .unwrap_or_default())
+        },
+        body,
+    )?;
+    if let Some(removed) = recovery::describe_removed(&rewritten) {
+        tracing::warn!(
+            "backup {} carries the recovery settings of an earlier recovery; removed in \
+             this view so they cannot stop its recovery early: {removed}",
+            plan.snapshot.id
+        );
+    }
+    let mut files = Vec::new();
+    for file in rewritten {
+        if file.path.contains('/') {
+            tracing::warn!(
+                "{} of backup {} sets {}, which a view cannot remove there: if the server \
+                 refuses to start, restore the backup instead",
+                file.path,
+                plan.snapshot.id,
+                file.removed.join(", ")
+            );
+        } else {
+            files.push((file.path, file.text.into_bytes()));
+        }
+    }
+    Ok(files)
 }
 
 /// Creates the scratch directory and returns the changes the view makes to the backup.
@@ -94,14 +159,9 @@ pub fn prepare(
     mkdir_owned(&wal, owner)?;
     mkdir_owned(&wal.join("archive_status"), owner)?;
 
-    let root = repo.load_dir(&plan.snapshot.root)?;
-    let mut conf = match root.get("postgresql.auto.conf").map(|n| &n.kind) {
-        Some(NodeKind::File { lists, .. }) => repo.read_file(lists)?,
-        _ => Vec::new(),
-    };
-    conf.extend_from_slice(
-        settings_text(settings, plan.snapshot.pg_major, shared_buffers)?.as_bytes(),
-    );
+    let body = settings_text(settings, plan.snapshot.pg_major, shared_buffers);
+    let mut files = config_files(repo, plan, &body)?;
+    files.push(("recovery.signal".into(), Vec::new()));
     let wal = fs::canonicalize(&wal).map_err(io(format!("resolve {}", wal.display())))?;
     if !wal.is_absolute() {
         return Err(Error::Failed(format!(
@@ -110,10 +170,7 @@ pub fn prepare(
         )));
     }
     Ok(ViewChanges {
-        files: vec![
-            ("recovery.signal".into(), Vec::new()),
-            ("postgresql.auto.conf".into(), conf),
-        ],
+        files,
         symlinks: vec![("pg_wal".into(), wal)],
         hide: vec![
             "standby.signal".into(),

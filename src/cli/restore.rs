@@ -6,7 +6,7 @@ use crate::lock::Lease;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
 use crate::pitr::{self, Plan};
-use crate::restore::{self, RestoreOptions};
+use crate::restore::{self, ArchiveMode, Archiving, RestoreOptions};
 use crate::store::{BackendError, Repository, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,6 +28,11 @@ pub struct Args {
     /// The cluster, when the repository holds several.
     #[arg(long)]
     pub system: Option<u64>,
+    /// preserve: keep the backup's archive settings, so a server that replaces a lost one
+    /// archives on; off: write archive_mode = off, for a test restore that must never
+    /// push WAL into the production archive.
+    #[arg(long, value_enum, default_value = "preserve")]
+    pub archive_mode: ArchiveMode,
 }
 
 fn parse_map(s: &str) -> std::result::Result<(u32, PathBuf), String> {
@@ -132,7 +137,8 @@ pub fn run(
                 .map(|n| n.get())
                 .unwrap_or(2),
             progress: Box::new(move |n| tick.inc(n)),
-            recovery_conf: recovery::render(&settings, snap.pg_major),
+            recovery: recovery::render(&settings, snap.pg_major),
+            archive_mode: a.archive_mode,
         },
     )
     .inspect_err(|e| {
@@ -144,6 +150,13 @@ pub fn run(
         }
     })?;
     bar.finish_and_clear();
+    if let Some(removed) = recovery::describe_removed(&done.rewritten) {
+        eprintln!(
+            "pgsnapfs: warning: backup {} carries the recovery settings of an earlier recovery; \
+             removed so they cannot stop this recovery early: {removed}",
+            snap.id
+        );
+    }
     println!(
         "restored {} files ({}) in {:.1}s. Start it with PostgreSQL {}'s server: pg_ctl -D {} start",
         done.files,
@@ -152,5 +165,113 @@ pub fn run(
         snap.pg_major,
         a.to.display()
     );
+    println!("{}", describe_archiving(&done.archiving));
     Ok(())
+}
+
+/// Where the restored server's WAL goes once it is started.
+fn describe_archiving(archiving: &Archiving) -> String {
+    match archiving {
+        Archiving::Off => "archive_mode is off: the restored server will not archive WAL".into(),
+        Archiving::On {
+            command: None,
+            library: None,
+        } => "archive_mode is on but no archive_command is set: the restored server will keep \
+              its WAL until one is"
+            .into(),
+        Archiving::On {
+            command: None,
+            library: Some(library),
+        } => format!(
+            "archive_mode is on: once started, the restored server archives WAL with \
+             archive_library = {}; for a test restore, restore again with --archive-mode off",
+            recovery::quote(library)
+        ),
+        Archiving::On {
+            command: Some(command),
+            ..
+        } => format!(
+            "archive_mode is on: once started, the restored server archives WAL{} with \
+             archive_command = {}; for a test restore, restore again with --archive-mode off",
+            archive_target(command)
+                .map(|r| format!(" into {r}"))
+                .unwrap_or_default(),
+            recovery::quote(command)
+        ),
+        Archiving::Unknown => {
+            "the data directory has no postgresql.conf: the restored server archives WAL as \
+             the configuration it is started with says; restore with --archive-mode off for \
+             a test restore"
+                .into()
+        }
+    }
+}
+
+/// The repository a pgsnapfs archive_command pushes into (its --repo), if it is one.
+fn archive_target(command: &str) -> Option<String> {
+    let words = shell_words(command);
+    if !words.iter().any(|w| w == "wal-push") {
+        return None;
+    }
+    words
+        .iter()
+        .enumerate()
+        .find_map(|(i, w)| match w.strip_prefix("--repo") {
+            Some("") => words.get(i + 1).cloned(),
+            Some(v) => v.strip_prefix('=').map(String::from),
+            None => None,
+        })
+}
+
+/// The words of a sh command line, unquoted: enough for a typical archive_command.
+fn shell_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                w.extend(chars.by_ref().take_while(|&c| c != '\''));
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => w.extend(chars.next()),
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
+            c if c.is_whitespace() || ";&|".contains(c) => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_target_of_commands() {
+        assert_eq!(
+            archive_target("'/usr/bin/pgsnapfs' wal-push --repo '/srv/my repo' %p").as_deref(),
+            Some("/srv/my repo")
+        );
+        assert_eq!(
+            archive_target("pgsnapfs --repo=s3://b/p wal-push %p && true").as_deref(),
+            Some("s3://b/p")
+        );
+        assert_eq!(
+            archive_target("PGSNAPFS_REPO=/r pgsnapfs wal-push %p"),
+            None
+        );
+        assert_eq!(archive_target("cp %p /mnt/server/archivedir/%f"), None);
+        assert_eq!(shell_words(r#"a "b \"c\"" d\ e"#), ["a", "b \"c\"", "d e"]);
+    }
 }

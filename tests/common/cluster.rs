@@ -190,6 +190,24 @@ impl Cluster {
         server_bin: &Path,
         settings: &[(&str, &str)],
     ) -> Result<Cluster, String> {
+        let mut with_off = vec![("archive_mode", "off")];
+        with_off.extend_from_slice(settings);
+        Cluster::try_start_on_configured(data, server_bin, &with_off)
+    }
+
+    /// Starts a server on a restored data directory with the archiving its own configuration
+    /// sets, as a recovered primary runs (not `archive_mode=off` as [`Cluster::start_on`]).
+    #[track_caller]
+    pub fn start_on_as_configured(data: &Path) -> Cluster {
+        Cluster::try_start_on_configured(data, &test_server_bin(), &[])
+            .unwrap_or_else(|report| panic!("{report}"))
+    }
+
+    fn try_start_on_configured(
+        data: &Path,
+        server_bin: &Path,
+        settings: &[(&str, &str)],
+    ) -> Result<Cluster, String> {
         let dir = TestDir::new("server");
         let sock = dir.subdir("sock", 0o700);
         let port = free_port();
@@ -200,7 +218,6 @@ impl Cluster {
                 "unix_socket_directories".to_string(),
                 sock.display().to_string(),
             ),
-            ("archive_mode".to_string(), "off".to_string()),
         ];
         command_line.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut c = Cluster {
