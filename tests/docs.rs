@@ -1,0 +1,233 @@
+//! The command blocks of docs/operations.md, pasted as written: every fenced `sh` block after
+//! a `<!-- test: NAME -->` marker runs in `bash -euo pipefail` as root, with only the shell
+//! variables of the guide's "Conventions" (`REPO`, `PGDATA`, `PGBIN`, `PGHOST`, `PGPORT`,
+//! `VIEWS`) set to a throw-away cluster's values and the example target time replaced by a
+//! real one. One cluster goes through the guide's story: a repository (setup), a backup, an
+//! accidental DELETE taken back by table recovery, then the server lost and brought back by
+//! the disaster runbook.
+
+mod common;
+
+use common::{
+    pg_tool, pgsnapfs, pgsnapfs_bin, postgres_command, run_command, test_server_bin, Cluster,
+    ClusterOptions, Run, TestDir,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUIDE: &str = include_str!("../docs/operations.md");
+
+/// The example target time of the table-recovery block; the test puts the real moment there.
+const EXAMPLE_TIME: &str = "2026-11-20 14:29:00+00";
+
+/// The `sh` blocks marked `<!-- test: NAME -->`, in order, each with its list indentation
+/// removed.
+fn blocks(name: &str) -> Vec<String> {
+    let marker = format!("<!-- test: {name} -->");
+    let mut out = Vec::new();
+    let mut lines = GUIDE.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != marker {
+            continue;
+        }
+        let fence = lines.next().unwrap_or_default();
+        assert_eq!(
+            fence.trim(),
+            "```sh",
+            "the marker {marker} must be followed by a ```sh fence"
+        );
+        let indent = fence.len() - fence.trim_start().len();
+        let mut block = String::new();
+        for line in lines.by_ref() {
+            if line.trim() == "```" {
+                break;
+            }
+            block.push_str(line.get(indent..).unwrap_or(line.trim_start()));
+            block.push('\n');
+        }
+        out.push(block);
+    }
+    out
+}
+
+/// Where the guide's shell variables point in this test.
+struct Env {
+    repo: PathBuf,
+    pgdata: PathBuf,
+    pghost: PathBuf,
+    pgport: u16,
+    views: PathBuf,
+    work: PathBuf,
+}
+
+impl Env {
+    /// Runs the blocks named `name` (there must be `count` of them) in one bash, in `work`.
+    #[track_caller]
+    fn run(&self, name: &str, count: usize, substitute: &[(&str, &str)]) -> Run {
+        let found = blocks(name);
+        assert_eq!(
+            found.len(),
+            count,
+            "docs/operations.md should have {count} blocks marked `test: {name}`"
+        );
+        let mut script = found.concat();
+        for (from, to) in substitute {
+            assert!(
+                script.contains(from),
+                "the {name} blocks no longer hold {from:?}"
+            );
+            script = script.replace(from, to);
+        }
+        let bin_dir = pgsnapfs_bin().parent().expect("the binary's directory");
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new("timeout");
+        cmd.args(["300", "bash", "-euo", "pipefail", "-c", &script])
+            .current_dir(&self.work)
+            .env("PATH", path)
+            .env("REPO", &self.repo)
+            .env("PGDATA", &self.pgdata)
+            .env("PGBIN", test_server_bin())
+            .env("PGHOST", &self.pghost)
+            .env("PGPORT", self.pgport.to_string())
+            .env("VIEWS", &self.views)
+            .env_remove("PGSNAPFS_REPO")
+            .env_remove("PGUSER")
+            .env_remove("PGDATABASE");
+        let run = run_command(&mut cmd);
+        assert!(
+            run.status.success(),
+            "the {name} blocks failed as pasted\n--- script ---\n{script}\n{}",
+            run.report()
+        );
+        run
+    }
+
+    /// psql as postgres against the production server (PGHOST, PGPORT).
+    #[track_caller]
+    fn sql(&self, db: &str, sql: &str) -> String {
+        let run = run_command(
+            postgres_command(pg_tool("psql"))
+                .arg("-h")
+                .arg(&self.pghost)
+                .args(["-p", &self.pgport.to_string(), "-U", "postgres", "-d", db])
+                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+        )
+        .assert_ok();
+        run.stdout_str().trim().to_string()
+    }
+}
+
+/// Stops whatever server runs on a data directory the guide's commands started.
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.0.join("postmaster.pid").exists() {
+            let _ = postgres_command(test_server_bin().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.0)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    common::mount_points().iter().any(|m| m == p)
+}
+
+#[test]
+fn table_recovery_and_runbook_as_pasted() {
+    // The guide's view server listens on /tmp/.s.PGSQL.5433.
+    assert!(
+        !Path::new("/tmp/.s.PGSQL.5433").exists(),
+        "a server already listens on /tmp port 5433, which the guide's view server uses"
+    );
+    let dir = TestDir::new("docs");
+    let work = dir.subdir("work", 0o755);
+    let repo = dir.join("repo");
+    let mut cluster = Cluster::new(ClusterOptions::archiving_to(&repo));
+    let _stop = StopOnDrop(cluster.data.clone());
+    cluster.start();
+    let env = Env {
+        repo: repo.clone(),
+        pgdata: cluster.data.clone(),
+        pghost: cluster.sock.clone(),
+        pgport: cluster.port,
+        views: dir.join("views"),
+        work,
+    };
+
+    // Section 1 and 3: a repository owned by postgres, and a backup.
+    env.run("setup", 1, &[]);
+    env.sql("postgres", "CREATE DATABASE appdb");
+    env.sql(
+        "appdb",
+        "CREATE TABLE orders (id serial PRIMARY KEY, created_at timestamptz DEFAULT now(), \
+         item text); INSERT INTO orders (item) SELECT 'item ' || g FROM generate_series(1, 1500) g",
+    );
+    env.run("backup", 1, &[]);
+
+    // The moment to recover to; new orders after it (which move the sequence on), then the
+    // accident deletes the old ones.
+    let before = env.sql("postgres", "SELECT now()");
+    env.sql(
+        "appdb",
+        "INSERT INTO orders (item) SELECT 'new ' || g FROM generate_series(1, 10) g",
+    );
+    let seq_before = env.sql("appdb", "SELECT last_value FROM orders_id_seq");
+    env.sql("appdb", "DELETE FROM orders WHERE id <= 1500");
+    cluster.switch_wal_and_wait_archived();
+
+    // Section 6: the rows come back, and production's sequence stays where it was (the
+    // dump's setval would set it back to 1500).
+    let quoted = format!("'{before}'");
+    let run = env.run(
+        "table-recovery",
+        2,
+        &[(&format!("'{EXAMPLE_TIME}'"), &quoted)],
+    );
+    assert!(
+        run.stdout_str().contains("1500"),
+        "the view's count(*) should show the 1500 rows before the DELETE\n{}",
+        run.report()
+    );
+    assert_eq!(
+        env.sql("appdb", "SELECT count(*), min(id), max(id) FROM orders"),
+        "1510|1|1510"
+    );
+    assert_eq!(
+        env.sql("appdb", "SELECT last_value FROM orders_id_seq"),
+        seq_before,
+        "loading the dump moved production's sequence"
+    );
+    assert!(!is_mount_point(&env.views.join("before")));
+    assert!(!env.views.join("before.scratch").exists());
+
+    // Section 12: the last committed row is archived, then the server is lost.
+    env.sql("appdb", "INSERT INTO orders (item) VALUES ('last committed')");
+    cluster.switch_wal_and_wait_archived();
+    cluster.stop_mode("immediate");
+    env.run("runbook", 5, &[]);
+    assert_eq!(
+        env.sql(
+            "appdb",
+            "SELECT count(*), bool_or(item = 'last committed'), pg_is_in_recovery() FROM orders"
+        ),
+        "1511|t|f",
+        "the restored server should hold every archived commit and be promoted"
+    );
+    // Step 5's backup is of the new timeline.
+    let list = pgsnapfs(&["list", "--repo", repo.to_str().unwrap(), "--json"])
+        .assert_ok()
+        .json();
+    let last = list["backups"]
+        .as_array()
+        .and_then(|b| b.last())
+        .unwrap_or_else(|| panic!("no backups listed: {list}"));
+    assert_eq!(last["timeline"], 2, "the runbook's backup: {last}");
+}
