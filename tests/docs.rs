@@ -4,18 +4,22 @@
 //! `VIEWS`) set to a throw-away cluster's values and the example target time replaced by a
 //! real one. One cluster goes through the guide's story: a repository (setup), a backup, an
 //! accidental DELETE taken back by table recovery, then the server lost and brought back by
-//! the disaster runbook.
+//! the disaster runbook. The guide's examples are of PostgreSQL 15 (Debian's psql and pg_dump
+//! are the clients), so the test names 15 whatever `PGSNAPFS_TEST_PG_MAJOR` says.
 
 mod common;
 
 use common::{
-    pg_tool, pgsnapfs, pgsnapfs_bin, postgres_command, run_command, test_server_bin, Cluster,
+    pg_tool, pgsnapfs, pgsnapfs_bin, postgres_command, run_command, server_bin, Cluster,
     ClusterOptions, Run, TestDir,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const GUIDE: &str = include_str!("../docs/operations.md");
+
+/// The major of the guide's examples.
+const MAJOR: u32 = 15;
 
 /// The example target time of the table-recovery block; the test puts the real moment there.
 const EXAMPLE_TIME: &str = "2026-11-20 14:29:00+00";
@@ -90,7 +94,7 @@ impl Env {
             .env("PATH", path)
             .env("REPO", &self.repo)
             .env("PGDATA", &self.pgdata)
-            .env("PGBIN", test_server_bin())
+            .env("PGBIN", server_bin(MAJOR))
             .env("PGHOST", &self.pghost)
             .env("PGPORT", self.pgport.to_string())
             .env("VIEWS", &self.views)
@@ -127,7 +131,7 @@ struct StopOnDrop(PathBuf);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         if self.0.join("postmaster.pid").exists() {
-            let _ = postgres_command(test_server_bin().join("pg_ctl"))
+            let _ = postgres_command(server_bin(MAJOR).join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.0)
                 .args(["-m", "immediate", "-w", "stop"])
@@ -150,7 +154,10 @@ fn table_recovery_and_runbook_as_pasted() {
     let dir = TestDir::new("docs");
     let work = dir.subdir("work", 0o755);
     let repo = dir.join("repo");
-    let mut cluster = Cluster::new(ClusterOptions::archiving_to(&repo));
+    let mut cluster = Cluster::new(ClusterOptions {
+        server_bin: Some(server_bin(MAJOR)),
+        ..ClusterOptions::archiving_to(&repo)
+    });
     let _stop = StopOnDrop(cluster.data.clone());
     cluster.start();
     let env = Env {
@@ -209,7 +216,10 @@ fn table_recovery_and_runbook_as_pasted() {
     assert!(!env.views.join("before.scratch").exists());
 
     // Section 12: the last committed row is archived, then the server is lost.
-    env.sql("appdb", "INSERT INTO orders (item) VALUES ('last committed')");
+    env.sql(
+        "appdb",
+        "INSERT INTO orders (item) VALUES ('last committed')",
+    );
     cluster.switch_wal_and_wait_archived();
     cluster.stop_mode("immediate");
     env.run("runbook", 5, &[]);
