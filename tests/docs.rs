@@ -3,8 +3,9 @@
 //! variables of the guide's "Conventions" (`REPO`, `PGDATA`, `PGBIN`, `PGHOST`, `PGPORT`,
 //! `VIEWS`) set to a throw-away cluster's values and the example target time replaced by a
 //! real one. One cluster goes through the guide's story: a repository (setup), a backup, an
-//! accidental DELETE taken back by table recovery, then the server lost and brought back by
-//! the disaster runbook. The guide's examples are of PostgreSQL 15 (Debian's psql and pg_dump
+//! accidental DELETE taken back by table recovery, a backup copied out of the catalogue mount,
+//! the repository checked, then the server lost and brought back by the disaster runbook, and
+//! retention run on the result. The guide's examples are of PostgreSQL 15 (Debian's psql and pg_dump
 //! are the clients), so the test names 15 whatever `PGSNAPFS_TEST_PG_MAJOR` says.
 
 mod common;
@@ -98,6 +99,9 @@ impl Env {
             .env("PGHOST", &self.pghost)
             .env("PGPORT", self.pgport.to_string())
             .env("VIEWS", &self.views)
+            // check's record and the disk cache stay in the test's directory.
+            .env("XDG_STATE_HOME", self.work.join("state"))
+            .env("XDG_CACHE_HOME", self.work.join("cache"))
             .env_remove("PGSNAPFS_REPO")
             .env_remove("PGUSER")
             .env_remove("PGDATABASE");
@@ -215,6 +219,25 @@ fn table_recovery_and_runbook_as_pasted() {
     assert!(!is_mount_point(&env.views.join("before")));
     assert!(!env.views.join("before.scratch").exists());
 
+    // Section 6, the catalogue: the latest backup copied out whole.
+    env.run("catalogue", 1, &[]);
+    let copy = env.work.join("backup-copy");
+    // pg_control starts with the system identifier.
+    let system_id = |data: &Path| {
+        let control = std::fs::read(data.join("global/pg_control"))
+            .unwrap_or_else(|e| panic!("read pg_control in {}: {e}", data.display()));
+        u64::from_le_bytes(control[..8].try_into().unwrap())
+    };
+    assert_eq!(
+        system_id(&copy).to_string(),
+        cluster.system_identifier(),
+        "the copied backup should be of this cluster"
+    );
+    assert!(!is_mount_point(&env.views.join("catalogue")));
+
+    // Section 8: every check passes.
+    env.run("check", 1, &[]);
+
     // Section 12: the last committed row is archived, then the server is lost.
     env.sql(
         "appdb",
@@ -240,4 +263,13 @@ fn table_recovery_and_runbook_as_pasted() {
         .and_then(|b| b.last())
         .unwrap_or_else(|| panic!("no backups listed: {list}"));
     assert_eq!(last["timeline"], 2, "the runbook's backup: {last}");
+
+    // Section 9: of one day's backups, keep-daily keeps the newest: the runbook's.
+    env.run("retention", 1, &[]);
+    let list = pgsnapfs(&["list", "--repo", repo.to_str().unwrap(), "--json"])
+        .assert_ok()
+        .json();
+    let ids: Vec<&serde_json::Value> = list["backups"].as_array().unwrap().iter().collect();
+    assert_eq!(ids.len(), 1, "after expire: {list}");
+    assert_eq!(ids[0]["id"], last["id"], "after expire: {list}");
 }
