@@ -2,7 +2,8 @@
 //! a `<!-- test: NAME -->` marker runs in `bash -euo pipefail` as root, with only the shell
 //! variables of the guide's "Conventions" (`REPO`, `PGDATA`, `PGBIN`, `PGHOST`, `PGPORT`,
 //! `VIEWS`) set to a throw-away cluster's values and the example target time replaced by a
-//! real one. One cluster goes through the guide's story: a repository (setup), a backup, an
+//! real one. One cluster goes through the guide's story: a repository (setup), archiving (the
+//! restart), a backup, an
 //! accidental DELETE taken back by table recovery, a backup copied out of the catalogue mount,
 //! the repository checked, then the server lost and brought back by the disaster runbook, and
 //! retention run on the result. The guide's examples are of PostgreSQL 15 (Debian's psql and pg_dump
@@ -173,8 +174,9 @@ fn table_recovery_and_runbook_as_pasted() {
         work,
     };
 
-    // Section 1 and 3: a repository owned by postgres, and a backup.
+    // Sections 1 to 3: a repository owned by postgres, the restart for archiving, a backup.
     env.run("setup", 1, &[]);
+    env.run("archiving", 1, &[]);
     env.sql("postgres", "CREATE DATABASE appdb");
     env.sql(
         "appdb",
