@@ -2,12 +2,12 @@
 //! a `<!-- test: NAME -->` marker runs in `bash -euo pipefail` as root, with only the shell
 //! variables of the guide's "Conventions" (`REPO`, `PGDATA`, `PGBIN`, `PGHOST`, `PGPORT`,
 //! `VIEWS`) set to a throw-away cluster's values and the example target time replaced by a
-//! real one. One cluster goes through the guide's story: a repository (setup), archiving (the
-//! restart), a backup, an
-//! accidental DELETE taken back by table recovery, a backup copied out of the catalogue mount,
-//! the repository checked, then the server lost and brought back by the disaster runbook, and
-//! retention run on the result. The guide's examples are of PostgreSQL 15 (Debian's psql and pg_dump
-//! are the clients), so the test names 15 whatever `PGSNAPFS_TEST_PG_MAJOR` says.
+//! real one. One cluster goes through the guide's story: a repository, the restart for
+//! archiving, a backup, an accidental DELETE taken back by table recovery, a backup copied out
+//! of the catalogue mount, the repository checked, then the server lost and brought back by
+//! the disaster runbook, and retention run on the result. The guide's examples are of
+//! PostgreSQL 15 (Debian's psql and pg_dump are the clients), so the test names 15 whatever
+//! `PGSNAPFS_TEST_PG_MAJOR` says.
 
 mod common;
 
