@@ -64,6 +64,8 @@ struct Env {
     pgport: u16,
     views: PathBuf,
     work: PathBuf,
+    /// Holds `pgsnapfs`, first on PATH (the harness may run a copy with another name).
+    bin: PathBuf,
 }
 
 impl Env {
@@ -84,16 +86,18 @@ impl Env {
             );
             script = script.replace(from, to);
         }
-        let bin_dir = pgsnapfs_bin().parent().expect("the binary's directory");
         let path = format!(
             "{}:{}",
-            bin_dir.display(),
+            self.bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
         let mut cmd = Command::new("timeout");
+        // Nothing from the test's own environment (PG*, PGSNAPFS_*) reaches the blocks.
         cmd.args(["300", "bash", "-euo", "pipefail", "-c", &script])
             .current_dir(&self.work)
+            .env_clear()
             .env("PATH", path)
+            .env("HOME", &self.work)
             .env("REPO", &self.repo)
             .env("PGDATA", &self.pgdata)
             .env("PGBIN", server_bin(MAJOR))
@@ -102,10 +106,7 @@ impl Env {
             .env("VIEWS", &self.views)
             // check's record and the disk cache stay in the test's directory.
             .env("XDG_STATE_HOME", self.work.join("state"))
-            .env("XDG_CACHE_HOME", self.work.join("cache"))
-            .env_remove("PGSNAPFS_REPO")
-            .env_remove("PGUSER")
-            .env_remove("PGDATABASE");
+            .env("XDG_CACHE_HOME", self.work.join("cache"));
         let run = run_command(&mut cmd);
         assert!(
             run.status.success(),
@@ -158,6 +159,8 @@ fn table_recovery_and_runbook_as_pasted() {
     );
     let dir = TestDir::new("docs");
     let work = dir.subdir("work", 0o755);
+    let bin = dir.subdir("bin", 0o755);
+    std::os::unix::fs::symlink(pgsnapfs_bin(), bin.join("pgsnapfs")).expect("link pgsnapfs");
     let repo = dir.join("repo");
     let mut cluster = Cluster::new(ClusterOptions {
         server_bin: Some(server_bin(MAJOR)),
@@ -172,6 +175,7 @@ fn table_recovery_and_runbook_as_pasted() {
         pgport: cluster.port,
         views: dir.join("views"),
         work,
+        bin,
     };
 
     // Sections 1 to 3: a repository owned by postgres, the restart for archiving, a backup.
