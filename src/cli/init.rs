@@ -2,6 +2,9 @@
 
 use crate::error::{Error, Result};
 use crate::store::{open_backend, Repository};
+use crate::view::Owner;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,6 +18,11 @@ pub struct Args {
     /// from PGSNAPFS_PASSPHRASE, --passphrase-file or --passphrase-command.
     #[arg(long)]
     pub encryption: bool,
+    /// The user who owns a local repository (root may give it to another user, such as
+    /// postgres): every command then writes as this user, root on its behalf. Defaults to
+    /// the user running init.
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
 }
 
 pub fn run(spec: &str, a: Args, pass: &super::key::PassphraseArgs) -> Result<()> {
@@ -26,9 +34,21 @@ pub fn run(spec: &str, a: Args, pass: &super::key::PassphraseArgs) -> Result<()>
     };
     let path = std::path::Path::new(spec);
     if !spec.contains("://") {
-        std::fs::create_dir_all(path).map_err(|e| {
-            Error::BadInput(format!("cannot create repository directory {spec}: {e}"))
-        })?;
+        let owner = match &a.owner {
+            Some(name) => Owner::lookup(name)?,
+            None => Owner::me(),
+        };
+        if owner.uid != Owner::me().uid && Owner::me().uid != 0 {
+            return Err(Error::BadInput(format!(
+                "only root can create a repository for another user: run init as {} or as root",
+                a.owner.as_deref().unwrap_or_default()
+            )));
+        }
+        create_top(path, owner)?;
+    } else if a.owner.is_some() {
+        return Err(Error::BadInput(
+            "--owner is for a local repository; an S3 repository's access is the bucket's".into(),
+        ));
     }
     // Out of range is refused by init.
     let chunk_size = u32::try_from(a.chunk_size).unwrap_or(u32::MAX);
@@ -49,4 +69,27 @@ pub fn run(spec: &str, a: Args, pass: &super::key::PassphraseArgs) -> Result<()>
         repo.config.compression_level
     );
     Ok(())
+}
+
+/// Creates the top directory of a local repository (or takes an empty one), owned by `owner`
+/// and 0700: everything written below it follows its owner and mode. Group access is
+/// granted by changing its mode (and group) after init.
+fn create_top(path: &Path, owner: Owner) -> Result<()> {
+    let bad = |what: &str, e: std::io::Error| {
+        Error::BadInput(format!("cannot {what} repository directory {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(path).map_err(|e| bad("create", e))?;
+    // An existing directory that is not empty is refused by Repository::init, before this
+    // would change it.
+    if std::fs::read_dir(path)
+        .map_err(|e| bad("read", e))?
+        .next()
+        .is_some()
+    {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid))
+        .map_err(|e| bad("give the", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| bad("set the mode of the", e))
 }

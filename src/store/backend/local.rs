@@ -147,7 +147,8 @@ impl LocalBackend {
             ),
             (_, Some(repo)) => format!(
                 "the repository belongs to {repo} and this command runs as {me}: run it as \
-                 {repo} (or root)"
+                 {repo}{}",
+                if repo == "root" { "" } else { " (or root)" }
             ),
             (_, None) => format!(
                 "{me} cannot reach the repository {location}: run the command as its owner"
