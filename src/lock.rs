@@ -556,7 +556,10 @@ mod tests {
         // The same PID started at another time is another process: the holder is gone.
         assert!(!holder_alive(me, started.map(|s| s + 1)));
         // A child killed but not yet reaped (a zombie) is gone too.
-        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let started = proc_stat(pid).unwrap().map(|s| s.1);
         assert!(holder_alive(pid, started));
@@ -583,7 +586,10 @@ mod tests {
             .put(&keys::lock("garbled"), b"not a lease")
             .unwrap();
         let err = live(&repo).unwrap_err().to_string();
-        assert!(err.contains("lease garbled") && err.contains("nothing is deleted"), "{err}");
+        assert!(
+            err.contains("lease garbled") && err.contains("nothing is deleted"),
+            "{err}"
+        );
         assert!(live_ids(&repo).is_err());
         // The unreadable one may be removed by hand (its holder is unknown).
         remove(&repo, "garbled", false).unwrap();

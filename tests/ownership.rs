@@ -151,7 +151,11 @@ fn root_and_postgres_share_one_repository() {
             .assert_mentions("belongs to root")
             .assert_mentions("nothing is deleted");
     }
-    assert_eq!(before, objects(), "a refused expire or gc changed the repository");
+    assert_eq!(
+        before,
+        objects(),
+        "a refused expire or gc changed the repository"
+    );
     fs::remove_file(&old_lease).unwrap();
 
     // The mounted backup and its WAL are all there: a server starts on the view.
@@ -181,7 +185,11 @@ fn root_and_postgres_share_one_repository() {
     let pid = child.id();
     wait_for(std::time::Duration::from_secs(30), || {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        match stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) {
+        match stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+        {
             Some("Z") => Ok(()),
             other => Err(format!("mount process state {other:?}")),
         }
@@ -262,7 +270,13 @@ fn root_and_postgres_share_one_repository() {
 
     // Root can make a repository for postgres.
     let given = other.join("given");
-    pgsnapfs_as_root(&["init", "--repo", given.to_str().unwrap(), "--owner", "postgres"])
-        .assert_ok();
+    pgsnapfs_as_root(&[
+        "init",
+        "--repo",
+        given.to_str().unwrap(),
+        "--owner",
+        "postgres",
+    ])
+    .assert_ok();
     assert_all_postgres_owned(&given, "init --owner postgres");
 }

@@ -76,7 +76,10 @@ pub fn run(spec: &str, a: Args, pass: &super::key::PassphraseArgs) -> Result<()>
 /// granted by changing its mode (and group) after init.
 fn create_top(path: &Path, owner: Owner) -> Result<()> {
     let bad = |what: &str, e: std::io::Error| {
-        Error::BadInput(format!("cannot {what} repository directory {}: {e}", path.display()))
+        Error::BadInput(format!(
+            "cannot {what} repository directory {}: {e}",
+            path.display()
+        ))
     };
     std::fs::create_dir_all(path).map_err(|e| bad("create", e))?;
     // An existing directory that is not empty is refused by Repository::init, before this

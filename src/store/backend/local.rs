@@ -75,7 +75,13 @@ pub fn user_name(uid: u32) -> String {
     unsafe {
         let mut pwd: libc::passwd = std::mem::zeroed();
         let mut found: *mut libc::passwd = std::ptr::null_mut();
-        let r = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found);
+        let r = libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        );
         if r == 0 && !found.is_null() {
             return std::ffi::CStr::from_ptr(pwd.pw_name)
                 .to_string_lossy()
@@ -150,9 +156,9 @@ impl LocalBackend {
                  {repo}{}",
                 if repo == "root" { "" } else { " (or root)" }
             ),
-            (_, None) => format!(
-                "{me} cannot reach the repository {location}: run the command as its owner"
-            ),
+            (_, None) => {
+                format!("{me} cannot reach the repository {location}: run the command as its owner")
+            }
         }
     }
 
@@ -215,7 +221,8 @@ impl LocalBackend {
         } else {
             let staged = self.temp_path();
             fs::DirBuilder::new().mode(0o700).create(&staged)?;
-            let placed = Self::own(&staged, own, own.dir_mode).and_then(|()| fs::rename(&staged, dir));
+            let placed =
+                Self::own(&staged, own, own.dir_mode).and_then(|()| fs::rename(&staged, dir));
             match placed {
                 Ok(()) => Ok(()),
                 Err(e) => {
@@ -284,9 +291,12 @@ impl Backend for LocalBackend {
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let mut f = File::open(self.path(key)).map_err(self.io("open", key))?;
-        f.seek(SeekFrom::Start(offset)).map_err(self.io("seek", key))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(self.io("seek", key))?;
         let mut out = Vec::with_capacity(len as usize);
-        f.take(len).read_to_end(&mut out).map_err(self.io("read", key))?;
+        f.take(len)
+            .read_to_end(&mut out)
+            .map_err(self.io("read", key))?;
         Ok(out)
     }
 
@@ -375,7 +385,9 @@ impl Backend for LocalBackend {
     }
 
     fn size(&self, key: &str) -> Result<u64> {
-        Ok(fs::metadata(self.path(key)).map_err(self.io("stat", key))?.len())
+        Ok(fs::metadata(self.path(key))
+            .map_err(self.io("stat", key))?
+            .len())
     }
 }
 
