@@ -108,8 +108,8 @@ pub fn holder_alive(pid: u32, started: Option<u64>) -> bool {
         Ok(Some((state, start))) => {
             !matches!(state, 'Z' | 'X') && started.is_none_or(|s| s == start)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        // No /proc to look at: whether the PID exists is all there is.
+        // No /proc entry to read (none, or hidden with hidepid): whether the PID exists is
+        // all there is.
         _ => {
             // SAFETY: signal 0 only checks for existence and permission.
             let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
@@ -209,18 +209,23 @@ pub fn live(repo: &Repository) -> Result<Vec<LeaseRecord>> {
     for found in list(repo)?.into_iter().filter(|f| !f.stale) {
         match found.record {
             Ok(r) => live.push(r),
-            Err(why) => unreadable.push(format!(
-                "lease {} ({why})",
-                found.key.trim_start_matches(keys::LOCKS)
-            )),
+            Err(why) => {
+                unreadable.push((found.key.trim_start_matches(keys::LOCKS).to_string(), why))
+            }
         }
     }
     if !unreadable.is_empty() {
+        let what: Vec<String> = unreadable
+            .iter()
+            .map(|(id, why)| format!("lease {id} ({why})"))
+            .collect();
+        let ids: Vec<&str> = unreadable.iter().map(|(id, _)| id.as_str()).collect();
         return Err(Error::Failed(format!(
             "cannot read {}: a command may hold it and use backups that nothing else shows, so \
-             nothing is deleted. Run this command as the user that can read it; if its holder \
-             is gone, remove it with `pgsnapfs locks --remove ID`",
-            unreadable.join(", ")
+             nothing is deleted. Once it can be read this command goes on; if its holder is \
+             gone, remove it with `pgsnapfs locks --remove {}`",
+            what.join(", "),
+            ids.join("` and `pgsnapfs locks --remove ")
         )));
     }
     Ok(live)
