@@ -217,10 +217,15 @@ fn root_and_postgres_share_one_repository() {
 
     // expire and gc as root; then postgres archives and lists every backup.
     as_root(&repo, "expire", &["--keep-last", "1"]).assert_ok();
-    let report = as_root(&repo, "gc", &["--json", "--repack-threshold", "99%"])
+    // A low threshold so gc repacks the expired backup's packs and rewrites the other's record.
+    let report = as_root(&repo, "gc", &["--json", "--repack-threshold", "1%"])
         .assert_ok()
         .json();
-    eprintln!("gc as root: {report}");
+    assert_eq!(
+        report["rewritten_backups"].as_array().map(Vec::len),
+        Some(1),
+        "gc rewrote no backup record: {report}"
+    );
     assert_all_postgres_owned(&repo.path, "expire and gc as root");
     assert_eq!(ids(&repo.list()), vec![second.clone()]);
     source.psql("INSERT INTO t VALUES (0, 'after gc')");
