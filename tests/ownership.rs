@@ -273,7 +273,7 @@ fn root_and_postgres_share_one_repository() {
     assert_eq!(before, tree_digest(&other_repo), "a refused wal-push wrote");
     pgsnapfs(&["list", "--repo", spec]).assert_ok();
 
-    // Root can make a repository for postgres.
+    // Root can make a repository for postgres, or in a directory prepared for postgres.
     let given = other.join("given");
     pgsnapfs_as_root(&[
         "init",
@@ -284,4 +284,13 @@ fn root_and_postgres_share_one_repository() {
     ])
     .assert_ok();
     assert_all_postgres_owned(&given, "init --owner postgres");
+    let prepared = other.subdir("prepared", 0o755);
+    pgsnapfs_as_root(&["init", "--repo", prepared.to_str().unwrap()])
+        .assert_ok()
+        .assert_mentions("owned by postgres, mode 0700");
+    let top = fs::metadata(&prepared).unwrap();
+    assert_eq!(
+        (top.uid(), top.mode() & 0o7777),
+        (machine().postgres_uid, 0o700)
+    );
 }

@@ -12,7 +12,7 @@ mod local;
 pub mod memory;
 mod s3;
 
-pub use local::LocalBackend;
+pub use local::{user_name, LocalBackend};
 pub use s3::{RequestCounts, S3Backend, S3ConfigError, S3Settings};
 
 /// Why a back-end call failed.
