@@ -54,7 +54,8 @@ impl Error {
                 | StoreError::NoSuchBackup(_)
                 | StoreError::BadSetting(_)
                 | StoreError::NeedKey(_)
-                | StoreError::WrongKey(_),
+                | StoreError::WrongKey(_)
+                | StoreError::Backend(BackendError::WrongUser { .. }),
             )
             | Error::BadInput(_) => 2,
             Error::NotFound(_) => 4,

@@ -83,14 +83,12 @@ pub fn marks(repo: &Repository) -> Result<HashSet<String>> {
         .collect())
 }
 
-/// Backups pinned by live leases, with who pins them.
+/// Backups pinned by live leases, with who pins them; an unreadable lease stops expire.
 fn pins(repo: &Repository) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
-    for found in lock::list(repo)?.into_iter().filter(|f| !f.stale) {
-        if let Some(r) = found.record {
-            for id in &r.pins {
-                out.insert(id.clone(), format!("{} (lease {})", r.command, r.id));
-            }
+    for r in lock::live(repo)? {
+        for id in &r.pins {
+            out.insert(id.clone(), format!("{} (lease {})", r.command, r.id));
         }
     }
     Ok(out)

@@ -7,6 +7,9 @@
 //! within its TTL, or whose process is dead on this very machine, is stale and counts as gone.
 //! gc never waits for leases: it records which were alive when it condemned packs and deletes
 //! them only once all of those are gone (docs/repository-format.md, "Deleting").
+//!
+//! Leases fail closed: one that cannot be read is held by someone unknown, using unknown
+//! backups, so expire and gc stop rather than guess.
 
 use crate::error::{Error, Result};
 use crate::store::crypto::Sealer;
@@ -35,6 +38,10 @@ pub struct LeaseRecord {
     pub pid: u32,
     /// The holder's boot and PID namespace: where it equals ours, a dead PID is a dead holder.
     pub instance: String,
+    /// The holder's start time (clock ticks after boot, from /proc): a live process of the
+    /// same PID but another start time took over a dead holder's PID. Absent in old leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
     pub created: DateTime<Utc>,
     pub refreshed: DateTime<Utc>,
     pub ttl_s: u64,
@@ -71,24 +78,62 @@ impl Here {
     }
 }
 
-/// Whether a process of this PID namespace exists.
-pub fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+/// A process's state and start time from the text of `/proc/PID/stat`: the fields after
+/// the command name, which is in parentheses and may hold anything, parentheses included.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state, starttime is the 19th field (field 22 of the whole line).
+    let started = fields.nth(18)?.parse().ok()?;
+    Some((state, started))
+}
+
+fn proc_stat(pid: u32) -> std::io::Result<Option<(char, u64)>> {
+    Ok(parse_stat(&std::fs::read_to_string(format!(
+        "/proc/{pid}/stat"
+    ))?))
+}
+
+/// This process's start time, recorded in its leases.
+fn own_start_time() -> Option<u64> {
+    proc_stat(std::process::id()).ok().flatten().map(|s| s.1)
+}
+
+/// Whether the holder of a lease of this PID namespace still runs: its PID exists, is not a
+/// zombie (killed but not yet reaped), and, where the lease recorded it, started when the
+/// holder did.
+pub fn holder_alive(pid: u32, started: Option<u64>) -> bool {
+    match proc_stat(pid) {
+        Ok(Some((state, start))) => {
+            !matches!(state, 'Z' | 'X') && started.is_none_or(|s| s == start)
+        }
+        // No /proc entry to read (none, or hidden with hidepid): whether the PID exists is
+        // all there is.
+        _ => {
+            // SAFETY: signal 0 only checks for existence and permission.
+            let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+            r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+        }
+    }
 }
 
 impl LeaseRecord {
     /// Whether the holder is certainly gone: not refreshed within its TTL, or a process that
-    /// no longer exists on this machine (a PID that exists may be reused: that still counts
-    /// as alive until the TTL runs out).
-    pub fn is_stale(&self, now: DateTime<Utc>, here: &Here, alive: impl Fn(u32) -> bool) -> bool {
+    /// no longer runs on this machine (`alive` judges its PID and start time).
+    pub fn is_stale(
+        &self,
+        now: DateTime<Utc>,
+        here: &Here,
+        alive: impl Fn(u32, Option<u64>) -> bool,
+    ) -> bool {
         let ttl = chrono::Duration::seconds(self.ttl_s as i64);
-        self.refreshed + ttl < now
-            || (self.host == here.host
-                && !self.instance.is_empty()
-                && self.instance == here.instance
-                && !alive(self.pid))
+        self.refreshed + ttl < now || (self.is_local(here) && !alive(self.pid, self.started))
+    }
+
+    /// Whether the holder runs in this machine's PID namespace, where its PID can be checked.
+    pub fn is_local(&self, here: &Here) -> bool {
+        self.host == here.host && !self.instance.is_empty() && self.instance == here.instance
     }
 
     pub fn describe(&self) -> String {
@@ -113,8 +158,9 @@ impl LeaseRecord {
 #[derive(Debug, Clone)]
 pub struct Found {
     pub key: String,
-    /// `None` if the object could not be read: treated as live, since its holder is unknown.
-    pub record: Option<LeaseRecord>,
+    /// The lease, or why it could not be read: such a lease counts as held, since its holder
+    /// and what it uses are unknown.
+    pub record: std::result::Result<LeaseRecord, String>,
     pub stale: bool,
 }
 
@@ -125,17 +171,15 @@ pub fn list(repo: &Repository) -> Result<Vec<Found>> {
     let mut out = Vec::new();
     for key in repo.backend().list(keys::LOCKS)? {
         let record = match repo.get_sealed(&key) {
-            Ok(p) => serde_json::from_slice::<LeaseRecord>(&p).ok(),
+            Ok(p) => serde_json::from_slice::<LeaseRecord>(&p)
+                .map_err(|e| format!("{key} is not a lease record: {e}")),
             // Released between the listing and the read.
             Err(StoreError::Backend(e)) if e.is_not_found() => continue,
-            Err(e) => {
-                tracing::warn!("cannot read lease {key}: {e}");
-                None
-            }
+            Err(e) => Err(e.to_string()),
         };
         let stale = record
             .as_ref()
-            .is_some_and(|r| r.is_stale(now, &here, pid_alive));
+            .is_ok_and(|r| r.is_stale(now, &here, holder_alive));
         out.push(Found { key, record, stale });
     }
     Ok(out)
@@ -146,35 +190,92 @@ impl Found {
         self.key.trim_start_matches(keys::LOCKS)
     }
 
-    /// An unreadable lease counts as live but not as exclusive: gc waits for it, and it
-    /// blocks nothing else.
+    /// An unreadable lease counts as live but not as exclusive: it blocks no other command
+    /// from starting, and stops expire and gc (`live`).
     fn is_live_exclusive(&self, command: Option<&str>) -> bool {
         !self.stale
             && self
                 .record
                 .as_ref()
-                .is_some_and(|r| r.exclusive && command.is_none_or(|c| c == r.command))
+                .is_ok_and(|r| r.exclusive && command.is_none_or(|c| c == r.command))
     }
 }
 
-/// The ids of the leases that are live now.
-pub fn live_ids(repo: &Repository) -> Result<Vec<String>> {
-    Ok(list(repo)?
-        .into_iter()
-        .filter(|f| !f.stale)
-        .map(|f| f.id().to_string())
-        .collect())
+/// The leases live now, for a command about to delete: one that cannot be read fails it,
+/// naming the lease, why, and what to do, since what its holder uses is unknown.
+pub fn live(repo: &Repository) -> Result<Vec<LeaseRecord>> {
+    let mut live = Vec::new();
+    let mut unreadable = Vec::new();
+    for found in list(repo)?.into_iter().filter(|f| !f.stale) {
+        match found.record {
+            Ok(r) => live.push(r),
+            Err(why) => {
+                unreadable.push((found.key.trim_start_matches(keys::LOCKS).to_string(), why))
+            }
+        }
+    }
+    if !unreadable.is_empty() {
+        let what: Vec<String> = unreadable
+            .iter()
+            .map(|(id, why)| format!("lease {id} ({why})"))
+            .collect();
+        let ids: Vec<&str> = unreadable.iter().map(|(id, _)| id.as_str()).collect();
+        return Err(Error::Failed(format!(
+            "cannot read {}: a command may hold it and use backups that nothing else shows, so \
+             nothing is deleted. Once it can be read this command goes on; if its holder is \
+             gone, remove it with `pgsnapfs locks --remove {}`",
+            what.join(", "),
+            ids.join("` and `pgsnapfs locks --remove ")
+        )));
+    }
+    Ok(live)
 }
 
-/// Removes a lease by id (`pgsnapfs locks --remove`).
-pub fn remove(repo: &Repository, id: &str) -> Result<()> {
+/// The ids of the leases that are live now; fails on an unreadable one, like `live`.
+pub fn live_ids(repo: &Repository) -> Result<Vec<String>> {
+    Ok(live(repo)?.into_iter().map(|r| r.id).collect())
+}
+
+/// Why `locks --remove` without `--force` keeps a lease: its holder may be using the
+/// repository. `None` if the lease may go.
+pub fn keep_reason(found: &Found, here: &Here) -> Option<String> {
+    let r = found.record.as_ref().ok()?;
+    if found.stale {
+        return None;
+    }
+    Some(if r.is_local(here) {
+        format!(
+            "its holder, {} (pid {}), is still running on this host: stop it instead",
+            r.command, r.pid
+        )
+    } else {
+        format!(
+            "its holder, {} on {}, refreshed it at {} and its process cannot be checked from \
+             here: make sure it is gone",
+            r.command,
+            r.host,
+            r.refreshed
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    })
+}
+
+/// Removes a lease by id (`pgsnapfs locks --remove`). A lease whose holder may be alive is
+/// kept unless `force`: removing it would let expire and gc delete what that command uses.
+pub fn remove(repo: &Repository, id: &str, force: bool) -> Result<()> {
     let key = keys::lock(id);
-    if !repo.backend().exists(&key)? {
+    let Some(found) = list(repo)?.into_iter().find(|f| f.key == key) else {
         return Err(Error::NotFound(format!(
             "no lease {id}; `pgsnapfs locks` lists them"
         )));
+    };
+    if let Some(why) = keep_reason(&found, &Here::current()).filter(|_| !force) {
+        return Err(Error::BadInput(format!(
+            "lease {id} is not removed: {why}. `--force` removes it anyway; expire and gc may \
+             then delete what that command uses"
+        )));
     }
-    repo.backend().delete(&key)?;
+    repo.backend().delete(&key).or_else(ignore_missing)?;
     Ok(())
 }
 
@@ -217,6 +318,7 @@ impl Lease {
             } else if let Some(r) = found
                 .record
                 .as_ref()
+                .ok()
                 .filter(|_| found.is_live_exclusive(None))
             {
                 let what = r.describe();
@@ -241,6 +343,7 @@ impl Lease {
             host: here.host,
             pid: std::process::id(),
             instance: here.instance,
+            started: own_start_time(),
             created: now,
             refreshed: now,
             ttl_s: TTL.as_secs(),
@@ -417,6 +520,7 @@ mod tests {
             host: host.into(),
             pid: 42,
             instance: instance.into(),
+            started: Some(7),
             created: refreshed,
             refreshed,
             ttl_s: 300,
@@ -432,17 +536,70 @@ mod tests {
         };
         let now = Utc::now();
         let fresh = record("h", "boot/ns", now - chrono::Duration::seconds(299));
-        assert!(!fresh.is_stale(now, &here, |_| true));
+        assert!(!fresh.is_stale(now, &here, |_, _| true));
         // Same machine, dead process: stale at once.
-        assert!(fresh.is_stale(now, &here, |_| false));
+        assert!(fresh.is_stale(now, &here, |_, _| false));
         // Another host's process cannot be checked: only the TTL counts.
         let remote = record("other", "boot/ns", now - chrono::Duration::seconds(299));
-        assert!(!remote.is_stale(now, &here, |_| false));
+        assert!(!remote.is_stale(now, &here, |_, _| false));
         let old = record("other", "x", now - chrono::Duration::seconds(301));
-        assert!(old.is_stale(now, &here, |_| true));
+        assert!(old.is_stale(now, &here, |_, _| true));
         // Another PID namespace on the same host (a container): only the TTL counts.
         let container = record("h", "boot/other-ns", now);
-        assert!(!container.is_stale(now, &here, |_| false));
+        assert!(!container.is_stale(now, &here, |_, _| false));
+    }
+
+    #[test]
+    fn holder_liveness_from_proc() {
+        let line = "4242 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 9876 20 21";
+        assert_eq!(parse_stat(line), Some(('S', 9876)));
+        assert_eq!(parse_stat("garbage"), None);
+        let me = std::process::id();
+        let started = own_start_time();
+        assert!(started.is_some());
+        assert!(holder_alive(me, started));
+        // The same PID started at another time is another process: the holder is gone.
+        assert!(!holder_alive(me, started.map(|s| s + 1)));
+        // A child killed but not yet reaped (a zombie) is gone too.
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let started = proc_stat(pid).unwrap().map(|s| s.1);
+        assert!(holder_alive(pid, started));
+        child.kill().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while proc_stat(pid).unwrap().map(|s| s.0) != Some('Z') {
+            assert!(std::time::Instant::now() < deadline, "child never died");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!holder_alive(pid, started));
+        child.wait().unwrap();
+        assert!(!holder_alive(pid, started));
+    }
+
+    #[test]
+    fn an_unreadable_lease_stops_deletion_and_a_live_one_is_not_removed() {
+        let repo = repo();
+        let mount = Lease::shared(&repo, "mount").unwrap();
+        // This process holds it: removing it needs --force.
+        let err = remove(&repo, &mount.id(), false).unwrap_err();
+        assert!(err.to_string().contains("still running"), "{err}");
+        assert_eq!(live_ids(&repo).unwrap(), vec![mount.id()]);
+        repo.backend()
+            .put(&keys::lock("garbled"), b"not a lease")
+            .unwrap();
+        let err = live(&repo).unwrap_err().to_string();
+        assert!(
+            err.contains("lease garbled") && err.contains("nothing is deleted"),
+            "{err}"
+        );
+        assert!(live_ids(&repo).is_err());
+        // The unreadable one may be removed by hand (its holder is unknown).
+        remove(&repo, "garbled", false).unwrap();
+        remove(&repo, &mount.id(), true).unwrap();
+        assert!(live(&repo).unwrap().is_empty());
     }
 
     #[test]

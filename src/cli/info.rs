@@ -68,13 +68,9 @@ impl From<&Snapshot> for BackupRow {
     }
 }
 
-/// Readable backups, oldest first; unreadable ones are reported on stderr.
+/// Every backup, oldest first; one that cannot be read fails the command.
 fn backups(repo: &Repository) -> Result<Vec<Snapshot>> {
-    Ok(repo
-        .snapshots()?
-        .into_iter()
-        .filter_map(|s| s.map_err(|e| eprintln!("pgsnapfs: warning: {e}")).ok())
-        .collect())
+    Ok(repo.snapshots_all_or_error()?)
 }
 
 fn print_backups(list: &[Snapshot]) {

@@ -8,9 +8,13 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Remove this lease: for a command that is gone but whose lease is not stale yet.
+    /// Remove this lease, if it is stale or its holder is on another host and gone.
     #[arg(long, value_name = "ID")]
     pub remove: Option<String>,
+    /// With --remove: remove the lease even if its holder may still be running.
+    #[arg(long, requires = "remove")]
+    pub force: bool,
+    /// Print the leases as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -23,20 +27,24 @@ struct LockRow {
     /// The id of a lease that cannot be read (it counts as live).
     #[serde(skip_serializing_if = "Option::is_none")]
     unreadable: Option<String>,
+    /// Why it cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 pub fn run(repo: &Repository, a: Args) -> Result<()> {
     if let Some(id) = &a.remove {
-        lock::remove(repo, id)?;
+        lock::remove(repo, id, a.force)?;
         println!("removed lease {id}");
         return Ok(());
     }
     let rows: Vec<LockRow> = lock::list(repo)?
         .into_iter()
         .map(|f| LockRow {
-            unreadable: f.record.is_none().then(|| f.id().to_string()),
+            unreadable: f.record.is_err().then(|| f.id().to_string()),
             stale: f.stale,
-            record: f.record,
+            error: f.record.as_ref().err().cloned(),
+            record: f.record.ok(),
         })
         .collect();
     if a.json {
@@ -61,8 +69,9 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
                 }
             ),
             None => println!(
-                "lease {} unreadable (counts as live)",
-                row.unreadable.as_deref().unwrap_or_default()
+                "lease {} unreadable, counts as held: {}",
+                row.unreadable.as_deref().unwrap_or_default(),
+                row.error.as_deref().unwrap_or_default()
             ),
         }
     }

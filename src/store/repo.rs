@@ -551,6 +551,22 @@ impl Repository {
         Ok(all)
     }
 
+    /// All snapshots, oldest first, failing on the first manifest that cannot be read (one
+    /// removed since the listing is skipped): for commands that report on every backup, where
+    /// leaving one out would mislead.
+    pub fn snapshots_all_or_error(&self) -> Result<Vec<Snapshot>, StoreError> {
+        let mut all = Vec::new();
+        for id in self.snapshot_ids()? {
+            match self.load_snapshot(&id) {
+                Ok(s) => all.push(s),
+                Err(StoreError::NoSuchBackup(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        all.sort_by_key(|s| s.stop_time);
+        Ok(all)
+    }
+
     /// Publishes a backup. The caller has flushed every pack the snapshot references.
     pub fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(s).expect("snapshot serializes");

@@ -12,7 +12,7 @@ mod local;
 pub mod memory;
 mod s3;
 
-pub use local::LocalBackend;
+pub use local::{user_name, LocalBackend};
 pub use s3::{RequestCounts, S3Backend, S3ConfigError, S3Settings};
 
 /// Why a back-end call failed.
@@ -28,6 +28,23 @@ pub enum BackendError {
          again (backups already stored are intact)"
     )]
     NoSpace { op: &'static str, key: String },
+    /// The operating system refused access to an object (local repositories).
+    #[error("cannot {op} {key}: permission denied; {hint}")]
+    Denied {
+        op: &'static str,
+        key: String,
+        hint: String,
+    },
+    /// This user may not write to the repository (local repositories): nothing was written.
+    #[error(
+        "repository {location} belongs to {owner}, and {user} may not write to it: run the \
+         command as {owner} (or as root, which writes as {owner})"
+    )]
+    WrongUser {
+        location: String,
+        owner: String,
+        user: String,
+    },
     #[error("{op} {key}: {source}")]
     Io {
         op: &'static str,
