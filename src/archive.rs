@@ -92,8 +92,21 @@ pub fn resolve_system(repo: &Repository, given: Option<u64>) -> Result<System> {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Pushed {
+/// What `push` did with one file.
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Pushed {
+    /// The file's name, as in pg_wal.
+    pub name: String,
+    /// The object it is archived as.
+    pub key: String,
+    /// Its length.
+    pub bytes: u64,
+    pub outcome: PushOutcome,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushOutcome {
     Stored,
     /// An identical copy was already archived.
     AlreadyArchived,
@@ -181,12 +194,18 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         }
     }
     let key = keys::wal_file(sysid, file.tli(), name);
+    let pushed = |outcome| Pushed {
+        name: name.to_string(),
+        key: key.clone(),
+        bytes: data.len() as u64,
+        outcome,
+    };
     match repo.put_sealed(&key, &data) {
-        Ok(()) => Ok(Pushed::Stored),
+        Ok(()) => Ok(pushed(PushOutcome::Stored)),
         Err(StoreError::Backend(BackendError::Conflict { .. })) => {
             // Compare contents by digest: compression settings may differ between copies.
             if repo.sealed_header(&key)?.digest == crate::store::Id::of(&data) {
-                Ok(Pushed::AlreadyArchived)
+                Ok(pushed(PushOutcome::AlreadyArchived))
             } else {
                 Err(Error::Failed(format!(
                     "{name} is already archived in {key} with different content; refusing to \

@@ -60,6 +60,18 @@ fn mkdir_owned(path: &Path, owner: Owner) -> Result<()> {
         .map_err(io(format!("chown {}", path.display())))
 }
 
+/// Creates `path` and its missing parents, each owned by `owner` so its server can reach
+/// what is below.
+fn mkdir_owned_all(path: &Path, owner: Owner) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        mkdir_owned_all(parent, owner)?;
+    }
+    mkdir_owned(path, owner)
+}
+
 /// The settings appended to postgresql.auto.conf of a view: recovery, plus what a
 /// throw-away server needs (no archiving, hot standby, shared_buffers for replay).
 pub fn settings_text(
@@ -87,9 +99,7 @@ pub fn prepare(
     shared_buffers: &str,
 ) -> Result<ViewChanges> {
     crate::restore::check_empty(scratch, "scratch directory")?;
-    if !scratch.exists() {
-        mkdir_owned(scratch, owner)?;
-    }
+    mkdir_owned_all(scratch, owner)?;
     let wal = scratch.join("pg_wal");
     mkdir_owned(&wal, owner)?;
     mkdir_owned(&wal.join("archive_status"), owner)?;

@@ -1248,8 +1248,10 @@ fn bad_mount_points_are_refused() {
 
     let full = mountpoint(&work, "full");
     fs::write(full.join("keep.txt"), b"mine").unwrap();
+    // --background reports the mount process's exit code, as the foreground command would.
     for args in [
         vec![],
+        vec!["--background"],
         vec![
             "--backup",
             "latest",
@@ -1296,7 +1298,8 @@ fn removing_scratch_discards_the_servers_writes() {
 
     let work = TestDir::new("mount-scratch");
     let mnt = mountpoint(&work, "mnt");
-    let scratch = work.join("scratch");
+    // Missing parents are made, and the server can reach pg_wal below them.
+    let scratch = work.join("new/parents/scratch");
     let goal = ["--backup", id.as_str(), "--target-action", "promote"];
     {
         let mut m = Mount::start(&repo, &mnt, &view_args(&scratch, &goal));
@@ -1315,14 +1318,19 @@ fn removing_scratch_discards_the_servers_writes() {
         "the server's writes are not in the scratch dir {}",
         scratch.display()
     );
-    // A used scratch dir is not silently reused.
-    pgsnapfs_as_root(&{
+    // A used scratch dir is not silently reused; the message is about the mount.
+    let refused = pgsnapfs_as_root(&{
         let mut a = vec!["mount", "--repo", &repo.spec, s(&mnt)];
         a.extend(view_args(&scratch, &goal));
         a
     })
     .assert_exit(2)
-    .assert_mentions("scratch");
+    .assert_mentions(&format!("scratch directory {} is not empty", scratch.display()));
+    assert!(
+        !refused.stderr_str().contains("restore"),
+        "{}",
+        refused.report()
+    );
     assert!(!is_mounted(&mnt));
 
     fs::remove_dir_all(&scratch).unwrap();

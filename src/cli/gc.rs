@@ -14,7 +14,7 @@ pub struct Args {
     /// Show what would be deleted and repacked; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 

@@ -11,7 +11,7 @@ pub struct Args {
     /// Remove this lease: for a command that is gone but whose lease is not stale yet.
     #[arg(long, value_name = "ID")]
     pub remove: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 

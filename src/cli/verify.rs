@@ -27,7 +27,7 @@ pub struct Args {
     /// The cluster, when the repository holds several.
     #[arg(long)]
     pub system: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 
