@@ -200,21 +200,25 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         bytes: data.len() as u64,
         outcome,
     };
-    match repo.put_sealed(&key, &data) {
-        Ok(()) => Ok(pushed(PushOutcome::Stored)),
-        Err(StoreError::Backend(BackendError::Conflict { .. })) => {
-            // Compare contents by digest: compression settings may differ between copies.
-            if repo.sealed_header(&key)?.digest == crate::store::Id::of(&data) {
-                Ok(pushed(PushOutcome::AlreadyArchived))
-            } else {
-                Err(Error::Failed(format!(
-                    "{name} is already archived in {key} with different content; refusing to \
-                     overwrite it. Two clusters may be archiving into one place, or this file \
-                     is damaged: compare the two before doing anything else"
-                )))
-            }
+    // Asked first, so a retried push says what it found and does not upload the file again
+    // (a put of identical bytes succeeds silently).
+    if !repo.backend().exists(&key)? {
+        match repo.put_sealed(&key, &data) {
+            Ok(()) => return Ok(pushed(PushOutcome::Stored)),
+            // Published meanwhile by another push: judged below.
+            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
+    }
+    // Compare contents by digest: compression settings may differ between copies.
+    if repo.sealed_header(&key)?.digest == crate::store::Id::of(&data) {
+        Ok(pushed(PushOutcome::AlreadyArchived))
+    } else {
+        Err(Error::Failed(format!(
+            "{name} is already archived in {key} with different content; refusing to \
+             overwrite it. Two clusters may be archiving into one place, or this file \
+             is damaged: compare the two before doing anything else"
+        )))
     }
 }
 
