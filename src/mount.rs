@@ -321,7 +321,8 @@ impl SnapSource {
             seen.insert(name, k.clone());
             k
         };
-        let tree = |s: &Snapshot| self.tree_dir(s.root, s.chunk_size, s.root_mode, s.root_mtime, false);
+        let tree =
+            |s: &Snapshot| self.tree_dir(s.root, s.chunk_size, s.root_mode, s.root_mtime, false);
         let live = || Known {
             node: self.add(NodeData {
                 mode: 0o700,
@@ -351,7 +352,10 @@ impl SnapSource {
                 snapshot: Some(snap.clone()),
             });
             backups.insert(id, k.node);
-            if newest.as_ref().is_none_or(|n| n.stop_time <= snap.stop_time) {
+            if newest
+                .as_ref()
+                .is_none_or(|n| n.stop_time <= snap.stop_time)
+            {
                 newest = Some(snap);
             }
         }

@@ -231,11 +231,7 @@ fn restore_into_non_empty_directory() {
         .assert_exit(2)
         .assert_mentions(s(&dest));
     // Refused before it announces a restore.
-    assert!(
-        !run.stderr_str().contains("restoring"),
-        "{}",
-        run.report()
-    );
+    assert!(!run.stderr_str().contains("restoring"), "{}", run.report());
     assert_same_tree(
         &dest_before,
         &tree_digest(&dest),

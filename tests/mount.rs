@@ -1020,7 +1020,9 @@ fn catalogue_listing_copy_wal_and_read_only() {
         if names == want && label("latest") == label(&second) && wal == stored_wal() {
             Ok(())
         } else {
-            Err(format!("backups/ lists {names:?}; wal/00000001 lists {wal:?}"))
+            Err(format!(
+                "backups/ lists {names:?}; wal/00000001 lists {wal:?}"
+            ))
         }
     });
     assert!(
@@ -1068,13 +1070,18 @@ fn catalogue_listing_copy_wal_and_read_only() {
     let before_expire = stored_wal();
     pgsnapfs_as_root(&repo.args("expire", &["--keep-last", "1"])).assert_ok();
     let kept: BTreeSet<String> = [second.clone(), "latest".to_string()].into();
-    assert!(stored_wal().len() < before_expire.len(), "expire removed no WAL");
+    assert!(
+        stored_wal().len() < before_expire.len(),
+        "expire removed no WAL"
+    );
     let followed = wait_for(Duration::from_secs(30), || {
         let (names, wal) = (listed(), shown_wal());
         if names == kept && wal == stored_wal() {
             Ok(())
         } else {
-            Err(format!("backups/ lists {names:?}; wal/00000001 lists {wal:?}"))
+            Err(format!(
+                "backups/ lists {names:?}; wal/00000001 lists {wal:?}"
+            ))
         }
     });
     assert!(followed.is_ok(), "after expire: {followed:?}");
@@ -1358,7 +1365,10 @@ fn removing_scratch_discards_the_servers_writes() {
         a
     })
     .assert_exit(2)
-    .assert_mentions(&format!("scratch directory {} is not empty", scratch.display()));
+    .assert_mentions(&format!(
+        "scratch directory {} is not empty",
+        scratch.display()
+    ));
     assert!(
         !refused.stderr_str().contains("restore"),
         "{}",

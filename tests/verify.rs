@@ -328,7 +328,10 @@ fn verify_assertions_in_several_databases_and_the_servers_error_message() {
     let source = Cluster::archiving_to(&repo.spec);
     source.psql("CREATE TABLE t AS SELECT generate_series(1, 10) AS n");
     source.psql("CREATE DATABASE appdb");
-    source.psql_db("appdb", "CREATE TABLE orders AS SELECT generate_series(1, 3) AS id");
+    source.psql_db(
+        "appdb",
+        "CREATE TABLE orders AS SELECT generate_series(1, 3) AS id",
+    );
     repo.backup(&source);
     let dir = TestDir::new("verify-error");
     let sql = sql_file(
@@ -343,7 +346,10 @@ fn verify_assertions_in_several_databases_and_the_servers_error_message() {
     // Only the division fails: the others found their tables in their databases.
     let p = problems(&report);
     assert_eq!(p.len(), 1, "{p:?}\n{}", run.report());
-    assert!(p[0].contains("count(*) / 0 = 1") && p[0].contains("appdb"), "{p:?}");
+    assert!(
+        p[0].contains("count(*) / 0 = 1") && p[0].contains("appdb"),
+        "{p:?}"
+    );
     assert!(
         p[0].contains("division by zero"),
         "the problem does not carry PostgreSQL's error message: {p:?}"

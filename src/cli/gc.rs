@@ -53,10 +53,11 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     );
     if r.repacked_packs > 0 {
         println!(
-            "{would}repack {} packs ({}): live blobs {}copied ({}), {} backups rewritten",
+            "{would}repack {} packs ({}): live blobs {}copied ({}{}), {} backups rewritten",
             r.repacked_packs,
             human(r.repacked_bytes),
             if a.dry_run { "would be " } else { "" },
+            if a.dry_run { "about " } else { "" },
             human(r.written_bytes),
             r.rewritten_backups.len()
         );

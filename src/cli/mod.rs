@@ -311,7 +311,11 @@ mod tests {
         fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
             for arg in cmd.get_arguments() {
                 let builtin = matches!(arg.get_id().as_str(), "help" | "version");
-                if !builtin && arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                if !builtin
+                    && arg
+                        .get_help()
+                        .is_none_or(|h| h.to_string().trim().is_empty())
+                {
                     missing.push(format!("{path} {}", arg.get_id()));
                 }
             }
@@ -321,7 +325,10 @@ mod tests {
         }
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "pgsnapfs", &mut missing);
-        assert!(missing.is_empty(), "arguments without a help text: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "arguments without a help text: {missing:?}"
+        );
     }
 
     #[test]

@@ -302,7 +302,8 @@ fn background() -> Result<()> {
         }
     }
     let status = child.wait().map_err(io("wait for the mount process"))?;
-    let msg = format!("the mount process exited ({status}) before mounting; see the messages above");
+    let msg =
+        format!("the mount process exited ({status}) before mounting; see the messages above");
     // Its exit code says what kind of failure it was (bad input, not found): keep it.
     Err(match status.code() {
         Some(2) => Error::BadInput(msg),

@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn the_error_shows_formats_that_parse() {
         let msg = parse_time("half past never").unwrap_err().to_string();
-        assert!(msg.contains("\"half past never\"") && msg.contains(TIME_FORMATS), "{msg}");
+        assert!(
+            msg.contains("\"half past never\"") && msg.contains(TIME_FORMATS),
+            "{msg}"
+        );
         let examples: Vec<&str> = TIME_FORMATS
             .split('\'')
             .skip(1)
