@@ -294,12 +294,8 @@ impl SnapSource {
         if listing.taken.elapsed() >= CATALOGUE_REFRESH {
             // Failed listings are retried after the same delay, serving the last one meanwhile.
             listing.taken = Instant::now();
-            let mut known = listing.known.clone();
-            match self.list_catalogue(cat.backups, cat.wal, &mut known) {
-                Ok(dirs) => {
-                    listing.dirs = dirs;
-                    listing.known = known;
-                }
+            match self.list_catalogue(cat.backups, cat.wal, &mut listing.known) {
+                Ok(dirs) => listing.dirs = dirs,
                 Err(e) => tracing::warn!("cannot list the repository again: {e}"),
             }
         }
@@ -308,7 +304,7 @@ impl SnapSource {
 
     /// Lists the repository's backups and archived WAL as the entries of the catalogue's
     /// directories. Entries already in `known` keep their node; `known` is left holding
-    /// just what this listing found.
+    /// just what this listing found, or untouched if listing fails.
     fn list_catalogue(
         &self,
         backups_dir: NodeId,
