@@ -17,7 +17,7 @@ use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Chunk, NodeKind, LIST_FANOUT};
 use crate::store::{keys, Id, Repository, StoreError};
 use pgsnapfs_fuse::{Attr, DirEntry, Error as FsError, Kind, NodeId, Source};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +98,8 @@ struct Listing {
     /// What was listed, by a name that stays the same across listings (a backup id, a WAL
     /// key, a directory's path), so an entry keeps its node while it stays in the repository.
     known: HashMap<String, Known>,
+    /// Backup records that could not be read: tried again at each listing, reported once.
+    unreadable: HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -266,17 +268,18 @@ impl SnapSource {
             })
         };
         let (backups, wal) = (live(), live());
-        let mut known = HashMap::new();
+        let mut listing = Listing {
+            taken: Instant::now(),
+            dirs: HashMap::new(),
+            known: HashMap::new(),
+            unreadable: HashSet::new(),
+        };
         // The first listing fails the mount, rather than showing an empty catalogue.
-        let dirs = src.list_catalogue(backups, wal, &mut known)?;
+        listing.dirs = src.list_catalogue(backups, wal, &mut listing)?;
         let catalogue = Catalogue {
             backups,
             wal,
-            listing: Mutex::new(Listing {
-                taken: Instant::now(),
-                dirs,
-                known,
-            }),
+            listing: Mutex::new(listing),
         };
         let _ = src.catalogue.set(catalogue);
         let root = BTreeMap::from([("backups".to_string(), backups), ("wal".to_string(), wal)]);
@@ -294,7 +297,7 @@ impl SnapSource {
         if listing.taken.elapsed() >= CATALOGUE_REFRESH {
             // Failed listings are retried after the same delay, serving the last one meanwhile.
             listing.taken = Instant::now();
-            match self.list_catalogue(cat.backups, cat.wal, &mut listing.known) {
+            match self.list_catalogue(cat.backups, cat.wal, &mut listing) {
                 Ok(dirs) => listing.dirs = dirs,
                 Err(e) => tracing::warn!("cannot list the repository again: {e}"),
             }
@@ -303,14 +306,16 @@ impl SnapSource {
     }
 
     /// Lists the repository's backups and archived WAL as the entries of the catalogue's
-    /// directories. Entries already in `known` keep their node; `known` is left holding
-    /// just what this listing found, or untouched if listing fails.
+    /// directories. Entries the last listing knew keep their node; its `known` is left
+    /// holding just what this listing found, or untouched if listing fails.
     fn list_catalogue(
         &self,
         backups_dir: NodeId,
         wal_dir: NodeId,
-        known: &mut HashMap<String, Known>,
+        last: &mut Listing,
     ) -> Result<HashMap<NodeId, Arc<BTreeMap<String, NodeId>>>, StoreError> {
+        let known = &last.known;
+        let mut unreadable = HashSet::new();
         let mut seen: HashMap<String, Known> = HashMap::new();
         let mut node = |name: String, make: &dyn Fn() -> Known| -> Known {
             let k = known.get(&name).cloned().unwrap_or_else(make);
@@ -337,7 +342,10 @@ impl SnapSource {
                 None => match self.repo.load_snapshot(&id) {
                     Ok(s) => Some(Arc::new(s)),
                     Err(e) => {
-                        tracing::warn!("not shown: {e}");
+                        if !last.unreadable.contains(&id) {
+                            tracing::warn!("not shown: {e}");
+                        }
+                        unreadable.insert(id.clone());
                         None
                     }
                 },
@@ -398,7 +406,8 @@ impl SnapSource {
             }
         }
         dirs.insert(wal_dir, Arc::new(wal));
-        *known = seen;
+        last.known = seen;
+        last.unreadable = unreadable;
         Ok(dirs)
     }
 
