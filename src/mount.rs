@@ -680,6 +680,8 @@ impl Source for SnapSource {
     }
 
     fn entry_ttl(&self, dir: NodeId) -> Option<Duration> {
+        // Views never change: no lookup of theirs pays for the question.
+        self.catalogue.get()?;
         let node = self.node(dir).ok()?;
         matches!(node.data, Data::Live).then_some(CATALOGUE_REFRESH)
     }
