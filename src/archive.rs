@@ -92,8 +92,21 @@ pub fn resolve_system(repo: &Repository, given: Option<u64>) -> Result<System> {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Pushed {
+/// What `push` did with one file.
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Pushed {
+    /// The file's name, as in pg_wal.
+    pub name: String,
+    /// The object it is archived as.
+    pub key: String,
+    /// Its length.
+    pub bytes: u64,
+    pub outcome: PushOutcome,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushOutcome {
     Stored,
     /// An identical copy was already archived.
     AlreadyArchived,
@@ -181,21 +194,31 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         }
     }
     let key = keys::wal_file(sysid, file.tli(), name);
-    match repo.put_sealed(&key, &data) {
-        Ok(()) => Ok(Pushed::Stored),
-        Err(StoreError::Backend(BackendError::Conflict { .. })) => {
-            // Compare contents by digest: compression settings may differ between copies.
-            if repo.sealed_header(&key)?.digest == crate::store::Id::of(&data) {
-                Ok(Pushed::AlreadyArchived)
-            } else {
-                Err(Error::Failed(format!(
-                    "{name} is already archived in {key} with different content; refusing to \
-                     overwrite it. Two clusters may be archiving into one place, or this file \
-                     is damaged: compare the two before doing anything else"
-                )))
-            }
+    let pushed = |outcome| Pushed {
+        name: name.to_string(),
+        key: key.clone(),
+        bytes: data.len() as u64,
+        outcome,
+    };
+    // Asked first, so a retried push says what it found and does not upload the file again
+    // (a put of identical bytes succeeds silently).
+    if !repo.backend().exists(&key)? {
+        match repo.put_sealed(&key, &data) {
+            Ok(()) => return Ok(pushed(PushOutcome::Stored)),
+            // Published meanwhile by another push: judged below.
+            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
+    }
+    // Compare contents by digest: compression settings may differ between copies.
+    if repo.sealed_header(&key)?.digest == crate::store::Id::of(&data) {
+        Ok(pushed(PushOutcome::AlreadyArchived))
+    } else {
+        Err(Error::Failed(format!(
+            "{name} is already archived in {key} with different content; refusing to \
+             overwrite it. Two clusters may be archiving into one place, or this file \
+             is damaged: compare the two before doing anything else"
+        )))
     }
 }
 

@@ -9,7 +9,9 @@
 //! Memory: the referenced set holds, per pack, its id and byte counts (about 100 bytes), and
 //! per referenced blob 8 bytes (pack index and offset) in a hash set, about 16 bytes with the
 //! table's overhead; tree and chunk-list blobs add their 32-byte id once (one per 1024
-//! chunks). Repacking adds about 60 bytes per blob moved and holds one pack in memory.
+//! chunks). Repacking adds about 60 bytes per blob moved and holds one pack in memory. The
+//! repack plan keeps, per tree and chunk list, what it points at (about 80 bytes per
+//! reference), so that a dry run can follow the rewrites a real run makes.
 
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
@@ -102,6 +104,17 @@ struct Refs {
     live: Vec<u64>,
     blobs: HashSet<(u32, u32)>,
     walked: HashSet<Id>,
+    /// What each tree and chunk list points at, by content: the graph a repack plan walks.
+    meta: HashMap<Id, Meta>,
+}
+
+/// The references of one tree or chunk list.
+#[derive(Debug, Default, Clone)]
+struct Meta {
+    /// Sub-trees and chunk lists.
+    children: Vec<(Id, Loc)>,
+    /// The packs holding a list's chunks.
+    chunk_packs: Vec<Id>,
 }
 
 impl Refs {
@@ -135,25 +148,179 @@ impl Refs {
         if !self.walked.insert(r.id) {
             return Ok(());
         }
+        let mut children = Vec::new();
         for node in repo.load_dir(r)?.entries {
             match node.kind {
-                NodeKind::Dir { tree } => self.walk_dir(repo, &tree)?,
+                NodeKind::Dir { tree } => {
+                    children.push((tree.id, tree.loc));
+                    self.walk_dir(repo, &tree)?
+                }
                 NodeKind::File { lists, .. } => {
                     for l in lists {
+                        children.push((l.id, l.loc));
                         self.mark(&l.loc);
                         if self.walked.insert(l.id) {
+                            let mut chunk_packs = Vec::new();
                             for c in repo.load_chunk_list(&l)? {
                                 if let Some(loc) = c.loc {
                                     self.mark(&loc);
+                                    if !chunk_packs.contains(&loc.pack) {
+                                        chunk_packs.push(loc.pack);
+                                    }
                                 }
                             }
+                            let meta = Meta {
+                                children: Vec::new(),
+                                chunk_packs,
+                            };
+                            self.meta.insert(l.id, meta);
                         }
                     }
                 }
                 NodeKind::Symlink { .. } => {}
             }
         }
+        let meta = Meta {
+            children,
+            chunk_packs: Vec::new(),
+        };
+        self.meta.insert(r.id, meta);
         Ok(())
+    }
+
+    fn of(repo: &Repository, backups: &[Snapshot]) -> Result<Refs> {
+        let mut refs = Refs::default();
+        for b in backups {
+            refs.walk_dir(repo, &b.root)?;
+        }
+        Ok(refs)
+    }
+
+    /// Live bytes per pack.
+    fn live_map(&self) -> HashMap<Id, u64> {
+        self.index
+            .iter()
+            .map(|(p, i)| (*p, self.live[*i as usize]))
+            .collect()
+    }
+}
+
+/// What the repack rounds of a run do, worked out before anything is written: a dry run
+/// reports it, and a real run carries it out.
+#[derive(Debug, Default)]
+struct RepackPlan {
+    /// The packs each round repacks. Rewriting trees and chunk lists to point at moved
+    /// blobs supersedes their old copies, which may leave the packs holding them mostly dead:
+    /// the next round repacks those.
+    rounds: Vec<Vec<Id>>,
+    /// The backups rewritten (indexes into the backups walked), in the order a run does it.
+    rewritten: Vec<usize>,
+    /// Live bytes per pack once every round is done.
+    live: HashMap<Id, u64>,
+    /// About how many bytes the rounds write: the live blobs of the repacked packs, and the
+    /// rewritten trees and lists.
+    written: u64,
+}
+
+/// Plans the repack rounds over the backups' `roots`, given the pack `sizes`, the `live`
+/// bytes in each, the metadata graph, and the packs already being deleted (`skip`).
+fn plan_repack(
+    sizes: &HashMap<Id, u64>,
+    mut live: HashMap<Id, u64>,
+    meta: &HashMap<Id, Meta>,
+    roots: &[(Id, Loc)],
+    skip: &HashSet<Id>,
+    threshold: f64,
+) -> RepackPlan {
+    let mut plan = RepackPlan::default();
+    let mut released: HashSet<Id> = HashSet::new();
+    // Trees and lists already rewritten: they are in packs this run writes.
+    let mut moved: HashSet<(Id, Loc)> = HashSet::new();
+    for _ in 0..REPACK_ROUNDS {
+        let mut round: Vec<Id> = sizes
+            .iter()
+            .filter(|(id, size)| {
+                let l = live.get(*id).copied().unwrap_or(0);
+                !released.contains(*id)
+                    && !skip.contains(*id)
+                    && l > 0
+                    && (size.saturating_sub(l)) as f64 >= threshold * **size as f64
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if round.is_empty() {
+            break;
+        }
+        round.sort();
+        let repacked: HashSet<Id> = round.iter().copied().collect();
+        plan.written += round
+            .iter()
+            .map(|p| live.get(p).copied().unwrap_or(0))
+            .sum::<u64>();
+        let mut sim = Simulation {
+            meta,
+            repacked: &repacked,
+            moved: &mut moved,
+            live: &mut live,
+            written: 0,
+            memo: HashMap::new(),
+        };
+        for (i, root) in roots.iter().enumerate() {
+            if sim.rewrite(*root) && !plan.rewritten.contains(&i) {
+                plan.rewritten.push(i);
+            }
+        }
+        plan.written += sim.written;
+        // Everything in a repacked pack moved, or was rewritten elsewhere.
+        for p in &round {
+            live.insert(*p, 0);
+        }
+        released.extend(round.iter().copied());
+        plan.rounds.push(round);
+    }
+    plan.live = live;
+    plan
+}
+
+/// One round of a repack plan: which trees and lists change, as the `Rewriter` decides it.
+struct Simulation<'a> {
+    meta: &'a HashMap<Id, Meta>,
+    repacked: &'a HashSet<Id>,
+    moved: &'a mut HashSet<(Id, Loc)>,
+    live: &'a mut HashMap<Id, u64>,
+    written: u64,
+    memo: HashMap<(Id, Loc), bool>,
+}
+
+impl Simulation<'_> {
+    /// Whether the blob at `node` is stored anew: it is in a repacked pack, or a chunk or
+    /// child of it moves. Its old copy then no longer counts as live.
+    fn rewrite(&mut self, node: (Id, Loc)) -> bool {
+        if let Some(done) = self.memo.get(&node) {
+            return *done;
+        }
+        let meta = self.meta.get(&node.0).cloned().unwrap_or_default();
+        let mut changed = meta.chunk_packs.iter().any(|p| self.repacked.contains(p));
+        for child in meta.children {
+            // Every child is visited: each one rewritten supersedes its own old copy.
+            changed |= self.rewrite(child);
+        }
+        let in_place = !self.moved.contains(&node);
+        changed |= in_place && self.repacked.contains(&node.1.pack);
+        if changed {
+            let cost = node.1.stored_len as u64 + pack::ENTRY_LEN as u64;
+            if in_place {
+                if let Some(l) = self.live.get_mut(&node.1.pack) {
+                    *l = l.saturating_sub(cost);
+                }
+                self.moved.insert(node);
+            }
+            if !(in_place && self.repacked.contains(&node.1.pack)) {
+                self.written += cost;
+            }
+        }
+        self.memo.insert(node, changed);
+        changed
     }
 }
 
@@ -203,10 +370,7 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
     };
     let mut alive = others()?;
     let mut backups = load_backups(repo)?;
-    let mut refs = Refs::default();
-    for b in &backups {
-        refs.walk_dir(repo, &b.root)?;
-    }
+    let mut refs = Refs::of(repo, &backups)?;
 
     // Phase 2 of earlier runs: delete what they condemned once nobody alive then remains.
     // Packs still waiting are condemned again below, with the leases alive now.
@@ -236,52 +400,54 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
     }
 
     // Repack: live blobs of mostly-dead packs move to new packs, and the backups using them
-    // are rewritten to point there; the old packs are then unreferenced. Rewriting supersedes
-    // trees and chunk lists, which live in packs of their own: those packs may now be mostly
-    // dead in turn, so the selection runs again on what is live after the rewrite.
+    // are rewritten to point there; the old packs are then unreferenced. The rounds are
+    // planned first, so a dry run reports exactly what a real run does.
+    let roots: Vec<(Id, Loc)> = backups.iter().map(|b| (b.root.id, b.root.loc)).collect();
+    let plan = plan_repack(
+        &sizes,
+        refs.live_map(),
+        &refs.meta,
+        &roots,
+        &deleted,
+        opts.repack_threshold,
+    );
     let mut released: HashSet<Id> = HashSet::new();
-    for _ in 0..REPACK_ROUNDS {
-        let mut mostly_dead: Vec<Id> = sizes
+    for round in &plan.rounds {
+        report.repacked_packs += round.len() as u64;
+        report.repacked_bytes += round.iter().map(|p| sizes[p]).sum::<u64>();
+        released.extend(round.iter().copied());
+    }
+    if opts.dry_run {
+        report.written_bytes = plan.written;
+        report.rewritten_backups = plan
+            .rewritten
             .iter()
-            .filter(|(id, size)| {
-                let live = refs.live_bytes(id);
-                !released.contains(*id)
-                    && !deleted.contains(*id)
-                    && live > 0
-                    && (size.saturating_sub(live)) as f64 >= opts.repack_threshold * **size as f64
-            })
-            .map(|(id, _)| *id)
+            .map(|i| backups[*i].id.clone())
             .collect();
-        if mostly_dead.is_empty() {
-            break;
-        }
-        mostly_dead.sort();
-        report.repacked_packs += mostly_dead.len() as u64;
-        report.repacked_bytes += mostly_dead.iter().map(|p| sizes[p]).sum::<u64>();
-        if opts.dry_run {
-            released.extend(mostly_dead);
-            break;
-        }
-        let done = repack(repo, &backups, &refs, &mostly_dead, &held)?;
-        report.written_bytes += done.written;
-        for id in done.rewritten {
-            if !report.rewritten_backups.contains(&id) {
-                report.rewritten_backups.push(id);
+    } else {
+        for round in &plan.rounds {
+            let done = repack(repo, &backups, &refs, round, &held)?;
+            report.written_bytes += done.written;
+            for id in done.rewritten {
+                if !report.rewritten_backups.contains(&id) {
+                    report.rewritten_backups.push(id);
+                }
             }
-        }
-        released.extend(done.emptied);
-        released.extend(mostly_dead);
-        backups = load_backups(repo)?;
-        refs = Refs::default();
-        for b in &backups {
-            refs.walk_dir(repo, &b.root)?;
+            released.extend(done.emptied);
+            backups = load_backups(repo)?;
+            refs = Refs::of(repo, &backups)?;
         }
     }
+    // What the backups use once repacked: as planned, or as found after the real rounds.
+    let used = |p: &Id| match opts.dry_run {
+        true => plan.live.get(p).is_some_and(|l| *l > 0),
+        false => refs.uses(p),
+    };
 
     // Phase 1: condemn what is unreferenced now.
     let mut packs: Vec<Id> = sizes
         .keys()
-        .filter(|p| !deleted.contains(p) && (!refs.uses(p) || released.contains(p)))
+        .filter(|p| !deleted.contains(p) && (!used(p) || released.contains(p)))
         .copied()
         .collect();
     packs.sort();
@@ -753,6 +919,167 @@ mod tests {
         assert_eq!((again.deleted_packs, again.repacked_packs), (0, 0));
         // Below the threshold nothing is repacked.
         assert_eq!(run(&repo, &opts(1.0), Some(&gc)).unwrap().repacked_packs, 0);
+    }
+
+    /// A backup of one file whose chunks go to `data` and whose tree and list go to `meta`,
+    /// as a backup keeps them in packs of their own. Both packers are flushed by the caller.
+    fn split_backup(
+        repo: &Repository,
+        id: &str,
+        data: &mut Packer,
+        meta: &mut Packer,
+        bytes: &[u8],
+    ) {
+        let c = data.add_blob(BlobType::Data, bytes).unwrap();
+        let chunk = Chunk {
+            id: c.id,
+            len: c.len,
+            loc: Some(c.loc),
+        };
+        let list = meta
+            .add_blob(BlobType::ChunkList, &encode_chunk_list(&[chunk]))
+            .unwrap();
+        let dir = Dir {
+            entries: vec![Node {
+                name: id.into(),
+                mode: 0o600,
+                mtime: 0,
+                kind: NodeKind::File {
+                    size: bytes.len() as u64,
+                    lists: vec![list],
+                },
+            }],
+        };
+        let root = meta
+            .add_blob(BlobType::Tree, &serde_json::to_vec(&dir).unwrap())
+            .unwrap();
+        repo.save_snapshot(&snapshot::sample(id, root)).unwrap();
+    }
+
+    /// Repacking a data pack rewrites the trees and lists pointing into it, which leaves their
+    /// metadata pack mostly dead: a second round repacks that one. The dry run says so, and
+    /// reports exactly what the real run then does.
+    #[test]
+    fn dry_run_plans_the_second_round_the_real_run_does() {
+        let (mem, repo) = setup();
+        let (mut data, mut meta) = (Packer::new(&repo, 1 << 20), Packer::new(&repo, 1 << 20));
+        // One data pack: a big chunk of "gone", small ones of e..h. One metadata pack for all.
+        split_backup(&repo, "gone", &mut data, &mut meta, &noise(0, 20000));
+        for (i, id) in ["e", "f", "g", "h"].iter().enumerate() {
+            split_backup(&repo, id, &mut data, &mut meta, &noise(i as u8 + 1, 100));
+        }
+        data.flush().unwrap();
+        // i and j keep their data elsewhere, so their trees and lists stay put in round one.
+        let mut other = Packer::new(&repo, 1 << 20);
+        for (i, id) in ["i", "j", "k"].iter().enumerate() {
+            split_backup(&repo, id, &mut other, &mut meta, &noise(i as u8 + 10, 3000));
+        }
+        other.flush().unwrap();
+        meta.flush().unwrap();
+        mem.delete(&keys::snapshot("gone")).unwrap();
+
+        let dry = run(
+            &repo,
+            &GcOptions {
+                repack_threshold: 0.5,
+                dry_run: true,
+            },
+            None,
+        )
+        .unwrap();
+        let gc = Lease::exclusive(&repo, "gc").unwrap();
+        let real = run(&repo, &opts(0.5), Some(&gc)).unwrap();
+        assert_eq!(real.repacked_packs, 2, "two rounds: {real:?}");
+        let summary = |r: &GcReport| {
+            let mut rewritten = r.rewritten_backups.clone();
+            rewritten.sort();
+            (
+                r.repacked_packs,
+                r.repacked_bytes,
+                r.deleted_packs,
+                r.freed_bytes,
+                r.condemned_packs,
+                rewritten,
+            )
+        };
+        assert_eq!(
+            summary(&dry),
+            summary(&real),
+            "dry run {dry:?}\nreal run {real:?}"
+        );
+        for id in ["e", "f", "g", "h", "i", "j", "k"] {
+            assert!(!file(&repo, id).is_empty(), "{id}");
+        }
+        let again = run(&repo, &opts(0.5), Some(&gc)).unwrap();
+        assert_eq!((again.deleted_packs, again.repacked_packs), (0, 0));
+    }
+
+    /// The plan on a graph built by hand: a list whose chunk moves is rewritten with its tree,
+    /// and the metadata pack they leave is the next round's.
+    #[test]
+    fn repack_plan_follows_rewrites_into_a_second_round() {
+        let id = |b: u8| Id([b; 32]);
+        let loc = |pack: u8, offset: u32| Loc {
+            pack: id(pack),
+            offset,
+            stored_len: 52,
+        };
+        let (data, metap, other) = (id(1), id(2), id(3));
+        let entry = 52 + pack::ENTRY_LEN as u64;
+        // Two backups: tree A -> list a (chunk in `data`); tree B -> list b (chunk in `other`).
+        // All four metadata blobs are in `metap`; data is mostly dead, metap is not yet.
+        let (tree_a, list_a) = ((id(10), loc(2, 0)), (id(11), loc(2, 100)));
+        let (tree_b, list_b) = ((id(12), loc(2, 200)), (id(13), loc(2, 300)));
+        let mut meta = HashMap::new();
+        meta.insert(
+            tree_a.0,
+            Meta {
+                children: vec![list_a],
+                chunk_packs: vec![],
+            },
+        );
+        meta.insert(
+            list_a.0,
+            Meta {
+                children: vec![],
+                chunk_packs: vec![data],
+            },
+        );
+        meta.insert(
+            tree_b.0,
+            Meta {
+                children: vec![list_b],
+                chunk_packs: vec![],
+            },
+        );
+        meta.insert(
+            list_b.0,
+            Meta {
+                children: vec![],
+                chunk_packs: vec![other],
+            },
+        );
+        let sizes = HashMap::from([(data, 10_000), (metap, 4 * entry + 50), (other, 2_000)]);
+        let live = HashMap::from([(data, 1_000), (metap, 4 * entry), (other, 1_900)]);
+        let plan = plan_repack(&sizes, live, &meta, &[tree_a, tree_b], &HashSet::new(), 0.5);
+        // Round one moves the chunk: list a and tree A are rewritten, half of metap is dead.
+        // Round two repacks metap, which rewrites B too.
+        assert_eq!(plan.rounds, vec![vec![data], vec![metap]]);
+        assert_eq!(plan.rewritten, vec![0, 1]);
+        assert_eq!(plan.live[&data], 0);
+        assert_eq!(plan.live[&metap], 0);
+        assert_eq!(plan.live[&other], 1_900);
+        // Below the threshold, nothing.
+        let live = HashMap::from([(data, 1_000), (metap, 4 * entry), (other, 1_900)]);
+        let plan = plan_repack(
+            &sizes,
+            live,
+            &meta,
+            &[tree_a, tree_b],
+            &HashSet::new(),
+            0.95,
+        );
+        assert!(plan.rounds.is_empty() && plan.rewritten.is_empty());
     }
 
     #[test]

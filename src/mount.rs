@@ -1,23 +1,28 @@
 //! The mount adapter: serves backups from the repository as a `pgsnapfs_fuse::Source`.
 //!
 //! This is the one place where the store, PostgreSQL and the FUSE crate meet. Two trees:
-//! the catalogue (`backups/<id>/`, `latest`, `wal/<timeline>/`), and the view of one
+//! the catalogue (`backups/<id>/`, `backups/latest/`, `wal/<timeline>/`), and the view of one
 //! backup prepared for a server to start on (recovery settings, `pg_wal` on scratch,
 //! tablespaces as links). Nodes are created lazily as directories are first listed, so
 //! memory grows with what is looked at; chunks are cached in a bounded LRU.
+//!
+//! The catalogue follows the repository: its own directories (`backups/`, `wal/` and the
+//! timelines below) are listed again when a lookup or listing finds them older than
+//! [`CATALOGUE_REFRESH`], and tell the kernel to keep their names no longer than that. A
+//! backup's tree never changes, so everything below `backups/<id>/` is cached for good.
 
-use crate::archive::{self, System};
+use crate::archive;
 use crate::store::cache::BlobCache;
 use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Chunk, NodeKind, LIST_FANOUT};
 use crate::store::{keys, Id, Repository, StoreError};
 use pgsnapfs_fuse::{Attr, DirEntry, Error as FsError, Kind, NodeId, Source};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where the view keeps tablespace contents; `pg_tblspc/<oid>` links point here, because
 /// PostgreSQL insists that entries of pg_tblspc are symbolic links.
@@ -63,6 +68,8 @@ enum Data {
         content: Content,
     },
     Symlink(PathBuf),
+    /// A directory of the catalogue whose entries follow the repository (`Catalogue`).
+    Live,
 }
 
 struct NodeData {
@@ -74,6 +81,34 @@ struct NodeData {
 /// Chunks read ahead of a sequential reader.
 const READ_AHEAD_CHUNKS: usize = 8;
 
+/// How old a listing of the catalogue's directories may get before it is taken again.
+pub const CATALOGUE_REFRESH: Duration = Duration::from_secs(2);
+
+/// The catalogue's directories that follow the repository, and their latest listing.
+struct Catalogue {
+    backups: NodeId,
+    wal: NodeId,
+    listing: Mutex<Listing>,
+}
+
+struct Listing {
+    taken: Instant,
+    /// The entries of each `Data::Live` directory.
+    dirs: HashMap<NodeId, Arc<BTreeMap<String, NodeId>>>,
+    /// What was listed, by a name that stays the same across listings (a backup id, a WAL
+    /// key, a directory's path), so an entry keeps its node while it stays in the repository.
+    known: HashMap<String, Known>,
+    /// Backup records that could not be read: tried again at each listing, reported once.
+    unreadable: HashSet<String>,
+}
+
+#[derive(Clone)]
+struct Known {
+    node: NodeId,
+    /// For backups: to find the newest one without reading its record again.
+    snapshot: Option<Arc<Snapshot>>,
+}
+
 /// A tree of backups served to the FUSE layer.
 pub struct SnapSource {
     repo: Arc<Repository>,
@@ -82,6 +117,8 @@ pub struct SnapSource {
     tablespace_base: Option<PathBuf>,
     /// Runs of chunks to fetch ahead; a full queue drops the request.
     read_ahead: crossbeam_channel::Sender<Vec<Chunk>>,
+    /// Set for the catalogue.
+    catalogue: OnceLock<Catalogue>,
 }
 
 fn eio(e: StoreError) -> FsError {
@@ -121,6 +158,7 @@ impl SnapSource {
             cache,
             tablespace_base,
             read_ahead: tx,
+            catalogue: OnceLock::new(),
         }
     }
 
@@ -220,75 +258,171 @@ impl SnapSource {
 
     /// The read-only catalogue of every backup and all archived WAL.
     pub fn catalogue(repo: Arc<Repository>, cache_bytes: usize) -> Result<SnapSource, StoreError> {
-        let src = SnapSource::new(repo.clone(), cache_bytes, None);
+        let src = SnapSource::new(repo, cache_bytes, None);
         src.reserve_root();
-        let mut backups = BTreeMap::new();
-        let mut newest: Option<Snapshot> = None;
-        for snap in repo.snapshots()? {
-            match snap {
-                Ok(s) => {
-                    backups.insert(
-                        s.id.clone(),
-                        src.tree_dir(s.root, s.chunk_size, s.root_mode, s.root_mtime, false),
-                    );
-                    newest = Some(s);
-                }
-                Err(e) => tracing::warn!("not shown: {e}"),
-            }
-        }
-        if let Some(s) = &newest {
-            backups.insert("latest".into(), src.symlink(PathBuf::from(&s.id)));
-        }
-        let systems =
-            archive::systems(&repo).map_err(|e| StoreError::corrupt("systems/", e.to_string()))?;
-        let mut wal = BTreeMap::new();
-        for system in &systems {
-            let timelines = src.wal_dirs(&repo, system)?;
-            if systems.len() == 1 {
-                wal = timelines;
-            } else {
-                wal.insert(system.system_identifier.clone(), src.virtual_dir(timelines));
-            }
-        }
-        let mut root = BTreeMap::new();
-        root.insert("backups".to_string(), src.virtual_dir(backups));
-        root.insert("wal".to_string(), src.virtual_dir(wal));
+        let live = || {
+            src.add(NodeData {
+                mode: 0o700,
+                mtime: now(),
+                data: Data::Live,
+            })
+        };
+        let (backups, wal) = (live(), live());
+        let mut listing = Listing {
+            taken: Instant::now(),
+            dirs: HashMap::new(),
+            known: HashMap::new(),
+            unreadable: HashSet::new(),
+        };
+        // The first listing fails the mount, rather than showing an empty catalogue.
+        listing.dirs = src.list_catalogue(backups, wal, &mut listing)?;
+        let catalogue = Catalogue {
+            backups,
+            wal,
+            listing: Mutex::new(listing),
+        };
+        let _ = src.catalogue.set(catalogue);
+        let root = BTreeMap::from([("backups".to_string(), backups), ("wal".to_string(), wal)]);
         src.set_root(0o700, now(), root);
         Ok(src)
     }
 
-    fn wal_dirs(
-        &self,
-        repo: &Repository,
-        system: &System,
-    ) -> Result<BTreeMap<String, NodeId>, StoreError> {
-        let sysid: u64 = system.system_identifier.parse().unwrap_or(0);
-        let mut by_tli: BTreeMap<String, BTreeMap<String, NodeId>> = BTreeMap::new();
-        for key in repo.backend().list(&keys::wal_system(sysid))? {
-            let mut parts = key.rsplit('/');
-            let (Some(name), Some(tli)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let node = self.add(NodeData {
-                mode: 0o600,
-                mtime: 0,
-                data: Data::File {
-                    size: 0,
-                    content: Content::Sealed {
-                        key: key.clone(),
-                        len: OnceLock::new(),
-                    },
-                },
-            });
-            by_tli
-                .entry(tli.to_string())
-                .or_default()
-                .insert(name.to_string(), node);
+    /// The entries of catalogue directory `id`, listed again if the listing is too old.
+    fn live_children(&self, id: NodeId) -> Result<Arc<BTreeMap<String, NodeId>>, FsError> {
+        let cat = self
+            .catalogue
+            .get()
+            .ok_or_else(|| FsError::io(format!("node {id} is not in a catalogue")))?;
+        let mut listing = cat.listing.lock().unwrap_or_else(|e| e.into_inner());
+        if listing.taken.elapsed() >= CATALOGUE_REFRESH {
+            // Failed listings are retried after the same delay, serving the last one meanwhile.
+            listing.taken = Instant::now();
+            match self.list_catalogue(cat.backups, cat.wal, &mut listing) {
+                Ok(dirs) => listing.dirs = dirs,
+                Err(e) => tracing::warn!("cannot list the repository again: {e}"),
+            }
         }
-        Ok(by_tli
-            .into_iter()
-            .map(|(tli, files)| (tli, self.virtual_dir(files)))
-            .collect())
+        Ok(listing.dirs.get(&id).cloned().unwrap_or_default())
+    }
+
+    /// Lists the repository's backups and archived WAL as the entries of the catalogue's
+    /// directories. Entries the last listing knew keep their node; its `known` is left
+    /// holding just what this listing found, or untouched if listing fails.
+    fn list_catalogue(
+        &self,
+        backups_dir: NodeId,
+        wal_dir: NodeId,
+        last: &mut Listing,
+    ) -> Result<HashMap<NodeId, Arc<BTreeMap<String, NodeId>>>, StoreError> {
+        let known = &last.known;
+        let mut unreadable = HashSet::new();
+        let mut seen: HashMap<String, Known> = HashMap::new();
+        let mut node = |name: String, make: &dyn Fn() -> Known| -> Known {
+            let k = known.get(&name).cloned().unwrap_or_else(make);
+            seen.insert(name, k.clone());
+            k
+        };
+        let tree =
+            |s: &Snapshot| self.tree_dir(s.root, s.chunk_size, s.root_mode, s.root_mtime, false);
+        let live = || Known {
+            node: self.add(NodeData {
+                mode: 0o700,
+                mtime: now(),
+                data: Data::Live,
+            }),
+            snapshot: None,
+        };
+        let mut dirs = HashMap::new();
+
+        let mut backups = BTreeMap::new();
+        let mut newest: Option<Arc<Snapshot>> = None;
+        for id in self.repo.snapshot_ids()? {
+            let snapshot = match known.get(&format!("backups/{id}")) {
+                Some(k) => k.snapshot.clone(),
+                None => match self.repo.load_snapshot(&id) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        if !last.unreadable.contains(&id) {
+                            tracing::warn!("not shown: {e}");
+                        }
+                        unreadable.insert(id.clone());
+                        None
+                    }
+                },
+            };
+            let Some(snap) = snapshot else { continue };
+            let k = node(format!("backups/{id}"), &|| Known {
+                node: tree(&snap),
+                snapshot: Some(snap.clone()),
+            });
+            backups.insert(id, k.node);
+            if newest
+                .as_ref()
+                .is_none_or(|n| n.stop_time <= snap.stop_time)
+            {
+                newest = Some(snap);
+            }
+        }
+        // A directory, not a link, so `cp -r backups/latest` copies the backup itself.
+        if let Some(s) = newest {
+            let k = node(format!("latest/{}", s.id), &|| Known {
+                node: tree(&s),
+                snapshot: None,
+            });
+            backups.insert("latest".into(), k.node);
+        }
+        dirs.insert(backups_dir, Arc::new(backups));
+
+        let systems = archive::systems(&self.repo)
+            .map_err(|e| StoreError::corrupt("systems/", e.to_string()))?;
+        let mut wal = BTreeMap::new();
+        for system in &systems {
+            let sysid: u64 = system.system_identifier.parse().unwrap_or(0);
+            let mut by_tli: BTreeMap<String, BTreeMap<String, NodeId>> = BTreeMap::new();
+            for key in self.repo.backend().list(&keys::wal_system(sysid))? {
+                let mut parts = key.rsplit('/');
+                let (Some(name), Some(tli)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let (name, tli) = (name.to_string(), tli.to_string());
+                let k = node(key.clone(), &|| Known {
+                    node: self.sealed_file(&key),
+                    snapshot: None,
+                });
+                by_tli.entry(tli).or_default().insert(name, k.node);
+            }
+            let mut timelines = BTreeMap::new();
+            for (tli, files) in by_tli {
+                let dir = node(format!("wal/{sysid}/{tli}"), &live).node;
+                dirs.insert(dir, Arc::new(files));
+                timelines.insert(tli, dir);
+            }
+            if systems.len() == 1 {
+                wal = timelines;
+            } else {
+                let dir = node(format!("wal/{sysid}"), &live).node;
+                dirs.insert(dir, Arc::new(timelines));
+                wal.insert(system.system_identifier.clone(), dir);
+            }
+        }
+        dirs.insert(wal_dir, Arc::new(wal));
+        last.known = seen;
+        last.unreadable = unreadable;
+        Ok(dirs)
+    }
+
+    fn sealed_file(&self, key: &str) -> NodeId {
+        self.add(NodeData {
+            mode: 0o600,
+            mtime: 0,
+            data: Data::File {
+                size: 0,
+                content: Content::Sealed {
+                    key: key.to_string(),
+                    len: OnceLock::new(),
+                },
+            },
+        })
     }
 
     /// A backup's data directory with `changes` applied to its root, for a server to start on.
@@ -479,7 +613,7 @@ fn now() -> i64 {
 
 fn kind_of(data: &Data) -> Kind {
     match data {
-        Data::Dir { .. } => Kind::Dir,
+        Data::Dir { .. } | Data::Live => Kind::Dir,
         Data::File { .. } => Kind::File,
         Data::Symlink(_) => Kind::Symlink,
     }
@@ -491,13 +625,16 @@ impl Source for SnapSource {
         let Some(name) = name.to_str() else {
             return Ok(None);
         };
+        if let Data::Live = node.data {
+            return Ok(self.live_children(parent)?.get(name).copied());
+        }
         Ok(self.children(&node)?.get(name).copied())
     }
 
     fn getattr(&self, id: NodeId) -> Result<Attr, FsError> {
         let node = self.node(id)?;
         let size = match &node.data {
-            Data::Dir { .. } => 4096,
+            Data::Dir { .. } | Data::Live => 4096,
             Data::File {
                 size,
                 content: Content::Sealed { key, len },
@@ -522,7 +659,14 @@ impl Source for SnapSource {
 
     fn readdir(&self, id: NodeId) -> Result<Vec<DirEntry>, FsError> {
         let node = self.node(id)?;
-        let children = self.children(&node)?;
+        let live;
+        let children = match node.data {
+            Data::Live => {
+                live = self.live_children(id)?;
+                &*live
+            }
+            _ => self.children(&node)?,
+        };
         children
             .iter()
             .map(|(name, &child)| {
@@ -533,6 +677,13 @@ impl Source for SnapSource {
                 })
             })
             .collect()
+    }
+
+    fn entry_ttl(&self, dir: NodeId) -> Option<Duration> {
+        // Views never change: no lookup of theirs pays for the question.
+        self.catalogue.get()?;
+        let node = self.node(dir).ok()?;
+        matches!(node.data, Data::Live).then_some(CATALOGUE_REFRESH)
     }
 
     fn readlink(&self, id: NodeId) -> Result<PathBuf, FsError> {

@@ -66,7 +66,7 @@ pub fn check_empty(dir: &Path, what: &str) -> Result<()> {
         Ok(mut entries) => match entries.next() {
             None => Ok(()),
             Some(_) => Err(Error::BadInput(format!(
-                "{what} {} is not empty; restore needs an empty or missing directory",
+                "{what} {} is not empty; use an empty or missing directory",
                 dir.display()
             ))),
         },

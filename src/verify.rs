@@ -16,6 +16,7 @@ use crate::store::diskcache::CacheCounts;
 use crate::store::Repository;
 use crate::view::{self, Owner};
 use serde::Serialize;
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ pub struct VerifyOptions {
     pub user: String,
     pub pg_bin: Option<PathBuf>,
     /// SQL assertions: each statement must return one row holding true.
-    pub assertions: Vec<String>,
+    pub assertions: Vec<Assertion>,
     pub work_dir: PathBuf,
     pub cache_bytes: usize,
 }
@@ -256,11 +257,7 @@ fn check_all(
     report.databases = databases.len();
     report.amcheck = true;
     for db in &databases {
-        let dbname = format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"));
-        let s = Server::connect(&ConnOpts {
-            dbname: Some(dbname),
-            ..conn.clone()
-        })?;
+        let s = Server::connect(&in_database(conn, db))?;
         let amcheck = s.execute("CREATE EXTENSION IF NOT EXISTS amcheck").is_ok();
         report.amcheck &= amcheck;
         let tables = s.query_strings(
@@ -305,55 +302,155 @@ fn check_all(
             }
         }
     }
-    for sql in &opts.assertions {
+    let mut sessions: HashMap<&str, Server> = HashMap::new();
+    for Assertion { dbname: db, sql } in &opts.assertions {
         report.assertions += 1;
-        match server.query_bool(sql) {
+        let session = match sessions.entry(db) {
+            Entry::Occupied(s) => s.into_mut(),
+            Entry::Vacant(v) => match Server::connect(&in_database(conn, db)) {
+                Ok(s) => v.insert(s),
+                Err(e) => {
+                    report.problems.push(format!(
+                        "assertion not run: {sql}: cannot connect to database {db}: {e}"
+                    ));
+                    continue;
+                }
+            },
+        };
+        match session.query_bool(sql) {
             Ok(true) => {}
             Ok(false) => report
                 .problems
-                .push(format!("assertion returned false: {sql}")),
+                .push(format!("assertion returned false in database {db}: {sql}")),
             Err(e) => report
                 .problems
-                .push(format!("assertion failed: {sql}: {e}")),
+                .push(format!("assertion failed in database {db}: {sql}: {e}")),
         }
     }
     Ok(())
 }
 
-/// Splits an assertions file into statements at semicolons that end a line.
-pub fn split_sql(text: &str) -> Vec<String> {
+/// The connection options of `conn` for database `db`.
+fn in_database(conn: &ConnOpts, db: &str) -> ConnOpts {
+    let dbname = format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"));
+    ConnOpts {
+        dbname: Some(dbname),
+        ..conn.clone()
+    }
+}
+
+/// One statement of an assertions file, and the database it runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assertion {
+    pub dbname: String,
+    pub sql: String,
+}
+
+/// Splits an assertions file into statements at semicolons that end a line. Statements run
+/// in `dbname` until a `\connect DB` (or `\c DB`) line, as in psql, switches to DB.
+pub fn parse_assertions(text: &str, dbname: &str) -> Result<Vec<Assertion>> {
     let mut out = Vec::new();
+    let mut db = dbname.to_string();
     let mut current = String::new();
-    for line in text.lines() {
+    let mut flush = |current: &mut String, db: &str| {
+        let sql = current.trim().trim_end_matches(';').trim_end();
+        if !sql.is_empty() {
+            out.push(Assertion {
+                dbname: db.to_string(),
+                sql: sql.to_string(),
+            });
+        }
+        current.clear();
+    };
+    for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        if let Some(meta) = trimmed.strip_prefix('\\') {
+            let (command, rest) = meta.split_once(char::is_whitespace).unwrap_or((meta, ""));
+            let rest = rest.trim();
+            // One name, bare or quoted as psql quotes it.
+            let name = match rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                Some(quoted) => quoted,
+                None if !rest.contains(char::is_whitespace) => rest.trim_matches('\''),
+                None => "",
+            };
+            match command {
+                "connect" | "c" if !name.is_empty() => {}
+                _ => {
+                    return Err(Error::BadInput(format!(
+                        "line {}: {trimmed:?}: the only backslash command assertions may use is \
+                         \\connect DBNAME",
+                        n + 1
+                    )))
+                }
+            }
+            flush(&mut current, &db);
+            db = name.to_string();
             continue;
         }
         current.push_str(line);
         current.push('\n');
         if trimmed.ends_with(';') {
-            out.push(current.trim().trim_end_matches(';').to_string());
-            current.clear();
+            flush(&mut current, &db);
         }
     }
-    if !current.trim().is_empty() {
-        out.push(current.trim().to_string());
-    }
-    out
+    flush(&mut current, &db);
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{parse_assertions, Assertion};
+
+    fn parsed(text: &str) -> Vec<(String, String)> {
+        parse_assertions(text, "postgres")
+            .unwrap()
+            .into_iter()
+            .map(|Assertion { dbname, sql }| (dbname, sql))
+            .collect()
+    }
+
+    fn pairs(want: &[(&str, &str)]) -> Vec<(String, String)> {
+        want.iter()
+            .map(|(d, s)| (d.to_string(), s.to_string()))
+            .collect()
+    }
+
     #[test]
     fn splits_statements_at_line_ending_semicolons() {
         let sql = "-- rows are there\nSELECT count(*) > 0\n  FROM t;\n\nSELECT true;\nSELECT 'a;b' = 'a;b'";
         assert_eq!(
-            super::split_sql(sql),
-            vec![
-                "SELECT count(*) > 0\n  FROM t",
-                "SELECT true",
-                "SELECT 'a;b' = 'a;b'"
-            ]
+            parsed(sql),
+            pairs(&[
+                ("postgres", "SELECT count(*) > 0\n  FROM t"),
+                ("postgres", "SELECT true"),
+                ("postgres", "SELECT 'a;b' = 'a;b'"),
+            ])
         );
+    }
+
+    #[test]
+    fn connect_switches_the_database_for_what_follows() {
+        let sql = "SELECT 1 = 1;\n\\connect appdb\nSELECT count(*) > 0 FROM orders;\n\
+                   SELECT true\n\\c \"other db\"\nSELECT 2 = 2;\n";
+        assert_eq!(
+            parse_assertions(sql, "start").unwrap(),
+            [
+                ("start", "SELECT 1 = 1"),
+                ("appdb", "SELECT count(*) > 0 FROM orders"),
+                ("appdb", "SELECT true"),
+                ("other db", "SELECT 2 = 2"),
+            ]
+            .map(|(d, s)| Assertion {
+                dbname: d.into(),
+                sql: s.into()
+            })
+        );
+        for bad in ["\\connect", "\\set x 1", "\\c a b"] {
+            let e = parse_assertions(bad, "postgres").unwrap_err().to_string();
+            assert!(e.contains("line 1") && e.contains("connect"), "{e}");
+        }
     }
 }

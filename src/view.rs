@@ -60,6 +60,18 @@ fn mkdir_owned(path: &Path, owner: Owner) -> Result<()> {
         .map_err(io(format!("chown {}", path.display())))
 }
 
+/// Creates `path` and its missing parents, each owned by `owner` so its server can reach
+/// what is below.
+fn mkdir_owned_all(path: &Path, owner: Owner) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        mkdir_owned_all(parent, owner)?;
+    }
+    mkdir_owned(path, owner)
+}
+
 /// The settings of a view's pgsnapfs block in postgresql.auto.conf: recovery, plus what
 /// a throw-away server needs (no archiving, hot standby, shared_buffers for replay).
 fn settings_text(settings: &RecoverySettings, major: u32, shared_buffers: &str) -> String {
@@ -152,9 +164,7 @@ pub fn prepare(
     shared_buffers: &str,
 ) -> Result<ViewChanges> {
     crate::restore::check_empty(scratch, "scratch directory")?;
-    if !scratch.exists() {
-        mkdir_owned(scratch, owner)?;
-    }
+    mkdir_owned_all(scratch, owner)?;
     let wal = scratch.join("pg_wal");
     mkdir_owned(&wal, owner)?;
     mkdir_owned(&wal.join("archive_status"), owner)?;

@@ -339,13 +339,32 @@ fn wal_push_is_idempotent_and_refuses_different_content(store: Store) {
     let name = &names[0];
     let original = std::fs::read(source.data.join("pg_wal").join(name)).expect("read segment");
 
-    push_from_pg_wal(&repo, &source, name).assert_ok();
-    let again = pgsnapfs_in(
-        &source.data,
-        &repo.args("wal-push", &["--json", &format!("pg_wal/{name}")]),
-    )
-    .assert_ok()
-    .json();
+    // -v: the second push logs that the segment was already there.
+    let push_json = || {
+        pgsnapfs_in(
+            &source.data,
+            &repo.args("wal-push", &["-v", "--json", &format!("pg_wal/{name}")]),
+        )
+        .assert_ok()
+    };
+    let first = push_json().json();
+    let again = push_json();
+    // A log on a pipe (archive_command's stderr goes to the server log) has no colour codes.
+    let log = again.stderr_str();
+    assert!(
+        log.contains("already archived") && !log.contains('\u{1b}'),
+        "{}",
+        again.report()
+    );
+    let again = again.json();
+    // Both runs say what happened, in the same shape.
+    assert_eq!(first["outcome"], "stored", "{first}");
+    assert_eq!(again["outcome"], "already_archived", "{again}");
+    for out in [&first, &again] {
+        assert_eq!(out["name"], name.as_str(), "{out}");
+        assert_eq!(json_u64(out, "bytes"), original.len() as u64, "{out}");
+        assert!(json_str(out, "key").ends_with(name.as_str()), "{out}");
+    }
     if store == Store::S3 {
         // A constant handful per segment: config, cluster record, two conditional PUTs and
         // the reads that find the existing objects identical.

@@ -162,11 +162,12 @@ fn backup_of_stopped_server() {
 
 /// Runs a restore that must be refused with exit 2 and a message containing `mention`; checks
 /// nothing was written to the repository or the destination.
-fn refused_restore(repo: &Repo, args: &[&str], mention: &str) {
+fn refused_restore(repo: &Repo, args: &[&str], mention: &str) -> Run {
     let out = TestDir::new("restore");
     let dest = out.join("data");
     let before = repo.digest();
-    repo.restore(&dest, args)
+    let run = repo
+        .restore(&dest, args)
         .assert_exit(2)
         .assert_mentions(mention);
     assert!(
@@ -179,6 +180,7 @@ fn refused_restore(repo: &Repo, args: &[&str], mention: &str) {
         &repo.digest(),
         "repository after a refused restore",
     );
+    run
 }
 
 #[test]
@@ -205,11 +207,13 @@ fn restore_target_time_after_archived_wal() {
 fn restore_unknown_backup_and_malformed_targets() {
     let repo = repo_with_backup();
     refused_restore(&repo, &["--backup", "no-such-backup"], "no-such-backup");
+    // The message shows how to write a time.
     refused_restore(
         &repo,
         &["--target-time", "half past never"],
         "half past never",
-    );
+    )
+    .assert_mentions("2026-11-20 14:30:00+00");
     refused_restore(&repo, &["--target-lsn", "not-an-lsn"], "not-an-lsn");
     refused_restore(&repo, &["--target-name", "never_created"], "never_created");
 }
@@ -222,9 +226,12 @@ fn restore_into_non_empty_directory() {
     fs::write(dest.join("precious.txt"), "do not touch").unwrap();
     let dest_before = tree_digest(&dest);
     let before = repo.digest();
-    repo.restore(&dest, &["--backup", "latest"])
+    let run = repo
+        .restore(&dest, &["--backup", "latest"])
         .assert_exit(2)
         .assert_mentions(s(&dest));
+    // Refused before it announces a restore.
+    assert!(!run.stderr_str().contains("restoring"), "{}", run.report());
     assert_same_tree(
         &dest_before,
         &tree_digest(&dest),

@@ -970,46 +970,77 @@ fn two_servers_on_two_points_in_time_at_once() {
     at_latest.umount_ok();
 }
 
-/// The catalogue lists every backup and `latest`; `cp -r` of a backup gives the same files as
-/// the mount; archived WAL is served as stored; and the catalogue is read-only (EROFS).
+/// The catalogue lists every backup and `latest`, and follows the repository while mounted:
+/// a new backup and its WAL appear, `latest` moves to it, and what expire removes goes.
+/// `cp -r` of `latest` copies the newest backup's files; archived WAL is served as stored;
+/// and the catalogue is read-only (EROFS).
 #[test]
 fn catalogue_listing_copy_wal_and_read_only() {
     let repo = Repo::init();
     let mut source = Cluster::archiving_to(&repo.spec);
     source.pgbench_init(1);
     let first = json_str(&repo.backup(&source), "id");
-    source.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
-    let second = json_str(&repo.backup(&source), "id");
-    let seg = source.switch_wal_and_wait_archived();
     let sysid = source.system_identifier();
-    source.stop();
-    assert_ne!(first, second);
+    let stored_wal = || -> BTreeSet<String> {
+        fs::read_dir(repo.path.join("wal").join(&sysid).join("00000001"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
 
     let work = TestDir::new("mount-cat");
     let m = Mount::start(&repo, &mountpoint(&work, "mnt"), &[]);
+    let listed = || -> BTreeSet<String> {
+        fs::read_dir(m.dir.join("backups"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let shown_wal = || -> BTreeSet<String> {
+        fs::read_dir(m.dir.join("wal/00000001"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let label = |dir: &str| fs::read(m.dir.join("backups").join(dir).join("backup_label")).ok();
+    assert_eq!(listed(), [first.clone(), "latest".to_string()].into());
+    assert_eq!(label("latest"), label(&first), "backups/latest");
 
-    // ls backups/
-    let ls = run_command(Command::new("ls").arg(m.dir.join("backups"))).assert_ok();
-    let listed: BTreeSet<String> = ls.stdout_str().lines().map(str::to_string).collect();
+    // While mounted: a new backup and more WAL.
+    source.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
+    let second = json_str(&repo.backup(&source), "id");
+    let seg = source.switch_wal_and_wait_archived();
+    source.stop();
+    assert_ne!(first, second);
     let want: BTreeSet<String> = [first.clone(), second.clone(), "latest".to_string()].into();
-    assert_eq!(listed, want, "ls of backups/");
-    assert_eq!(
-        fs::read_link(m.dir.join("backups/latest")).unwrap(),
-        PathBuf::from(&second),
-        "backups/latest"
+    let followed = wait_for(Duration::from_secs(30), || {
+        let (names, wal) = (listed(), shown_wal());
+        if names == want && label("latest") == label(&second) && wal == stored_wal() {
+            Ok(())
+        } else {
+            Err(format!(
+                "backups/ lists {names:?}; wal/00000001 lists {wal:?}"
+            ))
+        }
+    });
+    assert!(
+        followed.is_ok(),
+        "the catalogue did not show backup {second} as latest, nor segment {seg}: {followed:?}"
     );
-    assert!(m.dir.join("backups/latest/PG_VERSION").is_file());
 
-    // cp -r of a backup equals the mount, file for file.
+    // cp -r of latest (a directory, not a link) equals the newest backup, file for file.
     let copy = work.join("copy");
     run_command(
         Command::new("cp")
             .arg("-r")
-            .arg(backup_dir(&m.dir, &first))
+            .arg(m.dir.join("backups/latest"))
             .arg(&copy),
     )
     .assert_ok();
-    let mounted = sha_tree(&backup_dir(&m.dir, &first));
+    assert!(copy.is_dir() && !copy.is_symlink(), "cp -r copied a link");
+    let mounted = sha_tree(&backup_dir(&m.dir, &second));
     let copied = sha_tree(&copy);
     assert!(
         mounted.keys().any(|k| k.starts_with("base/")) && mounted.len() > 100,
@@ -1022,21 +1053,10 @@ fn catalogue_listing_copy_wal_and_read_only() {
             .chain(copied.keys())
             .filter(|k| mounted.get(*k) != copied.get(*k))
             .collect();
-        panic!("cp -r of backup {first} differs from the mount: {differ:?}");
+        panic!("cp -r of backups/latest ({second}) differs from the mount: {differ:?}");
     }
 
-    // Archived WAL: the timeline dir lists what the repository holds, with the stored bytes.
-    let stored: BTreeSet<String> =
-        fs::read_dir(repo.path.join("wal").join(&sysid).join("00000001"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-    let shown: BTreeSet<String> = fs::read_dir(m.dir.join("wal/00000001"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(shown, stored, "wal/00000001 of the catalogue");
-    assert!(shown.contains(&seg), "segment {seg} not shown: {shown:?}");
+    // Archived WAL is served with the stored bytes.
     let fetched = work.subdir("fetched", 0o755).join(&seg);
     repo.run("wal-fetch", &[&seg, s(&fetched)]).assert_ok();
     let served = fs::read(m.dir.join("wal/00000001").join(&seg)).unwrap();
@@ -1046,8 +1066,28 @@ fn catalogue_listing_copy_wal_and_read_only() {
         "WAL segment {seg} differs from wal-fetch"
     );
 
+    // What expire removes leaves the catalogue.
+    let before_expire = stored_wal();
+    pgsnapfs_as_root(&repo.args("expire", &["--keep-last", "1"])).assert_ok();
+    let kept: BTreeSet<String> = [second.clone(), "latest".to_string()].into();
+    assert!(
+        stored_wal().len() < before_expire.len(),
+        "expire removed no WAL"
+    );
+    let followed = wait_for(Duration::from_secs(30), || {
+        let (names, wal) = (listed(), shown_wal());
+        if names == kept && wal == stored_wal() {
+            Ok(())
+        } else {
+            Err(format!(
+                "backups/ lists {names:?}; wal/00000001 lists {wal:?}"
+            ))
+        }
+    });
+    assert!(followed.is_ok(), "after expire: {followed:?}");
+
     // Read-only.
-    let b = backup_dir(&m.dir, &first);
+    let b = backup_dir(&m.dir, &second);
     let erofs = |what: &str, r: std::io::Result<()>| match r {
         Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
         other => panic!("{what} in the catalogue: expected EROFS, got {other:?}"),
@@ -1248,8 +1288,10 @@ fn bad_mount_points_are_refused() {
 
     let full = mountpoint(&work, "full");
     fs::write(full.join("keep.txt"), b"mine").unwrap();
+    // --background reports the mount process's exit code, as the foreground command would.
     for args in [
         vec![],
+        vec!["--background"],
         vec![
             "--backup",
             "latest",
@@ -1296,7 +1338,8 @@ fn removing_scratch_discards_the_servers_writes() {
 
     let work = TestDir::new("mount-scratch");
     let mnt = mountpoint(&work, "mnt");
-    let scratch = work.join("scratch");
+    // Missing parents are made, and the server can reach pg_wal below them.
+    let scratch = work.join("new/parents/scratch");
     let goal = ["--backup", id.as_str(), "--target-action", "promote"];
     {
         let mut m = Mount::start(&repo, &mnt, &view_args(&scratch, &goal));
@@ -1315,14 +1358,22 @@ fn removing_scratch_discards_the_servers_writes() {
         "the server's writes are not in the scratch dir {}",
         scratch.display()
     );
-    // A used scratch dir is not silently reused.
-    pgsnapfs_as_root(&{
+    // A used scratch dir is not silently reused; the message is about the mount.
+    let refused = pgsnapfs_as_root(&{
         let mut a = vec!["mount", "--repo", &repo.spec, s(&mnt)];
         a.extend(view_args(&scratch, &goal));
         a
     })
     .assert_exit(2)
-    .assert_mentions("scratch");
+    .assert_mentions(&format!(
+        "scratch directory {} is not empty",
+        scratch.display()
+    ));
+    assert!(
+        !refused.stderr_str().contains("restore"),
+        "{}",
+        refused.report()
+    );
     assert!(!is_mounted(&mnt));
 
     fs::remove_dir_all(&scratch).unwrap();

@@ -318,22 +318,38 @@ fn verify_and_mount_report_a_corrupt_chunk() {
     );
 }
 
+/// Assertions run in `--dbname` until a `\connect DB` line switches database, as in psql.
 /// A problem says why: an assertion that fails with an SQL error is reported with the
 /// server's message (here "division by zero"), not only with a generic "db error" (the same
 /// formatting hides "could not read block ...: Input/output error" for an unreadable table).
 #[test]
-fn verify_problems_carry_the_servers_error_message() {
+fn verify_assertions_in_several_databases_and_the_servers_error_message() {
     let repo = Repo::init();
     let source = Cluster::archiving_to(&repo.spec);
     source.psql("CREATE TABLE t AS SELECT generate_series(1, 10) AS n");
+    source.psql("CREATE DATABASE appdb");
+    source.psql_db(
+        "appdb",
+        "CREATE TABLE orders AS SELECT generate_series(1, 3) AS id",
+    );
     repo.backup(&source);
     let dir = TestDir::new("verify-error");
-    let sql = sql_file(&dir, "error.sql", "SELECT count(*) / 0 = 1 FROM t;\n");
-    let run = verify(&repo, &["--sql", s(&sql)]).assert_exit(1);
+    let sql = sql_file(
+        &dir,
+        "checks.sql",
+        "SELECT count(*) = 3 FROM orders;\n\\connect postgres\nSELECT count(*) = 10 FROM t;\n\
+         \\c appdb\nSELECT count(*) / 0 = 1 FROM orders;\n",
+    );
+    let run = verify(&repo, &["--dbname", "appdb", "--sql", s(&sql)]).assert_exit(1);
     let report = run.json();
+    assert_eq!(json_u64(&report, "assertions"), 3, "{report}");
+    // Only the division fails: the others found their tables in their databases.
     let p = problems(&report);
     assert_eq!(p.len(), 1, "{p:?}\n{}", run.report());
-    assert!(p[0].contains("count(*) / 0 = 1"), "{p:?}");
+    assert!(
+        p[0].contains("count(*) / 0 = 1") && p[0].contains("appdb"),
+        "{p:?}"
+    );
     assert!(
         p[0].contains("division by zero"),
         "the problem does not carry PostgreSQL's error message: {p:?}"

@@ -24,7 +24,8 @@ use crate::source::Kind;
 use crate::Error;
 
 /// How long the kernel may cache attributes and names. Long, because every change goes
-/// through this file system, and the kernel updates or drops its cache on each one.
+/// through this file system, and the kernel updates or drops its cache on each one; a
+/// source directory that changes by itself says so (`Source::entry_ttl`).
 const TTL: Duration = Duration::from_secs(3600);
 
 /// Inode numbers are never reused, so one generation does.
@@ -147,7 +148,12 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry("lookup", reply, || self.overlay.lookup(parent.0, name));
+        // A directory that changes under us has its names asked again after its TTL.
+        let ttl = self.overlay.entry_ttl(parent.0).unwrap_or(TTL);
+        match run("lookup", || self.overlay.lookup(parent.0, name)) {
+            Ok(st) => reply.entry(&ttl, &self.attr(&st), GENERATION),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

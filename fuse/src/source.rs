@@ -1,11 +1,12 @@
 //! The read-only tree a mount serves: the [`Source`] trait and the plain types it speaks.
 //! Node ids are the source's own and double as inode numbers, so they must be stable for
 //! the life of the mount and at most [`MAX_NODE`]; ids above it belong to files created
-//! through the mount.
+//! through the mount. A directory may change what it lists (see [`Source::entry_ttl`]),
+//! but a node id once handed out keeps naming the same node.
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::Error;
 
@@ -69,4 +70,12 @@ pub trait Source: Send + Sync + 'static {
     fn readlink(&self, node: NodeId) -> Result<PathBuf, Error>;
     /// Read up to `size` bytes at `offset`; shorter only at end of file.
     fn read(&self, node: NodeId, offset: u64, size: u32) -> Result<Vec<u8>, Error>;
+    /// How long the kernel may keep the names found in directory `dir`, and what they lead
+    /// to. `None`, the default: as long as it likes, for a directory that never changes.
+    /// A directory whose entries change while mounted answers a short time; a name looked up
+    /// there is asked again once it has passed (listings are never cached).
+    fn entry_ttl(&self, dir: NodeId) -> Option<Duration> {
+        let _ = dir;
+        None
+    }
 }

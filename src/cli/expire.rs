@@ -35,7 +35,7 @@ pub struct Args {
     /// Show what would be removed and why each backup is kept; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 

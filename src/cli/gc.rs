@@ -14,7 +14,7 @@ pub struct Args {
     /// Show what would be deleted and repacked; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 
@@ -53,10 +53,11 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     );
     if r.repacked_packs > 0 {
         println!(
-            "{would}repack {} packs ({}): live blobs {}copied ({}), {} backups rewritten",
+            "{would}repack {} packs ({}): live blobs {}copied ({}{}), {} backups rewritten",
             r.repacked_packs,
             human(r.repacked_bytes),
             if a.dry_run { "would be " } else { "" },
+            if a.dry_run { "about " } else { "" },
             human(r.written_bytes),
             r.rewritten_backups.len()
         );

@@ -12,13 +12,13 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct ListArgs {
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 
 #[derive(clap::Args)]
 pub struct InfoArgs {
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 

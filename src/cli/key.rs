@@ -126,18 +126,23 @@ pub enum KeyCommand {
     /// Add a key slot for a new passphrase, given by PGSNAPFS_NEW_PASSPHRASE,
     /// --new-passphrase-file or --new-passphrase-command (the current one opens the repository).
     Add {
+        /// File holding the new passphrase.
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,
+        /// Command printing the new passphrase on stdout, run by `sh -c`.
         #[arg(long, conflicts_with = "new_passphrase_file")]
         new_passphrase_command: Option<String>,
     },
     /// List the key slots.
     List {
-        #[arg(long)]
+        #[arg(long, help = super::JSON_HELP)]
         json: bool,
     },
     /// Remove a key slot; the passphrase given must open another slot.
-    Remove { slot: String },
+    Remove {
+        /// The slot's name, as `key list` shows it.
+        slot: String,
+    },
 }
 
 pub fn run(repo: &Repository, a: Args) -> Result<()> {

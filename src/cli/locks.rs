@@ -14,8 +14,7 @@ pub struct Args {
     /// With --remove: remove the lease even if its holder may still be running.
     #[arg(long, requires = "remove")]
     pub force: bool,
-    /// Print the leases as JSON.
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 

@@ -286,6 +286,9 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// The help of `--json` where the command prints nothing more specific.
+const JSON_HELP: &str = "Print the result as JSON on stdout, for scripts and monitoring.";
+
 fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
@@ -300,6 +303,32 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Every option and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_a_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin
+                    && arg
+                        .get_help()
+                        .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "pgsnapfs", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without a help text: {missing:?}"
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub struct Args {
 
 #[derive(clap::Args)]
 pub struct UmountArgs {
+    /// The mount point to unmount.
     pub mountpoint: PathBuf,
     /// Detach now even if busy; the mount goes away when the last file is closed.
     #[arg(long)]
@@ -301,9 +302,15 @@ fn background() -> Result<()> {
         }
     }
     let status = child.wait().map_err(io("wait for the mount process"))?;
-    Err(Error::Failed(format!(
-        "the mount process exited ({status}) before mounting; see the messages above"
-    )))
+    let msg =
+        format!("the mount process exited ({status}) before mounting; see the messages above");
+    // Its exit code says what kind of failure it was (bad input, not found): keep it.
+    Err(match status.code() {
+        Some(2) => Error::BadInput(msg),
+        Some(3) => Error::Store(crate::store::StoreError::corrupt("the repository", msg)),
+        Some(4) => Error::NotFound(msg),
+        _ => Error::Failed(msg),
+    })
 }
 
 /// The process serving the pgsnapfs mount at `path`, from its file system name

@@ -92,6 +92,8 @@ pub fn run(
     pass: &super::key::PassphraseArgs,
     a: Args,
 ) -> Result<()> {
+    // Refused before anything is said or locked.
+    crate::restore::check_empty(&a.to, "restore directory")?;
     // A full repository disk must not stand between a lost server and its restore: without
     // room for the lease, restore goes on unprotected and says so.
     let lease = match Lease::shared(repo, "restore") {

@@ -13,9 +13,13 @@ use std::sync::Arc;
 pub struct Args {
     #[command(flatten)]
     pub goal: GoalArgs,
-    /// SQL assertions, `;`-terminated; each must return true.
+    /// SQL assertions, `;`-terminated; each must return true. A `\connect DB` line runs the
+    /// statements after it in database DB.
     #[arg(long)]
     pub sql: Option<PathBuf>,
+    /// The database the assertions run in, until a `\connect` line in the file.
+    #[arg(long, default_value = "postgres")]
+    pub dbname: String,
     /// The user the test server runs as (and the role it connects as).
     #[arg(long, default_value = "postgres")]
     pub user: String,
@@ -27,7 +31,7 @@ pub struct Args {
     /// The cluster, when the repository holds several.
     #[arg(long)]
     pub system: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 
@@ -45,9 +49,11 @@ pub fn run(
     let lease = Lease::shared(&repo, "verify")?;
     let plan = super::plan_pinned(&repo, &lease, a.system, &goal)?;
     let assertions = match &a.sql {
-        Some(path) => verify::split_sql(
+        Some(path) => verify::parse_assertions(
             &std::fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?,
-        ),
+            &a.dbname,
+        )
+        .map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))?,
         None => Vec::new(),
     };
     let work = std::env::temp_dir().join(format!("pgsnapfs-verify-{}", std::process::id()));

@@ -1,6 +1,6 @@
 //! `pgsnapfs wal-push` and `pgsnapfs wal-fetch`
 
-use crate::archive::{self, Pushed};
+use crate::archive::{self, PushOutcome, Pushed};
 use crate::error::Result;
 use crate::store::backend::RequestCounts;
 use crate::store::Repository;
@@ -10,7 +10,8 @@ use std::path::PathBuf;
 pub struct PushArgs {
     /// The WAL file (%p).
     pub path: PathBuf,
-    /// Print what was done (and the requests it took, on S3) as JSON on stdout.
+    /// Print what was done as JSON on stdout: the object key, the size, the outcome (`stored`
+    /// or `already_archived`), and on S3 the requests it took.
     #[arg(long)]
     pub json: bool,
 }
@@ -27,7 +28,8 @@ pub struct FetchArgs {
 }
 
 pub fn push(repo: &Repository, a: PushArgs) -> Result<()> {
-    if archive::push(repo, &a.path)? == Pushed::AlreadyArchived {
+    let pushed = archive::push(repo, &a.path)?;
+    if pushed.outcome == PushOutcome::AlreadyArchived {
         tracing::info!(
             "{} was already archived with identical content",
             a.path.display()
@@ -37,11 +39,14 @@ pub fn push(repo: &Repository, a: PushArgs) -> Result<()> {
         #[derive(serde::Serialize)]
         struct Out {
             file: String,
+            #[serde(flatten)]
+            pushed: Pushed,
             #[serde(skip_serializing_if = "Option::is_none")]
             requests: Option<RequestCounts>,
         }
         super::print_json(&Out {
             file: a.path.display().to_string(),
+            pushed,
             requests: repo.backend().stats(),
         });
     }

@@ -24,7 +24,7 @@ pub enum Error {
     BackupLabel(&'static str),
     #[error("invalid tablespace_map line {line}: {reason}")]
     TablespaceMap { line: usize, reason: &'static str },
-    #[error("invalid recovery target time {0:?}")]
+    #[error("invalid recovery target time {0:?}: write {formats}", formats = super::target::TIME_FORMATS)]
     TargetTime(String),
     #[error("invalid recovery target action {0:?}")]
     TargetAction(String),

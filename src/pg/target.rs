@@ -59,6 +59,12 @@ impl FromStr for TargetAction {
 /// "2026-11-20 14:30:00.123456+05:30", "2026-11-20 14:30:00 UTC",
 /// "2026-11-20 14:30:00+0000", "2026-11-20T14:30:00Z"; seconds may be omitted.
 /// Without a zone the time is local to this machine.
+/// The spellings `parse_time` accepts, for error messages: every quoted example parses.
+pub const TIME_FORMATS: &str = "'YYYY-MM-DD HH:MM[:SS[.fraction]][zone]', such as \
+    '2026-11-20 14:30:00+00', '2026-11-20T14:30:00.5Z', '2026-11-20 14:30:00 UTC' or \
+    '2026-11-20 14:30' (no zone: this machine's local time); a zone is +HH, +HHMM, +HH:MM, \
+    Z, UTC or GMT";
+
 pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, Error> {
     let bad = || Error::TargetTime(s.to_string());
     let (when, offset) = split_zone(s.trim()).ok_or_else(bad)?;
@@ -145,6 +151,25 @@ mod tests {
             let t = parse_time(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(t, expected, "{text}");
             assert_eq!(t.offset().local_minus_utc(), offset, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_error_shows_formats_that_parse() {
+        let msg = parse_time("half past never").unwrap_err().to_string();
+        assert!(
+            msg.contains("\"half past never\"") && msg.contains(TIME_FORMATS),
+            "{msg}"
+        );
+        let examples: Vec<&str> = TIME_FORMATS
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .filter(|e| e.starts_with("20"))
+            .collect();
+        assert_eq!(examples.len(), 4, "{examples:?}");
+        for e in examples {
+            assert!(parse_time(e).is_ok(), "{e}");
         }
     }
 

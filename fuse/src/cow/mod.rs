@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use self::file::CowFile;
 use crate::inode::{DirOverlay, Ino, Inode, InodeTable, FIRST_CREATED};
@@ -112,6 +112,15 @@ impl Overlay {
         let stat = self.getattr(ino)?;
         self.table()?.looked_up(ino, stat.kind);
         Ok(stat)
+    }
+
+    /// How long the kernel may keep names found in directory `ino`: the source's say for
+    /// its directories; `None` (no limit) for created ones, which change only through us.
+    pub(crate) fn entry_ttl(&self, ino: Ino) -> Option<Duration> {
+        match ino {
+            ..FIRST_CREATED => self.source.entry_ttl(ino),
+            _ => None,
+        }
     }
 
     /// The kernel dropped `n` lookups of `ino`.

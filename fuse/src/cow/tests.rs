@@ -695,3 +695,50 @@ fn source_errors_keep_their_errno_and_store_nothing() {
     overlay.write(ino, BS as u64, &[5; BSU]).unwrap();
     assert_eq!(overlay.read(ino, BS as u64, BS).unwrap(), vec![5; BSU]);
 }
+
+/// A source whose directory `live` changes by itself, and says so.
+struct Changing(MemSource, NodeId);
+
+impl Source for Changing {
+    fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<Option<NodeId>, Error> {
+        self.0.lookup(parent, name)
+    }
+    fn getattr(&self, node: NodeId) -> Result<crate::Attr, Error> {
+        self.0.getattr(node)
+    }
+    fn readdir(&self, node: NodeId) -> Result<Vec<crate::DirEntry>, Error> {
+        self.0.readdir(node)
+    }
+    fn readlink(&self, node: NodeId) -> Result<std::path::PathBuf, Error> {
+        self.0.readlink(node)
+    }
+    fn read(&self, node: NodeId, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
+        self.0.read(node, offset, size)
+    }
+    fn entry_ttl(&self, dir: NodeId) -> Option<std::time::Duration> {
+        (dir == self.1).then_some(std::time::Duration::from_secs(2))
+    }
+}
+
+#[test]
+fn names_in_a_changing_source_directory_expire() {
+    let mut src = MemSource::new(0o700);
+    let live = src.add_dir("live", 0o700);
+    src.add_dir("still", 0o700);
+    let scratch = tempfile::tempdir().unwrap();
+    let overlay = Overlay::new(
+        Arc::new(Changing(src, live)),
+        Some(scratch.path().into()),
+        BS,
+    )
+    .unwrap();
+    let still = overlay.lookup(ROOT, OsStr::new("still")).unwrap().ino;
+    assert_eq!(
+        overlay.entry_ttl(live),
+        Some(std::time::Duration::from_secs(2))
+    );
+    assert_eq!(overlay.entry_ttl(ROOT), None);
+    // A directory made through the mount changes only through it.
+    let made = overlay.mkdir(still, OsStr::new("made"), 0o700).unwrap().ino;
+    assert_eq!(overlay.entry_ttl(made), None);
+}
