@@ -21,6 +21,7 @@ use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Loc, NodeKind};
 use crate::store::{keys, Id, Repository, StoreError};
+use crate::timelines;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -134,6 +135,15 @@ pub enum ProblemKind {
     BadWalSummary,
     /// A cluster's record (`systems/…`) is missing or cannot be read.
     BadSystem,
+    /// A timeline above 1 holds WAL but its history file is missing or unreadable: recovery
+    /// cannot follow it from a backup on an earlier timeline.
+    MissingHistory,
+    /// WAL of an ancestor before a timeline's fork (or the timeline's own first segment) is
+    /// missing: recovery from the backups before the gap cannot reach that timeline.
+    TimelineUnreachable,
+    /// A warning, not a problem: two timelines both received WAL after the newer one began
+    /// (two servers archive into the repository).
+    BothActive,
 }
 
 /// One problem: the object, what is wrong, and what it affects.
@@ -182,6 +192,8 @@ pub struct Report {
     pub wal_objects_read: usize,
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
+    /// Hazards that are not damage (`both_active`): reported, but `ok` stays true.
+    pub warnings: Vec<Problem>,
 }
 
 /// Seconds since the Unix epoch.
@@ -883,6 +895,115 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
+    /// Pass 2 for one cluster's timelines: history files, the WAL each fork needs from its
+    /// ancestors, and timelines both being written.
+    fn check_timelines(
+        &mut self,
+        sysid: u64,
+        system: &System,
+        backups: &[&Snapshot],
+    ) -> Result<()> {
+        let seg_size = archive::segment_size(system);
+        let survey = timelines::survey(self.repo, system, backups)?;
+        let tree = &survey.tree;
+        for &tli in &tree.missing {
+            let name = WalFile::History { tli }.name(seg_size);
+            let mut p = Problem::new(
+                ProblemKind::MissingHistory,
+                keys::wal_file(sysid, tli, &name),
+                format!(
+                    "timeline {tli} holds WAL but its history file {name} is missing or \
+                     unreadable: recovery cannot follow timeline {tli} from a backup on an \
+                     earlier timeline. Archive it again from pg_wal/{name} of the server that \
+                     created timeline {tli} (pgsnapfs wal-push)"
+                ),
+            );
+            p.backups.extend(
+                backups
+                    .iter()
+                    .filter(|b| b.timeline < tli)
+                    .map(|b| b.id.clone()),
+            );
+            self.problem(p);
+        }
+        let have: HashSet<(u32, u64)> = survey
+            .timelines
+            .iter()
+            .flat_map(|t| t.wal.segnos.iter().map(move |s| (t.timeline, *s)))
+            .collect();
+        let have = |tli: u32, segno: u64| have.contains(&(tli, segno));
+        // (timeline, first, last) of a gap -> the timelines it cuts off, and from which backups.
+        let mut cut: BTreeMap<(u32, u64, u64), (BTreeSet<u32>, BTreeSet<String>)> = BTreeMap::new();
+        for t in &survey.timelines {
+            let Some(_) = t.parent else { continue };
+            let tli = t.timeline;
+            let reaching: Vec<&&Snapshot> = backups
+                .iter()
+                .filter(|b| b.timeline != tli && tree.contains(tli, b.timeline, b.stop_lsn))
+                .collect();
+            let Some(from) = reaching
+                .iter()
+                .map(|b| segment_of(b.start_lsn, seg_size))
+                .min()
+            else {
+                continue;
+            };
+            // The ancestors' WAL up to the fork; and the switch segment itself once the
+            // timeline has archived any (a newly promoted server has not yet).
+            let first = timelines::first_segment(tree, tli, seg_size);
+            let to = if t.wal.segnos.is_empty() {
+                first.saturating_sub(1)
+            } else {
+                first
+            };
+            for gap in timelines::missing_on_path(tree, tli, from, to, seg_size, &have) {
+                let e = cut.entry(gap).or_default();
+                e.0.insert(tli);
+                e.1.extend(
+                    reaching
+                        .iter()
+                        .filter(|b| segment_of(b.start_lsn, seg_size) <= gap.2)
+                        .map(|b| b.id.clone()),
+                );
+            }
+        }
+        for ((tli, a, b), (targets, affected)) in cut {
+            let name = |s| timelines::segment_name(tli, s, seg_size);
+            let forks: Vec<String> = targets
+                .iter()
+                .map(|t| match tree.parent(*t) {
+                    Some((p, at)) => format!("timeline {t} (forked from timeline {p} at {at})"),
+                    None => format!("timeline {t}"),
+                })
+                .collect();
+            let mut p = Problem::new(
+                ProblemKind::TimelineUnreachable,
+                keys::wal_file(sysid, tli, &name(a)),
+                format!(
+                    "WAL segments {} – {} are missing: recovery from the backups before them \
+                     cannot reach {}",
+                    name(a),
+                    name(b),
+                    forks.join(", ")
+                ),
+            );
+            p.backups = affected;
+            self.problem(p);
+        }
+        for both in &survey.both_active {
+            let [_, newer] = both.timelines;
+            let name = WalFile::History { tli: newer }.name(seg_size);
+            let w = Problem::new(
+                ProblemKind::BothActive,
+                keys::wal_file(sysid, newer, &name),
+                both.describe(),
+            );
+            tracing::warn!("{}", w.detail);
+            self.report.warnings.push(w);
+        }
+        Ok(())
+    }
+
     fn hit(&self, loc: &Loc) -> Option<usize> {
         let pack = *self.pack_index.get(&loc.pack)?;
         self.bad_packs
@@ -1049,6 +1170,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
             }
         };
         c.check_wal(sysid, &system, &backups)?;
+        c.check_timelines(sysid, &system, &backups)?;
     }
 
     // Pass 3: name what the damage affects.
@@ -1377,6 +1499,117 @@ mod tests {
         assert_eq!(p.backups, ["b1".to_string(), "b2".to_string()].into());
         assert_eq!(p.files, ["base/16385".to_string()].into());
         assert_eq!(data.problems.len(), 2, "{:?}", data.problems);
+    }
+
+    /// Timelines in memory: 2 forks from 1 in segment 5, 3 holds WAL without a history file;
+    /// a segment of timeline 1 before the fork goes missing; timeline 1 commits after
+    /// timeline 2's first commit.
+    #[test]
+    fn timelines_missing_history_unreachable_fork_and_both_active() {
+        use crate::pg::walscan::SegmentSummary;
+        use crate::store::backend::memory::MemoryBackend;
+        use crate::store::Backend;
+        use std::sync::Arc;
+
+        let seg: u64 = 16 << 20;
+        let mem = Arc::new(MemoryBackend::default());
+        let repo = Repository::init(mem.clone(), 65536, 3).unwrap();
+        archive::register_system(
+            &repo,
+            &System {
+                system_identifier: "7".into(),
+                pg_major: 15,
+                wal_segment_size: seg,
+                registered: chrono::Utc::now(),
+            },
+        )
+        .unwrap();
+        let put = |tli: u32, segno: u64, commit: Option<i64>| {
+            let name = WalFile::Segment { tli, segno }.name(seg);
+            repo.put_sealed(&keys::wal_file(7, tli, &name), b"wal")
+                .unwrap();
+            let sum = SegmentSummary {
+                first_commit_time: commit,
+                last_commit_time: commit,
+                restore_points: vec![],
+                min_commit_xid: None,
+                max_commit_xid: None,
+                end_lsn: crate::pg::lsn::Lsn(segno * seg),
+            };
+            repo.put_sealed(
+                &keys::wal_summary(7, tli, &name),
+                &serde_json::to_vec(&sum).unwrap(),
+            )
+            .unwrap();
+        };
+        // Timeline 1: 2..=9, committing until time 900; timeline 2 from 5, first own
+        // commit (past its switch segment) at 600.
+        for segno in 2..=9 {
+            put(1, segno, Some(segno as i64 * 100));
+        }
+        for segno in 5..=7 {
+            put(2, segno, Some(segno as i64 * 100));
+        }
+        put(3, 12, None);
+        repo.put_sealed(
+            &keys::wal_file(7, 2, "00000002.history"),
+            b"1\t0/5000100\tbefore 2026-11-20 14:30:00+00\n",
+        )
+        .unwrap();
+        repo.save_snapshot(&snapshot("b1", 1, 2, 2, None)).unwrap();
+        repo.save_snapshot(&snapshot("b2", 1, 3, 3, None)).unwrap();
+        let run = || {
+            check(
+                &repo,
+                CheckOptions {
+                    read_data: false,
+                    subset: Subset::All,
+                    full: false,
+                    record: None,
+                    progress: Box::new(|_| {}),
+                },
+            )
+            .unwrap()
+        };
+        let of = |r: &Report, kind| -> Vec<Problem> {
+            r.problems
+                .iter()
+                .filter(|p| p.kind == kind)
+                .cloned()
+                .collect()
+        };
+        let r = run();
+        assert!(of(&r, ProblemKind::TimelineUnreachable).is_empty(), "{r:?}");
+        let missing = of(&r, ProblemKind::MissingHistory);
+        assert_eq!(missing.len(), 1, "{r:?}");
+        assert_eq!(missing[0].object, "wal/7/00000003/00000003.history");
+        assert_eq!(r.warnings.len(), 1, "{r:?}");
+        assert_eq!(r.warnings[0].kind, ProblemKind::BothActive);
+        assert!(
+            r.warnings[0]
+                .detail
+                .starts_with("timelines 1 and 2 are both active"),
+            "{r:?}"
+        );
+
+        // Segment 3 of timeline 1 (before the fork) goes: timeline 2 is cut off from b1 and
+        // b2 (both start at or before it).
+        let gone = keys::wal_file(7, 1, &WalFile::Segment { tli: 1, segno: 3 }.name(seg));
+        mem.delete(&gone).unwrap();
+        let r = run();
+        let cut = of(&r, ProblemKind::TimelineUnreachable);
+        assert_eq!(cut.len(), 1, "{r:?}");
+        assert_eq!(cut[0].object, gone);
+        assert!(
+            cut[0]
+                .detail
+                .contains("cannot reach timeline 2 (forked from timeline 1 at 0/5000100)"),
+            "{}",
+            cut[0].detail
+        );
+        assert_eq!(cut[0].backups, ["b1".to_string(), "b2".to_string()].into());
+        // A damaged repository: not ok. A warning alone would leave it ok.
+        assert!(!r.ok);
     }
 
     #[test]

@@ -258,12 +258,16 @@ impl Summaries<'_> {
 }
 
 /// Surveys one cluster's timelines. `backups` may hold other clusters' backups.
-pub fn survey(repo: &Repository, system: &System, backups: &[Snapshot]) -> Result<Survey> {
+pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Result<Survey> {
     let catalog = archive::catalog(repo, system)?;
     let tree = archive::timeline_tree(repo, system, &catalog)?;
     let sysid: u64 = system.system_identifier.parse().expect("numeric");
     let seg_size = archive::segment_size(system);
-    let mut backups: Vec<&Snapshot> = backups.iter().filter(|s| s.sysid() == sysid).collect();
+    let mut backups: Vec<&Snapshot> = backups
+        .iter()
+        .copied()
+        .filter(|s| s.sysid() == sysid)
+        .collect();
     backups.sort_by_key(|s| s.start_lsn);
     let have_set: HashSet<(u32, u64)> = catalog
         .iter()

@@ -139,7 +139,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
     for system in archive::systems(repo)? {
         surveys.push((
             system.system_identifier.clone(),
-            timelines::survey(repo, &system, &list)?,
+            timelines::survey(repo, &system, &list.iter().collect::<Vec<_>>())?,
         ));
         for t in archive::catalog(repo, &system)? {
             wal.push(WalRow {
