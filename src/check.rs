@@ -474,6 +474,9 @@ fn wal_needs(
         .collect()
 }
 
+/// The timelines a WAL gap cuts off, and the backups they are cut off from.
+type CutOff = (BTreeSet<u32>, BTreeSet<String>);
+
 /// The (relative path, problem) pairs of the damage below a tree; empty for a clean one.
 type Hits = Rc<Vec<(String, usize)>>;
 
@@ -933,7 +936,7 @@ impl<'a> Checker<'a> {
             .collect();
         let have = |tli: u32, segno: u64| have.contains(&(tli, segno));
         // (timeline, first, last) of a gap -> the timelines it cuts off, and from which backups.
-        let mut cut: BTreeMap<(u32, u64, u64), (BTreeSet<u32>, BTreeSet<String>)> = BTreeMap::new();
+        let mut cut: BTreeMap<(u32, u64, u64), CutOff> = BTreeMap::new();
         for t in &survey.timelines {
             let Some(_) = t.parent else { continue };
             let tli = t.timeline;

@@ -53,11 +53,31 @@ pub struct TimelineCut {
     pub keep_from: Option<String>,
     /// The kept backups that reach this timeline.
     pub keep_for: Vec<String>,
-    /// The timeline's history file is missing: kept from the oldest kept backup on.
-    pub history_missing: bool,
+    /// Other reasons it is kept from the oldest kept backup's start on.
+    pub held: Vec<Hold>,
     pub files_removed: u64,
     /// Why what goes, goes.
     pub why: String,
+}
+
+/// Why a timeline's WAL is kept from the oldest kept backup's start on, whether or not a
+/// kept backup reaches it: what it is needed for is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    /// Its history file is missing, so where it branched is unknown.
+    HistoryMissing,
+    /// A backup is running (or a lease cannot be read): its WAL may be on any timeline.
+    BackupRunning,
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hold::HistoryMissing => "its history file is missing",
+            Hold::BackupRunning => "a backup is running",
+        })
+    }
 }
 
 /// What to keep of one timeline: segment `from` to its end.
@@ -66,30 +86,33 @@ pub struct Keep {
     pub from: u64,
     /// The kept backups whose recovery can follow this timeline.
     pub backups: BTreeSet<String>,
-    pub history_missing: bool,
+    pub held: BTreeSet<Hold>,
 }
 
 /// The WAL to keep per timeline, given the tree, the timelines holding WAL and the kept
 /// backups. A kept backup reaches every timeline whose history holds its end: its own from
 /// its start, and each descendant from its switch segment (every timeline on the path to a
 /// descendant is itself reached, so each is kept to its end). A timeline no kept backup
-/// reaches keeps nothing.
+/// reaches keeps nothing, unless it is held (`Hold`): then, as without timeline
+/// information, from the oldest kept backup's start on. `backup_running`: a backup not yet
+/// published may need WAL on any timeline.
 pub fn wal_to_keep(
     tree: &TimelineTree,
     timelines: &[u32],
     kept: &[BackupPoint],
+    backup_running: bool,
     seg_size: u64,
 ) -> BTreeMap<u32, Keep> {
     let mut out: BTreeMap<u32, Keep> = BTreeMap::new();
-    let mut add = |tli: u32, from: u64, backup: Option<&str>, history_missing: bool| {
+    let mut add = |tli: u32, from: u64, backup: Option<&str>, hold: Option<Hold>| {
         let k = out.entry(tli).or_insert(Keep {
             from,
             backups: BTreeSet::new(),
-            history_missing,
+            held: BTreeSet::new(),
         });
         k.from = k.from.min(from);
         k.backups.extend(backup.map(str::to_string));
-        k.history_missing |= history_missing;
+        k.held.extend(hold);
     };
     let targets: BTreeSet<u32> = timelines
         .iter()
@@ -103,12 +126,17 @@ pub fn wal_to_keep(
             } else {
                 first_segment(tree, tli, seg_size)
             };
-            add(tli, from, Some(&k.id), false);
+            add(tli, from, Some(&k.id), None);
         }
     }
     if let Some(oldest) = kept.iter().map(|k| segment_of(k.start, seg_size)).min() {
         for &tli in &tree.missing {
-            add(tli, oldest, None, true);
+            add(tli, oldest, None, Some(Hold::HistoryMissing));
+        }
+        if backup_running {
+            for &tli in &targets {
+                add(tli, oldest, None, Some(Hold::BackupRunning));
+            }
         }
     }
     out
@@ -221,7 +249,11 @@ pub fn run(
         }
     }
 
-    // WAL: per cluster, what the kept backups reach.
+    // WAL: per cluster, what the kept backups reach. A running backup is not published yet:
+    // an unreadable lease may be one.
+    let running = lock::list(repo)?
+        .into_iter()
+        .any(|f| !f.stale && f.record.as_ref().is_none_or(|r| r.command == "backup"));
     let mut kept_by_system: BTreeMap<u64, Vec<&crate::store::snapshot::Snapshot>> = BTreeMap::new();
     for s in backups.iter().filter(|s| !verdicts[&s.id].is_empty()) {
         kept_by_system.entry(s.sysid()).or_default().push(s);
@@ -240,7 +272,7 @@ pub fn run(
             let tree = archive::timeline_tree(repo, &system, &catalog)?;
             let points: Vec<BackupPoint> = kept.iter().map(|s| BackupPoint::from(*s)).collect();
             let tlis: Vec<u32> = catalog.iter().map(|t| t.timeline).collect();
-            let keep = wal_to_keep(&tree, &tlis, &points, seg_size);
+            let keep = wal_to_keep(&tree, &tlis, &points, running, seg_size);
             let removed = cut_wal(repo, sysid, &keep, seg_size, dry_run, &held)?;
             let first = points
                 .iter()
@@ -256,14 +288,11 @@ pub fn run(
                         timeline: tli,
                         keep_from: k.map(|k| segment_name(tli, k.from, seg_size)),
                         keep_for: k.map_or(Vec::new(), |k| k.backups.iter().cloned().collect()),
-                        history_missing: k.is_some_and(|k| k.history_missing),
+                        held: k.map_or(Vec::new(), |k| k.held.iter().copied().collect()),
                         files_removed: removed.get(&tli).copied().unwrap_or(0),
                         why: match k {
                             None => format!("no kept backup reaches timeline {tli}"),
-                            Some(k) if k.history_missing => format!(
-                                "its history file is missing: only WAL before the oldest kept \
-                                 backup goes"
-                            ),
+                            Some(k) if !k.held.is_empty() => "before the oldest kept backup".into(),
                             Some(_) => "before every kept backup that reaches it".into(),
                         },
                     }
@@ -460,7 +489,7 @@ mod tests {
         let t = tree();
         let all = [1, 2, 3, 4];
         // A backup before every fork keeps every timeline from where its path enters it.
-        let early = wal_to_keep(&t, &all, &[point("a", 1, 2, 2)], SEG);
+        let early = wal_to_keep(&t, &all, &[point("a", 1, 2, 2)], false, SEG);
         assert_eq!(
             kept(&early),
             vec![
@@ -472,11 +501,17 @@ mod tests {
         );
         // Only a backup after the fork, on timeline 2: timeline 1 (the abandoned old
         // primary's) and its other branch 4 are reached by no kept backup and go entirely.
-        let later = wal_to_keep(&t, &all, &[point("b", 2, 6, 6)], SEG);
+        let later = wal_to_keep(&t, &all, &[point("b", 2, 6, 6)], false, SEG);
         assert_eq!(kept(&later), vec![(2, 6, "b".into()), (3, 8, "b".into())]);
         // A backup on timeline 1 between the two forks reaches 1 and 4, not 2 or 3; with one
         // on 3 as well, timeline 2 is kept for nobody.
-        let mixed = wal_to_keep(&t, &all, &[point("c", 1, 5, 5), point("d", 3, 9, 9)], SEG);
+        let mixed = wal_to_keep(
+            &t,
+            &all,
+            &[point("c", 1, 5, 5), point("d", 3, 9, 9)],
+            false,
+            SEG,
+        );
         assert_eq!(
             kept(&mixed),
             vec![(1, 5, "c".into()), (3, 9, "d".into()), (4, 6, "c".into())]
@@ -490,6 +525,7 @@ mod tests {
                 point("f", 1, 4, 4),
                 point("g", 2, 7, 7),
             ],
+            false,
             SEG,
         );
         assert_eq!(
@@ -507,11 +543,25 @@ mod tests {
         h.insert(1, vec![]);
         h.insert(5, vec![]);
         let lost = TimelineTree::new(h, vec![5]);
-        let keep = wal_to_keep(&lost, &[1, 5], &[point("g", 1, 3, 3)], SEG);
+        let keep = wal_to_keep(&lost, &[1, 5], &[point("g", 1, 3, 3)], false, SEG);
         assert_eq!(kept(&keep), vec![(1, 3, "g".into()), (5, 3, "".into())]);
-        assert!(keep[&5].history_missing && !keep[&1].history_missing);
+        assert_eq!(keep[&5].held, [Hold::HistoryMissing].into());
+        assert!(keep[&1].held.is_empty());
+        // While a backup runs, every timeline keeps what it kept before timelines counted:
+        // from the oldest kept backup's start.
+        let busy = wal_to_keep(&t, &all, &[point("b", 2, 6, 6)], true, SEG);
+        assert_eq!(
+            kept(&busy),
+            vec![
+                (1, 6, "".into()),
+                (2, 6, "b".into()),
+                (3, 6, "b".into()),
+                (4, 6, "".into())
+            ]
+        );
+        assert_eq!(busy[&1].held, [Hold::BackupRunning].into());
         // Nothing kept, nothing reached.
-        assert!(wal_to_keep(&t, &all, &[], SEG).is_empty());
+        assert!(wal_to_keep(&t, &all, &[], false, SEG).is_empty());
     }
 
     /// Timeline 2 forks from 1 in segment 5; backups on 1 (segment 2) and on 2 (segment 7).
@@ -564,6 +614,15 @@ mod tests {
         assert_eq!(from(0), Some("000000010000000000000002"));
         assert_eq!(from(1), Some("000000020000000000000005"));
         assert_eq!(cut.timelines[1].keep_for, vec!["one", "two"]);
+        // While a backup runs (its WAL may be on timeline 1), timeline 1 keeps what it kept
+        // before timelines counted: from the oldest kept backup's start.
+        let running = Lease::shared(&repo, "backup").unwrap();
+        let busy = run(&repo, &last(1), true, None).unwrap();
+        let t1 = &busy.wal[0].timelines[0];
+        assert_eq!(t1.held, vec![Hold::BackupRunning]);
+        assert_eq!(t1.keep_from.as_deref(), Some("000000010000000000000007"));
+        assert_eq!(t1.files_removed, 6);
+        drop(running);
         // Only the newest (on timeline 2) kept.
         let report = run(&repo, &last(1), false, Some(&lease)).unwrap();
         let cut = &report.wal[0];

@@ -154,8 +154,8 @@ impl BothActive {
              and timeline {old} still committed at {}. Two servers archive into this \
              repository; if one is a test restore, stop it or turn its archiving off. A target \
              after the fork needs --target-timeline to say which one",
-            fmt_time(self.newer_first_commit),
-            fmt_time(self.older_last_commit)
+            fmt_millis(self.newer_first_commit),
+            fmt_millis(self.older_last_commit)
         )
     }
 }
@@ -167,6 +167,11 @@ pub fn utc_of_pg(t: i64) -> DateTime<Utc> {
 /// A time for people: UTC, to the second.
 pub fn fmt_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// A time for people, to the millisecond: commits on two servers may share a second.
+fn fmt_millis(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
 }
 
 /// Every pair of timelines where the older committed after the newer's first own commit.

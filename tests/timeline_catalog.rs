@@ -89,7 +89,10 @@ fn two_timelines_in_info_check_and_expire() {
     let two = Cluster::start_on_with(&data2, &[("archive_mode", "on")]);
     assert_eq!(two.wait_until_paused_or_ready(), RecoveryState::Ready);
     assert_eq!(two.psql(ROWS), at_target, "timeline 2 starts at the target");
-    assert_eq!(two.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    assert_eq!(
+        two.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
     // A commit past timeline 2's switch segment, then timeline 1 commits after it: both
     // servers are writing.
     two.switch_wal();
@@ -134,14 +137,23 @@ fn two_timelines_in_info_check_and_expire() {
     for t in [&t1, &t2] {
         assert_eq!(t["wal"]["gaps"], serde_json::json!([]), "{t:#}");
     }
-    assert_eq!(strings(&t1["restorable"]["backups"]), vec![b1.clone(), b2.clone()]);
-    assert_eq!(strings(&t2["restorable"]["backups"]), vec![b1.clone(), b3.clone()]);
+    assert_eq!(
+        strings(&t1["restorable"]["backups"]),
+        vec![b1.clone(), b2.clone()]
+    );
+    assert_eq!(
+        strings(&t2["restorable"]["backups"]),
+        vec![b1.clone(), b3.clone()]
+    );
     // Each range belongs to its timeline: timeline 1's ends at its last commit (row 5), before
     // timeline 2's last (row 202); both begin at B1's end.
     let time = |t: &serde_json::Value, f: &str| {
         chrono::DateTime::parse_from_rfc3339(&json_str(&t["restorable"], f)).unwrap()
     };
-    assert!(time(&t1, "latest_time") < time(&t2, "latest_time"), "{info:#}");
+    assert!(
+        time(&t1, "latest_time") < time(&t2, "latest_time"),
+        "{info:#}"
+    );
     assert_eq!(time(&t1, "earliest_time"), time(&t2, "earliest_time"));
     let both = info["both_active"].as_array().unwrap();
     assert_eq!(both.len(), 1, "{info:#}");
@@ -170,13 +182,19 @@ fn two_timelines_in_info_check_and_expire() {
     };
     let clean = check().assert_exit(0).json();
     assert_eq!(clean["ok"], true, "{clean:#}");
-    assert_eq!(kinds(&clean, "warnings"), ["both_active".to_string()].into());
+    assert_eq!(
+        kinds(&clean, "warnings"),
+        ["both_active".to_string()].into()
+    );
     let stash = TestDir::new("stash");
     let wal_dir = repo.path.join("wal").join(&sysid);
     let history_key = wal_dir.join("00000002/00000002.history");
     fs::rename(&history_key, stash.join("h")).unwrap();
     let lost = check().assert_exit(3).json();
-    assert!(kinds(&lost, "problems").contains("missing_history"), "{lost:#}");
+    assert!(
+        kinds(&lost, "problems").contains("missing_history"),
+        "{lost:#}"
+    );
     fs::rename(stash.join("h"), &history_key).unwrap();
     let segment_key = wal_dir.join("00000001").join(&before_fork);
     fs::rename(&segment_key, stash.join("s")).unwrap();
@@ -258,7 +276,10 @@ fn two_timelines_in_info_check_and_expire() {
         left[1..].iter().all(|n| n[..24] >= *b3_seg),
         "{b3_seg}: {left:?}"
     );
-    assert!(left.contains(&b3_seg) && left.contains(&two_last), "{left:?}");
+    assert!(
+        left.contains(&b3_seg) && left.contains(&two_last),
+        "{left:?}"
+    );
 
     // What is left restores B3 and all of timeline 2 after it.
     let out = TestDir::new("restore");

@@ -117,11 +117,11 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
 fn render_timeline_cut(t: &TimelineCut, verb: &str) -> String {
     let mut out = format!("  timeline {}: ", t.timeline);
     if let Some(from) = &t.keep_from {
-        let why = if t.history_missing {
-            "its history file is missing".to_string()
-        } else {
-            format!("reached by {}", t.keep_for.join(", "))
-        };
+        let mut why: Vec<String> = t.held.iter().map(ToString::to_string).collect();
+        if !t.keep_for.is_empty() {
+            why.insert(0, format!("reached by {}", t.keep_for.join(", ")));
+        }
+        let why = why.join("; ");
         out.push_str(&format!("keep {from} on ({why}); "));
     }
     out.push_str(&format!("{verb} {} files", t.files_removed));
@@ -160,7 +160,7 @@ mod tests {
             timeline: 1,
             keep_from: Some("000000010000000000000005".into()),
             keep_for: vec!["B1".into(), "B2".into()],
-            history_missing: false,
+            held: vec![],
             files_removed: 4,
             why: "before every kept backup that reaches it".into(),
         };
@@ -173,7 +173,7 @@ mod tests {
             timeline: 3,
             keep_from: None,
             keep_for: vec![],
-            history_missing: false,
+            held: vec![],
             files_removed: 2,
             why: "no kept backup reaches timeline 3".into(),
         };

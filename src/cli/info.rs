@@ -420,8 +420,8 @@ mod tests {
         assert!(
             text.contains(
                 "WARNING: timelines 1 and 4 are both active: timeline 4 (it forked from \
-                 timeline 1 at 0/6000000) committed at 2026-12-04 06:35:00 UTC, and timeline 1 \
-                 still committed at 2026-12-04 06:40:00 UTC"
+                 timeline 1 at 0/6000000) committed at 2026-12-04 06:35:00.000 UTC, and timeline \
+                 1 still committed at 2026-12-04 06:40:00.000 UTC"
             ),
             "{text}"
         );
