@@ -15,13 +15,13 @@
 //! PostgreSQL numbers a new timeline above every one in the archive).
 
 use crate::archive::{self, System, TimelineWal};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pg::history::{timeline_of_segment, TimelineTree};
 use crate::pg::lsn::Lsn;
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::walscan::{pg_time_to_unix_micros, SegmentSummary};
 use crate::store::snapshot::Snapshot;
-use crate::store::Repository;
+use crate::store::{Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -153,7 +153,7 @@ impl BothActive {
             "timelines {old} and {new} are both active: timeline {new}{fork} committed at {}, \
              and timeline {old} still committed at {}. Two servers archive into this \
              repository; if one is a test restore, stop it or turn its archiving off. A target \
-             after the fork needs --target-timeline to say which one",
+             after the fork means the newest timeline unless --target-timeline names another",
             fmt_millis(self.newer_first_commit),
             fmt_millis(self.older_last_commit)
         )
@@ -245,7 +245,16 @@ struct Summaries<'a> {
 impl Summaries<'_> {
     fn get(&mut self, tli: u32, segno: u64) -> Result<Option<&SegmentSummary>> {
         if !self.cache.contains_key(&(tli, segno)) {
-            let s = archive::summary(self.repo, self.sysid, tli, segno, self.seg_size)?;
+            let s = match archive::summary(self.repo, self.sysid, tli, segno, self.seg_size) {
+                // A damaged summary only hides commit times (check reports it).
+                Err(Error::Store(StoreError::Corrupt { object, reason })) => {
+                    tracing::warn!(
+                        "{object} is unreadable ({reason}): its commit times are not used"
+                    );
+                    None
+                }
+                other => other?,
+            };
             self.cache.insert((tli, segno), s);
         }
         Ok(self.cache[&(tli, segno)].as_ref())

@@ -6,8 +6,9 @@
 //!
 //! - `info --json` shows the tree (parent, fork point from the real history file), each
 //!   timeline's WAL and the backups that reach it, and flags timelines 1 and 2 as both active;
-//! - `check` warns about that (exit 0), and reports a deleted history file and a deleted
-//!   timeline 1 segment before the fork (exit 3);
+//! - `check` warns about that (exit 0), and reports a deleted history file, a deleted
+//!   timeline 1 segment before the fork, and one after B2 that timeline 2 has a segment of the
+//!   same number for (exit 3);
 //! - `expire` keeps timeline 1's WAL while a kept backup reaches it, removes all of it once
 //!   none does, keeps exactly what B3 needs of timeline 2, and B3 then restores with timeline
 //!   2's rows.
@@ -77,6 +78,8 @@ fn two_timelines_in_info_check_and_expire() {
     one.psql("INSERT INTO t VALUES (4, 'after')");
     one.switch_wal_and_wait_archived();
     let b2 = json_str(&repo.backup(&one), "id");
+    one.psql("INSERT INTO t VALUES (40, 'after')");
+    let after_b2 = one.switch_wal_and_wait_archived();
 
     // The restore to the target, promoted, archiving into the same repository.
     let out = TestDir::new("timeline2");
@@ -216,6 +219,24 @@ fn two_timelines_in_info_check_and_expire() {
         "{p:#}"
     );
     fs::rename(stash.join("s"), &segment_key).unwrap();
+    // A segment of timeline 1 after B2: timeline 2 has a segment of the same number, which
+    // must not hide the gap on B2's own timeline.
+    let last_key = wal_dir.join("00000001").join(&after_b2);
+    fs::rename(&last_key, stash.join("l")).unwrap();
+    let gap = check().assert_exit(3).json();
+    let p = gap["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "wal_gap")
+        .unwrap_or_else(|| panic!("no wal_gap in {gap:#}"))
+        .clone();
+    assert_eq!(
+        json_str(&p, "object"),
+        format!("wal/{sysid}/00000001/{after_b2}")
+    );
+    assert_eq!(strings(&p["backups"]), vec![b2.clone()], "{p:#}");
+    fs::rename(stash.join("l"), &last_key).unwrap();
     check().assert_exit(0);
 
     // expire with B1 marked: B2 goes; B1 still reaches timeline 1 (to its end, past the fork)
