@@ -137,16 +137,14 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
     let mut ranges = Vec::new();
     let mut surveys = Vec::new();
     for system in archive::systems(repo)? {
-        surveys.push((
-            system.system_identifier.clone(),
-            timelines::survey(repo, &system, &list.iter().collect::<Vec<_>>())?,
-        ));
-        for t in archive::catalog(repo, &system)? {
+        let survey = timelines::survey(repo, &system, &list.iter().collect::<Vec<_>>())?;
+        for t in &survey.timelines {
             wal.push(WalRow {
                 system_identifier: system.system_identifier.clone(),
-                timeline: t,
+                timeline: t.wal.clone(),
             });
         }
+        surveys.push((system.system_identifier.clone(), survey));
         let (earliest_time, latest_time) = pitr::restorable_range(repo, &system, &list)?;
         ranges.push(Restorable {
             system_identifier: system.system_identifier.clone(),
@@ -316,7 +314,7 @@ fn render_timeline(out: &mut String, t: &TimelineInfo, depth: usize) {
                 fmt_time(to),
                 t.timeline
             );
-            let _ = writeln!(out, "{pad}  from        {}", r.backups.join(", "));
+            let _ = writeln!(out, "{pad}  backups     {}", r.backups.join(", "));
         }
         _ => {
             let _ = writeln!(out, "{pad}  restorable  no backup reaches this timeline");
