@@ -9,9 +9,9 @@
 //! - `check` warns about that (exit 0), and reports a deleted history file, a deleted
 //!   timeline 1 segment before the fork, and one after B2 that timeline 2 has a segment of the
 //!   same number for (exit 3);
-//! - `expire` keeps timeline 1's WAL while a kept backup reaches it, removes all of it once
-//!   none does, keeps exactly what B3 needs of timeline 2, and B3 then restores with timeline
-//!   2's rows.
+//! - `expire` keeps timeline 1's WAL while a kept backup reaches it (B1 then still recovers
+//!   along timeline 2 to its last row), removes all of it once none does, keeps exactly what
+//!   B3 needs of timeline 2, and B3 then restores with timeline 2's rows.
 
 // This file uses only part of the harness's re-exports.
 #[allow(unused_imports)]
@@ -265,6 +265,26 @@ fn two_timelines_in_info_check_and_expire() {
     assert!(one_after.contains(&one_last), "{one_after:?}");
     assert!(one_after.contains(&before_fork), "{one_after:?}");
     assert!(one_after.len() < one_before.len(), "nothing before B1 went");
+
+    // What is left takes B1 along timeline 2 to its end. The planner of this branch picks
+    // backups by time only, so the timeline is set by hand: B1 restored, then its target
+    // replaced by timeline 2.
+    let out = TestDir::new("b1-on-2");
+    let via = out.join("data");
+    repo.restore(&via, &["--backup", &b1]).assert_ok();
+    let mut conf = fs::OpenOptions::new()
+        .append(true)
+        .open(via.join("postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        b"recovery_target = ''\nrecovery_target_timeline = '2'\nrecovery_target_action = 'promote'\n",
+    )
+    .unwrap();
+    let b1_on_2 = Cluster::start_on(&via);
+    assert_eq!(b1_on_2.wait_until_paused_or_ready(), RecoveryState::Ready);
+    assert_eq!(b1_on_2.psql(ROWS), rows_two, "{}", b1_on_2.log_tail(30));
+    drop(b1_on_2);
 
     // Unmarked: only B3 is kept. Timeline 1 is reached by no kept backup: all its WAL goes;
     // timeline 2 keeps what B3 needs, from its start.
