@@ -299,24 +299,27 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
     for t in &catalog {
         let tli = t.timeline;
         let first = first_segment(&tree, tli, seg_size);
-        let own_back = t.segnos.iter().rev().map(|s| (tli, *s));
-        let last_commit = sums.last_commit(own_back)?;
-        let mut first_own_commit = None;
-        if tree.parent(tli).is_some() {
-            for s in t.segnos.iter().filter(|s| **s > first) {
-                if let Some(c) = sums.get(tli, *s)?.and_then(|s| s.first_commit_time) {
-                    first_own_commit = Some(c);
-                    break;
+        // Commit times only matter where two timelines could both be active.
+        if catalog.len() > 1 {
+            let own_back = t.segnos.iter().rev().map(|s| (tli, *s));
+            let last_commit = sums.last_commit(own_back)?;
+            let mut first_own_commit = None;
+            if tree.parent(tli).is_some() {
+                for s in t.segnos.iter().filter(|s| **s > first) {
+                    if let Some(c) = sums.get(tli, *s)?.and_then(|s| s.first_commit_time) {
+                        first_own_commit = Some(c);
+                        break;
+                    }
                 }
             }
+            activity.insert(
+                tli,
+                Activity {
+                    last_commit,
+                    first_own_commit,
+                },
+            );
         }
-        activity.insert(
-            tli,
-            Activity {
-                last_commit,
-                first_own_commit,
-            },
-        );
 
         let reaching: Vec<&Snapshot> = backups
             .iter()

@@ -267,7 +267,7 @@ fn render_timelines(system: &str, s: &Survey) -> String {
         .collect();
     while let Some((tli, depth)) = stack.pop() {
         let t = by_tli[&tli];
-        render_timeline(&mut out, t, depth);
+        render_timeline(&mut out, t, depth, by_tli.len() > 1);
         for c in t.children.iter().rev() {
             if by_tli.contains_key(c) {
                 stack.push((*c, depth + 1));
@@ -280,7 +280,8 @@ fn render_timelines(system: &str, s: &Survey) -> String {
     out
 }
 
-fn render_timeline(out: &mut String, t: &TimelineInfo, depth: usize) {
+/// `several`: the cluster has more than one timeline, so say how to choose this one.
+fn render_timeline(out: &mut String, t: &TimelineInfo, depth: usize, several: bool) {
     let pad = "  ".repeat(depth + 1);
     let origin = match (t.parent, &t.fork_lsn) {
         (Some(p), Some(l)) => format!(", forked from timeline {p} at {l}"),
@@ -307,12 +308,15 @@ fn render_timeline(out: &mut String, t: &TimelineInfo, depth: usize) {
     let r = &t.restorable;
     match (r.earliest_time, r.latest_time) {
         (Some(from), Some(to)) => {
+            let choose = match several {
+                true => format!(" (--target-timeline {})", t.timeline),
+                false => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "{pad}  restorable  {} – {} (--target-timeline {})",
+                "{pad}  restorable  {} – {}{choose}",
                 fmt_time(from),
-                fmt_time(to),
-                t.timeline
+                fmt_time(to)
             );
             let _ = writeln!(out, "{pad}  backups     {}", r.backups.join(", "));
         }
@@ -415,6 +419,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("no backup reaches this timeline"), "{text}");
+        // One timeline: nothing to choose.
+        let single = Survey {
+            timelines: vec![info(1, None, vec![])],
+            both_active: vec![],
+            tree: Default::default(),
+        };
+        assert_eq!(
+            render_timelines("7", &single),
+            "timelines of system 7:\n  timeline 1\n    WAL         \
+             000000010000000000000003 – 000000010000000000000006 (3 segments)\n    \
+             restorable  2026-12-04 06:00:00 UTC – 2026-12-04 06:30:01 UTC\n    backups     \
+             B1\n"
+        );
         assert!(
             text.contains(
                 "WARNING: timelines 1 and 4 are both active: timeline 4 (it forked from \
