@@ -221,6 +221,13 @@ fn two_timelines_in_info_check_and_expire() {
     fs::rename(stash.join("s"), &segment_key).unwrap();
     // A segment of timeline 1 after B2: timeline 2 has a segment of the same number, which
     // must not hide the gap on B2's own timeline.
+    let number = |name: &str| name[8..].to_string();
+    assert!(
+        number(&json_str(&t2["wal"], "first")) <= number(&after_b2)
+            && number(&after_b2) <= number(&json_str(&t2["wal"], "last")),
+        "timeline 2 has no segment {} to stand in: {t2:#}",
+        number(&after_b2)
+    );
     let last_key = wal_dir.join("00000001").join(&after_b2);
     fs::rename(&last_key, stash.join("l")).unwrap();
     let gap = check().assert_exit(3).json();
