@@ -14,6 +14,7 @@
 
 use crate::archive::{self, System};
 use crate::error::{io, Result};
+use crate::pg::history::TimelineTree;
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::walscan::SegmentSummary;
 use crate::store::crypto::Crypto;
@@ -21,6 +22,7 @@ use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Loc, NodeKind};
 use crate::store::{keys, Id, Repository, StoreError};
+use crate::timelines::{self, Survey};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -134,6 +136,15 @@ pub enum ProblemKind {
     BadWalSummary,
     /// A cluster's record (`systems/…`) is missing or cannot be read.
     BadSystem,
+    /// A timeline above 1 holds WAL but its history file is missing or unreadable: recovery
+    /// cannot follow it from a backup on an earlier timeline.
+    MissingHistory,
+    /// WAL of an ancestor before a timeline's fork (or the timeline's own first segment) is
+    /// missing: recovery from the backups before the gap cannot reach that timeline.
+    TimelineUnreachable,
+    /// A warning, not a problem: two timelines both received WAL after the newer one began
+    /// (two servers archive into the repository).
+    BothActive,
 }
 
 /// One problem: the object, what is wrong, and what it affects.
@@ -182,6 +193,8 @@ pub struct Report {
     pub wal_objects_read: usize,
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
+    /// Hazards that are not damage (`both_active`): reported, but `ok` stays true.
+    pub warnings: Vec<Problem>,
 }
 
 /// Seconds since the Unix epoch.
@@ -411,56 +424,78 @@ fn missing_ranges(have: &[u64], from: u64, to: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// The WAL one backup needs: from its start segment, through its stop segment (to restore
-/// it), up to the next backup or the end of the archive (to recover past it).
+/// The WAL one backup needs on one timeline its recovery can follow: on its own timeline from
+/// its start segment, through its stop segment (to restore it); on a later timeline whose
+/// history holds its end, from that timeline's first segment; in both cases up to the next
+/// backup on the same path or the end of the timeline's archive (to recover past it). The
+/// ancestors' WAL before a fork is `check_timelines`' part.
 #[derive(Debug, Clone)]
 struct WalNeed {
     backup: String,
+    /// The timeline whose segments these are.
     tli: u32,
     from: u64,
-    stop: u64,
+    /// The backup's stop segment, on its own timeline.
+    stop: Option<u64>,
     to: u64,
 }
 
 impl WalNeed {
     fn covers(&self, tli: u32, segno: u64) -> bool {
-        tli >= self.tli && (self.from..=self.to).contains(&segno)
+        tli == self.tli && (self.from..=self.to).contains(&segno)
     }
 }
 
-/// Where each backup of one cluster needs WAL, given the last archived segment on timelines
-/// at or above each backup's (as recovery follows later timelines).
+/// Where each backup of one cluster needs WAL, given the timeline tree and the last archived
+/// segment of each timeline.
 fn wal_needs(
     backups: &[&Snapshot],
     seg_size: u64,
-    last_on_or_above: impl Fn(u32) -> Option<u64>,
+    tree: &TimelineTree,
+    last_of: impl Fn(u32) -> Option<u64>,
 ) -> Vec<WalNeed> {
     let mut sorted: Vec<&Snapshot> = backups.to_vec();
     sorted.sort_by_key(|s| s.start_lsn);
-    sorted
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let from = segment_of(s.start_lsn, seg_size);
-            let stop = segment_of(s.stop_lsn, seg_size);
+    let targets: BTreeSet<u32> = tree
+        .timelines()
+        .chain(sorted.iter().map(|s| s.timeline))
+        .collect();
+    let mut out = Vec::new();
+    for (i, s) in sorted.iter().enumerate() {
+        for &tli in targets
+            .iter()
+            .filter(|t| tree.contains(**t, s.timeline, s.stop_lsn))
+        {
+            let own = tli == s.timeline;
+            let stop = own.then(|| segment_of(s.stop_lsn, seg_size));
+            let from = match own {
+                true => segment_of(s.start_lsn, seg_size),
+                false => timelines::first_segment(tree, tli, seg_size),
+            };
             let next = sorted[i + 1..]
                 .iter()
-                .find(|n| n.timeline >= s.timeline)
+                .find(|n| tree.contains(tli, n.timeline, n.stop_lsn))
                 .map(|n| segment_of(n.start_lsn, seg_size).saturating_sub(1));
-            let to = next
-                .or(last_on_or_above(s.timeline))
-                .unwrap_or(stop)
-                .max(stop);
-            WalNeed {
-                backup: s.id.clone(),
-                tli: s.timeline,
-                from,
-                stop,
-                to,
+            let Some(to) = next.or(last_of(tli)).or(stop) else {
+                continue;
+            };
+            let to = to.max(stop.unwrap_or(0));
+            if to >= from {
+                out.push(WalNeed {
+                    backup: s.id.clone(),
+                    tli,
+                    from,
+                    stop,
+                    to,
+                });
             }
-        })
-        .collect()
+        }
+    }
+    out
 }
+
+/// The timelines a WAL gap cuts off, and the backups they are cut off from.
+type CutOff = (BTreeSet<u32>, BTreeSet<String>);
 
 /// The (relative path, problem) pairs of the damage below a tree; empty for a clean one.
 type Hits = Rc<Vec<(String, usize)>>;
@@ -758,58 +793,44 @@ impl<'a> Checker<'a> {
 
     /// Pass 2 for one cluster's WAL: gaps in what each backup needs, and with `read_data`
     /// every archived file and summary.
-    fn check_wal(&mut self, sysid: u64, system: &System, backups: &[&Snapshot]) -> Result<()> {
+    fn check_wal(
+        &mut self,
+        sysid: u64,
+        system: &System,
+        backups: &[&Snapshot],
+        survey: &Survey,
+    ) -> Result<()> {
         let seg_size = archive::segment_size(system);
-        let timelines = archive::catalog(self.repo, system)?;
-        // Archived segments on each backup's timeline or later ones, as recovery follows them.
-        let have_from: HashMap<u32, Vec<u64>> = backups
+        let have: HashMap<u32, &[u64]> = survey
+            .timelines
             .iter()
-            .map(|s| s.timeline)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(|tli| {
-                let mut v: Vec<u64> = timelines
-                    .iter()
-                    .filter(|t| t.timeline >= tli)
-                    .flat_map(|t| t.segnos.iter().copied())
-                    .collect();
-                v.sort_unstable();
-                v.dedup();
-                (tli, v)
-            })
+            .map(|t| (t.timeline, t.wal.segnos.as_slice()))
             .collect();
-        let needs = wal_needs(backups, seg_size, |tli| {
-            have_from.get(&tli).and_then(|v| v.last().copied())
+        let needs = wal_needs(backups, seg_size, &survey.tree, |tli| {
+            have.get(&tli).and_then(|v| v.last().copied())
         });
         let mut gaps: BTreeMap<(u32, u64, u64), usize> = BTreeMap::new();
         for need in &needs {
-            for (a, b) in missing_ranges(&have_from[&need.tli], need.from, need.to) {
-                let name = |s| {
-                    WalFile::Segment {
-                        tli: need.tli,
-                        segno: s,
-                    }
-                    .name(seg_size)
-                };
+            let segnos = have.get(&need.tli).copied().unwrap_or_default();
+            for (a, b) in missing_ranges(segnos, need.from, need.to) {
+                let name = |s| timelines::segment_name(need.tli, s, seg_size);
                 let p = match gaps.get(&(need.tli, a, b)) {
                     Some(&p) => p,
                     None => {
-                        let detail = if a <= need.stop {
-                            format!(
-                                "WAL segments {} – {} are missing: backup {} cannot be \
-                                 restored",
-                                name(a),
-                                name(b),
+                        let missing = format!("WAL segments {} – {} are missing", name(a), name(b));
+                        let detail = match need.stop {
+                            Some(stop) if a <= stop => {
+                                format!("{missing}: backup {} cannot be restored", need.backup)
+                            }
+                            Some(_) => format!(
+                                "{missing}: recovery from backup {} stops before them",
                                 need.backup
-                            )
-                        } else {
-                            format!(
-                                "WAL segments {} – {} are missing: recovery from backup {} \
-                                 stops before them",
-                                name(a),
-                                name(b),
-                                need.backup
-                            )
+                            ),
+                            None => format!(
+                                "{missing}: recovery from backup {} along timeline {} stops \
+                                 before them",
+                                need.backup, need.tli
+                            ),
                         };
                         let key = keys::wal_file(sysid, need.tli, &name(a));
                         let p = self.problem(Problem::new(ProblemKind::WalGap, key, detail));
@@ -879,6 +900,115 @@ impl<'a> Checker<'a> {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Pass 2 for one cluster's timelines: history files, the WAL each fork needs from its
+    /// ancestors, and timelines both being written.
+    fn check_timelines(
+        &mut self,
+        sysid: u64,
+        system: &System,
+        backups: &[&Snapshot],
+        survey: &Survey,
+    ) -> Result<()> {
+        let seg_size = archive::segment_size(system);
+        let tree = &survey.tree;
+        for &tli in &tree.missing {
+            let name = WalFile::History { tli }.name(seg_size);
+            let mut p = Problem::new(
+                ProblemKind::MissingHistory,
+                keys::wal_file(sysid, tli, &name),
+                format!(
+                    "timeline {tli} holds WAL but its history file {name} is missing or \
+                     unreadable: recovery cannot follow timeline {tli} from a backup on an \
+                     earlier timeline. Archive it again from pg_wal/{name} of the server that \
+                     created timeline {tli} (pgsnapfs wal-push)"
+                ),
+            );
+            p.backups.extend(
+                backups
+                    .iter()
+                    .filter(|b| b.timeline < tli)
+                    .map(|b| b.id.clone()),
+            );
+            self.problem(p);
+        }
+        let have: HashSet<(u32, u64)> = survey
+            .timelines
+            .iter()
+            .flat_map(|t| t.wal.segnos.iter().map(move |s| (t.timeline, *s)))
+            .collect();
+        let have = |tli: u32, segno: u64| have.contains(&(tli, segno));
+        // (timeline, first, last) of a gap -> the timelines it cuts off, and from which backups.
+        let mut cut: BTreeMap<(u32, u64, u64), CutOff> = BTreeMap::new();
+        for t in &survey.timelines {
+            let Some(_) = t.parent else { continue };
+            let tli = t.timeline;
+            let reaching: Vec<&&Snapshot> = backups
+                .iter()
+                .filter(|b| b.timeline != tli && tree.contains(tli, b.timeline, b.stop_lsn))
+                .collect();
+            let Some(from) = reaching
+                .iter()
+                .map(|b| segment_of(b.start_lsn, seg_size))
+                .min()
+            else {
+                continue;
+            };
+            // The ancestors' WAL up to the fork; and the switch segment itself once the
+            // timeline has archived any (a newly promoted server has not yet).
+            let first = timelines::first_segment(tree, tli, seg_size);
+            let to = if t.wal.segnos.is_empty() {
+                first.saturating_sub(1)
+            } else {
+                first
+            };
+            for gap in timelines::missing_on_path(tree, tli, from, to, seg_size, &have) {
+                let e = cut.entry(gap).or_default();
+                e.0.insert(tli);
+                e.1.extend(
+                    reaching
+                        .iter()
+                        .filter(|b| segment_of(b.start_lsn, seg_size) <= gap.2)
+                        .map(|b| b.id.clone()),
+                );
+            }
+        }
+        for ((tli, a, b), (targets, affected)) in cut {
+            let name = |s| timelines::segment_name(tli, s, seg_size);
+            let forks: Vec<String> = targets
+                .iter()
+                .map(|t| match tree.parent(*t) {
+                    Some((p, at)) => format!("timeline {t} (forked from timeline {p} at {at})"),
+                    None => format!("timeline {t}"),
+                })
+                .collect();
+            let mut p = Problem::new(
+                ProblemKind::TimelineUnreachable,
+                keys::wal_file(sysid, tli, &name(a)),
+                format!(
+                    "WAL segments {} – {} are missing: recovery from the backups before them \
+                     cannot reach {}",
+                    name(a),
+                    name(b),
+                    forks.join(", ")
+                ),
+            );
+            p.backups = affected;
+            self.problem(p);
+        }
+        for both in &survey.both_active {
+            let [_, newer] = both.timelines;
+            let name = WalFile::History { tli: newer }.name(seg_size);
+            let w = Problem::new(
+                ProblemKind::BothActive,
+                keys::wal_file(sysid, newer, &name),
+                both.describe(),
+            );
+            tracing::warn!("{}", w.detail);
+            self.report.warnings.push(w);
         }
         Ok(())
     }
@@ -1048,7 +1178,9 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
                 }
             }
         };
-        c.check_wal(sysid, &system, &backups)?;
+        let survey = timelines::survey(repo, &system, &backups)?;
+        c.check_wal(sysid, &system, &backups, &survey)?;
+        c.check_timelines(sysid, &system, &backups, &survey)?;
     }
 
     // Pass 3: name what the damage affects.
@@ -1139,22 +1271,44 @@ mod tests {
 
         let seg = 16 << 20;
         let snap = |id: &str, tli, start: u64, stop: u64| snapshot(id, tli, start, stop, None);
-        let (a, b, c) = (snap("a", 1, 2, 3), snap("b", 1, 8, 8), snap("c", 2, 20, 21));
+        // Timeline 2 forks from 1 at segment 15; 1 goes on to 30, 2 to 25.
+        let mut h = BTreeMap::new();
+        h.insert(1, vec![]);
+        h.insert(
+            2,
+            crate::pg::history::parse_history("1\t0/F000100\tx\n").unwrap(),
+        );
+        let tree = TimelineTree::new(h, vec![]);
+        let last = |tli| Some(if tli == 1 { 30 } else { 25 });
+        let (a, b, c, d) = (
+            snap("a", 1, 2, 3),
+            snap("b", 1, 8, 8),
+            snap("c", 2, 20, 21),
+            snap("d", 1, 16, 16),
+        );
         // Out of order on purpose: needs follow WAL positions.
-        let needs = wal_needs(&[&c, &a, &b], seg, |tli| {
-            Some(if tli == 1 { 30 } else { 25 })
-        });
+        let needs = wal_needs(&[&c, &d, &a, &b], seg, &tree, last);
         let got: Vec<_> = needs
             .iter()
-            .map(|n| (n.backup.as_str(), n.from, n.stop, n.to))
+            .map(|n| (n.backup.as_str(), n.tli, n.from, n.stop, n.to))
             .collect();
         assert_eq!(
             got,
-            vec![("a", 2, 3, 7), ("b", 8, 8, 19), ("c", 20, 21, 25)]
+            vec![
+                // a: its own timeline up to b; timeline 2 is b's to cover.
+                ("a", 1, 2, Some(3), 7),
+                // b: timeline 1 up to d (after the fork, on timeline 1 only); timeline 2 from
+                // its first segment up to c.
+                ("b", 1, 8, Some(8), 15),
+                ("b", 2, 15, None, 19),
+                // d reaches timeline 1 only, c timeline 2 only.
+                ("d", 1, 16, Some(16), 30),
+                ("c", 2, 20, Some(21), 25),
+            ]
         );
-        assert!(needs[1].covers(2, 19) && !needs[2].covers(1, 21));
+        assert!(needs[2].covers(2, 19) && !needs[2].covers(1, 19) && !needs[4].covers(1, 21));
         // Archived WAL that ends before a backup's stop still leaves its own WAL needed.
-        let needs = wal_needs(&[&a], seg, |_| Some(2));
+        let needs = wal_needs(&[&a], seg, &tree, |_| Some(2));
         assert_eq!((needs[0].from, needs[0].to), (2, 3));
     }
 
@@ -1377,6 +1531,117 @@ mod tests {
         assert_eq!(p.backups, ["b1".to_string(), "b2".to_string()].into());
         assert_eq!(p.files, ["base/16385".to_string()].into());
         assert_eq!(data.problems.len(), 2, "{:?}", data.problems);
+    }
+
+    /// Timelines in memory: 2 forks from 1 in segment 5, 3 holds WAL without a history file;
+    /// a segment of timeline 1 before the fork goes missing; timeline 1 commits after
+    /// timeline 2's first commit.
+    #[test]
+    fn timelines_missing_history_unreachable_fork_and_both_active() {
+        use crate::pg::walscan::SegmentSummary;
+        use crate::store::backend::memory::MemoryBackend;
+        use crate::store::Backend;
+        use std::sync::Arc;
+
+        let seg: u64 = 16 << 20;
+        let mem = Arc::new(MemoryBackend::default());
+        let repo = Repository::init(mem.clone(), 65536, 3).unwrap();
+        archive::register_system(
+            &repo,
+            &System {
+                system_identifier: "7".into(),
+                pg_major: 15,
+                wal_segment_size: seg,
+                registered: chrono::Utc::now(),
+            },
+        )
+        .unwrap();
+        let put = |tli: u32, segno: u64, commit: Option<i64>| {
+            let name = WalFile::Segment { tli, segno }.name(seg);
+            repo.put_sealed(&keys::wal_file(7, tli, &name), b"wal")
+                .unwrap();
+            let sum = SegmentSummary {
+                first_commit_time: commit,
+                last_commit_time: commit,
+                restore_points: vec![],
+                min_commit_xid: None,
+                max_commit_xid: None,
+                end_lsn: crate::pg::lsn::Lsn(segno * seg),
+            };
+            repo.put_sealed(
+                &keys::wal_summary(7, tli, &name),
+                &serde_json::to_vec(&sum).unwrap(),
+            )
+            .unwrap();
+        };
+        // Timeline 1: 2..=9, committing until time 900; timeline 2 from 5, first own
+        // commit (past its switch segment) at 600.
+        for segno in 2..=9 {
+            put(1, segno, Some(segno as i64 * 100));
+        }
+        for segno in 5..=7 {
+            put(2, segno, Some(segno as i64 * 100));
+        }
+        put(3, 12, None);
+        repo.put_sealed(
+            &keys::wal_file(7, 2, "00000002.history"),
+            b"1\t0/5000100\tbefore 2026-11-20 14:30:00+00\n",
+        )
+        .unwrap();
+        repo.save_snapshot(&snapshot("b1", 1, 2, 2, None)).unwrap();
+        repo.save_snapshot(&snapshot("b2", 1, 3, 3, None)).unwrap();
+        let run = || {
+            check(
+                &repo,
+                CheckOptions {
+                    read_data: false,
+                    subset: Subset::All,
+                    full: false,
+                    record: None,
+                    progress: Box::new(|_| {}),
+                },
+            )
+            .unwrap()
+        };
+        let of = |r: &Report, kind| -> Vec<Problem> {
+            r.problems
+                .iter()
+                .filter(|p| p.kind == kind)
+                .cloned()
+                .collect()
+        };
+        let r = run();
+        assert!(of(&r, ProblemKind::TimelineUnreachable).is_empty(), "{r:?}");
+        let missing = of(&r, ProblemKind::MissingHistory);
+        assert_eq!(missing.len(), 1, "{r:?}");
+        assert_eq!(missing[0].object, "wal/7/00000003/00000003.history");
+        assert_eq!(r.warnings.len(), 1, "{r:?}");
+        assert_eq!(r.warnings[0].kind, ProblemKind::BothActive);
+        assert!(
+            r.warnings[0]
+                .detail
+                .starts_with("timelines 1 and 2 are both active"),
+            "{r:?}"
+        );
+
+        // Segment 3 of timeline 1 (before the fork) goes: timeline 2 is cut off from b1 and
+        // b2 (both start at or before it).
+        let gone = keys::wal_file(7, 1, &WalFile::Segment { tli: 1, segno: 3 }.name(seg));
+        mem.delete(&gone).unwrap();
+        let r = run();
+        let cut = of(&r, ProblemKind::TimelineUnreachable);
+        assert_eq!(cut.len(), 1, "{r:?}");
+        assert_eq!(cut[0].object, gone);
+        assert!(
+            cut[0]
+                .detail
+                .contains("cannot reach timeline 2 (forked from timeline 1 at 0/5000100)"),
+            "{}",
+            cut[0].detail
+        );
+        assert_eq!(cut[0].backups, ["b1".to_string(), "b2".to_string()].into());
+        // A damaged repository: not ok. A warning alone would leave it ok.
+        assert!(!r.ok);
     }
 
     #[test]

@@ -1,20 +1,29 @@
 //! `expire`: deletes the backups a retention policy does not keep, and the WAL no kept backup
 //! needs. Packs are left to gc.
 //!
-//! A backup disappears atomically with its manifest. WAL is cut per cluster below the start
-//! of its oldest kept backup: recovery only moves forward, so nothing before that point can be
-//! replayed by any kept backup, on any timeline. History files are always kept (they are
-//! tiny, and recovery to a later timeline reads all of them). Backups marked with
-//! `backup-keep`, and backups pinned by a running mount, verify or restore, are kept.
+//! A backup disappears atomically with its manifest. WAL is decided per timeline
+//! (`wal_to_keep`, pure): each kept backup keeps the WAL recovery from it reads toward every
+//! timeline whose history holds the backup's end: on its own timeline from its start, on
+//! each descendant from the switch segment, and on an ancestor of the path only up to where the
+//! path leaves it. Everything else goes, so the WAL of an abandoned timeline (the old
+//! primary's after a recovery, a stray test restore's) stays exactly as long as a kept backup
+//! can reach it. On one timeline this is "everything from the oldest kept backup's start on".
+//! A timeline whose history file is missing keeps everything from the oldest kept backup's
+//! start (its place in the tree is unknown). History files are always kept (they are tiny,
+//! and recovery to a later timeline reads all of them). Backups marked with `backup-keep`, and
+//! backups pinned by a running mount, verify or restore, are kept.
 
+use crate::archive::{self, System};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
+use crate::pg::history::TimelineTree;
 use crate::pg::wal::{segment_of, segment_start, WalFile};
 use crate::retention::{self, Candidate, Policy, Reason};
 use crate::store::{keys, Repository, StoreError};
+use crate::timelines::{first_segment, segment_name, BackupPoint};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 #[derive(Debug, Serialize)]
 pub struct Verdict {
@@ -29,9 +38,108 @@ pub struct Verdict {
 #[derive(Debug, Serialize)]
 pub struct WalCut {
     pub system_identifier: String,
-    /// WAL from this location on is kept, on every timeline.
+    /// Where the oldest kept backup starts: nothing before it is kept, on any timeline.
     pub keep_from: String,
     pub files_removed: u64,
+    /// What is kept and removed on each timeline, and why.
+    pub timelines: Vec<TimelineCut>,
+}
+
+/// The WAL decision on one timeline.
+#[derive(Debug, Serialize)]
+pub struct TimelineCut {
+    pub timeline: u32,
+    /// The first segment kept (to the end of the timeline); None: nothing is kept.
+    pub keep_from: Option<String>,
+    /// The kept backups that reach this timeline.
+    pub keep_for: Vec<String>,
+    /// Other reasons it is kept from the oldest kept backup's start on.
+    pub held: Vec<Hold>,
+    pub files_removed: u64,
+    /// Why what goes, goes.
+    pub why: String,
+}
+
+/// Why a timeline's WAL is kept from the oldest kept backup's start on, whether or not a
+/// kept backup reaches it: what it is needed for is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    /// Its history file is missing, so where it branched is unknown.
+    HistoryMissing,
+    /// A backup is running (or a lease cannot be read): its WAL may be on any timeline.
+    BackupRunning,
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hold::HistoryMissing => "its history file is missing",
+            Hold::BackupRunning => "a backup is running",
+        })
+    }
+}
+
+/// What to keep of one timeline: segment `from` to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keep {
+    pub from: u64,
+    /// The kept backups whose recovery can follow this timeline.
+    pub backups: BTreeSet<String>,
+    pub held: BTreeSet<Hold>,
+}
+
+/// The WAL to keep per timeline, given the tree, the timelines holding WAL and the kept
+/// backups. A kept backup reaches every timeline whose history holds its end: its own from
+/// its start, and each descendant from its switch segment (every timeline on the path to a
+/// descendant is itself reached, so each is kept to its end). A timeline no kept backup
+/// reaches keeps nothing, unless it is held (`Hold`): then, as without timeline
+/// information, from the oldest kept backup's start on. `backup_running`: a backup not yet
+/// published may need WAL on any timeline.
+pub fn wal_to_keep(
+    tree: &TimelineTree,
+    timelines: &[u32],
+    kept: &[BackupPoint],
+    backup_running: bool,
+    seg_size: u64,
+) -> BTreeMap<u32, Keep> {
+    let mut out: BTreeMap<u32, Keep> = BTreeMap::new();
+    let mut add = |tli: u32, from: u64, backup: Option<&str>, hold: Option<Hold>| {
+        let k = out.entry(tli).or_insert(Keep {
+            from,
+            backups: BTreeSet::new(),
+            held: BTreeSet::new(),
+        });
+        k.from = k.from.min(from);
+        k.backups.extend(backup.map(str::to_string));
+        k.held.extend(hold);
+    };
+    let targets: BTreeSet<u32> = timelines
+        .iter()
+        .copied()
+        .chain(kept.iter().map(|k| k.tli))
+        .collect();
+    for k in kept {
+        for &tli in targets.iter().filter(|t| tree.contains(**t, k.tli, k.stop)) {
+            let from = if tli == k.tli {
+                segment_of(k.start, seg_size)
+            } else {
+                first_segment(tree, tli, seg_size)
+            };
+            add(tli, from, Some(&k.id), None);
+        }
+    }
+    if let Some(oldest) = kept.iter().map(|k| segment_of(k.start, seg_size)).min() {
+        for &tli in &tree.missing {
+            add(tli, oldest, None, Some(Hold::HistoryMissing));
+        }
+        if backup_running {
+            for &tli in &targets {
+                add(tli, oldest, None, Some(Hold::BackupRunning));
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Serialize)]
@@ -139,21 +247,60 @@ pub fn run(
         }
     }
 
-    // WAL: below the oldest kept backup of each cluster.
-    let mut cut_at: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    // WAL: per cluster, what the kept backups reach. A running backup is not published yet:
+    // an unreadable lease may be one.
+    let running = lock::list(repo)?
+        .into_iter()
+        .any(|f| !f.stale && f.record.as_ref().is_none_or(|r| r.command == "backup"));
+    let mut kept_by_system: BTreeMap<u64, Vec<&crate::store::snapshot::Snapshot>> = BTreeMap::new();
     for s in backups.iter().filter(|s| !verdicts[&s.id].is_empty()) {
-        let seg = segment_of(s.start_lsn, s.wal_segment_size);
-        let e = cut_at.entry(s.sysid()).or_insert((seg, s.wal_segment_size));
-        e.0 = e.0.min(seg);
+        kept_by_system.entry(s.sysid()).or_default().push(s);
     }
     let mut wal = Vec::new();
     if unreadable.is_empty() {
-        for (sysid, (first, seg_size)) in cut_at {
-            let removed = cut_wal(repo, sysid, first, seg_size, dry_run, &held)?;
+        for (sysid, kept) in kept_by_system {
+            let system = archive::load_system(repo, sysid)?.unwrap_or_else(|| System {
+                system_identifier: sysid.to_string(),
+                pg_major: 0,
+                wal_segment_size: kept[0].wal_segment_size,
+                registered: Utc::now(),
+            });
+            let seg_size = archive::segment_size(&system);
+            let catalog = archive::catalog(repo, &system)?;
+            let tree = archive::timeline_tree(repo, &system, &catalog)?;
+            let points: Vec<BackupPoint> = kept.iter().map(|s| BackupPoint::from(*s)).collect();
+            let tlis: Vec<u32> = catalog.iter().map(|t| t.timeline).collect();
+            let keep = wal_to_keep(&tree, &tlis, &points, running, seg_size);
+            let removed = cut_wal(repo, sysid, &keep, seg_size, dry_run, &held)?;
+            let first = points
+                .iter()
+                .map(|p| segment_of(p.start, seg_size))
+                .min()
+                .expect("a kept backup");
+            let all: BTreeSet<u32> = tlis.iter().chain(keep.keys()).copied().collect();
+            let timelines = all
+                .into_iter()
+                .map(|tli| {
+                    let k = keep.get(&tli);
+                    TimelineCut {
+                        timeline: tli,
+                        keep_from: k.map(|k| segment_name(tli, k.from, seg_size)),
+                        keep_for: k.map_or(Vec::new(), |k| k.backups.iter().cloned().collect()),
+                        held: k.map_or(Vec::new(), |k| k.held.iter().copied().collect()),
+                        files_removed: removed.get(&tli).copied().unwrap_or(0),
+                        why: match k {
+                            None => format!("no kept backup reaches timeline {tli}"),
+                            Some(k) if !k.held.is_empty() => "before the oldest kept backup".into(),
+                            Some(_) => "before every kept backup that reaches it".into(),
+                        },
+                    }
+                })
+                .collect();
             wal.push(WalCut {
                 system_identifier: sysid.to_string(),
                 keep_from: segment_start(first, seg_size).to_string(),
-                files_removed: removed,
+                files_removed: removed.values().sum(),
+                timelines,
             });
         }
     }
@@ -174,33 +321,38 @@ pub fn run(
     })
 }
 
-/// Removes a cluster's WAL files (segments, partial and backup files) before segment
-/// `first`, on every timeline. Summaries go first, the reverse of the order wal-push writes
-/// them: a killed run leaves at most segments without summaries, removed by the next run.
+/// Removes a cluster's WAL files (segments, partial and backup files) outside `keep`, with
+/// their summaries; returns the files removed per timeline. Summaries go first, the reverse of
+/// the order wal-push writes them: a killed run leaves at most segments without summaries,
+/// removed by the next run.
 fn cut_wal(
     repo: &Repository,
     sysid: u64,
-    first: u64,
+    keep: &BTreeMap<u32, Keep>,
     seg_size: u64,
     dry_run: bool,
     held: &dyn Fn() -> Result<()>,
-) -> Result<u64> {
-    let before = |key: &str| match WalFile::parse(key.rsplit('/').next().unwrap_or(""), seg_size) {
-        Some(WalFile::Segment { segno, .. })
-        | Some(WalFile::Partial { segno, .. })
-        | Some(WalFile::Backup { segno, .. }) => segno < first,
-        Some(WalFile::History { .. }) | None => false,
+) -> Result<BTreeMap<u32, u64>> {
+    let doomed = |key: &str| match WalFile::parse(key.rsplit('/').next().unwrap_or(""), seg_size) {
+        Some(WalFile::Segment { tli, segno })
+        | Some(WalFile::Partial { tli, segno })
+        | Some(WalFile::Backup { tli, segno, .. }) => {
+            let kept = keep.get(&tli).is_some_and(|k| segno >= k.from);
+            (!kept).then_some(tli)
+        }
+        Some(WalFile::History { .. }) | None => None,
     };
     let summaries = repo.backend().list(&keys::wal_summaries(sysid))?;
     let files = repo.backend().list(&keys::wal_system(sysid))?;
-    let mut removed = 0;
-    for key in summaries.iter().chain(&files).filter(|k| before(k)) {
+    let mut removed = BTreeMap::new();
+    for key in summaries.iter().chain(&files) {
+        let Some(tli) = doomed(key) else { continue };
         if !dry_run {
             held()?;
             repo.backend().delete(key)?;
         }
         if key.starts_with(keys::WAL) {
-            removed += 1;
+            *removed.entry(tli).or_insert(0) += 1;
         }
     }
     Ok(removed)
@@ -295,6 +447,208 @@ mod tests {
             vec!["00000005", "00000006", "00000007", "00000008", "00000009", ""]
         );
         assert_eq!(mem.list(&keys::wal_summaries(7)).unwrap().len(), 5);
+    }
+
+    /// 1 -> 2 at 0/5000100 -> 3 at 0/8000000; 1 -> 4 at 0/6000000.
+    fn tree() -> TimelineTree {
+        use crate::pg::history::parse_history;
+        let mut h = BTreeMap::new();
+        h.insert(1, vec![]);
+        h.insert(2, parse_history("1\t0/5000100\tx\n").unwrap());
+        h.insert(
+            3,
+            parse_history("1\t0/5000100\tx\n2\t0/8000000\ty\n").unwrap(),
+        );
+        h.insert(4, parse_history("1\t0/6000000\tz\n").unwrap());
+        TimelineTree::new(h, vec![])
+    }
+
+    fn point(id: &str, tli: u32, start: u64, stop: u64) -> BackupPoint {
+        BackupPoint {
+            id: id.into(),
+            tli,
+            start: Lsn(start * SEG + 40),
+            stop: Lsn(stop * SEG + 0x200),
+        }
+    }
+
+    /// (timeline, from, backups) of each timeline kept.
+    fn kept(keep: &BTreeMap<u32, Keep>) -> Vec<(u32, u64, String)> {
+        keep.iter()
+            .map(|(tli, k)| {
+                let b: Vec<&str> = k.backups.iter().map(String::as_str).collect();
+                (*tli, k.from, b.join(","))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wal_kept_per_timeline() {
+        let t = tree();
+        let all = [1, 2, 3, 4];
+        // A backup before every fork keeps every timeline from where its path enters it.
+        let early = wal_to_keep(&t, &all, &[point("a", 1, 2, 2)], false, SEG);
+        assert_eq!(
+            kept(&early),
+            vec![
+                (1, 2, "a".into()),
+                (2, 5, "a".into()),
+                (3, 8, "a".into()),
+                (4, 6, "a".into())
+            ]
+        );
+        // Only a backup after the fork, on timeline 2: timeline 1 (the abandoned old
+        // primary's) and its other branch 4 are reached by no kept backup and go entirely.
+        let later = wal_to_keep(&t, &all, &[point("b", 2, 6, 6)], false, SEG);
+        assert_eq!(kept(&later), vec![(2, 6, "b".into()), (3, 8, "b".into())]);
+        // A backup on timeline 1 between the two forks reaches 1 and 4, not 2 or 3; with one
+        // on 3 as well, timeline 2 is kept for nobody.
+        let mixed = wal_to_keep(
+            &t,
+            &all,
+            &[point("c", 1, 5, 5), point("d", 3, 9, 9)],
+            false,
+            SEG,
+        );
+        assert_eq!(
+            kept(&mixed),
+            vec![(1, 5, "c".into()), (3, 9, "d".into()), (4, 6, "c".into())]
+        );
+        // Several backups reaching one timeline: kept from the oldest's need, naming all.
+        let two = wal_to_keep(
+            &t,
+            &all,
+            &[
+                point("e", 1, 2, 2),
+                point("f", 1, 4, 4),
+                point("g", 2, 7, 7),
+            ],
+            false,
+            SEG,
+        );
+        assert_eq!(
+            kept(&two),
+            vec![
+                (1, 2, "e,f".into()),
+                (2, 5, "e,f,g".into()),
+                (3, 8, "e,f,g".into()),
+                (4, 6, "e,f".into())
+            ]
+        );
+        // A timeline whose history file is missing keeps everything from the oldest kept
+        // backup: where it branched is unknown.
+        let mut h = BTreeMap::new();
+        h.insert(1, vec![]);
+        h.insert(5, vec![]);
+        let lost = TimelineTree::new(h, vec![5]);
+        let keep = wal_to_keep(&lost, &[1, 5], &[point("g", 1, 3, 3)], false, SEG);
+        assert_eq!(kept(&keep), vec![(1, 3, "g".into()), (5, 3, "".into())]);
+        assert_eq!(keep[&5].held, [Hold::HistoryMissing].into());
+        assert!(keep[&1].held.is_empty());
+        // While a backup runs, every timeline keeps what it kept before timelines counted:
+        // from the oldest kept backup's start.
+        let busy = wal_to_keep(&t, &all, &[point("b", 2, 6, 6)], true, SEG);
+        assert_eq!(
+            kept(&busy),
+            vec![
+                (1, 6, "".into()),
+                (2, 6, "b".into()),
+                (3, 6, "b".into()),
+                (4, 6, "".into())
+            ]
+        );
+        assert_eq!(busy[&1].held, [Hold::BackupRunning].into());
+        // Nothing kept, nothing reached.
+        assert!(wal_to_keep(&t, &all, &[], false, SEG).is_empty());
+    }
+
+    /// Timeline 2 forks from 1 in segment 5; backups on 1 (segment 2) and on 2 (segment 7).
+    /// Expiring the one on timeline 1 removes timeline 1's WAL entirely (the part past the
+    /// fork is abandoned, the part before it is only needed by the expired backup), and
+    /// keeps timeline 2 from the kept backup's start.
+    #[test]
+    fn abandoned_timeline_goes_with_its_last_backup() {
+        let (mem, repo) = setup();
+        for id in ["b2", "b5", "b8"] {
+            repo.backend().delete(&keys::snapshot(id)).unwrap();
+        }
+        let root = BlobRef {
+            id: Id::of(b"root"),
+            loc: Loc {
+                pack: Id::of(b"pack"),
+                offset: 8,
+                stored_len: 1,
+            },
+            len: 1,
+        };
+        for (id, tli, seg, day) in [("one", 1, 2, 1), ("two", 2, 7, 2)] {
+            let base = snapshot::sample(id, root);
+            repo.save_snapshot(&Snapshot {
+                timeline: tli,
+                start_lsn: Lsn(seg * SEG + 40),
+                stop_lsn: Lsn(seg * SEG + 0x200),
+                stop_time: base.stop_time + chrono::Duration::days(day),
+                ..base
+            })
+            .unwrap();
+        }
+        // setup() stored a placeholder history file: a real one instead.
+        let history = keys::wal_file(7, 2, "00000002.history");
+        mem.delete(&history).unwrap();
+        repo.put_sealed(&history, b"1\t0/5000100\tbefore 2026-11-20 14:30:00+00\n")
+            .unwrap();
+        for segno in 5..10 {
+            let name = WalFile::Segment { tli: 2, segno }.name(SEG);
+            repo.put_sealed(&keys::wal_file(7, 2, &name), b"wal")
+                .unwrap();
+        }
+        let lease = Lease::exclusive(&repo, "expire").unwrap();
+        // Both kept: timeline 1 to its end (the backup on it reaches it), timeline 2 from the
+        // fork.
+        let both = run(&repo, &last(2), true, None).unwrap();
+        let cut = &both.wal[0];
+        assert_eq!(cut.files_removed, 1, "{cut:?}");
+        let from = |i: usize| cut.timelines[i].keep_from.as_deref();
+        assert_eq!(from(0), Some("000000010000000000000002"));
+        assert_eq!(from(1), Some("000000020000000000000005"));
+        assert_eq!(cut.timelines[1].keep_for, vec!["one", "two"]);
+        // While a backup runs (its WAL may be on timeline 1), timeline 1 keeps what it kept
+        // before timelines counted: from the oldest kept backup's start.
+        let running = Lease::shared(&repo, "backup").unwrap();
+        let busy = run(&repo, &last(1), true, None).unwrap();
+        let t1 = &busy.wal[0].timelines[0];
+        assert_eq!(t1.held, vec![Hold::BackupRunning]);
+        assert_eq!(t1.keep_from.as_deref(), Some("000000010000000000000007"));
+        assert_eq!(t1.files_removed, 6);
+        drop(running);
+        // Only the newest (on timeline 2) kept.
+        let report = run(&repo, &last(1), false, Some(&lease)).unwrap();
+        let cut = &report.wal[0];
+        assert_eq!(cut.timelines[0].timeline, 1);
+        assert_eq!(cut.timelines[0].keep_from, None);
+        assert_eq!(cut.timelines[0].files_removed, 9);
+        assert_eq!(cut.timelines[0].why, "no kept backup reaches timeline 1");
+        assert_eq!(
+            cut.timelines[1].keep_from.as_deref(),
+            Some("000000020000000000000007")
+        );
+        assert_eq!(cut.timelines[1].files_removed, 2);
+        let left: Vec<String> = mem
+            .list("wal/7/")
+            .unwrap()
+            .iter()
+            .map(|k| k.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                "00000002.history",
+                "000000020000000000000007",
+                "000000020000000000000008",
+                "000000020000000000000009"
+            ]
+        );
+        assert!(mem.list(&keys::wal_summaries(7)).unwrap().is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod restore;
 pub mod retention;
 pub mod server;
 pub mod store;
+pub mod timelines;
 pub mod verify;
 pub mod view;
 

@@ -124,6 +124,16 @@ pub fn render(r: &Report) -> String {
     if r.problems.is_empty() {
         let _ = writeln!(out, "no problems found");
     }
+    for w in &r.warnings {
+        let kind = serde_json::to_value(w.kind).expect("serializes");
+        let _ = writeln!(
+            out,
+            "WARNING {}: {}: {}",
+            kind.as_str().unwrap_or_default(),
+            w.object,
+            w.detail
+        );
+    }
     for p in &r.problems {
         let kind = serde_json::to_value(p.kind).expect("serializes");
         let _ = writeln!(

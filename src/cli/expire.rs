@@ -2,7 +2,7 @@
 
 use super::print_json;
 use crate::error::{Error, Result};
-use crate::expire;
+use crate::expire::{self, TimelineCut};
 use crate::lock::Lease;
 use crate::retention::{parse_duration, Policy};
 use crate::store::Repository;
@@ -100,14 +100,36 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     }
     for w in &report.wal {
         println!(
-            "WAL of system {}: {verb} {} files before {}",
-            w.system_identifier, w.files_removed, w.keep_from
+            "WAL of system {}: {verb} {} files",
+            w.system_identifier, w.files_removed
         );
+        for t in &w.timelines {
+            print!("{}", render_timeline_cut(t, verb));
+        }
     }
     if !a.dry_run && report.backups.iter().any(|v| !v.keep) {
         println!("run `pgsnapfs gc` to free the space of the removed backups");
     }
     Ok(())
+}
+
+/// One timeline's WAL decision for people: what is kept for which backups, what goes and why.
+fn render_timeline_cut(t: &TimelineCut, verb: &str) -> String {
+    let mut out = format!("  timeline {}: ", t.timeline);
+    if let Some(from) = &t.keep_from {
+        let mut why: Vec<String> = t.held.iter().map(ToString::to_string).collect();
+        if !t.keep_for.is_empty() {
+            why.insert(0, format!("reached by {}", t.keep_for.join(", ")));
+        }
+        let why = why.join("; ");
+        out.push_str(&format!("keep {from} on ({why}); "));
+    }
+    out.push_str(&format!("{verb} {} files", t.files_removed));
+    if t.files_removed > 0 || t.keep_from.is_none() {
+        out.push_str(&format!(" ({})", t.why));
+    }
+    out.push('\n');
+    out
 }
 
 pub fn keep(repo: &Repository, a: KeepArgs) -> Result<()> {
@@ -126,4 +148,38 @@ pub fn keep(repo: &Repository, a: KeepArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_cuts_for_people() {
+        let kept = TimelineCut {
+            timeline: 1,
+            keep_from: Some("000000010000000000000005".into()),
+            keep_for: vec!["B1".into(), "B2".into()],
+            held: vec![],
+            files_removed: 4,
+            why: "before every kept backup that reaches it".into(),
+        };
+        assert_eq!(
+            render_timeline_cut(&kept, "would remove"),
+            "  timeline 1: keep 000000010000000000000005 on (reached by B1, B2); would remove 4 \
+             files (before every kept backup that reaches it)\n"
+        );
+        let gone = TimelineCut {
+            timeline: 3,
+            keep_from: None,
+            keep_for: vec![],
+            held: vec![],
+            files_removed: 2,
+            why: "no kept backup reaches timeline 3".into(),
+        };
+        assert_eq!(
+            render_timeline_cut(&gone, "removed"),
+            "  timeline 3: removed 2 files (no kept backup reaches timeline 3)\n"
+        );
+    }
 }

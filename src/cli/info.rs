@@ -7,8 +7,10 @@ use crate::pitr;
 use crate::store::backend::RequestCounts;
 use crate::store::snapshot::{ReadRecord, Snapshot};
 use crate::store::Repository;
+use crate::timelines::{self, fmt_time, BothActive, Survey, TimelineInfo};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::fmt::Write as _;
 
 #[derive(clap::Args)]
 pub struct ListArgs {
@@ -129,13 +131,16 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
     let list = backups(repo)?;
     let mut wal = Vec::new();
     let mut ranges = Vec::new();
+    let mut surveys = Vec::new();
     for system in archive::systems(repo)? {
-        for t in archive::catalog(repo, &system)? {
+        let survey = timelines::survey(repo, &system, &list.iter().collect::<Vec<_>>())?;
+        for t in &survey.timelines {
             wal.push(WalRow {
                 system_identifier: system.system_identifier.clone(),
-                timeline: t,
+                timeline: t.wal.clone(),
             });
         }
+        surveys.push((system.system_identifier.clone(), survey));
         let (earliest_time, latest_time) = pitr::restorable_range(repo, &system, &list)?;
         ranges.push(Restorable {
             system_identifier: system.system_identifier.clone(),
@@ -165,6 +170,10 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
             wal: &'a [WalRow],
             restorable: Option<&'a Restorable>,
             restorable_by_system: &'a [Restorable],
+            /// Every timeline of every cluster: parent, fork, WAL, restorable range.
+            timelines: Vec<&'a TimelineInfo>,
+            /// Pairs of timelines both written after the newer one began.
+            both_active: Vec<BothActiveRow<'a>>,
             /// What this `info` cost, on S3.
             #[serde(skip_serializing_if = "Option::is_none")]
             requests: Option<RequestCounts>,
@@ -181,6 +190,17 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
             wal: &wal,
             restorable: main_range,
             restorable_by_system: &ranges,
+            timelines: surveys.iter().flat_map(|(_, s)| &s.timelines).collect(),
+            both_active: surveys
+                .iter()
+                .flat_map(|(sys, s)| {
+                    s.both_active.iter().map(move |b| BothActiveRow {
+                        system_identifier: sys,
+                        pair: b,
+                        detail: b.describe(),
+                    })
+                })
+                .collect(),
             requests: repo.backend().stats(),
         });
         return Ok(());
@@ -194,29 +214,227 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
     );
     print_backups(&list);
     println!();
-    for w in &wal {
-        let t = &w.timeline;
-        println!(
-            "WAL of system {} timeline {}: {} segments, {} – {}",
-            w.system_identifier,
-            t.timeline,
-            t.segments,
-            t.first.as_deref().unwrap_or("-"),
-            t.last.as_deref().unwrap_or("-")
-        );
-        for g in &t.gaps {
-            println!("  GAP: {} – {} missing", g.from, g.to);
-        }
+    for (sys, survey) in &surveys {
+        print!("{}", render_timelines(sys, survey));
     }
     for r in &ranges {
         let fmt =
             |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
         println!(
-            "system {}: restorable from {} to {} (last archived commit)",
+            "system {}: restorable from {} to {} (last archived commit of the newest timeline)",
             r.system_identifier,
             fmt(r.earliest_time),
             fmt(r.latest_time)
         );
     }
     Ok(())
+}
+
+#[derive(Serialize)]
+struct BothActiveRow<'a> {
+    system_identifier: &'a str,
+    #[serde(flatten)]
+    pair: &'a BothActive,
+    detail: String,
+}
+
+/// The timeline tree of one cluster for people: each timeline under its parent, with its fork
+/// point, WAL, gaps and restorable range, then warnings.
+fn render_timelines(system: &str, s: &Survey) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "timelines of system {system}{}:",
+        if s.both_active.is_empty() {
+            ""
+        } else {
+            " (WARNING below)"
+        }
+    );
+    let by_tli: std::collections::BTreeMap<u32, &TimelineInfo> =
+        s.timelines.iter().map(|t| (t.timeline, t)).collect();
+    // Roots first (timeline 1, and timelines whose parent is unknown or holds nothing here),
+    // each followed by its descendants, depth first.
+    let mut stack: Vec<(u32, usize)> = by_tli
+        .values()
+        .filter(|t| t.parent.is_none_or(|p| !by_tli.contains_key(&p)))
+        .map(|t| (t.timeline, 0))
+        .rev()
+        .collect();
+    while let Some((tli, depth)) = stack.pop() {
+        let t = by_tli[&tli];
+        render_timeline(&mut out, t, depth, by_tli.len() > 1);
+        for c in t.children.iter().rev() {
+            if by_tli.contains_key(c) {
+                stack.push((*c, depth + 1));
+            }
+        }
+    }
+    for b in &s.both_active {
+        let _ = writeln!(out, "WARNING: {}", b.describe());
+    }
+    out
+}
+
+/// `several`: the cluster has more than one timeline, so say how to choose this one.
+fn render_timeline(out: &mut String, t: &TimelineInfo, depth: usize, several: bool) {
+    let pad = "  ".repeat(depth + 1);
+    let origin = match (t.parent, &t.fork_lsn) {
+        (Some(p), Some(l)) => format!(", forked from timeline {p} at {l}"),
+        _ if t.history_missing => ", HISTORY FILE MISSING: parent unknown".into(),
+        _ => String::new(),
+    };
+    let _ = writeln!(out, "{pad}timeline {}{origin}", t.timeline);
+    let w = &t.wal;
+    match (&w.first, &w.last) {
+        (Some(first), Some(last)) => {
+            let _ = writeln!(
+                out,
+                "{pad}  WAL         {first} – {last} ({} segments)",
+                w.segments
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "{pad}  WAL         none archived yet");
+        }
+    }
+    for g in &w.gaps {
+        let _ = writeln!(out, "{pad}  GAP         {} – {} missing", g.from, g.to);
+    }
+    let r = &t.restorable;
+    match (r.earliest_time, r.latest_time) {
+        (Some(from), Some(to)) => {
+            let choose = match several {
+                true => format!(" (--target-timeline {})", t.timeline),
+                false => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{pad}  restorable  {} – {}{choose}",
+                fmt_time(from),
+                fmt_time(to)
+            );
+            let _ = writeln!(out, "{pad}  backups     {}", r.backups.join(", "));
+        }
+        _ => {
+            let _ = writeln!(out, "{pad}  restorable  no backup reaches this timeline");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{Gap, TimelineWal};
+    use crate::timelines::Reach;
+    use chrono::TimeZone;
+
+    fn info(tli: u32, parent: Option<(u32, &str)>, children: Vec<u32>) -> TimelineInfo {
+        TimelineInfo {
+            system_identifier: "7".into(),
+            timeline: tli,
+            parent: parent.map(|p| p.0),
+            fork_lsn: parent.map(|p| p.1.to_string()),
+            history_missing: false,
+            children,
+            wal: TimelineWal {
+                timeline: tli,
+                segnos: vec![],
+                segments: 3,
+                first: Some(format!("{tli:08X}0000000000000003")),
+                last: Some(format!("{tli:08X}0000000000000006")),
+                gaps: vec![],
+                history: parent.is_some(),
+            },
+            restorable: Reach {
+                earliest_time: Some(Utc.with_ymd_and_hms(2026, 12, 4, 6, 0, 0).unwrap()),
+                latest_time: Some(Utc.with_ymd_and_hms(2026, 12, 4, 6, 30, tli).unwrap()),
+                backups: vec!["B1".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn tree_is_rendered_under_parents_with_warnings() {
+        let mut one = info(1, None, vec![2, 4]);
+        one.wal.gaps.push(Gap {
+            from: "000000010000000000000004".into(),
+            to: "000000010000000000000004".into(),
+        });
+        let mut orphan = info(5, None, vec![]);
+        orphan.history_missing = true;
+        orphan.restorable = Reach::default();
+        let survey = Survey {
+            timelines: vec![
+                one,
+                info(2, Some((1, "0/5000100")), vec![3]),
+                info(3, Some((2, "0/8000000")), vec![]),
+                info(4, Some((1, "0/6000000")), vec![]),
+                orphan,
+            ],
+            both_active: vec![BothActive {
+                timelines: [1, 4],
+                newer_parent: Some(1),
+                newer_fork_lsn: Some("0/6000000".into()),
+                older_last_commit: Utc.with_ymd_and_hms(2026, 12, 4, 6, 40, 0).unwrap(),
+                newer_first_commit: Utc.with_ymd_and_hms(2026, 12, 4, 6, 35, 0).unwrap(),
+            }],
+            tree: Default::default(),
+        };
+        let text = render_timelines("7", &survey);
+        let heads: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("timeline "))
+            .collect();
+        assert_eq!(
+            heads,
+            vec![
+                "  timeline 1",
+                "    timeline 2, forked from timeline 1 at 0/5000100",
+                "      timeline 3, forked from timeline 2 at 0/8000000",
+                "    timeline 4, forked from timeline 1 at 0/6000000",
+                "  timeline 5, HISTORY FILE MISSING: parent unknown",
+            ],
+            "{text}"
+        );
+        assert!(
+            text.starts_with("timelines of system 7 (WARNING below):\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "    GAP         000000010000000000000004 – 000000010000000000000004 missing\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "        restorable  2026-12-04 06:00:00 UTC – 2026-12-04 06:30:03 UTC \
+                 (--target-timeline 3)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("no backup reaches this timeline"), "{text}");
+        // One timeline: nothing to choose.
+        let single = Survey {
+            timelines: vec![info(1, None, vec![])],
+            both_active: vec![],
+            tree: Default::default(),
+        };
+        assert_eq!(
+            render_timelines("7", &single),
+            "timelines of system 7:\n  timeline 1\n    WAL         \
+             000000010000000000000003 – 000000010000000000000006 (3 segments)\n    \
+             restorable  2026-12-04 06:00:00 UTC – 2026-12-04 06:30:01 UTC\n    backups     \
+             B1\n"
+        );
+        assert!(
+            text.contains(
+                "WARNING: timelines 1 and 4 are both active: timeline 4 (it forked from \
+                 timeline 1 at 0/6000000) committed at 2026-12-04 06:35:00.000 UTC, and timeline \
+                 1 still committed at 2026-12-04 06:40:00.000 UTC"
+            ),
+            "{text}"
+        );
+    }
 }
