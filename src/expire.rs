@@ -251,7 +251,7 @@ pub fn run(
     // an unreadable lease may be one.
     let running = lock::list(repo)?
         .into_iter()
-        .any(|f| !f.stale && f.record.as_ref().is_none_or(|r| r.command == "backup"));
+        .any(|f| !f.stale && !matches!(&f.record, Ok(r) if r.command != "backup"));
     let mut kept_by_system: BTreeMap<u64, Vec<&crate::store::snapshot::Snapshot>> = BTreeMap::new();
     for s in backups.iter().filter(|s| !verdicts[&s.id].is_empty()) {
         kept_by_system.entry(s.sysid()).or_default().push(s);
