@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -360,8 +361,9 @@ fn mountpoint(work: &TestDir, name: &str) -> PathBuf {
     std::fs::canonicalize(work.subdir(name, 0o755)).unwrap()
 }
 
-/// A mount of a backup keeps it (pinned) through expire; a catalogue mount of a backup that
-/// expires meanwhile keeps reading the same bytes through gc, whose deletion waits for it.
+/// A mount of a backup keeps it (pinned) through expire; a reader that has a backup open in
+/// a catalogue mount (a `cp` under way) when the backup expires keeps reading the same bytes
+/// through gc, whose deletion waits for the mount, although the listing no longer shows it.
 #[test]
 fn mounts_keep_working_through_expire_and_gc() {
     let repo = Repo::init();
@@ -392,6 +394,11 @@ fn mounts_keep_working_through_expire_and_gc() {
         &["--backup", &first, "--scratch", scratch.to_str().unwrap()],
     );
 
+    // The reader's handle on the backup's directory, opened before it expires.
+    let open_dir = std::fs::File::open(cat.join("backups").join(&first)).unwrap();
+    // "/." so the walk follows the descriptor's link into the directory.
+    let held = PathBuf::from(format!("/proc/self/fd/{}/.", open_dir.as_raw_fd()));
+
     let report = as_root(&repo, "expire", &["--keep-last", "1", "--json"])
         .assert_ok()
         .json();
@@ -409,9 +416,18 @@ fn mounts_keep_working_through_expire_and_gc() {
     assert!(json_u64(&report, "condemned_packs") > 0, "{report}");
     assert_same_tree(
         &want,
-        &tree_digest(&cat.join("backups").join(&first)),
+        &tree_digest(&held),
         "expired backup read through the catalogue mount after gc",
     );
+    // The catalogue follows the repository: the expired backup leaves the listing.
+    wait_for(std::time::Duration::from_secs(30), || {
+        match cat.join("backups").join(&first).exists() {
+            true => Err(format!("{first} is still listed")),
+            false => Ok(()),
+        }
+    })
+    .unwrap();
+    drop(open_dir);
     umount(&cat);
     let report = as_root(&repo, "gc", &["--json"]).assert_ok().json();
     assert!(json_u64(&report, "freed_bytes") > 0, "{report}");
