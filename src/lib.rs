@@ -21,5 +21,6 @@ pub mod server;
 pub mod store;
 pub mod verify;
 pub mod view;
+pub mod walpath;
 
 pub use error::{Error, Result};

@@ -120,8 +120,33 @@ pub fn format_pg_time(t: i64) -> String {
 /// record that passed its CRC but does not decode (a format we do not know).
 pub fn scan_segment(data: &[u8], header: &SegmentHeader) -> Result<SegmentSummary, Error> {
     let scan = scan(data, header)?;
-    let times = scan.xact_ends.iter().map(|x| x.time);
-    let mut xids = scan.xact_ends.iter().map(|x| x.xid).filter(|&x| x != 0);
+    Ok(summarise(&scan.xact_ends, scan.restore_points, scan.end_lsn))
+}
+
+/// Summarises the records of a segment that begin before `at`, and those that begin at or
+/// after it: the two sides of a timeline switchpoint, as a timeline's copy of the segment
+/// holds its parent's WAL up to the switch and its own after it.
+pub fn scan_segment_split(
+    data: &[u8],
+    header: &SegmentHeader,
+    at: Lsn,
+) -> Result<(SegmentSummary, SegmentSummary), Error> {
+    let scan = scan(data, header)?;
+    let split = scan.xact_ends.partition_point(|x| x.lsn < at);
+    let (before_rp, after_rp) = scan.restore_points.into_iter().partition(|r| r.lsn < at);
+    Ok((
+        summarise(&scan.xact_ends[..split], before_rp, at),
+        summarise(&scan.xact_ends[split..], after_rp, scan.end_lsn),
+    ))
+}
+
+fn summarise(
+    xact_ends: &[XactEnd],
+    restore_points: Vec<RestorePoint>,
+    end_lsn: Lsn,
+) -> SegmentSummary {
+    let times = xact_ends.iter().map(|x| x.time);
+    let mut xids = xact_ends.iter().map(|x| x.xid).filter(|&x| x != 0);
     let first_xid = xids.next();
     let (min_xid, max_xid) = xids.fold((first_xid, first_xid), |(lo, hi), x| {
         (
@@ -129,14 +154,14 @@ pub fn scan_segment(data: &[u8], header: &SegmentHeader) -> Result<SegmentSummar
             hi.map(|h| if xid_precedes(h, x) { x } else { h }),
         )
     });
-    Ok(SegmentSummary {
+    SegmentSummary {
         first_commit_time: times.clone().min(),
         last_commit_time: times.max(),
-        restore_points: scan.restore_points,
+        restore_points,
         min_commit_xid: min_xid,
         max_commit_xid: max_xid,
-        end_lsn: scan.end_lsn,
-    })
+        end_lsn,
+    }
 }
 
 /// TransactionIdPrecedes for normal xids.
@@ -842,6 +867,40 @@ mod tests {
             serde_json::from_str::<SegmentSummary>(&json).unwrap(),
             summary
         );
+    }
+
+    #[test]
+    fn split_at_a_switchpoint() {
+        let mut w = Writer::new(0x30_0000, MAGIC_15);
+        commit(&mut w, 700, 1_000);
+        let at = w.record(
+            RM_XLOG_ID,
+            XLOG_RESTORE_POINT,
+            0,
+            &main_only(&restore_main(1_500, "fork")),
+        );
+        commit(&mut w, 701, 5_000);
+        commit(&mut w, 702, 6_000);
+        let end = w.end();
+        let data = w.segment(0);
+        let header = SegmentHeader::parse(data).unwrap();
+        let (before, after) = scan_segment_split(data, &header, at).unwrap();
+        assert_eq!(
+            (before.first_commit_time, before.last_commit_time),
+            (Some(1_000), Some(1_000))
+        );
+        assert_eq!((before.min_commit_xid, before.end_lsn), (Some(700), at));
+        assert!(before.restore_points.is_empty());
+        assert_eq!(
+            (after.first_commit_time, after.last_commit_time),
+            (Some(5_000), Some(6_000))
+        );
+        assert_eq!(after.restore_points[0].name, "fork");
+        assert_eq!((after.max_commit_xid, after.end_lsn), (Some(702), end));
+        // Split at the start: everything is after.
+        let (before, after) = scan_segment_split(data, &header, Lsn(0x30_0000)).unwrap();
+        assert_eq!(before.last_commit_time, None);
+        assert_eq!(after, scan_segment(data, &header).unwrap());
     }
 
     #[test]
