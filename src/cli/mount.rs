@@ -134,11 +134,7 @@ pub fn run(
     let (uid, gid) = (owner.uid, owner.gid);
     let repo = Arc::new(repo);
     let cache = a.cache.cache_size as usize;
-    let view = a.goal.backup.is_some()
-        || a.goal.target_time.is_some()
-        || a.goal.target_lsn.is_some()
-        || a.goal.target_name.is_some()
-        || a.goal.target_xid.is_some();
+    let view = a.goal.names_a_point();
     let (source, writable, fsname, key_file) = if view {
         let scratch = a.scratch.clone().ok_or_else(|| {
             Error::BadInput(
@@ -162,7 +158,7 @@ pub fn run(
             )?,
             target: plan.target.clone(),
             action: a.target_action,
-            timeline: None,
+            timeline: Some(plan.timeline.to_string()),
         };
         let changes = crate::view::prepare(
             &repo,
