@@ -100,12 +100,15 @@ impl Plan {
         };
         let also = match self.also_on.as_slice() {
             [] => String::new(),
-            [one] => format!(
-                "; timeline {one} holds it at another point (--target-timeline {one})"
-            ),
+            [one] => {
+                format!("; timeline {one} holds it at another point (--target-timeline {one})")
+            }
             more => format!(
                 "; timelines {} hold it at other points (--target-timeline)",
-                more.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                more.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         format!("{point} on timeline {}{also}", self.timeline)
@@ -167,7 +170,9 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
                 // Not listed (unreadable, or not found): say so as loading it does.
                 None => {
                     repo.load_snapshot(id)?;
-                    return Err(Error::NotFound(format!("backup {id} is not in the repository")));
+                    return Err(Error::NotFound(format!(
+                        "backup {id} is not in the repository"
+                    )));
                 }
             };
             (Aim::Backup(i), Target::Immediate)

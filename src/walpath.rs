@@ -220,7 +220,10 @@ impl Archive<'_> {
             let pieces = match self.switch_in(tli, segno) {
                 Some((parent, at)) => match sums.split(t, segno, at)? {
                     Some((before, after)) => {
-                        vec![piece(before, parent, false, false), piece(after, t, true, false)]
+                        vec![
+                            piece(before, parent, false, false),
+                            piece(after, t, true, false),
+                        ]
                     }
                     None => sums
                         .whole(t, segno)?
@@ -262,10 +265,9 @@ impl Archive<'_> {
             Target::Lsn(lsn) => {
                 let segno = segment_of(*lsn, self.seg_size);
                 match self.path_end(tli) {
-                    Some(end) if segno <= end => Ok(found(
-                        segno,
-                        timeline_of(*lsn, tli, self.tree.history(tli)),
-                    )),
+                    Some(end) if segno <= end => {
+                        Ok(found(segno, timeline_of(*lsn, tli, self.tree.history(tli))))
+                    }
                     end => Err(Miss::AfterEnd(end.map(|e| (self.timeline_of(tli, e), e)))),
                 }
             }
@@ -289,8 +291,7 @@ impl Archive<'_> {
                     // the fork came before the target: the target's time belongs to the
                     // parent, not to this timeline.
                     let first = p.sum.first_commit_time.unwrap_or(lc);
-                    let weak =
-                        fork.is_some_and(|unsplit| unsplit || (first > t && last.is_some()));
+                    let weak = fork.is_some_and(|unsplit| unsplit || (first > t && last.is_some()));
                     Some(Found {
                         weak,
                         ..found(p.segno, p.owner)
@@ -342,12 +343,13 @@ pub fn choose(
     sums: &mut dyn Summaries,
 ) -> Result<Choice> {
     let Some(newest) = backups.len().checked_sub(1) else {
-        return Err(Error::NotFound("the repository has no backup of this cluster".into()));
+        return Err(Error::NotFound(
+            "the repository has no backup of this cluster".into(),
+        ));
     };
     let seg = |lsn| segment_of(lsn, archive.seg_size);
     let known = |tli: u32| -> Result<()> {
-        if archive.tree.timelines().any(|t| t == tli) || backups.iter().any(|b| b.timeline == tli)
-        {
+        if archive.tree.timelines().any(|t| t == tli) || backups.iter().any(|b| b.timeline == tli) {
             Ok(())
         } else {
             Err(Error::BadInput(format!(
@@ -396,7 +398,11 @@ pub fn choose(
                 }
                 _ => b.timeline,
             };
-            checked(choice_of(tli, i, seg(b.stop_lsn)), true, "the end of the backup")
+            checked(
+                choice_of(tli, i, seg(b.stop_lsn)),
+                true,
+                "the end of the backup",
+            )
         }
         Aim::End => {
             let tli = match choice {
@@ -487,10 +493,7 @@ pub fn choose(
                 }
             }
             // Newest first; a time in a fork gap only when nothing holds it outright.
-            let best = hits
-                .iter()
-                .find(|(_, f, _)| !f.weak)
-                .or(hits.first());
+            let best = hits.iter().find(|(_, f, _)| !f.weak).or(hits.first());
             let Some((tli, found, i)) = best else {
                 let reasons = misses
                     .iter()
@@ -564,7 +567,10 @@ fn explain(archive: &Archive, tli: u32, miss: &Miss) -> String {
         }
         Miss::AfterLastCommit(None) => "it holds no archived transaction".into(),
         Miss::AfterEnd(Some((t, s))) => {
-            format!("its archived WAL ends with segment {}", archive.name(*t, *s))
+            format!(
+                "its archived WAL ends with segment {}",
+                archive.name(*t, *s)
+            )
         }
         Miss::AfterEnd(None) => "it holds no archived WAL".into(),
         Miss::NotInWal => "not in its archived WAL".into(),
@@ -628,10 +634,9 @@ mod tests {
     }
 
     fn time(secs: i64) -> Target {
-        let utc = DateTime::from_timestamp_micros(
-            crate::pg::walscan::pg_time_to_unix_micros(at(secs)),
-        )
-        .unwrap();
+        let utc =
+            DateTime::from_timestamp_micros(crate::pg::walscan::pg_time_to_unix_micros(at(secs)))
+                .unwrap();
         Target::Time(utc.with_timezone(&FixedOffset::east_opt(0).unwrap()))
     }
 
@@ -708,7 +713,10 @@ mod tests {
         )
     }
 
-    fn archive<'a>(tree: &'a TimelineTree, segs: &[(u32, std::ops::RangeInclusive<u64>)]) -> Archive<'a> {
+    fn archive<'a>(
+        tree: &'a TimelineTree,
+        segs: &[(u32, std::ops::RangeInclusive<u64>)],
+    ) -> Archive<'a> {
         let mut segments: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
         for (t, r) in segs {
             segments.entry(*t).or_default().extend(r.clone());
@@ -744,7 +752,9 @@ mod tests {
         let mut fake = Fake::default();
         for s in 1..=6u64 {
             // Timeline 1: segment s holds t = 50s .. 50s+49, spread over the segment.
-            let c = (0..50).map(|i| (i * (SEG / 50), at(50 * s as i64 + i as i64))).collect();
+            let c = (0..50)
+                .map(|i| (i * (SEG / 50), at(50 * s as i64 + i as i64)))
+                .collect();
             fake.commits.insert((1, s), c);
         }
         // Timeline 2's copy of segment 3: timeline 1's commits before 0/3400000, then its own.
@@ -755,7 +765,8 @@ mod tests {
             .collect();
         c3.push((0x50_0000, at(1000)));
         fake.commits.insert((2, 3), c3);
-        fake.commits.insert((2, 4), vec![(0x10, at(1010)), (0x20, at(1020))]);
+        fake.commits
+            .insert((2, 4), vec![(0x10, at(1010)), (0x20, at(1020))]);
         let backups = vec![
             backup(1, "0/1000028", "0/1000100", 60),
             backup(1, "0/5000028", "0/5000100", 251),
@@ -789,10 +800,19 @@ mod tests {
     #[test]
     fn backup_after_the_fork_keeps_its_own_timeline() {
         let mut s = scenario();
-        assert_eq!(picked(s.choose(Aim::Backup(1), TimelineChoice::Auto)), (1, 1, 5));
-        assert_eq!(picked(s.choose(Aim::Backup(0), TimelineChoice::Auto)), (1, 0, 1));
+        assert_eq!(
+            picked(s.choose(Aim::Backup(1), TimelineChoice::Auto)),
+            (1, 1, 5)
+        );
+        assert_eq!(
+            picked(s.choose(Aim::Backup(0), TimelineChoice::Auto)),
+            (1, 0, 1)
+        );
         // B1 is on timeline 2's history too; B2 is not.
-        assert_eq!(picked(s.choose(Aim::Backup(0), TimelineChoice::Id(2))), (2, 0, 1));
+        assert_eq!(
+            picked(s.choose(Aim::Backup(0), TimelineChoice::Id(2))),
+            (2, 0, 1)
+        );
         let m = refused(s.choose(Aim::Backup(1), TimelineChoice::Id(2)));
         assert!(m.contains("left timeline 1 at 0/3400000"), "{m}");
         let m = refused(s.choose(Aim::Backup(1), TimelineChoice::Id(7)));
@@ -803,7 +823,9 @@ mod tests {
     fn time_before_the_fork_goes_to_the_newest_timeline() {
         let mut s = scenario();
         // t=155 is before the fork: the same on both, the newest wins; B1 is the base.
-        let c = s.choose(Aim::Target(&time(155)), TimelineChoice::Auto).unwrap();
+        let c = s
+            .choose(Aim::Target(&time(155)), TimelineChoice::Auto)
+            .unwrap();
         assert_eq!((c.timeline, c.backup, c.end_segment), (2, 0, 3));
         assert!(c.also.is_empty(), "{c:?}");
     }
@@ -812,7 +834,9 @@ mod tests {
     fn time_after_the_fork_on_the_parent_stays_on_the_parent() {
         let mut s = scenario();
         // t=240: timeline 1 was live; timeline 2 only began at t=1000.
-        let c = s.choose(Aim::Target(&time(240)), TimelineChoice::Auto).unwrap();
+        let c = s
+            .choose(Aim::Target(&time(240)), TimelineChoice::Auto)
+            .unwrap();
         assert_eq!((c.timeline, c.backup, c.end_segment), (1, 0, 4));
         // t=270, after B2 on timeline 1: B2 is the base.
         assert_eq!(
@@ -829,7 +853,9 @@ mod tests {
     #[test]
     fn time_on_the_child_after_its_start() {
         let mut s = scenario();
-        let c = s.choose(Aim::Target(&time(1005)), TimelineChoice::Auto).unwrap();
+        let c = s
+            .choose(Aim::Target(&time(1005)), TimelineChoice::Auto)
+            .unwrap();
         assert_eq!((c.timeline, c.backup, c.end_segment), (2, 0, 4));
         // Timeline 1 ends at t=349.
         let m = refused(s.choose(Aim::Target(&time(1005)), TimelineChoice::Id(1)));
@@ -851,7 +877,10 @@ mod tests {
     fn time_before_every_backup_is_refused() {
         let mut s = scenario();
         let m = refused(s.choose(Aim::Target(&time(55)), TimelineChoice::Auto));
-        assert!(m.contains("no backup on its history ends before the target"), "{m}");
+        assert!(
+            m.contains("no backup on its history ends before the target"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -859,25 +888,43 @@ mod tests {
         let mut s = scenario();
         // Before the fork: the newest timeline.
         assert_eq!(
-            picked(s.choose(Aim::Target(&Target::Lsn(lsn("0/2000000"))), TimelineChoice::Auto)),
+            picked(s.choose(
+                Aim::Target(&Target::Lsn(lsn("0/2000000"))),
+                TimelineChoice::Auto
+            )),
             (2, 0, 2)
         );
         // After the fork on both timelines: the newest, and timeline 1 is named as the other.
         let c = s
-            .choose(Aim::Target(&Target::Lsn(lsn("0/3800000"))), TimelineChoice::Auto)
+            .choose(
+                Aim::Target(&Target::Lsn(lsn("0/3800000"))),
+                TimelineChoice::Auto,
+            )
             .unwrap();
         assert_eq!((c.timeline, c.backup, c.also.clone()), (2, 0, vec![1]));
         assert_eq!(
-            picked(s.choose(Aim::Target(&Target::Lsn(lsn("0/3800000"))), TimelineChoice::Id(1))),
+            picked(s.choose(
+                Aim::Target(&Target::Lsn(lsn("0/3800000"))),
+                TimelineChoice::Id(1)
+            )),
             (1, 0, 3)
         );
         // Beyond timeline 2's WAL: timeline 1 still has segment 6.
         assert_eq!(
-            picked(s.choose(Aim::Target(&Target::Lsn(lsn("0/6000100"))), TimelineChoice::Auto)),
+            picked(s.choose(
+                Aim::Target(&Target::Lsn(lsn("0/6000100"))),
+                TimelineChoice::Auto
+            )),
             (1, 1, 6)
         );
-        let m = refused(s.choose(Aim::Target(&Target::Lsn(lsn("0/9000000"))), TimelineChoice::Auto));
-        assert!(m.contains("its archived WAL ends with segment 000000020000000000000004"), "{m}");
+        let m = refused(s.choose(
+            Aim::Target(&Target::Lsn(lsn("0/9000000"))),
+            TimelineChoice::Auto,
+        ));
+        assert!(
+            m.contains("its archived WAL ends with segment 000000020000000000000004"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -886,13 +933,22 @@ mod tests {
         s.fake.points.insert((1, 3), vec![(0x60_0000, "late")]);
         s.fake.points.insert((2, 3), vec![(0x60_0000, "child")]);
         let name = |n: &str| Target::Name(n.into());
-        assert_eq!(picked(s.choose(Aim::Target(&name("late")), TimelineChoice::Auto)), (1, 0, 3));
-        assert_eq!(picked(s.choose(Aim::Target(&name("child")), TimelineChoice::Auto)), (2, 0, 3));
+        assert_eq!(
+            picked(s.choose(Aim::Target(&name("late")), TimelineChoice::Auto)),
+            (1, 0, 3)
+        );
+        assert_eq!(
+            picked(s.choose(Aim::Target(&name("child")), TimelineChoice::Auto)),
+            (2, 0, 3)
+        );
         let m = refused(s.choose(Aim::Target(&name("nowhere")), TimelineChoice::Auto));
         assert!(m.contains("timeline 1: not in its archived WAL"), "{m}");
         // xids of the fake are lsn/1000: timeline 2's own transaction at 0/3500000.
         let xid = ((3 * SEG + 0x50_0000) / 1000) as u32;
-        assert_eq!(picked(s.choose(Aim::Target(&Target::Xid(xid)), TimelineChoice::Auto)), (2, 0, 3));
+        assert_eq!(
+            picked(s.choose(Aim::Target(&Target::Xid(xid)), TimelineChoice::Auto)),
+            (2, 0, 3)
+        );
     }
 
     #[test]
@@ -905,7 +961,10 @@ mod tests {
         assert_eq!(a.path_end(1), Some(6));
         // Without timeline 2's copy of segment 3 the path has a gap, though timeline 1 has it.
         let a = archive(&s.tree, &[(1, 1..=6), (2, 4..=4)]);
-        assert_eq!(a.first_gap(2, 1, 4), Some("000000020000000000000003".into()));
+        assert_eq!(
+            a.first_gap(2, 1, 4),
+            Some("000000020000000000000003".into())
+        );
         assert_eq!(a.first_gap(1, 1, 6), None);
     }
 
@@ -913,11 +972,23 @@ mod tests {
     fn gap_on_the_path_refuses_but_gap_elsewhere_does_not() {
         let mut s = scenario();
         let a = archive(&s.tree, &[(1, 1..=1), (1, 3..=6), (2, 3..=4)]);
-        let m = refused(choose(&a, &s.backups, Aim::Target(&time(1005)), TimelineChoice::Auto, &mut s.fake));
+        let m = refused(choose(
+            &a,
+            &s.backups,
+            Aim::Target(&time(1005)),
+            TimelineChoice::Auto,
+            &mut s.fake,
+        ));
         assert!(m.contains("000000010000000000000002 is missing"), "{m}");
         // A gap on timeline 1 after the fork is not on timeline 2's path.
         let a = archive(&s.tree, &[(1, 1..=3), (1, 5..=6), (2, 3..=4)]);
-        let c = choose(&a, &s.backups, Aim::Target(&time(1005)), TimelineChoice::Auto, &mut s.fake);
+        let c = choose(
+            &a,
+            &s.backups,
+            Aim::Target(&time(1005)),
+            TimelineChoice::Auto,
+            &mut s.fake,
+        );
         assert_eq!(picked(c), (2, 0, 4));
         // With no target, a gap only warns.
         let a = archive(&s.tree, &[(1, 1..=2), (2, 4..=4)]);
@@ -931,12 +1002,18 @@ mod tests {
         // Timeline 2 descends from B1; timeline 1 is its parent, so not a leaf.
         assert_eq!(picked(s.choose(Aim::End, TimelineChoice::Auto)), (2, 0, 4));
         assert_eq!(picked(s.choose(Aim::End, TimelineChoice::Id(1))), (1, 1, 6));
-        assert_eq!(picked(s.choose(Aim::End, TimelineChoice::Current)), (1, 1, 6));
+        assert_eq!(
+            picked(s.choose(Aim::End, TimelineChoice::Current)),
+            (1, 1, 6)
+        );
         // Only B2 left: timeline 2 forked before it, so timeline 1 is the latest state.
         s.backups.remove(0);
         assert_eq!(picked(s.choose(Aim::End, TimelineChoice::Auto)), (1, 0, 6));
         let m = refused(s.choose(Aim::End, TimelineChoice::Id(2)));
-        assert!(m.contains("no backup lies on the history of timeline 2"), "{m}");
+        assert!(
+            m.contains("no backup lies on the history of timeline 2"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -948,17 +1025,39 @@ mod tests {
         );
         s.fake.commits.insert(
             (3, 4),
-            vec![(0x10, at(230)), (0x50_0000, at(1400)), (0x60_0000, at(2000))],
+            vec![
+                (0x10, at(230)),
+                (0x50_0000, at(1400)),
+                (0x60_0000, at(2000)),
+            ],
         );
         let a = archive(&s.tree, &[(1, 1..=6), (2, 3..=4), (3, 4..=4)]);
-        let m = refused(choose(&a, &s.backups, Aim::End, TimelineChoice::Auto, &mut s.fake));
+        let m = refused(choose(
+            &a,
+            &s.backups,
+            Aim::End,
+            TimelineChoice::Auto,
+            &mut s.fake,
+        ));
         assert!(m.contains("timelines 2, 3 each branch off"), "{m}");
         assert!(m.contains("--target-timeline"), "{m}");
         // A time on timeline 3 after its start: past timeline 2's end.
-        let c = choose(&a, &s.backups, Aim::Target(&time(1500)), TimelineChoice::Auto, &mut s.fake);
+        let c = choose(
+            &a,
+            &s.backups,
+            Aim::Target(&time(1500)),
+            TimelineChoice::Auto,
+            &mut s.fake,
+        );
         assert_eq!(picked(c), (3, 0, 4));
         // Between the siblings' starts, timeline 2 holds it (timeline 3's fork gap).
-        let c = choose(&a, &s.backups, Aim::Target(&time(1005)), TimelineChoice::Auto, &mut s.fake);
+        let c = choose(
+            &a,
+            &s.backups,
+            Aim::Target(&time(1005)),
+            TimelineChoice::Auto,
+            &mut s.fake,
+        );
         assert_eq!(picked(c), (2, 0, 4));
     }
 
@@ -974,7 +1073,9 @@ mod tests {
             ],
             &[],
         );
-        s.fake.commits.insert((3, 4), vec![(0x10, at(1010)), (0x100, at(3000))]);
+        s.fake
+            .commits
+            .insert((3, 4), vec![(0x10, at(1010)), (0x100, at(3000))]);
         s.backups.push(backup(2, "0/4000010", "0/4000014", 1011));
         let a = archive(&s.tree, &[(1, 1..=6), (2, 3..=4), (3, 4..=4)]);
         let (b, f) = (&s.backups, &mut s.fake);
@@ -990,8 +1091,17 @@ mod tests {
         // `current`: the target on the base backup's own timeline (B3, timeline 2).
         let c = choose(&a, b, Aim::Target(&time(1015)), TimelineChoice::Current, f);
         assert_eq!(picked(c), (2, 2, 4));
-        let m = refused(choose(&a, b, Aim::Target(&time(2999)), TimelineChoice::Current, f));
-        assert!(m.contains("timeline 3 (from timeline 2 at 0/4000018): no backup"), "{m}");
+        let m = refused(choose(
+            &a,
+            b,
+            Aim::Target(&time(2999)),
+            TimelineChoice::Current,
+            f,
+        ));
+        assert!(
+            m.contains("timeline 3 (from timeline 2 at 0/4000018): no backup"),
+            "{m}"
+        );
         assert_eq!(a.timeline_of(3, 3), 2);
         assert_eq!(a.timeline_of(3, 4), 3);
     }
@@ -1004,7 +1114,13 @@ mod tests {
         // Without its history, timeline 2 reaches no backup: timeline 1 decides everything.
         let c = choose(&a, &s.backups, Aim::End, TimelineChoice::Auto, &mut s.fake);
         assert_eq!(picked(c), (1, 1, 6));
-        let m = refused(choose(&a, &s.backups, Aim::Target(&time(1005)), TimelineChoice::Auto, &mut s.fake));
+        let m = refused(choose(
+            &a,
+            &s.backups,
+            Aim::Target(&time(1005)),
+            TimelineChoice::Auto,
+            &mut s.fake,
+        ));
         assert!(m.contains("timeline 2 (its history file is missing"), "{m}");
     }
 
@@ -1014,10 +1130,14 @@ mod tests {
         s.fake.unreadable.insert((2, 3));
         // Whether t=190 is before the fork cannot be told from timeline 2's copy of segment
         // 3, so timeline 2 holds it only weakly, and timeline 1, which holds it, wins.
-        let c = s.choose(Aim::Target(&time(190)), TimelineChoice::Auto).unwrap();
+        let c = s
+            .choose(Aim::Target(&time(190)), TimelineChoice::Auto)
+            .unwrap();
         assert_eq!((c.timeline, c.end_segment), (1, 3));
         // Before timeline 1's last commit before the switch segment it is still timeline 2's.
-        let c = s.choose(Aim::Target(&time(120)), TimelineChoice::Auto).unwrap();
+        let c = s
+            .choose(Aim::Target(&time(120)), TimelineChoice::Auto)
+            .unwrap();
         assert_eq!((c.timeline, c.end_segment), (2, 2));
     }
 

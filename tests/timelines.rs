@@ -34,8 +34,14 @@ fn timeline(c: &Cluster) -> String {
 /// A restored directory's server, archiving into the repository as a recovered production
 /// server does (its postgresql.conf holds the source's archive_command).
 fn start_archiving(data: &Path) -> Cluster {
-    let c = Cluster::try_start_on(data, &[("archive_mode", "on")]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.wait_until_paused_or_ready(), RecoveryState::Ready, "{}", c.log_tail(20));
+    let c =
+        Cluster::try_start_on(data, &[("archive_mode", "on")]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.wait_until_paused_or_ready(),
+        RecoveryState::Ready,
+        "{}",
+        c.log_tail(20)
+    );
     c
 }
 
@@ -121,15 +127,25 @@ fn every_backup_and_point_on_every_timeline() {
     tl2.switch_wal_and_wait_archived();
 
     // B2, taken on timeline 1 after timeline 2 forked off, mounts and restores as it was.
-    assert_eq!(view_rows(&repo, &work, "b2", &["--backup", &b2]), at_b2, "view of B2");
+    assert_eq!(
+        view_rows(&repo, &work, "b2", &["--backup", &b2]),
+        at_b2,
+        "view of B2"
+    );
     assert_eq!(
         restored_rows(&repo, &work, "b2-restored", &["--backup", &b2]),
         at_b2,
         "restore of B2"
     );
     // A point on timeline 2, and a point on timeline 1 after the fork (by the rule, and named).
-    assert_eq!(view_rows(&repo, &work, "t2", &["--target-time", &t2]), at_t2);
-    assert_eq!(view_rows(&repo, &work, "t1", &["--target-time", &t1]), at_t1);
+    assert_eq!(
+        view_rows(&repo, &work, "t2", &["--target-time", &t2]),
+        at_t2
+    );
+    assert_eq!(
+        view_rows(&repo, &work, "t1", &["--target-time", &t1]),
+        at_t1
+    );
     assert_eq!(
         restored_rows(
             &repo,
@@ -145,7 +161,12 @@ fn every_backup_and_point_on_every_timeline() {
     let run = repo
         .restore(&refused, &["--backup", &b2, "--target-timeline", "2"])
         .assert_exit(2);
-    assert!(run.stderr_str().contains("timeline 2 does not pass through"), "{}", run.report());
+    assert!(
+        run.stderr_str()
+            .contains("timeline 2 does not pass through"),
+        "{}",
+        run.report()
+    );
     let run = repo
         .restore(&refused, &["--target-time", "2999-01-01 00:00:00+00"])
         .assert_exit(2);
@@ -159,8 +180,18 @@ fn every_backup_and_point_on_every_timeline() {
     assert!(is_absent_or_empty(&refused));
     // verify on each timeline.
     verify_rows(&repo, &work, &["--backup", &b2], &at_b2);
-    verify_rows(&repo, &work, &["--target-time", &t2, "--target-timeline", "2"], &at_t2);
-    verify_rows(&repo, &work, &["--target-time", &t1, "--target-timeline", "1"], &at_t1);
+    verify_rows(
+        &repo,
+        &work,
+        &["--target-time", &t2, "--target-timeline", "2"],
+        &at_t2,
+    );
+    verify_rows(
+        &repo,
+        &work,
+        &["--target-time", &t1, "--target-timeline", "1"],
+        &at_t1,
+    );
 
     // A recovery of the recovery: timeline 3 from a point on timeline 2.
     drop(tl2);
@@ -171,7 +202,10 @@ fn every_backup_and_point_on_every_timeline() {
     write(&tl3, 211, 220, "tl3-late");
     tl3.switch_wal_and_wait_archived();
     drop(tl3);
-    assert_eq!(view_rows(&repo, &work, "t3", &["--target-time", &t3]), at_t3);
+    assert_eq!(
+        view_rows(&repo, &work, "t3", &["--target-time", &t3]),
+        at_t3
+    );
     // Timeline 2 after timeline 3 forked off it is still there, found by the rule.
     verify_rows(&repo, &work, &["--target-time", &t2_late], &at_t2_late);
 
@@ -200,6 +234,11 @@ fn every_backup_and_point_on_every_timeline() {
     standby.stop();
     // The latest state is timeline 4's end; B1 is on its history, three forks back.
     assert_eq!(restored_rows(&repo, &work, "latest", &[]), end_of_tl4);
-    verify_rows(&repo, &work, &["--backup", &b1, "--target-timeline", "4"], &at_b1);
+    verify_rows(
+        &repo,
+        &work,
+        &["--backup", &b1, "--target-timeline", "4"],
+        &at_b1,
+    );
     eprintln!("timelines scenario took {:.0?}", started.elapsed());
 }

@@ -18,9 +18,9 @@ use crate::error::{Error, Result};
 use crate::lock::Lease;
 use crate::pg::target::{Target, TargetAction};
 use crate::pitr::{self, Goal, Point};
-use crate::walpath::TimelineChoice;
 use crate::store::diskcache::DiskCache;
 use crate::store::{open_backend, Repository};
+use crate::walpath::TimelineChoice;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -175,7 +175,12 @@ pub struct PointArgs {
 impl GoalArgs {
     /// Whether a backup or target was named (rather than the latest state).
     pub fn names_a_point(&self) -> bool {
-        !matches!(self.point(), Ok(Point::Latest))
+        let p = &self.point;
+        p.backup.is_some()
+            || p.target_time.is_some()
+            || p.target_lsn.is_some()
+            || p.target_name.is_some()
+            || p.target_xid.is_some()
     }
 
     /// The goal; with nothing given, the latest state: newest backup plus all archived WAL.

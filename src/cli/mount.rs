@@ -135,6 +135,13 @@ pub fn run(
     let repo = Arc::new(repo);
     let cache = a.cache.cache_size as usize;
     let view = a.goal.names_a_point();
+    if !view && a.goal.target_timeline.is_some() {
+        return Err(Error::BadInput(
+            "--target-timeline chooses the timeline of a point-in-time view: give it with \
+             --backup or a --target-* option"
+                .into(),
+        ));
+    }
     let (source, writable, fsname, key_file) = if view {
         let scratch = a.scratch.clone().ok_or_else(|| {
             Error::BadInput(

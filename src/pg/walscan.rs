@@ -120,7 +120,11 @@ pub fn format_pg_time(t: i64) -> String {
 /// record that passed its CRC but does not decode (a format we do not know).
 pub fn scan_segment(data: &[u8], header: &SegmentHeader) -> Result<SegmentSummary, Error> {
     let scan = scan(data, header)?;
-    Ok(summarise(&scan.xact_ends, scan.restore_points, scan.end_lsn))
+    Ok(summarise(
+        &scan.xact_ends,
+        scan.restore_points,
+        scan.end_lsn,
+    ))
 }
 
 /// Summarises the records of a segment that begin before `at`, and those that begin at or

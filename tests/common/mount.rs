@@ -20,8 +20,6 @@ pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 /// tests run several servers at once on tiny data.
 pub const VIEW_SHARED_BUFFERS: &str = "128MB";
 
-
-
 /// `pgsnapfs ARGS...` as root (FUSE needs it), with the harness's scrubbed environment.
 pub fn root_cmd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsnapfs"));
@@ -369,4 +367,3 @@ impl Drop for Mount {
         self.cleanup();
     }
 }
-
