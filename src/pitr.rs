@@ -162,24 +162,23 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
             stop_time: unix_micros_to_pg_time(s.stop_time.timestamp_micros()),
         })
         .collect();
+    let newest = backups.len() - 1;
+    let immediate = Some(Target::Immediate);
     let (aim, target) = match &goal.to {
-        Point::Backup(id) if id == "latest" => (Aim::Backup(backups.len() - 1), Target::Immediate),
+        Point::Backup(id) if id == "latest" => (Aim::Backup(newest), immediate),
         Point::Backup(id) => {
-            let i = match backups.iter().position(|s| &s.id == id) {
-                Some(i) => i,
-                // Not listed (unreadable, or not found): say so as loading it does.
-                None => {
-                    repo.load_snapshot(id)?;
-                    return Err(Error::NotFound(format!(
-                        "backup {id} is not in the repository"
-                    )));
-                }
+            let Some(i) = backups.iter().position(|s| &s.id == id) else {
+                // Unreadable (loading it says why), or of another cluster.
+                repo.load_snapshot(id)?;
+                return Err(Error::BadInput(format!(
+                    "backup {id} is not a backup of system {sysid}"
+                )));
             };
-            (Aim::Backup(i), Target::Immediate)
+            (Aim::Backup(i), immediate)
         }
-        Point::Target(Target::Immediate) => (Aim::Backup(backups.len() - 1), Target::Immediate),
-        Point::Target(t) => (Aim::Target(t), t.clone()),
-        Point::Latest => (Aim::End, Target::Immediate),
+        Point::Target(Target::Immediate) => (Aim::Backup(newest), immediate),
+        Point::Target(t) => (Aim::Target(t), Some(t.clone())),
+        Point::Latest => (Aim::End, None),
     };
     let mut sums = Stored {
         repo,
@@ -197,7 +196,7 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
     Ok(Plan {
         snapshot,
         system,
-        target: (!matches!(aim, Aim::End)).then_some(target),
+        target,
         timeline: choice.timeline,
         also_on: choice.also,
         replay_bytes,
