@@ -206,6 +206,12 @@ fn every_backup_and_point_on_every_timeline() {
         view_rows(&repo, &work, "t3", &["--target-time", &t3]),
         at_t3
     );
+    verify_rows(
+        &repo,
+        &work,
+        &["--target-time", &t3, "--target-timeline", "3"],
+        &at_t3,
+    );
     // Timeline 2 after timeline 3 forked off it is still there, found by the rule.
     verify_rows(&repo, &work, &["--target-time", &t2_late], &at_t2_late);
 
