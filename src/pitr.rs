@@ -62,6 +62,7 @@ struct Stored<'a> {
     sysid: u64,
     seg_size: u64,
     cache: HashMap<(u32, u64), Option<SegmentSummary>>,
+    splits: HashMap<(u32, u64), Option<(SegmentSummary, SegmentSummary)>>,
 }
 
 impl Summaries for Stored<'_> {
@@ -80,14 +81,20 @@ impl Summaries for Stored<'_> {
         segno: u64,
         at: Lsn,
     ) -> Result<Option<(SegmentSummary, SegmentSummary)>> {
+        // A timeline's copy of a segment is only split where that timeline begins.
+        if let Some(s) = self.splits.get(&(tli, segno)) {
+            return Ok(s.clone());
+        }
         let name = WalFile::Segment { tli, segno }.name(self.seg_size);
         let data = self
             .repo
             .get_sealed(&keys::wal_file(self.sysid, tli, &name))?;
-        Ok(SegmentHeader::parse(&data)
+        let split = SegmentHeader::parse(&data)
             .and_then(|h| scan_segment_split(&data, &h, at))
             .map_err(|e| tracing::warn!("{name}: cannot read it to split it at {at}: {e}"))
-            .ok())
+            .ok();
+        self.splits.insert((tli, segno), split.clone());
+        Ok(split)
     }
 }
 
@@ -185,6 +192,7 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
         sysid,
         seg_size,
         cache: HashMap::new(),
+        splits: HashMap::new(),
     };
     let choice = walpath::choose(&archived, &points, aim, goal.timeline, &mut sums)?;
     if let Some(missing) = &choice.stops_early_at {
