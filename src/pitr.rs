@@ -62,7 +62,7 @@ struct Stored<'a> {
     sysid: u64,
     seg_size: u64,
     cache: HashMap<(u32, u64), Option<SegmentSummary>>,
-    splits: HashMap<(u32, u64), Option<(SegmentSummary, SegmentSummary)>>,
+    splits: HashMap<(u32, u64), Option<Vec<SegmentSummary>>>,
 }
 
 impl Summaries for Stored<'_> {
@@ -75,13 +75,8 @@ impl Summaries for Stored<'_> {
         Ok(s)
     }
 
-    fn split(
-        &mut self,
-        tli: u32,
-        segno: u64,
-        at: Lsn,
-    ) -> Result<Option<(SegmentSummary, SegmentSummary)>> {
-        // A timeline's copy of a segment is only split where that timeline begins.
+    fn split(&mut self, tli: u32, segno: u64, at: &[Lsn]) -> Result<Option<Vec<SegmentSummary>>> {
+        // A timeline's copy of a segment is split at the same points on every path through it.
         if let Some(s) = self.splits.get(&(tli, segno)) {
             return Ok(s.clone());
         }
@@ -91,7 +86,7 @@ impl Summaries for Stored<'_> {
             .get_sealed(&keys::wal_file(self.sysid, tli, &name))?;
         let split = SegmentHeader::parse(&data)
             .and_then(|h| scan_segment_split(&data, &h, at))
-            .map_err(|e| tracing::warn!("{name}: cannot read it to split it at {at}: {e}"))
+            .map_err(|e| tracing::warn!("{name}: cannot read it to split it at {at:?}: {e}"))
             .ok();
         self.splits.insert((tli, segno), split.clone());
         Ok(split)

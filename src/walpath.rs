@@ -78,13 +78,9 @@ pub enum Aim<'a> {
 /// Segment summaries, by timeline and segment number.
 pub trait Summaries {
     fn whole(&mut self, tli: u32, segno: u64) -> Result<Option<SegmentSummary>>;
-    /// The records of the segment before `at` and from `at`; None when it cannot be read.
-    fn split(
-        &mut self,
-        tli: u32,
-        segno: u64,
-        at: Lsn,
-    ) -> Result<Option<(SegmentSummary, SegmentSummary)>>;
+    /// The records of the segment before each of the ascending positions `at`, between them,
+    /// and after the last (`at.len() + 1` summaries); None when it cannot be read.
+    fn split(&mut self, tli: u32, segno: u64, at: &[Lsn]) -> Result<Option<Vec<SegmentSummary>>>;
 }
 
 /// The archived WAL of a cluster and its timeline tree.
@@ -183,14 +179,16 @@ impl Archive<'_> {
         WalFile::Segment { tli, segno }.name(self.seg_size)
     }
 
-    /// The last switchpoint on the path to `tli` inside segment `segno`: (timeline left, where).
-    fn switch_in(&self, tli: u32, segno: u64) -> Option<(u32, Lsn)> {
+    /// The switchpoints on the path to `tli` inside segment `segno`, in order: (timeline
+    /// left, where). One segment can hold several, when a recovery of a recovery stopped soon
+    /// after the first one began.
+    fn switches_in(&self, tli: u32, segno: u64) -> Vec<(u32, Lsn)> {
         self.tree
             .history(tli)
             .iter()
-            .rev()
-            .find(|e| segment_of(e.switchpoint, self.seg_size) == segno)
+            .filter(|e| segment_of(e.switchpoint, self.seg_size) == segno)
             .map(|e| (e.parent_tli, e.switchpoint))
+            .collect()
     }
 
     /// Visits the archived WAL on the path to `tli` from segment `from`, in order, until
@@ -217,23 +215,25 @@ impl Archive<'_> {
                 entered,
                 unsplit,
             };
-            let pieces = match self.switch_in(tli, segno) {
-                Some((parent, at)) => match sums.split(t, segno, at)? {
-                    Some((before, after)) => {
-                        vec![
-                            piece(before, parent, false, false),
-                            piece(after, t, true, false),
-                        ]
-                    }
-                    None => sums
-                        .whole(t, segno)?
-                        .map(|s| piece(s, t, true, true))
-                        .into_iter()
-                        .collect(),
-                },
+            let switches = self.switches_in(tli, segno);
+            let at: Vec<Lsn> = switches.iter().map(|s| s.1).collect();
+            let split = match at.is_empty() {
+                true => None,
+                false => sums.split(t, segno, &at)?,
+            };
+            let pieces: Vec<Piece> = match split {
+                // Part 0 is the first timeline left; part i the one entered at switch i - 1.
+                Some(parts) => parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, sum)| {
+                        let owner = switches.get(i).map_or(t, |s| s.0);
+                        piece(sum, owner, i > 0, false)
+                    })
+                    .collect(),
                 None => sums
                     .whole(t, segno)?
-                    .map(|s| piece(s, t, false, false))
+                    .map(|s| piece(s, t, !at.is_empty(), !at.is_empty()))
                     .into_iter()
                     .collect(),
             };
@@ -691,15 +691,22 @@ mod tests {
             &mut self,
             tli: u32,
             segno: u64,
-            at: Lsn,
-        ) -> Result<Option<(SegmentSummary, SegmentSummary)>> {
+            at: &[Lsn],
+        ) -> Result<Option<Vec<SegmentSummary>>> {
             if self.unreadable.contains(&(tli, segno)) {
                 return Ok(None);
             }
-            Ok(Some((
-                self.sum(tli, segno, |l| l < at),
-                self.sum(tli, segno, |l| l >= at),
-            )))
+            let bounds: Vec<Lsn> = [Lsn(0)]
+                .into_iter()
+                .chain(at.iter().copied())
+                .chain([Lsn(u64::MAX)])
+                .collect();
+            Ok(Some(
+                bounds
+                    .windows(2)
+                    .map(|w| self.sum(tli, segno, |l| w[0] <= l && l < w[1]))
+                    .collect(),
+            ))
         }
     }
 
@@ -1059,6 +1066,65 @@ mod tests {
             &mut s.fake,
         );
         assert_eq!(picked(c), (2, 0, 4));
+    }
+
+    #[test]
+    fn four_deep_and_a_sibling() {
+        let mut s = scenario();
+        s.tree = tree(
+            &[
+                (1, ""),
+                (2, "1\t0/3400000\tx\n"),
+                (3, "1\t0/3400000\tx\n2\t0/4000018\ty\n"),
+                (4, "1\t0/3400000\tx\n2\t0/4000018\ty\n3\t0/4000100\tz\n"),
+                (5, "1\t0/4400000\tw\n"),
+            ],
+            &[],
+        );
+        let a = archive(
+            &s.tree,
+            &[(1, 1..=6), (2, 3..=4), (3, 4..=4), (4, 4..=4), (5, 4..=4)],
+        );
+        let m = refused(choose(
+            &a,
+            &s.backups,
+            Aim::End,
+            TimelineChoice::Auto,
+            &mut s.fake,
+        ));
+        assert!(m.contains("timelines 4, 5 each branch off"), "{m}");
+    }
+
+    #[test]
+    fn two_switchpoints_in_one_segment() {
+        // Timeline 3 recovered from timeline 2 soon after timeline 2 began, in segment 3.
+        let mut s = scenario();
+        s.tree = tree(
+            &[
+                (1, ""),
+                (2, "1\t0/3400000\tx\n"),
+                (3, "1\t0/3400000\tx\n2\t0/3600000\ty\n"),
+            ],
+            &[],
+        );
+        let mut c3 = s.fake.commits[&(2, 3)].clone();
+        c3.push((0x70_0000, at(3000)));
+        s.fake.commits.insert((3, 3), c3);
+        let a = archive(&s.tree, &[(1, 1..=6), (2, 3..=4), (3, 3..=3)]);
+        assert_eq!(
+            a.switches_in(3, 3),
+            vec![(1, lsn("0/3400000")), (2, lsn("0/3600000"))]
+        );
+        let (b, f) = (&s.backups, &mut s.fake);
+        // t=240 is in timeline 2's fork gap, on timeline 3's path too: timeline 1 holds it.
+        let c = choose(&a, b, Aim::Target(&time(240)), TimelineChoice::Auto, f);
+        assert_eq!(picked(c), (1, 0, 4));
+        // t=1000, in timeline 3's fork gap, while timeline 2 goes on: timeline 2's.
+        let c = choose(&a, b, Aim::Target(&time(1000)), TimelineChoice::Auto, f);
+        assert_eq!(picked(c), (2, 0, 4));
+        // t=2000, after timeline 2's end: only timeline 3 reaches it.
+        let c = choose(&a, b, Aim::Target(&time(2000)), TimelineChoice::Auto, f);
+        assert_eq!(picked(c), (3, 0, 3));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! every backup and every point on every timeline still mounts, restores and verifies with its
 //! own rows. One repository lives through three recoveries in sequence: a recovery to a point
 //! in time (timeline 2), a recovery of that recovery (timeline 3), and a promoted standby
-//! (timeline 4), each archiving into the repository as a real recovery does.
+//! (timeline 4), each archiving into the repository as a real recovery does; then a second
+//! recovery from timeline 1 (timeline 5) makes the latest state ambiguous.
 
 mod common;
 
@@ -246,5 +247,20 @@ fn every_backup_and_point_on_every_timeline() {
         &["--backup", &b1, "--target-timeline", "4"],
         &at_b1,
     );
+    // A second recovery from timeline 1 (timeline 5): two latest states, refused as ambiguous.
+    let mut tl5 = recover(&repo, &work, "tl5", &["--target-time", &t1]);
+    assert_eq!(timeline(&tl5), "00000005");
+    assert_eq!(tl5.psql(ROWS), at_t1, "a recovery to T1 with timelines 2 to 4 around");
+    write(&tl5, 400, 410, "tl5");
+    tl5.switch_wal_and_wait_archived();
+    tl5.stop();
+    let run = repo.restore(&refused, &[]).assert_exit(2);
+    assert!(
+        run.stderr_str().contains("timelines 4, 5 each branch off")
+            && run.stderr_str().contains("--target-timeline"),
+        "{}",
+        run.report()
+    );
+    assert!(is_absent_or_empty(&refused));
     eprintln!("timelines scenario took {:.0?}", started.elapsed());
 }

@@ -128,20 +128,25 @@ pub fn scan_segment(data: &[u8], header: &SegmentHeader) -> Result<SegmentSummar
 }
 
 /// Summarises the records of a segment that begin before `at`, and those that begin at or
-/// after it: the two sides of a timeline switchpoint, as a timeline's copy of the segment
-/// holds its parent's WAL up to the switch and its own after it.
+/// after it, for each of the ascending positions `at`: the sides of timeline switchpoints, as
+/// a timeline's copy of a segment holds its ancestors' WAL up to each switch. Returns
+/// `at.len() + 1` summaries, in order.
 pub fn scan_segment_split(
     data: &[u8],
     header: &SegmentHeader,
-    at: Lsn,
-) -> Result<(SegmentSummary, SegmentSummary), Error> {
+    at: &[Lsn],
+) -> Result<Vec<SegmentSummary>, Error> {
     let scan = scan(data, header)?;
-    let split = scan.xact_ends.partition_point(|x| x.lsn < at);
-    let (before_rp, after_rp) = scan.restore_points.into_iter().partition(|r| r.lsn < at);
-    Ok((
-        summarise(&scan.xact_ends[..split], before_rp, at),
-        summarise(&scan.xact_ends[split..], after_rp, scan.end_lsn),
-    ))
+    let mut out = Vec::with_capacity(at.len() + 1);
+    let (mut xacts, mut points) = (&scan.xact_ends[..], scan.restore_points);
+    for &end in at {
+        let split = xacts.partition_point(|x| x.lsn < end);
+        let (before, after): (Vec<_>, Vec<_>) = points.into_iter().partition(|r| r.lsn < end);
+        out.push(summarise(&xacts[..split], before, end));
+        (xacts, points) = (&xacts[split..], after);
+    }
+    out.push(summarise(xacts, points, scan.end_lsn));
+    Ok(out)
 }
 
 fn summarise(
@@ -884,11 +889,12 @@ mod tests {
             &main_only(&restore_main(1_500, "fork")),
         );
         commit(&mut w, 701, 5_000);
-        commit(&mut w, 702, 6_000);
+        let c702 = commit(&mut w, 702, 6_000);
         let end = w.end();
         let data = w.segment(0);
         let header = SegmentHeader::parse(data).unwrap();
-        let (before, after) = scan_segment_split(data, &header, at).unwrap();
+        let [before, after] =
+            <[_; 2]>::try_from(scan_segment_split(data, &header, &[at]).unwrap()).unwrap();
         assert_eq!(
             (before.first_commit_time, before.last_commit_time),
             (Some(1_000), Some(1_000))
@@ -902,9 +908,24 @@ mod tests {
         assert_eq!(after.restore_points[0].name, "fork");
         assert_eq!((after.max_commit_xid, after.end_lsn), (Some(702), end));
         // Split at the start: everything is after.
-        let (before, after) = scan_segment_split(data, &header, Lsn(0x30_0000)).unwrap();
-        assert_eq!(before.last_commit_time, None);
-        assert_eq!(after, scan_segment(data, &header).unwrap());
+        let parts = scan_segment_split(data, &header, &[Lsn(0x30_0000)]).unwrap();
+        assert_eq!(parts[0].last_commit_time, None);
+        assert_eq!(parts[1], scan_segment(data, &header).unwrap());
+        // Two switchpoints in one segment: three parts.
+        let parts = scan_segment_split(data, &header, &[at, c702]).unwrap();
+        let times: Vec<_> = parts
+            .iter()
+            .map(|p| (p.first_commit_time, p.last_commit_time))
+            .collect();
+        assert_eq!(
+            times,
+            vec![
+                (Some(1_000), Some(1_000)),
+                (Some(5_000), Some(5_000)),
+                (Some(6_000), Some(6_000))
+            ]
+        );
+        assert_eq!((parts[1].restore_points.len(), parts[1].end_lsn), (1, c702));
     }
 
     #[test]
