@@ -250,7 +250,11 @@ fn every_backup_and_point_on_every_timeline() {
     // A second recovery from timeline 1 (timeline 5): two latest states, refused as ambiguous.
     let mut tl5 = recover(&repo, &work, "tl5", &["--target-time", &t1]);
     assert_eq!(timeline(&tl5), "00000005");
-    assert_eq!(tl5.psql(ROWS), at_t1, "a recovery to T1 with timelines 2 to 4 around");
+    assert_eq!(
+        tl5.psql(ROWS),
+        at_t1,
+        "a recovery to T1 with timelines 2 to 4 around"
+    );
     write(&tl5, 400, 410, "tl5");
     tl5.switch_wal_and_wait_archived();
     tl5.stop();
