@@ -22,5 +22,6 @@ pub mod store;
 pub mod timelines;
 pub mod verify;
 pub mod view;
+pub mod walpath;
 
 pub use error::{Error, Result};

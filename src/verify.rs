@@ -154,7 +154,7 @@ pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<R
         restore_command: opts.restore_command.clone(),
         target: plan.target.clone(),
         action: TargetAction::Promote,
-        timeline: None,
+        timeline: Some(plan.timeline.to_string()),
     };
     let mut changes = view::prepare(&repo, plan, &settings, &scratch, &mnt, owner, "256MB")?;
     // Only this process can reach the private socket: trust it, whatever pg_hba.conf said.

@@ -17,9 +17,10 @@ mod wal;
 use crate::error::{Error, Result};
 use crate::lock::Lease;
 use crate::pg::target::{Target, TargetAction};
-use crate::pitr::{self, Goal};
+use crate::pitr::{self, Goal, Point};
 use crate::store::diskcache::DiskCache;
 use crate::store::{open_backend, Repository};
+use crate::walpath::TimelineChoice;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -139,10 +140,21 @@ fn plan_pinned(
     }
 }
 
-/// Which point to recover to: shared by restore, mount and verify.
+/// Which point to recover to, and along which timeline: shared by restore, mount and verify.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GoalArgs {
+    #[command(flatten)]
+    pub point: PointArgs,
+    /// The timeline to recover along: a number, `latest` (the newest timeline that holds the
+    /// target) or `current` (the base backup's own timeline). By default a backup keeps its own
+    /// timeline and a target goes to the newest timeline that holds it.
+    #[arg(long, value_name = "N|latest|current")]
+    pub target_timeline: Option<TimelineChoice>,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 #[group(multiple = false)]
-pub struct GoalArgs {
+pub struct PointArgs {
     /// A backup as it was when it ended: its id, or `latest`.
     #[arg(long)]
     pub backup: Option<String>,
@@ -161,23 +173,41 @@ pub struct GoalArgs {
 }
 
 impl GoalArgs {
+    /// Whether a backup or target was named (rather than the latest state).
+    pub fn names_a_point(&self) -> bool {
+        let p = &self.point;
+        p.backup.is_some()
+            || p.target_time.is_some()
+            || p.target_lsn.is_some()
+            || p.target_name.is_some()
+            || p.target_xid.is_some()
+    }
+
     /// The goal; with nothing given, the latest state: newest backup plus all archived WAL.
     pub fn goal(&self) -> Result<Goal> {
+        Ok(Goal {
+            to: self.point()?,
+            timeline: self.target_timeline.unwrap_or_default(),
+        })
+    }
+
+    fn point(&self) -> Result<Point> {
         let bad = |e: crate::pg::Error| Error::BadInput(e.to_string());
-        Ok(if let Some(b) = &self.backup {
-            Goal::Backup(b.clone())
-        } else if let Some(t) = &self.target_time {
-            Goal::Target(Target::Time(crate::pg::target::parse_time(t).map_err(bad)?))
-        } else if let Some(l) = &self.target_lsn {
-            Goal::Target(Target::Lsn(l.parse().map_err(|_| {
+        let p = &self.point;
+        Ok(if let Some(b) = &p.backup {
+            Point::Backup(b.clone())
+        } else if let Some(t) = &p.target_time {
+            Point::Target(Target::Time(crate::pg::target::parse_time(t).map_err(bad)?))
+        } else if let Some(l) = &p.target_lsn {
+            Point::Target(Target::Lsn(l.parse().map_err(|_| {
                 Error::BadInput(format!("{l:?} is not an LSN such as 0/3000060"))
             })?))
-        } else if let Some(n) = &self.target_name {
-            Goal::Target(Target::Name(n.clone()))
-        } else if let Some(x) = self.target_xid {
-            Goal::Target(Target::Xid(x))
+        } else if let Some(n) = &p.target_name {
+            Point::Target(Target::Name(n.clone()))
+        } else if let Some(x) = p.target_xid {
+            Point::Target(Target::Xid(x))
         } else {
-            Goal::Latest
+            Point::Latest
         })
     }
 }

@@ -135,11 +135,14 @@ pub fn run(
     let (uid, gid) = (owner.uid, owner.gid);
     let repo = Arc::new(repo);
     let cache = a.cache.cache_size as usize;
-    let view = a.goal.backup.is_some()
-        || a.goal.target_time.is_some()
-        || a.goal.target_lsn.is_some()
-        || a.goal.target_name.is_some()
-        || a.goal.target_xid.is_some();
+    let view = a.goal.names_a_point();
+    if !view && a.goal.target_timeline.is_some() {
+        return Err(Error::BadInput(
+            "--target-timeline chooses the timeline of a point-in-time view: give it with \
+             --backup or a --target-* option"
+                .into(),
+        ));
+    }
     let (source, writable, fsname, key_file) = if view {
         let scratch = a.scratch.clone().ok_or_else(|| {
             Error::BadInput(
@@ -163,7 +166,7 @@ pub fn run(
             )?,
             target: plan.target.clone(),
             action: a.target_action,
-            timeline: None,
+            timeline: Some(plan.timeline.to_string()),
         };
         let changes = crate::view::prepare(
             &repo,

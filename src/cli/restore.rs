@@ -124,7 +124,7 @@ pub fn run(
         restore_command: restore_command(repo_spec, &plan, &fetch_key(repo, pass)?)?,
         target: plan.target.clone(),
         action: a.target_action,
-        timeline: None,
+        timeline: Some(plan.timeline.to_string()),
     };
     let bar = progress(Some(snap.size_logical), "restoring");
     let tick = bar.clone();

@@ -3,7 +3,7 @@
 use super::{print_json, GoalArgs};
 use crate::error::{io, Error, Result};
 use crate::lock::Lease;
-use crate::pitr::Goal;
+use crate::pitr::Point;
 use crate::store::Repository;
 use crate::verify::{self, VerifyOptions};
 use std::path::PathBuf;
@@ -42,10 +42,10 @@ pub fn run(
     a: Args,
 ) -> Result<()> {
     // With nothing named, test the newest backup as it was taken.
-    let goal = match a.goal.goal()? {
-        Goal::Latest => Goal::Backup("latest".into()),
-        g => g,
-    };
+    let mut goal = a.goal.goal()?;
+    if matches!(goal.to, Point::Latest) {
+        goal.to = Point::Backup("latest".into());
+    }
     let lease = Lease::shared(&repo, "verify")?;
     let plan = super::plan_pinned(&repo, &lease, a.system, &goal)?;
     let assertions = match &a.sql {

@@ -120,8 +120,42 @@ pub fn format_pg_time(t: i64) -> String {
 /// record that passed its CRC but does not decode (a format we do not know).
 pub fn scan_segment(data: &[u8], header: &SegmentHeader) -> Result<SegmentSummary, Error> {
     let scan = scan(data, header)?;
-    let times = scan.xact_ends.iter().map(|x| x.time);
-    let mut xids = scan.xact_ends.iter().map(|x| x.xid).filter(|&x| x != 0);
+    Ok(summarise(
+        &scan.xact_ends,
+        scan.restore_points,
+        scan.end_lsn,
+    ))
+}
+
+/// Summarises the records of a segment that begin before `at`, and those that begin at or
+/// after it, for each of the ascending positions `at`: the sides of timeline switchpoints, as
+/// a timeline's copy of a segment holds its ancestors' WAL up to each switch. Returns
+/// `at.len() + 1` summaries, in order.
+pub fn scan_segment_split(
+    data: &[u8],
+    header: &SegmentHeader,
+    at: &[Lsn],
+) -> Result<Vec<SegmentSummary>, Error> {
+    let scan = scan(data, header)?;
+    let mut out = Vec::with_capacity(at.len() + 1);
+    let (mut xacts, mut points) = (&scan.xact_ends[..], scan.restore_points);
+    for &end in at {
+        let split = xacts.partition_point(|x| x.lsn < end);
+        let (before, after): (Vec<_>, Vec<_>) = points.into_iter().partition(|r| r.lsn < end);
+        out.push(summarise(&xacts[..split], before, end));
+        (xacts, points) = (&xacts[split..], after);
+    }
+    out.push(summarise(xacts, points, scan.end_lsn));
+    Ok(out)
+}
+
+fn summarise(
+    xact_ends: &[XactEnd],
+    restore_points: Vec<RestorePoint>,
+    end_lsn: Lsn,
+) -> SegmentSummary {
+    let times = xact_ends.iter().map(|x| x.time);
+    let mut xids = xact_ends.iter().map(|x| x.xid).filter(|&x| x != 0);
     let first_xid = xids.next();
     let (min_xid, max_xid) = xids.fold((first_xid, first_xid), |(lo, hi), x| {
         (
@@ -129,14 +163,14 @@ pub fn scan_segment(data: &[u8], header: &SegmentHeader) -> Result<SegmentSummar
             hi.map(|h| if xid_precedes(h, x) { x } else { h }),
         )
     });
-    Ok(SegmentSummary {
+    SegmentSummary {
         first_commit_time: times.clone().min(),
         last_commit_time: times.max(),
-        restore_points: scan.restore_points,
+        restore_points,
         min_commit_xid: min_xid,
         max_commit_xid: max_xid,
-        end_lsn: scan.end_lsn,
-    })
+        end_lsn,
+    }
 }
 
 /// TransactionIdPrecedes for normal xids.
@@ -842,6 +876,56 @@ mod tests {
             serde_json::from_str::<SegmentSummary>(&json).unwrap(),
             summary
         );
+    }
+
+    #[test]
+    fn split_at_a_switchpoint() {
+        let mut w = Writer::new(0x30_0000, MAGIC_15);
+        commit(&mut w, 700, 1_000);
+        let at = w.record(
+            RM_XLOG_ID,
+            XLOG_RESTORE_POINT,
+            0,
+            &main_only(&restore_main(1_500, "fork")),
+        );
+        commit(&mut w, 701, 5_000);
+        let c702 = commit(&mut w, 702, 6_000);
+        let end = w.end();
+        let data = w.segment(0);
+        let header = SegmentHeader::parse(data).unwrap();
+        let [before, after] =
+            <[_; 2]>::try_from(scan_segment_split(data, &header, &[at]).unwrap()).unwrap();
+        assert_eq!(
+            (before.first_commit_time, before.last_commit_time),
+            (Some(1_000), Some(1_000))
+        );
+        assert_eq!((before.min_commit_xid, before.end_lsn), (Some(700), at));
+        assert!(before.restore_points.is_empty());
+        assert_eq!(
+            (after.first_commit_time, after.last_commit_time),
+            (Some(5_000), Some(6_000))
+        );
+        assert_eq!(after.restore_points[0].name, "fork");
+        assert_eq!((after.max_commit_xid, after.end_lsn), (Some(702), end));
+        // Split at the start: everything is after.
+        let parts = scan_segment_split(data, &header, &[Lsn(0x30_0000)]).unwrap();
+        assert_eq!(parts[0].last_commit_time, None);
+        assert_eq!(parts[1], scan_segment(data, &header).unwrap());
+        // Two switchpoints in one segment: three parts.
+        let parts = scan_segment_split(data, &header, &[at, c702]).unwrap();
+        let times: Vec<_> = parts
+            .iter()
+            .map(|p| (p.first_commit_time, p.last_commit_time))
+            .collect();
+        assert_eq!(
+            times,
+            vec![
+                (Some(1_000), Some(1_000)),
+                (Some(5_000), Some(5_000)),
+                (Some(6_000), Some(6_000))
+            ]
+        );
+        assert_eq!((parts[1].restore_points.len(), parts[1].end_lsn), (1, c702));
     }
 
     #[test]

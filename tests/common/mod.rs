@@ -17,6 +17,7 @@
 
 pub mod cluster;
 pub mod moto;
+pub mod mount;
 
 // Not every test binary uses all of them.
 #[allow(unused_imports)]
