@@ -112,12 +112,14 @@ pub fn run(
     };
     let snap = &plan.snapshot;
     eprintln!(
-        "restoring backup {} (PostgreSQL {}, {}, ended {}) to {}; about {} of WAL to replay",
+        "restoring backup {} (PostgreSQL {}, {}, ended {}) to {}, recovering to {}; about {} \
+         of WAL to replay",
         snap.id,
         snap.pg_major,
         human(snap.size_logical),
         snap.stop_time.to_rfc3339(),
         a.to.display(),
+        plan.describe(),
         human(plan.replay_bytes)
     );
     let settings = RecoverySettings {
