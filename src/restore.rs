@@ -207,8 +207,12 @@ fn list_conf(dir: &Path, rel: &str) -> Result<Vec<String>> {
 /// leaves recovery.signal as the only signal file: with standby.signal too, the server
 /// would start as a standby instead of recovering to the target.
 fn write_recovery(dir: &Path, body: &str) -> Result<Vec<Rewritten>> {
-    let rewritten =
-        recovery::rewrite_config(&|rel| read_conf(dir, rel), &|rel| list_conf(dir, rel), body)?;
+    let rewritten = recovery::rewrite_config(
+        &|rel| read_conf(dir, rel),
+        &|rel| list_conf(dir, rel),
+        body,
+        &[],
+    )?;
     for file in &rewritten {
         let path = dir.join(&file.path);
         let mode = fs::metadata(&path).map_or(0o600, |m| m.permissions().mode() & 0o7777);

@@ -164,7 +164,7 @@ pub fn run(
             action: a.target_action,
             timeline: None,
         };
-        let changes = crate::view::prepare(
+        let view = crate::view::prepare(
             &repo,
             &plan,
             &settings,
@@ -187,7 +187,13 @@ pub fn run(
             plan.describe(),
             plan.snapshot.pg_major
         );
-        eprintln!("archive_mode is off on this view: a server started here never archives WAL");
+        eprintln!(
+            "archive_mode is off and listen_addresses is '' on this view: a server started \
+             here never archives WAL and takes Unix-socket connections only"
+        );
+        for note in &view.notes {
+            eprintln!("{note}");
+        }
         if matches!(a.target_action, TargetAction::Pause) {
             eprintln!(
                 "recovery pauses at the target in hot standby; if a query waits on a lock held by a \
@@ -195,7 +201,7 @@ pub fn run(
                  SELECT pg_wal_replay_resume() (or mount with --target-action promote)"
             );
         }
-        let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
+        let source = SnapSource::view(repo.clone(), &plan.snapshot, view.changes, cache)?;
         (
             source,
             Some(scratch.join("cow")),
