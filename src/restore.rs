@@ -58,6 +58,9 @@ pub struct Restored {
     /// The configuration files whose settings of an earlier recovery were removed.
     pub rewritten: Vec<Rewritten>,
     pub archiving: Archiving,
+    /// Whether the restored directory has a postgresql.conf; without one (Debian's layout)
+    /// the server must be started with its configuration from elsewhere.
+    pub has_postgresql_conf: bool,
 }
 
 /// A directory is usable if it is missing or empty.
@@ -165,6 +168,7 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
         bytes,
         rewritten,
         archiving,
+        has_postgresql_conf: opts.to.join("postgresql.conf").is_file(),
     })
 }
 

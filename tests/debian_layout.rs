@@ -3,7 +3,8 @@
 //! `verify` and a server started on a `mount` view must still start: the view supplies a
 //! minimal postgresql.conf, a pg_hba.conf letting local peer connections in, and an empty
 //! pg_ident.conf, and it never reads or writes the source's files named in its
-//! postgresql.auto.conf.
+//! postgresql.auto.conf. `backup` names the files it does not hold, and `restore` says how to
+//! start a server without them.
 //!
 //! verify and mount need root (FUSE), so they run as root here; the server on the view runs
 //! as postgres, started with the command docs/operations.md gives.
@@ -133,7 +134,19 @@ fn configuration_outside_the_data_directory() {
         "CREATE TABLE t(id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
     );
-    repo.backup(&source);
+    // backup says the configuration is not in the backup, naming the files.
+    let args = source.backup_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = repo.run("backup", &args).assert_ok();
+    for file in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+        let path = etc.join(file);
+        assert!(
+            run.stderr_str().contains(s(&path)),
+            "backup does not name {}\n{}",
+            path.display(),
+            run.report()
+        );
+    }
     source.psql("INSERT INTO t SELECT g, 'before' FROM generate_series(101, 110) g");
     let target = source.now();
     // The target must fall strictly before the next commit.
@@ -148,8 +161,15 @@ fn configuration_outside_the_data_directory() {
     source.switch_wal_and_wait_archived();
     let source_pid = fs::read_to_string(&pid_file).expect("the source's external PID file");
 
-    // verify of the backup as taken: the server starts and reads the table.
+    // restore's summary says how to start a server without postgresql.conf.
     let work = TestDir::new("debian-layout");
+    repo.restore(&work.join("restored"), &["--archive-mode", "off"])
+        .assert_ok()
+        .assert_mentions("has no postgresql.conf")
+        .assert_mentions("config_file=");
+    fs::remove_dir_all(work.join("restored")).unwrap();
+
+    // verify of the backup as taken: the server starts and reads the table.
     let checks = work.join("checks.sql");
     fs::write(&checks, "SELECT count(*) = 100 FROM t;\n").unwrap();
     let run = pgsnapfs_as_root(&repo.args("verify", &["--json", "--sql", s(&checks)]));
