@@ -12,6 +12,7 @@
 
 use crate::error::{io, Error, Result};
 use crate::mount::ViewChanges;
+use crate::pg::control;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pitr::Plan;
 use crate::store::tree::{BlobRef, Dir, NodeKind};
@@ -82,8 +83,8 @@ const SUPPLIED: [(&str, &str); 3] = [
         "postgresql.conf",
         "# Supplied by pgsnapfs: the backup has no postgresql.conf (its configuration was kept\n\
          # outside the data directory, as in Debian's /etc/postgresql). The server's settings\n\
-         # come from postgresql.auto.conf, whose last block pgsnapfs wrote for this view, and\n\
-         # from its command line: pg_ctl -o '-p PORT -k SOCKETDIR -c name=value'.\n",
+         # come from this file, from postgresql.auto.conf, whose last block pgsnapfs wrote for\n\
+         # this view, and from its command line: pg_ctl -o '-p PORT -k SOCKETDIR -c name=value'.\n",
     ),
     (
         "pg_hba.conf",
@@ -161,17 +162,23 @@ fn supplied_files(repo: &Repository, plan: &Plan) -> Result<(Vec<File>, Option<S
         }
     );
     if names.contains(&"postgresql.conf") {
-        note += "; settings come from postgresql.auto.conf and the server's command line";
+        note += "; settings come from postgresql.auto.conf and the server's command line, \
+                 max_connections and the other settings a hot standby needs from the backup's \
+                 pg_control";
     }
     if names.contains(&"pg_hba.conf") {
         note += "; pg_hba.conf allows Unix-socket connections only, by peer authentication (an \
                  operating-system user as the role of the same name: runuser -u postgres -- \
                  psql -h SOCKETDIR ...)";
     }
-    let files = missing
-        .into_iter()
-        .map(|(name, text)| (name.to_string(), text.as_bytes().to_vec()))
-        .collect();
+    let mut files = Vec::new();
+    for (name, text) in missing {
+        let mut text = text.to_string();
+        if name == "postgresql.conf" {
+            text += &standby_minimums(repo, plan)?;
+        }
+        files.push((name.to_string(), text.into_bytes()));
+    }
     Ok((files, Some(note)))
 }
 
@@ -190,6 +197,20 @@ fn dir_at(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<Dir>> 
 /// A configuration file of the backup as text, by its path in the data directory; None
 /// if missing or not a regular file.
 fn read_conf(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<String>> {
+    let Some(bytes) = read_file(repo, root, path)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes).map(Some).map_err(|_| {
+        Error::Failed(format!(
+            "{path} of the backup is not UTF-8 text, so its recovery settings cannot be \
+             rewritten for a view"
+        ))
+    })
+}
+
+/// A regular file of the backup by its path in the data directory; None if missing or not
+/// a regular file.
+fn read_file(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<Vec<u8>>> {
     let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
     let Some(dir) = dir_at(repo, root, parent)? else {
         return Ok(None);
@@ -197,14 +218,36 @@ fn read_conf(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<Str
     let Some(NodeKind::File { lists, .. }) = dir.get(name).map(|n| &n.kind) else {
         return Ok(None);
     };
-    String::from_utf8(repo.read_file(lists)?)
-        .map(Some)
-        .map_err(|_| {
-            Error::Failed(format!(
-                "{path} of the backup is not UTF-8 text, so its recovery settings cannot be \
-                 rewritten for a view"
-            ))
-        })
+    Ok(Some(repo.read_file(lists)?))
+}
+
+/// Settings for a supplied postgresql.conf: a hot standby refuses to start below the
+/// source's max_connections and the like, which the configuration the backup lacks held;
+/// the backup's pg_control recorded them.
+fn standby_minimums(repo: &Repository, plan: &Plan) -> Result<String> {
+    let Some(bytes) = read_file(repo, &plan.snapshot.root, "global/pg_control")? else {
+        return Ok(String::new());
+    };
+    match control::standby_minimums(&bytes) {
+        Ok(Some(settings)) => {
+            let mut text = "\n# The source's values, from the backup's pg_control: a hot standby \
+                            needs at least these.\n"
+                .to_string();
+            for (name, value) in settings {
+                text += &format!("{name} = {value}\n");
+            }
+            Ok(text)
+        }
+        Ok(None) => Ok(String::new()),
+        Err(e) => {
+            tracing::warn!(
+                "cannot read global/pg_control of backup {} ({e}): the view's server gets \
+                 the default max_connections and the like",
+                plan.snapshot.id
+            );
+            Ok(String::new())
+        }
+    }
 }
 
 /// The configuration changes of a view: its recovery settings block, and the settings of

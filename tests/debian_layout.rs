@@ -103,7 +103,15 @@ impl Drop for ViewServer {
 #[test]
 fn configuration_outside_the_data_directory() {
     let repo = Repo::init();
-    let mut source = Cluster::new(ClusterOptions::archiving_to(&repo.spec));
+    // Above the defaults, as production raises them in /etc: a hot standby refuses to start
+    // with less than the source had.
+    let mut source = Cluster::new(ClusterOptions {
+        settings: vec![
+            ("max_connections".into(), "150".into()),
+            ("max_locks_per_transaction".into(), "128".into()),
+        ],
+        ..ClusterOptions::archiving_to(&repo.spec)
+    });
     let etc = source.dir().subdir("etc", 0o755);
     source.move_config_to(&etc);
     // ALTER SYSTEM can write these, and a postgresql.auto.conf copied from another server
@@ -215,6 +223,7 @@ fn configuration_outside_the_data_directory() {
     // Safety of the supplied configuration: no TCP, the view's own authentication files
     // (peer: root may not connect as postgres), and the source's PID file untouched.
     assert_eq!(server.psql("SHOW listen_addresses"), "");
+    assert_eq!(server.psql("SHOW max_connections"), "150");
     assert_eq!(
         server.psql("SHOW hba_file"),
         mnt.join("pg_hba.conf").display().to_string()
