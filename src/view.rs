@@ -162,9 +162,9 @@ fn supplied_files(repo: &Repository, plan: &Plan) -> Result<(Vec<File>, Option<S
         }
     );
     if names.contains(&"postgresql.conf") {
-        note += "; settings come from postgresql.auto.conf and the server's command line, \
-                 max_connections and the other settings a hot standby needs from the backup's \
-                 pg_control";
+        note += "; the settings a hot standby needs (max_connections and the like) come from \
+                 the backup's pg_control, the others from postgresql.auto.conf and the server's \
+                 command line";
     }
     if names.contains(&"pg_hba.conf") {
         note += "; pg_hba.conf allows Unix-socket connections only, by peer authentication (an \
