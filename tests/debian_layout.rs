@@ -208,6 +208,17 @@ fn configuration_outside_the_data_directory() {
     .assert_mentions("no postgresql.conf")
     .assert_mentions("peer");
     eprintln!("{}", run.stderr_str());
+    // The docs say to edit the view's pg_hba.conf to let in others: it is writable.
+    let hba = mnt.join("pg_hba.conf");
+    run_command(
+        postgres_command("sh")
+            .arg("-c")
+            .arg(format!("echo '# edited' >> '{}'", s(&hba))),
+    )
+    .assert_ok();
+    assert!(fs::read_to_string(&hba)
+        .unwrap()
+        .ends_with("peer\n# edited\n"));
     let server = ViewServer::start(&mnt, &sock, &scratch.join("server.log"));
     wait_for(Duration::from_secs(120), || {
         let state = server.psql("SELECT pg_get_wal_replay_pause_state()");
