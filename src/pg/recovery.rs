@@ -100,8 +100,8 @@ const STALE: [&str; 11] = [
 /// Settings naming where the server finds its files or writes its PID file. A view's server
 /// must use the view's own: data_directory would start it on the source's data directory,
 /// hba_file and ident_file would read files outside the view, external_pid_file would
-/// overwrite the source's PID file. (data_directory and config_file are ignored in
-/// postgresql.auto.conf, and config_file anywhere in a file.)
+/// overwrite the source's PID file. (The server ignores data_directory and config_file in
+/// postgresql.auto.conf; they are commented out there too, so the file says what applies.)
 pub const LOCATIONS: [&str; 5] = [
     "config_file",
     "data_directory",
