@@ -39,6 +39,14 @@ pub struct BackupOptions {
     pub progress: Box<dyn Fn(u64)>,
 }
 
+/// A finished backup, and what its output should say besides.
+pub struct Backup {
+    pub snapshot: Snapshot,
+    /// The server's configuration files outside its data directory, which the backup does
+    /// not hold (Debian keeps them in /etc/postgresql/MAJOR/NAME).
+    pub config_outside: Vec<String>,
+}
+
 impl From<IngestError> for Error {
     fn from(e: IngestError) -> Error {
         match e {
@@ -65,7 +73,7 @@ pub fn control_of(pgdata: &Path) -> Result<ControlData> {
     Ok(ControlData::parse(&bytes)?)
 }
 
-pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
+pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     let control = control_of(&opts.pgdata)?;
     let server = Server::connect(&opts.conn)?;
     let info = server.info()?;
@@ -89,6 +97,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
     let sysid = info.system_identifier;
     let major = info.major();
     warn_recovery_targets(&server)?;
+    let config_outside = config_outside(&server, &info.data_directory, &pgdata)?;
     // Before the parent is read: while the lease is live, gc keeps the packs this backup
     // reuses and writes (docs/repository-format.md, "Deleting").
     let lease = Lease::shared(repo, "backup")?;
@@ -222,7 +231,34 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Snapshot> {
         bytes_skipped = stats.bytes_skipped,
         "backup finished"
     );
-    Ok(snap)
+    Ok(Backup {
+        snapshot: snap,
+        config_outside,
+    })
+}
+
+/// The server's configuration files (postgresql.conf, pg_hba.conf, pg_ident.conf) that are
+/// not inside its data directory, as the server names them. A role that may not read these
+/// settings (pg_read_all_settings) sees no rows, and no files.
+fn config_outside(server: &Server, data_directory: &str, pgdata: &Path) -> Result<Vec<String>> {
+    let files = server.query_strings(
+        "SELECT setting FROM pg_settings \
+         WHERE name IN ('config_file', 'hba_file', 'ident_file') ORDER BY name",
+    )?;
+    Ok(outside(files, data_directory, pgdata))
+}
+
+/// The files not inside the data directory, either as the server spells it or (through a
+/// link) as `pgdata`, its canonical path.
+fn outside(files: Vec<String>, data_directory: &str, pgdata: &Path) -> Vec<String> {
+    files
+        .into_iter()
+        .filter(|file| {
+            let path = Path::new(file);
+            let resolved = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            !(path.starts_with(data_directory) || resolved.starts_with(pgdata))
+        })
+        .collect()
 }
 
 /// Warns when the server's configuration sets recovery targets (left by the recovery that
@@ -480,4 +516,37 @@ fn ensure_wal(
         archive::push(repo, &path)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn configuration_outside_the_data_directory() {
+        let files = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let data = "/nonexistent/15/main";
+        assert_eq!(
+            super::outside(
+                files(&[
+                    "/nonexistent/etc/postgresql.conf",
+                    "/nonexistent/15/main/pg_hba.conf",
+                    "/nonexistent/15/mainly/pg_ident.conf",
+                ]),
+                data,
+                Path::new("/nonexistent/data"),
+            ),
+            files(&[
+                "/nonexistent/etc/postgresql.conf",
+                "/nonexistent/15/mainly/pg_ident.conf"
+            ])
+        );
+        // The canonical data directory, when the server reaches it through a link.
+        assert!(super::outside(
+            files(&["/nonexistent/data/postgresql.conf"]),
+            data,
+            Path::new("/nonexistent/data")
+        )
+        .is_empty());
+    }
 }

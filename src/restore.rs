@@ -58,6 +58,9 @@ pub struct Restored {
     /// The configuration files whose settings of an earlier recovery were removed.
     pub rewritten: Vec<Rewritten>,
     pub archiving: Archiving,
+    /// Whether the restored directory has a postgresql.conf; without one (Debian's layout)
+    /// the server must be started with its configuration from elsewhere.
+    pub has_postgresql_conf: bool,
 }
 
 /// A directory is usable if it is missing or empty.
@@ -165,6 +168,7 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
         bytes,
         rewritten,
         archiving,
+        has_postgresql_conf: opts.to.join("postgresql.conf").is_file(),
     })
 }
 
@@ -207,8 +211,12 @@ fn list_conf(dir: &Path, rel: &str) -> Result<Vec<String>> {
 /// leaves recovery.signal as the only signal file: with standby.signal too, the server
 /// would start as a standby instead of recovering to the target.
 fn write_recovery(dir: &Path, body: &str) -> Result<Vec<Rewritten>> {
-    let rewritten =
-        recovery::rewrite_config(&|rel| read_conf(dir, rel), &|rel| list_conf(dir, rel), body)?;
+    let rewritten = recovery::rewrite_config(
+        &|rel| read_conf(dir, rel),
+        &|rel| list_conf(dir, rel),
+        body,
+        &[],
+    )?;
     for file in &rewritten {
         let path = dir.join(&file.path);
         let mode = fs::metadata(&path).map_or(0o600, |m| m.permissions().mode() & 0o7777);

@@ -150,14 +150,19 @@ pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<R
         std::os::unix::fs::chown(d, Some(uid), Some(gid))
             .map_err(io(format!("chown {}", d.display())))?;
     }
+    // The server trusts every connection on its socket: only its user (and root) may reach it.
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(io(format!("chmod {}", sock.display())))?;
     let settings = RecoverySettings {
         restore_command: opts.restore_command.clone(),
         target: plan.target.clone(),
         action: TargetAction::Promote,
         timeline: Some(plan.timeline.to_string()),
     };
-    let mut changes = view::prepare(&repo, plan, &settings, &scratch, &mnt, owner, "256MB")?;
-    // Only this process can reach the private socket: trust it, whatever pg_hba.conf said.
+    let mut changes =
+        view::prepare(&repo, plan, &settings, &scratch, &mnt, owner, "256MB")?.changes;
+    // Only this process (root) and the server's user can reach the private socket: trust it,
+    // whatever pg_hba.conf said (peer would refuse root as the server's role).
     changes
         .files
         .push(("pg_hba.conf".into(), b"local all all trust\n".to_vec()));

@@ -37,7 +37,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let snap = backup::run(
+    let done = backup::run(
         repo,
         BackupOptions {
             pgdata: a.pgdata,
@@ -49,6 +49,14 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
+    let snap = done.snapshot;
+    if !done.config_outside.is_empty() {
+        eprintln!(
+            "the server's configuration is outside its data directory and not in this backup \
+             (keep copies of it): {}",
+            done.config_outside.join(", ")
+        );
+    }
     if a.json {
         print_json(&super::info::BackupRow::from(&snap));
     } else {

@@ -168,7 +168,7 @@ pub fn run(
             action: a.target_action,
             timeline: Some(plan.timeline.to_string()),
         };
-        let changes = crate::view::prepare(
+        let view = crate::view::prepare(
             &repo,
             &plan,
             &settings,
@@ -191,7 +191,13 @@ pub fn run(
             plan.describe(),
             plan.snapshot.pg_major
         );
-        eprintln!("archive_mode is off on this view: a server started here never archives WAL");
+        eprintln!(
+            "archive_mode is off and listen_addresses is '' on this view: a server started \
+             here never archives WAL and takes Unix-socket connections only"
+        );
+        for note in &view.notes {
+            eprintln!("{note}");
+        }
         if matches!(a.target_action, TargetAction::Pause) {
             eprintln!(
                 "recovery pauses at the target in hot standby; if a query waits on a lock held by a \
@@ -199,7 +205,7 @@ pub fn run(
                  SELECT pg_wal_replay_resume() (or mount with --target-action promote)"
             );
         }
-        let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
+        let source = SnapSource::view(repo.clone(), &plan.snapshot, view.changes, cache)?;
         (
             source,
             Some(scratch.join("cow")),

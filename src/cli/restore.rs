@@ -161,13 +161,24 @@ pub fn run(
             snap.id
         );
     }
+    let start = if done.has_postgresql_conf {
+        format!("pg_ctl -D {} start", a.to.display())
+    } else {
+        format!(
+            "the backup has no postgresql.conf (configuration kept outside the data directory, \
+             e.g. Debian's /etc/postgresql/{major}/main, which the backup does not hold): start \
+             it with that configuration (systemctl start postgresql@{major}-main, or pg_ctl -D \
+             {} -o '-c config_file=FILE' start)",
+            a.to.display(),
+            major = snap.pg_major
+        )
+    };
     println!(
-        "restored {} files ({}) in {:.1}s. Start it with PostgreSQL {}'s server: pg_ctl -D {} start",
+        "restored {} files ({}) in {:.1}s. Start it with PostgreSQL {}'s server: {start}",
         done.files,
         human(done.bytes),
         started.elapsed().as_secs_f64(),
         snap.pg_major,
-        a.to.display()
     );
     println!("{}", describe_archiving(&done.archiving));
     Ok(())

@@ -48,6 +48,26 @@ impl ControlData {
     }
 }
 
+/// The settings a hot standby must have at least as high as the server that wrote the WAL,
+/// as pg_control last recorded them: (name in postgresql.conf, value). None for a layout
+/// this does not know (the fields sit at the same offsets in 13–18, little-endian).
+pub fn standby_minimums(bytes: &[u8]) -> Result<Option<[(&'static str, u32); 5]>, Error> {
+    let control = ControlData::parse(bytes)?;
+    let known = MAJORS
+        .iter()
+        .any(|m| m.control_version == control.control_version);
+    if !known || bytes.len() < 200 {
+        return Ok(None);
+    }
+    Ok(Some([
+        ("max_connections", le_u32(bytes, 180)),
+        ("max_worker_processes", le_u32(bytes, 184)),
+        ("max_wal_senders", le_u32(bytes, 188)),
+        ("max_prepared_transactions", le_u32(bytes, 192)),
+        ("max_locks_per_transaction", le_u32(bytes, 196)),
+    ]))
+}
+
 /// Majors 13–16 share a control version and differ in catalog version;
 /// beta releases have other catalog versions, so a control version used by a
 /// single major is enough on its own.
@@ -101,6 +121,22 @@ mod tests {
         );
         assert_eq!(c.control_version, 1300);
         assert_eq!(c.major, Some(15));
+    }
+
+    #[test]
+    fn standby_minimums_of_a_real_control_file() {
+        let got = standby_minimums(PG15).unwrap().unwrap();
+        let setting = |field: &str| expected(&format!("{field} setting"));
+        let want = [
+            ("max_connections", setting("max_connections")),
+            ("max_worker_processes", setting("max_worker_processes")),
+            ("max_wal_senders", setting("max_wal_senders")),
+            ("max_prepared_transactions", setting("max_prepared_xacts")),
+            ("max_locks_per_transaction", setting("max_locks_per_xact")),
+        ];
+        let got: Vec<(&str, String)> = got.iter().map(|(n, v)| (*n, v.to_string())).collect();
+        assert_eq!(got, want);
+        assert_eq!(standby_minimums(&synthetic(1201, 201909212, 288)), Ok(None));
     }
 
     #[test]

@@ -97,6 +97,19 @@ const STALE: [&str; 11] = [
     "archive_cleanup_command",
 ];
 
+/// Settings naming where the server finds its files or writes its PID file. A view's server
+/// must use the view's own: data_directory would start it on the source's data directory,
+/// hba_file and ident_file would read files outside the view, external_pid_file would
+/// overwrite the source's PID file. (The server ignores data_directory and config_file in
+/// postgresql.auto.conf; they are commented out there too, so the file says what applies.)
+pub const LOCATIONS: [&str; 5] = [
+    "config_file",
+    "data_directory",
+    "external_pid_file",
+    "hba_file",
+    "ident_file",
+];
+
 /// The (lower-case) parameter a configuration line sets, and the rest of the line after
 /// the name, or None for a comment, a blank line or something the server would reject.
 fn parse_line(line: &str) -> Option<(String, &str)> {
@@ -167,13 +180,15 @@ pub fn includes(text: &str) -> Vec<Include> {
         .collect()
 }
 
-/// A configuration file with the stale recovery settings commented out (as pgBackRest
-/// does, so what was there stays visible), and the names of those settings.
-pub fn comment_out(text: &str) -> (String, Vec<String>) {
+/// A configuration file with the stale recovery settings, and the settings in `also`,
+/// commented out (as pgBackRest does, so what was there stays visible), and the names of
+/// those settings.
+pub fn comment_out(text: &str, also: &[&str]) -> (String, Vec<String>) {
     let mut removed = Vec::new();
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
-        if let Some((name, _)) = parse_line(line).filter(|(n, _)| STALE.contains(&n.as_str())) {
+        let stale = |n: &str| STALE.contains(&n) || also.contains(&n);
+        if let Some((name, _)) = parse_line(line).filter(|(n, _)| stale(n)) {
             out.push_str(REMOVED);
             removed.push(name);
         }
@@ -183,9 +198,10 @@ pub fn comment_out(text: &str) -> (String, Vec<String>) {
 }
 
 /// postgresql.auto.conf for a new recovery: the block an earlier pgsnapfs run wrote is
-/// dropped, any other stale setting commented out, and `settings` appended as the one new
-/// block. Also returns the names of the settings dropped or commented out.
-pub fn rewrite_auto_conf(text: &str, settings: &str) -> (String, Vec<String>) {
+/// dropped, any other stale setting (or one in `also`) commented out, and `settings`
+/// appended as the one new block. Also returns the names of the settings dropped or
+/// commented out.
+pub fn rewrite_auto_conf(text: &str, settings: &str, also: &[&str]) -> (String, Vec<String>) {
     let mut kept = String::with_capacity(text.len());
     let mut dropped = Vec::new();
     let mut lines = text.split_inclusive('\n').peekable();
@@ -209,7 +225,7 @@ pub fn rewrite_auto_conf(text: &str, settings: &str) -> (String, Vec<String>) {
             );
         }
     }
-    let (mut out, mut removed) = comment_out(kept.trim_end_matches('\n'));
+    let (mut out, mut removed) = comment_out(kept.trim_end_matches('\n'), also);
     dropped.append(&mut removed);
     if !out.is_empty() {
         out.push_str("\n\n");
@@ -233,6 +249,20 @@ pub struct Rewritten {
     pub text: String,
     /// The settings of an earlier recovery commented out or dropped, by name.
     pub removed: Vec<String>,
+    /// The settings of `rewrite_config`'s `also` commented out, by name.
+    pub also_removed: Vec<String>,
+}
+
+impl Rewritten {
+    fn new(path: String, text: String, names: Vec<String>, also: &[&str]) -> Rewritten {
+        let (also_removed, removed) = names.into_iter().partition(|n| also.contains(&n.as_str()));
+        Rewritten {
+            path,
+            text,
+            removed,
+            also_removed,
+        }
+    }
 }
 
 /// Where an include of `from` (a path in the data directory) points, if inside the data
@@ -261,14 +291,16 @@ const MAX_INCLUDE_DEPTH: usize = 10;
 
 /// The configuration files of a data directory rewritten for a new recovery:
 /// postgresql.auto.conf gets `settings` as its one pgsnapfs block, and postgresql.conf and
-/// the files it includes from inside the data directory get stale recovery settings
-/// commented out. Only changed files are returned, postgresql.auto.conf always.
+/// the files it includes from inside the data directory get stale recovery settings, and
+/// the settings named in `also` (`LOCATIONS` for a view), commented out. Only changed files
+/// are returned, postgresql.auto.conf always.
 /// `read` gives a file's text by its path in the data directory (None: no such file),
 /// `list` the names of the files in a directory.
 pub fn rewrite_config<E>(
     read: &dyn Fn(&str) -> Result<Option<String>, E>,
     list: &dyn Fn(&str) -> Result<Vec<String>, E>,
     settings: &str,
+    also: &[&str],
 ) -> Result<Vec<Rewritten>, E> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -291,22 +323,19 @@ pub fn rewrite_config<E>(
         }
         // Depth first, in order, as the server reads them.
         todo.extend(found.into_iter().rev().map(|p| (p, depth + 1)));
-        let (new, removed) = comment_out(&text);
+        let (new, removed) = comment_out(&text, also);
         if !removed.is_empty() {
-            out.push(Rewritten {
-                path,
-                text: new,
-                removed,
-            });
+            out.push(Rewritten::new(path, new, removed, also));
         }
     }
     let auto = read("postgresql.auto.conf")?.unwrap_or_default();
-    let (text, removed) = rewrite_auto_conf(&auto, settings);
-    out.push(Rewritten {
-        path: "postgresql.auto.conf".into(),
+    let (text, removed) = rewrite_auto_conf(&auto, settings, also);
+    out.push(Rewritten::new(
+        "postgresql.auto.conf".into(),
         text,
         removed,
-    });
+        also,
+    ));
     Ok(out)
 }
 
@@ -383,8 +412,8 @@ pub fn describe_removed(rewritten: &[Rewritten]) -> Option<String> {
 }
 
 /// Settings for a throw-away server started on a mounted backup, as
-/// (name, value as written in the config file). Connection settings (port,
-/// sockets) are the caller's. Not overridden: max_connections,
+/// (name, value as written in the config file). The port and socket directory are the
+/// caller's (the server's command line). Not overridden: max_connections,
 /// max_wal_senders, max_worker_processes, max_prepared_transactions and
 /// max_locks_per_transaction, which hot standby requires to be at least the
 /// values the WAL was written with.
@@ -402,6 +431,10 @@ pub fn view_overrides(major: u32) -> Vec<(&'static str, String)> {
         ("primary_slot_name", empty()),
         // A promoted view would otherwise wait forever for the source's standbys.
         ("synchronous_standby_names", empty()),
+        // Unix-socket connections only: the backup's listen_addresses would open a copy of
+        // production's data on the network (and its port may be taken). A command-line
+        // -c listen_addresses=... still wins.
+        ("listen_addresses", empty()),
         // Read-only queries while recovery is paused at the target.
         ("hot_standby", "on".to_string()),
         // The view is disposable: its durability does not matter, and this
@@ -520,6 +553,7 @@ mod tests {
         assert!(v.contains(&("archive_mode", "off".to_string())));
         assert!(v.contains(&("hot_standby", "on".to_string())));
         assert!(v.contains(&("archive_cleanup_command", "''".to_string())));
+        assert!(v.contains(&("listen_addresses", "''".to_string())));
         assert!(!names(15).contains(&"max_wal_senders"));
     }
 
@@ -567,7 +601,7 @@ mod tests {
         let text = "work_mem = 4MB\nrecovery_target_time = '2026-01-01 00:00:00+00'\n\
                     restore_command = 'cp %f %p'\n# recovery_target_xid = 1\n\
                     archive_cleanup_command 'pg_archivecleanup /a %r'\nrecovery_min_apply_delay = 0";
-        let (out, removed) = comment_out(text);
+        let (out, removed) = comment_out(text, &[]);
         assert_eq!(
             out,
             "work_mem = 4MB\n# Removed by pgsnapfs: recovery_target_time = '2026-01-01 00:00:00+00'\n\
@@ -592,14 +626,14 @@ mod tests {
         let first = "# Do not edit this file manually!\nwork_mem = '8MB'\n";
         let block1 = "restore_command = 'fetch 1'\nrecovery_target_time = 'T'\n\
                       recovery_target_action = 'promote'\n";
-        let (once, removed) = rewrite_auto_conf(first, block1);
+        let (once, removed) = rewrite_auto_conf(first, block1, &[]);
         assert!(removed.is_empty());
         assert_eq!(
             once,
             format!("{first}\n{BLOCK_BEGIN}\n{block1}{BLOCK_END}\n")
         );
         let block2 = "restore_command = 'fetch 2'\n";
-        let (twice, removed) = rewrite_auto_conf(&once, block2);
+        let (twice, removed) = rewrite_auto_conf(&once, block2, &[]);
         assert_eq!(
             twice,
             format!("{first}\n{BLOCK_BEGIN}\n{block2}{BLOCK_END}\n")
@@ -613,7 +647,7 @@ mod tests {
             ]
         );
         // Idempotent: the third run changes only the block.
-        assert_eq!(rewrite_auto_conf(&twice, block2).0, twice);
+        assert_eq!(rewrite_auto_conf(&twice, block2, &[]).0, twice);
     }
 
     #[test]
@@ -621,7 +655,7 @@ mod tests {
         // ALTER SYSTEM rewrites the file without comments: the markers are gone, and the
         // settings are found by name.
         let altered = "restore_command = 'fetch 1'\nrecovery_target_time = 'T'\nwork_mem = '8MB'\n";
-        let (out, removed) = rewrite_auto_conf(altered, "restore_command = 'fetch 2'\n");
+        let (out, removed) = rewrite_auto_conf(altered, "restore_command = 'fetch 2'\n", &[]);
         assert_eq!(
             out,
             format!(
@@ -633,10 +667,10 @@ mod tests {
         assert_eq!(removed, ["restore_command", "recovery_target_time"]);
         // A begin marker without its end is not a block: nothing after it is dropped.
         let broken = format!("{BLOCK_BEGIN}\nwork_mem = '8MB'\n");
-        let (out, _) = rewrite_auto_conf(&broken, "");
+        let (out, _) = rewrite_auto_conf(&broken, "", &[]);
         assert!(out.starts_with(&broken));
         assert_eq!(
-            rewrite_auto_conf("", "x = 1").0,
+            rewrite_auto_conf("", "x = 1", &[]).0,
             format!("{BLOCK_BEGIN}\nx = 1\n{BLOCK_END}\n")
         );
     }
@@ -682,7 +716,7 @@ mod tests {
                 .filter_map(|k| k.strip_prefix(&format!("{d}/")).map(String::from))
                 .collect())
         };
-        let out = rewrite_config(&read, &list, "restore_command = 'f'\n").unwrap();
+        let out = rewrite_config(&read, &list, "restore_command = 'f'\n", &[]).unwrap();
         let paths: Vec<&str> = out.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -705,9 +739,63 @@ mod tests {
              postgresql.auto.conf (recovery_target_timeline)"
         );
         let none = |_: &str| -> Result<Option<String>, ()> { Ok(None) };
-        let out = rewrite_config(&none, &list, "").unwrap();
+        let out = rewrite_config(&none, &list, "", &[]).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(describe_removed(&out), None);
+    }
+
+    /// A view comments out the settings naming files outside it, wherever the rewrite
+    /// reaches, and reports them apart from the settings of earlier recoveries.
+    #[test]
+    fn rewrite_for_a_view_comments_out_locations() {
+        use std::collections::HashMap;
+        let files: HashMap<&str, &str> = HashMap::from([
+            (
+                "postgresql.conf",
+                "data_directory = '/var/lib/postgresql/15/main'\ninclude 'more.conf'\n\
+                 work_mem = 4MB\n",
+            ),
+            (
+                "more.conf",
+                "hba_file = '/etc/postgresql/15/main/pg_hba.conf'\nrecovery_target_xid = 7\n",
+            ),
+            (
+                "postgresql.auto.conf",
+                "External_Pid_File = '/run/postgresql/15-main.pid'\nident_file = '/etc/i'\n",
+            ),
+        ]);
+        let read =
+            |p: &str| -> Result<Option<String>, ()> { Ok(files.get(p).map(|t| t.to_string())) };
+        let list = |_: &str| -> Result<Vec<String>, ()> { Ok(vec![]) };
+        let out = rewrite_config(&read, &list, "", &LOCATIONS).unwrap();
+        fn names(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let summary: Vec<(&str, Vec<&str>, Vec<&str>)> = out
+            .iter()
+            .map(|r| (r.path.as_str(), names(&r.removed), names(&r.also_removed)))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("postgresql.conf", vec![], vec!["data_directory"]),
+                ("more.conf", vec!["recovery_target_xid"], vec!["hba_file"]),
+                (
+                    "postgresql.auto.conf",
+                    vec![],
+                    vec!["external_pid_file", "ident_file"]
+                ),
+            ]
+        );
+        assert!(out[0].text.starts_with(
+            "# Removed by pgsnapfs: data_directory = '/var/lib/postgresql/15/main'\n"
+        ));
+        assert!(out[0].text.ends_with("work_mem = 4MB\n"));
+        // A restore keeps them: the restored server replaces the source where it was.
+        let out = rewrite_config(&read, &list, "", &[]).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|r| r.also_removed.is_empty()));
+        assert!(out[1].text.starts_with("External_Pid_File"));
     }
 
     #[test]

@@ -149,6 +149,34 @@ impl Cluster {
         }
     }
 
+    /// Moves postgresql.conf, pg_hba.conf and pg_ident.conf out of the data directory into
+    /// `dir`, which Debian's packaged clusters keep in /etc/postgresql/MAJOR/NAME: the moved
+    /// postgresql.conf names the data directory and the other two files, as Debian's does,
+    /// and the server is started with `-c config_file=…`, as pg_ctlcluster starts it. Call
+    /// before the first start.
+    pub fn move_config_to(&mut self, dir: &Path) {
+        for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+            fs::rename(self.data.join(name), dir.join(name))
+                .unwrap_or_else(|e| panic!("move {name} to {}: {e}", dir.display()));
+        }
+        let conf = dir.join("postgresql.conf");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .and_then(|mut f| {
+                writeln!(
+                    f,
+                    "data_directory = '{}'\nhba_file = '{}'\nident_file = '{}'",
+                    self.data.display(),
+                    dir.join("pg_hba.conf").display(),
+                    dir.join("pg_ident.conf").display()
+                )
+            })
+            .expect("append to the moved postgresql.conf");
+        self.command_line
+            .push(("config_file".into(), conf.display().to_string()));
+    }
+
     /// initdb + start.
     pub fn start_new(opts: ClusterOptions) -> Cluster {
         let mut c = Cluster::new(opts);
