@@ -121,8 +121,9 @@ pub struct SnapSource {
     catalogue: OnceLock<Catalogue>,
 }
 
+/// Not logged here: the FUSE layer logs every EIO once, with the operation, and the store's
+/// message names the object.
 fn eio(e: StoreError) -> FsError {
-    tracing::error!("{e}");
     FsError::io(e.to_string())
 }
 
@@ -568,10 +569,7 @@ impl SnapSource {
         }
         self.cache
             .get_or_fetch(&c.id, || self.repo.read_chunk(c).map_err(|e| e.to_string()))
-            .map_err(|msg| {
-                tracing::error!("{msg}");
-                FsError::io(msg)
-            })
+            .map_err(FsError::io)
     }
 
     /// Queues the chunks after `from` for fetching, if the reader is sequential.
@@ -597,10 +595,7 @@ impl SnapSource {
             .get_or_fetch(&Id::of(key.as_bytes()), || {
                 self.repo.get_sealed(key).map_err(|e| e.to_string())
             })
-            .map_err(|msg| {
-                tracing::error!("{msg}");
-                FsError::io(msg)
-            })
+            .map_err(FsError::io)
     }
 }
 
