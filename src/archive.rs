@@ -25,17 +25,22 @@ pub struct System {
     pub registered: DateTime<Utc>,
 }
 
-pub fn load_system(repo: &Repository, sysid: u64) -> Result<Option<System>> {
+pub fn load_system(
+    repo: &Repository,
+    sysid: u64,
+) -> std::result::Result<Option<System>, StoreError> {
     match repo.get_sealed(&keys::system(sysid)) {
         Ok(p) => Ok(Some(serde_json::from_slice(&p).map_err(|e| {
             StoreError::corrupt(keys::system(sysid), e.to_string())
         })?)),
         Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
-pub fn systems(repo: &Repository) -> Result<Vec<System>> {
+/// The clusters the repository knows. Store errors keep their kind: a damaged record is
+/// corruption, a store that did not answer is transient.
+pub fn systems(repo: &Repository) -> std::result::Result<Vec<System>, StoreError> {
     let mut out = Vec::new();
     for key in repo.backend().list(keys::SYSTEMS)? {
         let id = key.trim_start_matches(keys::SYSTEMS);

@@ -374,8 +374,7 @@ impl SnapSource {
         }
         dirs.insert(backups_dir, Arc::new(backups));
 
-        let systems = archive::systems(&self.repo)
-            .map_err(|e| StoreError::corrupt("systems/", e.to_string()))?;
+        let systems = archive::systems(&self.repo)?;
         let mut wal = BTreeMap::new();
         for system in &systems {
             let sysid: u64 = system.system_identifier.parse().unwrap_or(0);

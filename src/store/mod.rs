@@ -73,6 +73,11 @@ impl StoreError {
         }
     }
 
+    /// Whether a later attempt may succeed (see [`BackendError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend(e) if e.is_transient())
+    }
+
     /// The error for a `worker` thread that panicked with `payload` (from `JoinHandle::join`).
     pub fn worker_panicked(
         worker: &'static str,
