@@ -377,7 +377,7 @@ impl SnapSource {
         let systems = archive::systems(&self.repo)?;
         let mut wal = BTreeMap::new();
         for system in &systems {
-            let sysid: u64 = system.system_identifier.parse().unwrap_or(0);
+            let sysid = system.sysid()?;
             let mut by_tli: BTreeMap<String, BTreeMap<String, NodeId>> = BTreeMap::new();
             for key in self.repo.backend().list(&keys::wal_system(sysid))? {
                 let mut parts = key.rsplit('/');
