@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where the view keeps tablespace contents; `pg_tblspc/<oid>` links point here, because
@@ -163,14 +163,16 @@ impl SnapSource {
         }
     }
 
+    // The node table only grows: a request that panicked (the FUSE layer serves on) cannot
+    // have left it torn, so a poisoned lock is used as it is.
     fn add(&self, node: NodeData) -> NodeId {
-        let mut nodes = self.nodes.write().expect("node table");
+        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
         nodes.push(Arc::new(node));
         nodes.len() as NodeId
     }
 
     fn node(&self, id: NodeId) -> Result<Arc<NodeData>, FsError> {
-        let nodes = self.nodes.read().expect("node table");
+        let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
         id.checked_sub(1)
             .and_then(|i| nodes.get(i as usize))
             .cloned()
@@ -194,7 +196,7 @@ impl SnapSource {
     fn set_root(&self, mode: u32, mtime: i64, children: BTreeMap<String, NodeId>) {
         let cell = OnceLock::new();
         let _ = cell.set(children);
-        self.nodes.write().expect("node table")[0] = Arc::new(NodeData {
+        self.nodes.write().unwrap_or_else(PoisonError::into_inner)[0] = Arc::new(NodeData {
             mode: mode as u16,
             mtime,
             data: Data::Dir {
