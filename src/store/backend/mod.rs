@@ -47,9 +47,7 @@ pub enum BackendError {
     },
     /// The store did not answer in time, lost the connection, or said it is busy or failing
     /// (S3 5xx, SlowDown): a later attempt may well work.
-    #[error(
-        "{op} {key}: {message}; the store is unreachable or overloaded for now: try again later"
-    )]
+    #[error("{op} {key}: {message} (a transient failure: try again later)")]
     Unavailable {
         op: &'static str,
         key: String,
