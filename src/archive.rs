@@ -25,17 +25,48 @@ pub struct System {
     pub registered: DateTime<Utc>,
 }
 
-pub fn load_system(repo: &Repository, sysid: u64) -> Result<Option<System>> {
-    match repo.get_sealed(&keys::system(sysid)) {
-        Ok(p) => Ok(Some(serde_json::from_slice(&p).map_err(|e| {
-            StoreError::corrupt(keys::system(sysid), e.to_string())
-        })?)),
-        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
+impl System {
+    /// The system identifier as a number; a record that does not hold one is corrupt.
+    pub fn sysid(&self) -> std::result::Result<u64, StoreError> {
+        self.system_identifier.parse().map_err(|_| {
+            StoreError::corrupt(
+                format!("{}{}", keys::SYSTEMS, self.system_identifier),
+                format!(
+                    "system identifier {:?} is not a number",
+                    self.system_identifier
+                ),
+            )
+        })
     }
 }
 
-pub fn systems(repo: &Repository) -> Result<Vec<System>> {
+pub fn load_system(
+    repo: &Repository,
+    sysid: u64,
+) -> std::result::Result<Option<System>, StoreError> {
+    match repo.get_sealed(&keys::system(sysid)) {
+        Ok(p) => {
+            let system: System = serde_json::from_slice(&p)
+                .map_err(|e| StoreError::corrupt(keys::system(sysid), e.to_string()))?;
+            if system.sysid().ok() != Some(sysid) {
+                return Err(StoreError::corrupt(
+                    keys::system(sysid),
+                    format!(
+                        "holds system identifier {:?}, not its own {sysid}",
+                        system.system_identifier
+                    ),
+                ));
+            }
+            Ok(Some(system))
+        }
+        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The clusters the repository knows. Store errors keep their kind: a damaged record is
+/// corruption, a store that did not answer is transient.
+pub fn systems(repo: &Repository) -> std::result::Result<Vec<System>, StoreError> {
     let mut out = Vec::new();
     for key in repo.backend().list(keys::SYSTEMS)? {
         let id = key.trim_start_matches(keys::SYSTEMS);
@@ -48,10 +79,7 @@ pub fn systems(repo: &Repository) -> Result<Vec<System>> {
 
 /// Records a cluster, unless it is already known.
 pub fn register_system(repo: &Repository, system: &System) -> Result<()> {
-    let sysid: u64 = system
-        .system_identifier
-        .parse()
-        .expect("numeric system identifier");
+    let sysid = system.sysid()?;
     if load_system(repo, sysid)?.is_none() {
         let json = serde_json::to_vec_pretty(system).expect("system serializes");
         match repo.put_sealed(&keys::system(sysid), &json) {
@@ -174,13 +202,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         }
         _ => match &control {
             Some(c) => (c.system_identifier, None),
-            None => (
-                resolve_system(repo, None)?
-                    .system_identifier
-                    .parse()
-                    .expect("numeric"),
-                None,
-            ),
+            None => (resolve_system(repo, None)?.sysid()?, None),
         },
     };
     check_system(repo, sysid, control.as_ref(), seg_size, name)?;
@@ -263,7 +285,7 @@ pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> 
     let file = WalFile::parse(name, DEFAULT_SEG_SIZE)
         .ok_or_else(|| Error::BadInput(format!("{name} is not a WAL file name")))?;
     let system = resolve_system(repo, sysid)?;
-    let sysid: u64 = system.system_identifier.parse().expect("numeric");
+    let sysid = system.sysid()?;
     let key = keys::wal_file(sysid, file.tli(), name);
     let data = match repo.get_sealed(&key) {
         Err(StoreError::Backend(e)) if e.is_not_found() => {
@@ -300,7 +322,7 @@ pub struct Gap {
 
 /// Lists the archived WAL of a cluster, per timeline, with gaps.
 pub fn catalog(repo: &Repository, system: &System) -> Result<Vec<TimelineWal>> {
-    let sysid: u64 = system.system_identifier.parse().expect("numeric");
+    let sysid = system.sysid()?;
     let seg_size = segment_size(system);
     let mut by_tli: BTreeMap<u32, (Vec<u64>, bool)> = BTreeMap::new();
     for key in repo.backend().list(&keys::wal_system(sysid))? {
@@ -344,7 +366,7 @@ pub fn timeline_tree(
     system: &System,
     catalog: &[TimelineWal],
 ) -> Result<TimelineTree> {
-    let sysid: u64 = system.system_identifier.parse().expect("numeric");
+    let sysid = system.sysid()?;
     let mut histories = BTreeMap::new();
     let mut missing = Vec::new();
     for t in catalog {
@@ -398,4 +420,41 @@ pub fn summary(
 /// The LSN just past the end of the segment, for range checks.
 pub fn segment_end(segno: u64, seg_size: u64) -> Lsn {
     Lsn((segno + 1) * seg_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backend::memory::MemoryBackend;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_system_record_without_its_numeric_identifier_is_corrupt() {
+        let repo = Repository::init(Arc::new(MemoryBackend::default()), 8192, 3).unwrap();
+        let record = |id: &str| System {
+            system_identifier: id.to_string(),
+            pg_major: 15,
+            wal_segment_size: DEFAULT_SEG_SIZE,
+            registered: Utc::now(),
+        };
+        let put = |sysid: u64, s: &System| {
+            repo.put_sealed(&keys::system(sysid), &serde_json::to_vec(s).unwrap())
+                .unwrap()
+        };
+        put(7, &record("7"));
+        put(8, &record("eight"));
+        put(9, &record("7"));
+        assert_eq!(load_system(&repo, 7).unwrap().unwrap().sysid().unwrap(), 7);
+        for sysid in [8, 9] {
+            match load_system(&repo, sysid) {
+                Err(StoreError::Corrupt { object, .. }) => assert_eq!(object, keys::system(sysid)),
+                other => panic!("{sysid}: {other:?}"),
+            }
+        }
+        assert!(matches!(systems(&repo), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            record("x").sysid(),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where the view keeps tablespace contents; `pg_tblspc/<oid>` links point here, because
@@ -121,8 +121,9 @@ pub struct SnapSource {
     catalogue: OnceLock<Catalogue>,
 }
 
+/// Not logged here: the FUSE layer logs every EIO once, with the operation, and the store's
+/// message names the object.
 fn eio(e: StoreError) -> FsError {
-    tracing::error!("{e}");
     FsError::io(e.to_string())
 }
 
@@ -162,14 +163,16 @@ impl SnapSource {
         }
     }
 
+    // The node table only grows: a request that panicked (the FUSE layer serves on) cannot
+    // have left it torn, so a poisoned lock is used as it is.
     fn add(&self, node: NodeData) -> NodeId {
-        let mut nodes = self.nodes.write().expect("node table");
+        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
         nodes.push(Arc::new(node));
         nodes.len() as NodeId
     }
 
     fn node(&self, id: NodeId) -> Result<Arc<NodeData>, FsError> {
-        let nodes = self.nodes.read().expect("node table");
+        let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
         id.checked_sub(1)
             .and_then(|i| nodes.get(i as usize))
             .cloned()
@@ -193,7 +196,7 @@ impl SnapSource {
     fn set_root(&self, mode: u32, mtime: i64, children: BTreeMap<String, NodeId>) {
         let cell = OnceLock::new();
         let _ = cell.set(children);
-        self.nodes.write().expect("node table")[0] = Arc::new(NodeData {
+        self.nodes.write().unwrap_or_else(PoisonError::into_inner)[0] = Arc::new(NodeData {
             mode: mode as u16,
             mtime,
             data: Data::Dir {
@@ -373,11 +376,10 @@ impl SnapSource {
         }
         dirs.insert(backups_dir, Arc::new(backups));
 
-        let systems = archive::systems(&self.repo)
-            .map_err(|e| StoreError::corrupt("systems/", e.to_string()))?;
+        let systems = archive::systems(&self.repo)?;
         let mut wal = BTreeMap::new();
         for system in &systems {
-            let sysid: u64 = system.system_identifier.parse().unwrap_or(0);
+            let sysid = system.sysid()?;
             let mut by_tli: BTreeMap<String, BTreeMap<String, NodeId>> = BTreeMap::new();
             for key in self.repo.backend().list(&keys::wal_system(sysid))? {
                 let mut parts = key.rsplit('/');
@@ -568,10 +570,7 @@ impl SnapSource {
         }
         self.cache
             .get_or_fetch(&c.id, || self.repo.read_chunk(c).map_err(|e| e.to_string()))
-            .map_err(|msg| {
-                tracing::error!("{msg}");
-                FsError::io(msg)
-            })
+            .map_err(FsError::io)
     }
 
     /// Queues the chunks after `from` for fetching, if the reader is sequential.
@@ -597,10 +596,7 @@ impl SnapSource {
             .get_or_fetch(&Id::of(key.as_bytes()), || {
                 self.repo.get_sealed(key).map_err(|e| e.to_string())
             })
-            .map_err(|msg| {
-                tracing::error!("{msg}");
-                FsError::io(msg)
-            })
+            .map_err(FsError::io)
     }
 }
 

@@ -8,14 +8,14 @@ use crate::error::{io, Error, Result};
 use crate::pg::recovery::{self, Rewritten};
 use crate::pitr::Plan;
 use crate::store::tree::{BlobRef, NodeKind};
-use crate::store::Repository;
+use crate::store::{Repository, StoreError};
 use crossbeam_channel::bounded;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub struct RestoreOptions {
     pub to: PathBuf,
@@ -123,32 +123,41 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let totals = Mutex::new((0u64, 0u64));
     std::thread::scope(|scope| -> Result<()> {
-        for _ in 0..opts.threads.max(1) {
-            let rx = rx.clone();
-            let (failure, totals) = (&failure, &totals);
-            scope.spawn(move || {
-                for job in rx {
-                    if failure.lock().expect("lock").is_some() {
-                        continue;
-                    }
-                    match write_file(repo, &job, &*opts.progress) {
-                        Ok(()) => {
-                            let mut t = totals.lock().expect("lock");
-                            t.0 += 1;
-                            t.1 += job.size;
+        let workers: Vec<_> = (0..opts.threads.max(1))
+            .map(|_| {
+                let rx = rx.clone();
+                let (failure, totals) = (&failure, &totals);
+                scope.spawn(move || {
+                    for job in rx {
+                        if lock(failure).is_some() {
+                            continue;
                         }
-                        Err(e) => {
-                            failure.lock().expect("lock").get_or_insert(e);
+                        match write_file(repo, &job, &*opts.progress) {
+                            Ok(()) => {
+                                let mut t = lock(totals);
+                                t.0 += 1;
+                                t.1 += job.size;
+                            }
+                            Err(e) => {
+                                lock(failure).get_or_insert(e);
+                            }
                         }
                     }
-                }
-            });
-        }
+                })
+            })
+            .collect();
         let walked = walk(repo, &snap.root, &opts.to, "", &spaces, &tx);
         drop(tx);
+        // Joined here, so a panic is an error rather than a panic of the scope.
+        for w in workers {
+            if let Err(payload) = w.join() {
+                lock(&failure)
+                    .get_or_insert(StoreError::worker_panicked("restore", &*payload).into());
+            }
+        }
         walked
     })?;
-    if let Some(e) = failure.into_inner().expect("lock") {
+    if let Some(e) = failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
         return Err(e);
     }
 
@@ -162,7 +171,7 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
     for dir in std::iter::once(&opts.to).chain(spaces.values()) {
         syncfs(dir)?;
     }
-    let (files, bytes) = totals.into_inner().expect("lock");
+    let (files, bytes) = totals.into_inner().unwrap_or_else(PoisonError::into_inner);
     Ok(Restored {
         files,
         bytes,
@@ -332,6 +341,12 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// The workers' shared state stays valid if one of them panicked holding it: each update
+/// is a single step.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn write_file(repo: &Repository, job: &FileJob, progress: &(dyn Fn(u64) + Sync)) -> Result<()> {

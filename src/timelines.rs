@@ -275,7 +275,7 @@ impl Summaries<'_> {
 pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Result<Survey> {
     let catalog = archive::catalog(repo, system)?;
     let tree = archive::timeline_tree(repo, system, &catalog)?;
-    let sysid: u64 = system.system_identifier.parse().expect("numeric");
+    let sysid = system.sysid()?;
     let seg_size = archive::segment_size(system);
     let mut backups: Vec<&Snapshot> = backups
         .iter()

@@ -100,7 +100,8 @@ impl Fs {
     }
 }
 
-/// Runs one request, turning a panic into EIO and logging failures once.
+/// Runs one request, turning a panic into EIO and logging failures once: the only place an
+/// EIO is logged, so the source's message (naming the object) appears once, with the op.
 fn run<T>(op: &str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Errno> {
     let result = catch_unwind(AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(Error::io(format!("{op}: panicked"))));

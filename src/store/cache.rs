@@ -6,7 +6,7 @@
 
 use super::Id;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 type Shared = Arc<Vec<u8>>;
 type Flight<E> = Arc<OnceLock<Result<Shared, E>>>;
@@ -18,6 +18,8 @@ struct Lru {
     bytes: usize,
 }
 
+/// Its locks recover from poisoning: a mount serves on after a request panicked, and no
+/// update under them can panic halfway.
 pub struct BlobCache<E> {
     capacity: usize,
     lru: Mutex<Lru>,
@@ -39,7 +41,7 @@ impl<E: Clone> BlobCache<E> {
     }
 
     pub fn get(&self, id: &Id) -> Option<Shared> {
-        let mut lru = self.lru.lock().expect("cache lock");
+        let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;
         lru.tick += 1;
         let tick = lru.tick;
@@ -51,7 +53,7 @@ impl<E: Clone> BlobCache<E> {
     }
 
     fn insert(&self, id: Id, data: Shared) {
-        let mut lru = self.lru.lock().expect("cache lock");
+        let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;
         if lru.map.contains_key(&id) || data.len() > self.capacity {
             return;
@@ -83,7 +85,7 @@ impl<E: Clone> BlobCache<E> {
         let flight = self
             .inflight
             .lock()
-            .expect("inflight lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(*id)
             .or_default()
             .clone();
@@ -92,7 +94,7 @@ impl<E: Clone> BlobCache<E> {
         if let Ok(data) = &result {
             self.insert(*id, data.clone());
         }
-        let mut inflight = self.inflight.lock().expect("inflight lock");
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         if inflight.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
             inflight.remove(id);
         }

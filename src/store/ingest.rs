@@ -22,7 +22,7 @@ use std::io::{Cursor, ErrorKind, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// What to do with a path met while walking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +93,11 @@ pub enum IngestError {
 
 type Known = Arc<Mutex<HashMap<Id, Loc>>>;
 
+/// The map stays valid if a worker panicked holding it: workers only look up.
+fn lock(known: &Known) -> MutexGuard<'_, HashMap<Id, Loc>> {
+    known.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 enum Outcome {
     Zero,
     /// Equal to the parent's chunk at the same position.
@@ -116,7 +121,7 @@ fn work(job: Job, known: &Known, crypto: &Crypto, level: i32) {
         Outcome::Zero
     } else {
         let id = crypto.id(data);
-        let hit = known.lock().expect("known map").get(&id).copied();
+        let hit = lock(known).get(&id).copied();
         match hit {
             _ if job.expect == Some(id) => Outcome::Same,
             Some(loc) => Outcome::Known(id, loc),
@@ -197,7 +202,7 @@ impl<'r> Ingest<'r> {
         if let Some(p) = parent.filter(|p| p.id == id) {
             return Ok(*p);
         }
-        if let Some(loc) = self.known.lock().expect("known map").get(&id) {
+        if let Some(loc) = lock(&self.known).get(&id) {
             return Ok(BlobRef {
                 id,
                 loc: *loc,
@@ -205,7 +210,7 @@ impl<'r> Ingest<'r> {
             });
         }
         let r = self.meta_packer.add_blob(kind, data)?;
-        self.known.lock().expect("known map").insert(id, r.loc);
+        lock(&self.known).insert(id, r.loc);
         Ok(r)
     }
 
@@ -237,13 +242,13 @@ impl<'r> Ingest<'r> {
                 }
             }
             Outcome::New { id, stored } => {
-                let hit = self.known.lock().expect("known map").get(&id).copied();
+                let hit = lock(&self.known).get(&id).copied();
                 let loc = match hit {
                     // Another worker stored the same chunk while this one compressed it.
                     Some(loc) => loc,
                     None => {
                         let loc = self.packer.add(id, BlobType::Data, &stored, len)?;
-                        self.known.lock().expect("known map").insert(id, loc);
+                        lock(&self.known).insert(id, loc);
                         self.stats.chunks_new += 1;
                         loc
                     }
@@ -342,11 +347,13 @@ impl<'r> Ingest<'r> {
                 expect,
                 reply,
             };
-            self.jobs
+            let sent = self
+                .jobs
                 .as_ref()
-                .expect("pool open")
-                .send(job)
-                .expect("workers alive");
+                .is_some_and(|jobs| jobs.send(job).is_ok());
+            if !sent {
+                return Err(self.worker_failure().into());
+            }
             pending.push_back((rx, n as u32));
             if pending.len() >= self.window {
                 self.resolve_next(&mut pending, &mut chunks, &parent_chunks)?;
@@ -373,7 +380,8 @@ impl<'r> Ingest<'r> {
         parent_chunks: &[Chunk],
     ) -> Result<(), StoreError> {
         let (rx, len) = pending.pop_front().expect("pending is not empty");
-        let outcome = rx.recv().expect("worker replies");
+        // A worker drops its reply only when it panics.
+        let outcome = rx.recv().map_err(|_| self.worker_failure())?;
         let chunk = self.resolve(outcome, len, parent_chunks.get(chunks.len()))?;
         chunks.push(chunk);
         Ok(())
@@ -551,12 +559,31 @@ impl<'r> Ingest<'r> {
         Ok(nodes)
     }
 
+    /// Closes the pool and waits for the workers; the first panic among them is the error.
+    fn stop_workers(&mut self) -> Result<(), StoreError> {
+        self.jobs = None;
+        let mut first = Ok(());
+        for w in self.workers.drain(..) {
+            if let (Err(payload), Ok(())) = (w.join(), &first) {
+                first = Err(StoreError::worker_panicked("ingest", &*payload));
+            }
+        }
+        first
+    }
+
+    /// Why a worker stopped replying: the panic it died of.
+    fn worker_failure(&mut self) -> StoreError {
+        self.stop_workers()
+            .err()
+            .unwrap_or_else(|| StoreError::WorkerPanicked {
+                worker: "ingest",
+                message: "the worker pool closed early".to_string(),
+            })
+    }
+
     /// Writes the last pack. Returns the bytes this ingest added to the repository.
     pub fn finish(mut self) -> Result<(Stats, u64), StoreError> {
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.stop_workers()?;
         self.packer.flush()?;
         self.meta_packer.flush()?;
         Ok((
@@ -609,6 +636,28 @@ mod tests {
         match &repo.load_dir(root).unwrap().get(name).unwrap().kind {
             NodeKind::File { lists, .. } => repo.read_file(lists).unwrap(),
             other => panic!("{name} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_panicking_worker_is_one_error_naming_it() {
+        let repo = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), vec![7u8; 3 * CHUNK]).unwrap();
+        let mut ingest = Ingest::new(&repo, 1, Box::new(|_| {}));
+        ingest.stop_workers().unwrap();
+        let (tx, rx) = bounded::<Job>(4);
+        ingest.jobs = Some(tx);
+        ingest.workers = vec![std::thread::spawn(move || {
+            if rx.recv().is_ok() {
+                panic!("boom");
+            }
+        })];
+        match ingest.read_dir(dir.path(), "", None, &|_, _| Visit::Keep) {
+            Err(IngestError::Store(StoreError::WorkerPanicked { worker, message })) => {
+                assert_eq!((worker, message.as_str()), ("ingest", "boom"));
+            }
+            other => panic!("{other:?}"),
         }
     }
 

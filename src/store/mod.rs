@@ -57,6 +57,12 @@ pub enum StoreError {
         "no key slot of repository {0} opens with this passphrase: check the passphrase (or key file) given; `pgsnapfs key list` shows the slots. If the passphrase is right, the config or key slots are damaged"
     )]
     WrongKey(String),
+    /// A bug, not a fault of the data: one of pgsnapfs's own threads panicked.
+    #[error("internal error: a {worker} worker panicked ({message}); nothing was published, please report this as a bug")]
+    WorkerPanicked {
+        worker: &'static str,
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -65,5 +71,57 @@ impl StoreError {
             object: object.into(),
             reason: reason.into(),
         }
+    }
+
+    /// Whether a later attempt may succeed (see [`BackendError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend(e) if e.is_transient())
+    }
+
+    /// The error for a `worker` thread that panicked with `payload` (from `JoinHandle::join`).
+    pub fn worker_panicked(
+        worker: &'static str,
+        payload: &(dyn std::any::Any + Send),
+    ) -> StoreError {
+        StoreError::WorkerPanicked {
+            worker,
+            message: panic_message(payload),
+        }
+    }
+}
+
+/// The message a panic was raised with: `panic!` gives a `&str` or a `String`.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "no message".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_panic_names_worker_and_message() {
+        for payload in [
+            std::panic::catch_unwind(|| panic!("static text")).unwrap_err(),
+            std::panic::catch_unwind(|| panic!("formatted {}", 7)).unwrap_err(),
+        ] {
+            let e = StoreError::worker_panicked("ingest", &*payload);
+            let shown = e.to_string();
+            assert!(shown.contains("ingest worker panicked"), "{shown}");
+            assert!(
+                shown.contains("static text") || shown.contains("formatted 7"),
+                "{shown}"
+            );
+        }
+        let odd = std::panic::catch_unwind(|| std::panic::panic_any(3u8)).unwrap_err();
+        assert!(StoreError::worker_panicked("restore", &*odd)
+            .to_string()
+            .contains("no message"));
     }
 }

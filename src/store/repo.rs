@@ -98,7 +98,7 @@ pub fn open_backend(spec: &str) -> Result<Arc<dyn Backend>, StoreError> {
             "unsupported repository URL scheme {scheme:?}: use s3://bucket/prefix or a directory"
         ))),
     }?;
-    Ok(super::backend::killpoint::wrap(backend))
+    super::backend::killpoint::wrap(backend)
 }
 
 impl Repository {

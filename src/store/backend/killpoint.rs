@@ -4,9 +4,11 @@
 //! own, as a lease's timed refresh replaces but never puts or deletes). A real SIGKILL, so
 //! nothing is flushed or cleaned up. `PGSNAPFS_KILL_AT=count` prints each point passed, as
 //! `kill point put:N KEY`, so a test can enumerate every point of a command. Unset, `wrap`
-//! returns the back end untouched.
+//! returns the back end untouched. Release builds ignore the variable (with a warning), so a
+//! stray setting cannot kill a production run; the tests run the debug binary.
 
 use super::{Backend, RequestCounts, Result};
+use crate::store::StoreError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -43,20 +45,39 @@ static PUTS: AtomicU64 = AtomicU64::new(0);
 static REPLACES: AtomicU64 = AtomicU64::new(0);
 static DELETES: AtomicU64 = AtomicU64::new(0);
 
-/// `backend` with kill points if `PGSNAPFS_KILL_AT` is set; panics on a value it cannot use,
-/// so a mistyped test does not silently test nothing.
-pub fn wrap(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
-    let Some(value) = std::env::var_os(ENV) else {
-        return backend;
+/// What a build does with `PGSNAPFS_KILL_AT=value`: a value it cannot use is an error, so a
+/// mistyped test does not silently test nothing; a release build has no kill points.
+fn setting(value: Option<&str>, debug_build: bool) -> std::result::Result<Option<Mode>, String> {
+    match value {
+        None => Ok(None),
+        Some(value) if !debug_build => Err(format!(
+            "{ENV}={value:?} ignored: kill points exist in debug builds only"
+        )),
+        Some(value) => parse(value).map(Some).ok_or_else(|| {
+            format!(
+                "{ENV}={value:?}: expected count, or one of {POINTS:?}, ':' and a number from 1"
+            )
+        }),
+    }
+}
+
+/// `backend` with kill points if `PGSNAPFS_KILL_AT` is set (debug builds only).
+pub fn wrap(backend: Arc<dyn Backend>) -> std::result::Result<Arc<dyn Backend>, StoreError> {
+    let value = std::env::var_os(ENV).map(|v| v.to_string_lossy().into_owned());
+    let debug_build = cfg!(debug_assertions);
+    let mode = match setting(value.as_deref(), debug_build) {
+        Ok(None) => return Ok(backend),
+        Ok(Some(mode)) => mode,
+        Err(message) if !debug_build => {
+            tracing::warn!("{message}");
+            return Ok(backend);
+        }
+        Err(message) => return Err(StoreError::BadSetting(message)),
     };
-    let value = value.to_string_lossy();
-    let mode = parse(&value).unwrap_or_else(|| {
-        panic!("{ENV}={value:?}: expected count, or one of {POINTS:?}, ':' and a number from 1")
-    });
-    Arc::new(KillPoints {
+    Ok(Arc::new(KillPoints {
         inner: backend,
         mode,
-    })
+    }))
 }
 
 struct KillPoints {
@@ -144,5 +165,16 @@ mod tests {
         for bad in ["", "put", "put:0", "put:x", "get:1", "put-done", "count:1"] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn settings_by_build() {
+        assert_eq!(setting(None, true), Ok(None));
+        assert_eq!(setting(None, false), Ok(None));
+        assert_eq!(setting(Some("put:2"), true), Ok(Some(Mode::Kill("put", 2))));
+        let bad = setting(Some("put:zero"), true).unwrap_err();
+        assert!(bad.contains("\"put:zero\": expected count"), "{bad}");
+        let release = setting(Some("put:2"), false).unwrap_err();
+        assert!(release.contains("debug builds only"), "{release}");
     }
 }

@@ -45,6 +45,14 @@ pub enum BackendError {
         owner: String,
         user: String,
     },
+    /// The store did not answer in time, lost the connection, or said it is busy or failing
+    /// (S3 5xx, SlowDown): a later attempt may well work.
+    #[error("{op} {key}: {message} (a transient failure: try again later)")]
+    Unavailable {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("{op} {key}: {source}")]
     Io {
         op: &'static str,
@@ -57,6 +65,27 @@ pub enum BackendError {
 impl BackendError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound { .. })
+    }
+
+    /// Whether the same request may succeed later: the store or the way to it failed, not
+    /// the request or the data.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            BackendError::Unavailable { .. } => true,
+            BackendError::Io { source, .. } => matches!(
+                source.kind(),
+                TimedOut
+                    | Interrupted
+                    | WouldBlock
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | ConnectionRefused
+                    | NotConnected
+                    | BrokenPipe
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -85,5 +114,37 @@ pub trait Backend: Send + Sync {
     /// Requests sent so far, for back ends that pay per request (S3).
     fn stats(&self) -> Option<RequestCounts> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures() {
+        let io = |kind| BackendError::Io {
+            op: "get",
+            key: "k".into(),
+            source: std::io::Error::from(kind),
+        };
+        let unavailable = BackendError::Unavailable {
+            op: "list",
+            key: "systems/".into(),
+            message: "timed out".into(),
+        };
+        assert!(unavailable.is_transient());
+        assert!(
+            unavailable.to_string().contains("try again"),
+            "{unavailable}"
+        );
+        assert!(io(std::io::ErrorKind::TimedOut).is_transient());
+        assert!(io(std::io::ErrorKind::ConnectionReset).is_transient());
+        assert!(!io(std::io::ErrorKind::Other).is_transient());
+        assert!(!io(std::io::ErrorKind::InvalidData).is_transient());
+        assert!(!BackendError::NotFound { key: "k".into() }.is_transient());
+        let store: crate::store::StoreError = unavailable.into();
+        assert!(store.is_transient());
+        assert!(!crate::store::StoreError::corrupt("k", "bad").is_transient());
     }
 }

@@ -380,7 +380,18 @@ enum Failure {
     BadRange,
     /// 501: e.g. a store without conditional CompleteMultipartUpload.
     NotImplemented,
+    /// No answer in time, a lost connection, or a 5xx/SlowDown answer after the SDK's retries.
+    Unavailable(String),
     Other(String),
+}
+
+/// Whether an S3 answer says the store is failing or overloaded, not that the request is wrong.
+fn unavailable_answer(status: Option<u16>, code: Option<&str>) -> bool {
+    matches!(status, Some(500 | 502 | 503 | 504))
+        || matches!(
+            code,
+            Some("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout")
+        )
 }
 
 impl Failure {
@@ -389,7 +400,13 @@ impl Failure {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let status = err.raw_response().map(|r| r.status().as_u16());
-        match (status, err.code()) {
+        let unavailable = unavailable_answer(status, err.code())
+            || match &err {
+                SdkError::TimeoutError(_) => true,
+                SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+                _ => false,
+            };
+        let failure = match (status, err.code()) {
             (_, Some("NoSuchKey")) | (Some(404), None | Some("NotFound")) => Failure::NotFound,
             (Some(412), _) | (_, Some("PreconditionFailed")) => Failure::Taken,
             (Some(409), Some("ConditionalRequestConflict")) => Failure::Busy,
@@ -415,6 +432,10 @@ impl Failure {
                 Some(s) => format!("HTTP {s}: {}", chain(&err)),
                 None => chain(&err),
             }),
+        };
+        match failure {
+            Failure::Other(m) if unavailable => Failure::Unavailable(m),
+            f => f,
         }
     }
 
@@ -427,7 +448,7 @@ impl Failure {
             Failure::NotImplemented => "501 Not Implemented: pgsnapfs needs a store with \
                 conditional writes (If-None-Match)"
                 .into(),
-            Failure::Other(m) => m,
+            Failure::Unavailable(m) | Failure::Other(m) => m,
         }
     }
 
@@ -435,6 +456,11 @@ impl Failure {
         let key = key.to_string();
         match self {
             Failure::NotFound => BackendError::NotFound { key },
+            Failure::Unavailable(_) | Failure::Busy => BackendError::Unavailable {
+                op,
+                key,
+                message: self.message(),
+            },
             f => BackendError::Io {
                 op,
                 key,
@@ -535,7 +561,7 @@ impl Inner {
                     attempt += 1;
                 }
                 Err(e) => {
-                    return Err(Failure::Other(format!(
+                    return Err(Failure::Unavailable(format!(
                         "reading the response body: {}",
                         chain(&e)
                     )))
@@ -730,6 +756,7 @@ impl Inner {
                     .build()),
                 Some(Ok((number, Err(e)))) => Err(match Failure::of(e) {
                     Failure::Other(m) => Failure::Other(format!("part {number}: {m}")),
+                    Failure::Unavailable(m) => Failure::Unavailable(format!("part {number}: {m}")),
                     f => f,
                 }),
                 Some(Err(e)) => Err(Failure::Other(format!("part upload task failed: {e}"))),
@@ -1037,6 +1064,32 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failing_or_busy_answers_are_unavailable() {
+        for (status, code) in [
+            (Some(503), Some("SlowDown")),
+            (Some(500), Some("InternalError")),
+            (Some(502), None),
+            (Some(504), None),
+            (Some(400), Some("RequestTimeout")),
+        ] {
+            assert!(unavailable_answer(status, code), "{status:?} {code:?}");
+        }
+        for (status, code) in [
+            (Some(403), Some("AccessDenied")),
+            (Some(404), Some("NoSuchBucket")),
+            (Some(400), Some("InvalidArgument")),
+            (None, None),
+        ] {
+            assert!(!unavailable_answer(status, code), "{status:?} {code:?}");
+        }
+        let busy = Failure::Busy.into_error("put", "k");
+        assert!(busy.is_transient(), "{busy}");
+        assert!(!Failure::Other("x".into())
+            .into_error("get", "k")
+            .is_transient());
+    }
 
     #[test]
     fn urls() {
