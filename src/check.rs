@@ -15,7 +15,7 @@
 use crate::archive::{self, System};
 use crate::error::{io, Result};
 use crate::pg::history::TimelineTree;
-use crate::pg::wal::{segment_of, WalFile};
+use crate::pg::wal::{segment_name, segment_of, WalFile};
 use crate::pg::walscan::SegmentSummary;
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BadEntry, Entry};
@@ -470,7 +470,7 @@ fn wal_needs(
             let stop = own.then(|| segment_of(s.stop_lsn, seg_size));
             let from = match own {
                 true => segment_of(s.start_lsn, seg_size),
-                false => timelines::first_segment(tree, tli, seg_size),
+                false => tree.first_segment(tli, seg_size),
             };
             let next = sorted[i + 1..]
                 .iter()
@@ -813,7 +813,7 @@ impl<'a> Checker<'a> {
         for need in &needs {
             let segnos = have.get(&need.tli).copied().unwrap_or_default();
             for (a, b) in missing_ranges(segnos, need.from, need.to) {
-                let name = |s| timelines::segment_name(need.tli, s, seg_size);
+                let name = |s| segment_name(need.tli, s, seg_size);
                 let p = match gaps.get(&(need.tli, a, b)) {
                     Some(&p) => p,
                     None => {
@@ -959,13 +959,13 @@ impl<'a> Checker<'a> {
             };
             // The ancestors' WAL up to the fork; and the switch segment itself once the
             // timeline has archived any (a newly promoted server has not yet).
-            let first = timelines::first_segment(tree, tli, seg_size);
+            let first = tree.first_segment(tli, seg_size);
             let to = if t.wal.segnos.is_empty() {
                 first.saturating_sub(1)
             } else {
                 first
             };
-            for gap in timelines::missing_on_path(tree, tli, from, to, seg_size, &have) {
+            for gap in tree.missing_on_path(tli, from, to, seg_size, &have) {
                 let e = cut.entry(gap).or_default();
                 e.0.insert(tli);
                 e.1.extend(
@@ -977,7 +977,7 @@ impl<'a> Checker<'a> {
             }
         }
         for ((tli, a, b), (targets, affected)) in cut {
-            let name = |s| timelines::segment_name(tli, s, seg_size);
+            let name = |s| segment_name(tli, s, seg_size);
             let forks: Vec<String> = targets
                 .iter()
                 .map(|t| match tree.parent(*t) {

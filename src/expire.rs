@@ -17,10 +17,10 @@ use crate::archive::{self, System};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
 use crate::pg::history::TimelineTree;
-use crate::pg::wal::{segment_of, segment_start, WalFile};
+use crate::pg::wal::{segment_name, segment_of, segment_start, WalFile};
 use crate::retention::{self, Candidate, Policy, Reason};
 use crate::store::{keys, Repository, StoreError};
-use crate::timelines::{first_segment, segment_name, BackupPoint};
+use crate::timelines::BackupPoint;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -117,19 +117,22 @@ pub fn wal_to_keep(
     let targets: BTreeSet<u32> = timelines
         .iter()
         .copied()
-        .chain(kept.iter().map(|k| k.tli))
+        .chain(kept.iter().map(|k| k.timeline))
         .collect();
     for k in kept {
-        for &tli in targets.iter().filter(|t| tree.contains(**t, k.tli, k.stop)) {
-            let from = if tli == k.tli {
-                segment_of(k.start, seg_size)
+        for &tli in targets
+            .iter()
+            .filter(|t| tree.contains(**t, k.timeline, k.stop_lsn))
+        {
+            let from = if tli == k.timeline {
+                segment_of(k.start_lsn, seg_size)
             } else {
-                first_segment(tree, tli, seg_size)
+                tree.first_segment(tli, seg_size)
             };
             add(tli, from, Some(&k.id), None);
         }
     }
-    if let Some(oldest) = kept.iter().map(|k| segment_of(k.start, seg_size)).min() {
+    if let Some(oldest) = kept.iter().map(|k| segment_of(k.start_lsn, seg_size)).min() {
         for &tli in &tree.missing {
             add(tli, oldest, None, Some(Hold::HistoryMissing));
         }
@@ -274,7 +277,7 @@ pub fn run(
             let removed = cut_wal(repo, sysid, &keep, seg_size, dry_run, &held)?;
             let first = points
                 .iter()
-                .map(|p| segment_of(p.start, seg_size))
+                .map(|p| segment_of(p.start_lsn, seg_size))
                 .min()
                 .expect("a kept backup");
             let all: BTreeSet<u32> = tlis.iter().chain(keep.keys()).copied().collect();
@@ -466,9 +469,10 @@ mod tests {
     fn point(id: &str, tli: u32, start: u64, stop: u64) -> BackupPoint {
         BackupPoint {
             id: id.into(),
-            tli,
-            start: Lsn(start * SEG + 40),
-            stop: Lsn(stop * SEG + 0x200),
+            timeline: tli,
+            start_lsn: Lsn(start * SEG + 40),
+            stop_lsn: Lsn(stop * SEG + 0x200),
+            stop_time: 0,
         }
     }
 

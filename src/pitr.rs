@@ -9,13 +9,12 @@ use crate::archive::{self, segment_size, System};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
 use crate::pg::target::Target;
-use crate::pg::wal::{segment_of, SegmentHeader, WalFile};
-use crate::pg::walscan::{
-    pg_time_to_unix_micros, scan_segment_split, unix_micros_to_pg_time, SegmentSummary,
-};
+use crate::pg::wal::{segment_name, segment_of, SegmentHeader};
+use crate::pg::walscan::{scan_segment_split, utc_of_pg, SegmentSummary};
 use crate::store::snapshot::Snapshot;
 use crate::store::{keys, Repository};
-use crate::walpath::{self, Aim, Archive, BackupPoint, Summaries, TimelineChoice};
+use crate::timelines::BackupPoint;
+use crate::walpath::{self, Aim, Archive, Summaries, TimelineChoice};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
@@ -51,10 +50,6 @@ pub struct Plan {
     pub replay_bytes: u64,
 }
 
-fn utc_of_pg(t: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(pg_time_to_unix_micros(t)).unwrap_or_default()
-}
-
 /// Segment summaries from the repository, each read once; a switchpoint segment is split by
 /// reading its WAL.
 struct Stored<'a> {
@@ -80,7 +75,7 @@ impl Summaries for Stored<'_> {
         if let Some(s) = self.splits.get(&(tli, segno)) {
             return Ok(s.clone());
         }
-        let name = WalFile::Segment { tli, segno }.name(self.seg_size);
+        let name = segment_name(tli, segno, self.seg_size);
         let data = self
             .repo
             .get_sealed(&keys::wal_file(self.sysid, tli, &name))?;
@@ -155,15 +150,7 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
             .collect(),
         seg_size,
     };
-    let points: Vec<BackupPoint> = backups
-        .iter()
-        .map(|s| BackupPoint {
-            timeline: s.timeline,
-            start_lsn: s.start_lsn,
-            stop_lsn: s.stop_lsn,
-            stop_time: unix_micros_to_pg_time(s.stop_time.timestamp_micros()),
-        })
-        .collect();
+    let points: Vec<BackupPoint> = backups.iter().map(BackupPoint::from).collect();
     let newest = backups.len() - 1;
     let immediate = Some(Target::Immediate);
     let (aim, target) = match &goal.to {
