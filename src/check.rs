@@ -22,7 +22,7 @@ use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Loc, NodeKind};
 use crate::store::{keys, Id, Repository, StoreError};
-use crate::timelines::{self, Survey};
+use crate::timelines::{self, BackupPoint, Survey};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -462,16 +462,12 @@ fn wal_needs(
         .collect();
     let mut out = Vec::new();
     for (i, s) in sorted.iter().enumerate() {
-        for &tli in targets
-            .iter()
-            .filter(|t| tree.contains(**t, s.timeline, s.stop_lsn))
-        {
-            let own = tli == s.timeline;
-            let stop = own.then(|| segment_of(s.stop_lsn, seg_size));
-            let from = match own {
-                true => segment_of(s.start_lsn, seg_size),
-                false => tree.first_segment(tli, seg_size),
+        let point = BackupPoint::from(*s);
+        for &tli in &targets {
+            let Some(from) = point.first_read_on(tree, tli, seg_size) else {
+                continue;
             };
+            let stop = (tli == s.timeline).then(|| segment_of(s.stop_lsn, seg_size));
             let next = sorted[i + 1..]
                 .iter()
                 .find(|n| tree.contains(tli, n.timeline, n.stop_lsn))

@@ -120,16 +120,10 @@ pub fn wal_to_keep(
         .chain(kept.iter().map(|k| k.timeline))
         .collect();
     for k in kept {
-        for &tli in targets
-            .iter()
-            .filter(|t| tree.contains(**t, k.timeline, k.stop_lsn))
-        {
-            let from = if tli == k.timeline {
-                segment_of(k.start_lsn, seg_size)
-            } else {
-                tree.first_segment(tli, seg_size)
-            };
-            add(tli, from, Some(&k.id), None);
+        for &tli in &targets {
+            if let Some(from) = k.first_read_on(tree, tli, seg_size) {
+                add(tli, from, Some(&k.id), None);
+            }
         }
     }
     if let Some(oldest) = kept.iter().map(|k| segment_of(k.start_lsn, seg_size)).min() {

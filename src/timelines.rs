@@ -51,6 +51,22 @@ impl From<&Snapshot> for BackupPoint {
     }
 }
 
+impl BackupPoint {
+    /// The first segment of timeline `tli` that recovery from this backup reads: its start
+    /// segment on its own timeline, the switch segment on a later one. None when `tli`'s
+    /// history does not hold the backup's end (recovery from it cannot follow `tli`).
+    pub fn first_read_on(&self, tree: &TimelineTree, tli: u32, seg_size: u64) -> Option<u64> {
+        if !tree.contains(tli, self.timeline, self.stop_lsn) {
+            return None;
+        }
+        Some(if tli == self.timeline {
+            segment_of(self.start_lsn, seg_size)
+        } else {
+            tree.first_segment(tli, seg_size)
+        })
+    }
+}
+
 /// Whether recovery from backup `b` can follow `target` and read its first segment: the
 /// target's history holds the backup's end, and no segment is missing from the backup's start
 /// to where the target begins (to the backup's end, for its own timeline).
