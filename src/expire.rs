@@ -358,6 +358,7 @@ fn cut_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::history::tests::path_tree as tree;
     use crate::pg::lsn::Lsn;
     use crate::store::backend::memory::MemoryBackend;
     use crate::store::snapshot::{self, Snapshot};
@@ -444,20 +445,6 @@ mod tests {
             vec!["00000005", "00000006", "00000007", "00000008", "00000009", ""]
         );
         assert_eq!(mem.list(&keys::wal_summaries(7)).unwrap().len(), 5);
-    }
-
-    /// 1 -> 2 at 0/5000100 -> 3 at 0/8000000; 1 -> 4 at 0/6000000.
-    fn tree() -> TimelineTree {
-        use crate::pg::history::parse_history;
-        let mut h = BTreeMap::new();
-        h.insert(1, vec![]);
-        h.insert(2, parse_history("1\t0/5000100\tx\n").unwrap());
-        h.insert(
-            3,
-            parse_history("1\t0/5000100\tx\n2\t0/8000000\ty\n").unwrap(),
-        );
-        h.insert(4, parse_history("1\t0/6000000\tz\n").unwrap());
-        TimelineTree::new(h, vec![])
     }
 
     fn point(id: &str, tli: u32, start: u64, stop: u64) -> BackupPoint {

@@ -330,26 +330,9 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::history::parse_history;
+    use crate::pg::history::tests::{all_but, path_tree as tree};
 
     const SEG: u64 = 16 << 20;
-
-    /// 1 -> 2 at 0/5000100 -> 3 at 0/8000000; 1 -> 4 at 0/6000000.
-    fn tree() -> TimelineTree {
-        let mut h = BTreeMap::new();
-        h.insert(1, vec![]);
-        h.insert(2, parse_history("1\t0/5000100\tx\n").unwrap());
-        h.insert(
-            3,
-            parse_history("1\t0/5000100\tx\n2\t0/8000000\ty\n").unwrap(),
-        );
-        h.insert(4, parse_history("1\t0/6000000\tz\n").unwrap());
-        TimelineTree::new(h, vec![])
-    }
-
-    fn all_but(missing: &'static [(u32, u64)]) -> impl Fn(u32, u64) -> bool {
-        move |t, s| !missing.contains(&(t, s))
-    }
 
     #[test]
     fn which_backups_reach_which_timeline() {

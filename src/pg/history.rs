@@ -210,7 +210,7 @@ impl TimelineTree {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SEG: u64 = 16 * 1024 * 1024;
@@ -348,8 +348,9 @@ mod tests {
         assert!(t.contains(4, 1, Lsn(0x5FF_FFFF)) && !t.contains(4, 1, Lsn(0x600_0000)));
     }
 
-    /// 1 -> 2 at 0/5000100 -> 3 at 0/8000000; 1 -> 4 at 0/6000000.
-    fn path_tree() -> TimelineTree {
+    /// 1 -> 2 at 0/5000100 -> 3 at 0/8000000; 1 -> 4 at 0/6000000 (shared by the unit tests
+    /// of the modules that walk paths).
+    pub(crate) fn path_tree() -> TimelineTree {
         let mut h = std::collections::BTreeMap::new();
         h.insert(1, vec![]);
         h.insert(2, parse_history("1\t0/5000100\tx\n").unwrap());
@@ -361,7 +362,8 @@ mod tests {
         TimelineTree::new(h, vec![])
     }
 
-    fn all_but(missing: &'static [(u32, u64)]) -> impl Fn(u32, u64) -> bool {
+    /// Every segment but `missing`.
+    pub(crate) fn all_but(missing: &'static [(u32, u64)]) -> impl Fn(u32, u64) -> bool {
         move |t, s| !missing.contains(&(t, s))
     }
 
