@@ -5,7 +5,7 @@
 //! PostgreSQL can only stop at a time target when it meets a transaction record after that
 //! time, so the latest reachable time is the last archived commit, not the last segment.
 
-use crate::archive::{self, segment_size, System};
+use crate::archive::{self, segment_size, SummaryCache, System};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
 use crate::pg::target::Target;
@@ -53,21 +53,16 @@ pub struct Plan {
 /// Segment summaries from the repository, each read once; a switchpoint segment is split by
 /// reading its WAL.
 struct Stored<'a> {
+    sums: SummaryCache<'a>,
     repo: &'a Repository,
     sysid: u64,
     seg_size: u64,
-    cache: HashMap<(u32, u64), Option<SegmentSummary>>,
     splits: HashMap<(u32, u64), Option<Vec<SegmentSummary>>>,
 }
 
 impl Summaries for Stored<'_> {
     fn whole(&mut self, tli: u32, segno: u64) -> Result<Option<SegmentSummary>> {
-        if let Some(s) = self.cache.get(&(tli, segno)) {
-            return Ok(s.clone());
-        }
-        let s = archive::summary(self.repo, self.sysid, tli, segno, self.seg_size)?;
-        self.cache.insert((tli, segno), s.clone());
-        Ok(s)
+        Ok(self.sums.get(tli, segno)?.cloned())
     }
 
     fn split(&mut self, tli: u32, segno: u64, at: &[Lsn]) -> Result<Option<Vec<SegmentSummary>>> {
@@ -170,10 +165,10 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
         Point::Latest => (Aim::End, None),
     };
     let mut sums = Stored {
+        sums: SummaryCache::new(repo, sysid, seg_size, false),
         repo,
         sysid,
         seg_size,
-        cache: HashMap::new(),
         splits: HashMap::new(),
     };
     let choice = walpath::choose(&archived, &points, aim, goal.timeline, &mut sums)?;

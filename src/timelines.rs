@@ -16,17 +16,17 @@
 //! first commit the newer one made past its switch segment (timeline ids grow with time:
 //! PostgreSQL numbers a new timeline above every one in the archive).
 
-use crate::archive::{self, System, TimelineWal};
-use crate::error::{Error, Result};
+use crate::archive::{self, SummaryCache, System, TimelineWal};
+use crate::error::Result;
 use crate::pg::history::TimelineTree;
 use crate::pg::lsn::Lsn;
 use crate::pg::wal::segment_of;
-use crate::pg::walscan::{unix_micros_to_pg_time, utc_of_pg, SegmentSummary};
+use crate::pg::walscan::{unix_micros_to_pg_time, utc_of_pg};
 use crate::store::snapshot::Snapshot;
-use crate::store::{Repository, StoreError};
+use crate::store::Repository;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 /// What the planner and the reports need of a backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,41 +201,17 @@ pub struct Survey {
     pub tree: TimelineTree,
 }
 
-/// Summaries read at most once.
-struct Summaries<'a> {
-    repo: &'a Repository,
-    sysid: u64,
-    seg_size: u64,
-    cache: HashMap<(u32, u64), Option<SegmentSummary>>,
-}
-
-impl Summaries<'_> {
-    fn get(&mut self, tli: u32, segno: u64) -> Result<Option<&SegmentSummary>> {
-        if !self.cache.contains_key(&(tli, segno)) {
-            let s = match archive::summary(self.repo, self.sysid, tli, segno, self.seg_size) {
-                // A damaged summary only hides commit times (check reports it).
-                Err(Error::Store(StoreError::Corrupt { object, reason })) => {
-                    tracing::warn!(
-                        "{object} is unreadable ({reason}): its commit times are not used"
-                    );
-                    None
-                }
-                other => other?,
-            };
-            self.cache.insert((tli, segno), s);
+/// The last commit time in the first of `segs` (tried in order) that has one.
+fn last_commit(
+    sums: &mut SummaryCache,
+    segs: impl Iterator<Item = (u32, u64)>,
+) -> Result<Option<i64>> {
+    for (tli, segno) in segs {
+        if let Some(t) = sums.get(tli, segno)?.and_then(|s| s.last_commit_time) {
+            return Ok(Some(t));
         }
-        Ok(self.cache[&(tli, segno)].as_ref())
     }
-
-    /// The last commit time in the first of `segs` (tried in order) that has one.
-    fn last_commit(&mut self, segs: impl Iterator<Item = (u32, u64)>) -> Result<Option<i64>> {
-        for (tli, segno) in segs {
-            if let Some(t) = self.get(tli, segno)?.and_then(|s| s.last_commit_time) {
-                return Ok(Some(t));
-            }
-        }
-        Ok(None)
-    }
+    Ok(None)
 }
 
 /// Surveys one cluster's timelines. `backups` may hold other clusters' backups.
@@ -255,12 +231,8 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
         .flat_map(|t| t.segnos.iter().map(move |s| (t.timeline, *s)))
         .collect();
     let have = |tli: u32, segno: u64| have_set.contains(&(tli, segno));
-    let mut sums = Summaries {
-        repo,
-        sysid,
-        seg_size,
-        cache: HashMap::new(),
-    };
+    // A damaged summary only hides commit times (check reports it).
+    let mut sums = SummaryCache::new(repo, sysid, seg_size, true);
     let mut activity = BTreeMap::new();
     let mut timelines = Vec::new();
     for t in &catalog {
@@ -269,7 +241,7 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
         // Commit times only matter where two timelines could both be active.
         if catalog.len() > 1 {
             let own_back = t.segnos.iter().rev().map(|s| (tli, *s));
-            let last_commit = sums.last_commit(own_back)?;
+            let last_commit = last_commit(&mut sums, own_back)?;
             let mut first_own_commit = None;
             if tree.parent(tli).is_some() {
                 for s in t.segnos.iter().filter(|s| **s > first) {
@@ -303,7 +275,7 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
             let last = t.segnos.last().copied().unwrap_or(from).max(from);
             if let Some(end) = tree.contiguous_end(tli, from, last, seg_size, &have) {
                 let back = tree.path_segments(tli, from, end, seg_size).rev();
-                reach.latest_time = sums.last_commit(back)?.map(utc_of_pg);
+                reach.latest_time = last_commit(&mut sums, back)?.map(utc_of_pg);
             }
             let newest_stop = reaching.iter().map(|s| s.stop_time).max();
             reach.latest_time = reach.latest_time.max(newest_stop);
