@@ -13,7 +13,7 @@ use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::store::{keys, BackendError, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// A cluster (system identifier) known to the repository.
@@ -414,6 +414,45 @@ pub fn summary(
         Ok(p) => Ok(serde_json::from_slice(&p).ok()),
         Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The stored summaries of one cluster's segments, each read at most once.
+pub struct SummaryCache<'a> {
+    repo: &'a Repository,
+    sysid: u64,
+    seg_size: u64,
+    /// Read a damaged summary as none, with a warning, instead of failing.
+    skip_corrupt: bool,
+    cache: HashMap<(u32, u64), Option<SegmentSummary>>,
+}
+
+impl<'a> SummaryCache<'a> {
+    pub fn new(repo: &'a Repository, sysid: u64, seg_size: u64, skip_corrupt: bool) -> Self {
+        SummaryCache {
+            repo,
+            sysid,
+            seg_size,
+            skip_corrupt,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The summary of segment `segno` of timeline `tli`, if it has one.
+    pub fn get(&mut self, tli: u32, segno: u64) -> Result<Option<&SegmentSummary>> {
+        if !self.cache.contains_key(&(tli, segno)) {
+            let s = match summary(self.repo, self.sysid, tli, segno, self.seg_size) {
+                Err(Error::Store(StoreError::Corrupt { object, reason })) if self.skip_corrupt => {
+                    tracing::warn!(
+                        "{object} is unreadable ({reason}): its commit times are not used"
+                    );
+                    None
+                }
+                other => other?,
+            };
+            self.cache.insert((tli, segno), s);
+        }
+        Ok(self.cache[&(tli, segno)].as_ref())
     }
 }
 

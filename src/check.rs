@@ -15,14 +15,14 @@
 use crate::archive::{self, System};
 use crate::error::{io, Result};
 use crate::pg::history::TimelineTree;
-use crate::pg::wal::{segment_of, WalFile};
+use crate::pg::wal::{segment_name, segment_of, WalFile};
 use crate::pg::walscan::SegmentSummary;
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Loc, NodeKind};
 use crate::store::{keys, Id, Repository, StoreError};
-use crate::timelines::{self, Survey};
+use crate::timelines::{self, BackupPoint, Survey};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -462,16 +462,12 @@ fn wal_needs(
         .collect();
     let mut out = Vec::new();
     for (i, s) in sorted.iter().enumerate() {
-        for &tli in targets
-            .iter()
-            .filter(|t| tree.contains(**t, s.timeline, s.stop_lsn))
-        {
-            let own = tli == s.timeline;
-            let stop = own.then(|| segment_of(s.stop_lsn, seg_size));
-            let from = match own {
-                true => segment_of(s.start_lsn, seg_size),
-                false => timelines::first_segment(tree, tli, seg_size),
+        let point = BackupPoint::from(*s);
+        for &tli in &targets {
+            let Some(from) = point.first_read_on(tree, tli, seg_size) else {
+                continue;
             };
+            let stop = (tli == s.timeline).then(|| segment_of(s.stop_lsn, seg_size));
             let next = sorted[i + 1..]
                 .iter()
                 .find(|n| tree.contains(tli, n.timeline, n.stop_lsn))
@@ -813,7 +809,7 @@ impl<'a> Checker<'a> {
         for need in &needs {
             let segnos = have.get(&need.tli).copied().unwrap_or_default();
             for (a, b) in missing_ranges(segnos, need.from, need.to) {
-                let name = |s| timelines::segment_name(need.tli, s, seg_size);
+                let name = |s| segment_name(need.tli, s, seg_size);
                 let p = match gaps.get(&(need.tli, a, b)) {
                     Some(&p) => p,
                     None => {
@@ -959,13 +955,13 @@ impl<'a> Checker<'a> {
             };
             // The ancestors' WAL up to the fork; and the switch segment itself once the
             // timeline has archived any (a newly promoted server has not yet).
-            let first = timelines::first_segment(tree, tli, seg_size);
+            let first = tree.first_segment(tli, seg_size);
             let to = if t.wal.segnos.is_empty() {
                 first.saturating_sub(1)
             } else {
                 first
             };
-            for gap in timelines::missing_on_path(tree, tli, from, to, seg_size, &have) {
+            for gap in tree.missing_on_path(tli, from, to, seg_size, &have) {
                 let e = cut.entry(gap).or_default();
                 e.0.insert(tli);
                 e.1.extend(
@@ -977,7 +973,7 @@ impl<'a> Checker<'a> {
             }
         }
         for ((tli, a, b), (targets, affected)) in cut {
-            let name = |s| timelines::segment_name(tli, s, seg_size);
+            let name = |s| segment_name(tli, s, seg_size);
             let forks: Vec<String> = targets
                 .iter()
                 .map(|t| match tree.parent(*t) {

@@ -17,10 +17,10 @@ use crate::archive::{self, System};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
 use crate::pg::history::TimelineTree;
-use crate::pg::wal::{segment_of, segment_start, WalFile};
+use crate::pg::wal::{segment_name, segment_of, segment_start, WalFile};
 use crate::retention::{self, Candidate, Policy, Reason};
 use crate::store::{keys, Repository, StoreError};
-use crate::timelines::{first_segment, segment_name, BackupPoint};
+use crate::timelines::BackupPoint;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -117,19 +117,16 @@ pub fn wal_to_keep(
     let targets: BTreeSet<u32> = timelines
         .iter()
         .copied()
-        .chain(kept.iter().map(|k| k.tli))
+        .chain(kept.iter().map(|k| k.timeline))
         .collect();
     for k in kept {
-        for &tli in targets.iter().filter(|t| tree.contains(**t, k.tli, k.stop)) {
-            let from = if tli == k.tli {
-                segment_of(k.start, seg_size)
-            } else {
-                first_segment(tree, tli, seg_size)
-            };
-            add(tli, from, Some(&k.id), None);
+        for &tli in &targets {
+            if let Some(from) = k.first_read_on(tree, tli, seg_size) {
+                add(tli, from, Some(&k.id), None);
+            }
         }
     }
-    if let Some(oldest) = kept.iter().map(|k| segment_of(k.start, seg_size)).min() {
+    if let Some(oldest) = kept.iter().map(|k| segment_of(k.start_lsn, seg_size)).min() {
         for &tli in &tree.missing {
             add(tli, oldest, None, Some(Hold::HistoryMissing));
         }
@@ -274,7 +271,7 @@ pub fn run(
             let removed = cut_wal(repo, sysid, &keep, seg_size, dry_run, &held)?;
             let first = points
                 .iter()
-                .map(|p| segment_of(p.start, seg_size))
+                .map(|p| segment_of(p.start_lsn, seg_size))
                 .min()
                 .expect("a kept backup");
             let all: BTreeSet<u32> = tlis.iter().chain(keep.keys()).copied().collect();
@@ -361,6 +358,7 @@ fn cut_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::history::tests::path_tree as tree;
     use crate::pg::lsn::Lsn;
     use crate::store::backend::memory::MemoryBackend;
     use crate::store::snapshot::{self, Snapshot};
@@ -449,26 +447,13 @@ mod tests {
         assert_eq!(mem.list(&keys::wal_summaries(7)).unwrap().len(), 5);
     }
 
-    /// 1 -> 2 at 0/5000100 -> 3 at 0/8000000; 1 -> 4 at 0/6000000.
-    fn tree() -> TimelineTree {
-        use crate::pg::history::parse_history;
-        let mut h = BTreeMap::new();
-        h.insert(1, vec![]);
-        h.insert(2, parse_history("1\t0/5000100\tx\n").unwrap());
-        h.insert(
-            3,
-            parse_history("1\t0/5000100\tx\n2\t0/8000000\ty\n").unwrap(),
-        );
-        h.insert(4, parse_history("1\t0/6000000\tz\n").unwrap());
-        TimelineTree::new(h, vec![])
-    }
-
     fn point(id: &str, tli: u32, start: u64, stop: u64) -> BackupPoint {
         BackupPoint {
             id: id.into(),
-            tli,
-            start: Lsn(start * SEG + 40),
-            stop: Lsn(stop * SEG + 0x200),
+            timeline: tli,
+            start_lsn: Lsn(start * SEG + 40),
+            stop_lsn: Lsn(stop * SEG + 0x200),
+            stop_time: 0,
         }
     }
 

@@ -5,17 +5,16 @@
 //! PostgreSQL can only stop at a time target when it meets a transaction record after that
 //! time, so the latest reachable time is the last archived commit, not the last segment.
 
-use crate::archive::{self, segment_size, System};
+use crate::archive::{self, segment_size, SummaryCache, System};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
 use crate::pg::target::Target;
-use crate::pg::wal::{segment_of, SegmentHeader, WalFile};
-use crate::pg::walscan::{
-    pg_time_to_unix_micros, scan_segment_split, unix_micros_to_pg_time, SegmentSummary,
-};
+use crate::pg::wal::{segment_name, segment_of, SegmentHeader};
+use crate::pg::walscan::{scan_segment_split, utc_of_pg, SegmentSummary};
 use crate::store::snapshot::Snapshot;
 use crate::store::{keys, Repository};
-use crate::walpath::{self, Aim, Archive, BackupPoint, Summaries, TimelineChoice};
+use crate::timelines::BackupPoint;
+use crate::walpath::{self, Aim, Archive, Summaries, TimelineChoice};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
@@ -51,28 +50,19 @@ pub struct Plan {
     pub replay_bytes: u64,
 }
 
-fn utc_of_pg(t: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(pg_time_to_unix_micros(t)).unwrap_or_default()
-}
-
 /// Segment summaries from the repository, each read once; a switchpoint segment is split by
 /// reading its WAL.
 struct Stored<'a> {
+    sums: SummaryCache<'a>,
     repo: &'a Repository,
     sysid: u64,
     seg_size: u64,
-    cache: HashMap<(u32, u64), Option<SegmentSummary>>,
     splits: HashMap<(u32, u64), Option<Vec<SegmentSummary>>>,
 }
 
 impl Summaries for Stored<'_> {
     fn whole(&mut self, tli: u32, segno: u64) -> Result<Option<SegmentSummary>> {
-        if let Some(s) = self.cache.get(&(tli, segno)) {
-            return Ok(s.clone());
-        }
-        let s = archive::summary(self.repo, self.sysid, tli, segno, self.seg_size)?;
-        self.cache.insert((tli, segno), s.clone());
-        Ok(s)
+        Ok(self.sums.get(tli, segno)?.cloned())
     }
 
     fn split(&mut self, tli: u32, segno: u64, at: &[Lsn]) -> Result<Option<Vec<SegmentSummary>>> {
@@ -80,7 +70,7 @@ impl Summaries for Stored<'_> {
         if let Some(s) = self.splits.get(&(tli, segno)) {
             return Ok(s.clone());
         }
-        let name = WalFile::Segment { tli, segno }.name(self.seg_size);
+        let name = segment_name(tli, segno, self.seg_size);
         let data = self
             .repo
             .get_sealed(&keys::wal_file(self.sysid, tli, &name))?;
@@ -155,15 +145,7 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
             .collect(),
         seg_size,
     };
-    let points: Vec<BackupPoint> = backups
-        .iter()
-        .map(|s| BackupPoint {
-            timeline: s.timeline,
-            start_lsn: s.start_lsn,
-            stop_lsn: s.stop_lsn,
-            stop_time: unix_micros_to_pg_time(s.stop_time.timestamp_micros()),
-        })
-        .collect();
+    let points: Vec<BackupPoint> = backups.iter().map(BackupPoint::from).collect();
     let newest = backups.len() - 1;
     let immediate = Some(Target::Immediate);
     let (aim, target) = match &goal.to {
@@ -183,10 +165,10 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
         Point::Latest => (Aim::End, None),
     };
     let mut sums = Stored {
+        sums: SummaryCache::new(repo, sysid, seg_size, false),
         repo,
         sysid,
         seg_size,
-        cache: HashMap::new(),
         splits: HashMap::new(),
     };
     let choice = walpath::choose(&archived, &points, aim, goal.timeline, &mut sums)?;

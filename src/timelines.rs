@@ -1,12 +1,14 @@
 //! The timelines of one cluster as the repository holds them: how they branch (history files),
 //! the WAL each holds, the times each can reach and from which backups, and whether two of
-//! them are being written at the same time. `info`, `check` and `expire` share it.
+//! them are being written at the same time. `info`, `check` and `expire` share it; its
+//! `BackupPoint` is also what the planner (`walpath`) knows of a backup.
 //!
 //! Recovery toward a timeline reads each segment from one timeline of its history (the newest
-//! whose switch segment is at or below it, as `pg::history::timeline_of_segment`), so "the
-//! WAL on the way to timeline T" is a function of T's history alone. The functions below are
-//! pure over the tree and the archived segment lists; `survey` reads the few WAL summaries the
-//! answers need (commit times).
+//! whose switch segment is at or below it), so "the WAL on the way to timeline T" is a
+//! function of T's history alone: `TimelineTree` walks that path (`segment_source`,
+//! `path_segments`, `missing_on_path`, `contiguous_end`), for the planner as for these
+//! reports. The functions below are pure over the tree and the archived segment lists;
+//! `survey` reads the few WAL summaries the answers need (commit times).
 //!
 //! "Both active" is judged by commit times, not LSNs: after a real recovery to a point in the
 //! past the parent also holds WAL past the fork (what was written before the disaster), and
@@ -14,86 +16,54 @@
 //! first commit the newer one made past its switch segment (timeline ids grow with time:
 //! PostgreSQL numbers a new timeline above every one in the archive).
 
-use crate::archive::{self, System, TimelineWal};
-use crate::error::{Error, Result};
-use crate::pg::history::{timeline_of_segment, TimelineTree};
+use crate::archive::{self, SummaryCache, System, TimelineWal};
+use crate::error::Result;
+use crate::pg::history::TimelineTree;
 use crate::pg::lsn::Lsn;
-use crate::pg::wal::{segment_of, WalFile};
-use crate::pg::walscan::{pg_time_to_unix_micros, SegmentSummary};
+use crate::pg::wal::segment_of;
+use crate::pg::walscan::{unix_micros_to_pg_time, utc_of_pg};
 use crate::store::snapshot::Snapshot;
-use crate::store::{Repository, StoreError};
+use crate::store::Repository;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
-/// The timeline recovery toward `target` reads segment `segno` from.
-pub fn source_of(tree: &TimelineTree, target: u32, segno: u64, seg_size: u64) -> u32 {
-    timeline_of_segment(segno, seg_size, target, tree.history(target))
-}
-
-/// The first segment of `tli`: the one holding its switchpoint (0 for a timeline with no
-/// known parent).
-pub fn first_segment(tree: &TimelineTree, tli: u32, seg_size: u64) -> u64 {
-    tree.parent(tli)
-        .map_or(0, |(_, switch)| segment_of(switch, seg_size))
-}
-
-/// The segments missing on the way toward `target` from `from` through `to`, as
-/// (timeline, first, last) ranges.
-pub fn missing_on_path(
-    tree: &TimelineTree,
-    target: u32,
-    from: u64,
-    to: u64,
-    seg_size: u64,
-    have: &dyn Fn(u32, u64) -> bool,
-) -> Vec<(u32, u64, u64)> {
-    let mut out: Vec<(u32, u64, u64)> = Vec::new();
-    for segno in from..=to {
-        let tli = source_of(tree, target, segno, seg_size);
-        if have(tli, segno) {
-            continue;
-        }
-        match out.last_mut() {
-            Some((t, _, last)) if *t == tli && *last + 1 == segno => *last = segno,
-            _ => out.push((tli, segno, segno)),
-        }
-    }
-    out
-}
-
-/// The last segment recovery toward `target` reads without a gap from `from`, looking no
-/// further than `last`; None when `from` itself is missing.
-pub fn contiguous_end(
-    tree: &TimelineTree,
-    target: u32,
-    from: u64,
-    last: u64,
-    seg_size: u64,
-    have: &dyn Fn(u32, u64) -> bool,
-) -> Option<u64> {
-    (from..=last)
-        .take_while(|s| have(source_of(tree, target, *s, seg_size), *s))
-        .last()
-}
-
-/// Where a backup is, for the questions asked of it here.
-#[derive(Debug, Clone)]
+/// What the planner and the reports need of a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupPoint {
     pub id: String,
-    pub tli: u32,
-    pub start: Lsn,
-    pub stop: Lsn,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    /// PostgreSQL time (microseconds since 2000-01-01 UTC).
+    pub stop_time: i64,
 }
 
 impl From<&Snapshot> for BackupPoint {
     fn from(s: &Snapshot) -> BackupPoint {
         BackupPoint {
             id: s.id.clone(),
-            tli: s.timeline,
-            start: s.start_lsn,
-            stop: s.stop_lsn,
+            timeline: s.timeline,
+            start_lsn: s.start_lsn,
+            stop_lsn: s.stop_lsn,
+            stop_time: unix_micros_to_pg_time(s.stop_time.timestamp_micros()),
         }
+    }
+}
+
+impl BackupPoint {
+    /// The first segment of timeline `tli` that recovery from this backup reads: its start
+    /// segment on its own timeline, the switch segment on a later one. None when `tli`'s
+    /// history does not hold the backup's end (recovery from it cannot follow `tli`).
+    pub fn first_read_on(&self, tree: &TimelineTree, tli: u32, seg_size: u64) -> Option<u64> {
+        if !tree.contains(tli, self.timeline, self.stop_lsn) {
+            return None;
+        }
+        Some(if tli == self.timeline {
+            segment_of(self.start_lsn, seg_size)
+        } else {
+            tree.first_segment(tli, seg_size)
+        })
     }
 }
 
@@ -107,16 +77,17 @@ pub fn reaches(
     seg_size: u64,
     have: &dyn Fn(u32, u64) -> bool,
 ) -> bool {
-    if !tree.contains(target, b.tli, b.stop) {
+    if !tree.contains(target, b.timeline, b.stop_lsn) {
         return false;
     }
-    let entry = if b.tli == target {
-        segment_of(b.stop, seg_size)
+    let entry = if b.timeline == target {
+        segment_of(b.stop_lsn, seg_size)
     } else {
-        first_segment(tree, target, seg_size)
+        tree.first_segment(target, seg_size)
     };
-    let from = segment_of(b.start, seg_size);
-    missing_on_path(tree, target, from, entry, seg_size, have).is_empty()
+    let from = segment_of(b.start_lsn, seg_size);
+    tree.missing_on_path(target, from, entry, seg_size, have)
+        .is_empty()
 }
 
 /// Commit times seen on one timeline's own segments (PostgreSQL timestamps).
@@ -158,10 +129,6 @@ impl BothActive {
             fmt_millis(self.older_last_commit)
         )
     }
-}
-
-pub fn utc_of_pg(t: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(pg_time_to_unix_micros(t)).unwrap_or_default()
 }
 
 /// A time for people: UTC, to the second.
@@ -234,41 +201,17 @@ pub struct Survey {
     pub tree: TimelineTree,
 }
 
-/// Summaries read at most once.
-struct Summaries<'a> {
-    repo: &'a Repository,
-    sysid: u64,
-    seg_size: u64,
-    cache: HashMap<(u32, u64), Option<SegmentSummary>>,
-}
-
-impl Summaries<'_> {
-    fn get(&mut self, tli: u32, segno: u64) -> Result<Option<&SegmentSummary>> {
-        if !self.cache.contains_key(&(tli, segno)) {
-            let s = match archive::summary(self.repo, self.sysid, tli, segno, self.seg_size) {
-                // A damaged summary only hides commit times (check reports it).
-                Err(Error::Store(StoreError::Corrupt { object, reason })) => {
-                    tracing::warn!(
-                        "{object} is unreadable ({reason}): its commit times are not used"
-                    );
-                    None
-                }
-                other => other?,
-            };
-            self.cache.insert((tli, segno), s);
+/// The last commit time in the first of `segs` (tried in order) that has one.
+fn last_commit(
+    sums: &mut SummaryCache,
+    segs: impl Iterator<Item = (u32, u64)>,
+) -> Result<Option<i64>> {
+    for (tli, segno) in segs {
+        if let Some(t) = sums.get(tli, segno)?.and_then(|s| s.last_commit_time) {
+            return Ok(Some(t));
         }
-        Ok(self.cache[&(tli, segno)].as_ref())
     }
-
-    /// The last commit time in the first of `segs` (tried in order) that has one.
-    fn last_commit(&mut self, segs: impl Iterator<Item = (u32, u64)>) -> Result<Option<i64>> {
-        for (tli, segno) in segs {
-            if let Some(t) = self.get(tli, segno)?.and_then(|s| s.last_commit_time) {
-                return Ok(Some(t));
-            }
-        }
-        Ok(None)
-    }
+    Ok(None)
 }
 
 /// Surveys one cluster's timelines. `backups` may hold other clusters' backups.
@@ -288,21 +231,17 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
         .flat_map(|t| t.segnos.iter().map(move |s| (t.timeline, *s)))
         .collect();
     let have = |tli: u32, segno: u64| have_set.contains(&(tli, segno));
-    let mut sums = Summaries {
-        repo,
-        sysid,
-        seg_size,
-        cache: HashMap::new(),
-    };
+    // A damaged summary only hides commit times (check reports it).
+    let mut sums = SummaryCache::new(repo, sysid, seg_size, true);
     let mut activity = BTreeMap::new();
     let mut timelines = Vec::new();
     for t in &catalog {
         let tli = t.timeline;
-        let first = first_segment(&tree, tli, seg_size);
+        let first = tree.first_segment(tli, seg_size);
         // Commit times only matter where two timelines could both be active.
         if catalog.len() > 1 {
             let own_back = t.segnos.iter().rev().map(|s| (tli, *s));
-            let last_commit = sums.last_commit(own_back)?;
+            let last_commit = last_commit(&mut sums, own_back)?;
             let mut first_own_commit = None;
             if tree.parent(tli).is_some() {
                 for s in t.segnos.iter().filter(|s| **s > first) {
@@ -334,11 +273,9 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
         if let Some(newest) = reaching.last() {
             let from = segment_of(newest.start_lsn, seg_size);
             let last = t.segnos.last().copied().unwrap_or(from).max(from);
-            if let Some(end) = contiguous_end(&tree, tli, from, last, seg_size, &have) {
-                let back = (from..=end)
-                    .rev()
-                    .map(|s| (source_of(&tree, tli, s, seg_size), s));
-                reach.latest_time = sums.last_commit(back)?.map(utc_of_pg);
+            if let Some(end) = tree.contiguous_end(tli, from, last, seg_size, &have) {
+                let back = tree.path_segments(tli, from, end, seg_size).rev();
+                reach.latest_time = last_commit(&mut sums, back)?.map(utc_of_pg);
             }
             let newest_stop = reaching.iter().map(|s| s.stop_time).max();
             reach.latest_time = reach.latest_time.max(newest_stop);
@@ -362,63 +299,22 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
     })
 }
 
-/// The name of segment `segno` of timeline `tli`.
-pub fn segment_name(tli: u32, segno: u64, seg_size: u64) -> String {
-    WalFile::Segment { tli, segno }.name(seg_size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::history::parse_history;
+    use crate::pg::history::tests::{all_but, path_tree as tree};
 
     const SEG: u64 = 16 << 20;
-
-    /// 1 -> 2 at 0/5000100 -> 3 at 0/8000000; 1 -> 4 at 0/6000000.
-    fn tree() -> TimelineTree {
-        let mut h = BTreeMap::new();
-        h.insert(1, vec![]);
-        h.insert(2, parse_history("1\t0/5000100\tx\n").unwrap());
-        h.insert(
-            3,
-            parse_history("1\t0/5000100\tx\n2\t0/8000000\ty\n").unwrap(),
-        );
-        h.insert(4, parse_history("1\t0/6000000\tz\n").unwrap());
-        TimelineTree::new(h, vec![])
-    }
-
-    fn all_but(missing: &'static [(u32, u64)]) -> impl Fn(u32, u64) -> bool {
-        move |t, s| !missing.contains(&(t, s))
-    }
-
-    #[test]
-    fn paths_follow_history() {
-        let t = tree();
-        assert_eq!(source_of(&t, 3, 4, SEG), 1);
-        assert_eq!(source_of(&t, 3, 5, SEG), 2);
-        assert_eq!(source_of(&t, 3, 8, SEG), 3);
-        assert_eq!(source_of(&t, 4, 5, SEG), 1);
-        assert_eq!(first_segment(&t, 3, SEG), 8);
-        assert_eq!(first_segment(&t, 1, SEG), 0);
-        let have = all_but(&[(1, 3), (1, 4), (2, 6), (1, 9)]);
-        assert_eq!(
-            missing_on_path(&t, 3, 2, 9, SEG, &have),
-            vec![(1, 3, 4), (2, 6, 6)]
-        );
-        assert_eq!(missing_on_path(&t, 1, 5, 9, SEG, &have), vec![(1, 9, 9)]);
-        assert_eq!(contiguous_end(&t, 3, 5, 20, SEG, &have), Some(5));
-        assert_eq!(contiguous_end(&t, 3, 7, 20, SEG, &have), Some(20));
-        assert_eq!(contiguous_end(&t, 1, 3, 20, SEG, &have), None);
-    }
 
     #[test]
     fn which_backups_reach_which_timeline() {
         let t = tree();
-        let b = |tli, start: u64, stop: u64| BackupPoint {
+        let b = |timeline, start: u64, stop: u64| BackupPoint {
             id: "b".into(),
-            tli,
-            start: Lsn(start * SEG + 40),
-            stop: Lsn(stop * SEG + 0x200),
+            timeline,
+            start_lsn: Lsn(start * SEG + 40),
+            stop_lsn: Lsn(stop * SEG + 0x200),
+            stop_time: 0,
         };
         let have = all_but(&[]);
         // Before every fork: reaches all four.

@@ -18,11 +18,12 @@
 //! default rule. Pure: segment summaries come through `Summaries`.
 
 use crate::error::{Error, Result};
-use crate::pg::history::{timeline_of, timeline_of_segment, TimelineTree};
+use crate::pg::history::{timeline_of, TimelineTree};
 use crate::pg::lsn::Lsn;
 use crate::pg::target::Target;
-use crate::pg::wal::{segment_of, segment_start, WalFile};
+use crate::pg::wal::{segment_name, segment_of, segment_start};
 use crate::pg::walscan::{format_pg_time, unix_micros_to_pg_time, SegmentSummary};
+use crate::timelines::BackupPoint;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// `--target-timeline`: which timeline a recovery follows.
@@ -53,16 +54,6 @@ impl std::str::FromStr for TimelineChoice {
             },
         }
     }
-}
-
-/// What planning needs of a backup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackupPoint {
-    pub timeline: u32,
-    pub start_lsn: Lsn,
-    pub stop_lsn: Lsn,
-    /// PostgreSQL time (microseconds since 2000-01-01 UTC).
-    pub stop_time: i64,
 }
 
 /// Where a recovery goes.
@@ -145,7 +136,7 @@ enum Miss {
 impl Archive<'_> {
     /// The timeline whose copy of `segno` recovery to `tli` reads.
     pub fn timeline_of(&self, tli: u32, segno: u64) -> u32 {
-        timeline_of_segment(segno, self.seg_size, tli, self.tree.history(tli))
+        self.tree.segment_source(tli, segno, self.seg_size)
     }
 
     fn has(&self, tli: u32, segno: u64) -> bool {
@@ -169,14 +160,14 @@ impl Archive<'_> {
 
     /// The first segment missing from the path to `tli` between `from` and `to`, by name.
     pub fn first_gap(&self, tli: u32, from: u64, to: u64) -> Option<String> {
-        (from..=to)
-            .map(|s| (self.timeline_of(tli, s), s))
+        self.tree
+            .path_segments(tli, from, to, self.seg_size)
             .find(|(t, s)| !self.has(*t, *s))
             .map(|(t, s)| self.name(t, s))
     }
 
     pub fn name(&self, tli: u32, segno: u64) -> String {
-        WalFile::Segment { tli, segno }.name(self.seg_size)
+        segment_name(tli, segno, self.seg_size)
     }
 
     /// The switchpoints on the path to `tli` inside segment `segno`, in order: (timeline
@@ -203,8 +194,7 @@ impl Archive<'_> {
         let Some(end) = self.path_end(tli) else {
             return Ok(None);
         };
-        for segno in from..=end {
-            let t = self.timeline_of(tli, segno);
+        for (t, segno) in self.tree.path_segments(tli, from, end, self.seg_size) {
             if !self.has(t, segno) {
                 continue;
             }
@@ -737,6 +727,7 @@ mod tests {
 
     fn backup(tli: u32, start: &str, stop: &str, secs: i64) -> BackupPoint {
         BackupPoint {
+            id: String::new(),
             timeline: tli,
             start_lsn: lsn(start),
             stop_lsn: lsn(stop),

@@ -1,5 +1,7 @@
 //! Timeline history files (`TTTTTTTT.history`) and the timeline path they
-//! describe. Key type: `HistoryEntry`, one line of the file.
+//! describe: which timeline's copy of each segment recovery along it reads,
+//! and where that path lacks one. Key types: `HistoryEntry`, one line of the
+//! file; `TimelineTree`, the histories of one cluster.
 //! Decision: parse as timeline.c's readTimeLineHistory does (comments and blank
 //! lines skipped, ids strictly increasing), so what we accept is what recovery
 //! accepts.
@@ -142,10 +144,73 @@ impl TimelineTree {
     pub fn contains(&self, tli: u32, on: u32, lsn: Lsn) -> bool {
         self.is_ancestor(on, tli) && self.leaves_at(on, tli).is_none_or(|end| lsn < end)
     }
+
+    /// The timeline whose copy of segment `segno` recovery toward `tli` reads.
+    pub fn segment_source(&self, tli: u32, segno: u64, seg_size: u64) -> u32 {
+        timeline_of_segment(segno, seg_size, tli, self.history(tli))
+    }
+
+    /// The first segment of `tli`: the one holding its switchpoint (0 for a timeline with no
+    /// known parent).
+    pub fn first_segment(&self, tli: u32, seg_size: u64) -> u64 {
+        self.parent(tli)
+            .map_or(0, |(_, switch)| segment_of(switch, seg_size))
+    }
+
+    /// The segments recovery toward `tli` reads from `from` through `to`, each as (the
+    /// timeline it is read from, segment number).
+    pub fn path_segments(
+        &self,
+        tli: u32,
+        from: u64,
+        to: u64,
+        seg_size: u64,
+    ) -> impl DoubleEndedIterator<Item = (u32, u64)> + '_ {
+        (from..=to).map(move |s| (self.segment_source(tli, s, seg_size), s))
+    }
+
+    /// The segments `have` lacks on the way toward `tli` from `from` through `to`, as
+    /// (timeline, first, last) ranges.
+    pub fn missing_on_path(
+        &self,
+        tli: u32,
+        from: u64,
+        to: u64,
+        seg_size: u64,
+        have: &dyn Fn(u32, u64) -> bool,
+    ) -> Vec<(u32, u64, u64)> {
+        let mut out: Vec<(u32, u64, u64)> = Vec::new();
+        for (t, segno) in self.path_segments(tli, from, to, seg_size) {
+            if have(t, segno) {
+                continue;
+            }
+            match out.last_mut() {
+                Some((o, _, last)) if *o == t && *last + 1 == segno => *last = segno,
+                _ => out.push((t, segno, segno)),
+            }
+        }
+        out
+    }
+
+    /// The last segment recovery toward `tli` reads without a gap from `from`, looking no
+    /// further than `last`; None when `from` itself is missing.
+    pub fn contiguous_end(
+        &self,
+        tli: u32,
+        from: u64,
+        last: u64,
+        seg_size: u64,
+        have: &dyn Fn(u32, u64) -> bool,
+    ) -> Option<u64> {
+        self.path_segments(tli, from, last, seg_size)
+            .take_while(|(t, s)| have(*t, *s))
+            .last()
+            .map(|(_, s)| s)
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SEG: u64 = 16 * 1024 * 1024;
@@ -281,5 +346,44 @@ mod tests {
         assert!(t.contains(3, 3, Lsn(u64::MAX)));
         assert!(!t.contains(3, 4, Lsn(0x100)));
         assert!(t.contains(4, 1, Lsn(0x5FF_FFFF)) && !t.contains(4, 1, Lsn(0x600_0000)));
+    }
+
+    /// 1 -> 2 at 0/5000100 -> 3 at 0/8000000; 1 -> 4 at 0/6000000 (shared by the unit tests
+    /// of the modules that walk paths).
+    pub(crate) fn path_tree() -> TimelineTree {
+        let mut h = std::collections::BTreeMap::new();
+        h.insert(1, vec![]);
+        h.insert(2, parse_history("1\t0/5000100\tx\n").unwrap());
+        h.insert(
+            3,
+            parse_history("1\t0/5000100\tx\n2\t0/8000000\ty\n").unwrap(),
+        );
+        h.insert(4, parse_history("1\t0/6000000\tz\n").unwrap());
+        TimelineTree::new(h, vec![])
+    }
+
+    /// Every segment but `missing`.
+    pub(crate) fn all_but(missing: &'static [(u32, u64)]) -> impl Fn(u32, u64) -> bool {
+        move |t, s| !missing.contains(&(t, s))
+    }
+
+    #[test]
+    fn paths_follow_history() {
+        let t = path_tree();
+        assert_eq!(t.segment_source(3, 4, SEG), 1);
+        assert_eq!(t.segment_source(3, 5, SEG), 2);
+        assert_eq!(t.segment_source(3, 8, SEG), 3);
+        assert_eq!(t.segment_source(4, 5, SEG), 1);
+        assert_eq!(t.first_segment(3, SEG), 8);
+        assert_eq!(t.first_segment(1, SEG), 0);
+        let have = all_but(&[(1, 3), (1, 4), (2, 6), (1, 9)]);
+        assert_eq!(
+            t.missing_on_path(3, 2, 9, SEG, &have),
+            vec![(1, 3, 4), (2, 6, 6)]
+        );
+        assert_eq!(t.missing_on_path(1, 5, 9, SEG, &have), vec![(1, 9, 9)]);
+        assert_eq!(t.contiguous_end(3, 5, 20, SEG, &have), Some(5));
+        assert_eq!(t.contiguous_end(3, 7, 20, SEG, &have), Some(20));
+        assert_eq!(t.contiguous_end(1, 3, 20, SEG, &have), None);
     }
 }

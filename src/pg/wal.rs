@@ -61,7 +61,8 @@ fn parse_segment(name: &str, seg_size: u64) -> Option<(u32, u64)> {
     (seg < per_id).then_some((tli, log * per_id + seg))
 }
 
-fn segment_name(tli: u32, segno: u64, seg_size: u64) -> String {
+/// The name of segment `segno` of timeline `tli`.
+pub fn segment_name(tli: u32, segno: u64, seg_size: u64) -> String {
     let per_id = segments_per_id(seg_size);
     format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, SecondsFormat};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::lsn::Lsn;
@@ -99,6 +99,11 @@ pub fn pg_time_to_unix_micros(t: i64) -> i64 {
 /// Converts microseconds since the Unix epoch to a PostgreSQL timestamp.
 pub fn unix_micros_to_pg_time(t: i64) -> i64 {
     t.saturating_sub(PG_EPOCH_UNIX_MICROS)
+}
+
+/// A PostgreSQL timestamp as a UTC time (the Unix epoch when out of range).
+pub fn utc_of_pg(t: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(pg_time_to_unix_micros(t)).unwrap_or_default()
 }
 
 /// Formats a PostgreSQL timestamp as RFC 3339 in UTC, e.g.
