@@ -79,15 +79,20 @@ fn backups(repo: &Repository) -> Result<Vec<Snapshot>> {
 
 fn print_backups(list: &[Snapshot]) {
     if list.is_empty() {
-        println!("no backups");
+        outln!("no backups");
         return;
     }
-    println!(
+    outln!(
         "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}",
-        "backup", "finished (UTC)", "tli", "stop LSN", "size", "new"
+        "backup",
+        "finished (UTC)",
+        "tli",
+        "stop LSN",
+        "size",
+        "new"
     );
     for s in list {
-        println!(
+        outln!(
             "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}",
             s.id,
             s.stop_time.format("%Y-%m-%d %H:%M:%S"),
@@ -189,7 +194,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         });
         return Ok(());
     }
-    println!(
+    outln!(
         "repository {} (format {}, {} KiB chunks, zstd {})\n",
         repo.backend().location(),
         repo.config.version,
@@ -197,10 +202,10 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         repo.config.compression_level
     );
     print_backups(&list);
-    println!();
+    outln!();
     for w in &wal {
         let t = &w.timeline;
-        println!(
+        outln!(
             "WAL of system {} timeline {}: {} segments, {} – {}",
             w.system_identifier,
             t.timeline,
@@ -209,13 +214,13 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
             t.last.as_deref().unwrap_or("-")
         );
         for g in &t.gaps {
-            println!("  GAP: {} – {} missing", g.from, g.to);
+            outln!("  GAP: {} – {} missing", g.from, g.to);
         }
     }
     for r in &ranges {
         let fmt =
             |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "system {}: restorable from {} to {} (last archived commit)",
             r.system_identifier,
             fmt(r.earliest_time),

@@ -157,7 +157,7 @@ pub fn run(
             snap.id
         );
     }
-    println!(
+    outln!(
         "restored {} files ({}) in {:.1}s. Start it with PostgreSQL {}'s server: pg_ctl -D {} start",
         done.files,
         human(done.bytes),
@@ -165,7 +165,7 @@ pub fn run(
         snap.pg_major,
         a.to.display()
     );
-    println!("{}", describe_archiving(&done.archiving));
+    outln!("{}", describe_archiving(&done.archiving));
     Ok(())
 }
 
