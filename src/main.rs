@@ -20,7 +20,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| default.into()),
         )
         .init();
-    match pgsnapfs::cli::run(cli) {
+    let result = pgsnapfs::cli::run(cli);
+    // A reader that closed the pipe early is not a failure (src/cli/out.rs); a full disk is.
+    if let Some(e) = pgsnapfs::cli::out::failure() {
+        eprintln!("pgsnapfs: error: cannot write the output: {e}");
+        return ExitCode::FAILURE;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Each error's message already names its cause, so one line says it all.

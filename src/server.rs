@@ -9,11 +9,17 @@
 
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
+use crate::pg::pgpass;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
 /// Connection options, as libpq takes them: `--dbname` may be a conninfo string or a URI;
-/// the other flags and then PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD fill the gaps.
+/// the other flags and then PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD fill the gaps,
+/// and the password file (PGPASSFILE, else ~/.pgpass) gives a password none of them did.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnOpts {
     /// Connection string or URI (as `psql -d`).
@@ -30,8 +36,19 @@ pub struct ConnOpts {
     pub username: Option<String>,
 }
 
+/// Where the password came from, for the error when the server refuses it or asks for one.
+#[derive(Debug, Clone)]
+enum Password {
+    /// The conninfo string or PGPASSWORD.
+    Given,
+    /// A password file's line.
+    File(PathBuf),
+    /// Nowhere: the password file's path and why it gave none (None: no home directory).
+    Missing(Option<(PathBuf, pgpass::Miss)>),
+}
+
 impl ConnOpts {
-    fn config(&self) -> Result<Config> {
+    fn config(&self) -> Result<(Config, Password)> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut cfg = match &self.dbname {
             Some(s) if s.contains('=') || s.contains("://") => Config::from_str(s)
@@ -48,7 +65,7 @@ impl ConnOpts {
                 .host
                 .clone()
                 .or_else(|| env("PGHOST"))
-                .unwrap_or_else(|| "/var/run/postgresql".into());
+                .unwrap_or_else(|| pgpass::DEFAULT_SOCKET_DIR.into());
             for h in host.split(',') {
                 cfg.host(h);
             }
@@ -79,8 +96,77 @@ impl ConnOpts {
                 cfg.password(pw);
             }
         }
+        let password = if cfg.get_password().is_some() {
+            Password::Given
+        } else {
+            match env("PGPASSFILE")
+                .map(PathBuf::from)
+                .or_else(|| home_dir().map(|h| h.join(".pgpass")))
+            {
+                Some(file) => match password_from_file(&cfg, &file) {
+                    Ok(pw) => {
+                        cfg.password(pw);
+                        Password::File(file)
+                    }
+                    Err(miss) => Password::Missing(Some((file, miss))),
+                },
+                None => Password::Missing(None),
+            }
+        };
         cfg.application_name("pgsnapfs");
-        Ok(cfg)
+        Ok((cfg, password))
+    }
+}
+
+/// The password file's entry for the first host that has one. tokio-postgres takes one
+/// password for all hosts, where libpq keeps one per host: with several hosts whose entries
+/// differ, the first host's is used for all of them.
+fn password_from_file(cfg: &Config, file: &Path) -> std::result::Result<String, pgpass::Miss> {
+    let hosts: Vec<String> = match cfg.get_hosts() {
+        [] => cfg.get_hostaddrs().iter().map(|a| a.to_string()).collect(),
+        hosts => hosts
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(dir) => dir.to_string_lossy().into_owned(),
+            })
+            .collect(),
+    };
+    let ports = cfg.get_ports();
+    let mut miss = pgpass::Miss::NoMatch;
+    for (i, host) in hosts.iter().enumerate() {
+        let key = pgpass::Key {
+            host,
+            // One port serves every host when only one is given (as libpq and tokio-postgres).
+            port: ports.get(i).or(ports.first()).copied().unwrap_or(5432),
+            dbname: cfg.get_dbname().unwrap_or_default(),
+            user: cfg.get_user().unwrap_or_default(),
+        };
+        match pgpass::read(file, key) {
+            Ok(pw) => return Ok(pw),
+            // An absent or ignored file is the same for every host (and warned about once).
+            Err(
+                m @ (pgpass::Miss::Absent | pgpass::Miss::NotAFile | pgpass::Miss::Insecure { .. }),
+            ) => return Err(m),
+            Err(m) => miss = m,
+        }
+    }
+    Err(miss)
+}
+
+/// $HOME, else the user's home from the password database (libpq's order).
+fn home_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Some(home.into());
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; read immediately.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
     }
 }
 
@@ -147,23 +233,16 @@ fn pg(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
 
 impl Server {
     pub fn connect(opts: &ConnOpts) -> Result<Server> {
-        let cfg = opts.config()?;
-        let target = format!(
-            "{:?} port {:?} as {}",
-            cfg.get_hosts(),
-            cfg.get_ports(),
-            cfg.get_user().unwrap_or("?")
-        );
+        let (cfg, password) = opts.config()?;
+        let user = cfg.get_user().unwrap_or("?").to_string();
+        let target = format!("{:?} port {:?} as {user}", cfg.get_hosts(), cfg.get_ports(),);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(crate::error::io("start async runtime"))?;
-        let (client, conn) = rt.block_on(cfg.connect(NoTls)).map_err(|source| {
-            Error::Failed(format!(
-                "cannot connect to PostgreSQL at {target}: {source}; is the server running? \
-                 (set --dbname, -h/-p/-U or PGHOST/PGPORT/PGUSER)"
-            ))
-        })?;
+        let (client, conn) = rt
+            .block_on(cfg.connect(NoTls))
+            .map_err(|source| connect_error(&source, &target, &user, &password))?;
         rt.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::warn!("PostgreSQL connection ended: {e}");
@@ -290,6 +369,60 @@ impl Server {
         );
         self.query_bool(&sql)
     }
+}
+
+/// Says why a connection failed and what to do: a refused or missing password is not a
+/// server that is down.
+fn connect_error(
+    source: &tokio_postgres::Error,
+    target: &str,
+    user: &str,
+    password: &Password,
+) -> Error {
+    let db = source.as_db_error();
+    if db.is_some_and(|d| *d.code() == SqlState::INVALID_PASSWORD) {
+        let from = match password {
+            Password::File(file) => format!(" (the password came from {})", file.display()),
+            _ => String::new(),
+        };
+        return Error::Failed(format!(
+            "cannot connect to PostgreSQL at {target}: password authentication failed for user \
+             {user}{from}: give it with PGPASSWORD or ~/.pgpass (PGPASSFILE)"
+        ));
+    }
+    // tokio-postgres reports the server's password request without a password as an
+    // "invalid configuration" whose cause says "password missing".
+    let asked = db.is_none()
+        && std::error::Error::source(source).is_some_and(|c| c.to_string() == "password missing");
+    if asked {
+        let looked = match password {
+            Password::Missing(Some((file, miss))) => {
+                format!("--dbname, PGPASSWORD and {} ({miss})", file.display())
+            }
+            _ => "--dbname and PGPASSWORD (no home directory for ~/.pgpass)".to_string(),
+        };
+        return Error::Failed(format!(
+            "cannot connect to PostgreSQL at {target}: the server asks for a password for user \
+             {user} and none was found: pgsnapfs looked in {looked}; give it with PGPASSWORD or \
+             ~/.pgpass (PGPASSFILE)"
+        ));
+    }
+    let message = match (db, std::error::Error::source(source)) {
+        // The server answered: its own words say what is wrong (no pg_hba.conf entry, ...).
+        (Some(d), _) => {
+            return Error::Failed(format!(
+                "cannot connect to PostgreSQL at {target}: {}: {}",
+                d.severity(),
+                d.message()
+            ))
+        }
+        (None, Some(cause)) => format!("{source}: {cause}"),
+        (None, None) => source.to_string(),
+    };
+    Error::Failed(format!(
+        "cannot connect to PostgreSQL at {target}: {message}; is the server running? \
+         (set --dbname, -h/-p/-U or PGHOST/PGPORT/PGUSER)"
+    ))
 }
 
 fn parse_lsn(s: &str) -> Result<Lsn> {

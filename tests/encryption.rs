@@ -323,12 +323,7 @@ fn backup_works_as_a_non_superuser_role() {
     let c = archiving(&repo);
     fill(&c, 1, 300);
     let want = c.psql(ROWS);
-    c.psql(
-        "CREATE ROLE pgsnapfs_backup LOGIN;
-         GRANT pg_read_all_settings TO pgsnapfs_backup;
-         GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO pgsnapfs_backup;
-         GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO pgsnapfs_backup;",
-    );
+    c.create_backup_role(None);
     assert_eq!(
         c.psql("SELECT rolsuper FROM pg_roles WHERE rolname = 'pgsnapfs_backup'"),
         "f"

@@ -60,7 +60,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     if a.json {
         print_json(&super::info::BackupRow::from(&snap));
     } else {
-        println!(
+        outln!(
             "backup {} done: {} in {} files, {} newly stored, WAL {} – {} on timeline {}",
             snap.id,
             human(snap.size_logical),

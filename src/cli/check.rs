@@ -72,7 +72,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     if a.json {
         print_json(&report);
     } else {
-        print!("{}", render(&report));
+        out!("{}", render(&report));
     }
     if report.ok {
         Ok(())

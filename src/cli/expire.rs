@@ -78,7 +78,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     let verb = if a.dry_run { "would remove" } else { "removed" };
     for v in &report.backups {
         let why: Vec<String> = v.reasons.iter().map(ToString::to_string).collect();
-        println!(
+        outln!(
             "{:<12} {:<20} ended {}  system {}{}",
             if v.keep { "keep" } else { verb },
             v.id,
@@ -93,22 +93,23 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         );
     }
     for id in &report.unreadable {
-        println!(
+        outln!(
             "{:<12} {id:<20} unreadable: left alone, and no WAL was removed",
             "keep"
         );
     }
     for w in &report.wal {
-        println!(
+        outln!(
             "WAL of system {}: {verb} {} files",
-            w.system_identifier, w.files_removed
+            w.system_identifier,
+            w.files_removed
         );
         for t in &w.timelines {
-            print!("{}", render_timeline_cut(t, verb));
+            out!("{}", render_timeline_cut(t, verb));
         }
     }
     if !a.dry_run && report.backups.iter().any(|v| !v.keep) {
-        println!("run `pgsnapfs gc` to free the space of the removed backups");
+        outln!("run `pgsnapfs gc` to free the space of the removed backups");
     }
     Ok(())
 }
@@ -137,14 +138,15 @@ pub fn keep(repo: &Repository, a: KeepArgs) -> Result<()> {
     let _lease = Lease::exclusive(repo, "backup-keep")?;
     expire::mark(repo, &a.backup, !a.off)?;
     if a.off {
-        println!(
+        outln!(
             "backup {} is no longer marked; policies apply to it again",
             a.backup
         );
     } else {
-        println!(
+        outln!(
             "backup {} is marked: expire keeps it until `pgsnapfs backup-keep --off {}`",
-            a.backup, a.backup
+            a.backup,
+            a.backup
         );
     }
     Ok(())

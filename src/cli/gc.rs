@@ -46,13 +46,13 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         true => ("would ", "delete"),
         false => ("", "deleted"),
     };
-    println!(
+    outln!(
         "{} packs ({}) before gc",
         r.packs_before,
         human(r.bytes_before)
     );
     if r.repacked_packs > 0 {
-        println!(
+        outln!(
             "{would}repack {} packs ({}): live blobs {}copied ({}{}), {} backups rewritten",
             r.repacked_packs,
             human(r.repacked_bytes),
@@ -62,13 +62,13 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             r.rewritten_backups.len()
         );
     }
-    println!(
+    outln!(
         "{would}{deleted} {} packs, freeing {}",
         r.deleted_packs,
         human(r.freed_bytes)
     );
     if r.condemned_packs > 0 {
-        println!(
+        outln!(
             "{} packs ({}) are unused but may still be read by running commands ({}); \
              the next gc after they finish deletes them",
             r.condemned_packs,

@@ -77,15 +77,20 @@ fn backups(repo: &Repository) -> Result<Vec<Snapshot>> {
 
 fn print_backups(list: &[Snapshot]) {
     if list.is_empty() {
-        println!("no backups");
+        outln!("no backups");
         return;
     }
-    println!(
+    outln!(
         "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}",
-        "backup", "finished (UTC)", "tli", "stop LSN", "size", "new"
+        "backup",
+        "finished (UTC)",
+        "tli",
+        "stop LSN",
+        "size",
+        "new"
     );
     for s in list {
-        println!(
+        outln!(
             "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}",
             s.id,
             s.stop_time.format("%Y-%m-%d %H:%M:%S"),
@@ -205,7 +210,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         });
         return Ok(());
     }
-    println!(
+    outln!(
         "repository {} (format {}, {} KiB chunks, zstd {})\n",
         repo.backend().location(),
         repo.config.version,
@@ -213,14 +218,14 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         repo.config.compression_level
     );
     print_backups(&list);
-    println!();
+    outln!();
     for (sys, survey) in &surveys {
-        print!("{}", render_timelines(sys, survey));
+        out!("{}", render_timelines(sys, survey));
     }
     for r in &ranges {
         let fmt =
             |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "system {}: restorable from {} to {} (last archived commit of the newest timeline)",
             r.system_identifier,
             fmt(r.earliest_time),

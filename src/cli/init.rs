@@ -63,7 +63,7 @@ pub fn run(spec: &str, a: Args, pass: &super::key::PassphraseArgs) -> Result<()>
         Some(p) => Repository::init_encrypted(backend, chunk_size, a.compression_level, p)?,
         None => Repository::init(backend, chunk_size, a.compression_level)?,
     };
-    println!(
+    outln!(
         "created {}repository {spec} (format {}, {} KiB chunks, zstd level {}){owned_by}",
         if passphrase.is_some() {
             "encrypted "

@@ -169,7 +169,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
                 ))
             })?;
             let slot = repo.add_key(&new)?;
-            println!("added key slot {}", slot.id);
+            outln!("added key slot {}", slot.id);
         }
         KeyCommand::List { json } => {
             let slots = repo.key_slots()?;
@@ -198,7 +198,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
                     } else {
                         ""
                     };
-                    println!(
+                    outln!(
                         "{}  created {}  {} {} MiB × {}{current}",
                         s.id,
                         s.created.to_rfc3339(),
@@ -211,7 +211,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         }
         KeyCommand::Remove { slot } => {
             repo.remove_key(&slot)?;
-            println!("removed key slot {slot}");
+            outln!("removed key slot {slot}");
         }
     }
     Ok(())

@@ -34,7 +34,7 @@ struct LockRow {
 pub fn run(repo: &Repository, a: Args) -> Result<()> {
     if let Some(id) = &a.remove {
         lock::remove(repo, id, a.force)?;
-        println!("removed lease {id}");
+        outln!("removed lease {id}");
         return Ok(());
     }
     let rows: Vec<LockRow> = lock::list(repo)?
@@ -51,11 +51,11 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no leases: nothing is using the repository");
+        outln!("no leases: nothing is using the repository");
     }
     for row in &rows {
         match &row.record {
-            Some(r) => println!(
+            Some(r) => outln!(
                 "{}{} refreshed {}{}",
                 r.describe(),
                 if row.stale { " STALE" } else { "" },
@@ -67,7 +67,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
                     format!(", using {}", r.pins.join(", "))
                 }
             ),
-            None => println!(
+            None => outln!(
                 "lease {} unreadable, counts as held: {}",
                 row.unreadable.as_deref().unwrap_or_default(),
                 row.error.as_deref().unwrap_or_default()

@@ -1,6 +1,19 @@
 //! The command line: clap definitions and output. Commands hold no logic of their own; they
 //! parse, call the library and print, human-readable by default and JSON with `--json`.
 
+/// `println!` for command output: see [`out`] for what a closed pipe does.
+macro_rules! outln {
+    () => { $crate::cli::out::write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::out::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` for command output.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::out::write(format_args!($($arg)*)) };
+}
+
+pub mod out;
+
 mod backup;
 mod check;
 mod expire;
@@ -320,7 +333,7 @@ pub fn human(bytes: u64) -> String {
 const JSON_HELP: &str = "Print the result as JSON on stdout, for scripts and monitoring.";
 
 fn print_json(value: &impl serde::Serialize) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("serializes")
     );

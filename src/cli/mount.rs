@@ -251,7 +251,7 @@ pub fn run(
             a.mountpoint.display()
         ))
     })?;
-    println!("{READY} at {}", handle.mountpoint().display());
+    outln!("{READY} at {}", handle.mountpoint().display());
     let _ = std::io::stdout().flush();
     if std::env::var_os(DETACHED).is_some() {
         detach_output(a.scratch.as_deref())?;
@@ -306,7 +306,7 @@ fn background() -> Result<()> {
     for line in BufReader::new(stdout).lines() {
         let line = line.map_err(io("read from the mount process"))?;
         if line.starts_with(READY) {
-            println!("{line} (process {})", child.id());
+            outln!("{line} (process {})", child.id());
             return Ok(());
         }
     }
@@ -361,7 +361,7 @@ pub fn umount(a: UmountArgs) -> Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
-        println!("unmounted {}", path.display());
+        outln!("unmounted {}", path.display());
     };
     // SAFETY: a valid C string.
     if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {

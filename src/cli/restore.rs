@@ -173,14 +173,14 @@ pub fn run(
             major = snap.pg_major
         )
     };
-    println!(
+    outln!(
         "restored {} files ({}) in {:.1}s. Start it with PostgreSQL {}'s server: {start}",
         done.files,
         human(done.bytes),
         started.elapsed().as_secs_f64(),
         snap.pg_major,
     );
-    println!("{}", describe_archiving(&done.archiving));
+    outln!("{}", describe_archiving(&done.archiving));
     Ok(())
 }
 

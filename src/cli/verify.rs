@@ -85,7 +85,7 @@ pub fn run(
         print_json(&report);
     } else {
         let p = &report.phases;
-        println!(
+        outln!(
             "backup {}: {} ({} databases, {} tables read, {} indexes checked{}, {} assertions)",
             report.backup,
             if report.ok { "OK" } else { "FAILED" },
@@ -99,12 +99,15 @@ pub fn run(
             },
             report.assertions
         );
-        println!(
+        outln!(
             "phases: mount {:.2}s, start {:.2}s, recovery {:.2}s, checks {:.2}s",
-            p.mount_s, p.start_s, p.recovery_s, p.checks_s
+            p.mount_s,
+            p.start_s,
+            p.recovery_s,
+            p.checks_s
         );
         if let (Some(r), Some(c)) = (&report.requests, &report.disk_cache) {
-            println!(
+            outln!(
                 "S3: {} requests; disk cache: {} chunks served locally, {} fetched",
                 r.total(),
                 c.hits,
@@ -112,7 +115,7 @@ pub fn run(
             );
         }
         for problem in &report.problems {
-            println!("problem: {problem}");
+            outln!("problem: {problem}");
         }
     }
     if report.ok {

@@ -448,6 +448,20 @@ impl Cluster {
         )
     }
 
+    /// Creates the non-superuser `pgsnapfs_backup` role of docs/operations.md ("A backup
+    /// role"), with a password when one is given.
+    pub fn create_backup_role(&self, password: Option<&str>) {
+        let password = password
+            .map(|p| format!(" PASSWORD '{}'", p.replace('\'', "''")))
+            .unwrap_or_default();
+        self.psql(&format!(
+            "CREATE ROLE pgsnapfs_backup LOGIN{password};
+             GRANT pg_read_all_settings TO pgsnapfs_backup;
+             GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO pgsnapfs_backup;
+             GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO pgsnapfs_backup;"
+        ));
+    }
+
     /// The `backup` arguments for this cluster: `--pgdata DIR -h SOCKDIR -p PORT -U postgres`.
     pub fn backup_args(&self) -> Vec<String> {
         vec![
