@@ -244,7 +244,9 @@ fn failed_multipart_upload_is_aborted() {
     });
     let big = pattern(40 << 20, 4);
     let err = b.put("packs/cd/doomed", &big).unwrap_err();
-    assert!(matches!(err, BackendError::Io { .. }), "{err}");
+    // A store that keeps answering 503 is unavailable: a transient failure, worth a retry later.
+    assert!(matches!(err, BackendError::Unavailable { .. }), "{err}");
+    assert!(err.is_transient(), "{err}");
     let msg = err.to_string();
     eprintln!("failed multipart upload: {msg}");
     assert!(
