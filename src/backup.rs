@@ -13,7 +13,7 @@ use crate::pg::summary::{self, Changes, Summary};
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::server::{ConnOpts, Server};
-use crate::store::ingest::{Ingest, IngestError, Visit};
+use crate::store::ingest::{Ingest, IngestError, KnownChanges, Visit};
 use crate::store::snapshot::{self, ReadMode, ReadRecord, Snapshot, Tablespace};
 use crate::store::{keys, BackendError, Repository, StoreError};
 use chrono::Utc;
@@ -132,21 +132,25 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     let tablespaces = tablespaces_of(&pgdata)?;
     let mut ingest = Ingest::new(repo, opts.threads, opts.progress);
     let changes = match (&parent, opts.full_read) {
-        (_, true) => Err("--full-read was given".to_string()),
-        (None, _) => Err("there is no earlier backup of this cluster".to_string()),
+        (_, true) => Err(FullRead::Asked),
+        (None, _) => Err(FullRead::NoParent),
         (Some(p), _) => changes_since(&server, p, major, start_lsn, repo.config.chunk_size),
     };
     let full_read_reason = match changes {
         Ok(changes) => {
             tracing::info!("reading only what WAL summaries show changed");
             ingest.set_known_changes(Box::new(move |rel| {
-                changes.for_file(&layout::relation_path(rel)?)
+                let file = changes.for_file(&layout::relation_path(rel)?)?;
+                Some(KnownChanges {
+                    changed: file.changed,
+                    read_from: file.read_from,
+                })
             }));
             None
         }
         Err(why) => {
             tracing::info!("reading every file: {why}");
-            Some(why)
+            Some(why.to_string())
         }
     };
     let filter = pg_filter(pgdata.clone());
@@ -290,6 +294,52 @@ fn warn_recovery_targets(server: &Server) -> Result<()> {
     Ok(())
 }
 
+/// Why a backup reads every file instead of only what the WAL summaries show changed; its
+/// text is the manifest's `full_read_reason`.
+#[derive(Debug, thiserror::Error)]
+enum FullRead {
+    #[error("--full-read was given")]
+    Asked,
+    #[error("there is no earlier backup of this cluster")]
+    NoParent,
+    #[error("PostgreSQL {major} has no WAL summaries (17 and later do)")]
+    NoSummaries { major: u32 },
+    #[error("the previous backup is of PostgreSQL {major}")]
+    ParentMajor { major: u32 },
+    #[error("summarize_wal is off (turn it on for faster incremental backups)")]
+    SummarizeWalOff,
+    #[error("the previous backup {parent} is on timeline {parent_tli}, this one on {tli}")]
+    ParentTimeline {
+        parent: String,
+        parent_tli: u32,
+        tli: u64,
+    },
+    #[error("the previous backup {0} starts after this one")]
+    ParentStartsLater(String),
+    #[error(
+        "the repository's {chunk_size}-byte chunks do not tile {segment_blocks}-block segment files"
+    )]
+    ChunksDoNotTile { chunk_size: u32, segment_blocks: u64 },
+    #[error("the WAL summarizer has reached only {reached} after {waited} s, not {start}")]
+    SummarizerBehind {
+        reached: String,
+        waited: u64,
+        start: Lsn,
+    },
+    #[error(transparent)]
+    Coverage(#[from] summary::CoverageError),
+    #[error("{0}")]
+    Query(Box<Error>),
+    #[error("no row from {0:?}")]
+    NoRow(String),
+    #[error("the server returned {0:?}, not a number")]
+    NotANumber(String),
+    #[error("the server returned a bad LSN {0:?}")]
+    BadLsn(String),
+    #[error("bad fork number {0:?}")]
+    BadFork(String),
+}
+
 /// Which chunks of relation files may have changed since `parent` started, from the server's
 /// WAL summaries (17+); Err says why they cannot tell, and the backup then reads everything.
 ///
@@ -303,56 +353,54 @@ fn changes_since(
     major: u32,
     start: Lsn,
     chunk_size: u32,
-) -> std::result::Result<Changes, String> {
+) -> std::result::Result<Changes, FullRead> {
     if major < 17 {
-        return Err(format!(
-            "PostgreSQL {major} has no WAL summaries (17 and later do)"
-        ));
+        return Err(FullRead::NoSummaries { major });
     }
     if parent.pg_major != major {
-        return Err(format!(
-            "the previous backup is of PostgreSQL {}",
-            parent.pg_major
-        ));
+        return Err(FullRead::ParentMajor {
+            major: parent.pg_major,
+        });
     }
-    let query = |sql: &str| server.query_rows(sql).map_err(|e| e.to_string());
-    let one = |sql: &str| -> std::result::Result<Vec<String>, String> {
+    let query = |sql: &str| {
+        server
+            .query_rows(sql)
+            .map_err(|e| FullRead::Query(Box::new(e)))
+    };
+    let one = |sql: &str| -> std::result::Result<Vec<String>, FullRead> {
         query(sql)?
             .pop()
-            .ok_or_else(|| format!("no row from {sql:?}"))
+            .ok_or_else(|| FullRead::NoRow(sql.to_string()))
     };
-    let num = |v: &str| -> std::result::Result<u64, String> {
-        v.parse()
-            .map_err(|_| format!("the server returned {v:?}, not a number"))
+    let num = |v: &str| -> std::result::Result<u64, FullRead> {
+        v.parse().map_err(|_| FullRead::NotANumber(v.to_string()))
     };
-    let lsn =
-        |v: &str| Lsn::from_str(v).map_err(|_| format!("the server returned a bad LSN {v:?}"));
+    let lsn = |v: &str| Lsn::from_str(v).map_err(|_| FullRead::BadLsn(v.to_string()));
     let settings = one(
         "SELECT current_setting('summarize_wal'), current_setting('block_size'), \
          (SELECT setting FROM pg_settings WHERE name = 'segment_size'), \
          (SELECT timeline_id FROM pg_control_checkpoint())",
     )?;
     if settings[0] != "on" {
-        return Err("summarize_wal is off (turn it on for faster incremental backups)".into());
+        return Err(FullRead::SummarizeWalOff);
     }
     let (block_size, segment_blocks, tli) =
         (num(&settings[1])?, num(&settings[2])?, num(&settings[3])?);
     if tli != u64::from(parent.timeline) {
-        return Err(format!(
-            "the previous backup {} is on timeline {}, this one on {tli}",
-            parent.id, parent.timeline
-        ));
+        return Err(FullRead::ParentTimeline {
+            parent: parent.id.clone(),
+            parent_tli: parent.timeline,
+            tli,
+        });
     }
     if start < parent.start_lsn {
-        return Err(format!(
-            "the previous backup {} starts after this one",
-            parent.id
-        ));
+        return Err(FullRead::ParentStartsLater(parent.id.clone()));
     }
     let Some(mut changes) = Changes::new(u64::from(chunk_size) / block_size, segment_blocks) else {
-        return Err(format!(
-            "the repository's {chunk_size}-byte chunks do not tile {segment_blocks}-block segment files"
-        ));
+        return Err(FullRead::ChunksDoNotTile {
+            chunk_size,
+            segment_blocks,
+        });
     };
     // The summarizer writes a summary up to this backup's start checkpoint soon after it.
     let waited = Instant::now();
@@ -363,11 +411,11 @@ fn changes_since(
             break;
         }
         if waited.elapsed() > SUMMARIZER_WAIT {
-            return Err(format!(
-                "the WAL summarizer has reached only {} after {} s, not {start}",
-                state[1],
-                SUMMARIZER_WAIT.as_secs()
-            ));
+            return Err(FullRead::SummarizerBehind {
+                reached: state[1].clone(),
+                waited: SUMMARIZER_WAIT.as_secs(),
+                start,
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -380,7 +428,7 @@ fn changes_since(
                 end: lsn(&r[2])?,
             })
         })
-        .collect::<std::result::Result<Vec<_>, String>>()?;
+        .collect::<std::result::Result<Vec<_>, FullRead>>()?;
     // Exactly the summaries checked: one removed since makes the query fail, not miss it.
     let covering = summary::covering(&summaries, tli as u32, parent.start_lsn, start)?
         .iter()
@@ -405,7 +453,7 @@ fn changes_since(
         let oid = |i: usize| num(&r[i]).map(|v| v as u32);
         let fork: i16 = r[4]
             .parse()
-            .map_err(|_| format!("bad fork number {:?}", r[4]))?;
+            .map_err(|_| FullRead::BadFork(r[4].clone()))?;
         let (spc, db, node, n) = (oid(1)?, oid(2)?, oid(3)?, num(&r[5])?);
         if r[0] == "t" {
             changes.add_limit(spc, db, node, fork, n);

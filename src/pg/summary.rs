@@ -9,7 +9,6 @@
 
 use super::layout::{Fork, RelationPath};
 use super::lsn::Lsn;
-use crate::store::ingest::KnownChanges;
 use std::collections::{HashMap, HashSet};
 
 /// One summary file: the blocks that WAL on `tli` modified in [start, end).
@@ -20,13 +19,30 @@ pub struct Summary {
     pub end: Lsn,
 }
 
+/// Why the summaries cannot tell what changed in a range of WAL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoverageError {
+    #[error("no WAL summary covers {from} to {to} on timeline {tli}")]
+    Gap { tli: u32, from: Lsn, to: Lsn },
+    #[error("WAL on timeline {tli} is summarized up to {reached}, not up to {to}")]
+    Short { tli: u32, reached: Lsn, to: Lsn },
+}
+
+/// Which chunks of one relation segment file may have changed: those listed (sorted,
+/// numbered from the file's start) and every chunk from `read_from` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChanges {
+    pub changed: Vec<u64>,
+    pub read_from: u64,
+}
+
 /// The summaries on `tli` that cover [from, to) without a gap; if there are none, why not.
 pub fn covering(
     summaries: &[Summary],
     tli: u32,
     from: Lsn,
     to: Lsn,
-) -> Result<Vec<Summary>, String> {
+) -> Result<Vec<Summary>, CoverageError> {
     let mut on: Vec<Summary> = summaries
         .iter()
         .filter(|s| s.tli == tli && s.end > from && s.start < to)
@@ -36,17 +52,16 @@ pub fn covering(
     let mut reached = from;
     for s in &on {
         if s.start > reached {
-            return Err(format!(
-                "no WAL summary covers {reached} to {} on timeline {tli}",
-                s.start
-            ));
+            return Err(CoverageError::Gap {
+                tli,
+                from: reached,
+                to: s.start,
+            });
         }
         reached = reached.max(s.end);
     }
     if reached < to {
-        return Err(format!(
-            "WAL on timeline {tli} is summarized up to {reached}, not up to {to}"
-        ));
+        return Err(CoverageError::Short { tli, reached, to });
     }
     Ok(on)
 }
@@ -146,7 +161,7 @@ impl Changes {
     }
 
     /// What to read of one relation segment file; None to read all of it.
-    pub fn for_file(&self, path: &RelationPath) -> Option<KnownChanges> {
+    pub fn for_file(&self, path: &RelationPath) -> Option<FileChanges> {
         if path.fork != Fork::Main || self.whole.contains(&(path.tablespace, path.database)) {
             return None;
         }
@@ -157,7 +172,7 @@ impl Changes {
             database: path.database,
             relfilenode: path.relfilenode,
         }) else {
-            return Some(KnownChanges {
+            return Some(FileChanges {
                 changed: Vec::new(),
                 read_from: u64::MAX,
             });
@@ -170,7 +185,7 @@ impl Changes {
         };
         let start = fork.chunks.partition_point(|&c| c < first);
         let end = fork.chunks.partition_point(|&c| c < first + per_segment);
-        Some(KnownChanges {
+        Some(FileChanges {
             changed: fork.chunks[start..end].iter().map(|c| c - first).collect(),
             read_from,
         })
@@ -205,10 +220,18 @@ mod tests {
         assert!(covering(&s, 2, lsn(15), lsn(40)).is_err(), "other timeline");
         let gap = [summary(10, 20), summary(25, 50)];
         let err = covering(&gap, 1, lsn(15), lsn(40)).unwrap_err();
-        assert!(err.contains("no WAL summary covers"), "{err}");
+        assert_eq!(
+            err,
+            CoverageError::Gap {
+                tli: 1,
+                from: lsn(20),
+                to: lsn(25)
+            }
+        );
+        assert!(err.to_string().contains("no WAL summary covers"), "{err}");
     }
 
-    fn file(changes: &Changes, path: &str) -> Option<KnownChanges> {
+    fn file(changes: &Changes, path: &str) -> Option<FileChanges> {
         changes.for_file(&relation_path(path).expect("a relation path"))
     }
 
@@ -222,7 +245,7 @@ mod tests {
         c.finish();
         assert_eq!(
             file(&c, "base/5/100"),
-            Some(KnownChanges {
+            Some(FileChanges {
                 changed: vec![1],
                 read_from: u64::MAX
             })
