@@ -5,12 +5,13 @@
 //! point-in-time targets can be checked without reading WAL. `wal-push` reads no index and
 //! lists nothing on its usual path: a registry lookup, two writes.
 
+use crate::catalog::keys;
 use crate::error::{io, Error, Result};
 use crate::pg::history::{parse_history, TimelineTree};
 use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_SIZE};
 use crate::pg::walscan::{scan_segment, SegmentSummary};
 use crate::pg::{control::ControlData, lsn::Lsn};
-use crate::store::{keys, BackendError, Repository, StoreError};
+use crate::store::{BackendError, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};

@@ -5,6 +5,9 @@
 //! The snapshot manifest is written last, after every pack and the WAL the backup needs.
 
 use crate::archive::{self, System};
+use crate::catalog::{
+    keys, BackupMeta, Backups, ReadMode, ReadRecord, Snapshot, SystemId, Tablespace,
+};
 use crate::error::{io, Error, Result};
 use crate::lock::Lease;
 use crate::pg::label::BackupLabel;
@@ -13,9 +16,9 @@ use crate::pg::summary::{self, Changes, Summary};
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::server::{ConnOpts, Server};
-use crate::store::ingest::{Ingest, IngestError, KnownChanges, Visit};
-use crate::store::snapshot::{self, ReadMode, ReadRecord, Snapshot, Tablespace};
-use crate::store::{keys, BackendError, Repository, StoreError};
+use crate::store::ingest::{Ingest, IngestError, KnownChanges, Vanished, Visit};
+use crate::store::snapshot;
+use crate::store::{BackendError, Repository, StoreError};
 use chrono::Utc;
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -131,6 +134,8 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
 
     let tablespaces = tablespaces_of(&pgdata)?;
     let mut ingest = Ingest::new(repo, opts.threads, opts.progress);
+    // A file dropped while the backup reads: WAL replay from the start LSN accounts for it.
+    ingest.set_vanished(Vanished::Skip);
     let changes = match (&parent, opts.full_read) {
         (_, true) => Err(FullRead::Asked),
         (None, _) => Err(FullRead::NoParent),
@@ -193,19 +198,22 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     let mut snap = Snapshot {
         format: snapshot::FORMAT,
         id,
-        system_identifier: sysid.to_string(),
-        pg_major: major,
-        pg_version: info.version.clone(),
-        timeline: parsed.start_tli,
-        start_lsn,
-        stop_lsn: stop.lsn,
+        meta: BackupMeta {
+            system_identifier: SystemId(sysid),
+            pg_major: major,
+            pg_version: info.version.clone(),
+            timeline: parsed.start_tli,
+            start_lsn,
+            stop_lsn: stop.lsn,
+            wal_segment_size: info.wal_segment_size,
+            backup_label: stop.label_file,
+            tablespace_map: stop.tablespace_map,
+            tablespaces,
+            read: Some(read),
+        },
         start_time,
         stop_time,
-        wal_segment_size: info.wal_segment_size,
         label,
-        backup_label: stop.label_file,
-        tablespace_map: stop.tablespace_map,
-        tablespaces,
         size_logical: stats.bytes,
         size_stored_new: stored,
         files: stats.files,
@@ -214,8 +222,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
         root: root_ref,
         root_mode: root_meta.permissions().mode() & 0o7777,
         root_mtime: root_meta.mtime(),
-        requests: repo.backend().stats(),
-        read: Some(read),
+        requests: repo.backend().stats().map(Into::into),
     };
     loop {
         lease.ensure_held()?;
@@ -319,7 +326,10 @@ enum FullRead {
     #[error(
         "the repository's {chunk_size}-byte chunks do not tile {segment_blocks}-block segment files"
     )]
-    ChunksDoNotTile { chunk_size: u32, segment_blocks: u64 },
+    ChunksDoNotTile {
+        chunk_size: u32,
+        segment_blocks: u64,
+    },
     #[error("the WAL summarizer has reached only {reached} after {waited} s, not {start}")]
     SummarizerBehind {
         reached: String,
@@ -451,9 +461,7 @@ fn changes_since(
     ))?;
     for r in rows {
         let oid = |i: usize| num(&r[i]).map(|v| v as u32);
-        let fork: i16 = r[4]
-            .parse()
-            .map_err(|_| FullRead::BadFork(r[4].clone()))?;
+        let fork: i16 = r[4].parse().map_err(|_| FullRead::BadFork(r[4].clone()))?;
         let (spc, db, node, n) = (oid(1)?, oid(2)?, oid(3)?, num(&r[5])?);
         if r[0] == "t" {
             changes.add_limit(spc, db, node, fork, n);

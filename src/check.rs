@@ -13,15 +13,15 @@
 //! machine (see `Record`).
 
 use crate::archive::{self, System};
+use crate::catalog::{keys, Backups, Snapshot};
 use crate::error::{io, Result};
 use crate::pg::history::TimelineTree;
 use crate::pg::wal::{segment_name, segment_of, WalFile};
 use crate::pg::walscan::SegmentSummary;
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BadEntry, Entry};
-use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Loc, NodeKind};
-use crate::store::{keys, Id, Repository, StoreError};
+use crate::store::{Id, Repository, StoreError};
 use crate::timelines::{self, BackupPoint, Survey};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -1145,7 +1145,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
     // Pass 2: packs, then WAL per cluster.
     tracing::info!("checking {} packs", c.pack_ids.len());
     c.check_packs()?;
-    let mut sysids: BTreeSet<u64> = snapshots.iter().map(Snapshot::sysid).collect();
+    let mut sysids: BTreeSet<u64> = snapshots.iter().map(|s| s.sysid()).collect();
     for key in repo.backend().list(keys::SYSTEMS)? {
         if let Ok(id) = key.trim_start_matches(keys::SYSTEMS).parse() {
             sysids.insert(id);

@@ -14,12 +14,13 @@
 //! backups pinned by a running mount, verify or restore, are kept.
 
 use crate::archive::{self, System};
+use crate::catalog::{keys, Backups};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
 use crate::pg::history::TimelineTree;
 use crate::pg::wal::{segment_name, segment_of, segment_start, WalFile};
 use crate::retention::{self, Candidate, Policy, Reason};
-use crate::store::{keys, Repository, StoreError};
+use crate::store::{Repository, StoreError};
 use crate::timelines::BackupPoint;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -249,7 +250,7 @@ pub fn run(
     let running = lock::list(repo)?
         .into_iter()
         .any(|f| !f.stale && !matches!(&f.record, Ok(r) if r.command != "backup"));
-    let mut kept_by_system: BTreeMap<u64, Vec<&crate::store::snapshot::Snapshot>> = BTreeMap::new();
+    let mut kept_by_system: BTreeMap<u64, Vec<&crate::catalog::Snapshot>> = BTreeMap::new();
     for s in backups.iter().filter(|s| !verdicts[&s.id].is_empty()) {
         kept_by_system.entry(s.sysid()).or_default().push(s);
     }
@@ -307,7 +308,7 @@ pub fn run(
             .iter()
             .map(|s| Verdict {
                 id: s.id.clone(),
-                system_identifier: s.system_identifier.clone(),
+                system_identifier: s.system_identifier.to_string(),
                 stop_time: s.stop_time,
                 keep: !verdicts[&s.id].is_empty(),
                 reasons: verdicts[&s.id].clone(),
@@ -358,10 +359,10 @@ fn cut_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::sample;
     use crate::pg::history::tests::path_tree as tree;
     use crate::pg::lsn::Lsn;
     use crate::store::backend::memory::MemoryBackend;
-    use crate::store::snapshot::{self, Snapshot};
     use crate::store::tree::{BlobRef, Loc};
     use crate::store::{Backend, Id};
     use std::sync::Arc;
@@ -383,13 +384,10 @@ mod tests {
             len: 1,
         };
         for (day, seg) in [(1, 2), (2, 5), (3, 8)] {
-            let base = snapshot::sample(&format!("b{seg}"), root);
-            repo.save_snapshot(&Snapshot {
-                start_lsn: Lsn(seg * SEG + 40),
-                stop_time: base.stop_time + chrono::Duration::days(day),
-                ..base
-            })
-            .unwrap();
+            let mut backup = sample(&format!("b{seg}"), root);
+            backup.start_lsn = Lsn(seg * SEG + 40);
+            backup.stop_time += chrono::Duration::days(day);
+            repo.save_snapshot(&backup).unwrap();
         }
         for segno in 1..10 {
             let name = WalFile::Segment { tli: 1, segno }.name(SEG);
@@ -567,15 +565,12 @@ mod tests {
             len: 1,
         };
         for (id, tli, seg, day) in [("one", 1, 2, 1), ("two", 2, 7, 2)] {
-            let base = snapshot::sample(id, root);
-            repo.save_snapshot(&Snapshot {
-                timeline: tli,
-                start_lsn: Lsn(seg * SEG + 40),
-                stop_lsn: Lsn(seg * SEG + 0x200),
-                stop_time: base.stop_time + chrono::Duration::days(day),
-                ..base
-            })
-            .unwrap();
+            let mut backup = sample(id, root);
+            backup.timeline = tli;
+            backup.start_lsn = Lsn(seg * SEG + 40);
+            backup.stop_lsn = Lsn(seg * SEG + 0x200);
+            backup.stop_time += chrono::Duration::days(day);
+            repo.save_snapshot(&backup).unwrap();
         }
         // setup() stored a placeholder history file: a real one instead.
         let history = keys::wal_file(7, 2, "00000002.history");

@@ -13,13 +13,14 @@
 //! repack plan keeps, per tree and chunk list, what it points at (about 80 bytes per
 //! reference), so that a dry run can follow the rewrites a real run makes.
 
+use crate::catalog::{keys, Backups, Snapshot};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BlobType, Entry};
-use crate::store::snapshot::{self, Snapshot};
+use crate::store::snapshot;
 use crate::store::tree::{decode_chunk_list, encode_chunk_list, BlobRef, Dir, Loc, NodeKind};
-use crate::store::{keys, random_id, Id, Packer, Repository, StoreError};
+use crate::store::{random_id, Id, Packer, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -717,7 +718,7 @@ mod tests {
             .add_blob(BlobType::Tree, &serde_json::to_vec(&dir).unwrap())
             .unwrap();
         packer.flush().unwrap();
-        let snap = snapshot::sample(id, root);
+        let snap = crate::catalog::sample(id, root);
         repo.save_snapshot(&snap).unwrap();
         snap
     }
@@ -953,7 +954,8 @@ mod tests {
         let root = meta
             .add_blob(BlobType::Tree, &serde_json::to_vec(&dir).unwrap())
             .unwrap();
-        repo.save_snapshot(&snapshot::sample(id, root)).unwrap();
+        repo.save_snapshot(&crate::catalog::sample(id, root))
+            .unwrap();
     }
 
     /// Repacking a data pack rewrites the trees and lists pointing into it, which leaves their

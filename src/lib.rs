@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod error;

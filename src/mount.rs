@@ -12,10 +12,10 @@
 //! backup's tree never changes, so everything below `backups/<id>/` is cached for good.
 
 use crate::archive;
+use crate::catalog::{keys, Backups, Snapshot};
 use crate::store::cache::BlobCache;
-use crate::store::snapshot::Snapshot;
 use crate::store::tree::{BlobRef, Chunk, NodeKind, LIST_FANOUT};
-use crate::store::{keys, Id, Repository, StoreError};
+use crate::store::{Id, Repository, StoreError};
 use pgsnapfs_fuse::{Attr, DirEntry, Error as FsError, Kind, NodeId, Source};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;

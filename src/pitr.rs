@@ -6,13 +6,13 @@
 //! time, so the latest reachable time is the last archived commit, not the last segment.
 
 use crate::archive::{self, segment_size, SummaryCache, System};
+use crate::catalog::{keys, Backups, Snapshot};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
 use crate::pg::target::Target;
 use crate::pg::wal::{segment_name, segment_of, SegmentHeader};
 use crate::pg::walscan::{scan_segment_split, utc_of_pg, SegmentSummary};
-use crate::store::snapshot::Snapshot;
-use crate::store::{keys, Repository};
+use crate::store::Repository;
 use crate::timelines::BackupPoint;
 use crate::walpath::{self, Aim, Archive, Summaries, TimelineChoice};
 use chrono::{DateTime, Utc};

@@ -17,12 +17,12 @@
 //! PostgreSQL numbers a new timeline above every one in the archive).
 
 use crate::archive::{self, SummaryCache, System, TimelineWal};
+use crate::catalog::Snapshot;
 use crate::error::Result;
 use crate::pg::history::TimelineTree;
 use crate::pg::lsn::Lsn;
 use crate::pg::wal::segment_of;
 use crate::pg::walscan::{unix_micros_to_pg_time, utc_of_pg};
-use crate::store::snapshot::Snapshot;
 use crate::store::Repository;
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -2,10 +2,10 @@
 
 use super::{human, print_json};
 use crate::archive::{self, TimelineWal};
+use crate::catalog::{Backups, ReadRecord, Snapshot};
 use crate::error::Result;
 use crate::pitr;
 use crate::store::backend::RequestCounts;
-use crate::store::snapshot::{ReadRecord, Snapshot};
 use crate::store::Repository;
 use crate::timelines::{self, fmt_time, BothActive, Survey, TimelineInfo};
 use chrono::{DateTime, Utc};
@@ -51,7 +51,7 @@ impl From<&Snapshot> for BackupRow {
     fn from(s: &Snapshot) -> BackupRow {
         BackupRow {
             id: s.id.clone(),
-            system_identifier: s.system_identifier.clone(),
+            system_identifier: s.system_identifier.to_string(),
             pg_major: s.pg_major,
             pg_version: s.pg_version.clone(),
             timeline: s.timeline,
@@ -64,7 +64,7 @@ impl From<&Snapshot> for BackupRow {
             files: s.files,
             label: s.label.clone(),
             parent: s.parent.clone(),
-            requests: s.requests,
+            requests: s.requests.map(Into::into),
             read: s.read.clone(),
         }
     }
@@ -154,7 +154,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         });
     }
     // The cluster of the newest backup is the one most readers ask about.
-    let newest_sys = list.last().map(|s| s.system_identifier.clone());
+    let newest_sys = list.last().map(|s| s.system_identifier.to_string());
     let main_range = ranges
         .iter()
         .find(|r| Some(&r.system_identifier) == newest_sys.as_ref())

@@ -56,8 +56,7 @@ pub fn run(spec: &str, a: Args, pass: &super::key::PassphraseArgs) -> Result<()>
             "--owner is for a local repository; an S3 repository's access is the bucket's".into(),
         ));
     }
-    // Out of range is refused by init.
-    let chunk_size = u32::try_from(a.chunk_size).unwrap_or(u32::MAX);
+    let chunk_size = crate::catalog::chunk_size(a.chunk_size)?;
     let backend = open_backend(spec)?;
     let repo = match &passphrase {
         Some(p) => Repository::init_encrypted(backend, chunk_size, a.compression_level, p)?,

@@ -61,6 +61,17 @@ impl KnownChanges {
     }
 }
 
+/// What to do with an entry that disappears between listing its directory and reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Vanished {
+    /// Fail the ingest with the read error.
+    #[default]
+    Fail,
+    /// Leave it out, as if it had not been listed: for callers whose data accounts for
+    /// removals some other way.
+    Skip,
+}
+
 /// Answers, for a file's path relative to the ingested root, what is known of its changes.
 pub type ChangeOracle<'r> = Box<dyn Fn(&str) -> Option<KnownChanges> + 'r>;
 
@@ -147,6 +158,7 @@ pub struct Ingest<'r> {
     pub stats: Stats,
     progress: Box<dyn Fn(u64) + 'r>,
     changes: Option<ChangeOracle<'r>>,
+    vanished: Vanished,
 }
 
 impl<'r> Ingest<'r> {
@@ -182,6 +194,7 @@ impl<'r> Ingest<'r> {
             stats: Stats::default(),
             progress,
             changes: None,
+            vanished: Vanished::Fail,
         }
     }
 
@@ -189,6 +202,11 @@ impl<'r> Ingest<'r> {
     /// changed. The caller vouches that every other chunk equals the parent's.
     pub fn set_known_changes(&mut self, oracle: ChangeOracle<'r>) {
         self.changes = Some(oracle);
+    }
+
+    /// Sets what happens to entries that vanish while the tree is read.
+    pub fn set_vanished(&mut self, policy: Vanished) {
+        self.vanished = policy;
     }
 
     /// Stores a tree or list blob unless the parent's blob or one from this run is identical.
@@ -455,8 +473,9 @@ impl<'r> Ingest<'r> {
             let child = path.join(&name);
             let meta = match fs::symlink_metadata(&child) {
                 Ok(m) => m,
-                // Dropped while we walked: WAL replay accounts for it.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound && self.vanished == Vanished::Skip => {
+                    continue
+                }
                 Err(source) => {
                     return Err(IngestError::Read {
                         path: child.display().to_string(),
@@ -502,7 +521,12 @@ impl<'r> Ingest<'r> {
                 _ if meta.is_file() => {
                     let file = match File::open(&child) {
                         Ok(f) => f,
-                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e)
+                            if e.kind() == ErrorKind::NotFound
+                                && self.vanished == Vanished::Skip =>
+                        {
+                            continue
+                        }
                         Err(source) => {
                             return Err(IngestError::Read {
                                 path: child.display().to_string(),

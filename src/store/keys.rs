@@ -1,13 +1,11 @@
-//! Object keys: the only place the repository layout is spelled out.
+//! Object keys of the store's own objects. The keys of what only a PostgreSQL catalog
+//! knows (clusters, WAL) are in `catalog::keys`; together they are the whole layout.
 
 use super::Id;
 
 pub const CONFIG: &str = "config";
 pub const SNAPSHOTS: &str = "snapshots/";
 pub const PACKS: &str = "packs/";
-pub const WAL: &str = "wal/";
-pub const SYSTEMS: &str = "systems/";
-pub const WAL_SUMMARIES: &str = "walsum/";
 pub const LOCKS: &str = "locks/";
 pub const KEEP: &str = "keep/";
 pub const TRASH: &str = "trash/";
@@ -42,30 +40,6 @@ pub fn key_slot(id: &str) -> String {
     format!("{KEY_SLOTS}{id}")
 }
 
-pub fn system(sysid: u64) -> String {
-    format!("{SYSTEMS}{sysid}")
-}
-
-/// The prefix holding all WAL of one cluster.
-pub fn wal_system(sysid: u64) -> String {
-    format!("{WAL}{sysid}/")
-}
-
-/// The prefix holding the WAL summaries of one cluster.
-pub fn wal_summaries(sysid: u64) -> String {
-    format!("{WAL_SUMMARIES}{sysid}/")
-}
-
-/// An archived WAL file (segment, partial, history or backup file) of one cluster.
-pub fn wal_file(sysid: u64, tli: u32, name: &str) -> String {
-    format!("{WAL}{sysid}/{tli:08X}/{name}")
-}
-
-/// The summary of an archived WAL segment (commit times, restore points, xids).
-pub fn wal_summary(sysid: u64, tli: u32, segment: &str) -> String {
-    format!("{WAL_SUMMARIES}{sysid}/{tli:08X}/{segment}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,15 +52,6 @@ mod tests {
             format!("packs/{}/{}", &id.to_hex()[..2], id.to_hex())
         );
         assert_eq!(snapshot("20261121T054012Z"), "snapshots/20261121T054012Z");
-        assert_eq!(
-            wal_file(7, 2, "000000020000000000000003"),
-            "wal/7/00000002/000000020000000000000003"
-        );
-        assert_eq!(system(7), "systems/7");
-        assert_eq!(
-            wal_summary(7, 2, "000000020000000000000003"),
-            "walsum/7/00000002/000000020000000000000003"
-        );
         assert_eq!(lock("9f3a"), "locks/9f3a");
         assert_eq!(key_slot("9f3a"), "keys/9f3a");
         assert_eq!(keep("20261121T054012Z"), "keep/20261121T054012Z");

@@ -22,7 +22,7 @@ pub mod tree;
 pub use backend::{Backend, BackendError};
 pub use id::Id;
 pub use packer::{random_id, Packer};
-pub use repo::{open_backend, Config, Repository};
+pub use repo::{open_backend, Config, Repository, MAX_CHUNK_SIZE};
 
 /// Errors of the chunk store.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ use super::snapshot::Snapshot;
 use super::tree::{decode_chunk_list, BlobRef, Chunk, Dir, Loc};
 use super::{keys, object, Id, StoreError};
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::Path;
@@ -20,6 +21,9 @@ pub const VERSION: u32 = 1;
 /// misreading (or writing plaintext into) them.
 pub const ENCRYPTED_VERSION: u32 = 2;
 
+/// The largest chunk a repository may be created with.
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+
 /// A passphrase (or key file's content), asked for only when a repository is encrypted.
 pub type Secret<'a> = &'a dyn Fn() -> Result<Zeroizing<Vec<u8>>, StoreError>;
 
@@ -28,7 +32,7 @@ pub type Secret<'a> = &'a dyn Fn() -> Result<Zeroizing<Vec<u8>>, StoreError>;
 pub struct Config {
     pub version: u32,
     pub id: String,
-    /// Bytes per chunk: a multiple of the 8 KiB PostgreSQL page.
+    /// Bytes per chunk (for PostgreSQL data, a multiple of its 8 KiB page).
     pub chunk_size: u32,
     pub compression_level: i32,
     /// Target size of a pack in bytes.
@@ -132,9 +136,10 @@ impl Repository {
         compression_level: i32,
         encrypt: Option<(&[u8], Kdf)>,
     ) -> Result<Repository, StoreError> {
-        if chunk_size == 0 || !chunk_size.is_multiple_of(8192) || chunk_size > 16 << 20 {
+        // What chunk sizes suit the data is the caller's business (`catalog::chunk_size`).
+        if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
             return Err(StoreError::BadSetting(format!(
-                "chunk size {chunk_size} must be a multiple of 8 KiB, at most 16 MiB"
+                "chunk size {chunk_size} must be between 1 byte and 16 MiB"
             )));
         }
         if !(1..=22).contains(&compression_level) {
@@ -528,7 +533,8 @@ impl Repository {
             .collect())
     }
 
-    pub fn load_snapshot(&self, id: &str) -> Result<Snapshot, StoreError> {
+    /// One manifest, with the metadata type its writer stored (see `snapshot`).
+    pub fn load_manifest<M: DeserializeOwned>(&self, id: &str) -> Result<Snapshot<M>, StoreError> {
         let key = keys::snapshot(id);
         let payload = match self.get_sealed(&key) {
             Err(StoreError::Backend(e)) if e.is_not_found() => {
@@ -541,11 +547,13 @@ impl Repository {
 
     /// All snapshots, oldest first. A manifest that fails to load is returned as an error
     /// in its slot so one corrupt backup does not hide the others.
-    pub fn snapshots(&self) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError> {
+    pub fn manifests<M: DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<Result<Snapshot<M>, StoreError>>, StoreError> {
         let mut all: Vec<_> = self
             .snapshot_ids()?
             .iter()
-            .map(|id| self.load_snapshot(id))
+            .map(|id| self.load_manifest(id))
             .collect();
         all.sort_by_key(|s| s.as_ref().map(|s| s.stop_time).ok());
         Ok(all)
@@ -554,10 +562,12 @@ impl Repository {
     /// All snapshots, oldest first, failing on the first manifest that cannot be read (one
     /// removed since the listing is skipped): for commands that report on every backup, where
     /// leaving one out would mislead.
-    pub fn snapshots_all_or_error(&self) -> Result<Vec<Snapshot>, StoreError> {
+    pub fn manifests_all_or_error<M: DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<Snapshot<M>>, StoreError> {
         let mut all = Vec::new();
         for id in self.snapshot_ids()? {
-            match self.load_snapshot(&id) {
+            match self.load_manifest(&id) {
                 Ok(s) => all.push(s),
                 Err(StoreError::NoSuchBackup(_)) => {}
                 Err(e) => return Err(e),
@@ -568,7 +578,7 @@ impl Repository {
     }
 
     /// Publishes a backup. The caller has flushed every pack the snapshot references.
-    pub fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+    pub fn save_manifest<M: Serialize>(&self, s: &Snapshot<M>) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(s).expect("snapshot serializes");
         self.put_sealed(&keys::snapshot(&s.id), &json)
     }

@@ -1,107 +1,112 @@
-//! Snapshot manifests: one sealed JSON object per finished backup, written last.
+//! Snapshot manifests: one sealed JSON object per finished snapshot, written last.
 //!
-//! A manifest's existence is what makes a backup visible, so it is the final write of a
-//! backup, after every pack it references is durable.
+//! A manifest's existence is what makes a snapshot visible, so it is the final write of a
+//! backup, after every pack it references is durable. The store knows the envelope (the root
+//! tree, the parent, times and sizes); what the snapshot means to its writer is the metadata
+//! `M`, supplied from above and stored in the same JSON object (`catalog::BackupMeta` for a
+//! PostgreSQL base backup).
 
 use super::backend::RequestCounts;
 use super::tree::BlobRef;
-use crate::pg::lsn::Lsn;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::ops::{Deref, DerefMut};
 
 /// The manifest format written by this version.
 pub const FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tablespace {
-    pub oid: u32,
-    /// Where the tablespace lived on the backed-up host.
-    pub location: String,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Snapshot {
+pub struct Snapshot<M> {
     pub format: u32,
     pub id: String,
-    /// As a string: JSON readers lose precision on 64-bit integers.
-    pub system_identifier: String,
-    pub pg_major: u32,
-    pub pg_version: String,
-    pub timeline: u32,
-    pub start_lsn: Lsn,
-    pub stop_lsn: Lsn,
+    /// The writer's metadata: its fields sit beside the store's in the manifest.
+    #[serde(flatten)]
+    pub meta: M,
     pub start_time: DateTime<Utc>,
     pub stop_time: DateTime<Utc>,
-    pub wal_segment_size: u64,
     pub label: String,
-    pub backup_label: String,
-    pub tablespace_map: Option<String>,
-    pub tablespaces: Vec<Tablespace>,
-    /// Bytes of all files in the backup.
+    /// Bytes of all files in the snapshot.
     pub size_logical: u64,
-    /// Bytes this backup added to the repository (compressed, including tree blobs).
+    /// Bytes this snapshot added to the repository (compressed, including tree blobs).
     pub size_stored_new: u64,
     pub files: u64,
     pub chunk_size: u32,
-    /// The backup whose tree was compared against to reuse unchanged chunks.
+    /// The snapshot whose tree was compared against to reuse unchanged chunks.
     pub parent: Option<String>,
     pub root: BlobRef,
-    /// Permission bits and mtime of the data directory itself.
+    /// Permission bits and mtime of the root directory itself.
     pub root_mode: u32,
     pub root_mtime: i64,
-    /// Requests the backup sent to an S3 repository, up to (not including) this manifest.
+    /// Requests the writer sent to an S3 repository, up to (not including) this manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests: Option<RequestCounts>,
-    /// How the data directory was read (absent in manifests older than this field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read: Option<ReadRecord>,
+    pub requests: Option<Requests>,
 }
 
-/// How a backup read the data directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadRecord {
-    pub mode: ReadMode,
-    /// Why every file was read, when WAL summaries could not be used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub full_read_reason: Option<String>,
-    pub bytes_read: u64,
-    /// Bytes taken from the parent unread, because the WAL summaries show them unchanged.
-    pub bytes_skipped: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReadMode {
-    /// Every file was read and hashed.
-    Full,
-    /// Relation files were read only where the server's WAL summaries (17+) show changes.
-    WalSummaries,
-}
-
-impl Snapshot {
-    pub fn sysid(&self) -> u64 {
-        self.system_identifier.parse().unwrap_or(0)
+/// A snapshot reads as its metadata too: `backup.timeline` for `backup.meta.timeline`.
+impl<M> Deref for Snapshot<M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        &self.meta
     }
 }
 
-/// A backup id from its start time: sortable, readable, and safe as a file name.
-pub fn id_for(time: DateTime<Utc>) -> String {
-    time.format("%Y%m%dT%H%M%SZ").to_string()
+impl<M> DerefMut for Snapshot<M> {
+    fn deref_mut(&mut self) -> &mut M {
+        &mut self.meta
+    }
 }
 
-/// A manifest with plausible values, for tests of code that handles manifests.
-#[cfg(test)]
-pub fn sample(id: &str, root: BlobRef) -> Snapshot {
-    serde_json::from_value(serde_json::json!({
-        "format": FORMAT, "id": id, "system_identifier": "7", "pg_major": 15,
-        "pg_version": "15", "timeline": 1, "start_lsn": "0/2000028",
-        "stop_lsn": "0/2000138", "start_time": "2026-01-01T00:00:00Z",
-        "stop_time": "2026-01-01T00:00:01Z", "wal_segment_size": 16777216,
-        "label": "", "backup_label": "", "tablespace_map": null, "tablespaces": [],
-        "size_logical": 0, "size_stored_new": 0, "files": 1, "chunk_size": 65536,
-        "parent": null, "root": root, "root_mode": 448, "root_mtime": 0
-    }))
-    .expect("sample manifest")
+/// The manifest's `requests`: HTTP requests sent, by kind. A format type of its own, so the
+/// S3 back end's counters can change without changing manifests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Requests {
+    pub get: u64,
+    pub put: u64,
+    pub head: u64,
+    pub list: u64,
+    pub delete: u64,
+    pub upload_part: u64,
+    pub multipart_other: u64,
+    pub other: u64,
+    pub retries: u64,
+}
+
+impl From<RequestCounts> for Requests {
+    fn from(c: RequestCounts) -> Requests {
+        Requests {
+            get: c.get,
+            put: c.put,
+            head: c.head,
+            list: c.list,
+            delete: c.delete,
+            upload_part: c.upload_part,
+            multipart_other: c.multipart_other,
+            other: c.other,
+            retries: c.retries,
+        }
+    }
+}
+
+impl From<Requests> for RequestCounts {
+    fn from(r: Requests) -> RequestCounts {
+        RequestCounts {
+            get: r.get,
+            put: r.put,
+            head: r.head,
+            list: r.list,
+            delete: r.delete,
+            upload_part: r.upload_part,
+            multipart_other: r.multipart_other,
+            other: r.other,
+            retries: r.retries,
+        }
+    }
+}
+
+/// A snapshot id from its start time: sortable, readable, and safe as a file name.
+pub fn id_for(time: DateTime<Utc>) -> String {
+    time.format("%Y%m%dT%H%M%SZ").to_string()
 }
 
 #[cfg(test)]
@@ -115,5 +120,31 @@ mod tests {
         let b = id_for(Utc.with_ymd_and_hms(2026, 11, 2, 3, 4, 5).unwrap());
         assert_eq!(a, "20260102T030405Z");
         assert!(a < b);
+    }
+
+    #[test]
+    fn metadata_shares_the_manifest_object() {
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        struct Meta {
+            kind: String,
+        }
+        let json = serde_json::json!({
+            "format": FORMAT, "id": "s1", "kind": "test",
+            "start_time": "2026-01-01T00:00:00Z", "stop_time": "2026-01-01T00:00:01Z",
+            "label": "", "size_logical": 0, "size_stored_new": 0, "files": 1,
+            "chunk_size": 65536, "parent": null,
+            "root": {"id": "00".repeat(32), "pack": "11".repeat(32), "offset": 8,
+                     "stored_len": 10, "len": 20},
+            "root_mode": 448, "root_mtime": 0,
+            "requests": {"get": 3, "retries": 1}
+        });
+        let s: Snapshot<Meta> = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(s.kind, "test");
+        assert_eq!(s.requests.unwrap().get, 3);
+        let mut again = serde_json::to_value(&s).unwrap();
+        let requests = again["requests"].take();
+        assert_eq!(requests["retries"], 1);
+        assert_eq!(again["kind"], "test");
+        assert_eq!(again["root"], json["root"]);
     }
 }

@@ -1,0 +1,54 @@
+//! The repository layout: the store's keys (re-exported) and the keys of clusters and their
+//! WAL, which only this layer knows. Commands take every key from here.
+
+pub use crate::store::keys::*;
+
+pub const WAL: &str = "wal/";
+pub const SYSTEMS: &str = "systems/";
+pub const WAL_SUMMARIES: &str = "walsum/";
+
+/// The registry record of one cluster.
+pub fn system(sysid: u64) -> String {
+    format!("{SYSTEMS}{sysid}")
+}
+
+/// The prefix holding all WAL of one cluster.
+pub fn wal_system(sysid: u64) -> String {
+    format!("{WAL}{sysid}/")
+}
+
+/// The prefix holding the WAL summaries of one cluster.
+pub fn wal_summaries(sysid: u64) -> String {
+    format!("{WAL_SUMMARIES}{sysid}/")
+}
+
+/// An archived WAL file (segment, partial, history or backup file) of one cluster.
+pub fn wal_file(sysid: u64, tli: u32, name: &str) -> String {
+    format!("{WAL}{sysid}/{tli:08X}/{name}")
+}
+
+/// The summary of an archived WAL segment (commit times, restore points, xids).
+pub fn wal_summary(sysid: u64, tli: u32, segment: &str) -> String {
+    format!("{WAL_SUMMARIES}{sysid}/{tli:08X}/{segment}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_keys() {
+        assert_eq!(
+            wal_file(7, 2, "000000020000000000000003"),
+            "wal/7/00000002/000000020000000000000003"
+        );
+        assert_eq!(system(7), "systems/7");
+        assert_eq!(wal_system(7), "wal/7/");
+        assert_eq!(wal_summaries(7), "walsum/7/");
+        assert_eq!(
+            wal_summary(7, 2, "000000020000000000000003"),
+            "walsum/7/00000002/000000020000000000000003"
+        );
+        assert_eq!(snapshot("20261121T054012Z"), "snapshots/20261121T054012Z");
+    }
+}
