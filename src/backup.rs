@@ -107,7 +107,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     archive::register_system(
         repo,
         &System {
-            system_identifier: sysid.to_string(),
+            system_identifier: SystemId(sysid),
             pg_major: major,
             wal_segment_size: info.wal_segment_size,
             registered: Utc::now(),

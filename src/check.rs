@@ -13,7 +13,7 @@
 //! machine (see `Record`).
 
 use crate::archive::{self, System};
-use crate::catalog::{keys, Backups, Snapshot};
+use crate::catalog::{keys, Backups, Snapshot, SystemId};
 use crate::error::{io, Result};
 use crate::pg::history::TimelineTree;
 use crate::pg::wal::{segment_name, segment_of, WalFile};
@@ -1167,7 +1167,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
                 ));
                 // Enough to find the WAL: the segment size from a backup, or the default.
                 System {
-                    system_identifier: sysid.to_string(),
+                    system_identifier: SystemId(sysid),
                     pg_major: 0,
                     wal_segment_size: backups.first().map_or(0, |s| s.wal_segment_size),
                     registered: chrono::Utc::now(),
@@ -1469,7 +1469,7 @@ mod tests {
         archive::register_system(
             &repo,
             &System {
-                system_identifier: "7".into(),
+                system_identifier: SystemId(7),
                 pg_major: 15,
                 wal_segment_size: 16 << 20,
                 registered: chrono::Utc::now(),
@@ -1545,7 +1545,7 @@ mod tests {
         archive::register_system(
             &repo,
             &System {
-                system_identifier: "7".into(),
+                system_identifier: SystemId(7),
                 pg_major: 15,
                 wal_segment_size: seg,
                 registered: chrono::Utc::now(),

@@ -14,7 +14,7 @@
 //! backups pinned by a running mount, verify or restore, are kept.
 
 use crate::archive::{self, System};
-use crate::catalog::{keys, Backups};
+use crate::catalog::{keys, Backups, SystemId};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
 use crate::pg::history::TimelineTree;
@@ -258,7 +258,7 @@ pub fn run(
     if unreadable.is_empty() {
         for (sysid, kept) in kept_by_system {
             let system = archive::load_system(repo, sysid)?.unwrap_or_else(|| System {
-                system_identifier: sysid.to_string(),
+                system_identifier: SystemId(sysid),
                 pg_major: 0,
                 wal_segment_size: kept[0].wal_segment_size,
                 registered: Utc::now(),

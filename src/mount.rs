@@ -379,7 +379,7 @@ impl SnapSource {
         let systems = archive::systems(&self.repo)?;
         let mut wal = BTreeMap::new();
         for system in &systems {
-            let sysid = system.sysid()?;
+            let sysid = system.sysid();
             let mut by_tli: BTreeMap<String, BTreeMap<String, NodeId>> = BTreeMap::new();
             for key in self.repo.backend().list(&keys::wal_system(sysid))? {
                 let mut parts = key.rsplit('/');
@@ -404,7 +404,7 @@ impl SnapSource {
             } else {
                 let dir = node(format!("wal/{sysid}"), &live).node;
                 dirs.insert(dir, Arc::new(timelines));
-                wal.insert(system.system_identifier.clone(), dir);
+                wal.insert(system.system_identifier.to_string(), dir);
             }
         }
         dirs.insert(wal_dir, Arc::new(wal));

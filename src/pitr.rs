@@ -116,7 +116,7 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
         }
         _ => archive::resolve_system(repo, sysid)?,
     };
-    let sysid = system.sysid()?;
+    let sysid = system.sysid();
     let backups: Vec<Snapshot> = repo
         .snapshots()?
         .into_iter()
@@ -193,7 +193,7 @@ pub type Range = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 /// The earliest and latest times a restore can reach, for `info`.
 pub fn restorable_range(repo: &Repository, system: &System, backups: &[Snapshot]) -> Result<Range> {
-    let sysid = system.sysid()?;
+    let sysid = system.sysid();
     let Some(first) = backups.iter().find(|s| s.sysid() == sysid) else {
         return Ok((None, None));
     };

@@ -218,7 +218,7 @@ fn last_commit(
 pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Result<Survey> {
     let catalog = archive::catalog(repo, system)?;
     let tree = archive::timeline_tree(repo, system, &catalog)?;
-    let sysid = system.sysid()?;
+    let sysid = system.sysid();
     let seg_size = archive::segment_size(system);
     let mut backups: Vec<&Snapshot> = backups
         .iter()
@@ -282,7 +282,7 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
         }
         let parent = tree.parent(tli);
         timelines.push(TimelineInfo {
-            system_identifier: system.system_identifier.clone(),
+            system_identifier: system.system_identifier.to_string(),
             timeline: tli,
             parent: parent.map(|(p, _)| p),
             fork_lsn: parent.map(|(_, l)| l.to_string()),

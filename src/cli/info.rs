@@ -141,14 +141,14 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         let survey = timelines::survey(repo, &system, &list.iter().collect::<Vec<_>>())?;
         for t in &survey.timelines {
             wal.push(WalRow {
-                system_identifier: system.system_identifier.clone(),
+                system_identifier: system.system_identifier.to_string(),
                 timeline: t.wal.clone(),
             });
         }
-        surveys.push((system.system_identifier.clone(), survey));
+        surveys.push((system.system_identifier.to_string(), survey));
         let (earliest_time, latest_time) = pitr::restorable_range(repo, &system, &list)?;
         ranges.push(Restorable {
-            system_identifier: system.system_identifier.clone(),
+            system_identifier: system.system_identifier.to_string(),
             earliest_time,
             latest_time,
         });
