@@ -5,7 +5,7 @@
 //! point-in-time targets can be checked without reading WAL. `wal-push` reads no index and
 //! lists nothing on its usual path: a registry lookup, two writes.
 
-use crate::catalog::{keys, SystemId};
+use crate::catalog::{keys, wal, SystemId};
 use crate::error::{io, Error, Result};
 use crate::pg::history::{parse_history, TimelineTree};
 use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_SIZE};
@@ -60,11 +60,8 @@ pub fn load_system(
 /// corruption, a store that did not answer is transient.
 pub fn systems(repo: &Repository) -> std::result::Result<Vec<System>, StoreError> {
     let mut out = Vec::new();
-    for key in repo.backend().list(keys::SYSTEMS)? {
-        let id = key.trim_start_matches(keys::SYSTEMS);
-        if let Ok(sysid) = id.parse::<u64>() {
-            out.extend(load_system(repo, sysid)?);
-        }
+    for sysid in wal::system_ids(repo)? {
+        out.extend(load_system(repo, sysid)?);
     }
     Ok(out)
 }
@@ -317,9 +314,8 @@ pub fn catalog(repo: &Repository, system: &System) -> Result<Vec<TimelineWal>> {
     let sysid = system.sysid();
     let seg_size = segment_size(system);
     let mut by_tli: BTreeMap<u32, (Vec<u64>, bool)> = BTreeMap::new();
-    for key in repo.backend().list(&keys::wal_system(sysid))? {
-        let name = key.rsplit('/').next().unwrap_or_default();
-        match WalFile::parse(name, seg_size) {
+    for object in wal::files(repo, sysid)? {
+        match WalFile::parse(&object.name, seg_size) {
             Some(WalFile::Segment { tli, segno }) => by_tli.entry(tli).or_default().0.push(segno),
             Some(WalFile::History { tli }) => by_tli.entry(tli).or_default().1 = true,
             _ => {}

@@ -6,7 +6,7 @@
 
 use crate::archive::{self, System};
 use crate::catalog::{
-    keys, BackupMeta, Backups, ReadMode, ReadRecord, Snapshot, SystemId, Tablespace,
+    wal, BackupMeta, Backups, ReadMode, ReadRecord, Snapshot, SystemId, Tablespace,
 };
 use crate::error::{io, Error, Result};
 use crate::lock::Lease;
@@ -122,7 +122,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
         format!("{}-{suffix}", snapshot::id_for(start_time))
     };
     let mut id = snapshot::id_for(start_time);
-    while repo.backend().exists(&keys::snapshot(&id))? {
+    while repo.snapshot_exists(&id)? {
         id = next_id(&mut suffix);
     }
     let label = opts
@@ -557,7 +557,7 @@ fn ensure_wal(
 ) -> Result<()> {
     for segno in segment_of(start, seg_size)..=segment_of(stop, seg_size) {
         let name = WalFile::Segment { tli, segno }.name(seg_size);
-        if repo.backend().exists(&keys::wal_file(sysid, tli, &name))? {
+        if wal::has_file(repo, sysid, tli, &name)? {
             continue;
         }
         let path = pgdata.join("pg_wal").join(&name);

@@ -13,7 +13,7 @@
 //! machine (see `Record`).
 
 use crate::archive::{self, System};
-use crate::catalog::{keys, Backups, Snapshot, SystemId};
+use crate::catalog::{keys, wal, Backups, Snapshot, SystemId};
 use crate::error::{io, Result};
 use crate::pg::history::TimelineTree;
 use crate::pg::wal::{segment_name, segment_of, WalFile};
@@ -764,15 +764,16 @@ impl<'a> Checker<'a> {
 
     /// Pass 2 for packs: every referenced pack, in key order.
     fn check_packs(&mut self) -> Result<()> {
-        let listed = self.repo.backend().list(keys::PACKS)?;
+        let listed = self.repo.packs()?;
+        self.report.packs_unreferenced += listed.strays;
         let mut present = vec![false; self.pack_ids.len()];
-        for key in &listed {
-            let id = key.rsplit('/').next().and_then(Id::from_hex);
-            match id.and_then(|id| self.pack_index.get(&id).copied()) {
+        for id in &listed.ids {
+            match self.pack_index.get(id).copied() {
                 Some(i) => {
                     present[i as usize] = true;
+                    let key = keys::pack(id);
                     tracing::debug!("checking {key}");
-                    self.check_pack(i, key)?;
+                    self.check_pack(i, &key)?;
                 }
                 None => self.report.packs_unreferenced += 1,
             }
@@ -837,16 +838,13 @@ impl<'a> Checker<'a> {
                 self.report.problems[p].backups.insert(need.backup.clone());
             }
         }
-        let wal = self.repo.backend().list(&keys::wal_system(sysid))?;
-        let sums = self
-            .repo
-            .backend()
-            .list(&format!("{}{sysid}/", keys::WAL_SUMMARIES))?;
-        self.report.wal_objects += wal.len() + sums.len();
-        for (key, summary) in wal
+        let files = wal::files(self.repo, sysid)?;
+        let sums = wal::summaries(self.repo, sysid)?;
+        self.report.wal_objects += files.len() + sums.len();
+        for (key, summary) in files
             .iter()
-            .map(|k| (k, false))
-            .chain(sums.iter().map(|k| (k, true)))
+            .map(|o| (&o.key, false))
+            .chain(sums.iter().map(|o| (&o.key, true)))
         {
             if !self.wants_data(key) {
                 continue;
@@ -1146,11 +1144,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
     tracing::info!("checking {} packs", c.pack_ids.len());
     c.check_packs()?;
     let mut sysids: BTreeSet<u64> = snapshots.iter().map(|s| s.sysid()).collect();
-    for key in repo.backend().list(keys::SYSTEMS)? {
-        if let Ok(id) = key.trim_start_matches(keys::SYSTEMS).parse() {
-            sysids.insert(id);
-        }
-    }
+    sysids.extend(wal::system_ids(repo)?);
     for sysid in sysids {
         let backups: Vec<&Snapshot> = snapshots.iter().filter(|s| s.sysid() == sysid).collect();
         let system = match archive::load_system(repo, sysid) {

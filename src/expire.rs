@@ -14,7 +14,7 @@
 //! backups pinned by a running mount, verify or restore, are kept.
 
 use crate::archive::{self, System};
-use crate::catalog::{keys, Backups, SystemId};
+use crate::catalog::{wal, Backups, SystemId};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
 use crate::pg::history::TimelineTree;
@@ -159,17 +159,16 @@ struct Mark {
 
 /// Marks a backup so expire never deletes it, or (`on == false`) removes the mark.
 pub fn mark(repo: &Repository, id: &str, on: bool) -> Result<()> {
-    let key = keys::keep(id);
     if !on {
-        if !repo.backend().exists(&key)? {
+        if !repo.has_keep_mark(id)? {
             return Err(Error::NotFound(format!(
                 "backup {id} is not marked to keep"
             )));
         }
-        return Ok(repo.backend().delete(&key)?);
+        return Ok(repo.delete_keep_mark(id)?);
     }
     repo.load_snapshot(id)?;
-    if repo.backend().exists(&key)? {
+    if repo.has_keep_mark(id)? {
         return Ok(());
     }
     let json = serde_json::to_vec_pretty(&Mark {
@@ -177,16 +176,11 @@ pub fn mark(repo: &Repository, id: &str, on: bool) -> Result<()> {
         marked: Utc::now(),
     })
     .expect("mark serializes");
-    Ok(repo.put_sealed(&key, &json)?)
+    Ok(repo.put_keep_mark(id, &json)?)
 }
 
 pub fn marks(repo: &Repository) -> Result<HashSet<String>> {
-    Ok(repo
-        .backend()
-        .list(keys::KEEP)?
-        .into_iter()
-        .map(|k| k.trim_start_matches(keys::KEEP).to_string())
-        .collect())
+    Ok(repo.keep_marks()?.into_iter().collect())
 }
 
 /// Backups pinned by live leases, with who pins them; an unreadable lease stops expire.
@@ -240,7 +234,7 @@ pub fn run(
         crate::gc::void_trash(repo, &doomed)?;
         for id in &doomed {
             held()?;
-            repo.backend().delete(&keys::snapshot(id))?;
+            repo.delete_snapshot(id)?;
             tracing::info!(backup = %id, "expired");
         }
     }
@@ -331,7 +325,7 @@ fn cut_wal(
     dry_run: bool,
     held: &dyn Fn() -> Result<()>,
 ) -> Result<BTreeMap<u32, u64>> {
-    let doomed = |key: &str| match WalFile::parse(key.rsplit('/').next().unwrap_or(""), seg_size) {
+    let doomed = |name: &str| match WalFile::parse(name, seg_size) {
         Some(WalFile::Segment { tli, segno })
         | Some(WalFile::Partial { tli, segno })
         | Some(WalFile::Backup { tli, segno, .. }) => {
@@ -340,16 +334,22 @@ fn cut_wal(
         }
         Some(WalFile::History { .. }) | None => None,
     };
-    let summaries = repo.backend().list(&keys::wal_summaries(sysid))?;
-    let files = repo.backend().list(&keys::wal_system(sysid))?;
+    let summaries = wal::summaries(repo, sysid)?;
+    let files = wal::files(repo, sysid)?;
     let mut removed = BTreeMap::new();
-    for key in summaries.iter().chain(&files) {
-        let Some(tli) = doomed(key) else { continue };
+    for (object, is_file) in summaries
+        .iter()
+        .map(|o| (o, false))
+        .chain(files.iter().map(|o| (o, true)))
+    {
+        let Some(tli) = doomed(&object.name) else {
+            continue;
+        };
         if !dry_run {
             held()?;
-            repo.backend().delete(key)?;
+            wal::delete(repo, object)?;
         }
-        if key.starts_with(keys::WAL) {
+        if is_file {
             *removed.entry(tli).or_insert(0) += 1;
         }
     }
@@ -359,7 +359,7 @@ fn cut_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::sample;
+    use crate::catalog::{keys, sample};
     use crate::pg::history::tests::path_tree as tree;
     use crate::pg::lsn::Lsn;
     use crate::store::backend::memory::MemoryBackend;
@@ -393,7 +393,7 @@ mod tests {
             let name = WalFile::Segment { tli: 1, segno }.name(SEG);
             repo.put_sealed(&keys::wal_file(7, 1, &name), b"wal")
                 .unwrap();
-            repo.put_sealed(&format!("{}00000001/{name}", keys::wal_summaries(7)), b"{}")
+            repo.put_sealed(&keys::wal_summary(7, 1, &name), b"{}")
                 .unwrap();
         }
         repo.put_sealed(&keys::wal_file(7, 2, "00000002.history"), b"h")
@@ -553,7 +553,7 @@ mod tests {
     fn abandoned_timeline_goes_with_its_last_backup() {
         let (mem, repo) = setup();
         for id in ["b2", "b5", "b8"] {
-            repo.backend().delete(&keys::snapshot(id)).unwrap();
+            repo.delete_snapshot(id).unwrap();
         }
         let root = BlobRef {
             id: Id::of(b"root"),

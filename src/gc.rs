@@ -44,7 +44,7 @@ const REPACK_ROUNDS: usize = 3;
 /// Every trash record.
 pub fn trash(repo: &Repository) -> Result<Vec<Condemned>> {
     let mut out = Vec::new();
-    for key in repo.backend().list(keys::TRASH)? {
+    for key in repo.trash_records()? {
         let payload = repo.get_sealed(&key)?;
         out.push(
             serde_json::from_slice(&payload)
@@ -62,7 +62,7 @@ pub fn void_trash(repo: &Repository, deleted: &[String]) -> Result<usize> {
     for record in trash(repo)? {
         let saw: HashSet<&String> = record.backups.iter().collect();
         if deleted.iter().any(|d| !saw.contains(d)) {
-            repo.backend().delete(&keys::trash(&record.run))?;
+            repo.delete_trash(&record.run)?;
             voided += 1;
         }
     }
@@ -340,10 +340,6 @@ fn load_backups(repo: &Repository) -> Result<Vec<Snapshot>> {
         .collect()
 }
 
-fn pack_id(key: &str) -> Option<Id> {
-    Id::from_hex(key.rsplit('/').next()?)
-}
-
 /// Runs gc. `lease` is gc's exclusive lease (none for a dry run, which writes nothing).
 pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result<GcReport> {
     let own = lease.map(|l| l.id());
@@ -356,10 +352,8 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
     // pack written later is never condemned; then leases, so any command that starts after
     // (and so is not recorded) reads backups no earlier than the walk below.
     let mut sizes: HashMap<Id, u64> = HashMap::new();
-    for key in repo.backend().list(keys::PACKS)? {
-        if let Some(id) = pack_id(&key) {
-            sizes.insert(id, repo.backend().size(&key)?);
-        }
+    for id in repo.packs()?.ids {
+        sizes.insert(id, repo.pack_size(&id)?);
     }
     report.packs_before = sizes.len() as u64;
     report.bytes_before = sizes.values().sum();
@@ -389,14 +383,14 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
             }
             if !opts.dry_run {
                 held()?;
-                delete_pack(repo, p)?;
+                repo.delete_pack(p)?;
             }
             deleted.insert(*p);
             report.deleted_packs += 1;
             report.freed_bytes += sizes.get(p).copied().unwrap_or(0);
         }
         if !opts.dry_run {
-            repo.backend().delete(&keys::trash(&record.run))?;
+            repo.delete_trash(&record.run)?;
         }
     }
 
@@ -466,9 +460,9 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
             let record = condemn(repo, &backups, &alive, &packs)?;
             for p in &packs {
                 held()?;
-                delete_pack(repo, p)?;
+                repo.delete_pack(p)?;
             }
-            repo.backend().delete(&keys::trash(&record))?;
+            repo.delete_trash(&record)?;
         }
         report.deleted_packs += packs.len() as u64;
         report.freed_bytes += bytes;
@@ -481,13 +475,6 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
         report.waiting_for = alive.into_iter().collect();
     }
     Ok(report)
-}
-
-fn delete_pack(repo: &Repository, p: &Id) -> Result<()> {
-    match repo.backend().delete(&keys::pack(p)) {
-        Err(e) if !e.is_not_found() => Err(e.into()),
-        _ => Ok(()),
-    }
 }
 
 /// Writes the trash record of this run; returns its run id.
@@ -629,7 +616,7 @@ fn repack(
     };
     for p in packs {
         let key = keys::pack(p);
-        let bytes = repo.backend().get(&key)?;
+        let bytes = repo.read_pack(p)?;
         for e in entries(repo.crypto(), &bytes, &key)? {
             // Trees and lists are rewritten (or copied) as the walk below meets them.
             if e.kind != BlobType::Data || !refs.is_live(p, e.offset) {

@@ -169,7 +169,7 @@ pub fn list(repo: &Repository) -> Result<Vec<Found>> {
     let here = Here::current();
     let now = Utc::now();
     let mut out = Vec::new();
-    for key in repo.backend().list(keys::LOCKS)? {
+    for key in repo.lease_keys()? {
         let record = match repo.get_sealed(&key) {
             Ok(p) => serde_json::from_slice::<LeaseRecord>(&p)
                 .map_err(|e| format!("{key} is not a lease record: {e}")),
@@ -275,7 +275,7 @@ pub fn remove(repo: &Repository, id: &str, force: bool) -> Result<()> {
              then delete what that command uses"
         )));
     }
-    repo.backend().delete(&key).or_else(ignore_missing)?;
+    repo.delete_lease(&key)?;
     Ok(())
 }
 
@@ -314,7 +314,7 @@ impl Lease {
             if found.stale {
                 let what = found.record.as_ref().map(LeaseRecord::describe);
                 tracing::info!("removing stale {}", what.unwrap_or(found.key.clone()));
-                repo.backend().delete(&found.key).or_else(ignore_missing)?;
+                repo.delete_lease(&found.key)?;
             } else if let Some(r) = found
                 .record
                 .as_ref()
@@ -430,16 +430,6 @@ impl Lease {
             waited = true;
             std::thread::sleep(POLL);
         }
-    }
-}
-
-fn ignore_missing(
-    e: crate::store::BackendError,
-) -> std::result::Result<(), crate::store::BackendError> {
-    if e.is_not_found() {
-        Ok(())
-    } else {
-        Err(e)
     }
 }
 

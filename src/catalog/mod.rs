@@ -8,6 +8,7 @@
 pub mod keys;
 mod meta;
 mod system_id;
+pub mod wal;
 
 #[cfg(test)]
 pub use meta::sample;

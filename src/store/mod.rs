@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod key;
 pub mod keys;
 pub mod object;
+mod objects;
 pub mod pack;
 mod packer;
 mod repo;
@@ -21,6 +22,7 @@ pub mod tree;
 
 pub use backend::{Backend, BackendError};
 pub use id::Id;
+pub use objects::PackListing;
 pub use packer::{random_id, Packer};
 pub use repo::{open_backend, Config, Repository, MAX_CHUNK_SIZE};
 
