@@ -225,11 +225,10 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     if repo.sealed_header(&key)?.digest == crate::store::Id::of(&data) {
         Ok(pushed(PushOutcome::AlreadyArchived))
     } else {
-        Err(Error::Failed(format!(
-            "{name} is already archived in {key} with different content; refusing to \
-             overwrite it. Two clusters may be archiving into one place, or this file \
-             is damaged: compare the two before doing anything else"
-        )))
+        Err(Error::WalConflict {
+            name: name.to_string(),
+            key,
+        })
     }
 }
 

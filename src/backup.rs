@@ -54,7 +54,7 @@ impl From<IngestError> for Error {
     fn from(e: IngestError) -> Error {
         match e {
             IngestError::Store(s) => Error::Store(s),
-            other => Error::Failed(other.to_string()),
+            other => Error::Ingest(other),
         }
     }
 }
@@ -562,11 +562,10 @@ fn ensure_wal(
         }
         let path = pgdata.join("pg_wal").join(&name);
         if !path.exists() {
-            return Err(Error::Failed(format!(
-                "WAL segment {name}, needed to restore this backup, is neither in the repository nor \
-                 in {}; check archive_command",
-                pgdata.join("pg_wal").display()
-            )));
+            return Err(Error::WalMissing {
+                name,
+                pg_wal: pgdata.join("pg_wal").display().to_string(),
+            });
         }
         tracing::info!("copying {name} from pg_wal: the archiver has not stored it here yet");
         archive::push(repo, &path)?;

@@ -31,8 +31,51 @@ pub enum Error {
     /// What was asked for is not in the repository.
     #[error("{0}")]
     NotFound(String),
+    /// A WAL file is already archived with other content.
+    #[error(
+        "{name} is already archived in {key} with different content; refusing to overwrite it. \
+         Two clusters may be archiving into one place, or this file is damaged: compare the two \
+         before doing anything else"
+    )]
+    WalConflict { name: String, key: String },
+    /// A backup's WAL is neither archived nor in the server's pg_wal.
+    #[error(
+        "WAL segment {name}, needed to restore this backup, is neither in the repository nor in \
+         {pg_wal}; check archive_command"
+    )]
+    WalMissing { name: String, pg_wal: String },
+    #[error(transparent)]
+    Lease(#[from] crate::lock::LeaseError),
+    /// Reading the data directory failed (the store's own errors are `Store`).
+    #[error(transparent)]
+    Ingest(crate::store::ingest::IngestError),
+    /// The server could not be reached or would not let us in.
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    /// The server answered something pgsnapfs cannot use.
+    #[error("server {0}")]
+    BadAnswer(String),
+    /// A file of the backup that a restore or view must rewrite cannot be rewritten.
     #[error("{0}")]
-    Failed(String),
+    CannotRewrite(String),
+    /// Mounting or unmounting failed.
+    #[error("{0}")]
+    Mount(String),
+    #[error("backup {backup} failed verification: {}", problems.join("; "))]
+    VerifyFailed {
+        backup: String,
+        problems: Vec<String>,
+    },
+    /// gc stops before deleting anything when a backup cannot be read.
+    #[error(
+        "cannot read backup {id} ({source}); gc cannot tell which packs it uses and stops \
+         without deleting anything. Remove or repair that backup first"
+    )]
+    GcBlocked {
+        id: String,
+        #[source]
+        source: StoreError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -330,11 +330,9 @@ fn load_backups(repo: &Repository) -> Result<Vec<Snapshot>> {
     repo.snapshot_ids()?
         .iter()
         .map(|id| {
-            repo.load_snapshot(id).map_err(|e| {
-                Error::Failed(format!(
-                    "cannot read backup {id} ({e}); gc cannot tell which packs it uses and \
-                     stops without deleting anything. Remove or repair that backup first"
-                ))
+            repo.load_snapshot(id).map_err(|source| Error::GcBlocked {
+                id: id.clone(),
+                source,
             })
         })
         .collect()

@@ -164,6 +164,33 @@ pub struct Found {
     pub stale: bool,
 }
 
+/// Why a command cannot go on under the repository's leases.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(
+        "cannot read {}: a command may hold it and use backups that nothing else shows, so \
+         nothing is deleted. Once it can be read this command goes on; if its holder is gone, \
+         remove it with `pgsnapfs locks --remove {}`",
+        what.join(", "),
+        ids.join("` and `pgsnapfs locks --remove ")
+    )]
+    Unreadable { what: Vec<String>, ids: Vec<String> },
+    #[error(
+        "the repository is busy: {holder} holds it exclusively; try again when it finishes, or \
+         if that process is gone, remove the lease with `pgsnapfs locks --remove {id}`"
+    )]
+    Busy { holder: String, id: String },
+    #[error(
+        "lost the repository lease {id}: {why}; nothing more is written, run the command again"
+    )]
+    Lost { id: String, why: String },
+    #[error(
+        "could not refresh the repository lease {id} for {secs}s; nothing more is written, run \
+         the command again"
+    )]
+    Unrefreshed { id: String, secs: u64 },
+}
+
 /// Every lease in the repository, judged at `now`.
 pub fn list(repo: &Repository) -> Result<Vec<Found>> {
     let here = Here::current();
@@ -219,14 +246,8 @@ pub fn live(repo: &Repository) -> Result<Vec<LeaseRecord>> {
             .iter()
             .map(|(id, why)| format!("lease {id} ({why})"))
             .collect();
-        let ids: Vec<&str> = unreadable.iter().map(|(id, _)| id.as_str()).collect();
-        return Err(Error::Failed(format!(
-            "cannot read {}: a command may hold it and use backups that nothing else shows, so \
-             nothing is deleted. Once it can be read this command goes on; if its holder is \
-             gone, remove it with `pgsnapfs locks --remove {}`",
-            what.join(", "),
-            ids.join("` and `pgsnapfs locks --remove ")
-        )));
+        let ids: Vec<String> = unreadable.into_iter().map(|(id, _)| id).collect();
+        return Err(LeaseError::Unreadable { what, ids }.into());
     }
     Ok(live)
 }
@@ -321,13 +342,11 @@ impl Lease {
                 .ok()
                 .filter(|_| found.is_live_exclusive(None))
             {
-                let what = r.describe();
-                return Err(Error::Failed(format!(
-                    "the repository is busy: {what} holds it exclusively; try again when it \
-                     finishes, or if that process is gone, remove the lease with \
-                     `pgsnapfs locks --remove {}`",
-                    found.id()
-                )));
+                return Err(LeaseError::Busy {
+                    holder: r.describe(),
+                    id: found.id().to_string(),
+                }
+                .into());
             }
         }
         Ok(lease)
@@ -386,19 +405,18 @@ impl Lease {
     pub fn ensure_held(&self) -> Result<()> {
         let s = self.state.0.lock().expect("lease state");
         if let Some(why) = &s.lost {
-            return Err(Error::Failed(format!(
-                "lost the repository lease {}: {why}; nothing more is written, run the command \
-                 again",
-                s.record.id
-            )));
+            return Err(LeaseError::Lost {
+                id: s.record.id.clone(),
+                why: why.clone(),
+            }
+            .into());
         }
         if s.last_ok.elapsed() > TTL - REFRESH {
-            return Err(Error::Failed(format!(
-                "could not refresh the repository lease {} for {}s; nothing more is written, \
-                 run the command again",
-                s.record.id,
-                s.last_ok.elapsed().as_secs()
-            )));
+            return Err(LeaseError::Unrefreshed {
+                id: s.record.id.clone(),
+                secs: s.last_ok.elapsed().as_secs(),
+            }
+            .into());
         }
         Ok(())
     }

@@ -193,7 +193,7 @@ fn read_conf(dir: &Path, rel: &str) -> Result<Option<String>> {
     }
     let bytes = fs::read(&path).map_err(io(format!("read {}", path.display())))?;
     String::from_utf8(bytes).map(Some).map_err(|_| {
-        Error::Failed(format!(
+        Error::CannotRewrite(format!(
             "{} is not UTF-8 text, so its recovery settings cannot be rewritten; convert it \
              to UTF-8 in the restored directory and restore again",
             path.display()

@@ -273,7 +273,7 @@ impl Server {
             system_identifier: row
                 .get::<_, String>(3)
                 .parse()
-                .map_err(|_| Error::Failed("server reported a bad system identifier".into()))?,
+                .map_err(|_| Error::BadAnswer("reported a bad system identifier".into()))?,
             wal_segment_size: row.get::<_, i64>(4) as u64,
             archive_mode: row.get(5),
         })
@@ -385,10 +385,13 @@ fn connect_error(
             Password::File(file) => format!(" (the password came from {})", file.display()),
             _ => String::new(),
         };
-        return Error::Failed(format!(
-            "cannot connect to PostgreSQL at {target}: password authentication failed for user \
-             {user}{from}: give it with PGPASSWORD or ~/.pgpass (PGPASSFILE)"
-        ));
+        return Error::Connect {
+            target: target.to_string(),
+            reason: format!(
+                "password authentication failed for user {user}{from}: give it with PGPASSWORD \
+                 or ~/.pgpass (PGPASSFILE)"
+            ),
+        };
     }
     // tokio-postgres reports the server's password request without a password as an
     // "invalid configuration" whose cause says "password missing".
@@ -401,30 +404,33 @@ fn connect_error(
             }
             _ => "--dbname and PGPASSWORD (no home directory for ~/.pgpass)".to_string(),
         };
-        return Error::Failed(format!(
-            "cannot connect to PostgreSQL at {target}: the server asks for a password for user \
-             {user} and none was found: pgsnapfs looked in {looked}; give it with PGPASSWORD or \
-             ~/.pgpass (PGPASSFILE)"
-        ));
+        return Error::Connect {
+            target: target.to_string(),
+            reason: format!(
+                "the server asks for a password for user {user} and none was found: pgsnapfs \
+                 looked in {looked}; give it with PGPASSWORD or ~/.pgpass (PGPASSFILE)"
+            ),
+        };
     }
     let message = match (db, std::error::Error::source(source)) {
         // The server answered: its own words say what is wrong (no pg_hba.conf entry, ...).
         (Some(d), _) => {
-            return Error::Failed(format!(
-                "cannot connect to PostgreSQL at {target}: {}: {}",
-                d.severity(),
-                d.message()
-            ))
+            return Error::Connect {
+                target: target.to_string(),
+                reason: format!("{}: {}", d.severity(), d.message()),
+            }
         }
         (None, Some(cause)) => format!("{source}: {cause}"),
         (None, None) => source.to_string(),
     };
-    Error::Failed(format!(
-        "cannot connect to PostgreSQL at {target}: {message}; is the server running? \
-         (set --dbname, -h/-p/-U or PGHOST/PGPORT/PGUSER)"
-    ))
+    Error::Connect {
+        target: target.to_string(),
+        reason: format!(
+            "{message}; is the server running? (set --dbname, -h/-p/-U or PGHOST/PGPORT/PGUSER)"
+        ),
+    }
 }
 
 fn parse_lsn(s: &str) -> Result<Lsn> {
-    Lsn::from_str(s).map_err(|_| Error::Failed(format!("server returned a bad LSN {s:?}")))
+    Lsn::from_str(s).map_err(|_| Error::BadAnswer(format!("returned a bad LSN {s:?}")))
 }

@@ -181,7 +181,7 @@ pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<R
             writeback_cache: true,
         },
     )
-    .map_err(|e| Error::Failed(format!("cannot mount at {}: {e}", mnt.display())))?;
+    .map_err(|e| Error::Mount(format!("cannot mount at {}: {e}", mnt.display())))?;
     report.phases.mount_s = secs(started);
 
     let port = free_port()?;
@@ -247,7 +247,7 @@ pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<R
     drop(running);
     handle
         .unmount()
-        .map_err(|e| Error::Failed(format!("unmount {}: {e}", mnt.display())))?;
+        .map_err(|e| Error::Mount(format!("unmount {}: {e}", mnt.display())))?;
     Ok(report)
 }
 

@@ -213,7 +213,7 @@ fn read_conf(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<Str
         return Ok(None);
     };
     String::from_utf8(bytes).map(Some).map_err(|_| {
-        Error::Failed(format!(
+        Error::CannotRewrite(format!(
             "{path} of the backup is not UTF-8 text, so its recovery settings cannot be \
              rewritten for a view"
         ))
@@ -291,7 +291,7 @@ fn config_files(repo: &Repository, plan: &Plan, body: &str) -> Result<(Vec<File>
     for file in rewritten {
         if file.path.contains('/') {
             if file.also_removed.iter().any(|n| n == "data_directory") {
-                return Err(Error::Failed(format!(
+                return Err(Error::CannotRewrite(format!(
                     "{} of backup {} sets data_directory, which a view cannot remove there: \
                      a server started on the view would start on that directory instead; \
                      restore the backup instead",
@@ -347,7 +347,7 @@ pub fn prepare(
     files.push(("recovery.signal".into(), Vec::new()));
     let wal = fs::canonicalize(&wal).map_err(io(format!("resolve {}", wal.display())))?;
     if !wal.is_absolute() {
-        return Err(Error::Failed(format!(
+        return Err(Error::Mount(format!(
             "{} did not resolve to an absolute path",
             wal.display()
         )));

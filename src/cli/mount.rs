@@ -246,7 +246,7 @@ pub fn run(
         } else {
             ""
         };
-        Error::Failed(format!(
+        Error::Mount(format!(
             "cannot mount at {}: {e}{hint}",
             a.mountpoint.display()
         ))
@@ -269,7 +269,7 @@ pub fn run(
     });
     let ended = handle
         .wait()
-        .map_err(|e| Error::Failed(format!("mount ended with an error: {e}")));
+        .map_err(|e| Error::Mount(format!("mount ended with an error: {e}")));
     // The server that needed it is gone with the mount.
     if let Some(path) = key_file {
         if let Err(e) = std::fs::remove_file(&path) {
@@ -318,7 +318,7 @@ fn background() -> Result<()> {
         Some(2) => Error::BadInput(msg),
         Some(3) => Error::Store(crate::store::StoreError::corrupt("the repository", msg)),
         Some(4) => Error::NotFound(msg),
-        _ => Error::Failed(msg),
+        _ => Error::Mount(msg),
     })
 }
 
@@ -381,10 +381,10 @@ pub fn umount(a: UmountArgs) -> Result<()> {
                     done();
                     Ok(())
                 }
-                _ => Err(Error::Failed(format!("cannot unmount {}: permission denied (run as root, or as the user who mounted it with fusermount3 installed)", path.display()))),
+                _ => Err(Error::Mount(format!("cannot unmount {}: permission denied (run as root, or as the user who mounted it with fusermount3 installed)", path.display()))),
             }
         }
-        Some(libc::EBUSY) => Err(Error::Failed(format!(
+        Some(libc::EBUSY) => Err(Error::Mount(format!(
             "{} is busy: stop the server or shell using it (fuser -vm {}), or use --lazy",
             path.display(),
             path.display()
@@ -397,7 +397,7 @@ pub fn umount(a: UmountArgs) -> Result<()> {
             "{} does not exist",
             path.display()
         ))),
-        _ => Err(Error::Failed(format!(
+        _ => Err(Error::Mount(format!(
             "cannot unmount {}: {err}",
             path.display()
         ))),

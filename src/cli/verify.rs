@@ -121,10 +121,9 @@ pub fn run(
     if report.ok {
         Ok(())
     } else {
-        Err(Error::Failed(format!(
-            "backup {} failed verification: {}",
-            report.backup,
-            report.problems.join("; ")
-        )))
+        Err(Error::VerifyFailed {
+            backup: report.backup.clone(),
+            problems: report.problems.clone(),
+        })
     }
 }
