@@ -53,6 +53,14 @@ pub enum BackendError {
         key: String,
         message: String,
     },
+    /// The store answered with an error that trying again would not fix (an S3 4xx other
+    /// than those above, or 501): wrong credentials or permissions, an unsupported request.
+    #[error("{op} {key}: {message}")]
+    Refused {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("{op} {key}: {source}")]
     Io {
         op: &'static str,
@@ -143,6 +151,16 @@ mod tests {
         assert!(!io(std::io::ErrorKind::Other).is_transient());
         assert!(!io(std::io::ErrorKind::InvalidData).is_transient());
         assert!(!BackendError::NotFound { key: "k".into() }.is_transient());
+        let refused = BackendError::Refused {
+            op: "get",
+            key: "k".into(),
+            message: "AccessDenied: denied (HTTP 403)".into(),
+        };
+        assert!(!refused.is_transient());
+        assert_eq!(
+            refused.to_string(),
+            "get k: AccessDenied: denied (HTTP 403)"
+        );
         let store: crate::store::StoreError = unavailable.into();
         assert!(store.is_transient());
         assert!(!crate::store::StoreError::corrupt("k", "bad").is_transient());

@@ -461,10 +461,10 @@ impl Failure {
                 key,
                 message: self.message(),
             },
-            f => BackendError::Io {
+            f => BackendError::Refused {
                 op,
                 key,
-                source: std::io::Error::other(f.message()),
+                message: f.message(),
             },
         }
     }
