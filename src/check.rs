@@ -21,7 +21,7 @@ use crate::pg::walscan::SegmentSummary;
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::tree::{BlobRef, Loc, NodeKind};
-use crate::store::{Id, Repository, StoreError};
+use crate::store::{Id, PackId, Repository, StoreError};
 use crate::timelines::{self, BackupPoint, Survey};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -510,8 +510,8 @@ struct Checker<'a> {
     seed: u64,
     report: Report,
     /// Packs by index, so a reference costs 4 bytes of pack id, not 32.
-    pack_ids: Vec<Id>,
-    pack_index: HashMap<Id, u32>,
+    pack_ids: Vec<PackId>,
+    pack_index: HashMap<PackId, u32>,
     /// Every referenced blob: 24 bytes of key and value, 40–50 with the B-tree's overhead.
     refs: BTreeMap<(u32, u32), Expect>,
     /// Tree and chunk-list blobs already walked.
@@ -533,7 +533,7 @@ impl<'a> Checker<'a> {
         self.report.problems.len() - 1
     }
 
-    fn pack_of(&mut self, id: Id) -> u32 {
+    fn pack_of(&mut self, id: PackId) -> u32 {
         let next = self.pack_ids.len() as u32;
         *self.pack_index.entry(id).or_insert_with(|| {
             self.pack_ids.push(id);
@@ -1229,7 +1229,7 @@ mod tests {
         let root = root.unwrap_or(BlobRef {
             id: Id::default(),
             loc: Loc {
-                pack: Id::default(),
+                pack: PackId::default(),
                 offset: 8,
                 stored_len: 1,
             },

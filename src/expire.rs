@@ -364,7 +364,7 @@ mod tests {
     use crate::pg::lsn::Lsn;
     use crate::store::backend::memory::MemoryBackend;
     use crate::store::tree::{BlobRef, Loc};
-    use crate::store::{Backend, Id};
+    use crate::store::{Backend, Id, PackId};
     use std::sync::Arc;
 
     const SEG: u64 = 16 << 20;
@@ -377,7 +377,7 @@ mod tests {
         let root = BlobRef {
             id: Id::of(b"root"),
             loc: Loc {
-                pack: Id::of(b"pack"),
+                pack: PackId::of(b"pack"),
                 offset: 8,
                 stored_len: 1,
             },
@@ -558,7 +558,7 @@ mod tests {
         let root = BlobRef {
             id: Id::of(b"root"),
             loc: Loc {
-                pack: Id::of(b"pack"),
+                pack: PackId::of(b"pack"),
                 offset: 8,
                 stored_len: 1,
             },

@@ -20,7 +20,7 @@ use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BlobType, Entry};
 use crate::store::snapshot;
 use crate::store::tree::{decode_chunk_list, encode_chunk_list, BlobRef, Dir, Loc, NodeKind};
-use crate::store::{random_id, Id, Packer, Repository, StoreError};
+use crate::store::{random_id, Id, PackId, Packer, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -34,7 +34,7 @@ pub struct Condemned {
     pub leases: Vec<String>,
     /// The backups that existed then; expire voids the record if it deletes one not listed.
     pub backups: Vec<String>,
-    pub packs: Vec<Id>,
+    pub packs: Vec<PackId>,
 }
 
 /// Repack passes per run: the first moves data, the next the metadata packs it left mostly
@@ -100,7 +100,7 @@ pub struct GcReport {
 /// Which blobs the current backups use.
 #[derive(Default)]
 struct Refs {
-    index: HashMap<Id, u32>,
+    index: HashMap<PackId, u32>,
     /// Live stored bytes (blob and table entry) per pack index.
     live: Vec<u64>,
     blobs: HashSet<(u32, u32)>,
@@ -115,7 +115,7 @@ struct Meta {
     /// Sub-trees and chunk lists.
     children: Vec<(Id, Loc)>,
     /// The packs holding a list's chunks.
-    chunk_packs: Vec<Id>,
+    chunk_packs: Vec<PackId>,
 }
 
 impl Refs {
@@ -130,15 +130,15 @@ impl Refs {
         }
     }
 
-    fn uses(&self, pack: &Id) -> bool {
+    fn uses(&self, pack: &PackId) -> bool {
         self.index.contains_key(pack)
     }
 
-    fn live_bytes(&self, pack: &Id) -> u64 {
+    fn live_bytes(&self, pack: &PackId) -> u64 {
         self.index.get(pack).map_or(0, |i| self.live[*i as usize])
     }
 
-    fn is_live(&self, pack: &Id, offset: u32) -> bool {
+    fn is_live(&self, pack: &PackId, offset: u32) -> bool {
         self.index
             .get(pack)
             .is_some_and(|i| self.blobs.contains(&(*i, offset)))
@@ -198,7 +198,7 @@ impl Refs {
     }
 
     /// Live bytes per pack.
-    fn live_map(&self) -> HashMap<Id, u64> {
+    fn live_map(&self) -> HashMap<PackId, u64> {
         self.index
             .iter()
             .map(|(p, i)| (*p, self.live[*i as usize]))
@@ -213,11 +213,11 @@ struct RepackPlan {
     /// The packs each round repacks. Rewriting trees and chunk lists to point at moved
     /// blobs supersedes their old copies, which may leave the packs holding them mostly dead:
     /// the next round repacks those.
-    rounds: Vec<Vec<Id>>,
+    rounds: Vec<Vec<PackId>>,
     /// The backups rewritten (indexes into the backups walked), in the order a run does it.
     rewritten: Vec<usize>,
     /// Live bytes per pack once every round is done.
-    live: HashMap<Id, u64>,
+    live: HashMap<PackId, u64>,
     /// About how many bytes the rounds write: the live blobs of the repacked packs, and the
     /// rewritten trees and lists.
     written: u64,
@@ -226,19 +226,19 @@ struct RepackPlan {
 /// Plans the repack rounds over the backups' `roots`, given the pack `sizes`, the `live`
 /// bytes in each, the metadata graph, and the packs already being deleted (`skip`).
 fn plan_repack(
-    sizes: &HashMap<Id, u64>,
-    mut live: HashMap<Id, u64>,
+    sizes: &HashMap<PackId, u64>,
+    mut live: HashMap<PackId, u64>,
     meta: &HashMap<Id, Meta>,
     roots: &[(Id, Loc)],
-    skip: &HashSet<Id>,
+    skip: &HashSet<PackId>,
     threshold: f64,
 ) -> RepackPlan {
     let mut plan = RepackPlan::default();
-    let mut released: HashSet<Id> = HashSet::new();
+    let mut released: HashSet<PackId> = HashSet::new();
     // Trees and lists already rewritten: they are in packs this run writes.
     let mut moved: HashSet<(Id, Loc)> = HashSet::new();
     for _ in 0..REPACK_ROUNDS {
-        let mut round: Vec<Id> = sizes
+        let mut round: Vec<PackId> = sizes
             .iter()
             .filter(|(id, size)| {
                 let l = live.get(*id).copied().unwrap_or(0);
@@ -253,7 +253,7 @@ fn plan_repack(
             break;
         }
         round.sort();
-        let repacked: HashSet<Id> = round.iter().copied().collect();
+        let repacked: HashSet<PackId> = round.iter().copied().collect();
         plan.written += round
             .iter()
             .map(|p| live.get(p).copied().unwrap_or(0))
@@ -286,9 +286,9 @@ fn plan_repack(
 /// One round of a repack plan: which trees and lists change, as the `Rewriter` decides it.
 struct Simulation<'a> {
     meta: &'a HashMap<Id, Meta>,
-    repacked: &'a HashSet<Id>,
+    repacked: &'a HashSet<PackId>,
     moved: &'a mut HashSet<(Id, Loc)>,
-    live: &'a mut HashMap<Id, u64>,
+    live: &'a mut HashMap<PackId, u64>,
     written: u64,
     memo: HashMap<(Id, Loc), bool>,
 }
@@ -349,7 +349,7 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
     // The order of these three listings is what makes condemning safe: packs first, so a
     // pack written later is never condemned; then leases, so any command that starts after
     // (and so is not recorded) reads backups no earlier than the walk below.
-    let mut sizes: HashMap<Id, u64> = HashMap::new();
+    let mut sizes: HashMap<PackId, u64> = HashMap::new();
     for id in repo.packs()?.ids {
         sizes.insert(id, repo.pack_size(&id)?);
     }
@@ -367,7 +367,7 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
 
     // Phase 2 of earlier runs: delete what they condemned once nobody alive then remains.
     // Packs still waiting are condemned again below, with the leases alive now.
-    let mut deleted: HashSet<Id> = HashSet::new();
+    let mut deleted: HashSet<PackId> = HashSet::new();
     for record in trash(repo)? {
         let waiting: Vec<&String> = record
             .leases
@@ -404,7 +404,7 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
         &deleted,
         opts.repack_threshold,
     );
-    let mut released: HashSet<Id> = HashSet::new();
+    let mut released: HashSet<PackId> = HashSet::new();
     for round in &plan.rounds {
         report.repacked_packs += round.len() as u64;
         report.repacked_bytes += round.iter().map(|p| sizes[p]).sum::<u64>();
@@ -432,13 +432,13 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
         }
     }
     // What the backups use once repacked: as planned, or as found after the real rounds.
-    let used = |p: &Id| match opts.dry_run {
+    let used = |p: &PackId| match opts.dry_run {
         true => plan.live.get(p).is_some_and(|l| *l > 0),
         false => refs.uses(p),
     };
 
     // Phase 1: condemn what is unreferenced now.
-    let mut packs: Vec<Id> = sizes
+    let mut packs: Vec<PackId> = sizes
         .keys()
         .filter(|p| !deleted.contains(p) && (!used(p) || released.contains(p)))
         .copied()
@@ -480,7 +480,7 @@ fn condemn(
     repo: &Repository,
     backups: &[Snapshot],
     alive: &BTreeSet<String>,
-    packs: &[Id],
+    packs: &[PackId],
 ) -> Result<String> {
     let now = Utc::now();
     let run = format!("{}-{}", snapshot::id_for(now), &random_id().to_hex()[..8]);
@@ -502,7 +502,7 @@ struct Repacked {
     written: u64,
     rewritten: Vec<String>,
     /// Packs that held nothing but trees and lists now replaced.
-    emptied: Vec<Id>,
+    emptied: Vec<PackId>,
 }
 
 /// Rewrites trees and chunk lists to point at moved blobs, memoised so a subtree shared by
@@ -510,11 +510,11 @@ struct Repacked {
 struct Rewriter<'a> {
     repo: &'a Repository,
     refs: &'a Refs,
-    repacked: HashSet<Id>,
+    repacked: HashSet<PackId>,
     moved: HashMap<(u32, u32), Loc>,
     done: HashMap<(Id, Loc), BlobRef>,
     /// Bytes per pack of the trees and lists replaced by rewritten copies.
-    superseded: HashMap<Id, u64>,
+    superseded: HashMap<PackId, u64>,
     packer: Packer<'a>,
 }
 
@@ -600,7 +600,7 @@ fn repack(
     repo: &Repository,
     backups: &[Snapshot],
     refs: &Refs,
-    packs: &[Id],
+    packs: &[PackId],
     held: &dyn Fn() -> Result<()>,
 ) -> Result<Repacked> {
     let mut w = Rewriter {
@@ -1006,12 +1006,13 @@ mod tests {
     #[test]
     fn repack_plan_follows_rewrites_into_a_second_round() {
         let id = |b: u8| Id([b; 32]);
+        let pack_id = |b: u8| PackId([b; 32]);
         let loc = |pack: u8, offset: u32| Loc {
-            pack: id(pack),
+            pack: pack_id(pack),
             offset,
             stored_len: 52,
         };
-        let (data, metap, other) = (id(1), id(2), id(3));
+        let (data, metap, other) = (pack_id(1), pack_id(2), pack_id(3));
         let entry = 52 + pack::ENTRY_LEN as u64;
         // Two backups: tree A -> list a (chunk in `data`); tree B -> list b (chunk in `other`).
         // All four metadata blobs are in `metap`; data is mostly dead, metap is not yet.

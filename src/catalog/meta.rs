@@ -110,14 +110,14 @@ mod tests {
     use super::*;
     use crate::store::backend::memory::MemoryBackend;
     use crate::store::tree::{BlobRef, Loc};
-    use crate::store::Id;
+    use crate::store::{Id, PackId};
     use std::sync::Arc;
 
     fn root() -> BlobRef {
         BlobRef {
             id: Id::of(b"root"),
             loc: Loc {
-                pack: Id::of(b"pack"),
+                pack: PackId::of(b"pack"),
                 offset: 8,
                 stored_len: 700,
             },

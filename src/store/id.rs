@@ -1,10 +1,13 @@
-//! Content ids: SHA-256 digests, as a newtype so they print as hex and parse back.
+//! Ids, as newtypes so they print as hex and parse back: `Id` names a blob by its content,
+//! `PackId` names a pack at random.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// The SHA-256 of an object's content; names chunks, tree blobs and packs.
+/// A blob's id, derived from its content: the SHA-256 of the content in a plain repository,
+/// its HMAC-SHA256 under the repository's key in an encrypted (format 2) one (see
+/// `Crypto::id`). `Id::of` is the plain SHA-256.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Id(pub [u8; 32]);
 
@@ -25,6 +28,58 @@ impl Id {
 
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 32]
+    }
+}
+
+/// A pack's name: random, chosen before its content is known, so not a digest of it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PackId(pub [u8; 32]);
+
+impl PackId {
+    /// A fresh random name.
+    pub fn random() -> PackId {
+        let mut buf = [0u8; 32];
+        super::crypto::fill_random(&mut buf);
+        PackId(buf)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<PackId> {
+        Id::from_hex(s).map(|id| PackId(id.0))
+    }
+
+    /// A name derived from `seed`, for tests that need known pack names.
+    #[cfg(test)]
+    pub fn of(seed: &[u8]) -> PackId {
+        PackId(Id::of(seed).0)
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({})", &self.to_hex()[..12])
+    }
+}
+
+impl Serialize for PackId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for PackId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PackId, D::Error> {
+        let s = String::deserialize(d)?;
+        PackId::from_hex(&s).ok_or_else(|| serde::de::Error::custom(format!("bad pack id {s:?}")))
     }
 }
 

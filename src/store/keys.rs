@@ -1,7 +1,7 @@
 //! Object keys of the store's own objects. The keys of what only a PostgreSQL catalog
 //! knows (clusters, WAL) are in `catalog::keys`; together they are the whole layout.
 
-use super::Id;
+use super::PackId;
 
 pub const CONFIG: &str = "config";
 pub const SNAPSHOTS: &str = "snapshots/";
@@ -11,7 +11,7 @@ pub const KEEP: &str = "keep/";
 pub const TRASH: &str = "trash/";
 pub const KEY_SLOTS: &str = "keys/";
 
-pub fn pack(id: &Id) -> String {
+pub fn pack(id: &PackId) -> String {
     let hex = id.to_hex();
     format!("{PACKS}{}/{hex}", &hex[..2])
 }
@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn exact_keys() {
-        let id = Id::of(b"x");
+        let id = PackId::of(b"x");
         assert_eq!(
             pack(&id),
             format!("packs/{}/{}", &id.to_hex()[..2], id.to_hex())

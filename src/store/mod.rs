@@ -21,7 +21,7 @@ pub mod snapshot;
 pub mod tree;
 
 pub use backend::{Backend, BackendError};
-pub use id::Id;
+pub use id::{Id, PackId};
 pub use objects::PackListing;
 pub use packer::{random_id, Packer};
 pub use repo::{open_backend, Config, Repository, MAX_CHUNK_SIZE};

@@ -1,12 +1,12 @@
 //! Typed operations on the store's own objects (packs, snapshots, keep marks, trash records,
 //! leases), so commands neither spell keys nor parse listings: the layout stays in `keys`.
 
-use super::{keys, Id, Repository, StoreError};
+use super::{keys, PackId, Repository, StoreError};
 
 /// A listing of `packs/`: the packs, in key order, and how many keys there name no pack.
 #[derive(Debug, Default)]
 pub struct PackListing {
-    pub ids: Vec<Id>,
+    pub ids: Vec<PackId>,
     pub strays: usize,
 }
 
@@ -15,7 +15,7 @@ impl Repository {
     pub fn packs(&self) -> Result<PackListing, StoreError> {
         let mut out = PackListing::default();
         for key in self.backend().list(keys::PACKS)? {
-            match key.rsplit('/').next().and_then(Id::from_hex) {
+            match key.rsplit('/').next().and_then(PackId::from_hex) {
                 Some(id) => out.ids.push(id),
                 None => out.strays += 1,
             }
@@ -24,17 +24,17 @@ impl Repository {
     }
 
     /// A pack's size in bytes.
-    pub fn pack_size(&self, id: &Id) -> Result<u64, StoreError> {
+    pub fn pack_size(&self, id: &PackId) -> Result<u64, StoreError> {
         Ok(self.backend().size(&keys::pack(id))?)
     }
 
     /// A whole pack, as stored.
-    pub fn read_pack(&self, id: &Id) -> Result<Vec<u8>, StoreError> {
+    pub fn read_pack(&self, id: &PackId) -> Result<Vec<u8>, StoreError> {
         Ok(self.backend().get(&keys::pack(id))?)
     }
 
     /// Deletes a pack; one already gone is deleted too.
-    pub fn delete_pack(&self, id: &Id) -> Result<(), StoreError> {
+    pub fn delete_pack(&self, id: &PackId) -> Result<(), StoreError> {
         match self.backend().delete(&keys::pack(id)) {
             Err(e) if !e.is_not_found() => Err(e.into()),
             _ => Ok(()),

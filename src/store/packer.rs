@@ -2,22 +2,20 @@
 
 use super::pack::{BlobType, PackWriter};
 use super::tree::Loc;
-use super::{keys, Id, Repository, StoreError};
+use super::{keys, Id, PackId, Repository, StoreError};
 
 pub struct Packer<'a> {
     repo: &'a Repository,
     target: usize,
-    current: Option<(Id, PackWriter)>,
+    current: Option<(PackId, PackWriter)>,
     /// Bytes of packs written so far, the "newly stored" figure of a backup.
     pub bytes_written: u64,
     pub packs_written: u64,
 }
 
-/// A fresh random pack name: packs are named before their content is known.
+/// 32 random bytes, as an id: for names that must not collide (repositories, leases).
 pub fn random_id() -> Id {
-    let mut buf = [0u8; 32];
-    super::crypto::fill_random(&mut buf);
-    Id(buf)
+    Id(PackId::random().0)
 }
 
 impl<'a> Packer<'a> {
@@ -41,7 +39,7 @@ impl<'a> Packer<'a> {
     ) -> Result<Loc, StoreError> {
         let (pack, writer) = self
             .current
-            .get_or_insert_with(|| (random_id(), PackWriter::new()));
+            .get_or_insert_with(|| (PackId::random(), PackWriter::new()));
         let e = writer.add(id, kind, stored, len);
         let loc = Loc {
             pack: *pack,

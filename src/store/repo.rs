@@ -85,7 +85,7 @@ const META_WINDOW: u64 = 1 << 20;
 const META_WINDOWS: usize = 8;
 
 struct MetaWindow {
-    pack: Id,
+    pack: super::PackId,
     start: u64,
     data: Arc<Vec<u8>>,
 }

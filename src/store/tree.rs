@@ -6,7 +6,7 @@
 //! lists, not one list of every chunk. References carry the blob's location, so reading a
 //! backup needs no repository-wide index.
 
-use super::{Id, StoreError};
+use super::{Id, PackId, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Chunks per chunk-list blob: 1024 × 48 bytes ≈ 48 KiB per list.
@@ -17,7 +17,7 @@ const ZERO_PACK: u32 = u32::MAX;
 /// Where a blob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Loc {
-    pub pack: Id,
+    pub pack: PackId,
     pub offset: u32,
     pub stored_len: u32,
 }
@@ -44,7 +44,7 @@ pub struct Chunk {
 /// ref `id || u32 pack index (u32::MAX = zeros) || u32 offset || u32 stored length || u32
 /// length`, little endian. The pack table keeps refs at 48 bytes instead of 80.
 pub fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
-    let mut packs: Vec<Id> = Vec::new();
+    let mut packs: Vec<PackId> = Vec::new();
     let mut refs = Vec::with_capacity(chunks.len() * CHUNK_REF_LEN);
     for c in chunks {
         let (idx, offset, stored) = match c.loc {
@@ -88,7 +88,7 @@ pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreErr
     };
     let npacks = u32_at(0)? as usize;
     let packs = (0..npacks)
-        .map(|i| id_at(4 + i * 32))
+        .map(|i| id_at(4 + i * 32).map(|id| PackId(id.0)))
         .collect::<Result<Vec<_>, _>>()?;
     let base = 4 + npacks * 32;
     let n = u32_at(base)? as usize;
@@ -156,8 +156,8 @@ mod tests {
 
     #[test]
     fn chunk_list_round_trip() {
-        let p1 = Id::of(b"p1");
-        let p2 = Id::of(b"p2");
+        let p1 = PackId::of(b"p1");
+        let p2 = PackId::of(b"p2");
         let chunks = vec![
             Chunk {
                 id: Id::of(b"a"),
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn dir_json_shape() {
         let loc = Loc {
-            pack: Id::of(b"p"),
+            pack: PackId::of(b"p"),
             offset: 8,
             stored_len: 10,
         };
