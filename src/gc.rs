@@ -338,140 +338,248 @@ fn load_backups(repo: &Repository) -> Result<Vec<Snapshot>> {
         .collect()
 }
 
-/// Runs gc. `lease` is gc's exclusive lease (none for a dry run, which writes nothing).
-pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result<GcReport> {
-    let own = lease.map(|l| l.id());
-    let held = || lease.map_or(Ok(()), Lease::ensure_held);
-    let mut report = GcReport {
-        dry_run: opts.dry_run,
-        ..GcReport::default()
-    };
-    // The order of these three listings is what makes condemning safe: packs first, so a
-    // pack written later is never condemned; then leases, so any command that starts after
-    // (and so is not recorded) reads backups no earlier than the walk below.
-    let mut sizes: HashMap<PackId, u64> = HashMap::new();
-    for id in repo.packs()?.ids {
-        sizes.insert(id, repo.pack_size(&id)?);
-    }
-    report.packs_before = sizes.len() as u64;
-    report.bytes_before = sizes.values().sum();
-    // The leases of everyone else.
-    let others = || -> Result<BTreeSet<String>> {
-        let mut ids: BTreeSet<String> = lock::live_ids(repo)?.into_iter().collect();
-        ids.remove(own.as_deref().unwrap_or_default());
-        Ok(ids)
-    };
-    let mut alive = others()?;
-    let mut backups = load_backups(repo)?;
-    let mut refs = Refs::of(repo, &backups)?;
+/// What gc finds before deciding anything, read in the order that makes condemning safe:
+/// packs first, so a pack written later is never condemned; then leases, so any command that
+/// starts after (and so is not recorded) reads backups no earlier than the walk.
+struct Survey {
+    sizes: HashMap<PackId, u64>,
+    /// The leases of everyone else.
+    alive: BTreeSet<String>,
+    backups: Vec<Snapshot>,
+    refs: Refs,
+    trash: Vec<Condemned>,
+}
 
-    // Phase 2 of earlier runs: delete what they condemned once nobody alive then remains.
-    // Packs still waiting are condemned again below, with the leases alive now.
-    let mut deleted: HashSet<PackId> = HashSet::new();
-    for record in trash(repo)? {
-        let waiting: Vec<&String> = record
-            .leases
+impl Survey {
+    fn read(repo: &Repository, others: &dyn Fn() -> Result<BTreeSet<String>>) -> Result<Survey> {
+        let mut sizes = HashMap::new();
+        for id in repo.packs()?.ids {
+            sizes.insert(id, repo.pack_size(&id)?);
+        }
+        let alive = others()?;
+        let backups = load_backups(repo)?;
+        let refs = Refs::of(repo, &backups)?;
+        Ok(Survey {
+            sizes,
+            alive,
+            backups,
+            refs,
+            trash: trash(repo)?,
+        })
+    }
+}
+
+/// What a run does, decided from the survey alone: a dry run reports it, and a real run
+/// carries it out.
+#[derive(Debug)]
+struct GcPlan {
+    /// Phase 2 of earlier runs, per trash record: the packs deleted now, once nobody alive
+    /// then remains. Packs still waiting are condemned again, with the leases alive now.
+    phase2: Vec<(String, Vec<PackId>)>,
+    /// Every pack of `phase2`.
+    deleted: HashSet<PackId>,
+    /// Repack: live blobs of mostly-dead packs move to new packs, and the backups using them
+    /// are rewritten to point there; the old packs are then unreferenced.
+    repack: RepackPlan,
+    /// Phase 1: the packs unreferenced once the repack is done, to condemn.
+    condemned: Vec<PackId>,
+}
+
+impl GcPlan {
+    fn new(s: &Survey, threshold: f64) -> GcPlan {
+        let mut deleted = HashSet::new();
+        let phase2 = s
+            .trash
             .iter()
-            .filter(|l| alive.contains(*l))
+            .map(|record| {
+                let waiting = record.leases.iter().any(|l| s.alive.contains(l));
+                let packs = record
+                    .packs
+                    .iter()
+                    .filter(|p| {
+                        !waiting
+                            && !s.refs.uses(p)
+                            && s.sizes.contains_key(*p)
+                            && deleted.insert(**p)
+                    })
+                    .copied()
+                    .collect();
+                (record.run.clone(), packs)
+            })
             .collect();
-        for p in &record.packs {
-            if !waiting.is_empty() || refs.uses(p) || !sizes.contains_key(p) || deleted.contains(p)
-            {
-                continue;
-            }
-            if !opts.dry_run {
-                held()?;
-                repo.delete_pack(p)?;
-            }
-            deleted.insert(*p);
-            report.deleted_packs += 1;
-            report.freed_bytes += sizes.get(p).copied().unwrap_or(0);
-        }
-        if !opts.dry_run {
-            repo.delete_trash(&record.run)?;
+        let roots: Vec<(Id, Loc)> = s.backups.iter().map(|b| (b.root.id, b.root.loc)).collect();
+        let repack = plan_repack(
+            &s.sizes,
+            s.refs.live_map(),
+            &s.refs.meta,
+            &roots,
+            &deleted,
+            threshold,
+        );
+        let condemned = unreferenced(
+            &s.sizes,
+            &deleted,
+            |p| repack.live.get(p).is_some_and(|l| *l > 0),
+            &repack.released(),
+        );
+        GcPlan {
+            phase2,
+            deleted,
+            repack,
+            condemned,
         }
     }
 
-    // Repack: live blobs of mostly-dead packs move to new packs, and the backups using them
-    // are rewritten to point there; the old packs are then unreferenced. The rounds are
-    // planned first, so a dry run reports exactly what a real run does.
-    let roots: Vec<(Id, Loc)> = backups.iter().map(|b| (b.root.id, b.root.loc)).collect();
-    let plan = plan_repack(
-        &sizes,
-        refs.live_map(),
-        &refs.meta,
-        &roots,
-        &deleted,
-        opts.repack_threshold,
-    );
-    let mut released: HashSet<PackId> = HashSet::new();
-    for round in &plan.rounds {
-        report.repacked_packs += round.len() as u64;
-        report.repacked_bytes += round.iter().map(|p| sizes[p]).sum::<u64>();
-        released.extend(round.iter().copied());
-    }
-    if opts.dry_run {
-        report.written_bytes = plan.written;
-        report.rewritten_backups = plan
-            .rewritten
-            .iter()
-            .map(|i| backups[*i].id.clone())
-            .collect();
-    } else {
-        for round in &plan.rounds {
-            let done = repack(repo, &backups, &refs, round, &held)?;
-            report.written_bytes += done.written;
-            for id in done.rewritten {
-                if !report.rewritten_backups.contains(&id) {
-                    report.rewritten_backups.push(id);
-                }
-            }
-            released.extend(done.emptied);
-            backups = load_backups(repo)?;
-            refs = Refs::of(repo, &backups)?;
+    /// The figures a run knows before it writes: what was there, phase 2, the repack rounds.
+    fn report(&self, s: &Survey) -> GcReport {
+        let rounds = self.repack.rounds.iter().flatten();
+        GcReport {
+            packs_before: s.sizes.len() as u64,
+            bytes_before: s.sizes.values().sum(),
+            deleted_packs: self.deleted.len() as u64,
+            freed_bytes: self.deleted.iter().map(|p| s.sizes[p]).sum(),
+            repacked_packs: rounds.clone().count() as u64,
+            repacked_bytes: rounds.map(|p| s.sizes[p]).sum(),
+            ..GcReport::default()
         }
     }
-    // What the backups use once repacked: as planned, or as found after the real rounds.
-    let used = |p: &PackId| match opts.dry_run {
-        true => plan.live.get(p).is_some_and(|l| *l > 0),
-        false => refs.uses(p),
-    };
 
-    // Phase 1: condemn what is unreferenced now.
+    /// What a dry run reports: everything the plan would do if nothing changed meanwhile.
+    fn dry_report(&self, s: &Survey) -> GcReport {
+        let mut report = GcReport {
+            dry_run: true,
+            written_bytes: self.repack.written,
+            rewritten_backups: self
+                .repack
+                .rewritten
+                .iter()
+                .map(|i| s.backups[*i].id.clone())
+                .collect(),
+            ..self.report(s)
+        };
+        settle(&mut report, &self.condemned, &s.sizes, &s.alive);
+        report
+    }
+}
+
+impl RepackPlan {
+    /// The packs the rounds empty.
+    fn released(&self) -> HashSet<PackId> {
+        self.rounds.iter().flatten().copied().collect()
+    }
+}
+
+/// The packs to condemn, sorted: those not deleted already that no backup `used`, or whose
+/// blobs a repack moved out.
+fn unreferenced(
+    sizes: &HashMap<PackId, u64>,
+    deleted: &HashSet<PackId>,
+    used: impl Fn(&PackId) -> bool,
+    released: &HashSet<PackId>,
+) -> Vec<PackId> {
     let mut packs: Vec<PackId> = sizes
         .keys()
         .filter(|p| !deleted.contains(p) && (!used(p) || released.contains(p)))
         .copied()
         .collect();
     packs.sort();
+    packs
+}
+
+/// Counts condemned `packs`: deleted at once when no other command was `alive`, otherwise
+/// left waiting for those leases.
+fn settle(
+    report: &mut GcReport,
+    packs: &[PackId],
+    sizes: &HashMap<PackId, u64>,
+    alive: &BTreeSet<String>,
+) {
     if packs.is_empty() {
-        return Ok(report);
+        return;
     }
     let bytes: u64 = packs.iter().map(|p| sizes[p]).sum();
-    if !released.is_empty() && !opts.dry_run {
-        // Readers of the manifests as they were before the rewrite hold leases listed now.
-        alive.extend(others()?);
-    }
     if alive.is_empty() {
-        // Nobody else was running: nothing can come to reference these packs.
-        if !opts.dry_run {
-            let record = condemn(repo, &backups, &alive, &packs)?;
-            for p in &packs {
-                held()?;
-                repo.delete_pack(p)?;
-            }
-            repo.delete_trash(&record)?;
-        }
         report.deleted_packs += packs.len() as u64;
         report.freed_bytes += bytes;
     } else {
-        if !opts.dry_run {
-            condemn(repo, &backups, &alive, &packs)?;
-        }
         report.condemned_packs = packs.len() as u64;
         report.condemned_bytes = bytes;
-        report.waiting_for = alive.into_iter().collect();
+        report.waiting_for = alive.iter().cloned().collect();
     }
+}
+
+/// Runs gc. `lease` is gc's exclusive lease (none for a dry run, which writes nothing).
+pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result<GcReport> {
+    let own = lease.map(|l| l.id());
+    let others = || -> Result<BTreeSet<String>> {
+        let mut ids: BTreeSet<String> = lock::live_ids(repo)?.into_iter().collect();
+        ids.remove(own.as_deref().unwrap_or_default());
+        Ok(ids)
+    };
+    let survey = Survey::read(repo, &others)?;
+    let plan = GcPlan::new(&survey, opts.repack_threshold);
+    if opts.dry_run {
+        return Ok(plan.dry_report(&survey));
+    }
+    let held = || lease.map_or(Ok(()), Lease::ensure_held);
+    execute(repo, survey, plan, &held, &others)
+}
+
+/// Carries out a plan. Backups may be published meanwhile, so after repacking, what is
+/// unreferenced is decided again from the manifests as they are then.
+fn execute(
+    repo: &Repository,
+    survey: Survey,
+    plan: GcPlan,
+    held: &dyn Fn() -> Result<()>,
+    others: &dyn Fn() -> Result<BTreeSet<String>>,
+) -> Result<GcReport> {
+    let mut report = plan.report(&survey);
+    for (run, packs) in &plan.phase2 {
+        for p in packs {
+            held()?;
+            repo.delete_pack(p)?;
+        }
+        repo.delete_trash(run)?;
+    }
+    let Survey {
+        sizes,
+        mut alive,
+        mut backups,
+        mut refs,
+        ..
+    } = survey;
+    let mut released = plan.repack.released();
+    for round in &plan.repack.rounds {
+        let done = repack(repo, &backups, &refs, round, held)?;
+        report.written_bytes += done.written;
+        for id in done.rewritten {
+            if !report.rewritten_backups.contains(&id) {
+                report.rewritten_backups.push(id);
+            }
+        }
+        released.extend(done.emptied);
+        backups = load_backups(repo)?;
+        refs = Refs::of(repo, &backups)?;
+    }
+    let packs = unreferenced(&sizes, &plan.deleted, |p| refs.uses(p), &released);
+    if packs.is_empty() {
+        return Ok(report);
+    }
+    if !released.is_empty() {
+        // Readers of the manifests as they were before the rewrite hold leases listed now.
+        alive.extend(others()?);
+    }
+    let record = condemn(repo, &backups, &alive, &packs)?;
+    if alive.is_empty() {
+        // Nobody else was running: nothing can come to reference these packs.
+        for p in &packs {
+            held()?;
+            repo.delete_pack(p)?;
+        }
+        repo.delete_trash(&record)?;
+    }
+    settle(&mut report, &packs, &sizes, &alive);
     Ok(report)
 }
 
@@ -999,6 +1107,67 @@ mod tests {
         }
         let again = run(&repo, &opts(0.5), Some(&gc)).unwrap();
         assert_eq!((again.deleted_packs, again.repacked_packs), (0, 0));
+    }
+
+    /// The whole plan from a survey built by hand: phase 2 waits for the leases a record
+    /// names, deletes a pack once, and phase 1 condemns what no backup uses.
+    #[test]
+    fn plan_from_a_survey() {
+        let [a, b, c, d] = [1u8, 2, 3, 4].map(|n| PackId([n; 32]));
+        let mut refs = Refs::default();
+        refs.mark(&Loc {
+            pack: c,
+            offset: 8,
+            stored_len: 100,
+        });
+        let record = |run: &str, lease: &str, packs: Vec<PackId>| Condemned {
+            run: run.into(),
+            created: Utc::now(),
+            leases: vec![lease.into()],
+            backups: vec![],
+            packs,
+        };
+        let survey = Survey {
+            sizes: HashMap::from([
+                (a, 1000),
+                (b, 2000),
+                (c, 100 + pack::ENTRY_LEN as u64),
+                (d, 5),
+            ]),
+            alive: BTreeSet::from(["busy".to_string()]),
+            backups: vec![],
+            refs,
+            trash: vec![
+                record("r1", "gone", vec![a, c]),
+                record("r2", "gone", vec![a]),
+                record("r3", "busy", vec![b]),
+            ],
+        };
+        let plan = GcPlan::new(&survey, 0.5);
+        // The used pack c stays; a goes once; r3 waits for "busy".
+        assert_eq!(
+            plan.phase2,
+            vec![
+                ("r1".to_string(), vec![a]),
+                ("r2".to_string(), vec![]),
+                ("r3".to_string(), vec![])
+            ]
+        );
+        assert!(plan.repack.rounds.is_empty());
+        assert_eq!(plan.condemned, vec![b, d]);
+        let report = plan.dry_report(&survey);
+        assert!(report.dry_run);
+        assert_eq!((report.deleted_packs, report.freed_bytes), (1, 1000));
+        assert_eq!((report.condemned_packs, report.condemned_bytes), (2, 2005));
+        assert_eq!(report.waiting_for, vec!["busy"]);
+        // With nobody else running, the condemned packs go at once.
+        let alone = Survey {
+            alive: BTreeSet::new(),
+            ..survey
+        };
+        let report = GcPlan::new(&alone, 0.5).dry_report(&alone);
+        assert_eq!((report.deleted_packs, report.freed_bytes), (3, 3005));
+        assert_eq!(report.condemned_packs, 0);
     }
 
     /// The plan on a graph built by hand: a list whose chunk moves is rewritten with its tree,
