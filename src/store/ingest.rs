@@ -685,6 +685,36 @@ mod tests {
         }
     }
 
+    /// A file removed between the directory listing and its open: an error unless the
+    /// caller says its data accounts for removals.
+    #[test]
+    fn a_vanished_file_is_the_caller_s_policy() {
+        let repo = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("gone"), b"x").unwrap();
+        fs::write(dir.path().join("kept"), b"y").unwrap();
+        let remove = |rel: &str, _: &fs::Metadata| {
+            if rel == "gone" {
+                let _ = fs::remove_file(dir.path().join("gone"));
+            }
+            Visit::Keep
+        };
+        let mut ingest = Ingest::new(&repo, 1, Box::new(|_| {}));
+        match ingest.read_dir(dir.path(), "", None, &remove) {
+            Err(IngestError::Read { path, source }) => {
+                assert!(path.ends_with("gone"), "{path}");
+                assert_eq!(source.kind(), ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+        fs::write(dir.path().join("gone"), b"x").unwrap();
+        let mut ingest = Ingest::new(&repo, 1, Box::new(|_| {}));
+        ingest.set_vanished(Vanished::Skip);
+        let nodes = ingest.read_dir(dir.path(), "", None, &remove).unwrap();
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["kept"]);
+    }
+
     #[test]
     fn known_changes_skip_unchanged_chunks_and_read_the_rest() {
         let repo = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
