@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod backup;
+#[deny(missing_docs)]
 pub mod catalog;
 pub mod check;
 pub mod cli;

@@ -3,8 +3,11 @@
 
 pub use crate::store::keys::*;
 
+/// Archived WAL files, per cluster and timeline.
 pub const WAL: &str = "wal/";
+/// The registry of clusters.
 pub const SYSTEMS: &str = "systems/";
+/// Summaries of archived WAL segments, per cluster and timeline.
 pub const WAL_SUMMARIES: &str = "walsum/";
 
 /// The registry record of one cluster.

@@ -12,15 +12,25 @@ pub type Snapshot = crate::store::snapshot::Snapshot<BackupMeta>;
 /// What a snapshot of a data directory means to PostgreSQL.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupMeta {
+    /// The cluster backed up.
     pub system_identifier: SystemId,
+    /// The server's major version, which decides the layout and the tools that fit.
     pub pg_major: u32,
+    /// The server's full version string, as it reports it.
     pub pg_version: String,
+    /// The timeline the backup started on.
     pub timeline: u32,
+    /// Where replay must start (pg_backup_start's checkpoint).
     pub start_lsn: Lsn,
+    /// Where replay must reach before the backup is consistent (pg_backup_stop).
     pub stop_lsn: Lsn,
+    /// Bytes per WAL segment of the cluster.
     pub wal_segment_size: u64,
+    /// The backup_label pg_backup_stop returned (also a file in the root tree).
     pub backup_label: String,
+    /// The tablespace_map pg_backup_stop returned, if the cluster has tablespaces.
     pub tablespace_map: Option<String>,
+    /// The tablespaces, stored in the tree at `pg_tblspc/<oid>`.
     pub tablespaces: Vec<Tablespace>,
     /// How the data directory was read (absent in manifests older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,13 +38,16 @@ pub struct BackupMeta {
 }
 
 impl BackupMeta {
+    /// The system identifier as a number.
     pub fn sysid(&self) -> u64 {
         self.system_identifier.get()
     }
 }
 
+/// A tablespace of the backed-up cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tablespace {
+    /// Its OID: the name of its link in `pg_tblspc`.
     pub oid: u32,
     /// Where the tablespace lived on the backed-up host.
     pub location: String,
@@ -43,15 +56,18 @@ pub struct Tablespace {
 /// How a backup read the data directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadRecord {
+    /// Whether every file was read.
     pub mode: ReadMode,
     /// Why every file was read, when WAL summaries could not be used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_read_reason: Option<String>,
+    /// Bytes read from the data directory.
     pub bytes_read: u64,
     /// Bytes taken from the parent unread, because the WAL summaries show them unchanged.
     pub bytes_skipped: u64,
 }
 
+/// How much of the data directory a backup read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadMode {
@@ -63,6 +79,7 @@ pub enum ReadMode {
 
 /// The repository's snapshots read as base backups.
 pub trait Backups {
+    /// One backup by id; `NoSuchBackup` if there is none.
     fn load_snapshot(&self, id: &str) -> Result<Snapshot, StoreError>;
     /// All backups, oldest first; one that fails to load is an error in its slot.
     fn snapshots(&self) -> Result<Vec<Result<Snapshot, StoreError>>, StoreError>;

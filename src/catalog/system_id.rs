@@ -15,6 +15,7 @@ pub struct SystemId(pub u64);
 pub struct BadSystemId(pub String);
 
 impl SystemId {
+    /// The identifier as a number.
     pub fn get(self) -> u64 {
         self.0
     }

@@ -6,6 +6,7 @@ use crate::store::{Repository, StoreError};
 /// One object under a cluster's WAL (or WAL summary) prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalObject {
+    /// Its key in the repository.
     pub key: String,
     /// The file name: a segment, partial, history or backup file's.
     pub name: String,
