@@ -13,15 +13,18 @@ pub mod expire;
 pub mod gc;
 pub mod lock;
 pub mod mount;
+pub mod passphrase;
 pub mod pg;
 pub mod pitr;
 pub mod restore;
 pub mod retention;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod timelines;
 pub mod verify;
 pub mod view;
+pub mod walfetch;
 pub mod walpath;
 
 pub use error::{Error, Result};

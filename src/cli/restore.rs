@@ -5,9 +5,10 @@ use crate::error::{Error, Result};
 use crate::lock::Lease;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
-use crate::pitr::{self, Plan};
+use crate::pitr;
 use crate::restore::{self, ArchiveMode, Archiving, RestoreOptions};
 use crate::store::{BackendError, Repository, StoreError};
+use crate::walfetch;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -44,48 +45,6 @@ fn parse_map(s: &str) -> std::result::Result<(u32, PathBuf), String> {
     ))
 }
 
-/// Shell-quotes a word for restore_command, which PostgreSQL runs through sh.
-pub(super) fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The restore_command that fetches WAL of this plan's cluster from this repository.
-/// `key` holds the options that give `wal-fetch` the key of an encrypted repository.
-pub fn restore_command(repo_spec: &str, plan: &Plan, key: &str) -> Result<String> {
-    let exe = std::env::current_exe().map_err(crate::error::io("find the pgsnapfs executable"))?;
-    // The server runs the command in its data directory: use an absolute repository path.
-    let repo = if repo_spec.contains("://") {
-        repo_spec.to_string()
-    } else {
-        std::fs::canonicalize(repo_spec)
-            .map_err(crate::error::io(format!("resolve {repo_spec}")))?
-            .display()
-            .to_string()
-    };
-    Ok(format!(
-        "{} wal-fetch --repo {}{key} --system {} %f %p",
-        sh_quote(&exe.display().to_string()),
-        sh_quote(&repo),
-        plan.system.system_identifier
-    ))
-}
-
-/// The key options of a restored server's (or a verify server's) `wal-fetch`: the same
-/// passphrase file or command as this run, or PGSNAPFS_PASSPHRASE from its environment.
-pub fn fetch_key(repo: &Repository, pass: &super::key::PassphraseArgs) -> Result<String> {
-    if !repo.crypto().is_encrypted() {
-        return Ok(String::new());
-    }
-    let options = pass.fetch_options()?;
-    if options.is_empty() {
-        eprintln!(
-            "the repository is encrypted: the server's restore_command reads PGSNAPFS_PASSPHRASE \
-             from the server's environment"
-        );
-    }
-    Ok(options)
-}
-
 pub fn run(
     repo: &Repository,
     repo_spec: &str,
@@ -107,7 +66,7 @@ pub fn run(
         lease => Some(lease?),
     };
     let plan = match &lease {
-        Some(lease) => super::plan_pinned(repo, lease, a.system, &a.goal.goal()?)?,
+        Some(lease) => crate::session::plan_pinned(repo, lease, a.system, &a.goal.goal()?)?,
         None => pitr::plan(repo, a.system, &a.goal.goal()?)?,
     };
     let snap = &plan.snapshot;
@@ -122,8 +81,19 @@ pub fn run(
         plan.describe(),
         human(plan.replay_bytes)
     );
+    let key_options = walfetch::key_options(repo, &pass.source())?;
+    if repo.crypto().is_encrypted() && key_options.is_empty() {
+        eprintln!(
+            "the repository is encrypted: the server's restore_command reads PGSNAPFS_PASSPHRASE \
+             from the server's environment"
+        );
+    }
     let settings = RecoverySettings {
-        restore_command: restore_command(repo_spec, &plan, &fetch_key(repo, pass)?)?,
+        restore_command: walfetch::restore_command(
+            repo_spec,
+            &plan.system.system_identifier,
+            &key_options,
+        )?,
         target: plan.target.clone(),
         action: a.target_action,
         timeline: Some(plan.timeline.to_string()),
