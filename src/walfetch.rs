@@ -1,5 +1,6 @@
 //! The restore_command of a server started on a restore or a view: `pgsnapfs wal-fetch` from
-//! this repository, for this cluster, with the options that find the key of an encrypted one.
+//! this repository, for this cluster, with the options that find the key of an encrypted one;
+//! and which repository a pgsnapfs archive_command pushes into.
 
 use crate::error::{io, Result};
 use crate::passphrase;
@@ -49,6 +50,52 @@ pub fn key_options(repo: &Repository, passphrase: &passphrase::Source) -> Result
     }
 }
 
+/// The repository a pgsnapfs archive_command pushes into (its --repo), if it is one.
+pub fn archive_target(command: &str) -> Option<String> {
+    let words = shell_words(command);
+    if !words.iter().any(|w| w == "wal-push") {
+        return None;
+    }
+    words
+        .iter()
+        .enumerate()
+        .find_map(|(i, w)| match w.strip_prefix("--repo") {
+            Some("") => words.get(i + 1).cloned(),
+            Some(v) => v.strip_prefix('=').map(String::from),
+            None => None,
+        })
+}
+
+/// The words of a sh command line, unquoted: enough for a typical archive_command.
+fn shell_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                w.extend(chars.by_ref().take_while(|&c| c != '\''));
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => w.extend(chars.next()),
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
+            c if c.is_whitespace() || ";&|".contains(c) => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +111,23 @@ mod tests {
             ),
             r"'/opt/it'\''s/pgsnapfs' wal-fetch --repo '/srv/my repo' --passphrase-file '/s/passphrase' --system 7 %f %p"
         );
+    }
+
+    #[test]
+    fn archive_target_of_commands() {
+        assert_eq!(
+            archive_target("'/usr/bin/pgsnapfs' wal-push --repo '/srv/my repo' %p").as_deref(),
+            Some("/srv/my repo")
+        );
+        assert_eq!(
+            archive_target("pgsnapfs --repo=s3://b/p wal-push %p && true").as_deref(),
+            Some("s3://b/p")
+        );
+        assert_eq!(
+            archive_target("PGSNAPFS_REPO=/r pgsnapfs wal-push %p"),
+            None
+        );
+        assert_eq!(archive_target("cp %p /mnt/server/archivedir/%f"), None);
+        assert_eq!(shell_words(r#"a "b \"c\"" d\ e"#), ["a", "b \"c\"", "d e"]);
     }
 }

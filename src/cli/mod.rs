@@ -167,16 +167,6 @@ pub struct PointArgs {
 }
 
 impl GoalArgs {
-    /// Whether a backup or target was named (rather than the latest state).
-    pub fn names_a_point(&self) -> bool {
-        let p = &self.point;
-        p.backup.is_some()
-            || p.target_time.is_some()
-            || p.target_lsn.is_some()
-            || p.target_name.is_some()
-            || p.target_xid.is_some()
-    }
-
     /// The goal; with nothing given, the latest state: newest backup plus all archived WAL.
     pub fn goal(&self) -> Result<Goal> {
         Ok(Goal {

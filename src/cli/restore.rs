@@ -2,12 +2,10 @@
 
 use super::{human, parse_action, progress, GoalArgs};
 use crate::error::{Error, Result};
-use crate::lock::Lease;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
-use crate::pitr;
 use crate::restore::{self, ArchiveMode, Archiving, RestoreOptions};
-use crate::store::{BackendError, Repository, StoreError};
+use crate::store::Repository;
 use crate::walfetch;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -53,22 +51,14 @@ pub fn run(
 ) -> Result<()> {
     // Refused before anything is said or locked.
     crate::restore::check_empty(&a.to, "restore directory")?;
-    // A full repository disk must not stand between a lost server and its restore: without
-    // room for the lease, restore goes on unprotected and says so.
-    let lease = match Lease::shared(repo, "restore") {
-        Err(Error::Store(StoreError::Backend(BackendError::NoSpace { .. }))) => {
-            eprintln!(
-                "pgsnapfs: warning: no space in the repository for this restore's lease; \
-                 restoring without it: run no expire or gc until the restore is done"
-            );
-            None
-        }
-        lease => Some(lease?),
-    };
-    let plan = match &lease {
-        Some(lease) => crate::session::plan_pinned(repo, lease, a.system, &a.goal.goal()?)?,
-        None => pitr::plan(repo, a.system, &a.goal.goal()?)?,
-    };
+    let lease = crate::session::lease_unless_full(repo, "restore")?;
+    if lease.is_none() {
+        eprintln!(
+            "pgsnapfs: warning: no space in the repository for this restore's lease; \
+             restoring without it: run no expire or gc until the restore is done"
+        );
+    }
+    let plan = crate::session::plan_pinned(repo, lease.as_ref(), a.system, &a.goal.goal()?)?;
     let snap = &plan.snapshot;
     eprintln!(
         "restoring backup {} (PostgreSQL {}, {}, ended {}) to {}, recovering to {}; about {} \
@@ -178,7 +168,7 @@ fn describe_archiving(archiving: &Archiving) -> String {
         } => format!(
             "archive_mode is on: once started, the restored server archives WAL{} with \
              archive_command = {}; for a test restore, restore again with --archive-mode off",
-            archive_target(command)
+            walfetch::archive_target(command)
                 .map(|r| format!(" into {r}"))
                 .unwrap_or_default(),
             recovery::quote(command)
@@ -189,74 +179,5 @@ fn describe_archiving(archiving: &Archiving) -> String {
              a test restore"
                 .into()
         }
-    }
-}
-
-/// The repository a pgsnapfs archive_command pushes into (its --repo), if it is one.
-fn archive_target(command: &str) -> Option<String> {
-    let words = shell_words(command);
-    if !words.iter().any(|w| w == "wal-push") {
-        return None;
-    }
-    words
-        .iter()
-        .enumerate()
-        .find_map(|(i, w)| match w.strip_prefix("--repo") {
-            Some("") => words.get(i + 1).cloned(),
-            Some(v) => v.strip_prefix('=').map(String::from),
-            None => None,
-        })
-}
-
-/// The words of a sh command line, unquoted: enough for a typical archive_command.
-fn shell_words(s: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                let w = word.get_or_insert_with(String::new);
-                w.extend(chars.by_ref().take_while(|&c| c != '\''));
-            }
-            '"' => {
-                let w = word.get_or_insert_with(String::new);
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' => w.extend(chars.next()),
-                        c => w.push(c),
-                    }
-                }
-            }
-            '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
-            c if c.is_whitespace() || ";&|".contains(c) => words.extend(word.take()),
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    words
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn archive_target_of_commands() {
-        assert_eq!(
-            archive_target("'/usr/bin/pgsnapfs' wal-push --repo '/srv/my repo' %p").as_deref(),
-            Some("/srv/my repo")
-        );
-        assert_eq!(
-            archive_target("pgsnapfs --repo=s3://b/p wal-push %p && true").as_deref(),
-            Some("s3://b/p")
-        );
-        assert_eq!(
-            archive_target("PGSNAPFS_REPO=/r pgsnapfs wal-push %p"),
-            None
-        );
-        assert_eq!(archive_target("cp %p /mnt/server/archivedir/%f"), None);
-        assert_eq!(shell_words(r#"a "b \"c\"" d\ e"#), ["a", "b \"c\"", "d e"]);
     }
 }

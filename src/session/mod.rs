@@ -16,7 +16,7 @@ use crate::passphrase;
 use crate::pg::target::TargetAction;
 use crate::pitr::{self, Goal};
 use crate::store::diskcache::DiskCache;
-use crate::store::Repository;
+use crate::store::{BackendError, Repository, StoreError};
 use crate::view::Owner;
 use lifecycle::Signals;
 use plan::{Latest, Subject};
@@ -122,18 +122,29 @@ pub struct Session {
 
 /// Plans recovery and pins the chosen backup in `lease`, so expire keeps it and its WAL
 /// while the command runs. If an expire was running as the pin was written, the plan is
-/// made again: the backup may have gone.
+/// made again: the backup may have gone. Without a lease, the plan is not pinned.
 pub fn plan_pinned(
     repo: &Repository,
-    lease: &Lease,
+    lease: Option<&Lease>,
     system: Option<u64>,
     goal: &Goal,
 ) -> Result<pitr::Plan> {
     loop {
         let plan = pitr::plan(repo, system, goal)?;
-        if !lease.pin(repo, std::slice::from_ref(&plan.snapshot.id))? {
-            return Ok(plan);
+        match lease {
+            Some(lease) if lease.pin(repo, std::slice::from_ref(&plan.snapshot.id))? => {}
+            _ => return Ok(plan),
         }
+    }
+}
+
+/// A shared lease for `command`, or none when the repository has no room for it: a full
+/// repository disk must not stand between a lost server and its restore. The caller goes
+/// on unprotected and says so.
+pub fn lease_unless_full(repo: &Repository, command: &str) -> Result<Option<Lease>> {
+    match Lease::shared(repo, command) {
+        Err(Error::Store(StoreError::Backend(BackendError::NoSpace { .. }))) => Ok(None),
+        lease => lease.map(Some),
     }
 }
 
@@ -165,7 +176,7 @@ impl Session {
         let (source, view) = match subject {
             Subject::Catalogue => (SnapSource::catalogue(repo.clone(), cache)?, None),
             Subject::View { goal, scratch } => {
-                let plan = plan_pinned(&repo, &lease, req.system, &goal)?;
+                let plan = plan_pinned(&repo, Some(&lease), req.system, &goal)?;
                 let mountpoint = std::fs::canonicalize(&req.mountpoint)
                     .map_err(io(format!("resolve {}", req.mountpoint.display())))?;
                 // The server is started by someone else, with its own environment: the view
