@@ -11,6 +11,7 @@ pub mod cli;
 pub mod error;
 pub mod expire;
 pub mod gc;
+pub mod init;
 pub mod lock;
 pub mod mount;
 pub mod passphrase;
