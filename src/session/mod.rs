@@ -255,10 +255,9 @@ impl Session {
 
     /// Mounts; the mount is usable once this returns.
     pub fn mount(self) -> Result<Mounted> {
-        let is_root = self.fuse.allow_other;
         let handle = pgsnapfs_fuse::mount(Arc::new(self.source), &self.mountpoint, self.fuse)
             .map_err(|e| {
-                let hint = if !is_root && e.errno == libc::EACCES {
+                let hint = if !is_root() && e.errno == libc::EACCES {
                     "; without root, mounting needs read-write access to /dev/fuse (mode 0666, \
                      Debian's default) and fusermount3 (Debian package fuse3)"
                 } else {
