@@ -109,7 +109,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::List(a) => info::list(&open(&repo()?)?, a),
         Command::Info(a) => info::info(&open(&repo()?)?, a),
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),
-        Command::Mount(a) => mount::run(open(&repo()?)?, &repo()?, pass, a),
+        Command::Mount(a) => mount::run(&repo()?, pass, a, &open),
         Command::Umount(a) => mount::umount(a),
         Command::Verify(a) => verify::run(open(&repo()?)?, &repo()?, pass, a),
         Command::Check(a) => check::run(&open(&repo()?)?, a),

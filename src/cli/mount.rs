@@ -49,12 +49,12 @@ pub struct UmountArgs {
 }
 
 pub fn run(
-    repo: Repository,
     repo_spec: &str,
     pass: &super::key::PassphraseArgs,
     a: Args,
+    open: &dyn Fn(&str) -> Result<Repository>,
 ) -> Result<()> {
-    // Before any thread starts (see block_signals).
+    // Before any thread starts, opening the repository included (see block_signals).
     let signals = lifecycle::block_signals();
     if a.background {
         let started = lifecycle::background()?;
@@ -62,7 +62,7 @@ pub fn run(
         return Ok(());
     }
     let session = Session::open(
-        repo,
+        open(repo_spec)?,
         Request {
             command: "mount",
             repo_spec: repo_spec.to_string(),
