@@ -6,31 +6,37 @@
 //! throw-away copy-on-write layer, and archiving is off, so promotion touches nothing real.
 
 use crate::error::{io, Error, Result};
-use crate::mount::SnapSource;
-use crate::pg::recovery::RecoverySettings;
+use crate::passphrase;
 use crate::pg::target::TargetAction;
-use crate::pitr::Plan;
+use crate::pitr::{Goal, Plan};
 use crate::server::{ConnOpts, Server};
+use crate::session::plan::Latest;
+use crate::session::{self, CacheOptions, Request, Session, ViewSettings};
 use crate::store::backend::RequestCounts;
 use crate::store::diskcache::CacheCounts;
 use crate::store::Repository;
-use crate::view::{self, Owner};
+use crate::view::Owner;
 use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct VerifyOptions {
-    pub restore_command: String,
+    /// The repository's location as given, for the server's restore_command.
+    pub repo_spec: String,
+    /// Where the server's `wal-fetch` finds the passphrase of an encrypted repository.
+    pub passphrase: passphrase::Source,
+    /// The point to test; naming nothing tests the newest backup as it was taken.
+    pub goal: Goal,
+    /// The cluster, when the repository holds several.
+    pub system: Option<u64>,
+    pub cache: CacheOptions,
     /// The operating-system user the server runs as, and the database role used.
     pub user: String,
     pub pg_bin: Option<PathBuf>,
     /// SQL assertions: each statement must return one row holding true.
     pub assertions: Vec<Assertion>,
-    pub work_dir: PathBuf,
-    pub cache_bytes: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -127,65 +133,117 @@ impl Drop for Running<'_> {
     }
 }
 
-pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<Report> {
+/// A verify's own directory: the view's mount point and scratch directory, the server's
+/// socket and log. Removed with everything in it when dropped.
+struct Workspace {
+    dir: PathBuf,
+}
+
+impl Workspace {
+    fn create(owner: Owner) -> Result<Workspace> {
+        let dir = std::env::temp_dir().join(format!("pgsnapfs-verify-{}", std::process::id()));
+        crate::restore::check_empty(&dir, "work directory")?;
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        let work = Workspace { dir };
+        let chown = |d: &Path| {
+            std::os::unix::fs::chown(d, Some(owner.uid), Some(owner.gid))
+                .map_err(io(format!("chown {}", d.display())))
+        };
+        chown(&work.dir)?;
+        for d in [work.data(), work.socket()] {
+            std::fs::create_dir(&d).map_err(io(format!("create {}", d.display())))?;
+            chown(&d)?;
+        }
+        // The server trusts every connection on its socket: only its user (and root) may
+        // reach it.
+        let sock = work.socket();
+        std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io(format!("chmod {}", sock.display())))?;
+        Ok(work)
+    }
+
+    /// The view's mount point: the server's data directory.
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("socket")
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Mounts a view of the goal, promoted at its target, and tests it. `planned` hears which
+/// backup and point were chosen, before the server starts.
+pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> Result<Report> {
+    let owner = session::server_owner(&opts.user)?;
+    let work = Workspace::create(owner)?;
+    let started = Instant::now();
+    let session = Session::open(
+        repo,
+        Request {
+            command: "verify",
+            repo_spec: opts.repo_spec.clone(),
+            passphrase: opts.passphrase.clone(),
+            goal: opts.goal.clone(),
+            latest: Latest::NewestBackup,
+            system: opts.system,
+            mountpoint: work.data(),
+            scratch: Some(work.dir.join("scratch")),
+            owner: opts.user.clone(),
+            view: ViewSettings {
+                action: TargetAction::Promote,
+                shared_buffers: "256MB".into(),
+                // Only this process (root) and the server's user can reach the private
+                // socket: trust it, whatever pg_hba.conf said (peer would refuse root as the
+                // server's role).
+                files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
+            },
+            cache: opts.cache.clone(),
+        },
+    )?;
+    let plan = match session.view() {
+        Some(view) => view.plan.clone(),
+        None => {
+            return Err(Error::Mount(
+                "verify mounted the catalogue, not a view".into(),
+            ))
+        }
+    };
+    planned(&plan);
+    let bin = pg_bin(opts.pg_bin.as_deref(), plan.snapshot.pg_major)?;
+    let mounted = session.mount()?;
     let mut report = Report {
         backup: plan.snapshot.id.clone(),
         ..Report::default()
     };
-    let bin = pg_bin(opts.pg_bin.as_deref(), plan.snapshot.pg_major)?;
-    let owner = Owner::lookup(&opts.user)?;
-    let (uid, gid) = (owner.uid, owner.gid);
-
-    let started = Instant::now();
-    crate::restore::check_empty(&opts.work_dir, "work directory")?;
-    std::fs::create_dir_all(&opts.work_dir)
-        .map_err(io(format!("create {}", opts.work_dir.display())))?;
-    std::os::unix::fs::chown(&opts.work_dir, Some(uid), Some(gid))
-        .map_err(io("chown work directory"))?;
-    let mnt = opts.work_dir.join("data");
-    let scratch = opts.work_dir.join("scratch");
-    let sock = opts.work_dir.join("socket");
-    for d in [&mnt, &sock] {
-        std::fs::create_dir(d).map_err(io(format!("create {}", d.display())))?;
-        std::os::unix::fs::chown(d, Some(uid), Some(gid))
-            .map_err(io(format!("chown {}", d.display())))?;
-    }
-    // The server trusts every connection on its socket: only its user (and root) may reach it.
-    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(io(format!("chmod {}", sock.display())))?;
-    let settings = RecoverySettings {
-        restore_command: opts.restore_command.clone(),
-        target: plan.target.clone(),
-        action: TargetAction::Promote,
-        timeline: Some(plan.timeline.to_string()),
-    };
-    let mut changes =
-        view::prepare(&repo, plan, &settings, &scratch, &mnt, owner, "256MB")?.changes;
-    // Only this process (root) and the server's user can reach the private socket: trust it,
-    // whatever pg_hba.conf said (peer would refuse root as the server's role).
-    changes
-        .files
-        .push(("pg_hba.conf".into(), b"local all all trust\n".to_vec()));
-    let source = SnapSource::view(repo, &plan.snapshot, changes, opts.cache_bytes)?;
-    let handle = pgsnapfs_fuse::mount(
-        Arc::new(source),
-        &mnt,
-        pgsnapfs_fuse::MountOptions {
-            fsname: format!("pgsnapfs-verify:{}", plan.snapshot.id),
-            uid,
-            gid,
-            allow_other: unsafe { libc::geteuid() } == 0,
-            writable: Some(scratch.join("cow")),
-            block_size: crate::pg::PAGE_SIZE as u32,
-            threads: 4,
-            writeback_cache: true,
-        },
-    )
-    .map_err(|e| Error::Mount(format!("cannot mount at {}: {e}", mnt.display())))?;
     report.phases.mount_s = secs(started);
+    let tested = test(&bin, &work, &plan, opts, &mut report);
+    report.requests = mounted.repo().backend().stats();
+    report.disk_cache = mounted.repo().disk_cache_counts();
+    tested?;
+    mounted.unmount()?;
+    Ok(report)
+}
 
+/// Starts the server on the mounted view, waits for its recovery, runs the checks, and
+/// stops it.
+fn test(
+    bin: &Path,
+    work: &Workspace,
+    plan: &Plan,
+    opts: &VerifyOptions,
+    report: &mut Report,
+) -> Result<()> {
+    let mnt = work.data();
+    let sock = work.socket();
     let port = free_port()?;
-    let log = opts.work_dir.join("server.log");
+    let log = work.dir.join("server.log");
     let started = Instant::now();
     let status = as_user(&opts.user, &bin.join("pg_ctl"))
         .arg("-D")
@@ -201,7 +259,7 @@ pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<R
         .output()
         .map_err(io("run pg_ctl"))?;
     let running = Running {
-        bin: &bin,
+        bin,
         user: &opts.user,
         data: &mnt,
     };
@@ -213,9 +271,7 @@ pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<R
             plan.snapshot.id,
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         ));
-        drop(running);
-        drop(handle);
-        return Ok(report);
+        return Ok(());
     }
     report.phases.start_s = secs(started);
 
@@ -233,22 +289,19 @@ pub fn run(repo: Arc<Repository>, plan: &Plan, opts: &VerifyOptions) -> Result<R
             report
                 .problems
                 .push("recovery did not finish within an hour".into());
-            return Ok(report);
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     report.phases.recovery_s = secs(started);
 
     let started = Instant::now();
-    check_all(&server, &conn, opts, &mut report)?;
+    check_all(&server, &conn, opts, report)?;
     report.phases.checks_s = secs(started);
     report.ok = report.problems.is_empty();
     drop(server);
     drop(running);
-    handle
-        .unmount()
-        .map_err(|e| Error::Mount(format!("unmount {}: {e}", mnt.display())))?;
-    Ok(report)
+    Ok(())
 }
 
 fn check_all(

@@ -37,6 +37,7 @@ mod subset;
 
 use packs::*;
 use record::*;
+pub use record::record_path;
 pub use subset::Subset;
 
 /// A pack or WAL object verified by reading is read again after this long, so bit rot that

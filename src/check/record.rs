@@ -2,6 +2,22 @@
 
 use super::*;
 
+/// The record of verified objects for repository `repo_id`, if a state directory is known:
+/// the one given, else `$XDG_STATE_HOME/pgsnapfs`, else `~/.local/state/pgsnapfs`.
+pub fn record_path(state_dir: Option<PathBuf>, repo_id: &str) -> Option<PathBuf> {
+    let dir = state_dir.or_else(|| {
+        let env = |k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("XDG_STATE_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".local/state")))
+            .map(|d| d.join("pgsnapfs"))
+    })?;
+    Some(dir.join(repo_id).join("verified"))
+}
+
 /// Seconds since the Unix epoch.
 pub(super) fn now() -> i64 {
     chrono::Utc::now().timestamp()

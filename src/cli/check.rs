@@ -30,26 +30,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The record of verified objects for this repository, if a state directory is known.
-fn record_path(a: &Args, repo_id: &str) -> Option<PathBuf> {
-    let dir = a.state_dir.clone().or_else(|| {
-        let env = |k| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        env("XDG_STATE_HOME")
-            .or_else(|| env("HOME").map(|h| h.join(".local/state")))
-            .map(|d| d.join("pgsnapfs"))
-    })?;
-    Some(dir.join(repo_id).join("verified"))
-}
-
 pub fn run(repo: &Repository, a: Args) -> Result<()> {
     // A shared lease: gc must not delete packs while check reads them and reports them missing.
     let _lease = Lease::shared(repo, "check")?;
     let read_data = a.read_data || a.read_data_subset.is_some();
-    let record = record_path(&a, &repo.config.id);
+    let record = check::record_path(a.state_dir.clone(), &repo.config.id);
     if read_data && record.is_none() {
         tracing::warn!(
             "no state directory (set --state-dir, XDG_STATE_HOME or HOME): everything is read, \

@@ -28,10 +28,8 @@ mod verify;
 mod wal;
 
 use crate::error::{Error, Result};
-use crate::lock::Lease;
 use crate::pg::target::{Target, TargetAction};
-use crate::pitr::{self, Goal, Point};
-use crate::store::diskcache::DiskCache;
+use crate::pitr::{Goal, Point};
 use crate::store::{open_backend, Repository};
 use crate::walpath::TimelineChoice;
 use clap::{Parser, Subcommand};
@@ -111,7 +109,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::List(a) => info::list(&open(&repo()?)?, a),
         Command::Info(a) => info::info(&open(&repo()?)?, a),
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),
-        Command::Mount(a) => mount::run(open(&repo()?)?, &repo()?, pass, a),
+        Command::Mount(a) => mount::run(&repo()?, pass, a, &open),
         Command::Umount(a) => mount::umount(a),
         Command::Verify(a) => verify::run(open(&repo()?)?, &repo()?, pass, a),
         Command::Check(a) => check::run(&open(&repo()?)?, a),
@@ -134,23 +132,6 @@ fn open(spec: &str, pass: &key::PassphraseArgs) -> Result<Repository> {
     Ok(Repository::open_with(open_backend(spec)?, &|| {
         pass.read(spec)
     })?)
-}
-
-/// Plans recovery and pins the chosen backup in `lease`, so expire keeps it and its WAL
-/// while the command runs. If an expire was running as the pin was written, the plan is
-/// made again: the backup may have gone.
-fn plan_pinned(
-    repo: &Repository,
-    lease: &Lease,
-    system: Option<u64>,
-    goal: &Goal,
-) -> Result<pitr::Plan> {
-    loop {
-        let plan = pitr::plan(repo, system, goal)?;
-        if !lease.pin(repo, std::slice::from_ref(&plan.snapshot.id))? {
-            return Ok(plan);
-        }
-    }
 }
 
 /// Which point to recover to, and along which timeline: shared by restore, mount and verify.
@@ -186,16 +167,6 @@ pub struct PointArgs {
 }
 
 impl GoalArgs {
-    /// Whether a backup or target was named (rather than the latest state).
-    pub fn names_a_point(&self) -> bool {
-        let p = &self.point;
-        p.backup.is_some()
-            || p.target_time.is_some()
-            || p.target_lsn.is_some()
-            || p.target_name.is_some()
-            || p.target_xid.is_some()
-    }
-
     /// The goal; with nothing given, the latest state: newest backup plus all archived WAL.
     pub fn goal(&self) -> Result<Goal> {
         Ok(Goal {
@@ -286,30 +257,12 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
-    /// Adds the disk cache to a remote repository; a local one is its own disk.
-    fn attach(&self, repo: Repository, spec: &str) -> Result<Repository> {
-        if !spec.contains("://") || self.disk_cache_size == 0 {
-            return Ok(repo);
+    fn options(&self) -> crate::session::CacheOptions {
+        crate::session::CacheOptions {
+            memory: self.cache_size,
+            dir: self.cache_dir.clone(),
+            disk_size: self.disk_cache_size,
         }
-        let base = match (&self.cache_dir, std::env::var_os("XDG_CACHE_HOME")) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(xdg)) if !xdg.is_empty() => std::path::PathBuf::from(xdg).join("pgsnapfs"),
-            (None, _) => std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".cache/pgsnapfs"))
-                .ok_or_else(|| {
-                    Error::BadInput("no HOME to put the disk cache in: use --cache-dir".into())
-                })?,
-        };
-        // Per repository, named by its id: two repositories never share cache files.
-        let dir = base.join(&repo.config.id);
-        let cache = DiskCache::open(&dir, self.disk_cache_size).map_err(|e| {
-            Error::BadInput(format!(
-                "cannot use disk cache {}: {e}; choose another with --cache-dir or turn it off \
-                 with --disk-cache-size 0",
-                dir.display()
-            ))
-        })?;
-        Ok(repo.with_disk_cache(cache))
     }
 }
 

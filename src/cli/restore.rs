@@ -2,12 +2,11 @@
 
 use super::{human, parse_action, progress, GoalArgs};
 use crate::error::{Error, Result};
-use crate::lock::Lease;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
-use crate::pitr::{self, Plan};
 use crate::restore::{self, ArchiveMode, Archiving, RestoreOptions};
-use crate::store::{BackendError, Repository, StoreError};
+use crate::store::Repository;
+use crate::walfetch;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -44,48 +43,6 @@ fn parse_map(s: &str) -> std::result::Result<(u32, PathBuf), String> {
     ))
 }
 
-/// Shell-quotes a word for restore_command, which PostgreSQL runs through sh.
-pub(super) fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The restore_command that fetches WAL of this plan's cluster from this repository.
-/// `key` holds the options that give `wal-fetch` the key of an encrypted repository.
-pub fn restore_command(repo_spec: &str, plan: &Plan, key: &str) -> Result<String> {
-    let exe = std::env::current_exe().map_err(crate::error::io("find the pgsnapfs executable"))?;
-    // The server runs the command in its data directory: use an absolute repository path.
-    let repo = if repo_spec.contains("://") {
-        repo_spec.to_string()
-    } else {
-        std::fs::canonicalize(repo_spec)
-            .map_err(crate::error::io(format!("resolve {repo_spec}")))?
-            .display()
-            .to_string()
-    };
-    Ok(format!(
-        "{} wal-fetch --repo {}{key} --system {} %f %p",
-        sh_quote(&exe.display().to_string()),
-        sh_quote(&repo),
-        plan.system.system_identifier
-    ))
-}
-
-/// The key options of a restored server's (or a verify server's) `wal-fetch`: the same
-/// passphrase file or command as this run, or PGSNAPFS_PASSPHRASE from its environment.
-pub fn fetch_key(repo: &Repository, pass: &super::key::PassphraseArgs) -> Result<String> {
-    if !repo.crypto().is_encrypted() {
-        return Ok(String::new());
-    }
-    let options = pass.fetch_options()?;
-    if options.is_empty() {
-        eprintln!(
-            "the repository is encrypted: the server's restore_command reads PGSNAPFS_PASSPHRASE \
-             from the server's environment"
-        );
-    }
-    Ok(options)
-}
-
 pub fn run(
     repo: &Repository,
     repo_spec: &str,
@@ -94,22 +51,14 @@ pub fn run(
 ) -> Result<()> {
     // Refused before anything is said or locked.
     crate::restore::check_empty(&a.to, "restore directory")?;
-    // A full repository disk must not stand between a lost server and its restore: without
-    // room for the lease, restore goes on unprotected and says so.
-    let lease = match Lease::shared(repo, "restore") {
-        Err(Error::Store(StoreError::Backend(BackendError::NoSpace { .. }))) => {
-            eprintln!(
-                "pgsnapfs: warning: no space in the repository for this restore's lease; \
-                 restoring without it: run no expire or gc until the restore is done"
-            );
-            None
-        }
-        lease => Some(lease?),
-    };
-    let plan = match &lease {
-        Some(lease) => super::plan_pinned(repo, lease, a.system, &a.goal.goal()?)?,
-        None => pitr::plan(repo, a.system, &a.goal.goal()?)?,
-    };
+    let lease = crate::session::lease_unless_full(repo, "restore")?;
+    if lease.is_none() {
+        eprintln!(
+            "pgsnapfs: warning: no space in the repository for this restore's lease; \
+             restoring without it: run no expire or gc until the restore is done"
+        );
+    }
+    let plan = crate::session::plan_pinned(repo, lease.as_ref(), a.system, &a.goal.goal()?)?;
     let snap = &plan.snapshot;
     eprintln!(
         "restoring backup {} (PostgreSQL {}, {}, ended {}) to {}, recovering to {}; about {} \
@@ -122,8 +71,19 @@ pub fn run(
         plan.describe(),
         human(plan.replay_bytes)
     );
+    let key_options = walfetch::key_options(repo, &pass.source())?;
+    if repo.crypto().is_encrypted() && key_options.is_empty() {
+        eprintln!(
+            "the repository is encrypted: the server's restore_command reads PGSNAPFS_PASSPHRASE \
+             from the server's environment"
+        );
+    }
     let settings = RecoverySettings {
-        restore_command: restore_command(repo_spec, &plan, &fetch_key(repo, pass)?)?,
+        restore_command: walfetch::restore_command(
+            repo_spec,
+            &plan.system.system_identifier,
+            &key_options,
+        )?,
         target: plan.target.clone(),
         action: a.target_action,
         timeline: Some(plan.timeline.to_string()),
@@ -208,7 +168,7 @@ fn describe_archiving(archiving: &Archiving) -> String {
         } => format!(
             "archive_mode is on: once started, the restored server archives WAL{} with \
              archive_command = {}; for a test restore, restore again with --archive-mode off",
-            archive_target(command)
+            walfetch::archive_target(command)
                 .map(|r| format!(" into {r}"))
                 .unwrap_or_default(),
             recovery::quote(command)
@@ -219,74 +179,5 @@ fn describe_archiving(archiving: &Archiving) -> String {
              a test restore"
                 .into()
         }
-    }
-}
-
-/// The repository a pgsnapfs archive_command pushes into (its --repo), if it is one.
-fn archive_target(command: &str) -> Option<String> {
-    let words = shell_words(command);
-    if !words.iter().any(|w| w == "wal-push") {
-        return None;
-    }
-    words
-        .iter()
-        .enumerate()
-        .find_map(|(i, w)| match w.strip_prefix("--repo") {
-            Some("") => words.get(i + 1).cloned(),
-            Some(v) => v.strip_prefix('=').map(String::from),
-            None => None,
-        })
-}
-
-/// The words of a sh command line, unquoted: enough for a typical archive_command.
-fn shell_words(s: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                let w = word.get_or_insert_with(String::new);
-                w.extend(chars.by_ref().take_while(|&c| c != '\''));
-            }
-            '"' => {
-                let w = word.get_or_insert_with(String::new);
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' => w.extend(chars.next()),
-                        c => w.push(c),
-                    }
-                }
-            }
-            '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
-            c if c.is_whitespace() || ";&|".contains(c) => words.extend(word.take()),
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    words
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn archive_target_of_commands() {
-        assert_eq!(
-            archive_target("'/usr/bin/pgsnapfs' wal-push --repo '/srv/my repo' %p").as_deref(),
-            Some("/srv/my repo")
-        );
-        assert_eq!(
-            archive_target("pgsnapfs --repo=s3://b/p wal-push %p && true").as_deref(),
-            Some("s3://b/p")
-        );
-        assert_eq!(
-            archive_target("PGSNAPFS_REPO=/r pgsnapfs wal-push %p"),
-            None
-        );
-        assert_eq!(archive_target("cp %p /mnt/server/archivedir/%f"), None);
-        assert_eq!(shell_words(r#"a "b \"c\"" d\ e"#), ["a", "b \"c\"", "d e"]);
     }
 }

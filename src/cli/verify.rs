@@ -2,12 +2,9 @@
 
 use super::{print_json, GoalArgs};
 use crate::error::{io, Error, Result};
-use crate::lock::Lease;
-use crate::pitr::Point;
 use crate::store::Repository;
 use crate::verify::{self, VerifyOptions};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,13 +38,6 @@ pub fn run(
     pass: &super::key::PassphraseArgs,
     a: Args,
 ) -> Result<()> {
-    // With nothing named, test the newest backup as it was taken.
-    let mut goal = a.goal.goal()?;
-    if matches!(goal.to, Point::Latest) {
-        goal.to = Point::Backup("latest".into());
-    }
-    let lease = Lease::shared(&repo, "verify")?;
-    let plan = super::plan_pinned(&repo, &lease, a.system, &goal)?;
     let assertions = match &a.sql {
         Some(path) => verify::parse_assertions(
             &std::fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?,
@@ -56,31 +46,23 @@ pub fn run(
         .map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))?,
         None => Vec::new(),
     };
-    let work = std::env::temp_dir().join(format!("pgsnapfs-verify-{}", std::process::id()));
-    eprintln!(
-        "verifying backup {} (recovering to {})",
-        plan.snapshot.id,
-        plan.describe()
-    );
-    // The test server runs as --user with this process's environment.
-    let key = super::restore::fetch_key(&repo, pass)?;
-    let repo = Arc::new(a.cache.attach(repo, repo_spec)?);
-    let result = verify::run(
-        repo.clone(),
-        &plan,
-        &VerifyOptions {
-            restore_command: super::restore::restore_command(repo_spec, &plan, &key)?,
-            user: a.user,
-            pg_bin: a.pg_bin,
-            assertions,
-            work_dir: work.clone(),
-            cache_bytes: a.cache.cache_size as usize,
-        },
-    );
-    let _ = std::fs::remove_dir_all(&work);
-    let mut report = result?;
-    report.requests = repo.backend().stats();
-    report.disk_cache = repo.disk_cache_counts();
+    let opts = VerifyOptions {
+        repo_spec: repo_spec.to_string(),
+        passphrase: pass.source(),
+        goal: a.goal.goal()?,
+        system: a.system,
+        cache: a.cache.options(),
+        user: a.user,
+        pg_bin: a.pg_bin,
+        assertions,
+    };
+    let report = verify::run(repo, &opts, &|plan| {
+        eprintln!(
+            "verifying backup {} (recovering to {})",
+            plan.snapshot.id,
+            plan.describe()
+        )
+    })?;
     if a.json {
         print_json(&report);
     } else {

@@ -1,0 +1,367 @@
+//! A session on a mounted backup, the one way commands mount one: `mount` (the catalogue,
+//! or a view of one point in time that a server starts on) and `verify`. A session plans
+//! and pins the backup, writes the view's settings, restore_command and key file, mounts,
+//! serves until unmounted or signalled, and tears down. The CLI parses and prints.
+//!
+//! The pure decisions (what to mount, which settings, which FUSE options) are in [`plan`].
+
+pub mod lifecycle;
+pub mod plan;
+pub mod unmount;
+
+use crate::error::{io, Error, Result};
+use crate::lock::Lease;
+use crate::mount::SnapSource;
+use crate::passphrase;
+use crate::pg::target::TargetAction;
+use crate::pitr::{self, Goal};
+use crate::store::diskcache::DiskCache;
+use crate::store::{BackendError, Repository, StoreError};
+use crate::view::Owner;
+use lifecycle::Signals;
+use plan::{Latest, Subject};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The caches of a session's reads.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Memory for decompressed chunks.
+    pub memory: u64,
+    /// The local disk cache of chunks of a remote repository: its base directory (default
+    /// `$XDG_CACHE_HOME/pgsnapfs` or `~/.cache/pgsnapfs`) and size limit (0: none).
+    pub dir: Option<PathBuf>,
+    pub disk_size: u64,
+}
+
+impl CacheOptions {
+    /// Adds the disk cache to a remote repository; a local one is its own disk.
+    pub fn attach(&self, repo: Repository, spec: &str) -> Result<Repository> {
+        if !spec.contains("://") || self.disk_size == 0 {
+            return Ok(repo);
+        }
+        let base = match (&self.dir, std::env::var_os("XDG_CACHE_HOME")) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(xdg)) if !xdg.is_empty() => PathBuf::from(xdg).join("pgsnapfs"),
+            (None, _) => std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/pgsnapfs"))
+                .ok_or_else(|| {
+                    Error::BadInput("no HOME to put the disk cache in: use --cache-dir".into())
+                })?,
+        };
+        // Per repository, named by its id: two repositories never share cache files.
+        let dir = base.join(&repo.config.id);
+        let cache = DiskCache::open(&dir, self.disk_size).map_err(|e| {
+            Error::BadInput(format!(
+                "cannot use disk cache {}: {e}; choose another with --cache-dir or turn it off \
+                 with --disk-cache-size 0",
+                dir.display()
+            ))
+        })?;
+        Ok(repo.with_disk_cache(cache))
+    }
+}
+
+/// What a view's server is set up with.
+#[derive(Debug, Clone)]
+pub struct ViewSettings {
+    /// What the server does at the target.
+    pub action: TargetAction,
+    /// shared_buffers, sized so replay does not evict pages through FUSE one at a time.
+    pub shared_buffers: String,
+    /// Files the command adds or replaces at the view's top, over the view's own.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// What a command asks of a session.
+pub struct Request {
+    /// The command, as its lease and the mount's file system name show it.
+    pub command: &'static str,
+    /// The repository's location as given, for the view's restore_command.
+    pub repo_spec: String,
+    /// Where the view's `wal-fetch` passphrase comes from, for an encrypted repository.
+    pub passphrase: passphrase::Source,
+    pub goal: Goal,
+    /// What a goal that names nothing means.
+    pub latest: Latest,
+    /// The cluster, when the repository holds several.
+    pub system: Option<u64>,
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    /// A view's scratch directory (missing or empty): the server's writes, its pg_wal and
+    /// its key file.
+    pub scratch: Option<PathBuf>,
+    /// The user the server runs as, shown as the owner of every file (root only: others
+    /// see their own files).
+    pub owner: String,
+    pub view: ViewSettings,
+    pub cache: CacheOptions,
+}
+
+/// A view being served: the backup and point chosen, and what to tell its user.
+pub struct View {
+    pub plan: pitr::Plan,
+    /// What whoever starts a server on the view should know, one line each.
+    pub notes: Vec<String>,
+    pub scratch: PathBuf,
+    pub action: TargetAction,
+    /// The passphrase for the server's `wal-fetch`, removed with the session.
+    _key: Option<KeyFile>,
+}
+
+/// A session ready to mount: planned, pinned and prepared.
+pub struct Session {
+    repo: Arc<Repository>,
+    _lease: Lease,
+    mountpoint: PathBuf,
+    source: SnapSource,
+    fuse: pgsnapfs_fuse::MountOptions,
+    view: Option<View>,
+}
+
+/// Plans recovery and pins the chosen backup in `lease`, so expire keeps it and its WAL
+/// while the command runs. If an expire was running as the pin was written, the plan is
+/// made again: the backup may have gone. Without a lease, the plan is not pinned.
+pub fn plan_pinned(
+    repo: &Repository,
+    lease: Option<&Lease>,
+    system: Option<u64>,
+    goal: &Goal,
+) -> Result<pitr::Plan> {
+    loop {
+        let plan = pitr::plan(repo, system, goal)?;
+        match lease {
+            Some(lease) if lease.pin(repo, std::slice::from_ref(&plan.snapshot.id))? => {}
+            _ => return Ok(plan),
+        }
+    }
+}
+
+/// A shared lease for `command`, or none when the repository has no room for it: a full
+/// repository disk must not stand between a lost server and its restore. The caller goes
+/// on unprotected and says so.
+pub fn lease_unless_full(repo: &Repository, command: &str) -> Result<Option<Lease>> {
+    match Lease::shared(repo, command) {
+        Err(Error::Store(StoreError::Backend(BackendError::NoSpace { .. }))) => Ok(None),
+        lease => lease.map(Some),
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: a plain id query.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The owner of a view's files: the user its server runs as, which only root may choose;
+/// anyone else mounts as themselves.
+pub fn server_owner(name: &str) -> Result<Owner> {
+    match is_root() {
+        true => Owner::lookup(name),
+        false => Ok(Owner::me()),
+    }
+}
+
+impl Session {
+    /// Checks the request, takes the command's lease, plans and pins, and prepares what is
+    /// mounted: for a view, its scratch directory, settings and key file.
+    pub fn open(repo: Repository, req: Request) -> Result<Session> {
+        let subject = plan::subject(req.goal, req.latest, req.scratch)?;
+        lifecycle::check_mountpoint(&req.mountpoint)?;
+        let lease = Lease::shared(&repo, req.command)?;
+        let repo = Arc::new(req.cache.attach(repo, &req.repo_spec)?);
+        let owner = server_owner(&req.owner)?;
+        let cache = req.cache.memory as usize;
+        let pid = std::process::id();
+        let (source, view) = match subject {
+            Subject::Catalogue => (SnapSource::catalogue(repo.clone(), cache)?, None),
+            Subject::View { goal, scratch } => {
+                let plan = plan_pinned(&repo, Some(&lease), req.system, &goal)?;
+                let mountpoint = std::fs::canonicalize(&req.mountpoint)
+                    .map_err(io(format!("resolve {}", req.mountpoint.display())))?;
+                // The server is started by someone else, with its own environment: the view
+                // keeps the passphrase in its scratch directory for wal-fetch.
+                let key_path = match repo.crypto().is_encrypted() {
+                    true => Some(
+                        std::path::absolute(plan::key_file(&scratch))
+                            .map_err(io(format!("resolve {}", scratch.display())))?,
+                    ),
+                    false => None,
+                };
+                let key_options = key_path.as_ref().map_or(String::new(), |p| {
+                    format!(
+                        " --passphrase-file {}",
+                        crate::walfetch::sh_quote(&p.display().to_string())
+                    )
+                });
+                let restore_command = crate::walfetch::restore_command(
+                    &req.repo_spec,
+                    &plan.system.system_identifier,
+                    &key_options,
+                )?;
+                let settings = plan::settings(&plan, restore_command, req.view.action);
+                let prepared = crate::view::prepare(
+                    &repo,
+                    &plan,
+                    &settings,
+                    &scratch,
+                    &mountpoint,
+                    owner,
+                    &req.view.shared_buffers,
+                )?;
+                let key = match key_path {
+                    Some(path) => Some(KeyFile::write(
+                        &req.passphrase.read(&req.repo_spec)?,
+                        path,
+                        owner,
+                    )?),
+                    None => None,
+                };
+                let mut changes = prepared.changes;
+                changes.files.extend(req.view.files);
+                let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
+                let view = View {
+                    plan,
+                    notes: prepared.notes,
+                    scratch,
+                    action: req.view.action,
+                    _key: key,
+                };
+                (source, Some(view))
+            }
+        };
+        let backup = view.as_ref().map(|v| v.plan.snapshot.id.as_str());
+        let writable = view.as_ref().map(|v| v.scratch.join("cow"));
+        let fuse = plan::fuse_options(
+            plan::fsname(req.command, backup, pid),
+            owner,
+            is_root(),
+            writable,
+        );
+        Ok(Session {
+            repo,
+            _lease: lease,
+            mountpoint: req.mountpoint,
+            source,
+            fuse,
+            view,
+        })
+    }
+
+    /// The view, unless this is the catalogue.
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    /// Mounts; the mount is usable once this returns.
+    pub fn mount(self) -> Result<Mounted> {
+        let handle = pgsnapfs_fuse::mount(Arc::new(self.source), &self.mountpoint, self.fuse)
+            .map_err(|e| {
+                let hint = if !is_root() && e.errno == libc::EACCES {
+                    "; without root, mounting needs read-write access to /dev/fuse (mode 0666, \
+                     Debian's default) and fusermount3 (Debian package fuse3)"
+                } else {
+                    ""
+                };
+                Error::Mount(format!(
+                    "cannot mount at {}: {e}{hint}",
+                    self.mountpoint.display()
+                ))
+            })?;
+        Ok(Mounted {
+            handle,
+            repo: self.repo,
+            view: self.view,
+            _lease: self._lease,
+        })
+    }
+}
+
+/// A mounted session. Dropping it unmounts, removes the view's key file and releases the
+/// lease, in that order.
+pub struct Mounted {
+    handle: pgsnapfs_fuse::MountHandle,
+    repo: Arc<Repository>,
+    view: Option<View>,
+    _lease: Lease,
+}
+
+impl Mounted {
+    /// Where it is mounted (canonical).
+    pub fn mountpoint(&self) -> &Path {
+        self.handle.mountpoint()
+    }
+
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    /// Serves until someone unmounts it or one of `signals` arrives. A mount started by
+    /// `--background` first lets go of its caller's output (see [`lifecycle::detach_output`]).
+    /// `busy` hears of a signal that could not unmount because the mount is in use.
+    pub fn serve(self, signals: Signals, busy: fn(&str)) -> Result<()> {
+        if lifecycle::detached() {
+            lifecycle::detach_output(self.view.as_ref().map(|v| v.scratch.as_path()))?;
+        }
+        let unmounter = self.handle.unmounter();
+        std::thread::spawn(move || loop {
+            let sig = signals.wait();
+            tracing::info!("signal {sig}: unmounting");
+            match unmounter.unmount() {
+                Ok(()) => break,
+                Err(e) => busy(&e.to_string()),
+            }
+        });
+        let Mounted { handle, .. } = self;
+        handle
+            .wait()
+            .map_err(|e| Error::Mount(format!("mount ended with an error: {e}")))
+    }
+
+    /// Unmounts now.
+    pub fn unmount(self) -> Result<()> {
+        let Mounted { handle, .. } = self;
+        let at = handle.mountpoint().display().to_string();
+        handle
+            .unmount()
+            .map_err(|e| Error::Mount(format!("unmount {at}: {e}")))
+    }
+}
+
+/// The passphrase for a view's `wal-fetch`, in its scratch directory for as long as the
+/// view is mounted: the server that needed it is gone with the mount.
+struct KeyFile(PathBuf);
+
+impl KeyFile {
+    /// Writes it 0600 and owned by the server's user. The scratch directory is 0700: only
+    /// that user (and root) can read the file.
+    fn write(secret: &[u8], path: PathBuf, owner: Owner) -> Result<KeyFile> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(format!("create {}", path.display())))?;
+        let key = KeyFile(path);
+        std::io::Write::write_all(&mut f, secret)
+            .map_err(io(format!("write {}", key.0.display())))?;
+        std::os::unix::fs::fchown(&f, Some(owner.uid), Some(owner.gid))
+            .map_err(io(format!("chown {}", key.0.display())))?;
+        Ok(key)
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(
+                "cannot remove the view's key file {}: {e}",
+                self.0.display()
+            );
+        }
+    }
+}
