@@ -5,6 +5,12 @@
 //! and backup-keep hold an exclusive one, which excludes each other but never readers or
 //! writers. A heartbeat thread refreshes the lease every `REFRESH`; a lease not refreshed
 //! within its TTL, or whose process is dead on this very machine, is stale and counts as gone.
+//! "Not refreshed" is judged with a clock the reader can trust: the holder's own timestamp
+//! where the holder runs on the reader's kernel (one clock), and otherwise the reader's
+//! monotonic clock, watching the record not change (`Watch`), since another machine's clock
+//! may be off by any amount. The store's own timestamps would do too, but the back ends do
+//! not expose them alike (S3 `LastModified` against a local file's mtime, written by each
+//! writer's kernel), while a changed record means the same on both.
 //! gc never waits for leases: it records which were alive when it condemned packs and deletes
 //! them only once all of those are gone (docs/repository-format.md, "Deleting").
 //!
@@ -16,14 +22,15 @@ use crate::store::crypto::Sealer;
 use crate::store::{keys, random_id, Backend, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a lease stays live without a refresh.
 pub const TTL: Duration = Duration::from_secs(300);
 /// How often the holder refreshes it. The holder gives its lease up as lost once
-/// `TTL - REFRESH` has passed without a successful refresh, so clocks may disagree by up to
-/// `REFRESH` before another host could take a lease over too early.
+/// `TTL - REFRESH` has passed without a successful refresh, well before a reader that saw its
+/// record unchanged for `TTL` takes the lease over.
 const REFRESH: Duration = Duration::from_secs(60);
 /// How often a command that must wait for an expire looks again.
 const POLL: Duration = Duration::from_secs(1);
@@ -119,16 +126,32 @@ pub fn holder_alive(pid: u32, started: Option<u64>) -> bool {
 }
 
 impl LeaseRecord {
-    /// Whether the holder is certainly gone: not refreshed within its TTL, or a process that
-    /// no longer runs on this machine (`alive` judges its PID and start time).
+    /// Whether one look shows the holder is certainly gone: a holder on this kernel not
+    /// refreshed within its TTL, or a process that no longer runs on this machine (`alive`
+    /// judges its PID and start time). A holder on another machine is never stale at one
+    /// look: its `refreshed` is by its own clock, and only a `Watch` can tell.
     pub fn is_stale(
         &self,
         now: DateTime<Utc>,
         here: &Here,
         alive: impl Fn(u32, Option<u64>) -> bool,
     ) -> bool {
-        let ttl = chrono::Duration::seconds(self.ttl_s as i64);
-        self.refreshed + ttl < now || (self.is_local(here) && !alive(self.pid, self.started))
+        self.shares_clock(here)
+            && (self.is_overdue(now) || (self.is_local(here) && !alive(self.pid, self.started)))
+    }
+
+    /// Whether `refreshed + ttl_s` is before `now`: meaningful only on one clock, and for a
+    /// holder on another machine a hint that it may be silent, worth watching.
+    pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
+        let ttl = chrono::Duration::seconds(self.ttl_s.min(i64::MAX as u64) as i64);
+        self.refreshed + ttl < now
+    }
+
+    /// Whether the holder runs on the reader's kernel (same boot id, any PID namespace), so
+    /// its wall clock is the reader's.
+    pub fn shares_clock(&self, here: &Here) -> bool {
+        let boot = |instance: &str| instance.split('/').next().unwrap_or_default().to_string();
+        !boot(&self.instance).is_empty() && boot(&self.instance) == boot(&here.instance)
     }
 
     /// Whether the holder runs in this machine's PID namespace, where its PID can be checked.
@@ -162,6 +185,58 @@ pub struct Found {
     /// and what it uses are unknown.
     pub record: std::result::Result<LeaseRecord, String>,
     pub stale: bool,
+    /// Held on another machine, and overdue by the reader's clock: maybe silent, maybe on a
+    /// clock behind ours. An exclusive command watches it (`Watch`).
+    pub overdue: bool,
+}
+
+/// What watching a lease on another machine has shown so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// Its record changed while watched: its holder refreshes it.
+    Beating,
+    /// Its record stayed the same for its TTL: its holder is gone.
+    Silent,
+    /// Not watched long enough to tell.
+    Undecided,
+}
+
+struct Seen {
+    record: LeaseRecord,
+    since: Instant,
+    changed: bool,
+}
+
+/// The reader's own record of when it last saw each lease change, by its monotonic clock:
+/// the holder gives its lease up after `TTL - REFRESH` without a refresh by its own
+/// monotonic clock, so a record unchanged for `TTL` here is a lease given up, whatever either
+/// machine's wall clock says.
+#[derive(Default)]
+pub struct Watch(HashMap<String, Seen>);
+
+impl Watch {
+    /// Notes `record`, read from `key` at `now`, and says what watching it has shown.
+    pub fn look(&mut self, key: &str, record: &LeaseRecord, now: Instant) -> Heard {
+        let seen = self.0.entry(key.to_string()).or_insert_with(|| Seen {
+            record: record.clone(),
+            since: now,
+            changed: false,
+        });
+        if seen.record != *record {
+            *seen = Seen {
+                record: record.clone(),
+                since: now,
+                changed: true,
+            };
+        }
+        if now.saturating_duration_since(seen.since) >= Duration::from_secs(record.ttl_s) {
+            Heard::Silent
+        } else if seen.changed {
+            Heard::Beating
+        } else {
+            Heard::Undecided
+        }
+    }
 }
 
 /// Why a command cannot go on under the repository's leases.
@@ -207,7 +282,15 @@ pub fn list(repo: &Repository) -> Result<Vec<Found>> {
         let stale = record
             .as_ref()
             .is_ok_and(|r| r.is_stale(now, &here, holder_alive));
-        out.push(Found { key, record, stale });
+        let overdue = record
+            .as_ref()
+            .is_ok_and(|r| !r.shares_clock(&here) && r.is_overdue(now));
+        out.push(Found {
+            key,
+            record,
+            stale,
+            overdue,
+        });
     }
     Ok(out)
 }
@@ -271,8 +354,8 @@ pub fn keep_reason(found: &Found, here: &Here) -> Option<String> {
         )
     } else {
         format!(
-            "its holder, {} on {}, refreshed it at {} and its process cannot be checked from \
-             here: make sure it is gone",
+            "its holder, {} on {}, refreshed it at {} by its own clock and its process cannot \
+             be checked from here: make sure it is gone",
             r.command,
             r.host,
             r.refreshed
@@ -302,7 +385,7 @@ pub fn remove(repo: &Repository, id: &str, force: bool) -> Result<()> {
 
 struct State {
     record: LeaseRecord,
-    last_ok: std::time::Instant,
+    last_ok: Instant,
     lost: Option<String>,
     stop: bool,
 }
@@ -323,33 +406,68 @@ impl Lease {
     }
 
     /// Takes the exclusive lease for `command`, failing if another gc, expire or
-    /// backup-keep holds one. Stale leases found on the way are removed.
+    /// backup-keep holds one. Stale leases found on the way are removed. An exclusive lease
+    /// held on another machine, or any lease there overdue by our clock, is watched for up
+    /// to its TTL: taken over if its record does not change, and an exclusive one whose
+    /// record changes makes the repository busy.
     pub fn exclusive(repo: &Repository, command: &str) -> Result<Lease> {
         let lease = Lease::take(repo, command, true)?;
+        let here = Here::current();
+        let mut watch = Watch::default();
+        let mut told = false;
         // Written before listing: of two commands starting together, at least one sees the
         // other (both may, and both give up).
-        for found in list(repo)? {
-            if found.key == lease.key {
-                continue;
-            }
-            if found.stale {
-                let what = found.record.as_ref().map(LeaseRecord::describe);
-                tracing::info!("removing stale {}", what.unwrap_or(found.key.clone()));
-                repo.delete_lease(&found.key)?;
-            } else if let Some(r) = found
-                .record
-                .as_ref()
-                .ok()
-                .filter(|_| found.is_live_exclusive(None))
-            {
-                return Err(LeaseError::Busy {
-                    holder: r.describe(),
-                    id: found.id().to_string(),
+        loop {
+            let mut waiting = None;
+            for found in list(repo)? {
+                if found.key == lease.key {
+                    continue;
                 }
-                .into());
+                let foreign = found
+                    .record
+                    .as_ref()
+                    .ok()
+                    .filter(|r| !found.stale && !r.shares_clock(&here))
+                    .filter(|r| r.exclusive || found.overdue);
+                let heard = foreign.map(|r| watch.look(&found.key, r, Instant::now()));
+                if found.stale || heard == Some(Heard::Silent) {
+                    let what = found.record.as_ref().map(LeaseRecord::describe);
+                    let what = what.unwrap_or(found.key.clone());
+                    match heard {
+                        Some(_) => tracing::warn!(
+                            "taking over {what}: its record did not change for its TTL, so \
+                             its holder is gone"
+                        ),
+                        None => tracing::info!("removing stale {what}"),
+                    }
+                    repo.delete_lease(&found.key)?;
+                } else if heard == Some(Heard::Undecided) {
+                    waiting = foreign.map(LeaseRecord::describe);
+                } else if let Some(r) = found
+                    .record
+                    .as_ref()
+                    .ok()
+                    .filter(|_| found.is_live_exclusive(None))
+                {
+                    return Err(LeaseError::Busy {
+                        holder: r.describe(),
+                        id: found.id().to_string(),
+                    }
+                    .into());
+                }
             }
+            let Some(what) = waiting else {
+                return Ok(lease);
+            };
+            if !told {
+                tracing::warn!(
+                    "waiting for the heartbeat of {what}, held on another machine: taken over \
+                     if it stays silent for its TTL"
+                );
+                told = true;
+            }
+            std::thread::sleep(POLL);
         }
-        Ok(lease)
     }
 
     fn take(repo: &Repository, command: &str, exclusive: bool) -> Result<Lease> {
@@ -375,7 +493,7 @@ impl Lease {
         let state = Arc::new((
             Mutex::new(State {
                 record,
-                last_ok: std::time::Instant::now(),
+                last_ok: Instant::now(),
                 lost: None,
                 stop: false,
             }),
@@ -433,11 +551,20 @@ impl Lease {
             self.backend
                 .replace(&self.key, &seal(&s.record, &self.sealer, &self.key))?;
         }
+        let here = Here::current();
+        let mut watch = Watch::default();
         let mut waited = false;
         loop {
+            // An expire on another machine counts as gone once watched silent for its TTL.
             let expiring: Vec<Found> = list(repo)?
                 .into_iter()
                 .filter(|f| f.key != self.key && f.is_live_exclusive(Some("expire")))
+                .filter(|f| {
+                    f.record.as_ref().map_or(true, |r| {
+                        r.shares_clock(&here)
+                            || watch.look(&f.key, r, Instant::now()) != Heard::Silent
+                    })
+                })
                 .collect();
             let Some(first) = expiring.first() else {
                 return Ok(waited);
@@ -481,7 +608,7 @@ fn heartbeat(backend: &dyn Backend, key: &str, sealer: &Sealer, state: &(Mutex<S
             }
         });
         match result {
-            Ok(true) => s.last_ok = std::time::Instant::now(),
+            Ok(true) => s.last_ok = Instant::now(),
             Ok(false) => {
                 tracing::error!("repository lease {key} was removed by another process");
                 s.lost = Some("another process removed it as stale".into());
@@ -547,14 +674,54 @@ mod tests {
         assert!(!fresh.is_stale(now, &here, |_, _| true));
         // Same machine, dead process: stale at once.
         assert!(fresh.is_stale(now, &here, |_, _| false));
-        // Another host's process cannot be checked: only the TTL counts.
-        let remote = record("other", "boot/ns", now - chrono::Duration::seconds(299));
-        assert!(!remote.is_stale(now, &here, |_, _| false));
-        let old = record("other", "x", now - chrono::Duration::seconds(301));
-        assert!(old.is_stale(now, &here, |_, _| true));
-        // Another PID namespace on the same host (a container): only the TTL counts.
+        // Another PID namespace on this kernel (a container): its process cannot be
+        // checked, but its clock is ours, so the TTL counts.
         let container = record("h", "boot/other-ns", now);
         assert!(!container.is_stale(now, &here, |_, _| false));
+        let old = record("h2", "boot/other-ns", now - chrono::Duration::seconds(301));
+        assert!(old.is_stale(now, &here, |_, _| true));
+        // Another machine: its timestamp is by its clock, so one look never makes it stale,
+        // whichever way that clock is off; it is only flagged overdue, to be watched.
+        let behind = record("other", "b2/ns", now - chrono::Duration::days(365));
+        assert!(!behind.is_stale(now, &here, |_, _| false));
+        assert!(behind.is_overdue(now) && !behind.shares_clock(&here));
+        let ahead = record("other", "b2/ns", now + chrono::Duration::days(365));
+        assert!(!ahead.is_stale(now, &here, |_, _| false));
+        assert!(!ahead.is_overdue(now));
+        // A lease without an instance (an old version) shares no clock.
+        assert!(!record("h", "", now).shares_clock(&here));
+    }
+
+    #[test]
+    fn watching_a_heartbeat_ignores_the_holders_clock() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let wall = Utc::now();
+        for skew in [-chrono::Duration::days(365), chrono::Duration::days(365)] {
+            // A live holder whose clock is a year off either way: it refreshes every 60 s
+            // and is never silent, however long it is watched.
+            let mut watch = Watch::default();
+            let mut r = record("other", "b2/ns", wall + skew);
+            assert_eq!(watch.look("k", &r, at(0)), Heard::Undecided);
+            assert_eq!(watch.look("k", &r, at(59)), Heard::Undecided);
+            for beat in 1..20 {
+                r.refreshed += chrono::Duration::seconds(60);
+                assert_eq!(watch.look("k", &r, at(beat * 60)), Heard::Beating);
+                assert_eq!(watch.look("k", &r, at(beat * 60 + 59)), Heard::Beating);
+            }
+            // It stops: silent once unchanged for its TTL since the last change seen.
+            assert_eq!(watch.look("k", &r, at(19 * 60 + 299)), Heard::Beating);
+            assert_eq!(watch.look("k", &r, at(19 * 60 + 300)), Heard::Silent);
+            // A holder that never beats while watched: silent after the TTL from the first
+            // look, whatever its timestamp says.
+            let mut watch = Watch::default();
+            let dead = record("other", "b2/ns", wall + skew);
+            assert_eq!(watch.look("d", &dead, at(1000)), Heard::Undecided);
+            assert_eq!(watch.look("d", &dead, at(1299)), Heard::Undecided);
+            assert_eq!(watch.look("d", &dead, at(1300)), Heard::Silent);
+            // Each key is watched on its own.
+            assert_eq!(watch.look("e", &dead, at(1300)), Heard::Undecided);
+        }
     }
 
     #[test]
@@ -577,9 +744,9 @@ mod tests {
         let started = proc_stat(pid).unwrap().map(|s| s.1);
         assert!(holder_alive(pid, started));
         child.kill().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while proc_stat(pid).unwrap().map(|s| s.0) != Some('Z') {
-            assert!(std::time::Instant::now() < deadline, "child never died");
+            assert!(Instant::now() < deadline, "child never died");
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!holder_alive(pid, started));
@@ -634,7 +801,8 @@ mod tests {
     fn stale_exclusive_lease_is_taken_over() {
         let repo = repo();
         let now = Utc::now();
-        let mut dead = record("elsewhere", "x", now - chrono::Duration::seconds(3600));
+        let mut dead = record("elsewhere", "", now - chrono::Duration::seconds(3600));
+        dead.ttl_s = 0;
         dead.exclusive = true;
         dead.command = "gc".into();
         repo.backend()
@@ -643,8 +811,10 @@ mod tests {
                 &seal(&dead, &repo.sealer(), &keys::lock("a")),
             )
             .unwrap();
+        // On another machine: not stale at one look, only overdue; with a TTL of 0 the
+        // watch finds it silent at once.
         let found = list(&repo).unwrap();
-        assert!(found[0].stale);
+        assert!(!found[0].stale && found[0].overdue);
         let gc = Lease::exclusive(&repo, "gc").unwrap();
         assert_eq!(live_ids(&repo).unwrap(), vec![gc.id()]);
     }

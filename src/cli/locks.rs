@@ -23,6 +23,10 @@ struct LockRow {
     #[serde(flatten)]
     record: Option<lock::LeaseRecord>,
     stale: bool,
+    /// Held on another machine and not refreshed within its TTL by this host's clock: its
+    /// holder may be gone, or its clock behind ours; gc, expire and backup-keep watch its
+    /// heartbeat before taking it over.
+    overdue: bool,
     /// The id of a lease that cannot be read (it counts as live).
     #[serde(skip_serializing_if = "Option::is_none")]
     unreadable: Option<String>,
@@ -42,6 +46,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         .map(|f| LockRow {
             unreadable: f.record.is_err().then(|| f.id().to_string()),
             stale: f.stale,
+            overdue: f.overdue,
             error: f.record.as_ref().err().cloned(),
             record: f.record.ok(),
         })
@@ -58,7 +63,11 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             Some(r) => outln!(
                 "{}{} refreshed {}{}",
                 r.describe(),
-                if row.stale { " STALE" } else { "" },
+                match (row.stale, row.overdue) {
+                    (true, _) => " STALE",
+                    (_, true) => " OVERDUE (by this host's clock; another machine's lease)",
+                    _ => "",
+                },
                 r.refreshed
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 if r.pins.is_empty() {
