@@ -20,6 +20,7 @@ pub mod retention;
 pub mod server;
 pub mod store;
 pub mod timelines;
+pub mod verified;
 pub mod verify;
 pub mod view;
 pub mod walpath;

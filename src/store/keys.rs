@@ -12,6 +12,7 @@ pub const LOCKS: &str = "locks/";
 pub const KEEP: &str = "keep/";
 pub const TRASH: &str = "trash/";
 pub const KEY_SLOTS: &str = "keys/";
+pub const VERIFIED: &str = "verified/";
 
 pub fn pack(id: &Id) -> String {
     let hex = id.to_hex();
@@ -44,6 +45,12 @@ pub fn key_slot(id: &str) -> String {
 
 pub fn system(sysid: u64) -> String {
     format!("{SYSTEMS}{sysid}")
+}
+
+/// The record of a verify run of one backup of a cluster; with `backup` empty, the prefix
+/// holding all of that cluster's records.
+pub fn verification(sysid: u64, backup: &str) -> String {
+    format!("{VERIFIED}{sysid}/{backup}")
 }
 
 /// The prefix holding all WAL of one cluster.
@@ -88,6 +95,10 @@ mod tests {
             "walsum/7/00000002/000000020000000000000003"
         );
         assert_eq!(lock("9f3a"), "locks/9f3a");
+        assert_eq!(
+            verification(7, "20261121T054012Z"),
+            "verified/7/20261121T054012Z"
+        );
         assert_eq!(key_slot("9f3a"), "keys/9f3a");
         assert_eq!(keep("20261121T054012Z"), "keep/20261121T054012Z");
         assert_eq!(
