@@ -1,11 +1,13 @@
 //! `pgsnapfs verify`
 
-use super::{print_json, GoalArgs};
+use super::progress::{progress, set_total};
+use super::{human, print_json, GoalArgs};
 use crate::error::{io, Error, Result};
 use crate::lock::Lease;
 use crate::pitr::Point;
-use crate::store::Repository;
-use crate::verify::{self, VerifyOptions};
+use crate::store::{Repository, StoreError};
+use crate::verify::{self, Progress, Skipped, VerifyOptions};
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,6 +33,10 @@ pub struct Args {
     /// The cluster, when the repository holds several.
     #[arg(long)]
     pub system: Option<u64>,
+    /// Read every relation, even those whose chunks an earlier verify of this cluster
+    /// already read (by default only relations changed since are read).
+    #[arg(long)]
+    pub full: bool,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
@@ -46,6 +52,9 @@ pub fn run(
     if matches!(goal.to, Point::Latest) {
         goal.to = Point::Backup("latest".into());
     }
+    // Only a backup as it was taken holds its relations as stored; a later point has replayed
+    // WAL into them, so its result says nothing about stored chunks.
+    let record = matches!(goal.to, Point::Backup(_));
     let lease = Lease::shared(&repo, "verify")?;
     let plan = super::plan_pinned(&repo, &lease, a.system, &goal)?;
     let assertions = match &a.sql {
@@ -65,6 +74,7 @@ pub fn run(
     // The test server runs as --user with this process's environment.
     let key = super::restore::fetch_key(&repo, pass)?;
     let repo = Arc::new(a.cache.attach(repo, repo_spec)?);
+    let bar = progress(None, "verifying");
     let result = verify::run(
         repo.clone(),
         &plan,
@@ -75,8 +85,12 @@ pub fn run(
             assertions,
             work_dir: work.clone(),
             cache_bytes: a.cache.cache_size as usize,
+            full: a.full,
+            record,
+            progress: shown_on(bar.clone()),
         },
     );
+    bar.finish_and_clear();
     let _ = std::fs::remove_dir_all(&work);
     let mut report = result?;
     report.requests = repo.backend().stats();
@@ -114,12 +128,34 @@ pub fn run(
                 c.misses
             );
         }
+        if report.full {
+            outln!("read every relation: {}", human(report.bytes_read));
+        } else {
+            outln!(
+                "incremental since backup {}: read {} of changed relations; skipped {} tables \
+                 and {} indexes ({}) whose chunks were verified before, in backup {}",
+                report.since.as_deref().unwrap_or("?"),
+                human(report.bytes_read),
+                report.tables_skipped,
+                report.indexes_skipped,
+                human(report.bytes_skipped),
+                verified_in(&report.skipped)
+            );
+        }
+        for note in &report.notes {
+            outln!("note: {note}");
+        }
         for problem in &report.problems {
             outln!("problem: {problem}");
         }
     }
     if report.ok {
         Ok(())
+    } else if report.corrupt {
+        Err(Error::Store(StoreError::corrupt(
+            format!("backup {}", report.backup),
+            format!("failed verification: {}", report.problems.join("; ")),
+        )))
     } else {
         Err(Error::Failed(format!(
             "backup {} failed verification: {}",
@@ -127,4 +163,42 @@ pub fn run(
             report.problems.join("; ")
         )))
     }
+}
+
+/// The backups the skipped relations were verified in, for the summary line.
+fn verified_in(skipped: &[Skipped]) -> String {
+    let mut backups: Vec<&str> = skipped.iter().map(|s| s.verified_in.as_str()).collect();
+    backups.sort_unstable();
+    backups.dedup();
+    match backups.as_slice() {
+        [] => "none".into(),
+        [one] => one.to_string(),
+        many => many.join(", "),
+    }
+}
+
+/// The bar shows the bytes of the relations to read, and the count read out of the total.
+fn shown_on(bar: ProgressBar) -> Box<dyn Fn(Progress)> {
+    let counts = std::cell::Cell::new((0usize, 0usize));
+    Box::new(move |p| match p {
+        Progress::Planned(plan) => {
+            set_total(&bar, plan.bytes);
+            counts.set((0, plan.tables + plan.indexes));
+            if plan.skipped_tables + plan.skipped_indexes > 0 {
+                bar.println(format!(
+                    "skipping {} tables and {} indexes ({}) verified before",
+                    plan.skipped_tables,
+                    plan.skipped_indexes,
+                    human(plan.skipped_bytes)
+                ));
+            }
+            bar.set_message(format!("verifying 0/{} relations", plan.tables + plan.indexes));
+        }
+        Progress::Checked { bytes, .. } => {
+            let (done, total) = counts.get();
+            counts.set((done + 1, total));
+            bar.set_message(format!("verifying {}/{total} relations", done + 1));
+            bar.inc(bytes);
+        }
+    })
 }
