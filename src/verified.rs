@@ -47,7 +47,9 @@ pub struct Verified {
 pub enum Decision {
     Read,
     /// Its chunks were read and found good when verifying this backup.
-    Skip { verified_in: String },
+    Skip {
+        verified_in: String,
+    },
 }
 
 /// Read a relation unless `previous` verified the very chunks it has in this backup.
@@ -165,7 +167,9 @@ pub fn tree_digests(repo: &Repository, root: &BlobRef) -> Result<Digests, StoreE
             }
         }
     }
-    Ok(digests(files.iter().map(|(p, l)| (p.as_str(), l.as_slice()))))
+    Ok(digests(
+        files.iter().map(|(p, l)| (p.as_str(), l.as_slice())),
+    ))
 }
 
 /// The record of the newest verified backup of this cluster, if any. A record that cannot be

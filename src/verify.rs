@@ -339,7 +339,11 @@ struct Relation {
 
 /// The relations of every database: tables (heap, materialized view, TOAST) and the valid
 /// B-tree indexes amcheck can check, each with its data file and main-fork size.
-fn list_relations(conn: &ConnOpts, databases: &[String], report: &mut Report) -> Result<Vec<Relation>> {
+fn list_relations(
+    conn: &ConnOpts,
+    databases: &[String],
+    report: &mut Report,
+) -> Result<Vec<Relation>> {
     let mut relations = Vec::new();
     report.amcheck = true;
     for db in databases {
@@ -419,13 +423,7 @@ fn check_all(
     // The plan: every relation read, or skipped because its chunks were verified before.
     let decisions: Vec<Decision> = relations
         .iter()
-        .map(|r| {
-            verified::decide(
-                incremental.previous.as_ref(),
-                &incremental.digests,
-                &r.path,
-            )
-        })
+        .map(|r| verified::decide(incremental.previous.as_ref(), &incremental.digests, &r.path))
         .collect();
     let mut planned = Planned::default();
     for (r, d) in relations.iter().zip(&decisions) {
@@ -531,7 +529,11 @@ fn check_all(
                 .push(format!("assertion failed in database {db}: {sql}: {e}")),
         }
     }
-    Ok(relations.into_iter().map(|r| r.path).zip(decisions).collect())
+    Ok(relations
+        .into_iter()
+        .map(|r| r.path)
+        .zip(decisions)
+        .collect())
 }
 
 /// The connection options of `conn` for database `db`.

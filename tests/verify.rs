@@ -298,7 +298,7 @@ fn verify_and_mount_report_a_corrupt_chunk() {
         assert!(ok_pages > 0, "no page of {relpath} could be read at all");
     }
 
-    let run = verify(&repo, &["--backup", &id]).assert_exit(1);
+    let run = verify(&repo, &["--backup", &id, "--full"]).assert_exit(3);
     let report = run.json();
     assert_eq!(report["ok"], false, "{}", run.report());
     let p = problems(&report);

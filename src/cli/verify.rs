@@ -192,7 +192,10 @@ fn shown_on(bar: ProgressBar) -> Box<dyn Fn(Progress)> {
                     human(plan.skipped_bytes)
                 ));
             }
-            bar.set_message(format!("verifying 0/{} relations", plan.tables + plan.indexes));
+            bar.set_message(format!(
+                "verifying 0/{} relations",
+                plan.tables + plan.indexes
+            ));
         }
         Progress::Checked { bytes, .. } => {
             let (done, total) = counts.get();
