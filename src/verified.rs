@@ -184,10 +184,18 @@ pub fn load_latest(repo: &Repository, sysid: u64) -> Result<Option<Record>, Stor
     Ok((record.format == FORMAT).then_some(record))
 }
 
-/// Writes (or replaces) the record of `record.backup`, atomically.
+/// Writes (or replaces) the record of `record.backup`, atomically, then deletes the cluster's
+/// records of older backups: the new one carries over what they knew of its relations.
 pub fn save(repo: &Repository, sysid: u64, record: &Record) -> Result<(), StoreError> {
     let payload = serde_json::to_vec(record).expect("a record serializes");
-    repo.replace_sealed(&keys::verification(sysid, &record.backup), &payload)
+    let key = keys::verification(sysid, &record.backup);
+    repo.replace_sealed(&key, &payload)?;
+    for older in repo.backend().list(&keys::verification(sysid, ""))? {
+        if older < key {
+            repo.backend().delete(&older)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -107,6 +107,16 @@ fn verify_reads_what_changed_since_a_recorded_verification() {
         "an unchanged backup read most of its bytes again: {second}"
     );
     assert!(json_u64(&second, "tables") < read_first, "{second}");
+    // The newest record replaces the older ones of the cluster.
+    let records: Vec<String> = repo
+        .objects("verified/")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        records,
+        [format!("verified/{}/{b2}", source.system_identifier())]
+    );
 
     // 3. `hot` changes; both tables' chunks are then damaged. The incremental verify reads
     // the changed table and finds its damage (exit 3), and skips `stable` as verified in b1.
