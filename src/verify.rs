@@ -1,6 +1,7 @@
 //! `verify`: an automated restore test. Mounts a point in time, starts PostgreSQL on it,
 //! reads every table, checks indexes with amcheck where it can, runs the user's assertions,
-//! and tears everything down. The repository is only read.
+//! and tears everything down. Relations whose chunks an earlier passing run read are skipped
+//! (`verified`); the record of a passing run is the only thing written to the repository.
 //!
 //! The view is promoted at its target so amcheck can be installed; its writes go to a
 //! throw-away copy-on-write layer, and archiving is off, so promotion touches nothing real.
@@ -54,8 +55,11 @@ pub struct Planned {
 
 pub enum Progress<'a> {
     Planned(&'a Planned),
-    Checked {
+    /// A relation is being read (a big table can take a while).
+    Checking {
         relation: &'a str,
+    },
+    Checked {
         index: bool,
         bytes: u64,
     },
@@ -462,6 +466,7 @@ fn check_all(
         let Some((_, s, heapam)) = &current else {
             continue;
         };
+        (opts.progress)(Progress::Checking { relation: &r.name });
         let quoted = r.name.replace('\'', "''");
         if r.index {
             report.indexes_checked += 1;
@@ -497,7 +502,6 @@ fn check_all(
         }
         report.bytes_read += r.bytes;
         (opts.progress)(Progress::Checked {
-            relation: &r.name,
             index: r.index,
             bytes: r.bytes,
         });

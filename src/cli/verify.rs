@@ -177,13 +177,15 @@ fn verified_in(skipped: &[Skipped]) -> String {
     }
 }
 
-/// The bar shows the bytes of the relations to read, and the count read out of the total.
+/// The bar shows the bytes of the relations to read out of their total, and the tables and
+/// indexes checked out of theirs.
 fn shown_on(bar: ProgressBar) -> Box<dyn Fn(Progress)> {
-    let counts = std::cell::Cell::new((0usize, 0usize));
+    // (tables done, tables, indexes done, indexes)
+    let counts = std::cell::Cell::new((0usize, 0usize, 0usize, 0usize));
     Box::new(move |p| match p {
         Progress::Planned(plan) => {
             set_total(&bar, plan.bytes);
-            counts.set((0, plan.tables + plan.indexes));
+            counts.set((0, plan.tables, 0, plan.indexes));
             if plan.skipped_tables + plan.skipped_indexes > 0 {
                 bar.println(format!(
                     "skipping {} tables and {} indexes ({}) verified before",
@@ -193,14 +195,24 @@ fn shown_on(bar: ProgressBar) -> Box<dyn Fn(Progress)> {
                 ));
             }
             bar.set_message(format!(
-                "verifying 0/{} relations",
-                plan.tables + plan.indexes
+                "tables 0/{}, indexes 0/{}",
+                plan.tables, plan.indexes
             ));
         }
-        Progress::Checked { bytes, .. } => {
-            let (done, total) = counts.get();
-            counts.set((done + 1, total));
-            bar.set_message(format!("verifying {}/{total} relations", done + 1));
+        Progress::Checking { relation } => {
+            let (t, tables, i, indexes) = counts.get();
+            bar.set_message(format!(
+                "tables {t}/{tables}, indexes {i}/{indexes}, reading {relation}"
+            ));
+        }
+        Progress::Checked { index, bytes } => {
+            let (mut t, tables, mut i, indexes) = counts.get();
+            if index {
+                i += 1;
+            } else {
+                t += 1;
+            }
+            counts.set((t, tables, i, indexes));
             bar.inc(bytes);
         }
     })
