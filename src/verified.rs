@@ -10,6 +10,7 @@
 //! The plan (`decide`, `next_record`) is pure; `load_latest`, `save` and `tree_digests` do the
 //! I/O.
 
+use crate::pg::layout;
 use crate::store::keys;
 use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::{Id, Repository, StoreError};
@@ -110,22 +111,10 @@ pub type Digests = BTreeMap<String, String>;
 /// The relation a data-directory file belongs to: `base/5/16384.2` and `base/5/16384_vm` are
 /// both `base/5/16384`. None for files that are not relation files.
 pub fn relation_of(path: &str) -> Option<&str> {
+    layout::relation_path(path)?;
     let (dir, name) = path.rsplit_once('/')?;
-    let end = name
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(name.len());
-    let (node, rest) = name.split_at(end);
-    let fork_or_segment = rest.is_empty()
-        || rest.strip_prefix('.').is_some_and(is_number)
-        || ["_fsm", "_vm", "_init"].iter().any(|f| {
-            rest.strip_prefix(f)
-                .is_some_and(|s| s.is_empty() || s.strip_prefix('.').is_some_and(is_number))
-        });
-    (!node.is_empty() && fork_or_segment).then(|| &path[..dir.len() + 1 + node.len()])
-}
-
-fn is_number(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+    let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+    Some(&path[..dir.len() + 1 + digits])
 }
 
 /// Digests of the relations among `files` (path, chunk lists), in any order.
@@ -222,12 +211,17 @@ mod tests {
         assert_eq!(relation_of("base/5/16384_vm"), Some("base/5/16384"));
         assert_eq!(relation_of("base/5/16384_fsm.1"), Some("base/5/16384"));
         assert_eq!(relation_of("global/1262"), Some("global/1262"));
+        assert_eq!(
+            relation_of("pg_tblspc/16385/PG_15_202209061/5/16384.1"),
+            Some("pg_tblspc/16385/PG_15_202209061/5/16384")
+        );
         for other in [
             "base/5/PG_VERSION",
             "base/5/pg_filenode.map",
             "global/pg_control",
             "base/5/16384.",
             "base/5/16384_xx",
+            "pg_xact/0000",
             "PG_VERSION",
         ] {
             assert_eq!(relation_of(other), None, "{other}");
