@@ -40,6 +40,8 @@ pub struct BackupOptions {
     pub full_read: bool,
     /// Shows progress as bytes are read (a terminal progress bar, or nothing).
     pub progress: Box<dyn Fn(u64)>,
+    /// Told the bytes the backup will go through, once the data directory has been listed.
+    pub total: Box<dyn Fn(u64)>,
 }
 
 /// A finished backup, and what its output should say besides.
@@ -159,6 +161,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
         }
     };
     let filter = pg_filter(pgdata.clone());
+    (opts.total)(bytes_below(&pgdata, "", &filter));
     let parent_root = parent.as_ref().map(|p| p.root);
     let mut root = ingest.read_dir(&pgdata, "", parent_root.as_ref(), &filter)?;
 
@@ -480,6 +483,41 @@ pub fn latest_of(repo: &Repository, sysid: u64) -> Result<Option<Snapshot>> {
         .into_iter()
         .filter_map(|s| s.ok())
         .rfind(|s| s.sysid() == sysid && s.chunk_size == repo.config.chunk_size))
+}
+
+/// The sizes of the files the backup's walk keeps below `dir`: the progress bar's total. An
+/// estimate: files that change or vanish meanwhile are the WAL's business.
+fn bytes_below(dir: &Path, rel: &str, filter: &dyn Fn(&str, &fs::Metadata) -> Visit) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let child_rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let meta = match filter(&child_rel, &meta) {
+            Visit::Skip | Visit::Empty => continue,
+            Visit::Follow => match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(_) => continue,
+            },
+            Visit::Keep => meta,
+        };
+        if meta.is_dir() {
+            total += bytes_below(&path, &child_rel, filter);
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    total
 }
 
 fn tablespaces_of(pgdata: &Path) -> Result<Vec<Tablespace>> {

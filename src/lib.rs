@@ -25,6 +25,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod timelines;
+pub mod verified;
 pub mod verify;
 pub mod view;
 pub mod walfetch;

@@ -1,6 +1,7 @@
 //! `verify`: an automated restore test. Mounts a point in time, starts PostgreSQL on it,
 //! reads every table, checks indexes with amcheck where it can, runs the user's assertions,
-//! and tears everything down. The repository is only read.
+//! and tears everything down. Relations whose chunks an earlier passing run read are skipped
+//! (`verified`); the record of a passing run is the only thing written to the repository.
 //!
 //! The view is promoted at its target so amcheck can be installed; its writes go to a
 //! throw-away copy-on-write layer, and archiving is off, so promotion touches nothing real.
@@ -8,13 +9,14 @@
 use crate::error::{io, Error, Result};
 use crate::passphrase;
 use crate::pg::target::TargetAction;
-use crate::pitr::{Goal, Plan};
+use crate::pitr::{Goal, Plan, Point};
 use crate::server::{ConnOpts, Server};
 use crate::session::plan::Latest;
 use crate::session::{self, CacheOptions, Request, Session, ViewSettings};
 use crate::store::backend::RequestCounts;
 use crate::store::diskcache::CacheCounts;
 use crate::store::Repository;
+use crate::verified::{self, Decision, Digests, Record};
 use crate::view::Owner;
 use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
@@ -37,6 +39,47 @@ pub struct VerifyOptions {
     pub pg_bin: Option<PathBuf>,
     /// SQL assertions: each statement must return one row holding true.
     pub assertions: Vec<Assertion>,
+    /// Read every relation, whatever earlier verify runs recorded.
+    pub full: bool,
+    /// Told the plan, then each relation as it is checked.
+    pub progress: Box<dyn Fn(Progress)>,
+}
+
+/// What the checks will do, as planned before they start.
+#[derive(Debug, Default, Clone)]
+pub struct Planned {
+    pub tables: usize,
+    pub indexes: usize,
+    pub bytes: u64,
+    pub skipped_tables: usize,
+    pub skipped_indexes: usize,
+    pub skipped_bytes: u64,
+}
+
+pub enum Progress<'a> {
+    Planned(&'a Planned),
+    /// A relation is being read (a big table can take a while).
+    Checking {
+        relation: &'a str,
+    },
+    Checked {
+        index: bool,
+        bytes: u64,
+    },
+}
+
+/// A relation not read again: its chunks were verified in `verified_in`.
+#[derive(Debug, Serialize)]
+pub struct Skipped {
+    pub database: String,
+    pub relation: String,
+    pub verified_in: String,
+}
+
+/// The earlier verification this run builds on, and this backup's relation digests.
+struct Incremental {
+    previous: Option<Record>,
+    digests: Digests,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -57,6 +100,21 @@ pub struct Report {
     pub indexes_checked: usize,
     pub amcheck: bool,
     pub assertions: usize,
+    /// Whether every relation was read (`--full`, or nothing verified before).
+    pub full: bool,
+    /// The backup whose verification record this run built on.
+    pub since: Option<String>,
+    pub bytes_read: u64,
+    pub tables_skipped: usize,
+    pub indexes_skipped: usize,
+    pub bytes_skipped: u64,
+    /// Relations not read again, and the backup in which each was verified.
+    pub skipped: Vec<Skipped>,
+    /// The problems include damaged data (a relation unreadable or failing amcheck).
+    pub corrupt: bool,
+    /// Whether this run's result was recorded for the next incremental verify.
+    pub recorded: bool,
+    pub notes: Vec<String>,
     pub problems: Vec<String>,
     /// Requests sent to an S3 repository.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -217,16 +275,36 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
     };
     planned(&plan);
     let bin = pg_bin(opts.pg_bin.as_deref(), plan.snapshot.pg_major)?;
-    let mounted = session.mount()?;
     let mut report = Report {
         backup: plan.snapshot.id.clone(),
         ..Report::default()
     };
+    let incremental = incremental(session.repo(), &plan, opts, &mut report)?;
+    let mounted = session.mount()?;
     report.phases.mount_s = secs(started);
-    let tested = test(&bin, &work, &plan, opts, &mut report);
+    let tested = test(&bin, &work, &plan, opts, &incremental, &mut report);
     report.requests = mounted.repo().backend().stats();
     report.disk_cache = mounted.repo().disk_cache_counts();
-    tested?;
+    let outcomes = tested?;
+    // Only a backup as it was taken holds its relations as stored; a later point has replayed
+    // WAL into them, so its result says nothing about stored chunks.
+    let as_taken = matches!(opts.goal.to, Point::Latest | Point::Backup(_));
+    if report.ok && as_taken {
+        let record = verified::next_record(
+            &plan.snapshot.id,
+            plan.snapshot.system_identifier,
+            chrono::Utc::now(),
+            report.full,
+            &incremental.digests,
+            &outcomes,
+        );
+        match verified::save(mounted.repo(), plan.snapshot.sysid(), &record) {
+            Ok(()) => report.recorded = true,
+            Err(e) => report.notes.push(format!(
+                "this verification could not be recorded, so the next verify reads everything again: {e}"
+            )),
+        }
+    }
     mounted.unmount()?;
     Ok(report)
 }
@@ -238,8 +316,9 @@ fn test(
     work: &Workspace,
     plan: &Plan,
     opts: &VerifyOptions,
+    incremental: &Incremental,
     report: &mut Report,
-) -> Result<()> {
+) -> Result<Vec<(String, Decision)>> {
     let mnt = work.data();
     let sock = work.socket();
     let port = free_port()?;
@@ -271,7 +350,7 @@ fn test(
             plan.snapshot.id,
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         ));
-        return Ok(());
+        return Ok(Vec::new());
     }
     report.phases.start_s = secs(started);
 
@@ -289,77 +368,199 @@ fn test(
             report
                 .problems
                 .push("recovery did not finish within an hour".into());
-            return Ok(());
+            return Ok(Vec::new());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     report.phases.recovery_s = secs(started);
 
     let started = Instant::now();
-    check_all(&server, &conn, opts, report)?;
+    let outcomes = check_all(&server, &conn, opts, incremental, report)?;
     report.phases.checks_s = secs(started);
     report.ok = report.problems.is_empty();
     drop(server);
     drop(running);
-    Ok(())
+    Ok(outcomes)
+}
+
+/// A relation the server lists, and the file it is stored in.
+struct Relation {
+    database: String,
+    name: String,
+    path: String,
+    bytes: u64,
+    index: bool,
+    /// amcheck is installed in its database.
+    amcheck: bool,
+}
+
+/// The relations of every database: tables (heap, materialized view, TOAST) and the valid
+/// B-tree indexes amcheck can check, each with its data file and main-fork size.
+fn list_relations(
+    conn: &ConnOpts,
+    databases: &[String],
+    report: &mut Report,
+) -> Result<Vec<Relation>> {
+    let mut relations = Vec::new();
+    report.amcheck = true;
+    for db in databases {
+        let s = Server::connect(&in_database(conn, db))?;
+        let installed = s.execute("CREATE EXTENSION IF NOT EXISTS amcheck").is_ok();
+        report.amcheck &= installed;
+        let tables = "SELECT c.oid::regclass::text, coalesce(pg_relation_filepath(c.oid), ''), \
+             pg_relation_size(c.oid), false FROM pg_class c WHERE c.relkind IN ('r', 'm', 't') \
+             AND c.relpersistence = 'p'";
+        let indexes = "SELECT c.oid::regclass::text, coalesce(pg_relation_filepath(c.oid), ''), \
+             pg_relation_size(c.oid), true FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p' \
+             AND i.indisvalid";
+        let sql = if installed {
+            format!("{tables} UNION ALL {indexes} ORDER BY 4, 1")
+        } else {
+            format!("{tables} ORDER BY 1")
+        };
+        for row in s.query_rows(&sql)? {
+            let [name, path, bytes, index] = <[String; 4]>::try_from(row).map_err(|r| {
+                Error::BadAnswer(format!("in database {db}: unexpected relation listing {r:?}"))
+            })?;
+            relations.push(Relation {
+                database: db.clone(),
+                name,
+                path,
+                bytes: bytes.parse().unwrap_or(0),
+                index: index == "t",
+                amcheck: installed,
+            });
+        }
+    }
+    Ok(relations)
+}
+
+/// The newest verification record of this cluster (none with `--full`) and this backup's
+/// relation digests. An unreadable record is noted and everything is read.
+fn incremental(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &VerifyOptions,
+    report: &mut Report,
+) -> Result<Incremental> {
+    let previous = if opts.full {
+        None
+    } else {
+        match verified::load_latest(repo, plan.snapshot.sysid()) {
+            Ok(r) => r,
+            Err(e) => {
+                report.notes.push(format!(
+                    "the record of earlier verifications cannot be read, so every relation is read: {e}"
+                ));
+                None
+            }
+        }
+    };
+    report.full = previous.is_none();
+    report.since = previous.as_ref().map(|r| r.backup.clone());
+    Ok(Incremental {
+        previous,
+        digests: verified::tree_digests(repo, &plan.snapshot.root)?,
+    })
 }
 
 fn check_all(
     server: &Server,
     conn: &ConnOpts,
     opts: &VerifyOptions,
+    incremental: &Incremental,
     report: &mut Report,
-) -> Result<()> {
+) -> Result<Vec<(String, Decision)>> {
     let databases =
         server.query_strings("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")?;
     report.databases = databases.len();
-    report.amcheck = true;
-    for db in &databases {
-        let s = Server::connect(&in_database(conn, db))?;
-        let amcheck = s.execute("CREATE EXTENSION IF NOT EXISTS amcheck").is_ok();
-        report.amcheck &= amcheck;
-        let tables = s.query_strings(
-            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind IN ('r', 'm', 't') \
-             AND c.relpersistence = 'p' ORDER BY 1",
-        )?;
-        for t in &tables {
+    let relations = list_relations(conn, &databases, report)?;
+
+    // The plan: every relation read, or skipped because its chunks were verified before.
+    let decisions: Vec<Decision> = relations
+        .iter()
+        .map(|r| verified::decide(incremental.previous.as_ref(), &incremental.digests, &r.path))
+        .collect();
+    let mut planned = Planned::default();
+    for (r, d) in relations.iter().zip(&decisions) {
+        match (d, r.index) {
+            (Decision::Read, false) => planned.tables += 1,
+            (Decision::Read, true) => planned.indexes += 1,
+            (Decision::Skip { .. }, false) => planned.skipped_tables += 1,
+            (Decision::Skip { .. }, true) => planned.skipped_indexes += 1,
+        }
+        match d {
+            Decision::Read => planned.bytes += r.bytes,
+            Decision::Skip { .. } => planned.skipped_bytes += r.bytes,
+        }
+    }
+    (opts.progress)(Progress::Planned(&planned));
+    report.tables_skipped = planned.skipped_tables;
+    report.indexes_skipped = planned.skipped_indexes;
+    report.bytes_skipped = planned.skipped_bytes;
+
+    let mut current: Option<(&str, Server, bool)> = None;
+    for (r, d) in relations.iter().zip(&decisions) {
+        let db = r.database.as_str();
+        if let Decision::Skip { verified_in } = d {
+            report.skipped.push(Skipped {
+                database: r.database.clone(),
+                relation: r.name.clone(),
+                verified_in: verified_in.clone(),
+            });
+            continue;
+        }
+        if current.as_ref().map(|c| c.0) != Some(db) {
+            let s = Server::connect(&in_database(conn, db))?;
+            let heapam = r.amcheck && s.has_function("verify_heapam")?;
+            current = Some((db, s, heapam));
+        }
+        let Some((_, s, heapam)) = &current else {
+            continue;
+        };
+        (opts.progress)(Progress::Checking { relation: &r.name });
+        let quoted = r.name.replace('\'', "''");
+        if r.index {
+            report.indexes_checked += 1;
+            if let Err(e) = s.execute(&format!("SELECT bt_index_check('{quoted}'::regclass)")) {
+                report.corrupt = true;
+                report
+                    .problems
+                    .push(format!("database {db}: index {}: {e}", r.name));
+            }
+        } else {
             report.tables += 1;
+            let t = &r.name;
             if let Err(e) = s.execute(&format!("SELECT count(*) FROM ONLY {t}")) {
+                report.corrupt = true;
                 report
                     .problems
                     .push(format!("database {db}: table {t} cannot be read: {e}"));
-                continue;
-            }
-            if amcheck && s.has_function("verify_heapam")? {
+            } else if *heapam {
                 match s.query_strings(&format!(
-                    "SELECT blkno || ': ' || msg FROM verify_heapam('{}'::regclass, check_toast := true) LIMIT 5",
-                    t.replace('\'', "''")
+                    "SELECT blkno || ': ' || msg FROM verify_heapam('{quoted}'::regclass, check_toast := true) LIMIT 5"
                 )) {
                     Ok(rows) if rows.is_empty() => {}
-                    Ok(rows) => report.problems.push(format!("database {db}: table {t}: amcheck: {}", rows.join("; "))),
-                    Err(e) => report.problems.push(format!("database {db}: table {t}: amcheck failed: {e}")),
+                    Ok(rows) => {
+                        report.corrupt = true;
+                        report.problems.push(format!("database {db}: table {t}: amcheck: {}", rows.join("; ")))
+                    }
+                    Err(e) => {
+                        report.corrupt = true;
+                        report.problems.push(format!("database {db}: table {t}: amcheck failed: {e}"))
+                    }
                 }
             }
         }
-        if amcheck {
-            let indexes = s.query_strings(
-                "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-                 JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p' \
-                 AND i.indisvalid ORDER BY 1",
-            )?;
-            for i in &indexes {
-                report.indexes_checked += 1;
-                if let Err(e) = s.execute(&format!(
-                    "SELECT bt_index_check('{}'::regclass)",
-                    i.replace('\'', "''")
-                )) {
-                    report
-                        .problems
-                        .push(format!("database {db}: index {i}: {e}"));
-                }
-            }
-        }
+        report.bytes_read += r.bytes;
+        (opts.progress)(Progress::Checked {
+            index: r.index,
+            bytes: r.bytes,
+        });
     }
+    drop(current);
+
     let mut sessions: HashMap<&str, Server> = HashMap::new();
     for Assertion { dbname: db, sql } in &opts.assertions {
         report.assertions += 1;
@@ -385,7 +586,11 @@ fn check_all(
                 .push(format!("assertion failed in database {db}: {sql}: {e}")),
         }
     }
-    Ok(())
+    Ok(relations
+        .into_iter()
+        .map(|r| r.path)
+        .zip(decisions)
+        .collect())
 }
 
 /// The connection options of `conn` for database `db`.

@@ -207,7 +207,7 @@ fn verify_passes_good_backup_and_fails_false_assertion(store: Store) {
 on_both_stores!(verify_passes_good_backup_and_fails_false_assertion);
 
 /// A flipped byte in a chunk that a table needs: a fresh catalogue mount answers EIO for that
-/// part of the relation file (and never different bytes), and verify exits 1 naming the table
+/// part of the relation file (and never different bytes), and verify --full exits 3 naming the table
 /// or the I/O error. The repository is only read throughout.
 #[test]
 fn verify_and_mount_report_a_corrupt_chunk() {
@@ -298,7 +298,7 @@ fn verify_and_mount_report_a_corrupt_chunk() {
         assert!(ok_pages > 0, "no page of {relpath} could be read at all");
     }
 
-    let run = verify(&repo, &["--backup", &id]).assert_exit(1);
+    let run = verify(&repo, &["--backup", &id, "--full"]).assert_exit(3);
     let report = run.json();
     assert_eq!(report["ok"], false, "{}", run.report());
     let p = problems(&report);

@@ -438,6 +438,26 @@ def build(recs):
             sm.append(pair_row(name, measure, unit, better, "full-read", m("full-read", f),
                                "wal-summaries", m("wal-summaries", f), runs, note))
 
+    # Incremental verify against verify --full, on an unchanged backup and after pgbench.
+    vi = out["verify_incremental"] = []
+    for key, name in (("vinc_unchanged", "verify of an unchanged backup after a verified one"),
+                      ("vinc_pgbench", "verify after the pgbench run")):
+        v = {t: R.merged(key, t) for t in ("full", "incremental")}
+        if not (v["full"] and v["incremental"]):
+            continue
+        runs = len(v["incremental"])
+
+        def vm(t, f):
+            return med([f(r) for r in v[t].values()])
+        for measure, unit, better, f, note in (
+                ("wall time", "s", "lower", lambda r: r["wall_s"], "page cache dropped"),
+                ("checks phase", "s", "lower", lambda r: r["checks_s"], ""),
+                ("bytes of relations read", "bytes", "lower", lambda r: r["bytes_read"],
+                 "the rest skipped as verified before"),
+                ("tables read", "", "lower", lambda r: r["tables"], "")):
+            vi.append(pair_row(name, measure, unit, better, "full", vm("full", f),
+                               "incremental", vm("incremental", f), runs, note))
+
     loads = [r["load1"] for r in recs if "load1" in r]
     if loads:
         meta["load1_median"] = med(loads)
@@ -740,6 +760,26 @@ def render(doc, notes):
         L.append(notes.get("summaries",
                            "<!-- notes:summaries -->\n<!-- /notes:summaries -->"))
         L.append("")
+    if doc.get("verify_incremental"):
+        L.append("## Incremental verify\n")
+        L.append("A fresh repository of the main cluster: a first backup verified with `--full` "
+                 "(recorded), then a backup of the unchanged cluster, verified with `--full` and "
+                 "incrementally; then the pgbench run, a backup, verified incrementally (building "
+                 "on the record of the backup before) and with `--full`. Both always mount, start "
+                 "the server and recover; the incremental run reads only relations whose chunks "
+                 "changed (`scripts/bench --verify-incremental`; operations.md \"Incremental "
+                 "verify\").\n")
+        vmeta = doc.get("verify_incremental_meta")
+        if vmeta:
+            L.append(f"Incremental-verify rows run separately: {vmeta.get('date')}, "
+                     f"`{vmeta.get('command')}`, scale {vmeta.get('scale')}, load average "
+                     f"{vmeta.get('loadavg_start')} at the start.\n")
+        L.append(pair_table(doc["verify_incremental"], "full", "verify --full", "incremental",
+                            "incremental"))
+        L.append("")
+        L.append(notes.get("verify_incremental",
+                           "<!-- notes:verify_incremental -->\n<!-- /notes:verify_incremental -->"))
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"
@@ -802,14 +842,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
     ap.add_argument("--out")
-    ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption", "summaries"),
+    ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption", "summaries",
+                                        "verify_incremental"),
                     help="merge only this part into the existing --out files")
     a = ap.parse_args()
     doc = build(load(a.results))
     if a.merge and a.out and os.path.exists(os.path.join(a.out, "benchmarks.json")):
         # Only this part is new: keep the rest of the published run.
         prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_",
-                  "summaries": "sum_"}[a.merge]
+                  "summaries": "sum_", "verify_incremental": "vinc_"}[a.merge]
         old = json.load(open(os.path.join(a.out, "benchmarks.json")))
         old[a.merge] = doc[a.merge]
         old[a.merge + "_meta"] = doc["meta"]

@@ -9,10 +9,18 @@ pub const WAL: &str = "wal/";
 pub const SYSTEMS: &str = "systems/";
 /// Summaries of archived WAL segments, per cluster and timeline.
 pub const WAL_SUMMARIES: &str = "walsum/";
+/// Records of passing verify runs, per cluster.
+pub const VERIFIED: &str = "verified/";
 
 /// The registry record of one cluster.
 pub fn system(sysid: u64) -> String {
     format!("{SYSTEMS}{sysid}")
+}
+
+/// The record of a verify run of one backup of a cluster; with `backup` empty, the prefix
+/// holding all of that cluster's records.
+pub fn verification(sysid: u64, backup: &str) -> String {
+    format!("{VERIFIED}{sysid}/{backup}")
 }
 
 /// The prefix holding all WAL of one cluster.
@@ -53,5 +61,9 @@ mod tests {
             "walsum/7/00000002/000000020000000000000003"
         );
         assert_eq!(snapshot("20261121T054012Z"), "snapshots/20261121T054012Z");
+        assert_eq!(
+            verification(7, "20261121T054012Z"),
+            "verified/7/20261121T054012Z"
+        );
     }
 }

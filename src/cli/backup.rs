@@ -1,5 +1,6 @@
 //! `pgsnapfs backup`
 
+use super::progress::set_total;
 use super::{human, print_json, progress};
 use crate::backup::{self, BackupOptions};
 use crate::error::Result;
@@ -33,7 +34,7 @@ pub struct Args {
 
 pub fn run(repo: &Repository, a: Args) -> Result<()> {
     let bar = progress(None, "backing up");
-    let tick = bar.clone();
+    let (tick, sized) = (bar.clone(), bar.clone());
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -46,6 +47,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             threads,
             full_read: a.full_read,
             progress: Box::new(move |n| tick.inc(n)),
+            total: Box::new(move |total| set_total(&sized, total)),
         },
     )?;
     bar.finish_and_clear();

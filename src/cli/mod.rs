@@ -23,6 +23,7 @@ mod init;
 mod key;
 mod locks;
 mod mount;
+mod progress;
 mod restore;
 mod verify;
 mod wal;
@@ -33,7 +34,7 @@ use crate::pitr::{Goal, Point};
 use crate::store::{open_backend, Repository};
 use crate::walpath::TimelineChoice;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::progress;
 
 #[derive(Parser)]
 #[command(
@@ -199,27 +200,6 @@ impl GoalArgs {
 pub fn parse_action(s: &str) -> std::result::Result<TargetAction, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not one of pause, promote, shutdown"))
-}
-
-/// A byte-counting progress bar on stderr; indicatif draws nothing when stderr is not a
-/// terminal, so logs and pipes stay clean.
-fn progress(total: Option<u64>, what: &str) -> ProgressBar {
-    let bar = match total {
-        Some(t) => ProgressBar::new(t).with_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        ),
-        None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
-                .expect("valid template"),
-        ),
-    };
-    bar.set_message(what.to_string());
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    bar
 }
 
 /// Parses a size such as `64K`, `128MiB` or `4G` (binary units).

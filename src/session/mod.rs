@@ -249,6 +249,11 @@ impl Session {
     }
 
     /// The view, unless this is the catalogue.
+    /// The repository the session reads, with its caches.
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
     pub fn view(&self) -> Option<&View> {
         self.view.as_ref()
     }

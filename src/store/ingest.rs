@@ -337,6 +337,8 @@ impl<'r> Ingest<'r> {
                 pending.push_back((rx, len as u32));
                 size += len as u64;
                 self.stats.bytes_skipped += len as u64;
+                // Done as much as read: the progress bar's total counts every byte.
+                (self.progress)(len as u64);
                 reader.seek(SeekFrom::Start(size)).map_err(read_err)?;
                 if pending.len() >= self.window {
                     self.resolve_next(&mut pending, &mut chunks, &parent_chunks)?;
