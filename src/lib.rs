@@ -4,25 +4,40 @@
 //! `store` knows nothing of PostgreSQL and `pg` nothing of the store; `backup`, `archive`,
 //! `pitr` and `restore` join the two, and `cli` only parses and prints.
 
+#![deny(missing_docs)]
+
 pub mod archive;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod backup;
-#[deny(missing_docs)]
 pub mod catalog;
 pub mod check;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod cli;
 pub mod error;
 pub mod expire;
 pub mod gc;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod lock;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod mount;
 pub mod pg;
 pub mod pitr;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod restore;
 pub mod retention;
 pub mod server;
 pub mod store;
 pub mod timelines;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod verify;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod view;
 pub mod walpath;
 
