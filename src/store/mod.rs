@@ -90,7 +90,7 @@ pub enum StoreError {
     /// A bug, not a fault of the data: one of pgsnapfs's own threads panicked.
     #[error("internal error: a {worker} worker panicked ({message}); nothing was published, please report this as a bug")]
     WorkerPanicked {
-        /// Which worker (for example `chunking`, `upload`).
+        /// Which worker (for example `ingest`, `restore`).
         worker: &'static str,
         /// The panic's message.
         message: String,
