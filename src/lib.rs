@@ -5,6 +5,7 @@
 //! `pitr` and `restore` join the two, and `cli` only parses and prints.
 
 #![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod archive;
 // Still to be documented (owned by another branch).

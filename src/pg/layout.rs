@@ -97,7 +97,7 @@ pub fn classify(rel_path: &str, is_dir: bool) -> Entry {
 }
 
 /// Whether a directory (relative to PGDATA) holds a database's relations:
-/// "base/<oid>" or "pg_tblspc/<oid>/<version dir>/<oid>".
+/// `base/<oid>` or `pg_tblspc/<oid>/<version dir>/<oid>`.
 pub fn is_database_dir(rel_dir: &str) -> bool {
     let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     match rel_dir.split('/').collect::<Vec<_>>()[..] {
@@ -180,7 +180,7 @@ pub struct RelationPath {
     pub segment: u32,
 }
 
-/// Parses "base/<db>/<file>", "global/<file>" or "pg_tblspc/<spc>/<version dir>/<db>/<file>"
+/// Parses `base/<db>/<file>`, `global/<file>` or `pg_tblspc/<spc>/<version dir>/<db>/<file>`
 /// (relative to PGDATA); None for anything that is not a relation file.
 pub fn relation_path(rel_path: &str) -> Option<RelationPath> {
     let (dir, name) = rel_path.rsplit_once('/')?;
