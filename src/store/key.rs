@@ -127,6 +127,7 @@ pub fn new_master() -> Zeroizing<[u8; 32]> {
     k
 }
 
+/// Argon2id settings cheap enough for unit tests (64 KiB, one pass); never for real slots.
 #[cfg(test)]
 pub fn cheap_kdf() -> Kdf {
     Kdf::with_cost(64, 1)
