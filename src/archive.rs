@@ -20,11 +20,11 @@ use std::path::Path;
 /// A cluster (system identifier) known to the repository.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct System {
-    /// Its system identifier, from pg_control.
+    /// The cluster's system identifier.
     pub system_identifier: SystemId,
     /// The PostgreSQL major version it ran when registered.
     pub pg_major: u32,
-    /// Its WAL segment size in bytes; 0 in records written before it was kept (see [`segment_size`]).
+    /// Its WAL segment size in bytes; 0 reads as the 16 MiB default (see [`segment_size`]).
     pub wal_segment_size: u64,
     /// When the repository first saw it.
     pub registered: DateTime<Utc>,
