@@ -61,10 +61,6 @@ impl FromStr for TargetAction {
     }
 }
 
-/// Parses a recovery target time: "2026-11-20 14:30:00+00",
-/// "2026-11-20 14:30:00.123456+05:30", "2026-11-20 14:30:00 UTC",
-/// "2026-11-20 14:30:00+0000", "2026-11-20T14:30:00Z"; seconds may be omitted.
-/// Without a zone the time is local to this machine.
 /// The spellings `parse_time` accepts, for error messages: every quoted example parses.
 pub const TIME_FORMATS: &str = "'YYYY-MM-DD HH:MM[:SS[.fraction]][zone]', such as \
     '2026-11-20 14:30:00+00', '2026-11-20T14:30:00.5Z', '2026-11-20 14:30:00 UTC' or \
