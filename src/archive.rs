@@ -20,18 +20,24 @@ use std::path::Path;
 /// A cluster (system identifier) known to the repository.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct System {
+    /// The cluster's system identifier.
     pub system_identifier: SystemId,
+    /// The PostgreSQL major version it ran when registered.
     pub pg_major: u32,
+    /// Its WAL segment size in bytes; 0 reads as the 16 MiB default (see [`segment_size`]).
     pub wal_segment_size: u64,
+    /// When the repository first saw it.
     pub registered: DateTime<Utc>,
 }
 
 impl System {
+    /// The system identifier as a number.
     pub fn sysid(&self) -> u64 {
         self.system_identifier.get()
     }
 }
 
+/// The stored record of cluster `sysid`; `None` if the repository has none, an error if it is unreadable or names another cluster.
 pub fn load_system(
     repo: &Repository,
     sysid: u64,
@@ -118,12 +124,15 @@ pub struct Pushed {
     pub key: String,
     /// Its length.
     pub bytes: u64,
+    /// Whether the file was stored or already there.
     pub outcome: PushOutcome,
 }
 
+/// What `push` did with a file.
 #[derive(Debug, PartialEq, Eq, Clone, Copy, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PushOutcome {
+    /// The file was archived now.
     Stored,
     /// An identical copy was already archived.
     AlreadyArchived,
@@ -289,17 +298,24 @@ pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> 
 /// The archived WAL of one timeline.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineWal {
+    /// The timeline's id.
     pub timeline: u32,
     /// Segment numbers, ascending.
     #[serde(skip)]
     pub segnos: Vec<u64>,
+    /// Number of archived segments.
     pub segments: usize,
+    /// Name of the first archived segment.
     pub first: Option<String>,
+    /// Name of the last archived segment.
     pub last: Option<String>,
+    /// Runs of segments missing between the first and the last.
     pub gaps: Vec<Gap>,
+    /// Whether the timeline's history file is archived.
     pub history: bool,
 }
 
+/// A run of consecutive segments missing from the archive.
 #[derive(Debug, Clone, Serialize)]
 pub struct Gap {
     /// The first missing segment.
@@ -379,6 +395,7 @@ pub fn timeline_tree(
     Ok(TimelineTree::new(histories, missing))
 }
 
+/// The cluster's WAL segment size in bytes, the 16 MiB default for records that do not say.
 pub fn segment_size(system: &System) -> u64 {
     if system.wal_segment_size == 0 {
         DEFAULT_SEG_SIZE
@@ -415,6 +432,7 @@ pub struct SummaryCache<'a> {
 }
 
 impl<'a> SummaryCache<'a> {
+    /// A cache of cluster `sysid`'s summaries; with `skip_corrupt`, a damaged summary reads as none (with a warning) instead of failing.
     pub fn new(repo: &'a Repository, sysid: u64, seg_size: u64, skip_corrupt: bool) -> Self {
         SummaryCache {
             repo,

@@ -5,23 +5,32 @@
 
 use crate::store::{BackendError, StoreError};
 
+/// Everything a pgsnapfs command can fail with; [`Error::exit_code`] maps each kind to the CLI's exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The chunk store failed (back end, corruption, missing repository or key).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A PostgreSQL file, name or setting is malformed.
     #[error(transparent)]
     Pg(#[from] crate::pg::Error),
+    /// A local file or directory could not be read or written.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done, on which path (the start of the message).
         what: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The server refused or failed a query.
     #[error("PostgreSQL: {what}: {message}")]
     Postgres {
+        /// The query or step that failed (the start of the message).
         what: String,
         /// The server's own message (tokio-postgres displays only "db error").
         message: String,
+        /// The driver's error.
         #[source]
         source: tokio_postgres::Error,
     },
@@ -37,13 +46,24 @@ pub enum Error {
          Two clusters may be archiving into one place, or this file is damaged: compare the two \
          before doing anything else"
     )]
-    WalConflict { name: String, key: String },
+    WalConflict {
+        /// The WAL file's name.
+        name: String,
+        /// The repository key it is archived under.
+        key: String,
+    },
     /// A backup's WAL is neither archived nor in the server's pg_wal.
     #[error(
         "WAL segment {name}, needed to restore this backup, is neither in the repository nor in \
          {pg_wal}; check archive_command"
     )]
-    WalMissing { name: String, pg_wal: String },
+    WalMissing {
+        /// The segment's file name.
+        name: String,
+        /// The server's pg_wal directory that was searched.
+        pg_wal: String,
+    },
+    /// Another command holds the repository's lease, or the lease could not be taken or kept.
     #[error(transparent)]
     Lease(#[from] crate::lock::LeaseError),
     /// Reading the data directory failed (the store's own errors are `Store`).
@@ -51,7 +71,12 @@ pub enum Error {
     Ingest(crate::store::ingest::IngestError),
     /// The server could not be reached or would not let us in.
     #[error("cannot connect to PostgreSQL at {target}: {reason}")]
-    Connect { target: String, reason: String },
+    Connect {
+        /// The connection target (host, port, database), for the message.
+        target: String,
+        /// Why the connection failed, from the driver or the server.
+        reason: String,
+    },
     /// The server answered something pgsnapfs cannot use.
     #[error("server {0}")]
     BadAnswer(String),
@@ -61,9 +86,12 @@ pub enum Error {
     /// Mounting or unmounting failed.
     #[error("{0}")]
     Mount(String),
+    /// A backup read back does not match what was stored (`backup --verify`).
     #[error("backup {backup} failed verification: {}", problems.join("; "))]
     VerifyFailed {
+        /// The backup's id.
         backup: String,
+        /// Each problem found, one line each.
         problems: Vec<String>,
     },
     /// gc stops before deleting anything when a backup cannot be read.
@@ -72,12 +100,15 @@ pub enum Error {
          without deleting anything. Remove or repair that backup first"
     )]
     GcBlocked {
+        /// The backup that cannot be read.
         id: String,
+        /// Why it cannot be read.
         #[source]
         source: StoreError,
     },
 }
 
+/// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<BackendError> for Error {
@@ -87,6 +118,7 @@ impl From<BackendError> for Error {
 }
 
 impl Error {
+    /// The CLI exit code for this error: 1 failed, 2 bad input, 3 corruption, 4 not found.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Store(StoreError::Corrupt { .. }) => 3,

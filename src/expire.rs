@@ -26,21 +26,29 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+/// The decision on one backup.
 #[derive(Debug, Serialize)]
 pub struct Verdict {
+    /// The backup's id.
     pub id: String,
+    /// Its cluster's system identifier.
     pub system_identifier: String,
+    /// When it finished.
     pub stop_time: DateTime<Utc>,
+    /// Whether it is kept.
     pub keep: bool,
     /// Why it is kept; empty for a backup that goes.
     pub reasons: Vec<Reason>,
 }
 
+/// The WAL decision on one cluster.
 #[derive(Debug, Serialize)]
 pub struct WalCut {
+    /// The cluster's system identifier.
     pub system_identifier: String,
     /// Where the oldest kept backup starts: nothing before it is kept, on any timeline.
     pub keep_from: String,
+    /// WAL files removed (or, in a dry run, to be removed) on every timeline.
     pub files_removed: u64,
     /// What is kept and removed on each timeline, and why.
     pub timelines: Vec<TimelineCut>,
@@ -49,6 +57,7 @@ pub struct WalCut {
 /// The WAL decision on one timeline.
 #[derive(Debug, Serialize)]
 pub struct TimelineCut {
+    /// The timeline's id.
     pub timeline: u32,
     /// The first segment kept (to the end of the timeline); None: nothing is kept.
     pub keep_from: Option<String>,
@@ -56,6 +65,7 @@ pub struct TimelineCut {
     pub keep_for: Vec<String>,
     /// Other reasons it is kept from the oldest kept backup's start on.
     pub held: Vec<Hold>,
+    /// WAL files removed (or to be removed) on this timeline.
     pub files_removed: u64,
     /// Why what goes, goes.
     pub why: String,
@@ -84,9 +94,11 @@ impl std::fmt::Display for Hold {
 /// What to keep of one timeline: segment `from` to its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keep {
+    /// The first segment number kept.
     pub from: u64,
     /// The kept backups whose recovery can follow this timeline.
     pub backups: BTreeSet<String>,
+    /// The other reasons to keep it (see [`Hold`]).
     pub held: BTreeSet<Hold>,
 }
 
@@ -140,10 +152,14 @@ pub fn wal_to_keep(
     out
 }
 
+/// What `expire` decided and did.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// Nothing was deleted: the report says what would be.
     pub dry_run: bool,
+    /// Every backup, with its verdict.
     pub backups: Vec<Verdict>,
+    /// The WAL decision per cluster.
     pub wal: Vec<WalCut>,
     /// Manifests that could not be read: never expired, and while any exists no WAL is
     /// removed, since their needs are unknown.
@@ -179,6 +195,7 @@ pub fn mark(repo: &Repository, id: &str, on: bool) -> Result<()> {
     Ok(repo.put_keep_mark(id, &json)?)
 }
 
+/// The ids of the backups marked to keep.
 pub fn marks(repo: &Repository) -> Result<HashSet<String>> {
     Ok(repo.keep_marks()?.into_iter().collect())
 }

@@ -28,12 +28,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// `trash/<run>`: packs one gc run condemned, and what was alive then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Condemned {
+    /// The gc run's id (the record's key is `trash/<run>`).
     pub run: String,
+    /// When the packs were condemned.
     pub created: DateTime<Utc>,
     /// Ids of the leases alive (other than gc's own) when the packs were condemned.
     pub leases: Vec<String>,
     /// The backups that existed then; expire voids the record if it deletes one not listed.
     pub backups: Vec<String>,
+    /// The condemned packs.
     pub packs: Vec<PackId>,
 }
 
@@ -69,27 +72,37 @@ pub fn void_trash(repo: &Repository, deleted: &[String]) -> Result<usize> {
     Ok(voided)
 }
 
+/// How `gc` runs.
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     /// Repack a pack when at least this fraction of its bytes is garbage (0 < f ≤ 1).
     pub repack_threshold: f64,
+    /// Report what would be done, and change nothing.
     pub dry_run: bool,
 }
 
+/// What `gc` did (or, in a dry run, would do).
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
+    /// Nothing was changed.
     pub dry_run: bool,
+    /// Packs in the repository when the run began.
     pub packs_before: u64,
+    /// Their bytes.
     pub bytes_before: u64,
     /// Packs deleted by this run, and their bytes.
     pub deleted_packs: u64,
+    /// Bytes of the packs deleted.
     pub freed_bytes: u64,
     /// Packs condemned and left for a later run, because other commands were running.
     pub condemned_packs: u64,
+    /// Bytes of the packs condemned.
     pub condemned_bytes: u64,
     /// Packs whose live blobs were copied to new packs, and what was written.
     pub repacked_packs: u64,
+    /// Bytes of the packs repacked.
     pub repacked_bytes: u64,
+    /// Bytes written to the new packs.
     pub written_bytes: u64,
     /// Backups whose manifests now point at the repacked blobs.
     pub rewritten_backups: Vec<String>,

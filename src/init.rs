@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 pub struct InitOptions {
     /// Chunk size in bytes (a multiple of 8 KiB; others are refused).
     pub chunk_size: u64,
+    /// zstd level for new packs.
     pub compression_level: i32,
     /// The user who owns a local repository (only root may name another user).
     pub owner: Option<String>,
@@ -21,6 +22,7 @@ pub struct InitOptions {
 
 /// A repository just created.
 pub struct Created {
+    /// The repository, open.
     pub repo: Repository,
     /// The owner of a local repository's top directory (mode 0700).
     pub owner: Option<String>,

@@ -4,21 +4,33 @@
 //! `store` knows nothing of PostgreSQL and `pg` nothing of the store; `backup`, `archive`,
 //! `pitr` and `restore` join the two, and `cli` only parses and prints.
 
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
 pub mod archive;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod backup;
-#[deny(missing_docs)]
 pub mod catalog;
 pub mod check;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod cli;
 pub mod error;
 pub mod expire;
 pub mod gc;
 pub mod init;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod lock;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod mount;
 pub mod passphrase;
 pub mod pg;
 pub mod pitr;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod restore;
 pub mod retention;
 pub mod server;
@@ -26,7 +38,11 @@ pub mod session;
 pub mod store;
 pub mod timelines;
 pub mod verified;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod verify;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 pub mod view;
 pub mod walfetch;
 pub mod walpath;

@@ -15,7 +15,9 @@ pub const NEW_ENV: &str = "PGSNAPFS_NEW_PASSPHRASE";
 /// A passphrase file or command; with neither, the environment variable.
 #[derive(Debug, Clone, Default)]
 pub struct Source {
+    /// A file whose first line is the passphrase.
     pub file: Option<PathBuf>,
+    /// A shell command that prints the passphrase.
     pub command: Option<String>,
 }
 

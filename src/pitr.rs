@@ -21,7 +21,9 @@ use std::collections::HashMap;
 /// What a restore or mount should recover to, and along which timeline.
 #[derive(Debug, Clone)]
 pub struct Goal {
+    /// The point to recover to.
     pub to: Point,
+    /// Which timeline recovery follows.
     pub timeline: TimelineChoice,
 }
 
@@ -32,13 +34,16 @@ pub enum Point {
     Backup(String),
     /// The newest backup of the latest timeline, then every archived WAL record of it.
     Latest,
+    /// A recovery target: the backup that can reach it, then WAL up to it.
     Target(Target),
 }
 
 /// The chosen backup, and what recovery will do from it.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The backup restored or mounted.
     pub snapshot: Snapshot,
+    /// Its cluster.
     pub system: System,
     /// None: replay all archived WAL.
     pub target: Option<Target>,

@@ -14,10 +14,15 @@ use std::time::Duration;
 /// What to keep. Rules add up: a backup is kept if any rule keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
+    /// The newest `last` backups.
     pub last: u32,
+    /// The newest backup of each of the last `daily` days that have one.
     pub daily: u32,
+    /// The newest backup of each of the last `weekly` weeks that have one.
     pub weekly: u32,
+    /// The newest backup of each of the last `monthly` months that have one.
     pub monthly: u32,
+    /// The newest backup of each of the last `yearly` years that have one.
     pub yearly: u32,
     /// Every backup finished within this long before the cluster's newest backup.
     pub within: Option<Duration>,
@@ -27,6 +32,7 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether the policy has no rule, which `expire` refuses rather than deleting everything.
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()
     }
@@ -38,12 +44,19 @@ impl Policy {
 pub enum Reason {
     /// The newest backup of its cluster is never expired.
     Newest,
+    /// Among the newest `last`.
     Last,
+    /// The newest of its day.
     Daily,
+    /// The newest of its week.
     Weekly,
+    /// The newest of its month.
     Monthly,
+    /// The newest of its year.
     Yearly,
+    /// Finished within the `within` period.
     Within,
+    /// Needed for point-in-time recovery within the `pitr` window.
     Pitr,
     /// Marked with `pgsnapfs backup-keep`.
     Marked,
@@ -71,8 +84,11 @@ impl std::fmt::Display for Reason {
 /// The facts about one backup the policy looks at.
 #[derive(Debug, Clone)]
 pub struct Candidate {
+    /// The backup's id.
     pub id: String,
+    /// Its cluster's system identifier.
     pub system: u64,
+    /// When it finished.
     pub stop_time: DateTime<Utc>,
 }
 

@@ -186,15 +186,22 @@ fn os_user() -> String {
 /// What the server says about itself.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
+    /// The data directory, as the server reports it.
     pub data_directory: String,
+    /// server_version_num (150004 for 15.4).
     pub version_num: u32,
+    /// server_version, as text.
     pub version: String,
+    /// The cluster's system identifier.
     pub system_identifier: u64,
+    /// wal_segment_size, in bytes.
     pub wal_segment_size: u64,
+    /// archive_mode (`off`, `on` or `always`).
     pub archive_mode: String,
 }
 
 impl ServerInfo {
+    /// The major version (15 for 15.4).
     pub fn major(&self) -> u32 {
         self.version_num / 10000
     }
@@ -202,11 +209,15 @@ impl ServerInfo {
 
 /// The result of stopping a backup.
 pub struct BackupStop {
+    /// The backup's end position (the LSN the server returns from pg_backup_stop).
     pub lsn: Lsn,
+    /// The backup_label file the server returned, to store in the backup.
     pub label_file: String,
+    /// The tablespace_map file, if the cluster has tablespaces.
     pub tablespace_map: Option<String>,
 }
 
+/// A connection to a PostgreSQL server, with its own single-threaded runtime so callers stay synchronous.
 pub struct Server {
     rt: tokio::runtime::Runtime,
     client: Client,
@@ -232,6 +243,7 @@ fn pg(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
 }
 
 impl Server {
+    /// Connects, taking the password from the options, the environment or the password file (PGPASSFILE, else ~/.pgpass); the error says why a connection failed and what to do.
     pub fn connect(opts: &ConnOpts) -> Result<Server> {
         let (cfg, password) = opts.config()?;
         let user = cfg.get_user().unwrap_or("?").to_string();
@@ -251,10 +263,12 @@ impl Server {
         Ok(Server { rt, client, target })
     }
 
+    /// The connection target (host, port, database), for messages.
     pub fn target(&self) -> &str {
         &self.target
     }
 
+    /// Asks the server who it is: data directory, version, system identifier, segment size, archive mode.
     pub fn info(&self) -> Result<ServerInfo> {
         let row = self
             .rt
@@ -362,6 +376,7 @@ impl Server {
         }
     }
 
+    /// Whether a function called `name` exists in the server's catalog (pg_proc).
     pub fn has_function(&self, name: &str) -> Result<bool> {
         let sql = format!(
             "SELECT count(*) > 0 FROM pg_proc WHERE proname = '{}'",

@@ -31,9 +31,13 @@ use std::collections::{BTreeMap, HashSet};
 /// What the planner and the reports need of a backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupPoint {
+    /// The backup's id.
     pub id: String,
+    /// The timeline it was taken on.
     pub timeline: u32,
+    /// Where its WAL starts.
     pub start_lsn: Lsn,
+    /// Where its WAL ends: recovery must replay up to here to be consistent.
     pub stop_lsn: Lsn,
     /// PostgreSQL time (microseconds since 2000-01-01 UTC).
     pub stop_time: i64,
@@ -103,12 +107,15 @@ pub struct Activity {
 /// Two timelines both written after the newer one began.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BothActive {
+    /// The older and the newer timeline.
     pub timelines: [u32; 2],
     /// The newer timeline's parent and switchpoint.
     pub newer_parent: Option<u32>,
+    /// The newer timeline's switchpoint on its parent.
     pub newer_fork_lsn: Option<String>,
     /// The older timeline's last commit, after the newer one's first.
     pub older_last_commit: DateTime<Utc>,
+    /// The newer timeline's first commit.
     pub newer_first_commit: DateTime<Utc>,
 }
 
@@ -177,14 +184,18 @@ pub struct Reach {
 /// One timeline, for `info`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineInfo {
+    /// The cluster's system identifier.
     pub system_identifier: String,
+    /// The timeline's id.
     pub timeline: u32,
     /// The timeline it branched from, and where (None for timeline 1, or when its history
     /// file is missing).
     pub parent: Option<u32>,
+    /// Where it branched off its parent.
     pub fork_lsn: Option<String>,
     /// The history file above timeline 1 is missing or unreadable: its parent is unknown.
     pub history_missing: bool,
+    /// The timelines that branched from it.
     pub children: Vec<u32>,
     /// Its own archived WAL: segments, first, last, gaps.
     pub wal: TimelineWal,
@@ -195,8 +206,11 @@ pub struct TimelineInfo {
 /// The timelines of one cluster.
 #[derive(Debug, Clone, Serialize)]
 pub struct Survey {
+    /// Every timeline of the cluster, ascending.
     pub timelines: Vec<TimelineInfo>,
+    /// Pairs of timelines both written to after the newer began (a split brain).
     pub both_active: Vec<BothActive>,
+    /// The history of the timelines, for planning.
     #[serde(skip)]
     pub tree: TimelineTree,
 }

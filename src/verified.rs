@@ -10,8 +10,8 @@
 //! The plan (`decide`, `next_record`) is pure; `load_latest`, `save` and `tree_digests` do the
 //! I/O.
 
-use crate::pg::layout;
 use crate::catalog::{keys, SystemId};
+use crate::pg::layout;
 use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::{Id, Repository, StoreError};
 use chrono::{DateTime, Utc};
@@ -24,10 +24,13 @@ pub const FORMAT: u32 = 1;
 /// One verify run that passed: the relations it knows to be good, and where each was read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// [`FORMAT`] when written.
     pub format: u32,
     /// The backup this run verified.
     pub backup: String,
+    /// The cluster.
     pub system_identifier: SystemId,
+    /// When the run ended.
     pub time: DateTime<Utc>,
     /// Whether every relation was read in this run (`verify --full`, or no earlier record).
     pub full: bool,
@@ -35,6 +38,7 @@ pub struct Record {
     pub relations: BTreeMap<String, Verified>,
 }
 
+/// What a run knows of one relation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
     /// Hex SHA-256 over the relation's files' names and chunk-list ids.
@@ -46,9 +50,11 @@ pub struct Verified {
 /// What to do with one relation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// Read it in full (and check its indexes).
     Read,
     /// Its chunks were read and found good when verifying this backup.
     Skip {
+        /// The backup in which its chunks were read.
         verified_in: String,
     },
 }

@@ -421,7 +421,9 @@ fn list_relations(
         };
         for row in s.query_rows(&sql)? {
             let [name, path, bytes, index] = <[String; 4]>::try_from(row).map_err(|r| {
-                Error::BadAnswer(format!("in database {db}: unexpected relation listing {r:?}"))
+                Error::BadAnswer(format!(
+                    "in database {db}: unexpected relation listing {r:?}"
+                ))
             })?;
             relations.push(Relation {
                 database: db.clone(),

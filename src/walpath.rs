@@ -36,6 +36,7 @@ pub enum TimelineChoice {
     Latest,
     /// The timeline of the base backup: the target must be on the backup's own timeline.
     Current,
+    /// This timeline.
     Id(u32),
 }
 
@@ -63,11 +64,13 @@ pub enum Aim<'a> {
     Backup(usize),
     /// All archived WAL.
     End,
+    /// Up to this recovery target.
     Target(&'a Target),
 }
 
 /// Segment summaries, by timeline and segment number.
 pub trait Summaries {
+    /// The summary of the whole segment; None when it cannot be read.
     fn whole(&mut self, tli: u32, segno: u64) -> Result<Option<SegmentSummary>>;
     /// The records of the segment before each of the ascending positions `at`, between them,
     /// and after the last (`at.len() + 1` summaries); None when it cannot be read.
@@ -77,15 +80,18 @@ pub trait Summaries {
 /// The archived WAL of a cluster and its timeline tree.
 #[derive(Debug, Clone)]
 pub struct Archive<'a> {
+    /// The cluster's timeline history.
     pub tree: &'a TimelineTree,
     /// Archived segment numbers per timeline.
     pub segments: BTreeMap<u32, BTreeSet<u64>>,
+    /// The WAL segment size, in bytes.
     pub seg_size: u64,
 }
 
 /// The decision: recover from backup `backup` along the path to `timeline`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
+    /// The timeline to recover along.
     pub timeline: u32,
     /// Index into the backups given.
     pub backup: usize,
@@ -166,6 +172,7 @@ impl Archive<'_> {
             .map(|(t, s)| self.name(t, s))
     }
 
+    /// The file name of segment `segno` on timeline `tli`.
     pub fn name(&self, tli: u32, segno: u64) -> String {
         segment_name(tli, segno, self.seg_size)
     }
@@ -595,6 +602,7 @@ fn list(tlis: impl Iterator<Item = u32>) -> String {
     tlis.map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// The target in words, for messages ("target time ...", "restore point ...").
 pub fn describe_target(target: &Target) -> String {
     match target {
         Target::Immediate => "the end of the backup".into(),

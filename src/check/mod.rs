@@ -36,17 +36,19 @@ mod record;
 mod subset;
 
 use packs::*;
-use record::*;
 pub use record::record_path;
+use record::*;
 pub use subset::Subset;
 
 /// A pack or WAL object verified by reading is read again after this long, so bit rot that
 /// happens after a check is found by a later one even without `--full`.
 pub const REVERIFY_AFTER_SECS: i64 = 30 * 24 * 3600;
 
+/// What `check` does besides reading the metadata.
 pub struct CheckOptions {
     /// Re-hash blobs and read WAL objects (in `subset`).
     pub read_data: bool,
+    /// Which objects `read_data` reads this run.
     pub subset: Subset,
     /// Read again what the record says was verified.
     pub full: bool,
@@ -98,9 +100,11 @@ pub enum ProblemKind {
 /// One problem: the object, what is wrong, and what it affects.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
+    /// What sort of damage.
     pub kind: ProblemKind,
     /// The repository key of the damaged (or missing) object.
     pub object: String,
+    /// What is wrong, for people.
     pub detail: String,
     /// Backups that cannot be restored (or, for WAL, recovered past this point) as they are.
     pub backups: BTreeSet<String>,
@@ -120,9 +124,12 @@ impl Problem {
     }
 }
 
+/// What `check` found: counts of what it looked at, and the problems.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// No problem found (hazards do not count).
     pub ok: bool,
+    /// Whether blobs and WAL objects were read and re-hashed.
     pub read_data: bool,
     /// Backups (snapshot manifests) checked.
     pub snapshots: usize,
@@ -130,16 +137,22 @@ pub struct Report {
     pub trees: u64,
     /// Packs the backups reference, and packs nothing references (left for gc).
     pub packs: usize,
+    /// Packs nothing references.
     pub packs_unreferenced: usize,
     /// Packs whose every blob was re-hashed this run, and packs in the subset skipped because
     /// an earlier run verified them.
     pub packs_read: usize,
+    /// Packs of the subset skipped because an earlier run verified them.
     pub packs_verified_earlier: usize,
+    /// Blobs re-hashed.
     pub blobs_checked: u64,
     /// Archived WAL files and summaries, and how many were read this run.
     pub wal_objects: usize,
+    /// WAL objects read this run.
     pub wal_objects_read: usize,
+    /// Bytes read from the repository.
     pub bytes_read: u64,
+    /// The damage found, object by object.
     pub problems: Vec<Problem>,
     /// Hazards that are not damage (`both_active`): reported, but `ok` stays true.
     pub warnings: Vec<Problem>,

@@ -5,15 +5,19 @@ use super::*;
 /// Which objects `--read-data` reads this time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Subset {
+    /// Everything.
     All,
     /// The `n`-th (1-based) of `m` fixed slices, by the SHA-256 of the object's key: running
     /// 1/m … m/m on successive days reads everything once.
     Slice {
+        /// Which slice, from 1.
         n: u64,
+        /// Into how many slices.
         m: u64,
     },
     /// A random share, in hundredths of a percent, drawn anew each run.
     Percent {
+        /// The share, in hundredths of a percent (10000 is everything).
         hundredths: u32,
     },
 }

@@ -81,7 +81,7 @@ pub fn run(
     let settings = RecoverySettings {
         restore_command: walfetch::restore_command(
             repo_spec,
-            &plan.system.system_identifier,
+            plan.system.system_identifier,
             &key_options,
         )?,
         target: plan.target.clone(),

@@ -11,6 +11,7 @@ use super::Error;
 /// The identifying fields of pg_control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ControlData {
+    /// The cluster's system identifier, shared by its standbys and its WAL.
     pub system_identifier: u64,
     /// PG_CONTROL_VERSION, the layout of the file.
     pub control_version: u32,

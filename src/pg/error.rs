@@ -8,24 +8,49 @@ use super::lsn::Lsn;
 /// A malformed PostgreSQL file, name or setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// A log sequence number that is not `X/Y` hexadecimal.
     #[error("invalid lsn {0:?}")]
     Lsn(String),
+    /// A WAL segment whose first page header is not a valid long header; says which check failed.
     #[error("invalid wal segment header: {0}")]
     SegmentHeader(&'static str),
+    /// A WAL page magic of a PostgreSQL version pgsnapfs does not read.
     #[error("unsupported wal page magic {0:#06x}")]
     WalMagic(u16),
+    /// A WAL record that cannot be decoded.
     #[error("invalid wal record at {lsn}: {reason}")]
-    WalRecord { lsn: Lsn, reason: &'static str },
+    WalRecord {
+        /// Where the record starts.
+        lsn: Lsn,
+        /// Which check failed.
+        reason: &'static str,
+    },
+    /// A malformed line of a timeline history file.
     #[error("invalid timeline history line {line}: {reason}")]
-    History { line: usize, reason: &'static str },
+    History {
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A pg_control file pgsnapfs cannot read; says which check failed.
     #[error("invalid pg_control: {0}")]
     Control(&'static str),
+    /// A backup_label pgsnapfs cannot read; says which line or check failed.
     #[error("invalid backup_label: {0}")]
     BackupLabel(&'static str),
+    /// A malformed line of a tablespace_map.
     #[error("invalid tablespace_map line {line}: {reason}")]
-    TablespaceMap { line: usize, reason: &'static str },
+    TablespaceMap {
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A recovery target time in none of the accepted formats.
     #[error("invalid recovery target time {0:?}: write {formats}", formats = super::target::TIME_FORMATS)]
     TargetTime(String),
+    /// A recovery target action other than pause, promote or shutdown.
     #[error("invalid recovery target action {0:?}")]
     TargetAction(String),
 }

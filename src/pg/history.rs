@@ -21,7 +21,7 @@ pub struct HistoryEntry {
     pub reason: String,
 }
 
-/// Parses a history file: lines "parentTLI<tab>switchpoint<tab>reason".
+/// Parses a history file: lines `parentTLI<tab>switchpoint<tab>reason`.
 pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, Error> {
     let mut entries: Vec<HistoryEntry> = Vec::new();
     for (i, raw) in text.lines().enumerate() {

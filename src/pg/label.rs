@@ -12,10 +12,13 @@ use super::Error;
 pub struct BackupLabel {
     /// Redo start of the backup checkpoint ("START WAL LOCATION").
     pub start_lsn: Lsn,
+    /// Position of the backup checkpoint record itself ("CHECKPOINT LOCATION").
     pub checkpoint_lsn: Lsn,
+    /// The timeline the backup started on ("START TIMELINE").
     pub start_tli: u32,
     /// As written by the server, e.g. "2026-11-21 05:40:12 UTC".
     pub start_time_text: String,
+    /// The label given to pg_backup_start ("LABEL").
     pub label: String,
 }
 

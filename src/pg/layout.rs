@@ -10,11 +10,13 @@ use std::collections::HashSet;
 /// What a base backup does with one file or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
+    /// Store it.
     Keep,
     /// Keep the directory itself (its permissions matter) but not what it
     /// holds: every entry in it classifies as `Skip`, except
     /// pg_wal/archive_status (and pg_wal/summaries on 17+), kept empty too.
     SkipContents,
+    /// Leave it out of the backup.
     Skip,
 }
 
@@ -95,7 +97,7 @@ pub fn classify(rel_path: &str, is_dir: bool) -> Entry {
 }
 
 /// Whether a directory (relative to PGDATA) holds a database's relations:
-/// "base/<oid>" or "pg_tblspc/<oid>/<version dir>/<oid>".
+/// `base/<oid>` or `pg_tblspc/<oid>/<version dir>/<oid>`.
 pub fn is_database_dir(rel_dir: &str) -> bool {
     let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     match rel_dir.split('/').collect::<Vec<_>>()[..] {
@@ -142,9 +144,13 @@ pub fn is_relation_file(name: &str) -> bool {
 /// A relation fork, numbered as ForkNumber is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fork {
+    /// The relation's data.
     Main = 0,
+    /// The free space map (`_fsm`).
     Fsm = 1,
+    /// The visibility map (`_vm`).
     VisibilityMap = 2,
+    /// The init fork of an unlogged relation (`_init`).
     Init = 3,
 }
 
@@ -156,21 +162,25 @@ struct RelationFile<'a> {
 
 /// DEFAULTTABLESPACE_OID and GLOBALTABLESPACE_OID: the tablespaces of base/ and global/.
 pub const DEFAULT_TABLESPACE: u32 = 1663;
+/// GLOBALTABLESPACE_OID, the tablespace of global/.
 pub const GLOBAL_TABLESPACE: u32 = 1664;
 
 /// Which relation segment a file of a data directory holds, as WAL names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelationPath {
+    /// The tablespace's OID (base/ is [`DEFAULT_TABLESPACE`], global/ [`GLOBAL_TABLESPACE`]).
     pub tablespace: u32,
     /// 0 for the shared relations in global/.
     pub database: u32,
+    /// The relation's file node number (the file name's leading digits).
     pub relfilenode: u32,
+    /// Which fork the file holds.
     pub fork: Fork,
     /// The 1 GiB segment: ".1" is 1.
     pub segment: u32,
 }
 
-/// Parses "base/<db>/<file>", "global/<file>" or "pg_tblspc/<spc>/<version dir>/<db>/<file>"
+/// Parses `base/<db>/<file>`, `global/<file>` or `pg_tblspc/<spc>/<version dir>/<db>/<file>`
 /// (relative to PGDATA); None for anything that is not a relation file.
 pub fn relation_path(rel_path: &str) -> Option<RelationPath> {
     let (dir, name) = rel_path.rsplit_once('/')?;

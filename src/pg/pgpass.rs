@@ -15,9 +15,13 @@ pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 /// What a connection looks up: host as given (name, address or socket directory).
 #[derive(Debug, Clone, Copy)]
 pub struct Key<'a> {
+    /// The host as given to the connection.
     pub host: &'a str,
+    /// The port.
     pub port: u16,
+    /// The database name.
     pub dbname: &'a str,
+    /// The user name.
     pub user: &'a str,
 }
 
@@ -82,7 +86,10 @@ pub enum Miss {
     /// Not a regular file: ignored with a warning.
     NotAFile,
     /// Group or others may access it: ignored with a warning.
-    Insecure { mode: u32 },
+    Insecure {
+        /// The file's permission bits.
+        mode: u32,
+    },
     /// Read, but no line matched.
     NoMatch,
 }

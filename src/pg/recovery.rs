@@ -14,6 +14,7 @@ use super::version;
 /// What recovery replays and where it stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoverySettings {
+    /// The command the server runs to fetch each WAL file (pgsnapfs wal-fetch).
     pub restore_command: String,
     /// None: replay all the WAL restore_command finds.
     pub target: Option<Target>,
@@ -74,6 +75,7 @@ pub fn render(settings: &RecoverySettings, _major: u32) -> String {
 /// end of postgresql.auto.conf; the next restore or view replaces the block whole.
 pub const BLOCK_BEGIN: &str =
     "# Recovery settings written by pgsnapfs; the next restore or view replaces this block";
+/// The last line of the block (see [`BLOCK_BEGIN`]).
 pub const BLOCK_END: &str = "# End of recovery settings written by pgsnapfs";
 /// The prefix of a setting of an earlier recovery, commented out.
 const REMOVED: &str = "# Removed by pgsnapfs: ";
@@ -245,7 +247,9 @@ pub fn rewrite_auto_conf(text: &str, settings: &str, also: &[&str]) -> (String, 
 /// new text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewritten {
+    /// The file's path, relative to the data directory.
     pub path: String,
+    /// The file's new content.
     pub text: String,
     /// The settings of an earlier recovery commented out or dropped, by name.
     pub removed: Vec<String>,

@@ -14,25 +14,46 @@ use std::collections::{HashMap, HashSet};
 /// One summary file: the blocks that WAL on `tli` modified in [start, end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
+    /// The timeline the summarized WAL is on.
     pub tli: u32,
+    /// The first LSN summarized.
     pub start: Lsn,
+    /// The LSN where the summary ends (exclusive).
     pub end: Lsn,
 }
 
 /// Why the summaries cannot tell what changed in a range of WAL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CoverageError {
+    /// No summary covers part of the range.
     #[error("no WAL summary covers {from} to {to} on timeline {tli}")]
-    Gap { tli: u32, from: Lsn, to: Lsn },
+    Gap {
+        /// The timeline.
+        tli: u32,
+        /// Start of the uncovered range.
+        from: Lsn,
+        /// End of the uncovered range.
+        to: Lsn,
+    },
+    /// Summaries on the timeline stop before the end of the range.
     #[error("WAL on timeline {tli} is summarized up to {reached}, not up to {to}")]
-    Short { tli: u32, reached: Lsn, to: Lsn },
+    Short {
+        /// The timeline.
+        tli: u32,
+        /// How far the summaries go.
+        reached: Lsn,
+        /// How far they had to go.
+        to: Lsn,
+    },
 }
 
 /// Which chunks of one relation segment file may have changed: those listed (sorted,
 /// numbered from the file's start) and every chunk from `read_from` on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileChanges {
+    /// Chunks that may have changed before `read_from`, sorted, numbered from the file's start.
     pub changed: Vec<u64>,
+    /// The first chunk from which every chunk may have changed (the file may have grown).
     pub read_from: u64,
 }
 
@@ -104,6 +125,7 @@ impl Changes {
         })
     }
 
+    /// Pages (blocks) per chunk, as given to [`Changes::new`].
     pub fn chunk_blocks(&self) -> u64 {
         self.chunk_blocks
     }

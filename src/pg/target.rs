@@ -17,18 +17,24 @@ use super::Error;
 pub enum Target {
     /// As soon as the backup is consistent (recovery_target = 'immediate').
     Immediate,
+    /// The first commit at or after this time (recovery_target_time).
     Time(DateTime<FixedOffset>),
+    /// This WAL position (recovery_target_lsn).
     Lsn(Lsn),
     /// A restore point created by pg_create_restore_point().
     Name(String),
+    /// The commit of this transaction id (recovery_target_xid).
     Xid(u32),
 }
 
 /// recovery_target_action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetAction {
+    /// Stop replay and wait (pause), so the result can be inspected before promoting.
     Pause,
+    /// End recovery and open a new timeline for writes.
     Promote,
+    /// Stop the server once the target is reached.
     Shutdown,
 }
 
@@ -55,16 +61,13 @@ impl FromStr for TargetAction {
     }
 }
 
-/// Parses a recovery target time: "2026-11-20 14:30:00+00",
-/// "2026-11-20 14:30:00.123456+05:30", "2026-11-20 14:30:00 UTC",
-/// "2026-11-20 14:30:00+0000", "2026-11-20T14:30:00Z"; seconds may be omitted.
-/// Without a zone the time is local to this machine.
 /// The spellings `parse_time` accepts, for error messages: every quoted example parses.
 pub const TIME_FORMATS: &str = "'YYYY-MM-DD HH:MM[:SS[.fraction]][zone]', such as \
     '2026-11-20 14:30:00+00', '2026-11-20T14:30:00.5Z', '2026-11-20 14:30:00 UTC' or \
     '2026-11-20 14:30' (no zone: this machine's local time); a zone is +HH, +HHMM, +HH:MM, \
     Z, UTC or GMT";
 
+/// Parses a recovery target time written in one of the [`TIME_FORMATS`]; a time without a zone is this machine's local time.
 pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, Error> {
     let bad = || Error::TargetTime(s.to_string());
     let (when, offset) = split_zone(s.trim()).ok_or_else(bad)?;

@@ -6,6 +6,7 @@
 /// Facts about one PostgreSQL major version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Major {
+    /// The major version number (15 for 15.4).
     pub major: u32,
     /// XLOG_PAGE_MAGIC (access/xlog_internal.h).
     pub wal_magic: u16,

@@ -24,14 +24,34 @@ pub(super) const LONG_PAGE_HEADER_SIZE: usize = 40;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WalFile {
     /// `TTTTTTTTXXXXXXXXYYYYYYYY`
-    Segment { tli: u32, segno: u64 },
+    Segment {
+        /// The timeline.
+        tli: u32,
+        /// The segment number (the LSN divided by the segment size).
+        segno: u64,
+    },
     /// `TTTTTTTTXXXXXXXXYYYYYYYY.partial`, written at a timeline switch.
-    Partial { tli: u32, segno: u64 },
+    Partial {
+        /// The timeline.
+        tli: u32,
+        /// The segment number.
+        segno: u64,
+    },
     /// `TTTTTTTT.history`
-    History { tli: u32 },
+    History {
+        /// The new timeline the history leads to.
+        tli: u32,
+    },
     /// `TTTTTTTTXXXXXXXXYYYYYYYY.OOOOOOOO.backup`; offset of the backup start
     /// within its segment.
-    Backup { tli: u32, segno: u64, offset: u32 },
+    Backup {
+        /// The timeline the backup started on.
+        tli: u32,
+        /// The segment of the backup start.
+        segno: u64,
+        /// Byte offset of the backup start within that segment.
+        offset: u32,
+    },
 }
 
 fn hex_u32(s: &str) -> Option<u32> {
@@ -132,11 +152,15 @@ pub fn segment_start(segno: u64, seg_size: u64) -> Lsn {
 /// The long page header at the start of every WAL segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// XLOG_PAGE_MAGIC, which tells the PostgreSQL major version.
     pub magic: u16,
+    /// The timeline the segment was written on.
     pub tli: u32,
     /// Position of the segment's first byte.
     pub pageaddr: u64,
+    /// The system identifier of the cluster that wrote it.
     pub system_identifier: u64,
+    /// The segment size in bytes (wal_segment_size).
     pub seg_size: u32,
     /// XLOG_BLCKSZ, the WAL page size.
     pub block_size: u32,

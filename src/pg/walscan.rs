@@ -65,6 +65,7 @@ const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 /// A named point created by pg_create_restore_point().
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestorePoint {
+    /// The name given to pg_create_restore_point().
     pub name: String,
     /// PostgreSQL timestamp (microseconds since 2000-01-01 UTC).
     pub time: i64,
@@ -80,11 +81,14 @@ pub struct SegmentSummary {
     /// first and last in WAL order: concurrent commits may be logged slightly
     /// out of time order.
     pub first_commit_time: Option<i64>,
+    /// Latest commit (or abort) time, as a PostgreSQL timestamp.
     pub last_commit_time: Option<i64>,
+    /// The restore points, in WAL order.
     pub restore_points: Vec<RestorePoint>,
     /// Smallest and largest ended transaction id, compared modulo 2^32 as
     /// PostgreSQL does (the xids of one segment are close together).
     pub min_commit_xid: Option<u32>,
+    /// Largest ended transaction id (see `min_commit_xid`).
     pub max_commit_xid: Option<u32>,
     /// End of the last complete record found (of a record begun in the
     /// previous segment if none begins here); the segment start if none.

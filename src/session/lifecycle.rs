@@ -71,6 +71,7 @@ pub fn detach_output(scratch: Option<&Path>) -> Result<()> {
 pub struct Started {
     /// Its ready line: [`READY`] and where.
     pub line: String,
+    /// The mount process.
     pub pid: u32,
 }
 

@@ -32,6 +32,7 @@ pub struct CacheOptions {
     /// The local disk cache of chunks of a remote repository: its base directory (default
     /// `$XDG_CACHE_HOME/pgsnapfs` or `~/.cache/pgsnapfs`) and size limit (0: none).
     pub dir: Option<PathBuf>,
+    /// The disk cache's size limit in bytes (0: none).
     pub disk_size: u64,
 }
 
@@ -82,6 +83,7 @@ pub struct Request {
     pub repo_spec: String,
     /// Where the view's `wal-fetch` passphrase comes from, for an encrypted repository.
     pub passphrase: passphrase::Source,
+    /// The point in time to mount.
     pub goal: Goal,
     /// What a goal that names nothing means.
     pub latest: Latest,
@@ -95,16 +97,21 @@ pub struct Request {
     /// The user the server runs as, shown as the owner of every file (root only: others
     /// see their own files).
     pub owner: String,
+    /// What a view changes for its server.
     pub view: ViewSettings,
+    /// Chunk caches in memory and on disk.
     pub cache: CacheOptions,
 }
 
 /// A view being served: the backup and point chosen, and what to tell its user.
 pub struct View {
+    /// The backup, point and timeline chosen.
     pub plan: pitr::Plan,
     /// What whoever starts a server on the view should know, one line each.
     pub notes: Vec<String>,
+    /// The server's writes, its pg_wal and its key file.
     pub scratch: PathBuf,
+    /// What the server does at the target: pause or promote.
     pub action: TargetAction,
     /// The passphrase for the server's `wal-fetch`, removed with the session.
     _key: Option<KeyFile>,
@@ -196,7 +203,7 @@ impl Session {
                 });
                 let restore_command = crate::walfetch::restore_command(
                     &req.repo_spec,
-                    &plan.system.system_identifier,
+                    plan.system.system_identifier,
                     &key_options,
                 )?;
                 let settings = plan::settings(&plan, restore_command, req.view.action);
@@ -254,6 +261,7 @@ impl Session {
         &self.repo
     }
 
+    /// The view, or `None` for the catalogue.
     pub fn view(&self) -> Option<&View> {
         self.view.as_ref()
     }
@@ -297,10 +305,12 @@ impl Mounted {
         self.handle.mountpoint()
     }
 
+    /// The repository the mount reads, with its caches.
     pub fn repo(&self) -> &Repository {
         &self.repo
     }
 
+    /// The view, or `None` for the catalogue.
     pub fn view(&self) -> Option<&View> {
         self.view.as_ref()
     }

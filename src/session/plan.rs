@@ -23,7 +23,12 @@ pub enum Subject {
     /// The read-only catalogue.
     Catalogue,
     /// A writable view of one point in time, its server's writes going to `scratch`.
-    View { goal: Goal, scratch: PathBuf },
+    View {
+        /// The point in time.
+        goal: Goal,
+        /// Where the server's writes go.
+        scratch: PathBuf,
+    },
 }
 
 /// Chooses what to mount, refusing options that do not fit it.

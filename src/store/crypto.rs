@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 /// The magic of an encrypted sealed object.
 pub const SEALED_MAGIC: &[u8; 8] = b"PGSNENC1";
+/// Length of an XChaCha20-Poly1305 nonce, in bytes.
 pub const NONCE_LEN: usize = 24;
+/// Length of a Poly1305 authentication tag, in bytes.
 pub const TAG_LEN: usize = 16;
 /// What encryption adds to a blob or object: the nonce and the tag.
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
@@ -90,6 +92,7 @@ impl Crypto {
         })))
     }
 
+    /// Whether this repository encrypts (format 2), as opposed to only authenticating by digest.
     pub fn is_encrypted(&self) -> bool {
         self.0.is_some()
     }
@@ -214,11 +217,14 @@ impl Crypto {
 /// What a thread needs to seal objects apart from the repository (a lease's heartbeat).
 #[derive(Clone)]
 pub struct Sealer {
+    /// The repository's keys (or none, in a plain repository).
     pub crypto: Crypto,
+    /// The zstd level to compress with.
     pub level: i32,
 }
 
 impl Sealer {
+    /// Seals `payload` as the object `name`, as [`Crypto::seal`] does.
     pub fn seal(&self, name: &str, payload: &[u8]) -> Vec<u8> {
         self.crypto.seal(name, payload, self.level)
     }

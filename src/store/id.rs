@@ -12,20 +12,24 @@ use std::fmt;
 pub struct Id(pub [u8; 32]);
 
 impl Id {
+    /// The SHA-256 of `data` (the id in a plain repository; an encrypted one uses `Crypto::id`).
     pub fn of(data: &[u8]) -> Id {
         Id(Sha256::digest(data).into())
     }
 
+    /// The 64 lowercase hex digits of the id.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
 
+    /// Parses 64 hex digits; `None` if `s` is anything else.
     pub fn from_hex(s: &str) -> Option<Id> {
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).ok()?;
         Some(Id(out))
     }
 
+    /// Whether this is the all-zero id, which names the all-zero chunk that is never stored.
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 32]
     }
@@ -43,10 +47,12 @@ impl PackId {
         PackId(buf)
     }
 
+    /// The 64 lowercase hex digits of the name.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
 
+    /// Parses 64 hex digits; `None` if `s` is anything else.
     pub fn from_hex(s: &str) -> Option<PackId> {
         Id::from_hex(s).map(|id| PackId(id.0))
     }

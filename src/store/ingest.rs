@@ -27,20 +27,28 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// What to do with a path met while walking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Visit {
+    /// Store it (a directory: walk into it).
     Keep,
     /// Keep the directory but none of its contents.
     Empty,
+    /// Leave it out.
     Skip,
     /// A symlink to store as the directory it points to.
     Follow,
 }
 
+/// What an ingest did, for reports and progress.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
+    /// Regular files stored.
     pub files: u64,
+    /// Bytes of those files.
     pub bytes: u64,
+    /// Chunks written to new packs.
     pub chunks_new: u64,
+    /// Chunks already stored (reused, not uploaded again).
     pub chunks_reused: u64,
+    /// All-zero chunks, which are never stored.
     pub chunks_zero: u64,
     /// Bytes taken from the parent without reading them (see [`KnownChanges`]).
     pub bytes_skipped: u64,
@@ -51,7 +59,9 @@ pub struct Stats {
 /// the parent's, unread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownChanges {
+    /// The chunks (numbered from the file's start, sorted) that may have changed before `read_from`.
     pub changed: Vec<u64>,
+    /// The first chunk from which every chunk is read.
     pub read_from: u64,
 }
 
@@ -90,16 +100,24 @@ const PREFETCH_BYTES: u64 = 32 << 20;
 /// Errors while ingesting: the store's, or reading the source tree.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The chunk store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A file or directory of the source could not be read.
     #[error("read {path}: {source}")]
     Read {
+        /// The path that could not be read.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// A path whose name is not UTF-8, which trees cannot hold.
     #[error("{path}: file names must be UTF-8")]
-    BadName { path: String },
+    BadName {
+        /// The path, lossily decoded.
+        path: String,
+    },
 }
 
 type Known = Arc<Mutex<HashMap<Id, Loc>>>;
@@ -145,6 +163,7 @@ fn work(job: Job, known: &Known, crypto: &Crypto, level: i32) {
     let _ = job.reply.send(outcome);
 }
 
+/// Stores directory trees into the repository: cuts files into chunks, skips those already stored, packs the rest, and writes tree and chunk-list blobs, returning each root as a [`BlobRef`] for a snapshot.
 pub struct Ingest<'r> {
     repo: &'r Repository,
     packer: Packer<'r>,
@@ -155,6 +174,7 @@ pub struct Ingest<'r> {
     jobs: Option<Sender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
     window: usize,
+    /// What has been stored so far.
     pub stats: Stats,
     progress: Box<dyn Fn(u64) + 'r>,
     changes: Option<ChangeOracle<'r>>,

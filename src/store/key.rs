@@ -17,10 +17,15 @@ const AAD_MAGIC: &[u8; 8] = b"PGSNKEY1";
 /// above the OWASP minimum; stored per slot so they can grow without a format change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kdf {
+    /// The key derivation function; `argon2id` is the only one read.
     pub algorithm: String,
+    /// Memory cost, in KiB.
     pub memory_kib: u32,
+    /// Number of passes.
     pub iterations: u32,
+    /// Number of lanes.
     pub parallelism: u32,
+    /// Random salt, hex in the JSON.
     #[serde(with = "hex_bytes")]
     pub salt: Vec<u8>,
 }
@@ -63,8 +68,11 @@ impl Kdf {
 /// One key slot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Slot {
+    /// The slot's id, as `key list` shows it.
     pub id: String,
+    /// When the slot was added.
     pub created: DateTime<Utc>,
+    /// How the passphrase is turned into the key that opens this slot.
     pub kdf: Kdf,
     /// `nonce (24) || encrypted master key (32) || tag (16)`.
     #[serde(with = "hex_bytes")]
@@ -119,6 +127,7 @@ pub fn new_master() -> Zeroizing<[u8; 32]> {
     k
 }
 
+/// Argon2id settings cheap enough for unit tests (64 KiB, one pass); never for real slots.
 #[cfg(test)]
 pub fn cheap_kdf() -> Kdf {
     Kdf::with_cost(64, 1)

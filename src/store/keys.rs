@@ -3,19 +3,28 @@
 
 use super::PackId;
 
+/// The repository's configuration (format version, chunking and encryption settings).
 pub const CONFIG: &str = "config";
+/// Prefix of the snapshot manifests, one object per snapshot id.
 pub const SNAPSHOTS: &str = "snapshots/";
+/// Prefix of the packs, fanned out by the first two hex digits of their id.
 pub const PACKS: &str = "packs/";
+/// Prefix of the leases of running commands.
 pub const LOCKS: &str = "locks/";
+/// Prefix of the keep marks, which exempt backups from expiry.
 pub const KEEP: &str = "keep/";
+/// Prefix of gc's trash records (packs condemned by a run, deleted in a later one).
 pub const TRASH: &str = "trash/";
+/// Prefix of the key slots of an encrypted repository.
 pub const KEY_SLOTS: &str = "keys/";
 
+/// The key of pack `id`: `packs/<first two hex digits>/<hex id>`.
 pub fn pack(id: &PackId) -> String {
     let hex = id.to_hex();
     format!("{PACKS}{}/{hex}", &hex[..2])
 }
 
+/// The key of the manifest of snapshot `id`.
 pub fn snapshot(id: &str) -> String {
     format!("{SNAPSHOTS}{id}")
 }

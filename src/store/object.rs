@@ -7,7 +7,9 @@
 
 use super::{Id, StoreError};
 
+/// The first 8 bytes of every sealed object.
 pub const MAGIC: &[u8; 8] = b"PGSNOBJ1";
+/// The header's length in bytes: magic, digest, length, compression byte and padding.
 pub const HEADER_LEN: usize = 56;
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
@@ -15,7 +17,9 @@ const ZSTD: u8 = 1;
 /// The fixed-size header of a sealed object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The SHA-256 of the uncompressed payload.
     pub digest: Id,
+    /// The uncompressed payload's length in bytes.
     pub len: u64,
 }
 

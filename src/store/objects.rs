@@ -6,7 +6,9 @@ use super::{keys, PackId, Repository, StoreError};
 /// A listing of `packs/`: the packs, in key order, and how many keys there name no pack.
 #[derive(Debug, Default)]
 pub struct PackListing {
+    /// The packs' ids, in key order.
     pub ids: Vec<PackId>,
+    /// How many keys under `packs/` are not a pack name (left there by something else).
     pub strays: usize,
 }
 
@@ -41,6 +43,7 @@ impl Repository {
         }
     }
 
+    /// Whether the manifest of snapshot `id` exists.
     pub fn snapshot_exists(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.backend().exists(&keys::snapshot(id))?)
     }
@@ -60,6 +63,7 @@ impl Repository {
             .collect())
     }
 
+    /// Whether snapshot `id` carries a keep mark.
     pub fn has_keep_mark(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.backend().exists(&keys::keep(id))?)
     }
@@ -69,6 +73,7 @@ impl Repository {
         self.put_sealed(&keys::keep(id), payload)
     }
 
+    /// Deletes the keep mark of snapshot `id`, letting expiry consider it again.
     pub fn delete_keep_mark(&self, id: &str) -> Result<(), StoreError> {
         Ok(self.backend().delete(&keys::keep(id))?)
     }
@@ -78,6 +83,7 @@ impl Repository {
         Ok(self.backend().list(keys::TRASH)?)
     }
 
+    /// Deletes the trash record of gc run `run`.
     pub fn delete_trash(&self, run: &str) -> Result<(), StoreError> {
         Ok(self.backend().delete(&keys::trash(run))?)
     }

@@ -4,12 +4,14 @@ use super::pack::{BlobType, PackWriter};
 use super::tree::Loc;
 use super::{keys, Id, PackId, Repository, StoreError};
 
+/// Collects blobs into packs of about `target` bytes and writes each pack once full (or at [`Packer::flush`]); a blob's location is known as soon as it is added, durable once its pack is written.
 pub struct Packer<'a> {
     repo: &'a Repository,
     target: usize,
     current: Option<(PackId, PackWriter)>,
     /// Bytes of packs written so far, the "newly stored" figure of a backup.
     pub bytes_written: u64,
+    /// Number of packs written so far.
     pub packs_written: u64,
 }
 
@@ -19,6 +21,7 @@ pub fn random_id() -> Id {
 }
 
 impl<'a> Packer<'a> {
+    /// A packer writing to `repo`, closing packs at about `target` bytes.
     pub fn new(repo: &'a Repository, target: usize) -> Packer<'a> {
         Packer {
             repo,

@@ -15,27 +15,37 @@ use std::ops::{Deref, DerefMut};
 /// The manifest format written by this version.
 pub const FORMAT: u32 = 1;
 
+/// A snapshot manifest: one stored tree plus its writer's metadata `M`, written last so its existence means everything it references is durable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot<M> {
+    /// The manifest format version ([`FORMAT`] when written by this version).
     pub format: u32,
+    /// The snapshot's id, also the last part of its key.
     pub id: String,
     /// The writer's metadata: its fields sit beside the store's in the manifest.
     #[serde(flatten)]
     pub meta: M,
+    /// When the writer began reading the source tree.
     pub start_time: DateTime<Utc>,
+    /// When the writer finished; the snapshot is as of this moment.
     pub stop_time: DateTime<Utc>,
+    /// Free text given by the user (empty if none).
     pub label: String,
     /// Bytes of all files in the snapshot.
     pub size_logical: u64,
     /// Bytes this snapshot added to the repository (compressed, including tree blobs).
     pub size_stored_new: u64,
+    /// Number of regular files in the tree.
     pub files: u64,
+    /// The chunk size files were cut into, in bytes.
     pub chunk_size: u32,
     /// The snapshot whose tree was compared against to reuse unchanged chunks.
     pub parent: Option<String>,
+    /// The root directory's tree blob.
     pub root: BlobRef,
     /// Permission bits and mtime of the root directory itself.
     pub root_mode: u32,
+    /// Seconds since the Unix epoch.
     pub root_mtime: i64,
     /// Requests the writer sent to an S3 repository, up to (not including) this manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,14 +71,23 @@ impl<M> DerefMut for Snapshot<M> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Requests {
+    /// GET requests.
     pub get: u64,
+    /// PUT requests (single-part uploads).
     pub put: u64,
+    /// HEAD requests.
     pub head: u64,
+    /// LIST requests.
     pub list: u64,
+    /// DELETE requests.
     pub delete: u64,
+    /// Parts of multipart uploads.
     pub upload_part: u64,
+    /// Create, complete, abort and list of multipart uploads.
     pub multipart_other: u64,
+    /// Any other request.
     pub other: u64,
+    /// Attempts beyond the first of each request (included in the counts above).
     pub retries: u64,
 }
 

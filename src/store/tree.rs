@@ -17,17 +17,23 @@ const ZERO_PACK: u32 = u32::MAX;
 /// Where a blob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Loc {
+    /// The pack holding the blob.
     pub pack: PackId,
+    /// Byte offset of the blob in the pack.
     pub offset: u32,
+    /// The blob's length in the pack, in bytes (compressed, and encrypted if the repository is).
     pub stored_len: u32,
 }
 
 /// A reference to a tree or chunk-list blob, as written in tree JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
+    /// The blob's content id.
     pub id: Id,
+    /// Where it is stored (flattened into the JSON object).
     #[serde(flatten)]
     pub loc: Loc,
+    /// The blob's plain length in bytes.
     pub len: u32,
 }
 
@@ -35,8 +41,11 @@ pub struct BlobRef {
 /// stored (and whose `id` is all zeros).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {
+    /// The chunk's content id (all zeros for an all-zero chunk).
     pub id: Id,
+    /// The chunk's plain length in bytes (the chunk size, or less at the end of a file).
     pub len: u32,
+    /// Where it is stored; `None` for an all-zero chunk.
     pub loc: Option<Loc>,
 }
 
@@ -76,6 +85,7 @@ pub fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
     out
 }
 
+/// Decodes a chunk list written by `encode_chunk_list`; `name` is the blob's name for the [`StoreError::Corrupt`] returned on malformed input.
 pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreError> {
     let bad = || StoreError::corrupt(name, "malformed chunk list");
     let u32_at = |i: usize| -> Result<u32, StoreError> {
@@ -119,10 +129,12 @@ pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreErr
 /// A directory tree blob. Entries are sorted by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dir {
+    /// The directory's entries, sorted by name (so [`Dir::get`] can search them).
     pub entries: Vec<Node>,
 }
 
 impl Dir {
+    /// The entry called `name`, found by binary search.
     pub fn get(&self, name: &str) -> Option<&Node> {
         self.entries
             .binary_search_by(|n| n.name.as_str().cmp(name))
@@ -131,23 +143,41 @@ impl Dir {
     }
 }
 
+/// One directory entry: its name, permissions, mtime and what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
+    /// The entry's file name (UTF-8, no `/`).
     pub name: String,
     /// Permission bits.
     pub mode: u32,
     /// Seconds since the Unix epoch.
     pub mtime: i64,
+    /// Directory, file or symlink, with what each needs (`type` in the JSON).
     #[serde(flatten)]
     pub kind: NodeKind,
 }
 
+/// What a directory entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum NodeKind {
-    Dir { tree: BlobRef },
-    File { size: u64, lists: Vec<BlobRef> },
-    Symlink { target: String },
+    /// A subdirectory.
+    Dir {
+        /// Its tree blob.
+        tree: BlobRef,
+    },
+    /// A regular file.
+    File {
+        /// Its length in bytes.
+        size: u64,
+        /// Its chunk-list blobs, in file order.
+        lists: Vec<BlobRef>,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// The link's target, as stored on disk.
+        target: String,
+    },
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 /// Temporary files live in the repository so the final link stays on one filesystem.
 const TMP_DIR: &str = "tmp";
 
+/// A repository in a local directory: each object is a file, written to a temporary file, fsynced and renamed into place.
 pub struct LocalBackend {
     root: PathBuf,
     /// Decided at the first write, from the top directory.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// Objects in a map, lost when dropped; counts ranged reads so tests can see how an object was read.
 #[derive(Default)]
 pub struct MemoryBackend {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,

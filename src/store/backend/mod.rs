@@ -18,21 +18,37 @@ pub use s3::{RequestCounts, S3Backend, S3ConfigError, S3Settings};
 /// Why a back-end call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The object does not exist.
     #[error("object {key} not found")]
-    NotFound { key: String },
+    NotFound {
+        /// The object's key.
+        key: String,
+    },
+    /// `put` found a different object under the key (an identical one is not a conflict).
     #[error("object {key} already exists with different content")]
-    Conflict { key: String },
+    Conflict {
+        /// The object's key.
+        key: String,
+    },
     /// The repository's disk (or quota) is full.
     #[error(
         "no space left in the repository to {op} {key}: free space there, then run the command \
          again (backups already stored are intact)"
     )]
-    NoSpace { op: &'static str, key: String },
+    NoSpace {
+        /// The operation (`put`, `replace`, ...).
+        op: &'static str,
+        /// The object's key.
+        key: String,
+    },
     /// The operating system refused access to an object (local repositories).
     #[error("cannot {op} {key}: permission denied; {hint}")]
     Denied {
+        /// The operation refused.
         op: &'static str,
+        /// The object's key.
         key: String,
+        /// What to do about it (for example, which user owns the repository).
         hint: String,
     },
     /// This user may not write to the repository (local repositories): nothing was written.
@@ -41,36 +57,50 @@ pub enum BackendError {
          command as {owner} (or as root, which writes as {owner})"
     )]
     WrongUser {
+        /// The repository's location.
         location: String,
+        /// The user owning the repository's directory.
         owner: String,
+        /// The user running this command.
         user: String,
     },
     /// The store did not answer in time, lost the connection, or said it is busy or failing
     /// (S3 5xx, SlowDown): a later attempt may well work.
     #[error("{op} {key}: {message} (a transient failure: try again later)")]
     Unavailable {
+        /// The request (`GET`, `PUT`, ...).
         op: &'static str,
+        /// The object's key.
         key: String,
+        /// The store's (or the connection's) message.
         message: String,
     },
     /// The store answered with an error that trying again would not fix (an S3 4xx other
     /// than those above, or 501): wrong credentials or permissions, an unsupported request.
     #[error("{op} {key}: {message}")]
     Refused {
+        /// The request (`GET`, `PUT`, ...).
         op: &'static str,
+        /// The object's key.
         key: String,
+        /// The store's message, with its error code.
         message: String,
     },
+    /// Another local I/O error; transient or not by its kind (see [`BackendError::is_transient`]).
     #[error("{op} {key}: {source}")]
     Io {
+        /// The operation that failed.
         op: &'static str,
+        /// The object's key (or the repository's path).
         key: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 }
 
 impl BackendError {
+    /// Whether the object asked for does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound { .. })
     }
@@ -97,12 +127,14 @@ impl BackendError {
     }
 }
 
+/// The result of a back-end call.
 pub type Result<T> = std::result::Result<T, BackendError>;
 
 /// An object store. Implementations are shared between threads.
 pub trait Backend: Send + Sync {
     /// A human-readable location, for messages.
     fn location(&self) -> String;
+    /// The whole object.
     fn get(&self, key: &str) -> Result<Vec<u8>>;
     /// Up to `len` bytes from `offset`; short only at the end of the object.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
@@ -114,6 +146,7 @@ pub trait Backend: Send + Sync {
     fn replace(&self, key: &str, data: &[u8]) -> Result<()>;
     /// All keys under `prefix` (a directory-like prefix ending in `/`, or empty), sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Deletes an object: gone for every later reader once this returns.
     fn delete(&self, key: &str) -> Result<()>;
     /// Whether `key` exists.
     fn exists(&self, key: &str) -> Result<bool>;

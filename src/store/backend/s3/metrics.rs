@@ -6,20 +6,28 @@ use super::*;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct RequestCounts {
+    /// GET requests.
     pub get: u64,
+    /// PUT requests (single-part uploads).
     pub put: u64,
+    /// HEAD requests.
     pub head: u64,
+    /// LIST requests.
     pub list: u64,
+    /// DELETE requests.
     pub delete: u64,
+    /// Parts of multipart uploads.
     pub upload_part: u64,
     /// Create, complete, abort and list of multipart uploads.
     pub multipart_other: u64,
+    /// Any other request.
     pub other: u64,
     /// Attempts beyond the first of each request (included in the counts above).
     pub retries: u64,
 }
 
 impl RequestCounts {
+    /// All requests sent, retries included.
     pub fn total(&self) -> u64 {
         self.get
             + self.put

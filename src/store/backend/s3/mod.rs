@@ -70,8 +70,10 @@ impl Default for S3Settings {
 /// Why an `s3://` URL or the client set-up was refused. Never echoes query values.
 #[derive(Debug, thiserror::Error)]
 pub enum S3ConfigError {
+    /// The URL is malformed or lacks a bucket; says what is wrong, never a query value.
     #[error("invalid S3 repository URL: {0}")]
     BadUrl(String),
+    /// The thread that runs the S3 client could not be started.
     #[error("cannot start the S3 I/O thread: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -141,6 +143,7 @@ impl S3Backend {
         S3Backend::open_with(spec, S3Settings::default())
     }
 
+    /// Opens `s3://bucket/prefix` with `settings` (retries, backoff, multipart sizes). Nothing is sent yet.
     pub fn open_with(
         spec: &str,
         settings: S3Settings,
