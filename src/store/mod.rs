@@ -15,6 +15,7 @@ pub mod keys;
 pub mod object;
 pub mod pack;
 mod packer;
+pub mod reader;
 mod repo;
 pub mod snapshot;
 pub mod tree;
