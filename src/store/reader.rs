@@ -84,10 +84,6 @@ impl FileReader {
         }
     }
 
-    pub fn repo(&self) -> &Arc<Repository> {
-        &self.repo
-    }
-
     /// Up to `size` bytes of `file` from `offset`; fewer only at the end of the file.
     pub fn read(&self, file: &File, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
         let cs = file.chunk_size as u64;
