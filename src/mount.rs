@@ -4,7 +4,8 @@
 //! the catalogue (`backups/<id>/`, `backups/latest/`, `wal/<timeline>/`), and the view of one
 //! backup prepared for a server to start on (recovery settings, `pg_wal` on scratch,
 //! tablespaces as links). Nodes are created lazily as directories are first listed, so
-//! memory grows with what is looked at; chunks are cached in a bounded LRU.
+//! memory grows with what is looked at. File content comes from the store's `FileReader`
+//! (read-ahead, verification, the bounded chunk cache): this module only maps nodes to files.
 //!
 //! The catalogue follows the repository: its own directories (`backups/`, `wal/` and the
 //! timelines below) are listed again when a lookup or listing finds them older than
@@ -13,14 +14,13 @@
 
 use crate::archive;
 use crate::catalog::{keys, Backups, Snapshot};
-use crate::store::cache::BlobCache;
-use crate::store::tree::{BlobRef, Chunk, NodeKind, LIST_FANOUT};
-use crate::store::{Id, Repository, StoreError};
+use crate::store::reader::{File, FileReader};
+use crate::store::tree::{BlobRef, NodeKind};
+use crate::store::{Repository, StoreError};
 use pgsnapfs_fuse::{Attr, DirEntry, Error as FsError, Kind, NodeId, Source};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,12 +43,7 @@ pub struct ViewChanges {
 }
 
 enum Content {
-    Chunks {
-        lists: Vec<(BlobRef, OnceLock<Arc<Vec<Chunk>>>)>,
-        chunk_size: u32,
-        /// Where a sequential reader would read next, to detect sequential access.
-        next: AtomicU64,
-    },
+    Chunks(File),
     Bytes(Arc<Vec<u8>>),
     /// An archived WAL file: a sealed object, served whole from the cache.
     Sealed {
@@ -77,9 +72,6 @@ struct NodeData {
     mtime: i64,
     data: Data,
 }
-
-/// Chunks read ahead of a sequential reader.
-const READ_AHEAD_CHUNKS: usize = 8;
 
 /// How old a listing of the catalogue's directories may get before it is taken again.
 pub const CATALOGUE_REFRESH: Duration = Duration::from_secs(2);
@@ -113,10 +105,8 @@ struct Known {
 pub struct SnapSource {
     repo: Arc<Repository>,
     nodes: RwLock<Vec<Arc<NodeData>>>,
-    cache: Arc<BlobCache<String>>,
+    reader: FileReader,
     tablespace_base: Option<PathBuf>,
-    /// Runs of chunks to fetch ahead; a full queue drops the request.
-    read_ahead: crossbeam_channel::Sender<Vec<Chunk>>,
     /// Set for the catalogue.
     catalogue: OnceLock<Catalogue>,
 }
@@ -133,32 +123,11 @@ impl SnapSource {
         cache_bytes: usize,
         tablespace_base: Option<PathBuf>,
     ) -> SnapSource {
-        let cache = Arc::new(BlobCache::new(cache_bytes));
-        let (tx, rx) = crossbeam_channel::bounded::<Vec<Chunk>>(4);
-        for _ in 0..2 {
-            let (rx, repo, cache) = (rx.clone(), repo.clone(), cache.clone());
-            // Ends when the source (and so the sender) is dropped.
-            std::thread::spawn(move || {
-                for run in rx {
-                    let missing: Vec<Chunk> = run
-                        .into_iter()
-                        .filter(|c| c.loc.is_some() && cache.get(&c.id).is_none())
-                        .collect();
-                    // Neighbours come in one ranged read; errors surface on the real read.
-                    if let Ok(all) = repo.read_chunks(&missing) {
-                        for (c, data) in missing.iter().zip(all) {
-                            let _ = cache.get_or_fetch(&c.id, || Ok(data));
-                        }
-                    }
-                }
-            });
-        }
         SnapSource {
-            repo,
+            repo: repo.clone(),
             nodes: RwLock::new(Vec::new()),
-            cache,
+            reader: FileReader::new(repo.clone(), cache_bytes),
             tablespace_base,
-            read_ahead: tx,
             catalogue: OnceLock::new(),
         }
     }
@@ -510,11 +479,7 @@ impl SnapSource {
                     mtime: entry.mtime,
                     data: Data::File {
                         size,
-                        content: Content::Chunks {
-                            lists: lists.into_iter().map(|r| (r, OnceLock::new())).collect(),
-                            chunk_size,
-                            next: AtomicU64::new(0),
-                        },
+                        content: Content::Chunks(File::new(size, chunk_size, lists)),
                     },
                 }),
                 NodeKind::Symlink { target } => self.symlink(PathBuf::from(target)),
@@ -544,59 +509,10 @@ impl SnapSource {
         Ok(children.get_or_init(|| expanded))
     }
 
-    fn chunk(
-        &self,
-        lists: &[(BlobRef, OnceLock<Arc<Vec<Chunk>>>)],
-        index: usize,
-    ) -> Result<Chunk, FsError> {
-        let (r, cell) = lists
-            .get(index / LIST_FANOUT)
-            .ok_or_else(|| FsError::io("chunk index past the file's lists"))?;
-        let list = match cell.get() {
-            Some(l) => l.clone(),
-            None => {
-                let loaded = Arc::new(self.repo.load_chunk_list(r).map_err(eio)?);
-                cell.get_or_init(|| loaded).clone()
-            }
-        };
-        list.get(index % LIST_FANOUT)
-            .copied()
-            .ok_or_else(|| FsError::io("chunk index past the list"))
-    }
-
-    fn chunk_data(&self, c: &Chunk) -> Result<Arc<Vec<u8>>, FsError> {
-        if c.loc.is_none() {
-            return Ok(Arc::new(vec![0; c.len as usize]));
-        }
-        self.cache
-            .get_or_fetch(&c.id, || self.repo.read_chunk(c).map_err(|e| e.to_string()))
-            .map_err(FsError::io)
-    }
-
-    /// Queues the chunks after `from` for fetching, if the reader is sequential.
-    fn read_ahead(
-        &self,
-        lists: &[(BlobRef, OnceLock<Arc<Vec<Chunk>>>)],
-        from: usize,
-        count: usize,
-    ) {
-        let run: Vec<Chunk> = (from..count.min(from + READ_AHEAD_CHUNKS))
-            .filter_map(|i| self.chunk(lists, i).ok())
-            .collect();
-        if run
-            .iter()
-            .any(|c| c.loc.is_some() && self.cache.get(&c.id).is_none())
-        {
-            let _ = self.read_ahead.try_send(run);
-        }
-    }
-
     fn sealed(&self, key: &str) -> Result<Arc<Vec<u8>>, FsError> {
-        self.cache
-            .get_or_fetch(&Id::of(key.as_bytes()), || {
-                self.repo.get_sealed(key).map_err(|e| e.to_string())
-            })
-            .map_err(FsError::io)
+        self.reader
+            .read_sealed(key)
+            .map_err(|e| FsError::io(e.to_string()))
     }
 }
 
@@ -691,11 +607,7 @@ impl Source for SnapSource {
 
     fn read(&self, id: NodeId, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let node = self.node(id)?;
-        let Data::File {
-            size: file_size,
-            content,
-        } = &node.data
-        else {
+        let Data::File { content, .. } = &node.data else {
             return Err(FsError::new(libc::EISDIR, "not a file"));
         };
         let whole = |data: &[u8]| {
@@ -706,39 +618,10 @@ impl Source for SnapSource {
         match content {
             Content::Bytes(b) => Ok(whole(b)),
             Content::Sealed { key, .. } => Ok(whole(&self.sealed(key)?)),
-            Content::Chunks {
-                lists,
-                chunk_size,
-                next,
-            } => {
-                let cs = *chunk_size as u64;
-                let end = (offset + size as u64).min(*file_size);
-                if next.swap(end, Ordering::Relaxed) == offset && offset > 0 {
-                    self.read_ahead(
-                        lists,
-                        (end / cs) as usize + 1,
-                        file_size.div_ceil(cs) as usize,
-                    );
-                }
-                let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-                let mut pos = offset;
-                while pos < end {
-                    let index = pos / cs;
-                    let chunk = self.chunk(lists, index as usize)?;
-                    let data = self.chunk_data(&chunk)?;
-                    let from = (pos - index * cs) as usize;
-                    let to = ((end - index * cs) as usize).min(data.len());
-                    if from >= to {
-                        return Err(FsError::io(format!(
-                            "chunk {} is shorter than the file says",
-                            chunk.id
-                        )));
-                    }
-                    out.extend_from_slice(&data[from..to]);
-                    pos = index * cs + to as u64;
-                }
-                Ok(out)
-            }
+            Content::Chunks(file) => self
+                .reader
+                .read(file, offset, size)
+                .map_err(|e| FsError::io(e.to_string())),
         }
     }
 }

@@ -24,6 +24,9 @@ pub mod pack;
 mod packer;
 // Still to be documented (owned by another branch).
 #[allow(missing_docs)]
+pub mod reader;
+// Still to be documented (owned by another branch).
+#[allow(missing_docs)]
 mod repo;
 pub mod snapshot;
 pub mod tree;

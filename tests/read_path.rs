@@ -1,0 +1,98 @@
+//! The read path through a catalogue mount (store::reader): bytes read sequentially (the
+//! read-ahead path) and at random offsets equal the source's; a corrupted chunk gives EIO on
+//! both paths, never wrong bytes, while its neighbours still read.
+
+// This file uses only part of the harness's re-exports.
+#[allow(unused_imports)]
+mod common;
+
+use common::mount::{mountpoint, Mount};
+use common::*;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+fn chunk_size(repo: &Repo) -> u64 {
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.path.join("config")).unwrap()).unwrap();
+    json_u64(&config, "chunk_size")
+}
+
+fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut f = fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; len];
+    let n = f.read(&mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+#[test]
+fn reads_equal_the_source_and_a_corrupt_chunk_is_eio() {
+    let repo = Repo::init();
+    let mut source = Cluster::archiving_to(&repo.spec);
+    source.psql(
+        "CREATE TABLE big(id int PRIMARY KEY, v text);
+         INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text)
+           FROM generate_series(1, 60000) g;
+         CHECKPOINT;",
+    );
+    let rel = source.psql("SELECT pg_relation_filepath('big')");
+    let id = json_str(&repo.backup(&source), "id");
+    source.stop();
+    // The server is stopped, so the file is as the backup read it after its checkpoint.
+    let want = fs::read(source.data.join(&rel)).unwrap();
+    let cs = chunk_size(&repo);
+    assert!(want.len() as u64 > 16 * cs, "{} bytes", want.len());
+
+    let work = TestDir::new("read-path");
+    let file = |m: &Mount| m.dir.join("backups").join(&id).join(&rel);
+    {
+        let m = Mount::start(&repo, &mountpoint(&work, "mnt"), &[]);
+        assert_eq!(fs::read(file(&m)).unwrap(), want, "sequential read");
+        for (off, len) in [(0, 8192), (cs * 5 + 100, 3 * cs as usize), (cs - 10, 20)] {
+            let end = (off as usize + len).min(want.len());
+            assert_eq!(
+                pread(&file(&m), off, len).unwrap(),
+                want[off as usize..end],
+                "read at {off}"
+            );
+        }
+    }
+
+    // Corrupt chunk 9 where it is stored, then read again through a fresh mount.
+    let victim = 9u64;
+    let chunk = &want[(victim * cs) as usize..((victim + 1) * cs) as usize];
+    let places = find_blob(&repo.path, &Sha256::digest(chunk));
+    assert_eq!(places.len(), 1);
+    let p = &places[0];
+    flip_byte(&p.pack, p.offset + p.stored_len / 2);
+
+    let m = Mount::start(&repo, &mountpoint(&work, "mnt2"), &[]);
+    let eio = |r: std::io::Result<Vec<u8>>| match r {
+        Err(e) => e.raw_os_error() == Some(libc::EIO),
+        Ok(_) => false,
+    };
+    assert!(eio(pread(&file(&m), victim * cs + 10, 100)), "random read");
+    assert_eq!(
+        pread(&file(&m), (victim + 1) * cs, 100).unwrap(),
+        want[((victim + 1) * cs) as usize..((victim + 1) * cs) as usize + 100],
+        "the neighbour still reads"
+    );
+    // Sequentially, in 4 KiB reads (read-ahead runs): every byte before the chunk is right,
+    // and the read stops with EIO at the chunk.
+    let mut f = fs::File::open(file(&m)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0; 4096];
+    let err = loop {
+        match f.read(&mut buf) {
+            Ok(0) => panic!("the whole file was read despite the corrupt chunk"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(got.len() as u64 <= victim * cs, "{} bytes", got.len());
+    assert_eq!(got, want[..got.len()]);
+}
