@@ -29,6 +29,8 @@
 //! [`mount`] mounts in the background and returns a [`MountHandle`] once the kernel has
 //! connected. Requests are served by [`MountOptions::threads`] threads, and the kernel
 //! keeps file pages and attributes cached, as every change goes through this file system.
+//! Sequential reads reach the source as requests of 1 MiB: fuser negotiates
+//! `FUSE_MAX_PAGES` (the kernel's limit, 256 pages) and the mount raises readahead to match.
 //!
 //! ```no_run
 //! use std::sync::Arc;

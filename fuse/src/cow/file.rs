@@ -79,18 +79,21 @@ impl CowFile {
     ) -> Result<Vec<u8>, Error> {
         let inner = self.read_lock()?;
         let end = offset.saturating_add(u64::from(len)).min(inner.size);
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut out = Vec::new();
         let mut pos = offset;
         // Walk runs of bytes with the same origin, so a clean range is one source read.
         while pos < end {
-            let (run, mut run_end) = self.classify(&inner, pos);
-            while run_end < end {
-                match self.classify(&inner, run_end) {
-                    (next, next_end) if next == run => run_end = next_end,
-                    _ => break,
-                }
+            let (run, run_end) = self.run_at(&inner, pos, end);
+            if run == Run::Source && pos == offset && run_end == end {
+                // The whole reply is one clean run: the source's buffer is it, uncopied.
+                let origin = self
+                    .origin
+                    .expect("only files with an origin have source bytes");
+                let mut bytes = source.read(origin, pos, len_of(pos, end))?;
+                bytes.resize(len_of(pos, end) as usize, 0);
+                return Ok(bytes);
             }
-            let run_end = run_end.min(end);
+            out.reserve_exact(len_of(pos, end) as usize);
             let want = (run_end - pos) as usize;
             let start = out.len();
             match run {
@@ -173,6 +176,19 @@ impl CowFile {
             None => {}
         }
         Ok(())
+    }
+
+    /// Where the byte at `pos` comes from, and where the run of bytes with that origin
+    /// ends, at most at `end`.
+    fn run_at(&self, inner: &Inner, pos: u64, end: u64) -> (Run, u64) {
+        let (run, mut run_end) = self.classify(inner, pos);
+        while run_end < end {
+            match self.classify(inner, run_end) {
+                (next, next_end) if next == run => run_end = next_end,
+                _ => break,
+            }
+        }
+        (run, run_end.min(end))
     }
 
     /// Where the byte at `pos` comes from, and where that run ends within its block.
@@ -262,6 +278,11 @@ enum Run {
 
 fn poisoned() -> Error {
     Error::io("file state poisoned by an earlier panic")
+}
+
+/// The length of `[pos, end)` as a request size (requests are at most a few MiB).
+fn len_of(pos: u64, end: u64) -> u32 {
+    (end - pos) as u32
 }
 
 /// `offset + len`, refusing sizes the kernel's signed offsets cannot hold.

@@ -7,6 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::common::{is_mounted, pattern, Setup, TestMount, BLOCK};
@@ -471,12 +473,21 @@ fn wait_returns_after_an_outside_unmount() {
     let mut m = Setup::default().mount(source());
     let handle = m.handle.take().unwrap();
     let root = m.root.clone();
-    let waiter = std::thread::spawn(move || handle.wait());
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!waiter.is_finished());
+    // Set just before the unmount: wait() must not return without it, whenever it runs.
+    let unmounting = Arc::new(AtomicBool::new(false));
+    let seen = unmounting.clone();
+    let waiter = std::thread::spawn(move || {
+        let result = handle.wait();
+        (result, seen.load(Ordering::SeqCst))
+    });
+    // The mount keeps serving while waited on.
+    assert_eq!(fs::read(root.join("dir/a")).unwrap(), b"source a");
+    unmounting.store(true, Ordering::SeqCst);
     let status = Command::new("umount").arg(&root).status().unwrap();
     assert!(status.success());
-    waiter.join().unwrap().unwrap();
+    let (result, after_unmount) = waiter.join().unwrap();
+    result.unwrap();
+    assert!(after_unmount, "wait returned before the unmount");
     assert!(!is_mounted(&root));
 
     // And through an Unmounter from another thread.
