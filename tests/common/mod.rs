@@ -9,6 +9,11 @@
 //! - [`pgsnapfs`] and friends run the binary and return a [`Run`] whose `assert_*` methods print
 //!   the command, stdout and stderr when they fail.
 //!
+//! - One module per part, each re-exported so every name is `common::NAME`: `machine`
+//!   (PostgreSQL's programs, the `postgres` user), `command` ([`Run`]), `binary` (pgsnapfs),
+//!   `repo` ([`Repo`], [`Store`]), `dirs` ([`TestDir`]), `wait` (ports, [`wait_for`]),
+//!   `digest` (tree digests) and `corruption` (flipping bytes of a repository).
+//!
 //! Nothing here skips: a missing PostgreSQL, `postgres` user or root privilege panics with a
 //! message saying what to install.
 
