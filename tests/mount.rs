@@ -509,10 +509,20 @@ fn repository_unchanged_by_mounts_servers_and_verify(store: Store) {
              VACUUM FULL t;
              SELECT pg_switch_wal();
              INSERT INTO t VALUES (5000, 'more');
-             SELECT pg_switch_wal();
              CHECKPOINT;",
         );
-        std::thread::sleep(Duration::from_secs(1));
+        // With archiving on, the backend finishing a segment marks it .ready in
+        // archive_status before pg_switch_wal returns (and the archiver renames that to
+        // .done): no such mark for the segment just finished means nothing will archive it.
+        let seg = server.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        assert_eq!(
+            server.psql(&format!(
+                "SELECT count(*) FROM pg_ls_dir('pg_wal/archive_status') f \
+                 WHERE f LIKE '{seg}.%'"
+            )),
+            "0",
+            "the server on the view marked {seg} for archiving"
+        );
         assert_eq!(
             server.psql("SELECT archived_count + failed_count FROM pg_stat_archiver"),
             "0",
@@ -856,8 +866,22 @@ fn sigterm_leaves_a_busy_mount_alone() {
     );
     view.start_server().wait_until_paused_or_ready();
     signal(view.pid(), libc::SIGTERM);
-    std::thread::sleep(Duration::from_secs(1));
+    // The process has handled the signal once it says it cannot unmount: only then does
+    // "still mounted" prove anything.
+    let refused = wait_for(MOUNT_TIMEOUT, || {
+        let log = fs::read_to_string(&view.log).unwrap_or_default();
+        if log.contains("cannot unmount yet") {
+            Ok(())
+        } else {
+            Err(after_signal(&mut view))
+        }
+    });
     let state = after_signal(&mut view);
+    assert!(
+        refused.is_ok(),
+        "SIGTERM to the mount process of a busy view: no refusal: {refused:?}\n{}",
+        view.report()
+    );
     assert!(
         is_mounted(&view.dir) && !pid_gone(view.pid()),
         "SIGTERM to the mount process of a busy view: {state}\n{}",
