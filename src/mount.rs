@@ -13,7 +13,7 @@
 //! backup's tree never changes, so everything below `backups/<id>/` is cached for good.
 
 use crate::archive;
-use crate::catalog::{keys, Backups, Snapshot};
+use crate::catalog::{wal, Backups, Snapshot};
 use crate::store::reader::{File, FileReader};
 use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::{Repository, StoreError};
@@ -350,17 +350,15 @@ impl SnapSource {
         for system in &systems {
             let sysid = system.sysid();
             let mut by_tli: BTreeMap<String, BTreeMap<String, NodeId>> = BTreeMap::new();
-            for key in self.repo.backend().list(&keys::wal_system(sysid))? {
-                let mut parts = key.rsplit('/');
-                let (Some(name), Some(tli)) = (parts.next(), parts.next()) else {
-                    continue;
-                };
-                let (name, tli) = (name.to_string(), tli.to_string());
-                let k = node(key.clone(), &|| Known {
-                    node: self.sealed_file(&key),
+            for file in wal::files(&self.repo, sysid)? {
+                let k = node(file.key.clone(), &|| Known {
+                    node: self.sealed_file(&file.key),
                     snapshot: None,
                 });
-                by_tli.entry(tli).or_default().insert(name, k.node);
+                by_tli
+                    .entry(file.timeline_dir)
+                    .or_default()
+                    .insert(file.name, k.node);
             }
             let mut timelines = BTreeMap::new();
             for (tli, files) in by_tli {

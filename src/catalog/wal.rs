@@ -10,12 +10,20 @@ pub struct WalObject {
     pub key: String,
     /// The file name: a segment, partial, history or backup file's.
     pub name: String,
+    /// The timeline directory it is in, as named in the key (eight hex digits).
+    pub timeline_dir: String,
 }
 
 impl WalObject {
     fn of(key: String) -> WalObject {
-        let name = key.rsplit('/').next().unwrap_or_default().to_string();
-        WalObject { key, name }
+        let mut parts = key.rsplit('/');
+        let name = parts.next().unwrap_or_default().to_string();
+        let timeline_dir = parts.next().unwrap_or_default().to_string();
+        WalObject {
+            key,
+            name,
+            timeline_dir,
+        }
     }
 }
 
@@ -79,7 +87,8 @@ mod tests {
             files(&repo, 7).unwrap(),
             vec![WalObject {
                 key: keys::wal_file(7, 1, seg),
-                name: seg.into()
+                name: seg.into(),
+                timeline_dir: "00000001".into(),
             }]
         );
         assert_eq!(summaries(&repo, 7).unwrap()[0].name, seg);
