@@ -19,6 +19,7 @@ pub mod cli;
 pub mod error;
 pub mod expire;
 pub mod gc;
+pub mod info;
 pub mod init;
 // Still to be documented (owned by another branch).
 #[allow(missing_docs)]

@@ -1,13 +1,12 @@
 //! `pgsnapfs list` and `pgsnapfs info`
 
 use super::{human, print_json};
-use crate::archive::{self, TimelineWal};
 use crate::catalog::{Backups, ReadRecord, Snapshot};
 use crate::error::Result;
-use crate::pitr;
+use crate::info::{Info, Restorable, WalRow};
 use crate::store::backend::RequestCounts;
 use crate::store::Repository;
-use crate::timelines::{self, fmt_time, BothActive, Survey, TimelineInfo};
+use crate::timelines::{fmt_time, BothActive, Survey, TimelineInfo};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -118,47 +117,15 @@ pub fn list(repo: &Repository, a: ListArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct WalRow {
-    system_identifier: String,
-    #[serde(flatten)]
-    timeline: TimelineWal,
-}
-
-#[derive(Serialize)]
-struct Restorable {
-    system_identifier: String,
-    earliest_time: Option<DateTime<Utc>>,
-    latest_time: Option<DateTime<Utc>>,
-}
-
 pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
-    let list = backups(repo)?;
-    let mut wal = Vec::new();
-    let mut ranges = Vec::new();
-    let mut surveys = Vec::new();
-    for system in archive::systems(repo)? {
-        let survey = timelines::survey(repo, &system, &list.iter().collect::<Vec<_>>())?;
-        for t in &survey.timelines {
-            wal.push(WalRow {
-                system_identifier: system.system_identifier.to_string(),
-                timeline: t.wal.clone(),
-            });
-        }
-        surveys.push((system.system_identifier.to_string(), survey));
-        let (earliest_time, latest_time) = pitr::restorable_range(repo, &system, &list)?;
-        ranges.push(Restorable {
-            system_identifier: system.system_identifier.to_string(),
-            earliest_time,
-            latest_time,
-        });
-    }
-    // The cluster of the newest backup is the one most readers ask about.
-    let newest_sys = list.last().map(|s| s.system_identifier.to_string());
-    let main_range = ranges
-        .iter()
-        .find(|r| Some(&r.system_identifier) == newest_sys.as_ref())
-        .or(ranges.first());
+    let gathered = Info::gather(repo)?;
+    let Info {
+        backups: list,
+        wal,
+        ranges,
+        surveys,
+    } = &gathered;
+    let main_range = gathered.main_range();
     if a.json {
         #[derive(Serialize)]
         struct Repo<'a> {
@@ -192,9 +159,9 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
                 id: &repo.config.id,
             },
             backups: list.iter().map(BackupRow::from).collect(),
-            wal: &wal,
+            wal,
             restorable: main_range,
-            restorable_by_system: &ranges,
+            restorable_by_system: ranges,
             timelines: surveys.iter().flat_map(|(_, s)| &s.timelines).collect(),
             both_active: surveys
                 .iter()
@@ -217,12 +184,12 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         repo.config.chunk_size / 1024,
         repo.config.compression_level
     );
-    print_backups(&list);
+    print_backups(list);
     outln!();
-    for (sys, survey) in &surveys {
+    for (sys, survey) in surveys {
         out!("{}", render_timelines(sys, survey));
     }
-    for r in &ranges {
+    for r in ranges {
         let fmt =
             |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
         outln!(
