@@ -23,8 +23,6 @@ pub mod init;
 // Still to be documented (owned by another branch).
 #[allow(missing_docs)]
 pub mod lock;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod mount;
 pub mod passphrase;
 pub mod pg;
