@@ -5,8 +5,6 @@
 //! a partial backup visible. See docs/repository-format.md.
 
 pub mod backend;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod cache;
 pub mod crypto;
 // Still to be documented (owned by another branch).
@@ -22,8 +20,6 @@ mod objects;
 #[allow(missing_docs)]
 pub mod pack;
 mod packer;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod reader;
 // Still to be documented (owned by another branch).
 #[allow(missing_docs)]
