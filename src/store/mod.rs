@@ -7,8 +7,6 @@
 pub mod backend;
 pub mod cache;
 pub mod crypto;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod diskcache;
 mod id;
 pub mod ingest;
