@@ -39,8 +39,6 @@ pub mod verified;
 // Still to be documented (owned by another branch).
 #[allow(missing_docs)]
 pub mod verify;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod view;
 pub mod walfetch;
 pub mod walpath;
