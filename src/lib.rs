@@ -8,8 +8,6 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod archive;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod backup;
 pub mod catalog;
 pub mod check;
