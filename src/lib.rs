@@ -11,8 +11,6 @@ pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod check;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod cli;
 pub mod error;
 pub mod expire;
