@@ -23,8 +23,6 @@ pub mod mount;
 pub mod passphrase;
 pub mod pg;
 pub mod pitr;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod restore;
 pub mod retention;
 pub mod server;
