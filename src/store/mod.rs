@@ -19,8 +19,6 @@ mod objects;
 pub mod pack;
 mod packer;
 pub mod reader;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 mod repo;
 pub mod snapshot;
 pub mod tree;
