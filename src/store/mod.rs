@@ -14,8 +14,6 @@ pub mod key;
 pub mod keys;
 pub mod object;
 mod objects;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod pack;
 mod packer;
 pub mod reader;
