@@ -16,8 +16,6 @@ pub mod error;
 pub mod expire;
 pub mod gc;
 pub mod init;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod lock;
 pub mod mount;
 pub mod passphrase;
