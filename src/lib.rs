@@ -28,8 +28,6 @@ pub mod session;
 pub mod store;
 pub mod timelines;
 pub mod verified;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod verify;
 pub mod view;
 pub mod walfetch;
