@@ -30,7 +30,7 @@ pub type Secret<'a> = &'a dyn Fn() -> Result<Zeroizing<Vec<u8>>, StoreError>;
 /// The `config` object: plain JSON, so the version can be read before anything else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
-    /// The format version: [`VERSION`], or [`ENCRYPTED_VERSION`] for an encrypted repository.
+    /// The format version: `VERSION`, or `ENCRYPTED_VERSION` for an encrypted repository.
     pub version: u32,
     /// A random id of 16 hex digits, chosen at `init`; it tells repositories apart.
     pub id: String,
