@@ -31,10 +31,17 @@ use std::time::{Duration, Instant};
 /// How long a backup waits for the WAL summarizer to reach its start before reading in full.
 const SUMMARIZER_WAIT: Duration = Duration::from_secs(60);
 
+/// What to back up and how: the options of `pgsnapfs backup`.
 pub struct BackupOptions {
+    /// The server's data directory, read directly; it must be the one the server at `conn`
+    /// reports (compared after resolving links).
     pub pgdata: PathBuf,
+    /// How to reach the server, which is told the backup starts and stops.
     pub conn: ConnOpts,
+    /// The label given to pg_backup_start and kept in the snapshot; `None` means
+    /// `pgsnapfs <backup id>`.
     pub label: Option<String>,
+    /// Worker threads that compress, encrypt and store chunks (at least one runs).
     pub threads: usize,
     /// Read every file even when WAL summaries could say what changed.
     pub full_read: bool,
@@ -46,6 +53,7 @@ pub struct BackupOptions {
 
 /// A finished backup, and what its output should say besides.
 pub struct Backup {
+    /// The snapshot manifest as published in the repository.
     pub snapshot: Snapshot,
     /// The server's configuration files outside its data directory, which the backup does
     /// not hold (Debian keeps them in /etc/postgresql/MAJOR/NAME).
@@ -78,6 +86,9 @@ pub fn control_of(pgdata: &Path) -> Result<ControlData> {
     Ok(ControlData::parse(&bytes)?)
 }
 
+/// Takes a base backup of the running server into `repo`, compared against the cluster's
+/// newest backup ([`latest_of`]) to skip what did not change. When it returns `Ok`, the snapshot and all it needs (packs,
+/// and the WAL from its start to its stop LSN) are durable; on an error nothing is published.
 pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     let control = control_of(&opts.pgdata)?;
     let server = Server::connect(&opts.conn)?;

@@ -8,30 +8,20 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod archive;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod backup;
 pub mod catalog;
 pub mod check;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod cli;
 pub mod error;
 pub mod expire;
 pub mod gc;
 pub mod info;
 pub mod init;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod lock;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod mount;
 pub mod passphrase;
 pub mod pg;
 pub mod pitr;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod restore;
 pub mod retention;
 pub mod server;
@@ -39,11 +29,7 @@ pub mod session;
 pub mod store;
 pub mod timelines;
 pub mod verified;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod verify;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod view;
 pub mod walfetch;
 pub mod walpath;

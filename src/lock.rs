@@ -38,10 +38,15 @@ const POLL: Duration = Duration::from_secs(1);
 /// The lease object: sealed JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
+    /// A random id of 16 hex digits; the object's key is `locks/<id>`.
     pub id: String,
+    /// The command holding it, such as `backup`, `mount` or `gc`.
     pub command: String,
+    /// Whether it is the exclusive lease of gc, expire or backup-keep.
     pub exclusive: bool,
+    /// The holder's host name, as it reports it.
     pub host: String,
+    /// The holder's process id, in its own PID namespace.
     pub pid: u32,
     /// The holder's boot and PID namespace: where it equals ours, a dead PID is a dead holder.
     pub instance: String,
@@ -49,8 +54,12 @@ pub struct LeaseRecord {
     /// same PID but another start time took over a dead holder's PID. Absent in old leases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<u64>,
+    /// When the lease was taken, by the holder's clock.
     pub created: DateTime<Utc>,
+    /// When the holder last refreshed it, by the holder's clock (comparable with ours only
+    /// where [`LeaseRecord::shares_clock`]).
     pub refreshed: DateTime<Utc>,
+    /// Seconds the lease stays live without a refresh ([`TTL`] when written).
     pub ttl_s: u64,
     /// Backups this command uses, which expire keeps while the lease is live.
     #[serde(default)]
@@ -60,11 +69,15 @@ pub struct LeaseRecord {
 /// This process's host and instance, to judge leases held on the same machine.
 #[derive(Debug, Clone)]
 pub struct Here {
+    /// The host name (`unknown` if it cannot be read).
     pub host: String,
+    /// `<boot id>/<PID namespace>`: equal for processes on one kernel and in one PID
+    /// namespace, so one can check the other's PID.
     pub instance: String,
 }
 
 impl Here {
+    /// This process's host and instance, read from the kernel.
     pub fn current() -> Here {
         let mut buf = [0u8; 256];
         // SAFETY: buf is writable for its length; gethostname NUL-terminates on success.
@@ -159,6 +172,7 @@ impl LeaseRecord {
         self.host == here.host && !self.instance.is_empty() && self.instance == here.instance
     }
 
+    /// One line naming the lease for messages: kind, id, command, host, PID and since when.
     pub fn describe(&self) -> String {
         format!(
             "{} lease {} ({} on {}, pid {}, since {})",
@@ -180,10 +194,13 @@ impl LeaseRecord {
 /// A lease as found in the repository.
 #[derive(Debug, Clone)]
 pub struct Found {
+    /// Its object's key, `locks/<id>`.
     pub key: String,
     /// The lease, or why it could not be read: such a lease counts as held, since its holder
     /// and what it uses are unknown.
     pub record: std::result::Result<LeaseRecord, String>,
+    /// Certainly given up at the time of listing (see [`LeaseRecord::is_stale`]); never set
+    /// for an unreadable lease.
     pub stale: bool,
     /// Held on another machine, and overdue by the reader's clock: maybe silent, maybe on a
     /// clock behind ours. An exclusive command watches it (`Watch`).
@@ -249,21 +266,45 @@ pub enum LeaseError {
         what.join(", "),
         ids.join("` and `pgsnapfs locks --remove ")
     )]
-    Unreadable { what: Vec<String>, ids: Vec<String> },
+    /// Leases that cannot be read: their holders may use backups nothing else shows.
+    Unreadable {
+        /// Each unreadable lease, and why it cannot be read.
+        what: Vec<String>,
+        /// Their ids, for `pgsnapfs locks --remove`.
+        ids: Vec<String>,
+    },
     #[error(
         "the repository is busy: {holder} holds it exclusively; try again when it finishes, or \
          if that process is gone, remove the lease with `pgsnapfs locks --remove {id}`"
     )]
-    Busy { holder: String, id: String },
+    /// Another exclusive lease is live.
+    Busy {
+        /// The holding lease, described (see [`LeaseRecord::describe`]).
+        holder: String,
+        /// Its id.
+        id: String,
+    },
     #[error(
         "lost the repository lease {id}: {why}; nothing more is written, run the command again"
     )]
-    Lost { id: String, why: String },
+    /// Another process removed this process's lease (judged it stale, or `locks --remove`).
+    Lost {
+        /// The lease's id.
+        id: String,
+        /// What the heartbeat found.
+        why: String,
+    },
     #[error(
         "could not refresh the repository lease {id} for {secs}s; nothing more is written, run \
          the command again"
     )]
-    Unrefreshed { id: String, secs: u64 },
+    /// This process's lease was not refreshed for so long that others may count it gone.
+    Unrefreshed {
+        /// The lease's id.
+        id: String,
+        /// Seconds since the last successful refresh.
+        secs: u64,
+    },
 }
 
 /// Every lease in the repository, judged at `now`.
@@ -296,6 +337,7 @@ pub fn list(repo: &Repository) -> Result<Vec<Found>> {
 }
 
 impl Found {
+    /// The lease's id: its key without `locks/`.
     pub fn id(&self) -> &str {
         self.key.trim_start_matches(keys::LOCKS)
     }
@@ -513,6 +555,7 @@ impl Lease {
         })
     }
 
+    /// The lease's id, as `pgsnapfs locks` shows it.
     pub fn id(&self) -> String {
         self.state.0.lock().expect("lease state").record.id.clone()
     }

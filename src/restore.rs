@@ -17,14 +17,19 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+/// Where and how to restore: the options of `pgsnapfs restore`.
 pub struct RestoreOptions {
+    /// The data directory to write; it must be missing or empty.
     pub to: PathBuf,
     /// Where to put each tablespace; default: its original location.
     pub tablespace_map: HashMap<u32, PathBuf>,
+    /// Threads writing files (at least one runs).
     pub threads: usize,
+    /// Called from the writing threads with each chunk's length in bytes as it is written.
     pub progress: Box<dyn Fn(u64) + Sync>,
     /// The recovery settings for postgresql.auto.conf's pgsnapfs block (`pg::recovery::render`).
     pub recovery: String,
+    /// Whether the restored server keeps the backup's archiving settings.
     pub archive_mode: ArchiveMode,
 }
 
@@ -40,11 +45,14 @@ pub enum ArchiveMode {
 /// What the restored configuration says about archiving, as far as the data directory shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Archiving {
+    /// archive_mode is off, set so or by default (a postgresql.conf that does not set it).
     Off,
     /// archive_mode is on (or always), with this archive_command or archive_library (15+),
     /// if one is set.
     On {
+        /// The last archive_command set, if not empty.
         command: Option<String>,
+        /// The last archive_library set, if not empty.
         library: Option<String>,
     },
     /// The data directory has no postgresql.conf (Debian keeps it in /etc) and
@@ -52,11 +60,15 @@ pub enum Archiving {
     Unknown,
 }
 
+/// What a finished restore wrote, and what its output should warn about.
 pub struct Restored {
+    /// Regular files written (directories and links not counted).
     pub files: u64,
+    /// Their total size in bytes, holes included.
     pub bytes: u64,
     /// The configuration files whose settings of an earlier recovery were removed.
     pub rewritten: Vec<Rewritten>,
+    /// What the restored configuration says about archiving.
     pub archiving: Archiving,
     /// Whether the restored directory has a postgresql.conf; without one (Debian's layout)
     /// the server must be started with its configuration from elsewhere.
@@ -96,6 +108,10 @@ struct FileJob {
     lists: Vec<BlobRef>,
 }
 
+/// Writes the plan's backup to `opts.to` (and its tablespaces to their locations), then the
+/// recovery settings and recovery.signal, so the server started there recovers to the plan's
+/// target. On `Ok` everything is synced to disk. On an error the directory is left partial:
+/// it is not a usable data directory, and a new restore needs it emptied.
 pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Restored> {
     let snap = &plan.snapshot;
     check_empty(&opts.to, "restore directory")?;

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// What to test and how: the options of `pgsnapfs verify`.
 pub struct VerifyOptions {
     /// The repository's location as given, for the server's restore_command.
     pub repo_spec: String,
@@ -33,9 +34,12 @@ pub struct VerifyOptions {
     pub goal: Goal,
     /// The cluster, when the repository holds several.
     pub system: Option<u64>,
+    /// The memory and disk caches of the mount the server runs on.
     pub cache: CacheOptions,
     /// The operating-system user the server runs as, and the database role used.
     pub user: String,
+    /// The directory of the server's programs (`postgres`, `pg_ctl`) for the backup's major
+    /// version; `None` means Debian's `/usr/lib/postgresql/MAJOR/bin`.
     pub pg_bin: Option<PathBuf>,
     /// SQL assertions: each statement must return one row holding true.
     pub assertions: Vec<Assertion>,
@@ -48,22 +52,34 @@ pub struct VerifyOptions {
 /// What the checks will do, as planned before they start.
 #[derive(Debug, Default, Clone)]
 pub struct Planned {
+    /// Tables (heap, materialized view, TOAST) to read.
     pub tables: usize,
+    /// B-tree indexes to check with amcheck.
     pub indexes: usize,
+    /// The main-fork size of the relations to read, in bytes.
     pub bytes: u64,
+    /// Tables skipped: their chunks were verified by an earlier run.
     pub skipped_tables: usize,
+    /// Indexes skipped likewise.
     pub skipped_indexes: usize,
+    /// The main-fork size of the skipped relations, in bytes.
     pub skipped_bytes: u64,
 }
 
+/// How the checks are going, for a progress bar: the plan once, then each relation read.
 pub enum Progress<'a> {
+    /// The relations are listed and each is to be read or skipped; nothing read yet.
     Planned(&'a Planned),
     /// A relation is being read (a big table can take a while).
     Checking {
+        /// Its name, as `regclass` prints it (schema-qualified where needed).
         relation: &'a str,
     },
+    /// The relation announced by `Checking` is done, whether it passed or not.
     Checked {
+        /// Whether it was an index.
         index: bool,
+        /// Its main-fork size in bytes.
         bytes: u64,
     },
 }
@@ -71,8 +87,11 @@ pub enum Progress<'a> {
 /// A relation not read again: its chunks were verified in `verified_in`.
 #[derive(Debug, Serialize)]
 pub struct Skipped {
+    /// The database holding it.
     pub database: String,
+    /// Its name, as `regclass` prints it.
     pub relation: String,
+    /// The id of the backup whose verify read these same chunks.
     pub verified_in: String,
 }
 
@@ -82,31 +101,53 @@ struct Incremental {
     digests: Digests,
 }
 
+/// How long each phase of a verify took, in seconds (to the millisecond); a phase not
+/// reached stays 0.
 #[derive(Debug, Default, Serialize)]
 pub struct Phases {
+    /// From the start of the run until the view is mounted (planning and digests included).
     pub mount_s: f64,
+    /// Starting the server (`pg_ctl start`), until it accepts connections.
     pub start_s: f64,
+    /// Recovery, until it ends and the server is promoted.
     pub recovery_s: f64,
+    /// Reading the tables, checking the indexes and running the assertions.
     pub checks_s: f64,
 }
 
+/// The outcome of a verify, printed as text or (with `--json`) as this JSON.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// The id of the backup tested.
     pub backup: String,
+    /// Whether the server started, recovered and passed every check and assertion:
+    /// `problems` is empty.
     pub ok: bool,
+    /// How long each phase took.
     pub phases: Phases,
+    /// Databases that allow connections, all of which were checked.
     pub databases: usize,
+    /// Tables read (`count(*)`, plus amcheck's `verify_heapam` where available), passing
+    /// or not.
     pub tables: usize,
+    /// B-tree indexes checked with amcheck's `bt_index_check`, passing or not.
     pub indexes_checked: usize,
+    /// Whether amcheck could be installed in every database; where not, that database's
+    /// indexes are not checked and its tables only read.
     pub amcheck: bool,
+    /// Assertions run, whatever their result.
     pub assertions: usize,
     /// Whether every relation was read (`--full`, or nothing verified before).
     pub full: bool,
     /// The backup whose verification record this run built on.
     pub since: Option<String>,
+    /// The main-fork size of the relations read, in bytes.
     pub bytes_read: u64,
+    /// Tables not read again (see `skipped`).
     pub tables_skipped: usize,
+    /// Indexes not checked again (see `skipped`).
     pub indexes_skipped: usize,
+    /// The main-fork size of the relations not read again, in bytes.
     pub bytes_skipped: u64,
     /// Relations not read again, and the backup in which each was verified.
     pub skipped: Vec<Skipped>,
@@ -114,7 +155,10 @@ pub struct Report {
     pub corrupt: bool,
     /// Whether this run's result was recorded for the next incremental verify.
     pub recorded: bool,
+    /// What the operator should know that is not a failure, one sentence each.
     pub notes: Vec<String>,
+    /// Each failure (a server that did not start, an unreadable table, an amcheck finding,
+    /// an assertion not true), one sentence each.
     pub problems: Vec<String>,
     /// Requests sent to an S3 repository.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -607,7 +651,9 @@ fn in_database(conn: &ConnOpts, db: &str) -> ConnOpts {
 /// One statement of an assertions file, and the database it runs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assertion {
+    /// The database it runs in.
     pub dbname: String,
+    /// The statement, without its final semicolon; it must return one row holding true.
     pub sql: String,
 }
 

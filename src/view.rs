@@ -21,9 +21,12 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
+/// The user and group that own the scratch directory: those the view's server runs as.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
+    /// Numeric user id.
     pub uid: u32,
+    /// Numeric id of the user's primary group.
     pub gid: u32,
 }
 
@@ -81,7 +84,10 @@ fn mkdir_owned_all(path: &Path, owner: Owner) -> Result<()> {
 /// A view of a backup: the changes it makes, and what whoever starts a server on it should
 /// know, one line each.
 pub struct View {
+    /// What the mount adds to, replaces in and hides from the backup's root.
     pub changes: ViewChanges,
+    /// Notes for the operator (configuration files supplied, or kept outside the backup),
+    /// one sentence each; empty when there is nothing to say.
     pub notes: Vec<String>,
 }
 

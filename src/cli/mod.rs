@@ -36,6 +36,7 @@ use crate::walpath::TimelineChoice;
 use clap::{Parser, Subcommand};
 use progress::progress;
 
+/// The whole command line: options global to every command, and the command.
 #[derive(Parser)]
 #[command(
     name = "pgsnapfs",
@@ -49,12 +50,15 @@ pub struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Where the passphrase of an encrypted repository comes from.
     #[command(flatten)]
     pub passphrase: key::PassphraseArgs,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands; each variant's doc comment is its line in `pgsnapfs --help`.
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a repository.
@@ -94,6 +98,8 @@ pub enum Command {
     Key(key::Args),
 }
 
+/// Runs the command, opening the repository for those that use one; `Err` carries what
+/// `main` reports and the exit code it maps to.
 pub fn run(cli: Cli) -> Result<()> {
     let repo = || -> Result<String> {
         cli.repo.clone().ok_or_else(|| {
@@ -138,6 +144,7 @@ fn open(spec: &str, pass: &key::PassphraseArgs) -> Result<Repository> {
 /// Which point to recover to, and along which timeline: shared by restore, mount and verify.
 #[derive(clap::Args, Debug, Clone)]
 pub struct GoalArgs {
+    /// The point to recover to; none given means the latest state.
     #[command(flatten)]
     pub point: PointArgs,
     /// The timeline to recover along: a number, `latest` (the newest timeline that holds the
@@ -147,6 +154,7 @@ pub struct GoalArgs {
     pub target_timeline: Option<TimelineChoice>,
 }
 
+/// The `--backup` and `--target-*` options, of which at most one may be given.
 #[derive(clap::Args, Debug, Clone)]
 #[group(multiple = false)]
 pub struct PointArgs {
@@ -197,6 +205,7 @@ impl GoalArgs {
     }
 }
 
+/// Parses `--target-action` (pause, promote or shutdown), with a message listing those.
 pub fn parse_action(s: &str) -> std::result::Result<TargetAction, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not one of pause, promote, shutdown"))

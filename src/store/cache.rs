@@ -27,6 +27,7 @@ pub struct BlobCache<E> {
 }
 
 impl<E: Clone> BlobCache<E> {
+    /// An empty cache holding at most `capacity` bytes of blobs; a larger blob is never kept.
     pub fn new(capacity: usize) -> Self {
         BlobCache {
             capacity,
@@ -40,6 +41,7 @@ impl<E: Clone> BlobCache<E> {
         }
     }
 
+    /// The cached blob, marked most recently used; `None` on a miss (nothing is fetched).
     pub fn get(&self, id: &Id) -> Option<Shared> {
         let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+/// A directory of cached blobs with a size limit, shared by the threads of one process
+/// (and safely by several processes). A hit is always verified against the blob's id.
 pub struct DiskCache {
     dir: PathBuf,
     limit: u64,
@@ -33,7 +35,9 @@ pub struct DiskCache {
 /// What the cache did, for `--json` reports and the benchmark.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct CacheCounts {
+    /// Lookups answered from the cache with verified bytes.
     pub hits: u64,
+    /// Lookups that found no file or a damaged one, so the blob was fetched.
     pub misses: u64,
 }
 
@@ -54,6 +58,7 @@ impl DiskCache {
         })
     }
 
+    /// The hits and misses of this process since [`DiskCache::open`].
     pub fn counts(&self) -> CacheCounts {
         CacheCounts {
             hits: self.hits.load(Ordering::Relaxed),

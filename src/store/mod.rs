@@ -5,12 +5,8 @@
 //! a partial backup visible. See docs/repository-format.md.
 
 pub mod backend;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod cache;
 pub mod crypto;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod diskcache;
 mod id;
 pub mod ingest;
@@ -18,15 +14,9 @@ pub mod key;
 pub mod keys;
 pub mod object;
 mod objects;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod pack;
 mod packer;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 pub mod reader;
-// Still to be documented (owned by another branch).
-#[allow(missing_docs)]
 mod repo;
 pub mod snapshot;
 pub mod tree;

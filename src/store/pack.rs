@@ -10,8 +10,11 @@
 
 use super::{Id, StoreError};
 
+/// The first 8 bytes of every pack; the `01` is the pack format's version.
 pub const MAGIC: &[u8; 8] = b"PGSNPK01";
+/// The last 8 bytes of every pack, after the entry count: a pack without it is truncated.
 pub const TRAILER_MAGIC: &[u8; 8] = b"PGSNPKIX";
+/// Bytes per entry of a plain entry table.
 pub const ENTRY_LEN: usize = 48;
 /// No blob is larger: chunks are at most 16 MiB and tree blobs far smaller.
 pub const MAX_BLOB_LEN: u32 = 64 << 20;
@@ -19,8 +22,11 @@ pub const MAX_BLOB_LEN: u32 = 64 << 20;
 /// What a blob holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobType {
+    /// A chunk of a file's content.
     Data = 0,
+    /// A directory's tree (see `tree::Dir`).
     Tree = 1,
+    /// A run of a file's chunk references (see `tree::encode_chunk_list`).
     ChunkList = 2,
 }
 
@@ -38,10 +44,16 @@ impl BlobType {
 /// One blob's place in a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// The blob's id: the hash of its content (see `crypto`).
     pub id: Id,
+    /// What the blob holds.
     pub kind: BlobType,
+    /// Where its stored bytes start, in bytes from the start of the pack (after the magic).
     pub offset: u32,
+    /// Its length as stored in the pack (compressed, and encrypted if the repository is), in
+    /// bytes.
     pub stored_len: u32,
+    /// The blob's own length once decoded, in bytes.
     pub len: u32,
 }
 
@@ -107,6 +119,7 @@ impl Default for PackWriter {
 }
 
 impl PackWriter {
+    /// An empty pack: the magic and no blobs.
     pub fn new() -> PackWriter {
         PackWriter {
             buf: MAGIC.to_vec(),
@@ -128,10 +141,13 @@ impl PackWriter {
         entry
     }
 
+    /// The pack's size in bytes so far, counting its entry table (as stored in a plain
+    /// repository) but not the 12-byte trailer.
     pub fn size(&self) -> usize {
         self.buf.len() + self.entries.len() * ENTRY_LEN
     }
 
+    /// Whether no blob has been added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -188,14 +204,26 @@ pub fn table_start(
 /// Why one entry of an entry table is unusable; its neighbours may still be fine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadEntry {
+    /// The type byte is none of [`BlobType`]'s (written by a newer format, or damaged).
     #[error("entry {index} has unknown blob type {kind}")]
-    UnknownType { index: usize, kind: u8 },
+    UnknownType {
+        /// The entry's position in the table, from 0.
+        index: usize,
+        /// The type byte found.
+        kind: u8,
+    },
+    /// The blob's bytes would start before the first blob or end past the last.
     #[error("entry {index} (blob {id}) lies outside the pack: bytes {offset}..{end}, blobs end at {blob_end}")]
     OutOfBounds {
+        /// The entry's position in the table, from 0.
         index: usize,
+        /// The blob the entry names.
         id: Id,
+        /// Where the entry says the blob starts, in bytes from the start of the pack.
         offset: u32,
+        /// Where it would end: `offset` plus its stored length.
         end: u64,
+        /// Where the blobs end: the start of the entry table.
         blob_end: u64,
     },
 }

@@ -33,6 +33,9 @@ pub struct File {
 }
 
 impl File {
+    /// A file of `size` bytes cut into `chunk_size`-byte chunks (only the last may be
+    /// shorter), listed in order by the chunk lists `lists` of `LIST_FANOUT` chunks each.
+    /// Nothing is read until the file is.
     pub fn new(size: u64, chunk_size: u32, lists: Vec<BlobRef>) -> File {
         File {
             size,
@@ -42,6 +45,7 @@ impl File {
         }
     }
 
+    /// The file's length in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }

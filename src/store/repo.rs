@@ -30,13 +30,17 @@ pub type Secret<'a> = &'a dyn Fn() -> Result<Zeroizing<Vec<u8>>, StoreError>;
 /// The `config` object: plain JSON, so the version can be read before anything else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
+    /// The format version: `VERSION`, or `ENCRYPTED_VERSION` for an encrypted repository.
     pub version: u32,
+    /// A random id of 16 hex digits, chosen at `init`; it tells repositories apart.
     pub id: String,
     /// Bytes per chunk (for PostgreSQL data, a multiple of its 8 KiB page).
     pub chunk_size: u32,
+    /// The zstd level (1 to 22) blobs and sealed objects are compressed with.
     pub compression_level: i32,
     /// Target size of a pack in bytes.
     pub pack_size: u32,
+    /// When the repository was created.
     pub created: DateTime<Utc>,
     /// Present in encrypted repositories (version 2) only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,7 +50,10 @@ pub struct Config {
 /// The algorithms of an encrypted repository (see `crypto` and `key`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encryption {
+    /// The AEAD sealing blobs and objects; only `xchacha20-poly1305` is known.
     pub cipher: String,
+    /// How blob ids are derived from content; only `hmac-sha256` is known (keyed, so
+    /// nobody without the key can test whether a known page is stored).
     pub blob_ids: String,
 }
 
@@ -67,8 +74,11 @@ struct Unlocked {
     config: Vec<u8>,
 }
 
+/// An open repository: its back end, config and (if encrypted) keys, with the reads that
+/// verify every blob and object against its id or seal. Shared by threads behind an `Arc`.
 pub struct Repository {
     backend: Arc<dyn Backend>,
+    /// The repository's `config` object, as read at open (or written at init).
     pub config: Config,
     crypto: Crypto,
     unlocked: Option<Unlocked>,
@@ -311,10 +321,12 @@ impl Repository {
         Ok(self.backend.put(&keys::key_slot(&slot.id), &json)?)
     }
 
+    /// The back end, for raw object access (listing, deleting, leases).
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
 
+    /// The back end, shared, for work that outlives this borrow (threads, mounts).
     pub fn backend_arc(&self) -> Arc<dyn Backend> {
         self.backend.clone()
     }
@@ -325,6 +337,7 @@ impl Repository {
         self
     }
 
+    /// The disk cache's hits and misses so far; `None` without a disk cache.
     pub fn disk_cache_counts(&self) -> Option<CacheCounts> {
         self.disk_cache.as_ref().map(DiskCache::counts)
     }
@@ -463,12 +476,15 @@ impl Repository {
         self.decode(stored, r.len, &r.id, &key)
     }
 
+    /// A directory's tree blob, read through the metadata windows and verified.
     pub fn load_dir(&self, r: &BlobRef) -> Result<Dir, StoreError> {
         let data = self.read_meta(r)?;
         serde_json::from_slice(&data)
             .map_err(|e| StoreError::corrupt(format!("tree {}", r.id), e.to_string()))
     }
 
+    /// One chunk list blob of a file (up to `LIST_FANOUT` chunks), read through the
+    /// metadata windows and verified.
     pub fn load_chunk_list(&self, r: &BlobRef) -> Result<Vec<Chunk>, StoreError> {
         let data = self.read_meta(r)?;
         decode_chunk_list(&data, &format!("chunk list {}", r.id))
@@ -493,6 +509,7 @@ impl Repository {
         self.sealer().seal(key, payload)
     }
 
+    /// What seals objects as this repository does, detached from it (for other threads).
     pub fn sealer(&self) -> Sealer {
         Sealer {
             crypto: self.crypto.clone(),
@@ -510,6 +527,7 @@ impl Repository {
         Ok(self.backend.replace(key, &self.seal(key, payload))?)
     }
 
+    /// A sealed object's payload, verified (and decrypted in an encrypted repository).
     pub fn get_sealed(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         self.crypto.open(key, &self.backend.get(key)?)
     }
@@ -524,6 +542,7 @@ impl Repository {
         object::header(&head, key)
     }
 
+    /// The ids of all snapshot manifests, sorted as strings; nothing is read or verified.
     pub fn snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
             .backend
