@@ -231,7 +231,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         }
     }
     // Compare contents by digest: compression settings may differ between copies.
-    if repo.sealed_header(&key)?.digest == crate::store::Id::of(&data) {
+    if repo.sealed_header(&key)?.digest == crate::store::BlobId::of(&data) {
         Ok(pushed(PushOutcome::AlreadyArchived))
     } else {
         Err(Error::WalConflict {

@@ -381,7 +381,7 @@ mod tests {
     use crate::pg::lsn::Lsn;
     use crate::store::backend::memory::MemoryBackend;
     use crate::store::tree::{BlobRef, Loc};
-    use crate::store::{Backend, Id, PackId};
+    use crate::store::{Backend, BlobId, PackId};
     use std::sync::Arc;
 
     const SEG: u64 = 16 << 20;
@@ -392,7 +392,7 @@ mod tests {
         let mem = Arc::new(MemoryBackend::default());
         let repo = Repository::init(mem.clone(), 65536, 3).unwrap();
         let root = BlobRef {
-            id: Id::of(b"root"),
+            id: BlobId::of(b"root"),
             loc: Loc {
                 pack: PackId::of(b"pack"),
                 offset: 8,
@@ -573,7 +573,7 @@ mod tests {
             repo.delete_snapshot(id).unwrap();
         }
         let root = BlobRef {
-            id: Id::of(b"root"),
+            id: BlobId::of(b"root"),
             loc: Loc {
                 pack: PackId::of(b"pack"),
                 offset: 8,

@@ -20,7 +20,7 @@ use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BlobType, Entry};
 use crate::store::snapshot;
 use crate::store::tree::{decode_chunk_list, encode_chunk_list, BlobRef, Dir, Loc, NodeKind};
-use crate::store::{random_id, Id, PackId, Packer, Repository, StoreError};
+use crate::store::{random_id, BlobId, PackId, Packer, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -117,16 +117,16 @@ struct Refs {
     /// Live stored bytes (blob and table entry) per pack index.
     live: Vec<u64>,
     blobs: HashSet<(u32, u32)>,
-    walked: HashSet<Id>,
+    walked: HashSet<BlobId>,
     /// What each tree and chunk list points at, by content: the graph a repack plan walks.
-    meta: HashMap<Id, Meta>,
+    meta: HashMap<BlobId, Meta>,
 }
 
 /// The references of one tree or chunk list.
 #[derive(Debug, Default, Clone)]
 struct Meta {
     /// Sub-trees and chunk lists.
-    children: Vec<(Id, Loc)>,
+    children: Vec<(BlobId, Loc)>,
     /// The packs holding a list's chunks.
     chunk_packs: Vec<PackId>,
 }
@@ -241,15 +241,15 @@ struct RepackPlan {
 fn plan_repack(
     sizes: &HashMap<PackId, u64>,
     mut live: HashMap<PackId, u64>,
-    meta: &HashMap<Id, Meta>,
-    roots: &[(Id, Loc)],
+    meta: &HashMap<BlobId, Meta>,
+    roots: &[(BlobId, Loc)],
     skip: &HashSet<PackId>,
     threshold: f64,
 ) -> RepackPlan {
     let mut plan = RepackPlan::default();
     let mut released: HashSet<PackId> = HashSet::new();
     // Trees and lists already rewritten: they are in packs this run writes.
-    let mut moved: HashSet<(Id, Loc)> = HashSet::new();
+    let mut moved: HashSet<(BlobId, Loc)> = HashSet::new();
     for _ in 0..REPACK_ROUNDS {
         let mut round: Vec<PackId> = sizes
             .iter()
@@ -298,18 +298,18 @@ fn plan_repack(
 
 /// One round of a repack plan: which trees and lists change, as the `Rewriter` decides it.
 struct Simulation<'a> {
-    meta: &'a HashMap<Id, Meta>,
+    meta: &'a HashMap<BlobId, Meta>,
     repacked: &'a HashSet<PackId>,
-    moved: &'a mut HashSet<(Id, Loc)>,
+    moved: &'a mut HashSet<(BlobId, Loc)>,
     live: &'a mut HashMap<PackId, u64>,
     written: u64,
-    memo: HashMap<(Id, Loc), bool>,
+    memo: HashMap<(BlobId, Loc), bool>,
 }
 
 impl Simulation<'_> {
     /// Whether the blob at `node` is stored anew: it is in a repacked pack, or a chunk or
     /// child of it moves. Its old copy then no longer counts as live.
-    fn rewrite(&mut self, node: (Id, Loc)) -> bool {
+    fn rewrite(&mut self, node: (BlobId, Loc)) -> bool {
         if let Some(done) = self.memo.get(&node) {
             return *done;
         }
@@ -420,7 +420,7 @@ impl GcPlan {
                 (record.run.clone(), packs)
             })
             .collect();
-        let roots: Vec<(Id, Loc)> = s.backups.iter().map(|b| (b.root.id, b.root.loc)).collect();
+        let roots: Vec<(BlobId, Loc)> = s.backups.iter().map(|b| (b.root.id, b.root.loc)).collect();
         let repack = plan_repack(
             &s.sizes,
             s.refs.live_map(),
@@ -633,7 +633,7 @@ struct Rewriter<'a> {
     refs: &'a Refs,
     repacked: HashSet<PackId>,
     moved: HashMap<(u32, u32), Loc>,
-    done: HashMap<(Id, Loc), BlobRef>,
+    done: HashMap<(BlobId, Loc), BlobRef>,
     /// Bytes per pack of the trees and lists replaced by rewritten copies.
     superseded: HashMap<PackId, u64>,
     packer: Packer<'a>,
@@ -854,7 +854,7 @@ mod tests {
     /// Incompressible bytes.
     fn noise(seed: u8, n: usize) -> Vec<u8> {
         (0u32..)
-            .flat_map(|i| Id::of(&[&[seed][..], &i.to_le_bytes()].concat()).0)
+            .flat_map(|i| BlobId::of(&[&[seed][..], &i.to_le_bytes()].concat()).0)
             .take(n)
             .collect()
     }
@@ -1187,7 +1187,7 @@ mod tests {
     /// and the metadata pack they leave is the next round's.
     #[test]
     fn repack_plan_follows_rewrites_into_a_second_round() {
-        let id = |b: u8| Id([b; 32]);
+        let id = |b: u8| BlobId([b; 32]);
         let pack_id = |b: u8| PackId([b; 32]);
         let loc = |pack: u8, offset: u32| Loc {
             pack: pack_id(pack),

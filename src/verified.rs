@@ -13,7 +13,7 @@
 use crate::catalog::{keys, SystemId};
 use crate::pg::layout;
 use crate::store::tree::{BlobRef, NodeKind};
-use crate::store::{Id, Repository, StoreError};
+use crate::store::{BlobId, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -143,7 +143,7 @@ pub fn digests<'a>(files: impl IntoIterator<Item = (&'a str, &'a [BlobRef])>) ->
                     text.extend_from_slice(&l.id.0);
                 }
             }
-            (rel.to_string(), Id::of(&text).to_hex())
+            (rel.to_string(), BlobId::of(&text).to_hex())
         })
         .collect()
 }
@@ -201,7 +201,7 @@ mod tests {
 
     fn list(tag: &str) -> BlobRef {
         BlobRef {
-            id: Id::of(tag.as_bytes()),
+            id: BlobId::of(tag.as_bytes()),
             loc: Loc {
                 pack: PackId::default(),
                 offset: 0,

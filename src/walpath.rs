@@ -37,7 +37,7 @@ pub enum TimelineChoice {
     /// The timeline of the base backup: the target must be on the backup's own timeline.
     Current,
     /// This timeline.
-    Id(u32),
+    BlobId(u32),
 }
 
 impl std::str::FromStr for TimelineChoice {
@@ -48,7 +48,7 @@ impl std::str::FromStr for TimelineChoice {
             "latest" => Ok(TimelineChoice::Latest),
             "current" => Ok(TimelineChoice::Current),
             n => match n.parse::<u32>() {
-                Ok(id) if id > 0 => Ok(TimelineChoice::Id(id)),
+                Ok(id) if id > 0 => Ok(TimelineChoice::BlobId(id)),
                 _ => Err(format!(
                     "{s:?} is not a timeline: a number, `latest` or `current`"
                 )),
@@ -380,7 +380,7 @@ pub fn choose(
         Aim::Backup(i) => {
             let b = &backups[i];
             let tli = match choice {
-                TimelineChoice::Id(n) => {
+                TimelineChoice::BlobId(n) => {
                     known(n)?;
                     if !archive.tree.contains(n, b.timeline, b.stop_lsn) {
                         return Err(Error::BadInput(format!(
@@ -403,7 +403,7 @@ pub fn choose(
         }
         Aim::End => {
             let tli = match choice {
-                TimelineChoice::Id(n) => {
+                TimelineChoice::BlobId(n) => {
                     known(n)?;
                     n
                 }
@@ -457,7 +457,7 @@ pub fn choose(
             let what = describe_target(target);
             let from = backups.iter().map(|b| seg(b.start_lsn)).min().unwrap_or(0);
             let candidates: Vec<u32> = match choice {
-                TimelineChoice::Id(n) => {
+                TimelineChoice::BlobId(n) => {
                     known(n)?;
                     vec![n]
                 }
@@ -504,7 +504,7 @@ pub fn choose(
                     _ => ". `pgsnapfs info` lists the restorable range",
                 };
                 return Err(Error::BadInput(match choice {
-                    TimelineChoice::Id(n) => format!(
+                    TimelineChoice::BlobId(n) => format!(
                         "{what} is not reachable on timeline {n}: {reasons}{}",
                         elsewhere(archive, backups, target, from, sums, n)?
                     ),
@@ -816,12 +816,12 @@ mod tests {
         );
         // B1 is on timeline 2's history too; B2 is not.
         assert_eq!(
-            picked(s.choose(Aim::Backup(0), TimelineChoice::Id(2))),
+            picked(s.choose(Aim::Backup(0), TimelineChoice::BlobId(2))),
             (2, 0, 1)
         );
-        let m = refused(s.choose(Aim::Backup(1), TimelineChoice::Id(2)));
+        let m = refused(s.choose(Aim::Backup(1), TimelineChoice::BlobId(2)));
         assert!(m.contains("left timeline 1 at 0/3400000"), "{m}");
-        let m = refused(s.choose(Aim::Backup(1), TimelineChoice::Id(7)));
+        let m = refused(s.choose(Aim::Backup(1), TimelineChoice::BlobId(7)));
         assert!(m.contains("timeline 7 is not in this repository"), "{m}");
     }
 
@@ -851,7 +851,7 @@ mod tests {
         );
         // Asked for explicitly, timeline 2 stops at its first transaction (the fork state).
         assert_eq!(
-            picked(s.choose(Aim::Target(&time(240)), TimelineChoice::Id(2))),
+            picked(s.choose(Aim::Target(&time(240)), TimelineChoice::BlobId(2))),
             (2, 0, 3)
         );
     }
@@ -864,7 +864,7 @@ mod tests {
             .unwrap();
         assert_eq!((c.timeline, c.backup, c.end_segment), (2, 0, 4));
         // Timeline 1 ends at t=349.
-        let m = refused(s.choose(Aim::Target(&time(1005)), TimelineChoice::Id(1)));
+        let m = refused(s.choose(Aim::Target(&time(1005)), TimelineChoice::BlobId(1)));
         assert!(
             m.contains("not reachable on timeline 1: timeline 1: its last archived transaction")
                 && m.contains("timeline 2 holds it: use --target-timeline 2"),
@@ -911,7 +911,7 @@ mod tests {
         assert_eq!(
             picked(s.choose(
                 Aim::Target(&Target::Lsn(lsn("0/3800000"))),
-                TimelineChoice::Id(1)
+                TimelineChoice::BlobId(1)
             )),
             (1, 0, 3)
         );
@@ -1007,7 +1007,10 @@ mod tests {
         let mut s = scenario();
         // Timeline 2 descends from B1; timeline 1 is its parent, so not a leaf.
         assert_eq!(picked(s.choose(Aim::End, TimelineChoice::Auto)), (2, 0, 4));
-        assert_eq!(picked(s.choose(Aim::End, TimelineChoice::Id(1))), (1, 1, 6));
+        assert_eq!(
+            picked(s.choose(Aim::End, TimelineChoice::BlobId(1))),
+            (1, 1, 6)
+        );
         assert_eq!(
             picked(s.choose(Aim::End, TimelineChoice::Current)),
             (1, 1, 6)
@@ -1015,7 +1018,7 @@ mod tests {
         // Only B2 left: timeline 2 forked before it, so timeline 1 is the latest state.
         s.backups.remove(0);
         assert_eq!(picked(s.choose(Aim::End, TimelineChoice::Auto)), (1, 0, 6));
-        let m = refused(s.choose(Aim::End, TimelineChoice::Id(2)));
+        let m = refused(s.choose(Aim::End, TimelineChoice::BlobId(2)));
         assert!(
             m.contains("no backup lies on the history of timeline 2"),
             "{m}"
@@ -1210,7 +1213,7 @@ mod tests {
     fn timeline_choice_parses() {
         assert_eq!("latest".parse(), Ok(TimelineChoice::Latest));
         assert_eq!("current".parse(), Ok(TimelineChoice::Current));
-        assert_eq!("3".parse(), Ok(TimelineChoice::Id(3)));
+        assert_eq!("3".parse(), Ok(TimelineChoice::BlobId(3)));
         assert!("0".parse::<TimelineChoice>().is_err());
         assert!("x".parse::<TimelineChoice>().is_err());
     }

@@ -127,12 +127,12 @@ mod tests {
     use super::*;
     use crate::store::backend::memory::MemoryBackend;
     use crate::store::tree::{BlobRef, Loc};
-    use crate::store::{Id, PackId};
+    use crate::store::{BlobId, PackId};
     use std::sync::Arc;
 
     fn root() -> BlobRef {
         BlobRef {
-            id: Id::of(b"root"),
+            id: BlobId::of(b"root"),
             loc: Loc {
                 pack: PackId::of(b"pack"),
                 offset: 8,

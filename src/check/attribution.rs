@@ -8,8 +8,8 @@ pub(super) type Hits = Rc<Vec<(String, usize)>>;
 /// Pass 3's results per tree and chunk-list id: an entry per distinct tree or list.
 #[derive(Default)]
 pub(super) struct Memo {
-    trees: HashMap<Id, Hits>,
-    lists: HashMap<Id, Vec<usize>>,
+    trees: HashMap<BlobId, Hits>,
+    lists: HashMap<BlobId, Vec<usize>>,
 }
 
 impl Checker<'_> {
@@ -60,7 +60,11 @@ impl Checker<'_> {
 
     /// The problems touching a chunk list's chunks; memoised per list id (a changed file's
     /// unchanged lists are shared with other backups).
-    pub(super) fn list_hits(&self, l: &BlobRef, memo: &mut HashMap<Id, Vec<usize>>) -> Vec<usize> {
+    pub(super) fn list_hits(
+        &self,
+        l: &BlobRef,
+        memo: &mut HashMap<BlobId, Vec<usize>>,
+    ) -> Vec<usize> {
         if let Some(h) = memo.get(&l.id) {
             return h.clone();
         }

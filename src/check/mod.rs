@@ -21,7 +21,7 @@ use crate::pg::walscan::SegmentSummary;
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::tree::{BlobRef, Loc, NodeKind};
-use crate::store::{Id, PackId, Repository, StoreError};
+use crate::store::{BlobId, PackId, Repository, StoreError};
 use crate::timelines::{self, BackupPoint, Survey};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -170,7 +170,7 @@ struct Checker<'a> {
     /// Every referenced blob: 24 bytes of key and value, 40–50 with the B-tree's overhead.
     refs: BTreeMap<(u32, u32), Expect>,
     /// Tree and chunk-list blobs already walked.
-    walked: HashSet<Id>,
+    walked: HashSet<BlobId>,
     /// Damaged places and packs, to the problem they belong to.
     bad_blobs: HashMap<(u32, u32), usize>,
     bad_packs: HashMap<u32, usize>,
@@ -196,7 +196,7 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn note(&mut self, id: &Id, loc: &Loc, len: u32) {
+    fn note(&mut self, id: &BlobId, loc: &Loc, len: u32) {
         let pack = self.pack_of(loc.pack);
         self.refs.insert(
             (pack, loc.offset),
@@ -431,7 +431,7 @@ mod tests {
     fn snapshot(id: &str, tli: u32, start: u64, stop: u64, root: Option<BlobRef>) -> Snapshot {
         let seg: u64 = 16 << 20;
         let root = root.unwrap_or(BlobRef {
-            id: Id::default(),
+            id: BlobId::default(),
             loc: Loc {
                 pack: PackId::default(),
                 offset: 8,
@@ -511,7 +511,12 @@ mod tests {
         let mut w = PackWriter::new();
         for blob in [b"alpha".repeat(40), b"beta".repeat(50), b"gamma".repeat(60)] {
             let stored = pack::encode_blob(&blob, 3);
-            w.add(Id::of(&blob), BlobType::Data, &stored, blob.len() as u32);
+            w.add(
+                BlobId::of(&blob),
+                BlobType::Data,
+                &stored,
+                blob.len() as u32,
+            );
         }
         let (bytes, entries) = w.finish(<[u8]>::to_vec);
         let refs = entries

@@ -16,7 +16,7 @@ pub(super) struct Expect {
     pub(super) id8: u64,
 }
 
-pub(super) fn id8(id: &Id) -> u64 {
+pub(super) fn id8(id: &BlobId) -> u64 {
     u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"))
 }
 

@@ -53,7 +53,7 @@ impl Subset {
         let h = |salt: &[u8]| {
             let mut buf = salt.to_vec();
             buf.extend_from_slice(key.as_bytes());
-            u64::from_be_bytes(Id::of(&buf).0[..8].try_into().expect("8 bytes")) as u128
+            u64::from_be_bytes(BlobId::of(&buf).0[..8].try_into().expect("8 bytes")) as u128
         };
         match *self {
             Subset::All => true,

@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn options_that_do_not_fit_what_is_mounted_are_refused() {
         let m = bad(subject(
-            goal(Point::Latest, TimelineChoice::Id(2)),
+            goal(Point::Latest, TimelineChoice::BlobId(2)),
             Latest::Catalogue,
             None,
         ));

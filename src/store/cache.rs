@@ -4,7 +4,7 @@
 //! 8 KiB pages), so every chunk is decompressed and verified once while it stays cached.
 //! Memory: at most `capacity` bytes of blobs plus about 80 bytes per cached blob.
 
-use super::Id;
+use super::BlobId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -12,8 +12,8 @@ type Shared = Arc<Vec<u8>>;
 type Flight<E> = Arc<OnceLock<Result<Shared, E>>>;
 
 struct Lru {
-    map: HashMap<Id, (Shared, u64)>,
-    order: BTreeMap<u64, Id>,
+    map: HashMap<BlobId, (Shared, u64)>,
+    order: BTreeMap<u64, BlobId>,
     tick: u64,
     bytes: usize,
 }
@@ -23,7 +23,7 @@ struct Lru {
 pub struct BlobCache<E> {
     capacity: usize,
     lru: Mutex<Lru>,
-    inflight: Mutex<HashMap<Id, Flight<E>>>,
+    inflight: Mutex<HashMap<BlobId, Flight<E>>>,
 }
 
 impl<E: Clone> BlobCache<E> {
@@ -42,7 +42,7 @@ impl<E: Clone> BlobCache<E> {
     }
 
     /// The cached blob, marked most recently used; `None` on a miss (nothing is fetched).
-    pub fn get(&self, id: &Id) -> Option<Shared> {
+    pub fn get(&self, id: &BlobId) -> Option<Shared> {
         let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;
         lru.tick += 1;
@@ -54,7 +54,7 @@ impl<E: Clone> BlobCache<E> {
         Some(data.clone())
     }
 
-    fn insert(&self, id: Id, data: Shared) {
+    fn insert(&self, id: BlobId, data: Shared) {
         let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;
         if lru.map.contains_key(&id) || data.len() > self.capacity {
@@ -78,7 +78,7 @@ impl<E: Clone> BlobCache<E> {
     /// Errors are not cached: the next caller tries again.
     pub fn get_or_fetch(
         &self,
-        id: &Id,
+        id: &BlobId,
         fetch: impl FnOnce() -> Result<Vec<u8>, E>,
     ) -> Result<Shared, E> {
         if let Some(hit) = self.get(id) {
@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_within_capacity() {
         let c: BlobCache<()> = BlobCache::new(10);
-        let (a, b, d) = (Id::of(b"a"), Id::of(b"b"), Id::of(b"d"));
+        let (a, b, d) = (BlobId::of(b"a"), BlobId::of(b"b"), BlobId::of(b"d"));
         c.get_or_fetch(&a, || Ok(vec![0; 4])).unwrap();
         c.get_or_fetch(&b, || Ok(vec![0; 4])).unwrap();
         assert!(c.get(&a).is_some()); // a is now the most recent
@@ -125,7 +125,7 @@ mod tests {
     fn concurrent_misses_share_one_fetch_and_errors_are_not_cached() {
         let c: Arc<BlobCache<String>> = Arc::new(BlobCache::new(1 << 20));
         let calls = Arc::new(AtomicUsize::new(0));
-        let id = Id::of(b"x");
+        let id = BlobId::of(b"x");
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let (c, calls) = (c.clone(), calls.clone());
@@ -144,7 +144,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-        let bad = Id::of(b"bad");
+        let bad = BlobId::of(b"bad");
         assert!(c.get_or_fetch(&bad, || Err("boom".to_string())).is_err());
         assert!(
             c.get_or_fetch(&bad, || Ok(vec![2])).is_ok(),

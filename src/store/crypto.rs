@@ -12,7 +12,7 @@
 //! never ask which kind they have.
 
 use super::object::{self, Header};
-use super::{pack, Id, StoreError};
+use super::{pack, BlobId, StoreError};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
@@ -98,20 +98,20 @@ impl Crypto {
     }
 
     /// A blob's id: SHA-256 of its content, or the keyed HMAC in an encrypted repository.
-    pub fn id(&self, data: &[u8]) -> Id {
+    pub fn id(&self, data: &[u8]) -> BlobId {
         match &self.0 {
-            None => Id::of(data),
+            None => BlobId::of(data),
             Some(k) => {
                 let mut mac = k.ids.clone();
                 mac.update(data);
-                Id(mac.finalize().into_bytes().into())
+                BlobId(mac.finalize().into_bytes().into())
             }
         }
     }
 
     /// A blob as stored in a pack: compressed (see `pack::encode_blob`), then encrypted
     /// with its id as associated data, so a stored blob cannot pass for another.
-    pub fn encode_blob(&self, id: &Id, data: &[u8], level: i32) -> Vec<u8> {
+    pub fn encode_blob(&self, id: &BlobId, data: &[u8], level: i32) -> Vec<u8> {
         let body = pack::encode_blob(data, level);
         match &self.0 {
             None => body,
@@ -125,7 +125,7 @@ impl Crypto {
         &self,
         stored: &[u8],
         len: u32,
-        id: &Id,
+        id: &BlobId,
         pack: &str,
     ) -> Result<Vec<u8>, StoreError> {
         let Some(k) = &self.0 else {
@@ -251,7 +251,7 @@ mod tests {
         let c = keys();
         let data = b"a distinctive row ".repeat(100);
         let id = c.id(&data);
-        assert_ne!(id, Id::of(&data), "ids are keyed");
+        assert_ne!(id, BlobId::of(&data), "ids are keyed");
         assert_ne!(id, Crypto::encrypted(&[8; 32]).id(&data));
         let stored = c.encode_blob(&id, &data, 3);
         assert!(!stored.windows(10).any(|w| w == &data[..10]));
@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(c.open("snapshots/a", &sealed).unwrap(), payload);
         assert_eq!(
             c.header("snapshots/a", &sealed).unwrap().digest,
-            Id::of(payload)
+            BlobId::of(payload)
         );
         assert!(c.open("snapshots/b", &sealed).is_err());
         assert!(Crypto::encrypted(&[8; 32])
@@ -344,7 +344,7 @@ mod tests {
     fn plain_is_unchanged() {
         let c = Crypto::default();
         let data = b"page".repeat(100);
-        assert_eq!(c.id(&data), Id::of(&data));
+        assert_eq!(c.id(&data), BlobId::of(&data));
         assert_eq!(
             c.encode_blob(&c.id(&data), &data, 3),
             pack::encode_blob(&data, 3)

@@ -12,7 +12,7 @@
 //! limit.
 
 use super::crypto::Crypto;
-use super::Id;
+use super::BlobId;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -66,14 +66,14 @@ impl DiskCache {
         }
     }
 
-    fn path(&self, id: &Id) -> PathBuf {
+    fn path(&self, id: &BlobId) -> PathBuf {
         let hex = id.to_hex();
         self.dir.join(&hex[..2]).join(hex)
     }
 
     /// The blob's verified bytes, if cached and intact. Stored bytes are kept as the
     /// repository stores them: ciphertext for an encrypted one.
-    pub fn get(&self, id: &Id, len: u32, crypto: &Crypto) -> Option<Vec<u8>> {
+    pub fn get(&self, id: &BlobId, len: u32, crypto: &Crypto) -> Option<Vec<u8>> {
         let path = self.path(id);
         let Ok(stored) = fs::read(&path) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -98,7 +98,7 @@ impl DiskCache {
 
     /// Keeps a blob's stored bytes, already verified by the caller. Failures (a full disk)
     /// are logged and otherwise ignored: the cache is only an optimisation.
-    pub fn put(&self, id: &Id, stored: &[u8]) {
+    pub fn put(&self, id: &BlobId, stored: &[u8]) {
         if stored.len() as u64 > self.limit {
             return;
         }
@@ -119,7 +119,7 @@ impl DiskCache {
     }
 
     /// Writes the file unless it exists; true if written.
-    fn write(&self, id: &Id, stored: &[u8]) -> std::io::Result<bool> {
+    fn write(&self, id: &BlobId, stored: &[u8]) -> std::io::Result<bool> {
         let path = self.path(id);
         if path.exists() {
             return Ok(false);
@@ -201,9 +201,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn blob(n: u8) -> (Id, Vec<u8>) {
+    fn blob(n: u8) -> (BlobId, Vec<u8>) {
         let data = vec![n; 1000];
-        (Id::of(&data), data)
+        (BlobId::of(&data), data)
     }
 
     #[test]

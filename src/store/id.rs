@@ -1,4 +1,4 @@
-//! Ids, as newtypes so they print as hex and parse back: `Id` names a blob by its content,
+//! Ids, as newtypes so they print as hex and parse back: `BlobId` names a blob by its content,
 //! `PackId` names a pack at random.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -7,14 +7,14 @@ use std::fmt;
 
 /// A blob's id, derived from its content: the SHA-256 of the content in a plain repository,
 /// its HMAC-SHA256 under the repository's key in an encrypted (format 2) one (see
-/// `Crypto::id`). `Id::of` is the plain SHA-256.
+/// `Crypto::id`). `BlobId::of` is the plain SHA-256.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Id(pub [u8; 32]);
+pub struct BlobId(pub [u8; 32]);
 
-impl Id {
+impl BlobId {
     /// The SHA-256 of `data` (the id in a plain repository; an encrypted one uses `Crypto::id`).
-    pub fn of(data: &[u8]) -> Id {
-        Id(Sha256::digest(data).into())
+    pub fn of(data: &[u8]) -> BlobId {
+        BlobId(Sha256::digest(data).into())
     }
 
     /// The 64 lowercase hex digits of the id.
@@ -23,10 +23,10 @@ impl Id {
     }
 
     /// Parses 64 hex digits; `None` if `s` is anything else.
-    pub fn from_hex(s: &str) -> Option<Id> {
+    pub fn from_hex(s: &str) -> Option<BlobId> {
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).ok()?;
-        Some(Id(out))
+        Some(BlobId(out))
     }
 
     /// Whether this is the all-zero id, which names the all-zero chunk that is never stored.
@@ -54,13 +54,13 @@ impl PackId {
 
     /// Parses 64 hex digits; `None` if `s` is anything else.
     pub fn from_hex(s: &str) -> Option<PackId> {
-        Id::from_hex(s).map(|id| PackId(id.0))
+        BlobId::from_hex(s).map(|id| PackId(id.0))
     }
 
     /// A name derived from `seed`, for tests that need known pack names.
     #[cfg(test)]
     pub fn of(seed: &[u8]) -> PackId {
-        PackId(Id::of(seed).0)
+        PackId(BlobId::of(seed).0)
     }
 }
 
@@ -89,28 +89,28 @@ impl<'de> Deserialize<'de> for PackId {
     }
 }
 
-impl fmt::Display for Id {
+impl fmt::Display for BlobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
     }
 }
 
-impl fmt::Debug for Id {
+impl fmt::Debug for BlobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Id({})", &self.to_hex()[..12])
+        write!(f, "BlobId({})", &self.to_hex()[..12])
     }
 }
 
-impl Serialize for Id {
+impl Serialize for BlobId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_hex())
     }
 }
 
-impl<'de> Deserialize<'de> for Id {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+impl<'de> Deserialize<'de> for BlobId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BlobId, D::Error> {
         let s = String::deserialize(d)?;
-        Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom(format!("bad id {s:?}")))
+        BlobId::from_hex(&s).ok_or_else(|| serde::de::Error::custom(format!("bad id {s:?}")))
     }
 }
 
@@ -120,14 +120,14 @@ mod tests {
 
     #[test]
     fn hex_round_trip_and_known_digest() {
-        let id = Id::of(b"abc");
+        let id = BlobId::of(b"abc");
         assert_eq!(
             id.to_hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(Id::from_hex(&id.to_hex()), Some(id));
-        assert_eq!(Id::from_hex("zz"), None);
+        assert_eq!(BlobId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(BlobId::from_hex("zz"), None);
         let json = serde_json::to_string(&id).unwrap();
-        assert_eq!(serde_json::from_str::<Id>(&json).unwrap(), id);
+        assert_eq!(serde_json::from_str::<BlobId>(&json).unwrap(), id);
     }
 }

@@ -14,7 +14,7 @@
 use super::crypto::Crypto;
 use super::pack::BlobType;
 use super::tree::{encode_chunk_list, BlobRef, Chunk, Dir, Loc, Node, NodeKind, LIST_FANOUT};
-use super::{Id, Packer, Repository, StoreError};
+use super::{BlobId, Packer, Repository, StoreError};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
@@ -120,10 +120,10 @@ pub enum IngestError {
     },
 }
 
-type Known = Arc<Mutex<HashMap<Id, Loc>>>;
+type Known = Arc<Mutex<HashMap<BlobId, Loc>>>;
 
 /// The map stays valid if a worker panicked holding it: workers only look up.
-fn lock(known: &Known) -> MutexGuard<'_, HashMap<Id, Loc>> {
+fn lock(known: &Known) -> MutexGuard<'_, HashMap<BlobId, Loc>> {
     known.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -131,16 +131,16 @@ enum Outcome {
     Zero,
     /// Equal to the parent's chunk at the same position.
     Same,
-    Known(Id, Loc),
+    Known(BlobId, Loc),
     New {
-        id: Id,
+        id: BlobId,
         stored: Vec<u8>,
     },
 }
 
 struct Job {
     data: Vec<u8>,
-    expect: Option<Id>,
+    expect: Option<BlobId>,
     reply: Sender<Outcome>,
 }
 
@@ -262,7 +262,7 @@ impl<'r> Ingest<'r> {
             Outcome::Zero => {
                 self.stats.chunks_zero += 1;
                 Chunk {
-                    id: Id::default(),
+                    id: BlobId::default(),
                     len,
                     loc: None,
                 }

@@ -22,7 +22,7 @@ pub mod snapshot;
 pub mod tree;
 
 pub use backend::{Backend, BackendError};
-pub use id::{Id, PackId};
+pub use id::{BlobId, PackId};
 pub use objects::PackListing;
 pub use packer::{random_id, Packer};
 pub use repo::{open_backend, Config, Repository, MAX_CHUNK_SIZE};

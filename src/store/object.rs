@@ -5,7 +5,7 @@
 //! body and of the header alike, and `wal-push` can compare a stored segment with a new one by
 //! reading the first 56 bytes only.
 
-use super::{Id, StoreError};
+use super::{BlobId, StoreError};
 
 /// The first 8 bytes of every sealed object.
 pub const MAGIC: &[u8; 8] = b"PGSNOBJ1";
@@ -18,7 +18,7 @@ const ZSTD: u8 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// The SHA-256 of the uncompressed payload.
-    pub digest: Id,
+    pub digest: BlobId,
     /// The uncompressed payload's length in bytes.
     pub len: u64,
 }
@@ -32,7 +32,7 @@ pub fn seal(payload: &[u8], level: i32) -> Vec<u8> {
     };
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&Id::of(payload).0);
+    out.extend_from_slice(&BlobId::of(payload).0);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.push(kind);
     out.extend_from_slice(&[0; 7]);
@@ -52,7 +52,7 @@ pub fn header(data: &[u8], name: &str) -> Result<Header, StoreError> {
     digest.copy_from_slice(&data[8..40]);
     let len = u64::from_le_bytes(data[40..48].try_into().expect("8 bytes"));
     Ok(Header {
-        digest: Id(digest),
+        digest: BlobId(digest),
         len,
     })
 }
@@ -74,7 +74,7 @@ pub fn open(data: &[u8], name: &str) -> Result<Vec<u8>, StoreError> {
             ))
         }
     };
-    if payload.len() as u64 != h.len || Id::of(&payload) != h.digest {
+    if payload.len() as u64 != h.len || BlobId::of(&payload) != h.digest {
         return Err(StoreError::corrupt(name, "checksum mismatch"));
     }
     Ok(payload)
@@ -90,7 +90,7 @@ mod tests {
         let sealed = seal(&payload, 3);
         assert!(sealed.len() < payload.len());
         assert_eq!(open(&sealed, "x").unwrap(), payload);
-        assert_eq!(header(&sealed, "x").unwrap().digest, Id::of(&payload));
+        assert_eq!(header(&sealed, "x").unwrap().digest, BlobId::of(&payload));
         for i in [0, 10, 45, 48, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[i] ^= 0x40;

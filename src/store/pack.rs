@@ -8,7 +8,7 @@
 //! frame. A pack's name is random, fixed when the pack is opened, so references to its blobs
 //! can be written before it is full; integrity rests on each blob's own hash.
 
-use super::{Id, StoreError};
+use super::{BlobId, StoreError};
 
 /// The first 8 bytes of every pack; the `01` is the pack format's version.
 pub const MAGIC: &[u8; 8] = b"PGSNPK01";
@@ -45,7 +45,7 @@ impl BlobType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     /// The blob's id: the hash of its content (see `crypto`).
-    pub id: Id,
+    pub id: BlobId,
     /// What the blob holds.
     pub kind: BlobType,
     /// Where its stored bytes start, in bytes from the start of the pack (after the magic).
@@ -67,9 +67,14 @@ pub fn encode_blob(data: &[u8], level: i32) -> Vec<u8> {
 
 /// Turns stored blob bytes back into the blob and checks them against `id` (SHA-256: an
 /// encrypted repository decrypts first and uses its keyed hash, see `crypto`).
-pub fn decode_blob(stored: &[u8], len: u32, id: &Id, pack: &str) -> Result<Vec<u8>, StoreError> {
+pub fn decode_blob(
+    stored: &[u8],
+    len: u32,
+    id: &BlobId,
+    pack: &str,
+) -> Result<Vec<u8>, StoreError> {
     let data = decompress_blob(stored, len, id, pack)?;
-    if Id::of(&data) != *id {
+    if BlobId::of(&data) != *id {
         return Err(StoreError::corrupt(
             pack,
             format!("blob {id}: checksum mismatch"),
@@ -82,7 +87,7 @@ pub fn decode_blob(stored: &[u8], len: u32, id: &Id, pack: &str) -> Result<Vec<u
 pub fn decompress_blob(
     stored: &[u8],
     len: u32,
-    id: &Id,
+    id: &BlobId,
     pack: &str,
 ) -> Result<Vec<u8>, StoreError> {
     if len > MAX_BLOB_LEN {
@@ -128,7 +133,7 @@ impl PackWriter {
     }
 
     /// Appends an already encoded blob and returns its entry.
-    pub fn add(&mut self, id: Id, kind: BlobType, stored: &[u8], len: u32) -> Entry {
+    pub fn add(&mut self, id: BlobId, kind: BlobType, stored: &[u8], len: u32) -> Entry {
         let entry = Entry {
             id,
             kind,
@@ -218,7 +223,7 @@ pub enum BadEntry {
         /// The entry's position in the table, from 0.
         index: usize,
         /// The blob the entry names.
-        id: Id,
+        id: BlobId,
         /// Where the entry says the blob starts, in bytes from the start of the pack.
         offset: u32,
         /// Where it would end: `offset` plus its stored length.
@@ -240,7 +245,7 @@ pub fn entries(table: &[u8], blob_end: u64) -> impl Iterator<Item = Result<Entry
             let mut id = [0u8; 32];
             id.copy_from_slice(&e[..32]);
             let entry = Entry {
-                id: Id(id),
+                id: BlobId(id),
                 kind: BlobType::from_u8(e[32])
                     .ok_or(BadEntry::UnknownType { index, kind: e[32] })?,
                 offset: u32_at(36),
@@ -280,7 +285,12 @@ mod tests {
         let mut w = PackWriter::new();
         let blob = b"page".repeat(100);
         let stored = encode_blob(&blob, 3);
-        let e = w.add(Id::of(&blob), BlobType::Data, &stored, blob.len() as u32);
+        let e = w.add(
+            BlobId::of(&blob),
+            BlobType::Data,
+            &stored,
+            blob.len() as u32,
+        );
         assert_eq!(e.offset, 8);
         let (bytes, entries) = w.finish(<[u8]>::to_vec);
         assert_eq!(&bytes[..8], MAGIC);
@@ -307,7 +317,7 @@ mod tests {
     fn entries_one_by_one() {
         let mut w = PackWriter::new();
         for blob in [b"first".as_slice(), b"second"] {
-            w.add(Id::of(blob), BlobType::Data, blob, blob.len() as u32);
+            w.add(BlobId::of(blob), BlobType::Data, blob, blob.len() as u32);
         }
         let (mut bytes, written) = w.finish(<[u8]>::to_vec);
         let n = bytes.len() as u64;

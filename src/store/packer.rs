@@ -2,7 +2,7 @@
 
 use super::pack::{BlobType, PackWriter};
 use super::tree::Loc;
-use super::{keys, Id, PackId, Repository, StoreError};
+use super::{keys, BlobId, PackId, Repository, StoreError};
 
 /// Collects blobs into packs of about `target` bytes and writes each pack once full (or at [`Packer::flush`]); a blob's location is known as soon as it is added, durable once its pack is written.
 pub struct Packer<'a> {
@@ -16,8 +16,8 @@ pub struct Packer<'a> {
 }
 
 /// 32 random bytes, as an id: for names that must not collide (repositories, leases).
-pub fn random_id() -> Id {
-    Id(PackId::random().0)
+pub fn random_id() -> BlobId {
+    BlobId(PackId::random().0)
 }
 
 impl<'a> Packer<'a> {
@@ -35,7 +35,7 @@ impl<'a> Packer<'a> {
     /// Adds an encoded blob (see `Crypto::encode_blob`) and returns where it will be.
     pub fn add(
         &mut self,
-        id: Id,
+        id: BlobId,
         kind: BlobType,
         stored: &[u8],
         len: u32,

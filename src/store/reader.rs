@@ -12,7 +12,7 @@
 
 use super::cache::BlobCache;
 use super::tree::{BlobRef, Chunk, LIST_FANOUT};
-use super::{Id, Repository, StoreError};
+use super::{BlobId, Repository, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -121,7 +121,7 @@ impl FileReader {
 
     /// A sealed object's payload, verified, served whole from the cache.
     pub fn read_sealed(&self, key: &str) -> Result<Arc<Vec<u8>>, ReadError> {
-        self.cache.get_or_fetch(&Id::of(key.as_bytes()), || {
+        self.cache.get_or_fetch(&BlobId::of(key.as_bytes()), || {
             self.repo.get_sealed(key).map_err(Arc::new)
         })
     }
@@ -186,7 +186,7 @@ mod tests {
             content.extend_from_slice(&data);
         }
         chunks.push(Chunk {
-            id: Id::default(),
+            id: BlobId::default(),
             len: 100,
             loc: None,
         });

@@ -6,7 +6,7 @@ use super::diskcache::{CacheCounts, DiskCache};
 use super::key::{new_master, Kdf, Slot};
 use super::snapshot::Snapshot;
 use super::tree::{decode_chunk_list, BlobRef, Chunk, Dir, Loc};
-use super::{keys, object, Id, StoreError};
+use super::{keys, object, BlobId, StoreError};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -343,7 +343,7 @@ impl Repository {
     }
 
     /// Reads one blob and verifies it against its id.
-    pub fn read_blob(&self, id: &Id, loc: &Loc, len: u32) -> Result<Vec<u8>, StoreError> {
+    pub fn read_blob(&self, id: &BlobId, loc: &Loc, len: u32) -> Result<Vec<u8>, StoreError> {
         if let Some(data) = self
             .disk_cache
             .as_ref()
@@ -362,7 +362,13 @@ impl Repository {
     }
 
     /// Verifies a stored blob and keeps it in the disk cache.
-    fn decode(&self, stored: &[u8], len: u32, id: &Id, key: &str) -> Result<Vec<u8>, StoreError> {
+    fn decode(
+        &self,
+        stored: &[u8],
+        len: u32,
+        id: &BlobId,
+        key: &str,
+    ) -> Result<Vec<u8>, StoreError> {
         let data = self.crypto.decode_blob(stored, len, id, key)?;
         if let Some(cache) = &self.disk_cache {
             cache.put(id, stored);
@@ -684,7 +690,7 @@ mod tests {
         let lists: Vec<(BlobRef, Vec<Chunk>)> = (0..300u32)
             .map(|n| {
                 let chunks = vec![Chunk {
-                    id: Id::of(&n.to_le_bytes()),
+                    id: BlobId::of(&n.to_le_bytes()),
                     len: 8192,
                     loc: None,
                 }];
@@ -727,7 +733,7 @@ mod tests {
         let blob = b"row".repeat(1000);
         let r = packer.add_blob(BlobType::Data, &blob).unwrap();
         packer.flush().unwrap();
-        assert_ne!(r.id, Id::of(&blob), "ids are keyed");
+        assert_ne!(r.id, BlobId::of(&blob), "ids are keyed");
         repo.put_sealed("systems/1", b"secret label").unwrap();
         assert!(!mem
             .get("systems/1")

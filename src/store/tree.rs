@@ -6,7 +6,7 @@
 //! lists, not one list of every chunk. References carry the blob's location, so reading a
 //! backup needs no repository-wide index.
 
-use super::{Id, PackId, StoreError};
+use super::{BlobId, PackId, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Chunks per chunk-list blob: 1024 × 48 bytes ≈ 48 KiB per list.
@@ -29,7 +29,7 @@ pub struct Loc {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
     /// The blob's content id.
-    pub id: Id,
+    pub id: BlobId,
     /// Where it is stored (flattened into the JSON object).
     #[serde(flatten)]
     pub loc: Loc,
@@ -42,7 +42,7 @@ pub struct BlobRef {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {
     /// The chunk's content id (all zeros for an all-zero chunk).
-    pub id: Id,
+    pub id: BlobId,
     /// The chunk's plain length in bytes (the chunk size, or less at the end of a file).
     pub len: u32,
     /// Where it is stored; `None` for an all-zero chunk.
@@ -92,9 +92,9 @@ pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreErr
         let b = data.get(i..i + 4).ok_or_else(bad)?;
         Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
     };
-    let id_at = |i: usize| -> Result<Id, StoreError> {
+    let id_at = |i: usize| -> Result<BlobId, StoreError> {
         let b = data.get(i..i + 32).ok_or_else(bad)?;
-        Ok(Id(b.try_into().expect("32 bytes")))
+        Ok(BlobId(b.try_into().expect("32 bytes")))
     };
     let npacks = u32_at(0)? as usize;
     let packs = (0..npacks)
@@ -190,7 +190,7 @@ mod tests {
         let p2 = PackId::of(b"p2");
         let chunks = vec![
             Chunk {
-                id: Id::of(b"a"),
+                id: BlobId::of(b"a"),
                 len: 65536,
                 loc: Some(Loc {
                     pack: p1,
@@ -199,12 +199,12 @@ mod tests {
                 }),
             },
             Chunk {
-                id: Id::default(),
+                id: BlobId::default(),
                 len: 65536,
                 loc: None,
             },
             Chunk {
-                id: Id::of(b"b"),
+                id: BlobId::of(b"b"),
                 len: 100,
                 loc: Some(Loc {
                     pack: p2,
@@ -213,7 +213,7 @@ mod tests {
                 }),
             },
             Chunk {
-                id: Id::of(b"c"),
+                id: BlobId::of(b"c"),
                 len: 7,
                 loc: Some(Loc {
                     pack: p1,
@@ -244,7 +244,7 @@ mod tests {
                     kind: NodeKind::File {
                         size: 3,
                         lists: vec![BlobRef {
-                            id: Id::of(b"l"),
+                            id: BlobId::of(b"l"),
                             loc,
                             len: 10,
                         }],
@@ -256,7 +256,7 @@ mod tests {
                     mtime: 1,
                     kind: NodeKind::Dir {
                         tree: BlobRef {
-                            id: Id::of(b"t"),
+                            id: BlobId::of(b"t"),
                             loc,
                             len: 10,
                         },
