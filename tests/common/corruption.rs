@@ -29,26 +29,33 @@ pub struct BlobPlace {
     pub entry_at: u64,
 }
 
-/// Every place, in every pack of a local repository, of the blob with this id.
+/// Every place, in every pack of a local, unencrypted repository, of the blob with this id.
+/// Packs whose tail does not parse and entries the library rejects are skipped.
 pub fn find_blob(repo: &Path, id: &[u8]) -> Vec<BlobPlace> {
+    use pgsnapfs::store::pack::{entries, parse_tail, table_start, ENTRY_LEN, TAIL_LEN};
     let mut found = Vec::new();
     for pack in files_below(&repo.join("packs")) {
         let data = fs::read(&pack).unwrap();
-        let n = data.len();
-        if n < 20 || &data[n - 8..] != b"PGSNPKIX" {
+        let name = pack.display().to_string();
+        let Some(tail) = data.len().checked_sub(TAIL_LEN).map(|at| &data[at..]) else {
             continue;
-        }
-        let count = u32::from_le_bytes(data[n - 12..n - 8].try_into().unwrap()) as usize;
-        let table = n - 12 - count * 48;
-        for i in 0..count {
-            let e = &data[table + i * 48..table + (i + 1) * 48];
-            if &e[..32] == id {
-                found.push(BlobPlace {
+        };
+        let Ok(count) = parse_tail(tail, &name) else {
+            continue;
+        };
+        let Ok(table) = table_start(data.len() as u64, count, 0, &name) else {
+            continue;
+        };
+        let table_bytes = &data[table as usize..data.len() - TAIL_LEN];
+        for (i, entry) in entries(table_bytes, table).enumerate() {
+            match entry {
+                Ok(e) if e.id.0[..] == *id => found.push(BlobPlace {
                     pack: pack.clone(),
-                    offset: u32::from_le_bytes(e[36..40].try_into().unwrap()) as u64,
-                    stored_len: u32::from_le_bytes(e[40..44].try_into().unwrap()) as u64,
-                    entry_at: (table + i * 48) as u64,
-                });
+                    offset: e.offset as u64,
+                    stored_len: e.stored_len as u64,
+                    entry_at: table + (i * ENTRY_LEN) as u64,
+                }),
+                _ => {}
             }
         }
     }

@@ -69,6 +69,35 @@ pub fn assert_same_tree(
     panic!("{what} changed:\n{diff}");
 }
 
+/// The SHA-256 of a file, as hex.
+pub fn sha256_file(p: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Relative path → sha256 of every regular file below `root` (symbolic links not followed).
+#[track_caller]
+pub fn sha_tree(root: &Path) -> BTreeMap<String, String> {
+    files_below(root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let h = sha256_file(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            (rel, h)
+        })
+        .collect()
+}
+
 /// All regular files below `root`, sorted.
 pub fn files_below(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -3,7 +3,10 @@
 //! the mount process on drop, so a failing test leaves nothing mounted.
 
 use super::cluster::Cluster;
-use super::{describe, mount_points, pgsnapfs_as_root, wait_for, Repo, Run, TestDir};
+use super::{
+    chown_to_postgres, describe, free_port, mount_points, pgsnapfs_as_root, postgres_command,
+    run_command, test_server_bin, wait_for, Repo, Run, TestDir,
+};
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -365,5 +368,162 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// What a signal did to a mount process: still mounted and serving, cleanly gone, or killed
+/// and leaving a stale mount behind.
+pub fn after_signal(m: &mut Mount) -> String {
+    let mounted = is_mounted(&m.dir);
+    let stale = fs::read_dir(&m.dir)
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    let status = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+    format!("mounted={mounted} stale(ENOTCONN)={stale} process exit status={status:?}")
+}
+
+/// A backup's directory in a mounted catalogue.
+pub fn backup_dir(mnt: &Path, id: &str) -> PathBuf {
+    mnt.join("backups").join(id)
+}
+
+/// Whether a base backup leaves this data-directory file out (pg_basebackup's rules, which
+/// pgsnapfs follows): WAL, the per-run files, caches the server rebuilds, temporary files.
+pub fn excluded_from_backup(rel: &str) -> bool {
+    const DIR_CONTENTS: [&str; 7] = [
+        "pg_stat_tmp",
+        "pg_replslot",
+        "pg_dynshmem",
+        "pg_notify",
+        "pg_serial",
+        "pg_snapshots",
+        "pg_subtrans",
+    ];
+    const FILES: [&str; 7] = [
+        "postgresql.auto.conf.tmp",
+        "current_logfiles.tmp",
+        "backup_label",
+        "tablespace_map",
+        "backup_manifest",
+        "postmaster.pid",
+        "postmaster.opts",
+    ];
+    let parts: Vec<&str> = rel.split('/').collect();
+    let (name, parents) = parts.split_last().unwrap();
+    parents.first() == Some(&"pg_wal")
+        || parents
+            .iter()
+            .any(|d| DIR_CONTENTS.contains(d) || d.starts_with("pgsql_tmp"))
+        || name.starts_with("pgsql_tmp")
+        || name.starts_with("pg_internal.init")
+        || FILES.contains(name)
+}
+
+/// A server started on a view exactly as a user would: `pg_ctl -D MOUNTPOINT -o "-p PORT -k
+/// SOCKDIR" -w start`, with no setting overridden ([`Cluster::start_on`] forces archive_mode
+/// off by itself, which would hide whether the view does). Drop stops it (immediate mode).
+/// Declare it after the [`Mount`] it runs on, so it is stopped before the unmount.
+pub struct PlainServer {
+    data: PathBuf,
+    dir: TestDir,
+    sock: PathBuf,
+    port: u16,
+    running: bool,
+}
+
+impl PlainServer {
+    #[track_caller]
+    pub fn start(data: &Path) -> PlainServer {
+        let dir = TestDir::new("plain-server");
+        let sock = dir.subdir("sock", 0o700);
+        let port = free_port();
+        let mut server = PlainServer {
+            data: data.to_path_buf(),
+            sock: sock.clone(),
+            port,
+            running: false,
+            dir,
+        };
+        let run = run_command(
+            postgres_command(test_server_bin().join("pg_ctl"))
+                .arg("-D")
+                .arg(data)
+                .arg("-l")
+                .arg(server.dir.join("server.log"))
+                .arg("-o")
+                .arg(format!("-p {port} -k {}", sock.display()))
+                .args(["-w", "-t", "120", "start"]),
+        );
+        server.running = run.status.success();
+        assert!(
+            server.running,
+            "pg_ctl start on {}\n{}\n--- log ---\n{}",
+            data.display(),
+            run.report(),
+            server.log()
+        );
+        server
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs SQL from a file (so VACUUM and CHECKPOINT run outside a transaction block).
+    #[track_caller]
+    pub fn psql(&self, sql: &str) -> String {
+        let file = self.dir.join("query.sql");
+        fs::write(&file, sql).unwrap();
+        chown_to_postgres(&file);
+        let run =
+            run_command(super::cluster::psql_command(&self.sock, self.port, "postgres").arg(&file));
+        assert!(
+            run.status.success(),
+            "{}\n--- log ---\n{}",
+            run.report(),
+            self.log()
+        );
+        run.stdout_str().trim().to_string()
+    }
+
+    /// Waits until the server is out of recovery (promoted).
+    #[track_caller]
+    pub fn wait_promoted(&self) {
+        let done = wait_for(Duration::from_secs(120), || {
+            match self.psql("SELECT pg_is_in_recovery()").as_str() {
+                "f" => Ok(()),
+                other => Err(other.to_string()),
+            }
+        });
+        assert!(done.is_ok(), "{done:?}\n--- log ---\n{}", self.log());
+    }
+
+    fn pg_ctl_stop(&mut self, mode: &str) -> Run {
+        self.running = false;
+        run_command(
+            postgres_command(test_server_bin().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", mode, "-w", "-t", "120", "stop"]),
+        )
+    }
+
+    #[track_caller]
+    pub fn stop(&mut self) {
+        let run = self.pg_ctl_stop("fast");
+        assert!(
+            run.status.success(),
+            "{}\n--- log ---\n{}",
+            run.report(),
+            self.log()
+        );
+    }
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl_stop("immediate");
+        }
     }
 }
