@@ -41,15 +41,6 @@ fn sql_file(dir: &TestDir, name: &str, sql: &str) -> PathBuf {
     p
 }
 
-fn problems(report: &serde_json::Value) -> Vec<String> {
-    report["problems"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no \"problems\" array in {report}"))
-        .iter()
-        .map(|p| p.as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 fn is_mounted(p: &Path) -> bool {
     fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()

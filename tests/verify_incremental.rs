@@ -18,15 +18,6 @@ fn verify(repo: &Repo, args: &[&str]) -> Run {
     pgsnapfs_as_root(&all)
 }
 
-fn problems(report: &serde_json::Value) -> Vec<String> {
-    report["problems"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no \"problems\" array in {report}"))
-        .iter()
-        .map(|p| p.as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 /// The backup each skipped relation was verified in, by relation name.
 fn skipped(report: &serde_json::Value) -> Vec<(String, String)> {
     report["skipped"]

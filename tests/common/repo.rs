@@ -187,6 +187,16 @@ impl Repo {
     }
 }
 
+/// The `problems` of a command's JSON report, as strings.
+pub fn problems(report: &serde_json::Value) -> Vec<String> {
+    report["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no \"problems\" array in {report}"))
+        .iter()
+        .map(|p| p.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// The string field `key` of a backup JSON object.
 #[track_caller]
 pub fn json_str(v: &serde_json::Value, key: &str) -> String {
