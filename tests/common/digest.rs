@@ -86,6 +86,7 @@ pub fn sha256_file(p: &Path) -> std::io::Result<String> {
 }
 
 /// Relative path → sha256 of every regular file below `root` (symbolic links not followed).
+/// Every listed file must be readable: this is for mounts and copies, which hold still.
 #[track_caller]
 pub fn sha_tree(root: &Path) -> BTreeMap<String, String> {
     files_below(root)
@@ -94,6 +95,24 @@ pub fn sha_tree(root: &Path) -> BTreeMap<String, String> {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let h = sha256_file(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
             (rel, h)
+        })
+        .collect()
+}
+
+/// [`sha_tree`] of a running server's data directory. A file the server removes between the
+/// listing and the read (the WAL summarizer's `temp.summary`, a temporary stats file) is left
+/// out: it has no stable content to compare.
+#[track_caller]
+pub fn sha_tree_live(root: &Path) -> BTreeMap<String, String> {
+    files_below(root)
+        .into_iter()
+        .filter_map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            match sha256_file(&p) {
+                Ok(h) => Some((rel, h)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("read {}: {e}", p.display()),
+            }
         })
         .collect()
 }
