@@ -2,21 +2,28 @@
 //! the reply; no file-system logic lives here. Each request runs under `catch_unwind`, so
 //! a bug answers EIO instead of killing a session thread. Missing features answer a real
 //! errno (ENODATA, EOPNOTSUPP), never ENOSYS, which the kernel would remember.
+//!
+//! Passthrough: a file with a complete local copy is opened with FUSE passthrough, and
+//! the kernel reads and writes that copy itself. The kernel refuses to mix passthrough
+//! and cached opens of one inode, so opens are counted per inode: while cached opens are
+//! live, new ones are cached too; while passthrough opens are live, new ones share their
+//! backing id, released with the last of them. Where the kernel or our privileges refuse
+//! passthrough, files are served here as usual, and the log says so once.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::cow::{Entry, Overlay, SetAttr, Stat};
@@ -31,10 +38,13 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Inode numbers are never reused, so one generation does.
 const GENERATION: Generation = Generation(0);
 
-/// Open files need no per-handle state: everything is keyed by inode.
+/// Open files need no per-handle state: everything is keyed by inode. The handle only
+/// says how the file was opened, for release.
 const NO_HANDLE: FileHandle = FileHandle(0);
+const PASSTHROUGH_HANDLE: FileHandle = FileHandle(1);
 
 /// Kernel cache of file pages is kept across opens: content changes only through us.
+/// Not for passthrough opens, whose pages are the local copy's (the kernel refuses it).
 const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 
 pub(crate) struct Fs {
@@ -43,9 +53,22 @@ pub(crate) struct Fs {
     gid: u32,
     block_size: u32,
     writeback_cache: bool,
+    /// Passthrough is wanted and not (yet) refused by the kernel.
+    passthrough: AtomicBool,
+    /// Open files, per inode.
+    opens: Mutex<HashMap<u64, Opens>>,
     /// Listings taken at opendir, so offsets stay valid while the directory changes.
     dirs: Mutex<HashMap<u64, Arc<[Entry]>>>,
     next_dir: AtomicU64,
+}
+
+/// The live opens of one inode: cached ones, or passthrough ones sharing a backing id.
+#[derive(Default)]
+struct Opens {
+    cached: u32,
+    passthrough: Option<(BackingId, u32)>,
+    /// Opened with passthrough before: the kernel's cached pages of it may be stale.
+    passed_through: bool,
 }
 
 impl Fs {
@@ -55,13 +78,17 @@ impl Fs {
         gid: u32,
         block_size: u32,
         writeback_cache: bool,
+        passthrough: bool,
     ) -> Self {
         Self {
             overlay,
             uid,
             gid,
             block_size,
-            writeback_cache,
+            // The kernel turns passthrough off when it caches writes.
+            writeback_cache: writeback_cache && !passthrough,
+            passthrough: AtomicBool::new(passthrough),
+            opens: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
         }
@@ -97,6 +124,61 @@ impl Fs {
     fn dirs(&self) -> MutexGuard<'_, HashMap<u64, Arc<[Entry]>>> {
         // Only inserts and removes happen under this lock: a panic cannot leave it torn.
         self.dirs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn opens(&self) -> MutexGuard<'_, HashMap<u64, Opens>> {
+        // Counts change after the fallible work is done: a panic cannot leave them torn.
+        self.opens.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Turns passthrough off for the rest of the mount, saying so once.
+    fn refuse_passthrough(&self, why: &str) {
+        if self.passthrough.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "FUSE passthrough is not available ({why}): files copied to local disk are \
+                 served through pgsnapfs instead, which is slower; passthrough needs Linux \
+                 6.9 or later and a mount by root (CAP_SYS_ADMIN)"
+            );
+        }
+    }
+
+    /// Opens `ino` with passthrough when it has a complete local copy and no cached open
+    /// stands in the way; otherwise as a cached open.
+    fn open_file(&self, ino: u64, write: bool, truncate: bool, reply: ReplyOpen) {
+        let mut opens = self.opens();
+        let state = opens.entry(ino).or_default();
+        let want_local = state.cached == 0
+            && state.passthrough.is_none()
+            && self.passthrough.load(Ordering::Relaxed);
+        let opened = run("open", || {
+            self.overlay.open(ino, write, truncate, want_local)
+        });
+        let local = match opened {
+            Ok(local) => local,
+            Err(e) => return reply.error(e),
+        };
+        if let Some((id, n)) = &mut state.passthrough {
+            *n += 1;
+            return reply.opened_passthrough(PASSTHROUGH_HANDLE, FopenFlags::empty(), id);
+        }
+        if let Some(local) = local {
+            match reply.open_backing(&local) {
+                Ok(id) => {
+                    reply.opened_passthrough(PASSTHROUGH_HANDLE, FopenFlags::empty(), &id);
+                    state.passthrough = Some((id, 1));
+                    state.passed_through = true;
+                    return;
+                }
+                Err(e) => self.refuse_passthrough(&format!("registering a backing file: {e}")),
+            }
+        }
+        state.cached += 1;
+        // Pages cached before a passthrough open may since have changed under the kernel.
+        let flags = match state.passed_through && self.overlay.is_writable() {
+            true => FopenFlags::empty(),
+            false => OPEN_FLAGS,
+        };
+        reply.opened(NO_HANDLE, flags);
     }
 }
 
@@ -141,6 +223,16 @@ impl Filesystem for Fs {
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
                 tracing::warn!("kernel does not support {flag:?}");
+            }
+        }
+        if self.passthrough.load(Ordering::Relaxed) {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                // 2, the kernel's most: local copies may then sit on a stacked file system
+                // (overlayfs in a container); nothing can stack on this mount in turn.
+                Ok(()) => {
+                    let _ = config.set_max_stack_depth(2);
+                }
+                Err(_) => self.refuse_passthrough("the kernel does not offer it"),
             }
         }
         // More reads in flight than the default 16, for readahead over slow sources.
@@ -306,10 +398,37 @@ impl Filesystem for Fs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match run("open", || self.overlay.open(ino.0, write, truncate)) {
-            Ok(()) => reply.opened(NO_HANDLE, OPEN_FLAGS),
-            Err(e) => reply.error(e),
+        self.open_file(ino.0, write, truncate, reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut opens = self.opens();
+        if let Some(state) = opens.get_mut(&ino.0) {
+            if fh == PASSTHROUGH_HANDLE {
+                if let Some((_, n)) = &mut state.passthrough {
+                    *n -= 1;
+                    if *n == 0 {
+                        // Dropping the id closes it in the kernel.
+                        state.passthrough = None;
+                    }
+                }
+            } else {
+                state.cached = state.cached.saturating_sub(1);
+            }
+            if state.cached == 0 && state.passthrough.is_none() && !state.passed_through {
+                opens.remove(&ino.0);
+            }
         }
+        reply.ok();
     }
 
     fn read(
@@ -501,11 +620,33 @@ impl Filesystem for Fs {
     ) {
         let exclusive = flags & libc::O_EXCL != 0;
         let truncate = flags & libc::O_TRUNC != 0;
+        // Counted as a cached open: created files have no local copy to pass through.
+        let mut opens = self.opens();
         match run("create", || {
             self.overlay
                 .create(parent.0, name, mode & !umask, exclusive, truncate)
         }) {
-            Ok(st) => reply.created(&TTL, &self.attr(&st), GENERATION, NO_HANDLE, OPEN_FLAGS),
+            Ok(st) => {
+                let state = opens.entry(st.ino).or_default();
+                match &mut state.passthrough {
+                    // An existing file, already passed through: the kernel allows no other kind.
+                    Some((id, n)) => {
+                        *n += 1;
+                        reply.created_passthrough(
+                            &TTL,
+                            &self.attr(&st),
+                            GENERATION,
+                            PASSTHROUGH_HANDLE,
+                            FopenFlags::empty(),
+                            id,
+                        )
+                    }
+                    None => {
+                        state.cached += 1;
+                        reply.created(&TTL, &self.attr(&st), GENERATION, NO_HANDLE, OPEN_FLAGS)
+                    }
+                }
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -47,6 +47,7 @@
 //!     block_size: 8192,
 //!     threads: 4,
 //!     writeback_cache: true,
+//!     passthrough: false,
 //! };
 //! let handle = mount(Arc::new(source), "/mnt/view".as_ref(), opts)?;
 //! // ... run the server on /mnt/view, stop it ...
@@ -98,6 +99,12 @@ pub struct MountOptions {
     /// Let the kernel cache writes and send them in batches (FUSE writeback cache). Faster
     /// for small writes; the kernel then owns file sizes and times until it flushes.
     pub writeback_cache: bool,
+    /// Open files the source has a complete local copy of ([`Source::local_file`]) with
+    /// FUSE passthrough: the kernel reads (and, writable, writes) the copy itself, without
+    /// a request to this process. Needs Linux 6.9 or later and CAP_SYS_ADMIN; where refused,
+    /// files are served as usual and the log says so once. Turns `writeback_cache` off, which
+    /// the kernel does not combine with passthrough.
+    pub passthrough: bool,
 }
 
 /// Mounts `source` at `mountpoint`, served in the background. Returns once the kernel has
@@ -118,6 +125,7 @@ pub fn mount(
         opts.gid,
         opts.block_size,
         opts.writeback_cache,
+        opts.passthrough,
     );
 
     let mut config = Config::default();

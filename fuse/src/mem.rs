@@ -24,6 +24,7 @@ struct Node {
     children: BTreeMap<OsString, NodeId>,
     data: Vec<u8>,
     target: PathBuf,
+    local: Option<PathBuf>,
 }
 
 impl MemSource {
@@ -69,6 +70,11 @@ impl MemSource {
         let mut node = Node::new(Kind::Symlink, target.as_os_str().len() as u64, 0o777);
         node.target = target;
         self.insert(path.as_ref(), node)
+    }
+
+    /// Says that `path` holds the full content of file `node` ([`Source::local_file`]).
+    pub fn set_local(&mut self, node: NodeId, path: impl Into<PathBuf>) {
+        self.nodes[node as usize - 1].local = Some(path.into());
     }
 
     /// How many times [`Source::read`] was called.
@@ -151,6 +157,7 @@ impl Node {
             children: BTreeMap::new(),
             data: Vec::new(),
             target: PathBuf::new(),
+            local: None,
         }
     }
 }
@@ -193,5 +200,9 @@ impl Source for MemSource {
             .saturating_add(u64::from(size))
             .min(data.len() as u64) as usize;
         Ok(data[start..end].to_vec())
+    }
+
+    fn local_file(&self, node: NodeId) -> Option<PathBuf> {
+        self.get(node).ok()?.local.clone()
     }
 }

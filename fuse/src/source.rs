@@ -78,4 +78,15 @@ pub trait Source: Send + Sync + 'static {
         let _ = dir;
         None
     }
+    /// A local file holding every byte of file `node`, checked, if the source has one (a
+    /// copy on scratch disk, say). The default: none. A mount with
+    /// [`MountOptions::passthrough`](crate::MountOptions::passthrough) opens it with FUSE
+    /// passthrough, so the kernel serves reads from it without asking the source. A
+    /// writable mount adopts it as the file's copy-on-write copy, and writes land in it: it
+    /// renames the file into its scratch directory (which must be on the same file system)
+    /// and never asks again, so the source must not use the path afterwards.
+    fn local_file(&self, node: NodeId) -> Option<PathBuf> {
+        let _ = node;
+        None
+    }
 }

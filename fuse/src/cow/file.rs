@@ -2,6 +2,10 @@
 //! holds them at their own offsets. Unwritten blocks come from the source up to
 //! `source_len` and read as zeros past it. Invariant: the scratch file is zero outside
 //! written blocks and at or past `size`, so shrinking is `set_len` and growing is free.
+//!
+//! A whole file ([`CowFile::whole`]) is a complete local copy adopted from the source: the
+//! scratch file is the file, size and time included, so the kernel may read and write it
+//! directly (FUSE passthrough) while requests that still come here see the same bytes.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -33,6 +37,8 @@ struct Inner {
     written: Blocks,
     /// Created on the first write, so a file that is only truncated or grown costs nothing.
     data: Option<File>,
+    /// The scratch file holds every byte (`data` is set): size and time are its own.
+    whole: bool,
 }
 
 impl CowFile {
@@ -54,13 +60,45 @@ impl CowFile {
                 source_len: if origin.is_some() { size } else { 0 },
                 written: Blocks::default(),
                 data: None,
+                whole: false,
             }),
+        }
+    }
+
+    /// State for a file whose complete content is `data`, kept at `path` in the scratch
+    /// directory; the kernel may write to it behind our back.
+    pub(crate) fn whole(data: File, path: PathBuf, block_size: u32) -> Self {
+        Self {
+            origin: None,
+            path,
+            block_size: u64::from(block_size),
+            inner: RwLock::new(Inner {
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                source_len: 0,
+                written: Blocks::default(),
+                data: Some(data),
+                whole: true,
+            }),
+        }
+    }
+
+    /// A descriptor of the complete local copy, for passthrough; None unless whole.
+    pub(crate) fn local(&self) -> Result<Option<File>, Error> {
+        let inner = self.read_lock()?;
+        match &inner.data {
+            Some(data) if inner.whole => Ok(Some(data.try_clone()?)),
+            _ => Ok(None),
         }
     }
 
     /// The current size and modification time.
     pub(crate) fn size_mtime(&self) -> Result<(u64, SystemTime), Error> {
         let inner = self.read_lock()?;
+        if let Some(data) = inner.data.as_ref().filter(|_| inner.whole) {
+            let meta = data.metadata()?;
+            return Ok((meta.len(), meta.modified()?));
+        }
         Ok((inner.size, inner.mtime))
     }
 
@@ -78,6 +116,14 @@ impl CowFile {
         len: u32,
     ) -> Result<Vec<u8>, Error> {
         let inner = self.read_lock()?;
+        if let Some(data) = inner.data.as_ref().filter(|_| inner.whole) {
+            let end = offset
+                .saturating_add(u64::from(len))
+                .min(data.metadata()?.len());
+            let mut out = vec![0; end.saturating_sub(offset) as usize];
+            read_at_most(data, &mut out, offset)?;
+            return Ok(out);
+        }
         let end = offset.saturating_add(u64::from(len)).min(inner.size);
         let mut out = Vec::new();
         let mut pos = offset;
@@ -126,6 +172,10 @@ impl CowFile {
         }
         let end = checked_end(offset, buf.len() as u64)?;
         let mut inner = self.write_lock()?;
+        if let Some(data) = inner.data.as_ref().filter(|_| inner.whole) {
+            data.write_all_at(buf, offset)?;
+            return Ok(());
+        }
         if inner.data.is_none() {
             inner.data = Some(self.create_data_file()?);
         }
@@ -148,6 +198,10 @@ impl CowFile {
     pub(crate) fn set_size(&self, size: u64) -> Result<(), Error> {
         checked_end(size, 0)?;
         let mut inner = self.write_lock()?;
+        if let Some(data) = inner.data.as_ref().filter(|_| inner.whole) {
+            data.set_len(size)?;
+            return Ok(());
+        }
         if size < inner.size {
             inner.source_len = inner.source_len.min(size);
             inner.written.truncate(size.div_ceil(self.block_size));
@@ -163,7 +217,11 @@ impl CowFile {
 
     /// Sets the modification time.
     pub(crate) fn set_mtime(&self, mtime: SystemTime) -> Result<(), Error> {
-        self.write_lock()?.mtime = mtime;
+        let mut inner = self.write_lock()?;
+        match inner.data.as_ref().filter(|_| inner.whole) {
+            Some(data) => data.set_modified(mtime)?,
+            None => inner.mtime = mtime,
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ pub(crate) mod file;
 mod tests;
 
 use std::ffi::{OsStr, OsString};
-use std::fs::DirBuilder;
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -222,15 +222,79 @@ impl Overlay {
     }
 
     /// Checks that file `ino` may be opened, and truncates it if asked. Opening for
-    /// writing copies nothing: blocks are copied when written.
-    pub(crate) fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<(), Error> {
+    /// writing copies nothing: blocks are copied when written. With `local`, returns a
+    /// descriptor of a complete local copy of the file if there is one, for passthrough.
+    pub(crate) fn open(
+        &self,
+        ino: Ino,
+        write: bool,
+        truncate: bool,
+        local: bool,
+    ) -> Result<Option<File>, Error> {
         if write || truncate {
             self.check_writable()?;
         }
+        // Adopted before truncating, so the truncation lands in the adopted copy.
+        let local = if local { self.local(ino)? } else { None };
         if truncate {
             self.file_for_write(ino)?.set_size(0)?;
         }
-        Ok(())
+        Ok(local)
+    }
+
+    /// The complete local copy of file `ino`: the source's own (read-only mount), or the
+    /// whole copy-on-write file, adopting the source's local copy on first use. None when
+    /// there is none, or when the file was changed before one was made.
+    fn local(&self, ino: Ino) -> Result<Option<File>, Error> {
+        let mut table = self.table()?;
+        if let Some(inode) = table.get(ino) {
+            if let Some(file) = &inode.file {
+                return file.local();
+            }
+        }
+        if ino >= FIRST_CREATED {
+            return Ok(None);
+        }
+        let Some(path) = self.source.local_file(ino) else {
+            return Ok(None);
+        };
+        if !self.is_writable() {
+            return match File::open(&path) {
+                Ok(f) => Ok(Some(f)),
+                Err(e) => {
+                    tracing::warn!("local copy {} of inode {ino}: {e}", path.display());
+                    Ok(None)
+                }
+            };
+        }
+        let inode = self.entry(&mut table, ino)?;
+        if inode.kind != Kind::File {
+            return Ok(None);
+        }
+        let data_path = self.data_path(ino);
+        let adopted = std::fs::rename(&path, &data_path)
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(&data_path));
+        let data = match adopted {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot adopt local copy {} of inode {ino}: {e}",
+                    path.display()
+                );
+                return Ok(None);
+            }
+        };
+        // The copy's own time now shows: make it the one the file had.
+        let mtime = match inode.mtime {
+            Some(mtime) => mtime,
+            None => self.source.getattr(ino)?.mtime,
+        };
+        data.set_modified(mtime)?;
+        let file = Arc::new(CowFile::whole(data, data_path, self.block_size));
+        let local = file.local();
+        inode.file = Some(file);
+        inode.pinned = true;
+        local
     }
 
     pub(crate) fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
@@ -298,7 +362,7 @@ impl Overlay {
                 if stat.kind == Kind::Dir {
                     return Err(Error::from_errno(libc::EISDIR));
                 }
-                self.open(ino, true, truncate)?;
+                self.open(ino, true, truncate, false)?;
                 self.table()?.looked_up(ino, stat.kind);
                 self.getattr(ino)
             }

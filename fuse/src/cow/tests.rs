@@ -147,7 +147,7 @@ fn reads_pass_through_and_copy_nothing() {
         Path::new("dir/a")
     );
     // Opening for writing copies nothing either.
-    f.overlay.open(big, true, false).unwrap();
+    f.overlay.open(big, true, false, false).unwrap();
     assert!(f.scratch_files().is_empty());
     assert_eq!(f.overlay.stored_blocks(big).unwrap(), 0);
 }
@@ -291,7 +291,7 @@ fn grown_files_read_holes_as_zeros() {
 fn open_with_truncate_empties_a_source_file() {
     let f = fixture();
     let a = f.ino("dir/a");
-    f.overlay.open(a, true, true).unwrap();
+    f.overlay.open(a, true, true, false).unwrap();
     assert_eq!(f.overlay.getattr(a).unwrap().size, 0);
     assert!(f.read_all("dir/a").is_empty());
     f.write("dir/a", 0, b"new");
@@ -614,7 +614,7 @@ fn read_only_refuses_every_change() {
     assert_eq!(f.read_all("f"), b"data");
     let erofs = |r: Result<(), Error>| assert_eq!(r.unwrap_err().errno, libc::EROFS);
     erofs(f.overlay.write(ino, 0, b"x"));
-    erofs(f.overlay.open(ino, true, false));
+    erofs(f.overlay.open(ino, true, false, false).map(drop));
     erofs(
         f.overlay
             .create(ROOT, OsStr::new("n"), 0o600, true, false)
@@ -644,7 +644,7 @@ fn read_only_refuses_every_change() {
             .map(drop),
     );
     erofs(f.overlay.allocate(ino, 0, 10));
-    f.overlay.open(ino, false, false).unwrap();
+    f.overlay.open(ino, false, false, false).unwrap();
     assert!(!f.scratch.path().join("cow").exists());
 }
 

@@ -55,6 +55,7 @@ pub struct Setup {
     pub writable: bool,
     pub allow_other: bool,
     pub writeback_cache: bool,
+    pub passthrough: bool,
     pub uid: u32,
     pub gid: u32,
 }
@@ -65,6 +66,7 @@ impl Default for Setup {
             writable: true,
             allow_other: true,
             writeback_cache: false,
+            passthrough: false,
             uid: 0,
             gid: 0,
         }
@@ -98,6 +100,7 @@ impl Setup {
             block_size: BLOCK as u32,
             threads: 4,
             writeback_cache: self.writeback_cache,
+            passthrough: self.passthrough,
         };
         let root = root.canonicalize().unwrap();
         let handle = mount(served, &root, opts).expect("mount (needs root and /dev/fuse)");

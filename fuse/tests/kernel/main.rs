@@ -7,5 +7,7 @@ mod cache;
 mod common;
 // std::fs on the mount behaves like a local disk; read-only mode, allow_other, unmounting.
 mod mount;
+// FUSE passthrough to local copies: read-only, and adopted as copy-on-write copies.
+mod passthrough;
 // PostgreSQL 15 initdb, workload, checkpoint and restart on a writable mount.
 mod postgres;

@@ -1,0 +1,87 @@
+//! FUSE passthrough: a file with a complete local copy is read (and, writable, written) by
+//! the kernel from that copy, without a request to the source.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use crate::common::{pattern, Setup};
+use pgsnapfs_fuse::MemSource;
+
+const LEN: usize = 3 * 1024 * 1024 + 77;
+
+/// A source with file `f` and a local copy of it in a new temporary directory.
+fn source_with_copy() -> (MemSource, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("f.copy");
+    fs::write(&copy, pattern(LEN, 3)).unwrap();
+    let mut src = MemSource::new(0o755);
+    let f = src.add_file("f", pattern(LEN, 3), 0o644);
+    src.add_file("plain", pattern(LEN, 5), 0o644);
+    src.set_local(f, &copy);
+    (src, dir)
+}
+
+#[test]
+fn read_only_mounts_read_local_copies_without_the_source() {
+    let (src, _copies) = source_with_copy();
+    let m = Setup {
+        writable: false,
+        passthrough: true,
+        ..Setup::default()
+    }
+    .mount(src);
+    // Two opens at once share one backing file.
+    let mut a = fs::File::open(m.path("f")).unwrap();
+    let b = fs::read(m.path("f")).unwrap();
+    let mut a_bytes = Vec::new();
+    a.read_to_end(&mut a_bytes).unwrap();
+    assert!(a_bytes == pattern(LEN, 3) && b == a_bytes);
+    assert_eq!(m.source.reads(), 0, "passthrough reads reached the source");
+    // Files without a local copy are served as before.
+    assert_eq!(fs::read(m.path("plain")).unwrap(), pattern(LEN, 5));
+    assert!(m.source.reads() > 0);
+    drop(a);
+    m.unmount();
+}
+
+#[test]
+fn writable_mounts_adopt_the_copy_and_write_into_it() {
+    let (src, copies) = source_with_copy();
+    let m = Setup {
+        passthrough: true,
+        ..Setup::default()
+    }
+    .mount(src);
+    let path = m.path("f");
+    let mut want = pattern(LEN, 3);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // Adopted: moved into the scratch directory, not copied.
+    assert!(!copies.path().join("f.copy").exists());
+    f.seek(SeekFrom::Start(100)).unwrap();
+    f.write_all(b"changed").unwrap();
+    want[100..107].copy_from_slice(b"changed");
+    // Past the end: the file grows, and stat says so.
+    f.seek(SeekFrom::Start(LEN as u64 + 10)).unwrap();
+    f.write_all(b"tail").unwrap();
+    want.resize(LEN + 10, 0);
+    want.extend_from_slice(b"tail");
+    f.sync_all().unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), want.len() as u64);
+    assert_eq!(fs::read(&path).unwrap(), want);
+    drop(f);
+    // A later open sees the same bytes, and truncation lands in the copy.
+    assert_eq!(fs::read(&path).unwrap(), want);
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(50)
+        .unwrap();
+    assert_eq!(fs::read(&path).unwrap(), &want[..50]);
+    assert_eq!(m.source.reads(), 0, "passthrough reads reached the source");
+    m.unmount();
+}
