@@ -15,6 +15,7 @@ pub mod cli;
 pub mod error;
 pub mod expire;
 pub mod gc;
+pub mod hydrate;
 pub mod info;
 pub mod init;
 pub mod lock;

@@ -109,6 +109,8 @@ pub struct SnapSource {
     tablespace_base: Option<PathBuf>,
     /// Set for the catalogue.
     catalogue: OnceLock<Catalogue>,
+    /// Files copied to local disk (`mount --hydrate`).
+    local: Arc<crate::hydrate::LocalCopies>,
 }
 
 /// Not logged here: the FUSE layer logs every EIO once, with the operation, and the store's
@@ -129,6 +131,7 @@ impl SnapSource {
             reader: FileReader::new(repo.clone(), cache_bytes),
             tablespace_base,
             catalogue: OnceLock::new(),
+            local: Arc::default(),
         }
     }
 
@@ -507,6 +510,11 @@ impl SnapSource {
         Ok(children.get_or_init(|| expanded))
     }
 
+    /// Where hydration records the files it copied to local disk.
+    pub fn local_copies(&self) -> Arc<crate::hydrate::LocalCopies> {
+        self.local.clone()
+    }
+
     fn sealed(&self, key: &str) -> Result<Arc<Vec<u8>>, FsError> {
         self.reader
             .read_sealed(key)
@@ -594,6 +602,10 @@ impl Source for SnapSource {
         self.catalogue.get()?;
         let node = self.node(dir).ok()?;
         matches!(node.data, Data::Live).then_some(CATALOGUE_REFRESH)
+    }
+
+    fn local_file(&self, id: NodeId) -> Option<PathBuf> {
+        self.local.get(id)
     }
 
     fn readlink(&self, id: NodeId) -> Result<PathBuf, FsError> {

@@ -307,6 +307,7 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
                 files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
             },
             cache: opts.cache.clone(),
+            hydrate: None,
         },
     )?;
     let plan = match session.view() {

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::pg::target::TargetAction;
 use crate::session::lifecycle::{self, READY};
 use crate::session::plan::Latest;
-use crate::session::{unmount, Request, Session, View, ViewSettings};
+use crate::session::{unmount, Hydrate, Request, Session, View, ViewSettings};
 use crate::store::Repository;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,14 @@ pub struct Args {
     /// The cluster, when the repository holds several.
     #[arg(long)]
     pub system: Option<u64>,
+    /// Copy the backup's files to --scratch in the background, largest first, and serve
+    /// each copied file from local disk (FUSE passthrough). The catalogue copies
+    /// backups/latest/.
+    #[arg(long)]
+    pub hydrate: bool,
+    /// The most --hydrate may copy; it always leaves 10% of the scratch disk free.
+    #[arg(long, requires = "hydrate", value_parser = super::parse_size)]
+    pub hydrate_limit: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -79,6 +87,9 @@ pub fn run(
                 files: Vec::new(),
             },
             cache: a.cache.options(),
+            hydrate: a.hydrate.then_some(Hydrate {
+                limit: a.hydrate_limit,
+            }),
         },
     )?;
     if let Some(view) = session.view() {

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod unmount;
 
 use crate::error::{io, Error, Result};
+use crate::hydrate::Hydrator;
 use crate::lock::Lease;
 use crate::mount::SnapSource;
 use crate::passphrase;
@@ -75,6 +76,14 @@ pub struct ViewSettings {
     pub files: Vec<(String, Vec<u8>)>,
 }
 
+/// `--hydrate`: copy the mounted backup's files to the scratch directory in the
+/// background and serve them from there (see [`crate::hydrate`]).
+#[derive(Debug, Clone)]
+pub struct Hydrate {
+    /// The most the copies may take (the scratch disk's reserve applies in any case).
+    pub limit: Option<u64>,
+}
+
 /// What a command asks of a session.
 pub struct Request {
     /// The command, as its lease and the mount's file system name show it.
@@ -101,6 +110,8 @@ pub struct Request {
     pub view: ViewSettings,
     /// Chunk caches in memory and on disk.
     pub cache: CacheOptions,
+    /// Local copies, served with FUSE passthrough.
+    pub hydrate: Option<Hydrate>,
 }
 
 /// A view being served: the backup and point chosen, and what to tell its user.
@@ -125,6 +136,8 @@ pub struct Session {
     source: SnapSource,
     fuse: pgsnapfs_fuse::MountOptions,
     view: Option<View>,
+    /// What to hydrate (a path below the mount's root), where to, and the limit.
+    hydrate: Option<(PathBuf, PathBuf, Option<u64>)>,
 }
 
 /// Plans recovery and pins the chosen backup in `lease`, so expire keeps it and its WAL
@@ -173,15 +186,20 @@ impl Session {
     /// Checks the request, takes the command's lease, plans and pins, and prepares what is
     /// mounted: for a view, its scratch directory, settings and key file.
     pub fn open(repo: Repository, req: Request) -> Result<Session> {
-        let subject = plan::subject(req.goal, req.latest, req.scratch)?;
+        let subject = plan::subject(req.goal, req.latest, req.scratch, req.hydrate.is_some())?;
         lifecycle::check_mountpoint(&req.mountpoint)?;
         let lease = Lease::shared(&repo, req.command)?;
         let repo = Arc::new(req.cache.attach(repo, &req.repo_spec)?);
         let owner = server_owner(&req.owner)?;
         let cache = req.cache.memory as usize;
         let pid = std::process::id();
-        let (source, view) = match subject {
-            Subject::Catalogue => (SnapSource::catalogue(repo.clone(), cache)?, None),
+        // What hydration copies (a path below the mount's root), and to which scratch.
+        let (source, view, hydrate_into) = match subject {
+            Subject::Catalogue { scratch } => (
+                SnapSource::catalogue(repo.clone(), cache)?,
+                None,
+                scratch.map(|s| (crate::hydrate::catalogue_root(), s)),
+            ),
             Subject::View { goal, scratch } => {
                 let plan = plan_pinned(&repo, Some(&lease), req.system, &goal)?;
                 let mountpoint = std::fs::canonicalize(&req.mountpoint)
@@ -227,6 +245,7 @@ impl Session {
                 let mut changes = prepared.changes;
                 changes.files.extend(req.view.files);
                 let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
+                let hydrate_into = Some((PathBuf::new(), scratch.clone()));
                 let view = View {
                     plan,
                     notes: prepared.notes,
@@ -234,7 +253,7 @@ impl Session {
                     action: req.view.action,
                     _key: key,
                 };
-                (source, Some(view))
+                (source, Some(view), hydrate_into)
             }
         };
         let backup = view.as_ref().map(|v| v.plan.snapshot.id.as_str());
@@ -244,7 +263,11 @@ impl Session {
             owner,
             is_root(),
             writable,
+            req.hydrate.is_some(),
         );
+        let hydrate = req.hydrate.zip(hydrate_into).map(|(h, (root, scratch))| {
+            (root, crate::hydrate::copies_dir(&scratch), h.limit)
+        });
         Ok(Session {
             repo,
             _lease: lease,
@@ -252,6 +275,7 @@ impl Session {
             source,
             fuse,
             view,
+            hydrate,
         })
     }
 
@@ -268,7 +292,8 @@ impl Session {
 
     /// Mounts; the mount is usable once this returns.
     pub fn mount(self) -> Result<Mounted> {
-        let handle = pgsnapfs_fuse::mount(Arc::new(self.source), &self.mountpoint, self.fuse)
+        let source = Arc::new(self.source);
+        let handle = pgsnapfs_fuse::mount(source.clone(), &self.mountpoint, self.fuse)
             .map_err(|e| {
                 let hint = if !is_root() && e.errno == libc::EACCES {
                     "; without root, mounting needs read-write access to /dev/fuse (mode 0666, \
@@ -281,8 +306,13 @@ impl Session {
                     self.mountpoint.display()
                 ))
             })?;
+        let hydrator = match self.hydrate {
+            Some((root, dir, limit)) => Some(Hydrator::start(source, &root, dir, limit)?),
+            None => None,
+        };
         Ok(Mounted {
             handle,
+            _hydrator: hydrator,
             repo: self.repo,
             view: self.view,
             _lease: self._lease,
@@ -290,10 +320,11 @@ impl Session {
     }
 }
 
-/// A mounted session. Dropping it unmounts, removes the view's key file and releases the
-/// lease, in that order.
+/// A mounted session. Dropping it unmounts, stops hydration and removes the local copies,
+/// removes the view's key file and releases the lease, in that order.
 pub struct Mounted {
     handle: pgsnapfs_fuse::MountHandle,
+    _hydrator: Option<Hydrator>,
     repo: Arc<Repository>,
     view: Option<View>,
     _lease: Lease,

@@ -20,8 +20,11 @@ pub enum Latest {
 /// What is mounted.
 #[derive(Debug)]
 pub enum Subject {
-    /// The read-only catalogue.
-    Catalogue,
+    /// The read-only catalogue; with a scratch directory for `--hydrate`'s local copies.
+    Catalogue {
+        /// Where local copies go.
+        scratch: Option<PathBuf>,
+    },
     /// A writable view of one point in time, its server's writes going to `scratch`.
     View {
         /// The point in time.
@@ -31,8 +34,19 @@ pub enum Subject {
     },
 }
 
-/// Chooses what to mount, refusing options that do not fit it.
-pub fn subject(goal: Goal, latest: Latest, scratch: Option<PathBuf>) -> Result<Subject> {
+/// Chooses what to mount, refusing options that do not fit it. `hydrate`: local copies are
+/// wanted, which need a scratch directory.
+pub fn subject(
+    goal: Goal,
+    latest: Latest,
+    scratch: Option<PathBuf>,
+    hydrate: bool,
+) -> Result<Subject> {
+    if hydrate && scratch.is_none() {
+        return Err(Error::BadInput(
+            "--hydrate copies files to local disk: give it a place with --scratch DIR".into(),
+        ));
+    }
     let goal = match (&goal.to, latest) {
         (Point::Latest, Latest::Catalogue) => {
             if goal.timeline != TimelineChoice::Auto {
@@ -42,12 +56,14 @@ pub fn subject(goal: Goal, latest: Latest, scratch: Option<PathBuf>) -> Result<S
                         .into(),
                 ));
             }
-            if scratch.is_some() {
+            if scratch.is_some() && !hydrate {
                 return Err(Error::BadInput(
-                    "--scratch is for a point-in-time mount: add --backup or a --target-*".into(),
+                    "--scratch is for a point-in-time mount or --hydrate: add --backup, a \
+                     --target-*, or --hydrate"
+                        .into(),
                 ));
             }
-            return Ok(Subject::Catalogue);
+            return Ok(Subject::Catalogue { scratch });
         }
         (Point::Latest, Latest::NewestBackup) => Goal {
             to: Point::Backup("latest".into()),
@@ -94,12 +110,15 @@ pub fn fsname(command: &str, backup: Option<&str>, pid: u32) -> String {
 }
 
 /// The FUSE options of a session: files owned by the server's user, which root lets in
-/// with allow_other; writable through a copy-on-write layer for a view.
+/// with allow_other; writable through a copy-on-write layer for a view. With `passthrough`
+/// (local copies from `--hydrate`), the kernel's writeback cache is off: it would turn
+/// passthrough off.
 pub fn fuse_options(
     fsname: String,
     owner: Owner,
     is_root: bool,
     writable: Option<PathBuf>,
+    passthrough: bool,
 ) -> pgsnapfs_fuse::MountOptions {
     pgsnapfs_fuse::MountOptions {
         fsname,
@@ -109,7 +128,8 @@ pub fn fuse_options(
         writable,
         block_size: crate::pg::PAGE_SIZE as u32,
         threads: 4,
-        writeback_cache: true,
+        writeback_cache: !passthrough,
+        passthrough,
     }
 }
 
@@ -133,11 +153,11 @@ mod tests {
     fn nothing_named_mounts_the_catalogue_or_verifies_the_newest_backup() {
         let latest = || goal(Point::Latest, TimelineChoice::Auto);
         assert!(matches!(
-            subject(latest(), Latest::Catalogue, None),
-            Ok(Subject::Catalogue)
+            subject(latest(), Latest::Catalogue, None, false),
+            Ok(Subject::Catalogue { scratch: None })
         ));
         let scratch = PathBuf::from("/s");
-        match subject(latest(), Latest::NewestBackup, Some(scratch.clone())) {
+        match subject(latest(), Latest::NewestBackup, Some(scratch.clone()), false) {
             Ok(Subject::View { goal, scratch: s }) => {
                 assert!(matches!(goal.to, Point::Backup(ref b) if b == "latest"));
                 assert_eq!(s, scratch);
@@ -152,12 +172,14 @@ mod tests {
             goal(Point::Latest, TimelineChoice::BlobId(2)),
             Latest::Catalogue,
             None,
+            false,
         ));
         assert!(m.contains("--target-timeline"), "{m}");
         let m = bad(subject(
             goal(Point::Latest, TimelineChoice::Auto),
             Latest::Catalogue,
             Some("/s".into()),
+            false,
         ));
         assert!(m.contains("--scratch is for a point-in-time mount"), "{m}");
         let m = bad(subject(
@@ -167,8 +189,32 @@ mod tests {
             ),
             Latest::Catalogue,
             None,
+            false,
         ));
         assert!(m.contains("needs --scratch"), "{m}");
+        let m = bad(subject(
+            goal(Point::Latest, TimelineChoice::Auto),
+            Latest::Catalogue,
+            None,
+            true,
+        ));
+        assert!(m.contains("--hydrate copies files"), "{m}");
+    }
+
+    #[test]
+    fn hydrating_the_catalogue_takes_a_scratch_directory_and_passthrough_no_writeback() {
+        let s = subject(
+            goal(Point::Latest, TimelineChoice::Auto),
+            Latest::Catalogue,
+            Some("/s".into()),
+            true,
+        );
+        assert!(
+            matches!(s, Ok(Subject::Catalogue { scratch: Some(ref d) }) if d == Path::new("/s"))
+        );
+        let owner = Owner { uid: 5, gid: 6 };
+        let o = fuse_options("n".into(), owner, true, Some("/s/cow".into()), true);
+        assert!(o.passthrough && !o.writeback_cache);
     }
 
     #[test]
@@ -181,7 +227,7 @@ mod tests {
     #[test]
     fn a_view_is_writable_through_its_scratch_directory() {
         let owner = Owner { uid: 5, gid: 6 };
-        let o = fuse_options("n".into(), owner, true, Some("/s/cow".into()));
+        let o = fuse_options("n".into(), owner, true, Some("/s/cow".into()), false);
         assert_eq!((o.uid, o.gid, o.allow_other), (5, 6, true));
         assert_eq!(o.writable.as_deref(), Some(Path::new("/s/cow")));
         assert_eq!(o.block_size, 8192);
