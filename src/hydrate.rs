@@ -31,6 +31,10 @@ pub const RESERVE_PERCENT: u64 = 10;
 /// How much one read asks of the source: the reader's read-ahead works on runs this long.
 const PIECE: u32 = 1 << 20;
 
+/// Smaller files are not copied: the mount serves them in a request or two, and the kernel
+/// keeps their pages, so a copy (and its flush) would gain nothing.
+pub const MIN_SIZE: u64 = 128 << 10;
+
 /// The files copied to local disk so far, by node: what the source answers to
 /// `Source::local_file`.
 #[derive(Debug, Default)]
@@ -64,9 +68,9 @@ pub struct Candidate {
 }
 
 /// The order files are copied in: largest first, as they are the slowest through the mount;
-/// empty files have nothing to gain.
+/// files under [`MIN_SIZE`] are left out.
 pub fn order(mut files: Vec<Candidate>) -> Vec<Candidate> {
-    files.retain(|f| f.size > 0);
+    files.retain(|f| f.size >= MIN_SIZE);
     files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     files
 }
@@ -129,7 +133,10 @@ impl Drop for Hydrator {
             let _ = thread.join();
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!("cannot remove the local copies in {}: {e}", self.dir.display());
+            tracing::warn!(
+                "cannot remove the local copies in {}: {e}",
+                self.dir.display()
+            );
         }
     }
 }
@@ -319,8 +326,14 @@ mod tests {
     }
 
     #[test]
-    fn largest_files_first_and_empty_ones_never() {
-        let got = order(vec![c(1, 10), c(2, 0), c(3, 1 << 30), c(4, 8192)]);
+    fn largest_files_first_and_small_ones_never() {
+        let got = order(vec![
+            c(1, MIN_SIZE),
+            c(2, 0),
+            c(3, 1 << 30),
+            c(4, MIN_SIZE + 1),
+            c(5, MIN_SIZE - 1),
+        ]);
         let nodes: Vec<_> = got.iter().map(|f| f.node).collect();
         assert_eq!(nodes, [3, 4, 1]);
     }

@@ -169,10 +169,7 @@ fn hydrated_files_read_as_the_source_and_corruption_still_fails() {
     let chunk = &want[(victim * cs) as usize..((victim + 1) * cs) as usize];
     let places = find_blob(&repo.path, &Sha256::digest(chunk));
     assert_eq!(places.len(), 1);
-    flip_byte(
-        &places[0].pack,
-        places[0].offset + places[0].stored_len / 2,
-    );
+    flip_byte(&places[0].pack, places[0].offset + places[0].stored_len / 2);
     {
         let scratch = work.join("scratch-bad");
         let m = Mount::start(
@@ -186,11 +183,12 @@ fn hydrated_files_read_as_the_source_and_corruption_still_fails() {
             "the corrupt file was copied\n{}",
             m.report()
         );
-        let eio = |r: std::io::Result<Vec<u8>>| {
-            matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO))
-        };
+        let eio = |r: std::io::Result<Vec<u8>>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO));
         assert!(eio(fs::read(latest(&m))), "sequential read");
-        assert!(eio(pread(&latest(&m), victim * cs + 10, 100)), "random read");
+        assert!(
+            eio(pread(&latest(&m), victim * cs + 10, 100)),
+            "random read"
+        );
         let next = ((victim + 1) * cs) as usize;
         assert_eq!(
             pread(&latest(&m), next as u64, 100).unwrap(),

@@ -265,9 +265,10 @@ impl Session {
             writable,
             req.hydrate.is_some(),
         );
-        let hydrate = req.hydrate.zip(hydrate_into).map(|(h, (root, scratch))| {
-            (root, crate::hydrate::copies_dir(&scratch), h.limit)
-        });
+        let hydrate = req
+            .hydrate
+            .zip(hydrate_into)
+            .map(|(h, (root, scratch))| (root, crate::hydrate::copies_dir(&scratch), h.limit));
         Ok(Session {
             repo,
             _lease: lease,
@@ -293,8 +294,8 @@ impl Session {
     /// Mounts; the mount is usable once this returns.
     pub fn mount(self) -> Result<Mounted> {
         let source = Arc::new(self.source);
-        let handle = pgsnapfs_fuse::mount(source.clone(), &self.mountpoint, self.fuse)
-            .map_err(|e| {
+        let handle =
+            pgsnapfs_fuse::mount(source.clone(), &self.mountpoint, self.fuse).map_err(|e| {
                 let hint = if !is_root() && e.errno == libc::EACCES {
                     "; without root, mounting needs read-write access to /dev/fuse (mode 0666, \
                      Debian's default) and fusermount3 (Debian package fuse3)"

@@ -40,7 +40,14 @@ pub fn umount(path: &Path, lazy: bool) -> Result<()> {
         // The mount process releases its lease and scratch on the way out: wait for it, so
         // what runs next (gc, rm -rf scratch) finds it gone. A lazy unmount may stay busy.
         if let (Some(pid), false) = (owner, lazy) {
-            let gone = || !Path::new(&format!("/proc/{pid}")).exists();
+            // A zombie has finished too: its parent (a script, a test) reaps it after this.
+            let gone = || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+                    st.rsplit(')')
+                        .next()
+                        .is_some_and(|s| s.trim_start().starts_with('Z'))
+                })
+            };
             let deadline = Instant::now() + Duration::from_secs(30);
             while !gone() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
