@@ -1,11 +1,16 @@
 //! FUSE passthrough: a file with a complete local copy is read (and, writable, written) by
 //! the kernel from that copy, without a request to the source.
 
+use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::common::{pattern, Setup};
-use pgsnapfs_fuse::MemSource;
+use pgsnapfs_fuse::{Attr, DirEntry, Error, MemSource, NodeId, Source};
 
 const LEN: usize = 3 * 1024 * 1024 + 77;
 
@@ -83,5 +88,70 @@ fn writable_mounts_adopt_the_copy_and_write_into_it() {
         .unwrap();
     assert_eq!(fs::read(&path).unwrap(), &want[..50]);
     assert_eq!(m.source.reads(), 0, "passthrough reads reached the source");
+    m.unmount();
+}
+
+/// Serves a [`MemSource`], offering its local copies only once switched on.
+struct Later(Arc<MemSource>, AtomicBool);
+
+impl Source for Later {
+    fn lookup(&self, parent: NodeId, name: &OsStr) -> Result<Option<NodeId>, Error> {
+        self.0.lookup(parent, name)
+    }
+    fn getattr(&self, node: NodeId) -> Result<Attr, Error> {
+        self.0.getattr(node)
+    }
+    fn readdir(&self, node: NodeId) -> Result<Vec<DirEntry>, Error> {
+        self.0.readdir(node)
+    }
+    fn readlink(&self, node: NodeId) -> Result<PathBuf, Error> {
+        self.0.readlink(node)
+    }
+    fn read(&self, node: NodeId, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
+        self.0.read(node, offset, size)
+    }
+    fn local_file(&self, node: NodeId) -> Option<PathBuf> {
+        self.1
+            .load(Ordering::Relaxed)
+            .then(|| self.0.local_file(node))
+            .flatten()
+    }
+}
+
+#[test]
+fn a_copy_made_while_the_file_is_open_waits_for_it_to_close() {
+    let (src, _copies) = source_with_copy();
+    let src = Arc::new(src);
+    let later = Arc::new(Later(src.clone(), AtomicBool::new(false)));
+    let m = Setup {
+        writable: false,
+        passthrough: true,
+        ..Setup::default()
+    }
+    .mount_serving(src.clone(), later.clone());
+    let path = m.path("f");
+    let read_from_start = |f: &mut fs::File| {
+        let mut buf = Vec::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut buf).unwrap();
+        buf
+    };
+    let mut cached = fs::File::open(&path).unwrap();
+    later.1.store(true, Ordering::Relaxed);
+    // The kernel refuses a passthrough open next to a cached one (EIO): this one is cached.
+    let mut second = fs::File::open(&path).unwrap();
+    assert_eq!(read_from_start(&mut second), pattern(LEN, 3));
+    assert!(src.reads() > 0);
+    drop((cached, second));
+    // All closed: the next open is passed through, and the source is asked nothing more.
+    let reads = src.reads();
+    cached = fs::File::open(&path).unwrap();
+    // Drop the kernel's cached pages of the file, so a read that is not passed through shows.
+    // SAFETY: a valid open descriptor; advice only.
+    let rc = unsafe { libc::posix_fadvise(cached.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    assert_eq!(read_from_start(&mut cached), pattern(LEN, 3));
+    assert_eq!(src.reads(), reads, "a passthrough read reached the source");
+    drop(cached);
     m.unmount();
 }
