@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
@@ -81,6 +81,41 @@ impl CowFile {
                 whole: true,
             }),
         }
+    }
+
+    /// Makes this file whole with `copy`, a complete local copy of its source bytes: the
+    /// blocks written so far are copied into it, and it replaces the scratch file. Declines
+    /// (false) when the file was cut below its source length, whose zeros the copy lacks.
+    pub(crate) fn absorb(&self, copy_path: &Path) -> Result<bool, Error> {
+        let mut inner = self.write_lock()?;
+        if inner.whole || self.origin.is_none() {
+            return Ok(false);
+        }
+        let copy = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(copy_path)
+            .map_err(|e| Error::context(e, format!("open {}", copy_path.display())))?;
+        if copy.metadata()?.len() != inner.source_len {
+            return Ok(false);
+        }
+        if let Some(data) = &inner.data {
+            let mut buf = vec![0; self.block_size as usize];
+            for block in inner.written.iter() {
+                let start = block * self.block_size;
+                let len = self.block_size.min(inner.size.saturating_sub(start)) as usize;
+                read_at_most(data, &mut buf[..len], start)?;
+                copy.write_all_at(&buf[..len], start)?;
+            }
+        }
+        copy.set_len(inner.size)?;
+        copy.set_modified(inner.mtime)?;
+        std::fs::rename(copy_path, &self.path)
+            .map_err(|e| Error::context(e, format!("rename to {}", self.path.display())))?;
+        inner.data = Some(copy);
+        inner.written = Blocks::default();
+        inner.whole = true;
+        Ok(true)
     }
 
     /// A descriptor of the complete local copy, for passthrough; None unless whole.
@@ -379,6 +414,15 @@ impl Blocks {
             .is_some_and(|w| w & (1 << (block % 64)) != 0)
     }
 
+    /// Every block, in order.
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().flat_map(|(&word, &bits)| {
+            (0..64)
+                .filter(move |bit| bits & (1 << bit) != 0)
+                .map(move |bit| word * 64 + bit)
+        })
+    }
+
     fn insert(&mut self, block: u64) {
         *self.words.entry(block / 64).or_default() |= 1 << (block % 64);
     }
@@ -417,5 +461,14 @@ mod tests {
         assert_eq!(b.count(), 3);
         b.truncate(0);
         assert_eq!(b.count(), 0);
+    }
+
+    #[test]
+    fn blocks_iterate_in_order() {
+        let mut b = Blocks::default();
+        for i in [200, 0, 64, 63, 1] {
+            b.insert(i);
+        }
+        assert_eq!(b.iter().collect::<Vec<_>>(), [0, 1, 63, 64, 200]);
     }
 }

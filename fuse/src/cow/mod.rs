@@ -243,19 +243,29 @@ impl Overlay {
     }
 
     /// The complete local copy of file `ino`: the source's own (read-only mount), or the
-    /// whole copy-on-write file, adopting the source's local copy on first use. None when
-    /// there is none, or when the file was changed before one was made.
+    /// whole copy-on-write file, adopting the source's local copy on first use (with the
+    /// blocks written before merged into it). None when there is none.
     fn local(&self, ino: Ino) -> Result<Option<File>, Error> {
         let mut table = self.table()?;
-        if let Some(inode) = table.get(ino) {
-            if let Some(file) = &inode.file {
-                return file.local();
+        if let Some(file) = table.get(ino).and_then(|inode| inode.file.clone()) {
+            if let Some(local) = file.local()? {
+                return Ok(Some(local));
             }
+            let Some(path) = self.source_copy(ino) else {
+                return Ok(None);
+            };
+            // Merging written blocks takes a while: not with every lookup waiting.
+            drop(table);
+            return match file.absorb(&path) {
+                Ok(true) => file.local(),
+                Ok(false) => Ok(None),
+                Err(e) => {
+                    tracing::warn!("cannot adopt local copy {}: {e}", path.display());
+                    Ok(None)
+                }
+            };
         }
-        if ino >= FIRST_CREATED {
-            return Ok(None);
-        }
-        let Some(path) = self.source.local_file(ino) else {
+        let Some(path) = self.source_copy(ino) else {
             return Ok(None);
         };
         if !self.is_writable() {
@@ -718,6 +728,14 @@ impl Overlay {
         inode.file = Some(file.clone());
         inode.pinned = true;
         Ok(file)
+    }
+
+    /// The source's complete local copy of `ino`, if it came from the source and has one.
+    fn source_copy(&self, ino: Ino) -> Option<PathBuf> {
+        match ino {
+            ..FIRST_CREATED => self.source.local_file(ino),
+            _ => None,
+        }
     }
 
     fn data_path(&self, ino: Ino) -> PathBuf {

@@ -742,3 +742,83 @@ fn names_in_a_changing_source_directory_expire() {
     let made = overlay.mkdir(still, OsStr::new("made"), 0o700).unwrap().ino;
     assert_eq!(overlay.entry_ttl(made), None);
 }
+
+/// A source with `big` and `cut` (3 blocks + 100 bytes each), and complete local copies of
+/// both in a directory of their own (on the scratch directory's file system).
+fn with_copies() -> (Fixture, tempfile::TempDir) {
+    let copies = tempfile::tempdir().unwrap();
+    let mut src = MemSource::new(0o700);
+    for name in ["big", "cut"] {
+        let node = src.add_file(name, pattern(3 * BSU + 100, 0), 0o600);
+        let path = copies.path().join(name);
+        std::fs::write(&path, pattern(3 * BSU + 100, 0)).unwrap();
+        src.set_local(node, path);
+    }
+    (with_source(src, true), copies)
+}
+
+#[test]
+fn a_local_copy_absorbs_the_blocks_written_before_it() {
+    let (f, copies) = with_copies();
+    let mut want = pattern(3 * BSU + 100, 0);
+    f.write("big", BS as u64 + 10, b"xyz");
+    want[BSU + 10..BSU + 13].copy_from_slice(b"xyz");
+    f.write("big", 5 * BS as u64, b"tail");
+    want.resize(5 * BSU, 0);
+    want.extend_from_slice(b"tail");
+    let ino = f.ino("big");
+    let local = f
+        .overlay
+        .open(ino, true, false, true)
+        .unwrap()
+        .expect("adopted");
+    let mut through_fd = vec![0; want.len() + 10];
+    let n = std::os::unix::fs::FileExt::read_at(&local, &mut through_fd, 0).unwrap();
+    assert_eq!(&through_fd[..n], &want[..]);
+    assert_eq!(f.read_all("big"), want);
+    assert_eq!(f.overlay.getattr(ino).unwrap().size, want.len() as u64);
+    assert!(!copies.path().join("big").exists(), "moved, not copied");
+    // Writes after adoption land in the copy, which is the file.
+    f.write("big", 0, b"head");
+    want[..4].copy_from_slice(b"head");
+    assert_eq!(f.read_all("big"), want);
+
+    // Cut below its source length and grown again: the copy would show old bytes there.
+    let cut = f.ino("cut");
+    for size in [10, 3 * BS as u64] {
+        let change = SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        };
+        f.overlay.setattr(cut, &change).unwrap();
+    }
+    assert!(f.overlay.open(cut, false, false, true).unwrap().is_none());
+    let mut cut_want = pattern(10, 0);
+    cut_want.resize(3 * BSU, 0);
+    assert_eq!(f.read_all("cut"), cut_want);
+}
+
+#[test]
+fn an_untouched_file_adopts_its_copy_and_a_read_only_layer_only_opens_it() {
+    let (f, copies) = with_copies();
+    let ino = f.ino("big");
+    assert!(f.overlay.open(ino, false, false, false).unwrap().is_none());
+    let local = f
+        .overlay
+        .open(ino, false, false, true)
+        .unwrap()
+        .expect("adopted");
+    assert_eq!(local.metadata().unwrap().len(), 3 * BS as u64 + 100);
+    assert!(!copies.path().join("big").exists());
+    assert_eq!(f.read_all("big"), pattern(3 * BSU + 100, 0));
+
+    let mut src = MemSource::new(0o700);
+    let node = src.add_file("f", b"data".to_vec(), 0o600);
+    let copy = copies.path().join("f");
+    std::fs::write(&copy, b"data").unwrap();
+    src.set_local(node, &copy);
+    let ro = with_source(src, false);
+    let ino = ro.ino("f");
+    assert!(ro.overlay.open(ino, false, false, true).unwrap().is_some());
+    assert!(copy.exists(), "a read-only layer must not take the copy");
+}

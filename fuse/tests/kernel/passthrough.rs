@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -153,5 +154,35 @@ fn a_copy_made_while_the_file_is_open_waits_for_it_to_close() {
     assert_eq!(read_from_start(&mut cached), pattern(LEN, 3));
     assert_eq!(src.reads(), reads, "a passthrough read reached the source");
     drop(cached);
+    m.unmount();
+}
+
+#[test]
+fn a_file_written_before_its_copy_was_ready_is_merged_into_it() {
+    let (src, _copies) = source_with_copy();
+    let src = Arc::new(src);
+    let later = Arc::new(Later(src.clone(), AtomicBool::new(false)));
+    let m = Setup {
+        passthrough: true,
+        ..Setup::default()
+    }
+    .mount_serving(src.clone(), later.clone());
+    let path = m.path("f");
+    let mut want = pattern(LEN, 3);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(b"early", 9000).unwrap();
+    want[9000..9005].copy_from_slice(b"early");
+    drop(f);
+    later.1.store(true, Ordering::Relaxed);
+    let f = fs::File::open(&path).unwrap();
+    // SAFETY: a valid open descriptor; advice only.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    let reads = src.reads();
+    let mut got = vec![0; LEN];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(src.reads(), reads, "a passthrough read reached the source");
+    drop(f);
     m.unmount();
 }
