@@ -143,11 +143,19 @@ fn hydrated_files_read_as_the_source_and_corruption_still_fails() {
         args.extend(["--hydrate", "-v"]);
         let mut m = Mount::start(&repo, &mountpoint(&work, "view"), &args);
         wait_log(&m, FINISHED);
+        let pid = m.pid();
         let server = m.start_server();
         server.wait_until_paused_or_ready();
+        let before = written_by(pid);
         assert_eq!(
             server.psql("SELECT count(*), sum(length(v)) FROM big"),
             rows
+        );
+        let served = written_by(pid) - before;
+        assert!(
+            served < want.len() as u64 / 4,
+            "the mount process served {served} bytes of a {}-byte table",
+            want.len()
         );
         server.psql("UPDATE big SET v = 'x' WHERE id <= 1000; CHECKPOINT;");
         assert_eq!(
