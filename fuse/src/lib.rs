@@ -25,6 +25,14 @@
 //! reading the rest of a partly covered block from the source, and a file that is only
 //! read is never copied.
 //!
+//! # Passthrough
+//! A source may have a complete local copy of a file ([`Source::local_file`]). With
+//! [`MountOptions::passthrough`], such a file is opened with FUSE passthrough (Linux 6.9+,
+//! CAP_SYS_ADMIN): the kernel reads it, and on a writable mount writes it, without a request
+//! to this process. A writable mount first adopts the copy as the file's copy-on-write copy,
+//! merging in blocks written before. Where passthrough is refused, files are served as
+//! usual and the log says so once.
+//!
 //! # Mounting
 //! [`mount`] mounts in the background and returns a [`MountHandle`] once the kernel has
 //! connected. Requests are served by [`MountOptions::threads`] threads, and the kernel
