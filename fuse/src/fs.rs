@@ -67,8 +67,16 @@ pub(crate) struct Fs {
 struct Opens {
     cached: u32,
     passthrough: Option<(BackingId, u32)>,
-    /// Opened with passthrough before: the kernel's cached pages of it may be stale.
+    /// Written through passthrough before (writable mounts): the kernel's cached pages of
+    /// it may be stale.
     passed_through: bool,
+}
+
+impl Opens {
+    /// Nothing to remember.
+    fn unused(&self) -> bool {
+        self.cached == 0 && self.passthrough.is_none() && !self.passed_through
+    }
 }
 
 impl Fs {
@@ -155,7 +163,12 @@ impl Fs {
         });
         let local = match opened {
             Ok(local) => local,
-            Err(e) => return reply.error(e),
+            Err(e) => {
+                if state.unused() {
+                    opens.remove(&ino);
+                }
+                return reply.error(e);
+            }
         };
         if let Some((id, n)) = &mut state.passthrough {
             *n += 1;
@@ -166,7 +179,7 @@ impl Fs {
                 Ok(id) => {
                     reply.opened_passthrough(PASSTHROUGH_HANDLE, FopenFlags::empty(), &id);
                     state.passthrough = Some((id, 1));
-                    state.passed_through = true;
+                    state.passed_through = self.overlay.is_writable();
                     return;
                 }
                 Err(e) => self.refuse_passthrough(&format!("registering a backing file: {e}")),
@@ -174,7 +187,7 @@ impl Fs {
         }
         state.cached += 1;
         // Pages cached before a passthrough open may since have changed under the kernel.
-        let flags = match state.passed_through && self.overlay.is_writable() {
+        let flags = match state.passed_through {
             true => FopenFlags::empty(),
             false => OPEN_FLAGS,
         };
@@ -424,7 +437,7 @@ impl Filesystem for Fs {
             } else {
                 state.cached = state.cached.saturating_sub(1);
             }
-            if state.cached == 0 && state.passthrough.is_none() && !state.passed_through {
+            if state.unused() {
                 opens.remove(&ino.0);
             }
         }
