@@ -11,7 +11,7 @@
 //! I/O.
 
 use crate::catalog::{keys, SystemId};
-use crate::pg::layout;
+use crate::pg::layout::{self, Fork};
 use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::{BlobId, Repository, StoreError};
 use chrono::{DateTime, Utc};
@@ -148,22 +148,44 @@ pub fn digests<'a>(files: impl IntoIterator<Item = (&'a str, &'a [BlobRef])>) ->
         .collect()
 }
 
-/// The relation digests of a backup, from its directory tree (chunk lists are not read).
-pub fn tree_digests(repo: &Repository, root: &BlobRef) -> Result<Digests, StoreError> {
-    let mut files: Vec<(String, Vec<BlobRef>)> = Vec::new();
+/// Relation file path → size of its main fork (all segments), in bytes.
+pub type Sizes = BTreeMap<String, u64>;
+
+/// The main-fork sizes of the relations among `files` (path, size), in any order.
+pub fn main_fork_sizes<'a>(files: impl IntoIterator<Item = (&'a str, u64)>) -> Sizes {
+    let mut sizes = Sizes::new();
+    for (path, size) in files {
+        if let (
+            Some(rel),
+            Some(layout::RelationPath {
+                fork: Fork::Main, ..
+            }),
+        ) = (relation_of(path), layout::relation_path(path))
+        {
+            *sizes.entry(rel.to_string()).or_default() += size;
+        }
+    }
+    sizes
+}
+
+/// The relation digests and main-fork sizes of a backup, from its directory tree: chunk
+/// lists are not read, and nothing is asked of the mounted files.
+pub fn tree_digests(repo: &Repository, root: &BlobRef) -> Result<(Digests, Sizes), StoreError> {
+    let mut files: Vec<(String, u64, Vec<BlobRef>)> = Vec::new();
     let mut stack = vec![(String::new(), *root)];
     while let Some((prefix, dir)) = stack.pop() {
         for node in repo.load_dir(&dir)?.entries {
             let path = format!("{prefix}{}", node.name);
             match node.kind {
                 NodeKind::Dir { tree } => stack.push((format!("{path}/"), tree)),
-                NodeKind::File { lists, .. } => files.push((path, lists)),
+                NodeKind::File { size, lists } => files.push((path, size, lists)),
                 NodeKind::Symlink { .. } => {}
             }
         }
     }
-    Ok(digests(
-        files.iter().map(|(p, l)| (p.as_str(), l.as_slice())),
+    Ok((
+        digests(files.iter().map(|(p, _, l)| (p.as_str(), l.as_slice()))),
+        main_fork_sizes(files.iter().map(|(p, s, _)| (p.as_str(), *s))),
     ))
 }
 
@@ -265,6 +287,22 @@ mod tests {
             ("base/5/1_vm", &b[..]),
         ]);
         assert_ne!(base["base/5/1"], grown["base/5/1"]);
+    }
+
+    #[test]
+    fn sizes_add_up_the_main_fork_segments() {
+        let sizes = main_fork_sizes([
+            ("base/5/1", 1 << 30),
+            ("base/5/1.1", 5),
+            ("base/5/1_fsm", 7),
+            ("base/5/1_vm.1", 7),
+            ("base/5/2_init", 7),
+            ("base/5/PG_VERSION", 3),
+        ]);
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [("base/5/1".to_string(), (1 << 30) + 5)]
+        );
     }
 
     #[test]
