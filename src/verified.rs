@@ -16,7 +16,7 @@ use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::{BlobId, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// The record's format; a reader skips records of a format it does not know.
 pub const FORMAT: u32 = 1;
@@ -189,16 +189,33 @@ pub fn tree_digests(repo: &Repository, root: &BlobRef) -> Result<(Digests, Sizes
     ))
 }
 
-/// The record of the newest verified backup of this cluster, if any. A record that cannot be
-/// read is reported as an error so the caller can fall back to reading everything.
+/// The record of the newest verified backup of this cluster, if any. A record whose backup
+/// is gone (left by an expire killed between the backup's manifest and its record) is
+/// ignored. A record that cannot be read is reported as an error so the caller can fall
+/// back to reading everything.
 pub fn load_latest(repo: &Repository, sysid: u64) -> Result<Option<Record>, StoreError> {
     let prefix = keys::verification(sysid, "");
-    let Some(newest) = repo.backend().list(&prefix)?.into_iter().max() else {
-        return Ok(None);
-    };
-    let record: Record = serde_json::from_slice(&repo.get_sealed(&newest)?)
-        .map_err(|e| StoreError::corrupt(newest.clone(), e.to_string()))?;
-    Ok((record.format == FORMAT).then_some(record))
+    for key in repo.backend().list(&prefix)?.into_iter().rev() {
+        if !repo.snapshot_exists(&key[prefix.len()..])? {
+            continue;
+        }
+        let record: Record = serde_json::from_slice(&repo.get_sealed(&key)?)
+            .map_err(|e| StoreError::corrupt(key.clone(), e.to_string()))?;
+        return Ok((record.format == FORMAT).then_some(record));
+    }
+    Ok(None)
+}
+
+/// The records, among the keys of a listing of [`keys::VERIFIED`], whose backup is not one
+/// of `backups`: expire deletes them after the backups' manifests.
+pub fn orphaned(listing: Vec<String>, backups: &HashSet<String>) -> Vec<String> {
+    listing
+        .into_iter()
+        .filter(|key| {
+            let backup = key.rsplit('/').next().unwrap_or_default();
+            !backups.contains(backup)
+        })
+        .collect()
 }
 
 /// Writes (or replaces) the record of `record.backup`, atomically, then deletes the cluster's
@@ -287,6 +304,14 @@ mod tests {
             ("base/5/1_vm", &b[..]),
         ]);
         assert_ne!(base["base/5/1"], grown["base/5/1"]);
+    }
+
+    #[test]
+    fn records_of_gone_backups_are_orphans() {
+        let listing = ["verified/7/B1", "verified/7/B3", "verified/8/B2"].map(String::from);
+        let backups: HashSet<String> = ["B2", "B3", "B4"].map(String::from).into();
+        assert_eq!(orphaned(listing.to_vec(), &backups), ["verified/7/B1"]);
+        assert!(orphaned(Vec::new(), &backups).is_empty());
     }
 
     #[test]
