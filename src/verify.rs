@@ -171,6 +171,12 @@ pub struct Report {
     pub disk_cache: Option<CacheCounts>,
 }
 
+/// Where the time goes, for `-vv`: the seconds since `since` (the start of the run, or of
+/// the checks) at each step the phases do not show.
+fn debug_since(since: Instant, step: &str) {
+    tracing::debug!(s = secs(since), "verify: {step}");
+}
+
 fn secs(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
@@ -417,6 +423,7 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
         ..Report::default()
     };
     let incremental = incremental(session.repo(), &plan, opts, &mut report)?;
+    debug_since(started, "record and relation digests loaded");
     let mounted = session.mount()?;
     let bin = bin
         .join()
@@ -442,7 +449,9 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
             &incremental.digests,
             &outcomes,
         );
-        match verified::save(mounted.repo(), plan.snapshot.sysid(), &record) {
+        let saved = verified::save(mounted.repo(), plan.snapshot.sysid(), &record);
+        debug_since(started, "record saved");
+        match saved {
             Ok(()) => report.recorded = true,
             Err(e) => report.notes.push(format!(
                 "this verification could not be recorded, so the next verify reads everything again: {e}"
@@ -450,6 +459,7 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
         }
     }
     mounted.unmount()?;
+    debug_since(started, "unmounted");
     Ok(report)
 }
 
@@ -514,6 +524,7 @@ fn test(
     report.ok = report.problems.is_empty();
     drop(server);
     drop(postmaster);
+    debug_since(started, "server stopped");
     Ok(outcomes)
 }
 
@@ -645,11 +656,13 @@ fn check_all(
     incremental: &Incremental,
     report: &mut Report,
 ) -> Result<Vec<(String, Decision)>> {
+    let started = Instant::now();
     let databases =
         server.query_strings("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")?;
     report.databases = databases.len();
     // The plan: every relation read, or skipped because its chunks were verified before.
     let relations = list_relations(conn, &databases, incremental, report)?;
+    debug_since(started, "relations listed");
     let mut planned = Planned::default();
     for (r, d) in &relations {
         match (d, r.index) {
