@@ -20,6 +20,7 @@ use crate::verified::{self, Decision, Digests, Record, Sizes};
 use crate::view::Owner;
 use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -238,9 +239,10 @@ enum Started {
 }
 
 impl Postmaster {
+    /// Starts the server, as `user` (name and ids) when given.
     fn start(
         bin: &Path,
-        owner: Option<Owner>,
+        user: Option<(&str, Owner)>,
         work: &Workspace,
         port: u16,
         log: &Path,
@@ -250,13 +252,20 @@ impl Postmaster {
             .try_clone()
             .map_err(io(format!("open {}", log.display())))?;
         let postgres = bin.join("postgres");
-        let mut cmd = match owner {
-            Some(o) => {
+        let mut cmd = match user {
+            Some((name, o)) => {
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={}", o.uid))
                     .arg(format!("--regid={}", o.gid))
                     .args(["--init-groups", "--"])
                     .arg(&postgres);
+                // As runuser sets them: the server's restore_command (wal-fetch) finds the
+                // user's own files, such as S3 credentials in ~/.aws.
+                c.env("USER", name).env("LOGNAME", name);
+                match home_of(o.uid) {
+                    Some(home) => c.env("HOME", home),
+                    None => c.env_remove("HOME"),
+                };
                 c
             }
             None => Command::new(&postgres),
@@ -318,6 +327,19 @@ impl Drop for Postmaster {
             unsafe { libc::kill(pid, libc::SIGQUIT) };
         }
         let _ = self.child.wait();
+    }
+}
+
+/// The home directory of user `uid`, from the password database.
+fn home_of(uid: u32) -> Option<PathBuf> {
+    // SAFETY: getpwuid returns null or a pointer to static storage, read at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
     }
 }
 
@@ -432,8 +454,8 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
     // Root runs the server as its user; anyone else runs it as themselves.
     // SAFETY: a plain id query.
     let as_other = unsafe { libc::geteuid() } == 0 && opts.user != "root";
-    let owner = as_other.then_some(owner);
-    let tested = test(&bin, owner, &work, &plan, opts, &incremental, &mut report);
+    let user = as_other.then_some((opts.user.as_str(), owner));
+    let tested = test(&bin, user, &work, &plan, opts, &incremental, &mut report);
     report.requests = mounted.repo().backend().stats();
     report.disk_cache = mounted.repo().disk_cache_counts();
     let outcomes = tested?;
@@ -467,7 +489,7 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
 /// stops it.
 fn test(
     bin: &Path,
-    owner: Option<Owner>,
+    user: Option<(&str, Owner)>,
     work: &Workspace,
     plan: &Plan,
     opts: &VerifyOptions,
@@ -479,7 +501,7 @@ fn test(
     let port = free_port()?;
     let log = work.dir.join("server.log");
     let started = Instant::now();
-    let mut postmaster = Postmaster::start(bin, owner, work, port, &log)?;
+    let mut postmaster = Postmaster::start(bin, user, work, port, &log)?;
     let deadline = started + Duration::from_secs(3600);
     let ready = postmaster.wait_ready(&mnt, deadline)?;
     if !matches!(ready, Started::Ready) {
