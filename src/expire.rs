@@ -14,7 +14,7 @@
 //! backups pinned by a running mount, verify or restore, are kept.
 
 use crate::archive::{self, System};
-use crate::catalog::{wal, Backups, SystemId};
+use crate::catalog::{keys, wal, Backups, SystemId};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
 use crate::pg::history::TimelineTree;
@@ -22,6 +22,7 @@ use crate::pg::wal::{segment_name, segment_of, segment_start, WalFile};
 use crate::retention::{self, Candidate, Policy, Reason};
 use crate::store::{Repository, StoreError};
 use crate::timelines::BackupPoint;
+use crate::verified;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -164,6 +165,9 @@ pub struct Report {
     /// Manifests that could not be read: never expired, and while any exists no WAL is
     /// removed, since their needs are unknown.
     pub unreadable: Vec<String>,
+    /// Records of earlier verify runs (`verified/`) of backups that are gone, deleted (or,
+    /// in a dry run, to be deleted).
+    pub verification_records_removed: usize,
 }
 
 /// `keep/<backup>`: the mark set by `pgsnapfs backup-keep`.
@@ -220,7 +224,8 @@ pub fn run(
 ) -> Result<Report> {
     let mut backups = Vec::new();
     let mut unreadable = Vec::new();
-    for id in repo.snapshot_ids()? {
+    let ids = repo.snapshot_ids()?;
+    for id in ids.iter().cloned() {
         match repo.load_snapshot(&id) {
             Ok(s) => backups.push(s),
             Err(StoreError::NoSuchBackup(_)) => {}
@@ -253,6 +258,19 @@ pub fn run(
             held()?;
             repo.delete_snapshot(id)?;
             tracing::info!(backup = %id, "expired");
+        }
+    }
+    // Verification records go after their backups' manifests: a killed run leaves at worst a
+    // record of a gone backup, which verify ignores and the next run deletes.
+    let staying: HashSet<String> = ids.into_iter().filter(|id| !doomed.contains(id)).collect();
+    let records = verified::orphaned(repo.backend().list(keys::VERIFIED)?, &staying);
+    if !dry_run {
+        for key in &records {
+            held()?;
+            match repo.backend().delete(key) {
+                Err(e) if !e.is_not_found() => return Err(StoreError::from(e).into()),
+                _ => tracing::info!(record = %key, "deleted the verification record"),
+            }
         }
     }
 
@@ -327,6 +345,7 @@ pub fn run(
             .collect(),
         wal,
         unreadable,
+        verification_records_removed: records.len(),
     })
 }
 
@@ -460,6 +479,35 @@ mod tests {
             vec!["00000005", "00000006", "00000007", "00000008", "00000009", ""]
         );
         assert_eq!(mem.list(&keys::wal_summaries(7)).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn verification_records_go_with_their_backups_and_leftovers_are_ignored_then_removed() {
+        let (mem, repo) = setup();
+        let record = |id: &str| {
+            let r =
+                verified::next_record(id, SystemId(7), Utc::now(), true, &Default::default(), &[]);
+            repo.put_sealed(&keys::verification(7, id), &serde_json::to_vec(&r).unwrap())
+                .unwrap();
+        };
+        // b2's goes with b2; b9's backup is gone already (an expire killed between the two).
+        for id in ["b2", "b8", "b9"] {
+            record(id);
+        }
+        let newest = verified::load_latest(&repo, 7).unwrap().unwrap();
+        assert_eq!(newest.backup, "b8", "the record of a gone backup was used");
+        let records = || mem.list(keys::VERIFIED).unwrap();
+        let dry = run(&repo, &last(2), true, None).unwrap();
+        assert_eq!(dry.verification_records_removed, 2);
+        assert_eq!(records().len(), 3, "a dry run deleted records");
+        let lease = Lease::exclusive(&repo, "expire").unwrap();
+        let report = run(&repo, &last(2), false, Some(&lease)).unwrap();
+        assert_eq!(report.verification_records_removed, 2);
+        assert_eq!(records(), [keys::verification(7, "b8")]);
+        // Nothing to expire: nothing else goes.
+        let again = run(&repo, &last(2), false, Some(&lease)).unwrap();
+        assert_eq!(again.verification_records_removed, 0);
+        assert_eq!(records().len(), 1);
     }
 
     fn point(id: &str, tli: u32, start: u64, stop: u64) -> BackupPoint {

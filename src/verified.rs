@@ -11,12 +11,12 @@
 //! I/O.
 
 use crate::catalog::{keys, SystemId};
-use crate::pg::layout;
+use crate::pg::layout::{self, Fork};
 use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::{BlobId, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// The record's format; a reader skips records of a format it does not know.
 pub const FORMAT: u32 = 1;
@@ -148,35 +148,74 @@ pub fn digests<'a>(files: impl IntoIterator<Item = (&'a str, &'a [BlobRef])>) ->
         .collect()
 }
 
-/// The relation digests of a backup, from its directory tree (chunk lists are not read).
-pub fn tree_digests(repo: &Repository, root: &BlobRef) -> Result<Digests, StoreError> {
-    let mut files: Vec<(String, Vec<BlobRef>)> = Vec::new();
+/// Relation file path → size of its main fork (all segments), in bytes.
+pub type Sizes = BTreeMap<String, u64>;
+
+/// The main-fork sizes of the relations among `files` (path, size), in any order.
+pub fn main_fork_sizes<'a>(files: impl IntoIterator<Item = (&'a str, u64)>) -> Sizes {
+    let mut sizes = Sizes::new();
+    for (path, size) in files {
+        if let (
+            Some(rel),
+            Some(layout::RelationPath {
+                fork: Fork::Main, ..
+            }),
+        ) = (relation_of(path), layout::relation_path(path))
+        {
+            *sizes.entry(rel.to_string()).or_default() += size;
+        }
+    }
+    sizes
+}
+
+/// The relation digests and main-fork sizes of a backup, from its directory tree: chunk
+/// lists are not read, and nothing is asked of the mounted files.
+pub fn tree_digests(repo: &Repository, root: &BlobRef) -> Result<(Digests, Sizes), StoreError> {
+    let mut files: Vec<(String, u64, Vec<BlobRef>)> = Vec::new();
     let mut stack = vec![(String::new(), *root)];
     while let Some((prefix, dir)) = stack.pop() {
         for node in repo.load_dir(&dir)?.entries {
             let path = format!("{prefix}{}", node.name);
             match node.kind {
                 NodeKind::Dir { tree } => stack.push((format!("{path}/"), tree)),
-                NodeKind::File { lists, .. } => files.push((path, lists)),
+                NodeKind::File { size, lists } => files.push((path, size, lists)),
                 NodeKind::Symlink { .. } => {}
             }
         }
     }
-    Ok(digests(
-        files.iter().map(|(p, l)| (p.as_str(), l.as_slice())),
+    Ok((
+        digests(files.iter().map(|(p, _, l)| (p.as_str(), l.as_slice()))),
+        main_fork_sizes(files.iter().map(|(p, s, _)| (p.as_str(), *s))),
     ))
 }
 
-/// The record of the newest verified backup of this cluster, if any. A record that cannot be
-/// read is reported as an error so the caller can fall back to reading everything.
+/// The record of the newest verified backup of this cluster, if any. A record whose backup
+/// is gone (left by an expire killed between the backup's manifest and its record) is
+/// ignored. A record that cannot be read is reported as an error so the caller can fall
+/// back to reading everything.
 pub fn load_latest(repo: &Repository, sysid: u64) -> Result<Option<Record>, StoreError> {
     let prefix = keys::verification(sysid, "");
-    let Some(newest) = repo.backend().list(&prefix)?.into_iter().max() else {
-        return Ok(None);
-    };
-    let record: Record = serde_json::from_slice(&repo.get_sealed(&newest)?)
-        .map_err(|e| StoreError::corrupt(newest.clone(), e.to_string()))?;
-    Ok((record.format == FORMAT).then_some(record))
+    for key in repo.backend().list(&prefix)?.into_iter().rev() {
+        if !repo.snapshot_exists(&key[prefix.len()..])? {
+            continue;
+        }
+        let record: Record = serde_json::from_slice(&repo.get_sealed(&key)?)
+            .map_err(|e| StoreError::corrupt(key.clone(), e.to_string()))?;
+        return Ok((record.format == FORMAT).then_some(record));
+    }
+    Ok(None)
+}
+
+/// The records, among the keys of a listing of [`keys::VERIFIED`], whose backup is not one
+/// of `backups`: expire deletes them after the backups' manifests.
+pub fn orphaned(listing: Vec<String>, backups: &HashSet<String>) -> Vec<String> {
+    listing
+        .into_iter()
+        .filter(|key| {
+            let backup = key.rsplit('/').next().unwrap_or_default();
+            !backups.contains(backup)
+        })
+        .collect()
 }
 
 /// Writes (or replaces) the record of `record.backup`, atomically, then deletes the cluster's
@@ -265,6 +304,30 @@ mod tests {
             ("base/5/1_vm", &b[..]),
         ]);
         assert_ne!(base["base/5/1"], grown["base/5/1"]);
+    }
+
+    #[test]
+    fn records_of_gone_backups_are_orphans() {
+        let listing = ["verified/7/B1", "verified/7/B3", "verified/8/B2"].map(String::from);
+        let backups: HashSet<String> = ["B2", "B3", "B4"].map(String::from).into();
+        assert_eq!(orphaned(listing.to_vec(), &backups), ["verified/7/B1"]);
+        assert!(orphaned(Vec::new(), &backups).is_empty());
+    }
+
+    #[test]
+    fn sizes_add_up_the_main_fork_segments() {
+        let sizes = main_fork_sizes([
+            ("base/5/1", 1 << 30),
+            ("base/5/1.1", 5),
+            ("base/5/1_fsm", 7),
+            ("base/5/1_vm.1", 7),
+            ("base/5/2_init", 7),
+            ("base/5/PG_VERSION", 3),
+        ]);
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [("base/5/1".to_string(), (1 << 30) + 5)]
+        );
     }
 
     #[test]

@@ -16,12 +16,14 @@ use crate::session::{self, CacheOptions, Request, Session, ViewSettings};
 use crate::store::backend::RequestCounts;
 use crate::store::diskcache::CacheCounts;
 use crate::store::Repository;
-use crate::verified::{self, Decision, Digests, Record};
+use crate::verified::{self, Decision, Digests, Record, Sizes};
 use crate::view::Owner;
 use serde::Serialize;
 use std::collections::hash_map::{Entry, HashMap};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What to test and how: the options of `pgsnapfs verify`.
@@ -99,6 +101,8 @@ pub struct Skipped {
 struct Incremental {
     previous: Option<Record>,
     digests: Digests,
+    /// The relations' main-fork sizes as stored.
+    sizes: Sizes,
 }
 
 /// How long each phase of a verify took, in seconds (to the millisecond); a phase not
@@ -132,8 +136,8 @@ pub struct Report {
     pub tables: usize,
     /// B-tree indexes checked with amcheck's `bt_index_check`, passing or not.
     pub indexes_checked: usize,
-    /// Whether amcheck could be installed in every database; where not, that database's
-    /// indexes are not checked and its tables only read.
+    /// Whether amcheck could be installed in every database with relations to read; where
+    /// not, that database's indexes are not checked and its tables only read.
     pub amcheck: bool,
     /// Assertions run, whatever their result.
     pub assertions: usize,
@@ -166,6 +170,12 @@ pub struct Report {
     /// Chunks served from (and missing in) the local disk cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_cache: Option<CacheCounts>,
+}
+
+/// Where the time goes, for `-vv`: the seconds since `since` (the start of the run, or of
+/// the checks) at each step the phases do not show.
+fn debug_since(since: Instant, step: &str) {
+    tracing::debug!(s = secs(since), "verify: {step}");
 }
 
 fn secs(since: Instant) -> f64 {
@@ -207,32 +217,141 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr().map_err(io("find a free port"))?.port())
 }
 
-/// Runs a command as `user` (through runuser when we are root and it is someone else).
-fn as_user(user: &str, program: &Path) -> Command {
-    let me_root = unsafe { libc::geteuid() } == 0;
-    if me_root && user != "root" {
-        let mut c = Command::new("runuser");
-        c.args(["-u", user, "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
+/// The test server: a postmaster run by this process, as the server's user when we are root
+/// (setpriv execs it, so the child is the postmaster itself), writing its output to `log`.
+/// Knowing the postmaster's process lets verify see it start or die at once, and stop it
+/// without pg_ctl's tenth-of-a-second polling. Dropping it stops the server (immediate
+/// shutdown) and waits until it has exited, so that nothing holds the view's files.
+struct Postmaster {
+    child: Child,
+    /// The child has been waited for: its process id may belong to someone else now.
+    reaped: bool,
+}
+
+/// How a server start ended.
+enum Started {
+    /// It accepts connections (a hot standby during recovery, or a primary).
+    Ready,
+    /// It exited first.
+    Exited,
+    /// It was still starting at the deadline.
+    TimedOut,
+}
+
+impl Postmaster {
+    /// Starts the server, as `user` (name and ids) when given.
+    fn start(
+        bin: &Path,
+        user: Option<(&str, Owner)>,
+        work: &Workspace,
+        port: u16,
+        log: &Path,
+    ) -> Result<Postmaster> {
+        let out = std::fs::File::create(log).map_err(io(format!("create {}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(io(format!("open {}", log.display())))?;
+        let postgres = bin.join("postgres");
+        let mut cmd = match user {
+            Some((name, o)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={}", o.uid))
+                    .arg(format!("--regid={}", o.gid))
+                    .args(["--init-groups", "--"])
+                    .arg(&postgres);
+                // As runuser sets them: the server's restore_command (wal-fetch) finds the
+                // user's own files, such as S3 credentials in ~/.aws.
+                c.env("USER", name).env("LOGNAME", name);
+                match home_of(o.uid) {
+                    Some(home) => c.env("HOME", home),
+                    None => c.env_remove("HOME"),
+                };
+                c
+            }
+            None => Command::new(&postgres),
+        };
+        cmd.arg("-D")
+            .arg(work.data())
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(work.socket())
+            .args(["-c", "listen_addresses="])
+            // The server's user may not reach our working directory.
+            .current_dir(&work.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // As pg_ctl does: a ^C meant for verify does not reach the server.
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(io(format!("start {}", postgres.display())))?;
+        Ok(Postmaster {
+            child,
+            reaped: false,
+        })
+    }
+
+    /// Waits until the server accepts connections, as its pid file in `data` says.
+    fn wait_ready(&mut self, data: &Path, deadline: Instant) -> Result<Started> {
+        let pid_file = data.join("postmaster.pid");
+        loop {
+            if self
+                .child
+                .try_wait()
+                .map_err(io("wait for the server"))?
+                .is_some()
+            {
+                self.reaped = true;
+                return Ok(Started::Exited);
+            }
+            // Absent or half-written while the server starts: look again.
+            let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if accepts_connections(&text, self.child.id()) {
+                return Ok(Started::Ready);
+            }
+            if Instant::now() > deadline {
+                return Ok(Started::TimedOut);
+            }
+            std::thread::sleep(POLL);
+        }
     }
 }
 
-struct Running<'a> {
-    bin: &'a Path,
-    user: &'a str,
-    data: &'a Path,
-}
-
-impl Drop for Running<'_> {
+impl Drop for Postmaster {
     fn drop(&mut self) {
-        let _ = as_user(self.user, &self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
+        if self.reaped {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: signals our own child, not yet waited for, so the id is still its.
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+        }
+        let _ = self.child.wait();
     }
+}
+
+/// The home directory of user `uid`, from the password database.
+fn home_of(uid: u32) -> Option<PathBuf> {
+    // SAFETY: getpwuid returns null or a pointer to static storage, read at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    }
+}
+
+/// How often verify looks at a starting or recovering server.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Whether a postmaster.pid written by the server with process id `pid` says it accepts
+/// connections: its eighth line is `ready` (or `standby`, a hot standby in recovery).
+fn accepts_connections(pid_file: &str, pid: u32) -> bool {
+    let lines: Vec<&str> = pid_file.lines().collect();
+    lines.first().and_then(|l| l.trim().parse::<u32>().ok()) == Some(pid)
+        && matches!(lines.get(7).map(|l| l.trim()), Some("ready" | "standby"))
 }
 
 /// A verify's own directory: the view's mount point and scratch directory, the server's
@@ -319,15 +438,25 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
         }
     };
     planned(&plan);
-    let bin = pg_bin(opts.pg_bin.as_deref(), plan.snapshot.pg_major)?;
+    // `postgres --version` takes a few tens of milliseconds: asked while the view is mounted.
+    let (given, major) = (opts.pg_bin.clone(), plan.snapshot.pg_major);
+    let bin = std::thread::spawn(move || pg_bin(given.as_deref(), major));
     let mut report = Report {
         backup: plan.snapshot.id.clone(),
         ..Report::default()
     };
     let incremental = incremental(session.repo(), &plan, opts, &mut report)?;
+    debug_since(started, "record and relation digests loaded");
     let mounted = session.mount()?;
+    let bin = bin
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     report.phases.mount_s = secs(started);
-    let tested = test(&bin, &work, &plan, opts, &incremental, &mut report);
+    // Root runs the server as its user; anyone else runs it as themselves.
+    // SAFETY: a plain id query.
+    let as_other = unsafe { libc::geteuid() } == 0 && opts.user != "root";
+    let user = as_other.then_some((opts.user.as_str(), owner));
+    let tested = test(&bin, user, &work, &plan, opts, &incremental, &mut report);
     report.requests = mounted.repo().backend().stats();
     report.disk_cache = mounted.repo().disk_cache_counts();
     let outcomes = tested?;
@@ -343,7 +472,9 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
             &incremental.digests,
             &outcomes,
         );
-        match verified::save(mounted.repo(), plan.snapshot.sysid(), &record) {
+        let saved = verified::save(mounted.repo(), plan.snapshot.sysid(), &record);
+        debug_since(started, "record saved");
+        match saved {
             Ok(()) => report.recorded = true,
             Err(e) => report.notes.push(format!(
                 "this verification could not be recorded, so the next verify reads everything again: {e}"
@@ -351,6 +482,7 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
         }
     }
     mounted.unmount()?;
+    debug_since(started, "unmounted");
     Ok(report)
 }
 
@@ -358,6 +490,7 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
 /// stops it.
 fn test(
     bin: &Path,
+    user: Option<(&str, Owner)>,
     work: &Workspace,
     plan: &Plan,
     opts: &VerifyOptions,
@@ -369,29 +502,18 @@ fn test(
     let port = free_port()?;
     let log = work.dir.join("server.log");
     let started = Instant::now();
-    let status = as_user(&opts.user, &bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(&mnt)
-        .arg("-l")
-        .arg(&log)
-        .arg("-o")
-        .arg(format!(
-            "-p {port} -k {} -c listen_addresses=''",
-            sock.display()
-        ))
-        .args(["-w", "-t", "3600", "start"])
-        .output()
-        .map_err(io("run pg_ctl"))?;
-    let running = Running {
-        bin,
-        user: &opts.user,
-        data: &mnt,
-    };
-    if !status.status.success() {
+    let mut postmaster = Postmaster::start(bin, user, work, port, &log)?;
+    let deadline = started + Duration::from_secs(3600);
+    let ready = postmaster.wait_ready(&mnt, deadline)?;
+    if !matches!(ready, Started::Ready) {
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(8).collect();
+        let why = match ready {
+            Started::TimedOut => "it was still starting after an hour",
+            _ => "it exited",
+        };
         report.problems.push(format!(
-            "the server did not start on backup {}: {}",
+            "the server did not start on backup {} ({why}): {}",
             plan.snapshot.id,
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         ));
@@ -415,7 +537,7 @@ fn test(
                 .push("recovery did not finish within an hour".into());
             return Ok(Vec::new());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(POLL);
     }
     report.phases.recovery_s = secs(started);
 
@@ -424,7 +546,8 @@ fn test(
     report.phases.checks_s = secs(started);
     report.ok = report.problems.is_empty();
     drop(server);
-    drop(running);
+    drop(postmaster);
+    debug_since(started, "server stopped");
     Ok(outcomes)
 }
 
@@ -440,44 +563,79 @@ struct Relation {
 }
 
 /// The relations of every database: tables (heap, materialized view, TOAST) and the valid
-/// B-tree indexes amcheck can check, each with its data file and main-fork size.
+/// B-tree indexes amcheck can check, each with its data file, main-fork size and whether it
+/// is read or skipped. The server measures only the relations to read; a skipped one has its
+/// stored size, so an unchanged backup costs no file access however big it is. amcheck is
+/// installed only in databases with something to read (a verify that reads nothing writes
+/// nothing); where it cannot be, the indexes to read are left out: not checked, so not
+/// recorded either.
 fn list_relations(
     conn: &ConnOpts,
     databases: &[String],
+    incremental: &Incremental,
     report: &mut Report,
-) -> Result<Vec<Relation>> {
+) -> Result<Vec<(Relation, Decision)>> {
     let mut relations = Vec::new();
     report.amcheck = true;
     for db in databases {
         let s = Server::connect(&in_database(conn, db))?;
-        let installed = s.execute("CREATE EXTENSION IF NOT EXISTS amcheck").is_ok();
-        report.amcheck &= installed;
-        let tables = "SELECT c.oid::regclass::text, coalesce(pg_relation_filepath(c.oid), ''), \
-             pg_relation_size(c.oid), false FROM pg_class c WHERE c.relkind IN ('r', 'm', 't') \
-             AND c.relpersistence = 'p'";
-        let indexes = "SELECT c.oid::regclass::text, coalesce(pg_relation_filepath(c.oid), ''), \
-             pg_relation_size(c.oid), true FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+        let sql = "SELECT c.oid::regclass::text, coalesce(pg_relation_filepath(c.oid), ''), \
+             c.oid::text, false FROM pg_class c WHERE c.relkind IN ('r', 'm', 't') \
+             AND c.relpersistence = 'p' \
+             UNION ALL SELECT c.oid::regclass::text, coalesce(pg_relation_filepath(c.oid), ''), \
+             c.oid::text, true FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
              JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p' \
-             AND i.indisvalid";
-        let sql = if installed {
-            format!("{tables} UNION ALL {indexes} ORDER BY 4, 1")
-        } else {
-            format!("{tables} ORDER BY 1")
-        };
-        for row in s.query_rows(&sql)? {
-            let [name, path, bytes, index] = <[String; 4]>::try_from(row).map_err(|r| {
+             AND i.indisvalid ORDER BY 4, 1";
+        let mut listed = Vec::new();
+        let mut to_read: Vec<String> = Vec::new();
+        for row in s.query_rows(sql)? {
+            let [name, path, oid, index] = <[String; 4]>::try_from(row).map_err(|r| {
                 Error::BadAnswer(format!(
                     "in database {db}: unexpected relation listing {r:?}"
                 ))
             })?;
-            relations.push(Relation {
-                database: db.clone(),
-                name,
-                path,
-                bytes: bytes.parse().unwrap_or(0),
-                index: index == "t",
-                amcheck: installed,
-            });
+            let decision =
+                verified::decide(incremental.previous.as_ref(), &incremental.digests, &path);
+            let bytes = match decision {
+                Decision::Read => {
+                    to_read.push(oid);
+                    0
+                }
+                Decision::Skip { .. } => incremental.sizes.get(&path).copied().unwrap_or(0),
+            };
+            listed.push((
+                Relation {
+                    database: db.clone(),
+                    name,
+                    path,
+                    bytes,
+                    index: index == "t",
+                    amcheck: false,
+                },
+                decision,
+            ));
+        }
+        let reads = !to_read.is_empty();
+        if reads {
+            // In the order listed: the oids are digits the server printed.
+            let sizes = s.query_strings(&format!(
+                "SELECT pg_relation_size(o)::text FROM unnest('{{{}}}'::oid[]) WITH ORDINALITY \
+                 AS u(o, n) ORDER BY n",
+                to_read.join(",")
+            ))?;
+            let read = listed.iter_mut().filter(|(_, d)| *d == Decision::Read);
+            for ((r, _), size) in read.zip(&sizes) {
+                r.bytes = size.parse().unwrap_or(0);
+            }
+        }
+        let installed = reads && s.execute("CREATE EXTENSION IF NOT EXISTS amcheck").is_ok();
+        report.amcheck &= installed || !reads;
+        for (mut r, d) in listed {
+            if r.index && d == Decision::Read && !installed {
+                continue;
+            }
+            r.amcheck = installed;
+            relations.push((r, d));
         }
     }
     Ok(relations)
@@ -506,9 +664,11 @@ fn incremental(
     };
     report.full = previous.is_none();
     report.since = previous.as_ref().map(|r| r.backup.clone());
+    let (digests, sizes) = verified::tree_digests(repo, &plan.snapshot.root)?;
     Ok(Incremental {
         previous,
-        digests: verified::tree_digests(repo, &plan.snapshot.root)?,
+        digests,
+        sizes,
     })
 }
 
@@ -519,18 +679,15 @@ fn check_all(
     incremental: &Incremental,
     report: &mut Report,
 ) -> Result<Vec<(String, Decision)>> {
+    let started = Instant::now();
     let databases =
         server.query_strings("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")?;
     report.databases = databases.len();
-    let relations = list_relations(conn, &databases, report)?;
-
     // The plan: every relation read, or skipped because its chunks were verified before.
-    let decisions: Vec<Decision> = relations
-        .iter()
-        .map(|r| verified::decide(incremental.previous.as_ref(), &incremental.digests, &r.path))
-        .collect();
+    let relations = list_relations(conn, &databases, incremental, report)?;
+    debug_since(started, "relations listed");
     let mut planned = Planned::default();
-    for (r, d) in relations.iter().zip(&decisions) {
+    for (r, d) in &relations {
         match (d, r.index) {
             (Decision::Read, false) => planned.tables += 1,
             (Decision::Read, true) => planned.indexes += 1,
@@ -548,7 +705,7 @@ fn check_all(
     report.bytes_skipped = planned.skipped_bytes;
 
     let mut current: Option<(&str, Server, bool)> = None;
-    for (r, d) in relations.iter().zip(&decisions) {
+    for (r, d) in &relations {
         let db = r.database.as_str();
         if let Decision::Skip { verified_in } = d {
             report.skipped.push(Skipped {
@@ -633,11 +790,7 @@ fn check_all(
                 .push(format!("assertion failed in database {db}: {sql}: {e}")),
         }
     }
-    Ok(relations
-        .into_iter()
-        .map(|r| r.path)
-        .zip(decisions)
-        .collect())
+    Ok(relations.into_iter().map(|(r, d)| (r.path, d)).collect())
 }
 
 /// The connection options of `conn` for database `db`.
@@ -714,7 +867,22 @@ pub fn parse_assertions(text: &str, dbname: &str) -> Result<Vec<Assertion>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_assertions, Assertion};
+    use super::{accepts_connections, parse_assertions, Assertion};
+
+    #[test]
+    fn a_server_is_up_when_its_own_pid_file_says_ready_or_standby() {
+        let pid_file = |pid: u32, status: &str| {
+            format!("{pid}\n/d\n1733300000\n5432\n/s\n\n  1234  5678\n{status}\n")
+        };
+        assert!(accepts_connections(&pid_file(42, "ready   "), 42));
+        assert!(accepts_connections(&pid_file(42, "standby "), 42));
+        assert!(!accepts_connections(&pid_file(42, "starting"), 42));
+        assert!(!accepts_connections(&pid_file(42, "stopping"), 42));
+        // Another server's file, a half-written one, none.
+        assert!(!accepts_connections(&pid_file(41, "ready   "), 42));
+        assert!(!accepts_connections("42\n/d\n", 42));
+        assert!(!accepts_connections("", 42));
+    }
 
     fn parsed(text: &str) -> Vec<(String, String)> {
         parse_assertions(text, "postgres")

@@ -6,7 +6,8 @@
 //! the same points every time. After every kill, `check --read-data --full` passes and the
 //! killed command succeeds when run again; every backup that finished before a kill (and that
 //! no expire removes) still restores with exactly its rows. The debris of the killed runs stays
-//! in the repository, as it would in life.
+//! in the repository, as it would in life. `verify` is killed at the points of its record
+//! (the only thing it writes); the next verify works and leaves one record.
 
 mod common;
 
@@ -525,4 +526,85 @@ fn point_class(points: &[(String, String)], i: usize) -> (String, String, usize)
         .filter(|p| class(p) == (step.clone(), dir.clone()))
         .count();
     (step, dir, before)
+}
+
+/// `pgsnapfs verify --json` of the newest backup, as root (FUSE), with kill point `kill`
+/// (`count`, a point, or none) and its work directory in `tmp`.
+fn verify_at(repo: &Repo, tmp: &Path, kill: Option<&str>) -> Run {
+    let mut cmd = std::process::Command::new(pgsnapfs_bin());
+    cmd.args(repo.args("verify", &["--json"]))
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .env("TMPDIR", tmp);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    if let Some(kill) = kill {
+        cmd.env("PGSNAPFS_KILL_AT", kill);
+    }
+    run_command(&mut cmd)
+}
+
+#[test]
+fn verify_killed_at_its_record() {
+    let repo = Repo::init();
+    let state = TestDir::new("check-state");
+    let tmp = TestDir::new("verify-tmp");
+    let source = Cluster::archiving_to(&repo.spec);
+    repo.backup(&source);
+    let first = verify_at(&repo, tmp.path(), None).assert_ok();
+    assert_eq!(first.json()["recorded"], true, "{}", first.report());
+
+    // Each round verifies a new backup of the unchanged cluster: the same work, the same
+    // points. Those of its record: its write, then the deletion of the record before it.
+    repo.backup(&source);
+    let counted = verify_at(&repo, tmp.path(), Some("count")).assert_ok();
+    let points: Vec<(String, String)> = counted
+        .stderr_str()
+        .lines()
+        .filter_map(|l| l.strip_prefix("kill point "))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, key)| key.starts_with("verified/"))
+        .map(|(p, k)| (p.to_string(), k.to_string()))
+        .collect();
+    eprintln!("verify's kill points at its record: {points:?}");
+    assert!(
+        points.iter().any(|(p, _)| p.starts_with("replace-done:")),
+        "{points:?}\n{}",
+        counted.report()
+    );
+
+    for (point, key) in &points {
+        let after = format!("verify killed at {point} ({key})");
+        let newest = json_str(&repo.backup(&source), "id");
+        let killed = verify_at(&repo, tmp.path(), Some(point));
+        assert_eq!(
+            killed.status.signal(),
+            Some(libc::SIGKILL),
+            "expected SIGKILL at {point} ({key})\n{}",
+            killed.report()
+        );
+        // The server was stopped before the record; the killed run leaves its mount.
+        for dir in fs::read_dir(tmp.path()).unwrap() {
+            let dir = dir.unwrap().path();
+            pgsnapfs_as_root(&["umount", dir.join("data").to_str().unwrap()]).assert_ok();
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        assert_check_passes(&repo, state.path(), &after);
+        // The next verify builds on whichever record the killed one left, and leaves one.
+        let next = verify_at(&repo, tmp.path(), None).assert_ok();
+        let report = next.json();
+        assert_eq!(report["full"], false, "{after}\n{}", next.report());
+        assert_eq!(report["recorded"], true, "{after}\n{}", next.report());
+        let records: Vec<String> = repo
+            .objects("verified/")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            records,
+            [format!("verified/{}/{newest}", source.system_identifier())],
+            "{after}"
+        );
+    }
 }

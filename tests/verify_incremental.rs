@@ -1,7 +1,8 @@
 //! Incremental `verify`: once a verification of a backup is recorded, the next verify of the
 //! same cluster reads only relations whose chunks changed, says what it skipped and in which
 //! backup it was verified, still finds damage in what changed, and `verify --full` reads
-//! everything again. One cluster, in sequence, against real PostgreSQL and real FUSE.
+//! everything again; `expire` deletes the record of a backup it expires, and a record left of
+//! a gone backup is ignored. One cluster, in sequence, against real PostgreSQL and real FUSE.
 
 // This file uses only part of the harness's re-exports.
 #[allow(unused_imports)]
@@ -10,6 +11,7 @@ mod common;
 use common::*;
 use sha2::{Digest, Sha256};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 
 /// `pgsnapfs verify --json ARGS...` as root (FUSE).
 fn verify(repo: &Repo, args: &[&str]) -> Run {
@@ -152,4 +154,46 @@ fn verify_reads_what_changed_since_a_recorded_verification() {
         "verify --full did not find the damage in the unchanged table: {p:?}\n{}",
         run.report()
     );
+
+    // 5. `expire` deletes the record of a backup it expires: b2's, with b1 and b2.
+    let record = repo
+        .path
+        .join(format!("verified/{}/{b2}", source.system_identifier()));
+    let (bytes, meta) = (fs::read(&record).unwrap(), fs::metadata(&record).unwrap());
+    let expire = || {
+        repo.run("expire", &["--keep-last", "1", "--json"])
+            .assert_ok()
+            .json()
+    };
+    let expired = expire();
+    assert_eq!(
+        json_u64(&expired, "verification_records_removed"),
+        1,
+        "{expired}"
+    );
+    assert_eq!(repo.objects("verified/"), [], "{expired}");
+
+    // 6. A record of a gone backup, as an expire killed between the backup's manifest and its
+    // record leaves it: verify ignores it, so it reads `stable` again and finds its damage, and
+    // the next expire deletes it.
+    fs::create_dir_all(record.parent().unwrap()).unwrap();
+    fs::write(&record, bytes).unwrap();
+    std::os::unix::fs::chown(&record, Some(meta.uid()), Some(meta.gid())).unwrap();
+    let run = verify(&repo, &[]).assert_exit(3);
+    let leftover = run.json();
+    assert_eq!(leftover["full"], true, "{}", run.report());
+    assert_eq!(leftover["since"], serde_json::Value::Null, "{leftover}");
+    let p = problems(&leftover);
+    assert!(
+        p.iter().any(|m| m.contains("table stable")),
+        "verify built on the record of a gone backup: {p:?}\n{}",
+        run.report()
+    );
+    let expired = expire();
+    assert_eq!(
+        json_u64(&expired, "verification_records_removed"),
+        1,
+        "{expired}"
+    );
+    assert_eq!(repo.objects("verified/"), [], "{expired}");
 }

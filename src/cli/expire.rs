@@ -108,6 +108,12 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             out!("{}", render_timeline_cut(t, verb));
         }
     }
+    if report.verification_records_removed > 0 {
+        outln!(
+            "verify records of removed backups: {verb} {}",
+            report.verification_records_removed
+        );
+    }
     if !a.dry_run && report.backups.iter().any(|v| !v.keep) {
         outln!("run `pgsnapfs gc` to free the space of the removed backups");
     }
