@@ -15,11 +15,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
-/// The repository format version of plain repositories.
+/// The repository format version of plain repositories made before format 3.
 pub const VERSION: u32 = 1;
-/// The format version of encrypted repositories: older builds refuse them instead of
-/// misreading (or writing plaintext into) them.
+/// The format version of encrypted repositories made before format 3: older builds refuse
+/// them instead of misreading (or writing plaintext into) them.
 pub const ENCRYPTED_VERSION: u32 = 2;
+/// The format version `init` writes, plain or encrypted (its `encryption` field says): chunk
+/// lists of version 2, with a crc32c of every chunk's stored bytes. Repositories of versions
+/// 1 and 2 keep writing version-1 lists, which the builds that made them read.
+pub const CRC_VERSION: u32 = 3;
 
 /// The largest chunk a repository may be created with.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
@@ -30,7 +34,8 @@ pub type Secret<'a> = &'a dyn Fn() -> Result<Zeroizing<Vec<u8>>, StoreError>;
 /// The `config` object: plain JSON, so the version can be read before anything else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
-    /// The format version: `VERSION`, or `ENCRYPTED_VERSION` for an encrypted repository.
+    /// The format version: `CRC_VERSION`; older repositories `VERSION`, or
+    /// `ENCRYPTED_VERSION` for an encrypted one.
     pub version: u32,
     /// A random id of 16 hex digits, chosen at `init`; it tells repositories apart.
     pub id: String,
@@ -42,7 +47,7 @@ pub struct Config {
     pub pack_size: u32,
     /// When the repository was created.
     pub created: DateTime<Utc>,
-    /// Present in encrypted repositories (version 2) only.
+    /// Present in encrypted repositories (version 2, or 3 when encrypted) only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
 }
@@ -66,6 +71,21 @@ impl Encryption {
     }
 }
 
+/// How much a read of a data chunk checks (trees, chunk lists, sealed objects and chunks
+/// of lists without crcs are always checked in full).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verification {
+    /// The crc32c of the stored bytes that the chunk list recorded, the AEAD tag in an
+    /// encrypted repository, and the decompressed length: catches accidental damage at a
+    /// fraction of the cost of a hash.
+    #[default]
+    Fast,
+    /// The content's SHA-256 (keyed HMAC in an encrypted repository) against the chunk's id:
+    /// also catches stored bytes forged by someone who can write the repository (for
+    /// `check --read-data` and `verify --full`).
+    Full,
+}
+
 /// What opened an encrypted repository: needed to add key slots.
 struct Unlocked {
     master: Zeroizing<[u8; 32]>,
@@ -86,6 +106,7 @@ pub struct Repository {
     disk_cache: Option<DiskCache>,
     /// Recently read stretches of metadata packs, most recent first.
     meta_windows: Mutex<VecDeque<MetaWindow>>,
+    verification: Verification,
 }
 
 /// Backups write a snapshot's trees and chunk lists into packs of their own, in the order a
@@ -122,7 +143,7 @@ impl Repository {
         chunk_size: u32,
         compression_level: i32,
     ) -> Result<Repository, StoreError> {
-        Repository::create(backend, chunk_size, compression_level, None)
+        Repository::create(backend, chunk_size, compression_level, None, CRC_VERSION)
     }
 
     /// Creates an encrypted repository whose first key slot opens with `passphrase`.
@@ -137,14 +158,17 @@ impl Repository {
             chunk_size,
             compression_level,
             Some((passphrase, Kdf::new_slot())),
+            CRC_VERSION,
         )
     }
 
+    /// `version` is `CRC_VERSION`, or an older one in tests of repositories made before it.
     fn create(
         backend: Arc<dyn Backend>,
         chunk_size: u32,
         compression_level: i32,
         encrypt: Option<(&[u8], Kdf)>,
+        version: u32,
     ) -> Result<Repository, StoreError> {
         // What chunk sizes suit the data is the caller's business (`catalog::chunk_size`).
         if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
@@ -163,11 +187,7 @@ impl Repository {
             });
         }
         let config = Config {
-            version: if encrypt.is_some() {
-                ENCRYPTED_VERSION
-            } else {
-                VERSION
-            },
+            version,
             id: super::random_id().to_hex()[..16].to_string(),
             chunk_size,
             compression_level,
@@ -201,6 +221,7 @@ impl Repository {
             unlocked: None,
             disk_cache: None,
             meta_windows: Mutex::default(),
+            verification: Verification::default(),
         }
     }
 
@@ -226,17 +247,22 @@ impl Repository {
         }
         let v: Versioned = serde_json::from_slice(&raw)
             .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
-        if v.version != VERSION && v.version != ENCRYPTED_VERSION {
+        if ![VERSION, ENCRYPTED_VERSION, CRC_VERSION].contains(&v.version) {
             return Err(StoreError::Version {
                 location: backend.location(),
                 found: v.version,
-                supported: ENCRYPTED_VERSION,
+                supported: CRC_VERSION,
             });
         }
         let config: Config = serde_json::from_slice(&raw)
             .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
-        let encrypted = config.version == ENCRYPTED_VERSION;
-        if encrypted != config.encryption.is_some()
+        let encrypted = config.encryption.is_some();
+        let version_says = match config.version {
+            VERSION => Some(false),
+            ENCRYPTED_VERSION => Some(true),
+            _ => None,
+        };
+        if version_says.is_some_and(|e| e != encrypted)
             || config
                 .encryption
                 .as_ref()
@@ -270,6 +296,18 @@ impl Repository {
     /// How this repository stores blobs and sealed objects.
     pub fn crypto(&self) -> &Crypto {
         &self.crypto
+    }
+
+    /// Whether chunks written to this repository record the crc32c of their stored bytes
+    /// (format 3), so their lists are written in version 2.
+    pub fn records_crcs(&self) -> bool {
+        self.config.version >= CRC_VERSION
+    }
+
+    /// Checks data chunks as `verification` says from now on (`Fast` by default).
+    pub fn with_verification(mut self, verification: Verification) -> Repository {
+        self.verification = verification;
+        self
     }
 
     /// The key slots of an encrypted repository, by id. An unreadable slot is corruption.
@@ -344,10 +382,22 @@ impl Repository {
 
     /// Reads one blob and verifies it against its id.
     pub fn read_blob(&self, id: &BlobId, loc: &Loc, len: u32) -> Result<Vec<u8>, StoreError> {
+        self.read_stored(id, loc, len, None)
+    }
+
+    /// Reads one blob, checked against `crc` (in `Fast` mode) or its id.
+    fn read_stored(
+        &self,
+        id: &BlobId,
+        loc: &Loc,
+        len: u32,
+        crc: Option<u32>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let crc = self.fast(crc);
         if let Some(data) = self
             .disk_cache
             .as_ref()
-            .and_then(|c| c.get(id, len, &self.crypto))
+            .and_then(|c| c.get(id, len, crc, &self.crypto))
         {
             return Ok(data);
         }
@@ -358,18 +408,28 @@ impl Repository {
         if stored.len() != loc.stored_len as usize {
             return Err(StoreError::corrupt(&key, format!("blob {id} is truncated")));
         }
-        self.decode(&stored, len, id, &key)
+        self.decode(&stored, len, id, crc, &key)
     }
 
-    /// Verifies a stored blob and keeps it in the disk cache.
+    /// The crc to check a chunk with instead of its id: its own in `Fast` mode, if it has one.
+    fn fast(&self, crc: Option<u32>) -> Option<u32> {
+        crc.filter(|_| self.verification == Verification::Fast)
+    }
+
+    /// Verifies a stored blob, by its crc if given (see [`Repository::fast`]) or else by its
+    /// id, and keeps it in the disk cache.
     fn decode(
         &self,
         stored: &[u8],
         len: u32,
         id: &BlobId,
+        crc: Option<u32>,
         key: &str,
     ) -> Result<Vec<u8>, StoreError> {
-        let data = self.crypto.decode_blob(stored, len, id, key)?;
+        let data = match crc {
+            Some(crc) => self.crypto.decode_blob_crc(stored, len, id, crc, key)?,
+            None => self.crypto.decode_blob(stored, len, id, key)?,
+        };
         if let Some(cache) = &self.disk_cache {
             cache.put(id, stored);
         }
@@ -380,7 +440,7 @@ impl Repository {
     pub fn read_chunk(&self, c: &Chunk) -> Result<Vec<u8>, StoreError> {
         match &c.loc {
             None => Ok(vec![0; c.len as usize]),
-            Some(loc) => self.read_blob(&c.id, loc, c.len),
+            Some(loc) => self.read_stored(&c.id, loc, c.len, c.crc),
         }
     }
 
@@ -396,7 +456,7 @@ impl Repository {
                 Some(_) => self
                     .disk_cache
                     .as_ref()
-                    .and_then(|d| d.get(&c.id, c.len, &self.crypto)),
+                    .and_then(|d| d.get(&c.id, c.len, self.fast(c.crc), &self.crypto)),
             })
             .collect();
         let mut i = 0;
@@ -428,7 +488,7 @@ impl Repository {
                 let stored = span.get(at..at + loc.stored_len as usize).ok_or_else(|| {
                     StoreError::corrupt(&key, format!("blob {} is truncated", c.id))
                 })?;
-                *slot = Some(self.decode(stored, c.len, &c.id, &key)?);
+                *slot = Some(self.decode(stored, c.len, &c.id, self.fast(c.crc), &key)?);
             }
             i = j;
         }
@@ -443,7 +503,7 @@ impl Repository {
         if let Some(data) = self
             .disk_cache
             .as_ref()
-            .and_then(|c| c.get(&r.id, r.len, &self.crypto))
+            .and_then(|c| c.get(&r.id, r.len, None, &self.crypto))
         {
             return Ok(data);
         }
@@ -479,7 +539,7 @@ impl Repository {
         let stored = data
             .get(at..at + len as usize)
             .ok_or_else(|| StoreError::corrupt(&key, format!("blob {} is truncated", r.id)))?;
-        self.decode(stored, r.len, &r.id, &key)
+        self.decode(stored, r.len, &r.id, None, &key)
     }
 
     /// A directory's tree blob, read through the metadata windows and verified.
@@ -660,6 +720,7 @@ mod tests {
                 Chunk {
                     id: r.id,
                     loc: Some(r.loc),
+                    crc: None,
                     len: r.len,
                 }
             })
@@ -693,6 +754,7 @@ mod tests {
                     id: BlobId::of(&n.to_le_bytes()),
                     len: 8192,
                     loc: None,
+                    crc: None,
                 }];
                 let data = super::super::tree::encode_chunk_list(&chunks);
                 (packer.add_blob(BlobType::ChunkList, &data).unwrap(), chunks)
@@ -726,9 +788,10 @@ mod tests {
             65536,
             3,
             Some((b"pass", super::super::key::cheap_kdf())),
+            CRC_VERSION,
         )
         .unwrap();
-        assert_eq!(repo.config.version, ENCRYPTED_VERSION);
+        assert_eq!(repo.config.version, CRC_VERSION);
         let mut packer = Packer::new(&repo, 1 << 20);
         let blob = b"row".repeat(1000);
         let r = packer.add_blob(BlobType::Data, &blob).unwrap();
