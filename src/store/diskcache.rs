@@ -74,13 +74,7 @@ impl DiskCache {
     /// The blob's verified bytes, if cached and intact: checked against `crc` if given (the
     /// fast check, see `Verification`), else against its id. Stored bytes are kept as the
     /// repository stores them: ciphertext for an encrypted one.
-    pub fn get(
-        &self,
-        id: &BlobId,
-        len: u32,
-        crc: Option<u32>,
-        crypto: &Crypto,
-    ) -> Option<Vec<u8>> {
+    pub fn get(&self, id: &BlobId, len: u32, crc: Option<u32>, crypto: &Crypto) -> Option<Vec<u8>> {
         let path = self.path(id);
         let Ok(stored) = fs::read(&path) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -288,7 +282,9 @@ mod tests {
                 .set_modified(old)
                 .unwrap();
         }
-        assert!(cache.get(&blobs[0].0, 1000, None, &Crypto::default()).is_some());
+        assert!(cache
+            .get(&blobs[0].0, 1000, None, &Crypto::default())
+            .is_some());
         let (id3, data3) = blob(3);
         cache.put(&id3, &data3);
         let present: Vec<bool> = blobs

@@ -292,10 +292,7 @@ impl<'r> Ingest<'r> {
                     Some(placed) => placed,
                     None => {
                         let loc = self.packer.add(id, BlobType::Data, &stored, len)?;
-                        let crc = self
-                            .repo
-                            .records_crcs()
-                            .then(|| crc32c::crc32c(&stored));
+                        let crc = self.repo.records_crcs().then(|| crc32c::crc32c(&stored));
                         lock(&self.known).insert(id, (loc, crc));
                         self.stats.chunks_new += 1;
                         (loc, crc)

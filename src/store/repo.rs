@@ -827,6 +827,221 @@ mod tests {
         assert_eq!(other.get_sealed("systems/1").unwrap(), b"secret label");
     }
 
+    /// A repository of format `version`, encrypted or not (cheap key derivation).
+    fn repo_at(version: u32, encrypted: bool) -> (Arc<MemoryBackend>, Repository) {
+        let mem = Arc::new(MemoryBackend::default());
+        let encrypt = encrypted.then(|| (b"pass".as_slice(), super::super::key::cheap_kdf()));
+        let repo = Repository::create(mem.clone(), 65536, 3, encrypt, version).unwrap();
+        (mem, repo)
+    }
+
+    /// Opens `mem` again, as a later command would.
+    fn reopen(mem: &Arc<MemoryBackend>) -> Repository {
+        Repository::open_with(mem.clone(), &|| Ok(Zeroizing::new(b"pass".to_vec()))).unwrap()
+    }
+
+    /// Stores `data` as one file through the ingest, as a backup does; returns its lists.
+    fn store_file(repo: &Repository, data: &[u8]) -> Vec<BlobRef> {
+        let mut ingest = super::super::ingest::Ingest::new(repo, 2, Box::new(|_| {}));
+        let node = ingest.file_from_bytes("f", data, 0o600, 0).unwrap();
+        ingest.finish().unwrap();
+        match node.kind {
+            super::super::tree::NodeKind::File { lists, .. } => lists,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// 8 KiB pages of rows that compress well, like PostgreSQL's; every fifth 64 KiB chunk
+    /// is zeros.
+    fn pages(n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n * 8192);
+        for p in 0..n {
+            if p / 8 % 5 == 2 {
+                out.extend_from_slice(&[0; 8192]);
+                continue;
+            }
+            let mut page = vec![b' '; 8192];
+            for (t, row) in page.chunks_mut(121).enumerate().skip(1) {
+                let text = format!("{}|{}|0|", p * 67 + t, p / 100 + 1);
+                row[..text.len()].copy_from_slice(text.as_bytes());
+            }
+            out.extend_from_slice(&page);
+        }
+        out
+    }
+
+    /// The stored bytes of a stored chunk, as in its pack.
+    fn stored(mem: &MemoryBackend, c: &Chunk) -> Vec<u8> {
+        let loc = c.loc.unwrap();
+        let pack = mem.get(&keys::pack(&loc.pack)).unwrap();
+        pack[loc.offset as usize..(loc.offset + loc.stored_len) as usize].to_vec()
+    }
+
+    fn is_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+        matches!(r, Err(StoreError::Corrupt { .. }))
+    }
+
+    #[test]
+    fn format_3_writes_crcs_in_version_2_lists_and_reads_both_ways() {
+        let data = pages(8 * 40);
+        for encrypted in [false, true] {
+            let (mem, repo) = repo_at(CRC_VERSION, encrypted);
+            assert!(repo.records_crcs());
+            let lists = store_file(&repo, &data);
+            let list = repo.read_blob(&lists[0].id, &lists[0].loc, lists[0].len);
+            assert_eq!(&list.unwrap()[..4], &[0xff; 4], "a version-2 list");
+            let chunks = repo.file_chunks(&lists).unwrap();
+            assert!(chunks.iter().any(|c| c.loc.is_none()), "a zero chunk too");
+            for c in chunks.iter().filter(|c| c.loc.is_some()) {
+                assert_eq!(c.crc, Some(crc32c::crc32c(&stored(&mem, c))));
+            }
+            for v in [Verification::Fast, Verification::Full] {
+                let again = reopen(&mem).with_verification(v);
+                assert_eq!(again.config.version, CRC_VERSION);
+                assert_eq!(again.read_chunks(&chunks).unwrap().concat(), data);
+                assert_eq!(again.read_file(&lists).unwrap(), data);
+                let one: Vec<u8> = chunks
+                    .iter()
+                    .flat_map(|c| again.read_chunk(c).unwrap())
+                    .collect();
+                assert_eq!(one, data);
+            }
+        }
+    }
+
+    #[test]
+    fn formats_1_and_2_still_open_and_keep_writing_version_1_lists() {
+        let data = pages(8 * 20);
+        for (version, encrypted) in [(VERSION, false), (ENCRYPTED_VERSION, true)] {
+            let (mem, repo) = repo_at(version, encrypted);
+            assert!(!repo.records_crcs());
+            let lists = store_file(&repo, &data);
+            let raw = repo
+                .read_blob(&lists[0].id, &lists[0].loc, lists[0].len)
+                .unwrap();
+            assert_ne!(
+                &raw[..4],
+                &[0xff; 4],
+                "a version-1 list: what older builds read"
+            );
+            let again = reopen(&mem);
+            assert_eq!(again.config.version, version);
+            let chunks = again.file_chunks(&lists).unwrap();
+            assert!(chunks.iter().all(|c| c.crc.is_none()));
+            assert_eq!(again.read_chunks(&chunks).unwrap().concat(), data);
+            // Without crcs, even Fast checks the id: a flipped byte is corruption.
+            let victim = chunks.iter().find(|c| c.loc.is_some()).unwrap();
+            let loc = victim.loc.unwrap();
+            mem.tamper(&keys::pack(&loc.pack), |b| b[loc.offset as usize + 5] ^= 4);
+            assert!(is_corrupt(again.read_chunk(victim)));
+        }
+        // A version 3 config that says it is encrypted must be (and 2 must be encrypted).
+        let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let config = br#"{"version": 2, "id": "0", "chunk_size": 65536, "compression_level": 3,
+            "pack_size": 1000, "created": "2026-12-04T00:00:00Z"}"#;
+        mem.put(keys::CONFIG, config).unwrap();
+        assert!(matches!(
+            Repository::open(mem),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_flipped_byte_is_corruption_in_fast_mode_never_bytes() {
+        let data = pages(8 * 4);
+        for encrypted in [false, true] {
+            let (mem, repo) = repo_at(CRC_VERSION, encrypted);
+            let chunks = repo.file_chunks(&store_file(&repo, &data)).unwrap();
+            let victim = chunks[3];
+            let loc = victim.loc.unwrap();
+            for at in [0, loc.stored_len / 2, loc.stored_len - 1] {
+                for bit in [0x01, 0x80] {
+                    let flip = |b: &mut Vec<u8>| b[(loc.offset + at) as usize] ^= bit;
+                    mem.tamper(&keys::pack(&loc.pack), flip);
+                    let fresh = reopen(&mem);
+                    assert!(is_corrupt(fresh.read_chunks(&chunks)), "flip at {at}");
+                    assert!(is_corrupt(fresh.read_chunk(&victim)), "flip at {at}");
+                    mem.tamper(&keys::pack(&loc.pack), flip);
+                }
+            }
+            assert_eq!(reopen(&mem).read_chunks(&chunks).unwrap().concat(), data);
+        }
+    }
+
+    /// Makes the crc32c of `bytes` `want` by changing their last 4 bytes: crc32c is affine
+    /// over GF(2), so 32 probes and an elimination find them. Anyone who can write the
+    /// repository can do this, which is why Full hashes the content.
+    fn force_crc(bytes: &mut [u8], want: u32) {
+        let n = bytes.len();
+        let crc_with = |b: &mut [u8], x: u32| {
+            b[n - 4..].copy_from_slice(&x.to_le_bytes());
+            crc32c::crc32c(b)
+        };
+        let base = crc_with(bytes, 0);
+        // basis[bit]: (effect on the crc, with that highest bit; the tail bits causing it).
+        let mut basis: [Option<(u32, u32)>; 32] = [None; 32];
+        for i in 0..32 {
+            let (mut effect, mut x) = (crc_with(bytes, 1 << i) ^ base, 1u32 << i);
+            for bit in (0..32).rev() {
+                if effect >> bit & 1 == 0 {
+                    continue;
+                }
+                match basis[bit] {
+                    None => {
+                        basis[bit] = Some((effect, x));
+                        break;
+                    }
+                    Some((e, v)) => (effect, x) = (effect ^ e, x ^ v),
+                }
+            }
+        }
+        let (mut need, mut x) = (want ^ base, 0);
+        for bit in (0..32).rev() {
+            if need >> bit & 1 == 0 {
+                continue;
+            }
+            let (e, v) = basis[bit].expect("the last 4 bytes reach every crc");
+            (need, x) = (need ^ e, x ^ v);
+        }
+        assert_eq!(crc_with(bytes, x), want);
+    }
+
+    /// The threat model, as a test: stored bytes replaced by other valid bytes with the same
+    /// crc32c pass Fast (no hash) but not Full; in an encrypted repository the AEAD tag
+    /// refuses them in either mode.
+    #[test]
+    fn full_catches_a_forged_chunk_that_fast_serves() {
+        let mut data = vec![0u8; 3 * 65536];
+        super::super::crypto::fill_random(&mut data);
+        for encrypted in [false, true] {
+            let (mem, repo) = repo_at(CRC_VERSION, encrypted);
+            let chunks = repo.file_chunks(&store_file(&repo, &data)).unwrap();
+            let victim = chunks[1];
+            let loc = victim.loc.unwrap();
+            let mut forged = stored(&mem, &victim);
+            if !encrypted {
+                assert_eq!(forged.len(), 65536, "random data is stored raw");
+            }
+            forged[100] ^= 0xff;
+            force_crc(&mut forged, victim.crc.unwrap());
+            mem.tamper(&keys::pack(&loc.pack), |b| {
+                b[loc.offset as usize..(loc.offset + loc.stored_len) as usize]
+                    .copy_from_slice(&forged)
+            });
+            let fast = reopen(&mem).read_chunks(&chunks);
+            if encrypted {
+                assert!(is_corrupt(fast), "the tag still authenticates");
+            } else {
+                let served = fast.unwrap().concat();
+                assert_ne!(served, data, "Fast cannot tell");
+                assert_eq!(served[65536 + 100], data[65536 + 100] ^ 0xff);
+            }
+            let full = reopen(&mem).with_verification(Verification::Full);
+            assert!(is_corrupt(full.read_chunks(&chunks)));
+            assert!(is_corrupt(full.read_chunk(&victim)));
+        }
+    }
+
     #[test]
     fn newer_format_is_refused() {
         let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
