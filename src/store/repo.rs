@@ -851,12 +851,12 @@ mod tests {
         }
     }
 
-    /// 8 KiB pages of rows that compress well, like PostgreSQL's; every fifth 64 KiB chunk
-    /// is zeros.
-    fn pages(n: usize) -> Vec<u8> {
+    /// 8 KiB pages of rows that compress well, like PostgreSQL's; with `zeros`, every fifth
+    /// 64 KiB chunk is zeros.
+    fn pages(n: usize, zeros: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(n * 8192);
         for p in 0..n {
-            if p / 8 % 5 == 2 {
+            if zeros && p / 8 % 5 == 2 {
                 out.extend_from_slice(&[0; 8192]);
                 continue;
             }
@@ -883,7 +883,7 @@ mod tests {
 
     #[test]
     fn format_3_writes_crcs_in_version_2_lists_and_reads_both_ways() {
-        let data = pages(8 * 40);
+        let data = pages(8 * 40, true);
         for encrypted in [false, true] {
             let (mem, repo) = repo_at(CRC_VERSION, encrypted);
             assert!(repo.records_crcs());
@@ -911,7 +911,7 @@ mod tests {
 
     #[test]
     fn formats_1_and_2_still_open_and_keep_writing_version_1_lists() {
-        let data = pages(8 * 20);
+        let data = pages(8 * 20, true);
         for (version, encrypted) in [(VERSION, false), (ENCRYPTED_VERSION, true)] {
             let (mem, repo) = repo_at(version, encrypted);
             assert!(!repo.records_crcs());
@@ -948,7 +948,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_is_corruption_in_fast_mode_never_bytes() {
-        let data = pages(8 * 4);
+        let data = pages(8 * 4, true);
         for encrypted in [false, true] {
             let (mem, repo) = repo_at(CRC_VERSION, encrypted);
             let chunks = repo.file_chunks(&store_file(&repo, &data)).unwrap();
@@ -1039,6 +1039,56 @@ mod tests {
             let full = reopen(&mem).with_verification(Verification::Full);
             assert!(is_corrupt(full.read_chunks(&chunks)));
             assert!(is_corrupt(full.read_chunk(&victim)));
+        }
+    }
+
+    /// CPU time of `read_chunks` over a 1 GiB file of compressible pages, in batches of 64
+    /// chunks as restore reads them: Full (what every read cost before crcs) against Fast,
+    /// plain and encrypted. Run with
+    /// `cargo test --lib read_cost_per_gib -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn read_cost_per_gib() {
+        fn thread_cpu() -> f64 {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: t is a valid timespec to write to.
+            assert_eq!(
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) },
+                0
+            );
+            t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+        }
+        let data = pages(1 << 17, false);
+        for encrypted in [false, true] {
+            let (mem, repo) = repo_at(CRC_VERSION, encrypted);
+            let chunks = repo.file_chunks(&store_file(&repo, &data)).unwrap();
+            let stored: u64 = chunks
+                .iter()
+                .filter_map(|c| c.loc)
+                .map(|l| l.stored_len as u64)
+                .sum();
+            for v in [Verification::Full, Verification::Fast] {
+                let r = reopen(&mem).with_verification(v);
+                let mut runs: Vec<f64> = (0..3)
+                    .map(|_| {
+                        let start = thread_cpu();
+                        for batch in chunks.chunks(64) {
+                            std::hint::black_box(r.read_chunks(batch).unwrap());
+                        }
+                        thread_cpu() - start
+                    })
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                eprintln!(
+                    "{} {v:?}: {:.3} CPU-s per GiB (runs {runs:.3?}; {} MiB stored)",
+                    if encrypted { "encrypted" } else { "plain" },
+                    runs[1],
+                    stored >> 20
+                );
+            }
         }
     }
 
