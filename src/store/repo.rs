@@ -851,21 +851,37 @@ mod tests {
         }
     }
 
-    /// 8 KiB pages of rows that compress well, like PostgreSQL's; with `zeros`, every fifth
-    /// 64 KiB chunk is zeros.
+    /// `n` 8 KiB pages laid out like pgbench_accounts' (page header, line pointers, 61 rows
+    /// of aid, bid, abalance and 84 blanks each); with `zeros`, every fifth 64 KiB chunk is
+    /// zeros.
     fn pages(n: usize, zeros: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n * 8192);
-        for p in 0..n {
+        const ROWS: usize = 61;
+        const ROW: usize = 121;
+        let mut out = vec![0u8; n * 8192];
+        for (p, page) in out.chunks_mut(8192).enumerate() {
             if zeros && p / 8 % 5 == 2 {
-                out.extend_from_slice(&[0; 8192]);
                 continue;
             }
-            let mut page = vec![b' '; 8192];
-            for (t, row) in page.chunks_mut(121).enumerate().skip(1) {
-                let text = format!("{}|{}|0|", p * 67 + t, p / 100 + 1);
-                row[..text.len()].copy_from_slice(text.as_bytes());
+            let put =
+                |page: &mut [u8], at: usize, v: &[u8]| page[at..at + v.len()].copy_from_slice(v);
+            put(page, 0, &(0x1_0000_0000 + p as u64 * 977).to_le_bytes());
+            put(page, 12, &(24 + 4 * ROWS as u16).to_le_bytes());
+            put(page, 14, &(8192 - 128 * ROWS as u16).to_le_bytes());
+            put(page, 16, &0x2004u32.to_le_bytes());
+            for r in 0..ROWS {
+                let at = 8192 - 128 * (r + 1);
+                let pointer = at as u32 | 1 << 15 | (ROW as u32) << 17;
+                put(page, 24 + 4 * r, &pointer.to_le_bytes());
+                let aid = (p * ROWS + r + 1) as u32;
+                put(page, at, &735u32.to_le_bytes());
+                put(page, at + 12, &(p as u32).to_be_bytes());
+                put(page, at + 16, &(r as u16 + 1).to_le_bytes());
+                put(page, at + 18, &[4, 0, 2, 9, 24]);
+                put(page, at + 24, &aid.to_le_bytes());
+                put(page, at + 28, &(aid / 100_000 + 1).to_le_bytes());
+                page[at + 36] = (85 << 1) | 1;
+                page[at + 37..at + ROW].fill(b' ');
             }
-            out.extend_from_slice(&page);
         }
         out
     }
