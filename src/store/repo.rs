@@ -899,7 +899,9 @@ mod tests {
 
     #[test]
     fn format_3_writes_crcs_in_version_2_lists_and_reads_both_ways() {
-        let data = pages(8 * 40, true);
+        let mut data = pages(8 * 40, true);
+        // A repeated chunk: the second is found stored earlier in the run, crc and all.
+        data.extend_from_within(..65536);
         for encrypted in [false, true] {
             let (mem, repo) = repo_at(CRC_VERSION, encrypted);
             assert!(repo.records_crcs());
@@ -911,6 +913,7 @@ mod tests {
             for c in chunks.iter().filter(|c| c.loc.is_some()) {
                 assert_eq!(c.crc, Some(crc32c::crc32c(&stored(&mem, c))));
             }
+            assert_eq!(chunks.last(), chunks.first());
             for v in [Verification::Fast, Verification::Full] {
                 let again = reopen(&mem).with_verification(v);
                 assert_eq!(again.config.version, CRC_VERSION);
