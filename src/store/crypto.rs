@@ -92,7 +92,8 @@ impl Crypto {
         })))
     }
 
-    /// Whether this repository encrypts (format 2), as opposed to only authenticating by digest.
+    /// Whether this repository encrypts (format 2, or 3 with `encryption`), as opposed to only
+    /// authenticating by digest.
     pub fn is_encrypted(&self) -> bool {
         self.0.is_some()
     }

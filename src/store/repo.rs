@@ -82,7 +82,7 @@ pub enum Verification {
     Fast,
     /// The content's SHA-256 (keyed HMAC in an encrypted repository) against the chunk's id:
     /// also catches stored bytes forged by someone who can write the repository (for
-    /// `check --read-data` and `verify --full`).
+    /// `verify --full`; `check --read-data` hashes whole packs on its own).
     Full,
 }
 
