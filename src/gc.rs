@@ -803,6 +803,7 @@ mod tests {
                     id: r.id,
                     len: r.len,
                     loc: Some(r.loc),
+                    crc: None,
                 }
             })
             .collect();
@@ -915,6 +916,7 @@ mod tests {
                                 id: fresh.id,
                                 len: fresh.len,
                                 loc: Some(fresh.loc),
+                                crc: None,
                             }]),
                         )
                         .unwrap()],
@@ -1042,6 +1044,7 @@ mod tests {
             id: c.id,
             len: c.len,
             loc: Some(c.loc),
+            crc: None,
         };
         let list = meta
             .add_blob(BlobType::ChunkList, &encode_chunk_list(&[chunk]))

@@ -15,7 +15,7 @@ use crate::session::plan::Latest;
 use crate::session::{self, CacheOptions, Request, Session, ViewSettings};
 use crate::store::backend::RequestCounts;
 use crate::store::diskcache::CacheCounts;
-use crate::store::Repository;
+use crate::store::{Repository, Verification};
 use crate::verified::{self, Decision, Digests, Record, Sizes};
 use crate::view::Owner;
 use serde::Serialize;
@@ -406,7 +406,11 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
     let work = Workspace::create(owner)?;
     let started = Instant::now();
     let session = Session::open(
-        repo,
+        // `--full` also hashes every chunk it reads; incremental runs check their crcs.
+        repo.with_verification(match opts.full {
+            true => Verification::Full,
+            false => Verification::Fast,
+        }),
         Request {
             command: "verify",
             repo_spec: opts.repo_spec.clone(),

@@ -622,6 +622,7 @@ mod tests {
                     id: r.id,
                     len: r.len,
                     loc: Some(r.loc),
+                    crc: None,
                 }
             })
             .collect();

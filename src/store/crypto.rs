@@ -92,7 +92,8 @@ impl Crypto {
         })))
     }
 
-    /// Whether this repository encrypts (format 2), as opposed to only authenticating by digest.
+    /// Whether this repository encrypts (format 2, or 3 with `encryption`), as opposed to only
+    /// authenticating by digest.
     pub fn is_encrypted(&self) -> bool {
         self.0.is_some()
     }
@@ -131,10 +132,7 @@ impl Crypto {
         let Some(k) = &self.0 else {
             return pack::decode_blob(stored, len, id, pack);
         };
-        let body = decrypt(&k.cipher, stored, &id.0).ok_or_else(|| {
-            StoreError::corrupt(pack, format!("blob {id}: authentication failed"))
-        })?;
-        let data = pack::decompress_blob(&body, len, id, pack)?;
+        let data = pack::decompress_blob(&open_blob(k, stored, id, pack)?, len, id, pack)?;
         if self.id(&data) != *id {
             return Err(StoreError::corrupt(
                 pack,
@@ -142,6 +140,31 @@ impl Crypto {
             ));
         }
         Ok(data)
+    }
+
+    /// The blob's bytes, checked cheaply: the crc32c of its stored bytes against `crc` (what
+    /// its chunk list recorded), decrypted in an encrypted repository (which authenticates
+    /// them), decompressed and its length checked, but not hashed. That catches accidental
+    /// damage, not a forger who can also write the crc: see repository-format.md, "Threat
+    /// model".
+    pub fn decode_blob_crc(
+        &self,
+        stored: &[u8],
+        len: u32,
+        id: &BlobId,
+        crc: u32,
+        pack: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        if crc32c::crc32c(stored) != crc {
+            return Err(StoreError::corrupt(
+                pack,
+                format!("blob {id}: crc32c mismatch"),
+            ));
+        }
+        match &self.0 {
+            None => pack::decompress_blob(stored, len, id, pack),
+            Some(k) => pack::decompress_blob(&open_blob(k, stored, id, pack)?, len, id, pack),
+        }
     }
 
     /// Bytes encryption adds to a pack's entry table.
@@ -228,6 +251,12 @@ impl Sealer {
     pub fn seal(&self, name: &str, payload: &[u8]) -> Vec<u8> {
         self.crypto.seal(name, payload, self.level)
     }
+}
+
+/// A stored blob's body, decrypted and authenticated against its id.
+fn open_blob(k: &Keys, stored: &[u8], id: &BlobId, pack: &str) -> Result<Vec<u8>, StoreError> {
+    decrypt(&k.cipher, stored, &id.0)
+        .ok_or_else(|| StoreError::corrupt(pack, format!("blob {id}: authentication failed")))
 }
 
 fn table_aad(pack: &str) -> Vec<u8> {

@@ -3,8 +3,8 @@
 //! Mounts and `verify` of an S3 repository read the same chunks again and again, across
 //! processes and days; this keeps them on local disk. Blobs are kept exactly as stored in the
 //! pack (compressed), one file per blob named by its id, and every hit is decoded and verified
-//! against the id like a read from the repository, so a damaged cache file is dropped and
-//! fetched again, never served.
+//! like a read from the repository (against the crc its chunk list recorded, or its id), so a
+//! damaged cache file is dropped and fetched again, never served.
 //!
 //! The size limit is enforced per process (several processes sharing a directory may each
 //! overshoot it briefly) by evicting the least recently used files: a hit touches the file's
@@ -71,15 +71,25 @@ impl DiskCache {
         self.dir.join(&hex[..2]).join(hex)
     }
 
-    /// The blob's verified bytes, if cached and intact. Stored bytes are kept as the
+    /// The blob's verified bytes, if cached and intact: checked against `crc` if given (the
+    /// fast check, see `Verification`), else against its id. Stored bytes are kept as the
     /// repository stores them: ciphertext for an encrypted one.
-    pub fn get(&self, id: &BlobId, len: u32, crypto: &Crypto) -> Option<Vec<u8>> {
+    pub fn get(&self, id: &BlobId, len: u32, crc: Option<u32>, crypto: &Crypto) -> Option<Vec<u8>> {
         let path = self.path(id);
         let Ok(stored) = fs::read(&path) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        match crypto.decode_blob(&stored, len, id, "disk cache") {
+        const WHERE: &str = "disk cache";
+        let decoded = match crc {
+            // The file may hold another stored copy of the same blob (encrypted with another
+            // nonce), whose crc differs: then its id decides.
+            Some(crc) => crypto
+                .decode_blob_crc(&stored, len, id, crc, WHERE)
+                .or_else(|_| crypto.decode_blob(&stored, len, id, WHERE)),
+            None => crypto.decode_blob(&stored, len, id, WHERE),
+        };
+        match decoded {
             Ok(data) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 // Recency for eviction; a failure only makes eviction less exact.
@@ -211,10 +221,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(&dir.path().join("c"), 1 << 20).unwrap();
         let (id, data) = blob(1);
-        assert_eq!(cache.get(&id, 1000, &Crypto::default()), None);
+        assert_eq!(cache.get(&id, 1000, None, &Crypto::default()), None);
         cache.put(&id, &data);
         assert_eq!(
-            cache.get(&id, 1000, &Crypto::default()).as_deref(),
+            cache.get(&id, 1000, None, &Crypto::default()).as_deref(),
             Some(&data[..])
         );
 
@@ -227,13 +237,33 @@ mod tests {
         damaged[10] ^= 1;
         fs::write(&path, &damaged).unwrap();
         assert_eq!(
-            cache.get(&id, 1000, &Crypto::default()),
+            cache.get(&id, 1000, None, &Crypto::default()),
             None,
             "a damaged file is never served"
         );
         assert!(!path.exists(), "and it is dropped");
         assert_eq!(cache.counts().hits, 1);
         assert_eq!(cache.counts().misses, 2);
+    }
+
+    /// With the crc of a chunk list: the crc checks the file, without hashing it.
+    #[test]
+    fn checks_the_crc_a_chunk_list_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let plain = Crypto::default();
+        let (id, data) = blob(1);
+        let crc = crc32c::crc32c(&data);
+        cache.put(&id, &data);
+        assert_eq!(cache.get(&id, 1000, Some(crc), &plain), Some(data.clone()));
+        // Another stored copy of the same blob (another crc) is still served: by its id.
+        assert_eq!(cache.get(&id, 1000, Some(!crc), &plain), Some(data.clone()));
+        // Damage fails both checks: dropped, never served.
+        let mut damaged = data.clone();
+        damaged[999] ^= 0x80;
+        fs::write(cache.path(&id), &damaged).unwrap();
+        assert_eq!(cache.get(&id, 1000, Some(crc), &plain), None);
+        assert!(!cache.path(&id).exists());
     }
 
     #[test]
@@ -252,7 +282,9 @@ mod tests {
                 .set_modified(old)
                 .unwrap();
         }
-        assert!(cache.get(&blobs[0].0, 1000, &Crypto::default()).is_some());
+        assert!(cache
+            .get(&blobs[0].0, 1000, None, &Crypto::default())
+            .is_some());
         let (id3, data3) = blob(3);
         cache.put(&id3, &data3);
         let present: Vec<bool> = blobs

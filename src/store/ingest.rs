@@ -120,10 +120,14 @@ pub enum IngestError {
     },
 }
 
-type Known = Arc<Mutex<HashMap<BlobId, Loc>>>;
+/// Where a blob stored in this run is, with the crc32c of its stored bytes when it is a
+/// chunk and the repository records crcs (see `Chunk::crc`).
+type Placed = (Loc, Option<u32>);
+
+type Known = Arc<Mutex<HashMap<BlobId, Placed>>>;
 
 /// The map stays valid if a worker panicked holding it: workers only look up.
-fn lock(known: &Known) -> MutexGuard<'_, HashMap<BlobId, Loc>> {
+fn lock(known: &Known) -> MutexGuard<'_, HashMap<BlobId, Placed>> {
     known.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -131,7 +135,7 @@ enum Outcome {
     Zero,
     /// Equal to the parent's chunk at the same position.
     Same,
-    Known(BlobId, Loc),
+    Known(BlobId, Placed),
     New {
         id: BlobId,
         stored: Vec<u8>,
@@ -153,7 +157,7 @@ fn work(job: Job, known: &Known, crypto: &Crypto, level: i32) {
         let hit = lock(known).get(&id).copied();
         match hit {
             _ if job.expect == Some(id) => Outcome::Same,
-            Some(loc) => Outcome::Known(id, loc),
+            Some(placed) => Outcome::Known(id, placed),
             None => Outcome::New {
                 id,
                 stored: crypto.encode_blob(&id, data, level),
@@ -240,7 +244,7 @@ impl<'r> Ingest<'r> {
         if let Some(p) = parent.filter(|p| p.id == id) {
             return Ok(*p);
         }
-        if let Some(loc) = lock(&self.known).get(&id) {
+        if let Some((loc, _)) = lock(&self.known).get(&id) {
             return Ok(BlobRef {
                 id,
                 loc: *loc,
@@ -248,7 +252,7 @@ impl<'r> Ingest<'r> {
             });
         }
         let r = self.meta_packer.add_blob(kind, data)?;
-        lock(&self.known).insert(id, r.loc);
+        lock(&self.known).insert(id, (r.loc, None));
         Ok(r)
     }
 
@@ -265,36 +269,40 @@ impl<'r> Ingest<'r> {
                     id: BlobId::default(),
                     len,
                     loc: None,
+                    crc: None,
                 }
             }
             Outcome::Same => {
                 self.stats.chunks_reused += 1;
                 *parent.expect("Same only when the parent has a chunk here")
             }
-            Outcome::Known(id, loc) => {
+            Outcome::Known(id, (loc, crc)) => {
                 self.stats.chunks_reused += 1;
                 Chunk {
                     id,
                     len,
                     loc: Some(loc),
+                    crc,
                 }
             }
             Outcome::New { id, stored } => {
                 let hit = lock(&self.known).get(&id).copied();
-                let loc = match hit {
+                let (loc, crc) = match hit {
                     // Another worker stored the same chunk while this one compressed it.
-                    Some(loc) => loc,
+                    Some(placed) => placed,
                     None => {
                         let loc = self.packer.add(id, BlobType::Data, &stored, len)?;
-                        lock(&self.known).insert(id, loc);
+                        let crc = self.repo.records_crcs().then(|| crc32c::crc32c(&stored));
+                        lock(&self.known).insert(id, (loc, crc));
                         self.stats.chunks_new += 1;
-                        loc
+                        (loc, crc)
                     }
                 };
                 Chunk {
                     id,
                     len,
                     loc: Some(loc),
+                    crc,
                 }
             }
         })

@@ -25,7 +25,7 @@ pub use backend::{Backend, BackendError};
 pub use id::{BlobId, PackId};
 pub use objects::PackListing;
 pub use packer::{random_id, Packer};
-pub use repo::{open_backend, Config, Repository, MAX_CHUNK_SIZE};
+pub use repo::{open_backend, Config, Repository, Verification, MAX_CHUNK_SIZE};
 
 /// Errors of the chunk store.
 #[derive(Debug, thiserror::Error)]

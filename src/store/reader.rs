@@ -182,6 +182,7 @@ mod tests {
                 id: r.id,
                 len: r.len,
                 loc: Some(r.loc),
+                crc: None,
             });
             content.extend_from_slice(&data);
         }
@@ -189,6 +190,7 @@ mod tests {
             id: BlobId::default(),
             len: 100,
             loc: None,
+            crc: None,
         });
         content.extend_from_slice(&[0; 100]);
         let list = packer

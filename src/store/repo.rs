@@ -15,11 +15,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
-/// The repository format version of plain repositories.
+/// The repository format version of plain repositories made before format 3.
 pub const VERSION: u32 = 1;
-/// The format version of encrypted repositories: older builds refuse them instead of
-/// misreading (or writing plaintext into) them.
+/// The format version of encrypted repositories made before format 3: older builds refuse
+/// them instead of misreading (or writing plaintext into) them.
 pub const ENCRYPTED_VERSION: u32 = 2;
+/// The format version `init` writes, plain or encrypted (its `encryption` field says): chunk
+/// lists of version 2, with a crc32c of every chunk's stored bytes. Repositories of versions
+/// 1 and 2 keep writing version-1 lists, which the builds that made them read.
+pub const CRC_VERSION: u32 = 3;
 
 /// The largest chunk a repository may be created with.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
@@ -30,7 +34,8 @@ pub type Secret<'a> = &'a dyn Fn() -> Result<Zeroizing<Vec<u8>>, StoreError>;
 /// The `config` object: plain JSON, so the version can be read before anything else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
-    /// The format version: `VERSION`, or `ENCRYPTED_VERSION` for an encrypted repository.
+    /// The format version: `CRC_VERSION`; older repositories `VERSION`, or
+    /// `ENCRYPTED_VERSION` for an encrypted one.
     pub version: u32,
     /// A random id of 16 hex digits, chosen at `init`; it tells repositories apart.
     pub id: String,
@@ -42,7 +47,7 @@ pub struct Config {
     pub pack_size: u32,
     /// When the repository was created.
     pub created: DateTime<Utc>,
-    /// Present in encrypted repositories (version 2) only.
+    /// Present in encrypted repositories (version 2, or 3 when encrypted) only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
 }
@@ -66,6 +71,21 @@ impl Encryption {
     }
 }
 
+/// How much a read of a data chunk checks (trees, chunk lists, sealed objects and chunks
+/// of lists without crcs are always checked in full).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verification {
+    /// The crc32c of the stored bytes that the chunk list recorded, the AEAD tag in an
+    /// encrypted repository, and the decompressed length: catches accidental damage at a
+    /// fraction of the cost of a hash.
+    #[default]
+    Fast,
+    /// The content's SHA-256 (keyed HMAC in an encrypted repository) against the chunk's id:
+    /// also catches stored bytes forged by someone who can write the repository (for
+    /// `verify --full`; `check --read-data` hashes whole packs on its own).
+    Full,
+}
+
 /// What opened an encrypted repository: needed to add key slots.
 struct Unlocked {
     master: Zeroizing<[u8; 32]>,
@@ -86,6 +106,7 @@ pub struct Repository {
     disk_cache: Option<DiskCache>,
     /// Recently read stretches of metadata packs, most recent first.
     meta_windows: Mutex<VecDeque<MetaWindow>>,
+    verification: Verification,
 }
 
 /// Backups write a snapshot's trees and chunk lists into packs of their own, in the order a
@@ -122,7 +143,7 @@ impl Repository {
         chunk_size: u32,
         compression_level: i32,
     ) -> Result<Repository, StoreError> {
-        Repository::create(backend, chunk_size, compression_level, None)
+        Repository::create(backend, chunk_size, compression_level, None, CRC_VERSION)
     }
 
     /// Creates an encrypted repository whose first key slot opens with `passphrase`.
@@ -137,14 +158,17 @@ impl Repository {
             chunk_size,
             compression_level,
             Some((passphrase, Kdf::new_slot())),
+            CRC_VERSION,
         )
     }
 
+    /// `version` is `CRC_VERSION`, or an older one in tests of repositories made before it.
     fn create(
         backend: Arc<dyn Backend>,
         chunk_size: u32,
         compression_level: i32,
         encrypt: Option<(&[u8], Kdf)>,
+        version: u32,
     ) -> Result<Repository, StoreError> {
         // What chunk sizes suit the data is the caller's business (`catalog::chunk_size`).
         if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
@@ -163,11 +187,7 @@ impl Repository {
             });
         }
         let config = Config {
-            version: if encrypt.is_some() {
-                ENCRYPTED_VERSION
-            } else {
-                VERSION
-            },
+            version,
             id: super::random_id().to_hex()[..16].to_string(),
             chunk_size,
             compression_level,
@@ -201,6 +221,7 @@ impl Repository {
             unlocked: None,
             disk_cache: None,
             meta_windows: Mutex::default(),
+            verification: Verification::default(),
         }
     }
 
@@ -226,17 +247,22 @@ impl Repository {
         }
         let v: Versioned = serde_json::from_slice(&raw)
             .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
-        if v.version != VERSION && v.version != ENCRYPTED_VERSION {
+        if ![VERSION, ENCRYPTED_VERSION, CRC_VERSION].contains(&v.version) {
             return Err(StoreError::Version {
                 location: backend.location(),
                 found: v.version,
-                supported: ENCRYPTED_VERSION,
+                supported: CRC_VERSION,
             });
         }
         let config: Config = serde_json::from_slice(&raw)
             .map_err(|e| StoreError::corrupt(keys::CONFIG, e.to_string()))?;
-        let encrypted = config.version == ENCRYPTED_VERSION;
-        if encrypted != config.encryption.is_some()
+        let encrypted = config.encryption.is_some();
+        let version_says = match config.version {
+            VERSION => Some(false),
+            ENCRYPTED_VERSION => Some(true),
+            _ => None,
+        };
+        if version_says.is_some_and(|e| e != encrypted)
             || config
                 .encryption
                 .as_ref()
@@ -270,6 +296,18 @@ impl Repository {
     /// How this repository stores blobs and sealed objects.
     pub fn crypto(&self) -> &Crypto {
         &self.crypto
+    }
+
+    /// Whether chunks written to this repository record the crc32c of their stored bytes
+    /// (format 3), so their lists are written in version 2.
+    pub fn records_crcs(&self) -> bool {
+        self.config.version >= CRC_VERSION
+    }
+
+    /// Checks data chunks as `verification` says from now on (`Fast` by default).
+    pub fn with_verification(mut self, verification: Verification) -> Repository {
+        self.verification = verification;
+        self
     }
 
     /// The key slots of an encrypted repository, by id. An unreadable slot is corruption.
@@ -344,10 +382,22 @@ impl Repository {
 
     /// Reads one blob and verifies it against its id.
     pub fn read_blob(&self, id: &BlobId, loc: &Loc, len: u32) -> Result<Vec<u8>, StoreError> {
+        self.read_stored(id, loc, len, None)
+    }
+
+    /// Reads one blob, checked against `crc` (in `Fast` mode) or its id.
+    fn read_stored(
+        &self,
+        id: &BlobId,
+        loc: &Loc,
+        len: u32,
+        crc: Option<u32>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let crc = self.fast(crc);
         if let Some(data) = self
             .disk_cache
             .as_ref()
-            .and_then(|c| c.get(id, len, &self.crypto))
+            .and_then(|c| c.get(id, len, crc, &self.crypto))
         {
             return Ok(data);
         }
@@ -358,18 +408,28 @@ impl Repository {
         if stored.len() != loc.stored_len as usize {
             return Err(StoreError::corrupt(&key, format!("blob {id} is truncated")));
         }
-        self.decode(&stored, len, id, &key)
+        self.decode(&stored, len, id, crc, &key)
     }
 
-    /// Verifies a stored blob and keeps it in the disk cache.
+    /// The crc to check a chunk with instead of its id: its own in `Fast` mode, if it has one.
+    fn fast(&self, crc: Option<u32>) -> Option<u32> {
+        crc.filter(|_| self.verification == Verification::Fast)
+    }
+
+    /// Verifies a stored blob, by its crc if given (see [`Repository::fast`]) or else by its
+    /// id, and keeps it in the disk cache.
     fn decode(
         &self,
         stored: &[u8],
         len: u32,
         id: &BlobId,
+        crc: Option<u32>,
         key: &str,
     ) -> Result<Vec<u8>, StoreError> {
-        let data = self.crypto.decode_blob(stored, len, id, key)?;
+        let data = match crc {
+            Some(crc) => self.crypto.decode_blob_crc(stored, len, id, crc, key)?,
+            None => self.crypto.decode_blob(stored, len, id, key)?,
+        };
         if let Some(cache) = &self.disk_cache {
             cache.put(id, stored);
         }
@@ -380,7 +440,7 @@ impl Repository {
     pub fn read_chunk(&self, c: &Chunk) -> Result<Vec<u8>, StoreError> {
         match &c.loc {
             None => Ok(vec![0; c.len as usize]),
-            Some(loc) => self.read_blob(&c.id, loc, c.len),
+            Some(loc) => self.read_stored(&c.id, loc, c.len, c.crc),
         }
     }
 
@@ -396,7 +456,7 @@ impl Repository {
                 Some(_) => self
                     .disk_cache
                     .as_ref()
-                    .and_then(|d| d.get(&c.id, c.len, &self.crypto)),
+                    .and_then(|d| d.get(&c.id, c.len, self.fast(c.crc), &self.crypto)),
             })
             .collect();
         let mut i = 0;
@@ -428,7 +488,7 @@ impl Repository {
                 let stored = span.get(at..at + loc.stored_len as usize).ok_or_else(|| {
                     StoreError::corrupt(&key, format!("blob {} is truncated", c.id))
                 })?;
-                *slot = Some(self.decode(stored, c.len, &c.id, &key)?);
+                *slot = Some(self.decode(stored, c.len, &c.id, self.fast(c.crc), &key)?);
             }
             i = j;
         }
@@ -443,7 +503,7 @@ impl Repository {
         if let Some(data) = self
             .disk_cache
             .as_ref()
-            .and_then(|c| c.get(&r.id, r.len, &self.crypto))
+            .and_then(|c| c.get(&r.id, r.len, None, &self.crypto))
         {
             return Ok(data);
         }
@@ -479,7 +539,7 @@ impl Repository {
         let stored = data
             .get(at..at + len as usize)
             .ok_or_else(|| StoreError::corrupt(&key, format!("blob {} is truncated", r.id)))?;
-        self.decode(stored, r.len, &r.id, &key)
+        self.decode(stored, r.len, &r.id, None, &key)
     }
 
     /// A directory's tree blob, read through the metadata windows and verified.
@@ -660,6 +720,7 @@ mod tests {
                 Chunk {
                     id: r.id,
                     loc: Some(r.loc),
+                    crc: None,
                     len: r.len,
                 }
             })
@@ -693,6 +754,7 @@ mod tests {
                     id: BlobId::of(&n.to_le_bytes()),
                     len: 8192,
                     loc: None,
+                    crc: None,
                 }];
                 let data = super::super::tree::encode_chunk_list(&chunks);
                 (packer.add_blob(BlobType::ChunkList, &data).unwrap(), chunks)
@@ -726,9 +788,10 @@ mod tests {
             65536,
             3,
             Some((b"pass", super::super::key::cheap_kdf())),
+            CRC_VERSION,
         )
         .unwrap();
-        assert_eq!(repo.config.version, ENCRYPTED_VERSION);
+        assert_eq!(repo.config.version, CRC_VERSION);
         let mut packer = Packer::new(&repo, 1 << 20);
         let blob = b"row".repeat(1000);
         let r = packer.add_blob(BlobType::Data, &blob).unwrap();
@@ -762,6 +825,297 @@ mod tests {
         other.remove_key(&first).unwrap();
         assert!(Repository::open_with(mem.clone(), &pass(b"pass")).is_err());
         assert_eq!(other.get_sealed("systems/1").unwrap(), b"secret label");
+    }
+
+    /// A repository of format `version`, encrypted or not (cheap key derivation).
+    fn repo_at(version: u32, encrypted: bool) -> (Arc<MemoryBackend>, Repository) {
+        let mem = Arc::new(MemoryBackend::default());
+        let encrypt = encrypted.then(|| (b"pass".as_slice(), super::super::key::cheap_kdf()));
+        let repo = Repository::create(mem.clone(), 65536, 3, encrypt, version).unwrap();
+        (mem, repo)
+    }
+
+    /// Opens `mem` again, as a later command would.
+    fn reopen(mem: &Arc<MemoryBackend>) -> Repository {
+        Repository::open_with(mem.clone(), &|| Ok(Zeroizing::new(b"pass".to_vec()))).unwrap()
+    }
+
+    /// Stores `data` as one file through the ingest, as a backup does; returns its lists.
+    fn store_file(repo: &Repository, data: &[u8]) -> Vec<BlobRef> {
+        let mut ingest = super::super::ingest::Ingest::new(repo, 2, Box::new(|_| {}));
+        let node = ingest.file_from_bytes("f", data, 0o600, 0).unwrap();
+        ingest.finish().unwrap();
+        match node.kind {
+            super::super::tree::NodeKind::File { lists, .. } => lists,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `n` 8 KiB pages laid out like pgbench_accounts' (page header, line pointers, 61 rows
+    /// of aid, bid, abalance and 84 blanks each); with `zeros`, every fifth 64 KiB chunk is
+    /// zeros.
+    fn pages(n: usize, zeros: bool) -> Vec<u8> {
+        const ROWS: usize = 61;
+        const ROW: usize = 121;
+        let mut out = vec![0u8; n * 8192];
+        for (p, page) in out.chunks_mut(8192).enumerate() {
+            if zeros && p / 8 % 5 == 2 {
+                continue;
+            }
+            let put =
+                |page: &mut [u8], at: usize, v: &[u8]| page[at..at + v.len()].copy_from_slice(v);
+            put(page, 0, &(0x1_0000_0000 + p as u64 * 977).to_le_bytes());
+            put(page, 12, &(24 + 4 * ROWS as u16).to_le_bytes());
+            put(page, 14, &(8192 - 128 * ROWS as u16).to_le_bytes());
+            put(page, 16, &0x2004u32.to_le_bytes());
+            for r in 0..ROWS {
+                let at = 8192 - 128 * (r + 1);
+                let pointer = at as u32 | 1 << 15 | (ROW as u32) << 17;
+                put(page, 24 + 4 * r, &pointer.to_le_bytes());
+                let aid = (p * ROWS + r + 1) as u32;
+                put(page, at, &735u32.to_le_bytes());
+                put(page, at + 12, &(p as u32).to_be_bytes());
+                put(page, at + 16, &(r as u16 + 1).to_le_bytes());
+                put(page, at + 18, &[4, 0, 2, 9, 24]);
+                put(page, at + 24, &aid.to_le_bytes());
+                put(page, at + 28, &(aid / 100_000 + 1).to_le_bytes());
+                page[at + 36] = (85 << 1) | 1;
+                page[at + 37..at + ROW].fill(b' ');
+            }
+        }
+        out
+    }
+
+    /// The stored bytes of a stored chunk, as in its pack.
+    fn stored(mem: &MemoryBackend, c: &Chunk) -> Vec<u8> {
+        let loc = c.loc.unwrap();
+        let pack = mem.get(&keys::pack(&loc.pack)).unwrap();
+        pack[loc.offset as usize..(loc.offset + loc.stored_len) as usize].to_vec()
+    }
+
+    fn is_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+        matches!(r, Err(StoreError::Corrupt { .. }))
+    }
+
+    #[test]
+    fn format_3_writes_crcs_in_version_2_lists_and_reads_both_ways() {
+        let mut data = pages(8 * 40, true);
+        // A repeated chunk: the second is found stored earlier in the run, crc and all.
+        data.extend_from_within(..65536);
+        for encrypted in [false, true] {
+            let (mem, repo) = repo_at(CRC_VERSION, encrypted);
+            assert!(repo.records_crcs());
+            let lists = store_file(&repo, &data);
+            let list = repo.read_blob(&lists[0].id, &lists[0].loc, lists[0].len);
+            assert_eq!(&list.unwrap()[..4], &[0xff; 4], "a version-2 list");
+            let chunks = repo.file_chunks(&lists).unwrap();
+            assert!(chunks.iter().any(|c| c.loc.is_none()), "a zero chunk too");
+            for c in chunks.iter().filter(|c| c.loc.is_some()) {
+                assert_eq!(c.crc, Some(crc32c::crc32c(&stored(&mem, c))));
+            }
+            assert_eq!(chunks.last(), chunks.first());
+            for v in [Verification::Fast, Verification::Full] {
+                let again = reopen(&mem).with_verification(v);
+                assert_eq!(again.config.version, CRC_VERSION);
+                assert_eq!(again.read_chunks(&chunks).unwrap().concat(), data);
+                assert_eq!(again.read_file(&lists).unwrap(), data);
+                let one: Vec<u8> = chunks
+                    .iter()
+                    .flat_map(|c| again.read_chunk(c).unwrap())
+                    .collect();
+                assert_eq!(one, data);
+            }
+        }
+    }
+
+    #[test]
+    fn formats_1_and_2_still_open_and_keep_writing_version_1_lists() {
+        let data = pages(8 * 20, true);
+        for (version, encrypted) in [(VERSION, false), (ENCRYPTED_VERSION, true)] {
+            let (mem, repo) = repo_at(version, encrypted);
+            assert!(!repo.records_crcs());
+            let lists = store_file(&repo, &data);
+            let raw = repo
+                .read_blob(&lists[0].id, &lists[0].loc, lists[0].len)
+                .unwrap();
+            assert_ne!(
+                &raw[..4],
+                &[0xff; 4],
+                "a version-1 list: what older builds read"
+            );
+            let again = reopen(&mem);
+            assert_eq!(again.config.version, version);
+            let chunks = again.file_chunks(&lists).unwrap();
+            assert!(chunks.iter().all(|c| c.crc.is_none()));
+            assert_eq!(again.read_chunks(&chunks).unwrap().concat(), data);
+            // Without crcs, even Fast checks the id: a flipped byte is corruption.
+            let victim = chunks.iter().find(|c| c.loc.is_some()).unwrap();
+            let loc = victim.loc.unwrap();
+            mem.tamper(&keys::pack(&loc.pack), |b| b[loc.offset as usize + 5] ^= 4);
+            assert!(is_corrupt(again.read_chunk(victim)));
+        }
+        // A version 3 config that says it is encrypted must be (and 2 must be encrypted).
+        let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let config = br#"{"version": 2, "id": "0", "chunk_size": 65536, "compression_level": 3,
+            "pack_size": 1000, "created": "2026-12-04T00:00:00Z"}"#;
+        mem.put(keys::CONFIG, config).unwrap();
+        assert!(matches!(
+            Repository::open(mem),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_flipped_byte_is_corruption_in_fast_mode_never_bytes() {
+        let data = pages(8 * 4, true);
+        for encrypted in [false, true] {
+            let (mem, repo) = repo_at(CRC_VERSION, encrypted);
+            let chunks = repo.file_chunks(&store_file(&repo, &data)).unwrap();
+            let victim = chunks[3];
+            let loc = victim.loc.unwrap();
+            for at in [0, loc.stored_len / 2, loc.stored_len - 1] {
+                for bit in [0x01, 0x80] {
+                    let flip = |b: &mut Vec<u8>| b[(loc.offset + at) as usize] ^= bit;
+                    mem.tamper(&keys::pack(&loc.pack), flip);
+                    let fresh = reopen(&mem);
+                    assert!(is_corrupt(fresh.read_chunks(&chunks)), "flip at {at}");
+                    assert!(is_corrupt(fresh.read_chunk(&victim)), "flip at {at}");
+                    mem.tamper(&keys::pack(&loc.pack), flip);
+                }
+            }
+            assert_eq!(reopen(&mem).read_chunks(&chunks).unwrap().concat(), data);
+        }
+    }
+
+    /// Makes the crc32c of `bytes` `want` by changing their last 4 bytes: crc32c is affine
+    /// over GF(2), so 32 probes and an elimination find them. Anyone who can write the
+    /// repository can do this, which is why Full hashes the content.
+    fn force_crc(bytes: &mut [u8], want: u32) {
+        let n = bytes.len();
+        let crc_with = |b: &mut [u8], x: u32| {
+            b[n - 4..].copy_from_slice(&x.to_le_bytes());
+            crc32c::crc32c(b)
+        };
+        let base = crc_with(bytes, 0);
+        // basis[bit]: (effect on the crc, with that highest bit; the tail bits causing it).
+        let mut basis: [Option<(u32, u32)>; 32] = [None; 32];
+        for i in 0..32 {
+            let (mut effect, mut x) = (crc_with(bytes, 1 << i) ^ base, 1u32 << i);
+            for bit in (0..32).rev() {
+                if effect >> bit & 1 == 0 {
+                    continue;
+                }
+                match basis[bit] {
+                    None => {
+                        basis[bit] = Some((effect, x));
+                        break;
+                    }
+                    Some((e, v)) => (effect, x) = (effect ^ e, x ^ v),
+                }
+            }
+        }
+        let (mut need, mut x) = (want ^ base, 0);
+        for bit in (0..32).rev() {
+            if need >> bit & 1 == 0 {
+                continue;
+            }
+            let (e, v) = basis[bit].expect("the last 4 bytes reach every crc");
+            (need, x) = (need ^ e, x ^ v);
+        }
+        assert_eq!(crc_with(bytes, x), want);
+    }
+
+    /// The threat model, as a test: stored bytes replaced by other valid bytes with the same
+    /// crc32c pass Fast (no hash) but not Full; in an encrypted repository the AEAD tag
+    /// refuses them in either mode.
+    #[test]
+    fn full_catches_a_forged_chunk_that_fast_serves() {
+        let mut data = vec![0u8; 3 * 65536];
+        super::super::crypto::fill_random(&mut data);
+        for encrypted in [false, true] {
+            let (mem, repo) = repo_at(CRC_VERSION, encrypted);
+            let chunks = repo.file_chunks(&store_file(&repo, &data)).unwrap();
+            let victim = chunks[1];
+            let loc = victim.loc.unwrap();
+            let mut forged = stored(&mem, &victim);
+            if !encrypted {
+                assert_eq!(forged.len(), 65536, "random data is stored raw");
+            }
+            forged[100] ^= 0xff;
+            force_crc(&mut forged, victim.crc.unwrap());
+            mem.tamper(&keys::pack(&loc.pack), |b| {
+                b[loc.offset as usize..(loc.offset + loc.stored_len) as usize]
+                    .copy_from_slice(&forged)
+            });
+            let fast = reopen(&mem).read_chunks(&chunks);
+            if encrypted {
+                assert!(is_corrupt(fast), "the tag still authenticates");
+            } else {
+                let served = fast.unwrap().concat();
+                assert_ne!(served, data, "Fast cannot tell");
+                assert_eq!(served[65536 + 100], data[65536 + 100] ^ 0xff);
+            }
+            let full = reopen(&mem).with_verification(Verification::Full);
+            assert!(is_corrupt(full.read_chunks(&chunks)));
+            assert!(is_corrupt(full.read_chunk(&victim)));
+        }
+    }
+
+    /// CPU time of `read_chunks` over a 1 GiB file of compressible pages, in batches of 64
+    /// chunks as restore reads them: Full (what every read cost before crcs) against Fast,
+    /// plain and encrypted. Run with
+    /// `cargo test --lib read_cost_per_gib -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn read_cost_per_gib() {
+        fn thread_cpu() -> f64 {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: t is a valid timespec to write to.
+            assert_eq!(
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) },
+                0
+            );
+            t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+        }
+        let data = pages(1 << 17, false);
+        for encrypted in [false, true] {
+            // A local repository, its packs in the page cache: what a mount reads.
+            let dir = tempfile::tempdir().unwrap();
+            let local = Arc::new(LocalBackend::open(dir.path()));
+            let encrypt = encrypted.then(|| (b"pass".as_slice(), super::super::key::cheap_kdf()));
+            let repo = Repository::create(local.clone(), 65536, 3, encrypt, CRC_VERSION).unwrap();
+            let chunks = repo.file_chunks(&store_file(&repo, &data)).unwrap();
+            let stored: u64 = chunks
+                .iter()
+                .filter_map(|c| c.loc)
+                .map(|l| l.stored_len as u64)
+                .sum();
+            for v in [Verification::Full, Verification::Fast] {
+                let r =
+                    Repository::open_with(local.clone(), &|| Ok(Zeroizing::new(b"pass".to_vec())))
+                        .unwrap()
+                        .with_verification(v);
+                let mut runs: Vec<f64> = (0..3)
+                    .map(|_| {
+                        let start = thread_cpu();
+                        for batch in chunks.chunks(64) {
+                            std::hint::black_box(r.read_chunks(batch).unwrap());
+                        }
+                        thread_cpu() - start
+                    })
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                eprintln!(
+                    "{} {v:?}: {:.3} CPU-s per GiB (runs {runs:.3?}; {} MiB stored)",
+                    if encrypted { "encrypted" } else { "plain" },
+                    runs[1],
+                    stored >> 20
+                );
+            }
+        }
     }
 
     #[test]

@@ -9,10 +9,14 @@
 use super::{BlobId, PackId, StoreError};
 use serde::{Deserialize, Serialize};
 
-/// Chunks per chunk-list blob: 1024 × 48 bytes ≈ 48 KiB per list.
+/// Chunks per chunk-list blob: 1024 × 52 bytes ≈ 52 KiB per list.
 pub const LIST_FANOUT: usize = 1024;
+/// A chunk ref of a version-1 list; version 2 adds a u32 crc32c.
 const CHUNK_REF_LEN: usize = 48;
 const ZERO_PACK: u32 = u32::MAX;
+/// Where a version-1 list has its pack count, a version-2 list has this mark (a version-1
+/// list of 2^32 − 1 packs cannot exist: it would be 128 GiB).
+const VERSION_2_MARK: u32 = u32::MAX;
 
 /// Where a blob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,14 +51,26 @@ pub struct Chunk {
     pub len: u32,
     /// Where it is stored; `None` for an all-zero chunk.
     pub loc: Option<Loc>,
+    /// crc32c of the stored bytes at `loc`, for a cheap check on reads (see
+    /// `Verification`): recorded by repositories of format 3, `None` in older lists and for
+    /// all-zero chunks.
+    pub crc: Option<u32>,
 }
 
-/// Encodes a chunk list: `u32 pack count || pack ids || u32 chunk count || chunk refs`, each
-/// ref `id || u32 pack index (u32::MAX = zeros) || u32 offset || u32 stored length || u32
-/// length`, little endian. The pack table keeps refs at 48 bytes instead of 80.
+/// Encodes a chunk list, little endian. Version 1: `u32 pack count || pack ids || u32 chunk
+/// count || chunk refs`, each ref `id || u32 pack index (u32::MAX = zeros) || u32 offset ||
+/// u32 stored length || u32 length`. Version 2: `u32 0xFFFFFFFF` first, then the same with a
+/// `u32 crc32c` of the stored bytes (0 for zeros) at the end of each ref. The pack table keeps
+/// refs at 48 (52) bytes instead of 80.
+///
+/// The version follows the chunks: 2 when every stored chunk carries a crc, as in a
+/// repository that records them (format 3), else 1, which older builds read.
 pub fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
+    let with_crc = chunks.iter().any(|c| c.crc.is_some())
+        && chunks.iter().all(|c| c.loc.is_none() || c.crc.is_some());
+    let ref_len = CHUNK_REF_LEN + if with_crc { 4 } else { 0 };
     let mut packs: Vec<PackId> = Vec::new();
-    let mut refs = Vec::with_capacity(chunks.len() * CHUNK_REF_LEN);
+    let mut refs = Vec::with_capacity(chunks.len() * ref_len);
     for c in chunks {
         let (idx, offset, stored) = match c.loc {
             None => (ZERO_PACK, 0, 0),
@@ -74,8 +90,14 @@ pub fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
         for v in [idx, offset, stored, c.len] {
             refs.extend_from_slice(&v.to_le_bytes());
         }
+        if with_crc {
+            refs.extend_from_slice(&c.crc.unwrap_or(0).to_le_bytes());
+        }
     }
-    let mut out = Vec::with_capacity(8 + packs.len() * 32 + refs.len());
+    let mut out = Vec::with_capacity(12 + packs.len() * 32 + refs.len());
+    if with_crc {
+        out.extend_from_slice(&VERSION_2_MARK.to_le_bytes());
+    }
     out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for p in &packs {
         out.extend_from_slice(&p.0);
@@ -85,7 +107,7 @@ pub fn encode_chunk_list(chunks: &[Chunk]) -> Vec<u8> {
     out
 }
 
-/// Decodes a chunk list written by `encode_chunk_list`; `name` is the blob's name for the [`StoreError::Corrupt`] returned on malformed input.
+/// Decodes a chunk list of either version written by `encode_chunk_list`; `name` is the blob's name for the [`StoreError::Corrupt`] returned on malformed input.
 pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreError> {
     let bad = || StoreError::corrupt(name, "malformed chunk list");
     let u32_at = |i: usize| -> Result<u32, StoreError> {
@@ -96,18 +118,21 @@ pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreErr
         let b = data.get(i..i + 32).ok_or_else(bad)?;
         Ok(BlobId(b.try_into().expect("32 bytes")))
     };
-    let npacks = u32_at(0)? as usize;
-    let packs = (0..npacks)
-        .map(|i| id_at(4 + i * 32).map(|id| PackId(id.0)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let base = 4 + npacks * 32;
+    let with_crc = u32_at(0)? == VERSION_2_MARK;
+    let start = if with_crc { 4 } else { 0 };
+    let ref_len = CHUNK_REF_LEN + if with_crc { 4 } else { 0 };
+    let npacks = u32_at(start)? as usize;
+    let base = start + 4 + npacks.checked_mul(32).ok_or_else(bad)?;
     let n = u32_at(base)? as usize;
-    if data.len() != base + 4 + n * CHUNK_REF_LEN {
+    if data.len() != base + 4 + n * ref_len {
         return Err(bad());
     }
+    let packs = (0..npacks)
+        .map(|i| id_at(start + 4 + i * 32).map(|id| PackId(id.0)))
+        .collect::<Result<Vec<_>, _>>()?;
     (0..n)
         .map(|i| {
-            let at = base + 4 + i * CHUNK_REF_LEN;
+            let at = base + 4 + i * ref_len;
             let idx = u32_at(at + 32)?;
             let loc = match idx {
                 ZERO_PACK => None,
@@ -117,10 +142,15 @@ pub fn decode_chunk_list(data: &[u8], name: &str) -> Result<Vec<Chunk>, StoreErr
                     stored_len: u32_at(at + 40)?,
                 }),
             };
+            let crc = match (with_crc, loc) {
+                (true, Some(_)) => Some(u32_at(at + 48)?),
+                _ => None,
+            };
             Ok(Chunk {
                 id: id_at(at)?,
                 len: u32_at(at + 44)?,
                 loc,
+                crc,
             })
         })
         .collect()
@@ -184,48 +214,60 @@ pub enum NodeKind {
 mod tests {
     use super::*;
 
-    #[test]
-    fn chunk_list_round_trip() {
+    /// Three stored chunks in two packs and a zero chunk; with crcs or without.
+    fn sample(crcs: bool) -> Vec<Chunk> {
         let p1 = PackId::of(b"p1");
         let p2 = PackId::of(b"p2");
-        let chunks = vec![
-            Chunk {
-                id: BlobId::of(b"a"),
-                len: 65536,
-                loc: Some(Loc {
-                    pack: p1,
-                    offset: 8,
-                    stored_len: 100,
-                }),
-            },
+        let stored = |id: &[u8], len, pack, offset, stored_len, crc| Chunk {
+            id: BlobId::of(id),
+            len,
+            loc: Some(Loc {
+                pack,
+                offset,
+                stored_len,
+            }),
+            crc: crcs.then_some(crc),
+        };
+        vec![
+            stored(b"a", 65536, p1, 8, 100, 0xdead_beef),
             Chunk {
                 id: BlobId::default(),
                 len: 65536,
                 loc: None,
+                crc: None,
             },
-            Chunk {
-                id: BlobId::of(b"b"),
-                len: 100,
-                loc: Some(Loc {
-                    pack: p2,
-                    offset: 9,
-                    stored_len: 50,
-                }),
-            },
-            Chunk {
-                id: BlobId::of(b"c"),
-                len: 7,
-                loc: Some(Loc {
-                    pack: p1,
-                    offset: 200,
-                    stored_len: 7,
-                }),
-            },
-        ];
-        let enc = encode_chunk_list(&chunks);
+            stored(b"b", 100, p2, 9, 50, 0),
+            stored(b"c", 7, p1, 200, 7, 0xffff_ffff),
+        ]
+    }
+
+    #[test]
+    fn chunk_list_round_trip_in_both_versions() {
+        let v1 = sample(false);
+        let enc = encode_chunk_list(&v1);
         assert_eq!(enc.len(), 4 + 2 * 32 + 4 + 4 * 48);
-        assert_eq!(decode_chunk_list(&enc, "x").unwrap(), chunks);
+        assert_eq!(u32::from_le_bytes(enc[..4].try_into().unwrap()), 2);
+        assert_eq!(decode_chunk_list(&enc, "x").unwrap(), v1);
         assert!(decode_chunk_list(&enc[..enc.len() - 1], "x").is_err());
+
+        let v2 = sample(true);
+        let enc = encode_chunk_list(&v2);
+        assert_eq!(enc.len(), 4 + 4 + 2 * 32 + 4 + 4 * 52);
+        assert_eq!(&enc[..4], &[0xff; 4], "the version-2 mark");
+        assert_eq!(decode_chunk_list(&enc, "x").unwrap(), v2);
+        for cut in [1, 4, 52, enc.len() - 4] {
+            assert!(decode_chunk_list(&enc[..enc.len() - cut], "x").is_err());
+        }
+        assert!(decode_chunk_list(&enc[..3], "x").is_err());
+
+        // A list of only zero chunks has nothing to check: version 1.
+        let zeros = &v2[1..2];
+        assert_eq!(encode_chunk_list(zeros).len(), 4 + 4 + 48);
+        // A stored chunk without a crc (never written so) makes the whole list version 1.
+        let mut mixed = v2.clone();
+        mixed[2].crc = None;
+        let decoded = decode_chunk_list(&encode_chunk_list(&mixed), "x").unwrap();
+        assert_eq!(decoded, v1);
     }
 
     #[test]
