@@ -596,11 +596,7 @@ fn verify_killed_at_its_record() {
         let report = next.json();
         assert_eq!(report["full"], false, "{after}\n{}", next.report());
         assert_eq!(report["recorded"], true, "{after}\n{}", next.report());
-        let records: Vec<String> = repo
-            .objects("verified/")
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let records: Vec<String> = repo.keys("verified/");
         assert_eq!(
             records,
             [format!("verified/{}/{newest}", source.system_identifier())],

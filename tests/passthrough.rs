@@ -7,14 +7,12 @@
 #[allow(unused_imports)]
 mod common;
 
-use common::mount::{mountpoint, s, view_args, Mount, MOUNT_TIMEOUT, READY};
+use common::mount::{mountpoint, s, view_args, Mount, MOUNT_TIMEOUT};
 use common::*;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 
 const FINISHED: &str = "hydration finished";
 const FALLBACK: &str = "FUSE passthrough is not available";
@@ -59,37 +57,8 @@ fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
 
 /// `pgsnapfs -v mount ...` as postgres: a mount without CAP_SYS_ADMIN.
 fn mount_as_postgres(repo: &Repo, mnt: &Path, args: &[&str]) -> Mount {
-    let log = mnt.with_extension("mount.log");
-    let mut cmd = pgsnapfs_command(&repo.args("mount", &[&[s(mnt)], args].concat()));
-    cmd.stdout(Stdio::piped())
-        .stderr(fs::File::create(&log).unwrap());
-    let command = describe(&cmd);
-    let mut child = cmd.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let collected = stdout.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            collected.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let m = Mount {
-        dir: mnt.to_path_buf(),
-        child: Some(child),
-        bg_pid: None,
-        log,
-        stdout,
-        command,
-        server: None,
-    };
-    let up = wait_for(MOUNT_TIMEOUT, || {
-        match m.stdout.lock().unwrap().contains(READY) {
-            true => Ok(()),
-            false => Err(String::new()),
-        }
-    });
-    assert!(up.is_ok(), "not mounted\n{}", m.report());
-    m
+    let cmd = pgsnapfs_command(&repo.args("mount", &[&[s(mnt)], args].concat()));
+    Mount::spawn(cmd, mnt).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

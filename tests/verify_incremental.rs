@@ -101,11 +101,7 @@ fn verify_reads_what_changed_since_a_recorded_verification() {
     );
     assert!(json_u64(&second, "tables") < read_first, "{second}");
     // The newest record replaces the older ones of the cluster.
-    let records: Vec<String> = repo
-        .objects("verified/")
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let records: Vec<String> = repo.keys("verified/");
     assert_eq!(
         records,
         [format!("verified/{}/{b2}", source.system_identifier())]

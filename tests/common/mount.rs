@@ -125,8 +125,14 @@ impl Mount {
     }
 
     pub fn try_start(repo: &Repo, mountpoint: &Path, args: &[&str]) -> Result<Mount, String> {
+        let cmd = root_cmd(&repo.args("mount", &[&[s(mountpoint)], args].concat()));
+        Mount::spawn(cmd, mountpoint)
+    }
+
+    /// Runs `cmd`, a foreground `pgsnapfs mount` of `mountpoint` (as root or as another user),
+    /// and returns once it printed that it is mounted and the mount is in /proc/mounts.
+    pub fn spawn(mut cmd: Command, mountpoint: &Path) -> Result<Mount, String> {
         let log = mountpoint.with_extension("mount.log");
-        let mut cmd = root_cmd(&repo.args("mount", &[&[s(mountpoint)], args].concat()));
         cmd.stdout(Stdio::piped())
             .stderr(fs::File::create(&log).expect("create mount log"));
         let command = describe(&cmd);

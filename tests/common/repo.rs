@@ -153,6 +153,11 @@ impl Repo {
         self.run("restore", &v)
     }
 
+    /// The keys of the objects under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.objects(prefix).into_iter().map(|(k, _)| k).collect()
+    }
+
     /// The keys under `prefix` and their sizes, through the library's back end (either store).
     pub fn objects(&self, prefix: &str) -> Vec<(String, u64)> {
         let backend = pgsnapfs::store::open_backend(&self.spec).expect("open the repository");
