@@ -16,7 +16,8 @@ use std::path::Path;
 
 fn chunk_size(repo: &Repo) -> u64 {
     let backend = pgsnapfs::store::open_backend(&repo.spec).unwrap();
-    let config: serde_json::Value = serde_json::from_slice(&backend.get("config").unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&backend.get("config").unwrap()).unwrap();
     json_u64(&config, "chunk_size")
 }
 

@@ -103,7 +103,10 @@ pub fn run(
         );
         if let Some(r) = &report.requests {
             let cache = report.disk_cache.map_or(String::new(), |c| {
-                format!("; disk cache: {} chunks served locally, {} fetched", c.hits, c.misses)
+                format!(
+                    "; disk cache: {} chunks served locally, {} fetched",
+                    c.hits, c.misses
+                )
             });
             outln!("S3: {} requests, {} GETs{cache}", r.total(), r.get);
         }

@@ -68,7 +68,10 @@ impl<V: Weigh, E: Clone> BlobCache<V, E> {
 
     /// Bytes of values held now (never above the capacity).
     pub fn bytes(&self) -> usize {
-        self.lru.lock().unwrap_or_else(PoisonError::into_inner).bytes
+        self.lru
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
     }
 
     fn insert(&self, id: BlobId, data: Arc<V>) {
@@ -137,7 +140,8 @@ mod tests {
         assert!(c.get(&b).is_none(), "b was least recently used");
         assert!(c.get(&a).is_some() && c.get(&d).is_some());
         assert_eq!(c.bytes(), 8);
-        c.get_or_fetch(&BlobId::of(b"big"), || Ok(vec![0; 11])).unwrap();
+        c.get_or_fetch(&BlobId::of(b"big"), || Ok(vec![0; 11]))
+            .unwrap();
         assert_eq!(c.bytes(), 8, "a value above the capacity is not kept");
     }
 

@@ -271,9 +271,9 @@ impl FileReader {
         let past = || Arc::new(StoreError::corrupt("file", "chunk index past its lists"));
         let index = index as usize;
         let r = file.lists.get(index / LIST_FANOUT).ok_or_else(past)?;
-        let list = self.lists.get_or_fetch(&r.id, || {
-            self.repo.load_chunk_list(r).map_err(Arc::new)
-        })?;
+        let list = self
+            .lists
+            .get_or_fetch(&r.id, || self.repo.load_chunk_list(r).map_err(Arc::new))?;
         list.get(index % LIST_FANOUT).copied().ok_or_else(past)
     }
 
@@ -282,7 +282,8 @@ impl FileReader {
     fn read_ahead(&self, file: &File, end: u64) {
         let cs = file.chunk_size as u64;
         let from = end / cs;
-        let target = (from + run_chunks(file.chunk_size, AHEAD_BYTES) as u64).min(file.chunk_count());
+        let target =
+            (from + run_chunks(file.chunk_size, AHEAD_BYTES) as u64).min(file.chunk_count());
         let per_job = run_chunks(file.chunk_size, RUN_BYTES) as u64;
         loop {
             let queued = file.ahead.load(Ordering::Relaxed);
@@ -605,7 +606,10 @@ mod tests {
         assert!(reader.read(&f, 0, 8192).is_ok());
         let err = reader.read(&f, 3 * 8192 + 10, 100).unwrap_err();
         assert!(matches!(*err, StoreError::Corrupt { .. }), "{err}");
-        assert!(reader.read(&f, 4 * 8192, 100).is_ok(), "its neighbour reads");
+        assert!(
+            reader.read(&f, 4 * 8192, 100).is_ok(),
+            "its neighbour reads"
+        );
         // Sequential readers (read-ahead and the hand-off) get the error too.
         for piece in [4096, 20_000] {
             let mut pos = 0;
@@ -665,7 +669,11 @@ mod tests {
         let mut got = Vec::new();
         while (got.len() as u64) < f.size() {
             got.extend(reader.read(&f, got.len() as u64, 8192).unwrap());
-            assert!(reader.handoff.bytes() <= 5 * 8192, "{}", reader.handoff.bytes());
+            assert!(
+                reader.handoff.bytes() <= 5 * 8192,
+                "{}",
+                reader.handoff.bytes()
+            );
             assert!(reader.lists.bytes() <= LIST_CACHE_BYTES);
         }
         assert_eq!(got, content);
@@ -674,7 +682,10 @@ mod tests {
         reader.read(&a, 0, 8192).unwrap();
         reader.read(&a, 8192, 8192).unwrap();
         for c in &chunks[2..7] {
-            assert!(reader.handoff.take(&c.id, false).is_some(), "read ahead for a");
+            assert!(
+                reader.handoff.take(&c.id, false).is_some(),
+                "read ahead for a"
+            );
         }
         std::thread::sleep(stale);
         for off in (100 * 8192..120 * 8192).step_by(8192) {
@@ -684,7 +695,13 @@ mod tests {
             );
             assert!(reader.handoff.bytes() <= 5 * 8192);
         }
-        assert!(reader.handoff.take(&chunks[2].id, false).is_none(), "a's were dropped");
-        assert!(reader.handoff.take(&chunks[121].id, false).is_some(), "b reads ahead");
+        assert!(
+            reader.handoff.take(&chunks[2].id, false).is_none(),
+            "a's were dropped"
+        );
+        assert!(
+            reader.handoff.take(&chunks[121].id, false).is_some(),
+            "b reads ahead"
+        );
     }
 }
