@@ -46,6 +46,8 @@ const AHEAD_BYTES: u64 = 16 << 20;
 const RUN_BYTES: u64 = 4 << 20;
 /// The file bytes a random read's miss reads on a remote repository, from its first chunk.
 const AROUND_BYTES: u64 = 1 << 20;
+/// How near the furthest read of a file a read counts as sequential.
+const NEAR_BYTES: u64 = 4 << 20;
 /// Read-ahead threads: enough GETs in flight for S3's latency; locally, more than the cores.
 const WORKERS: usize = 6;
 /// Memory for chunk lists.
@@ -62,8 +64,8 @@ pub struct File {
     size: u64,
     chunk_size: u32,
     lists: Vec<BlobRef>,
-    /// Where a sequential reader would read next, to detect sequential access.
-    next: AtomicU64,
+    /// The end of the furthest read since the last seek, to detect sequential access.
+    high: AtomicU64,
     /// The first chunk not yet queued for read-ahead.
     ahead: AtomicU64,
 }
@@ -77,7 +79,7 @@ impl File {
             size,
             chunk_size: chunk_size.max(1),
             lists,
-            next: AtomicU64::new(0),
+            high: AtomicU64::new(0),
             ahead: AtomicU64::new(0),
         }
     }
@@ -160,10 +162,15 @@ impl FileReader {
         if offset >= end {
             return Ok(Vec::new());
         }
-        if file.next.swap(end, Ordering::Relaxed) == offset && offset > 0 {
-            self.read_ahead(file, end);
+        // The kernel sends a sequential reader's requests from several threads, so they
+        // arrive a little out of order: near the furthest read is sequential.
+        let high = file.high.load(Ordering::Relaxed);
+        if offset > 0 && offset <= high + NEAR_BYTES && offset + NEAR_BYTES >= high {
+            let high = file.high.fetch_max(end, Ordering::Relaxed).max(end);
+            self.read_ahead(file, high);
         } else {
             // A seek: read-ahead starts again from where the reader goes on.
+            file.high.store(end, Ordering::Relaxed);
             file.ahead.store(0, Ordering::Relaxed);
         }
         let (first, last) = (offset / cs, (end - 1) / cs);
@@ -277,8 +284,9 @@ impl FileReader {
         list.get(index % LIST_FANOUT).copied().ok_or_else(past)
     }
 
-    /// Keeps `AHEAD_BYTES` after `end` queued for the workers, `RUN_BYTES` per job; chunks
-    /// already in the hand-off, and those that do not fit in it, are left out.
+    /// Keeps `AHEAD_BYTES` after `end` (the furthest read) queued for the workers, in jobs of
+    /// `RUN_BYTES`; chunks already in the hand-off, and those that do not fit in it, are left
+    /// out.
     fn read_ahead(&self, file: &File, end: u64) {
         let cs = file.chunk_size as u64;
         let from = end / cs;
@@ -288,7 +296,8 @@ impl FileReader {
         loop {
             let queued = file.ahead.load(Ordering::Relaxed);
             let start = queued.max(from);
-            if start >= target {
+            // Whole jobs only (but for the file's end): one ranged read of `RUN_BYTES` each.
+            if start >= target || start + per_job > target && target < file.chunk_count() {
                 return;
             }
             let stop = (start + per_job).min(target);
@@ -678,7 +687,8 @@ mod tests {
         }
         assert_eq!(got, content);
         // An abandoned reader's chunks make way for another's.
-        let (a, b) = (File::new(f.size, 8192, f.lists.clone()), &f);
+        let a = File::new(f.size, 8192, f.lists.clone());
+        let b = &File::new(f.size, 8192, f.lists.clone());
         reader.read(&a, 0, 8192).unwrap();
         reader.read(&a, 8192, 8192).unwrap();
         for c in &chunks[2..7] {
