@@ -5,7 +5,8 @@
 //! backup prepared for a server to start on (recovery settings, `pg_wal` on scratch,
 //! tablespaces as links). Nodes are created lazily as directories are first listed, so
 //! memory grows with what is looked at. File content comes from the store's `FileReader`
-//! (read-ahead, verification, the bounded chunk cache): this module only maps nodes to files.
+//! (read-ahead, read-around, verification; no cache of decoded chunks, the kernel keeps the
+//! pages): this module only maps nodes to files.
 //!
 //! The catalogue follows the repository: its own directories (`backups/`, `wal/` and the
 //! timelines below) are listed again when a lookup or listing finds them older than

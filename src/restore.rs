@@ -1,12 +1,13 @@
 //! `restore`: writes a complete data directory from a backup, set up to recover to a target.
 //!
-//! Files are written by a small pool of threads, each reading a file's chunks with merged
-//! ranged reads; all-zero chunks become holes. The directory is synced once at the end with
+//! Files are written by a small pool of threads, each reading a file's chunks through the
+//! store's file reader (`File::read_through`: merged ranged reads); all-zero chunks become holes. The directory is synced once at the end with
 //! syncfs rather than file by file.
 
 use crate::error::{io, Error, Result};
 use crate::pg::recovery::{self, Rewritten};
 use crate::pitr::Plan;
+use crate::store::reader::File;
 use crate::store::tree::{BlobRef, NodeKind};
 use crate::store::{Repository, StoreError};
 use crossbeam_channel::bounded;
@@ -148,7 +149,7 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
                         if lock(failure).is_some() {
                             continue;
                         }
-                        match write_file(repo, &job, &*opts.progress) {
+                        match write_file(repo, &job, snap.chunk_size, &*opts.progress) {
                             Ok(()) => {
                                 let mut t = lock(totals);
                                 t.0 += 1;
@@ -365,7 +366,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn write_file(repo: &Repository, job: &FileJob, progress: &(dyn Fn(u64) + Sync)) -> Result<()> {
+fn write_file(
+    repo: &Repository,
+    job: &FileJob,
+    chunk_size: u32,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -373,19 +379,16 @@ fn write_file(repo: &Repository, job: &FileJob, progress: &(dyn Fn(u64) + Sync))
         .open(&job.path)
         .map_err(io(format!("create {}", job.path.display())))?;
     let werr = || io(format!("write {}", job.path.display()));
-    for list in &job.lists {
-        let chunks = repo.load_chunk_list(list)?;
-        for batch in chunks.chunks(64) {
-            for (c, data) in batch.iter().zip(repo.read_chunks(batch)?) {
-                if c.loc.is_none() {
-                    f.seek(SeekFrom::Current(c.len as i64)).map_err(werr())?;
-                } else {
-                    f.write_all(&data).map_err(werr())?;
-                }
-                progress(c.len as u64);
-            }
+    let file = File::new(job.size, chunk_size, job.lists.clone());
+    file.read_through(repo, |len, data| -> Result<()> {
+        match data {
+            None => f.seek(SeekFrom::Current(len as i64)).map(drop),
+            Some(d) => f.write_all(d),
         }
-    }
+        .map_err(werr())?;
+        progress(len as u64);
+        Ok(())
+    })?;
     f.set_len(job.size).map_err(werr())?;
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The read path through a catalogue mount (store::reader): bytes read sequentially (the
-//! read-ahead path) and at random offsets equal the source's; a corrupted chunk gives EIO on
-//! both paths, never wrong bytes, while its neighbours still read.
+//! The read path through a catalogue mount (store::reader), on both stores: bytes read
+//! sequentially (read-ahead and the hand-off) and at random offsets (on S3, read-around)
+//! equal the source's; a corrupted chunk gives EIO on both paths, never wrong bytes, while
+//! its neighbours still read.
 
 // This file uses only part of the harness's re-exports.
 #[allow(unused_imports)]
@@ -14,9 +15,35 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 fn chunk_size(repo: &Repo) -> u64 {
+    let backend = pgsnapfs::store::open_backend(&repo.spec).unwrap();
     let config: serde_json::Value =
-        serde_json::from_slice(&fs::read(repo.path.join("config")).unwrap()).unwrap();
+        serde_json::from_slice(&backend.get("config").unwrap()).unwrap();
     json_u64(&config, "chunk_size")
+}
+
+/// Flips a byte in the middle of the stored chunk with content `chunk`, in place on either
+/// store: on S3 the packs are copied to a local directory to find it, then the pack is
+/// written back changed.
+fn corrupt_chunk(repo: &Repo, chunk: &[u8]) {
+    let id = Sha256::digest(chunk);
+    if repo.store == Store::Local {
+        let places = find_blob(&repo.path, &id);
+        assert_eq!(places.len(), 1);
+        return flip_byte(&places[0].pack, places[0].offset + places[0].stored_len / 2);
+    }
+    let backend = pgsnapfs::store::open_backend(&repo.spec).unwrap();
+    let copy = repo.path.join("copy");
+    for (key, _) in repo.objects("packs/") {
+        let path = copy.join(&key);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, backend.get(&key).unwrap()).unwrap();
+    }
+    let places = find_blob(&copy, &id);
+    assert_eq!(places.len(), 1);
+    let p = &places[0];
+    flip_byte(&p.pack, p.offset + p.stored_len / 2);
+    let key = p.pack.strip_prefix(&copy).unwrap().to_str().unwrap();
+    backend.replace(key, &fs::read(&p.pack).unwrap()).unwrap();
 }
 
 fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
@@ -28,9 +55,8 @@ fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-#[test]
-fn reads_equal_the_source_and_a_corrupt_chunk_is_eio() {
-    let repo = Repo::init();
+fn reads_equal_the_source_and_a_corrupt_chunk_is_eio(store: Store) {
+    let repo = Repo::init_on(store);
     let mut source = Cluster::archiving_to(&repo.spec);
     source.psql(
         "CREATE TABLE big(id int PRIMARY KEY, v text);
@@ -61,15 +87,18 @@ fn reads_equal_the_source_and_a_corrupt_chunk_is_eio() {
         }
     }
 
-    // Corrupt chunk 9 where it is stored, then read again through a fresh mount.
+    // Corrupt chunk 9 where it is stored, then read again through a fresh mount (on S3
+    // without a disk cache, which would hold the good chunk).
     let victim = 9u64;
-    let chunk = &want[(victim * cs) as usize..((victim + 1) * cs) as usize];
-    let places = find_blob(&repo.path, &Sha256::digest(chunk));
-    assert_eq!(places.len(), 1);
-    let p = &places[0];
-    flip_byte(&p.pack, p.offset + p.stored_len / 2);
-
-    let m = Mount::start(&repo, &mountpoint(&work, "mnt2"), &[]);
+    corrupt_chunk(
+        &repo,
+        &want[(victim * cs) as usize..((victim + 1) * cs) as usize],
+    );
+    let m = Mount::start(
+        &repo,
+        &mountpoint(&work, "mnt2"),
+        &["--disk-cache-size", "0"],
+    );
     let eio = |r: std::io::Result<Vec<u8>>| match r {
         Err(e) => e.raw_os_error() == Some(libc::EIO),
         Ok(_) => false,
@@ -96,3 +125,5 @@ fn reads_equal_the_source_and_a_corrupt_chunk_is_eio() {
     assert!(got.len() as u64 <= victim * cs, "{} bytes", got.len());
     assert_eq!(got, want[..got.len()]);
 }
+
+on_both_stores!(reads_equal_the_source_and_a_corrupt_chunk_is_eio);

@@ -232,7 +232,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 /// Caches for commands that read a backup through a mount: `mount` and `verify`.
 #[derive(clap::Args)]
 pub struct CacheArgs {
-    /// Memory for decompressed chunks (the kernel's page cache holds file pages as well).
+    /// Memory for chunks decoded ahead of sequential readers and for archived WAL being read
+    /// (the kernel's page cache keeps file pages).
     #[arg(long, default_value = "128MiB", value_parser = parse_size)]
     pub cache_size: u64,
     /// Local disk cache of chunks read from an S3 repository, shared by later mounts and

@@ -101,13 +101,14 @@ pub fn run(
             p.recovery_s,
             p.checks_s
         );
-        if let (Some(r), Some(c)) = (&report.requests, &report.disk_cache) {
-            outln!(
-                "S3: {} requests; disk cache: {} chunks served locally, {} fetched",
-                r.total(),
-                c.hits,
-                c.misses
-            );
+        if let Some(r) = &report.requests {
+            let cache = report.disk_cache.map_or(String::new(), |c| {
+                format!(
+                    "; disk cache: {} chunks served locally, {} fetched",
+                    c.hits, c.misses
+                )
+            });
+            outln!("S3: {} requests, {} GETs{cache}", r.total(), r.get);
         }
         if report.full {
             outln!("read every relation: {}", human(report.bytes_read));

@@ -1,18 +1,30 @@
-//! A bounded LRU of decompressed blobs where concurrent misses of one id share one fetch.
+//! A bounded LRU of decoded objects by id, where concurrent misses of one id share one fetch.
 //!
-//! Mounts read the same chunk many times (the kernel asks in 128 KiB pieces, PostgreSQL in
-//! 8 KiB pages), so every chunk is decompressed and verified once while it stays cached.
-//! Memory: at most `capacity` bytes of blobs plus about 80 bytes per cached blob.
+//! The file reader keeps what is read whole and read again in it: chunk lists, and sealed
+//! objects (archived WAL) that a reader takes in 1 MiB pieces. Chunk contents are never kept
+//! here: the kernel's page cache holds file pages (see `reader`).
+//! Memory: at most `capacity` bytes of values (by [`Weigh`]) plus about 80 bytes per entry.
 
 use super::BlobId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-type Shared = Arc<Vec<u8>>;
-type Flight<E> = Arc<OnceLock<Result<Shared, E>>>;
+/// What a cached value costs in memory, in bytes.
+pub trait Weigh {
+    /// Bytes held.
+    fn weight(&self) -> usize;
+}
 
-struct Lru {
-    map: HashMap<BlobId, (Shared, u64)>,
+impl<T> Weigh for Vec<T> {
+    fn weight(&self) -> usize {
+        self.len() * std::mem::size_of::<T>()
+    }
+}
+
+type Flight<V, E> = Arc<OnceLock<Result<Arc<V>, E>>>;
+
+struct Lru<V> {
+    map: HashMap<BlobId, (Arc<V>, u64)>,
     order: BTreeMap<u64, BlobId>,
     tick: u64,
     bytes: usize,
@@ -20,14 +32,14 @@ struct Lru {
 
 /// Its locks recover from poisoning: a mount serves on after a request panicked, and no
 /// update under them can panic halfway.
-pub struct BlobCache<E> {
+pub struct BlobCache<V, E> {
     capacity: usize,
-    lru: Mutex<Lru>,
-    inflight: Mutex<HashMap<BlobId, Flight<E>>>,
+    lru: Mutex<Lru<V>>,
+    inflight: Mutex<HashMap<BlobId, Flight<V, E>>>,
 }
 
-impl<E: Clone> BlobCache<E> {
-    /// An empty cache holding at most `capacity` bytes of blobs; a larger blob is never kept.
+impl<V: Weigh, E: Clone> BlobCache<V, E> {
+    /// An empty cache holding at most `capacity` bytes of values; a larger one is never kept.
     pub fn new(capacity: usize) -> Self {
         BlobCache {
             capacity,
@@ -42,7 +54,7 @@ impl<E: Clone> BlobCache<E> {
     }
 
     /// The cached blob, marked most recently used; `None` on a miss (nothing is fetched).
-    pub fn get(&self, id: &BlobId) -> Option<Shared> {
+    pub fn get(&self, id: &BlobId) -> Option<Arc<V>> {
         let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;
         lru.tick += 1;
@@ -54,14 +66,22 @@ impl<E: Clone> BlobCache<E> {
         Some(data.clone())
     }
 
-    fn insert(&self, id: BlobId, data: Shared) {
+    /// Bytes of values held now (never above the capacity).
+    pub fn bytes(&self) -> usize {
+        self.lru
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
+    }
+
+    fn insert(&self, id: BlobId, data: Arc<V>) {
         let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;
-        if lru.map.contains_key(&id) || data.len() > self.capacity {
+        if lru.map.contains_key(&id) || data.weight() > self.capacity {
             return;
         }
         lru.tick += 1;
-        lru.bytes += data.len();
+        lru.bytes += data.weight();
         lru.order.insert(lru.tick, id);
         lru.map.insert(id, (data, lru.tick));
         while lru.bytes > self.capacity {
@@ -69,7 +89,7 @@ impl<E: Clone> BlobCache<E> {
                 break;
             };
             if let Some((d, _)) = lru.map.remove(&victim) {
-                lru.bytes -= d.len();
+                lru.bytes -= d.weight();
             }
         }
     }
@@ -79,8 +99,8 @@ impl<E: Clone> BlobCache<E> {
     pub fn get_or_fetch(
         &self,
         id: &BlobId,
-        fetch: impl FnOnce() -> Result<Vec<u8>, E>,
-    ) -> Result<Shared, E> {
+        fetch: impl FnOnce() -> Result<V, E>,
+    ) -> Result<Arc<V>, E> {
         if let Some(hit) = self.get(id) {
             return Ok(hit);
         }
@@ -111,7 +131,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_within_capacity() {
-        let c: BlobCache<()> = BlobCache::new(10);
+        let c: BlobCache<Vec<u8>, ()> = BlobCache::new(10);
         let (a, b, d) = (BlobId::of(b"a"), BlobId::of(b"b"), BlobId::of(b"d"));
         c.get_or_fetch(&a, || Ok(vec![0; 4])).unwrap();
         c.get_or_fetch(&b, || Ok(vec![0; 4])).unwrap();
@@ -119,11 +139,15 @@ mod tests {
         c.get_or_fetch(&d, || Ok(vec![0; 4])).unwrap();
         assert!(c.get(&b).is_none(), "b was least recently used");
         assert!(c.get(&a).is_some() && c.get(&d).is_some());
+        assert_eq!(c.bytes(), 8);
+        c.get_or_fetch(&BlobId::of(b"big"), || Ok(vec![0; 11]))
+            .unwrap();
+        assert_eq!(c.bytes(), 8, "a value above the capacity is not kept");
     }
 
     #[test]
     fn concurrent_misses_share_one_fetch_and_errors_are_not_cached() {
-        let c: Arc<BlobCache<String>> = Arc::new(BlobCache::new(1 << 20));
+        let c: Arc<BlobCache<Vec<u8>, String>> = Arc::new(BlobCache::new(1 << 20));
         let calls = Arc::new(AtomicUsize::new(0));
         let id = BlobId::of(b"x");
         let threads: Vec<_> = (0..8)
