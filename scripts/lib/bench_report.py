@@ -593,7 +593,7 @@ def cell(v, unit):
         return f"{v / GIB:.2f} GiB/s"
     if unit == "CPU-s/GiB":
         return fmt_cpu(v)
-    if unit == "count":
+    if unit == "count" and (v >= 1000 or float(v).is_integer()):
         return f"{v:,.0f}"
     return f"{v:.3g}"
 
