@@ -967,9 +967,10 @@ METHOD = """\
   mount of it; for each run the page cache is dropped, both servers restarted, the mount is
   mounted anew (cold chunk cache), the page cache dropped again once both are paused at the
   target, then `SELECT count(*)` on each table.
-- **Restore test:** `pgsnapfs verify --backup latest` against pgBackRest `restore` + start +
-  `count(*)` of every table (catalogs included) of every database, in one psql session per
-  database, + stop.
+- **Restore test:** `pgsnapfs verify --backup latest --full` against pgBackRest `restore` +
+  start + `count(*)` of every table (catalogs included) of every database, in one psql session
+  per database, every index read with `pg_prewarm` where it is installed (the cluster's postgres
+  database), + stop.
 - **Chunk-size sweep:** the cluster is stopped cleanly before and after the pgbench run and copied
   (states A and B); for each chunk size, each state is started on its own port with
   `archive_mode=off` and backed up into a fresh repository (`pgsnapfs init --chunk-size`).
