@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns the JSON lines that scripts/bench recorded into the result tables.
 
-    bench_report.py --results results.jsonl [--out DIR] [--merge chunk_sizes|s3|encryption|summaries]
+    bench_report.py --results results.jsonl [--out DIR] [--merge chunk_sizes|s3|encryption|summaries|
+                                                           verify_incremental|read_path]
 
 Prints the markdown on stdout. With --out, also writes DIR/benchmarks.md and
 DIR/benchmarks.json. With --merge PART (a `scripts/bench --chunk-sizes`, `--s3`, `--summaries` or
@@ -22,6 +23,7 @@ import statistics
 import sys
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 SEGMENT = 16 * MIB
 
 
@@ -382,6 +384,8 @@ def build(recs):
     if v["cold"]:
         vl = med([r["wall_s"] for r in v["local"].values()]) if v["local"] else None
         for k, label in (("cold", "disk cache empty"), ("warm", "disk cache warm")):
+            if not v[k]:
+                continue  # a --read-path run: no warm verify
             rs = v[k].values()
             s3row("verify of the last backup", f"wall time, {label}", "s", "lower", vl,
                   med([r["wall_s"] for r in rs]), len(v[k]),
@@ -458,12 +462,117 @@ def build(recs):
             vi.append(pair_row(name, measure, unit, better, "full", vm("full", f),
                                "incremental", vm("incremental", f), runs, note))
 
+    out["read_path"] = read_path(R)
+
     loads = [r["load1"] for r in recs if "load1" in r]
     if loads:
         meta["load1_median"] = med(loads)
         meta["load1_max"] = max(loads)
     out["raw"] = recs
     return out
+
+
+def read_path(R):
+    """The rows of issue 15, each with the issue's goal: `pair_row`s of a reference (the local
+    disk, a local copy, pgBackRest, verify --full, a local repository) against pgsnapfs."""
+    rows = []
+
+    def add(name, measure, unit, better, ref, snap, runs, goal, note=""):
+        r = pair_row(name, measure, unit, better, "reference", ref, "pgsnapfs", snap, runs, note)
+        r["goal"] = goal
+        rows.append(r)
+
+    def rate(rs):
+        return med([r["bytes"] / r["wall_s"] for r in rs.values() if r.get("wall_s")])
+
+    def span(rs):
+        xs = [r["bytes"] / r["wall_s"] / GIB for r in rs.values() if r.get("wall_s")]
+        return f"{min(xs):.2f}–{max(xs):.2f} GiB/s" if xs else "–"
+
+    def cpu_per_gib(rs):
+        return med([r["cpu_s"] / (r["bytes"] / GIB) for r in rs.values() if "cpu_s" in r])
+
+    def wall(rs):
+        return med([r["wall_s"] for r in rs.values() if "wall_s" in r])
+
+    def n(rs):
+        return len([r for r in rs.values() if "wall_s" in r])
+
+    hot = {k: R.merged("rp_hot", k) for k in ("local", "catalogue", "catalogue_again")}
+    if hot["catalogue"]:
+        size = med([r["bytes"] for r in hot["catalogue"].values() if "bytes" in r])
+        name = (f"hot `cat` of pgbench_accounts' first segment ({fmt_b(size)}), catalogue mount, "
+                "the repository's packs in the page cache")
+        runs = n(hot["catalogue"])
+        add(name, "throughput (reference: the local file from the page cache)", "GiB/s",
+            "higher", rate(hot["local"]), rate(hot["catalogue"]), runs,
+            "≥ 2 GiB/s through the mount", f"pgsnapfs {span(hot['catalogue'])}")
+        add(name, "CPU-seconds of the mount process per GiB", "CPU-s/GiB", "lower", None,
+            cpu_per_gib(hot["catalogue"]), runs, "≤ 0.6 CPU-s/GiB", "utime + stime, /proc/PID/stat")
+        add("the same file read again at once through the same mount", "throughput", "GiB/s",
+            "higher", rate(hot["local"]), rate(hot["catalogue_again"]), n(hot["catalogue_again"]),
+            "a hydrated or passthrough file ≥ 5 GiB/s",
+            f"{fmt_cpu(cpu_per_gib(hot['catalogue_again']))} in the mount process")
+    cold = {k: R.merged("rp_cold", k) for k in ("local", "catalogue", "view")}
+    for k, label in (("catalogue", "catalogue mount"), ("view", "view (`mount --backup latest`)")):
+        if cold[k]:
+            add(f"cold sequential `cat` of that file, {label}",
+                "throughput (reference: the local disk)", "GiB/s", "higher", rate(cold["local"]),
+                rate(cold[k]), n(cold[k]), "≥ 0.8× the local disk",
+                f"alternating runs; local {span(cold['local'])}, pgsnapfs {span(cold[k])}, "
+                f"{fmt_cpu(cpu_per_gib(cold[k]))} in the mount process")
+    scan = {t: R.merged("scan_pgbench_accounts", t) for t in ("pgbackrest", "pgsnapfs")}
+    if scan["pgsnapfs"]:
+        add("cold `count(*)` of pgbench_accounts on a view", "wall time (reference: a local copy "
+            "restored by pgBackRest)", "s", "lower", wall(scan["pgbackrest"]),
+            wall(scan["pgsnapfs"]), n(scan["pgsnapfs"]), "≤ 1.15×",
+            "page cache dropped after both servers started")
+    for key, name, goal in (
+            ("vinc_unchanged", "`verify` of an unchanged backup after a verified one",
+             "under 2 s at scale 100, flat with scale"),
+            ("vinc_pgbench", f"`verify` after `pgbench -T {R.one('meta').get('pgbench_seconds')}`",
+             "proportional to the chunks changed")):
+        v = {t: R.merged(key, t) for t in ("full", "incremental")}
+        if not v["incremental"]:
+            continue
+        add(name, "wall time (reference: `verify --full` of the same backup)", "s", "lower",
+            wall(v["full"]), wall(v["incremental"]), n(v["incremental"]), goal,
+            "page cache dropped")
+        add(name, "bytes of relations read", "bytes", "lower",
+            med([r["bytes_read"] for r in v["full"].values() if "bytes_read" in r]),
+            med([r["bytes_read"] for r in v["incremental"].values() if "bytes_read" in r]),
+            n(v["incremental"]), "", "`verify --json` bytes_read")
+    rt = {t: R.merged("restore_test", t) for t in ("pgbackrest", "pgsnapfs")}
+    if rt["pgsnapfs"] and wall(rt["pgsnapfs"]) is not None:
+        add("full `verify --full`", "wall time (reference: pgBackRest restore + start + read every "
+            "table and index + stop)", "s", "lower", wall(rt["pgbackrest"]), wall(rt["pgsnapfs"]),
+            n(rt["pgsnapfs"]), "≤ 0.5×", "page cache dropped")
+    s3 = {k: R.merged(f"s3_verify_{k}", k) for k in ("local", "cold")}
+    if s3["cold"]:
+        gets = med([r["gets"] for r in s3["cold"].values() if "gets" in r])
+        reqs = med([r["requests"] for r in s3["cold"].values() if "requests" in r])
+        name = "cold `verify --full` from S3 (moto on 127.0.0.1), disk cache empty"
+        add(name, "wall time (reference: the local repository)", "s", "lower", wall(s3["local"]),
+            wall(s3["cold"]), n(s3["cold"]), "≤ 2×", "page cache dropped")
+        add(name, "GET requests", "count", "lower", None, gets, n(s3["cold"]),
+            "reported", f"{reqs:,.0f} requests in all" if reqs is not None else "")
+    hwm = {label: [r["vmhwm_kb"] * 1024 for r in R.merged(key, tool).values() if "vmhwm_kb" in r]
+           for label, key, tool in (
+               ("the hot catalogue mount", "rp_hot", "catalogue"),
+               ("the cold catalogue mounts", "rp_cold", "catalogue"),
+               ("the cold views", "rp_cold", "view"),
+               ("the views after the cold count(*)", "scan_mount", "pgsnapfs"))}
+    seen = {k: max(v) for k, v in hwm.items() if v}
+    if seen:
+        add("peak RSS of a mount process (VmHWM before unmount), default settings",
+            "the largest of the mounts above", "bytes", "lower", None, max(seen.values()),
+            sum(len(v) for v in hwm.values()), "≤ 256 MiB, whatever the database size",
+            "; ".join(f"{k}: {fmt_b(v)}" for k, v in seen.items()))
+    return rows
+
+
+def fmt_cpu(x):
+    return "–" if x is None else f"{x:.2f} CPU-s/GiB"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,6 +589,12 @@ def cell(v, unit):
         return f"{v:.1f}/s"
     if unit == "bytes/s":
         return fmt_rate(v)
+    if unit == "GiB/s":
+        return f"{v / GIB:.2f} GiB/s"
+    if unit == "CPU-s/GiB":
+        return fmt_cpu(v)
+    if unit == "count" and (v >= 1000 or float(v).is_integer()):
+        return f"{v:,.0f}"
     return f"{v:.3g}"
 
 
@@ -515,6 +630,17 @@ def pair_table(rows, a, a_title, b, b_title):
     for r in rows:
         lines.append(f"| {r['row']} | {r['measure']} | {cell(r[a], r['unit'])} | "
                      f"{cell(r[b], r['unit'])} | {fmt_ratio(r['ratio'])} | {r['better']} | "
+                     f"{r['runs'] or ''} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def read_path_table(rows):
+    lines = ["| row | measure | reference | pgsnapfs | pgsnapfs / reference | goal (issue 15) | "
+             "runs | note |",
+             "|---|---|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['measure']} | {cell(r['reference'], r['unit'])} | "
+                     f"{cell(r['pgsnapfs'], r['unit'])} | {fmt_ratio(r['ratio'])} | {r['goal']} | "
                      f"{r['runs'] or ''} | {r['note']} |")
     return "\n".join(lines)
 
@@ -780,6 +906,32 @@ def render(doc, notes):
         L.append(notes.get("verify_incremental",
                            "<!-- notes:verify_incremental -->\n<!-- /notes:verify_incremental -->"))
         L.append("")
+    if doc.get("read_path"):
+        L.append("## Read path (issue 15)\n")
+        L.append("Every row of issue 15's *Done when*, side by side in one run "
+                 "(`scripts/bench --read-path`, part of a full run too). The file is "
+                 "pgbench_accounts' first segment: the newest backup's copy read with `cat` "
+                 "through a catalogue mount (`backups/latest/...`) and through a view (`mount "
+                 "--backup latest --scratch`), against the cluster's own file on local disk. "
+                 "*Hot*: the page cache dropped, then the repository's files (without the WAL "
+                 "archive) and the local file read once, so no disk is involved; one catalogue "
+                 "mount for every hot run. *Cold*: the three readers alternate, the page cache "
+                 "is dropped before each, and each read gets a fresh mount. CPU-seconds are the "
+                 "mount process's utime + stime from /proc/PID/stat around the read. The count(*), "
+                 "verify and S3 rows are the ones described in the sections above (the "
+                 "pgBackRest side of the restore test reads every index with pg_prewarm too); "
+                 "peak RSS is VmHWM of each mount process just before its unmount.\n")
+        rm = doc.get("read_path_meta") or m
+        L.append(f"Run: {rm.get('date')}, `{rm.get('command')}`, scale {rm.get('scale')}, "
+                 f"{rm.get('runs')} runs per row, pgbench {rm.get('pgbench_seconds')} s; commit "
+                 f"{rm.get('git_commit')}{' with uncommitted changes' if rm.get('git_dirty') else ''}; "
+                 f"nice {rm.get('nice')}; load average {rm.get('loadavg_start')} at the start, "
+                 f"{rm.get('loadavg_end')} at the end, 1-minute load when the timed commands "
+                 f"started: median {rm.get('load1_median')}, max {rm.get('load1_max')}.\n")
+        L.append(read_path_table(doc["read_path"]))
+        L.append("")
+        L.append(notes.get("read_path", "<!-- notes:read_path -->\n<!-- /notes:read_path -->"))
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"
@@ -815,9 +967,10 @@ METHOD = """\
   mount of it; for each run the page cache is dropped, both servers restarted, the mount is
   mounted anew (cold chunk cache), the page cache dropped again once both are paused at the
   target, then `SELECT count(*)` on each table.
-- **Restore test:** `pgsnapfs verify --backup latest` against pgBackRest `restore` + start +
-  `count(*)` of every table (catalogs included) of every database, in one psql session per
-  database, + stop.
+- **Restore test:** `pgsnapfs verify --backup latest --full` against pgBackRest `restore` +
+  start + `count(*)` of every table (catalogs included) of every database, in one psql session
+  per database, every index read with `pg_prewarm` where it is installed (the cluster's postgres
+  database), + stop.
 - **Chunk-size sweep:** the cluster is stopped cleanly before and after the pgbench run and copied
   (states A and B); for each chunk size, each state is started on its own port with
   `archive_mode=off` and backed up into a fresh repository (`pgsnapfs init --chunk-size`).
@@ -843,19 +996,23 @@ def main():
     ap.add_argument("--results", required=True)
     ap.add_argument("--out")
     ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption", "summaries",
-                                        "verify_incremental"),
+                                        "verify_incremental", "read_path"),
                     help="merge only this part into the existing --out files")
     a = ap.parse_args()
     doc = build(load(a.results))
     if a.merge and a.out and os.path.exists(os.path.join(a.out, "benchmarks.json")):
         # Only this part is new: keep the rest of the published run.
-        prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_",
-                  "summaries": "sum_", "verify_incremental": "vinc_"}[a.merge]
         old = json.load(open(os.path.join(a.out, "benchmarks.json")))
         old[a.merge] = doc[a.merge]
         old[a.merge + "_meta"] = doc["meta"]
-        old["raw"] = [r for r in old.get("raw", []) if not r["key"].startswith(prefix)] + \
-            [r for r in doc["raw"] if r["key"].startswith(prefix)]
+        if a.merge == "read_path":
+            # Its rows reuse other sections' records: keep its own beside the published run's.
+            old["read_path_raw"] = doc["raw"]
+        else:
+            prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_",
+                      "summaries": "sum_", "verify_incremental": "vinc_"}[a.merge]
+            old["raw"] = [r for r in old.get("raw", []) if not r["key"].startswith(prefix)] + \
+                [r for r in doc["raw"] if r["key"].startswith(prefix)]
         doc = old
     notes = carry_notes(os.path.join(a.out, "benchmarks.md")) if a.out else {}
     md = render(doc, notes)
