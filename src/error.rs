@@ -106,6 +106,12 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// SIGINT or SIGTERM (the number) stopped the command after it cleaned up.
+    #[error(
+        "interrupted by signal {0}: the test server was stopped and the view unmounted; \
+         nothing was recorded"
+    )]
+    Interrupted(i32),
 }
 
 /// The library's result type.
@@ -118,7 +124,9 @@ impl From<BackendError> for Error {
 }
 
 impl Error {
-    /// The CLI exit code for this error: 1 failed, 2 bad input, 3 corruption, 4 not found.
+    /// The CLI exit code for this error: 1 failed, 2 bad input, 3 corruption, 4 not found,
+    /// 128 + the signal's number when interrupted (130 for SIGINT, 143 for SIGTERM), as shells
+    /// report a command a signal ended.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Store(StoreError::Corrupt { .. }) => 3,
@@ -134,6 +142,7 @@ impl Error {
             )
             | Error::BadInput(_) => 2,
             Error::NotFound(_) => 4,
+            Error::Interrupted(sig) => u8::try_from(128 + sig).unwrap_or(1),
             _ => 1,
         }
     }

@@ -11,6 +11,7 @@ use crate::passphrase;
 use crate::pg::target::TargetAction;
 use crate::pitr::{Goal, Plan, Point};
 use crate::server::{ConnOpts, Server};
+use crate::session::lifecycle::Signals;
 use crate::session::plan::Latest;
 use crate::session::{self, CacheOptions, Request, Session, ViewSettings};
 use crate::store::backend::RequestCounts;
@@ -24,6 +25,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What to test and how: the options of `pgsnapfs verify`.
@@ -217,6 +220,14 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr().map_err(io("find a free port"))?.port())
 }
 
+/// How to run the test server: its programs, its user (name and ids) when we are root and run
+/// it as someone else, and what stops it on a signal.
+struct Launch<'a> {
+    bin: &'a Path,
+    user: Option<(&'a str, Owner)>,
+    interrupt: &'a Arc<Interrupt>,
+}
+
 /// The test server: a postmaster run by this process, as the server's user when we are root
 /// (setpriv execs it, so the child is the postmaster itself), writing its output to `log`.
 /// Knowing the postmaster's process lets verify see it start or die at once, and stop it
@@ -226,6 +237,7 @@ struct Postmaster {
     child: Child,
     /// The child has been waited for: its process id may belong to someone else now.
     reaped: bool,
+    interrupt: Arc<Interrupt>,
 }
 
 /// How a server start ended.
@@ -240,13 +252,13 @@ enum Started {
 
 impl Postmaster {
     /// Starts the server, as `user` (name and ids) when given.
-    fn start(
-        bin: &Path,
-        user: Option<(&str, Owner)>,
-        work: &Workspace,
-        port: u16,
-        log: &Path,
-    ) -> Result<Postmaster> {
+    fn start(launch: &Launch, work: &Workspace, port: u16, log: &Path) -> Result<Postmaster> {
+        let Launch {
+            bin,
+            user,
+            interrupt,
+        } = launch;
+        interrupt.check()?;
         let out = std::fs::File::create(log).map_err(io(format!("create {}", log.display())))?;
         let err = out
             .try_clone()
@@ -285,23 +297,35 @@ impl Postmaster {
         let child = cmd
             .spawn()
             .map_err(io(format!("start {}", postgres.display())))?;
-        Ok(Postmaster {
+        let postmaster = Postmaster {
             child,
             reaped: false,
-        })
+            interrupt: Arc::clone(interrupt),
+        };
+        interrupt.watch_server(postmaster.child.id());
+        Ok(postmaster)
+    }
+
+    /// Whether the server has exited (it is then reaped, and no longer signalled).
+    fn exited(&mut self) -> Result<bool> {
+        let mut server = self.interrupt.server();
+        let done = self
+            .child
+            .try_wait()
+            .map_err(io("wait for the server"))?
+            .is_some();
+        if done {
+            *server = None;
+            self.reaped = true;
+        }
+        Ok(done)
     }
 
     /// Waits until the server accepts connections, as its pid file in `data` says.
     fn wait_ready(&mut self, data: &Path, deadline: Instant) -> Result<Started> {
         let pid_file = data.join("postmaster.pid");
         loop {
-            if self
-                .child
-                .try_wait()
-                .map_err(io("wait for the server"))?
-                .is_some()
-            {
-                self.reaped = true;
+            if self.exited()? {
                 return Ok(Started::Exited);
             }
             // Absent or half-written while the server starts: look again.
@@ -322,11 +346,70 @@ impl Drop for Postmaster {
         if self.reaped {
             return;
         }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: signals our own child, not yet waited for, so the id is still its.
-            unsafe { libc::kill(pid, libc::SIGQUIT) };
-        }
+        // Forgotten by the signal watcher before it is reaped: its id is never reused under it.
+        *self.interrupt.server() = None;
+        stop_server(self.child.id());
         let _ = self.child.wait();
+    }
+}
+
+/// Stops the server `pid` at once (immediate shutdown). Callers make sure it is their child,
+/// not yet waited for, so the id is still its.
+fn stop_server(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: a signal to a process id the caller owns (see above).
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+    }
+}
+
+/// What SIGINT or SIGTERM does to a running verify: the test server stops at once, so its
+/// recovery or queries fail, and verify unwinds through its usual teardown (server reaped,
+/// view unmounted, scratch removed, nothing recorded) instead of leaving them behind.
+#[derive(Default)]
+struct Interrupt {
+    /// The signal's number, 0 until one arrives.
+    signal: AtomicI32,
+    /// The test server while it runs and is not yet reaped.
+    running: Mutex<Option<u32>>,
+}
+
+impl Interrupt {
+    /// Takes `signals` (blocked in every thread since the command started) on a thread of its
+    /// own for the rest of the run.
+    fn listen(signals: Signals) -> Arc<Interrupt> {
+        let interrupt = Arc::new(Interrupt::default());
+        let watcher = interrupt.clone();
+        std::thread::spawn(move || {
+            let sig = signals.wait();
+            tracing::warn!("signal {sig}: stopping the test server, then unmounting");
+            watcher.signal.store(sig, Ordering::SeqCst);
+            if let Some(pid) = *watcher.server() {
+                stop_server(pid);
+            }
+        });
+        interrupt
+    }
+
+    /// `Err(Interrupted)` once a signal has arrived.
+    fn check(&self) -> Result<()> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            sig => Err(Error::Interrupted(sig)),
+        }
+    }
+
+    /// From now on a signal stops the server `pid`; one that came first stops it at once.
+    fn watch_server(&self, pid: u32) {
+        let mut server = self.server();
+        *server = Some(pid);
+        if self.check().is_err() {
+            stop_server(pid);
+        }
+    }
+
+    fn server(&self) -> MutexGuard<'_, Option<u32>> {
+        // Only plain stores happen under the lock: a poisoned value is whole.
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -400,8 +483,15 @@ impl Drop for Workspace {
 }
 
 /// Mounts a view of the goal, promoted at its target, and tests it. `planned` hears which
-/// backup and point were chosen, before the server starts.
-pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> Result<Report> {
+/// backup and point were chosen, before the server starts. `signals` (blocked before any
+/// thread started) interrupt the run: it then cleans up and returns `Error::Interrupted`.
+pub fn run(
+    repo: Repository,
+    opts: &VerifyOptions,
+    signals: Signals,
+    planned: &dyn Fn(&Plan),
+) -> Result<Report> {
+    let interrupt = Interrupt::listen(signals);
     let owner = session::server_owner(&opts.user)?;
     let work = Workspace::create(owner)?;
     let started = Instant::now();
@@ -460,7 +550,14 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
     // SAFETY: a plain id query.
     let as_other = unsafe { libc::geteuid() } == 0 && opts.user != "root";
     let user = as_other.then_some((opts.user.as_str(), owner));
-    let tested = test(&bin, user, &work, &plan, opts, &incremental, &mut report);
+    let launch = Launch {
+        bin: &bin,
+        user,
+        interrupt: &interrupt,
+    };
+    let tested = test(&launch, &work, &plan, opts, &incremental, &mut report);
+    // Whatever the server's death made of the checks, nothing of them counts.
+    interrupt.check()?;
     report.requests = mounted.repo().backend().stats();
     report.disk_cache = mounted.repo().disk_cache_counts();
     let outcomes = tested?;
@@ -493,8 +590,7 @@ pub fn run(repo: Repository, opts: &VerifyOptions, planned: &dyn Fn(&Plan)) -> R
 /// Starts the server on the mounted view, waits for its recovery, runs the checks, and
 /// stops it.
 fn test(
-    bin: &Path,
-    user: Option<(&str, Owner)>,
+    launch: &Launch,
     work: &Workspace,
     plan: &Plan,
     opts: &VerifyOptions,
@@ -506,7 +602,7 @@ fn test(
     let port = free_port()?;
     let log = work.dir.join("server.log");
     let started = Instant::now();
-    let mut postmaster = Postmaster::start(bin, user, work, port, &log)?;
+    let mut postmaster = Postmaster::start(launch, work, port, &log)?;
     let deadline = started + Duration::from_secs(3600);
     let ready = postmaster.wait_ready(&mnt, deadline)?;
     if !matches!(ready, Started::Ready) {

@@ -8,10 +8,12 @@
 #[allow(unused_imports)]
 mod common;
 
+use common::mount::{root_cmd, signal, wait_child, MOUNT_TIMEOUT};
 use common::*;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::process::Stdio;
 
 /// `pgsnapfs verify --json ARGS...` as root (FUSE).
 fn verify(repo: &Repo, args: &[&str]) -> Run {
@@ -79,6 +81,46 @@ fn verify_reads_what_changed_since_a_recorded_verification() {
     assert!(skipped(&first).is_empty(), "{first}");
     let read_first = json_u64(&first, "tables");
     assert!(read_first > 0, "{first}");
+
+    // 1b. SIGTERM while the test server runs (an assertion sleeps, so it cannot finish first):
+    // verify stops the server, unmounts its view, records nothing and exits 128 + 15. Step 2
+    // then runs on the record of step 1.
+    let work = TestDir::new("verify-interrupt");
+    let sleep = work.path().join("sleep.sql");
+    fs::write(&sleep, "SELECT true FROM pg_sleep(600);\n").unwrap();
+    let mut args = repo.args("verify", &["--json", "--sql"]);
+    args.push(sleep.to_str().unwrap().to_string());
+    let mut child = root_cmd(&args).stdout(Stdio::null()).spawn().unwrap();
+    let suffix = format!("@{}", child.id());
+    let view = || {
+        let mounts = fs::read_to_string("/proc/mounts").unwrap();
+        mounts
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(fsname, _)| fsname.starts_with("pgsnapfs-verify") && fsname.ends_with(&suffix))
+            .map(|(_, rest)| rest.split(' ').next().unwrap().to_string())
+    };
+    let server: i32 = wait_for(MOUNT_TIMEOUT, || {
+        let data = view().ok_or("no view mounted yet")?;
+        let pid =
+            fs::read_to_string(format!("{data}/postmaster.pid")).map_err(|e| e.to_string())?;
+        pid.lines().next().and_then(|l| l.parse().ok()).ok_or(pid)
+    })
+    .unwrap();
+    signal(child.id(), libc::SIGTERM);
+    let status = wait_child(&mut child, MOUNT_TIMEOUT).expect("verify did not end after SIGTERM");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    assert_eq!(view(), None, "the interrupted verify left its view mounted");
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(server, 0) } == 0;
+    assert!(
+        !alive,
+        "the interrupted verify left its server {server} running"
+    );
+    assert_eq!(
+        repo.keys("verified/"),
+        [format!("verified/{}/{b1}", source.system_identifier())]
+    );
 
     // 2. A backup of the unchanged cluster: its user tables are skipped as verified in b1.
     source.psql("CHECKPOINT");

@@ -118,7 +118,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),
         Command::Mount(a) => mount::run(&repo()?, pass, a, &open),
         Command::Umount(a) => mount::umount(a),
-        Command::Verify(a) => verify::run(open(&repo()?)?, &repo()?, pass, a),
+        Command::Verify(a) => {
+            // Before any thread starts, opening the repository included: verify cleans up
+            // its server and view on SIGINT and SIGTERM.
+            let signals = crate::session::lifecycle::block_signals();
+            verify::run(open(&repo()?)?, signals, &repo()?, pass, a)
+        }
         Command::Check(a) => check::run(&open(&repo()?)?, a),
         Command::Expire(a) => expire::run(&open(&repo()?)?, a),
         Command::BackupKeep(a) => expire::keep(&open(&repo()?)?, a),

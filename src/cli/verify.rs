@@ -3,6 +3,7 @@
 use super::progress::{progress, set_total};
 use super::{human, print_json, GoalArgs};
 use crate::error::{io, Error, Result};
+use crate::session::lifecycle::Signals;
 use crate::store::{Repository, StoreError};
 use crate::verify::{self, Progress, Skipped, VerifyOptions};
 use indicatif::ProgressBar;
@@ -38,8 +39,11 @@ pub struct Args {
     pub json: bool,
 }
 
+/// `signals`: SIGINT and SIGTERM, blocked before the repository was opened (see
+/// `lifecycle::block_signals`), which interrupt the verify cleanly.
 pub fn run(
     repo: Repository,
+    signals: Signals,
     repo_spec: &str,
     pass: &super::key::PassphraseArgs,
     a: Args,
@@ -65,7 +69,7 @@ pub fn run(
         full: a.full,
         progress: shown_on(bar.clone()),
     };
-    let result = verify::run(repo, &opts, &|plan| {
+    let result = verify::run(repo, &opts, signals, &|plan| {
         bar.suspend(|| {
             eprintln!(
                 "verifying backup {} (recovering to {})",
