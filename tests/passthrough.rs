@@ -11,7 +11,6 @@ use common::mount::{mountpoint, s, view_args, Mount};
 use common::*;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
@@ -49,15 +48,6 @@ fn wait_log(m: &Mount, line: &str) -> String {
         }
     })
     .unwrap_or_else(|e| panic!("no {line:?} in the mount's log: {e}\n{}", m.report()))
-}
-
-fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut f = fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0; len];
-    let n = f.read(&mut buf)?;
-    buf.truncate(n);
-    Ok(buf)
 }
 
 /// `pgsnapfs -v mount ...` as postgres: a mount without CAP_SYS_ADMIN.

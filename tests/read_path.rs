@@ -11,8 +11,7 @@ use common::mount::{mountpoint, Mount};
 use common::*;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::Read;
 
 fn chunk_size(repo: &Repo) -> u64 {
     let backend = pgsnapfs::store::open_backend(&repo.spec).unwrap();
@@ -44,15 +43,6 @@ fn corrupt_chunk(repo: &Repo, chunk: &[u8]) {
     flip_byte(&p.pack, p.offset + p.stored_len / 2);
     let key = p.pack.strip_prefix(&copy).unwrap().to_str().unwrap();
     backend.replace(key, &fs::read(&p.pack).unwrap()).unwrap();
-}
-
-fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut f = fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0; len];
-    let n = f.read(&mut buf)?;
-    buf.truncate(n);
-    Ok(buf)
 }
 
 fn reads_equal_the_source_and_a_corrupt_chunk_is_eio(store: Store) {

@@ -174,3 +174,14 @@ pub fn mount_points() -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// Up to `len` bytes of `path` from `offset`, in one read (one request through a mount).
+pub fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; len];
+    let n = f.read(&mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
