@@ -6,6 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// How long a busy mount is tried again before `umount` says it is busy.
+const BUSY_GRACE: Duration = Duration::from_secs(3);
+
 /// The process serving the pgsnapfs mount at `path`, from its file system name
 /// (`pgsnapfs[-COMMAND][:BACKUP]@PID`) in a mountinfo listing.
 fn mount_process(mountinfo: &str, path: &Path) -> Option<u32> {
@@ -54,12 +57,21 @@ pub fn umount(path: &Path, lazy: bool) -> Result<()> {
             }
         }
     };
-    // SAFETY: a valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        done();
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
+    // `pg_ctl stop` returns once the pid file is gone, a moment before the postmaster exits and
+    // lets go of the data directory: a mount busy right after it gets a short grace.
+    let grace = Instant::now() + BUSY_GRACE;
+    let err = loop {
+        // SAFETY: a valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+            done();
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) || Instant::now() > grace {
+            break err;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     match err.raw_os_error() {
         Some(libc::EPERM) => {
             let status = Command::new("fusermount3")
