@@ -1061,63 +1061,6 @@ mod tests {
         }
     }
 
-    /// CPU time of `read_chunks` over a 1 GiB file of compressible pages, in batches of 64
-    /// chunks as restore reads them: Full (what every read cost before crcs) against Fast,
-    /// plain and encrypted. Run with
-    /// `cargo test --lib read_cost_per_gib -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn read_cost_per_gib() {
-        fn thread_cpu() -> f64 {
-            let mut t = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: t is a valid timespec to write to.
-            assert_eq!(
-                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) },
-                0
-            );
-            t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
-        }
-        let data = pages(1 << 17, false);
-        for encrypted in [false, true] {
-            // A local repository, its packs in the page cache: what a mount reads.
-            let dir = tempfile::tempdir().unwrap();
-            let local = Arc::new(LocalBackend::open(dir.path()));
-            let encrypt = encrypted.then(|| (b"pass".as_slice(), super::super::key::cheap_kdf()));
-            let repo = Repository::create(local.clone(), 65536, 3, encrypt, CRC_VERSION).unwrap();
-            let chunks = repo.file_chunks(&store_file(&repo, &data)).unwrap();
-            let stored: u64 = chunks
-                .iter()
-                .filter_map(|c| c.loc)
-                .map(|l| l.stored_len as u64)
-                .sum();
-            for v in [Verification::Full, Verification::Fast] {
-                let r =
-                    Repository::open_with(local.clone(), &|| Ok(Zeroizing::new(b"pass".to_vec())))
-                        .unwrap()
-                        .with_verification(v);
-                let mut runs: Vec<f64> = (0..3)
-                    .map(|_| {
-                        let start = thread_cpu();
-                        for batch in chunks.chunks(64) {
-                            std::hint::black_box(r.read_chunks(batch).unwrap());
-                        }
-                        thread_cpu() - start
-                    })
-                    .collect();
-                runs.sort_by(f64::total_cmp);
-                eprintln!(
-                    "{} {v:?}: {:.3} CPU-s per GiB (runs {runs:.3?}; {} MiB stored)",
-                    if encrypted { "encrypted" } else { "plain" },
-                    runs[1],
-                    stored >> 20
-                );
-            }
-        }
-    }
-
     #[test]
     fn newer_format_is_refused() {
         let mem: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
