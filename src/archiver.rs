@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 /// How often an idle pusher looks for new files.
 const POLL: Duration = Duration::from_millis(20);
-/// The longest wait between attempts while the repository fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between attempts while the repository fails: a failed attempt costs one
+/// request, and the archive should catch up soon after the repository is back.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// What `wal-push --async` does besides queueing.
 pub struct AsyncOptions {
@@ -129,8 +130,13 @@ pub enum Ended {
     Idle,
 }
 
-/// Runs the pusher of `spool` until it is idle for `idle_exit` (or forever).
-pub fn run_pusher(repo: &Repository, spool: &Spool, opts: &PusherOptions) -> Result<Ended> {
+/// Runs the pusher of `spool` until it is idle for `idle_exit` (or forever). `open` opens
+/// the repository; a failure to open is retried like a failed push, and reported the same way.
+pub fn run_pusher(
+    open: impl Fn() -> Result<Repository>,
+    spool: &Spool,
+    opts: &PusherOptions,
+) -> Result<Ended> {
     let Some(_lock) = spool.try_lock()? else {
         return Ok(Ended::AlreadyRunning(spool.pusher_pid()));
     };
@@ -151,9 +157,19 @@ pub fn run_pusher(repo: &Repository, spool: &Spool, opts: &PusherOptions) -> Res
     tracing::info!("archiver started on spool {}", spool.dir().display());
     let mut idle_since = Instant::now();
     let mut failures = 0u32;
+    let mut repo = None;
     loop {
-        let mut error = send_drops(repo, spool).err().map(|e| e.to_string());
         let queue = spool.queued()?;
+        let mut error = None;
+        if repo.is_none() && (!queue.is_empty() || !spool.drops()?.is_empty()) {
+            match open() {
+                Ok(r) => repo = Some(r),
+                Err(e) => error = Some(format!("cannot open the repository: {e}")),
+            }
+        }
+        if let Some(repo) = &repo {
+            error = send_drops(repo, spool).err().map(|e| e.to_string());
+        }
         if queue.is_empty() && error.is_none() {
             if status.failing_since.is_some() {
                 status.failing_since = None;
@@ -167,7 +183,11 @@ pub fn run_pusher(repo: &Repository, spool: &Spool, opts: &PusherOptions) -> Res
             std::thread::sleep(POLL);
             continue;
         }
-        for (q, result) in push_all(repo, spool, &queue, opts.process_max) {
+        let results = match (&repo, &error) {
+            (Some(repo), None) => push_all(repo, spool, &queue, opts.process_max),
+            _ => Vec::new(),
+        };
+        for (q, result) in results {
             match result {
                 Ok(outcome) => {
                     tracing::debug!("{}: {outcome:?}", q.name);
@@ -201,7 +221,7 @@ pub fn run_pusher(repo: &Repository, spool: &Spool, opts: &PusherOptions) -> Res
     }
 }
 
-/// The wait after `failures` consecutive failed rounds: 0.5 s, doubling, at most 30 s.
+/// The wait after `failures` consecutive failed rounds: 0.5 s, doubling, at most 10 s.
 fn backoff(failures: u32) -> Duration {
     (Duration::from_millis(500) * 2u32.saturating_pow(failures.min(6))).min(MAX_BACKOFF)
 }
@@ -346,8 +366,8 @@ mod tests {
     fn backoff_doubles_to_a_cap() {
         assert_eq!(backoff(0), Duration::from_millis(500));
         assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(6), MAX_BACKOFF);
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(5), MAX_BACKOFF);
         assert_eq!(backoff(100), MAX_BACKOFF);
     }
 }

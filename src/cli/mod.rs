@@ -121,7 +121,7 @@ pub fn run(cli: Cli) -> Result<()> {
             wal::push_async(a, wal::relaunch_args(&repo()?, pass, cli.verbose)?)
         }
         Command::WalPush(a) => wal::push(&open(&repo()?)?, a),
-        Command::ArchiveDaemon(a) => wal::daemon(&open(&repo()?)?, a),
+        Command::ArchiveDaemon(a) => wal::daemon(|| open(&repo()?), a),
         Command::ArchiveStatus(a) => wal::status(a),
         Command::WalFetch(a) => wal::fetch(&open(&repo()?)?, a),
         Command::List(a) => info::list(&open(&repo()?)?, a),

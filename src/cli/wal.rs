@@ -181,13 +181,13 @@ pub fn relaunch_args(
 }
 
 /// `archive-daemon`: the archiver of one spool.
-pub fn daemon(repo: &Repository, a: DaemonArgs) -> Result<()> {
+pub fn daemon(open: impl Fn() -> Result<Repository>, a: DaemonArgs) -> Result<()> {
     let spool = Spool::open(&a.spool)?;
     let opts = PusherOptions {
         process_max: a.process_max.max(1),
         idle_exit: a.idle_exit.map(Duration::from_secs),
     };
-    match archiver::run_pusher(repo, &spool, &opts)? {
+    match archiver::run_pusher(open, &spool, &opts)? {
         Ended::Idle => Ok(()),
         // Started on demand by two pushes at once: the other one works.
         Ended::AlreadyRunning(_) if a.idle_exit.is_some() => Ok(()),
