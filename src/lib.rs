@@ -24,6 +24,7 @@ pub mod mount;
 pub mod passphrase;
 pub mod pg;
 pub mod pitr;
+pub mod prefetch;
 pub mod restore;
 pub mod retention;
 pub mod server;

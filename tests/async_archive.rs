@@ -2,7 +2,8 @@
 //! under pgbench while its archiver is killed; archivers killed at every step of their work
 //! (the kill points of their repository writes), then rerun: nothing lost, `check` clean, a
 //! restore's rows equal the source's; a second async push of an archived file is harmless;
-//! the repository unreachable, then back: the server is told (its archive_command fails with
+//! `wal-fetch --prefetch` serves later segments locally, never a damaged copy; the repository
+//! unreachable, then back: the server is told (its archive_command fails with
 //! the archiver's error) and the queue drains; with `--queue-max` a dropped file is reported
 //! as a gap by `info` and `check`.
 
@@ -80,7 +81,7 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     repo.backup(&c);
 
     // 1. Under pgbench, the archiver is killed; the next push starts another.
-    eprintln!("phase {}: {:.1?}", "1", started.elapsed());
+    eprintln!("phase 1: {:.1?}", started.elapsed());
     let pid = wait_for(Duration::from_secs(30), || {
         archive_status(&spool)["pusher_pid"]
             .as_u64()
@@ -98,8 +99,8 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     assert_check_clean(&repo, "an archiver killed under pgbench");
 
     // 2. Archivers that die at their first repository write, started by the server's pushes;
-    eprintln!("phase {}: {:.1?}", "2", started.elapsed());
     // then archivers killed at each step, until one finishes.
+    eprintln!("phase 2: {:.1?}", started.elapsed());
     set_archive_command(&c, &format!("PGSNAPFS_KILL_AT=put-done:1 {push} %p"));
     if let Some(pid) = archive_status(&spool)["pusher_pid"].as_u64() {
         kill9(pid);
@@ -162,7 +163,7 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     }
 
     // 3. A second async push of an archived file is harmless.
-    eprintln!("phase {}: {:.1?}", "3", started.elapsed());
+    eprintln!("phase 3: {:.1?}", started.elapsed());
     let last = c.psql("SELECT last_archived_wal FROM pg_stat_archiver");
     let file = c.data.join("pg_wal").join(&last);
     for _ in 0..2 {
@@ -170,15 +171,57 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
         args.push(file.display().to_string());
         pgsnapfs(&args).assert_ok();
     }
-    let drained = wait_drained(&spool);
+    // The archiver the first push started records what it archived.
+    let drained = wait_for(Duration::from_secs(60), || {
+        let s = wait_drained(&spool);
+        match s["status"]["archived_files"].as_u64() >= Some(1) {
+            true => Ok(s),
+            false => Err(s.to_string()),
+        }
+    })
+    .unwrap();
     assert_eq!(drained["status"]["last_archived"], last.as_str(), "{drained}");
-    assert!(drained["status"]["archived_files"].as_u64() >= Some(1), "{drained}");
     assert_check_clean(&repo, "a file pushed twice");
 
-    // 4. The repository unreachable: the server's pushes fail with the archiver's error
-    eprintln!("phase {}: {:.1?}", "4", started.elapsed());
-    // once it has failed for --fail-after; back, the queue drains.
+    // 4. wal-fetch --prefetch: later segments are served from the prefetch directory without
+    // the repository, and only intact.
+    eprintln!("phase 4: {:.1?}", started.elapsed());
+    let segs: Vec<String> = c.wal_segments().into_iter().filter(|s| *s <= last).collect();
+    let want = &segs[segs.len() - 4..];
+    let fetch_dir = dir.subdir("fetch", 0o755);
+    let dest = fetch_dir.join("RECOVERYXLOG");
+    let fetch = |name: &str| {
+        repo.run(
+            "wal-fetch",
+            &["--prefetch", "3", name, dest.to_str().unwrap()],
+        )
+    };
+    let fetched_is = |name: &str| {
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(c.data.join("pg_wal").join(name)).unwrap(),
+            "wal-fetch --prefetch of {name} returned other bytes"
+        )
+    };
+    fetch(&want[0]).assert_ok();
+    fetched_is(&want[0]);
     let away = repo.path.with_extension("away");
+    std::fs::rename(&repo.path, &away).unwrap();
+    fetch(&want[1]).assert_ok();
+    fetched_is(&want[1]);
+    let copy = std::fs::read_dir(fetch_dir.join("pgsnapfs-prefetch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&want[2]))
+        .expect("a prefetched copy");
+    flip_byte(&copy, 4096);
+    fetch(&want[2]).assert_failed();
+    std::fs::rename(&away, &repo.path).unwrap();
+    fetch(&want[2]).assert_ok();
+    fetched_is(&want[2]);
+
+    // 5. The repository unreachable: the server's pushes fail with the archiver's error
+    // once it has failed for --fail-after; back, the queue drains.
+    eprintln!("phase 5: {:.1?}", started.elapsed());
     std::fs::rename(&repo.path, &away).unwrap();
     let failed_before: u64 = c
         .psql("SELECT failed_count FROM pg_stat_archiver")
@@ -216,8 +259,8 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     wait_drained(&spool);
     assert_check_clean(&repo, "an outage");
 
-    // 5. --queue-max: a file over it is dropped, loudly, and reported as a gap.
-    eprintln!("phase {}: {:.1?}", "5", started.elapsed());
+    // 6. --queue-max: a file over it is dropped, loudly, and reported as a gap.
+    eprintln!("phase 6: {:.1?}", started.elapsed());
     set_archive_command(&c, &format!("{push} --queue-max 1 %p"));
     c.psql("CREATE TABLE after_drop AS SELECT 1");
     let dropped = c.switch_wal_and_wait_archived();

@@ -14,7 +14,7 @@
 async_lag() { # DATA SPOOL: bytes of WAL finished but not archived
     local ready spool_bytes=0
     ready=$(find "$1/pg_wal/archive_status" -name '*.ready' 2>/dev/null | wc -l)
-    [ -d "$2/pg_wal" ] && spool_bytes=$(bytes_of "$2/pg_wal")
+    [ -d "$2/pg_wal" ] && spool_bytes=$(find "$2/pg_wal" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
     echo $((ready * 16 * 1024 * 1024 + spool_bytes))
 }
 

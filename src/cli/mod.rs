@@ -123,7 +123,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::WalPush(a) => wal::push(&open(&repo()?)?, a),
         Command::ArchiveDaemon(a) => wal::daemon(|| open(&repo()?), a),
         Command::ArchiveStatus(a) => wal::status(a),
-        Command::WalFetch(a) => wal::fetch(&open(&repo()?)?, a),
+        Command::WalFetch(a) => wal::fetch(|| open(&repo()?), a),
         Command::List(a) => info::list(&open(&repo()?)?, a),
         Command::Info(a) => info::info(&open(&repo()?)?, a),
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),

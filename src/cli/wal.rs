@@ -4,6 +4,7 @@
 use crate::archive::{self, PushOutcome, Pushed};
 use crate::archiver::{self, AsyncOptions, Ended, PusherOptions};
 use crate::error::{Error, Result};
+use crate::prefetch;
 use crate::spool::{Limit, Spool};
 use crate::store::backend::RequestCounts;
 use crate::store::Repository;
@@ -83,6 +84,14 @@ pub struct FetchArgs {
     /// The cluster, when the repository holds several.
     #[arg(long)]
     pub system: Option<u64>,
+    /// Also fetch the next N segments, in parallel, into the prefetch directory; later calls
+    /// are served from there (checked against their digest) without opening the repository.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub prefetch: u32,
+    /// Where prefetched segments wait [default: pgsnapfs-prefetch beside the destination, i.e.
+    /// in pg_wal]
+    #[arg(long)]
+    pub prefetch_dir: Option<PathBuf>,
 }
 
 pub fn push(repo: &Repository, a: PushArgs) -> Result<()> {
@@ -256,6 +265,16 @@ pub fn status(a: StatusArgs) -> Result<()> {
     }
 }
 
-pub fn fetch(repo: &Repository, a: FetchArgs) -> Result<()> {
-    archive::fetch(repo, a.system, &a.name, &a.dest)
+pub fn fetch(open: impl FnOnce() -> Result<Repository>, a: FetchArgs) -> Result<()> {
+    if a.prefetch == 0 {
+        return archive::fetch(&open()?, a.system, &a.name, &a.dest);
+    }
+    let dir = a
+        .prefetch_dir
+        .clone()
+        .unwrap_or_else(|| prefetch::default_dir(&a.dest));
+    if prefetch::serve(&dir, &a.name, &a.dest)? {
+        return Ok(());
+    }
+    prefetch::fetch(&open()?, a.system, &a.name, &a.dest, &dir, a.prefetch)
 }
