@@ -4,10 +4,10 @@
 
 use crate::archive::{self, TimelineWal};
 use crate::archiver;
-use crate::spool::DropMarker;
 use crate::catalog::{Backups, Snapshot};
 use crate::error::Result;
 use crate::pitr;
+use crate::spool::DropMarker;
 use crate::store::Repository;
 use crate::timelines::{self, Survey};
 use chrono::{DateTime, Utc};
@@ -77,7 +77,8 @@ impl Info {
                 latest_time,
             });
             info.surveys.push((sys, survey));
-            info.dropped.extend(archiver::dropped(repo, system.sysid())?);
+            info.dropped
+                .extend(archiver::dropped(repo, system.sysid())?);
         }
         Ok(info)
     }

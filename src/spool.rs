@@ -116,7 +116,10 @@ impl Spool {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir.join(sub))
-                .map_err(io(format!("create spool directory {}", dir.join(sub).display())))?;
+                .map_err(io(format!(
+                    "create spool directory {}",
+                    dir.join(sub).display()
+                )))?;
         }
         Ok(Spool { dir })
     }
@@ -157,7 +160,7 @@ impl Spool {
                 bytes: meta.len(),
             });
         }
-        out.sort_by(|a, b| need_order(&a.name).cmp(&need_order(&b.name)));
+        out.sort_by_key(|q| need_order(&q.name));
         Ok(out)
     }
 
@@ -176,7 +179,10 @@ impl Spool {
             })?;
         let data = std::fs::read(src).map_err(io(format!("read {}", src.display())))?;
         let header = SegmentHeader::parse(&data).ok();
-        let pgdata = src.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+        let pgdata = src
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
         let control = std::fs::read(pgdata.join("global/pg_control")).ok();
         let sysid = header
             .as_ref()
@@ -189,12 +195,15 @@ impl Spool {
         let queue = self.queued()?;
         let dest = self.wal_dir().join(name);
         if let Some(q) = queue.iter().find(|q| q.name == name) {
-            if q.bytes == data.len() as u64 && std::fs::read(&q.path).ok().as_ref() == Some(&data)
-            {
+            if q.bytes == data.len() as u64 && std::fs::read(&q.path).ok().as_ref() == Some(&data) {
                 return Ok(Enqueued::AlreadyQueued);
             }
         }
-        let queued_bytes: u64 = queue.iter().filter(|q| q.name != name).map(|q| q.bytes).sum();
+        let queued_bytes: u64 = queue
+            .iter()
+            .filter(|q| q.name != name)
+            .map(|q| q.bytes)
+            .sum();
         self.check_cluster(sysid, queue.is_empty())?;
         match limit {
             Limit::Block(max) if queued_bytes + data.len() as u64 > max => {
@@ -217,7 +226,10 @@ impl Spool {
                     queued_bytes,
                 };
                 let json = serde_json::to_vec_pretty(&marker).expect("marker serializes");
-                self.write_durably(&self.dir.join("dropped").join(format!("{name}.json")), &json)?;
+                self.write_durably(
+                    &self.dir.join("dropped").join(format!("{name}.json")),
+                    &json,
+                )?;
                 return Ok(Enqueued::Dropped);
             }
             _ => {}
@@ -442,7 +454,10 @@ mod tests {
         std::fs::write(&a, segment(1, 3)).unwrap();
         std::fs::write(&b, segment(1, 4)).unwrap();
         let max = 20 << 20;
-        assert_eq!(spool.enqueue(&a, Limit::Block(max)).unwrap(), Enqueued::Queued);
+        assert_eq!(
+            spool.enqueue(&a, Limit::Block(max)).unwrap(),
+            Enqueued::Queued
+        );
         assert_eq!(
             spool.enqueue(&a, Limit::Block(max)).unwrap(),
             Enqueued::AlreadyQueued
@@ -454,13 +469,18 @@ mod tests {
             spool.enqueue(&b, Limit::Block(max)),
             Err(Error::ArchiveQueue(_))
         ));
-        assert_eq!(spool.enqueue(&b, Limit::Drop(max)).unwrap(), Enqueued::Dropped);
+        assert_eq!(
+            spool.enqueue(&b, Limit::Drop(max)).unwrap(),
+            Enqueued::Dropped
+        );
         let drops = spool.drops().unwrap();
         assert_eq!(drops.len(), 1);
         assert_eq!(drops[0].1.name, "000000010000000000000004");
         assert_eq!(drops[0].1.system_identifier, 7);
         assert_eq!(spool.queued().unwrap().len(), 1);
-        assert!(spool.enqueue(&pg_wal.join("junk"), Limit::Block(max)).is_err());
+        assert!(spool
+            .enqueue(&pg_wal.join("junk"), Limit::Block(max))
+            .is_err());
         std::fs::remove_dir_all(&t).unwrap();
     }
 }

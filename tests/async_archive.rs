@@ -18,7 +18,12 @@ const ROWS: &str = "SELECT count(*), sum(abalance), (SELECT count(*) FROM pgbenc
                     FROM pgbench_accounts";
 
 fn archive_status(spool: &Path) -> serde_json::Value {
-    let run = pgsnapfs(&["archive-status", "--spool", spool.to_str().unwrap(), "--json"]);
+    let run = pgsnapfs(&[
+        "archive-status",
+        "--spool",
+        spool.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(matches!(run.code(), Some(0 | 1)), "{}", run.report());
     run.json()
 }
@@ -133,7 +138,14 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
         }
         run_command(&mut cmd)
     };
-    let points = ["put:1", "put-done:1", "put:2", "put-done:2", "put:3", "put-done:3"];
+    let points = [
+        "put:1",
+        "put-done:1",
+        "put:2",
+        "put-done:2",
+        "put:3",
+        "put-done:3",
+    ];
     let mut kills = 0;
     for round in 0.. {
         assert!(round < 200, "archivers killed {kills} times did not finish");
@@ -158,7 +170,10 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
         let to = restore_dir.join("data");
         repo.restore(&to, &["--archive-mode", "off"]).assert_ok();
         let restored = Cluster::start_on(&to);
-        assert_ne!(restored.wait_until_paused_or_ready(), RecoveryState::ShutDown);
+        assert_ne!(
+            restored.wait_until_paused_or_ready(),
+            RecoveryState::ShutDown
+        );
         assert_eq!(restored.psql(ROWS), source_rows, "restored rows");
     }
 
@@ -180,13 +195,21 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
         }
     })
     .unwrap();
-    assert_eq!(drained["status"]["last_archived"], last.as_str(), "{drained}");
+    assert_eq!(
+        drained["status"]["last_archived"],
+        last.as_str(),
+        "{drained}"
+    );
     assert_check_clean(&repo, "a file pushed twice");
 
     // 4. wal-fetch --prefetch: later segments are served from the prefetch directory without
     // the repository, and only intact.
     eprintln!("phase 4: {:.1?}", started.elapsed());
-    let segs: Vec<String> = c.wal_segments().into_iter().filter(|s| *s <= last).collect();
+    let segs: Vec<String> = c
+        .wal_segments()
+        .into_iter()
+        .filter(|s| *s <= last)
+        .collect();
     let want = &segs[segs.len() - 4..];
     let fetch_dir = dir.subdir("fetch", 0o755);
     let dest = fetch_dir.join("RECOVERYXLOG");
@@ -198,7 +221,8 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     };
     let fetched_is = |name: &str| {
         assert!(
-            std::fs::read(&dest).unwrap() == std::fs::read(c.data.join("pg_wal").join(name)).unwrap(),
+            std::fs::read(&dest).unwrap()
+                == std::fs::read(c.data.join("pg_wal").join(name)).unwrap(),
             "wal-fetch --prefetch of {name} returned other bytes"
         )
     };
@@ -211,7 +235,13 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     let copy = std::fs::read_dir(fetch_dir.join("pgsnapfs-prefetch"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&want[2]))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&want[2])
+        })
         .expect("a prefetched copy");
     flip_byte(&copy, 4096);
     fetch(&want[2]).assert_failed();
@@ -267,7 +297,10 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     assert!(c.log_contents().contains("DROPPED"), "{}", c.log_tail(10));
     let info = wait_for(Duration::from_secs(60), || {
         let info = repo.run("info", &["--json"]).assert_ok().json();
-        match info["dropped_wal"].as_array().is_some_and(|d| !d.is_empty()) {
+        match info["dropped_wal"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+        {
             true => Ok(info),
             false => Err(info["dropped_wal"].to_string()),
         }

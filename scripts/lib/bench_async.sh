@@ -1,11 +1,13 @@
 # Sourced by scripts/bench: the asynchronous-archiving rows (issue 17, item 3).
 #
-# A cluster of its own (the main one's archive_command pushes with every tool, synchronously):
-#  - async_pgbench TOOL: pgbench -c 4 for PGBENCH_SECONDS while the archive lag is sampled every
-#    0.25 s: WAL finished but not in the repository, i.e. `.ready` files in pg_wal plus what waits
-#    in the spool. Then how long after pgbench the archive needs to catch up. pgsnapfs
-#    (`wal-push --async`, process-max 2) and pgBackRest (archive-async=y, process-max=2) in turn,
-#    each into a local repository, on the same cluster.
+# A cluster of its own (the main one's archive_command pushes with every tool, synchronously),
+# with synchronous_commit = off so that 2 cores write as much WAL as they can:
+#  - async_lag_init / async_lag_pgbench TOOL: `pgbench -i -s SCALE` (COPY and index builds: bulk
+#    WAL), then `pgbench -c 4 -T PGBENCH_SECONDS`, while the archive lag is sampled every 0.25 s:
+#    WAL finished but not in the repository, i.e. `.ready` files in pg_wal plus what waits in the
+#    spool. Then how long after the load the archive needs to catch up. pgsnapfs (`wal-push
+#    --async`, process-max 2) and pgBackRest (archive-async=y, process-max=2) in turn, each into a
+#    local repository, on the same cluster.
 #  - async_drain STORE: the archiver alone, `archive-daemon --process-max 2 --idle-exit 0`, on a
 #    spool holding ASYNC_SEGMENTS segments of that cluster, into a fresh local repository and into
 #    S3 (moto on 127.0.0.1): the sustained rate it can take WAL at.
@@ -23,11 +25,12 @@ async_caught_up() { # SOCK PORT SEGMENT DATA SPOOL
         [ "$(async_lag "$4" "$5")" = 0 ]
 }
 
-async_pgbench() { # TOOL DATA SOCK PORT SPOOL
-    local tool=$1 data=$2 sock=$3 port=$4 spool=$5
-    local lsn0 pid t0 lag max_lag=0 sum_lag=0 samples=0 seg t_end
+async_pgbench() { # TOOL LOAD(init|pgbench) DATA SOCK PORT SPOOL
+    local tool=$1 load=$2 data=$3 sock=$4 port=$5 spool=$6
+    local lsn0 pid t0 lag max_lag=0 sum_lag=0 samples=0 seg t_end args
     lsn0=$(sql "$sock" "$port" "SELECT pg_current_wal_lsn()")
-    as_pg "$PG_BIN/pgbench" -h "$sock" -p "$port" -T "$PGBENCH_SECONDS" -c 4 -j 2 postgres \
+    if [ "$load" = init ]; then args=(-i -q -s "$SCALE"); else args=(-T "$PGBENCH_SECONDS" -c 4 -j 2); fi
+    as_pg "$PG_BIN/pgbench" -h "$sock" -p "$port" "${args[@]}" postgres \
         >"$BENCH/logs/async-pgbench-$tool.out" 2>&1 &
     pid=$!
     BG_PIDS+=("$pid")
@@ -48,10 +51,10 @@ async_pgbench() { # TOOL DATA SOCK PORT SPOOL
     wait_until "async archiving ($tool) of $seg" 900 async_caught_up "$sock" "$port" "$seg" "$data" "$spool"
     wal_bytes=$(sql "$sock" "$port" "SELECT pg_current_wal_lsn() - '$lsn0'::pg_lsn")
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$BENCH/logs/async-pgbench-$tool.out" | head -n 1)
-    rec async_pgbench "$tool" 1 wal_bytes="$wal_bytes" seconds="$seconds" tps="${tps:-0}" \
+    rec "async_lag_$load" "$tool" 1 wal_bytes="$wal_bytes" seconds="$seconds" tps="${tps:-0}" \
         max_lag_bytes="$max_lag" mean_lag_bytes="$((sum_lag / (samples > 0 ? samples : 1)))" \
         catch_up_s="$(secs_since "$t_end")"
-    log "async $tool: $(awk -v b="$wal_bytes" -v s="$seconds" 'BEGIN { printf "%.1f MB/s of WAL", b / s / 1e6 }'), lag at most $((max_lag / 1024 / 1024)) MiB, caught up $(secs_since "$t_end") s after pgbench"
+    log "async $tool, pgbench $load: $(awk -v b="$wal_bytes" -v s="$seconds" 'BEGIN { printf "%.1f MB/s of WAL", b / s / 1e6 }'), lag at most $((max_lag / 1024 / 1024)) MiB, caught up $(secs_since "$t_end") s after pgbench"
 }
 
 async_drain() { # STORE REPO SEGMENT_DIR RUN
@@ -84,6 +87,7 @@ archive_mode = on
 archive_command = '$BIN wal-push --async --spool $spool --repo $repo %p'
 max_wal_size = 4GB
 wal_keep_size = 2GB
+synchronous_commit = off
 EOF
     cat >"$conf" <<EOF
 [global]
@@ -104,15 +108,17 @@ pg1-port=$port
 EOF
     chmod 644 "$conf"
     start_server "$data" "$port" "$sock" "$BENCH/logs/async.log"
-    log "async rows: pgbench -i -s $SCALE on a cluster archived with wal-push --async"
-    as_pg "$PG_BIN/pgbench" -h "$sock" -p "$port" -i -q -s "$SCALE" postgres >/dev/null 2>&1
-    async_pgbench pgsnapfs "$data" "$sock" "$port" "$spool"
+    log "async rows: pgbench on a cluster archived with wal-push --async"
+    async_pgbench pgsnapfs init "$data" "$sock" "$port" "$spool"
+    async_pgbench pgsnapfs pgbench "$data" "$sock" "$port" "$spool"
 
     # The archiver alone, on the newest segments of that run (kept in pg_wal by wal_keep_size).
     local segs="$BENCH/async-segments"
     as_pg mkdir -p "$segs"
-    find "$data/pg_wal" -maxdepth 1 -regex '.*/[0-9A-F]\{24\}' -printf '%f\n' | sort |
-        tail -n "$ASYNC_SEGMENTS" | while read -r f; do as_pg cp "$data/pg_wal/$f" "$segs/"; done
+    local f
+    for f in $(ls "$data/pg_wal" | grep -E '^[0-9A-F]{24}$' | sort | tail -n "$ASYNC_SEGMENTS"); do
+        as_pg cp "$data/pg_wal/$f" "$segs/"
+    done
     [ -n "${MOTO_PID:-}" ] || start_moto
     local run store
     for run in $(seq "$RUNS"); do
@@ -132,7 +138,8 @@ EOF
         die "pgbackrest stanza-create (async) failed"
     sql "$sock" "$port" "ALTER SYSTEM SET archive_command = 'pgbackrest --config=$conf --stanza=async archive-push %p'" >/dev/null
     sql "$sock" "$port" "SELECT pg_reload_conf()" >/dev/null
-    async_pgbench pgbackrest "$data" "$sock" "$port" "$BENCH/pgbr-async/spool/none"
+    async_pgbench pgbackrest init "$data" "$sock" "$port" "$BENCH/pgbr-async/spool/none"
+    async_pgbench pgbackrest pgbench "$data" "$sock" "$port" "$BENCH/pgbr-async/spool/none"
     stop_server "$data"
     async_summary
 }
@@ -149,8 +156,9 @@ def runs(key, tool):
     return list(m.values())
 print("asynchronous archiving:")
 for tool in ("pgsnapfs", "pgbackrest"):
-    for r in runs("async_pgbench", tool):
-        print(f"  under pgbench, {tool:10}: {r['wal_bytes'] / r['seconds'] / 1e6:6.1f} MB/s of WAL, "
+  for load in ("init", "pgbench"):
+    for r in runs("async_lag_" + load, tool):
+        print(f"  {load:7} {tool:10}: {r['wal_bytes'] / r['seconds'] / 1e6:6.1f} MB/s of WAL, "
               f"lag max {r['max_lag_bytes'] / 2**20:.0f} MiB, mean {r['mean_lag_bytes'] / 2**20:.0f} MiB, "
               f"caught up {r['catch_up_s']:.2f} s after pgbench")
 for store in ("local", "s3"):

@@ -123,9 +123,10 @@ pub fn push(repo: &Repository, a: PushArgs) -> Result<()> {
 /// `wal-push --async`: queue, start an archiver if none runs, report its failures.
 /// `relaunch` holds the options the archiver needs: repository and key.
 pub fn push_async(a: PushArgs, relaunch: Vec<OsString>) -> Result<()> {
-    let dir = a.spool.as_deref().ok_or_else(|| {
-        Error::BadInput("--async needs --spool DIR (or PGSNAPFS_SPOOL)".into())
-    })?;
+    let dir = a
+        .spool
+        .as_deref()
+        .ok_or_else(|| Error::BadInput("--async needs --spool DIR (or PGSNAPFS_SPOOL)".into()))?;
     let spool = Spool::open(dir)?;
     let q = &a.queue;
     let opts = AsyncOptions {
