@@ -28,6 +28,8 @@ async_caught_up() { # SOCK PORT SEGMENT DATA SPOOL
 async_pgbench() { # TOOL LOAD(init|pgbench) DATA SOCK PORT SPOOL
     local tool=$1 load=$2 data=$3 sock=$4 port=$5 spool=$6
     local lsn0 pid t0 lag max_lag=0 sum_lag=0 samples=0 seg t_end args
+    # Each load starts just after a checkpoint, so both tools see the same full-page writes.
+    sql "$sock" "$port" "CHECKPOINT" >/dev/null
     lsn0=$(sql "$sock" "$port" "SELECT pg_current_wal_lsn()")
     if [ "$load" = init ]; then args=(-i -q -s "$SCALE"); else args=(-T "$PGBENCH_SECONDS" -c 4 -j 2); fi
     as_pg "$PG_BIN/pgbench" -h "$sock" -p "$port" "${args[@]}" postgres \
@@ -142,6 +144,8 @@ EOF
     async_pgbench pgbackrest pgbench "$data" "$sock" "$port" "$BENCH/pgbr-async/spool/none"
     stop_server "$data"
     async_summary
+    cp "$RESULTS" "${TMPDIR:-/tmp}/pgsnapfs-bench-async.jsonl"
+    log "async rows kept in ${TMPDIR:-/tmp}/pgsnapfs-bench-async.jsonl"
 }
 
 async_summary() {
@@ -158,7 +162,8 @@ print("asynchronous archiving:")
 for tool in ("pgsnapfs", "pgbackrest"):
   for load in ("init", "pgbench"):
     for r in runs("async_lag_" + load, tool):
-        print(f"  {load:7} {tool:10}: {r['wal_bytes'] / r['seconds'] / 1e6:6.1f} MB/s of WAL, "
+        print(f"  {load:7} {tool:10}: {r['wal_bytes'] / r['seconds'] / 1e6:6.1f} MB/s of WAL "
+              f"({r['tps']:.0f} tps), "
               f"lag max {r['max_lag_bytes'] / 2**20:.0f} MiB, mean {r['mean_lag_bytes'] / 2**20:.0f} MiB, "
               f"caught up {r['catch_up_s']:.2f} s after pgbench")
 for store in ("local", "s3"):
