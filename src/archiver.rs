@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// How often an idle pusher looks for new files.
 const POLL: Duration = Duration::from_millis(20);
+/// How long a push waits for the archiver's retry it asked for.
+const RETRY_WAIT: Duration = Duration::from_secs(2);
 /// The longest wait between attempts while the repository fails: a failed attempt costs one
 /// request, and the archive should catch up soon after the repository is back.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -57,23 +59,36 @@ pub fn push_async(
         );
     }
     if matches!(opts.limit, Limit::Block(_)) {
-        if let Some(s) = spool.status().filter(|_| spool.pusher_pid().is_some()) {
-            if let (Some(since), Some(error)) = (s.failing_since, &s.last_error) {
-                let failing = (Utc::now() - since).to_std().unwrap_or_default();
-                if failing >= opts.fail_after {
-                    return Err(Error::ArchiveQueue(format!(
-                        "{} is queued, but the archiver of spool {} has failed for {}s: {error}. \
-                         PostgreSQL keeps its WAL until the archiver recovers; see {}",
-                        path.display(),
-                        spool.dir().display(),
-                        failing.as_secs(),
-                        spool.log_path().display()
-                    )));
+        if let Some((failing, error)) = failing_for(spool, opts.fail_after) {
+            // PostgreSQL is retrying: so does the archiver, now rather than after its backoff,
+            // and a repository that is back answers this very push.
+            spool.wake();
+            let deadline = Instant::now() + RETRY_WAIT;
+            while Instant::now() < deadline {
+                std::thread::sleep(POLL);
+                if failing_for(spool, opts.fail_after).is_none() {
+                    return Ok(queued);
                 }
             }
+            return Err(Error::ArchiveQueue(format!(
+                "{} is queued, but the archiver of spool {} has failed for {}s: {error}. \
+                 PostgreSQL keeps its WAL until the archiver recovers; see {}",
+                path.display(),
+                spool.dir().display(),
+                failing.as_secs(),
+                spool.log_path().display()
+            )));
         }
     }
     Ok(queued)
+}
+
+/// How long the archiver has failed, and its last error, if longer than `fail_after` (and it
+/// runs).
+fn failing_for(spool: &Spool, fail_after: Duration) -> Option<(Duration, String)> {
+    let s = spool.status().filter(|_| spool.pusher_pid().is_some())?;
+    let failing = (Utc::now() - s.failing_since?).to_std().unwrap_or_default();
+    (failing >= fail_after).then(|| (failing, s.last_error.unwrap_or_default()))
 }
 
 /// Starts a pusher for `spool`, detached (its own session, output to the spool's log): the
@@ -208,7 +223,10 @@ pub fn run_pusher(
                 status.last_error = Some(e);
                 status.last_error_at = Some(now);
                 spool.write_status(&status)?;
-                std::thread::sleep(backoff(failures));
+                let until = Instant::now() + backoff(failures);
+                while Instant::now() < until && !spool.take_wake() {
+                    std::thread::sleep(POLL);
+                }
                 failures += 1;
             }
             None => {

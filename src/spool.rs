@@ -13,6 +13,7 @@
 //! <spool>/status.json             the pusher's state, last error, counts (see [`Status`])
 //! <spool>/pusher.lock             flock()ed by the one running pusher; holds its pid
 //! <spool>/pusher.log              the log of a pusher started by `wal-push --async`
+//! <spool>/wake                    a push asks a pusher waiting after a failure to retry now
 //! ```
 //!
 //! Files are copied, never hard-linked: PostgreSQL recycles segment files by renaming and
@@ -346,6 +347,16 @@ impl Spool {
         std::fs::write(&tmp, json).map_err(io(format!("write {}", tmp.display())))?;
         let path = self.dir.join("status.json");
         std::fs::rename(&tmp, &path).map_err(io(format!("rename to {}", path.display())))
+    }
+
+    /// Asks a pusher waiting after a failure to try again now.
+    pub fn wake(&self) {
+        let _ = File::create(self.dir.join("wake"));
+    }
+
+    /// Whether a push asked for a new attempt since the last call.
+    pub fn take_wake(&self) -> bool {
+        std::fs::remove_file(self.dir.join("wake")).is_ok()
     }
 
     /// The pusher's lock: `Some` (held, pid written) if no pusher runs on this spool.
