@@ -45,8 +45,9 @@ pub fn push_async(
     start: impl FnOnce() -> Result<()>,
 ) -> Result<Enqueued> {
     let queued = spool.enqueue(path, opts.limit);
-    // Started even when the queue is full, so that it drains.
-    if spool.pusher_pid().is_none() {
+    // Started when there is work, even when the queue is full, so that it drains.
+    let work = matches!(queued, Ok(_) | Err(Error::ArchiveQueue(_)));
+    if work && spool.pusher_pid().is_none() {
         start()?;
     }
     let queued = queued?;
