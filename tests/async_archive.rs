@@ -2,8 +2,8 @@
 //! under pgbench while its archiver is killed; archivers killed at every step of their work
 //! (the kill points of their repository writes), then rerun: nothing lost, `check` clean, a
 //! restore's rows equal the source's; a second async push of an archived file is harmless;
-//! `wal-fetch --prefetch` serves later segments locally, never a damaged copy; the repository
-//! unreachable, then back: the server is told (its archive_command fails with
+//! `wal-fetch --prefetch` serves later segments locally, never a damaged copy; the repository's
+//! disk full, then freed: the server is told (its archive_command fails with
 //! the archiver's error) and the queue drains; with `--queue-max` a dropped file is reported
 //! as a gap by `info` and `check`.
 
@@ -11,7 +11,8 @@ mod common;
 
 use common::*;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 const ROWS: &str = "SELECT count(*), sum(abalance), (SELECT count(*) FROM pgbench_history) \
@@ -49,6 +50,45 @@ fn set_archive_command(c: &Cluster, command: &str) {
     c.psql("SELECT pg_reload_conf()");
 }
 
+/// A tmpfs mounted on a directory for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(point: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir(point).unwrap();
+        run_command(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(point),
+        )
+        .assert_ok();
+        chown_to_postgres(point);
+        Tmpfs(point.to_path_buf())
+    }
+
+    /// Fills the disk with a file beside the repository's objects; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0xa5u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 fn kill9(pid: u64) {
     // SAFETY: a signal to a process of this test.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -63,7 +103,10 @@ fn assert_check_clean(repo: &Repo, after: &str) {
 #[test]
 fn async_archiving_survives_kills_outages_and_full_queues() {
     let started = std::time::Instant::now();
-    let repo = Repo::init();
+    // The repository on a disk of its own, to fill up.
+    let repo = Repo::new();
+    let disk = Tmpfs::mount(&repo.path, "512M");
+    repo.run("init", &[]).assert_ok();
     let dir = TestDir::new("async");
     let spool = dir.subdir("spool", 0o700);
     let push = format!(
@@ -213,12 +256,20 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     let want = &segs[segs.len() - 4..];
     let fetch_dir = dir.subdir("fetch", 0o755);
     let dest = fetch_dir.join("RECOVERYXLOG");
-    let fetch = |name: &str| {
-        repo.run(
+    let fetch_from = |spec: &str, name: &str| {
+        pgsnapfs(&[
             "wal-fetch",
-            &["--prefetch", "3", name, dest.to_str().unwrap()],
-        )
+            "--repo",
+            spec,
+            "--prefetch",
+            "3",
+            name,
+            dest.to_str().unwrap(),
+        ])
     };
+    let fetch = |name: &str| fetch_from(&repo.spec, name);
+    let gone = dir.join("no-repository");
+    let gone = gone.to_str().unwrap();
     let fetched_is = |name: &str| {
         assert!(
             std::fs::read(&dest).unwrap()
@@ -228,9 +279,7 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     };
     fetch(&want[0]).assert_ok();
     fetched_is(&want[0]);
-    let away = repo.path.with_extension("away");
-    std::fs::rename(&repo.path, &away).unwrap();
-    fetch(&want[1]).assert_ok();
+    fetch_from(gone, &want[1]).assert_ok();
     fetched_is(&want[1]);
     let copy = std::fs::read_dir(fetch_dir.join("pgsnapfs-prefetch"))
         .unwrap()
@@ -244,15 +293,14 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
         })
         .expect("a prefetched copy");
     flip_byte(&copy, 4096);
-    fetch(&want[2]).assert_failed();
-    std::fs::rename(&away, &repo.path).unwrap();
+    fetch_from(gone, &want[2]).assert_failed();
     fetch(&want[2]).assert_ok();
     fetched_is(&want[2]);
 
-    // 5. The repository unreachable: the server's pushes fail with the archiver's error
-    // once it has failed for --fail-after; back, the queue drains.
+    // 5. The repository's disk full: the server's pushes fail with the archiver's error once
+    // it has failed for --fail-after; space freed, the queue drains.
     eprintln!("phase 5: {:.1?}", started.elapsed());
-    std::fs::rename(&repo.path, &away).unwrap();
+    let filler = disk.fill();
     let failed_before: u64 = c
         .psql("SELECT failed_count FROM pg_stat_archiver")
         .parse()
@@ -283,11 +331,11 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     let s = archive_status(&spool);
     assert!(!s["failing_since"].is_null(), "{s}");
     assert!(s["status"]["last_error"].as_str().is_some(), "{s}");
-    std::fs::rename(&away, &repo.path).unwrap();
+    std::fs::remove_file(&filler).unwrap();
     let archived = c.switch_wal_and_wait_archived();
     assert!(archived >= cut);
     wait_drained(&spool);
-    assert_check_clean(&repo, "an outage");
+    assert_check_clean(&repo, "a full disk");
 
     // 6. --queue-max: a file over it is dropped, loudly, and reported as a gap.
     eprintln!("phase 6: {:.1?}", started.elapsed());
