@@ -279,20 +279,26 @@ fn check_system(
 
 /// Restores one archived file to `dest` (as `restore_command` asks), atomically.
 pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> Result<()> {
-    let file = WalFile::parse(name, DEFAULT_SEG_SIZE)
-        .ok_or_else(|| Error::BadInput(format!("{name} is not a WAL file name")))?;
+    if WalFile::parse(name, DEFAULT_SEG_SIZE).is_none() {
+        return Err(Error::BadInput(format!("{name} is not a WAL file name")));
+    }
     let system = resolve_system(repo, sysid)?;
-    let sysid = system.sysid();
-    let key = keys::wal_file(sysid, file.tli(), name);
-    let data = match repo.get_sealed(&key) {
-        Err(StoreError::Backend(e)) if e.is_not_found() => {
-            return Err(Error::NotFound(format!("{name} is not in the archive")))
-        }
-        other => other?,
-    };
+    let data = read_file(repo, system.sysid(), name)?
+        .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
     let tmp = dest.with_extension("pgsnapfs-tmp");
     std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, dest).map_err(io(format!("rename to {}", dest.display())))
+}
+
+/// The bytes of archived file `name` of cluster `sysid` (verified against its seal); `None`
+/// if it is not archived.
+pub fn read_file(repo: &Repository, sysid: u64, name: &str) -> Result<Option<Vec<u8>>> {
+    let file = WalFile::parse(name, DEFAULT_SEG_SIZE)
+        .ok_or_else(|| Error::BadInput(format!("{name} is not a WAL file name")))?;
+    match repo.get_sealed(&keys::wal_file(sysid, file.tli(), name)) {
+        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+        other => Ok(Some(other?)),
+    }
 }
 
 /// The archived WAL of one timeline.

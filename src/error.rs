@@ -106,6 +106,9 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// The spool of asynchronous archiving cannot take a file (full), or its pusher keeps failing.
+    #[error("{0}")]
+    ArchiveQueue(String),
     /// SIGINT or SIGTERM (the number) stopped the command after it cleaned up.
     #[error(
         "interrupted by signal {0}: the test server was stopped and the view unmounted; \

@@ -3,9 +3,11 @@
 //! only prints it.
 
 use crate::archive::{self, TimelineWal};
+use crate::archiver;
 use crate::catalog::{Backups, Snapshot};
 use crate::error::Result;
 use crate::pitr;
+use crate::spool::DropMarker;
 use crate::store::Repository;
 use crate::timelines::{self, Survey};
 use chrono::{DateTime, Utc};
@@ -42,6 +44,8 @@ pub struct Info {
     pub ranges: Vec<Restorable>,
     /// Per cluster (by system identifier): its timelines as the repository holds them.
     pub surveys: Vec<(String, Survey)>,
+    /// WAL files asynchronous archiving dropped (`--queue-max`): gaps recovery cannot pass.
+    pub dropped: Vec<DropMarker>,
 }
 
 impl Info {
@@ -53,6 +57,7 @@ impl Info {
             wal: Vec::new(),
             ranges: Vec::new(),
             surveys: Vec::new(),
+            dropped: Vec::new(),
         };
         for system in archive::systems(repo)? {
             let all: Vec<&Snapshot> = info.backups.iter().collect();
@@ -72,6 +77,8 @@ impl Info {
                 latest_time,
             });
             info.surveys.push((sys, survey));
+            info.dropped
+                .extend(archiver::dropped(repo, system.sysid())?);
         }
         Ok(info)
     }

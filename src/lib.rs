@@ -8,6 +8,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod archive;
+pub mod archiver;
 pub mod backup;
 pub mod catalog;
 pub mod check;
@@ -23,10 +24,12 @@ pub mod mount;
 pub mod passphrase;
 pub mod pg;
 pub mod pitr;
+pub mod prefetch;
 pub mod restore;
 pub mod retention;
 pub mod server;
 pub mod session;
+pub mod spool;
 pub mod store;
 pub mod timelines;
 pub mod verified;

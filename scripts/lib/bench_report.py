@@ -2,7 +2,7 @@
 """Turns the JSON lines that scripts/bench recorded into the result tables.
 
     bench_report.py --results results.jsonl [--out DIR] [--merge chunk_sizes|s3|encryption|summaries|
-                                                           verify_incremental|read_path]
+                                                           verify_incremental|read_path|async]
 
 Prints the markdown on stdout. With --out, also writes DIR/benchmarks.md and
 DIR/benchmarks.json. With --merge PART (a `scripts/bench --chunk-sizes`, `--s3`, `--summaries` or
@@ -463,6 +463,7 @@ def build(recs):
                                "incremental", vm("incremental", f), runs, note))
 
     out["read_path"] = read_path(R)
+    out["async"] = async_archiving(R)
 
     loads = [r["load1"] for r in recs if "load1" in r]
     if loads:
@@ -470,6 +471,52 @@ def build(recs):
         meta["load1_max"] = max(loads)
     out["raw"] = recs
     return out
+
+
+def async_archiving(R):
+    """The rows of scripts/lib/bench_async.sh: lag under load, and the archiver's own rate."""
+    rows = []
+    mib = 2 ** 20
+
+    def one(key, tool):
+        runs = list(R.merged(key, tool).values())
+        return runs[0] if runs else None
+
+    for load, what in (("init", "pgbench -i (COPY, index builds)"),
+                       ("pgbench", "pgbench -c 4, synchronous_commit off")):
+        a, b = one("async_lag_" + load, "pgsnapfs"), one("async_lag_" + load, "pgbackrest")
+        if not a:
+            continue
+        def v(r, f):
+            return f(r) if r else None
+        for measure, unit, f in (
+                ("WAL written", "MB/s", lambda r: round(r["wal_bytes"] / r["seconds"] / 1e6, 1)),
+                ("archive lag, max", "MiB", lambda r: round(r["max_lag_bytes"] / mib)),
+                ("archive lag, mean", "MiB", lambda r: round(r["mean_lag_bytes"] / mib)),
+                ("caught up after the load", "s", lambda r: r["catch_up_s"]),
+                ("transactions", "tps", lambda r: round(r["tps"]) if r["tps"] else None)):
+            if f(a) is None:
+                continue
+            rows.append({"row": what, "measure": measure, "unit": unit,
+                         "pgsnapfs": v(a, f), "pgbackrest": v(b, f)})
+    for store, what in (("local", "archiver alone, local repository"),
+                        ("s3", "archiver alone, S3 (moto)")):
+        rs = [r for r in R.merged("async_drain", store).values() if "wall_s" in r]
+        if rs:
+            rows.append({"row": what, "measure": f"rate ({rs[0]['segments']} segments, process-max 2)",
+                         "unit": "MB/s", "pgsnapfs": round(med([r["bytes"] / r["wall_s"] / 1e6 for r in rs]), 1),
+                         "pgbackrest": None, "runs": len(rs)})
+    return rows
+
+
+def async_table(rows):
+    lines = ["| load | measure | pgsnapfs (wal-push --async) | pgBackRest (archive-async) |",
+             "|---|---|---:|---:|"]
+    for r in rows:
+        def c(x):
+            return "—" if x is None else f"{x} {r['unit']}"
+        lines.append(f"| {r['row']} | {r['measure']} | {c(r['pgsnapfs'])} | {c(r['pgbackrest'])} |")
+    return "\n".join(lines)
 
 
 def read_path(R):
@@ -932,6 +979,24 @@ def render(doc, notes):
         L.append("")
         L.append(notes.get("read_path", "<!-- notes:read_path -->\n<!-- /notes:read_path -->"))
         L.append("")
+    if doc.get("async"):
+        L.append("## Asynchronous archiving (issue 17)\n")
+        L.append("`scripts/bench --async` (part of a full run too): a cluster of its own, "
+                 "synchronous_commit off, archived with `wal-push --async` (process-max 2) and then "
+                 "with pgBackRest's archive-async (process-max=2), each into a local repository, "
+                 "under the same loads. The lag is WAL finished but not yet in the repository "
+                 "(`.ready` files plus the spool), sampled every 0.25 s. The archiver-alone rows "
+                 "time `archive-daemon --idle-exit 0` on a spool of the newest segments of that "
+                 "cluster.\n")
+        am = doc.get("async_meta") or m
+        L.append(f"Run: {am.get('date')}, `{am.get('command')}`, scale {am.get('scale')}, "
+                 f"pgbench {am.get('pgbench_seconds')} s; commit {am.get('git_commit')}"
+                 f"{' with uncommitted changes' if am.get('git_dirty') else ''}; load average "
+                 f"{am.get('loadavg_start')} at the start, {am.get('loadavg_end')} at the end.\n")
+        L.append(async_table(doc["async"]))
+        L.append("")
+        L.append(notes.get("async", "<!-- notes:async -->\n<!-- /notes:async -->"))
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"
@@ -996,7 +1061,7 @@ def main():
     ap.add_argument("--results", required=True)
     ap.add_argument("--out")
     ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption", "summaries",
-                                        "verify_incremental", "read_path"),
+                                        "verify_incremental", "read_path", "async"),
                     help="merge only this part into the existing --out files")
     a = ap.parse_args()
     doc = build(load(a.results))
@@ -1010,7 +1075,8 @@ def main():
             old["read_path_raw"] = doc["raw"]
         else:
             prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_",
-                      "summaries": "sum_", "verify_incremental": "vinc_"}[a.merge]
+                      "summaries": "sum_", "verify_incremental": "vinc_",
+                      "async": "async_"}[a.merge]
             old["raw"] = [r for r in old.get("raw", []) if not r["key"].startswith(prefix)] + \
                 [r for r in doc["raw"] if r["key"].startswith(prefix)]
         doc = old

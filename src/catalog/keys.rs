@@ -9,6 +9,8 @@ pub const WAL: &str = "wal/";
 pub const SYSTEMS: &str = "systems/";
 /// Summaries of archived WAL segments, per cluster and timeline.
 pub const WAL_SUMMARIES: &str = "walsum/";
+/// Markers of WAL files dropped by `wal-push --async --queue-max`, per cluster and timeline.
+pub const WAL_DROPPED: &str = "waldrop/";
 /// Records of passing verify runs, per cluster.
 pub const VERIFIED: &str = "verified/";
 
@@ -41,6 +43,11 @@ pub fn wal_file(sysid: u64, tli: u32, name: &str) -> String {
 /// The summary of an archived WAL segment (commit times, restore points, xids).
 pub fn wal_summary(sysid: u64, tli: u32, segment: &str) -> String {
     format!("{WAL_SUMMARIES}{sysid}/{tli:08X}/{segment}")
+}
+
+/// The marker of a WAL file that asynchronous archiving dropped (`--queue-max`): a known gap.
+pub fn wal_dropped(sysid: u64, tli: u32, name: &str) -> String {
+    format!("{WAL_DROPPED}{sysid}/{tli:08X}/{name}")
 }
 
 #[cfg(test)]

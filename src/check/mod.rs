@@ -80,6 +80,8 @@ pub enum ProblemKind {
     BadTree,
     /// WAL a backup needs (to restore it, or to recover past it) is not archived.
     WalGap,
+    /// A WAL file was dropped by asynchronous archiving over its `--queue-max`: a gap.
+    WalDropped,
     /// An archived WAL file fails its checksum.
     BadWal,
     /// A WAL summary fails its checksum or does not parse.
@@ -373,6 +375,31 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
         };
         let survey = timelines::survey(repo, &system, &backups)?;
         c.check_wal(sysid, &system, &backups, &survey)?;
+        // A drop counts while a backup older than it is kept: its recovery stops there.
+        let seg_size = archive::segment_size(&system);
+        for d in crate::archiver::dropped(repo, sysid)? {
+            let file = WalFile::parse(&d.name, seg_size);
+            let segno = match file {
+                Some(WalFile::Segment { segno, .. } | WalFile::Partial { segno, .. }) => segno,
+                _ => u64::MAX,
+            };
+            if !backups.is_empty()
+                && backups
+                    .iter()
+                    .all(|b| segment_of(b.start_lsn, seg_size) > segno)
+            {
+                continue;
+            }
+            c.problem(Problem::new(
+                ProblemKind::WalDropped,
+                keys::wal_dropped(sysid, file.map_or(0, |f| f.tli()), &d.name),
+                format!(
+                    "{} was dropped by wal-push --async at {} (the spool held {} bytes, over \
+                     --queue-max {}): recovery cannot pass it; take a new backup",
+                    d.name, d.dropped_at, d.queued_bytes, d.queue_max
+                ),
+            ));
+        }
         c.check_timelines(sysid, &system, &backups, &survey)?;
     }
 

@@ -124,6 +124,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         wal,
         ranges,
         surveys,
+        dropped,
     } = &gathered;
     let main_range = gathered.main_range();
     if a.json {
@@ -146,6 +147,8 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
             timelines: Vec<&'a TimelineInfo>,
             /// Pairs of timelines both written after the newer one began.
             both_active: Vec<BothActiveRow<'a>>,
+            /// WAL files asynchronous archiving dropped (--queue-max): gaps.
+            dropped_wal: &'a [crate::spool::DropMarker],
             /// What this `info` cost, on S3.
             #[serde(skip_serializing_if = "Option::is_none")]
             requests: Option<RequestCounts>,
@@ -173,6 +176,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
                     })
                 })
                 .collect(),
+            dropped_wal: dropped,
             requests: repo.backend().stats(),
         });
         return Ok(());
@@ -188,6 +192,15 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
     outln!();
     for (sys, survey) in surveys {
         out!("{}", render_timelines(sys, survey));
+    }
+    for d in dropped {
+        outln!(
+            "DROPPED WAL {} of system {}: dropped by wal-push --async --queue-max at {}; \
+             recovery cannot pass it",
+            d.name,
+            d.system_identifier,
+            d.dropped_at.to_rfc3339()
+        );
     }
     for r in ranges {
         let fmt =

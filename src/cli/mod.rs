@@ -67,6 +67,12 @@ pub enum Command {
     Backup(backup::Args),
     /// Archive one WAL file (for archive_command = 'pgsnapfs wal-push %p').
     WalPush(wal::PushArgs),
+    /// Send the WAL files that `wal-push --async` queued in a spool to the repository (started
+    /// on demand by `wal-push --async`, or run under systemd).
+    ArchiveDaemon(wal::DaemonArgs),
+    /// Show the queue and state of an asynchronous archiving spool; exit 1 when its archiver
+    /// is failing or has dropped WAL.
+    ArchiveStatus(wal::StatusArgs),
     /// Restore one archived WAL file (for restore_command = 'pgsnapfs wal-fetch %f %p').
     WalFetch(wal::FetchArgs),
     /// List backups.
@@ -111,8 +117,13 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(a) => init::run(&repo()?, a, pass),
         Command::Backup(a) => backup::run(&open(&repo()?)?, a),
+        Command::WalPush(a) if a.asynchronous => {
+            wal::push_async(a, wal::relaunch_args(&repo()?, pass, cli.verbose)?)
+        }
         Command::WalPush(a) => wal::push(&open(&repo()?)?, a),
-        Command::WalFetch(a) => wal::fetch(&open(&repo()?)?, a),
+        Command::ArchiveDaemon(a) => wal::daemon(|| open(&repo()?), a),
+        Command::ArchiveStatus(a) => wal::status(a),
+        Command::WalFetch(a) => wal::fetch(|| open(&repo()?), a),
         Command::List(a) => info::list(&open(&repo()?)?, a),
         Command::Info(a) => info::info(&open(&repo()?)?, a),
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),
