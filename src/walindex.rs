@@ -112,15 +112,20 @@ impl Entry {
 /// The summaries an index holds for one timeline's segments.
 #[derive(Debug, Default)]
 pub struct Covered {
-    /// Every segment the index lists whose summary it knows: `None` when it has none.
-    summaries: HashMap<u64, Option<SegmentSummary>>,
+    /// Every segment the index lists whose summary it knows, ascending: `None` when it has
+    /// none.
+    summaries: Vec<(u64, Option<SegmentSummary>)>,
 }
 
 impl Covered {
     /// What the index knows of segment `segno`'s summary: `None` when the segment must be
     /// asked for (not covered, or its summary was unreadable).
     pub fn get(&self, segno: u64) -> Option<Option<&SegmentSummary>> {
-        self.summaries.get(&segno).map(Option::as_ref)
+        let i = self
+            .summaries
+            .binary_search_by_key(&segno, |(s, _)| *s)
+            .ok()?;
+        Some(self.summaries[i].1.as_ref())
     }
 }
 
@@ -167,14 +172,14 @@ impl TimelineIndex {
     }
 
     fn covered(&self) -> Covered {
-        let mut summaries: HashMap<u64, Option<SegmentSummary>> =
-            self.segnos().map(|s| (s, None)).collect();
-        for s in &self.unreadable {
-            summaries.remove(s);
-        }
-        for e in &self.summaries {
-            if let Some(slot) = summaries.get_mut(&e.0) {
-                *slot = Some(e.summary());
+        let unreadable: BTreeSet<u64> = self.unreadable.iter().copied().collect();
+        let mut entries = self.summaries.iter().peekable();
+        let mut summaries = Vec::new();
+        for segno in self.segnos() {
+            while entries.next_if(|e| e.0 < segno).is_some() {}
+            let summary = entries.next_if(|e| e.0 == segno).map(Entry::summary);
+            if !unreadable.contains(&segno) {
+                summaries.push((segno, summary));
             }
         }
         Covered { summaries }
