@@ -47,8 +47,8 @@ pub struct TimelineIndex {
     pub timeline: u32,
     /// The cluster's WAL segment size.
     pub wal_segment_size: u64,
-    /// The greatest file name in the timeline's directory when written: files archived
-    /// since sort after it (or fill a gap, which readers check).
+    /// The greatest segment or history file name in the timeline's directory when written:
+    /// segments archived since sort after it (or fill a gap, which readers check).
     pub through: String,
     /// Whether the timeline's history file is archived.
     pub history: bool,
@@ -371,12 +371,14 @@ pub fn compact(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
             continue;
         };
         let d = dirs.entry(file.tli()).or_default();
-        d.2 = d.2.clone().max(object.name.clone());
+        // Only segments and history files move `through`: a `.partial` or `.backup` file sorts
+        // after the segment it belongs to, which may be archived after it.
         match file {
             WalFile::Segment { segno, .. } => d.0.push(segno),
             WalFile::History { .. } => d.1 = true,
-            _ => {}
+            _ => continue,
         }
+        d.2 = d.2.clone().max(object.name.clone());
     }
     let summarized: BTreeSet<(u32, u64)> = wal::summaries(repo, sysid)?
         .iter()
@@ -558,6 +560,15 @@ mod tests {
         assert_eq!(covered.get(3), Some(Some(&sum(30))));
         assert_eq!(covered.get(4), None);
 
+        // A partial and a backup file sort after their segment, which may come later.
+        repo.put_sealed(&keys::wal_file(7, 1, "000000010000000000000006.partial"), b"p")
+            .unwrap();
+        repo.put_sealed(
+            &keys::wal_file(7, 1, "000000010000000000000006.00000028.backup"),
+            b"b",
+        )
+        .unwrap();
+        assert_eq!(compact(&repo, &sys).unwrap()[0].outcome, Outcome::UpToDate);
         // WAL archived since, on this timeline and a new one: the tail listing finds it.
         push(&repo, 1, 6);
         push(&repo, 2, 6);
