@@ -225,3 +225,86 @@ fn planning_a_large_archive_costs_a_few_requests() {
     .unwrap_err();
     assert!(err.to_string().contains("not reachable"), "{err}");
 }
+
+/// Rows of `t` in a server restored to restore point `name`, planned through the index (the
+/// server is stopped after).
+fn rows_at(repo: &common::Repo, name: &str) -> String {
+    let out = common::TestDir::new("restore");
+    let to = out.join("data");
+    let run = repo.restore(&to, &["--target-name", name]).assert_ok();
+    assert!(
+        !run.stderr_str().contains("WAL index"),
+        "the index is trusted: {}",
+        run.report()
+    );
+    let restored = common::Cluster::start_on(&to);
+    restored.wait_until_paused();
+    restored.psql("SELECT count(*) FROM t")
+}
+
+/// With a real server: `check` writes the index; restores reach a restore point it holds and
+/// one archived after it (the tail); a later `check` adds the tail, and a late or expired
+/// segment makes planning list the archive instead of trusting it.
+#[test]
+fn restores_through_the_index_and_its_tail() {
+    let repo = common::Repo::init();
+    let source = common::Cluster::archiving_to(&repo.spec);
+    source.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)");
+    repo.backup(&source);
+    source.psql("INSERT INTO t SELECT generate_series(11, 20)");
+    source.psql("SELECT pg_create_restore_point('in_index')");
+    source.psql("INSERT INTO t SELECT generate_series(21, 30)");
+    source.switch_wal_and_wait_archived();
+
+    let state = common::TestDir::new("check-state");
+    let check = || {
+        repo.run("check", &["--state-dir", state.path().to_str().unwrap()])
+            .assert_ok()
+            .stdout_str()
+    };
+    let sysid = source.system_identifier();
+    let first = check();
+    assert!(
+        first.contains(&format!("WAL index of system {sysid}, timeline 1: written")),
+        "{first}"
+    );
+    let index = repo.path.join("walidx").join(&sysid).join("00000001");
+    assert!(index.is_file(), "no index object at {}", index.display());
+
+    // Archived after the index.
+    source.psql("SELECT pg_create_restore_point('in_tail')");
+    source.psql("INSERT INTO t SELECT generate_series(31, 40)");
+    source.switch_wal_and_wait_archived();
+    assert_eq!(rows_at(&repo, "in_index"), "20");
+    assert_eq!(rows_at(&repo, "in_tail"), "30");
+
+    let second = check();
+    assert!(second.contains("timeline 1: WAL archived since added"), "{second}");
+    assert!(check().lines().all(|l| !l.starts_with("WAL index")), "up to date: silent");
+
+    // The index claims a segment that is gone (as after expire, which deletes from the
+    // front): it is not trusted, and the restore plans from the listing.
+    let wal = repo.path.join("wal").join(&sysid).join("00000001");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().len() == 24)
+        .collect();
+    segments.sort();
+    let stash = common::TestDir::new("stash");
+    std::fs::rename(&segments[0], stash.join("s")).unwrap();
+    let out = common::TestDir::new("bypassed");
+    let to = out.join("data");
+    let run = repo.restore(&to, &["--target-name", "in_tail"]).assert_ok();
+    assert!(
+        run.stderr_str().contains("WAL index of system") && run.stderr_str().contains("is gone"),
+        "{}",
+        run.report()
+    );
+    let restored = common::Cluster::start_on(&to);
+    restored.wait_until_paused();
+    assert_eq!(restored.psql("SELECT count(*) FROM t"), "30");
+    drop(restored);
+    let repaired = check();
+    assert!(repaired.contains("timeline 1: stale, rewritten"), "{repaired}");
+}
