@@ -12,12 +12,12 @@ use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_S
 use crate::pg::walscan::{scan_segment, SegmentSummary};
 use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::store::{BackendError, Repository, StoreError};
+use crate::walindex::{self, Covered};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use crate::walindex::{self, Covered};
 
 /// A cluster (system identifier) known to the repository.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -210,7 +210,10 @@ pub fn restorable_range(repo: &Repository, system: &System, backups: &[Snapshot]
     // The newest transaction of any timeline.
     for t in &catalog {
         for segno in t.segnos.iter().rev().take_while(|s| **s >= from) {
-            if let Some(c) = sums.get(t.timeline, *segno)?.and_then(|s| s.last_commit_time) {
+            if let Some(c) = sums
+                .get(t.timeline, *segno)?
+                .and_then(|s| s.last_commit_time)
+            {
                 latest = latest.max(Some(utc_of_pg(c)));
                 break;
             }

@@ -149,7 +149,10 @@ impl TimelineIndex {
             && self.runs.windows(2).all(|w| w[0].1 + 1 < w[1].0);
         let sums_ok = self.summaries.windows(2).all(|w| w[0].0 < w[1].0);
         if self.format != FORMAT {
-            Some(format!("format {} (this version reads {FORMAT})", self.format))
+            Some(format!(
+                "format {} (this version reads {FORMAT})",
+                self.format
+            ))
         } else if self.system_identifier.get() != system.sysid() || self.timeline != tli {
             Some(format!(
                 "it describes timeline {} of system {}",
@@ -233,8 +236,7 @@ pub fn catalog(repo: &Repository, system: &System) -> Result<Option<Vec<Timeline
     let Some(newest) = indexes.keys().next_back().copied() else {
         return Ok(None);
     };
-    // (segnos, history, index) per timeline.
-    let mut by_tli: BTreeMap<u32, (BTreeSet<u64>, bool, Option<Arc<Covered>>)> = BTreeMap::new();
+    let mut by_tli: BTreeMap<u32, Listed> = BTreeMap::new();
     for (tli, index) in &indexes {
         let after = keys::wal_file(sysid, *tli, &index.through);
         let prefix = match *tli == newest {
@@ -245,25 +247,25 @@ pub fn catalog(repo: &Repository, system: &System) -> Result<Option<Vec<Timeline
         let tail = repo.backend().list_after(&prefix, &after)?;
         by_tli.insert(
             *tli,
-            (
-                index.segnos().collect(),
-                index.history,
-                Some(Arc::new(index.covered())),
-            ),
+            Listed {
+                segnos: index.segnos().collect(),
+                history: index.history,
+                covered: Some(Arc::new(index.covered())),
+            },
         );
         for object in tail.into_iter().map(wal::WalObject::of) {
             match WalFile::parse(&object.name, seg_size) {
                 Some(WalFile::Segment { tli, segno }) => {
-                    by_tli.entry(tli).or_default().0.insert(segno);
+                    by_tli.entry(tli).or_default().segnos.insert(segno);
                 }
-                Some(WalFile::History { tli }) => by_tli.entry(tli).or_default().1 = true,
+                Some(WalFile::History { tli }) => by_tli.entry(tli).or_default().history = true,
                 _ => {}
             }
         }
     }
     // Confirm what the index says is first or absent.
     for (tli, index) in &indexes {
-        let segnos = &by_tli[tli].0;
+        let segnos = &by_tli[tli].segnos;
         let name = |segno| WalFile::Segment { tli: *tli, segno }.name(seg_size);
         let mut asks: Vec<(u64, bool)> = Vec::new();
         if let Some((first, _)) = index.runs.first() {
@@ -289,13 +291,23 @@ pub fn catalog(repo: &Repository, system: &System) -> Result<Option<Vec<Timeline
     Ok(Some(
         by_tli
             .into_iter()
-            .map(|(tli, (segnos, history, covered))| {
-                let mut t = archive::timeline_wal(tli, segnos.into_iter().collect(), history, seg_size);
-                t.indexed = covered;
+            .map(|(tli, l)| {
+                let mut t =
+                    archive::timeline_wal(tli, l.segnos.into_iter().collect(), l.history, seg_size);
+                t.indexed = l.covered;
                 t
             })
             .collect(),
     ))
+}
+
+/// One timeline as the index and the listing after it show it.
+#[derive(Default)]
+struct Listed {
+    segnos: BTreeSet<u64>,
+    history: bool,
+    /// The index's summaries (none for a timeline created since).
+    covered: Option<Arc<Covered>>,
 }
 
 fn bypass<T>(sysid: u64, why: &str) -> Option<T> {
@@ -479,7 +491,10 @@ pub fn write(
         through,
         history,
         runs: runs_of(segnos),
-        summaries: summaries.iter().map(|(s, sum)| Entry::of(*s, sum)).collect(),
+        summaries: summaries
+            .iter()
+            .map(|(s, sum)| Entry::of(*s, sum))
+            .collect(),
         unreadable: Vec::new(),
     };
     let json = serde_json::to_vec(&index).expect("an index serializes");
@@ -523,7 +538,8 @@ mod tests {
         let json = serde_json::to_vec(&sum(segno as i64 * 10)).unwrap();
         repo.put_sealed(&keys::wal_summary(7, tli, &name), &json)
             .unwrap();
-        repo.put_sealed(&keys::wal_file(7, tli, &name), b"w").unwrap();
+        repo.put_sealed(&keys::wal_file(7, tli, &name), b"w")
+            .unwrap();
     }
 
     fn segnos(c: &[TimelineWal]) -> Vec<(u32, Vec<u64>, bool)> {
@@ -561,8 +577,11 @@ mod tests {
         assert_eq!(covered.get(4), None);
 
         // A partial and a backup file sort after their segment, which may come later.
-        repo.put_sealed(&keys::wal_file(7, 1, "000000010000000000000006.partial"), b"p")
-            .unwrap();
+        repo.put_sealed(
+            &keys::wal_file(7, 1, "000000010000000000000006.partial"),
+            b"p",
+        )
+        .unwrap();
         repo.put_sealed(
             &keys::wal_file(7, 1, "000000010000000000000006.00000028.backup"),
             b"b",
@@ -576,7 +595,11 @@ mod tests {
             .unwrap();
         assert_eq!(indexed(&repo), Some(listed(&repo)));
         let c = catalog(&repo, &sys).unwrap().unwrap();
-        assert_eq!(c[0].indexed.as_ref().unwrap().get(6), None, "read from its object");
+        assert_eq!(
+            c[0].indexed.as_ref().unwrap().get(6),
+            None,
+            "read from its object"
+        );
         assert!(c[1].indexed.is_none() && c[1].history);
         let done = compact(&repo, &sys).unwrap();
         assert_eq!(

@@ -104,7 +104,10 @@ fn lists_after(b: &dyn Backend) {
     for k in ["w/1/a", "w/1/b", "w/1/c", "w/2/a", "w/20"] {
         b.put(k, k.as_bytes()).unwrap();
     }
-    assert_eq!(b.list_after("w/", "w/1/b").unwrap(), ["w/1/c", "w/2/a", "w/20"]);
+    assert_eq!(
+        b.list_after("w/", "w/1/b").unwrap(),
+        ["w/1/c", "w/2/a", "w/20"]
+    );
     assert_eq!(b.list_after("w/1/", "w/1/bb").unwrap(), ["w/1/c"]);
     assert_eq!(b.list_after("w/", "w/1/~").unwrap(), ["w/2/a", "w/20"]);
     assert!(b.list_after("w/1/", "w/1/c").unwrap().is_empty());
@@ -144,10 +147,22 @@ fn planning_a_large_archive_costs_a_few_requests() {
 
     let cases: Vec<(&str, Point, u64)> = vec![
         ("time", Point::Target(at(50_000.2)), 50_000),
-        ("time in the tail", Point::Target(at((INDEXED + 2) as f64 + 0.2)), INDEXED + 2),
+        (
+            "time in the tail",
+            Point::Target(at((INDEXED + 2) as f64 + 0.2)),
+            INDEXED + 2,
+        ),
         ("xid", Point::Target(Target::Xid(700_005)), 70_000),
-        ("name", Point::Target(Target::Name("before-upgrade".into())), 77_777),
-        ("lsn", Point::Target(Target::Lsn(Lsn(99_999 * SEG + 8))), 99_999),
+        (
+            "name",
+            Point::Target(Target::Name("before-upgrade".into())),
+            77_777,
+        ),
+        (
+            "lsn",
+            Point::Target(Target::Lsn(Lsn(99_999 * SEG + 8))),
+            99_999,
+        ),
         ("latest", Point::Latest, INDEXED + TAIL),
         ("backup", Point::Backup("latest".into()), BACKUP_START + 1),
     ];
@@ -279,8 +294,14 @@ fn restores_through_the_index_and_its_tail() {
     assert_eq!(rows_at(&repo, "in_tail"), "30");
 
     let second = check();
-    assert!(second.contains("timeline 1: WAL archived since added"), "{second}");
-    assert!(check().lines().all(|l| !l.starts_with("WAL index")), "up to date: silent");
+    assert!(
+        second.contains("timeline 1: WAL archived since added"),
+        "{second}"
+    );
+    assert!(
+        check().lines().all(|l| !l.starts_with("WAL index")),
+        "up to date: silent"
+    );
 
     // The index claims a segment that is gone (as after expire, which deletes from the
     // front): it is not trusted, and the restore plans from the listing.
@@ -306,5 +327,8 @@ fn restores_through_the_index_and_its_tail() {
     assert_eq!(restored.psql("SELECT count(*) FROM t"), "30");
     drop(restored);
     let repaired = check();
-    assert!(repaired.contains("timeline 1: stale, rewritten"), "{repaired}");
+    assert!(
+        repaired.contains("timeline 1: stale, rewritten"),
+        "{repaired}"
+    );
 }

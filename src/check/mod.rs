@@ -290,7 +290,10 @@ impl<'a> Checker<'a> {
         let sysid = system.system_identifier.to_string();
         match walindex::compact(self.repo, system) {
             Ok(done) => {
-                for d in done.iter().filter(|d| d.outcome != walindex::Outcome::UpToDate) {
+                for d in done
+                    .iter()
+                    .filter(|d| d.outcome != walindex::Outcome::UpToDate)
+                {
                     tracing::info!("WAL index of system {sysid}, {d}");
                 }
                 self.report.wal_index.insert(sysid, done);
