@@ -143,7 +143,11 @@ fn planning_a_large_archive_costs_a_few_requests() {
     for i in INDEXED + 1..=INDEXED + TAIL {
         archived(&repo, i);
     }
-    eprintln!("repository written in {:?}", started.elapsed());
+    eprintln!(
+        "repository written in {:?}; the index object is {} bytes",
+        started.elapsed(),
+        s3.size(&keys::wal_index(SYSID, 1)).unwrap()
+    );
 
     let cases: Vec<(&str, Point, u64)> = vec![
         ("time", Point::Target(at(50_000.2)), 50_000),
