@@ -226,7 +226,10 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     // (a put of identical bytes succeeds silently).
     if !repo.backend().exists(&key)? {
         match repo.put_sealed(&key, &data) {
-            Ok(()) => return Ok(pushed(PushOutcome::Stored)),
+            Ok(()) => {
+                walindex::after_push(repo, sysid, seg_size, name);
+                return Ok(pushed(PushOutcome::Stored));
+            }
             // Published meanwhile by another push: judged below.
             Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
             Err(e) => return Err(e.into()),

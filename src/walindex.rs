@@ -468,6 +468,93 @@ pub fn compact(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
     Ok(out)
 }
 
+/// A push of the last segment of each run of this many extends the index (`after_push`).
+pub const RUN: u64 = 256;
+
+/// Folds the WAL archived since into each indexed timeline's index, without listing the
+/// archive: what `catalog` reads, plus the summaries of the new segments, plus one write per
+/// timeline that changed. Nothing when there is no usable index (a first index, or a repair,
+/// needs `compact`).
+pub fn extend(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
+    let sysid = system.sysid();
+    let seg_size = segment_size(system);
+    let Some(catalog) = catalog(repo, system)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for t in catalog {
+        let Some(covered) = &t.indexed else { continue };
+        let tli = t.timeline;
+        let fresh: Vec<u64> = t
+            .segnos
+            .iter()
+            .copied()
+            .filter(|s| covered.get(*s).is_none())
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        let mut next = TimelineIndex {
+            format: FORMAT,
+            system_identifier: SystemId(sysid),
+            timeline: tli,
+            wal_segment_size: seg_size,
+            through: t.last.clone().unwrap_or_default(),
+            history: t.history,
+            runs: runs_of(&t.segnos),
+            summaries: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for &segno in &t.segnos {
+            match covered.get(segno) {
+                Some(Some(s)) => next.summaries.push(Entry::of(segno, s)),
+                Some(None) => {}
+                None => match archive::summary(repo, sysid, tli, segno, seg_size) {
+                    Ok(Some(s)) => next.summaries.push(Entry::of(segno, &s)),
+                    Ok(None) => {}
+                    Err(Error::Store(StoreError::Corrupt { .. })) => next.unreadable.push(segno),
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        let json = serde_json::to_vec(&next).expect("an index serializes");
+        repo.replace_sealed(&keys::wal_index(sysid, tli), &json)?;
+        out.push(Compacted {
+            timeline: tli,
+            segments: t.segnos.len(),
+            summaries_read: fresh.len(),
+            outcome: Outcome::Extended,
+        });
+    }
+    Ok(out)
+}
+
+/// After `wal-push` stored segment `name` (of `seg_size` bytes) of cluster `sysid`: when it
+/// ends a run of [`RUN`] segments, extends the index, so the tail planning reads one by one
+/// stays short between checks. Costs that push what `catalog` costs, plus a GET per segment
+/// since the last extension and one write; the other pushes pay nothing (not a request).
+/// Never fails the push: a failure is logged, and the next extension or `check` catches up.
+pub fn after_push(repo: &Repository, sysid: u64, seg_size: u64, name: &str) {
+    match WalFile::parse(name, seg_size) {
+        Some(WalFile::Segment { segno, .. }) if segno % RUN == RUN - 1 => {}
+        _ => return,
+    }
+    let extended = archive::load_system(repo, sysid)
+        .map_err(Error::from)
+        .and_then(|system| match system {
+            Some(system) => extend(repo, &system),
+            None => Ok(Vec::new()),
+        });
+    match extended {
+        Ok(done) => done
+            .iter()
+            .for_each(|d| tracing::info!("WAL index of system {sysid}, {d}")),
+        Err(e) => tracing::warn!(
+            "{name} is archived, but the WAL index of system {sysid} was not extended: {e}"
+        ),
+    }
+}
+
 /// Writes the index of one timeline from given segments and summaries, as `compact` would
 /// from the archive (for tools and tests that build large archives without listing them).
 pub fn write(
@@ -554,6 +641,45 @@ mod tests {
         assert!(runs_of(&[]).is_empty());
         let s = sum(40);
         assert_eq!(Entry::of(4, &s).summary(), s);
+    }
+
+    #[test]
+    fn a_push_ending_a_run_extends_the_index() {
+        let repo = Repository::init(Arc::new(MemoryBackend::default()), 65536, 3).unwrap();
+        let sys = system();
+        archive::register_system(&repo, &sys).unwrap();
+        let name = |s| WalFile::Segment { tli: 1, segno: s }.name(DEFAULT_SEG_SIZE);
+        for s in 1..=10 {
+            push(&repo, 1, s);
+        }
+        // No index yet: a run's end leaves the first one to check.
+        after_push(&repo, 7, DEFAULT_SEG_SIZE, &name(RUN - 1));
+        assert!(catalog(&repo, &sys).unwrap().is_none());
+        compact(&repo, &sys).unwrap();
+        for s in 11..=RUN + 5 {
+            push(&repo, 1, s);
+            after_push(&repo, 7, DEFAULT_SEG_SIZE, &name(s));
+        }
+        let stored = |r: &Repository| {
+            serde_json::from_slice::<TimelineIndex>(&r.get_sealed(&keys::wal_index(7, 1)).unwrap())
+                .unwrap()
+        };
+        let index = stored(&repo);
+        assert_eq!(
+            index.through,
+            name(RUN - 1),
+            "extended at the run's end only"
+        );
+        assert_eq!(index.runs, vec![(1, RUN - 1)]);
+        assert_eq!(index.summaries.len() as u64, RUN - 1);
+        assert_eq!(index.summaries[20], Entry::of(21, &sum(210)));
+        let c = catalog(&repo, &sys).unwrap().unwrap();
+        assert_eq!(c[0].segnos, (1..=RUN + 5).collect::<Vec<_>>());
+        assert_eq!(extend(&repo, &sys).unwrap()[0].summaries_read, 6);
+        assert!(extend(&repo, &sys).unwrap().is_empty(), "nothing new");
+        // An extended index is the one check would write.
+        assert_eq!(compact(&repo, &sys).unwrap()[0].outcome, Outcome::UpToDate);
+        assert_eq!(stored(&repo).runs, vec![(1, RUN + 5)]);
     }
 
     #[test]
