@@ -34,9 +34,10 @@ const INDEXED: u64 = 100_000;
 const TAIL: u64 = 3;
 /// The backup: WAL from segment 10 to 11.
 const BACKUP_START: u64 = 10;
-/// The target is 1 s in an optimized build (scripts/bench runs one); an unoptimized build
-/// parses the 100,000 summaries about ten times slower.
-const LIMIT_SECS: f64 = if cfg!(debug_assertions) { 5.0 } else { 1.0 };
+/// The target is 1 s in an optimized build (scripts/bench runs one). An unoptimized build
+/// takes 0.3–2.7 s on a 2-core machine shared with other builds: the bound there only
+/// catches a plan that grows with the archive (the request count is the strict check).
+const LIMIT_SECS: f64 = if cfg!(debug_assertions) { 10.0 } else { 1.0 };
 
 fn base() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
