@@ -308,6 +308,14 @@ fn restores_through_the_index_and_its_tail() {
         "up to date: silent"
     );
 
+    // `info` tells the same through the index as from a full listing.
+    let info = || repo.run("info", &["--json"]).assert_ok().stdout_str();
+    let indexed = info();
+    let aside = common::TestDir::new("walidx-aside");
+    std::fs::rename(repo.path.join("walidx"), aside.join("walidx")).unwrap();
+    assert_eq!(indexed, info());
+    std::fs::rename(aside.join("walidx"), repo.path.join("walidx")).unwrap();
+
     // The index claims a segment that is gone (as after expire, which deletes from the
     // front): it is not trusted, and the restore plans from the listing.
     let wal = repo.path.join("wal").join(&sysid).join("00000001");
