@@ -12,10 +12,12 @@ use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_S
 use crate::pg::walscan::{scan_segment, SegmentSummary};
 use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::store::{BackendError, Repository, StoreError};
+use crate::walindex::{self, Covered};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 /// A cluster (system identifier) known to the repository.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +226,10 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     // (a put of identical bytes succeeds silently).
     if !repo.backend().exists(&key)? {
         match repo.put_sealed(&key, &data) {
-            Ok(()) => return Ok(pushed(PushOutcome::Stored)),
+            Ok(()) => {
+                walindex::after_push(repo, sysid, seg_size, name);
+                return Ok(pushed(PushOutcome::Stored));
+            }
             // Published meanwhile by another push: judged below.
             Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
             Err(e) => return Err(e.into()),
@@ -319,6 +324,9 @@ pub struct TimelineWal {
     pub gaps: Vec<Gap>,
     /// Whether the timeline's history file is archived.
     pub history: bool,
+    /// The summaries the WAL index holds for it, when the catalog came from the index.
+    #[serde(skip)]
+    pub indexed: Option<Arc<Covered>>,
 }
 
 /// A run of consecutive segments missing from the archive.
@@ -330,8 +338,18 @@ pub struct Gap {
     pub to: String,
 }
 
-/// Lists the archived WAL of a cluster, per timeline, with gaps.
+/// The archived WAL of a cluster, per timeline, with gaps: from the WAL index and what was
+/// archived since (see `walindex`), or by listing every WAL key when the index is missing
+/// or cannot be trusted.
 pub fn catalog(repo: &Repository, system: &System) -> Result<Vec<TimelineWal>> {
+    match walindex::catalog(repo, system)? {
+        Some(c) => Ok(c),
+        None => catalog_listed(repo, system),
+    }
+}
+
+/// The archived WAL of a cluster, per timeline, with gaps, from a listing of every WAL key.
+pub fn catalog_listed(repo: &Repository, system: &System) -> Result<Vec<TimelineWal>> {
     let sysid = system.sysid();
     let seg_size = segment_size(system);
     let mut by_tli: BTreeMap<u32, (Vec<u64>, bool)> = BTreeMap::new();
@@ -346,26 +364,32 @@ pub fn catalog(repo: &Repository, system: &System) -> Result<Vec<TimelineWal>> {
         .into_iter()
         .map(|(tli, (mut segnos, history))| {
             segnos.sort_unstable();
-            let name = |segno| WalFile::Segment { tli, segno }.name(seg_size);
-            let gaps = segnos
-                .windows(2)
-                .filter(|w| w[1] > w[0] + 1)
-                .map(|w| Gap {
-                    from: name(w[0] + 1),
-                    to: name(w[1] - 1),
-                })
-                .collect();
-            TimelineWal {
-                timeline: tli,
-                segments: segnos.len(),
-                first: segnos.first().map(|s| name(*s)),
-                last: segnos.last().map(|s| name(*s)),
-                segnos,
-                gaps,
-                history,
-            }
+            timeline_wal(tli, segnos, history, seg_size)
         })
         .collect())
+}
+
+/// The catalog entry of timeline `tli` with segments `segnos` (ascending).
+pub fn timeline_wal(tli: u32, segnos: Vec<u64>, history: bool, seg_size: u64) -> TimelineWal {
+    let name = |segno| WalFile::Segment { tli, segno }.name(seg_size);
+    let gaps = segnos
+        .windows(2)
+        .filter(|w| w[1] > w[0] + 1)
+        .map(|w| Gap {
+            from: name(w[0] + 1),
+            to: name(w[1] - 1),
+        })
+        .collect();
+    TimelineWal {
+        timeline: tli,
+        segments: segnos.len(),
+        first: segnos.first().map(|s| name(*s)),
+        last: segnos.last().map(|s| name(*s)),
+        segnos,
+        gaps,
+        history,
+        indexed: None,
+    }
 }
 
 /// The timeline tree of a cluster, from the history files its catalog lists. A timeline
@@ -435,6 +459,8 @@ pub struct SummaryCache<'a> {
     /// Read a damaged summary as none, with a warning, instead of failing.
     skip_corrupt: bool,
     cache: HashMap<(u32, u64), Option<SegmentSummary>>,
+    /// The summaries the WAL index holds, by timeline: read before the objects.
+    indexed: HashMap<u32, Arc<Covered>>,
 }
 
 impl<'a> SummaryCache<'a> {
@@ -446,11 +472,25 @@ impl<'a> SummaryCache<'a> {
             seg_size,
             skip_corrupt,
             cache: HashMap::new(),
+            indexed: HashMap::new(),
         }
+    }
+
+    /// Takes the summaries the WAL index holds for the timelines of `catalog`.
+    pub fn with_catalog(mut self, catalog: &[TimelineWal]) -> Self {
+        for t in catalog {
+            if let Some(c) = &t.indexed {
+                self.indexed.insert(t.timeline, c.clone());
+            }
+        }
+        self
     }
 
     /// The summary of segment `segno` of timeline `tli`, if it has one.
     pub fn get(&mut self, tli: u32, segno: u64) -> Result<Option<&SegmentSummary>> {
+        if let Some(c) = self.indexed.get(&tli).filter(|c| c.get(segno).is_some()) {
+            return Ok(c.get(segno).flatten());
+        }
         if !self.cache.contains_key(&(tli, segno)) {
             let s = match summary(self.repo, self.sysid, tli, segno, self.seg_size) {
                 Err(Error::Store(StoreError::Corrupt { object, reason })) if self.skip_corrupt => {
@@ -476,7 +516,6 @@ pub fn segment_end(segno: u64, seg_size: u64) -> Lsn {
 mod tests {
     use super::*;
     use crate::store::backend::memory::MemoryBackend;
-    use std::sync::Arc;
 
     #[test]
     fn a_system_record_without_its_numeric_identifier_is_corrupt() {

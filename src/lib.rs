@@ -36,6 +36,7 @@ pub mod verified;
 pub mod verify;
 pub mod view;
 pub mod walfetch;
+pub mod walindex;
 pub mod walpath;
 
 pub use error::{Error, Result};

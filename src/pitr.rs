@@ -170,7 +170,7 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
         Point::Latest => (Aim::End, None),
     };
     let mut sums = Stored {
-        sums: SummaryCache::new(repo, sysid, seg_size, false),
+        sums: SummaryCache::new(repo, sysid, seg_size, false).with_catalog(&catalog),
         repo,
         sysid,
         seg_size,
@@ -205,11 +205,15 @@ pub fn restorable_range(repo: &Repository, system: &System, backups: &[Snapshot]
     let seg_size = segment_size(system);
     let from = segment_of(first.start_lsn, seg_size);
     let mut latest = None;
+    let catalog = archive::catalog(repo, system)?;
+    let mut sums = SummaryCache::new(repo, sysid, seg_size, false).with_catalog(&catalog);
     // The newest transaction of any timeline.
-    for t in archive::catalog(repo, system)? {
+    for t in &catalog {
         for segno in t.segnos.iter().rev().take_while(|s| **s >= from) {
-            let summary = archive::summary(repo, sysid, t.timeline, *segno, seg_size)?;
-            if let Some(c) = summary.and_then(|s| s.last_commit_time) {
+            if let Some(c) = sums
+                .get(t.timeline, *segno)?
+                .and_then(|s| s.last_commit_time)
+            {
                 latest = latest.max(Some(utc_of_pg(c)));
                 break;
             }

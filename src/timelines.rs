@@ -246,7 +246,7 @@ pub fn survey(repo: &Repository, system: &System, backups: &[&Snapshot]) -> Resu
         .collect();
     let have = |tli: u32, segno: u64| have_set.contains(&(tli, segno));
     // A damaged summary only hides commit times (check reports it).
-    let mut sums = SummaryCache::new(repo, sysid, seg_size, true);
+    let mut sums = SummaryCache::new(repo, sysid, seg_size, true).with_catalog(&catalog);
     let mut activity = BTreeMap::new();
     let mut timelines = Vec::new();
     for t in &catalog {

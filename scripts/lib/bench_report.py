@@ -2,7 +2,8 @@
 """Turns the JSON lines that scripts/bench recorded into the result tables.
 
     bench_report.py --results results.jsonl [--out DIR] [--merge chunk_sizes|s3|encryption|summaries|
-                                                           verify_incremental|read_path|async]
+                                                           verify_incremental|read_path|async|
+                                                           wal_index]
 
 Prints the markdown on stdout. With --out, also writes DIR/benchmarks.md and
 DIR/benchmarks.json. With --merge PART (a `scripts/bench --chunk-sizes`, `--s3`, `--summaries` or
@@ -464,6 +465,8 @@ def build(recs):
 
     out["read_path"] = read_path(R)
     out["async"] = async_archiving(R)
+    out["wal_index"] = [{k: r[k] for k in ("target", "segments", "requests", "seconds")}
+                        for r in recs if r["key"] == "windex_plan"]
 
     loads = [r["load1"] for r in recs if "load1" in r]
     if loads:
@@ -996,6 +999,22 @@ def render(doc, notes):
         L.append(async_table(doc["async"]))
         L.append("")
         L.append(notes.get("async", "<!-- notes:async -->\n<!-- /notes:async -->"))
+    if doc.get("wal_index"):
+        L.append("## Planning on a large archive (issue 17, item 5)\n")
+        L.append("`scripts/bench --wal-index` (part of a full run): tests/wal_index.rs, built "
+                 "optimized, writes an archive of 100,000 segments indexed plus 3 after the index "
+                 "into S3 (moto on 127.0.0.1) through the library, then plans each target on a "
+                 "fresh repository handle. Requests are the S3 back end's own count for the whole "
+                 "plan (cluster record, backups, WAL index, the listing after it, the HEAD that "
+                 "confirms it). Goal: at most 10 requests and 1 s.\n")
+        wm = doc.get("wal_index_meta") or m
+        L.append(f"Run: {wm.get('date')}, commit {wm.get('git_commit')}; load average "
+                 f"{wm.get('loadavg_start')} at the start, {wm.get('loadavg_end')} at the end.\n")
+        L.append("| target | segments | requests | wall time |")
+        L.append("|---|---:|---:|---:|")
+        for r in doc["wal_index"]:
+            L.append(f"| {r['target']} | {r['segments']:,} | {r['requests']} | "
+                     f"{fmt_s(r['seconds'])} |")
         L.append("")
     L.append("## Method\n")
     L.append(METHOD)
@@ -1061,7 +1080,8 @@ def main():
     ap.add_argument("--results", required=True)
     ap.add_argument("--out")
     ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption", "summaries",
-                                        "verify_incremental", "read_path", "async"),
+                                        "verify_incremental", "read_path", "async",
+                                        "wal_index"),
                     help="merge only this part into the existing --out files")
     a = ap.parse_args()
     doc = build(load(a.results))
@@ -1076,7 +1096,7 @@ def main():
         else:
             prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_",
                       "summaries": "sum_", "verify_incremental": "vinc_",
-                      "async": "async_"}[a.merge]
+                      "async": "async_", "wal_index": "windex_"}[a.merge]
             old["raw"] = [r for r in old.get("raw", []) if not r["key"].startswith(prefix)] + \
                 [r for r in doc["raw"] if r["key"].startswith(prefix)]
         doc = old

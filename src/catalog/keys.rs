@@ -11,6 +11,8 @@ pub const SYSTEMS: &str = "systems/";
 pub const WAL_SUMMARIES: &str = "walsum/";
 /// Markers of WAL files dropped by `wal-push --async --queue-max`, per cluster and timeline.
 pub const WAL_DROPPED: &str = "waldrop/";
+/// The WAL index: one object per cluster and timeline (see `walindex`).
+pub const WAL_INDEX: &str = "walidx/";
 /// Records of passing verify runs, per cluster.
 pub const VERIFIED: &str = "verified/";
 
@@ -33,6 +35,21 @@ pub fn wal_system(sysid: u64) -> String {
 /// The prefix holding the WAL summaries of one cluster.
 pub fn wal_summaries(sysid: u64) -> String {
     format!("{WAL_SUMMARIES}{sysid}/")
+}
+
+/// The prefix holding the WAL index objects of one cluster.
+pub fn wal_indexes(sysid: u64) -> String {
+    format!("{WAL_INDEX}{sysid}/")
+}
+
+/// The WAL index object of one timeline of a cluster.
+pub fn wal_index(sysid: u64, tli: u32) -> String {
+    format!("{WAL_INDEX}{sysid}/{tli:08X}")
+}
+
+/// The prefix holding the archived WAL of one timeline of a cluster.
+pub fn wal_timeline(sysid: u64, tli: u32) -> String {
+    format!("{WAL}{sysid}/{tli:08X}/")
 }
 
 /// An archived WAL file (segment, partial, history or backup file) of one cluster.
@@ -61,6 +78,9 @@ mod tests {
             "wal/7/00000002/000000020000000000000003"
         );
         assert_eq!(system(7), "systems/7");
+        assert_eq!(wal_index(7, 2), "walidx/7/00000002");
+        assert_eq!(wal_indexes(7), "walidx/7/");
+        assert_eq!(wal_timeline(7, 2), "wal/7/00000002/");
         assert_eq!(wal_system(7), "wal/7/");
         assert_eq!(wal_summaries(7), "walsum/7/");
         assert_eq!(

@@ -15,7 +15,8 @@ pub struct WalObject {
 }
 
 impl WalObject {
-    fn of(key: String) -> WalObject {
+    /// The object under `key`.
+    pub fn of(key: String) -> WalObject {
         let mut parts = key.rsplit('/');
         let name = parts.next().unwrap_or_default().to_string();
         let timeline_dir = parts.next().unwrap_or_default().to_string();

@@ -23,6 +23,7 @@ use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::tree::{BlobRef, Loc, NodeKind};
 use crate::store::{BlobId, PackId, Repository, StoreError};
 use crate::timelines::{self, BackupPoint, Survey};
+use crate::walindex;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -158,6 +159,12 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Hazards that are not damage (`both_active`): reported, but `ok` stays true.
     pub warnings: Vec<Problem>,
+    /// What was done to each cluster's WAL index, by system identifier: check rewrites an
+    /// index that is missing, behind, stale or damaged (see `walindex`).
+    pub wal_index: BTreeMap<String, Vec<walindex::Compacted>>,
+    /// Clusters whose WAL index could not be rewritten, and why (planning then lists the
+    /// archive, which is slower but correct).
+    pub wal_index_failed: BTreeMap<String, String>,
 }
 
 struct Checker<'a> {
@@ -279,6 +286,27 @@ impl<'a> Checker<'a> {
         self.opts.read_data && self.opts.subset.selects(key, self.seed)
     }
 
+    /// Brings the cluster's WAL index up to date before the WAL is surveyed through it. A
+    /// failure is noted, not fatal: the index is only a cache.
+    fn compact_wal_index(&mut self, system: &System) {
+        let sysid = system.system_identifier.to_string();
+        match walindex::compact(self.repo, system) {
+            Ok(done) => {
+                for d in done
+                    .iter()
+                    .filter(|d| d.outcome != walindex::Outcome::UpToDate)
+                {
+                    tracing::info!("WAL index of system {sysid}, {d}");
+                }
+                self.report.wal_index.insert(sysid, done);
+            }
+            Err(e) => {
+                tracing::warn!("cannot rewrite the WAL index of system {sysid}: {e}");
+                self.report.wal_index_failed.insert(sysid, e.to_string());
+            }
+        }
+    }
+
     fn fresh(&self, key: &str, size: u64) -> bool {
         !self.opts.full
             && self
@@ -352,7 +380,9 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
     sysids.extend(wal::system_ids(repo)?);
     for sysid in sysids {
         let backups: Vec<&Snapshot> = snapshots.iter().filter(|s| s.sysid() == sysid).collect();
-        let system = match archive::load_system(repo, sysid) {
+        let record = archive::load_system(repo, sysid);
+        let registered = matches!(record, Ok(Some(_)));
+        let system = match record {
             Ok(Some(s)) => s,
             other => {
                 let detail = match other {
@@ -373,6 +403,9 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
                 }
             }
         };
+        if registered {
+            c.compact_wal_index(&system);
+        }
         let survey = timelines::survey(repo, &system, &backups)?;
         c.check_wal(sysid, &system, &backups, &survey)?;
         // A drop counts while a backup older than it is kept: its recovery stops there.

@@ -106,6 +106,20 @@ pub fn render(r: &Report) -> String {
             r.packs_unreferenced
         );
     }
+    for (sysid, done) in &r.wal_index {
+        for d in done
+            .iter()
+            .filter(|d| d.outcome != crate::walindex::Outcome::UpToDate)
+        {
+            let _ = writeln!(out, "WAL index of system {sysid}, {d}");
+        }
+    }
+    for (sysid, why) in &r.wal_index_failed {
+        let _ = writeln!(
+            out,
+            "WAL index of system {sysid} not rewritten ({why}): planning lists the archive instead"
+        );
+    }
     if r.problems.is_empty() {
         let _ = writeln!(out, "no problems found");
     }

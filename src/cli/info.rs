@@ -330,6 +330,7 @@ mod tests {
                 last: Some(format!("{tli:08X}0000000000000006")),
                 gaps: vec![],
                 history: parent.is_some(),
+                indexed: None,
             },
             restorable: Reach {
                 earliest_time: Some(Utc.with_ymd_and_hms(2026, 12, 4, 6, 0, 0).unwrap()),

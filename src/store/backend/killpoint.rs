@@ -136,6 +136,9 @@ impl Backend for KillPoints {
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.inner.list(prefix)
     }
+    fn list_after(&self, prefix: &str, start_after: &str) -> Result<Vec<String>> {
+        self.inner.list_after(prefix, start_after)
+    }
     fn delete(&self, key: &str) -> Result<()> {
         self.around(&DELETES, ["delete", "delete-done"], key, || {
             self.inner.delete(key)

@@ -370,6 +370,13 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    /// Reads the whole directory (a local listing costs no request), then keeps the tail.
+    fn list_after(&self, prefix: &str, start_after: &str) -> Result<Vec<String>> {
+        let mut keys = self.list(prefix)?;
+        keys.retain(|k| k.as_str() > start_after);
+        Ok(keys)
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         self.ownership()?;
         let path = self.path(key);

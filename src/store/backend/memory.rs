@@ -79,6 +79,18 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
+    fn list_after(&self, prefix: &str, start_after: &str) -> Result<Vec<String>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let objects = self.objects.lock().unwrap();
+        Ok(objects
+            .range::<str, _>((Excluded(start_after), Unbounded))
+            .map(|(k, _)| k)
+            .skip_while(|k| k.as_str() < prefix)
+            .take_while(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         self.objects.lock().unwrap().remove(key);
         Ok(())

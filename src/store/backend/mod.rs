@@ -146,6 +146,9 @@ pub trait Backend: Send + Sync {
     fn replace(&self, key: &str, data: &[u8]) -> Result<()>;
     /// All keys under `prefix` (a directory-like prefix ending in `/`, or empty), sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// The keys under `prefix` that sort after `start_after` (byte order), sorted: the tail
+    /// of a listing, so that an index of older keys needs only what came since.
+    fn list_after(&self, prefix: &str, start_after: &str) -> Result<Vec<String>>;
     /// Deletes an object: gone for every later reader once this returns.
     fn delete(&self, key: &str) -> Result<()>;
     /// Whether `key` exists.
@@ -161,6 +164,29 @@ pub trait Backend: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `list_after` keeps to its prefix and starts strictly after the key given, which need
+    /// not exist.
+    fn lists_after(b: &dyn Backend) {
+        for k in ["w/1/a", "w/1/b", "w/1/c", "w/2/a", "w/20", "x/a"] {
+            b.put(k, k.as_bytes()).unwrap();
+        }
+        let after = |p, a| b.list_after(p, a).unwrap();
+        assert_eq!(after("w/", "w/1/b"), ["w/1/c", "w/2/a", "w/20"]);
+        assert_eq!(after("w/1/", "w/1/a"), ["w/1/b", "w/1/c"]);
+        assert_eq!(after("w/1/", "w/1/bb"), ["w/1/c"]);
+        assert_eq!(after("w/1/", ""), ["w/1/a", "w/1/b", "w/1/c"]);
+        assert_eq!(after("w/", "w/1/~"), ["w/2/a", "w/20"]);
+        assert!(after("w/1/", "w/1/c").is_empty());
+        assert!(after("nope/", "").is_empty());
+    }
+
+    #[test]
+    fn list_after_on_local_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        lists_after(&LocalBackend::open(dir.path()));
+        lists_after(&memory::MemoryBackend::default());
+    }
 
     #[test]
     fn transient_failures() {

@@ -246,7 +246,20 @@ impl Backend for S3Backend {
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let p = prefix.to_string();
         self.run("list", prefix, |inner| async move {
-            inner.list(&p).await.map_err(|f| f.into_error("list", &p))
+            inner
+                .list_after(&p, None)
+                .await
+                .map_err(|f| f.into_error("list", &p))
+        })
+    }
+
+    fn list_after(&self, prefix: &str, start_after: &str) -> Result<Vec<String>> {
+        let (p, a) = (prefix.to_string(), start_after.to_string());
+        self.run("list", prefix, |inner| async move {
+            inner
+                .list_after(&p, Some(&a))
+                .await
+                .map_err(|f| f.into_error("list", &p))
         })
     }
 

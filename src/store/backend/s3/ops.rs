@@ -167,7 +167,12 @@ impl Inner {
             .map_err(Failure::of)
     }
 
-    pub(super) async fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, Failure> {
+    /// The keys under `prefix`, after `start_after` if given, sorted.
+    pub(super) async fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> std::result::Result<Vec<String>, Failure> {
         let mut keys = Vec::new();
         let mut token = None;
         loop {
@@ -176,6 +181,7 @@ impl Inner {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(self.full(prefix))
+                .set_start_after(start_after.map(|a| self.full(a)))
                 .set_continuation_token(token)
                 .send()
                 .await
