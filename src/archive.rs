@@ -139,6 +139,9 @@ pub enum PushOutcome {
 }
 
 /// Archives one file from pg_wal (as `archive_command` passes it, relative to PGDATA).
+///
+/// The segment is summarised, hashed and compressed at once, on threads of their own, while
+/// the registry is asked whether the cluster is known: a push costs about the slowest of them.
 pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     let name = path
         .file_name()
@@ -159,51 +162,29 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     let control = std::fs::read(pgdata.join("global/pg_control"))
         .ok()
         .and_then(|b| ControlData::parse(&b).ok());
-    let mut seg_size = 0;
-    let (sysid, summary) = match file {
+    let header = match file {
         WalFile::Segment { .. } | WalFile::Partial { .. } => {
-            let header = SegmentHeader::parse(&data)?;
-            if major_from_wal_magic(header.magic).is_none() {
-                return Err(Error::BadInput(format!(
-                    "{name}: unknown WAL page magic {:#06x}; not a WAL segment of PostgreSQL 13–18",
-                    header.magic
-                )));
-            }
-            if header.seg_size as usize != data.len() && matches!(file, WalFile::Segment { .. }) {
-                return Err(Error::BadInput(format!(
-                    "{name}: {} bytes, but its header says segments are {} bytes",
-                    data.len(),
-                    header.seg_size
-                )));
-            }
-            // A recycled file still carries the header of the segment it used to be.
-            if let WalFile::Segment { segno, .. } | WalFile::Partial { segno, .. } =
-                WalFile::parse(name, header.seg_size as u64).unwrap_or(file)
-            {
-                if header.pageaddr != segno * header.seg_size as u64 {
-                    return Err(Error::BadInput(format!(
-                        "{name}: its first page belongs to WAL position {}, not to this segment; \
-                         refusing a recycled or misnamed file",
-                        crate::pg::lsn::Lsn(header.pageaddr)
-                    )));
-                }
-            }
-            let summary = scan_segment(&data, &header)
-                .map_err(|e| {
-                    tracing::warn!(
-                        "{name}: cannot summarise ({e}); time targets in it will not be checked"
-                    )
-                })
-                .ok();
-            seg_size = header.seg_size as u64;
-            (header.system_identifier, summary)
+            Some(segment_header(name, file, &data)?)
         }
-        _ => match &control {
-            Some(c) => (c.system_identifier, None),
-            None => (resolve_system(repo, None)?.sysid(), None),
-        },
+        _ => None,
     };
-    check_system(repo, sysid, control.as_ref(), seg_size, name)?;
+    let sysid = match (&header, &control) {
+        (Some(h), _) => h.system_identifier,
+        (None, Some(c)) => c.system_identifier,
+        (None, None) => resolve_system(repo, None)?.sysid(),
+    };
+    let seg_size = header.as_ref().map_or(0, |h| h.seg_size as u64);
+    let key = keys::wal_file(sysid, file.tli(), name);
+    let (sealed, summary) = std::thread::scope(|s| {
+        let summary = header
+            .as_ref()
+            .map(|h| s.spawn(|| summarise(name, &data, h)));
+        let sealed = s.spawn(|| repo.seal(&key, &data));
+        let checked = check_system(repo, sysid, control.as_ref(), seg_size, name);
+        let sealed = joined(sealed);
+        let summary = summary.and_then(joined);
+        checked.map(|()| (sealed, summary))
+    })?;
     if let Some(s) = &summary {
         let json = serde_json::to_vec(s).expect("summary serializes");
         match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {
@@ -213,7 +194,6 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             other => other?,
         }
     }
-    let key = keys::wal_file(sysid, file.tli(), name);
     let pushed = |outcome| Pushed {
         name: name.to_string(),
         key: key.clone(),
@@ -223,11 +203,11 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     // Asked first, so a retried push says what it found and does not upload the file again
     // (a put of identical bytes succeeds silently).
     if !repo.backend().exists(&key)? {
-        match repo.put_sealed(&key, &data) {
+        match repo.backend().put(&key, &sealed) {
             Ok(()) => return Ok(pushed(PushOutcome::Stored)),
             // Published meanwhile by another push: judged below.
-            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
-            Err(e) => return Err(e.into()),
+            Err(BackendError::Conflict { .. }) => {}
+            Err(e) => return Err(StoreError::from(e).into()),
         }
     }
     // Compare contents by digest: compression settings may differ between copies.
@@ -239,6 +219,54 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             key,
         })
     }
+}
+
+/// A scoped thread's result; its panic goes on in the caller.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The header of WAL segment (or partial segment) `name`, checked against the file's length
+/// and name.
+fn segment_header(name: &str, file: WalFile, data: &[u8]) -> Result<SegmentHeader> {
+    let header = SegmentHeader::parse(data)?;
+    if major_from_wal_magic(header.magic).is_none() {
+        return Err(Error::BadInput(format!(
+            "{name}: unknown WAL page magic {:#06x}; not a WAL segment of PostgreSQL 13–18",
+            header.magic
+        )));
+    }
+    if header.seg_size as usize != data.len() && matches!(file, WalFile::Segment { .. }) {
+        return Err(Error::BadInput(format!(
+            "{name}: {} bytes, but its header says segments are {} bytes",
+            data.len(),
+            header.seg_size
+        )));
+    }
+    // A recycled file still carries the header of the segment it used to be.
+    if let WalFile::Segment { segno, .. } | WalFile::Partial { segno, .. } =
+        WalFile::parse(name, header.seg_size as u64).unwrap_or(file)
+    {
+        if header.pageaddr != segno * header.seg_size as u64 {
+            return Err(Error::BadInput(format!(
+                "{name}: its first page belongs to WAL position {}, not to this segment; \
+                 refusing a recycled or misnamed file",
+                crate::pg::lsn::Lsn(header.pageaddr)
+            )));
+        }
+    }
+    Ok(header)
+}
+
+/// The segment's summary; `None`, with a warning, for WAL it cannot read.
+fn summarise(name: &str, data: &[u8], header: &SegmentHeader) -> Option<SegmentSummary> {
+    scan_segment(data, header)
+        .map_err(|e| {
+            tracing::warn!("{name}: cannot summarise ({e}); time targets in it will not be checked")
+        })
+        .ok()
 }
 
 /// Refuses WAL of a cluster the repository does not know, unless it knows none yet.
