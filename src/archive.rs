@@ -140,8 +140,8 @@ pub enum PushOutcome {
 
 /// Archives one file from pg_wal (as `archive_command` passes it, relative to PGDATA).
 ///
-/// The segment is summarised, hashed and compressed at once, on threads of their own, while
-/// the registry is asked whether the cluster is known: a push costs about the slowest of them.
+/// The segment is hashed and compressed on threads of their own while the registry is read
+/// and the summary made and written: a push costs about the compression and one write.
 pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     let name = path
         .file_name()
@@ -175,25 +175,23 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     };
     let seg_size = header.as_ref().map_or(0, |h| h.seg_size as u64);
     let key = keys::wal_file(sysid, file.tli(), name);
-    let (sealed, summary) = std::thread::scope(|s| {
-        let summary = header
-            .as_ref()
-            .map(|h| s.spawn(|| summarise(name, &data, h)));
+    // The summary's write (and the registry's read) overlap the compression, so only the
+    // segment's own write waits for it. The order of writes stays fixed: registry, summary,
+    // segment.
+    let sealed = std::thread::scope(|s| {
         let sealed = s.spawn(|| repo.seal(&key, &data));
-        let checked = check_system(repo, sysid, control.as_ref(), seg_size, name);
-        let sealed = joined(sealed);
-        let summary = summary.and_then(joined);
-        checked.map(|()| (sealed, summary))
-    })?;
-    if let Some(s) = &summary {
-        let json = serde_json::to_vec(s).expect("summary serializes");
-        match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {
-            // A retried push of a segment whose earlier summary differs is judged below by
-            // the segment itself.
-            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
-            other => other?,
+        check_system(repo, sysid, control.as_ref(), seg_size, name)?;
+        if let Some(summary) = header.as_ref().and_then(|h| summarise(name, &data, h)) {
+            let json = serde_json::to_vec(&summary).expect("summary serializes");
+            match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {
+                // A retried push of a segment whose earlier summary differs is judged below
+                // by the segment itself.
+                Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
+                other => other?,
+            }
         }
-    }
+        Ok::<_, Error>(joined(sealed))
+    })?;
     let pushed = |outcome| Pushed {
         name: name.to_string(),
         key: key.clone(),
