@@ -3,7 +3,7 @@
 //! Each archived file is one sealed object under `wal/<system>/<timeline>/`, and each segment
 //! also gets a small summary object (commit times, restore points, xids) under `walsum/`, so
 //! point-in-time targets can be checked without reading WAL. `wal-push` reads no index and
-//! lists nothing on its usual path: a registry lookup, two writes.
+//! lists nothing on its usual path: a registry lookup, two create-only writes.
 
 use crate::catalog::{keys, wal, SystemId};
 use crate::error::{io, Error, Result};
@@ -198,15 +198,14 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         bytes: data.len() as u64,
         outcome,
     };
-    // Asked first, so a retried push says what it found and does not upload the file again
-    // (a put of identical bytes succeeds silently).
-    if !repo.backend().exists(&key)? {
-        match repo.backend().put(&key, &sealed) {
-            Ok(()) => return Ok(pushed(PushOutcome::Stored)),
-            // Published meanwhile by another push: judged below.
-            Err(BackendError::Conflict { .. }) => {}
-            Err(e) => return Err(StoreError::from(e).into()),
-        }
+    // Create-only, without asking first: a retried push finds its own object (identical
+    // bytes), or one sealed differently (another nonce, another compression level), judged by
+    // digest below.
+    match repo.backend().put_new(&key, &sealed) {
+        Ok(true) => return Ok(pushed(PushOutcome::Stored)),
+        Ok(false) => return Ok(pushed(PushOutcome::AlreadyArchived)),
+        Err(BackendError::Conflict { .. }) => {}
+        Err(e) => return Err(StoreError::from(e).into()),
     }
     // Compare contents by digest: compression settings may differ between copies.
     if repo.sealed_header(&key)?.digest == crate::store::BlobId::of(&data) {
