@@ -227,7 +227,11 @@ mod tests {
         let key = file.trim_end().as_bytes();
         assert!(parse_key_file(key).is_some());
         // A human passphrase makes no key-file slot, and opens none.
-        for passphrase in [b"correct horse".as_slice(), &key[1..], b"zz".repeat(32).as_slice()] {
+        for passphrase in [
+            b"correct horse".as_slice(),
+            &key[1..],
+            b"zz".repeat(32).as_slice(),
+        ] {
             assert!(Slot::new(&master, passphrase, b"{c}", Kdf::key_file()).is_none());
         }
         let slot = Slot::new(&master, key, b"{c}", Kdf::key_file()).unwrap();
@@ -235,7 +239,9 @@ mod tests {
         assert_eq!(*slot.open(key, b"{c}").unwrap(), *master);
         assert!(slot.open(file.as_bytes(), b"{c}").is_none(), "newline kept");
         assert!(slot.open(key, b"{c }").is_none());
-        assert!(slot.open(new_key_file().trim_end().as_bytes(), b"{c}").is_none());
+        assert!(slot
+            .open(new_key_file().trim_end().as_bytes(), b"{c}")
+            .is_none());
         let mut other_salt = slot.clone();
         other_salt.kdf.salt[0] ^= 1;
         assert!(other_salt.open(key, b"{c}").is_none());

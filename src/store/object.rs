@@ -117,7 +117,9 @@ mod tests {
         assert_eq!(raw[48], RAW);
         assert_eq!(open(&raw, "x").unwrap(), b"ab");
         // Large payloads (hashed beside the compression) seal to the same bytes.
-        let big: Vec<u8> = (0..PARALLEL_FROM as u32 + 7).map(|i| (i % 251) as u8).collect();
+        let big: Vec<u8> = (0..PARALLEL_FROM as u32 + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
         let sealed = seal(&big, 3);
         assert_eq!(header(&sealed, "x").unwrap().digest, BlobId::of(&big));
         assert_eq!(open(&sealed, "x").unwrap(), big);

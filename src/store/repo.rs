@@ -199,8 +199,9 @@ impl Repository {
         let mut repo = Repository::new(backend, config);
         if let Some((passphrase, kdf)) = encrypt {
             let master = new_master();
-            let slot = Slot::new(&master, passphrase, &json, kdf)
-                .ok_or_else(|| StoreError::BadSetting("this passphrase cannot make a key".into()))?;
+            let slot = Slot::new(&master, passphrase, &json, kdf).ok_or_else(|| {
+                StoreError::BadSetting("this passphrase cannot make a key".into())
+            })?;
             // The slot first: the config is what makes the location a repository.
             repo.put_slot(&slot)?;
             repo.crypto = Crypto::encrypted(&master);
