@@ -15,8 +15,9 @@ use zeroize::Zeroizing;
 /// Where the passphrase (or key file) of an encrypted repository comes from.
 #[derive(clap::Args, Clone, Default)]
 pub struct PassphraseArgs {
-    /// File holding the passphrase of an encrypted repository, or a key file (random bytes);
-    /// otherwise PGSNAPFS_PASSPHRASE is used.
+    /// File holding the passphrase of an encrypted repository, or a key file made by
+    /// `key add --new-key-file` (no key stretching: for archive_command); otherwise
+    /// PGSNAPFS_PASSPHRASE is used.
     #[arg(long, global = true)]
     pub passphrase_file: Option<PathBuf>,
     /// Command printing the passphrase on stdout (a KMS or Vault client), run by `sh -c`.
