@@ -3,7 +3,7 @@
 //! Each archived file is one sealed object under `wal/<system>/<timeline>/`, and each segment
 //! also gets a small summary object (commit times, restore points, xids) under `walsum/`, so
 //! point-in-time targets can be checked without reading WAL. `wal-push` reads no index and
-//! lists nothing on its usual path: a registry lookup, two writes.
+//! lists nothing on its usual path: a registry lookup, two create-only writes.
 
 use crate::catalog::{keys, wal, SystemId};
 use crate::error::{io, Error, Result};
@@ -141,6 +141,9 @@ pub enum PushOutcome {
 }
 
 /// Archives one file from pg_wal (as `archive_command` passes it, relative to PGDATA).
+///
+/// The segment is hashed and compressed on threads of their own while the registry is read
+/// and the summary made and written: a push costs about the compression and one write.
 pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     let name = path
         .file_name()
@@ -161,79 +164,53 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     let control = std::fs::read(pgdata.join("global/pg_control"))
         .ok()
         .and_then(|b| ControlData::parse(&b).ok());
-    let mut seg_size = 0;
-    let (sysid, summary) = match file {
+    let header = match file {
         WalFile::Segment { .. } | WalFile::Partial { .. } => {
-            let header = SegmentHeader::parse(&data)?;
-            if major_from_wal_magic(header.magic).is_none() {
-                return Err(Error::BadInput(format!(
-                    "{name}: unknown WAL page magic {:#06x}; not a WAL segment of PostgreSQL 13–18",
-                    header.magic
-                )));
-            }
-            if header.seg_size as usize != data.len() && matches!(file, WalFile::Segment { .. }) {
-                return Err(Error::BadInput(format!(
-                    "{name}: {} bytes, but its header says segments are {} bytes",
-                    data.len(),
-                    header.seg_size
-                )));
-            }
-            // A recycled file still carries the header of the segment it used to be.
-            if let WalFile::Segment { segno, .. } | WalFile::Partial { segno, .. } =
-                WalFile::parse(name, header.seg_size as u64).unwrap_or(file)
-            {
-                if header.pageaddr != segno * header.seg_size as u64 {
-                    return Err(Error::BadInput(format!(
-                        "{name}: its first page belongs to WAL position {}, not to this segment; \
-                         refusing a recycled or misnamed file",
-                        crate::pg::lsn::Lsn(header.pageaddr)
-                    )));
-                }
-            }
-            let summary = scan_segment(&data, &header)
-                .map_err(|e| {
-                    tracing::warn!(
-                        "{name}: cannot summarise ({e}); time targets in it will not be checked"
-                    )
-                })
-                .ok();
-            seg_size = header.seg_size as u64;
-            (header.system_identifier, summary)
+            Some(segment_header(name, file, &data)?)
         }
-        _ => match &control {
-            Some(c) => (c.system_identifier, None),
-            None => (resolve_system(repo, None)?.sysid(), None),
-        },
+        _ => None,
     };
-    check_system(repo, sysid, control.as_ref(), seg_size, name)?;
-    if let Some(s) = &summary {
-        let json = serde_json::to_vec(s).expect("summary serializes");
-        match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {
-            // A retried push of a segment whose earlier summary differs is judged below by
-            // the segment itself.
-            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
-            other => other?,
-        }
-    }
+    let sysid = match (&header, &control) {
+        (Some(h), _) => h.system_identifier,
+        (None, Some(c)) => c.system_identifier,
+        (None, None) => resolve_system(repo, None)?.sysid(),
+    };
+    let seg_size = header.as_ref().map_or(0, |h| h.seg_size as u64);
     let key = keys::wal_file(sysid, file.tli(), name);
+    // The summary's write (and the registry's read) overlap the compression, so only the
+    // segment's own write waits for it. The order of writes stays fixed: registry, summary,
+    // segment.
+    let sealed = std::thread::scope(|s| {
+        let sealed = s.spawn(|| repo.seal(&key, &data));
+        check_system(repo, sysid, control.as_ref(), seg_size, name)?;
+        if let Some(summary) = header.as_ref().and_then(|h| summarise(name, &data, h)) {
+            let json = serde_json::to_vec(&summary).expect("summary serializes");
+            match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {
+                // A retried push of a segment whose earlier summary differs is judged below
+                // by the segment itself.
+                Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
+                other => other?,
+            }
+        }
+        Ok::<_, Error>(joined(sealed))
+    })?;
     let pushed = |outcome| Pushed {
         name: name.to_string(),
         key: key.clone(),
         bytes: data.len() as u64,
         outcome,
     };
-    // Asked first, so a retried push says what it found and does not upload the file again
-    // (a put of identical bytes succeeds silently).
-    if !repo.backend().exists(&key)? {
-        match repo.put_sealed(&key, &data) {
-            Ok(()) => {
-                walindex::after_push(repo, sysid, seg_size, name);
-                return Ok(pushed(PushOutcome::Stored));
-            }
-            // Published meanwhile by another push: judged below.
-            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
-            Err(e) => return Err(e.into()),
+    // Create-only, without asking first: a retried push finds its own object (identical
+    // bytes), or one sealed differently (another nonce, another compression level), judged by
+    // digest below.
+    match repo.backend().put_new(&key, &sealed) {
+        Ok(true) => {
+            walindex::after_push(repo, sysid, seg_size, name);
+            return Ok(pushed(PushOutcome::Stored));
         }
+        Ok(false) => return Ok(pushed(PushOutcome::AlreadyArchived)),
+        Err(BackendError::Conflict { .. }) => {}
+        Err(e) => return Err(StoreError::from(e).into()),
     }
     // Compare contents by digest: compression settings may differ between copies.
     if repo.sealed_header(&key)?.digest == crate::store::BlobId::of(&data) {
@@ -244,6 +221,54 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             key,
         })
     }
+}
+
+/// A scoped thread's result; its panic goes on in the caller.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The header of WAL segment (or partial segment) `name`, checked against the file's length
+/// and name.
+fn segment_header(name: &str, file: WalFile, data: &[u8]) -> Result<SegmentHeader> {
+    let header = SegmentHeader::parse(data)?;
+    if major_from_wal_magic(header.magic).is_none() {
+        return Err(Error::BadInput(format!(
+            "{name}: unknown WAL page magic {:#06x}; not a WAL segment of PostgreSQL 13–18",
+            header.magic
+        )));
+    }
+    if header.seg_size as usize != data.len() && matches!(file, WalFile::Segment { .. }) {
+        return Err(Error::BadInput(format!(
+            "{name}: {} bytes, but its header says segments are {} bytes",
+            data.len(),
+            header.seg_size
+        )));
+    }
+    // A recycled file still carries the header of the segment it used to be.
+    if let WalFile::Segment { segno, .. } | WalFile::Partial { segno, .. } =
+        WalFile::parse(name, header.seg_size as u64).unwrap_or(file)
+    {
+        if header.pageaddr != segno * header.seg_size as u64 {
+            return Err(Error::BadInput(format!(
+                "{name}: its first page belongs to WAL position {}, not to this segment; \
+                 refusing a recycled or misnamed file",
+                crate::pg::lsn::Lsn(header.pageaddr)
+            )));
+        }
+    }
+    Ok(header)
+}
+
+/// The segment's summary; `None`, with a warning, for WAL it cannot read.
+fn summarise(name: &str, data: &[u8], header: &SegmentHeader) -> Option<SegmentSummary> {
+    scan_segment(data, header)
+        .map_err(|e| {
+            tracing::warn!("{name}: cannot summarise ({e}); time targets in it will not be checked")
+        })
+        .ok()
 }
 
 /// Refuses WAL of a cluster the repository does not know, unless it knows none yet.

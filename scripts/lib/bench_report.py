@@ -3,7 +3,7 @@
 
     bench_report.py --results results.jsonl [--out DIR] [--merge chunk_sizes|s3|encryption|summaries|
                                                            verify_incremental|read_path|async|
-                                                           wal_index]
+                                                           wal_index|push]
 
 Prints the markdown on stdout. With --out, also writes DIR/benchmarks.md and
 DIR/benchmarks.json. With --merge PART (a `scripts/bench --chunk-sizes`, `--s3`, `--summaries` or
@@ -420,6 +420,23 @@ def build(recs):
                             f"throughput ({fmt_b(size)} table)", "bytes/s", "higher",
                             "plain", size / w["plain"] if w["plain"] else None,
                             "encrypted", size / w["encrypted"] if w["encrypted"] else None, runs))
+
+    # Per-segment push, one process per segment (issue 17): the same segments by every set-up.
+    ps = out["push"] = []
+    seg = {t: [r["wall_s"] for r in recs if r["key"] == "push_segment" and r["tool"] == t]
+           for t in ("pgbackrest", "pgbackrest-aes", "pgsnapfs", "pgsnapfs-key-file")}
+    if seg["pgsnapfs"]:
+        n = len(seg["pgsnapfs"])
+        m = {t: med(xs) for t, xs in seg.items()}
+        for name, a, b, note in (
+                ("plain: pgBackRest archive-push / pgsnapfs wal-push", "pgbackrest", "pgsnapfs",
+                 "goal: pgsnapfs at most 0.5x"),
+                ("encrypted: pgBackRest aes-256-cbc / pgsnapfs key-file slot", "pgbackrest-aes",
+                 "pgsnapfs-key-file", ""),
+                ("pgsnapfs: plain / encrypted with a key-file slot", "pgsnapfs",
+                 "pgsnapfs-key-file", "goal: at most 1.2x")):
+            ps.append(pair_row(name, "per segment (median)", "s", "lower", "a", m[a], "b", m[b],
+                               n, note))
 
     # PostgreSQL 17: the same incremental backup read from WAL summaries and in full.
     sm = out["summaries"] = []
@@ -916,6 +933,23 @@ def render(doc, notes):
         L.append(notes.get("encryption",
                            "<!-- notes:encryption -->\n<!-- /notes:encryption -->"))
         L.append("")
+    if doc.get("push"):
+        L.append("## WAL push, per segment\n")
+        L.append("The newest segments of the pgbench run, each pushed by one process per set-up, "
+                 "as archive_command runs it, in an order that rotates per segment "
+                 "(`scripts/bench --push`): pgBackRest `archive-push` into a plain stanza and into "
+                 "one with `repo1-cipher-type=aes-256-cbc`, pgsnapfs `wal-push` into a plain "
+                 "repository and into an encrypted one opened with a key-file slot "
+                 "(`key add --new-key-file`). Segments warm in the page cache, as a segment "
+                 "PostgreSQL just finished is.\n")
+        pm = doc.get("push_meta")
+        if pm:
+            L.append(f"Push rows run separately: {pm.get('date')}, `{pm.get('command')}`, "
+                     f"load average {pm.get('loadavg_start')} at the start.\n")
+        L.append(pair_table(doc["push"], "a", "first", "b", "second"))
+        L.append("")
+        L.append(notes.get("push", "<!-- notes:push -->\n<!-- /notes:push -->"))
+        L.append("")
     if doc.get("summaries"):
         L.append("## PostgreSQL 17: incremental backups from WAL summaries\n")
         L.append("A PostgreSQL 17 cluster (`summarize_wal = on`, data checksums) at the same pgbench "
@@ -1081,7 +1115,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--merge", choices=("chunk_sizes", "s3", "encryption", "summaries",
                                         "verify_incremental", "read_path", "async",
-                                        "wal_index"),
+                                        "wal_index", "push"),
                     help="merge only this part into the existing --out files")
     a = ap.parse_args()
     doc = build(load(a.results))
@@ -1096,7 +1130,7 @@ def main():
         else:
             prefix = {"chunk_sizes": "sweep_", "s3": "s3_", "encryption": "enc_",
                       "summaries": "sum_", "verify_incremental": "vinc_",
-                      "async": "async_", "wal_index": "windex_"}[a.merge]
+                      "async": "async_", "wal_index": "windex_", "push": "push_"}[a.merge]
             old["raw"] = [r for r in old.get("raw", []) if not r["key"].startswith(prefix)] + \
                 [r for r in doc["raw"] if r["key"].startswith(prefix)]
         doc = old

@@ -3,17 +3,21 @@
 //! command-line value: other users see those in `ps`.
 
 use super::print_json;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::passphrase::{self, read_secret, NEW_ENV};
+use crate::store::key::{new_key_file, Kdf};
 use crate::store::{Repository, StoreError};
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// Where the passphrase (or key file) of an encrypted repository comes from.
 #[derive(clap::Args, Clone, Default)]
 pub struct PassphraseArgs {
-    /// File holding the passphrase of an encrypted repository, or a key file (random bytes);
-    /// otherwise PGSNAPFS_PASSPHRASE is used.
+    /// File holding the passphrase of an encrypted repository, or a key file made by
+    /// `key add --new-key-file` (no key stretching: for archive_command); otherwise
+    /// PGSNAPFS_PASSPHRASE is used.
     #[arg(long, global = true)]
     pub passphrase_file: Option<PathBuf>,
     /// Command printing the passphrase on stdout (a KMS or Vault client), run by `sh -c`.
@@ -44,7 +48,8 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 pub enum KeyCommand {
     /// Add a key slot for a new passphrase, given by PGSNAPFS_NEW_PASSPHRASE,
-    /// --new-passphrase-file or --new-passphrase-command (the current one opens the repository).
+    /// --new-passphrase-file or --new-passphrase-command, or for a new key file made by
+    /// --new-key-file (the current passphrase opens the repository).
     Add {
         /// File holding the new passphrase.
         #[arg(long)]
@@ -52,6 +57,11 @@ pub enum KeyCommand {
         /// Command printing the new passphrase on stdout, run by `sh -c`.
         #[arg(long, conflicts_with = "new_passphrase_file")]
         new_passphrase_command: Option<String>,
+        /// Create this file (mode 0600, never overwritten) holding a new random key, and add a
+        /// slot it opens without key stretching: for archive_command and other commands run
+        /// often by a service. Run this as the user who will read the file.
+        #[arg(long, conflicts_with_all = ["new_passphrase_file", "new_passphrase_command"])]
+        new_key_file: Option<PathBuf>,
     },
     /// List the key slots.
     List {
@@ -74,8 +84,24 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     }
     match a.command {
         KeyCommand::Add {
+            new_key_file: Some(path),
+            ..
+        } => {
+            let content = new_key_file();
+            write_key_file(&path, content.as_bytes())?;
+            match repo.add_key(content.trim_end().as_bytes(), Kdf::key_file()) {
+                Ok(slot) => outln!("added key slot {} for key file {}", slot.id, path.display()),
+                Err(e) => {
+                    // No slot opens with it: a file left behind would only mislead.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e.into());
+                }
+            }
+        }
+        KeyCommand::Add {
             new_passphrase_file,
             new_passphrase_command,
+            new_key_file: None,
         } => {
             let new = read_secret(
                 new_passphrase_file.as_deref(),
@@ -88,7 +114,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
                      --new-passphrase-command"
                 ))
             })?;
-            let slot = repo.add_key(&new)?;
+            let slot = repo.add_key(&new, Kdf::new_slot())?;
             outln!("added key slot {}", slot.id);
         }
         KeyCommand::List { json } => {
@@ -97,14 +123,21 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
                 #[derive(serde::Serialize)]
                 struct Row<'a> {
                     id: &'a str,
+                    /// `passphrase` or `key_file`.
+                    kind: &'static str,
                     created: chrono::DateTime<chrono::Utc>,
-                    kdf: &'a crate::store::key::Kdf,
+                    kdf: &'a Kdf,
                     current: bool,
                 }
                 let rows: Vec<Row> = slots
                     .iter()
                     .map(|s| Row {
                         id: &s.id,
+                        kind: if s.kdf.is_stretched() {
+                            "passphrase"
+                        } else {
+                            "key_file"
+                        },
                         created: s.created,
                         kdf: &s.kdf,
                         current: repo.opened_with() == Some(s.id.as_str()),
@@ -118,13 +151,20 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
                     } else {
                         ""
                     };
+                    let kind = if s.kdf.is_stretched() {
+                        format!(
+                            "passphrase, {} {} MiB × {}",
+                            s.kdf.algorithm,
+                            s.kdf.memory_kib / 1024,
+                            s.kdf.iterations
+                        )
+                    } else {
+                        format!("key file, {}", s.kdf.algorithm)
+                    };
                     outln!(
-                        "{}  created {}  {} {} MiB × {}{current}",
+                        "{}  created {}  {kind}{current}",
                         s.id,
-                        s.created.to_rfc3339(),
-                        s.kdf.algorithm,
-                        s.kdf.memory_kib / 1024,
-                        s.kdf.iterations
+                        s.created.to_rfc3339()
                     );
                 }
             }
@@ -133,6 +173,28 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             repo.remove_key(&slot)?;
             outln!("removed key slot {slot}");
         }
+    }
+    Ok(())
+}
+
+/// Writes a new key file: created, never overwritten, readable by its owner only, fsynced.
+fn write_key_file(path: &Path, content: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::BadInput(format!(
+                "{} already exists: a key file is never overwritten; choose another path",
+                path.display()
+            )),
+            _ => io(format!("create key file {}", path.display()))(e),
+        })?;
+    let written = f.write_all(content).and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(io(format!("write key file {}", path.display()))(e));
     }
     Ok(())
 }

@@ -98,18 +98,18 @@ impl KillPoints {
     }
 
     /// Runs `op` as the next operation counted by `counter`, between its two points.
-    fn around(
+    fn around<T>(
         &self,
         counter: &AtomicU64,
         [before, done]: [&'static str; 2],
         key: &str,
-        op: impl FnOnce() -> Result<()>,
-    ) -> Result<()> {
+        op: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
         self.pass(before, n, key);
-        op()?;
+        let out = op()?;
         self.pass(done, n, key);
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -126,6 +126,11 @@ impl Backend for KillPoints {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         self.around(&PUTS, ["put", "put-done"], key, || {
             self.inner.put(key, data)
+        })
+    }
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        self.around(&PUTS, ["put", "put-done"], key, || {
+            self.inner.put_new(key, data)
         })
     }
     fn replace(&self, key: &str, data: &[u8]) -> Result<()> {

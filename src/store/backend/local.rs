@@ -302,10 +302,14 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.put_new(key, data).map(drop)
+    }
+
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
         let dest = self.path(key);
         if dest.exists() {
             return match Self::same_content(&dest, data).map_err(self.io("compare", key))? {
-                true => Ok(()),
+                true => Ok(false),
                 false => Err(BackendError::Conflict {
                     key: key.to_string(),
                 }),
@@ -315,11 +319,12 @@ impl Backend for LocalBackend {
         let result = self.write_temp(&tmp, &dest, data, key).and_then(|()| {
             match fs::hard_link(&tmp, &dest) {
                 Ok(()) => fsync_dir(dest.parent().expect("object path has a parent"))
+                    .map(|()| true)
                     .map_err(self.io("fsync directory of", key)),
                 // Someone else published it first: fine if it is the same object.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     match Self::same_content(&dest, data).map_err(self.io("compare", key))? {
-                        true => Ok(()),
+                        true => Ok(false),
                         false => Err(BackendError::Conflict {
                             key: key.to_string(),
                         }),
@@ -407,8 +412,9 @@ mod tests {
     fn put_is_create_only_and_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let b = LocalBackend::open(dir.path());
+        assert!(b.put_new("a/b/c", b"hello").unwrap(), "created");
         b.put("a/b/c", b"hello").unwrap();
-        b.put("a/b/c", b"hello").unwrap();
+        assert!(!b.put_new("a/b/c", b"hello").unwrap(), "already there");
         assert!(matches!(
             b.put("a/b/c", b"other"),
             Err(BackendError::Conflict { .. })

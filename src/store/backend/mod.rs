@@ -141,6 +141,13 @@ pub trait Backend: Send + Sync {
     /// Stores `data` under `key` atomically and durably. Succeeds if an identical object is
     /// already there; fails with `Conflict` if a different one is.
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// `put`, saying whether this call created the object (`false`: an identical one was
+    /// already there). Back ends that cannot tell from the write itself ask first.
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let existed = self.exists(key)?;
+        self.put(key, data)?;
+        Ok(!existed)
+    }
     /// Stores `data` under `key` atomically and durably, replacing any object there: a reader
     /// sees the old bytes or the new, never a mix.
     fn replace(&self, key: &str, data: &[u8]) -> Result<()>;

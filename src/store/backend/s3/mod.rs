@@ -229,6 +229,15 @@ impl Backend for S3Backend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let k = key.to_string();
         let data = Bytes::copy_from_slice(data);
+        self.run("put", key, |inner| async move {
+            inner.put(&k, data).await.map(drop)
+        })
+    }
+
+    /// One conditional PUT: a 412 whose stored bytes are the same means "already there".
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let k = key.to_string();
+        let data = Bytes::copy_from_slice(data);
         self.run("put", key, |inner| async move { inner.put(&k, data).await })
     }
 

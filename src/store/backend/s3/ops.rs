@@ -109,7 +109,8 @@ impl Inner {
         }
     }
 
-    pub(super) async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+    /// A create-only PUT; `Ok(false)` when an identical object was already there.
+    pub(super) async fn put(&self, key: &str, data: Bytes) -> Result<bool> {
         let conflict = || BackendError::Conflict {
             key: key.to_string(),
         };
@@ -129,7 +130,7 @@ impl Inner {
                     .send()
                     .await;
                 match resp.map_err(Failure::of) {
-                    Ok(_) => return Ok(()),
+                    Ok(_) => return Ok(true),
                     Err(Failure::Taken) => true,
                     Err(Failure::Busy) if busy + 1 < self.settings.max_attempts => {
                         busy += 1;
@@ -140,12 +141,12 @@ impl Inner {
                 }
             };
             if !taken {
-                return Ok(());
+                return Ok(true);
             }
             // Taken: by this very object when an earlier attempt's answer was lost, or by
             // a concurrent writer of the same object, or by different content.
             match self.compare(key, &data).await {
-                Ok(Stored::Same) => return Ok(()),
+                Ok(Stored::Same) => return Ok(false),
                 Ok(Stored::Different) => return Err(conflict()),
                 Ok(Stored::Missing) => continue,
                 Err(f) => return Err(f.into_error("compare", key)),
