@@ -286,13 +286,38 @@ pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> 
     let key = keys::wal_file(sysid, file.tli(), name);
     let data = match repo.get_sealed(&key) {
         Err(StoreError::Backend(e)) if e.is_not_found() => {
-            return Err(Error::NotFound(format!("{name} is not in the archive")))
+            match streamed_part(repo, &system, &file, name)? {
+                Some(data) => data,
+                None => return Err(Error::NotFound(format!("{name} is not in the archive"))),
+            }
         }
         other => other?,
     };
     let tmp = dest.with_extension("pgsnapfs-tmp");
     std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, dest).map_err(io(format!("rename to {}", dest.display())))
+}
+
+/// The part of segment `name` that `wal-receive` has stored so far, zero-filled to a whole
+/// segment (recovery reads the zeros as the end of WAL); `None` if it has none.
+fn streamed_part(
+    repo: &Repository,
+    system: &System,
+    file: &WalFile,
+    name: &str,
+) -> Result<Option<Vec<u8>>> {
+    if !matches!(file, WalFile::Segment { .. }) {
+        return Ok(None);
+    }
+    match repo.get_sealed(&keys::wal_stream(system.sysid(), file.tli(), name)) {
+        Ok(mut data) => {
+            tracing::info!("{name}: using the part wal-receive has streamed so far");
+            data.resize(segment_size(system) as usize, 0);
+            Ok(Some(data))
+        }
+        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The archived WAL of one timeline.

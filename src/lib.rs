@@ -23,6 +23,7 @@ pub mod mount;
 pub mod passphrase;
 pub mod pg;
 pub mod pitr;
+pub mod receive;
 pub mod restore;
 pub mod retention;
 pub mod server;

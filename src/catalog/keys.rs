@@ -11,6 +11,8 @@ pub const SYSTEMS: &str = "systems/";
 pub const WAL_SUMMARIES: &str = "walsum/";
 /// Records of passing verify runs, per cluster.
 pub const VERIFIED: &str = "verified/";
+/// The segments `wal-receive` is streaming, stored partially, per cluster and timeline.
+pub const WAL_STREAM: &str = "walstream/";
 
 /// The registry record of one cluster.
 pub fn system(sysid: u64) -> String {
@@ -36,6 +38,16 @@ pub fn wal_summaries(sysid: u64) -> String {
 /// An archived WAL file (segment, partial, history or backup file) of one cluster.
 pub fn wal_file(sysid: u64, tli: u32, name: &str) -> String {
     format!("{WAL}{sysid}/{tli:08X}/{name}")
+}
+
+/// The prefix holding the partially streamed segments of one cluster.
+pub fn wal_stream_system(sysid: u64) -> String {
+    format!("{WAL_STREAM}{sysid}/")
+}
+
+/// The partial object of a segment `wal-receive` is streaming: its bytes from the start.
+pub fn wal_stream(sysid: u64, tli: u32, segment: &str) -> String {
+    format!("{WAL_STREAM}{sysid}/{tli:08X}/{segment}")
 }
 
 /// The summary of an archived WAL segment (commit times, restore points, xids).

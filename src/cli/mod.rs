@@ -24,6 +24,7 @@ mod key;
 mod locks;
 mod mount;
 mod progress;
+mod receive;
 mod restore;
 mod verify;
 mod wal;
@@ -69,6 +70,9 @@ pub enum Command {
     WalPush(wal::PushArgs),
     /// Restore one archived WAL file (for restore_command = 'pgsnapfs wal-fetch %f %p').
     WalFetch(wal::FetchArgs),
+    /// Stream WAL into the repository with the replication protocol, as a (synchronous)
+    /// standby would: the recovery point is seconds, or zero with --synchronous.
+    WalReceive(receive::Args),
     /// List backups.
     List(info::ListArgs),
     /// Show backups, archived WAL per timeline with gaps, and the restorable range.
@@ -113,6 +117,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backup(a) => backup::run(&open(&repo()?)?, a),
         Command::WalPush(a) => wal::push(&open(&repo()?)?, a),
         Command::WalFetch(a) => wal::fetch(&open(&repo()?)?, a),
+        Command::WalReceive(a) => receive::run(&open(&repo()?)?, a),
         Command::List(a) => info::list(&open(&repo()?)?, a),
         Command::Info(a) => info::info(&open(&repo()?)?, a),
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),
