@@ -7,8 +7,13 @@ use crate::server::ConnOpts;
 use crate::store::Repository;
 use std::time::Duration;
 
+/// `-h` is the host, as in every PostgreSQL tool, so help is `--help` only.
 #[derive(clap::Args)]
+#[command(disable_help_flag = true)]
 pub struct Args {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// The server to stream from (libpq options; PGHOST, PGPORT, PGUSER, PGPASSWORD and the
     /// password file fill the gaps). The role needs the REPLICATION attribute.
     #[command(flatten)]

@@ -1,0 +1,140 @@
+//! `pgsnapfs wal-receive` (issue 17, item 4): WAL streamed into the repository with the
+//! replication protocol is restorable up to the last commit the server acknowledged.
+//!
+//! One primary lives through: an asynchronous receiver whose stored position follows a commit
+//! within the flush interval; that receiver killed while the slot keeps the WAL; a second,
+//! synchronous receiver that starts where the repository ends; a commit acknowledged by it,
+//! then kill -9 of both the primary and the receiver; a restore to the end shows every row.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every row of `t`, as one comparable string.
+const ROWS: &str = "SELECT string_agg(v, ',' ORDER BY id) FROM t";
+const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A running `wal-receive`, killed (SIGKILL) when dropped.
+struct Receiver {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(repo: &Repo, c: &Cluster, log: std::path::PathBuf, extra: &[&str]) -> Receiver {
+        let port = c.port.to_string();
+        let mut args = repo.args(
+            "wal-receive",
+            &["-v", "-h", c.sock.to_str().unwrap(), "-p", &port, "-U", "postgres"],
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = pgsnapfs_command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start wal-receive");
+        Receiver { child, log }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until the receiver has reported position `lsn` as stored (flush_lsn is what it
+/// reports only once the repository holds the WAL); returns how long that took.
+fn wait_stored(c: &Cluster, r: &Receiver, lsn: &str) -> Duration {
+    let start = Instant::now();
+    wait_for(Duration::from_secs(60), || {
+        let row = c.psql(&format!(
+            "SELECT coalesce((SELECT flush_lsn >= '{lsn}' FROM pg_stat_replication \
+             WHERE application_name = 'pgsnapfs'), false)"
+        ));
+        (row == "t").then_some(()).ok_or(row)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- wal-receive ---\n{}", r.log()));
+    start.elapsed()
+}
+
+#[test]
+fn streamed_wal_restores_to_the_last_acknowledged_commit() {
+    let started = Instant::now();
+    let repo = Repo::init();
+    let work = TestDir::new("receive");
+    let mut c = Cluster::start_new(ClusterOptions::default());
+    c.psql("CREATE TABLE t (id serial PRIMARY KEY, v text)");
+    let mut r = Receiver::start(
+        &repo,
+        &c,
+        work.join("receive1.log"),
+        &["--slot", "pgsnapfs", "--create-slot", "--flush-interval", "2s"],
+    );
+    repo.backup(&c);
+
+    // Asynchronous: a commit is in the repository within the flush interval.
+    c.psql("INSERT INTO t (v) VALUES ('async')");
+    let lsn = c.psql("SELECT pg_current_wal_lsn()");
+    let took = wait_stored(&c, &r, &lsn);
+    assert!(
+        took <= FLUSH_INTERVAL + Duration::from_millis(1500),
+        "stored after {took:?}, flush interval {FLUSH_INTERVAL:?}"
+    );
+
+    // The receiver is down: the slot keeps the WAL it has not stored, a segment included.
+    r.kill();
+    c.psql("INSERT INTO t (v) SELECT 'down' FROM generate_series(1, 3)");
+    c.switch_wal();
+    c.psql("INSERT INTO t (v) VALUES ('down-after-switch')");
+    assert_eq!(
+        c.psql("SELECT active, restart_lsn <= '{lsn}' FROM pg_replication_slots WHERE slot_name = 'pgsnapfs'".replace("{lsn}", &lsn).as_str()),
+        "f|t",
+        "the slot holds the WAL the receiver has not stored"
+    );
+
+    // Synchronous: a commit returns only once the repository has it.
+    c.psql("ALTER SYSTEM SET synchronous_standby_names = 'pgsnapfs'");
+    c.psql("SELECT pg_reload_conf()");
+    let mut r = Receiver::start(
+        &repo,
+        &c,
+        work.join("receive2.log"),
+        &["--slot", "pgsnapfs", "--synchronous"],
+    );
+    wait_for(Duration::from_secs(60), || {
+        let s = c.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pgsnapfs'");
+        (s == "sync").then_some(()).ok_or(s)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- wal-receive ---\n{}", r.log()));
+    c.psql("INSERT INTO t (v) VALUES ('last')");
+    let pid = c.read_pid().expect("postmaster.pid");
+    run_command(std::process::Command::new("kill").args(["-KILL", &pid.to_string()])).assert_ok();
+    r.kill();
+    let receiver_log = r.log();
+
+    // A restore to the end replays the streamed WAL, the last partial segment included.
+    let to = work.join("restored");
+    repo.restore(&to, &[]).assert_ok();
+    let restored = Cluster::start_on(&to);
+    restored.wait_until_paused_or_ready();
+    assert_eq!(
+        restored.psql(ROWS),
+        "async,down,down,down,down-after-switch,last",
+        "--- wal-receive ---\n{receiver_log}\n--- restored server ---\n{}",
+        restored.log_tail(30)
+    );
+    eprintln!("wal_receive: {:?}", started.elapsed());
+}
