@@ -320,6 +320,24 @@ fn streamed_part(
     }
 }
 
+/// The segments `wal-receive` holds partially (timeline, segment number), for planning: a
+/// recovery may go into them, as `wal-fetch` serves them.
+pub fn streamed_segments(repo: &Repository, system: &System) -> Result<Vec<(u32, u64)>> {
+    let keys = repo
+        .backend()
+        .list(&keys::wal_stream_system(system.sysid()))
+        .map_err(StoreError::from)?;
+    Ok(keys
+        .iter()
+        .filter_map(
+            |k| match WalFile::parse(k.rsplit('/').next()?, segment_size(system))? {
+                WalFile::Segment { tli, segno } => Some((tli, segno)),
+                _ => None,
+            },
+        )
+        .collect())
+}
+
 /// The archived WAL of one timeline.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineWal {
@@ -441,9 +459,32 @@ pub fn summary(
     let key = keys::wal_summary(sysid, tli, &name);
     match repo.get_sealed(&key) {
         Ok(p) => Ok(serde_json::from_slice(&p).ok()),
-        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+        Err(StoreError::Backend(e)) if e.is_not_found() => {
+            streamed_summary(repo, sysid, tli, &name, seg_size)
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The summary of the part of a segment `wal-receive` has stored, read from its WAL (it
+/// changes until the segment is complete, so none is stored).
+fn streamed_summary(
+    repo: &Repository,
+    sysid: u64,
+    tli: u32,
+    name: &str,
+    seg_size: u64,
+) -> Result<Option<SegmentSummary>> {
+    let mut data = match repo.get_sealed(&keys::wal_stream(sysid, tli, name)) {
+        Ok(data) => data,
+        Err(StoreError::Backend(e)) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    data.resize(seg_size as usize, 0);
+    Ok(SegmentHeader::parse(&data)
+        .and_then(|h| scan_segment(&data, &h))
+        .map_err(|e| tracing::warn!("{name} (streamed part): cannot summarise ({e})"))
+        .ok())
 }
 
 /// The stored summaries of one cluster's segments, each read at most once.

@@ -142,7 +142,7 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
     let seg_size = segment_size(&system);
     let catalog = archive::catalog(repo, &system)?;
     let tree = archive::timeline_tree(repo, &system, &catalog)?;
-    let archived = Archive {
+    let mut archived = Archive {
         tree: &tree,
         segments: catalog
             .iter()
@@ -150,6 +150,10 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
             .collect(),
         seg_size,
     };
+    // wal-fetch serves the part of a segment wal-receive has streamed so far.
+    for (tli, segno) in archive::streamed_segments(repo, &system)? {
+        archived.segments.entry(tli).or_default().insert(segno);
+    }
     let points: Vec<BackupPoint> = backups.iter().map(BackupPoint::from).collect();
     let newest = backups.len() - 1;
     let immediate = Some(Target::Immediate);

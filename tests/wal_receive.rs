@@ -4,7 +4,8 @@
 //! One primary lives through: an asynchronous receiver whose stored position follows a commit
 //! within the flush interval; that receiver killed while the slot keeps the WAL; a second,
 //! synchronous receiver that starts where the repository ends; a commit acknowledged by it,
-//! then kill -9 of both the primary and the receiver; a restore to the end shows every row.
+//! then kill -9 of both the primary and the receiver; a restore to the end shows every row,
+//! and one to a time inside the streamed part of the last segment the rows until then.
 
 mod common;
 
@@ -27,7 +28,15 @@ impl Receiver {
         let port = c.port.to_string();
         let mut args = repo.args(
             "wal-receive",
-            &["-v", "-h", c.sock.to_str().unwrap(), "-p", &port, "-U", "postgres"],
+            &[
+                "-v",
+                "-h",
+                c.sock.to_str().unwrap(),
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ],
         );
         args.extend(extra.iter().map(|s| s.to_string()));
         let file = std::fs::File::create(&log).unwrap();
@@ -75,13 +84,19 @@ fn streamed_wal_restores_to_the_last_acknowledged_commit() {
     let started = Instant::now();
     let repo = Repo::init();
     let work = TestDir::new("receive");
-    let mut c = Cluster::start_new(ClusterOptions::default());
+    let c = Cluster::start_new(ClusterOptions::default());
     c.psql("CREATE TABLE t (id serial PRIMARY KEY, v text)");
     let mut r = Receiver::start(
         &repo,
         &c,
         work.join("receive1.log"),
-        &["--slot", "pgsnapfs", "--create-slot", "--flush-interval", "2s"],
+        &[
+            "--slot",
+            "pgsnapfs",
+            "--create-slot",
+            "--flush-interval",
+            "2s",
+        ],
     );
     repo.backup(&c);
 
@@ -115,10 +130,12 @@ fn streamed_wal_restores_to_the_last_acknowledged_commit() {
         &["--slot", "pgsnapfs", "--synchronous"],
     );
     wait_for(Duration::from_secs(60), || {
-        let s = c.psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pgsnapfs'");
+        let s = c
+            .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pgsnapfs'");
         (s == "sync").then_some(()).ok_or(s)
     })
     .unwrap_or_else(|e| panic!("{e}\n--- wal-receive ---\n{}", r.log()));
+    let before_last = c.psql("SELECT clock_timestamp()");
     c.psql("INSERT INTO t (v) VALUES ('last')");
     let pid = c.read_pid().expect("postmaster.pid");
     run_command(std::process::Command::new("kill").args(["-KILL", &pid.to_string()])).assert_ok();
@@ -134,6 +151,20 @@ fn streamed_wal_restores_to_the_last_acknowledged_commit() {
         restored.psql(ROWS),
         "async,down,down,down,down-after-switch,last",
         "--- wal-receive ---\n{receiver_log}\n--- restored server ---\n{}",
+        restored.log_tail(30)
+    );
+    drop(restored);
+
+    // A point in time inside the streamed part of the last segment.
+    let to = work.join("restored-to-time");
+    repo.restore(&to, &["--target-time", &before_last])
+        .assert_ok();
+    let restored = Cluster::start_on(&to);
+    restored.wait_until_paused_or_ready();
+    assert_eq!(
+        restored.psql(ROWS),
+        "async,down,down,down,down-after-switch",
+        "{}",
         restored.log_tail(30)
     );
     eprintln!("wal_receive: {:?}", started.elapsed());

@@ -156,7 +156,9 @@ impl ReplConn {
         }
         Err(Error::Connect {
             target: format!("{:?} port {:?}", cfg.get_hosts(), ports),
-            reason: format!("{last}; is the server running? (set --dbname, -h/-p/-U or PGHOST/PGPORT/PGUSER)"),
+            reason: format!(
+                "{last}; is the server running? (set --dbname, -h/-p/-U or PGHOST/PGPORT/PGUSER)"
+            ),
         })
     }
 
@@ -164,12 +166,7 @@ impl ReplConn {
         self.sock.write_all(bytes).map_err(|e| e.to_string())
     }
 
-    fn startup(
-        &mut self,
-        cfg: &Config,
-        user: &str,
-        app: &str,
-    ) -> std::result::Result<(), String> {
+    fn startup(&mut self, cfg: &Config, user: &str, app: &str) -> std::result::Result<(), String> {
         let mut body = 196608u32.to_be_bytes().to_vec();
         for (k, v) in [
             ("user", user),
@@ -213,10 +210,8 @@ impl ReplConn {
                         self.send(&frame(b'p', &h))?;
                     }
                     10 => {
-                        let s = sasl::ScramSha256::new(
-                            need_pw()?,
-                            sasl::ChannelBinding::unsupported(),
-                        );
+                        let s =
+                            sasl::ScramSha256::new(need_pw()?, sasl::ChannelBinding::unsupported());
                         let mut b = b"SCRAM-SHA-256\0".to_vec();
                         b.extend_from_slice(&(s.message().len() as u32).to_be_bytes());
                         b.extend_from_slice(s.message());
@@ -446,6 +441,9 @@ mod tests {
         row.extend_from_slice(&(-1i32).to_be_bytes());
         assert_eq!(data_row(&row), vec![Some("16".into()), None]);
         let (code, msg) = error_fields(b"SERROR\0C42710\0Mslot exists\0\0");
-        assert_eq!((code.as_str(), msg.as_str()), ("42710", "ERROR: slot exists"));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("42710", "ERROR: slot exists")
+        );
     }
 }

@@ -105,9 +105,15 @@ impl Receiver<'_> {
         let id = answer("IDENTIFY_SYSTEM", c.query("IDENTIFY_SYSTEM")?)?;
         let field = |i: usize| id.first().and_then(|r| r.get(i).cloned().flatten());
         let bad = |what: &str| Error::BadAnswer(format!("IDENTIFY_SYSTEM gave no valid {what}"));
-        let sysid: u64 = field(0).and_then(|s| s.parse().ok()).ok_or_else(|| bad("system identifier"))?;
-        let server_tli: u32 = field(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("timeline"))?;
-        let xlogpos: Lsn = field(2).and_then(|s| s.parse().ok()).ok_or_else(|| bad("position"))?;
+        let sysid: u64 = field(0)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("system identifier"))?;
+        let server_tli: u32 = field(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("timeline"))?;
+        let xlogpos: Lsn = field(2)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("position"))?;
         let show = |c: &mut ReplConn, name: &str| -> Result<String> {
             let rows = answer(name, c.query(&format!("SHOW {name}"))?)?;
             rows.first()
@@ -123,7 +129,10 @@ impl Receiver<'_> {
         self.sysid = sysid;
 
         if let (Some(slot), true) = (&self.opts.slot, self.opts.create_slot) {
-            let sql = format!("CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL", ident(slot));
+            let sql = format!(
+                "CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL",
+                ident(slot)
+            );
             match c.query(&sql)? {
                 Ok(_) => tracing::info!("created replication slot {slot}"),
                 Err(e) if e.code == "42710" => {}
@@ -151,7 +160,10 @@ impl Receiver<'_> {
                 Some(s) => format!("SLOT {} ", ident(s)),
                 None => String::new(),
             };
-            let sql = format!("START_REPLICATION {slot}PHYSICAL {start} TIMELINE {}", seg.tli);
+            let sql = format!(
+                "START_REPLICATION {slot}PHYSICAL {start} TIMELINE {}",
+                seg.tli
+            );
             c.start_replication(&sql)?
                 .map_err(|e| Error::BadAnswer(format!("{sql}: {}", e.message)))?;
             self.flushed = self.flushed.max(seg.end());
@@ -281,7 +293,9 @@ impl Receiver<'_> {
             rows.first().and_then(|r| r.first().cloned().flatten()),
             rows.first().and_then(|r| r.get(1).cloned().flatten()),
         ) else {
-            return Err(Error::BadAnswer(format!("TIMELINE_HISTORY {tli} gave nothing")));
+            return Err(Error::BadAnswer(format!(
+                "TIMELINE_HISTORY {tli} gave nothing"
+            )));
         };
         let dir = self.spool.join("pg_wal");
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
