@@ -26,19 +26,22 @@ struct Receiver {
 impl Receiver {
     fn start(repo: &Repo, c: &Cluster, log: std::path::PathBuf, extra: &[&str]) -> Receiver {
         let port = c.port.to_string();
-        let mut args = repo.args(
-            "wal-receive",
-            &[
-                "-v",
-                "-h",
-                c.sock.to_str().unwrap(),
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-            ],
-        );
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut args = vec![
+            "-h",
+            c.sock.to_str().unwrap(),
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+        ];
+        args.extend_from_slice(extra);
+        Receiver::start_with(repo, log, &args)
+    }
+
+    fn start_with(repo: &Repo, log: std::path::PathBuf, args: &[&str]) -> Receiver {
+        let mut all = vec!["-v"];
+        all.extend_from_slice(args);
+        let args = repo.args("wal-receive", &all);
         let file = std::fs::File::create(&log).unwrap();
         let child = pgsnapfs_command(&args)
             .stdout(Stdio::null())
@@ -168,4 +171,74 @@ fn streamed_wal_restores_to_the_last_acknowledged_commit() {
         restored.log_tail(30)
     );
     eprintln!("wal_receive: {:?}", started.elapsed());
+}
+
+/// Failover: the receiver follows a promoted standby onto its new timeline, archives the
+/// history file, and a restore along the latest timeline shows rows from both servers.
+#[test]
+fn follows_a_promoted_standby_onto_its_timeline() {
+    let started = Instant::now();
+    let repo = Repo::init();
+    let work = TestDir::new("failover");
+    let mut primary = Cluster::start_new(ClusterOptions::default());
+    primary.psql("CREATE TABLE t (id serial PRIMARY KEY, v text)");
+    repo.backup(&primary);
+    let standby_data = work.join("standby");
+    mkdir_for_postgres(&standby_data, 0o700);
+    let port = primary.port.to_string();
+    run_command(
+        postgres_command(pg_tool("pg_basebackup"))
+            .arg("-h")
+            .arg(&primary.sock)
+            .args(["-p", &port, "-U", "postgres", "-R", "-X", "stream", "-D"])
+            .arg(&standby_data),
+    )
+    .assert_ok();
+    let standby = Cluster::start_on(&standby_data);
+    let hosts = format!(
+        "host={},{} port={},{} user=postgres",
+        primary.sock.display(),
+        standby.sock.display(),
+        primary.port,
+        standby.port
+    );
+    let r = Receiver::start_with(
+        &repo,
+        work.join("receive.log"),
+        &["-d", &hosts, "--flush-interval", "1s"],
+    );
+
+    primary.psql("INSERT INTO t (v) VALUES ('primary')");
+    let lsn = primary.psql("SELECT pg_current_wal_lsn()");
+    wait_stored(&primary, &r, &lsn);
+    wait_for(Duration::from_secs(60), || {
+        let n = standby.psql("SELECT count(*) FROM t");
+        (n == "1").then_some(()).ok_or(n)
+    })
+    .unwrap();
+    primary.stop();
+    standby.psql("SELECT pg_promote()");
+    standby.psql("INSERT INTO t (v) VALUES ('promoted')");
+    let lsn = standby.psql("SELECT pg_current_wal_lsn()");
+    wait_stored(&standby, &r, &lsn);
+    assert!(
+        repo.keys("wal/")
+            .iter()
+            .any(|k| k.ends_with("/00000002.history")),
+        "the new timeline's history file is archived"
+    );
+    drop(r);
+
+    let to = work.join("restored");
+    repo.restore(&to, &["--target-timeline", "latest"])
+        .assert_ok();
+    let restored = Cluster::start_on(&to);
+    restored.wait_until_paused_or_ready();
+    assert_eq!(
+        restored.psql(ROWS),
+        "primary,promoted",
+        "{}",
+        restored.log_tail(30)
+    );
+    eprintln!("wal_receive failover: {:?}", started.elapsed());
 }
