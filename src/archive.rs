@@ -283,36 +283,52 @@ pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> 
         .ok_or_else(|| Error::BadInput(format!("{name} is not a WAL file name")))?;
     let system = resolve_system(repo, sysid)?;
     let sysid = system.sysid();
-    let key = keys::wal_file(sysid, file.tli(), name);
-    let data = match repo.get_sealed(&key) {
-        Err(StoreError::Backend(e)) if e.is_not_found() => {
-            match streamed_part(repo, &system, &file, name)? {
-                Some(data) => data,
-                None => return Err(Error::NotFound(format!("{name} is not in the archive"))),
-            }
+    let data = match file {
+        WalFile::Segment { tli, .. } => {
+            segment_data(repo, sysid, tli, name, segment_size(&system))?
         }
-        other => other?,
-    };
+        _ => match repo.get_sealed(&keys::wal_file(sysid, file.tli(), name)) {
+            Err(StoreError::Backend(e)) if e.is_not_found() => None,
+            other => Some(other?),
+        },
+    }
+    .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
     let tmp = dest.with_extension("pgsnapfs-tmp");
     std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, dest).map_err(io(format!("rename to {}", dest.display())))
 }
 
-/// The part of segment `name` that `wal-receive` has stored so far, zero-filled to a whole
-/// segment (recovery reads the zeros as the end of WAL); `None` if it has none.
+/// Segment `name` of timeline `tli`: the archived object, else the part `wal-receive` has
+/// streamed so far, zero-filled to a whole segment (recovery reads the zeros as the end of
+/// WAL); `None` if there is neither.
+pub fn segment_data(
+    repo: &Repository,
+    sysid: u64,
+    tli: u32,
+    name: &str,
+    seg_size: u64,
+) -> Result<Option<Vec<u8>>> {
+    match repo.get_sealed(&keys::wal_file(sysid, tli, name)) {
+        Ok(data) => Ok(Some(data)),
+        Err(StoreError::Backend(e)) if e.is_not_found() => {
+            streamed_part(repo, sysid, tli, name, seg_size)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The streamed part of segment `name`, zero-filled to a whole segment; `None` if none.
 fn streamed_part(
     repo: &Repository,
-    system: &System,
-    file: &WalFile,
+    sysid: u64,
+    tli: u32,
     name: &str,
+    seg_size: u64,
 ) -> Result<Option<Vec<u8>>> {
-    if !matches!(file, WalFile::Segment { .. }) {
-        return Ok(None);
-    }
-    match repo.get_sealed(&keys::wal_stream(system.sysid(), file.tli(), name)) {
+    match repo.get_sealed(&keys::wal_stream(sysid, tli, name)) {
         Ok(mut data) => {
             tracing::info!("{name}: using the part wal-receive has streamed so far");
-            data.resize(segment_size(system) as usize, 0);
+            data.resize(seg_size as usize, 0);
             Ok(Some(data))
         }
         Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
@@ -475,12 +491,9 @@ fn streamed_summary(
     name: &str,
     seg_size: u64,
 ) -> Result<Option<SegmentSummary>> {
-    let mut data = match repo.get_sealed(&keys::wal_stream(sysid, tli, name)) {
-        Ok(data) => data,
-        Err(StoreError::Backend(e)) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(data) = streamed_part(repo, sysid, tli, name, seg_size)? else {
+        return Ok(None);
     };
-    data.resize(seg_size as usize, 0);
     Ok(SegmentHeader::parse(&data)
         .and_then(|h| scan_segment(&data, &h))
         .map_err(|e| tracing::warn!("{name} (streamed part): cannot summarise ({e})"))

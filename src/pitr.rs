@@ -6,7 +6,7 @@
 //! time, so the latest reachable time is the last archived commit, not the last segment.
 
 use crate::archive::{self, segment_size, SummaryCache, System};
-use crate::catalog::{keys, Backups, Snapshot};
+use crate::catalog::{Backups, Snapshot};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
 use crate::pg::target::Target;
@@ -76,9 +76,8 @@ impl Summaries for Stored<'_> {
             return Ok(s.clone());
         }
         let name = segment_name(tli, segno, self.seg_size);
-        let data = self
-            .repo
-            .get_sealed(&keys::wal_file(self.sysid, tli, &name))?;
+        let data = archive::segment_data(self.repo, self.sysid, tli, &name, self.seg_size)?
+            .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
         let split = SegmentHeader::parse(&data)
             .and_then(|h| scan_segment_split(&data, &h, at))
             .map_err(|e| tracing::warn!("{name}: cannot read it to split it at {at:?}: {e}"))

@@ -139,11 +139,11 @@ impl Receiver<'_> {
                 Err(e) => return Err(Error::BadAnswer(format!("{sql}: {}", e.message))),
             }
         }
-        // Every history file of the server's timelines is archived as it is.
-        let mut history = Vec::new();
-        for tli in 2..=server_tli {
-            history = self.archive_history(&mut c, tli)?;
-        }
+        // The server's history file is archived as it is (it names every ancestor).
+        let history = match server_tli {
+            1 => Vec::new(),
+            tli => self.archive_history(&mut c, tli)?,
+        };
 
         let (tli, segno) = match resume_point(self.repo, sysid, seg_size)? {
             Some((tli, segno)) => (
