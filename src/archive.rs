@@ -11,6 +11,7 @@ use crate::pg::history::{parse_history, TimelineTree};
 use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_SIZE};
 use crate::pg::walscan::{scan_segment, SegmentSummary};
 use crate::pg::{control::ControlData, lsn::Lsn};
+use crate::receive::piece;
 use crate::store::{BackendError, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -317,7 +318,8 @@ pub fn segment_data(
     }
 }
 
-/// The streamed part of segment `name`, zero-filled to a whole segment; `None` if none.
+/// The streamed part of segment `name`, assembled from its pieces and zero-filled to a whole
+/// segment; `None` if none.
 fn streamed_part(
     repo: &Repository,
     sysid: u64,
@@ -325,15 +327,45 @@ fn streamed_part(
     name: &str,
     seg_size: u64,
 ) -> Result<Option<Vec<u8>>> {
-    match repo.get_sealed(&keys::wal_stream(sysid, tli, name)) {
-        Ok(mut data) => {
-            tracing::info!("{name}: using the part wal-receive has streamed so far");
-            data.resize(seg_size as usize, 0);
-            Ok(Some(data))
-        }
-        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
+    let listed = repo
+        .backend()
+        .list(&keys::wal_stream(sysid, tli, name))
+        .map_err(StoreError::from)?;
+    let (used, len) = piece::assemble(
+        listed
+            .iter()
+            .filter_map(|k| piece::parse(k.rsplit('/').next()?))
+            .collect(),
+    );
+    if len == 0 {
+        return Ok(None);
     }
+    let mut data = Vec::with_capacity(seg_size as usize);
+    for (start, end) in used {
+        let key = piece::key(sysid, tli, name, start, end);
+        let bytes = match repo.get_sealed(&key) {
+            // wal-receive completed the segment meanwhile: it archives it before it deletes
+            // the pieces.
+            Err(StoreError::Backend(e)) if e.is_not_found() => {
+                return match repo.get_sealed(&keys::wal_file(sysid, tli, name)) {
+                    Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+                    other => Ok(Some(other?)),
+                };
+            }
+            other => other?,
+        };
+        if bytes.len() as u64 != u64::from(end - start) || u64::from(end) > seg_size {
+            return Err(StoreError::corrupt(
+                key,
+                format!("holds {} bytes, not what its name says", bytes.len()),
+            )
+            .into());
+        }
+        data.extend_from_slice(&bytes[data.len() - start as usize..]);
+    }
+    tracing::info!("{name}: using the {len} bytes wal-receive has streamed so far");
+    data.resize(seg_size as usize, 0);
+    Ok(Some(data))
 }
 
 /// The segments `wal-receive` holds partially (timeline, segment number), for planning: a
@@ -343,15 +375,16 @@ pub fn streamed_segments(repo: &Repository, system: &System) -> Result<Vec<(u32,
         .backend()
         .list(&keys::wal_stream_system(system.sysid()))
         .map_err(StoreError::from)?;
-    Ok(keys
+    let segments: std::collections::BTreeSet<(u32, u64)> = keys
         .iter()
         .filter_map(
-            |k| match WalFile::parse(k.rsplit('/').next()?, segment_size(system))? {
+            |k| match WalFile::parse(k.rsplit('/').nth(1)?, segment_size(system))? {
                 WalFile::Segment { tli, segno } => Some((tli, segno)),
                 _ => None,
             },
         )
-        .collect())
+        .collect();
+    Ok(segments.into_iter().collect())
 }
 
 /// The archived WAL of one timeline.

@@ -45,9 +45,9 @@ pub fn wal_stream_system(sysid: u64) -> String {
     format!("{WAL_STREAM}{sysid}/")
 }
 
-/// The partial object of a segment `wal-receive` is streaming: its bytes from the start.
+/// The prefix holding the stored pieces of a segment `wal-receive` is streaming.
 pub fn wal_stream(sysid: u64, tli: u32, segment: &str) -> String {
-    format!("{WAL_STREAM}{sysid}/{tli:08X}/{segment}")
+    format!("{WAL_STREAM}{sysid}/{tli:08X}/{segment}/")
 }
 
 /// The summary of an archived WAL segment (commit times, restore points, xids).

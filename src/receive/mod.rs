@@ -2,10 +2,10 @@
 //! into the repository, for a recovery point of seconds (or zero, as a synchronous standby)
 //! instead of a whole segment.
 //!
-//! The segment being received is kept in memory and stored as one partial object,
-//! `walstream/<system>/<timeline>/<segment>` (see docs/repository-format.md), replaced
-//! atomically at every flush. A completed segment goes through [`archive::push`], so it is
-//! stored exactly as `wal-push` stores it, and the partial object is then deleted. The
+//! The segment being received is kept in memory; each flush stores the bytes not stored yet as
+//! one more piece under `walstream/<system>/<timeline>/<segment>/` (see [`piece`] and
+//! docs/repository-format.md). A completed segment goes through [`archive::push`], so it is
+//! stored exactly as `wal-push` stores it, and its pieces are then deleted. The
 //! position reported to the server as flushed is always one the repository holds durably:
 //! with `--synchronous` that makes `synchronous_commit` wait for the repository.
 //!
@@ -14,6 +14,7 @@
 //! newest complete one), so it never loses its place.
 
 mod conn;
+pub mod piece;
 mod segment;
 
 use crate::archive::{self, System};
@@ -23,7 +24,7 @@ use crate::pg::history::{parse_history, timeline_of};
 use crate::pg::lsn::Lsn;
 use crate::pg::wal::{segment_of, WalFile};
 use crate::server::ConnOpts;
-use crate::store::Repository;
+use crate::store::{BackendError, Repository, StoreError};
 use conn::{ReplConn, StreamMsg};
 pub use segment::Segment;
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ use std::time::{Duration, Instant};
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// How long to wait before connecting again after a failure.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// After this many pieces of one segment, the next flush stores the whole received part as
+/// one piece and deletes the others, so readers and the final clean-up stay cheap.
+const MAX_PIECES: usize = 64;
 
 /// What `wal-receive` was asked to do.
 #[derive(Debug, Clone)]
@@ -64,6 +68,7 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<()> {
         spool,
         sysid: 0,
         seg: None,
+        pieces: 0,
         flushed: 0,
         last_flush: Instant::now(),
     };
@@ -90,6 +95,8 @@ struct Receiver<'a> {
     sysid: u64,
     /// The segment being received.
     seg: Option<Segment>,
+    /// How many pieces of it this receiver has stored.
+    pieces: usize,
     /// The position up to which the repository holds the WAL durably.
     flushed: u64,
     last_flush: Instant,
@@ -166,7 +173,9 @@ impl Receiver<'_> {
             );
             c.start_replication(&sql)?
                 .map_err(|e| Error::BadAnswer(format!("{sql}: {}", e.message)))?;
-            self.flushed = self.flushed.max(seg.end());
+            // Stored again from here: pieces overlap those of an earlier run, harmlessly.
+            self.flushed = seg.end();
+            self.pieces = 0;
             self.seg = Some(seg);
             self.stream(&mut c)?;
             let Some((next_tli, next_pos)) = c.end_stream()? else {
@@ -253,30 +262,61 @@ impl Receiver<'_> {
         let _ = std::fs::remove_file(&path);
         let pushed = pushed?;
         tracing::info!("{} archived ({:?})", pushed.name, pushed.outcome);
-        match self
-            .repo
-            .backend()
-            .delete(&keys::wal_stream(self.sysid, seg.tli, &seg.name()))
-        {
-            Err(e) if !e.is_not_found() => return Err(crate::store::StoreError::from(e).into()),
-            _ => {}
-        }
+        self.delete_pieces(seg, None)?;
         self.flushed = seg.end();
+        self.pieces = 0;
         self.last_flush = Instant::now();
         Ok(())
     }
 
-    /// Stores the received part of the current segment, replacing its partial object.
+    /// Deletes the stored pieces of `seg`, but `keep`.
+    fn delete_pieces(&self, seg: &Segment, keep: Option<&str>) -> Result<()> {
+        let backend = self.repo.backend();
+        let prefix = keys::wal_stream(self.sysid, seg.tli, &seg.name());
+        for key in backend.list(&prefix).map_err(StoreError::from)? {
+            if Some(key.as_str()) != keep {
+                match backend.delete(&key) {
+                    Err(e) if !e.is_not_found() => return Err(StoreError::from(e).into()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores what was received since the last flush as one more piece of the segment (or,
+    /// after [`MAX_PIECES`], all of it as one piece in place of the others).
     fn flush(&mut self) -> Result<()> {
         if !self.dirty() {
             return Ok(());
         }
         let Some(seg) = &self.seg else { return Ok(()) };
-        let key = keys::wal_stream(self.sysid, seg.tli, &seg.name());
-        self.repo.replace_sealed(&key, &seg.data)?;
+        let whole = self.pieces >= MAX_PIECES;
+        let from = match whole {
+            true => 0,
+            false => (self.flushed - seg.start()) as usize,
+        };
+        let key = piece::key(
+            self.sysid,
+            seg.tli,
+            &seg.name(),
+            from as u32,
+            seg.data.len() as u32,
+        );
+        let started = Instant::now();
+        match self.repo.put_sealed(&key, &seg.data[from..]) {
+            // The same range stored by an earlier run: the same bytes.
+            Err(StoreError::Backend(BackendError::Conflict { .. })) => {}
+            other => other?,
+        }
+        if whole {
+            self.delete_pieces(seg, Some(&key))?;
+            self.pieces = 0;
+        }
+        self.pieces += 1;
         self.flushed = seg.end();
         self.last_flush = Instant::now();
-        tracing::debug!("stored {key} up to {}", Lsn(self.flushed));
+        tracing::debug!("stored {key} in {:?}", started.elapsed());
         Ok(())
     }
 
@@ -341,9 +381,9 @@ fn resume_point(repo: &Repository, sysid: u64, seg_size: u64) -> Result<Option<(
     let partial = repo
         .backend()
         .list(&keys::wal_stream_system(sysid))
-        .map_err(crate::store::StoreError::from)?
+        .map_err(StoreError::from)?
         .into_iter()
-        .filter_map(|k| Some((k.rsplit('/').next()?.to_string(), false)));
+        .filter_map(|k| Some((k.rsplit('/').nth(1)?.to_string(), false)));
     for (name, complete) in full.chain(partial) {
         if let Some(WalFile::Segment { tli, segno }) = WalFile::parse(&name, seg_size) {
             newest = newest.max(Some((segno, tli, complete)));
@@ -394,9 +434,9 @@ mod tests {
         put(keys::wal_file(7, 1, "000000010000000000000003"));
         put(keys::wal_file(7, 1, "00000002.history"));
         assert_eq!(resume_point(&repo, 7, seg).unwrap(), Some((1, 4)));
-        put(keys::wal_stream(7, 1, "000000010000000000000004"));
+        put(piece::key(7, 1, "000000010000000000000004", 0, 8));
         assert_eq!(resume_point(&repo, 7, seg).unwrap(), Some((1, 4)));
-        put(keys::wal_stream(7, 2, "000000020000000000000004"));
+        put(piece::key(7, 2, "000000020000000000000004", 0, 8));
         assert_eq!(resume_point(&repo, 7, seg).unwrap(), Some((2, 4)));
         put(keys::wal_file(7, 2, "000000020000000000000004"));
         assert_eq!(resume_point(&repo, 7, seg).unwrap(), Some((2, 5)));

@@ -40,9 +40,14 @@ impl Segment {
         segment_name(self.tli, self.segno, self.seg_size)
     }
 
+    /// The position of its first byte.
+    pub fn start(&self) -> u64 {
+        self.segno * self.seg_size
+    }
+
     /// The position of the next byte expected.
     pub fn end(&self) -> u64 {
-        self.segno * self.seg_size + self.data.len() as u64
+        self.start() + self.data.len() as u64
     }
 
     /// Whether all of the segment is here.
