@@ -932,6 +932,10 @@ def render(doc, notes):
         L.append("")
         L.append(notes.get("read_path", "<!-- notes:read_path -->\n<!-- /notes:read_path -->"))
         L.append("")
+    if "receive" in notes:  # `scripts/bench --receive` prints its rows; they are kept by hand
+        L.append("## wal-receive (issue 17)\n")
+        L.append(notes["receive"])
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"

@@ -181,7 +181,7 @@ impl Receiver<'_> {
             let Some((next_tli, next_pos)) = c.end_stream()? else {
                 return Ok(());
             };
-            // The old timeline's last segment stays a partial object: it ends at the switch.
+            // The old timeline's last segment keeps its pieces: it ends at the switch.
             self.flush()?;
             self.archive_history(&mut c, next_tli)?;
             tracing::info!("timeline {next_tli} starts at {}", Lsn(next_pos));
@@ -251,7 +251,7 @@ impl Receiver<'_> {
         Ok(())
     }
 
-    /// Archives the full current segment as `wal-push` does and drops its partial object.
+    /// Archives the full current segment as `wal-push` does and deletes its pieces.
     fn complete(&mut self) -> Result<()> {
         let Some(seg) = &self.seg else { return Ok(()) };
         let dir = self.spool.join("pg_wal");
@@ -347,7 +347,7 @@ impl Receiver<'_> {
         Ok(parse_history(&content)?)
     }
 
-    /// Records the cluster, as `wal-push` would, so partial objects are found before the
+    /// Records the cluster, as `wal-push` would, so streamed pieces are found before the
     /// first complete segment; refuses a repository of other clusters.
     fn register(&self, sysid: u64, major: u32, seg_size: u64) -> Result<()> {
         if archive::load_system(self.repo, sysid)?.is_some() {

@@ -1,5 +1,5 @@
 //! The segment being received: WAL bytes from the start of one segment up to the newest
-//! position, which the receiver stores as a partial object until the segment is complete.
+//! position, which the receiver stores in pieces until the segment is complete.
 
 use crate::pg::wal::segment_name;
 
