@@ -174,13 +174,15 @@ fn streamed_wal_restores_to_the_last_acknowledged_commit() {
 }
 
 /// Failover: the receiver follows a promoted standby onto its new timeline, archives the
-/// history file, and a restore along the latest timeline shows rows from both servers.
+/// history file, and a restore along the latest timeline shows rows from both servers. The
+/// primary's archive_command pushes into the same repository meanwhile, without conflict.
 #[test]
 fn follows_a_promoted_standby_onto_its_timeline() {
     let started = Instant::now();
     let repo = Repo::init();
     let work = TestDir::new("failover");
-    let mut primary = Cluster::start_new(ClusterOptions::default());
+    // The primary also archives into the repository: both store the same segments.
+    let mut primary = Cluster::start_new(ClusterOptions::archiving_to(&repo.spec));
     primary.psql("CREATE TABLE t (id serial PRIMARY KEY, v text)");
     repo.backup(&primary);
     let standby_data = work.join("standby");
@@ -216,6 +218,7 @@ fn follows_a_promoted_standby_onto_its_timeline() {
         (n == "1").then_some(()).ok_or(n)
     })
     .unwrap();
+    primary.switch_wal_and_wait_archived();
     primary.stop();
     standby.psql("SELECT pg_promote()");
     standby.psql("INSERT INTO t (v) VALUES ('promoted')");
@@ -226,6 +229,12 @@ fn follows_a_promoted_standby_onto_its_timeline() {
             .iter()
             .any(|k| k.ends_with("/00000002.history")),
         "the new timeline's history file is archived"
+    );
+    let mut r = r;
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "wal-receive ended:\n{}",
+        r.log()
     );
     drop(r);
 
