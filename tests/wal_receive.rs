@@ -230,12 +230,20 @@ fn follows_a_promoted_standby_onto_its_timeline() {
             .any(|k| k.ends_with("/00000002.history")),
         "the new timeline's history file is archived"
     );
+    // systemd stops it with SIGTERM: it stores what it has and exits 0.
     let mut r = r;
     assert!(
         r.child.try_wait().unwrap().is_none(),
         "wal-receive ended:\n{}",
         r.log()
     );
+    run_command(std::process::Command::new("kill").args(["-TERM", &r.child.id().to_string()]))
+        .assert_ok();
+    let status = wait_for(Duration::from_secs(30), || {
+        r.child.try_wait().unwrap().ok_or("running".to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", r.log()));
+    assert!(status.success(), "{status}\n{}", r.log());
     drop(r);
 
     let to = work.join("restored");

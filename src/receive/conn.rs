@@ -261,7 +261,8 @@ impl ReplConn {
                 }
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // A stop signal: the caller looks at its flag.
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(None),
                 Err(e) => {
                     return Err(crate::error::io(format!("read from {}", self.target))(e));
                 }

@@ -28,6 +28,7 @@ use crate::store::{BackendError, Repository, StoreError};
 use conn::{ReplConn, StreamMsg};
 pub use segment::Segment;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the receiver tells the server where it is when nothing else happens (the
@@ -56,11 +57,37 @@ pub struct Options {
     pub application_name: String,
 }
 
-/// Streams until the process is stopped: a lost connection or a server restart is retried
+/// Set by SIGTERM or SIGINT: store what was received, then return.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGTERM (systemd's stop) and SIGINT interrupt blocking reads and end [`run`] cleanly.
+fn catch_stop_signals() {
+    // SAFETY: the handler only stores to an atomic; no SA_RESTART, so a blocked read returns
+    // EINTR and the loop sees the flag at once.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_stop as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+    }
+}
+
+fn stopping() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Streams until the process is stopped (SIGTERM or SIGINT: what was received is stored
+/// first, then it returns Ok): a lost connection or a server restart is retried
 /// every second; only what cannot get better by retrying (a repository of another cluster,
 /// a conflicting segment, damage) ends it with an error.
 pub fn run(repo: &Repository, opts: &Options) -> Result<()> {
     let cfg = opts.conn.settings()?;
+    catch_stop_signals();
     let spool = std::env::temp_dir().join(format!("pgsnapfs-receive-{}", std::process::id()));
     let mut r = Receiver {
         repo,
@@ -76,6 +103,10 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<()> {
         let outcome = r.session(&cfg);
         // What arrived before the connection ended is kept, whatever ended it.
         r.flush()?;
+        if stopping() {
+            tracing::info!("stopped by a signal; everything received is stored");
+            return Ok(());
+        }
         match outcome {
             Ok(()) => tracing::info!("the server ended replication; connecting again"),
             Err(e @ (Error::Store(_) | Error::WalConflict { .. } | Error::BadInput(_))) => {
@@ -193,6 +224,9 @@ impl Receiver<'_> {
     fn stream(&mut self, c: &mut ReplConn) -> Result<()> {
         let mut last_status = Instant::now();
         loop {
+            if stopping() {
+                return Err(Error::Interrupted(libc::SIGTERM));
+            }
             let wait = if self.dirty() {
                 self.opts
                     .flush_interval
