@@ -11,6 +11,7 @@ use crate::pg::history::{parse_history, TimelineTree};
 use crate::pg::wal::{major_from_wal_magic, SegmentHeader, WalFile, DEFAULT_SEG_SIZE};
 use crate::pg::walscan::{scan_segment, SegmentSummary};
 use crate::pg::{control::ControlData, lsn::Lsn};
+use crate::receive::piece;
 use crate::store::{BackendError, Repository, StoreError};
 use crate::walindex::{self, Covered};
 use chrono::{DateTime, Utc};
@@ -313,15 +314,22 @@ pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> 
         return Err(Error::BadInput(format!("{name} is not a WAL file name")));
     }
     let system = resolve_system(repo, sysid)?;
-    let data = read_file(repo, system.sysid(), name)?
-        .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
+    let sysid = system.sysid();
+    let data = match WalFile::parse(name, segment_size(&system)) {
+        Some(WalFile::Segment { tli, .. }) => {
+            segment_data(repo, sysid, tli, name, segment_size(&system))?
+        }
+        _ => read_file(repo, sysid, name)?,
+    }
+    .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
     let tmp = dest.with_extension("pgsnapfs-tmp");
     std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, dest).map_err(io(format!("rename to {}", dest.display())))
 }
 
 /// The bytes of archived file `name` of cluster `sysid` (verified against its seal); `None`
-/// if it is not archived.
+/// if it is not archived (a segment `wal-receive` is still streaming is not: see
+/// [`segment_data`]).
 pub fn read_file(repo: &Repository, sysid: u64, name: &str) -> Result<Option<Vec<u8>>> {
     let file = WalFile::parse(name, DEFAULT_SEG_SIZE)
         .ok_or_else(|| Error::BadInput(format!("{name} is not a WAL file name")))?;
@@ -329,6 +337,88 @@ pub fn read_file(repo: &Repository, sysid: u64, name: &str) -> Result<Option<Vec
         Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
         other => Ok(Some(other?)),
     }
+}
+
+/// Segment `name` of timeline `tli`: the archived object, else the part `wal-receive` has
+/// streamed so far, zero-filled to a whole segment (recovery reads the zeros as the end of
+/// WAL); `None` if there is neither.
+pub fn segment_data(
+    repo: &Repository,
+    sysid: u64,
+    tli: u32,
+    name: &str,
+    seg_size: u64,
+) -> Result<Option<Vec<u8>>> {
+    match read_file(repo, sysid, name)? {
+        Some(data) => Ok(Some(data)),
+        None => streamed_part(repo, sysid, tli, name, seg_size),
+    }
+}
+
+/// The streamed part of segment `name`, assembled from its pieces and zero-filled to a whole
+/// segment; `None` if none.
+fn streamed_part(
+    repo: &Repository,
+    sysid: u64,
+    tli: u32,
+    name: &str,
+    seg_size: u64,
+) -> Result<Option<Vec<u8>>> {
+    let listed = repo
+        .backend()
+        .list(&keys::wal_stream(sysid, tli, name))
+        .map_err(StoreError::from)?;
+    let (used, len) = piece::assemble(
+        listed
+            .iter()
+            .filter_map(|k| piece::parse(k.rsplit('/').next()?))
+            .collect(),
+    );
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut data = Vec::with_capacity(seg_size as usize);
+    for (start, end) in used {
+        let key = piece::key(sysid, tli, name, start, end);
+        let bytes = match repo.get_sealed(&key) {
+            // wal-receive completed the segment meanwhile: it archives it before it deletes
+            // the pieces.
+            Err(StoreError::Backend(e)) if e.is_not_found() => {
+                return read_file(repo, sysid, name);
+            }
+            other => other?,
+        };
+        if bytes.len() as u64 != u64::from(end - start) || u64::from(end) > seg_size {
+            return Err(StoreError::corrupt(
+                key,
+                format!("holds {} bytes, not what its name says", bytes.len()),
+            )
+            .into());
+        }
+        data.extend_from_slice(&bytes[data.len() - start as usize..]);
+    }
+    tracing::info!("{name}: using the {len} bytes wal-receive has streamed so far");
+    data.resize(seg_size as usize, 0);
+    Ok(Some(data))
+}
+
+/// The segments `wal-receive` holds partially (timeline, segment number), for planning: a
+/// recovery may go into them, as `wal-fetch` serves them.
+pub fn streamed_segments(repo: &Repository, system: &System) -> Result<Vec<(u32, u64)>> {
+    let keys = repo
+        .backend()
+        .list(&keys::wal_stream_system(system.sysid()))
+        .map_err(StoreError::from)?;
+    let segments: std::collections::BTreeSet<(u32, u64)> = keys
+        .iter()
+        .filter_map(
+            |k| match WalFile::parse(k.rsplit('/').nth(1)?, segment_size(system))? {
+                WalFile::Segment { tli, segno } => Some((tli, segno)),
+                _ => None,
+            },
+        )
+        .collect();
+    Ok(segments.into_iter().collect())
 }
 
 /// The archived WAL of one timeline.
@@ -471,9 +561,29 @@ pub fn summary(
     let key = keys::wal_summary(sysid, tli, &name);
     match repo.get_sealed(&key) {
         Ok(p) => Ok(serde_json::from_slice(&p).ok()),
-        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+        Err(StoreError::Backend(e)) if e.is_not_found() => {
+            streamed_summary(repo, sysid, tli, &name, seg_size)
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The summary of the part of a segment `wal-receive` has stored, read from its WAL (it
+/// changes until the segment is complete, so none is stored).
+fn streamed_summary(
+    repo: &Repository,
+    sysid: u64,
+    tli: u32,
+    name: &str,
+    seg_size: u64,
+) -> Result<Option<SegmentSummary>> {
+    let Some(data) = streamed_part(repo, sysid, tli, name, seg_size)? else {
+        return Ok(None);
+    };
+    Ok(SegmentHeader::parse(&data)
+        .and_then(|h| scan_segment(&data, &h))
+        .map_err(|e| tracing::warn!("{name} (streamed part): cannot summarise ({e})"))
+        .ok())
 }
 
 /// The stored summaries of one cluster's segments, each read at most once.

@@ -25,6 +25,7 @@ pub mod passphrase;
 pub mod pg;
 pub mod pitr;
 pub mod prefetch;
+pub mod receive;
 pub mod restore;
 pub mod retention;
 pub mod server;

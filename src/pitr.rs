@@ -6,7 +6,7 @@
 //! time, so the latest reachable time is the last archived commit, not the last segment.
 
 use crate::archive::{self, segment_size, SummaryCache, System};
-use crate::catalog::{keys, Backups, Snapshot};
+use crate::catalog::{Backups, Snapshot};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
 use crate::pg::target::Target;
@@ -76,9 +76,8 @@ impl Summaries for Stored<'_> {
             return Ok(s.clone());
         }
         let name = segment_name(tli, segno, self.seg_size);
-        let data = self
-            .repo
-            .get_sealed(&keys::wal_file(self.sysid, tli, &name))?;
+        let data = archive::segment_data(self.repo, self.sysid, tli, &name, self.seg_size)?
+            .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
         let split = SegmentHeader::parse(&data)
             .and_then(|h| scan_segment_split(&data, &h, at))
             .map_err(|e| tracing::warn!("{name}: cannot read it to split it at {at:?}: {e}"))
@@ -142,7 +141,7 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
     let seg_size = segment_size(&system);
     let catalog = archive::catalog(repo, &system)?;
     let tree = archive::timeline_tree(repo, &system, &catalog)?;
-    let archived = Archive {
+    let mut archived = Archive {
         tree: &tree,
         segments: catalog
             .iter()
@@ -150,6 +149,10 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
             .collect(),
         seg_size,
     };
+    // wal-fetch serves the part of a segment wal-receive has streamed so far.
+    for (tli, segno) in archive::streamed_segments(repo, &system)? {
+        archived.segments.entry(tli).or_default().insert(segno);
+    }
     let points: Vec<BackupPoint> = backups.iter().map(BackupPoint::from).collect();
     let newest = backups.len() - 1;
     let immediate = Some(Target::Immediate);

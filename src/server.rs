@@ -48,6 +48,12 @@ enum Password {
 }
 
 impl ConnOpts {
+    /// The connection settings, the password file's included (for wal-receive's own
+    /// replication connection).
+    pub(crate) fn settings(&self) -> Result<Config> {
+        Ok(self.config()?.0)
+    }
+
     fn config(&self) -> Result<(Config, Password)> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut cfg = match &self.dbname {

@@ -1049,6 +1049,9 @@ def render(doc, notes):
         for r in doc["wal_index"]:
             L.append(f"| {r['target']} | {r['segments']:,} | {r['requests']} | "
                      f"{fmt_s(r['seconds'])} |")
+    if "receive" in notes:  # `scripts/bench --receive` prints its rows; they are kept by hand
+        L.append("## wal-receive (issue 17)\n")
+        L.append(notes["receive"])
         L.append("")
     L.append("## Method\n")
     L.append(METHOD)

@@ -15,6 +15,8 @@ pub const WAL_DROPPED: &str = "waldrop/";
 pub const WAL_INDEX: &str = "walidx/";
 /// Records of passing verify runs, per cluster.
 pub const VERIFIED: &str = "verified/";
+/// The segments `wal-receive` is streaming, stored partially, per cluster and timeline.
+pub const WAL_STREAM: &str = "walstream/";
 
 /// The registry record of one cluster.
 pub fn system(sysid: u64) -> String {
@@ -55,6 +57,16 @@ pub fn wal_timeline(sysid: u64, tli: u32) -> String {
 /// An archived WAL file (segment, partial, history or backup file) of one cluster.
 pub fn wal_file(sysid: u64, tli: u32, name: &str) -> String {
     format!("{WAL}{sysid}/{tli:08X}/{name}")
+}
+
+/// The prefix holding the partially streamed segments of one cluster.
+pub fn wal_stream_system(sysid: u64) -> String {
+    format!("{WAL_STREAM}{sysid}/")
+}
+
+/// The prefix holding the stored pieces of a segment `wal-receive` is streaming.
+pub fn wal_stream(sysid: u64, tli: u32, segment: &str) -> String {
+    format!("{WAL_STREAM}{sysid}/{tli:08X}/{segment}/")
 }
 
 /// The summary of an archived WAL segment (commit times, restore points, xids).

@@ -24,6 +24,7 @@ mod key;
 mod locks;
 mod mount;
 mod progress;
+mod receive;
 mod restore;
 mod verify;
 mod wal;
@@ -75,6 +76,9 @@ pub enum Command {
     ArchiveStatus(wal::StatusArgs),
     /// Restore one archived WAL file (for restore_command = 'pgsnapfs wal-fetch %f %p').
     WalFetch(wal::FetchArgs),
+    /// Stream WAL into the repository with the replication protocol, as a (synchronous)
+    /// standby would: the recovery point is seconds, or zero with --synchronous.
+    WalReceive(receive::Args),
     /// List backups.
     List(info::ListArgs),
     /// Show backups, archived WAL per timeline with gaps, and the restorable range.
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ArchiveDaemon(a) => wal::daemon(|| open(&repo()?), a),
         Command::ArchiveStatus(a) => wal::status(a),
         Command::WalFetch(a) => wal::fetch(|| open(&repo()?), a),
+        Command::WalReceive(a) => receive::run(&open(&repo()?)?, a),
         Command::List(a) => info::list(&open(&repo()?)?, a),
         Command::Info(a) => info::info(&open(&repo()?)?, a),
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),
