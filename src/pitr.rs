@@ -149,10 +149,6 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
             .collect(),
         seg_size,
     };
-    // wal-fetch serves the part of a segment wal-receive has streamed so far.
-    for (tli, segno) in archive::streamed_segments(repo, &system)? {
-        archived.segments.entry(tli).or_default().insert(segno);
-    }
     let points: Vec<BackupPoint> = backups.iter().map(BackupPoint::from).collect();
     let newest = backups.len() - 1;
     let immediate = Some(Target::Immediate);
@@ -179,7 +175,23 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
         seg_size,
         splits: HashMap::new(),
     };
-    let choice = walpath::choose(&archived, &points, aim, goal.timeline, &mut sums)?;
+    let choice = match walpath::choose(&archived, &points, aim, goal.timeline, &mut sums) {
+        Ok(c) if !matches!(aim, Aim::End) => c,
+        // wal-fetch also serves the part of a segment wal-receive has streamed so far, after
+        // the archived ones: listed only when the archived WAL is not enough, so a target
+        // inside it costs no request more.
+        first => {
+            let streamed = archive::streamed_segments(repo, &system)?;
+            if streamed.is_empty() {
+                first?
+            } else {
+                for (tli, segno) in streamed {
+                    archived.segments.entry(tli).or_default().insert(segno);
+                }
+                walpath::choose(&archived, &points, aim, goal.timeline, &mut sums)?
+            }
+        }
+    };
     if let Some(missing) = &choice.stops_early_at {
         tracing::warn!("WAL segment {missing} is missing: recovery will stop before it");
     }
