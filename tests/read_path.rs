@@ -101,19 +101,59 @@ fn reads_equal_the_source_and_a_corrupt_chunk_is_eio(store: Store) {
     );
     // Sequentially, in 4 KiB reads (read-ahead runs): every byte before the chunk is right,
     // and the read stops with EIO at the chunk.
-    let mut f = fs::File::open(file(&m)).unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0; 4096];
-    let err = loop {
-        match f.read(&mut buf) {
-            Ok(0) => panic!("the whole file was read despite the corrupt chunk"),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => break e,
-        }
+    let stops_at_the_victim = |m: &Mount| {
+        let mut f = fs::File::open(file(m)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0; 4096];
+        let err = loop {
+            match f.read(&mut buf) {
+                Ok(0) => panic!("the whole file was read despite the corrupt chunk"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert!(got.len() as u64 <= victim * cs, "{} bytes", got.len());
+        assert_eq!(got, want[..got.len()]);
     };
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(got.len() as u64 <= victim * cs, "{} bytes", got.len());
-    assert_eq!(got, want[..got.len()]);
+    stops_at_the_victim(&m);
+    drop(m);
+
+    // On S3 with an empty disk cache, a miss reads its window of the pack around (the corrupt
+    // chunk and the good ones beside it, found in the pack's entry table) into the cache
+    // unchecked: each is checked when taken, so the same EIO, and good bytes beside it.
+    if store == Store::S3 {
+        // The harness's cache directory for this repository, emptied.
+        let cache = repo.path.join("cache");
+        let _ = fs::remove_dir_all(&cache);
+        let m = Mount::start(&repo, &mountpoint(&work, "mnt3"), &[]);
+        let after = ((victim + 1) * cs) as usize;
+        assert_eq!(
+            pread(&file(&m), after as u64, 100).unwrap(),
+            want[after..after + 100],
+            "the neighbour reads"
+        );
+        // That one read brought more of the file than itself and the 1 MiB after it: its
+        // window of the pack (larger than the whole stored file) holds every chunk before it
+        // or every chunk after it.
+        // One directory per repository (its id) in the cache directory.
+        let dirs: Vec<_> = fs::read_dir(&cache).unwrap().flatten().collect();
+        assert_eq!(dirs.len(), 1, "{}", cache.display());
+        let cached: Vec<bool> = want
+            .chunks(cs as usize)
+            .map(|c| {
+                let hex = hex::encode(Sha256::digest(c));
+                dirs[0].path().join(&hex[..2]).join(&hex).exists()
+            })
+            .collect();
+        let v = victim as usize;
+        assert!(
+            cached[..v].iter().all(|c| *c) || cached[v + 1..].iter().all(|c| *c),
+            "the chunks of the file in the disk cache: {cached:?}"
+        );
+        assert!(eio(pread(&file(&m), victim * cs + 10, 100)), "random read");
+        stops_at_the_victim(&m);
+    }
 }
 
 on_both_stores!(reads_equal_the_source_and_a_corrupt_chunk_is_eio);
