@@ -127,29 +127,32 @@ fn reads_equal_the_source_and_a_corrupt_chunk_is_eio(store: Store) {
         let cache = repo.path.join("cache");
         let _ = fs::remove_dir_all(&cache);
         let m = Mount::start(&repo, &mountpoint(&work, "mnt3"), &[]);
-        let after = ((victim + 1) * cs) as usize;
+        // A chunk k whose predecessor lies in the same 4 MiB window of the same pack (the
+        // packs as copied by corrupt_chunk): reading k alone brings k - 1 into the disk cache,
+        // which neither the kernel's readahead nor the reader's (both forward) would read.
+        let chunks: Vec<&[u8]> = want.chunks(cs as usize).collect();
+        let place = |k: usize| {
+            let p = find_blob(&repo.path.join("copy"), &Sha256::digest(chunks[k]));
+            assert_eq!(p.len(), 1, "chunk {k}");
+            (p[0].pack.clone(), p[0].offset >> 22)
+        };
+        let k = (victim as usize + 2..chunks.len())
+            .find(|&k| place(k) == place(k - 1))
+            .expect("two neighbouring chunks in one window");
+        let at = k * cs as usize;
         assert_eq!(
-            pread(&file(&m), after as u64, 100).unwrap(),
-            want[after..after + 100],
-            "the neighbour reads"
+            pread(&file(&m), at as u64, 100).unwrap(),
+            want[at..at + 100],
+            "chunk {k} reads"
         );
-        // That one read brought more of the file than itself and the 1 MiB after it: its
-        // window of the pack (larger than the whole stored file) holds every chunk before it
-        // or every chunk after it.
         // One directory per repository (its id) in the cache directory.
         let dirs: Vec<_> = fs::read_dir(&cache).unwrap().flatten().collect();
         assert_eq!(dirs.len(), 1, "{}", cache.display());
-        let cached: Vec<bool> = want
-            .chunks(cs as usize)
-            .map(|c| {
-                let hex = hex::encode(Sha256::digest(c));
-                dirs[0].path().join(&hex[..2]).join(&hex).exists()
-            })
-            .collect();
-        let v = victim as usize;
+        let hex = hex::encode(Sha256::digest(chunks[k - 1]));
         assert!(
-            cached[..v].iter().all(|c| *c) || cached[v + 1..].iter().all(|c| *c),
-            "the chunks of the file in the disk cache: {cached:?}"
+            dirs[0].path().join(&hex[..2]).join(&hex).exists(),
+            "chunk {} is not in the disk cache after a read of chunk {k}",
+            k - 1
         );
         assert!(eio(pread(&file(&m), victim * cs + 10, 100)), "random read");
         stops_at_the_victim(&m);
