@@ -407,7 +407,7 @@ impl PackAround {
         let key = keys::pack(&loc.pack);
         let window = loc.offset as u64 / PACK_AROUND_BYTES;
         let name = format!("{key}#{window}");
-        let _ = self.windows.get_or_fetch(&BlobId::of(name.as_bytes()), || {
+        let fetched = self.windows.get_or_fetch(&BlobId::of(name.as_bytes()), || {
             let table = self
                 .tables
                 .get_or_fetch(&BlobId::of(key.as_bytes()), || pack_table(repo, &key))?;
@@ -435,6 +435,9 @@ impl PackAround {
             }
             Ok(vec![window])
         });
+        if let Err(e) = fetched {
+            tracing::debug!("no read-around in {name}: {e}");
+        }
     }
 }
 
