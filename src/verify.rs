@@ -134,7 +134,7 @@ pub struct Report {
     pub phases: Phases,
     /// Databases that allow connections, all of which were checked.
     pub databases: usize,
-    /// Tables read (`count(*)`, plus amcheck's `verify_heapam` where available), passing
+    /// Tables read (amcheck's `verify_heapam` where available, else `count(*)`), passing
     /// or not.
     pub tables: usize,
     /// B-tree indexes checked with amcheck's `bt_index_check`, passing or not.
@@ -660,6 +660,11 @@ struct Relation {
     index: bool,
     /// amcheck is installed in its database.
     amcheck: bool,
+    /// amcheck's `verify_heapam` (PostgreSQL 14 and later) is there: it reads every block of
+    /// a table and checks its tuples, so the table needs no `count(*)` as well.
+    heapam: bool,
+    /// The database's page size, for the block ranges of big tables.
+    block_size: u64,
 }
 
 /// The relations of every database: tables (heap, materialized view, TOAST) and the valid
@@ -711,6 +716,8 @@ fn list_relations(
                     bytes,
                     index: index == "t",
                     amcheck: false,
+                    heapam: false,
+                    block_size: 8192,
                 },
                 decision,
             ));
@@ -730,11 +737,22 @@ fn list_relations(
         }
         let installed = reads && s.execute("CREATE EXTENSION IF NOT EXISTS amcheck").is_ok();
         report.amcheck &= installed || !reads;
+        let heapam = installed && s.has_function("verify_heapam")?;
+        let block_size = match reads {
+            true => s
+                .query_strings("SELECT current_setting('block_size')")?
+                .first()
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(8192),
+            false => 8192,
+        };
         for (mut r, d) in listed {
             if r.index && d == Decision::Read && !installed {
                 continue;
             }
             r.amcheck = installed;
+            r.heapam = heapam;
+            r.block_size = block_size;
             relations.push((r, d));
         }
     }
@@ -804,66 +822,17 @@ fn check_all(
     report.indexes_skipped = planned.skipped_indexes;
     report.bytes_skipped = planned.skipped_bytes;
 
-    let mut current: Option<(&str, Server, bool)> = None;
     for (r, d) in &relations {
-        let db = r.database.as_str();
         if let Decision::Skip { verified_in } = d {
             report.skipped.push(Skipped {
                 database: r.database.clone(),
                 relation: r.name.clone(),
                 verified_in: verified_in.clone(),
             });
-            continue;
         }
-        if current.as_ref().map(|c| c.0) != Some(db) {
-            let s = Server::connect(&in_database(conn, db))?;
-            let heapam = r.amcheck && s.has_function("verify_heapam")?;
-            current = Some((db, s, heapam));
-        }
-        let Some((_, s, heapam)) = &current else {
-            continue;
-        };
-        (opts.progress)(Progress::Checking { relation: &r.name });
-        let quoted = r.name.replace('\'', "''");
-        if r.index {
-            report.indexes_checked += 1;
-            if let Err(e) = s.execute(&format!("SELECT bt_index_check('{quoted}'::regclass)")) {
-                report.corrupt = true;
-                report
-                    .problems
-                    .push(format!("database {db}: index {}: {e}", r.name));
-            }
-        } else {
-            report.tables += 1;
-            let t = &r.name;
-            if let Err(e) = s.execute(&format!("SELECT count(*) FROM ONLY {t}")) {
-                report.corrupt = true;
-                report
-                    .problems
-                    .push(format!("database {db}: table {t} cannot be read: {e}"));
-            } else if *heapam {
-                match s.query_strings(&format!(
-                    "SELECT blkno || ': ' || msg FROM verify_heapam('{quoted}'::regclass, check_toast := true) LIMIT 5"
-                )) {
-                    Ok(rows) if rows.is_empty() => {}
-                    Ok(rows) => {
-                        report.corrupt = true;
-                        report.problems.push(format!("database {db}: table {t}: amcheck: {}", rows.join("; ")))
-                    }
-                    Err(e) => {
-                        report.corrupt = true;
-                        report.problems.push(format!("database {db}: table {t}: amcheck failed: {e}"))
-                    }
-                }
-            }
-        }
-        report.bytes_read += r.bytes;
-        (opts.progress)(Progress::Checked {
-            index: r.index,
-            bytes: r.bytes,
-        });
     }
-    drop(current);
+    let tasks = tasks(&relations);
+    run_checks(conn, opts, &relations, tasks, report)?;
 
     let mut sessions: HashMap<&str, Server> = HashMap::new();
     for Assertion { dbname: db, sql } in &opts.assertions {
@@ -891,6 +860,208 @@ fn check_all(
         }
     }
     Ok(relations.into_iter().map(|(r, d)| (r.path, d)).collect())
+}
+
+/// Tables bigger than this are checked in block ranges about this size, on several
+/// connections at once: amcheck and the scans are single-threaded in the server.
+const PIECE_BYTES: u64 = 256 << 20;
+
+/// One query of the checks: a relation, or a block range of a big table.
+struct Task {
+    /// The relation's place in the plan.
+    rel: usize,
+    sql: String,
+    /// Each row it returns is a finding (amcheck's `verify_heapam`); otherwise only an error
+    /// is.
+    findings: bool,
+}
+
+/// What a worker tells the thread that reports.
+enum Event {
+    Started(usize),
+    /// The task's relation and its finding: amcheck's messages, or the query's error.
+    Done(usize, std::result::Result<Vec<String>, Error>),
+    /// A worker could not connect: the checks cannot go on.
+    Failed(Error),
+}
+
+/// The block ranges `[start, end]` (inclusive, as `verify_heapam` takes them) of a table of
+/// `blocks` blocks, in pieces of at most about `piece` blocks; an empty table is one
+/// unbounded piece.
+fn block_ranges(blocks: u64, piece: u64) -> Vec<Option<(u64, u64)>> {
+    let pieces = blocks.div_ceil(piece.max(1));
+    if pieces <= 1 {
+        return vec![None];
+    }
+    let size = blocks.div_ceil(pieces);
+    (0..pieces)
+        .map(|i| Some((i * size, ((i + 1) * size).min(blocks) - 1)))
+        .collect()
+}
+
+/// The queries of the relations to read: `bt_index_check` for an index; for a table,
+/// `verify_heapam` over block ranges (it reads every block) where amcheck has it, else
+/// `count(*)`. The biggest first, a database's tasks together.
+fn tasks(relations: &[(Relation, Decision)]) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    for (rel, (r, d)) in relations.iter().enumerate() {
+        if *d != Decision::Read {
+            continue;
+        }
+        let quoted = r.name.replace('\'', "''");
+        if r.index {
+            let sql = format!("SELECT bt_index_check('{quoted}'::regclass)");
+            tasks.push((rel, r.bytes, sql, false));
+        } else if r.heapam {
+            let blocks = r.bytes / r.block_size.max(1);
+            for range in block_ranges(blocks, PIECE_BYTES / r.block_size.max(1)) {
+                let (bytes, bounds) = match range {
+                    Some((a, b)) => (
+                        (b + 1 - a) * r.block_size,
+                        format!(", startblock := {a}, endblock := {b}"),
+                    ),
+                    None => (r.bytes, String::new()),
+                };
+                let sql = format!(
+                    "SELECT blkno || ': ' || msg FROM verify_heapam('{quoted}'::regclass, \
+                     check_toast := true{bounds}) LIMIT 5"
+                );
+                tasks.push((rel, bytes, sql, true));
+            }
+        } else {
+            let sql = format!("SELECT count(*) FROM ONLY {}", r.name);
+            tasks.push((rel, r.bytes, sql, false));
+        }
+    }
+    // Databases in the order of their biggest task, each database's biggest tasks first.
+    let mut first: HashMap<&str, (u64, usize)> = HashMap::new();
+    for (n, (rel, bytes, ..)) in tasks.iter().enumerate() {
+        let e = first
+            .entry(&relations[*rel].0.database)
+            .or_insert((*bytes, n));
+        e.0 = e.0.max(*bytes);
+    }
+    let key = |(rel, bytes, ..): &(usize, u64, String, bool)| {
+        let (biggest, n) = first[relations[*rel].0.database.as_str()];
+        (std::cmp::Reverse(biggest), n, std::cmp::Reverse(*bytes))
+    };
+    tasks.sort_by_key(key);
+    tasks
+        .into_iter()
+        .map(|(rel, _, sql, findings)| Task { rel, sql, findings })
+        .collect()
+}
+
+/// Runs `tasks` on as many connections as there are cores (at least two), each connected to
+/// its task's database, and reports each relation once all its tasks are done: its problems in
+/// the plan's order, progress from this thread.
+fn run_checks(
+    conn: &ConnOpts,
+    opts: &VerifyOptions,
+    relations: &[(Relation, Decision)],
+    tasks: Vec<Task>,
+    report: &mut Report,
+) -> Result<()> {
+    let mut pending = vec![0usize; relations.len()];
+    for t in &tasks {
+        pending[t.rel] += 1;
+    }
+    let mut found: Vec<Vec<String>> = vec![Vec::new(); relations.len()];
+    let mut failed: Vec<Option<Error>> = (0..relations.len()).map(|_| None).collect();
+    let connections = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2)
+        .min(tasks.len().max(1));
+    let queue = Mutex::new(tasks.into_iter());
+    let next = || queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    let mut broken = None;
+    std::thread::scope(|scope| {
+        for _ in 0..connections {
+            let (tx, next) = (tx.clone(), &next);
+            scope.spawn(move || {
+                let mut current: Option<(&str, Server)> = None;
+                while let Some(task) = next() {
+                    let db = relations[task.rel].0.database.as_str();
+                    if current.as_ref().map(|c| c.0) != Some(db) {
+                        match Server::connect(&in_database(conn, db)) {
+                            Ok(s) => current = Some((db, s)),
+                            Err(e) => {
+                                let _ = tx.send(Event::Failed(e));
+                                return;
+                            }
+                        }
+                    }
+                    let Some((_, s)) = &current else { return };
+                    let _ = tx.send(Event::Started(task.rel));
+                    let outcome = match task.findings {
+                        true => s.query_strings(&task.sql),
+                        false => s.execute(&task.sql).map(|()| Vec::new()),
+                    };
+                    let _ = tx.send(Event::Done(task.rel, outcome));
+                }
+            });
+        }
+        drop(tx);
+        for event in rx {
+            match event {
+                Event::Started(rel) => {
+                    let r = &relations[rel].0;
+                    (opts.progress)(Progress::Checking { relation: &r.name });
+                }
+                Event::Done(rel, outcome) => {
+                    match outcome {
+                        Ok(rows) => found[rel].extend(rows),
+                        Err(e) => {
+                            failed[rel].get_or_insert(e);
+                        }
+                    }
+                    pending[rel] -= 1;
+                    if pending[rel] == 0 {
+                        let r = &relations[rel].0;
+                        (opts.progress)(Progress::Checked {
+                            index: r.index,
+                            bytes: r.bytes,
+                        });
+                    }
+                }
+                Event::Failed(e) => {
+                    broken.get_or_insert(e);
+                }
+            }
+        }
+    });
+    if let Some(e) = broken {
+        return Err(e);
+    }
+    for (rel, (r, d)) in relations.iter().enumerate() {
+        if *d != Decision::Read {
+            continue;
+        }
+        let (db, name) = (&r.database, &r.name);
+        let problem = match (&failed[rel], r.index) {
+            (Some(e), true) => Some(format!("database {db}: index {name}: {e}")),
+            (Some(e), false) => Some(format!("database {db}: table {name} cannot be read: {e}")),
+            (None, _) if !found[rel].is_empty() => {
+                found[rel].truncate(5);
+                Some(format!(
+                    "database {db}: table {name}: amcheck: {}",
+                    found[rel].join("; ")
+                ))
+            }
+            (None, _) => None,
+        };
+        if let Some(p) = problem {
+            report.corrupt = true;
+            report.problems.push(p);
+        }
+        match r.index {
+            true => report.indexes_checked += 1,
+            false => report.tables += 1,
+        }
+        report.bytes_read += r.bytes;
+    }
+    Ok(())
 }
 
 /// The connection options of `conn` for database `db`.
@@ -967,7 +1138,24 @@ pub fn parse_assertions(text: &str, dbname: &str) -> Result<Vec<Assertion>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{accepts_connections, parse_assertions, Assertion};
+    use super::{accepts_connections, block_ranges, parse_assertions, Assertion};
+
+    #[test]
+    fn big_tables_are_checked_in_block_ranges_that_cover_them_once() {
+        assert_eq!(block_ranges(0, 100), [None]);
+        assert_eq!(block_ranges(100, 100), [None]);
+        assert_eq!(block_ranges(101, 100), [Some((0, 50)), Some((51, 100))]);
+        for (blocks, piece) in [(163_935, 32_768), (1000, 7), (65_536, 32_768)] {
+            let ranges = block_ranges(blocks, piece);
+            let mut next = 0;
+            for (a, b) in ranges.iter().map(|r| r.unwrap()) {
+                assert_eq!(a, next);
+                assert!(b >= a && b - a < piece, "{a}..={b}");
+                next = b + 1;
+            }
+            assert_eq!(next, blocks);
+        }
+    }
 
     #[test]
     fn a_server_is_up_when_its_own_pid_file_says_ready_or_standby() {

@@ -101,19 +101,62 @@ fn reads_equal_the_source_and_a_corrupt_chunk_is_eio(store: Store) {
     );
     // Sequentially, in 4 KiB reads (read-ahead runs): every byte before the chunk is right,
     // and the read stops with EIO at the chunk.
-    let mut f = fs::File::open(file(&m)).unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0; 4096];
-    let err = loop {
-        match f.read(&mut buf) {
-            Ok(0) => panic!("the whole file was read despite the corrupt chunk"),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => break e,
-        }
+    let stops_at_the_victim = |m: &Mount| {
+        let mut f = fs::File::open(file(m)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0; 4096];
+        let err = loop {
+            match f.read(&mut buf) {
+                Ok(0) => panic!("the whole file was read despite the corrupt chunk"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert!(got.len() as u64 <= victim * cs, "{} bytes", got.len());
+        assert_eq!(got, want[..got.len()]);
     };
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(got.len() as u64 <= victim * cs, "{} bytes", got.len());
-    assert_eq!(got, want[..got.len()]);
+    stops_at_the_victim(&m);
+    drop(m);
+
+    // On S3 with an empty disk cache, a miss reads its window of the pack around (the corrupt
+    // chunk and the good ones beside it, found in the pack's entry table) into the cache
+    // unchecked: each is checked when taken, so the same EIO, and good bytes beside it.
+    if store == Store::S3 {
+        // The harness's cache directory for this repository, emptied.
+        let cache = repo.path.join("cache");
+        let _ = fs::remove_dir_all(&cache);
+        let m = Mount::start(&repo, &mountpoint(&work, "mnt3"), &[]);
+        // A chunk k whose predecessor lies in the same 4 MiB window of the same pack (the
+        // packs as copied by corrupt_chunk): reading k alone brings k - 1 into the disk cache,
+        // which neither the kernel's readahead nor the reader's (both forward) would read.
+        let chunks: Vec<&[u8]> = want.chunks(cs as usize).collect();
+        let place = |k: usize| {
+            let p = find_blob(&repo.path.join("copy"), &Sha256::digest(chunks[k]));
+            assert_eq!(p.len(), 1, "chunk {k}");
+            (p[0].pack.clone(), p[0].offset >> 22)
+        };
+        let k = (victim as usize + 2..chunks.len())
+            .find(|&k| place(k) == place(k - 1))
+            .expect("two neighbouring chunks in one window");
+        let at = k * cs as usize;
+        assert_eq!(
+            pread(&file(&m), at as u64, 100).unwrap(),
+            want[at..at + 100],
+            "chunk {k} reads"
+        );
+        // One directory per repository (its id) in the cache directory.
+        let dirs: Vec<_> = fs::read_dir(&cache).unwrap().flatten().collect();
+        assert_eq!(dirs.len(), 1, "{}", cache.display());
+        let hex = hex::encode(Sha256::digest(chunks[k - 1]));
+        assert!(
+            dirs[0].path().join(&hex[..2]).join(&hex).exists(),
+            "chunk {} is not in the disk cache after a read of chunk {k}",
+            k - 1
+        );
+        assert!(eio(pread(&file(&m), victim * cs + 10, 100)), "random read");
+        stops_at_the_victim(&m);
+    }
 }
 
 on_both_stores!(reads_equal_the_source_and_a_corrupt_chunk_is_eio);

@@ -565,7 +565,8 @@ def read_path(R):
     def n(rs):
         return len([r for r in rs.values() if "wall_s" in r])
 
-    hot = {k: R.merged("rp_hot", k) for k in ("local", "catalogue", "catalogue_again")}
+    hot = {k: R.merged("rp_hot", k)
+           for k in ("local", "catalogue", "catalogue_again", "hydrated")}
     if hot["catalogue"]:
         size = med([r["bytes"] for r in hot["catalogue"].values() if "bytes" in r])
         name = (f"hot `cat` of pgbench_accounts' first segment ({fmt_b(size)}), catalogue mount, "
@@ -580,6 +581,12 @@ def read_path(R):
             "higher", rate(hot["local"]), rate(hot["catalogue_again"]), n(hot["catalogue_again"]),
             "a hydrated or passthrough file ≥ 5 GiB/s",
             f"{fmt_cpu(cpu_per_gib(hot['catalogue_again']))} in the mount process")
+    if n(hot["hydrated"]):
+        add("the same file hydrated (`mount --hydrate`), served by FUSE passthrough from its "
+            "local copy in the page cache", "throughput", "GiB/s", "higher", rate(hot["local"]),
+            rate(hot["hydrated"]), n(hot["hydrated"]), "a hydrated or passthrough file ≥ 5 GiB/s",
+            f"pgsnapfs {span(hot['hydrated'])}, {fmt_cpu(cpu_per_gib(hot['hydrated']))} in the "
+            "mount process")
     cold = {k: R.merged("rp_cold", k) for k in ("local", "catalogue", "view")}
     for k, label in (("catalogue", "catalogue mount"), ("view", "view (`mount --backup latest`)")):
         if cold[k]:

@@ -106,8 +106,9 @@ impl DiskCache {
         }
     }
 
-    /// Keeps a blob's stored bytes, already verified by the caller. Failures (a full disk)
-    /// are logged and otherwise ignored: the cache is only an optimisation.
+    /// Keeps a blob's stored bytes. They need not be verified yet: every hit is (`get`), and
+    /// a damaged file is then dropped. Failures (a full disk) are logged and otherwise
+    /// ignored: the cache is only an optimisation.
     pub fn put(&self, id: &BlobId, stored: &[u8]) {
         if stored.len() as u64 > self.limit {
             return;

@@ -13,7 +13,13 @@
 //!   for it instead of decoding it again;
 //! - a random reader decodes on its request thread, the chunks of the request in one ranged
 //!   read. On a remote repository a miss reads around: the request's chunks and the file's
-//!   next ones up to `AROUND_BYTES` in one GET, the extra chunks going to the hand-off;
+//!   next ones up to `AROUND_BYTES` in one ranged read, the extra chunks going to the
+//!   hand-off. With a disk cache, a remote miss (a request's or a read-ahead job's) first
+//!   fetches the aligned `PACK_AROUND_BYTES` window of the pack around its first chunk, once,
+//!   in one GET, and keeps every blob the pack's entry table (an LRU of `TABLE_CACHE_BYTES`)
+//!   places there in the disk cache: the chunks of the files the backup wrote next to it,
+//!   mostly the small files read next, so a scan costs a GET per few MiB of pack, not one per
+//!   file;
 //! - a chunk that fails to read or verify in read-ahead is dropped from the hand-off and read
 //!   again by the request that needs it, which then fails with the store's error: a corrupt
 //!   chunk is an error, never bytes, on every path.
@@ -25,16 +31,19 @@
 //!   (an abandoned reader's) are dropped first;
 //! - sealed objects (archived WAL, decoded whole and read in pieces): an LRU of `memory / 4`;
 //! - chunk lists: an LRU of `LIST_CACHE_BYTES` (56 bytes per chunk, 1024 chunks per list);
-//! - per request thread, the reply and the chunks of one request (plus `AROUND_BYTES` on a
-//!   remote miss); per read-ahead worker, one job's stored bytes (at most `RUN_BYTES` plus
+//! - pack entry tables: an LRU of `TABLE_CACHE_BYTES`;
+//! - per request thread, the reply and the chunks of one request (plus `AROUND_BYTES` of
+//!   decoded chunks and a `PACK_AROUND_BYTES` window of stored ones on a remote miss, as for
+//!   each read-ahead worker); per read-ahead worker, one job's stored bytes (at most `RUN_BYTES` plus
 //!   compression overhead).
 //!
 //! At the defaults: 64 + 32 + 16 MiB of caches, 6 × 4 MiB of workers' stored bytes, and a
 //! few MiB per FUSE thread, well under the mount's 256 MiB.
 
 use super::cache::BlobCache;
+use super::pack::{self, BlobType, Entry};
 use super::tree::{BlobRef, Chunk, LIST_FANOUT};
-use super::{BlobId, Repository, StoreError};
+use super::{keys, BlobId, Repository, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -46,6 +55,18 @@ const AHEAD_BYTES: u64 = 16 << 20;
 const RUN_BYTES: u64 = 4 << 20;
 /// The file bytes a random read's miss reads on a remote repository, from its first chunk.
 const AROUND_BYTES: u64 = 1 << 20;
+/// The aligned window of a pack a remote miss fetches in one GET into the disk cache (see the
+/// module's comment).
+const PACK_AROUND_BYTES: u64 = 4 << 20;
+/// Memory for remembering the windows fetched: 8 bytes each, so about 131,000 windows (512 GiB
+/// of packs); a window forgotten is only fetched again.
+const WINDOWS_BYTES: usize = 1 << 20;
+/// Memory for pack entry tables (about 2 MiB for a full 32 MiB pack of well-compressed 64 KiB
+/// chunks).
+const TABLE_CACHE_BYTES: usize = 8 << 20;
+/// The bytes at a pack's end fetched to find its entry table; a bigger table takes a second
+/// GET.
+const TABLE_GUESS: u64 = 1 << 20;
 /// How near the furthest read of a file a read counts as sequential.
 const NEAR_BYTES: u64 = 4 << 20;
 /// Read-ahead threads: enough GETs in flight for S3's latency; locally, more than the cores.
@@ -136,6 +157,8 @@ pub struct FileReader {
     handoff: Arc<HandOff>,
     lists: BlobCache<Vec<Chunk>, ReadError>,
     sealed: BlobCache<Vec<u8>, ReadError>,
+    /// Reads around remote misses into the disk cache; `None` locally or without one.
+    around: Option<Arc<PackAround>>,
     /// Read-ahead jobs; the workers start with the first and end when the reader is dropped.
     jobs: OnceLock<crossbeam_channel::Sender<Job>>,
     /// Whether the back end bills requests and answers slowly (S3): misses read around.
@@ -145,8 +168,10 @@ pub struct FileReader {
 impl FileReader {
     /// A reader using about `memory` bytes for decoded chunks and sealed objects.
     pub fn new(repo: Arc<Repository>, memory: usize) -> FileReader {
+        let remote = repo.backend().stats().is_some();
         FileReader {
-            remote: repo.backend().stats().is_some(),
+            around: (remote && repo.disk_cache().is_some()).then(|| Arc::new(PackAround::new())),
+            remote,
             repo,
             handoff: Arc::new(HandOff::new(memory / 2, STALE)),
             lists: BlobCache::new(LIST_CACHE_BYTES),
@@ -245,6 +270,9 @@ impl FileReader {
             let (reserved, _) = self.handoff.reserve(&around);
             run.extend(reserved.chunks.iter().copied());
             extra = Some(reserved);
+            if let Some(around) = &self.around {
+                around.fetch(&self.repo, &run);
+            }
         }
         let read = match self.repo.read_chunks(&run) {
             Ok(read) => read,
@@ -331,8 +359,12 @@ impl FileReader {
             let (tx, rx) = crossbeam_channel::bounded::<Job>(4 * WORKERS);
             for _ in 0..WORKERS {
                 let (rx, repo) = (rx.clone(), self.repo.clone());
+                let around = self.around.clone();
                 std::thread::spawn(move || {
                     for job in rx {
+                        if let Some(around) = &around {
+                            around.fetch(&repo, &job.chunks);
+                        }
                         // A failed read drops the job's chunks: the reader reads them again
                         // and reports the error.
                         if let Ok(data) = repo.read_chunks(&job.chunks) {
@@ -344,6 +376,100 @@ impl FileReader {
             tx
         })
     }
+}
+
+/// Read-around on a remote repository with a disk cache: a miss fetches the whole aligned
+/// `PACK_AROUND_BYTES` window of its pack that holds its first chunk, once, and keeps every
+/// data blob in it in the disk cache, where each is checked when taken. The miss's own chunks
+/// then come from there, and so do those of the files written next to them. Best effort: on
+/// any failure the chunks are read as usual.
+struct PackAround {
+    /// Entry tables by pack key, sorted by offset.
+    tables: BlobCache<Vec<Entry>, ReadError>,
+    /// Windows fetched (or being fetched, by one thread while the others wait), by pack key
+    /// and window number.
+    windows: BlobCache<Vec<u64>, ReadError>,
+}
+
+impl PackAround {
+    fn new() -> PackAround {
+        PackAround {
+            tables: BlobCache::new(TABLE_CACHE_BYTES),
+            windows: BlobCache::new(WINDOWS_BYTES),
+        }
+    }
+
+    /// Makes sure the window of `run`'s first chunk went to the disk cache.
+    fn fetch(&self, repo: &Repository, run: &[Chunk]) {
+        let (Some(cache), Some(loc)) = (repo.disk_cache(), run.first().and_then(|c| c.loc)) else {
+            return;
+        };
+        let key = keys::pack(&loc.pack);
+        let window = loc.offset as u64 / PACK_AROUND_BYTES;
+        let name = format!("{key}#{window}");
+        let fetched = self.windows.get_or_fetch(&BlobId::of(name.as_bytes()), || {
+            let table = self
+                .tables
+                .get_or_fetch(&BlobId::of(key.as_bytes()), || pack_table(repo, &key))?;
+            let start = window * PACK_AROUND_BYTES;
+            let from = table.partition_point(|e| (e.offset as u64) < start);
+            let inside: Vec<&Entry> = table[from..]
+                .iter()
+                .take_while(|e| (e.offset as u64) < start + PACK_AROUND_BYTES)
+                .filter(|e| e.kind == BlobType::Data)
+                .collect();
+            let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
+                return Ok(vec![window]);
+            };
+            let begin = first.offset as u64;
+            let end = last.offset as u64 + last.stored_len as u64;
+            let bytes = repo
+                .backend()
+                .get_range(&key, begin, end - begin)
+                .map_err(|e| Arc::new(e.into()))?;
+            for e in inside {
+                let at = (e.offset as u64 - begin) as usize;
+                if let Some(stored) = bytes.get(at..at + e.stored_len as usize) {
+                    cache.put(&e.id, stored);
+                }
+            }
+            Ok(vec![window])
+        });
+        if let Err(e) = fetched {
+            tracing::debug!("no read-around in {name}: {e}");
+        }
+    }
+}
+
+/// A pack's entry table, sorted by offset: its size, then its last `TABLE_GUESS` bytes (and
+/// the rest of the table if it is bigger).
+fn pack_table(repo: &Repository, key: &str) -> Result<Vec<Entry>, ReadError> {
+    let backend = repo.backend();
+    let fail = |e: StoreError| Arc::new(e);
+    let size = backend.size(key).map_err(|e| fail(e.into()))?;
+    if size < (pack::MAGIC.len() + pack::TAIL_LEN) as u64 {
+        return Err(fail(StoreError::corrupt(key, "pack too short")));
+    }
+    let from = size.saturating_sub(TABLE_GUESS);
+    let mut end = backend
+        .get_range(key, from, size - from)
+        .map_err(|e| fail(e.into()))?;
+    let tail = end.split_off(end.len().saturating_sub(pack::TAIL_LEN));
+    let count = pack::parse_tail(&tail, key).map_err(fail)?;
+    let crypto = repo.crypto();
+    let start = pack::table_start(size, count, crypto.table_overhead(), key).map_err(fail)?;
+    let stored = if start >= from {
+        end.split_off((start - from) as usize)
+    } else {
+        let table_end = size - pack::TAIL_LEN as u64;
+        backend
+            .get_range(key, start, table_end - start)
+            .map_err(|e| fail(e.into()))?
+    };
+    let table = crypto.open_table(key, &stored).map_err(fail)?;
+    let mut entries = pack::parse_entries(&table, start, key).map_err(fail)?;
+    entries.sort_by_key(|e| e.offset);
+    Ok(entries)
 }
 
 /// Decoded chunks waiting for their reader: each taken once, bounded by `budget` bytes.

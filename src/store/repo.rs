@@ -385,6 +385,11 @@ impl Repository {
         self
     }
 
+    /// The disk cache blobs are read through, if any.
+    pub fn disk_cache(&self) -> Option<&DiskCache> {
+        self.disk_cache.as_ref()
+    }
+
     /// The disk cache's hits and misses so far; `None` without a disk cache.
     pub fn disk_cache_counts(&self) -> Option<CacheCounts> {
         self.disk_cache.as_ref().map(DiskCache::counts)
