@@ -11,8 +11,7 @@ mod common;
 
 use common::*;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 const ROWS: &str = "SELECT count(*), sum(abalance), (SELECT count(*) FROM pgbench_history) \
@@ -48,45 +47,6 @@ fn set_archive_command(c: &Cluster, command: &str) {
         command.replace('\'', "''")
     ));
     c.psql("SELECT pg_reload_conf()");
-}
-
-/// A tmpfs mounted on a directory for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(point: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir(point).unwrap();
-        run_command(
-            Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size},mode=0700"),
-                    "tmpfs",
-                ])
-                .arg(point),
-        )
-        .assert_ok();
-        chown_to_postgres(point);
-        Tmpfs(point.to_path_buf())
-    }
-
-    /// Fills the disk with a file beside the repository's objects; returns its path.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let block = vec![0xa5u8; 1 << 20];
-        while f.write_all(&block).is_ok() {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 fn kill9(pid: u64) {
@@ -300,7 +260,7 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     // 5. The repository's disk full: the server's pushes fail with the archiver's error once
     // it has failed for --fail-after; space freed, the queue drains.
     eprintln!("phase 5: {:.1?}", started.elapsed());
-    let filler = disk.fill();
+    let filler = disk.fill("filler", 0);
     let failed_before: u64 = c
         .psql("SELECT failed_count FROM pg_stat_archiver")
         .parse()

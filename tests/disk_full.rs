@@ -8,74 +8,7 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// A small tmpfs mounted for the test, unmounted on drop (before its dir is removed).
-struct Tmpfs {
-    point: PathBuf,
-    _dir: TestDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = TestDir::new("tmpfs");
-        let point = dir.join("mnt");
-        fs::create_dir(&point).unwrap();
-        run_command(
-            Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size},mode=0755"),
-                    "tmpfs",
-                ])
-                .arg(&point),
-        )
-        .assert_ok();
-        chown_to_postgres(&point);
-        Tmpfs { point, _dir: dir }
-    }
-
-    fn free_bytes(&self) -> u64 {
-        let out = run_command(
-            Command::new("df")
-                .args(["--output=avail", "-B1"])
-                .arg(&self.point),
-        )
-        .assert_ok()
-        .stdout_str();
-        out.lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or_else(|| panic!("cannot parse df output: {out}"))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.point).status();
-    }
-}
-
-/// Writes a file `name` next to the repository until at most `leave` bytes are free.
-fn fill(disk: &Tmpfs, name: &str, leave: u64) -> PathBuf {
-    use std::io::Write;
-    let filler = disk.point.join(name);
-    let mut f = fs::File::create(&filler).unwrap();
-    let block = vec![0xa5u8; 64 << 10];
-    let mut left = disk.free_bytes().saturating_sub(leave);
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        // With nothing to leave, the last block may not fit: full is what was asked for.
-        if f.write_all(&block[..n]).is_err() {
-            break;
-        }
-        left -= n as u64;
-    }
-    filler
-}
+use std::path::Path;
 
 const ROWS: &str =
     "SELECT count(*) || ':' || sum(id) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t";
@@ -94,7 +27,8 @@ fn check(repo_spec: &str, state: &Path) -> Run {
 
 #[test]
 fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
-    let disk = Tmpfs::mount("24m");
+    let dir = TestDir::new("tmpfs");
+    let disk = Tmpfs::mount(&dir.join("mnt"), "24m");
     let spec = disk.point.join("repo").display().to_string();
     pgsnapfs(&["init", "--repo", &spec]).assert_ok();
     let state = TestDir::new("check-state");
@@ -124,7 +58,7 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
     // take the space left while the backup runs (the backup's checkpoint ends a segment), so
     // the object named may be the backup's lease or a pack.
     source.switch_wal_and_wait_archived();
-    let filler = fill(&disk, "filler", 512 << 10);
+    let filler = disk.fill("filler", 512 << 10);
     pgsnapfs(&backup)
         .assert_exit(1)
         .assert_mentions("no space left in the repository to write ")
@@ -178,7 +112,7 @@ fn full_repository_fails_cleanly_and_recovers_once_space_is_freed() {
 
     // PostgreSQL keeps a segment until archive_command succeeds, so a failure must be non-zero.
     // The failed backup removed its unfinished pack: first fill what that freed.
-    let more = fill(&disk, "more", 0);
+    let more = disk.fill("more", 0);
     source.psql("INSERT INTO t VALUES (1001, 'after')");
     let name = source.switch_wal();
     let segment = source.data.join("pg_wal").join(&name);

@@ -30,6 +30,7 @@ mod machine;
 pub mod moto;
 pub mod mount;
 mod repo;
+mod tmpfs;
 mod wait;
 
 #[allow(unused_imports)]
@@ -47,6 +48,8 @@ pub use dirs::*;
 pub use machine::*;
 #[allow(unused_imports)]
 pub use repo::*;
+#[allow(unused_imports)]
+pub use tmpfs::Tmpfs;
 #[allow(unused_imports)]
 pub use wait::*;
 
