@@ -89,6 +89,12 @@ fn key_file_slot_archives_restores_and_is_revoked() {
     let lsn = source.current_wal_lsn();
     fill(&source, 801, 900);
     let name = source.switch_wal_and_wait_archived();
+    // The backup's .backup file and every segment went in at the first attempt.
+    assert_eq!(
+        source.psql("SELECT failed_count, last_failed_wal FROM pg_stat_archiver"),
+        "0|",
+        "an archive_command failed"
+    );
     // Copied aside at once: a checkpoint may recycle it in pg_wal.
     let aside = keys.subdir("aside", 0o700);
     let copy = aside.join(&name);

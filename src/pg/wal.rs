@@ -77,7 +77,8 @@ fn parse_segment(name: &str, seg_size: u64) -> Option<(u32, u64)> {
     let tli = hex_u32(&name[0..8])?;
     let log = u64::from(hex_u32(&name[8..16])?);
     let seg = u64::from(hex_u32(&name[16..24])?);
-    let per_id = segments_per_id(seg_size);
+    // A size of 0 (a file that is not a segment, a record that does not say) names no segment.
+    let per_id = 0x1_0000_0000u64.checked_div(seg_size)?;
     (seg < per_id).then_some((tli, log * per_id + seg))
 }
 
@@ -306,6 +307,18 @@ mod tests {
         ] {
             assert_eq!(WalFile::parse(name, DEFAULT_SEG_SIZE), None, "{name:?}");
         }
+        // No segment size (wal-push of a backup or history file): no segment, no panic.
+        for name in [
+            "000000010000000000000001",
+            "000000010000000000000001.partial",
+            "000000010000000000000001.00000028.backup",
+        ] {
+            assert_eq!(WalFile::parse(name, 0), None, "{name:?}");
+        }
+        assert_eq!(
+            WalFile::parse("00000002.history", 0),
+            Some(WalFile::History { tli: 2 })
+        );
     }
 
     #[test]
