@@ -106,10 +106,11 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     assert_ne!(drained["status"]["pid"].as_u64(), Some(pid), "{drained}");
     assert_check_clean(&repo, "an archiver killed under pgbench");
 
-    // 2. Archivers that die at their first repository write, started by the server's pushes;
-    // then archivers killed at each step, until one finishes.
+    // 2. Archivers that die before their first repository write, started by the server's
+    // pushes: the queue grows and nothing can drain it. Then archivers killed at each step,
+    // until one finishes.
     eprintln!("phase 2: {:.1?}", started.elapsed());
-    set_archive_command(&c, &format!("PGSNAPFS_KILL_AT=put-done:1 {push} %p"));
+    set_archive_command(&c, &format!("PGSNAPFS_KILL_AT=put:1 {push} %p"));
     if let Some(pid) = archive_status(&spool)["pusher_pid"].as_u64() {
         kill9(pid);
     }
@@ -120,8 +121,10 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
         }
     })
     .unwrap();
-    for _ in 0..4 {
-        c.pgbench(&["-t", "300", "-c", "2"]);
+    // The kill points below pass at most 0+1+1+2+2+3 puts before their 6th kill, and every
+    // queued file takes at least one: 10 files guarantee 6 kills.
+    for _ in 0..10 {
+        c.pgbench(&["-t", "100", "-c", "2"]);
         c.switch_wal_and_wait_archived();
     }
     set_archive_command(&c, &format!("{push} %p"));
@@ -129,7 +132,10 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
         kill9(pid);
     }
     let queued = archive_status(&spool)["queued_files"].as_u64().unwrap();
-    assert!(queued > 0, "the killed archivers left nothing to do");
+    assert!(
+        queued >= 10,
+        "only {queued} files queued: an archiver drained the spool"
+    );
     let daemon = |point: Option<&str>, threads: &str| {
         let mut cmd = pgsnapfs_command(&repo.args(
             "archive-daemon",
