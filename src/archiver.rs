@@ -323,9 +323,8 @@ fn send_drops(repo: &Repository, spool: &Spool) -> Result<()> {
 /// The drop markers the repository holds for cluster `sysid`: WAL that asynchronous
 /// archiving dropped (`--queue-max`), so recovery cannot pass it.
 pub fn dropped(repo: &Repository, sysid: u64) -> Result<Vec<DropMarker>> {
-    let prefix = format!("{}{sysid}/", keys::WAL_DROPPED);
     let mut out = Vec::new();
-    for key in repo.backend().list(&prefix)? {
+    for key in repo.backend().list(&keys::wal_dropped_system(sysid))? {
         let bytes = repo.get_sealed(&key)?;
         let marker: DropMarker = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::corrupt(key.clone(), e.to_string()))?;

@@ -51,6 +51,11 @@ pub struct WalCut {
     pub keep_from: String,
     /// WAL files removed (or, in a dry run, to be removed) on every timeline.
     pub files_removed: u64,
+    /// Markers of dropped WAL (`waldrop/`) removed (or to be): those of WAL no longer kept.
+    pub drop_markers_removed: u64,
+    /// Pieces of streamed segments (`walstream/`) removed (or to be): those of segments
+    /// archived since (a receiver killed before it deleted them) or no longer kept.
+    pub stream_pieces_removed: u64,
     /// What is kept and removed on each timeline, and why.
     pub timelines: Vec<TimelineCut>,
 }
@@ -296,9 +301,18 @@ pub fn run(
             let catalog = archive::catalog(repo, &system)?;
             let tree = archive::timeline_tree(repo, &system, &catalog)?;
             let points: Vec<BackupPoint> = kept.iter().map(|s| BackupPoint::from(*s)).collect();
-            let tlis: Vec<u32> = catalog.iter().map(|t| t.timeline).collect();
+            // A timeline wal-receive is streaming may have no archived segment yet.
+            let streamed = archive::streamed_segments(repo, &system)?;
+            let tlis: Vec<u32> = catalog
+                .iter()
+                .map(|t| t.timeline)
+                .chain(streamed.iter().map(|(tli, _)| *tli))
+                .collect::<BTreeSet<u32>>()
+                .into_iter()
+                .collect();
             let keep = wal_to_keep(&tree, &tlis, &points, running, seg_size);
-            let removed = cut_wal(repo, sysid, &keep, seg_size, dry_run, &held)?;
+            let cut = cut_wal(repo, sysid, &keep, seg_size, dry_run, &held)?;
+            let removed = &cut.files;
             let first = points
                 .iter()
                 .map(|p| segment_of(p.start_lsn, seg_size))
@@ -327,6 +341,8 @@ pub fn run(
                 system_identifier: sysid.to_string(),
                 keep_from: segment_start(first, seg_size).to_string(),
                 files_removed: removed.values().sum(),
+                drop_markers_removed: cut.drop_markers,
+                stream_pieces_removed: cut.stream_pieces,
                 timelines,
             });
         }
@@ -349,10 +365,19 @@ pub fn run(
     })
 }
 
+/// What `cut_wal` removed (or, in a dry run, would remove).
+struct Cut {
+    /// WAL files per timeline.
+    files: BTreeMap<u32, u64>,
+    drop_markers: u64,
+    stream_pieces: u64,
+}
+
 /// Removes a cluster's WAL files (segments, partial and backup files) outside `keep`, with
-/// their summaries; returns the files removed per timeline. Summaries go first, the reverse of
-/// the order wal-push writes them: a killed run leaves at most segments without summaries,
-/// removed by the next run.
+/// their summaries, the drop markers of WAL outside it, and the streamed pieces of segments
+/// outside it or archived already. Summaries, markers and pieces go first, the reverse of
+/// the order they are written: a killed run leaves at most segments without them, removed
+/// by the next run.
 fn cut_wal(
     repo: &Repository,
     sysid: u64,
@@ -360,7 +385,7 @@ fn cut_wal(
     seg_size: u64,
     dry_run: bool,
     held: &dyn Fn() -> Result<()>,
-) -> Result<BTreeMap<u32, u64>> {
+) -> Result<Cut> {
     let doomed = |name: &str| match WalFile::parse(name, seg_size) {
         Some(WalFile::Segment { tli, segno })
         | Some(WalFile::Partial { tli, segno })
@@ -370,26 +395,55 @@ fn cut_wal(
         }
         Some(WalFile::History { .. }) | None => None,
     };
-    let summaries = wal::summaries(repo, sysid)?;
-    let files = wal::files(repo, sysid)?;
-    let mut removed = BTreeMap::new();
-    for (object, is_file) in summaries
-        .iter()
-        .map(|o| (o, false))
-        .chain(files.iter().map(|o| (o, true)))
-    {
-        let Some(tli) = doomed(&object.name) else {
-            continue;
-        };
+    let delete = |key: &str| -> Result<()> {
         if !dry_run {
             held()?;
-            wal::delete(repo, object)?;
+            match repo.backend().delete(key) {
+                Err(e) if !e.is_not_found() => return Err(StoreError::from(e).into()),
+                _ => {}
+            }
         }
-        if is_file {
-            *removed.entry(tli).or_insert(0) += 1;
+        Ok(())
+    };
+    let summaries = wal::summaries(repo, sysid)?;
+    let files = wal::files(repo, sysid)?;
+    let archived: HashSet<&str> = files.iter().map(|o| o.name.as_str()).collect();
+    let mut cut = Cut {
+        files: BTreeMap::new(),
+        drop_markers: 0,
+        stream_pieces: 0,
+    };
+    for object in &summaries {
+        if doomed(&object.name).is_some() {
+            delete(&object.key)?;
         }
     }
-    Ok(removed)
+    let markers = repo.backend().list(&keys::wal_dropped_system(sysid))?;
+    for key in markers.iter().filter(|k| doomed(name_at(k, 0)).is_some()) {
+        delete(key)?;
+        cut.drop_markers += 1;
+    }
+    // walstream/<system>/<timeline>/<segment>/<piece>
+    let pieces = repo.backend().list(&keys::wal_stream_system(sysid))?;
+    for key in &pieces {
+        let segment = name_at(key, 1);
+        if doomed(segment).is_some() || archived.contains(segment) {
+            delete(key)?;
+            cut.stream_pieces += 1;
+        }
+    }
+    for object in &files {
+        if let Some(tli) = doomed(&object.name) {
+            delete(&object.key)?;
+            *cut.files.entry(tli).or_insert(0) += 1;
+        }
+    }
+    Ok(cut)
+}
+
+/// The `n`th part of `key` from its end (0: its last).
+fn name_at(key: &str, n: usize) -> &str {
+    key.rsplit('/').nth(n).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -479,6 +533,40 @@ mod tests {
             vec!["00000005", "00000006", "00000007", "00000008", "00000009", ""]
         );
         assert_eq!(mem.list(&keys::wal_summaries(7)).unwrap().len(), 5);
+    }
+
+    /// Drop markers and streamed pieces go with the WAL they stand for; the pieces of a
+    /// segment archived since (a receiver killed before deleting them) go as well.
+    #[test]
+    fn drop_markers_and_streamed_pieces_go_when_nothing_needs_them() {
+        let (mem, repo) = setup();
+        let name = |segno| WalFile::Segment { tli: 1, segno }.name(SEG);
+        for segno in [3, 6] {
+            repo.put_sealed(&keys::wal_dropped(7, 1, &name(segno)), b"{}")
+                .unwrap();
+        }
+        for segno in [2, 7, 10] {
+            repo.put_sealed(&piece_key(segno), b"w").unwrap();
+        }
+        let dry = run(&repo, &last(2), true, None).unwrap();
+        assert_eq!(
+            (dry.wal[0].drop_markers_removed, dry.wal[0].stream_pieces_removed),
+            (1, 2)
+        );
+        assert_eq!(mem.list(keys::WAL_STREAM).unwrap().len(), 3, "a dry run deleted");
+        let lease = Lease::exclusive(&repo, "expire").unwrap();
+        run(&repo, &last(2), false, Some(&lease)).unwrap();
+        assert_eq!(
+            mem.list(keys::WAL_DROPPED).unwrap(),
+            [keys::wal_dropped(7, 1, &name(6))]
+        );
+        // Segment 10 is still being streamed.
+        assert_eq!(mem.list(keys::WAL_STREAM).unwrap(), [piece_key(10)]);
+    }
+
+    fn piece_key(segno: u64) -> String {
+        let name = WalFile::Segment { tli: 1, segno }.name(SEG);
+        crate::receive::piece::key(7, 1, &name, 0, 8)
     }
 
     #[test]

@@ -74,6 +74,11 @@ pub fn wal_summary(sysid: u64, tli: u32, segment: &str) -> String {
     format!("{WAL_SUMMARIES}{sysid}/{tli:08X}/{segment}")
 }
 
+/// The prefix holding the drop markers of one cluster.
+pub fn wal_dropped_system(sysid: u64) -> String {
+    format!("{WAL_DROPPED}{sysid}/")
+}
+
 /// The marker of a WAL file that asynchronous archiving dropped (`--queue-max`): a known gap.
 pub fn wal_dropped(sysid: u64, tli: u32, name: &str) -> String {
     format!("{WAL_DROPPED}{sysid}/{tli:08X}/{name}")

@@ -104,6 +104,13 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             w.system_identifier,
             w.files_removed
         );
+        if w.drop_markers_removed + w.stream_pieces_removed > 0 {
+            outln!(
+                "  markers of dropped WAL: {verb} {}; pieces of streamed segments: {verb} {}",
+                w.drop_markers_removed,
+                w.stream_pieces_removed
+            );
+        }
         for t in &w.timelines {
             out!("{}", render_timeline_cut(t, verb));
         }
