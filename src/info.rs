@@ -7,6 +7,7 @@ use crate::archiver;
 use crate::catalog::{Backups, Snapshot};
 use crate::error::Result;
 use crate::pitr;
+use crate::receive;
 use crate::spool::DropMarker;
 use crate::store::Repository;
 use crate::timelines::{self, Survey};
@@ -46,6 +47,18 @@ pub struct Info {
     pub surveys: Vec<(String, Survey)>,
     /// WAL files asynchronous archiving dropped (`--queue-max`): gaps recovery cannot pass.
     pub dropped: Vec<DropMarker>,
+    /// Segments `wal-receive` holds in pieces beyond the archive: recovery reaches their end.
+    pub streamed: Vec<StreamedRow>,
+}
+
+/// A segment held only as pieces `wal-receive` streamed.
+#[derive(Serialize)]
+pub struct StreamedRow {
+    /// The cluster.
+    pub system_identifier: String,
+    /// The segment, and up to where it holds WAL.
+    #[serde(flatten)]
+    pub segment: receive::Streamed,
 }
 
 impl Info {
@@ -58,11 +71,25 @@ impl Info {
             ranges: Vec::new(),
             surveys: Vec::new(),
             dropped: Vec::new(),
+            streamed: Vec::new(),
         };
         for system in archive::systems(repo)? {
             let all: Vec<&Snapshot> = info.backups.iter().collect();
             let survey = timelines::survey(repo, &system, &all)?;
             let sys = system.system_identifier.to_string();
+            let archived = |tli: u32, segno: u64| {
+                survey
+                    .timelines
+                    .iter()
+                    .any(|t| t.timeline == tli && t.wal.segnos.binary_search(&segno).is_ok())
+            };
+            let seg_size = archive::segment_size(&system);
+            for segment in receive::streamed(repo, system.sysid(), seg_size, archived)? {
+                info.streamed.push(StreamedRow {
+                    system_identifier: sys.clone(),
+                    segment,
+                });
+            }
             for t in &survey.timelines {
                 info.wal.push(WalRow {
                     system_identifier: sys.clone(),

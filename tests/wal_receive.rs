@@ -82,6 +82,12 @@ fn wait_stored(c: &Cluster, r: &Receiver, lsn: &str) -> Duration {
     start.elapsed()
 }
 
+/// "16/B3000028" as a number.
+fn lsn_bytes(lsn: &str) -> u64 {
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()
+}
+
 #[test]
 fn streamed_wal_restores_to_the_last_acknowledged_commit() {
     let started = Instant::now();
@@ -140,10 +146,31 @@ fn streamed_wal_restores_to_the_last_acknowledged_commit() {
     .unwrap_or_else(|e| panic!("{e}\n--- wal-receive ---\n{}", r.log()));
     let before_last = c.psql("SELECT clock_timestamp()");
     c.psql("INSERT INTO t (v) VALUES ('last')");
+    let acknowledged = c.psql(
+        "SELECT flush_lsn - '0/0'::pg_lsn FROM pg_stat_replication \
+         WHERE application_name = 'pgsnapfs'",
+    );
     let pid = c.read_pid().expect("postmaster.pid");
     run_command(std::process::Command::new("kill").args(["-KILL", &pid.to_string()])).assert_ok();
     r.kill();
     let receiver_log = r.log();
+
+    // info says up to where the repository holds streamed WAL beyond the archive.
+    let info = repo.run("info", &["--json"]).assert_ok().json();
+    let streamed = info["streamed_wal"].as_array().expect("streamed_wal");
+    let newest = streamed.last().expect("a streamed segment");
+    let through = lsn_bytes(newest["through"].as_str().unwrap());
+    let acknowledged: u64 = acknowledged.parse().unwrap();
+    assert!(
+        through >= acknowledged,
+        "info says streamed WAL up to {through:X}, the server saw {acknowledged:X} stored"
+    );
+    repo.run("info", &[])
+        .assert_ok()
+        .assert_mentions(&format!(
+            "streamed WAL beyond the archive up to {}",
+            newest["through"].as_str().unwrap()
+        ));
 
     // A restore to the end replays the streamed WAL, the last partial segment included.
     let to = work.join("restored");
@@ -170,6 +197,15 @@ fn streamed_wal_restores_to_the_last_acknowledged_commit() {
         "{}",
         restored.log_tail(30)
     );
+    drop(restored);
+
+    // check reads the pieces: a damaged one is corruption, named.
+    repo.run("check", &["--read-data"]).assert_ok();
+    let piece = repo.keys("walstream/").pop().expect("a piece");
+    flip_byte(&repo.path.join(&piece), 40);
+    repo.run("check", &["--read-data", "--full"])
+        .assert_exit(3)
+        .assert_mentions(&piece);
     eprintln!("wal_receive: {:?}", started.elapsed());
 }
 

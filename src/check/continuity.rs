@@ -145,11 +145,16 @@ impl Checker<'_> {
         }
         let files = wal::files(self.repo, sysid)?;
         let sums = wal::summaries(self.repo, sysid)?;
-        self.report.wal_objects += files.len() + sums.len();
-        for (key, summary) in files
+        let pieces = self
+            .repo
+            .backend()
+            .list(&keys::wal_stream_system(sysid))?;
+        self.report.wal_objects += files.len() + sums.len() + pieces.len();
+        for (key, kind) in files
             .iter()
-            .map(|o| (&o.key, false))
-            .chain(sums.iter().map(|o| (&o.key, true)))
+            .map(|o| (&o.key, ProblemKind::BadWal))
+            .chain(sums.iter().map(|o| (&o.key, ProblemKind::BadWalSummary)))
+            .chain(pieces.iter().map(|k| (k, ProblemKind::BadStreamedWal)))
         {
             if !self.wants_data(key) {
                 continue;
@@ -169,29 +174,27 @@ impl Checker<'_> {
             };
             self.read(raw.len() as u64);
             self.report.wal_objects_read += 1;
-            let opened = self.repo.crypto().open(key, &raw).and_then(|payload| {
-                if summary {
-                    serde_json::from_slice::<SegmentSummary>(&payload)
-                        .map_err(|e| StoreError::corrupt(key, e.to_string()))?;
-                }
-                Ok(())
-            });
+            let opened = self
+                .repo
+                .crypto()
+                .open(key, &raw)
+                .and_then(|payload| opens_as(kind, key, &payload));
             match opened {
                 Ok(()) => self.remember(key, raw.len() as u64)?,
                 Err(e) => {
-                    let kind = if summary {
-                        ProblemKind::BadWalSummary
-                    } else {
-                        ProblemKind::BadWal
-                    };
                     let reason = match e {
                         StoreError::Corrupt { reason, .. } => reason,
                         other => other.to_string(),
                     };
                     let p = self.problem(Problem::new(kind, key, reason));
-                    let name = key.rsplit('/').next().unwrap_or_default();
+                    // A piece's segment is the last part but one of its key.
+                    let mut parts = key.rsplit('/');
+                    let name = match kind {
+                        ProblemKind::BadStreamedWal => parts.nth(1),
+                        _ => parts.next(),
+                    };
                     if let Some(WalFile::Segment { tli, segno } | WalFile::Partial { tli, segno }) =
-                        WalFile::parse(name, seg_size)
+                        name.and_then(|n| WalFile::parse(n, seg_size))
                     {
                         for need in needs.iter().filter(|n| n.covers(tli, segno)) {
                             self.report.problems[p].backups.insert(need.backup.clone());
@@ -310,5 +313,26 @@ impl Checker<'_> {
             self.report.warnings.push(w);
         }
         Ok(())
+    }
+}
+
+/// Whether a WAL object's opened payload is what its kind says: a summary parses, a streamed
+/// piece holds as many bytes as its name's range.
+fn opens_as(kind: ProblemKind, key: &str, payload: &[u8]) -> std::result::Result<(), StoreError> {
+    match kind {
+        ProblemKind::BadWalSummary => serde_json::from_slice::<SegmentSummary>(payload)
+            .map(drop)
+            .map_err(|e| StoreError::corrupt(key, e.to_string())),
+        ProblemKind::BadStreamedWal => {
+            let range = key.rsplit('/').next().and_then(crate::receive::piece::parse);
+            match range {
+                Some((start, end)) if payload.len() as u64 == u64::from(end - start) => Ok(()),
+                _ => Err(StoreError::corrupt(
+                    key,
+                    format!("holds {} bytes, not what its name says", payload.len()),
+                )),
+            }
+        }
+        _ => Ok(()),
     }
 }

@@ -87,6 +87,9 @@ pub enum ProblemKind {
     BadWal,
     /// A WAL summary fails its checksum or does not parse.
     BadWalSummary,
+    /// A piece of a segment `wal-receive` is streaming fails its checksum, or holds another
+    /// length than its name says.
+    BadStreamedWal,
     /// A cluster's record (`systems/…`) is missing or cannot be read.
     BadSystem,
     /// A timeline above 1 holds WAL but its history file is missing or unreadable: recovery

@@ -125,6 +125,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
         ranges,
         surveys,
         dropped,
+        streamed,
     } = &gathered;
     let main_range = gathered.main_range();
     if a.json {
@@ -149,6 +150,8 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
             both_active: Vec<BothActiveRow<'a>>,
             /// WAL files asynchronous archiving dropped (--queue-max): gaps.
             dropped_wal: &'a [crate::spool::DropMarker],
+            /// Segments wal-receive holds in pieces beyond the archive, and up to where.
+            streamed_wal: &'a [crate::info::StreamedRow],
             /// What this `info` cost, on S3.
             #[serde(skip_serializing_if = "Option::is_none")]
             requests: Option<RequestCounts>,
@@ -177,6 +180,7 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
                 })
                 .collect(),
             dropped_wal: dropped,
+            streamed_wal: streamed,
             requests: repo.backend().stats(),
         });
         return Ok(());
@@ -200,6 +204,16 @@ pub fn info(repo: &Repository, a: InfoArgs) -> Result<()> {
             d.name,
             d.system_identifier,
             d.dropped_at.to_rfc3339()
+        );
+    }
+    for s in streamed {
+        outln!(
+            "system {}: streamed WAL beyond the archive up to {} on timeline {} ({}, {} pieces)",
+            s.system_identifier,
+            s.segment.through,
+            s.segment.timeline,
+            s.segment.segment,
+            s.segment.pieces
         );
     }
     for r in ranges {

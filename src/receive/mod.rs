@@ -426,6 +426,63 @@ fn resume_point(repo: &Repository, sysid: u64, seg_size: u64) -> Result<Option<(
     Ok(newest.map(|(segno, tli, complete)| (tli, segno + u64::from(complete))))
 }
 
+/// A segment `wal-receive` holds in pieces and the archive does not hold (yet).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Streamed {
+    /// The timeline it is streamed from.
+    pub timeline: u32,
+    /// The segment's name.
+    pub segment: String,
+    /// How many pieces it is stored as.
+    pub pieces: usize,
+    /// The position up to which its pieces hold WAL without a gap from the segment's start.
+    pub through: Lsn,
+}
+
+/// The segments of cluster `sysid` held only as streamed pieces (those of segments
+/// `archived` says are archived are leftovers, which `expire` removes), by timeline and
+/// segment; read from the keys alone.
+pub fn streamed(
+    repo: &Repository,
+    sysid: u64,
+    seg_size: u64,
+    archived: impl Fn(u32, u64) -> bool,
+) -> Result<Vec<Streamed>> {
+    let mut by_segment: std::collections::BTreeMap<(u32, u64, String), Vec<(u32, u32)>> =
+        Default::default();
+    for key in repo
+        .backend()
+        .list(&keys::wal_stream_system(sysid))
+        .map_err(StoreError::from)?
+    {
+        let mut parts = key.rsplit('/');
+        let (Some(range), Some(name)) = (parts.next().and_then(piece::parse), parts.next()) else {
+            continue;
+        };
+        if let Some(WalFile::Segment { tli, segno }) = WalFile::parse(name, seg_size) {
+            if !archived(tli, segno) {
+                by_segment
+                    .entry((tli, segno, name.to_string()))
+                    .or_default()
+                    .push(range);
+            }
+        }
+    }
+    Ok(by_segment
+        .into_iter()
+        .map(|((timeline, segno, segment), ranges)| {
+            let pieces = ranges.len();
+            let (_, len) = piece::assemble(ranges);
+            Streamed {
+                timeline,
+                segment,
+                pieces,
+                through: Lsn(segno * seg_size + u64::from(len)),
+            }
+        })
+        .collect())
+}
+
 /// A replication-command identifier, quoted.
 fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -474,5 +531,16 @@ mod tests {
         assert_eq!(resume_point(&repo, 7, seg).unwrap(), Some((2, 4)));
         put(keys::wal_file(7, 2, "000000020000000000000004"));
         assert_eq!(resume_point(&repo, 7, seg).unwrap(), Some((2, 5)));
+        put(piece::key(7, 2, "000000020000000000000005", 0, 8));
+        put(piece::key(7, 2, "000000020000000000000005", 8, 20));
+        put(piece::key(7, 2, "000000020000000000000005", 30, 40));
+        let archived = |tli, segno| (tli, segno) == (2, 4);
+        let s = streamed(&repo, 7, seg, archived).unwrap();
+        let got: Vec<_> = s.iter().map(|s| (s.timeline, s.pieces, s.through)).collect();
+        // Segment 4 of timeline 2 is archived; a gap in segment 5 ends what it holds.
+        assert_eq!(
+            got,
+            [(1, 1, Lsn(4 * seg + 8)), (2, 3, Lsn(5 * seg + 20))]
+        );
     }
 }
