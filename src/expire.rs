@@ -23,6 +23,7 @@ use crate::retention::{self, Candidate, Policy, Reason};
 use crate::store::{Repository, StoreError};
 use crate::timelines::BackupPoint;
 use crate::verified;
+use crate::walindex;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -313,6 +314,14 @@ pub fn run(
             let keep = wal_to_keep(&tree, &tlis, &points, running, seg_size);
             let cut = cut_wal(repo, sysid, &keep, seg_size, dry_run, &held)?;
             let removed = &cut.files;
+            if !dry_run && !removed.is_empty() {
+                // The index is a cache: killed before this, readers bypass it (its first
+                // segment is gone) until the next expire or check rewrites it.
+                held()?;
+                for d in walindex::after_expire(repo, &system)? {
+                    tracing::info!("WAL index of system {sysid}, {d}");
+                }
+            }
             let first = points
                 .iter()
                 .map(|p| segment_of(p.start_lsn, seg_size))
@@ -533,6 +542,26 @@ mod tests {
             vec!["00000005", "00000006", "00000007", "00000008", "00000009", ""]
         );
         assert_eq!(mem.list(&keys::wal_summaries(7)).unwrap().len(), 5);
+    }
+
+    /// Expire leaves the WAL index listing what is left, so planning keeps using it.
+    #[test]
+    fn the_wal_index_follows_expired_wal() {
+        let (_mem, repo) = setup();
+        let system = System {
+            system_identifier: SystemId(7),
+            pg_major: 15,
+            wal_segment_size: SEG,
+            registered: Utc::now(),
+        };
+        archive::register_system(&repo, &system).unwrap();
+        walindex::compact(&repo, &system).unwrap();
+        let lease = Lease::exclusive(&repo, "expire").unwrap();
+        run(&repo, &last(2), false, Some(&lease)).unwrap();
+        let indexed = walindex::catalog(&repo, &system)
+            .unwrap()
+            .expect("the index is used");
+        assert_eq!(indexed[0].segnos, (5..10).collect::<Vec<_>>());
     }
 
     /// Drop markers and streamed pieces go with the WAL they stand for; the pieces of a

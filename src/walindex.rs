@@ -418,18 +418,26 @@ pub fn compact(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
             summaries: Vec::new(),
             unreadable: Vec::new(),
         };
-        let mut read = 0;
-        for &segno in segnos.iter().filter(|s| summarized.contains(&(tli, **s))) {
-            if let Some(e) = known.get(&segno) {
-                next.summaries.push((*e).clone());
-                continue;
-            }
-            read += 1;
-            match archive::summary(repo, sysid, tli, segno, seg_size) {
-                Ok(Some(s)) => next.summaries.push(Entry::of(segno, &s)),
-                Ok(None) => {}
-                Err(Error::Store(StoreError::Corrupt { .. })) => next.unreadable.push(segno),
-                Err(e) => return Err(e),
+        let wanted: Vec<u64> = segnos
+            .iter()
+            .copied()
+            .filter(|s| summarized.contains(&(tli, *s)))
+            .collect();
+        let lacking: Vec<u64> = wanted
+            .iter()
+            .copied()
+            .filter(|s| !known.contains_key(s))
+            .collect();
+        let read = lacking.len();
+        let mut fetched = read_summaries(repo, sysid, tli, &lacking, seg_size)?.into_iter();
+        for segno in wanted {
+            match known.get(&segno) {
+                Some(e) => next.summaries.push((*e).clone()),
+                None => match fetched.next() {
+                    Some((_, Ok(Some(s)))) => next.summaries.push(Entry::of(segno, &s)),
+                    Some((_, Ok(None))) | None => {}
+                    Some((_, Err(()))) => next.unreadable.push(segno),
+                },
             }
         }
         let outcome = match &previous {
@@ -483,15 +491,16 @@ pub fn extend(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
     };
     let mut out = Vec::new();
     for t in catalog {
-        let Some(covered) = &t.indexed else { continue };
+        // A timeline created since the index was written has none yet: its first.
+        let covered = t.indexed.as_deref();
         let tli = t.timeline;
         let fresh: Vec<u64> = t
             .segnos
             .iter()
             .copied()
-            .filter(|s| covered.get(*s).is_none())
+            .filter(|s| covered.is_none_or(|c| c.get(*s).is_none()))
             .collect();
-        if fresh.is_empty() {
+        if fresh.is_empty() && covered.is_some() {
             continue;
         }
         let mut next = TimelineIndex {
@@ -505,15 +514,18 @@ pub fn extend(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
             summaries: Vec::new(),
             unreadable: Vec::new(),
         };
+        if next.through.is_empty() && t.history {
+            next.through = WalFile::History { tli }.name(seg_size);
+        }
+        let mut fetched = read_summaries(repo, sysid, tli, &fresh, seg_size)?.into_iter();
         for &segno in &t.segnos {
-            match covered.get(segno) {
+            match covered.and_then(|c| c.get(segno)) {
                 Some(Some(s)) => next.summaries.push(Entry::of(segno, s)),
                 Some(None) => {}
-                None => match archive::summary(repo, sysid, tli, segno, seg_size) {
-                    Ok(Some(s)) => next.summaries.push(Entry::of(segno, &s)),
-                    Ok(None) => {}
-                    Err(Error::Store(StoreError::Corrupt { .. })) => next.unreadable.push(segno),
-                    Err(e) => return Err(e),
+                None => match fetched.next() {
+                    Some((_, Ok(Some(s)))) => next.summaries.push(Entry::of(segno, &s)),
+                    Some((_, Ok(None))) | None => {}
+                    Some((_, Err(()))) => next.unreadable.push(segno),
                 },
             }
         }
@@ -523,10 +535,96 @@ pub fn extend(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
             timeline: tli,
             segments: t.segnos.len(),
             summaries_read: fresh.len(),
-            outcome: Outcome::Extended,
+            outcome: match covered {
+                Some(_) => Outcome::Extended,
+                None => Outcome::Created,
+            },
         });
     }
     Ok(out)
+}
+
+/// How many summary objects are read at once: a request to S3 costs about 13 ms, mostly
+/// waiting, so a run of [`RUN`] costs about 16 round trips, not 256.
+const PARALLEL_READS: usize = 16;
+
+/// The summaries of segments `segnos` of timeline `tli`, in order, read [`PARALLEL_READS`]
+/// at a time: `Ok(None)` for one that is missing or does not parse, `Err(())` for one that
+/// fails its checksum (the index lists it as unreadable). Any other error fails it all.
+fn read_summaries(
+    repo: &Repository,
+    sysid: u64,
+    tli: u32,
+    segnos: &[u64],
+    seg_size: u64,
+) -> Result<Vec<(u64, std::result::Result<Option<SegmentSummary>, ()>)>> {
+    let chunk = segnos.len().div_ceil(PARALLEL_READS).max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = segnos
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|&segno| {
+                            match archive::summary(repo, sysid, tli, segno, seg_size) {
+                                Ok(found) => Ok((segno, Ok(found))),
+                                Err(Error::Store(StoreError::Corrupt { .. })) => {
+                                    Ok((segno, Err(())))
+                                }
+                                Err(e) => Err(e),
+                            }
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(segnos.len());
+        for w in workers {
+            out.extend(
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// The first index of a cluster is written by a push when the cluster holds at most this
+/// many WAL files: listing them and reading their summaries is then cheap. A larger archive
+/// without an index waits for `check`.
+const FIRST_INDEX_MAX: usize = 2 * RUN as usize;
+
+/// Writes the first WAL index of a cluster that has none, when its archive is small
+/// ([`FIRST_INDEX_MAX`] files): one listing of the index prefix, one of the WAL, and (for
+/// `compact`) a second of the WAL and one of the summaries, plus the summary reads.
+fn first_index(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
+    let sysid = system.sysid();
+    if !repo.backend().list(&keys::wal_indexes(sysid))?.is_empty() {
+        // An index that must be bypassed: check rewrites it.
+        return Ok(Vec::new());
+    }
+    let files = repo.backend().list(&keys::wal_system(sysid))?.len();
+    if files > FIRST_INDEX_MAX {
+        tracing::info!(
+            "system {sysid} has {files} archived WAL files and no WAL index: `pgsnapfs check` \
+             writes it"
+        );
+        return Ok(Vec::new());
+    }
+    compact(repo, system)
+}
+
+/// After `expire` deleted WAL of cluster `system`: rewrites the index objects it has, so they
+/// list no deleted segment (readers would bypass them until then). Nothing when it has none.
+pub fn after_expire(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
+    if repo
+        .backend()
+        .list(&keys::wal_indexes(system.sysid()))?
+        .is_empty()
+    {
+        return Ok(Vec::new());
+    }
+    compact(repo, system)
 }
 
 /// After `wal-push` stored segment `name` (of `seg_size` bytes) of cluster `sysid`: when it
@@ -542,7 +640,10 @@ pub fn after_push(repo: &Repository, sysid: u64, seg_size: u64, name: &str) {
     let extended = archive::load_system(repo, sysid)
         .map_err(Error::from)
         .and_then(|system| match system {
-            Some(system) => extend(repo, &system),
+            Some(system) => match extend(repo, &system)? {
+                done if done.is_empty() => first_index(repo, &system),
+                done => Ok(done),
+            },
             None => Ok(Vec::new()),
         });
     match extended {
@@ -652,10 +753,10 @@ mod tests {
         for s in 1..=10 {
             push(&repo, 1, s);
         }
-        // No index yet: a run's end leaves the first one to check.
+        // No index yet, a small archive: a run's end writes the first one.
         after_push(&repo, 7, DEFAULT_SEG_SIZE, &name(RUN - 1));
-        assert!(catalog(&repo, &sys).unwrap().is_none());
-        compact(&repo, &sys).unwrap();
+        let first = catalog(&repo, &sys).unwrap().expect("the first index");
+        assert_eq!(first[0].segnos, (1..=10).collect::<Vec<_>>());
         for s in 11..=RUN + 5 {
             push(&repo, 1, s);
             after_push(&repo, 7, DEFAULT_SEG_SIZE, &name(s));
@@ -680,6 +781,30 @@ mod tests {
         // An extended index is the one check would write.
         assert_eq!(compact(&repo, &sys).unwrap()[0].outcome, Outcome::UpToDate);
         assert_eq!(stored(&repo).runs, vec![(1, RUN + 5)]);
+        // A new timeline gets its first index with the next run's end.
+        for s in 2 * RUN - 3..2 * RUN {
+            push(&repo, 2, s);
+        }
+        repo.put_sealed(&keys::wal_file(7, 2, "00000002.history"), b"h")
+            .unwrap();
+        let name2 = WalFile::Segment { tli: 2, segno: 2 * RUN - 1 }.name(DEFAULT_SEG_SIZE);
+        after_push(&repo, 7, DEFAULT_SEG_SIZE, &name2);
+        let done = compact(&repo, &sys).unwrap();
+        assert_eq!(done[1].outcome, Outcome::UpToDate, "{done:?}");
+    }
+
+    #[test]
+    fn a_large_archive_without_an_index_waits_for_check() {
+        let repo = Repository::init(Arc::new(MemoryBackend::default()), 65536, 3).unwrap();
+        let sys = system();
+        archive::register_system(&repo, &sys).unwrap();
+        for s in 0..=FIRST_INDEX_MAX as u64 {
+            let name = WalFile::Segment { tli: 1, segno: s }.name(DEFAULT_SEG_SIZE);
+            repo.put_sealed(&keys::wal_file(7, 1, &name), b"w").unwrap();
+        }
+        let name = WalFile::Segment { tli: 1, segno: 3 * RUN - 1 }.name(DEFAULT_SEG_SIZE);
+        after_push(&repo, 7, DEFAULT_SEG_SIZE, &name);
+        assert!(catalog(&repo, &sys).unwrap().is_none());
     }
 
     #[test]

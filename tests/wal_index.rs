@@ -218,6 +218,26 @@ fn planning_a_large_archive_costs_a_few_requests() {
         }
     }
 
+    // The push that ends a run of 256 extends the index: one GET per segment archived since
+    // (read 16 at a time), plus a handful of requests.
+    let run_end = (INDEXED + TAIL) | (walindex::RUN - 1);
+    for i in INDEXED + TAIL + 1..=run_end {
+        archived(&repo, i);
+    }
+    let before = s3.stats().unwrap();
+    let t = Instant::now();
+    let done = walindex::extend(&repo, &system).expect("extend the index");
+    let elapsed = t.elapsed();
+    let after = s3.stats().unwrap();
+    let fresh = run_end - INDEXED;
+    let requests = after.total() - before.total();
+    eprintln!(
+        "extending the index by {fresh} segments: {requests} requests ({} GET) in {elapsed:?}",
+        after.get - before.get
+    );
+    assert_eq!(done[0].summaries_read as u64, fresh);
+    assert!(requests <= fresh + 8, "{requests} requests");
+
     // A target the archive does not hold is refused (after confirming: the tail is listed).
     let err = pitr::plan(
         &repo,
