@@ -146,6 +146,12 @@ pub enum PushOutcome {
 /// The segment is hashed and compressed on threads of their own while the registry is read
 /// and the summary made and written: a push costs about the compression and one write.
 pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
+    push_for(repo, path, None)
+}
+
+/// As [`push`], for a caller that knows the file's cluster (`wal-receive`: a history file has
+/// no WAL header and no pg_control beside it).
+pub fn push_for(repo: &Repository, path: &Path, known: Option<u64>) -> Result<Pushed> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -174,7 +180,10 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
     let sysid = match (&header, &control) {
         (Some(h), _) => h.system_identifier,
         (None, Some(c)) => c.system_identifier,
-        (None, None) => resolve_system(repo, None)?.sysid(),
+        (None, None) => match known {
+            Some(sysid) => sysid,
+            None => resolve_system(repo, None)?.sysid(),
+        },
     };
     let seg_size = header.as_ref().map_or(0, |h| h.seg_size as u64);
     let key = keys::wal_file(sysid, file.tli(), name);

@@ -10,7 +10,12 @@
 mod common;
 
 use common::*;
+use pgsnapfs::archive::{self, System};
+use pgsnapfs::catalog::{keys, SystemId};
+use pgsnapfs::store::backend::LocalBackend;
+use pgsnapfs::store::Repository;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Every row of `t`, as one comparable string.
@@ -220,6 +225,7 @@ fn follows_a_promoted_standby_onto_its_timeline() {
     // The primary also archives into the repository: both store the same segments.
     let mut primary = Cluster::start_new(ClusterOptions::archiving_to(&repo.spec));
     primary.psql("CREATE TABLE t (id serial PRIMARY KEY, v text)");
+    let sysid = primary.psql("SELECT system_identifier FROM pg_control_system()");
     repo.backup(&primary);
     let standby_data = work.join("standby");
     mkdir_for_postgres(&standby_data, 0o700);
@@ -240,6 +246,20 @@ fn follows_a_promoted_standby_onto_its_timeline() {
         primary.port,
         standby.port
     );
+    // The repository holds another cluster too: the history file the receiver archives has
+    // no WAL header and no pg_control beside it, so it must say whose it is.
+    let local = Repository::open(Arc::new(LocalBackend::open(&repo.path))).unwrap();
+    archive::register_system(
+        &local,
+        &System {
+            system_identifier: SystemId(1),
+            pg_major: 15,
+            wal_segment_size: 16 << 20,
+            registered: chrono::Utc::now(),
+        },
+    )
+    .unwrap();
+    chown_to_postgres(&repo.path.join(keys::system(1)));
     let r = Receiver::start_with(
         &repo,
         work.join("receive.log"),
@@ -283,7 +303,7 @@ fn follows_a_promoted_standby_onto_its_timeline() {
     drop(r);
 
     let to = work.join("restored");
-    repo.restore(&to, &["--target-timeline", "latest"])
+    repo.restore(&to, &["--target-timeline", "latest", "--system", &sysid])
         .assert_ok();
     let restored = Cluster::start_on(&to);
     restored.wait_until_paused_or_ready();
@@ -294,4 +314,77 @@ fn follows_a_promoted_standby_onto_its_timeline() {
         restored.log_tail(30)
     );
     eprintln!("wal_receive failover: {:?}", started.elapsed());
+}
+
+/// Into S3: a receiver without a slot stores a commit; while it is down the server removes
+/// the WAL after it, so a new receiver fails (exit 4) naming the gap and what to do, and one
+/// with --accept-gap starts at the server's position. A restore replays the WAL up to the gap.
+#[test]
+fn streams_into_s3_and_refuses_a_gap() {
+    let started = Instant::now();
+    let repo = Repo::init_on(Store::S3);
+    let work = TestDir::new("receive-s3");
+    let c = Cluster::start_new(ClusterOptions {
+        settings: vec![("wal_keep_size".into(), "0".into())],
+        ..ClusterOptions::default()
+    });
+    c.psql("CREATE TABLE t (id serial PRIMARY KEY, v text)");
+    let mut r = Receiver::start(
+        &repo,
+        &c,
+        work.join("receive1.log"),
+        &["--flush-interval", "1s"],
+    );
+    repo.backup(&c);
+    c.psql("INSERT INTO t (v) VALUES ('one')");
+    let lsn = c.psql("SELECT pg_current_wal_lsn()");
+    wait_stored(&c, &r, &lsn);
+    r.kill();
+
+    // The server moves on and removes the segment the repository's WAL ends in.
+    let gone = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.psql("INSERT INTO t (v) VALUES ('lost')");
+    for _ in 0..3 {
+        c.switch_wal();
+    }
+    c.psql("CHECKPOINT");
+    assert_eq!(
+        c.psql(&format!(
+            "SELECT count(*) FROM pg_ls_waldir() WHERE name = '{gone}'"
+        )),
+        "0"
+    );
+    let mut r = Receiver::start(&repo, &c, work.join("receive2.log"), &[]);
+    let status = wait_for(Duration::from_secs(60), || {
+        r.child.try_wait().unwrap().ok_or("running".to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", r.log()));
+    assert_eq!(status.code(), Some(4), "{}", r.log());
+    for needle in ["no longer has the WAL", "--accept-gap", "new backup", &gone] {
+        assert!(r.log().contains(needle), "{needle}: {}", r.log());
+    }
+
+    let r = Receiver::start(
+        &repo,
+        &c,
+        work.join("receive3.log"),
+        &["--accept-gap", "--flush-interval", "1s"],
+    );
+    c.psql("INSERT INTO t (v) VALUES ('after-gap')");
+    let lsn = c.psql("SELECT pg_current_wal_lsn()");
+    wait_stored(&c, &r, &lsn);
+    drop(r);
+    let info = repo.run("info", &["--json"]).assert_ok().json();
+    let newest = info["streamed_wal"]
+        .as_array()
+        .and_then(|s| s.last().cloned())
+        .expect("a streamed segment");
+    assert!(lsn_bytes(newest["through"].as_str().unwrap()) >= lsn_bytes(&lsn));
+
+    let to = work.join("restored");
+    repo.restore(&to, &[]).assert_ok();
+    let restored = Cluster::start_on(&to);
+    restored.wait_until_paused_or_ready();
+    assert_eq!(restored.psql(ROWS), "one", "{}", restored.log_tail(30));
+    eprintln!("wal_receive s3: {:?}", started.elapsed());
 }

@@ -35,6 +35,11 @@ pub struct Args {
     /// The application_name the server sees, for synchronous_standby_names.
     #[arg(long, default_value = "pgsnapfs")]
     pub application_name: String,
+    /// When the server no longer has the WAL that follows what the repository holds, start
+    /// at the server's current position instead of failing (exit 4): the WAL between is lost
+    /// to the archive, so take a new backup.
+    #[arg(long)]
+    pub accept_gap: bool,
 }
 
 pub fn run(repo: &Repository, a: Args) -> Result<()> {
@@ -47,6 +52,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
             flush_interval: a.flush_interval,
             synchronous: a.synchronous,
             application_name: a.application_name,
+            accept_gap: a.accept_gap,
         },
     )
 }

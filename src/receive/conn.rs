@@ -67,6 +67,8 @@ pub enum StreamMsg {
     },
     /// The server ended the stream: the timeline ended (a switch follows) or it shuts down.
     End,
+    /// The server ended the stream with an error.
+    Failed(QueryError),
 }
 
 /// An open replication connection.
@@ -113,7 +115,7 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// A server error answer to a query: its SQLSTATE and message.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct QueryError {
     /// The SQLSTATE.
     pub code: String,
@@ -365,11 +367,10 @@ impl ReplConn {
                 _ => Err(bad("replication message")),
             },
             b'c' => Ok(Some(StreamMsg::End)),
-            b'E' => Err(Error::BadAnswer(format!(
-                "{} ended replication: {}",
-                self.target,
-                error_fields(&m.body).1
-            ))),
+            b'E' => {
+                let (code, message) = error_fields(&m.body);
+                Ok(Some(StreamMsg::Failed(QueryError { code, message })))
+            }
             _ => Ok(Some(StreamMsg::Keepalive { reply: false })),
         }
     }

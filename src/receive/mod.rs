@@ -55,7 +55,13 @@ pub struct Options {
     pub synchronous: bool,
     /// The application_name the server sees (for synchronous_standby_names).
     pub application_name: String,
+    /// When the server no longer has the WAL that follows the repository's, start at the
+    /// server's current position instead of failing.
+    pub accept_gap: bool,
 }
+
+/// The SQLSTATE of "requested WAL segment … has already been removed" (undefined_file).
+const WAL_REMOVED: &str = "58P01";
 
 /// Set by SIGTERM or SIGINT: store what was received, then return.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -98,6 +104,7 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<()> {
         pieces: 0,
         flushed: 0,
         last_flush: Instant::now(),
+        skip_gap: false,
     };
     loop {
         let outcome = r.session(&cfg);
@@ -109,9 +116,12 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<()> {
         }
         match outcome {
             Ok(()) => tracing::info!("the server ended replication; connecting again"),
-            Err(e @ (Error::Store(_) | Error::WalConflict { .. } | Error::BadInput(_))) => {
-                return Err(e)
-            }
+            Err(
+                e @ (Error::Store(_)
+                | Error::WalConflict { .. }
+                | Error::BadInput(_)
+                | Error::NotFound(_)),
+            ) => return Err(e),
             Err(e) => tracing::warn!("{e}; connecting again in {RETRY_DELAY:?}"),
         }
         std::thread::sleep(RETRY_DELAY);
@@ -131,6 +141,9 @@ struct Receiver<'a> {
     /// The position up to which the repository holds the WAL durably.
     flushed: u64,
     last_flush: Instant,
+    /// The server lacked the WAL after the repository's and `--accept-gap` is given: the next
+    /// session starts at the server's current position.
+    skip_gap: bool,
 }
 
 impl Receiver<'_> {
@@ -183,7 +196,11 @@ impl Receiver<'_> {
             tli => self.archive_history(&mut c, tli)?,
         };
 
-        let (tli, segno) = match resume_point(self.repo, sysid, seg_size)? {
+        let resume = match std::mem::take(&mut self.skip_gap) {
+            true => None,
+            false => resume_point(self.repo, sysid, seg_size)?,
+        };
+        let (tli, segno) = match resume {
             Some((tli, segno)) => (
                 timeline_of(Lsn(segno * seg_size), server_tli, &history).max(tli.min(server_tli)),
                 segno,
@@ -202,13 +219,26 @@ impl Receiver<'_> {
                 "START_REPLICATION {slot}PHYSICAL {start} TIMELINE {}",
                 seg.tli
             );
-            c.start_replication(&sql)?
-                .map_err(|e| Error::BadAnswer(format!("{sql}: {}", e.message)))?;
+            let started = match c.start_replication(&sql)? {
+                Err(e) if e.code == WAL_REMOVED => Err(self.wal_gone(start, seg.tli, &e.message)),
+                other => other.map_err(|e| Error::BadAnswer(format!("{sql}: {}", e.message))),
+            };
+            started?;
             // Stored again from here: pieces overlap those of an earlier run, harmlessly.
             self.flushed = seg.end();
             self.pieces = 0;
+            let tli = seg.tli;
             self.seg = Some(seg);
-            self.stream(&mut c)?;
+            match self.stream(&mut c)? {
+                Some(e) if e.code == WAL_REMOVED => return Err(self.wal_gone(start, tli, &e.message)),
+                Some(e) => {
+                    return Err(Error::BadAnswer(format!(
+                        "{} ended replication: {}",
+                        c.target, e.message
+                    )))
+                }
+                None => {}
+            }
             let Some((next_tli, next_pos)) = c.end_stream()? else {
                 return Ok(());
             };
@@ -220,8 +250,31 @@ impl Receiver<'_> {
         }
     }
 
-    /// Receives until the server ends the stream (Ok) or the connection fails.
-    fn stream(&mut self, c: &mut ReplConn) -> Result<()> {
+    /// The server no longer has the WAL at `start`, where the repository's ends: a gap in the
+    /// archive. Fails (exit 4) unless `--accept-gap` allows starting at the server's position.
+    fn wal_gone(&mut self, start: Lsn, tli: u32, message: &str) -> Error {
+        if self.opts.accept_gap {
+            tracing::error!(
+                "the server no longer has WAL from {start} on timeline {tli} ({message}): \
+                 starting at its current position (--accept-gap); the WAL between is missing \
+                 from the archive, take a new backup"
+            );
+            self.skip_gap = true;
+            return Error::BadAnswer("starting again at the server's current position".into());
+        }
+        Error::NotFound(format!(
+            "the server no longer has the WAL that follows what the repository holds: \
+             streaming would resume at {start} on timeline {tli}, and the server says \
+             \"{message}\". That WAL is lost to the archive, so recovery cannot pass {start}. \
+             Take a new backup (pgsnapfs backup), then run wal-receive once with --accept-gap \
+             to start at the server's current position; stream from a replication slot \
+             (--slot, --create-slot) so the server keeps the WAL while the receiver is down"
+        ))
+    }
+
+    /// Receives until the server ends the stream (`None`), ends it with an error (that
+    /// error), or the connection fails.
+    fn stream(&mut self, c: &mut ReplConn) -> Result<Option<conn::QueryError>> {
         let mut last_status = Instant::now();
         loop {
             if stopping() {
@@ -238,7 +291,8 @@ impl Receiver<'_> {
             match c.next_stream(wait.min(STATUS_INTERVAL))? {
                 Some(StreamMsg::Data { start, bytes }) => self.receive(start, &bytes)?,
                 Some(StreamMsg::Keepalive { reply: r }) => reply = r,
-                Some(StreamMsg::End) => return Ok(()),
+                Some(StreamMsg::End) => return Ok(None),
+                Some(StreamMsg::Failed(e)) => return Ok(Some(e)),
                 None => {}
             }
             let due = self.dirty()
@@ -375,7 +429,7 @@ impl Receiver<'_> {
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let path = dir.join(&name);
         std::fs::write(&path, &content).map_err(io(format!("write {}", path.display())))?;
-        let pushed = archive::push(self.repo, &path);
+        let pushed = archive::push_for(self.repo, &path, Some(self.sysid));
         let _ = std::fs::remove_file(&path);
         pushed?;
         Ok(parse_history(&content)?)
