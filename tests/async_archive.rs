@@ -330,3 +330,40 @@ fn async_archiving_survives_kills_outages_and_full_queues() {
     );
     eprintln!("async_archive: {:.1?}", started.elapsed());
 }
+
+/// An encrypted repository: the archiver the first async push starts opens it with the
+/// push's passphrase file, and what it archives decrypts to the server's segments.
+#[test]
+fn async_archiving_into_an_encrypted_repository() {
+    let started = std::time::Instant::now();
+    let repo = Repo::init_encrypted_on(Store::Local, "correct horse battery staple");
+    let dir = TestDir::new("async-encrypted");
+    let spool = dir.subdir("spool", 0o700);
+    let push = format!(
+        "{} wal-push --async --spool {} --repo {} --passphrase-file {}",
+        pgsnapfs_bin().display(),
+        spool.display(),
+        repo.spec,
+        repo.passphrase_file.as_ref().unwrap().display()
+    );
+    let c = Cluster::start_new(ClusterOptions {
+        settings: vec![
+            ("archive_mode".into(), "on".into()),
+            ("archive_command".into(), format!("'{push} %p'")),
+            ("wal_keep_size".into(), "'1GB'".into()),
+        ],
+        ..ClusterOptions::default()
+    });
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 10000) AS x");
+    let last = c.switch_wal_and_wait_archived();
+    wait_drained(&spool);
+    assert_check_clean(&repo, "async archiving into an encrypted repository");
+    let dest = dir.join("fetched");
+    repo.run("wal-fetch", &[&last, dest.to_str().unwrap()])
+        .assert_ok();
+    assert!(
+        std::fs::read(&dest).unwrap() == std::fs::read(c.data.join("pg_wal").join(&last)).unwrap(),
+        "{last} fetched from the repository differs from the server's"
+    );
+    eprintln!("async_archive encrypted: {:.1?}", started.elapsed());
+}
