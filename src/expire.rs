@@ -579,10 +579,17 @@ mod tests {
         }
         let dry = run(&repo, &last(2), true, None).unwrap();
         assert_eq!(
-            (dry.wal[0].drop_markers_removed, dry.wal[0].stream_pieces_removed),
+            (
+                dry.wal[0].drop_markers_removed,
+                dry.wal[0].stream_pieces_removed
+            ),
             (1, 2)
         );
-        assert_eq!(mem.list(keys::WAL_STREAM).unwrap().len(), 3, "a dry run deleted");
+        assert_eq!(
+            mem.list(keys::WAL_STREAM).unwrap().len(),
+            3,
+            "a dry run deleted"
+        );
         let lease = Lease::exclusive(&repo, "expire").unwrap();
         run(&repo, &last(2), false, Some(&lease)).unwrap();
         assert_eq!(

@@ -434,9 +434,9 @@ pub fn compact(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
             match known.get(&segno) {
                 Some(e) => next.summaries.push((*e).clone()),
                 None => match fetched.next() {
-                    Some((_, Ok(Some(s)))) => next.summaries.push(Entry::of(segno, &s)),
-                    Some((_, Ok(None))) | None => {}
-                    Some((_, Err(()))) => next.unreadable.push(segno),
+                    Some(Read::Found(s)) => next.summaries.push(Entry::of(segno, &s)),
+                    Some(Read::Absent) | None => {}
+                    Some(Read::Unreadable) => next.unreadable.push(segno),
                 },
             }
         }
@@ -523,9 +523,9 @@ pub fn extend(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
                 Some(Some(s)) => next.summaries.push(Entry::of(segno, s)),
                 Some(None) => {}
                 None => match fetched.next() {
-                    Some((_, Ok(Some(s)))) => next.summaries.push(Entry::of(segno, &s)),
-                    Some((_, Ok(None))) | None => {}
-                    Some((_, Err(()))) => next.unreadable.push(segno),
+                    Some(Read::Found(s)) => next.summaries.push(Entry::of(segno, &s)),
+                    Some(Read::Absent) | None => {}
+                    Some(Read::Unreadable) => next.unreadable.push(segno),
                 },
             }
         }
@@ -548,16 +548,24 @@ pub fn extend(repo: &Repository, system: &System) -> Result<Vec<Compacted>> {
 /// waiting, so a run of [`RUN`] costs about 16 round trips, not 256.
 const PARALLEL_READS: usize = 16;
 
+/// What reading one summary object gave.
+enum Read {
+    Found(SegmentSummary),
+    /// Missing, or it does not parse.
+    Absent,
+    /// It fails its checksum: the index lists the segment as unreadable.
+    Unreadable,
+}
+
 /// The summaries of segments `segnos` of timeline `tli`, in order, read [`PARALLEL_READS`]
-/// at a time: `Ok(None)` for one that is missing or does not parse, `Err(())` for one that
-/// fails its checksum (the index lists it as unreadable). Any other error fails it all.
+/// at a time. An error other than a failed checksum fails it all.
 fn read_summaries(
     repo: &Repository,
     sysid: u64,
     tli: u32,
     segnos: &[u64],
     seg_size: u64,
-) -> Result<Vec<(u64, std::result::Result<Option<SegmentSummary>, ()>)>> {
+) -> Result<Vec<Read>> {
     let chunk = segnos.len().div_ceil(PARALLEL_READS).max(1);
     std::thread::scope(|s| {
         let workers: Vec<_> = segnos
@@ -565,15 +573,16 @@ fn read_summaries(
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|&segno| {
-                            match archive::summary(repo, sysid, tli, segno, seg_size) {
-                                Ok(found) => Ok((segno, Ok(found))),
+                        .map(
+                            |&segno| match archive::summary(repo, sysid, tli, segno, seg_size) {
+                                Ok(Some(found)) => Ok(Read::Found(found)),
+                                Ok(None) => Ok(Read::Absent),
                                 Err(Error::Store(StoreError::Corrupt { .. })) => {
-                                    Ok((segno, Err(())))
+                                    Ok(Read::Unreadable)
                                 }
                                 Err(e) => Err(e),
-                            }
-                        })
+                            },
+                        )
                         .collect::<Result<Vec<_>>>()
                 })
             })
@@ -787,7 +796,11 @@ mod tests {
         }
         repo.put_sealed(&keys::wal_file(7, 2, "00000002.history"), b"h")
             .unwrap();
-        let name2 = WalFile::Segment { tli: 2, segno: 2 * RUN - 1 }.name(DEFAULT_SEG_SIZE);
+        let name2 = WalFile::Segment {
+            tli: 2,
+            segno: 2 * RUN - 1,
+        }
+        .name(DEFAULT_SEG_SIZE);
         after_push(&repo, 7, DEFAULT_SEG_SIZE, &name2);
         let done = compact(&repo, &sys).unwrap();
         assert_eq!(done[1].outcome, Outcome::UpToDate, "{done:?}");
@@ -802,7 +815,11 @@ mod tests {
             let name = WalFile::Segment { tli: 1, segno: s }.name(DEFAULT_SEG_SIZE);
             repo.put_sealed(&keys::wal_file(7, 1, &name), b"w").unwrap();
         }
-        let name = WalFile::Segment { tli: 1, segno: 3 * RUN - 1 }.name(DEFAULT_SEG_SIZE);
+        let name = WalFile::Segment {
+            tli: 1,
+            segno: 3 * RUN - 1,
+        }
+        .name(DEFAULT_SEG_SIZE);
         after_push(&repo, 7, DEFAULT_SEG_SIZE, &name);
         assert!(catalog(&repo, &sys).unwrap().is_none());
     }

@@ -170,12 +170,10 @@ fn streamed_wal_restores_to_the_last_acknowledged_commit() {
         through >= acknowledged,
         "info says streamed WAL up to {through:X}, the server saw {acknowledged:X} stored"
     );
-    repo.run("info", &[])
-        .assert_ok()
-        .assert_mentions(&format!(
-            "streamed WAL beyond the archive up to {}",
-            newest["through"].as_str().unwrap()
-        ));
+    repo.run("info", &[]).assert_ok().assert_mentions(&format!(
+        "streamed WAL beyond the archive up to {}",
+        newest["through"].as_str().unwrap()
+    ));
 
     // A restore to the end replays the streamed WAL, the last partial segment included.
     let to = work.join("restored");

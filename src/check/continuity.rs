@@ -145,10 +145,7 @@ impl Checker<'_> {
         }
         let files = wal::files(self.repo, sysid)?;
         let sums = wal::summaries(self.repo, sysid)?;
-        let pieces = self
-            .repo
-            .backend()
-            .list(&keys::wal_stream_system(sysid))?;
+        let pieces = self.repo.backend().list(&keys::wal_stream_system(sysid))?;
         self.report.wal_objects += files.len() + sums.len() + pieces.len();
         for (key, kind) in files
             .iter()
@@ -324,7 +321,10 @@ fn opens_as(kind: ProblemKind, key: &str, payload: &[u8]) -> std::result::Result
             .map(drop)
             .map_err(|e| StoreError::corrupt(key, e.to_string())),
         ProblemKind::BadStreamedWal => {
-            let range = key.rsplit('/').next().and_then(crate::receive::piece::parse);
+            let range = key
+                .rsplit('/')
+                .next()
+                .and_then(crate::receive::piece::parse);
             match range {
                 Some((start, end)) if payload.len() as u64 == u64::from(end - start) => Ok(()),
                 _ => Err(StoreError::corrupt(

@@ -230,7 +230,9 @@ impl Receiver<'_> {
             let tli = seg.tli;
             self.seg = Some(seg);
             match self.stream(&mut c)? {
-                Some(e) if e.code == WAL_REMOVED => return Err(self.wal_gone(start, tli, &e.message)),
+                Some(e) if e.code == WAL_REMOVED => {
+                    return Err(self.wal_gone(start, tli, &e.message))
+                }
                 Some(e) => {
                     return Err(Error::BadAnswer(format!(
                         "{} ended replication: {}",
@@ -590,11 +592,11 @@ mod tests {
         put(piece::key(7, 2, "000000020000000000000005", 30, 40));
         let archived = |tli, segno| (tli, segno) == (2, 4);
         let s = streamed(&repo, 7, seg, archived).unwrap();
-        let got: Vec<_> = s.iter().map(|s| (s.timeline, s.pieces, s.through)).collect();
+        let got: Vec<_> = s
+            .iter()
+            .map(|s| (s.timeline, s.pieces, s.through))
+            .collect();
         // Segment 4 of timeline 2 is archived; a gap in segment 5 ends what it holds.
-        assert_eq!(
-            got,
-            [(1, 1, Lsn(4 * seg + 8)), (2, 3, Lsn(5 * seg + 20))]
-        );
+        assert_eq!(got, [(1, 1, Lsn(4 * seg + 8)), (2, 3, Lsn(5 * seg + 20))]);
     }
 }
