@@ -443,7 +443,12 @@ impl Receiver<'_> {
         if archive::load_system(self.repo, sysid)?.is_some() {
             return Ok(());
         }
-        if !archive::systems(self.repo)?.is_empty() {
+        let known = archive::systems(self.repo)?;
+        // Registered since the first look (a backup starting at the same time).
+        if known.iter().any(|s| s.sysid() == sysid) {
+            return Ok(());
+        }
+        if !known.is_empty() {
             return Err(Error::BadInput(format!(
                 "the server has system identifier {sysid}, but this repository holds other \
                  clusters; run `pgsnapfs backup` of this cluster once to add it, or check --repo"
