@@ -87,6 +87,14 @@ fn wait_stored(c: &Cluster, r: &Receiver, lsn: &str) -> Duration {
     start.elapsed()
 }
 
+/// The segment name of the `i`th entry of `info --json`'s `streamed_wal`.
+fn streamed_segment(info: &serde_json::Value, i: usize) -> String {
+    info["streamed_wal"][i]["segment"]
+        .as_str()
+        .expect("a streamed segment")
+        .to_string()
+}
+
 /// "16/B3000028" as a number.
 fn lsn_bytes(lsn: &str) -> u64 {
     let (hi, lo) = lsn.split_once('/').unwrap();
@@ -384,5 +392,28 @@ fn streams_into_s3_and_refuses_a_gap() {
     let restored = Cluster::start_on(&to);
     restored.wait_until_paused_or_ready();
     assert_eq!(restored.psql(ROWS), "one", "{}", restored.log_tail(30));
+    drop(restored);
+
+    // A backup after the gap, and expire keeps only it: the pieces of the segment before the
+    // gap go with the WAL retention no longer keeps.
+    repo.backup(&c);
+    let pieces_of = |segment: &str| {
+        repo.keys("walstream/")
+            .into_iter()
+            .filter(|k| k.contains(&format!("/{segment}/")))
+            .count()
+    };
+    assert_eq!(streamed_segment(&info, 0), gone, "{info}");
+    assert!(pieces_of(&gone) > 0);
+    let expired = repo
+        .run("expire", &["--keep-last", "1", "--json"])
+        .assert_ok()
+        .json();
+    assert!(
+        expired["wal"][0]["stream_pieces_removed"].as_u64() >= Some(1),
+        "{expired}"
+    );
+    assert_eq!(pieces_of(&gone), 0, "{expired}");
+    repo.run("check", &[]).assert_ok();
     eprintln!("wal_receive s3: {:?}", started.elapsed());
 }
