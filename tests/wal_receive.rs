@@ -5,7 +5,11 @@
 //! within the flush interval; that receiver killed while the slot keeps the WAL; a second,
 //! synchronous receiver that starts where the repository ends; a commit acknowledged by it,
 //! then kill -9 of both the primary and the receiver; a restore to the end shows every row,
-//! and one to a time inside the streamed part of the last segment the rows until then.
+//! and one to a time inside the streamed part of the last segment the rows until then; `info`
+//! says how far the streamed WAL reaches and `check` names a damaged piece. A failover is
+//! followed into a repository that holds another cluster too. On S3, a resume point the server
+//! no longer has ends the receiver (exit 4) unless `--accept-gap`, and expire removes the
+//! pieces retention no longer keeps.
 
 mod common;
 
