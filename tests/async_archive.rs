@@ -5,7 +5,8 @@
 //! `wal-fetch --prefetch` serves later segments locally, never a damaged copy; the repository's
 //! disk full, then freed: the server is told (its archive_command fails with
 //! the archiver's error) and the queue drains; with `--queue-max` a dropped file is reported
-//! as a gap by `info` and `check`.
+//! as a gap by `info` and `check`. A second, small test archives asynchronously into an
+//! encrypted repository.
 
 mod common;
 
