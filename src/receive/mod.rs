@@ -60,8 +60,13 @@ pub struct Options {
     pub accept_gap: bool,
 }
 
-/// The SQLSTATE of "requested WAL segment … has already been removed" (undefined_file).
-const WAL_REMOVED: &str = "58P01";
+/// Whether the server refused to stream because it no longer has the WAL asked for
+/// ("requested WAL segment … has already been removed"). Its SQLSTATE comes from errno and is
+/// 58P01 (undefined_file) only when a read failed; when the server knew beforehand it is often
+/// XX000, so the message is matched too.
+fn wal_removed(e: &conn::QueryError) -> bool {
+    e.code == "58P01" || e.message.contains("has already been removed")
+}
 
 /// Set by SIGTERM or SIGINT: store what was received, then return.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -207,6 +212,9 @@ impl Receiver<'_> {
             ),
             None => (server_tli, segment_of(xlogpos, seg_size)),
         };
+        // Only a start the repository chose can be a gap in the archive; one the server chose
+        // (nothing stored yet, or a new timeline) is retried.
+        let mut resumed = resume.is_some();
         let mut seg = Segment::new(tli, segno, seg_size);
         loop {
             let start = Lsn(seg.end());
@@ -220,7 +228,9 @@ impl Receiver<'_> {
                 seg.tli
             );
             let started = match c.start_replication(&sql)? {
-                Err(e) if e.code == WAL_REMOVED => Err(self.wal_gone(start, seg.tli, &e.message)),
+                Err(e) if resumed && wal_removed(&e) => {
+                    Err(self.wal_gone(start, seg.tli, &e.message))
+                }
                 other => other.map_err(|e| Error::BadAnswer(format!("{sql}: {}", e.message))),
             };
             started?;
@@ -230,7 +240,7 @@ impl Receiver<'_> {
             let tli = seg.tli;
             self.seg = Some(seg);
             match self.stream(&mut c)? {
-                Some(e) if e.code == WAL_REMOVED => {
+                Some(e) if resumed && wal_removed(&e) => {
                     return Err(self.wal_gone(start, tli, &e.message))
                 }
                 Some(e) => {
@@ -244,6 +254,7 @@ impl Receiver<'_> {
             let Some((next_tli, next_pos)) = c.end_stream()? else {
                 return Ok(());
             };
+            resumed = false;
             // The old timeline's last segment keeps its pieces: it ends at the switch.
             self.flush()?;
             self.archive_history(&mut c, next_tli)?;
@@ -575,6 +586,14 @@ mod tests {
         assert_eq!(parse_size("1GB"), Some(1 << 30));
         assert_eq!(parse_size("16 parsecs"), None);
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        let err = |code: &str, message: &str| conn::QueryError {
+            code: code.into(),
+            message: message.into(),
+        };
+        let gone = "ERROR: requested WAL segment 000000010000000000000001 has already been removed";
+        assert!(wal_removed(&err("XX000", gone)));
+        assert!(wal_removed(&err("58P01", "ERROR: could not open file")));
+        assert!(!wal_removed(&err("XX000", "ERROR: out of memory")));
     }
 
     #[test]
