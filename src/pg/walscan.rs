@@ -158,6 +158,13 @@ pub fn scan_segment_split(
     Ok(out)
 }
 
+/// The start of the last record that begins and ends in a segment: as an inclusive
+/// `recovery_target_lsn`, recovery replays everything the segment completes and stops.
+/// None if no record begins and ends in it.
+pub fn last_record_start(data: &[u8], header: &SegmentHeader) -> Result<Option<Lsn>, Error> {
+    Ok(Records::new(data, header)?.last().map(|r| r.lsn))
+}
+
 fn summarise(
     xact_ends: &[XactEnd],
     restore_points: Vec<RestorePoint>,
