@@ -18,7 +18,7 @@ use crate::pg::control::RecoveryPoint;
 use crate::pg::lsn::Lsn;
 use crate::pg::target::{Target, TargetAction};
 use crate::pg::wal::{segment_name, SegmentHeader};
-use crate::pg::walscan::last_record_start;
+use crate::pg::walscan::next_to_last_record_start;
 use crate::pitr::{self, Goal, Point};
 use crate::session::lifecycle::Signals;
 use crate::session::plan::Latest;
@@ -45,7 +45,8 @@ pub struct Options {
     pub passphrase: passphrase::Source,
     /// The cluster, when the repository holds several.
     pub system: Option<u64>,
-    /// Where replay stops; `None`: the end of the newest archived segment.
+    /// Where replay stops; `None`: the next-to-last record of the newest archived segment
+    /// (see [`next_to_last_record_start`]).
     pub target: Option<Target>,
     /// A directory for the view, its scratch and the server's socket (a new directory is
     /// made in it and removed afterwards); `None`: the system's temporary directory.
@@ -70,7 +71,7 @@ pub enum Outcome {
     UpToDate {
         /// That backup.
         backup: String,
-        /// The start of the last archived record.
+        /// Where a new backup would stop.
         end: Lsn,
     },
 }
@@ -155,8 +156,8 @@ fn goal(repo: &Repository, opts: &Options) -> Result<std::result::Result<Goal, O
     let data = archive::read_file(repo, plan.system.sysid(), &name)?
         .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
     let header = SegmentHeader::parse(&data)?;
-    let end = last_record_start(&data, &header)?
-        .ok_or_else(|| Error::NotFound(format!("no WAL record ends in {name}")))?;
+    let end = next_to_last_record_start(&data, &header)?
+        .ok_or_else(|| Error::NotFound(format!("fewer than two WAL records end in {name}")))?;
     if end <= plan.snapshot.stop_lsn {
         return Ok(Err(Outcome::UpToDate {
             backup: plan.snapshot.id,
@@ -164,7 +165,7 @@ fn goal(repo: &Repository, opts: &Options) -> Result<std::result::Result<Goal, O
         }));
     }
     tracing::info!(
-        "replaying to {end}, the last record of {name}, from backup {}",
+        "replaying to {end}, the next-to-last record of {name}, from backup {}",
         plan.snapshot.id
     );
     Ok(Ok(Goal {
@@ -253,10 +254,7 @@ fn replay_and_store(
         bytes_read: stats.bytes - stats.bytes_skipped,
         bytes_skipped: stats.bytes_skipped,
     };
-    let stop_lsn = match point.min_recovery_point {
-        Lsn(0) => point.checkpoint,
-        l => l,
-    };
+    let stop_lsn = stop_lsn(&point, base.wal_segment_size);
     let snap = Snapshot {
         format: snapshot::FORMAT,
         id: snapshot::id_for(start_time),
@@ -300,6 +298,17 @@ fn replay_and_store(
         "backup from the archive finished"
     );
     Ok(snap)
+}
+
+/// The manifest's `stop_lsn`: how far a restore must replay, so the planner asks for the
+/// segment holding it. The minimum recovery point, or the byte before it when it falls on a
+/// segment boundary (after a WAL switch): the WAL up to it ends in the segment before.
+fn stop_lsn(point: &RecoveryPoint, seg_size: u64) -> Lsn {
+    match point.min_recovery_point {
+        Lsn(0) => point.checkpoint,
+        Lsn(l) if l % seg_size == 0 => Lsn(l - 1),
+        l => l,
+    }
 }
 
 /// What the copy-on-write layer knows of the changes to `rel` since the base backup, in
@@ -470,6 +479,27 @@ impl Drop for WorkDir {
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             tracing::warn!("cannot remove {}: {e}", self.dir.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_lsn_names_the_last_segment_replay_needs() {
+        let point = |min: u64| RecoveryPoint {
+            state: 2,
+            checkpoint: Lsn(0x6172978),
+            redo: Lsn(0x6172940),
+            timeline: 1,
+            min_recovery_point: Lsn(min),
+            min_recovery_timeline: 1,
+        };
+        let seg = 16 << 20;
+        assert_eq!(stop_lsn(&point(0x7406CC8), seg), Lsn(0x7406CC8));
+        assert_eq!(stop_lsn(&point(0x8000000), seg), Lsn(0x7FFFFFF));
+        assert_eq!(stop_lsn(&point(0), seg), Lsn(0x6172978));
     }
 }
 

@@ -158,11 +158,20 @@ pub fn scan_segment_split(
     Ok(out)
 }
 
-/// The start of the last record that begins and ends in a segment: as an inclusive
-/// `recovery_target_lsn`, recovery replays everything the segment completes and stops.
-/// None if no record begins and ends in it.
-pub fn last_record_start(data: &[u8], header: &SegmentHeader) -> Result<Option<Lsn>, Error> {
-    Ok(Records::new(data, header)?.last().map(|r| r.lsn))
+/// The start of the next-to-last record that begins and ends in a segment. As an
+/// inclusive `recovery_target_lsn`, recovery replays the segment but its last record and
+/// stops; a later recovery that stops as soon as it is consistent there (`recovery_target
+/// = 'immediate'`) then still finds a record to stop before. None if fewer than two
+/// records begin and end in the segment.
+pub fn next_to_last_record_start(
+    data: &[u8],
+    header: &SegmentHeader,
+) -> Result<Option<Lsn>, Error> {
+    let mut last = [None, None];
+    for r in Records::new(data, header)? {
+        last = [last[1], Some(r.lsn)];
+    }
+    Ok(last[1].and(last[0]))
 }
 
 fn summarise(
