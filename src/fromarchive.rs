@@ -436,11 +436,8 @@ struct WorkDir {
 impl WorkDir {
     fn create(base: Option<&Path>, owner: Owner) -> Result<WorkDir> {
         let base = base.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!(
-            "pgsnapfs-from-archive-{}-{}",
-            std::process::id(),
-            Utc::now().timestamp_micros()
-        ));
+        // Short: the server's socket path below it has a limit of 107 bytes.
+        let dir = base.join(format!("pgsnapfs-fa.{}", std::process::id()));
         // Traversable by the server's user; what needs privacy is made 0700 below.
         fs::DirBuilder::new()
             .mode(0o755)
@@ -449,7 +446,7 @@ impl WorkDir {
         let work = WorkDir { dir };
         fs::set_permissions(&work.dir, fs::Permissions::from_mode(0o755))
             .map_err(io(format!("chmod {}", work.dir.display())))?;
-        for (sub, mode) in [("mnt", 0o755), ("sock", 0o700)] {
+        for (sub, mode) in [("mnt", 0o755), ("s", 0o700)] {
             let path = work.dir.join(sub);
             fs::DirBuilder::new()
                 .mode(mode)
@@ -466,7 +463,7 @@ impl WorkDir {
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join("sock")
+        self.dir.join("s")
     }
 
     fn log(&self) -> PathBuf {

@@ -182,7 +182,7 @@ fn no_work_dirs_left() -> bool {
             rd.flatten().all(|e| {
                 !e.file_name()
                     .to_string_lossy()
-                    .starts_with(&format!("pgsnapfs-from-archive-"))
+                    .starts_with("pgsnapfs-fa.")
                     || !Path::new(&e.path()).join("mnt").exists()
             })
         })
