@@ -138,12 +138,34 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
         .assert_ok()
         .assert_mentions("nothing to do");
 
-    // More WAL, then a second backup from the archive, made from the first.
+    // More WAL. A view at a point after the archive-made backup starts from it, says how much
+    // WAL it replays, and holds the source's rows there.
     source.start();
     workload(&source, 2);
-    source.switch_wal_and_wait_archived();
+    let point = source.current_wal_lsn();
+    // One record at the point, for the inclusive target; it changes no table.
+    source.psql("SELECT pg_logical_emit_message(false, 'from-archive', 'after')");
     let end = digests(&source);
+    source.switch_wal_and_wait_archived();
     source.stop();
+    let mnt = common::mount::mountpoint(&work, "view");
+    let scratch = work.join("view-scratch");
+    let mut view = common::mount::Mount::start(
+        &repo,
+        &mnt,
+        &common::mount::view_args(&scratch, &["--target-lsn", &point]),
+    );
+    let said = view.report();
+    assert!(said.contains(&format!("mounting backup {a1_id}")), "{said}");
+    assert!(said.contains("of WAL to replay"), "{said}");
+    let server = view.start_server();
+    server.wait_until_paused();
+    assert_eq!(digests(server), end, "view at {point}");
+    view.stop_server();
+    view.umount_ok();
+    drop(view);
+
+    // A second backup from the archive, made from the first.
     let run = from_archive(&repo, &[]).assert_ok();
     let a2 = run.json();
     assert_eq!(a2["from_archive"]["base"], a1_id.as_str(), "{}", run.report());
@@ -151,6 +173,7 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
     let a2_id = json_str(&a2, "id");
     let (latest, said) = restored(&repo, &work, "latest", &[]);
     assert!(said.contains(&format!("restoring backup {a2_id}")), "{said}");
+    assert_ne!(a2["start_lsn"], a1["start_lsn"], "a2 has a restartpoint of its own");
     assert_eq!(latest, end);
 
     // A gap in the archive after the newest backup: refused, naming the missing segment.
@@ -187,4 +210,44 @@ fn no_work_dirs_left() -> bool {
             })
         })
         .unwrap_or(true)
+}
+
+#[test]
+fn an_encrypted_base_gives_an_encrypted_backup() {
+    let repo = Repo::init_encrypted_on(Store::Local, "from-archive secret");
+    let work = TestDir::new("from-archive-enc");
+    let file = repo.passphrase_file.clone().unwrap();
+    let mut opts = ClusterOptions::archiving_to(&repo.spec);
+    opts.settings.push((
+        "archive_command".into(),
+        format!(
+            "'{} wal-push --repo \"{}\" --passphrase-file \"{}\" %p'",
+            pgsnapfs_bin().display(),
+            repo.spec,
+            file.display()
+        ),
+    ));
+    let mut source = Cluster::start_new(opts);
+    source.pgbench_init(1);
+    repo.backup(&source);
+    source.pgbench(&["-n", "-t", "200"]);
+    source.psql("CHECKPOINT");
+    source.pgbench(&["-n", "-t", "50"]);
+    source.switch_wal_and_wait_archived();
+    let at_end = digests(&source);
+    source.stop();
+
+    let a = from_archive(&repo, &[]).assert_ok().json();
+    assert_eq!(a["source"], "archive");
+    let id = json_str(&a, "id");
+    let (restored_rows, _) = restored(&repo, &work, "enc", &["--backup", &id]);
+    // The archive-made backup ends at the next-to-last record, before the final switch: the
+    // source's state at its end.
+    assert_eq!(restored_rows, at_end);
+    let manifest = std::fs::read(repo.path.join("snapshots").join(&id)).unwrap();
+    let needle = b"from_archive";
+    assert!(
+        !manifest.windows(needle.len()).any(|w| w == needle),
+        "the manifest of {id} is stored in the clear"
+    );
 }
