@@ -411,7 +411,10 @@ fn replay(
     let status = status?;
     stopper.check()?;
     if !status.success() {
-        return Err(replay_failed(work, &format!("the server exited with {status}")));
+        return Err(replay_failed(
+            work,
+            &format!("the server exited with {status}"),
+        ));
     }
     Ok(())
 }
@@ -435,7 +438,9 @@ struct WorkDir {
 
 impl WorkDir {
     fn create(base: Option<&Path>, owner: Owner) -> Result<WorkDir> {
-        let base = base.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        let base = base
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
         // Short: the server's socket path below it has a limit of 107 bytes.
         let dir = base.join(format!("pgsnapfs-fa.{}", std::process::id()));
         // Traversable by the server's user; what needs privacy is made 0700 below.

@@ -19,7 +19,9 @@ fn from_archive(repo: &Repo, args: &[&str]) -> Run {
     let mut all = repo.args("backup", &["--from-archive", "--json"]);
     all.extend(args.iter().map(|a| a.to_string()));
     let mut cmd = Command::new(pgsnapfs_bin());
-    cmd.args(&all).current_dir("/").stdin(std::process::Stdio::null());
+    cmd.args(&all)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null());
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
@@ -58,7 +60,12 @@ fn digests(c: &Cluster) -> BTreeMap<String, String> {
 }
 
 /// Restores `goal` into `work/name`, starts it, and returns its tables' digests.
-fn restored(repo: &Repo, work: &TestDir, name: &str, goal: &[&str]) -> (BTreeMap<String, String>, String) {
+fn restored(
+    repo: &Repo,
+    work: &TestDir,
+    name: &str,
+    goal: &[&str],
+) -> (BTreeMap<String, String>, String) {
     let to = work.join(name);
     let run = repo.restore(&to, goal).assert_ok();
     let mut c = Cluster::start_on(&to);
@@ -88,7 +95,9 @@ fn workload(c: &Cluster, round: u32) {
     // A restartpoint for replay to stop at, then more changes after it.
     c.psql("CHECKPOINT");
     c.pgbench(&["-n", "-T", "1", "-c", "2"]);
-    c.psql(&format!("UPDATE made_{round} SET v = 'late' WHERE id % 10 = 0"));
+    c.psql(&format!(
+        "UPDATE made_{round} SET v = 'late' WHERE id % 10 = 0"
+    ));
 }
 
 #[test]
@@ -125,7 +134,10 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
     // The archive-made backup as it ended, against a classic PITR of the server backup to
     // the same LSN (the planner takes b0: a1 is consistent only after that LSN).
     let (at_a1, said) = restored(&repo, &work, "a1", &["--backup", &a1_id]);
-    assert!(said.contains(&format!("restoring backup {a1_id}")), "{said}");
+    assert!(
+        said.contains(&format!("restoring backup {a1_id}")),
+        "{said}"
+    );
     let (pitr, said) = restored(&repo, &work, "pitr", &["--target-lsn", &target]);
     assert!(said.contains(&format!("restoring backup {b0}")), "{said}");
     assert!(at_a1.contains_key("db_1.public.t"), "{at_a1:?}");
@@ -168,12 +180,23 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
     // A second backup from the archive, made from the first.
     let run = from_archive(&repo, &[]).assert_ok();
     let a2 = run.json();
-    assert_eq!(a2["from_archive"]["base"], a1_id.as_str(), "{}", run.report());
+    assert_eq!(
+        a2["from_archive"]["base"],
+        a1_id.as_str(),
+        "{}",
+        run.report()
+    );
     assert_eq!(a2["parent"], a1_id.as_str());
     let a2_id = json_str(&a2, "id");
     let (latest, said) = restored(&repo, &work, "latest", &[]);
-    assert!(said.contains(&format!("restoring backup {a2_id}")), "{said}");
-    assert_ne!(a2["start_lsn"], a1["start_lsn"], "a2 has a restartpoint of its own");
+    assert!(
+        said.contains(&format!("restoring backup {a2_id}")),
+        "{said}"
+    );
+    assert_ne!(
+        a2["start_lsn"], a1["start_lsn"],
+        "a2 has a restartpoint of its own"
+    );
     assert_eq!(latest, end);
 
     // A gap in the archive after the newest backup: refused, naming the missing segment.
@@ -192,7 +215,9 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
             .join(&missing),
     )
     .unwrap();
-    from_archive(&repo, &[]).assert_exit(4).assert_mentions(&missing);
+    from_archive(&repo, &[])
+        .assert_exit(4)
+        .assert_mentions(&missing);
     assert_eq!(repo.list().len(), 3);
     assert!(no_work_dirs_left(), "a work directory was left behind");
     eprintln!("from_archive: {:.1}s", started.elapsed().as_secs_f64());
@@ -203,9 +228,7 @@ fn no_work_dirs_left() -> bool {
     std::fs::read_dir(std::env::temp_dir())
         .map(|rd| {
             rd.flatten().all(|e| {
-                !e.file_name()
-                    .to_string_lossy()
-                    .starts_with("pgsnapfs-fa.")
+                !e.file_name().to_string_lossy().starts_with("pgsnapfs-fa.")
                     || !Path::new(&e.path()).join("mnt").exists()
             })
         })

@@ -1,8 +1,8 @@
 //! `pgsnapfs backup`
 
+use super::key::PassphraseArgs;
 use super::progress::set_total;
 use super::{human, print_json, progress};
-use super::key::PassphraseArgs;
 use crate::backup::{self, BackupOptions};
 use crate::error::{Error, Result};
 use crate::fromarchive::{self, Outcome};
@@ -83,9 +83,7 @@ impl FromArchiveArgs {
             (Some(l), _) => Some(Target::Lsn(l.parse().map_err(|_| {
                 Error::BadInput(format!("{l:?} is not an LSN such as 0/3000060"))
             })?)),
-            (None, Some(t)) => Some(Target::Time(
-                crate::pg::target::parse_time(t).map_err(bad)?,
-            )),
+            (None, Some(t)) => Some(Target::Time(crate::pg::target::parse_time(t).map_err(bad)?)),
             (None, None) => None,
         })
     }

@@ -4,8 +4,8 @@
 //! one we know, and the major is named only when the version pair identifies
 //! it; for a big-endian or unknown-layout file both are skipped, not guessed.
 
-use super::version::MAJORS;
 use super::lsn::Lsn;
+use super::version::MAJORS;
 use super::wal::{le_u32, le_u64};
 use super::Error;
 
@@ -165,7 +165,10 @@ mod tests {
             p.timeline.to_string(),
             expected("Latest checkpoint's TimeLineID")
         );
-        assert_eq!(p.min_recovery_point, lsn("Minimum recovery ending location"));
+        assert_eq!(
+            p.min_recovery_point,
+            lsn("Minimum recovery ending location")
+        );
         assert_eq!(
             p.min_recovery_timeline.to_string(),
             expected("Min recovery ending loc's timeline")

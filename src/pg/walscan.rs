@@ -966,6 +966,39 @@ mod tests {
     }
 
     #[test]
+    fn next_to_last_record_of_a_segment() {
+        let start = |w: &Writer| {
+            let data = w.segment(0);
+            next_to_last_record_start(data, &SegmentHeader::parse(data).unwrap()).unwrap()
+        };
+        let mut w = Writer::new(0x10_0000, MAGIC_15);
+        assert_eq!(start(&w), None);
+        commit(&mut w, 700, 1);
+        assert_eq!(start(&w), None, "one record");
+        let second = noise(&mut w, 100);
+        commit(&mut w, 701, 2);
+        assert_eq!(start(&w), Some(second));
+        // A record that continues into the next segment does not end in this one.
+        while w.pos < MIB - PAGE {
+            noise(&mut w, 4000);
+        }
+        let last_whole = noise(&mut w, 10);
+        w.record(
+            RM_XACT_ID,
+            XLOG_XACT_COMMIT | XLOG_XACT_HAS_INFO,
+            702,
+            &main_only(&xact_main(3, XACT_XINFO_HAS_SUBXACTS, &[&array(10_000, 4)])),
+        );
+        let data = w.segment(0);
+        let before_last = Records::new(data, &SegmentHeader::parse(data).unwrap())
+            .unwrap()
+            .map(|r| r.lsn)
+            .filter(|l| *l < last_whole)
+            .last();
+        assert_eq!(start(&w), before_last);
+    }
+
+    #[test]
     fn records_spanning_pages() {
         let mut w = Writer::new(0x10_0000, MAGIC_15);
         noise(&mut w, 8000);
