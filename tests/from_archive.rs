@@ -199,25 +199,36 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
     );
     assert_eq!(latest, end);
 
-    // A gap in the archive after the newest backup: refused, naming the missing segment.
+    // A damaged segment after the newest backup: replay fails, the server's log is quoted,
+    // nothing is stored. Then the segment missing: refused, naming it, with or without a
+    // target past it.
     source.start();
     source.psql("CREATE TABLE after_gap AS SELECT 1 AS x");
     let missing = source.switch_wal_and_wait_archived();
     source.psql("INSERT INTO after_gap VALUES (2)");
+    let past = source.current_wal_lsn();
+    source.psql("INSERT INTO after_gap VALUES (3)");
     source.switch_wal_and_wait_archived();
     source.stop();
-    let sysid = a2["system_identifier"].as_str().unwrap().to_string();
-    std::fs::remove_file(
-        repo.path
-            .join("wal")
-            .join(&sysid)
-            .join(&missing[..8])
-            .join(&missing),
-    )
-    .unwrap();
+    let sysid = json_str(&a2, "system_identifier");
+    let object = repo
+        .path
+        .join("wal")
+        .join(&sysid)
+        .join(&missing[..8])
+        .join(&missing);
+    let len = std::fs::metadata(&object).unwrap().len();
+    flip_byte(&object, len / 2);
+    let failed = from_archive(&repo, &[]).assert_exit(1);
+    let said = failed.stderr_str();
+    assert!(said.contains("replay failed"), "{}", failed.report());
+    assert!(said.contains("LOG:  "), "the server's log lines\n{}", failed.report());
+    assert_eq!(repo.list().len(), 3);
+    std::fs::remove_file(&object).unwrap();
     from_archive(&repo, &[])
         .assert_exit(4)
         .assert_mentions(&missing);
+    from_archive(&repo, &["--target-lsn", &past]).assert_mentions(&missing);
     assert_eq!(repo.list().len(), 3);
     assert!(no_work_dirs_left(), "a work directory was left behind");
     eprintln!("from_archive: {:.1}s", started.elapsed().as_secs_f64());
