@@ -199,6 +199,38 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
     );
     assert_eq!(latest, end);
 
+    // Retention thins backups made from the archive apart: the newest of them, and the
+    // newest server backup by the other rules.
+    let plan = repo
+        .run(
+            "expire",
+            &[
+                "--keep-last",
+                "1",
+                "--keep-archive-last",
+                "1",
+                "--dry-run",
+                "--json",
+            ],
+        )
+        .assert_ok()
+        .json();
+    let kept: Vec<(String, bool)> = plan["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (json_str(v, "id"), v["keep"] == true))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (b0.clone(), true),
+            (a1_id.clone(), false),
+            (a2_id.clone(), true)
+        ],
+        "{plan:#}"
+    );
+
     // A damaged segment after the newest backup: replay fails, the server's log is quoted,
     // nothing is stored. Then the segment missing: refused, naming it, with or without a
     // target past it.
@@ -222,7 +254,11 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
     let failed = from_archive(&repo, &[]).assert_exit(1);
     let said = failed.stderr_str();
     assert!(said.contains("replay failed"), "{}", failed.report());
-    assert!(said.contains("LOG:  "), "the server's log lines\n{}", failed.report());
+    assert!(
+        said.contains("LOG:  "),
+        "the server's log lines\n{}",
+        failed.report()
+    );
     assert_eq!(repo.list().len(), 3);
     std::fs::remove_file(&object).unwrap();
     from_archive(&repo, &[])
