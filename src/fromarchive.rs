@@ -289,6 +289,8 @@ fn replay_and_store(
         root_mtime: base.root_mtime,
         requests: repo.backend().stats().map(Into::into),
     };
+    // A signal during the ingest: nothing is published.
+    stopper.check()?;
     let snap = publish(repo, lease, snap, start_time)?;
     tracing::info!(
         backup = %snap.id,
@@ -505,8 +507,8 @@ mod tests {
     }
 }
 
-/// What SIGINT and SIGTERM do: stop the replaying server at once (it is the server's
-/// last word that counts: nothing is stored after a signal).
+/// What SIGINT and SIGTERM do: stop the replaying server at once, and make the command fail
+/// before it publishes anything.
 #[derive(Default)]
 struct Stopper {
     /// The signal's number, 0 until one arrives.
