@@ -341,23 +341,26 @@ fn known_changes(
         Ok(FileChange::Blocks {
             written,
             source_len,
-        }) => {
-            let mut changed: Vec<u64> = written
-                .iter()
-                .flat_map(|b| (b * block / chunk_size)..=((b + 1) * block - 1) / chunk_size)
-                .collect();
-            changed.dedup();
-            Some(KnownChanges {
-                changed,
-                read_from: source_len / chunk_size,
-            })
-        }
+        }) => Some(KnownChanges {
+            changed: chunks_of(&written, block, chunk_size),
+            read_from: source_len / chunk_size,
+        }),
         Ok(_) => None,
         Err(e) => {
             tracing::debug!("{e}; read in full");
             None
         }
     }
+}
+
+/// The chunks (ascending) that hold any of the `written` blocks (ascending).
+fn chunks_of(written: &[u64], block: u64, chunk_size: u64) -> Vec<u64> {
+    let mut chunks: Vec<u64> = written
+        .iter()
+        .flat_map(|b| (b * block / chunk_size)..=((b + 1) * block - 1) / chunk_size)
+        .collect();
+    chunks.dedup();
+    chunks
 }
 
 /// Starts the server on the view and waits until it exits; a signal stops it.
@@ -504,6 +507,17 @@ mod tests {
         assert_eq!(stop_lsn(&point(0x7406CC8), seg), Lsn(0x7406CC8));
         assert_eq!(stop_lsn(&point(0x8000000), seg), Lsn(0x7FFFFFF));
         assert_eq!(stop_lsn(&point(0), seg), Lsn(0x6172978));
+    }
+
+    #[test]
+    fn written_blocks_name_the_chunks_that_hold_them() {
+        // 8 KiB blocks in 64 KiB chunks: eight to a chunk.
+        assert_eq!(chunks_of(&[0, 1, 7, 8, 100], 8192, 65536), [0, 1, 12]);
+        // Chunks smaller than a block: a block covers several.
+        assert_eq!(chunks_of(&[1, 2], 8192, 4096), [2, 3, 4, 5]);
+        // Chunks that do not tile blocks: a block across two chunks marks both.
+        assert_eq!(chunks_of(&[1], 8192, 12288), [0, 1]);
+        assert!(chunks_of(&[], 8192, 65536).is_empty());
     }
 }
 
