@@ -248,7 +248,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
 }
 
 /// The first backup id for `start_time` not yet taken: its time, then `-1`, `-2`...
-fn free_id(repo: &Repository, start_time: DateTime<Utc>) -> Result<String> {
+pub(crate) fn free_id(repo: &Repository, start_time: DateTime<Utc>) -> Result<String> {
     let base = snapshot::id_for(start_time);
     let mut id = base.clone();
     let mut suffix = 0;
@@ -259,15 +259,15 @@ fn free_id(repo: &Repository, start_time: DateTime<Utc>) -> Result<String> {
     Ok(id)
 }
 
-/// Publishes a backup's manifest, the last write, under the first free id for its start
-/// time, while `lease` is held. Returns it as published.
+/// Publishes a backup's manifest, the last write, while `lease` is held: under its id (from
+/// [`free_id`]), or if another backup took that id meanwhile, the next free one for its start
+/// time. Returns it as published.
 pub(crate) fn publish(
     repo: &Repository,
     lease: &Lease,
     mut snap: Snapshot,
     start_time: DateTime<Utc>,
 ) -> Result<Snapshot> {
-    snap.id = free_id(repo, start_time)?;
     loop {
         lease.ensure_held()?;
         match repo.save_snapshot(&snap) {

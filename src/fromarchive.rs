@@ -9,7 +9,7 @@
 //! starts (the restartpoint's redo) and must reach (the minimum recovery point).
 
 use crate::archive;
-use crate::backup::{pg_filter, publish};
+use crate::backup::{free_id, pg_filter, publish};
 use crate::catalog::{ArchiveSource, BackupMeta, Snapshot, Source};
 use crate::error::{io, Error, Result};
 use crate::lock::Lease;
@@ -257,7 +257,7 @@ fn replay_and_store(
     let stop_lsn = stop_lsn(&point, base.wal_segment_size);
     let snap = Snapshot {
         format: snapshot::FORMAT,
-        id: snapshot::id_for(start_time),
+        id: free_id(repo, start_time)?,
         meta: BackupMeta {
             system_identifier: base.system_identifier,
             pg_major: base.pg_major,
