@@ -214,6 +214,16 @@ fn replay_and_store(
             ),
         ));
     }
+    // A backup lives on one timeline (the planner's model): one whose restartpoint is before a
+    // switch and whose consistency point is after it would be planned wrongly.
+    if point.min_recovery_timeline != 0 && point.min_recovery_timeline != point.timeline {
+        return Err(Error::BadInput(format!(
+            "replay stopped on timeline {} but its last restartpoint is on timeline {}: no \
+             checkpoint of the new timeline was replayed yet. Nothing was stored; run again once \
+             one is archived, or stop before the switch with --target-lsn",
+            point.min_recovery_timeline, point.timeline
+        )));
+    }
 
     let mut ingest = Ingest::new(repo, opts.threads, Box::new(|_| {}));
     let chunk_size = u64::from(repo.config.chunk_size);

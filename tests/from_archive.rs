@@ -321,3 +321,43 @@ fn an_encrypted_base_gives_an_encrypted_backup() {
         "the manifest of {id} is stored in the clear"
     );
 }
+
+#[test]
+fn replay_follows_a_timeline_switch() {
+    let repo = Repo::init();
+    let work = TestDir::new("from-archive-tli");
+    let mut source = Cluster::archiving_to(&repo.spec);
+    source.pgbench_init(1);
+    repo.backup(&source);
+    source.pgbench(&["-n", "-t", "100"]);
+    let fork = source.current_wal_lsn();
+    source.psql("SELECT pg_logical_emit_message(false, 'from-archive', 'fork')");
+    source.psql("CREATE TABLE lost_on_timeline_1 AS SELECT 1 AS x");
+    source.switch_wal_and_wait_archived();
+    source.stop();
+
+    // A recovery to the fork, promoted, archiving into the repository: timeline 2.
+    let to = work.join("tl2");
+    repo.restore(&to, &["--target-lsn", &fork, "--target-action", "promote"])
+        .assert_ok();
+    let mut tl2 = Cluster::try_start_on(&to, &[("archive_mode", "on")]).unwrap();
+    assert_eq!(tl2.wait_until_paused_or_ready(), RecoveryState::Ready);
+    tl2.psql("CREATE TABLE made_on_timeline_2 AS SELECT g FROM generate_series(1, 1000) g");
+    tl2.pgbench(&["-n", "-t", "100"]);
+    tl2.psql("CHECKPOINT");
+    tl2.psql("UPDATE made_on_timeline_2 SET g = -g WHERE g % 7 = 0");
+    tl2.switch_wal_and_wait_archived();
+    let end = digests(&tl2);
+    tl2.stop();
+
+    let run = from_archive(&repo, &[]).assert_ok();
+    let a = run.json();
+    assert_eq!(a["timeline"], 2, "{}", run.report());
+    let (rows, said) = restored(&repo, &work, "a", &["--backup", &json_str(&a, "id")]);
+    assert!(said.contains("on timeline 2"), "{said}");
+    assert!(
+        !rows.contains_key("postgres.public.lost_on_timeline_1"),
+        "{rows:?}"
+    );
+    assert_eq!(rows, end);
+}
