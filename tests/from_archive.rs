@@ -3,8 +3,11 @@
 //! One cluster, in sequence: a server backup; pgbench and DDL (CREATE TABLE, DROP TABLE,
 //! TRUNCATE, VACUUM FULL, CREATE DATABASE); the server stopped; a backup from the archive,
 //! whose every table equals a classic PITR of the server backup to the same LSN; more WAL
-//! and a second backup from the archive, chained from the first, whose restore to the end
-//! equals the source; then a WAL gap, which is refused by name.
+//! and a view after it that starts from it; a second backup from the archive, chained from
+//! the first, whose restore to the end equals the source; retention that thins them apart; a
+//! damaged segment (replay fails, the server's log is quoted) and a missing one (refused by
+//! name). Two smaller clusters: an encrypted repository with a time target then the end, and
+//! replay across a timeline switch.
 
 mod common;
 
@@ -283,7 +286,7 @@ fn no_work_dirs_left() -> bool {
 }
 
 #[test]
-fn an_encrypted_base_gives_an_encrypted_backup() {
+fn an_encrypted_base_gives_an_encrypted_backup_to_a_time() {
     let repo = Repo::init_encrypted_on(Store::Local, "from-archive secret");
     let work = TestDir::new("from-archive-enc");
     let file = repo.passphrase_file.clone().unwrap();
@@ -302,12 +305,25 @@ fn an_encrypted_base_gives_an_encrypted_backup() {
     repo.backup(&source);
     source.pgbench(&["-n", "-t", "200"]);
     source.psql("CHECKPOINT");
+    // A time target: replay stops before the first commit after it.
+    let t = source.now();
+    let at_t = digests(&source);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    source.psql("CREATE TABLE after_t AS SELECT 1 AS x");
     source.pgbench(&["-n", "-t", "50"]);
     source.switch_wal_and_wait_archived();
     let at_end = digests(&source);
     source.stop();
 
+    let by_time = from_archive(&repo, &["--target-time", &t])
+        .assert_ok()
+        .json();
+    let (rows, _) = restored(&repo, &work, "t", &["--backup", &json_str(&by_time, "id")]);
+    assert_eq!(rows, at_t, "the backup made to {t}");
+
+    // Then the end, from that one.
     let a = from_archive(&repo, &[]).assert_ok().json();
+    assert_eq!(a["from_archive"]["base"], by_time["id"]);
     assert_eq!(a["source"], "archive");
     let id = json_str(&a, "id");
     let (restored_rows, _) = restored(&repo, &work, "enc", &["--backup", &id]);
