@@ -147,6 +147,13 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
     assert!(at_a1.contains_key("postgres.public.made_1"), "{at_a1:?}");
     assert!(!at_a1.contains_key("postgres.public.gone_1"), "{at_a1:?}");
     assert_eq!(at_a1, pitr);
+    let run = pgsnapfs_as_root(&repo.args("verify", &["--json", "--backup", &a1_id]));
+    assert_eq!(
+        run.json()["ok"],
+        true,
+        "verify of {a1_id}\n{}",
+        run.report()
+    );
 
     // Nothing new archived: nothing to do.
     from_archive(&repo, &[])
