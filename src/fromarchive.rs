@@ -410,6 +410,8 @@ fn replay(
         .arg(work.socket())
         .args(["-c", "listen_addresses=", "-c", "hot_standby=off"])
         .current_dir(&work.dir)
+        // Kill points (tests/crash_injection.rs) are this command's, not its wal-fetch's.
+        .env_remove("PGSNAPFS_KILL_AT")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
