@@ -7,7 +7,7 @@
 //! the first, whose restore to the end equals the source; retention that thins them apart; a
 //! damaged segment (replay fails, the server's log is quoted) and a missing one (refused by
 //! name). Two smaller clusters: an encrypted repository with a time target then the end, and
-//! replay across a timeline switch.
+//! replay across a timeline switch (on a local repository and on S3).
 
 mod common;
 
@@ -345,9 +345,9 @@ fn an_encrypted_base_gives_an_encrypted_backup_to_a_time() {
     );
 }
 
-#[test]
-fn replay_follows_a_timeline_switch() {
-    let repo = Repo::init();
+/// On S3 too: the view's restore_command reads the archive there.
+fn replay_follows_a_timeline_switch(store: Store) {
+    let repo = Repo::init_on(store);
     let work = TestDir::new("from-archive-tli");
     let mut source = Cluster::archiving_to(&repo.spec);
     source.pgbench_init(1);
@@ -384,3 +384,5 @@ fn replay_follows_a_timeline_switch() {
     );
     assert_eq!(rows, end);
 }
+
+on_both_stores!(replay_follows_a_timeline_switch);
