@@ -6,7 +6,7 @@
 
 use crate::archive::{self, System};
 use crate::catalog::{
-    wal, BackupMeta, Backups, ReadMode, ReadRecord, Snapshot, SystemId, Tablespace,
+    wal, BackupMeta, Backups, ReadMode, ReadRecord, Snapshot, Source, SystemId, Tablespace,
 };
 use crate::error::{io, Error, Result};
 use crate::lock::Lease;
@@ -19,7 +19,7 @@ use crate::server::{ConnOpts, Server};
 use crate::store::ingest::{Ingest, IngestError, KnownChanges, Vanished, Visit};
 use crate::store::snapshot;
 use crate::store::{BackendError, Repository, StoreError};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs;
@@ -129,15 +129,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     let parent = latest_of(repo, sysid)?;
 
     let start_time = Utc::now();
-    let mut suffix = 0;
-    let next_id = |suffix: &mut u32| {
-        *suffix += 1;
-        format!("{}-{suffix}", snapshot::id_for(start_time))
-    };
-    let mut id = snapshot::id_for(start_time);
-    while repo.snapshot_exists(&id)? {
-        id = next_id(&mut suffix);
-    }
+    let id = free_id(repo, start_time)?;
     let label = opts
         .label
         .clone()
@@ -209,7 +201,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
         info.wal_segment_size,
     )?;
 
-    let mut snap = Snapshot {
+    let snap = Snapshot {
         format: snapshot::FORMAT,
         id,
         meta: BackupMeta {
@@ -224,6 +216,8 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
             tablespace_map: stop.tablespace_map,
             tablespaces,
             read: Some(read),
+            source: Source::Server,
+            from_archive: None,
         },
         start_time,
         stop_time,
@@ -238,16 +232,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
         root_mtime: root_meta.mtime(),
         requests: repo.backend().stats().map(Into::into),
     };
-    loop {
-        lease.ensure_held()?;
-        match repo.save_snapshot(&snap) {
-            // Another cluster's backup that started in the same second published first.
-            Err(StoreError::Backend(BackendError::Conflict { .. })) => {
-                snap.id = next_id(&mut suffix)
-            }
-            other => break other?,
-        }
-    }
+    let snap = publish(repo, &lease, snap, start_time)?;
     tracing::info!(
         backup = %snap.id,
         chunks_new = stats.chunks_new,
@@ -260,6 +245,40 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
         snapshot: snap,
         config_outside,
     })
+}
+
+/// The first backup id for `start_time` not yet taken: its time, then `-1`, `-2`...
+pub(crate) fn free_id(repo: &Repository, start_time: DateTime<Utc>) -> Result<String> {
+    let base = snapshot::id_for(start_time);
+    let mut id = base.clone();
+    let mut suffix = 0;
+    while repo.snapshot_exists(&id)? {
+        suffix += 1;
+        id = format!("{base}-{suffix}");
+    }
+    Ok(id)
+}
+
+/// Publishes a backup's manifest, the last write, while `lease` is held: under its id (from
+/// [`free_id`]), or if another backup took that id meanwhile, the next free one for its start
+/// time. Returns it as published.
+pub(crate) fn publish(
+    repo: &Repository,
+    lease: &Lease,
+    mut snap: Snapshot,
+    start_time: DateTime<Utc>,
+) -> Result<Snapshot> {
+    loop {
+        lease.ensure_held()?;
+        match repo.save_snapshot(&snap) {
+            // Another backup that started in the same second published first.
+            Err(StoreError::Backend(BackendError::Conflict { .. })) => {
+                snap.id = free_id(repo, start_time)?;
+            }
+            other => break other?,
+        }
+    }
+    Ok(snap)
 }
 
 /// The server's configuration files (postgresql.conf, pg_hba.conf, pg_ident.conf) that are
@@ -551,7 +570,7 @@ fn tablespaces_of(pgdata: &Path) -> Result<Vec<Tablespace>> {
 }
 
 /// What pg_basebackup leaves out, and tablespace links read as the directories they point to.
-fn pg_filter(pgdata: PathBuf) -> impl Fn(&str, &fs::Metadata) -> Visit {
+pub(crate) fn pg_filter(pgdata: PathBuf) -> impl Fn(&str, &fs::Metadata) -> Visit {
     // Unlogged relations are judged per directory; remember the last directory's verdict.
     let cache: RefCell<Option<(PathBuf, HashSet<String>)>> = RefCell::new(None);
     move |rel: &str, meta: &fs::Metadata| {

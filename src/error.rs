@@ -106,6 +106,9 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// The server replaying WAL for `backup --from-archive` failed; with its log lines.
+    #[error("replay failed: {0}")]
+    Replay(String),
     /// The spool of asynchronous archiving cannot take a file (full), or its pusher keeps failing.
     #[error("{0}")]
     ArchiveQueue(String),

@@ -247,6 +247,7 @@ pub fn run(
             id: s.id.clone(),
             system: s.sysid(),
             stop_time: s.stop_time,
+            from_archive: s.from_archive.is_some(),
         })
         .collect();
     let verdicts = retention::decide(&candidates, policy, Utc::now(), &marks(repo)?, &pins(repo)?);

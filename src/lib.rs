@@ -15,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod error;
 pub mod expire;
+pub mod fromarchive;
 pub mod gc;
 pub mod hydrate;
 pub mod info;

@@ -53,6 +53,10 @@ pub struct Plan {
     pub also_on: Vec<u32>,
     /// WAL bytes to replay, as far as the catalog tells (to the target, or to the end).
     pub replay_bytes: u64,
+    /// The last segment recovery reads, and the timeline whose copy of it is read.
+    pub end_segment: (u32, u64),
+    /// With no target: the first segment missing on the path, where recovery will stop.
+    pub stops_early_at: Option<String>,
 }
 
 /// Segment summaries from the repository, each read once; a switchpoint segment is split by
@@ -205,6 +209,11 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
         timeline: choice.timeline,
         also_on: choice.also,
         replay_bytes,
+        end_segment: (
+            archived.timeline_of(choice.timeline, choice.end_segment),
+            choice.end_segment,
+        ),
+        stops_early_at: choice.stops_early_at,
     })
 }
 

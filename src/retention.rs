@@ -29,6 +29,9 @@ pub struct Policy {
     /// Point-in-time recovery to any time within this long before now: the newest backup
     /// finished before the window starts is kept, and with it the WAL from there on.
     pub pitr: Option<Duration>,
+    /// The newest N backups made from the archive (`backup --from-archive`). When set, the
+    /// rules above look at server backups only, and this one at the others.
+    pub archive_last: Option<u32>,
 }
 
 impl Policy {
@@ -56,6 +59,8 @@ pub enum Reason {
     Yearly,
     /// Finished within the `within` period.
     Within,
+    /// Among the newest `archive_last` backups made from the archive.
+    ArchiveLast,
     /// Needed for point-in-time recovery within the `pitr` window.
     Pitr,
     /// Marked with `pgsnapfs backup-keep`.
@@ -74,6 +79,7 @@ impl std::fmt::Display for Reason {
             Reason::Monthly => f.write_str("keep-monthly"),
             Reason::Yearly => f.write_str("keep-yearly"),
             Reason::Within => f.write_str("keep-within"),
+            Reason::ArchiveLast => f.write_str("keep-archive-last"),
             Reason::Pitr => f.write_str("keep-pitr"),
             Reason::Marked => f.write_str("marked with backup-keep"),
             Reason::Pinned(by) => write!(f, "in use by {by}"),
@@ -90,6 +96,8 @@ pub struct Candidate {
     pub system: u64,
     /// When it finished.
     pub stop_time: DateTime<Utc>,
+    /// Made from the archive (`backup --from-archive`), not by a server.
+    pub from_archive: bool,
 }
 
 /// The verdict on each candidate: the reasons it is kept, empty if it expires.
@@ -111,6 +119,25 @@ pub fn decide(
         group.sort_by(|a, b| (b.stop_time, &b.id).cmp(&(a.stop_time, &a.id)));
         let mut keep = |b: &Candidate, r: Reason| out.get_mut(&b.id).expect("listed").push(r);
         keep(group[0], Reason::Newest);
+        for b in group.iter() {
+            if marked.contains(&b.id) {
+                keep(b, Reason::Marked);
+            }
+            if let Some(by) = pinned.get(&b.id) {
+                keep(b, Reason::Pinned(by.clone()));
+            }
+        }
+        // With a rule of their own, backups made from the archive are thinned apart.
+        if let Some(n) = policy.archive_last {
+            let archive = group.iter().filter(|b| b.from_archive);
+            for b in archive.take(n as usize) {
+                keep(b, Reason::ArchiveLast);
+            }
+            group.retain(|b| !b.from_archive);
+            if group.is_empty() {
+                continue;
+            }
+        }
         for b in group.iter().take(policy.last as usize) {
             keep(b, Reason::Last);
         }
@@ -153,14 +180,6 @@ pub fn decide(
                 .or(group.last())
                 .expect("groups are not empty");
             keep(base, Reason::Pitr);
-        }
-        for b in group.iter() {
-            if marked.contains(&b.id) {
-                keep(b, Reason::Marked);
-            }
-            if let Some(by) = pinned.get(&b.id) {
-                keep(b, Reason::Pinned(by.clone()));
-            }
         }
     }
     out
@@ -210,6 +229,7 @@ mod tests {
             id: id.into(),
             system,
             stop_time: t,
+            from_archive: false,
         }
     }
 
@@ -394,6 +414,34 @@ mod tests {
         assert_eq!(v["d01h00"], vec![Reason::Marked]);
         assert_eq!(v["d02h00"], vec![Reason::Pinned("mount lease 1".into())]);
         assert!(v["new1"].is_empty());
+    }
+
+    #[test]
+    fn archive_made_backups_are_thinned_apart() {
+        // Server backups at midnight, archive-made ones at noon, for 10 days.
+        let mut b = twice_daily(10);
+        for c in b.iter_mut().filter(|c| c.id.ends_with("h12")) {
+            c.from_archive = true;
+        }
+        let policy = Policy {
+            daily: 3,
+            archive_last: Some(2),
+            ..Policy::default()
+        };
+        let v = decide_simple(&b, &policy, at(2026, 1, 11, 0));
+        // The daily rule picks server backups only; the newest two archive-made ones stay.
+        assert_eq!(kept(&v), ["d08h00", "d09h00", "d09h12", "d10h00", "d10h12"]);
+        assert_eq!(v["d10h12"], [Reason::Newest, Reason::ArchiveLast]);
+        assert_eq!(v["d09h12"], [Reason::ArchiveLast]);
+        // Without the rule, every backup counts for the others, as before.
+        let plain = Policy {
+            daily: 3,
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&decide_simple(&b, &plain, at(2026, 1, 11, 0))),
+            ["d08h12", "d09h12", "d10h12"]
+        );
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn secs(since: Instant) -> f64 {
 }
 
 /// The server binaries for a major: the ones given, or Debian's for that major.
-fn pg_bin(given: Option<&Path>, major: u32) -> Result<PathBuf> {
+pub(crate) fn pg_bin(given: Option<&Path>, major: u32) -> Result<PathBuf> {
     let dir = given
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
@@ -414,7 +414,7 @@ impl Interrupt {
 }
 
 /// The home directory of user `uid`, from the password database.
-fn home_of(uid: u32) -> Option<PathBuf> {
+pub(crate) fn home_of(uid: u32) -> Option<PathBuf> {
     // SAFETY: getpwuid returns null or a pointer to static storage, read at once.
     unsafe {
         let pw = libc::getpwuid(uid);

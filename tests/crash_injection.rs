@@ -7,7 +7,9 @@
 //! killed command succeeds when run again; every backup that finished before a kill (and that
 //! no expire removes) still restores with exactly its rows. The debris of the killed runs stays
 //! in the repository, as it would in life. `verify` is killed at the points of its record
-//! (the only thing it writes); the next verify works and leaves one record.
+//! (the only thing it writes); the next verify works and leaves one record. `backup
+//! --from-archive` is killed at a sample of its points (its lease, its first pack, its
+//! manifest, its last point): no partial backup is listed, and a rerun works.
 
 mod common;
 
@@ -603,4 +605,96 @@ fn verify_killed_at_its_record() {
             "{after}"
         );
     }
+}
+
+/// `pgsnapfs backup --from-archive --json` as root (FUSE), with kill point `kill` (`count`,
+/// a point, or none) and its work directory in `tmp`.
+fn from_archive_at(repo: &Repo, tmp: &Path, kill: Option<&str>) -> Run {
+    let mut cmd = std::process::Command::new(pgsnapfs_bin());
+    cmd.args(repo.args("backup", &["--from-archive", "--json"]))
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .env("TMPDIR", tmp);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    if let Some(kill) = kill {
+        cmd.env("PGSNAPFS_KILL_AT", kill);
+    }
+    run_command(&mut cmd)
+}
+
+#[test]
+fn backup_from_archive_killed_at_its_points() {
+    let repo = Repo::init();
+    let state = TestDir::new("check-state");
+    let tmp = TestDir::new("from-archive-tmp");
+    let source = Cluster::start_new(ClusterOptions {
+        settings: vec![("autovacuum".into(), "off".into())],
+        ..ClusterOptions::archiving_to(&repo.spec)
+    });
+    create_t(&source);
+    add_batch(&source, 0);
+    repo.backup(&source);
+    // Each round replays one more batch, after a checkpoint (for the restartpoint): the
+    // same work, the same points.
+    let round = |batch: u32| {
+        add_batch(&source, batch);
+        source.psql("CHECKPOINT");
+        source.switch_wal_and_wait_archived();
+    };
+    round(1);
+    let counted = from_archive_at(&repo, tmp.path(), Some("count")).assert_ok();
+    let points: Vec<(String, String)> = counted
+        .stderr_str()
+        .lines()
+        .filter_map(|l| l.strip_prefix("kill point "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(p, k)| (p.to_string(), k.to_string()))
+        .collect();
+    eprintln!("backup --from-archive kill points: {points:?}");
+    let manifest = points
+        .iter()
+        .position(|(p, k)| p.starts_with("put:") && k.starts_with("snapshots/"))
+        .expect("a backup stores its manifest");
+    let first_pack = points
+        .iter()
+        .position(|(p, k)| p.starts_with("put:") && k.starts_with("packs/"))
+        .expect("a backup from the archive stores new chunks");
+    let mut sample = vec![0, first_pack, manifest, manifest + 1, points.len() - 1];
+    sample.dedup();
+
+    let mut batch = 1;
+    for i in sample {
+        let (point, key) = &points[i];
+        let after = format!("backup --from-archive killed at {point} ({key})");
+        batch += 1;
+        round(batch);
+        let before = repo.list().len();
+        let killed = from_archive_at(&repo, tmp.path(), Some(point));
+        assert_eq!(
+            killed.status.signal(),
+            Some(libc::SIGKILL),
+            "expected SIGKILL at {point} ({key})\n{}",
+            killed.report()
+        );
+        // The killed run leaves its (dead) mount and work directory.
+        for dir in fs::read_dir(tmp.path()).unwrap() {
+            let dir = dir.unwrap().path();
+            pgsnapfs_as_root(&["umount", "--lazy", dir.join("mnt").to_str().unwrap()]);
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        let listed = repo.list().len();
+        if i > manifest {
+            assert_eq!(listed, before + 1, "{after}: the manifest was stored");
+        } else {
+            assert_eq!(listed, before, "{after}: a killed backup is listed");
+            // A rerun makes it.
+            from_archive_at(&repo, tmp.path(), None).assert_ok();
+        }
+        assert_check_passes(&repo, state.path(), &after);
+    }
+    // The newest, made from the archive after all the kills, holds every batch.
+    let newest = repo.list().last().map(|b| json_str(b, "id")).unwrap();
+    assert_restores_rows(&repo, &["--backup", &newest], batch, "all kills");
 }

@@ -48,7 +48,7 @@ const PASSTHROUGH_HANDLE: FileHandle = FileHandle(1);
 const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 
 pub(crate) struct Fs {
-    overlay: Overlay,
+    overlay: Arc<Overlay>,
     uid: u32,
     gid: u32,
     block_size: u32,
@@ -81,7 +81,7 @@ impl Opens {
 
 impl Fs {
     pub(crate) fn new(
-        overlay: Overlay,
+        overlay: Arc<Overlay>,
         uid: u32,
         gid: u32,
         block_size: u32,

@@ -81,6 +81,7 @@ use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 
+pub use crate::cow::FileChange;
 pub use crate::error::Error;
 pub use crate::mem::MemSource;
 pub use crate::source::{Attr, DirEntry, Kind, NodeId, Source, MAX_NODE, ROOT};
@@ -126,9 +127,9 @@ pub fn mount(
         .canonicalize()
         .map_err(|e| Error::context(e, format!("mountpoint {}", mountpoint.display())))?;
     let writable = opts.writable.is_some();
-    let overlay = cow::Overlay::new(source, opts.writable, opts.block_size)?;
+    let overlay = Arc::new(cow::Overlay::new(source, opts.writable, opts.block_size)?);
     let fs = fs::Fs::new(
-        overlay,
+        overlay.clone(),
         opts.uid,
         opts.gid,
         opts.block_size,
@@ -163,20 +164,38 @@ pub fn mount(
     Ok(MountHandle {
         session: Some(session),
         mountpoint,
+        overlay,
     })
 }
 
 /// A mounted file system. Dropping it unmounts.
-#[derive(Debug)]
 pub struct MountHandle {
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
+    overlay: Arc<cow::Overlay>,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle")
+            .field("mountpoint", &self.mountpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MountHandle {
     /// Where the file system is mounted (canonical path).
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// How the regular file at `path` (relative to the mount's root) differs from the
+    /// source's file at the same path, as the copy-on-write layer recorded it: what a
+    /// caller storing the changed tree must read again. Ask once nothing writes to the
+    /// mount any more and its writers have fsynced (the kernel may still hold unflushed
+    /// pages of a file not fsynced).
+    pub fn file_change(&self, path: &Path) -> Result<FileChange, Error> {
+        self.overlay.file_change(path)
     }
 
     /// An [`Unmounter`] that other threads can use, e.g. on a signal, while this thread waits.

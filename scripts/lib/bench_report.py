@@ -1060,6 +1060,10 @@ def render(doc, notes):
         L.append("## wal-receive (issue 17)\n")
         L.append(notes["receive"])
         L.append("")
+    if "fromarchive" in notes:  # `scripts/bench --from-archive` prints its rows likewise
+        L.append("## Backups from the archive (issue 18)\n")
+        L.append(notes["fromarchive"])
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"

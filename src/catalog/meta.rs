@@ -35,6 +35,60 @@ pub struct BackupMeta {
     /// How the data directory was read (absent in manifests older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read: Option<ReadRecord>,
+    /// What made the backup (absent in manifests older than this field: a server).
+    #[serde(default)]
+    pub source: Source,
+    /// For a backup made from the archive: its base and the WAL replayed on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_archive: Option<ArchiveSource>,
+}
+
+/// What made a backup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// A running server, told the backup started and stopped (`backup`).
+    #[default]
+    Server,
+    /// Archived WAL replayed on an earlier backup (`backup --from-archive`).
+    Archive,
+}
+
+impl Source {
+    /// As `list` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Server => "server",
+            Source::Archive => "archive",
+        }
+    }
+}
+
+/// How a backup was made from the archive: the backup replayed on, the WAL replayed, and
+/// where the result stands in recovery (from its pg_control, "shut down in recovery"). A
+/// restore starts replay at `redo` (the backup's `start_lsn`) and is consistent once past
+/// `min_recovery_point` (its `stop_lsn`); the data directory holds no backup_label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveSource {
+    /// The backup the WAL was replayed on.
+    pub base: String,
+    /// Where that replay started (the base's start).
+    pub wal_start: Lsn,
+    /// The recovery target it stopped at (inclusive), when it was an LSN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_end: Option<Lsn>,
+    /// The restartpoint's checkpoint record.
+    pub checkpoint: Lsn,
+    /// The restartpoint's redo location.
+    pub redo: Lsn,
+    /// How far a restore must replay before the data is consistent.
+    pub min_recovery_point: Lsn,
+    /// The timeline of `min_recovery_point`.
+    pub min_recovery_timeline: u32,
+    /// Bytes read from the replayed data directory: the chunks replay wrote to.
+    pub bytes_read: u64,
+    /// Bytes taken from the base's chunk lists unread.
+    pub bytes_skipped: u64,
 }
 
 impl BackupMeta {
@@ -117,7 +171,7 @@ pub fn sample(id: &str, root: crate::store::tree::BlobRef) -> Snapshot {
         "stop_time": "2026-01-01T00:00:01Z", "wal_segment_size": 16777216,
         "label": "", "backup_label": "", "tablespace_map": null, "tablespaces": [],
         "size_logical": 0, "size_stored_new": 0, "files": 1, "chunk_size": 65536,
-        "parent": null, "root": root, "root_mode": 448, "root_mtime": 0
+        "parent": null, "root": root, "root_mode": 448, "root_mtime": 0, "source": "server"
     }))
     .expect("sample manifest")
 }
@@ -158,7 +212,8 @@ mod tests {
           "root_mode": 448, "root_mtime": 1763703612,
           "requests": {"get": 3, "put": 2, "head": 0, "list": 1, "delete": 0,
                        "upload_part": 16, "multipart_other": 8, "other": 0, "retries": 0},
-          "read": {"mode": "wal-summaries", "bytes_read": 1203904, "bytes_skipped": 22308440}
+          "read": {"mode": "wal-summaries", "bytes_read": 1203904, "bytes_skipped": 22308440},
+          "source": "server"
         });
         let s: Snapshot = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(s.sysid(), 7439421817328571234);

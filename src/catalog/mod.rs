@@ -12,7 +12,9 @@ pub mod wal;
 
 #[cfg(test)]
 pub use meta::sample;
-pub use meta::{BackupMeta, Backups, ReadMode, ReadRecord, Snapshot, Tablespace};
+pub use meta::{
+    ArchiveSource, BackupMeta, Backups, ReadMode, ReadRecord, Snapshot, Source, Tablespace,
+};
 pub use system_id::SystemId;
 
 use crate::pg::PAGE_SIZE;

@@ -1,9 +1,12 @@
 //! `pgsnapfs backup`
 
+use super::key::PassphraseArgs;
 use super::progress::set_total;
 use super::{human, print_json, progress};
 use crate::backup::{self, BackupOptions};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fromarchive::{self, Outcome};
+use crate::pg::target::Target;
 use crate::server::ConnOpts;
 use crate::store::Repository;
 use std::path::PathBuf;
@@ -16,8 +19,14 @@ pub struct Args {
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
     /// The server's data directory [env: PGDATA]
-    #[arg(short = 'D', long, env = "PGDATA", hide_env = true)]
-    pub pgdata: PathBuf,
+    #[arg(
+        short = 'D',
+        long,
+        env = "PGDATA",
+        hide_env = true,
+        required_unless_present = "from_archive"
+    )]
+    pub pgdata: Option<PathBuf>,
     #[command(flatten)]
     pub conn: ConnOpts,
     /// Backup label shown by the server.
@@ -30,18 +39,132 @@ pub struct Args {
     /// Print the backup record as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub archive: FromArchiveArgs,
+}
+
+/// `--from-archive` and the options that go with it.
+#[derive(clap::Args)]
+pub struct FromArchiveArgs {
+    /// Make the backup from the repository alone, without the server: replay the archived
+    /// WAL on the newest suitable backup, and store the result.
+    #[arg(long)]
+    pub from_archive: bool,
+    /// The cluster, when the repository holds several.
+    #[arg(long, requires = "from_archive")]
+    pub system: Option<u64>,
+    /// Replay up to this LSN (inclusive: a record must start there or later); default: the
+    /// last record of the newest archived segment.
+    #[arg(long, requires = "from_archive", conflicts_with = "target_time")]
+    pub target_lsn: Option<String>,
+    /// Replay up to the first commit at or after this time.
+    #[arg(long, requires = "from_archive")]
+    pub target_time: Option<String>,
+    /// The operating-system user the replaying server runs as.
+    #[arg(long, default_value = "postgres", requires = "from_archive")]
+    pub user: String,
+    /// The directory of the server's programs for the backup's major version (default:
+    /// Debian's /usr/lib/postgresql/MAJOR/bin).
+    #[arg(long, requires = "from_archive")]
+    pub pg_bin: Option<PathBuf>,
+    /// Where the view and the server's socket go while it runs (a new directory in it,
+    /// removed afterwards); default: the system's temporary directory.
+    #[arg(long, requires = "from_archive")]
+    pub work_dir: Option<PathBuf>,
+    /// shared_buffers of the replaying server.
+    #[arg(long, default_value = "1GB", requires = "from_archive")]
+    pub shared_buffers: String,
+}
+
+impl FromArchiveArgs {
+    fn target(&self) -> Result<Option<Target>> {
+        let bad = |e: crate::pg::Error| Error::BadInput(e.to_string());
+        Ok(match (&self.target_lsn, &self.target_time) {
+            (Some(l), _) => Some(Target::Lsn(l.parse().map_err(|_| {
+                Error::BadInput(format!("{l:?} is not an LSN such as 0/3000060"))
+            })?)),
+            (None, Some(t)) => Some(Target::Time(crate::pg::target::parse_time(t).map_err(bad)?)),
+            (None, None) => None,
+        })
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// `backup --from-archive`: the signals are blocked before the repository is opened (its
+/// threads inherit the mask), so that a SIGINT stops the server and cleans up.
+pub fn run_from_archive(
+    repo_spec: &str,
+    pass: &PassphraseArgs,
+    a: Args,
+    open: &dyn Fn(&str) -> Result<Repository>,
+) -> Result<()> {
+    let signals = crate::session::lifecycle::block_signals();
+    let repo = open(repo_spec)?;
+    let f = &a.archive;
+    let outcome = fromarchive::run(
+        repo,
+        fromarchive::Options {
+            repo_spec: repo_spec.to_string(),
+            passphrase: pass.source(),
+            system: f.system,
+            target: f.target()?,
+            work_dir: f.work_dir.clone(),
+            user: f.user.clone(),
+            pg_bin: f.pg_bin.clone(),
+            shared_buffers: f.shared_buffers.clone(),
+            label: a.label.clone(),
+            threads: threads(),
+        },
+        signals,
+    )?;
+    let snap = match outcome {
+        Outcome::Stored(snap) => snap,
+        Outcome::UpToDate { backup, end } => {
+            outln!(
+                "backup {backup} already reaches the end of the archived WAL ({end}): nothing \
+                 to do"
+            );
+            return Ok(());
+        }
+    };
+    if a.json {
+        print_json(&super::info::BackupRow::from(&*snap));
+    } else {
+        let from = snap.from_archive.as_ref();
+        outln!(
+            "backup {} done from the archive: backup {} plus WAL to {}, {} read of {}, {} \
+             newly stored; restores start at {} on timeline {}",
+            snap.id,
+            from.map_or("?", |f| f.base.as_str()),
+            snap.stop_lsn,
+            human(from.map_or(0, |f| f.bytes_read)),
+            human(snap.size_logical),
+            human(snap.size_stored_new),
+            snap.start_lsn,
+            snap.timeline
+        );
+    }
+    Ok(())
 }
 
 pub fn run(repo: &Repository, a: Args) -> Result<()> {
+    let Some(pgdata) = a.pgdata else {
+        return Err(Error::BadInput(
+            "give the data directory with --pgdata (or PGDATA), or use --from-archive".into(),
+        ));
+    };
     let bar = progress(None, "backing up");
     let (tick, sized) = (bar.clone(), bar.clone());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let threads = threads();
     let done = backup::run(
         repo,
         BackupOptions {
-            pgdata: a.pgdata,
+            pgdata,
             conn: a.conn,
             label: a.label,
             threads,

@@ -32,6 +32,10 @@ pub struct Args {
     /// that window, and the WAL from it on.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub keep_pitr: Option<Duration>,
+    /// Keep the newest N backups made from the archive (`backup --from-archive`); the other
+    /// --keep-* rules then apply to server backups only.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_archive_last: Option<u32>,
     /// Show what would be removed and why each backup is kept; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -57,11 +61,12 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         yearly: a.keep_yearly.unwrap_or(0),
         within: a.keep_within,
         pitr: a.keep_pitr,
+        archive_last: a.keep_archive_last,
     };
     if policy.is_empty() {
         return Err(Error::BadInput(
             "no retention policy given: use --keep-last, --keep-daily, --keep-weekly, \
-             --keep-monthly, --keep-yearly, --keep-within or --keep-pitr"
+             --keep-monthly, --keep-yearly, --keep-within, --keep-pitr or --keep-archive-last"
                 .into(),
         ));
     }

@@ -1,7 +1,7 @@
 //! `pgsnapfs list` and `pgsnapfs info`
 
 use super::{human, print_json};
-use crate::catalog::{Backups, ReadRecord, Snapshot};
+use crate::catalog::{ArchiveSource, Backups, ReadRecord, Snapshot};
 use crate::error::Result;
 use crate::info::{Info, Restorable, WalRow};
 use crate::store::backend::RequestCounts;
@@ -44,6 +44,10 @@ pub struct BackupRow {
     pub requests: Option<RequestCounts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read: Option<ReadRecord>,
+    /// `server` or `archive` (made by `backup --from-archive`).
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_archive: Option<ArchiveSource>,
 }
 
 impl From<&Snapshot> for BackupRow {
@@ -65,6 +69,8 @@ impl From<&Snapshot> for BackupRow {
             parent: s.parent.clone(),
             requests: s.requests.map(Into::into),
             read: s.read.clone(),
+            source: s.source.name(),
+            from_archive: s.from_archive.clone(),
         }
     }
 }
@@ -80,23 +86,29 @@ fn print_backups(list: &[Snapshot]) {
         return;
     }
     outln!(
-        "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}",
+        "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}  {}",
         "backup",
         "finished (UTC)",
         "tli",
         "stop LSN",
         "size",
-        "new"
+        "new",
+        "source"
     );
     for s in list {
+        let source = match &s.from_archive {
+            Some(f) => format!("archive: {} + WAL {} – {}", f.base, f.wal_start, s.stop_lsn),
+            None => s.source.name().to_string(),
+        };
         outln!(
-            "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}",
+            "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}  {}",
             s.id,
             s.stop_time.format("%Y-%m-%d %H:%M:%S"),
             s.timeline,
             s.stop_lsn.to_string(),
             human(s.size_logical),
-            human(s.size_stored_new)
+            human(s.size_stored_new),
+            source
         );
     }
 }

@@ -120,6 +120,9 @@ pub fn run(cli: Cli) -> Result<()> {
     let open = |spec: &str| open(spec, pass);
     match cli.command {
         Command::Init(a) => init::run(&repo()?, a, pass),
+        Command::Backup(a) if a.archive.from_archive => {
+            backup::run_from_archive(&repo()?, pass, a, &open)
+        }
         Command::Backup(a) => backup::run(&open(&repo()?)?, a),
         Command::WalPush(a) if a.asynchronous => {
             wal::push_async(a, wal::relaunch_args(&repo()?, pass, cli.verbose)?)

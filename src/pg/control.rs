@@ -4,6 +4,7 @@
 //! one we know, and the major is named only when the version pair identifies
 //! it; for a big-endian or unknown-layout file both are skipped, not guessed.
 
+use super::lsn::Lsn;
 use super::version::MAJORS;
 use super::wal::{le_u32, le_u64};
 use super::Error;
@@ -69,6 +70,55 @@ pub fn standby_minimums(bytes: &[u8]) -> Result<Option<[(&'static str, u32); 5]>
     ]))
 }
 
+/// Where a cluster stands in recovery, as pg_control records it: what a backup made by
+/// replaying WAL on a copy must record so that a later start resumes from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryPoint {
+    /// The cluster state (`DBState`): see [`RecoveryPoint::shut_down_in_recovery`].
+    pub state: u32,
+    /// The latest checkpoint (or restartpoint) record.
+    pub checkpoint: Lsn,
+    /// Where replay starts from that checkpoint.
+    pub redo: Lsn,
+    /// The checkpoint's timeline.
+    pub timeline: u32,
+    /// How far replay must go before the cluster is consistent (0/0: no constraint).
+    pub min_recovery_point: Lsn,
+    /// The timeline of `min_recovery_point`.
+    pub min_recovery_timeline: u32,
+}
+
+/// DB_SHUTDOWNED_IN_RECOVERY in `DBState`.
+const SHUT_DOWN_IN_RECOVERY: u32 = 2;
+
+impl RecoveryPoint {
+    /// Reads the recovery fields of pg_control; None for a layout this does not know (they
+    /// sit at the same offsets in 13–18, little-endian).
+    pub fn parse(bytes: &[u8]) -> Result<Option<RecoveryPoint>, Error> {
+        let control = ControlData::parse(bytes)?;
+        let known = MAJORS
+            .iter()
+            .any(|m| m.control_version == control.control_version);
+        if !known || bytes.len() < 148 {
+            return Ok(None);
+        }
+        Ok(Some(RecoveryPoint {
+            state: le_u32(bytes, 16),
+            checkpoint: Lsn(le_u64(bytes, 32)),
+            redo: Lsn(le_u64(bytes, 40)),
+            timeline: le_u32(bytes, 48),
+            min_recovery_point: Lsn(le_u64(bytes, 136)),
+            min_recovery_timeline: le_u32(bytes, 144),
+        }))
+    }
+
+    /// Whether the server shut down cleanly while in recovery (a restartpoint written), so
+    /// that a start resumes recovery from here.
+    pub fn shut_down_in_recovery(&self) -> bool {
+        self.state == SHUT_DOWN_IN_RECOVERY
+    }
+}
+
 /// Majors 13–16 share a control version and differ in catalog version;
 /// beta releases have other catalog versions, so a control version used by a
 /// single major is enough on its own.
@@ -103,6 +153,29 @@ mod tests {
             .and_then(|v| v.strip_prefix(':'))
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|| panic!("{field} missing from pg_controldata output"))
+    }
+
+    #[test]
+    fn recovery_fields_of_a_real_pg15_control_file() {
+        let p = RecoveryPoint::parse(PG15).unwrap().unwrap();
+        let lsn = |f: &str| expected(f).parse::<Lsn>().unwrap();
+        assert_eq!(p.checkpoint, lsn("Latest checkpoint location"));
+        assert_eq!(p.redo, lsn("Latest checkpoint's REDO location"));
+        assert_eq!(
+            p.timeline.to_string(),
+            expected("Latest checkpoint's TimeLineID")
+        );
+        assert_eq!(
+            p.min_recovery_point,
+            lsn("Minimum recovery ending location")
+        );
+        assert_eq!(
+            p.min_recovery_timeline.to_string(),
+            expected("Min recovery ending loc's timeline")
+        );
+        // "in production"
+        assert_eq!(p.state, 6);
+        assert!(!p.shut_down_in_recovery());
     }
 
     #[test]

@@ -158,6 +158,22 @@ pub fn scan_segment_split(
     Ok(out)
 }
 
+/// The start of the next-to-last record that begins and ends in a segment. As an
+/// inclusive `recovery_target_lsn`, recovery replays the segment but its last record and
+/// stops; a later recovery that stops as soon as it is consistent there (`recovery_target
+/// = 'immediate'`) then still finds a record to stop before. None if fewer than two
+/// records begin and end in the segment.
+pub fn next_to_last_record_start(
+    data: &[u8],
+    header: &SegmentHeader,
+) -> Result<Option<Lsn>, Error> {
+    let mut last = [None, None];
+    for r in Records::new(data, header)? {
+        last = [last[1], Some(r.lsn)];
+    }
+    Ok(last[1].and(last[0]))
+}
+
 fn summarise(
     xact_ends: &[XactEnd],
     restore_points: Vec<RestorePoint>,
@@ -947,6 +963,39 @@ mod tests {
             (None, None)
         );
         assert!(summary.restore_points.is_empty());
+    }
+
+    #[test]
+    fn next_to_last_record_of_a_segment() {
+        let start = |w: &Writer| {
+            let data = w.segment(0);
+            next_to_last_record_start(data, &SegmentHeader::parse(data).unwrap()).unwrap()
+        };
+        let mut w = Writer::new(0x10_0000, MAGIC_15);
+        assert_eq!(start(&w), None);
+        commit(&mut w, 700, 1);
+        assert_eq!(start(&w), None, "one record");
+        let second = noise(&mut w, 100);
+        commit(&mut w, 701, 2);
+        assert_eq!(start(&w), Some(second));
+        // A record that continues into the next segment does not end in this one.
+        while w.pos < MIB - PAGE {
+            noise(&mut w, 4000);
+        }
+        let last_whole = noise(&mut w, 10);
+        w.record(
+            RM_XACT_ID,
+            XLOG_XACT_COMMIT | XLOG_XACT_HAS_INFO,
+            702,
+            &main_only(&xact_main(3, XACT_XINFO_HAS_SUBXACTS, &[&array(10_000, 4)])),
+        );
+        let data = w.segment(0);
+        let before_last = Records::new(data, &SegmentHeader::parse(data).unwrap())
+            .unwrap()
+            .map(|r| r.lsn)
+            .filter(|l| *l < last_whole)
+            .last();
+        assert_eq!(start(&w), before_last);
     }
 
     #[test]

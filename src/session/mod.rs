@@ -124,6 +124,8 @@ pub struct View {
     pub scratch: PathBuf,
     /// What the server does at the target: pause or promote.
     pub action: TargetAction,
+    /// The names at the view's top that the view adds, replaces or hides: not the backup's.
+    pub replaced: Vec<String>,
     /// The passphrase for the server's `wal-fetch`, removed with the session.
     _key: Option<KeyFile>,
 }
@@ -244,6 +246,11 @@ impl Session {
                 };
                 let mut changes = prepared.changes;
                 changes.files.extend(req.view.files);
+                let replaced = (changes.files.iter().map(|(n, _)| n))
+                    .chain(changes.symlinks.iter().map(|(n, _)| n))
+                    .chain(&changes.hide)
+                    .cloned()
+                    .collect();
                 let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
                 let hydrate_into = Some((PathBuf::new(), scratch.clone()));
                 let view = View {
@@ -251,6 +258,7 @@ impl Session {
                     notes: prepared.notes,
                     scratch,
                     action: req.view.action,
+                    replaced,
                     _key: key,
                 };
                 (source, Some(view), hydrate_into)
@@ -367,6 +375,14 @@ impl Mounted {
         handle
             .wait()
             .map_err(|e| Error::Mount(format!("mount ended with an error: {e}")))
+    }
+
+    /// How the file at `path` (relative to the root) differs from the backup's, as the
+    /// copy-on-write layer recorded it (see [`pgsnapfs_fuse::MountHandle::file_change`]).
+    pub fn file_change(&self, path: &Path) -> Result<pgsnapfs_fuse::FileChange> {
+        self.handle
+            .file_change(path)
+            .map_err(|e| Error::Mount(format!("what changed in {}: {e}", path.display())))
     }
 
     /// Unmounts now.

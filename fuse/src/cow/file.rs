@@ -83,6 +83,19 @@ impl CowFile {
         }
     }
 
+    /// How this file differs from its origin's bytes: the blocks written, and where the
+    /// origin's bytes stop showing through. A whole file owes the origin nothing.
+    pub(crate) fn change(&self) -> Result<super::FileChange, Error> {
+        let inner = self.read_lock()?;
+        if inner.whole || self.origin.is_none() {
+            return Ok(super::FileChange::Replaced);
+        }
+        Ok(super::FileChange::Blocks {
+            written: inner.written.iter().collect(),
+            source_len: inner.source_len,
+        })
+    }
+
     /// Makes this file whole with `copy`, a complete local copy of its source bytes: the
     /// blocks written so far are copied into it, and it replaces the scratch file. Declines
     /// (false) when the file was cut below its source length, whose zeros the copy lacks.

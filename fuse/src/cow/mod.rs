@@ -59,6 +59,27 @@ pub(crate) struct Space {
     pub(crate) bsize: u32,
 }
 
+/// How a regular file of the mount differs from the source's file at the same path
+/// ([`crate::MountHandle::file_change`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileChange {
+    /// The source's file, unchanged.
+    Unchanged,
+    /// The source's file with these blocks (of the mount's block size, ascending)
+    /// rewritten; bytes from `source_len` on are not the source's (cut off, then zeros or
+    /// written blocks).
+    Blocks {
+        /// The blocks written.
+        written: Vec<u64>,
+        /// How much of the source's bytes still shows through.
+        source_len: u64,
+    },
+    /// Another file: created, renamed here, or the source's file at another path.
+    Replaced,
+    /// Nothing at that path.
+    Missing,
+}
+
 const NAME_MAX: usize = 255;
 
 pub(crate) struct Overlay {
@@ -612,6 +633,33 @@ impl Overlay {
             });
         }
         Ok(out)
+    }
+
+    /// How the file at `path` (relative to the root) differs from the source's file at
+    /// the same path. Meant for a mount nothing writes to any more.
+    pub(crate) fn file_change(&self, path: &Path) -> Result<FileChange, Error> {
+        let mut table = self.table()?;
+        let (mut merged, mut source) = (Some(crate::source::ROOT), Some(crate::source::ROOT));
+        for name in path.iter() {
+            merged = match merged {
+                Some(dir) => self.resolve(&mut table, dir, name)?,
+                None => None,
+            };
+            source = match source {
+                Some(dir) => self.source_lookup(dir, name)?,
+                None => None,
+            };
+        }
+        let Some(ino) = merged else {
+            return Ok(FileChange::Missing);
+        };
+        if source != Some(ino) {
+            return Ok(FileChange::Replaced);
+        }
+        match table.get(ino).and_then(|i| i.file.clone()) {
+            None => Ok(FileChange::Unchanged),
+            Some(file) => file.change(),
+        }
     }
 
     /// The overlay's say on `parent/name`, without asking the source.

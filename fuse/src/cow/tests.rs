@@ -822,3 +822,50 @@ fn an_untouched_file_adopts_its_copy_and_a_read_only_layer_only_opens_it() {
     assert!(ro.overlay.open(ino, false, false, true).unwrap().is_some());
     assert!(copy.exists(), "a read-only layer must not take the copy");
 }
+
+#[test]
+fn file_changes_name_the_written_blocks_of_the_same_source_file() {
+    let f = fixture();
+    let change = |path: &str| f.overlay.file_change(Path::new(path)).unwrap();
+    assert_eq!(change("big"), FileChange::Unchanged);
+    // Looked up and read only: still unchanged.
+    f.read_all("dir/a");
+    assert_eq!(change("dir/a"), FileChange::Unchanged);
+
+    f.write("big", 2 * BS as u64 + 3, b"x");
+    f.write("big", 0, &pattern(BSU, 7));
+    let blocks = FileChange::Blocks {
+        written: vec![0, 2],
+        source_len: 3 * BS as u64 + 100,
+    };
+    assert_eq!(change("big"), blocks);
+    // Cut into block 1: the source shows through only up to the cut.
+    f.overlay
+        .setattr(
+            f.ino("big"),
+            &SetAttr {
+                size: Some(BS as u64 + 1),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        change("big"),
+        FileChange::Blocks {
+            written: vec![0],
+            source_len: BS as u64 + 1,
+        }
+    );
+
+    // A file renamed over another is another file there, even unwritten; created files and
+    // names that are gone are told apart.
+    let dir = f.ino("dir");
+    f.overlay
+        .rename(dir, OsStr::new("a"), dir, OsStr::new("b"), false)
+        .unwrap();
+    assert_eq!(change("dir/b"), FileChange::Replaced);
+    assert_eq!(change("dir/a"), FileChange::Missing);
+    f.create("dir", "new", b"created");
+    assert_eq!(change("dir/new"), FileChange::Replaced);
+    assert_eq!(change("dir/sub/c"), FileChange::Unchanged);
+}
