@@ -213,9 +213,11 @@ pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Rep
     };
     (opts.stage)(Stage::Recovering);
     let port = free_port()?;
-    let postmaster = recover(&launch, &work, port, opts)?;
-    let recovery_s = started.elapsed().as_secs_f64();
+    let recovered = recover(&launch, &work, port, opts);
+    // A signal stops the server under recovery: the failure is the signal's.
     interrupt.check()?;
+    let postmaster = recovered?;
+    let recovery_s = started.elapsed().as_secs_f64();
     (opts.stage)(Stage::Dumping);
     let dumped = Instant::now();
     let result = dump(&pg_dump, opts, &work.socket(), port);
