@@ -74,8 +74,19 @@ pub struct DumpOptions {
     pub file: Option<PathBuf>,
     /// More pg_dump options, passed as given.
     pub extra: Vec<String>,
+    /// Restore the tables straight into a live database under new names instead.
+    pub into: Option<Into>,
     /// Told of each stage as it starts.
     pub stage: Box<dyn Fn(Stage)>,
+}
+
+/// `--into`: where the dumped tables go, and the suffix of their new names.
+pub struct Into {
+    /// A libpq connection string or URI of the live database.
+    pub conninfo: String,
+    /// Added to every restored table, index and owned sequence name; `None`: `_at_HHMM` of
+    /// the target time (or of the backup's end).
+    pub suffix: Option<String>,
 }
 
 /// The stages of a dump, for a line on a terminal.
@@ -86,6 +97,8 @@ pub enum Stage<'a> {
     Recovering,
     /// pg_dump is running.
     Dumping,
+    /// pg_restore is loading the renamed tables into the live database.
+    Restoring,
 }
 
 /// What a dump did, printed as text or (with `--json`) as this JSON.
@@ -105,12 +118,21 @@ pub struct Report {
     pub file: Option<PathBuf>,
     /// Seconds from the start until recovery ended at the target.
     pub recovery_s: f64,
-    /// Seconds pg_dump ran.
+    /// Seconds pg_dump (and with `--into`, pg_restore) ran.
     pub dump_s: f64,
+    /// With `--into`: the tables, indexes and sequences created in the live database,
+    /// schema-qualified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Vec<String>>,
 }
 
 /// Checks what can be checked before anything is mounted.
 fn check_options(opts: &DumpOptions) -> Result<()> {
+    if opts.into.is_some() && (opts.tables.is_empty() || opts.file.is_some()) {
+        return Err(Error::BadInput(
+            "--into restores tables under new names: name them with --table, and give no -f".into(),
+        ));
+    }
     match (&opts.file, opts.format) {
         (None, Format::Directory) => Err(Error::BadInput(
             "--format directory writes a directory: name it with -f DIR".into(),
@@ -124,14 +146,20 @@ fn check_options(opts: &DumpOptions) -> Result<()> {
 }
 
 /// pg_dump's arguments, the connection to the view's server first.
-fn pg_dump_args(opts: &DumpOptions, socket: &Path, port: u16) -> Vec<String> {
+fn pg_dump_args(
+    opts: &DumpOptions,
+    format: Format,
+    file: Option<&Path>,
+    socket: &Path,
+    port: u16,
+) -> Vec<String> {
     let mut args = vec![
         format!("--host={}", socket.display()),
         format!("--port={port}"),
         format!("--username={}", opts.user),
         format!("--dbname={}", conninfo_value(&opts.dbname)),
         "--no-password".into(),
-        opts.format.flag().into(),
+        format.flag().into(),
     ];
     if !opts.tables.is_empty() || !opts.schemas.is_empty() {
         // A pattern that matches nothing is an error, not a silently smaller dump.
@@ -139,7 +167,7 @@ fn pg_dump_args(opts: &DumpOptions, socket: &Path, port: u16) -> Vec<String> {
     }
     args.extend(opts.tables.iter().map(|t| format!("--table={t}")));
     args.extend(opts.schemas.iter().map(|s| format!("--schema={s}")));
-    if let Some(f) = &opts.file {
+    if let Some(f) = file {
         args.push(format!("--file={}", f.display()));
     }
     args.extend(opts.extra.iter().cloned());
@@ -220,10 +248,24 @@ pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Rep
     let recovery_s = started.elapsed().as_secs_f64();
     (opts.stage)(Stage::Dumping);
     let dumped = Instant::now();
-    let result = dump(&pg_dump, opts, &work.socket(), port);
+    let result = match &opts.into {
+        None => dump(
+            &pg_dump,
+            opts,
+            opts.format,
+            opts.file.as_deref(),
+            &work.socket(),
+            port,
+        )
+        .map(|()| None),
+        Some(into) => {
+            let suffix = into.suffix.clone().unwrap_or_else(|| default_suffix(&plan));
+            restore_into(&bin, opts, into, &suffix, &work, port).map(Some)
+        }
+    };
     // A signal stops the server under pg_dump: its failure is the signal's.
     interrupt.check()?;
-    result?;
+    let restored = result?;
     drop(postmaster);
     mounted.unmount()?;
     Ok(Report {
@@ -235,6 +277,7 @@ pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Rep
         file: opts.file.clone(),
         recovery_s: round_ms(recovery_s),
         dump_s: round_ms(dumped.elapsed().as_secs_f64()),
+        restored,
     })
 }
 
@@ -292,10 +335,17 @@ fn recover(launch: &Launch, work: &Workspace, port: u16, opts: &DumpOptions) -> 
 }
 
 /// Runs pg_dump: its output to the file or to our stdout, its messages to our stderr.
-fn dump(pg_dump: &Path, opts: &DumpOptions, socket: &Path, port: u16) -> Result<()> {
+fn dump(
+    pg_dump: &Path,
+    opts: &DumpOptions,
+    format: Format,
+    file: Option<&Path>,
+    socket: &Path,
+    port: u16,
+) -> Result<()> {
     let mut cmd = Command::new(pg_dump);
     // stdout stays ours: the dump itself goes there without -f.
-    cmd.args(pg_dump_args(opts, socket, port))
+    cmd.args(pg_dump_args(opts, format, file, socket, port))
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped());
@@ -308,7 +358,7 @@ fn dump(pg_dump: &Path, opts: &DumpOptions, socket: &Path, port: u16) -> Result<
     if out.status.success() {
         return Ok(());
     }
-    if let Some(f) = &opts.file {
+    if let Some(f) = file {
         // A failed pg_dump leaves a partial file or directory: nobody should restore it.
         let _ = std::fs::remove_file(f).or_else(|_| std::fs::remove_dir_all(f));
     }
@@ -323,6 +373,222 @@ fn dump(pg_dump: &Path, opts: &DumpOptions, socket: &Path, port: u16) -> Result<
             out.status
         ))),
     }
+}
+
+/// `_at_HHMM` (UTC) of the target time, or of the backup's end for any other point.
+fn default_suffix(plan: &Plan) -> String {
+    let at = match &plan.target {
+        Some(crate::pg::target::Target::Time(t)) => t.with_timezone(&chrono::Utc),
+        _ => plan.snapshot.stop_time.with_timezone(&chrono::Utc),
+    };
+    format!("_at_{}", at.format("%H%M"))
+}
+
+/// An SQL identifier, quoted.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// An SQL string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The tables of a custom archive's table of contents (`pg_restore -l`): its `TABLE SCHEMA
+/// NAME OWNER` entries.
+fn archive_tables(toc: &str) -> Vec<(String, String)> {
+    toc.lines()
+        .filter(|l| !l.starts_with(';'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [_, _, _, "TABLE", schema, name, _owner] => {
+                    Some((schema.to_string(), name.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// One relation to rename on the view before the dump that is restored.
+struct Rename {
+    kind: &'static str,
+    schema: String,
+    old: String,
+    new: String,
+}
+
+/// `--into`: dumps the selected tables, renames them with their indexes and owned
+/// sequences on the view (a throw-away promoted copy), refuses if any new name exists in the
+/// live database, dumps again and restores in one transaction, so nothing existing is
+/// touched and a failure leaves nothing behind. Returns the names created.
+fn restore_into(
+    bin: &Path,
+    opts: &DumpOptions,
+    into: &Into,
+    suffix: &str,
+    work: &Workspace,
+    port: u16,
+) -> Result<Vec<String>> {
+    let socket = work.socket();
+    let pg_dump = bin.join("pg_dump");
+    let first = work.dir.join("selected.dump");
+    dump(&pg_dump, opts, Format::Custom, Some(&first), &socket, port)?;
+    let toc = run_tool(
+        Command::new(bin.join("pg_restore"))
+            .arg("--list")
+            .arg(&first),
+        "pg_restore --list",
+    )?;
+    let tables = archive_tables(&toc);
+    let view = Server::connect(&ConnOpts {
+        dbname: Some(conninfo_value(&opts.dbname)),
+        host: Some(socket.display().to_string()),
+        port: Some(port),
+        username: Some(opts.user.clone()),
+    })?;
+    let mut renames = Vec::new();
+    for (schema, table) in &tables {
+        let rel = literal(&format!("{}.{}", ident(schema), ident(table)));
+        renames.push(Rename {
+            kind: "TABLE",
+            schema: schema.clone(),
+            old: table.clone(),
+            new: format!("{table}{suffix}"),
+        });
+        let dependents = view.query_rows(&format!(
+            "SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'INDEX' END, c.relname \
+             FROM pg_class c WHERE c.oid IN (\
+               SELECT indexrelid FROM pg_index WHERE indrelid = {rel}::regclass \
+               UNION SELECT objid FROM pg_depend WHERE refobjid = {rel}::regclass \
+                 AND classid = 'pg_class'::regclass AND deptype IN ('a', 'i')) \
+             AND c.relkind IN ('i', 'S') ORDER BY 2"
+        ))?;
+        for row in dependents {
+            if let [kind, name] = row.as_slice() {
+                renames.push(Rename {
+                    kind: if kind == "SEQUENCE" {
+                        "SEQUENCE"
+                    } else {
+                        "INDEX"
+                    },
+                    schema: schema.clone(),
+                    old: name.clone(),
+                    new: format!("{name}{suffix}"),
+                });
+            }
+        }
+    }
+    let live = Server::connect(&ConnOpts {
+        dbname: Some(into.conninfo.clone()),
+        ..ConnOpts::default()
+    })?;
+    let mut taken = Vec::new();
+    for r in &renames {
+        if live.query_bool(&format!(
+            "SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {})",
+            literal(&r.schema),
+            literal(&r.new)
+        ))? {
+            taken.push(format!("{}.{}", r.schema, r.new));
+        }
+    }
+    if !taken.is_empty() {
+        return Err(Error::BadInput(format!(
+            "the live database already has {}: nothing was restored; choose another \
+             --rename-suffix",
+            taken.join(", ")
+        )));
+    }
+    let sql: String = renames
+        .iter()
+        .map(|r| {
+            format!(
+                "ALTER {} {}.{} RENAME TO {};",
+                r.kind,
+                ident(&r.schema),
+                ident(&r.old),
+                ident(&r.new)
+            )
+        })
+        .collect();
+    view.execute(&format!("BEGIN; {sql} COMMIT;"))?;
+    drop(view);
+    let renamed = DumpOptions {
+        tables: tables
+            .iter()
+            .map(|(s, t)| format!("{}.{}", ident(s), ident(&format!("{t}{suffix}"))))
+            .collect(),
+        schemas: Vec::new(),
+        ..selection_of(opts)
+    };
+    let second = work.dir.join("renamed.dump");
+    dump(
+        &pg_dump,
+        &renamed,
+        Format::Custom,
+        Some(&second),
+        &socket,
+        port,
+    )?;
+    (opts.stage)(Stage::Restoring);
+    run_tool(
+        Command::new(bin.join("pg_restore"))
+            .args([
+                "--single-transaction",
+                "--exit-on-error",
+                "--no-owner",
+                "--dbname",
+            ])
+            .arg(&into.conninfo)
+            .arg(&second),
+        "pg_restore into the live database",
+    )?;
+    Ok(renames
+        .iter()
+        .map(|r| format!("{}.{}", r.schema, r.new))
+        .collect())
+}
+
+/// The options that shape pg_dump's connection and selection, for a second dump.
+fn selection_of(opts: &DumpOptions) -> DumpOptions {
+    DumpOptions {
+        repo_spec: opts.repo_spec.clone(),
+        passphrase: opts.passphrase.clone(),
+        goal: opts.goal.clone(),
+        system: opts.system,
+        cache: opts.cache.clone(),
+        user: opts.user.clone(),
+        pg_bin: opts.pg_bin.clone(),
+        dbname: opts.dbname.clone(),
+        tables: opts.tables.clone(),
+        schemas: opts.schemas.clone(),
+        format: opts.format,
+        file: None,
+        extra: opts.extra.clone(),
+        into: None,
+        stage: Box::new(|_| {}),
+    }
+}
+
+/// Runs a client program; its stdout, or its stderr in the error.
+fn run_tool(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io(format!("run {what}")))?;
+    if !out.status.success() {
+        return Err(Error::BadAnswer(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', " | ")
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
@@ -351,6 +617,7 @@ mod tests {
             format,
             file: file.map(PathBuf::from),
             extra: vec!["--no-owner".into()],
+            into: None,
             stage: Box::new(|_| {}),
         }
     }
@@ -365,8 +632,22 @@ mod tests {
     }
 
     #[test]
+    fn the_tables_of_an_archive_are_its_table_entries() {
+        let toc = ";\n; Archive created at 2026-12-04\n215; 1259 16385 TABLE public t postgres\n\
+                   3340; 0 16385 TABLE DATA public t postgres\n\
+                   3195; 2606 16390 CONSTRAINT public t t_pkey postgres\n";
+        assert_eq!(
+            archive_tables(toc),
+            [("public".to_string(), "t".to_string())]
+        );
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
     fn named_tables_must_match_and_extra_options_come_last() {
-        let a = pg_dump_args(&opts(Format::Custom, Some("/o.dump")), Path::new("/s"), 5);
+        let o = opts(Format::Custom, Some("/o.dump"));
+        let a = pg_dump_args(&o, o.format, o.file.as_deref(), Path::new("/s"), 5);
         assert_eq!(
             a,
             [

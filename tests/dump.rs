@@ -1,7 +1,8 @@
 //! `pgsnapfs dump` against real PostgreSQL 15 and real FUSE: a dropped table dumped from
 //! before the DROP and loaded into a fresh database has exactly its rows; a target inside the
 //! DROP's transaction (whose AccessExclusiveLock a paused recovery keeps) dumps without
-//! waiting; `--format custom` restores with pg_restore; unknown names fail clearly, exit 4,
+//! waiting; `--format custom` restores with pg_restore; `--into` restores into the live database under new
+//! names and refuses names that exist; unknown names fail clearly, exit 4,
 //! and leave nothing mounted. One cluster for the whole scenario.
 //!
 //! dump mounts with FUSE, so it runs as root here.
@@ -132,6 +133,34 @@ fn a_dropped_table_comes_back_through_dump() {
         .arg(&file);
     run_command(&mut restore).assert_ok();
     assert_eq!(source.psql_db("at_lsn", T_ROWS), want);
+
+    // --into: straight into the live database under new names, with its index; a second
+    // run refuses, as the names exist, and changes nothing.
+    let live = source.conninfo();
+    let into = [
+        "--target-time",
+        before.as_str(),
+        "--dbname",
+        "postgres",
+        "--table",
+        "t",
+        "--into",
+        live.as_str(),
+        "--rename-suffix",
+        "_back",
+    ];
+    dump(&repo, &into).assert_ok();
+    assert_eq!(source.psql(&T_ROWS.replace(" t", " t_back")), want);
+    assert_eq!(
+        source.psql("SELECT string_agg(indexname, ',') FROM pg_indexes WHERE tablename = 't_back'"),
+        "t_pkey_back"
+    );
+    source.psql("DELETE FROM t_back WHERE id = 1");
+    let kept = source.psql(&T_ROWS.replace(" t", " t_back"));
+    dump(&repo, &into)
+        .assert_exit(2)
+        .assert_mentions("public.t_back");
+    assert_eq!(source.psql(&T_ROWS.replace(" t", " t_back")), kept);
 
     // Unknown names: exit 4 naming them, nothing left mounted, no output file.
     let missing = work.join("missing.sql");

@@ -41,6 +41,14 @@ pub struct Args {
     /// Print a JSON summary on stdout (only with -f: without it stdout is the dump).
     #[arg(long, requires = "file")]
     pub json: bool,
+    /// Restore the tables (--table) straight into this live database (a libpq connection
+    /// string or URI) under new names, in one transaction; refused if a new name exists.
+    #[arg(long, conflicts_with_all = ["file", "json"])]
+    pub into: Option<String>,
+    /// The suffix of the restored tables', indexes' and sequences' names with --into
+    /// [default: _at_HHMM of the target time, UTC].
+    #[arg(long, requires = "into")]
+    pub rename_suffix: Option<String>,
     /// More pg_dump options, after `--`.
     #[arg(last = true)]
     pub extra: Vec<String>,
@@ -70,6 +78,10 @@ pub fn run(
         format: a.format,
         file: a.file,
         extra: a.extra,
+        into: a.into.map(|conninfo| dump::Into {
+            conninfo,
+            suffix: a.rename_suffix,
+        }),
         stage: Box::new(move |stage| {
             if terminal {
                 eprintln!("{}", stage_line(&stage));
@@ -79,6 +91,13 @@ pub fn run(
     let report = dump::run(repo, &opts, signals)?;
     if a.json {
         print_json(&report);
+    } else if let Some(names) = &report.restored {
+        eprintln!(
+            "restored from backup {} ({}) into the live database: {}",
+            report.backup,
+            report.target,
+            names.join(", ")
+        );
     } else if let Some(f) = &report.file {
         eprintln!(
             "dumped database {} from backup {} ({}) to {} in {:.1}s",
@@ -102,5 +121,6 @@ fn stage_line(stage: &Stage) -> String {
         ),
         Stage::Recovering => "starting the server on the view and replaying WAL".into(),
         Stage::Dumping => "running pg_dump".into(),
+        Stage::Restoring => "restoring into the live database (one transaction)".into(),
     }
 }
