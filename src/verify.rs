@@ -215,17 +215,17 @@ pub(crate) fn pg_bin(given: Option<&Path>, major: u32) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("find a free port"))?;
     Ok(l.local_addr().map_err(io("find a free port"))?.port())
 }
 
 /// How to run the test server: its programs, its user (name and ids) when we are root and run
 /// it as someone else, and what stops it on a signal.
-struct Launch<'a> {
-    bin: &'a Path,
-    user: Option<(&'a str, Owner)>,
-    interrupt: &'a Arc<Interrupt>,
+pub(crate) struct Launch<'a> {
+    pub(crate) bin: &'a Path,
+    pub(crate) user: Option<(&'a str, Owner)>,
+    pub(crate) interrupt: &'a Arc<Interrupt>,
 }
 
 /// The test server: a postmaster run by this process, as the server's user when we are root
@@ -233,7 +233,7 @@ struct Launch<'a> {
 /// Knowing the postmaster's process lets verify see it start or die at once, and stop it
 /// without pg_ctl's tenth-of-a-second polling. Dropping it stops the server (immediate
 /// shutdown) and waits until it has exited, so that nothing holds the view's files.
-struct Postmaster {
+pub(crate) struct Postmaster {
     child: Child,
     /// The child has been waited for: its process id may belong to someone else now.
     reaped: bool,
@@ -241,7 +241,7 @@ struct Postmaster {
 }
 
 /// How a server start ended.
-enum Started {
+pub(crate) enum Started {
     /// It accepts connections (a hot standby during recovery, or a primary).
     Ready,
     /// It exited first.
@@ -252,7 +252,12 @@ enum Started {
 
 impl Postmaster {
     /// Starts the server, as `user` (name and ids) when given.
-    fn start(launch: &Launch, work: &Workspace, port: u16, log: &Path) -> Result<Postmaster> {
+    pub(crate) fn start(
+        launch: &Launch,
+        work: &Workspace,
+        port: u16,
+        log: &Path,
+    ) -> Result<Postmaster> {
         let Launch {
             bin,
             user,
@@ -322,7 +327,7 @@ impl Postmaster {
     }
 
     /// Waits until the server accepts connections, as its pid file in `data` says.
-    fn wait_ready(&mut self, data: &Path, deadline: Instant) -> Result<Started> {
+    pub(crate) fn wait_ready(&mut self, data: &Path, deadline: Instant) -> Result<Started> {
         let pid_file = data.join("postmaster.pid");
         loop {
             if self.exited()? {
@@ -366,7 +371,7 @@ fn stop_server(pid: u32) {
 /// recovery or queries fail, and verify unwinds through its usual teardown (server reaped,
 /// view unmounted, scratch removed, nothing recorded) instead of leaving them behind.
 #[derive(Default)]
-struct Interrupt {
+pub(crate) struct Interrupt {
     /// The signal's number, 0 until one arrives.
     signal: AtomicI32,
     /// The test server while it runs and is not yet reaped.
@@ -376,7 +381,7 @@ struct Interrupt {
 impl Interrupt {
     /// Takes `signals` (blocked in every thread since the command started) on a thread of its
     /// own for the rest of the run.
-    fn listen(signals: Signals) -> Arc<Interrupt> {
+    pub(crate) fn listen(signals: Signals) -> Arc<Interrupt> {
         let interrupt = Arc::new(Interrupt::default());
         let watcher = interrupt.clone();
         std::thread::spawn(move || {
@@ -391,7 +396,7 @@ impl Interrupt {
     }
 
     /// `Err(Interrupted)` once a signal has arrived.
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         match self.signal.load(Ordering::SeqCst) {
             0 => Ok(()),
             sig => Err(Error::Interrupted(sig)),
@@ -427,7 +432,7 @@ pub(crate) fn home_of(uid: u32) -> Option<PathBuf> {
 }
 
 /// How often verify looks at a starting or recovering server.
-const POLL: Duration = Duration::from_millis(10);
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// Whether a postmaster.pid written by the server with process id `pid` says it accepts
 /// connections: its eighth line is `ready` (or `standby`, a hot standby in recovery).
@@ -439,13 +444,13 @@ fn accepts_connections(pid_file: &str, pid: u32) -> bool {
 
 /// A verify's own directory: the view's mount point and scratch directory, the server's
 /// socket and log. Removed with everything in it when dropped.
-struct Workspace {
-    dir: PathBuf,
+pub(crate) struct Workspace {
+    pub(crate) dir: PathBuf,
 }
 
 impl Workspace {
-    fn create(owner: Owner) -> Result<Workspace> {
-        let dir = std::env::temp_dir().join(format!("pgsnapfs-verify-{}", std::process::id()));
+    pub(crate) fn create(owner: Owner, command: &str) -> Result<Workspace> {
+        let dir = std::env::temp_dir().join(format!("pgsnapfs-{command}-{}", std::process::id()));
         crate::restore::check_empty(&dir, "work directory")?;
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let work = Workspace { dir };
@@ -467,11 +472,11 @@ impl Workspace {
     }
 
     /// The view's mount point: the server's data directory.
-    fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
 
-    fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.dir.join("socket")
     }
 }
@@ -493,7 +498,7 @@ pub fn run(
 ) -> Result<Report> {
     let interrupt = Interrupt::listen(signals);
     let owner = session::server_owner(&opts.user)?;
-    let work = Workspace::create(owner)?;
+    let work = Workspace::create(owner, "verify")?;
     let started = Instant::now();
     let session = Session::open(
         // `--full` also hashes every chunk it reads; incremental runs check their crcs.

@@ -16,6 +16,7 @@ pub mod out;
 
 mod backup;
 mod check;
+mod dump;
 mod expire;
 mod gc;
 mod info;
@@ -96,6 +97,9 @@ pub enum Command {
     /// Restore test: mount a point in time, start PostgreSQL on it, read every table,
     /// check indexes, run assertions, tear down.
     Verify(verify::Args),
+    /// Dump a database, schema or table as it was at a backup or point in time (for a
+    /// dropped table): a private view, its server and pg_dump, torn down afterwards.
+    Dump(dump::Args),
     /// Delete the backups a retention policy does not keep, and the WAL no kept backup needs.
     Expire(expire::Args),
     /// Mark a backup so expire never deletes it (or remove the mark with --off).
@@ -142,6 +146,10 @@ pub fn run(cli: Cli) -> Result<()> {
             // its server and view on SIGINT and SIGTERM.
             let signals = crate::session::lifecycle::block_signals();
             verify::run(open(&repo()?)?, signals, &repo()?, pass, a)
+        }
+        Command::Dump(a) => {
+            let signals = crate::session::lifecycle::block_signals();
+            dump::run(open(&repo()?)?, signals, &repo()?, pass, a)
         }
         Command::Check(a) => check::run(&open(&repo()?)?, a),
         Command::Expire(a) => expire::run(&open(&repo()?)?, a),

@@ -1,0 +1,126 @@
+//! `pgsnapfs dump`
+
+use super::{print_json, GoalArgs};
+use crate::dump::{self, DumpOptions, Format, Stage};
+use crate::error::Result;
+use crate::session::lifecycle::Signals;
+use crate::store::Repository;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub goal: GoalArgs,
+    /// The database to dump.
+    #[arg(long)]
+    pub dbname: String,
+    /// Dump only this table (a pg_dump pattern; repeatable). Each must match.
+    #[arg(short = 't', long)]
+    pub table: Vec<String>,
+    /// Dump only this schema (a pg_dump pattern; repeatable). Each must match.
+    #[arg(short = 'n', long)]
+    pub schema: Vec<String>,
+    /// pg_dump's output format.
+    #[arg(short = 'F', long, value_enum, default_value = "plain")]
+    pub format: Format,
+    /// The output file (a directory for --format directory); stdout when absent.
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    /// The user the server on the view runs as (and the role pg_dump connects as).
+    #[arg(long, default_value = "postgres")]
+    pub user: String,
+    /// Directory of the backup's PostgreSQL programs [default: /usr/lib/postgresql/MAJOR/bin].
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
+    /// The cluster, when the repository holds several.
+    #[arg(long)]
+    pub system: Option<u64>,
+    /// Print a JSON summary on stdout (only with -f: without it stdout is the dump).
+    #[arg(long, requires = "file")]
+    pub json: bool,
+    /// Restore the tables (--table) straight into this live database (a libpq connection
+    /// string or URI) under new names, in one transaction; refused if a new name exists.
+    #[arg(long, conflicts_with_all = ["file", "json"])]
+    pub into: Option<String>,
+    /// The suffix of the restored tables', indexes' and sequences' names with --into
+    /// [default: _at_HHMM of the target time, UTC].
+    #[arg(long, requires = "into")]
+    pub rename_suffix: Option<String>,
+    /// More pg_dump options, after `--`.
+    #[arg(last = true)]
+    pub extra: Vec<String>,
+}
+
+/// `signals`: SIGINT and SIGTERM, blocked before the repository was opened, which interrupt
+/// the dump cleanly.
+pub fn run(
+    repo: Repository,
+    signals: Signals,
+    repo_spec: &str,
+    pass: &super::key::PassphraseArgs,
+    a: Args,
+) -> Result<()> {
+    let terminal = std::io::stderr().is_terminal();
+    let opts = DumpOptions {
+        repo_spec: repo_spec.to_string(),
+        passphrase: pass.source(),
+        goal: a.goal.goal()?,
+        system: a.system,
+        cache: a.cache.options(),
+        user: a.user,
+        pg_bin: a.pg_bin,
+        dbname: a.dbname,
+        tables: a.table,
+        schemas: a.schema,
+        format: a.format,
+        file: a.file,
+        extra: a.extra,
+        into: a.into.map(|conninfo| dump::Into {
+            conninfo,
+            suffix: a.rename_suffix,
+        }),
+        stage: Box::new(move |stage| {
+            if terminal {
+                eprintln!("{}", stage_line(&stage));
+            }
+        }),
+    };
+    let report = dump::run(repo, &opts, signals)?;
+    if a.json {
+        print_json(&report);
+    } else if let Some(names) = &report.restored {
+        eprintln!(
+            "restored from backup {} ({}) into the live database: {}",
+            report.backup,
+            report.target,
+            names.join(", ")
+        );
+    } else if let Some(f) = &report.file {
+        eprintln!(
+            "dumped database {} from backup {} ({}) to {} in {:.1}s",
+            report.database,
+            report.backup,
+            report.target,
+            f.display(),
+            report.recovery_s + report.dump_s
+        );
+    }
+    Ok(())
+}
+
+fn stage_line(stage: &Stage) -> String {
+    match stage {
+        Stage::Planned(plan) => format!(
+            "mounting backup {} (PostgreSQL {}), recovering to {}",
+            plan.snapshot.id,
+            plan.snapshot.pg_major,
+            plan.describe()
+        ),
+        Stage::Recovering => "starting the server on the view and replaying WAL".into(),
+        Stage::Dumping => "running pg_dump".into(),
+        Stage::Restoring => "restoring into the live database (one transaction)".into(),
+    }
+}
