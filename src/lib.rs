@@ -12,6 +12,7 @@ pub mod archiver;
 pub mod backup;
 pub mod catalog;
 pub mod check;
+pub mod copy;
 pub mod cli;
 pub mod error;
 pub mod expire;
