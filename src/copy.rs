@@ -136,6 +136,10 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
             .map(|m| m.size_logical)
             .sum(),
     );
+    // WAL first: a backup that appears in the target can be restored there at once.
+    if opts.wal {
+        copy_wal(from, to, &mut summary)?;
+    }
     let mut logical = 0;
     if !todo.is_empty() {
         let mut copier = Copier::new(from, to, &opts, stored_blobs(to)?);
@@ -171,9 +175,6 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
         summary.bytes_sent = copier.bytes_sent;
         summary.bytes_skipped = logical.saturating_sub(copier.bytes_sent);
         summary.pack_bytes_written = copier.written_before;
-    }
-    if opts.wal {
-        copy_wal(from, to, &mut summary)?;
     }
     summary.requests_from = from.backend().stats().map(Into::into);
     summary.requests_to = to.backend().stats().map(Into::into);
