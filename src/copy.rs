@@ -24,6 +24,9 @@ use crate::store::{BlobId, Packer, Repository, StoreError};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+/// How many chunks of a list are read from the source at a time (8 MiB of 64 KiB chunks).
+const READ_BATCH: usize = 128;
+
 /// A manifest as stored, whatever its writer's metadata: copied field for field.
 type Manifest = Snapshot<Map<String, Value>>;
 
@@ -372,15 +375,34 @@ impl<'a> Copier<'a> {
                 }
             }
         }
-        let mut out = Vec::new();
-        for c in self.from.load_chunk_list(r)? {
-            out.push(self.chunk(&c)?);
+        let chunks = self.from.load_chunk_list(r)?;
+        let mut out = Vec::with_capacity(chunks.len());
+        // Neighbours to read are fetched together: one ranged read per run of them.
+        for part in chunks.chunks(READ_BATCH) {
+            let unread: Vec<Chunk> = part.iter().filter(|c| self.must_read(c)).copied().collect();
+            let mut read: HashMap<BlobId, Vec<u8>> = unread
+                .iter()
+                .map(|c| c.id)
+                .zip(self.from.read_chunks(&unread)?)
+                .collect();
+            for c in part {
+                let data = read.remove(&c.id);
+                out.push(self.chunk(c, data)?);
+            }
         }
         self.store(r, BlobType::ChunkList, &encode_chunk_list(&out))
     }
 
-    /// One chunk in the target: mapped already, held there, or sent.
-    fn chunk(&mut self, c: &Chunk) -> Result<Chunk> {
+    /// Whether a chunk's content must be read from the source to place it in the target.
+    fn must_read(&self, c: &Chunk) -> bool {
+        c.loc.is_some()
+            && !self.chunks.contains_key(&c.id)
+            && !(self.same_ids && self.known.contains_key(&c.id))
+    }
+
+    /// One chunk in the target: mapped already, held there, or sent; `data` is its content
+    /// if it was read.
+    fn chunk(&mut self, c: &Chunk, data: Option<Vec<u8>>) -> Result<Chunk> {
         if c.loc.is_none() {
             return Ok(*c);
         }
@@ -391,7 +413,10 @@ impl<'a> Copier<'a> {
         let out = match held(&c.id).filter(|_| self.same_ids) {
             Some(placed) => self.reuse(c.id, c.len, placed)?,
             None => {
-                let data = self.from.read_chunk(c)?;
+                let data = match data {
+                    Some(data) => data,
+                    None => self.from.read_chunk(c)?,
+                };
                 let id = self.to.crypto().id(&data);
                 match held(&id) {
                     Some(placed) => self.reuse(id, c.len, placed)?,

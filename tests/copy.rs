@@ -148,4 +148,15 @@ fn copy_local_s3_encrypted_local_incremental_and_killed() {
     assert_eq!(ids(&r3), ids(&r4));
     check_read_data(&r4);
     assert_eq!(restored_rows(&r4), want, "rows restored after killed copies");
+
+    // Chunk lists cannot carry another chunk size: refused before anything is written.
+    let other = Repo::new();
+    other.run("init", &["--chunk-size", "128K"]).assert_ok();
+    let before = other.digest();
+    pgsnapfs(&copy_args(&r3, &other, &[]))
+        .assert_exit(2)
+        .assert_mentions("--chunk-size 65536");
+    assert_eq!(other.digest(), before);
+    pgsnapfs(&copy_args(&r3, &r3, &[])).assert_exit(2);
+    pgsnapfs(&copy_args(&r3, &r4, &["--backup", "20000101T000000Z"])).assert_exit(4);
 }
