@@ -90,7 +90,11 @@ pub fn plan(
         Selection::All => ordered.into_iter().map(|(id, _)| id).collect(),
         Selection::One(id) if id == "latest" => match ordered.pop() {
             Some((id, _)) => vec![id],
-            None => return Err(Error::NotFound("the source repository has no backup".into())),
+            None => {
+                return Err(Error::NotFound(
+                    "the source repository has no backup".into(),
+                ))
+            }
         },
         Selection::One(id) => {
             if !ordered.iter().any(|(s, _)| s == id) {
@@ -307,7 +311,11 @@ impl<'a> Copier<'a> {
         };
         let mut entries = Vec::with_capacity(dir.entries.len());
         for node in dir.entries {
-            let twin = |n: &str| bases.as_ref().and_then(|(a, b)| Some((a.get(n)?, b.get(n)?)));
+            let twin = |n: &str| {
+                bases
+                    .as_ref()
+                    .and_then(|(a, b)| Some((a.get(n)?, b.get(n)?)))
+            };
             let kind = match &node.kind {
                 NodeKind::Dir { tree } => {
                     let pair = match twin(&node.name).map(|(a, b)| (&a.kind, &b.kind)) {
@@ -322,11 +330,10 @@ impl<'a> Copier<'a> {
                 }
                 NodeKind::File { size, lists } => {
                     let pair = match twin(&node.name).map(|(a, b)| (&a.kind, &b.kind)) {
-                        Some((NodeKind::File { lists: a, .. }, NodeKind::File { lists: b, .. }))
-                            if a.len() == b.len() =>
-                        {
-                            Some((a.clone(), b.clone()))
-                        }
+                        Some((
+                            NodeKind::File { lists: a, .. },
+                            NodeKind::File { lists: b, .. },
+                        )) if a.len() == b.len() => Some((a.clone(), b.clone())),
                         _ => None,
                     };
                     let mut out = Vec::with_capacity(lists.len());
@@ -407,7 +414,10 @@ impl<'a> Copier<'a> {
             return Ok(*c);
         }
         if let Some(done) = self.chunks.get(&c.id) {
-            return Ok(Chunk { len: c.len, ..*done });
+            return Ok(Chunk {
+                len: c.len,
+                ..*done
+            });
         }
         let held = |id: &BlobId| self.known.get(id).copied();
         let out = match held(&c.id).filter(|_| self.same_ids) {
@@ -463,11 +473,10 @@ impl<'a> Copier<'a> {
     /// The crc32c of a blob's stored bytes in the target, for a list that records crcs.
     fn stored_crc(&self, loc: &Loc) -> Result<u32> {
         let key = keys::pack(&loc.pack);
-        let stored = self.to.backend().get_range(
-            &key,
-            u64::from(loc.offset),
-            u64::from(loc.stored_len),
-        )?;
+        let stored =
+            self.to
+                .backend()
+                .get_range(&key, u64::from(loc.offset), u64::from(loc.stored_len))?;
         Ok(crc32c::crc32c(&stored))
     }
 
@@ -553,7 +562,11 @@ mod tests {
 
     #[test]
     fn plan_sends_what_the_target_lacks_oldest_first() {
-        let source = vec![("b2".into(), at(2)), ("b1".into(), at(1)), ("b3".into(), at(3))];
+        let source = vec![
+            ("b2".into(), at(2)),
+            ("b1".into(), at(1)),
+            ("b3".into(), at(3)),
+        ];
         let target: HashSet<String> = ["b2".to_string()].into();
         let (todo, present) = plan(&source, &target, &Selection::All).unwrap();
         assert_eq!(todo, vec!["b1", "b3"]);

@@ -76,7 +76,11 @@ fn copy_local_s3_encrypted_local_incremental_and_killed() {
     source.switch_wal_and_wait_archived();
 
     let first = copy(&r1, &r2, &["--wal"]);
-    assert_eq!(first["backups_copied"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(
+        first["backups_copied"].as_array().unwrap().len(),
+        1,
+        "{first}"
+    );
     assert!(json_u64(&first, "wal_files_sent") > 0, "{first}");
     let first_back = copy(&r2, &r3, &["--wal"]);
     let full = json_u64(&first_back, "bytes_sent");
@@ -89,15 +93,26 @@ fn copy_local_s3_encrypted_local_incremental_and_killed() {
     source.switch_wal_and_wait_archived();
     let want = source.psql(ROWS);
     let second = copy(&r1, &r2, &["--wal"]);
-    assert_eq!(second["backups_copied"].as_array().unwrap().len(), 1, "{second}");
-    assert_eq!(second["backups_present"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(
+        second["backups_copied"].as_array().unwrap().len(),
+        1,
+        "{second}"
+    );
+    assert_eq!(
+        second["backups_present"].as_array().unwrap().len(),
+        1,
+        "{second}"
+    );
     let second_back = copy(&r2, &r3, &["--wal"]);
     let delta = json_u64(&second_back, "bytes_sent");
     assert!(
         delta * 4 < full,
         "the second copy sent {delta} bytes, the first {full}: {second_back}"
     );
-    assert!(json_u64(&second_back, "bytes_skipped") > delta, "{second_back}");
+    assert!(
+        json_u64(&second_back, "bytes_skipped") > delta,
+        "{second_back}"
+    );
     assert!(requests_total(&second["requests_to"]) > 0, "{second}");
     // Nothing new: nothing sent.
     let again = copy(&r2, &r3, &["--wal"]);
@@ -108,7 +123,11 @@ fn copy_local_s3_encrypted_local_incremental_and_killed() {
     check_read_data(&r2);
     check_read_data(&r3);
     source.stop();
-    assert_eq!(restored_rows(&r3), want, "rows restored from the second copy");
+    assert_eq!(
+        restored_rows(&r3),
+        want,
+        "rows restored from the second copy"
+    );
 
     // Killed at each of its kill points, a copy shows no partial backup; a rerun completes.
     let r4 = Repo::init();
@@ -147,7 +166,11 @@ fn copy_local_s3_encrypted_local_incremental_and_killed() {
     let r4 = last.expect("kill points");
     assert_eq!(ids(&r3), ids(&r4));
     check_read_data(&r4);
-    assert_eq!(restored_rows(&r4), want, "rows restored after killed copies");
+    assert_eq!(
+        restored_rows(&r4),
+        want,
+        "rows restored after killed copies"
+    );
 
     // Chunk lists cannot carry another chunk size: refused before anything is written.
     let other = Repo::new();

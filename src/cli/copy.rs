@@ -53,7 +53,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let from = open_with(
         &a.from,
-        &secret(&a.from_passphrase_file, &a.from_passphrase_command, FROM_ENV),
+        &secret(
+            &a.from_passphrase_file,
+            &a.from_passphrase_command,
+            FROM_ENV,
+        ),
     )?;
     let to = open_with(
         &a.to,
@@ -61,7 +65,11 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     let backups = match a.backup.as_str() {
         "all" => Selection::All,
-        "" => return Err(Error::BadInput("--backup needs an id, latest or all".into())),
+        "" => {
+            return Err(Error::BadInput(
+                "--backup needs an id, latest or all".into(),
+            ))
+        }
         id => Selection::One(id.to_string()),
     };
     let bar = progress(None, "copying");

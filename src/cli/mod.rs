@@ -160,17 +160,20 @@ fn open(spec: &str, pass: &key::PassphraseArgs) -> Result<Repository> {
     open_with(spec, &|location| pass.read(location))
 }
 
+/// The passphrase of the repository at a location, read only if it is encrypted.
+type SecretFor<'a> =
+    &'a dyn Fn(&str) -> std::result::Result<zeroize::Zeroizing<Vec<u8>>, crate::store::StoreError>;
+
 /// [`open`] with the passphrase from `secret`, asked with the repository's location.
-fn open_with(
-    spec: &str,
-    secret: &dyn Fn(&str) -> std::result::Result<zeroize::Zeroizing<Vec<u8>>, crate::store::StoreError>,
-) -> Result<Repository> {
+fn open_with(spec: &str, secret: SecretFor) -> Result<Repository> {
     if !spec.contains("://") && !std::path::Path::new(spec).is_dir() {
         return Err(Error::BadInput(format!(
             "repository {spec} does not exist; create it with `pgsnapfs init --repo {spec}`"
         )));
     }
-    Ok(Repository::open_with(open_backend(spec)?, &|| secret(spec))?)
+    Ok(Repository::open_with(open_backend(spec)?, &|| {
+        secret(spec)
+    })?)
 }
 
 /// Which point to recover to, and along which timeline: shared by restore, mount and verify.

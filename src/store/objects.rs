@@ -39,7 +39,9 @@ impl Repository {
             return Err(StoreError::corrupt(key, "pack too short"));
         }
         let tail_at = size - pack::TAIL_LEN as u64;
-        let tail = self.backend().get_range(&key, tail_at, pack::TAIL_LEN as u64)?;
+        let tail = self
+            .backend()
+            .get_range(&key, tail_at, pack::TAIL_LEN as u64)?;
         let count = pack::parse_tail(&tail, &key)?;
         let start = pack::table_start(size, count, self.crypto().table_overhead(), &key)?;
         let stored = self.backend().get_range(&key, start, tail_at - start)?;
