@@ -222,8 +222,17 @@ fn common_base(
     else {
         return Ok(None);
     };
-    let theirs: Manifest = to.load_manifest(&base.id)?;
-    Ok(Some((base.root, theirs.root)))
+    let theirs: Manifest = match to.load_manifest(&base.id) {
+        // Expired in the target since it was listed: copy without a base.
+        Err(StoreError::NoSuchBackup(_)) => return Ok(None),
+        other => other?,
+    };
+    // The base maps chunks by position, so it must be the same backup, not one that only
+    // shares its id: same cluster, LSNs, label and sizes.
+    let same = theirs.meta == base.meta
+        && theirs.size_logical == base.size_logical
+        && theirs.files == base.files;
+    Ok(same.then_some((base.root, theirs.root)))
 }
 
 /// Every blob the target's packs hold, by id, except in packs a gc run has condemned (they
@@ -558,6 +567,113 @@ mod tests {
 
     fn at(s: i64) -> chrono::DateTime<Utc> {
         Utc.timestamp_opt(s, 0).unwrap()
+    }
+
+    use crate::store::backend::memory::MemoryBackend;
+    use crate::store::ingest::{Ingest, Visit};
+    use std::sync::Arc;
+
+    const CHUNK: usize = 8192;
+
+    /// A backup of `dir` into `repo` as manifest `id`, stopped at second `at`.
+    fn backup(repo: &Repository, dir: &std::path::Path, id: &str, secs: i64) {
+        let mut ingest = Ingest::new(repo, 2, Box::new(|_| {}));
+        let nodes = ingest.read_dir(dir, "", None, &|_, _| Visit::Keep).unwrap();
+        let root = ingest.write_dir(nodes, None).unwrap();
+        let (stats, stored) = ingest.finish().unwrap();
+        let meta = serde_json::json!({"system_identifier": "7", "stop_lsn": id});
+        let snap: Manifest = Snapshot {
+            format: 1,
+            id: id.into(),
+            meta: meta.as_object().unwrap().clone(),
+            start_time: at(secs),
+            stop_time: at(secs),
+            label: String::new(),
+            size_logical: stats.bytes,
+            size_stored_new: stored,
+            files: stats.files,
+            chunk_size: CHUNK as u32,
+            parent: None,
+            root,
+            root_mode: 0o700,
+            root_mtime: 0,
+            requests: None,
+        };
+        repo.save_manifest(&snap).unwrap();
+    }
+
+    /// `base/rel` of backup `id`.
+    fn rel(repo: &Repository, id: &str) -> Vec<u8> {
+        let snap: Manifest = repo.load_manifest(id).unwrap();
+        let root = repo.load_dir(&snap.root).unwrap();
+        let NodeKind::Dir { tree } = &root.get("base").unwrap().kind else {
+            panic!("base is not a directory")
+        };
+        match &repo.load_dir(tree).unwrap().get("rel").unwrap().kind {
+            NodeKind::File { lists, .. } => repo.read_file(lists).unwrap(),
+            other => panic!("rel is {other:?}"),
+        }
+    }
+
+    fn all() -> CopyOptions {
+        CopyOptions {
+            backups: Selection::All,
+            wal: false,
+            total: Box::new(|_| {}),
+            progress: Box::new(|_| {}),
+        }
+    }
+
+    #[test]
+    fn second_copy_sends_only_the_changed_chunks() {
+        let from = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let to = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut data: Vec<u8> = (0..40 * CHUNK).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::create_dir(dir.path().join("base")).unwrap();
+        std::fs::write(dir.path().join("base/rel"), &data).unwrap();
+        std::fs::write(dir.path().join("zeros"), vec![0u8; 3 * CHUNK]).unwrap();
+        backup(&from, dir.path(), "b1", 1);
+        let first = run(&from, &to, all()).unwrap();
+        assert_eq!(first.backups_copied, vec!["b1"]);
+        assert_eq!(first.chunks_sent, 40);
+        assert_eq!(first.bytes_skipped, 3 * CHUNK as u64, "zeros are not sent");
+
+        data[5 * CHUNK] ^= 1;
+        data[30 * CHUNK] ^= 1;
+        std::fs::write(dir.path().join("base/rel"), &data).unwrap();
+        backup(&from, dir.path(), "b2", 2);
+        let second = run(&from, &to, all()).unwrap();
+        assert_eq!(second.backups_copied, vec!["b2"]);
+        assert_eq!(second.backups_present, vec!["b1"]);
+        assert_eq!(second.chunks_sent, 2);
+        assert_eq!(rel(&to, "b2"), data);
+        assert_ne!(rel(&to, "b1"), data);
+
+        // A target backup that only shares the base's id maps nothing: all is read again.
+        let other = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        run(
+            &from,
+            &other,
+            CopyOptions {
+                backups: Selection::One("b1".into()),
+                ..all()
+            },
+        )
+        .unwrap();
+        let mut forged: Manifest = other.load_manifest("b1").unwrap();
+        forged.meta.insert("stop_lsn".into(), "elsewhere".into());
+        other.delete_snapshot("b1").unwrap();
+        other.save_manifest(&forged).unwrap();
+        let root = common_base(
+            &other,
+            &from.load_manifest("b2").unwrap(),
+            &from.manifests_all_or_error().unwrap(),
+            &["b1".to_string()].into(),
+            &[],
+        )
+        .unwrap();
+        assert!(root.is_none());
     }
 
     #[test]
