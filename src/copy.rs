@@ -519,8 +519,10 @@ impl<'a> Copier<'a> {
     }
 }
 
-/// Copies every archived WAL file and summary of every cluster the target lacks: summaries
-/// first, as `wal-push` writes them, so a segment in the target always has its summary.
+/// Copies every archived WAL file, summary and drop marker of every cluster the target
+/// lacks: summaries first, as `wal-push` writes them, so a segment in the target always has
+/// its summary. The WAL index is not copied: the target's `check` writes its own, and
+/// readers list the archive until then.
 fn copy_wal(from: &Repository, to: &Repository, summary: &mut CopySummary) -> Result<()> {
     for system in archive::systems(from)? {
         copy_system_wal(from, to, &system, summary)?;
@@ -536,7 +538,12 @@ fn copy_system_wal(
 ) -> Result<()> {
     archive::register_system(to, system)?;
     let sysid = system.sysid();
-    for prefix in [keys::wal_summaries(sysid), keys::wal_system(sysid)] {
+    // Drop markers too: a gap the source knows of is one the target has.
+    for prefix in [
+        keys::wal_summaries(sysid),
+        keys::wal_system(sysid),
+        keys::wal_dropped_system(sysid),
+    ] {
         let have: BTreeSet<String> = to.backend().list(&prefix)?.into_iter().collect();
         for key in from.backend().list(&prefix)? {
             if have.contains(&key) {
