@@ -20,7 +20,7 @@ use crate::store::backend::BackendError;
 use crate::store::pack::BlobType;
 use crate::store::snapshot::{Requests, Snapshot};
 use crate::store::tree::{encode_chunk_list, BlobRef, Chunk, Dir, Loc, Node, NodeKind};
-use crate::store::{BlobId, Packer, Repository, StoreError};
+use crate::store::{BlobId, PackId, Packer, Repository, StoreError};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -149,7 +149,7 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
     }
     let mut logical = 0;
     if !todo.is_empty() {
-        let mut copier = Copier::new(from, to, &opts, stored_blobs(to)?);
+        let mut copier = Copier::new(from, to, &opts, stored_blobs(to, &writing.id())?);
         for id in &todo {
             let Some(m) = by_id.get(id.as_str()) else {
                 continue;
@@ -165,6 +165,11 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
             let mut copy = (*m).clone();
             copy.root = root;
             copy.size_stored_new = written;
+            // A gc that started before our lease may have condemned a pack listed at the
+            // start since: publishing would reference a pack its next run deletes.
+            if !copier.reused.is_disjoint(&condemned(to, &writing.id())?) {
+                return Err(Error::CopyRaced { backup: id.clone() });
+            }
             writing.ensure_held()?;
             match to.save_manifest(&copy) {
                 // Another copy published it first: the same backup, so nothing is lost.
@@ -237,13 +242,8 @@ fn common_base(
 
 /// Every blob the target's packs hold, by id, except in packs a gc run has condemned (they
 /// may go at any time). Entry tables carry no crc; a chunk reused from one gets its crc read.
-fn stored_blobs(to: &Repository) -> Result<HashMap<BlobId, (Loc, Option<u32>)>> {
-    let mut condemned = HashSet::new();
-    for key in to.trash_records()? {
-        let record: Condemned = serde_json::from_slice(&to.get_sealed(&key)?)
-            .map_err(|e| StoreError::corrupt(&key, e.to_string()))?;
-        condemned.extend(record.packs);
-    }
+fn stored_blobs(to: &Repository, ours: &str) -> Result<HashMap<BlobId, (Loc, Option<u32>)>> {
+    let condemned = condemned(to, ours)?;
     let mut known = HashMap::new();
     for pack in to.packs()?.ids {
         if condemned.contains(&pack) {
@@ -259,6 +259,21 @@ fn stored_blobs(to: &Repository) -> Result<HashMap<BlobId, (Loc, Option<u32>)>> 
         }
     }
     Ok(known)
+}
+
+/// The packs of the target that a gc run condemned without counting lease `ours`: its next
+/// run may delete them whatever this copy does. (Those condemned with `ours` alive stay while
+/// it lives, and are referenced once the copy publishes.)
+fn condemned(to: &Repository, ours: &str) -> Result<HashSet<PackId>> {
+    let mut packs = HashSet::new();
+    for key in to.trash_records()? {
+        let record: Condemned = serde_json::from_slice(&to.get_sealed(&key)?)
+            .map_err(|e| StoreError::corrupt(&key, e.to_string()))?;
+        if !record.leases.iter().any(|l| l == ours) {
+            packs.extend(record.packs);
+        }
+    }
+    Ok(packs)
 }
 
 /// Rewrites trees, lists and chunks of the source into the target.
@@ -277,6 +292,9 @@ struct Copier<'a> {
     meta: Packer<'a>,
     written_before: u64,
     progress: &'a dyn Fn(u64),
+    /// Packs of the target whose blobs were found in entry tables (perhaps referenced by no
+    /// backup) and reused.
+    reused: HashSet<PackId>,
     /// Bytes of files walked in the backup being copied.
     walked: u64,
     chunks_sent: u64,
@@ -302,6 +320,7 @@ impl<'a> Copier<'a> {
             meta: Packer::new(to, to.config.pack_size as usize),
             written_before: 0,
             progress: &*opts.progress,
+            reused: HashSet::new(),
             walked: 0,
             chunks_sent: 0,
             bytes_sent: 0,
@@ -448,7 +467,8 @@ impl<'a> Copier<'a> {
     }
 
     /// A chunk the target holds, with the crc its lists record.
-    fn reuse(&self, id: BlobId, len: u32, (loc, crc): (Loc, Option<u32>)) -> Result<Chunk> {
+    fn reuse(&mut self, id: BlobId, len: u32, (loc, crc): (Loc, Option<u32>)) -> Result<Chunk> {
+        self.reused.insert(loc.pack);
         let crc = match crc {
             None if self.to.records_crcs() => Some(self.stored_crc(&loc)?),
             crc => crc,
@@ -493,11 +513,14 @@ impl<'a> Copier<'a> {
     fn store(&mut self, r: &BlobRef, kind: BlobType, data: &[u8]) -> Result<BlobRef> {
         let id = self.to.crypto().id(data);
         let out = match self.known.get(&id) {
-            Some((loc, _)) => BlobRef {
-                id,
-                loc: *loc,
-                len: data.len() as u32,
-            },
+            Some((loc, _)) => {
+                self.reused.insert(loc.pack);
+                BlobRef {
+                    id,
+                    loc: *loc,
+                    len: data.len() as u32,
+                }
+            }
             None => {
                 let out = self.meta.add_blob(kind, data)?;
                 self.known.insert(id, (out.loc, None));
@@ -681,6 +704,31 @@ mod tests {
         )
         .unwrap();
         assert!(root.is_none());
+    }
+
+    #[test]
+    fn condemned_packs_are_not_reused() {
+        let from = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let to = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10 * CHUNK).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::create_dir(dir.path().join("base")).unwrap();
+        std::fs::write(dir.path().join("base/rel"), &data).unwrap();
+        backup(&from, dir.path(), "b1", 1);
+        assert_eq!(run(&from, &to, all()).unwrap().chunks_sent, 10);
+        // As after a killed copy: packs no backup references, then condemned by a gc.
+        to.delete_snapshot("b1").unwrap();
+        let record = Condemned {
+            run: "r1".into(),
+            created: at(2),
+            leases: vec![],
+            backups: vec![],
+            packs: to.packs().unwrap().ids,
+        };
+        let json = serde_json::to_vec(&record).unwrap();
+        to.put_sealed(&keys::trash("r1"), &json).unwrap();
+        assert_eq!(run(&from, &to, all()).unwrap().chunks_sent, 10);
+        assert_eq!(rel(&to, "b1"), data);
     }
 
     #[test]
