@@ -181,5 +181,9 @@ fn copy_local_s3_encrypted_local_incremental_and_killed() {
         .assert_mentions("--chunk-size 65536");
     assert_eq!(other.digest(), before);
     pgsnapfs(&copy_args(&r3, &r3, &[])).assert_exit(2);
+    // One passphrase option for two repositories would be ambiguous.
+    pgsnapfs(&copy_args(&r3, &r4, &["--passphrase-file", "/dev/null"]))
+        .assert_exit(2)
+        .assert_mentions("--to-passphrase-file");
     pgsnapfs(&copy_args(&r3, &r4, &["--backup", "20000101T000000Z"])).assert_exit(4);
 }

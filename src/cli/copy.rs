@@ -23,7 +23,7 @@ pub struct Args {
     /// The backup to copy: its id, `latest`, or `all`.
     #[arg(long, default_value = "all")]
     pub backup: String,
-    /// Also copy the archived WAL (and its summaries) the target lacks.
+    /// Also copy the archived WAL (with its summaries and drop markers) the target lacks.
     #[arg(long)]
     pub wal: bool,
     /// File holding the source's passphrase (or key file); otherwise PGSNAPFS_FROM_PASSPHRASE.
@@ -43,7 +43,14 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, global: &super::key::PassphraseArgs) -> Result<()> {
+    if global.passphrase_file.is_some() || global.passphrase_command.is_some() {
+        return Err(Error::BadInput(
+            "copy opens two repositories: give their passphrases with --from-passphrase-file \
+             and --to-passphrase-file (or the -command options), not --passphrase-file"
+                .into(),
+        ));
+    }
     let secret = |file: &Option<PathBuf>, command: &Option<String>, env: &'static str| {
         let (file, command) = (file.clone(), command.clone());
         move |location: &str| {

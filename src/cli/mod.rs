@@ -150,7 +150,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(a) => gc::run(&open(&repo()?)?, a),
         Command::Locks(a) => locks::run(&open(&repo()?)?, a),
         Command::Key(a) => key::run(&open(&repo()?)?, a),
-        Command::Copy(a) => copy::run(a),
+        Command::Copy(a) => copy::run(a, pass),
     }
 }
 
