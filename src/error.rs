@@ -109,6 +109,15 @@ pub enum Error {
     /// The server replaying WAL for `backup --from-archive` failed; with its log lines.
     #[error("replay failed: {0}")]
     Replay(String),
+    /// A gc of the target condemned packs a copy reuses while it ran: nothing was published.
+    #[error(
+        "a gc of the target condemned packs the copy of backup {backup} reuses while it ran; \
+         that backup was not published: run copy again"
+    )]
+    CopyRaced {
+        /// The backup whose manifest was not written.
+        backup: String,
+    },
     /// The spool of asynchronous archiving cannot take a file (full), or its pusher keeps failing.
     #[error("{0}")]
     ArchiveQueue(String),

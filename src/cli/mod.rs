@@ -16,6 +16,7 @@ pub mod out;
 
 mod backup;
 mod check;
+mod copy;
 mod dump;
 mod expire;
 mod gc;
@@ -110,6 +111,9 @@ pub enum Command {
     Locks(locks::Args),
     /// Add, list or remove the passphrases (key slots) of an encrypted repository.
     Key(key::Args),
+    /// Copy backups (and with --wal archived WAL) that another repository lacks into it:
+    /// only missing chunks are sent; a killed copy is resumed by running it again.
+    Copy(copy::Args),
 }
 
 /// Runs the command, opening the repository for those that use one; `Err` carries what
@@ -157,19 +161,29 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(a) => gc::run(&open(&repo()?)?, a),
         Command::Locks(a) => locks::run(&open(&repo()?)?, a),
         Command::Key(a) => key::run(&open(&repo()?)?, a),
+        Command::Copy(a) => copy::run(a, pass),
     }
 }
 
 /// Opens an existing repository, with a clear error for a missing one; the passphrase is
 /// read only if the repository is encrypted.
 fn open(spec: &str, pass: &key::PassphraseArgs) -> Result<Repository> {
+    open_with(spec, &|location| pass.read(location))
+}
+
+/// The passphrase of the repository at a location, read only if it is encrypted.
+type SecretFor<'a> =
+    &'a dyn Fn(&str) -> std::result::Result<zeroize::Zeroizing<Vec<u8>>, crate::store::StoreError>;
+
+/// [`open`] with the passphrase from `secret`, asked with the repository's location.
+fn open_with(spec: &str, secret: SecretFor) -> Result<Repository> {
     if !spec.contains("://") && !std::path::Path::new(spec).is_dir() {
         return Err(Error::BadInput(format!(
             "repository {spec} does not exist; create it with `pgsnapfs init --repo {spec}`"
         )));
     }
     Ok(Repository::open_with(open_backend(spec)?, &|| {
-        pass.read(spec)
+        secret(spec)
     })?)
 }
 

@@ -1,6 +1,7 @@
 //! Typed operations on the store's own objects (packs, snapshots, keep marks, trash records,
 //! leases), so commands neither spell keys nor parse listings: the layout stays in `keys`.
 
+use super::pack::{self, Entry};
 use super::{keys, PackId, Repository, StoreError};
 
 /// A listing of `packs/`: the packs, in key order, and how many keys there name no pack.
@@ -28,6 +29,24 @@ impl Repository {
     /// A pack's size in bytes.
     pub fn pack_size(&self, id: &PackId) -> Result<u64, StoreError> {
         Ok(self.backend().size(&keys::pack(id))?)
+    }
+
+    /// A pack's entry table (what it holds), read from its end without its blobs.
+    pub fn pack_entries(&self, id: &PackId) -> Result<Vec<Entry>, StoreError> {
+        let key = keys::pack(id);
+        let size = self.backend().size(&key)?;
+        if size < (pack::MAGIC.len() + pack::TAIL_LEN) as u64 {
+            return Err(StoreError::corrupt(key, "pack too short"));
+        }
+        let tail_at = size - pack::TAIL_LEN as u64;
+        let tail = self
+            .backend()
+            .get_range(&key, tail_at, pack::TAIL_LEN as u64)?;
+        let count = pack::parse_tail(&tail, &key)?;
+        let start = pack::table_start(size, count, self.crypto().table_overhead(), &key)?;
+        let stored = self.backend().get_range(&key, start, tail_at - start)?;
+        let table = self.crypto().open_table(&key, &stored)?;
+        pack::parse_entries(&table, start, &key)
     }
 
     /// A whole pack, as stored.
