@@ -156,7 +156,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
             "{name} is not a WAL segment, history or backup file name"
         ))
     })?;
-    let data = std::fs::read(path).map_err(io(format!("read {}", path.display())))?;
+    let data = crate::mapped::Mapped::open(path).map_err(io(format!("read {}", path.display())))?;
     // archive_command runs in PGDATA, so pg_control is beside pg_wal.
     let pgdata = path
         .parent()
