@@ -23,6 +23,7 @@ pub mod hydrate;
 pub mod info;
 pub mod init;
 pub mod lock;
+pub mod mapped;
 pub mod mount;
 pub mod passphrase;
 pub mod pg;
