@@ -9,15 +9,15 @@
 //! dumps the table as it was, without waiting on that lock.
 
 use crate::error::{io, Error, Result};
-use crate::passphrase;
-use crate::pg::target::TargetAction;
-use crate::pitr::{Goal, Plan};
+use crate::pitr::Plan;
 use crate::server::{ConnOpts, Server};
+use crate::session;
 use crate::session::lifecycle::Signals;
-use crate::session::plan::Latest;
-use crate::session::{self, CacheOptions, Request, Session, ViewSettings};
 use crate::store::Repository;
-use crate::verify::{free_port, pg_bin, Interrupt, Launch, Postmaster, Started, Workspace, POLL};
+use crate::verify::{
+    free_port, open_view, pg_bin, Interrupt, Launch, Postmaster, Started, ViewServer, Workspace,
+    POLL,
+};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,21 +47,8 @@ impl Format {
 
 /// What to dump and from where: the options of `pgsnapfs dump`.
 pub struct DumpOptions {
-    /// The repository's location as given, for the server's restore_command.
-    pub repo_spec: String,
-    /// Where the server's `wal-fetch` finds the passphrase of an encrypted repository.
-    pub passphrase: passphrase::Source,
-    /// The point to dump; naming nothing dumps the newest backup as it was taken.
-    pub goal: Goal,
-    /// The cluster, when the repository holds several.
-    pub system: Option<u64>,
-    /// The memory and disk caches of the mount the server runs on.
-    pub cache: CacheOptions,
-    /// The operating-system user the server runs as, and the database role pg_dump uses.
-    pub user: String,
-    /// The directory of the backup's major's programs; `None` means Debian's
-    /// `/usr/lib/postgresql/MAJOR/bin`.
-    pub pg_bin: Option<PathBuf>,
+    /// The server and the point it dumps.
+    pub server: ViewServer,
     /// The database to dump.
     pub dbname: String,
     /// pg_dump's `--table` patterns; each must match (`--strict-names`).
@@ -156,7 +143,7 @@ fn pg_dump_args(
     let mut args = vec![
         format!("--host={}", socket.display()),
         format!("--port={port}"),
-        format!("--username={}", opts.user),
+        format!("--username={}", opts.server.user),
         format!("--dbname={}", conninfo_value(&opts.dbname)),
         "--no-password".into(),
         format.flag().into(),
@@ -185,45 +172,14 @@ fn conninfo_value(db: &str) -> String {
 pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Report> {
     check_options(opts)?;
     let interrupt = Interrupt::listen(signals);
-    let owner = session::server_owner(&opts.user)?;
+    let owner = session::server_owner(&opts.server.user)?;
     // Declared first so it goes last: the server and the mount are gone before it is removed.
     let work = Workspace::create(owner, "dump")?;
     let started = Instant::now();
-    let session = Session::open(
-        repo,
-        Request {
-            command: "dump",
-            repo_spec: opts.repo_spec.clone(),
-            passphrase: opts.passphrase.clone(),
-            goal: opts.goal.clone(),
-            latest: Latest::NewestBackup,
-            system: opts.system,
-            mountpoint: work.data(),
-            scratch: Some(work.dir.join("scratch")),
-            owner: opts.user.clone(),
-            view: ViewSettings {
-                // Ending recovery at the target releases the locks of a transaction still
-                // open there.
-                action: TargetAction::Promote,
-                shared_buffers: "256MB".into(),
-                // Only this process (root) and the server's user can reach the private socket.
-                files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
-            },
-            cache: opts.cache.clone(),
-            hydrate: None,
-        },
-    )?;
-    let plan = match session.view() {
-        Some(view) => view.plan.clone(),
-        None => {
-            return Err(Error::Mount(
-                "dump mounted the catalogue, not a view".into(),
-            ))
-        }
-    };
+    let (session, plan) = open_view(repo, "dump", &opts.server, &work)?;
     (opts.stage)(Stage::Planned(&plan));
     let major = plan.snapshot.pg_major;
-    let bin = pg_bin(opts.pg_bin.as_deref(), major)?;
+    let bin = pg_bin(opts.server.pg_bin.as_deref(), major)?;
     let pg_dump = bin.join("pg_dump");
     if !pg_dump.is_file() {
         return Err(Error::BadInput(format!(
@@ -233,10 +189,10 @@ pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Rep
     }
     let mounted = session.mount()?;
     // SAFETY: a plain id query.
-    let as_other = unsafe { libc::geteuid() } == 0 && opts.user != "root";
+    let as_other = unsafe { libc::geteuid() } == 0 && opts.server.user != "root";
     let launch = Launch {
         bin: &bin,
-        user: as_other.then_some((opts.user.as_str(), owner)),
+        user: as_other.then_some((opts.server.user.as_str(), owner)),
         interrupt: &interrupt,
     };
     (opts.stage)(Stage::Recovering);
@@ -308,7 +264,7 @@ fn recover(launch: &Launch, work: &Workspace, port: u16, opts: &DumpOptions) -> 
         dbname: None,
         host: Some(work.socket().display().to_string()),
         port: Some(port),
-        username: Some(opts.user.clone()),
+        username: Some(opts.server.user.clone()),
     };
     let server = Server::connect(&conn)?;
     while server.query_bool("SELECT pg_is_in_recovery()")? {
@@ -446,7 +402,7 @@ fn restore_into(
         dbname: Some(conninfo_value(&opts.dbname)),
         host: Some(socket.display().to_string()),
         port: Some(port),
-        username: Some(opts.user.clone()),
+        username: Some(opts.server.user.clone()),
     })?;
     let mut renames = Vec::new();
     for (schema, table) in &tables {
@@ -555,13 +511,7 @@ fn restore_into(
 /// The options that shape pg_dump's connection and selection, for a second dump.
 fn selection_of(opts: &DumpOptions) -> DumpOptions {
     DumpOptions {
-        repo_spec: opts.repo_spec.clone(),
-        passphrase: opts.passphrase.clone(),
-        goal: opts.goal.clone(),
-        system: opts.system,
-        cache: opts.cache.clone(),
-        user: opts.user.clone(),
-        pg_bin: opts.pg_bin.clone(),
+        server: opts.server.clone(),
         dbname: opts.dbname.clone(),
         tables: opts.tables.clone(),
         schemas: opts.schemas.clone(),
@@ -597,20 +547,22 @@ mod tests {
 
     fn opts(format: Format, file: Option<&str>) -> DumpOptions {
         DumpOptions {
-            repo_spec: "r".into(),
-            passphrase: passphrase::Source::default(),
-            goal: Goal {
-                to: crate::pitr::Point::Latest,
-                timeline: Default::default(),
+            server: ViewServer {
+                repo_spec: "r".into(),
+                passphrase: crate::passphrase::Source::default(),
+                goal: crate::pitr::Goal {
+                    to: crate::pitr::Point::Latest,
+                    timeline: Default::default(),
+                },
+                system: None,
+                cache: crate::session::CacheOptions {
+                    memory: 0,
+                    dir: None,
+                    disk_size: 0,
+                },
+                user: "postgres".into(),
+                pg_bin: None,
             },
-            system: None,
-            cache: CacheOptions {
-                memory: 0,
-                dir: None,
-                disk_size: 0,
-            },
-            user: "postgres".into(),
-            pg_bin: None,
             dbname: "shop's".into(),
             tables: vec!["orders".into()],
             schemas: Vec::new(),

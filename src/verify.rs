@@ -29,13 +29,15 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// What to test and how: the options of `pgsnapfs verify`.
-pub struct VerifyOptions {
+/// A throw-away server on a private view of a point, promoted there: what `verify` and
+/// `dump` both start.
+#[derive(Clone)]
+pub struct ViewServer {
     /// The repository's location as given, for the server's restore_command.
     pub repo_spec: String,
     /// Where the server's `wal-fetch` finds the passphrase of an encrypted repository.
     pub passphrase: passphrase::Source,
-    /// The point to test; naming nothing tests the newest backup as it was taken.
+    /// The point; naming nothing is the newest backup as it was taken.
     pub goal: Goal,
     /// The cluster, when the repository holds several.
     pub system: Option<u64>,
@@ -46,6 +48,55 @@ pub struct VerifyOptions {
     /// The directory of the server's programs (`postgres`, `pg_ctl`) for the backup's major
     /// version; `None` means Debian's `/usr/lib/postgresql/MAJOR/bin`.
     pub pg_bin: Option<PathBuf>,
+}
+
+/// Mounts `server`'s view at `work`'s data directory for `command`, promoted at its target
+/// (which releases the locks of a transaction still open there), and returns its plan.
+pub(crate) fn open_view(
+    repo: Repository,
+    command: &'static str,
+    server: &ViewServer,
+    work: &Workspace,
+) -> Result<(Session, Plan)> {
+    let session = Session::open(
+        repo,
+        Request {
+            command,
+            repo_spec: server.repo_spec.clone(),
+            passphrase: server.passphrase.clone(),
+            goal: server.goal.clone(),
+            latest: Latest::NewestBackup,
+            system: server.system,
+            mountpoint: work.data(),
+            scratch: Some(work.dir.join("scratch")),
+            owner: server.user.clone(),
+            view: ViewSettings {
+                action: TargetAction::Promote,
+                shared_buffers: "256MB".into(),
+                // Only this process (root) and the server's user can reach the private
+                // socket: trust it, whatever pg_hba.conf said (peer would refuse root as the
+                // server's role).
+                files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
+            },
+            cache: server.cache.clone(),
+            hydrate: None,
+        },
+    )?;
+    let plan = match session.view() {
+        Some(view) => view.plan.clone(),
+        None => {
+            return Err(Error::Mount(format!(
+                "{command} mounted the catalogue, not a view"
+            )))
+        }
+    };
+    Ok((session, plan))
+}
+
+/// What to test and how: the options of `pgsnapfs verify`.
+pub struct VerifyOptions {
+    /// The server and the point it tests.
+    pub server: ViewServer,
     /// SQL assertions: each statement must return one row holding true.
     pub assertions: Vec<Assertion>,
     /// Read every relation, whatever earlier verify runs recorded.
@@ -497,48 +548,18 @@ pub fn run(
     planned: &dyn Fn(&Plan),
 ) -> Result<Report> {
     let interrupt = Interrupt::listen(signals);
-    let owner = session::server_owner(&opts.user)?;
+    let owner = session::server_owner(&opts.server.user)?;
     let work = Workspace::create(owner, "verify")?;
     let started = Instant::now();
-    let session = Session::open(
-        // `--full` also hashes every chunk it reads; incremental runs check their crcs.
-        repo.with_verification(match opts.full {
-            true => Verification::Full,
-            false => Verification::Fast,
-        }),
-        Request {
-            command: "verify",
-            repo_spec: opts.repo_spec.clone(),
-            passphrase: opts.passphrase.clone(),
-            goal: opts.goal.clone(),
-            latest: Latest::NewestBackup,
-            system: opts.system,
-            mountpoint: work.data(),
-            scratch: Some(work.dir.join("scratch")),
-            owner: opts.user.clone(),
-            view: ViewSettings {
-                action: TargetAction::Promote,
-                shared_buffers: "256MB".into(),
-                // Only this process (root) and the server's user can reach the private
-                // socket: trust it, whatever pg_hba.conf said (peer would refuse root as the
-                // server's role).
-                files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
-            },
-            cache: opts.cache.clone(),
-            hydrate: None,
-        },
-    )?;
-    let plan = match session.view() {
-        Some(view) => view.plan.clone(),
-        None => {
-            return Err(Error::Mount(
-                "verify mounted the catalogue, not a view".into(),
-            ))
-        }
-    };
+    // `--full` also hashes every chunk it reads; incremental runs check their crcs.
+    let repo = repo.with_verification(match opts.full {
+        true => Verification::Full,
+        false => Verification::Fast,
+    });
+    let (session, plan) = open_view(repo, "verify", &opts.server, &work)?;
     planned(&plan);
     // `postgres --version` takes a few tens of milliseconds: asked while the view is mounted.
-    let (given, major) = (opts.pg_bin.clone(), plan.snapshot.pg_major);
+    let (given, major) = (opts.server.pg_bin.clone(), plan.snapshot.pg_major);
     let bin = std::thread::spawn(move || pg_bin(given.as_deref(), major));
     let mut report = Report {
         backup: plan.snapshot.id.clone(),
@@ -553,8 +574,8 @@ pub fn run(
     report.phases.mount_s = secs(started);
     // Root runs the server as its user; anyone else runs it as themselves.
     // SAFETY: a plain id query.
-    let as_other = unsafe { libc::geteuid() } == 0 && opts.user != "root";
-    let user = as_other.then_some((opts.user.as_str(), owner));
+    let as_other = unsafe { libc::geteuid() } == 0 && opts.server.user != "root";
+    let user = as_other.then_some((opts.server.user.as_str(), owner));
     let launch = Launch {
         bin: &bin,
         user,
@@ -568,7 +589,7 @@ pub fn run(
     let outcomes = tested?;
     // Only a backup as it was taken holds its relations as stored; a later point has replayed
     // WAL into them, so its result says nothing about stored chunks.
-    let as_taken = matches!(opts.goal.to, Point::Latest | Point::Backup(_));
+    let as_taken = matches!(opts.server.goal.to, Point::Latest | Point::Backup(_));
     if report.ok && as_taken {
         let record = verified::next_record(
             &plan.snapshot.id,
@@ -630,7 +651,7 @@ fn test(
         dbname: None,
         host: Some(sock.display().to_string()),
         port: Some(port),
-        username: Some(opts.user.clone()),
+        username: Some(opts.server.user.clone()),
     };
     let started = Instant::now();
     let server = Server::connect(&conn)?;

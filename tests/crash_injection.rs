@@ -530,11 +530,11 @@ fn point_class(points: &[(String, String)], i: usize) -> (String, String, usize)
     (step, dir, before)
 }
 
-/// `pgsnapfs verify --json` of the newest backup, as root (FUSE), with kill point `kill`
-/// (`count`, a point, or none) and its work directory in `tmp`.
-fn verify_at(repo: &Repo, tmp: &Path, kill: Option<&str>) -> Run {
+/// `pgsnapfs COMMAND ARGS` as root (FUSE), with kill point `kill` (`count`, a point, or
+/// none) and its work directory in `tmp`.
+fn root_run_at(repo: &Repo, tmp: &Path, kill: Option<&str>, command: &str, args: &[&str]) -> Run {
     let mut cmd = std::process::Command::new(pgsnapfs_bin());
-    cmd.args(repo.args("verify", &["--json"]))
+    cmd.args(repo.args(command, args))
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .env("TMPDIR", tmp);
@@ -545,6 +545,11 @@ fn verify_at(repo: &Repo, tmp: &Path, kill: Option<&str>) -> Run {
         cmd.env("PGSNAPFS_KILL_AT", kill);
     }
     run_command(&mut cmd)
+}
+
+/// `pgsnapfs verify --json` of the newest backup.
+fn verify_at(repo: &Repo, tmp: &Path, kill: Option<&str>) -> Run {
+    root_run_at(repo, tmp, kill, "verify", &["--json"])
 }
 
 #[test]
@@ -607,21 +612,9 @@ fn verify_killed_at_its_record() {
     }
 }
 
-/// `pgsnapfs backup --from-archive --json` as root (FUSE), with kill point `kill` (`count`,
-/// a point, or none) and its work directory in `tmp`.
+/// `pgsnapfs backup --from-archive --json`.
 fn from_archive_at(repo: &Repo, tmp: &Path, kill: Option<&str>) -> Run {
-    let mut cmd = std::process::Command::new(pgsnapfs_bin());
-    cmd.args(repo.args("backup", &["--from-archive", "--json"]))
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .env("TMPDIR", tmp);
-    for var in SCRUBBED_ENV {
-        cmd.env_remove(var);
-    }
-    if let Some(kill) = kill {
-        cmd.env("PGSNAPFS_KILL_AT", kill);
-    }
-    run_command(&mut cmd)
+    root_run_at(repo, tmp, kill, "backup", &["--from-archive", "--json"])
 }
 
 #[test]

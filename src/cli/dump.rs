@@ -27,17 +27,6 @@ pub struct Args {
     /// The output file (a directory for --format directory); stdout when absent.
     #[arg(short = 'f', long)]
     pub file: Option<PathBuf>,
-    /// The user the server on the view runs as (and the role pg_dump connects as).
-    #[arg(long, default_value = "postgres")]
-    pub user: String,
-    /// Directory of the backup's PostgreSQL programs [default: /usr/lib/postgresql/MAJOR/bin].
-    #[arg(long)]
-    pub pg_bin: Option<PathBuf>,
-    #[command(flatten)]
-    pub cache: super::CacheArgs,
-    /// The cluster, when the repository holds several.
-    #[arg(long)]
-    pub system: Option<u64>,
     /// Print a JSON summary on stdout (only with -f: without it stdout is the dump).
     #[arg(long, requires = "file")]
     pub json: bool,
@@ -52,6 +41,8 @@ pub struct Args {
     /// More pg_dump options, after `--`.
     #[arg(last = true)]
     pub extra: Vec<String>,
+    #[command(flatten)]
+    pub server: super::ServerArgs,
 }
 
 /// `signals`: SIGINT and SIGTERM, blocked before the repository was opened, which interrupt
@@ -65,13 +56,7 @@ pub fn run(
 ) -> Result<()> {
     let terminal = std::io::stderr().is_terminal();
     let opts = DumpOptions {
-        repo_spec: repo_spec.to_string(),
-        passphrase: pass.source(),
-        goal: a.goal.goal()?,
-        system: a.system,
-        cache: a.cache.options(),
-        user: a.user,
-        pg_bin: a.pg_bin,
+        server: a.server.view_server(repo_spec, pass, a.goal.goal()?),
         dbname: a.dbname,
         tables: a.table,
         schemas: a.schema,

@@ -302,6 +302,42 @@ impl CacheArgs {
     }
 }
 
+/// The throw-away server of `verify` and `dump`.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// The user the server on the view runs as (and the role that connects to it).
+    #[arg(long, default_value = "postgres")]
+    pub user: String,
+    /// Directory of the backup's PostgreSQL programs [default: /usr/lib/postgresql/MAJOR/bin].
+    #[arg(long)]
+    pub pg_bin: Option<std::path::PathBuf>,
+    /// The caches of the view's mount.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// The cluster, when the repository holds several.
+    #[arg(long)]
+    pub system: Option<u64>,
+}
+
+impl ServerArgs {
+    fn view_server(
+        self,
+        repo_spec: &str,
+        pass: &key::PassphraseArgs,
+        goal: crate::pitr::Goal,
+    ) -> crate::verify::ViewServer {
+        crate::verify::ViewServer {
+            repo_spec: repo_spec.to_string(),
+            passphrase: pass.source(),
+            goal,
+            system: self.system,
+            cache: self.cache.options(),
+            user: self.user,
+            pg_bin: self.pg_bin,
+        }
+    }
+}
+
 /// "1.5 GiB"-style sizes for humans.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

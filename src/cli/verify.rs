@@ -20,23 +20,14 @@ pub struct Args {
     /// The database the assertions run in, until a `\connect` line in the file.
     #[arg(long, default_value = "postgres")]
     pub dbname: String,
-    /// The user the test server runs as (and the role it connects as).
-    #[arg(long, default_value = "postgres")]
-    pub user: String,
-    /// Directory of the PostgreSQL server binaries [default: /usr/lib/postgresql/MAJOR/bin].
-    #[arg(long)]
-    pub pg_bin: Option<PathBuf>,
-    #[command(flatten)]
-    pub cache: super::CacheArgs,
-    /// The cluster, when the repository holds several.
-    #[arg(long)]
-    pub system: Option<u64>,
     /// Read every relation, even those whose chunks an earlier verify of this cluster
     /// already read (by default only relations changed since are read).
     #[arg(long)]
     pub full: bool,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
+    #[command(flatten)]
+    pub server: super::ServerArgs,
 }
 
 /// `signals`: SIGINT and SIGTERM, blocked before the repository was opened (see
@@ -58,13 +49,7 @@ pub fn run(
     };
     let bar = progress(None, "verifying");
     let opts = VerifyOptions {
-        repo_spec: repo_spec.to_string(),
-        passphrase: pass.source(),
-        goal: a.goal.goal()?,
-        system: a.system,
-        cache: a.cache.options(),
-        user: a.user,
-        pg_bin: a.pg_bin,
+        server: a.server.view_server(repo_spec, pass, a.goal.goal()?),
         assertions,
         full: a.full,
         progress: shown_on(bar.clone()),
