@@ -350,21 +350,24 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The tables of a custom archive's table of contents (`pg_restore -l`): its `TABLE SCHEMA
-/// NAME OWNER` entries.
-fn archive_tables(toc: &str) -> Vec<(String, String)> {
-    toc.lines()
+/// The oids of the tables in a custom archive's table of contents (`pg_restore -l`): its
+/// `ID; TABLEOID OID TABLE …` and `TABLE DATA` entries (a data-only dump has only these). By
+/// oid, not name: names may hold spaces.
+fn archive_table_oids(toc: &str) -> Vec<u32> {
+    let mut oids: Vec<u32> = toc
+        .lines()
         .filter(|l| !l.starts_with(';'))
         .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [_, _, _, "TABLE", schema, name, _owner] => {
-                    Some((schema.to_string(), name.to_string()))
-                }
-                _ => None,
-            }
+            let (_, entry) = l.split_once("; ")?;
+            let mut f = entry.splitn(3, ' ');
+            let (_tableoid, oid, desc) = (f.next()?, f.next()?, f.next()?);
+            let is_table = desc.starts_with("TABLE ") || desc.starts_with("TABLE DATA ");
+            is_table.then(|| oid.parse().ok()).flatten()
         })
-        .collect()
+        .collect();
+    oids.sort_unstable();
+    oids.dedup();
+    oids
 }
 
 /// One relation to rename on the view before the dump that is restored.
@@ -397,13 +400,37 @@ fn restore_into(
             .arg(&first),
         "pg_restore --list",
     )?;
-    let tables = archive_tables(&toc);
+    let oids = archive_table_oids(&toc);
     let view = Server::connect(&ConnOpts {
         dbname: Some(conninfo_value(&opts.dbname)),
         host: Some(socket.display().to_string()),
         port: Some(port),
         username: Some(opts.server.user.clone()),
     })?;
+    let tables: Vec<(String, String)> = match oids.is_empty() {
+        true => Vec::new(),
+        false => view
+            .query_rows(&format!(
+                "SELECT n.nspname, c.relname FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid IN ({}) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
+                oids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            ))?
+            .into_iter()
+            .filter_map(|row| match row.as_slice() {
+                [schema, name] => Some((schema.clone(), name.clone())),
+                _ => None,
+            })
+            .collect(),
+    };
+    // Without tables the second dump would select nothing, that is everything, restored
+    // under the original names: refused.
+    if tables.is_empty() {
+        return Err(Error::BadInput(format!(
+            "--into restores tables, and the dump of {} holds none: nothing was restored",
+            opts.tables.join(", ")
+        )));
+    }
     let mut renames = Vec::new();
     for (schema, table) in &tables {
         let rel = literal(&format!("{}.{}", ident(schema), ident(table)));
@@ -588,10 +615,10 @@ mod tests {
         let toc = ";\n; Archive created at 2026-12-04\n215; 1259 16385 TABLE public t postgres\n\
                    3340; 0 16385 TABLE DATA public t postgres\n\
                    3195; 2606 16390 CONSTRAINT public t t_pkey postgres\n";
-        assert_eq!(
-            archive_tables(toc),
-            [("public".to_string(), "t".to_string())]
-        );
+        let data_only = "3340; 0 16400 TABLE DATA public my table postgres\n";
+        assert_eq!(archive_table_oids(toc), [16385]);
+        assert_eq!(archive_table_oids(data_only), [16400]);
+        assert_eq!(archive_table_oids(";\n"), Vec::<u32>::new());
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(literal("it's"), "'it''s'");
     }

@@ -214,6 +214,19 @@ fn replay_and_store(
             ),
         ));
     }
+    // A server stopped from outside (a smart shutdown in recovery) also ends in that state:
+    // what replay reached must cover the base's end and the target.
+    let reached = point.min_recovery_point.max(point.checkpoint);
+    let wanted = match &view.plan.target {
+        Some(Target::Lsn(l)) => base.stop_lsn.max(*l),
+        _ => base.stop_lsn,
+    };
+    if reached < wanted {
+        return Err(replay_failed(
+            work,
+            &format!("replay stopped at {reached}, before {wanted}: nothing was stored"),
+        ));
+    }
     // A backup lives on one timeline (the planner's model): one whose restartpoint is before a
     // switch and whose consistency point is after it would be planned wrongly.
     if point.min_recovery_timeline != 0 && point.min_recovery_timeline != point.timeline {

@@ -433,6 +433,9 @@ pub fn view_overrides(major: u32) -> Vec<(&'static str, String)> {
         // Never stream from, or hold a slot on, the live primary.
         ("primary_conninfo", empty()),
         ("primary_slot_name", empty()),
+        // A promoted view of a subscriber would apply (and confirm on the publisher's slot)
+        // changes the real subscriber then never gets.
+        ("max_logical_replication_workers", "0".to_string()),
         // A promoted view would otherwise wait forever for the source's standbys.
         ("synchronous_standby_names", empty()),
         // Unix-socket connections only: the backup's listen_addresses would open a copy of
