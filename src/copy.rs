@@ -108,6 +108,20 @@ pub fn plan(
     Ok(chosen.into_iter().partition(|id| !target.contains(id)))
 }
 
+/// Refuses when the target's backup of `m`'s id is another backup: ids are start times to the
+/// second, so two repositories backed up at once hold different backups under one id.
+fn refuse_other(to: &Repository, m: &Manifest) -> Result<()> {
+    let held: Manifest = to.load_manifest(&m.id)?;
+    if held.meta == m.meta && held.size_logical == m.size_logical {
+        return Ok(());
+    }
+    Err(Error::BadInput(format!(
+        "the target holds another backup under id {}: it was not copied; copy the others \
+         with --backup ID, or restore it from the source",
+        m.id
+    )))
+}
+
 /// Copies the selected backups (and with `wal`, the archived WAL) from `from` into `to`.
 pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<CopySummary> {
     if from.config.id == to.config.id {
@@ -132,6 +146,11 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
         .collect();
     let present: HashSet<String> = to.snapshot_ids()?.into_iter().collect();
     let (todo, already) = plan(&source, &present, &opts.backups)?;
+    for id in &already {
+        if let Some(m) = manifests.iter().find(|m| &m.id == id) {
+            refuse_other(to, m)?;
+        }
+    }
     let mut summary = CopySummary {
         backups_present: already,
         ..CopySummary::default()
@@ -172,8 +191,9 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
             }
             writing.ensure_held()?;
             match to.save_manifest(&copy) {
-                // Another copy published it first: the same backup, so nothing is lost.
+                // Another copy published it first: nothing is lost if it is the same backup.
                 Err(StoreError::Backend(BackendError::Conflict { .. })) => {
+                    refuse_other(to, m)?;
                     summary.backups_present.push(id.clone())
                 }
                 other => {
@@ -652,6 +672,22 @@ mod tests {
             total: Box::new(|_| {}),
             progress: Box::new(|_| {}),
         }
+    }
+
+    #[test]
+    fn another_backup_under_the_same_id_is_refused() {
+        let from = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let to = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![1u8; CHUNK]).unwrap();
+        backup(&from, dir.path(), "b1", 1);
+        std::fs::write(dir.path().join("a"), vec![2u8; 2 * CHUNK]).unwrap();
+        backup(&to, dir.path(), "b1", 1);
+        assert!(matches!(run(&from, &to, all()), Err(Error::BadInput(_))));
+        // The same backup, copied before, is present.
+        let other = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        run(&from, &other, all()).unwrap();
+        assert_eq!(run(&from, &other, all()).unwrap().backups_present, ["b1"]);
     }
 
     #[test]
