@@ -414,7 +414,10 @@ fn restore_into(
                 "SELECT n.nspname, c.relname FROM pg_class c \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.oid IN ({}) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
-                oids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                oids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))?
             .into_iter()
             .filter_map(|row| match row.as_slice() {

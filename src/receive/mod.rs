@@ -215,6 +215,9 @@ impl Receiver<'_> {
         // Only a start the repository chose can be a gap in the archive; one the server chose
         // (nothing stored yet, or a new timeline) is retried.
         let mut resumed = resume.is_some();
+        // The server cannot have removed its current segment or a later one: that answer is a
+        // race with the segment's creation (seen on a standby), retried.
+        let server_segno = segment_of(xlogpos, seg_size);
         let mut seg = Segment::new(tli, segno, seg_size);
         loop {
             let start = Lsn(seg.end());
@@ -228,7 +231,7 @@ impl Receiver<'_> {
                 seg.tli
             );
             let started = match c.start_replication(&sql)? {
-                Err(e) if resumed && wal_removed(&e) => {
+                Err(e) if resumed && segno < server_segno && wal_removed(&e) => {
                     Err(self.wal_gone(start, seg.tli, &e.message))
                 }
                 other => other.map_err(|e| Error::BadAnswer(format!("{sql}: {}", e.message))),
@@ -240,7 +243,7 @@ impl Receiver<'_> {
             let tli = seg.tli;
             self.seg = Some(seg);
             match self.stream(&mut c)? {
-                Some(e) if resumed && wal_removed(&e) => {
+                Some(e) if resumed && segno < server_segno && wal_removed(&e) => {
                     return Err(self.wal_gone(start, tli, &e.message))
                 }
                 Some(e) => {
