@@ -19,7 +19,7 @@ use crate::lock::Lease;
 use crate::store::backend::BackendError;
 use crate::store::pack::BlobType;
 use crate::store::snapshot::{Requests, Snapshot};
-use crate::store::tree::{encode_chunk_list, BlobRef, Chunk, Dir, Loc, Node, NodeKind};
+use crate::store::tree::{encode_chunk_list, encode_dir, BlobRef, Chunk, Dir, Loc, Node, NodeKind};
 use crate::store::{BlobId, PackId, Packer, Repository, StoreError};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -402,7 +402,7 @@ impl<'a> Copier<'a> {
             };
             entries.push(Node { kind, ..node });
         }
-        let json = serde_json::to_vec(&Dir { entries }).expect("tree serializes");
+        let json = encode_dir(&Dir { entries });
         self.store(r, BlobType::Tree, &json)
     }
 

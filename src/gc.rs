@@ -19,7 +19,9 @@ use crate::lock::{self, Lease};
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BlobType, Entry};
 use crate::store::snapshot;
-use crate::store::tree::{decode_chunk_list, encode_chunk_list, BlobRef, Dir, Loc, NodeKind};
+use crate::store::tree::{
+    decode_chunk_list, encode_chunk_list, encode_dir, BlobRef, Dir, Loc, NodeKind,
+};
 use crate::store::{random_id, BlobId, PackId, Packer, Repository, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -688,7 +690,7 @@ impl Rewriter<'_> {
                 NodeKind::Symlink { .. } => {}
             }
         }
-        let data = changed.then(|| serde_json::to_vec(&dir).expect("tree serializes"));
+        let data = changed.then(|| encode_dir(&dir));
         let new = self.store(r, BlobType::Tree, data, old)?;
         self.done.insert((r.id, r.loc), new);
         Ok(new)

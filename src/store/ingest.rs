@@ -461,7 +461,7 @@ impl<'r> Ingest<'r> {
         parent: Option<&BlobRef>,
     ) -> Result<BlobRef, StoreError> {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        let data = serde_json::to_vec(&Dir { entries }).expect("tree serializes");
+        let data = super::tree::encode_dir(&Dir { entries });
         self.store_blob(BlobType::Tree, &data, parent)
     }
 

@@ -57,6 +57,12 @@ pub struct Chunk {
     pub crc: Option<u32>,
 }
 
+/// Encodes a directory as its tree blob (JSON).
+pub fn encode_dir(dir: &Dir) -> Vec<u8> {
+    // Names, numbers and ids only: nothing in a Dir can fail to serialize.
+    serde_json::to_vec(dir).expect("a tree serializes")
+}
+
 /// Encodes a chunk list, little endian. Version 1: `u32 pack count || pack ids || u32 chunk
 /// count || chunk refs`, each ref `id || u32 pack index (u32::MAX = zeros) || u32 offset ||
 /// u32 stored length || u32 length`. Version 2: `u32 0xFFFFFFFF` first, then the same with a
