@@ -180,13 +180,11 @@ pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Rep
     (opts.stage)(Stage::Planned(&plan));
     let major = plan.snapshot.pg_major;
     let bin = pg_bin(opts.server.pg_bin.as_deref(), major)?;
-    let pg_dump = bin.join("pg_dump");
-    if !pg_dump.is_file() {
-        return Err(Error::BadInput(format!(
-            "no pg_dump in {} for PostgreSQL {major}; install its client programs or pass --pg-bin",
-            bin.display()
-        )));
-    }
+    // Found before anything is mounted, so that a missing program fails first.
+    let pg_dump = client(&bin, "pg_dump", major, DEBIAN_PG)?;
+    let into = (opts.into.as_ref())
+        .map(|into| client(&bin, "pg_restore", major, DEBIAN_PG).map(|r| (into, r)))
+        .transpose()?;
     let mounted = session.mount()?;
     // SAFETY: a plain id query.
     let as_other = unsafe { libc::geteuid() } == 0 && opts.server.user != "root";
@@ -204,7 +202,7 @@ pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Rep
     let recovery_s = started.elapsed().as_secs_f64();
     (opts.stage)(Stage::Dumping);
     let dumped = Instant::now();
-    let result = match &opts.into {
+    let result = match &into {
         None => dump(
             &pg_dump,
             opts,
@@ -214,9 +212,9 @@ pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Rep
             port,
         )
         .map(|()| None),
-        Some(into) => {
+        Some((into, pg_restore)) => {
             let suffix = into.suffix.clone().unwrap_or_else(|| default_suffix(&plan));
-            restore_into(&bin, opts, into, &suffix, &work, port).map(Some)
+            restore_into(&pg_dump, pg_restore, opts, into, &suffix, &work, port).map(Some)
         }
     };
     // A signal stops the server under pg_dump: its failure is the signal's.
@@ -288,6 +286,33 @@ fn recover(launch: &Launch, work: &Workspace, port: u16, opts: &DumpOptions) -> 
         )));
     }
     Ok(postmaster)
+}
+
+/// Where Debian installs each major's programs.
+const DEBIAN_PG: &str = "/usr/lib/postgresql";
+
+/// A client program for a server of `major`: the one beside the server's, else Debian's of
+/// the nearest major at or above it under `debian` (a newer pg_dump dumps an older server;
+/// builds of the server alone, such as the npm ones, have no client programs).
+fn client(bin: &Path, tool: &str, major: u32, debian: &str) -> Result<PathBuf> {
+    if bin.join(tool).is_file() {
+        return Ok(bin.join(tool));
+    }
+    let of = |m: u32| Path::new(debian).join(m.to_string()).join("bin").join(tool);
+    let nearest = std::fs::read_dir(debian)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|m| *m >= major && of(*m).is_file())
+        .min();
+    nearest.map(of).ok_or_else(|| {
+        Error::BadInput(format!(
+            "no {tool} for PostgreSQL {major} in {} or {debian}/{major}+: install the \
+             PostgreSQL {major} client programs, or pass --pg-bin with them",
+            bin.display()
+        ))
+    })
 }
 
 /// Runs pg_dump: its output to the file or to our stdout, its messages to our stderr.
@@ -383,7 +408,8 @@ struct Rename {
 /// live database, dumps again and restores in one transaction, so nothing existing is
 /// touched and a failure leaves nothing behind. Returns the names created.
 fn restore_into(
-    bin: &Path,
+    pg_dump: &Path,
+    pg_restore: &Path,
     opts: &DumpOptions,
     into: &Into,
     suffix: &str,
@@ -391,13 +417,10 @@ fn restore_into(
     port: u16,
 ) -> Result<Vec<String>> {
     let socket = work.socket();
-    let pg_dump = bin.join("pg_dump");
     let first = work.dir.join("selected.dump");
-    dump(&pg_dump, opts, Format::Custom, Some(&first), &socket, port)?;
+    dump(pg_dump, opts, Format::Custom, Some(&first), &socket, port)?;
     let toc = run_tool(
-        Command::new(bin.join("pg_restore"))
-            .arg("--list")
-            .arg(&first),
+        Command::new(pg_restore).arg("--list").arg(&first),
         "pg_restore --list",
     )?;
     let oids = archive_table_oids(&toc);
@@ -512,7 +535,7 @@ fn restore_into(
     };
     let second = work.dir.join("renamed.dump");
     dump(
-        &pg_dump,
+        pg_dump,
         &renamed,
         Format::Custom,
         Some(&second),
@@ -521,7 +544,7 @@ fn restore_into(
     )?;
     (opts.stage)(Stage::Restoring);
     run_tool(
-        Command::new(bin.join("pg_restore"))
+        Command::new(pg_restore)
             .args([
                 "--single-transaction",
                 "--exit-on-error",
@@ -645,5 +668,31 @@ mod tests {
                 "--no-owner"
             ]
         );
+    }
+
+    #[test]
+    fn client_programs_beside_the_server_else_the_nearest_newer_debian_major() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |rel: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "").unwrap();
+        };
+        put("server/pg_dump");
+        put("debian/13/bin/pg_dump");
+        put("debian/15/bin/pg_dump");
+        put("debian/17/bin/pg_dump");
+        put("debian/16/bin/psql");
+        let debian = dir.path().join("debian");
+        let debian = debian.to_str().unwrap();
+        let server = dir.path().join("server");
+        let npm = dir.path().join("npm");
+        let found = |bin: &Path, major| client(bin, "pg_dump", major, debian).unwrap();
+        assert_eq!(found(&server, 14), server.join("pg_dump"));
+        assert_eq!(found(&npm, 14), Path::new(debian).join("15/bin/pg_dump"));
+        assert_eq!(found(&npm, 16), Path::new(debian).join("17/bin/pg_dump"));
+        assert_eq!(found(&npm, 13), Path::new(debian).join("13/bin/pg_dump"));
+        let none = client(&npm, "pg_dump", 18, debian).unwrap_err();
+        assert!(none.to_string().contains("PostgreSQL 18"), "{none}");
     }
 }

@@ -3,7 +3,9 @@
 //! DROP's transaction (whose AccessExclusiveLock a paused recovery keeps) dumps without
 //! waiting; `--format custom` restores with pg_restore; `--into` restores into the live database under new
 //! names and refuses names that exist; unknown names fail clearly, exit 4,
-//! and leave nothing mounted. One cluster for the whole scenario.
+//! and leave nothing mounted; SIGTERM while pg_dump runs tears everything down (exit 143).
+//! One cluster for that scenario, and a PostgreSQL 13 one (a build without client programs,
+//! dumped by Debian's newer pg_dump).
 //!
 //! dump mounts with FUSE, so it runs as root here.
 
@@ -50,7 +52,8 @@ fn a_dropped_table_comes_back_through_dump() {
     source.psql(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'base-' || g FROM generate_series(1, 300) g;
-         CREATE TABLE other(id int);",
+         CREATE TABLE other(id int);
+         CREATE TABLE big AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g;",
     );
     repo.backup(&source);
     // Changes after the backup, so the rows come from WAL replay.
@@ -194,5 +197,127 @@ fn a_dropped_table_comes_back_through_dump() {
     )
     .assert_exit(4)
     .assert_mentions("no_such_db");
+    assert_eq!(dump_mounts(), Vec::<String>::new());
+
+    // SIGTERM while pg_dump runs, held by a stdout pipe nobody reads: exit 143 once the
+    // server is stopped, nothing left mounted, the work directory gone.
+    let mut child = Command::new(pgsnapfs_bin())
+        .args(repo.args(
+            "dump",
+            &[
+                "--target-time",
+                &before,
+                "--dbname",
+                "postgres",
+                "-t",
+                "big",
+            ],
+        ))
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let pid_file = format!("/tmp/pgsnapfs-dump-{pid}/data/postmaster.pid");
+    wait_for(Duration::from_secs(120), || {
+        match child_named(pid, "pg_dump") {
+            true => Ok(()),
+            false => Err("pg_dump has not started".to_string()),
+        }
+    })
+    .unwrap();
+    assert!(Path::new(&pid_file).exists(), "no server at {pid_file}");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_for(Duration::from_secs(60), || {
+        match Path::new(&pid_file).exists() {
+            false => Ok(()),
+            true => Err("the server still runs".to_string()),
+        }
+    })
+    .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{said}");
+    assert_eq!(dump_mounts(), Vec::<String>::new());
+    assert!(!Path::new(&format!("/tmp/pgsnapfs-dump-{pid}")).exists());
+}
+
+/// Whether process `parent` has a child running `name`.
+fn child_named(parent: u32, name: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            return false;
+        };
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        comm.ends_with(&format!("({name}")) && ppid == Some(parent)
+    })
+}
+
+/// PostgreSQL 13, an npm build of the server alone: dump takes Debian's newer pg_dump, and
+/// its custom archive loads into a fresh database with exactly the rows at the target.
+#[test]
+fn a_server_without_client_programs_is_dumped_by_a_newer_pg_dump() {
+    let repo = Repo::init();
+    let source = Cluster::start_new(ClusterOptions {
+        server_bin: Some(server_bin(13)),
+        ..ClusterOptions::archiving_to(&repo.spec)
+    });
+    source.psql(
+        "CREATE TABLE t(id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'base-' || g FROM generate_series(1, 200) g;",
+    );
+    repo.backup(&source);
+    source.psql("UPDATE t SET v = 'replayed-' || id WHERE id % 2 = 0");
+    let want = source.psql(T_ROWS);
+    let at = source.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    source.psql("TRUNCATE t");
+    source.switch_wal_and_wait_archived();
+    let work = TestDir::new("dump13");
+    let file = work.join("t.dump");
+    let bin = server_bin(13);
+    assert!(
+        !bin.join("pg_dump").exists(),
+        "the npm build has a pg_dump now"
+    );
+    dump(
+        &repo,
+        &[
+            "--target-time",
+            &at,
+            "--dbname",
+            "postgres",
+            "-t",
+            "t",
+            "--format",
+            "custom",
+            "--pg-bin",
+            bin.to_str().unwrap(),
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    )
+    .assert_ok();
+    chown_to_postgres(&file);
+    source.psql("CREATE DATABASE fresh");
+    run_command(
+        postgres_command(pg_tool("pg_restore"))
+            .arg("-h")
+            .arg(&source.sock)
+            .args(["-p", &source.port.to_string(), "-d", "fresh"])
+            .arg(&file),
+    )
+    .assert_ok();
+    assert_eq!(source.psql_db("fresh", T_ROWS), want);
     assert_eq!(dump_mounts(), Vec::<String>::new());
 }
