@@ -247,25 +247,35 @@ fn recover(launch: &Launch, work: &Workspace, port: u16, opts: &DumpOptions) -> 
     let deadline = Instant::now() + Duration::from_secs(3600);
     let ready = postmaster.wait_ready(&work.data(), deadline)?;
     if !matches!(ready, Started::Ready) {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(8).collect();
         let why = match ready {
             Started::TimedOut => "it was still starting after an hour",
             _ => "it exited",
         };
         return Err(Error::Mount(format!(
             "the server on the view did not start ({why}): {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            log_tail(&log)
         )));
     }
+    // A server that stops during recovery (a target the archive never reaches) says why in
+    // its log; the lost connection alone would not.
+    let died = |e: Error| match std::fs::read_to_string(&log) {
+        Ok(text) if text.contains("FATAL") => Error::Mount(format!(
+            "the server on the view stopped during recovery to the target: {}",
+            log_tail(&log)
+        )),
+        _ => e,
+    };
     let conn = ConnOpts {
         dbname: None,
         host: Some(work.socket().display().to_string()),
         port: Some(port),
         username: Some(opts.server.user.clone()),
     };
-    let server = Server::connect(&conn)?;
-    while server.query_bool("SELECT pg_is_in_recovery()")? {
+    let server = Server::connect(&conn).map_err(died)?;
+    while server
+        .query_bool("SELECT pg_is_in_recovery()")
+        .map_err(died)?
+    {
         if Instant::now() > deadline {
             return Err(Error::Mount(
                 "recovery on the view did not finish within an hour".into(),
@@ -286,6 +296,13 @@ fn recover(launch: &Launch, work: &Workspace, port: u16, opts: &DumpOptions) -> 
         )));
     }
     Ok(postmaster)
+}
+
+/// The last lines of the server's log, on one line.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(8).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// Where Debian installs each major's programs.
