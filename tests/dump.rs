@@ -35,12 +35,17 @@ fn dump(repo: &Repo, args: &[&str]) -> Run {
     run_command(&mut cmd)
 }
 
-/// Mounts of dump sessions still in /proc/mounts.
+/// Mounts left behind by dump processes that have ended (the other test's running dump
+/// has its own).
 fn dump_mounts() -> Vec<String> {
+    let ended = |line: &str| {
+        let pid = line.split_once('@').and_then(|(_, r)| r.split(' ').next());
+        pid.is_none_or(|p| !Path::new("/proc").join(p).exists())
+    };
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.starts_with("pgsnapfs-dump"))
+        .filter(|l| l.starts_with("pgsnapfs-dump") && ended(l))
         .map(str::to_string)
         .collect()
 }
