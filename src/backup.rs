@@ -16,6 +16,7 @@ use crate::pg::summary::{self, Changes, Summary};
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::server::{ConnOpts, Server};
+use crate::status::{Recorder, Run, Watched};
 use crate::store::ingest::{Ingest, IngestError, KnownChanges, Vanished, Visit};
 use crate::store::snapshot;
 use crate::store::{BackendError, Repository, StoreError};
@@ -89,7 +90,31 @@ pub fn control_of(pgdata: &Path) -> Result<ControlData> {
 /// Takes a base backup of the running server into `repo`, compared against the cluster's
 /// newest backup ([`latest_of`]) to skip what did not change. When it returns `Ok`, the snapshot and all it needs (packs,
 /// and the WAL from its start to its stop LSN) are durable; on an error nothing is published.
+/// Either way the run is recorded in the cluster's status object (`status`), when the
+/// cluster is known (its pg_control is readable).
 pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
+    let started = Utc::now();
+    let sysid = control_of(&opts.pgdata)
+        .ok()
+        .map(|c| c.system_identifier);
+    let result = take(repo, opts);
+    let run = match &result {
+        Ok(done) => Some((
+            done.snapshot.sysid(),
+            Run {
+                backup: Some(done.snapshot.id.clone()),
+                ..Run::ended(started, true)
+            },
+        )),
+        Err(e) => sysid.map(|s| (s, Run::failed(started, e))),
+    };
+    if let Some((sysid, run)) = run {
+        Recorder::of(repo).record(Watched::Backup(Source::Server), sysid, &run);
+    }
+    result
+}
+
+fn take(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     let control = control_of(&opts.pgdata)?;
     let server = Server::connect(&opts.conn)?;
     let info = server.info()?;

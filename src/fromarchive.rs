@@ -21,6 +21,7 @@ use crate::pg::wal::{segment_name, SegmentHeader};
 use crate::pg::walscan::next_to_last_record_start;
 use crate::pitr::{self, Goal, Point};
 use crate::session::lifecycle::Signals;
+use crate::status::{Recorder, Run, Watched};
 use crate::session::plan::Latest;
 use crate::session::{server_owner, CacheOptions, Mounted, Request, Session, ViewSettings};
 use crate::store::ingest::{Ingest, KnownChanges, Visit};
@@ -82,7 +83,32 @@ const LOG_LINES: usize = 15;
 /// Makes a backup by replaying archived WAL on the newest suitable backup (see the module
 /// comment). On an error nothing is published. `signals` (SIGINT and SIGTERM, blocked since
 /// the command started) stop the server, and the command then cleans up and fails.
+///
+/// The run is recorded in the cluster's status object (`status`), when the cluster is known.
 pub fn run(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome> {
+    let started = Utc::now();
+    let recorder = Recorder::of(&repo);
+    let sysid = match opts.system {
+        Some(sysid) => Some(sysid),
+        None => archive::resolve_system(&repo, None).ok().map(|s| s.sysid()),
+    };
+    let result = replay_archive(repo, opts, signals);
+    let made = |backup: &str| Run {
+        backup: Some(backup.to_string()),
+        ..Run::ended(started, true)
+    };
+    let run = match &result {
+        Ok(Outcome::Stored(snap)) => Some((snap.sysid(), made(&snap.id))),
+        Ok(Outcome::UpToDate { backup, .. }) => sysid.map(|s| (s, made(backup))),
+        Err(e) => sysid.map(|s| (s, Run::failed(started, e))),
+    };
+    if let Some((sysid, run)) = run {
+        recorder.record(Watched::Backup(Source::Archive), sysid, &run);
+    }
+    result
+}
+
+fn replay_archive(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome> {
     let stopper = Stopper::listen(signals);
     let goal = match goal(&repo, &opts)? {
         Ok(goal) => goal,

@@ -73,7 +73,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("pgsnapfs_check_last_read_data", "What pack data the last check read: 0 none (metadata only), 1 a subset, 2 all."),
     ("pgsnapfs_gc_last_success", "Whether the last gc (or gc --dry-run) of the repository completed (1) or failed (0)."),
     ("pgsnapfs_gc_last_timestamp_seconds", "When the last gc (or gc --dry-run) of the repository ended."),
-    ("pgsnapfs_repository_packs_bytes", "Bytes of packs in the repository when the last gc ended (gc lists the packs; metrics does not)."),
+    ("pgsnapfs_repository_packs_bytes", "Bytes of packs in the repository: what the last gc left plus what backups that ended since added (gc lists the packs; metrics does not, so packs of killed backups are not counted)."),
     ("pgsnapfs_repository_reclaimable_bytes", "Bytes of packs no backup used that the last gc left (condemned while other commands ran; after gc --dry-run, all it would free). Backups expired since are not counted."),
 ];
 
@@ -135,7 +135,7 @@ pub fn render(m: &Metrics) -> String {
         f.set(
             "pgsnapfs_repository_packs_bytes",
             &base,
-            g.packs_bytes.map(|b| b as f64),
+            g.packs_bytes.map(|b| (b + m.stored_since_gc) as f64),
         );
         f.set(
             "pgsnapfs_repository_reclaimable_bytes",
@@ -332,6 +332,7 @@ mod tests {
             }],
             check: Some(check),
             gc: Some(gc),
+            stored_since_gc: 100,
         }
     }
 
@@ -385,7 +386,7 @@ mod tests {
             ),
             r#"pgsnapfs_check_last_read_data{repository="s3://b/p\"x"} 1"#.into(),
             r#"pgsnapfs_check_last_duration_seconds{repository="s3://b/p\"x"} 600"#.into(),
-            r#"pgsnapfs_repository_packs_bytes{repository="s3://b/p\"x"} 1073741824"#.into(),
+            r#"pgsnapfs_repository_packs_bytes{repository="s3://b/p\"x"} 1073741924"#.into(),
             r#"pgsnapfs_repository_reclaimable_bytes{repository="s3://b/p\"x"} 4096"#.into(),
         ] {
             assert!(text.lines().any(|line| line == want), "{want} in\n{text}");

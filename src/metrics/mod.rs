@@ -28,6 +28,8 @@ pub struct Metrics {
     pub check: Option<Run>,
     /// The last `gc`.
     pub gc: Option<Run>,
+    /// The bytes backups that ended after that gc added to the repository.
+    pub stored_since_gc: u64,
 }
 
 /// The newest backup of one kind.
@@ -168,12 +170,21 @@ impl Metrics {
                 restorable_to: range.latest_time,
             });
         }
+        let gc = status_of(repo, Watched::Gc, 0);
+        let stored_since_gc = gc.as_ref().map_or(0, |g| {
+            info.backups
+                .iter()
+                .filter(|b| b.stop_time > g.finished)
+                .map(|b| b.size_stored_new)
+                .sum()
+        });
         Ok(Metrics {
             repository: repo.backend().location(),
             now: Utc::now(),
             systems,
             check: status_of(repo, Watched::Check, 0),
-            gc: status_of(repo, Watched::Gc, 0),
+            gc,
+            stored_since_gc,
         })
     }
 }
