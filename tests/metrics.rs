@@ -339,7 +339,7 @@ fn get(addr: &str, path: &str) -> (String, String, String) {
 
 /// The fields docs/json.md lists per command: `### \`pgsnapfs CMD --json\`` headings, each
 /// followed by `- \`path\`` items (nested paths as `a.b`, array elements as `a[].b`); an item
-/// ending in "(optional)" may be absent.
+/// whose text starts with "(optional)" may be absent.
 fn documented() -> BTreeMap<String, Vec<(String, bool)>> {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/json.md"))
         .expect("read docs/json.md");
@@ -355,7 +355,7 @@ fn documented() -> BTreeMap<String, Vec<(String, bool)>> {
         }
         if let (Some(cmd), Some(item)) = (&current, line.strip_prefix("- `")) {
             let (path, rest) = item.split_once('`').expect("- `path` text");
-            let optional = rest.trim_end().ends_with("(optional)");
+            let optional = rest.trim_start().starts_with("(optional)");
             out.entry(cmd.clone())
                 .or_default()
                 .push((path.to_string(), optional));
@@ -423,10 +423,11 @@ fn assert_documented(outputs: &BTreeMap<&str, Vec<Value>>) {
         for v in runs {
             for (path, optional) in fields {
                 let found = !at_path(v, path).is_empty();
-                // A field inside an empty array cannot be seen: only its parent is required.
+                // A field of an absent object (optional, null) or of an empty array's
+                // elements cannot be there: only its parent is required.
                 let parent_empty = path
-                    .rsplit_once("[].")
-                    .is_some_and(|(parent, _)| at_path(v, &format!("{parent}[]")).is_empty());
+                    .rsplit_once('.')
+                    .is_some_and(|(parent, _)| at_path(v, parent).iter().all(|x| x.is_null()));
                 assert!(
                     found || *optional || parent_empty,
                     "`pgsnapfs {cmd} --json` lacks the documented field {path}: {v:#}"
