@@ -94,9 +94,7 @@ pub fn control_of(pgdata: &Path) -> Result<ControlData> {
 /// cluster is known (its pg_control is readable).
 pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     let started = Utc::now();
-    let sysid = control_of(&opts.pgdata)
-        .ok()
-        .map(|c| c.system_identifier);
+    let sysid = control_of(&opts.pgdata).ok().map(|c| c.system_identifier);
     let result = take(repo, opts);
     let run = match &result {
         Ok(done) => Some((

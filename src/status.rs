@@ -143,7 +143,10 @@ impl Recorder {
     pub fn record(&self, what: Watched, sysid: u64, run: &Run) {
         let key = what.key(sysid);
         let payload = serde_json::to_vec(run).expect("a status serializes");
-        if let Err(e) = self.backend.replace(&key, &self.sealer.seal(&key, &payload)) {
+        if let Err(e) = self
+            .backend
+            .replace(&key, &self.sealer.seal(&key, &payload))
+        {
             tracing::warn!(
                 "cannot record this run in {key} ({e}): `pgsnapfs metrics` shows the run before"
             );

@@ -564,7 +564,7 @@ pub fn run(
                 backup: Some(report.backup.clone()),
                 error: report.problems.first().cloned(),
                 // The checks began with the first query to the recovered server.
-                first_query_s: (p.checks_s > 0.0).then(|| p.mount_s + p.start_s + p.recovery_s),
+                first_query_s: (p.checks_s > 0.0).then_some(p.mount_s + p.start_s + p.recovery_s),
                 ..Run::ended(started, report.ok)
             })
         }

@@ -35,8 +35,7 @@ fn parse_exposition(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>
     fn valid_name(n: &str, colon: bool) -> bool {
         let mut chars = n.chars();
         let ok_first = |c: char| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':');
-        chars.next().is_some_and(ok_first)
-            && chars.all(|c| ok_first(c) || c.is_ascii_digit())
+        chars.next().is_some_and(ok_first) && chars.all(|c| ok_first(c) || c.is_ascii_digit())
     }
     if !text.ends_with('\n') {
         return Err("the text does not end with a newline".into());
@@ -49,7 +48,9 @@ fn parse_exposition(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>
     for (i, line) in text.lines().enumerate() {
         let at = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
         if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').ok_or_else(|| at("HELP without text"))?;
+            let (name, help) = rest
+                .split_once(' ')
+                .ok_or_else(|| at("HELP without text"))?;
             if !valid_name(name, true) || help.trim().is_empty() || !helped.insert(name.to_string())
             {
                 return Err(at("bad or repeated HELP"));
@@ -57,7 +58,9 @@ fn parse_exposition(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').ok_or_else(|| at("TYPE without type"))?;
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or_else(|| at("TYPE without type"))?;
             let known = ["counter", "gauge", "histogram", "summary", "untyped"];
             if !known.contains(&kind) || types.insert(name.to_string(), kind.to_string()).is_some()
             {
@@ -83,15 +86,19 @@ fn parse_exposition(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>
         let mut labels = BTreeMap::new();
         if let Some(body) = rest.strip_prefix('{') {
             let mut chars = body.char_indices().peekable();
-            let mut end = None;
-            loop {
+            let end = loop {
                 // label name
-                let start = chars.peek().map(|(i, _)| *i).ok_or_else(|| at("open labels"))?;
+                let start = chars
+                    .peek()
+                    .map(|(i, _)| *i)
+                    .ok_or_else(|| at("open labels"))?;
                 if body[start..].starts_with('}') {
-                    end = Some(start + 1);
-                    break;
+                    break start + 1;
                 }
-                let eq = body[start..].find('=').ok_or_else(|| at("label without ="))? + start;
+                let eq = body[start..]
+                    .find('=')
+                    .ok_or_else(|| at("label without ="))?
+                    + start;
                 let lname = &body[start..eq];
                 if !valid_name(lname, false) {
                     return Err(at("bad label name"));
@@ -121,14 +128,11 @@ fn parse_exposition(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>
                 }
                 match chars.next() {
                     Some((_, ',')) => continue,
-                    Some((i, '}')) => {
-                        end = Some(i + 1);
-                        break;
-                    }
+                    Some((i, '}')) => break i + 1,
                     _ => return Err(at("labels not separated by commas")),
                 }
-            }
-            rest = &body[end.ok_or_else(|| at("open labels"))?..];
+            };
+            rest = &body[end..];
         }
         let value_text = rest
             .strip_prefix(' ')
@@ -182,15 +186,15 @@ fn the_parser_is_strict() {
     assert_eq!(samples[0].labels["l"], "q\"\\\n");
     assert_eq!(types["a_b"], "gauge");
     for bad in [
-        "a 1\n",                                                   // no HELP/TYPE
-        "# HELP a x\n# TYPE a gauge\na 1",                         // no final newline
-        "# HELP a x\n# TYPE a gauge\na{l=q} 1\n",                  // unquoted
-        "# HELP a x\n# TYPE a gauge\na{l=\"\\t\"} 1\n",            // bad escape
-        "# HELP a x\n# TYPE a gauge\na 1\na 2\n",                  // repeated
+        "a 1\n",                                        // no HELP/TYPE
+        "# HELP a x\n# TYPE a gauge\na 1",              // no final newline
+        "# HELP a x\n# TYPE a gauge\na{l=q} 1\n",       // unquoted
+        "# HELP a x\n# TYPE a gauge\na{l=\"\\t\"} 1\n", // bad escape
+        "# HELP a x\n# TYPE a gauge\na 1\na 2\n",       // repeated
         "# HELP a x\n# TYPE a gauge\n# HELP b x\n# TYPE b gauge\na 1\nb 1\na{x=\"1\"} 1\n",
-        "# HELP a x\n# TYPE a gauge\na one\n",                     // not a number
-        "# HELP a x\n# TYPE a gauge\n# TYPE a gauge\na 1\n",       // repeated TYPE
-        "# HELP 1a x\n# TYPE 1a gauge\n1a 1\n",                    // bad name
+        "# HELP a x\n# TYPE a gauge\na one\n", // not a number
+        "# HELP a x\n# TYPE a gauge\n# TYPE a gauge\na 1\n", // repeated TYPE
+        "# HELP 1a x\n# TYPE 1a gauge\n1a 1\n", // bad name
     ] {
         assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
     }
@@ -201,7 +205,12 @@ fn the_parser_is_strict() {
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .collect();
     assert_eq!(found.len(), 1, "{name} {labels:?} in {samples:#?}");
     found[0].value
@@ -262,11 +271,19 @@ fn assert_matches_info(samples: &[Sample], info: &Value, sys: &str) {
         .find(|r| r["system_identifier"] == sys)
         .unwrap();
     assert_eq!(
-        value(samples, "pgsnapfs_restorable_oldest_timestamp_seconds", &[sys_l]),
+        value(
+            samples,
+            "pgsnapfs_restorable_oldest_timestamp_seconds",
+            &[sys_l]
+        ),
         time(&range["earliest_time"])
     );
     assert_eq!(
-        value(samples, "pgsnapfs_restorable_newest_timestamp_seconds", &[sys_l]),
+        value(
+            samples,
+            "pgsnapfs_restorable_newest_timestamp_seconds",
+            &[sys_l]
+        ),
         time(&range["latest_time"])
     );
     let wal: Vec<&Value> = info["wal"]
@@ -289,7 +306,10 @@ fn assert_matches_info(samples: &[Sample], info: &Value, sys: &str) {
         ),
         segno(newest["last"].as_str().unwrap())
     );
-    let gaps: usize = wal.iter().map(|w| w["gaps"].as_array().unwrap().len()).sum();
+    let gaps: usize = wal
+        .iter()
+        .map(|w| w["gaps"].as_array().unwrap().len())
+        .sum();
     assert_eq!(value(samples, "pgsnapfs_wal_gaps", &[sys_l]), gaps as f64);
     let missing: f64 = wal
         .iter()
@@ -324,7 +344,11 @@ fn listen(repo: &Repo) -> (std::process::Child, String) {
 /// A GET of `path`: status line and body.
 fn get(addr: &str, path: &str) -> (String, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
@@ -465,8 +489,12 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     let mut source = Cluster::archiving_to(&repo.spec);
     let sys = source.system_identifier();
     let mut outputs: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    source.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)");
-    outputs.entry("backup").or_default().push(repo.backup(&source));
+    source
+        .psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)");
+    outputs
+        .entry("backup")
+        .or_default()
+        .push(repo.backup(&source));
     source.psql("INSERT INTO t SELECT generate_series(1001, 2000)");
     let seg = source.switch_wal_and_wait_archived();
 
@@ -475,7 +503,10 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
         &source.data,
         &repo.args("wal-push", &["--json", &format!("pg_wal/{seg}")]),
     );
-    outputs.entry("wal-push").or_default().push(pushed.assert_ok().json());
+    outputs
+        .entry("wal-push")
+        .or_default()
+        .push(pushed.assert_ok().json());
 
     let mut from_archive = repo.args("backup", &["--from-archive", "--json"]);
     if test_major() != 15 {
@@ -488,7 +519,10 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     // A backup that fails (no server on that port) is recorded as failed; the last
     // successful backup's figures stay.
     let mut failing: Vec<String> = source.backup_args();
-    let port = failing.iter().position(|a| a == "--port" || a == "-p").expect("--port");
+    let port = failing
+        .iter()
+        .position(|a| a == "--port" || a == "-p")
+        .expect("--port");
     failing[port + 1] = free_port().to_string();
     let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
     repo.run("backup", &failing).assert_exit(1);
@@ -502,10 +536,11 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     outputs.entry("verify").or_default().push(verify.clone());
     let gc = repo.run("gc", &["--json"]).assert_ok().json();
     outputs.entry("gc").or_default().push(gc.clone());
-    outputs
-        .entry("expire")
-        .or_default()
-        .push(repo.run("expire", &["--keep-last", "5", "--dry-run", "--json"]).assert_ok().json());
+    outputs.entry("expire").or_default().push(
+        repo.run("expire", &["--keep-last", "5", "--dry-run", "--json"])
+            .assert_ok()
+            .json(),
+    );
     outputs
         .entry("locks")
         .or_default()
@@ -519,7 +554,13 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     pgsnapfs(&["init", "--repo", to.to_str().unwrap()]).assert_ok();
     outputs.entry("copy").or_default().push(
         pgsnapfs(&[
-            "copy", "--from", &repo.spec, "--to", to.to_str().unwrap(), "--wal", "--json",
+            "copy",
+            "--from",
+            &repo.spec,
+            "--to",
+            to.to_str().unwrap(),
+            "--wal",
+            "--json",
         ])
         .assert_ok()
         .json(),
@@ -529,21 +570,41 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     outputs.entry("info").or_default().push(info.clone());
     let text = repo.run("metrics", &[]).assert_ok().stdout_str();
     let (samples, types) = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert!(types.keys().all(|n| n.starts_with("pgsnapfs_")), "{types:?}");
+    assert!(
+        types.keys().all(|n| n.starts_with("pgsnapfs_")),
+        "{types:?}"
+    );
     assert!(types.values().all(|t| t == "gauge"), "{types:?}");
     assert_matches_info(&samples, &info, &sys);
     let now = Utc::now().timestamp() as f64 + 1.0;
     let sys_l = ("system", sys.as_str());
     // The failed backup is the last run of `backup`; --from-archive's succeeded.
     let server = [sys_l, ("source", "server")];
-    assert_eq!(value(&samples, "pgsnapfs_backup_last_run_success", &server), 0.0);
+    assert_eq!(
+        value(&samples, "pgsnapfs_backup_last_run_success", &server),
+        0.0
+    );
     let archive = [sys_l, ("source", "archive")];
-    assert_eq!(value(&samples, "pgsnapfs_backup_last_run_success", &archive), 1.0);
-    let ran = value(&samples, "pgsnapfs_backup_last_run_timestamp_seconds", &server);
+    assert_eq!(
+        value(&samples, "pgsnapfs_backup_last_run_success", &archive),
+        1.0
+    );
+    let ran = value(
+        &samples,
+        "pgsnapfs_backup_last_run_timestamp_seconds",
+        &server,
+    );
     assert!(ran >= test_start && ran <= now, "{ran}");
     // The segment pushed above was archived during the test, and is not newer than now.
-    let pushed_at = value(&samples, "pgsnapfs_wal_last_archived_timestamp_seconds", &[sys_l]);
-    assert!(pushed_at >= test_start && pushed_at <= now, "{pushed_at} {test_start}");
+    let pushed_at = value(
+        &samples,
+        "pgsnapfs_wal_last_archived_timestamp_seconds",
+        &[sys_l],
+    );
+    assert!(
+        pushed_at >= test_start && pushed_at <= now,
+        "{pushed_at} {test_start}"
+    );
     let age = value(&samples, "pgsnapfs_wal_last_archived_age_seconds", &[sys_l]);
     assert!(age >= 0.0 && age <= now - test_start, "{age}");
     // check and verify passed, during the test.
@@ -552,16 +613,26 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     assert_eq!(value(&samples, "pgsnapfs_check_last_read_data", &[]), 0.0);
     let checked = value(&samples, "pgsnapfs_check_last_timestamp_seconds", &[]);
     assert!(checked >= test_start && checked <= now, "{checked}");
-    assert_eq!(value(&samples, "pgsnapfs_verify_last_success", &[sys_l]), 1.0);
+    assert_eq!(
+        value(&samples, "pgsnapfs_verify_last_success", &[sys_l]),
+        1.0
+    );
     let p = &verify["phases"];
-    let first_query = value(&samples, "pgsnapfs_verify_last_first_query_seconds", &[sys_l]);
+    let first_query = value(
+        &samples,
+        "pgsnapfs_verify_last_first_query_seconds",
+        &[sys_l],
+    );
     let phases: f64 = ["mount_s", "start_s", "recovery_s"]
         .iter()
         .map(|k| p[k].as_f64().unwrap())
         .sum();
     assert!((first_query - phases).abs() < 0.01, "{first_query} {p}");
     let took = value(&samples, "pgsnapfs_verify_last_duration_seconds", &[sys_l]);
-    assert!(took >= first_query && took <= now - test_start, "{took} {first_query}");
+    assert!(
+        took >= first_query && took <= now - test_start,
+        "{took} {first_query}"
+    );
     // gc's figures: the packs it left, plus nothing stored since.
     let packs = value(&samples, "pgsnapfs_repository_packs_bytes", &[]);
     let gc_left = gc["bytes_before"].as_u64().unwrap() + gc["written_bytes"].as_u64().unwrap()
@@ -569,7 +640,10 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     assert_eq!(packs, gc_left as f64);
     let on_disk: u64 = repo.objects("packs/").iter().map(|(_, n)| n).sum();
     assert_eq!(packs, on_disk as f64);
-    assert_eq!(value(&samples, "pgsnapfs_repository_reclaimable_bytes", &[]), 0.0);
+    assert_eq!(
+        value(&samples, "pgsnapfs_repository_reclaimable_bytes", &[]),
+        0.0
+    );
     assert_eq!(value(&samples, "pgsnapfs_wal_gaps", &[sys_l]), 0.0);
 
     // A gap: more WAL, then a segment in the middle taken out of the archive by hand.
@@ -592,7 +666,10 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
         repo.keys("wal/"),
         info["wal"]
     );
-    assert_eq!(value(&samples, "pgsnapfs_wal_missing_segments", &[sys_l]), 1.0);
+    assert_eq!(
+        value(&samples, "pgsnapfs_wal_missing_segments", &[sys_l]),
+        1.0
+    );
 
     // The same over HTTP; then SIGTERM ends the server with exit 0.
     let (mut child, addr) = listen(&repo);

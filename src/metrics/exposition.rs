@@ -167,7 +167,10 @@ fn run_times(f: &mut Families, command: &str, labels: &[(&'static str, &str)], r
 }
 
 fn system(f: &mut Families, now: DateTime<Utc>, repo: &str, s: &SystemMetrics) {
-    let sys = [("repository", repo), ("system", s.system_identifier.as_str())];
+    let sys = [
+        ("repository", repo),
+        ("system", s.system_identifier.as_str()),
+    ];
     f.set("pgsnapfs_backups", &sys, Some(s.backups as f64));
     for (source, kind) in [("server", &s.server), ("archive", &s.archive)] {
         backups(f, now, &[sys[0], sys[1], ("source", source)], kind);
@@ -196,7 +199,11 @@ fn system(f: &mut Families, now: DateTime<Utc>, repo: &str, s: &SystemMetrics) {
         &sys,
         Some(s.wal_missing_segments as f64),
     );
-    f.set("pgsnapfs_wal_dropped_files", &sys, Some(s.wal_dropped as f64));
+    f.set(
+        "pgsnapfs_wal_dropped_files",
+        &sys,
+        Some(s.wal_dropped as f64),
+    );
     f.set(
         "pgsnapfs_restorable_oldest_timestamp_seconds",
         &sys,
@@ -242,11 +249,7 @@ fn backups(f: &mut Families, now: DateTime<Utc>, labels: &[(&'static str, &str)]
         );
     }
     if let Some(r) = &k.run {
-        f.set(
-            "pgsnapfs_backup_last_run_success",
-            labels,
-            Some(flag(r.ok)),
-        );
+        f.set("pgsnapfs_backup_last_run_success", labels, Some(flag(r.ok)));
         run_times(f, "backup", labels, r);
     }
 }
@@ -401,7 +404,9 @@ mod tests {
             ..Metrics::default()
         });
         assert_eq!(
-            text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
             vec![format!(
                 "pgsnapfs_metrics_generated_timestamp_seconds{{repository=\"/r\"}} {}",
                 at(1, 0).timestamp()
