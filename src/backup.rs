@@ -90,29 +90,31 @@ pub fn control_of(pgdata: &Path) -> Result<ControlData> {
 /// Takes a base backup of the running server into `repo`, compared against the cluster's
 /// newest backup ([`latest_of`]) to skip what did not change. When it returns `Ok`, the snapshot and all it needs (packs,
 /// and the WAL from its start to its stop LSN) are durable; on an error nothing is published.
-/// Either way the run is recorded in the cluster's status object (`status`), when the
-/// cluster is known (its pg_control is readable).
+/// A run that began writing (took its lease) is recorded in the cluster's status object
+/// (`status`), passed or failed; one refused before (bad input, no server) writes nothing.
 pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     let started = Utc::now();
-    let sysid = control_of(&opts.pgdata).ok().map(|c| c.system_identifier);
-    let result = take(repo, opts);
-    let run = match &result {
-        Ok(done) => Some((
-            done.snapshot.sysid(),
-            Run {
+    let began = std::cell::Cell::new(None);
+    let result = take(repo, opts, &began);
+    if let Some(sysid) = began.get() {
+        let run = match &result {
+            Ok(done) => Run {
                 backup: Some(done.snapshot.id.clone()),
                 ..Run::ended(started, true)
             },
-        )),
-        Err(e) => sysid.map(|s| (s, Run::failed(started, e))),
-    };
-    if let Some((sysid, run)) = run {
+            Err(e) => Run::failed(started, e),
+        };
         Recorder::of(repo).record(Watched::Backup(Source::Server), sysid, &run);
     }
     result
 }
 
-fn take(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
+/// `began` hears the cluster once the lease is taken.
+fn take(
+    repo: &Repository,
+    opts: BackupOptions,
+    began: &std::cell::Cell<Option<u64>>,
+) -> Result<Backup> {
     let control = control_of(&opts.pgdata)?;
     let server = Server::connect(&opts.conn)?;
     let info = server.info()?;
@@ -140,6 +142,7 @@ fn take(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     // Before the parent is read: while the lease is live, gc keeps the packs this backup
     // reuses and writes (docs/repository-format.md, "Deleting").
     let lease = Lease::shared(repo, "backup")?;
+    began.set(Some(sysid));
     archive::register_system(
         repo,
         &System {

@@ -84,31 +84,37 @@ const LOG_LINES: usize = 15;
 /// comment). On an error nothing is published. `signals` (SIGINT and SIGTERM, blocked since
 /// the command started) stop the server, and the command then cleans up and fails.
 ///
-/// The run is recorded in the cluster's status object (`status`), when the cluster is known.
+/// A run that began writing (took its lease) is recorded in the cluster's status object
+/// (`status`), passed or failed; one that found nothing to do or was refused writes nothing.
 pub fn run(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome> {
     let started = Utc::now();
     let recorder = Recorder::of(&repo);
-    let sysid = match opts.system {
-        Some(sysid) => Some(sysid),
-        None => archive::resolve_system(&repo, None).ok().map(|s| s.sysid()),
-    };
-    let result = replay_archive(repo, opts, signals);
-    let made = |backup: &str| Run {
-        backup: Some(backup.to_string()),
-        ..Run::ended(started, true)
-    };
-    let run = match &result {
-        Ok(Outcome::Stored(snap)) => Some((snap.sysid(), made(&snap.id))),
-        Ok(Outcome::UpToDate { backup, .. }) => sysid.map(|s| (s, made(backup))),
-        Err(e) => sysid.map(|s| (s, Run::failed(started, e))),
-    };
-    if let Some((sysid, run)) = run {
+    let began = std::cell::Cell::new(None);
+    let result = replay_archive(repo, opts, signals, &began);
+    if let Some(sysid) = began.get() {
+        let run = match &result {
+            Ok(Outcome::Stored(snap)) => Run {
+                backup: Some(snap.id.clone()),
+                ..Run::ended(started, true)
+            },
+            Ok(Outcome::UpToDate { backup, .. }) => Run {
+                backup: Some(backup.clone()),
+                ..Run::ended(started, true)
+            },
+            Err(e) => Run::failed(started, e),
+        };
         recorder.record(Watched::Backup(Source::Archive), sysid, &run);
     }
     result
 }
 
-fn replay_archive(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome> {
+/// `began` hears the cluster once the lease is taken.
+fn replay_archive(
+    repo: Repository,
+    opts: Options,
+    signals: Signals,
+    began: &std::cell::Cell<Option<u64>>,
+) -> Result<Outcome> {
     let stopper = Stopper::listen(signals);
     let goal = match goal(&repo, &opts)? {
         Ok(goal) => goal,
@@ -117,6 +123,10 @@ fn replay_archive(repo: Repository, opts: Options, signals: Signals) -> Result<O
     let owner = server_owner(&opts.user)?;
     // Before the base is read: gc keeps the packs this backup reuses and writes.
     let lease = Lease::shared(&repo, "backup")?;
+    began.set(match opts.system {
+        Some(sysid) => Some(sysid),
+        None => archive::resolve_system(&repo, None).ok().map(|s| s.sysid()),
+    });
     let work = WorkDir::create(opts.work_dir.as_deref(), owner)?;
     let start_time = Utc::now();
     let session = Session::open(

@@ -516,16 +516,29 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     assert_eq!(made["source"], "archive", "{made}");
     outputs.entry("backup").or_default().push(made);
 
-    // A backup that fails (no server on that port) is recorded as failed; the last
-    // successful backup's figures stay.
-    let mut failing: Vec<String> = source.backup_args();
-    let port = failing
-        .iter()
-        .position(|a| a == "--port" || a == "-p")
-        .expect("--port");
-    failing[port + 1] = free_port().to_string();
-    let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
-    repo.run("backup", &failing).assert_exit(1);
+    // A backup refused before it writes (no server on that port) leaves the repository
+    // alone, status included; one that fails after taking its lease (a role that may not
+    // start a backup) is recorded as failed. The last successful backup's figures stay.
+    let mut refused: Vec<String> = source.backup_args();
+    let port = refused.iter().position(|a| a == "-p").expect("-p PORT");
+    refused[port + 1] = free_port().to_string();
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    repo.run("backup", &refused).assert_exit(1);
+    let text = repo.run("metrics", &[]).assert_ok().stdout_str();
+    let (samples, _) = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = [("system", sys.as_str()), ("source", "server")];
+    assert_eq!(
+        value(&samples, "pgsnapfs_backup_last_run_success", &server),
+        1.0
+    );
+    source.psql("CREATE ROLE nobackup LOGIN; GRANT pg_read_all_settings TO nobackup");
+    let mut denied: Vec<String> = source.backup_args();
+    let user = denied.iter().position(|a| a == "-U").expect("-U USER");
+    denied[user + 1] = "nobackup".into();
+    let denied: Vec<&str> = denied.iter().map(String::as_str).collect();
+    repo.run("backup", &denied)
+        .assert_failed()
+        .assert_mentions("pg_backup_start");
 
     let check = repo.run("check", &["--json"]).assert_ok().json();
     outputs.entry("check").or_default().push(check);
@@ -579,7 +592,6 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     let now = Utc::now().timestamp() as f64 + 1.0;
     let sys_l = ("system", sys.as_str());
     // The failed backup is the last run of `backup`; --from-archive's succeeded.
-    let server = [sys_l, ("source", "server")];
     assert_eq!(
         value(&samples, "pgsnapfs_backup_last_run_success", &server),
         0.0
