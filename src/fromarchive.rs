@@ -91,18 +91,16 @@ pub fn run(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome>
     let recorder = Recorder::of(&repo);
     let began = std::cell::Cell::new(None);
     let result = replay_archive(repo, opts, signals, &began);
-    if let Some(sysid) = began.get() {
-        let run = match &result {
-            Ok(Outcome::Stored(snap)) => Run {
-                backup: Some(snap.id.clone()),
-                ..Run::ended(started, true)
-            },
-            Ok(Outcome::UpToDate { backup, .. }) => Run {
-                backup: Some(backup.clone()),
-                ..Run::ended(started, true)
-            },
-            Err(e) => Run::failed(started, e),
-        };
+    let run = match &result {
+        Ok(Outcome::Stored(snap)) => Some(Run {
+            backup: Some(snap.id.clone()),
+            ..Run::ended(started, true)
+        }),
+        // Decided before the lease: nothing was written, and nothing is recorded.
+        Ok(Outcome::UpToDate { .. }) => None,
+        Err(e) => Some(Run::failed(started, e)),
+    };
+    if let (Some(sysid), Some(run)) = (began.get(), run) {
         recorder.record(Watched::Backup(Source::Archive), sysid, &run);
     }
     result

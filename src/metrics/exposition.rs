@@ -51,7 +51,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("pgsnapfs_backup_last_age_seconds", "Seconds from the end of the newest backup of this source to when these metrics were computed."),
     ("pgsnapfs_backup_last_size_bytes", "Size of the data directory the newest backup of this source holds."),
     ("pgsnapfs_backup_last_stored_new_bytes", "Bytes the newest backup of this source added to the repository."),
-    ("pgsnapfs_backup_last_run_success", "Whether the last run of the backup command of this source succeeded (1) or failed (0)."),
+    ("pgsnapfs_backup_last_run_success", "Whether the last run of the backup command of this source succeeded (1) or failed (0). Runs refused before they began writing (bad options, server unreachable) write nothing and are not counted: alert on the backup's age too."),
     ("pgsnapfs_backup_last_run_timestamp_seconds", "When the last run of the backup command of this source ended."),
     ("pgsnapfs_backup_last_run_duration_seconds", "How long the last run of the backup command of this source took."),
     ("pgsnapfs_wal_last_segment", "Number of the newest archived WAL segment on the newest timeline (segment start = number x segment size)."),
@@ -111,7 +111,7 @@ pub fn render(m: &Metrics) -> String {
     }
     if let Some(c) = &m.check {
         f.set("pgsnapfs_check_last_success", &base, Some(flag(c.ok)));
-        run_times(&mut f, "check", &base, c);
+        run_times(&mut f, CHECK_TIMES, &base, c);
         f.set(
             "pgsnapfs_check_last_problems",
             &base,
@@ -146,25 +146,24 @@ pub fn render(m: &Metrics) -> String {
     write(&f.0)
 }
 
-/// `pgsnapfs_<command>_last_timestamp_seconds` and `_duration_seconds` of a run.
-fn run_times(f: &mut Families, command: &str, labels: &[(&'static str, &str)], r: &Run) {
-    let (ts, dur) = match command {
-        "check" => (
-            "pgsnapfs_check_last_timestamp_seconds",
-            "pgsnapfs_check_last_duration_seconds",
-        ),
-        "verify" => (
-            "pgsnapfs_verify_last_timestamp_seconds",
-            "pgsnapfs_verify_last_duration_seconds",
-        ),
-        _ => (
-            "pgsnapfs_backup_last_run_timestamp_seconds",
-            "pgsnapfs_backup_last_run_duration_seconds",
-        ),
-    };
-    f.set(ts, labels, Some(seconds(r.finished)));
-    f.set(dur, labels, Some(r.duration_s()));
+/// When a run ended and how long it took, as the two families `names`.
+fn run_times(f: &mut Families, names: [&str; 2], labels: &[(&'static str, &str)], r: &Run) {
+    f.set(names[0], labels, Some(seconds(r.finished)));
+    f.set(names[1], labels, Some(r.duration_s()));
 }
+
+const CHECK_TIMES: [&str; 2] = [
+    "pgsnapfs_check_last_timestamp_seconds",
+    "pgsnapfs_check_last_duration_seconds",
+];
+const VERIFY_TIMES: [&str; 2] = [
+    "pgsnapfs_verify_last_timestamp_seconds",
+    "pgsnapfs_verify_last_duration_seconds",
+];
+const BACKUP_RUN_TIMES: [&str; 2] = [
+    "pgsnapfs_backup_last_run_timestamp_seconds",
+    "pgsnapfs_backup_last_run_duration_seconds",
+];
 
 fn system(f: &mut Families, now: DateTime<Utc>, repo: &str, s: &SystemMetrics) {
     let sys = [
@@ -216,7 +215,7 @@ fn system(f: &mut Families, now: DateTime<Utc>, repo: &str, s: &SystemMetrics) {
     );
     if let Some(v) = &s.verify {
         f.set("pgsnapfs_verify_last_success", &sys, Some(flag(v.ok)));
-        run_times(f, "verify", &sys, v);
+        run_times(f, VERIFY_TIMES, &sys, v);
         f.set(
             "pgsnapfs_verify_last_first_query_seconds",
             &sys,
@@ -250,7 +249,7 @@ fn backups(f: &mut Families, now: DateTime<Utc>, labels: &[(&'static str, &str)]
     }
     if let Some(r) = &k.run {
         f.set("pgsnapfs_backup_last_run_success", labels, Some(flag(r.ok)));
-        run_times(f, "backup", labels, r);
+        run_times(f, BACKUP_RUN_TIMES, labels, r);
     }
 }
 
