@@ -1,10 +1,10 @@
 //! `pgsnapfs metrics` (issue 20, section 4) and the `--json` schemas of docs/json.md, on one
-//! cluster in sequence: a backup, WAL pushed, a backup from the archive, a failing backup, a
-//! check, a verify and a gc; then `metrics` must parse as Prometheus exposition format (a
-//! strict parser below) with values equal to `info --json`'s; a WAL gap made by hand shows in
-//! both; `metrics --listen` serves the same families over HTTP and stops on SIGTERM with
-//! exit 0. The JSON every command printed on the way must hold the fields docs/json.md lists
-//! for it, and nothing it does not list.
+//! cluster in sequence, on a local repository and on S3: a backup, WAL pushed, a backup from
+//! the archive, a refused backup and a failed one, a check, a verify and a gc; then `metrics`
+//! must parse as Prometheus exposition format (a strict parser below) with values equal to
+//! `info --json`'s; a WAL gap made by hand shows in both (local only); `metrics --listen`
+//! serves the same over HTTP and stops on SIGTERM with exit 0. The JSON every command printed
+//! on the way must hold the fields docs/json.md lists for it, and nothing it does not list.
 
 mod common;
 
@@ -481,11 +481,42 @@ fn assert_documented(outputs: &BTreeMap<&str, Vec<Value>>) {
     }
 }
 
-#[test]
-fn metrics_match_info_and_json_keeps_its_documented_fields() {
+/// A gap: more WAL, then a segment in the middle taken out of the archive by hand; `metrics`
+/// shows it as `info --json` does. Returns the samples.
+fn gap_shows(repo: &Repo, source: &mut Cluster, sys: &str) -> Vec<Sample> {
+    let mut segs = Vec::new();
+    for _ in 0..3 {
+        source.psql("CREATE TABLE IF NOT EXISTS w(x int); INSERT INTO w VALUES (1)");
+        segs.push(source.switch_wal_and_wait_archived());
+    }
+    source.stop();
+    let hole = repo.path.join(format!("wal/{sys}/00000001/{}", segs[1]));
+    std::fs::remove_file(&hole).unwrap_or_else(|e| panic!("{}: {e}", hole.display()));
+    let info = repo.run("info", &["--json"]).assert_ok().json();
+    let text = repo.run("metrics", &[]).assert_ok().stdout_str();
+    let (samples, _) = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_matches_info(&samples, &info, sys);
+    let sys_l = ("system", sys);
+    assert_eq!(
+        value(&samples, "pgsnapfs_wal_gaps", &[sys_l]),
+        1.0,
+        "{segs:?} {:?} {:#}",
+        repo.keys("wal/"),
+        info["wal"]
+    );
+    assert_eq!(
+        value(&samples, "pgsnapfs_wal_missing_segments", &[sys_l]),
+        1.0
+    );
+    samples
+}
+
+on_both_stores!(metrics_match_info_and_json_keeps_its_documented_fields);
+
+fn metrics_match_info_and_json_keeps_its_documented_fields(store: Store) {
     let started = Instant::now();
     let test_start = Utc::now().timestamp() as f64;
-    let repo = Repo::init();
+    let repo = Repo::init_on(store);
     let mut source = Cluster::archiving_to(&repo.spec);
     let sys = source.system_identifier();
     let mut outputs: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
@@ -658,30 +689,11 @@ fn metrics_match_info_and_json_keeps_its_documented_fields() {
     );
     assert_eq!(value(&samples, "pgsnapfs_wal_gaps", &[sys_l]), 0.0);
 
-    // A gap: more WAL, then a segment in the middle taken out of the archive by hand.
-    let mut segs = Vec::new();
-    for _ in 0..3 {
-        source.psql("CREATE TABLE IF NOT EXISTS w(x int); INSERT INTO w VALUES (1)");
-        segs.push(source.switch_wal_and_wait_archived());
-    }
-    source.stop();
-    let hole = repo.path.join(format!("wal/{sys}/00000001/{}", segs[1]));
-    std::fs::remove_file(&hole).unwrap_or_else(|e| panic!("{}: {e}", hole.display()));
-    let info = repo.run("info", &["--json"]).assert_ok().json();
-    let text = repo.run("metrics", &[]).assert_ok().stdout_str();
-    let (samples, _) = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_matches_info(&samples, &info, &sys);
-    assert_eq!(
-        value(&samples, "pgsnapfs_wal_gaps", &[sys_l]),
-        1.0,
-        "{segs:?} {:?} {:#}",
-        repo.keys("wal/"),
-        info["wal"]
-    );
-    assert_eq!(
-        value(&samples, "pgsnapfs_wal_missing_segments", &[sys_l]),
-        1.0
-    );
+    // The harness deletes no S3 object: the gap is made in a local repository only.
+    let samples = match store {
+        Store::Local => gap_shows(&repo, &mut source, &sys),
+        Store::S3 => samples,
+    };
 
     // The same over HTTP; then SIGTERM ends the server with exit 0.
     let (mut child, addr) = listen(&repo);
