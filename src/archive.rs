@@ -199,7 +199,11 @@ pub fn push_for(repo: &Repository, path: &Path, known: Option<u64>) -> Result<Pu
         let sealed = s.spawn(|| repo.crypto().seal(&key, &data, WAL_LEVEL));
         check_system(repo, sysid, control.as_ref(), seg_size, name)?;
         if let Some(summary) = header.as_ref().and_then(|h| summarise(name, &data, h)) {
-            let json = serde_json::to_vec(&summary).expect("summary serializes");
+            let stored = StoredSummary {
+                summary: &summary,
+                archived_at: Utc::now(),
+            };
+            let json = serde_json::to_vec(&stored).expect("summary serializes");
             match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {
                 // A retried push of a segment whose earlier summary differs is judged below
                 // by the segment itself.
@@ -235,6 +239,38 @@ pub fn push_for(repo: &Repository, path: &Path, known: Option<u64>) -> Result<Pu
             name: name.to_string(),
             key,
         })
+    }
+}
+
+/// A segment's summary as `wal-push` stores it: with the time of the push, so that `metrics`
+/// tells the age of the last archived segment from one object, and a push costs no extra
+/// write (readers of the summary ignore the field).
+#[derive(Serialize)]
+struct StoredSummary<'a> {
+    #[serde(flatten)]
+    summary: &'a SegmentSummary,
+    archived_at: DateTime<Utc>,
+}
+
+/// When segment `name` of timeline `tli` was archived, from its summary object; `None` for a
+/// segment without a summary, or archived by a build that did not record the time.
+pub fn archived_at(
+    repo: &Repository,
+    sysid: u64,
+    tli: u32,
+    name: &str,
+) -> std::result::Result<Option<DateTime<Utc>>, StoreError> {
+    #[derive(Deserialize)]
+    struct Stamp {
+        archived_at: Option<DateTime<Utc>>,
+    }
+    let key = keys::wal_summary(sysid, tli, name);
+    match repo.get_sealed(&key) {
+        Ok(bytes) => serde_json::from_slice::<Stamp>(&bytes)
+            .map(|s| s.archived_at)
+            .map_err(|e| StoreError::corrupt(key, e.to_string())),
+        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

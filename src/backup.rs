@@ -16,6 +16,7 @@ use crate::pg::summary::{self, Changes, Summary};
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::{control::ControlData, lsn::Lsn};
 use crate::server::{ConnOpts, Server};
+use crate::status::{Recorder, Run, Watched};
 use crate::store::ingest::{Ingest, IngestError, KnownChanges, Vanished, Visit};
 use crate::store::snapshot;
 use crate::store::{BackendError, Repository, StoreError};
@@ -89,7 +90,31 @@ pub fn control_of(pgdata: &Path) -> Result<ControlData> {
 /// Takes a base backup of the running server into `repo`, compared against the cluster's
 /// newest backup ([`latest_of`]) to skip what did not change. When it returns `Ok`, the snapshot and all it needs (packs,
 /// and the WAL from its start to its stop LSN) are durable; on an error nothing is published.
+/// A run that began writing (took its lease) is recorded in the cluster's status object
+/// (`status`), passed or failed; one refused before (bad input, no server) writes nothing.
 pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
+    let started = Utc::now();
+    let began = std::cell::Cell::new(None);
+    let result = take(repo, opts, &began);
+    if let Some(sysid) = began.get() {
+        let run = match &result {
+            Ok(done) => Run {
+                backup: Some(done.snapshot.id.clone()),
+                ..Run::ended(started, true)
+            },
+            Err(e) => Run::failed(started, e),
+        };
+        Recorder::of(repo).record(Watched::Backup(Source::Server), sysid, &run);
+    }
+    result
+}
+
+/// `began` hears the cluster once the lease is taken.
+fn take(
+    repo: &Repository,
+    opts: BackupOptions,
+    began: &std::cell::Cell<Option<u64>>,
+) -> Result<Backup> {
     let control = control_of(&opts.pgdata)?;
     let server = Server::connect(&opts.conn)?;
     let info = server.info()?;
@@ -117,6 +142,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
     // Before the parent is read: while the lease is live, gc keeps the packs this backup
     // reuses and writes (docs/repository-format.md, "Deleting").
     let lease = Lease::shared(repo, "backup")?;
+    began.set(Some(sysid));
     archive::register_system(
         repo,
         &System {

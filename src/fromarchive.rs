@@ -23,6 +23,7 @@ use crate::pitr::{self, Goal, Point};
 use crate::session::lifecycle::Signals;
 use crate::session::plan::Latest;
 use crate::session::{server_owner, CacheOptions, Mounted, Request, Session, ViewSettings};
+use crate::status::{Recorder, Run, Watched};
 use crate::store::ingest::{Ingest, KnownChanges, Visit};
 use crate::store::snapshot;
 use crate::store::Repository;
@@ -82,7 +83,36 @@ const LOG_LINES: usize = 15;
 /// Makes a backup by replaying archived WAL on the newest suitable backup (see the module
 /// comment). On an error nothing is published. `signals` (SIGINT and SIGTERM, blocked since
 /// the command started) stop the server, and the command then cleans up and fails.
+///
+/// A run that began writing (took its lease) is recorded in the cluster's status object
+/// (`status`), passed or failed; one that found nothing to do or was refused writes nothing.
 pub fn run(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome> {
+    let started = Utc::now();
+    let recorder = Recorder::of(&repo);
+    let began = std::cell::Cell::new(None);
+    let result = replay_archive(repo, opts, signals, &began);
+    let run = match &result {
+        Ok(Outcome::Stored(snap)) => Some(Run {
+            backup: Some(snap.id.clone()),
+            ..Run::ended(started, true)
+        }),
+        // Decided before the lease: nothing was written, and nothing is recorded.
+        Ok(Outcome::UpToDate { .. }) => None,
+        Err(e) => Some(Run::failed(started, e)),
+    };
+    if let (Some(sysid), Some(run)) = (began.get(), run) {
+        recorder.record(Watched::Backup(Source::Archive), sysid, &run);
+    }
+    result
+}
+
+/// `began` hears the cluster once the lease is taken.
+fn replay_archive(
+    repo: Repository,
+    opts: Options,
+    signals: Signals,
+    began: &std::cell::Cell<Option<u64>>,
+) -> Result<Outcome> {
     let stopper = Stopper::listen(signals);
     let goal = match goal(&repo, &opts)? {
         Ok(goal) => goal,
@@ -91,6 +121,10 @@ pub fn run(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome>
     let owner = server_owner(&opts.user)?;
     // Before the base is read: gc keeps the packs this backup reuses and writes.
     let lease = Lease::shared(&repo, "backup")?;
+    began.set(match opts.system {
+        Some(sysid) => Some(sysid),
+        None => archive::resolve_system(&repo, None).ok().map(|s| s.sysid()),
+    });
     let work = WorkDir::create(opts.work_dir.as_deref(), owner)?;
     let start_time = Utc::now();
     let session = Session::open(

@@ -16,6 +16,7 @@
 use crate::catalog::{keys, Backups, Snapshot};
 use crate::error::{Error, Result};
 use crate::lock::{self, Lease};
+use crate::status::{Recorder, Run, Watched};
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BlobType, Entry};
 use crate::store::snapshot;
@@ -524,7 +525,9 @@ fn settle(
 }
 
 /// Runs gc. `lease` is gc's exclusive lease (none for a dry run, which writes nothing).
+/// A run that is not a dry run is recorded in the repository's status object (`status`).
 pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result<GcReport> {
+    let started = Utc::now();
     let own = lease.map(|l| l.id());
     let others = || -> Result<BTreeSet<String>> {
         let mut ids: BTreeSet<String> = lock::live_ids(repo)?.into_iter().collect();
@@ -537,7 +540,18 @@ pub fn run(repo: &Repository, opts: &GcOptions, lease: Option<&Lease>) -> Result
         return Ok(plan.dry_report(&survey));
     }
     let held = || lease.map_or(Ok(()), Lease::ensure_held);
-    execute(repo, survey, plan, &held, &others)
+    let result = execute(repo, survey, plan, &held, &others);
+    // What `metrics` shows of the repository's size, without listing it.
+    let run = match &result {
+        Ok(r) => Run {
+            packs_bytes: Some((r.bytes_before + r.written_bytes).saturating_sub(r.freed_bytes)),
+            reclaimable_bytes: Some(r.condemned_bytes),
+            ..Run::ended(started, true)
+        },
+        Err(e) => Run::failed(started, e),
+    };
+    Recorder::of(repo).record(Watched::Gc, 0, &run);
+    result
 }
 
 /// Carries out a plan. Backups may be published meanwhile, so after repacking, what is

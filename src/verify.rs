@@ -14,6 +14,7 @@ use crate::server::{ConnOpts, Server};
 use crate::session::lifecycle::Signals;
 use crate::session::plan::Latest;
 use crate::session::{self, CacheOptions, Request, Session, ViewSettings};
+use crate::status::{Recorder, Run, Watched};
 use crate::store::backend::RequestCounts;
 use crate::store::diskcache::CacheCounts;
 use crate::store::{Repository, Verification};
@@ -541,7 +542,42 @@ impl Drop for Workspace {
 /// Mounts a view of the goal, promoted at its target, and tests it. `planned` hears which
 /// backup and point were chosen, before the server starts. `signals` (blocked before any
 /// thread started) interrupt the run: it then cleans up and returns `Error::Interrupted`.
+/// A run that chose its backup, and was not interrupted, is recorded in the cluster's status
+/// object (`status`), passed or failed.
 pub fn run(
+    repo: Repository,
+    opts: &VerifyOptions,
+    signals: Signals,
+    planned: &dyn Fn(&Plan),
+) -> Result<Report> {
+    let started = chrono::Utc::now();
+    let recorder = Recorder::of(&repo);
+    let chosen = std::cell::Cell::new(None);
+    let result = verify_view(repo, opts, signals, &|plan| {
+        chosen.set(Some(plan.snapshot.sysid()));
+        planned(plan)
+    });
+    let run = match &result {
+        Ok(report) => {
+            let p = &report.phases;
+            Some(Run {
+                backup: Some(report.backup.clone()),
+                error: report.problems.first().cloned(),
+                // The checks began with the first query to the recovered server.
+                first_query_s: (p.checks_s > 0.0).then_some(p.mount_s + p.start_s + p.recovery_s),
+                ..Run::ended(started, report.ok)
+            })
+        }
+        Err(Error::Interrupted(_)) => None,
+        Err(e) => Some(Run::failed(started, e)),
+    };
+    if let (Some(sysid), Some(run)) = (chosen.get(), run) {
+        recorder.record(Watched::Verify, sysid, &run);
+    }
+    result
+}
+
+fn verify_view(
     repo: Repository,
     opts: &VerifyOptions,
     signals: Signals,

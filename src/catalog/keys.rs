@@ -17,6 +17,8 @@ pub const WAL_INDEX: &str = "walidx/";
 pub const VERIFIED: &str = "verified/";
 /// The segments `wal-receive` is streaming, stored partially, per cluster and timeline.
 pub const WAL_STREAM: &str = "walstream/";
+/// The status objects `metrics` reads: the last run of backup, verify, check and gc.
+pub const STATUS: &str = "status/";
 
 /// The registry record of one cluster.
 pub fn system(sysid: u64) -> String {
@@ -27,6 +29,16 @@ pub fn system(sysid: u64) -> String {
 /// holding all of that cluster's records.
 pub fn verification(sysid: u64, backup: &str) -> String {
     format!("{VERIFIED}{sysid}/{backup}")
+}
+
+/// The status object of a command's last run on one cluster (`status`).
+pub fn status_of_system(sysid: u64, command: &str) -> String {
+    format!("{STATUS}system/{sysid}/{command}")
+}
+
+/// The status object of a command's last run on the whole repository (`status`).
+pub fn status_of_repository(command: &str) -> String {
+    format!("{STATUS}repository/{command}")
 }
 
 /// The prefix holding all WAL of one cluster.

@@ -18,6 +18,7 @@ use crate::error::{io, Result};
 use crate::pg::history::TimelineTree;
 use crate::pg::wal::{segment_name, segment_of, WalFile};
 use crate::pg::walscan::SegmentSummary;
+use crate::status::{Recorder, Run, Watched};
 use crate::store::crypto::Crypto;
 use crate::store::pack::{self, BadEntry, Entry};
 use crate::store::tree::{BlobRef, Loc, NodeKind};
@@ -327,8 +328,34 @@ impl<'a> Checker<'a> {
 }
 
 /// Checks the repository. Problems found go into the report; an error means the check could
-/// not run (the back end failed, the record could not be written).
+/// not run (the back end failed, the record could not be written). Either way the run is
+/// recorded in the repository's status object (`status`): the one write a check makes to
+/// the repository besides the WAL index.
 pub fn check(repo: &Repository, opts: CheckOptions) -> Result<Report> {
+    let started = chrono::Utc::now();
+    let read_data = match (opts.read_data, &opts.subset) {
+        (false, _) => "none",
+        (true, Subset::All) => "all",
+        (true, _) => "subset",
+    };
+    let result = check_repository(repo, opts);
+    let mut run = match &result {
+        Ok(report) => Run {
+            problems: Some(report.problems.len() as u64),
+            error: report
+                .problems
+                .first()
+                .map(|p| format!("{}: {}", p.object, p.detail)),
+            ..Run::ended(started, report.ok)
+        },
+        Err(e) => Run::failed(started, e),
+    };
+    run.read_data = Some(read_data.into());
+    Recorder::of(repo).record(Watched::Check, 0, &run);
+    result
+}
+
+fn check_repository(repo: &Repository, opts: CheckOptions) -> Result<Report> {
     let record = match &opts.record {
         Some(path) if opts.read_data => Some(Record::load(path)?),
         _ => None,

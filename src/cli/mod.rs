@@ -24,6 +24,7 @@ mod info;
 mod init;
 mod key;
 mod locks;
+mod metrics;
 mod mount;
 mod progress;
 mod receive;
@@ -111,6 +112,9 @@ pub enum Command {
     Locks(locks::Args),
     /// Add, list or remove the passphrases (key slots) of an encrypted repository.
     Key(key::Args),
+    /// Print the repository's state as Prometheus metrics (backup ages and sizes, WAL,
+    /// last check and verify, restorable range), or serve them over HTTP with --listen.
+    Metrics(metrics::Args),
     /// Copy backups (and with --wal archived WAL) that another repository lacks into it:
     /// only missing chunks are sent; a killed copy is resumed by running it again.
     Copy(copy::Args),
@@ -162,6 +166,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Locks(a) => locks::run(&open(&repo()?)?, a),
         Command::Key(a) => key::run(&open(&repo()?)?, a),
         Command::Copy(a) => copy::run(a, pass),
+        Command::Metrics(a) => {
+            // Before the repository's threads start: SIGTERM stops the server cleanly.
+            let signals = a
+                .listen
+                .is_some()
+                .then(crate::session::lifecycle::block_signals);
+            metrics::run(&open(&repo()?)?, signals, a)
+        }
     }
 }
 
