@@ -324,6 +324,17 @@ fn check_system(
 
 /// Restores one archived file to `dest` (as `restore_command` asks), atomically.
 pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> Result<()> {
+    fetch_checked(repo, sysid, name, dest, &|_| Ok(()))
+}
+
+/// As [`fetch`], handing the file over only if `check` passes its bytes.
+pub fn fetch_checked(
+    repo: &Repository,
+    sysid: Option<u64>,
+    name: &str,
+    dest: &Path,
+    check: &dyn Fn(&[u8]) -> Result<()>,
+) -> Result<()> {
     if WalFile::parse(name, DEFAULT_SEG_SIZE).is_none() {
         return Err(Error::BadInput(format!("{name} is not a WAL file name")));
     }
@@ -336,6 +347,7 @@ pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> 
         _ => read_file(repo, sysid, name)?,
     }
     .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
+    check(&data)?;
     let tmp = dest.with_extension("pgsnapfs-tmp");
     std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, dest).map_err(io(format!("rename to {}", dest.display())))

@@ -109,6 +109,8 @@ pub fn run(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome>
                 action: TargetAction::Shutdown,
                 shared_buffers: opts.shared_buffers.clone(),
                 files: Vec::new(),
+                // Storing the view reads pg_tblspc's links, which replay points at the host.
+                tablespaces: crate::tblspc::Policy::Refuse,
             },
             cache: CacheOptions {
                 memory: 128 << 20,
