@@ -9,6 +9,8 @@
 //!   nothing is mounted.
 //! - `wal-fetch` for a view refuses the segment holding the record.
 //! - A view at a target before the creation still works.
+//! - Where the repository does not know what a segment creates (no summary), a mount goes
+//!   ahead and its `wal-fetch` refuses the segment: recovery stops loudly.
 //!
 //! Everything the old code could damage is inside this test's temporary directories.
 
@@ -182,6 +184,43 @@ fn views_replaying_create_tablespace_leave_the_host_alone() {
     );
     drop(view);
     unchanged("the host's tablespace directory after a view before the creation");
+
+    // The last line of defence: a repository that does not know what that segment creates
+    // (its summary is gone, as where an older pgsnapfs archived it). The mount goes ahead; its
+    // wal-fetch refuses the segment, so recovery stops loudly.
+    let summary = repo
+        .keys("walsum/")
+        .into_iter()
+        .find(|k| k.ends_with(&create_segment))
+        .expect("the segment's summary");
+    pgsnapfs::store::open_backend(&repo.spec)
+        .unwrap()
+        .delete(&summary)
+        .unwrap();
+    let mp = common::mount::mountpoint(&work, "unknown");
+    let scratch = work.join("scratch-unknown");
+    let view = Mount::start(&repo, &mp, &view_args(&scratch, &["--target-lsn", &after]));
+    // A hot standby may accept connections before replay reaches the segment.
+    let log = match Cluster::try_start_on(&mp, &[]) {
+        Ok(server) => {
+            assert_eq!(
+                server.wait_until_paused_or_ready(),
+                RecoveryState::ShutDown,
+                "{}",
+                server.log_contents()
+            );
+            server.log_contents()
+        }
+        Err(report) => report,
+    };
+    for said in [
+        "refusing to hand",
+        "recovery ended before configured recovery target",
+    ] {
+        assert!(log.contains(said), "{said}:\n{log}");
+    }
+    drop(view);
+    unchanged("the host's tablespace directory after a view its wal-fetch stopped");
 
     // The source still has its table.
     source.start();
