@@ -241,7 +241,11 @@ impl Guard {
         let header = SegmentHeader::parse(data)?;
         let found = tablespace_creations(data, &header)?;
         for c in found.iter().filter(|c| replays(c, self.start, self.end)) {
-            if !c.location.as_deref().is_some_and(|l| self.covered(Path::new(l))) {
+            if !c
+                .location
+                .as_deref()
+                .is_some_and(|l| self.covered(Path::new(l)))
+            {
                 return Err(Error::BadInput(format!(
                     "refusing to hand {name} to this view's server: it creates {}, and \
                      PostgreSQL's replay of that record would work on that directory of this \
@@ -292,13 +296,24 @@ mod tests {
         assert!(replays(&c, Lsn(0), Some(Lsn(901))));
         assert!(replays(&c, Lsn(0), Some(Lsn(1000))));
         assert!(!replays(&c, Lsn(0), Some(Lsn(900))));
-        assert!(!replays(&made(1000, 900, 5, Some("")), Lsn(0), None), "in place");
-        assert!(replays(&made(1000, 900, 5, None), Lsn(0), None), "unknown location");
+        assert!(
+            !replays(&made(1000, 900, 5, Some("")), Lsn(0), None),
+            "in place"
+        );
+        assert!(
+            replays(&made(1000, 900, 5, None), Lsn(0), None),
+            "unknown location"
+        );
     }
 
     #[test]
     fn refusals_name_the_creation_and_the_way_out() {
-        let c = made(0x3000148, 0x3000110, 16385, Some("/nonexistent/pgsnapfs/ts"));
+        let c = made(
+            0x3000148,
+            0x3000110,
+            16385,
+            Some("/nonexistent/pgsnapfs/ts"),
+        );
         let m = refusal("mount", &c).to_string();
         for part in [
             "oid 16385",
@@ -312,7 +327,10 @@ mod tests {
         }
         assert_eq!(refusal("mount", &c).exit_code(), 2);
         let m = refusal("backup", &c).to_string();
-        assert!(m.contains("pgsnapfs backup") && m.contains("--target-lsn 0/3000110"), "{m}");
+        assert!(
+            m.contains("pgsnapfs backup") && m.contains("--target-lsn 0/3000110"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -341,11 +359,17 @@ mod tests {
         let m = plan_covers(&found, false, |_| true, base)
             .unwrap_err()
             .to_string();
-        assert!(m.contains("only as root") && m.contains("--target-lsn 0/5"), "{m}");
+        assert!(
+            m.contains("only as root") && m.contains("--target-lsn 0/5"),
+            "{m}"
+        );
         let m = plan_covers(&found, true, |p| p != Path::new("/b"), base)
             .unwrap_err()
             .to_string();
-        assert!(m.contains("oid 2 at '/b'") && m.contains("not a directory"), "{m}");
+        assert!(
+            m.contains("oid 2 at '/b'") && m.contains("not a directory"),
+            "{m}"
+        );
         let m = plan_covers(&[made(10, 5, 0, None)], true, |_| true, base)
             .unwrap_err()
             .to_string();

@@ -73,7 +73,8 @@ pub struct Entry(
     Option<u32>,
     u64,
     Vec<(String, i64, u64)>,
-    #[serde(default, skip_serializing_if = "Option::is_none")] Option<Vec<(u64, u64, u32, Option<String>)>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    Option<Vec<(u64, u64, u32, Option<String>)>>,
 );
 
 impl Entry {

@@ -61,9 +61,7 @@ fn views_replaying_create_tablespace_leave_the_host_alone() {
         location.display()
     ));
     let oid = source.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
-    let create_segment = source.psql(&format!(
-        "SELECT pg_walfile_name('{before}'::pg_lsn + 1)"
-    ));
+    let create_segment = source.psql(&format!("SELECT pg_walfile_name('{before}'::pg_lsn + 1)"));
     source.psql(
         "CREATE TABLE in_ts(id int PRIMARY KEY, v text) TABLESPACE ts;
          INSERT INTO in_ts SELECT g, 'ts-' || g FROM generate_series(1, 400) g;",

@@ -1049,7 +1049,12 @@ mod tests {
             &main_only(&create_main(16_385, "/srv/ts one")),
         );
         // A drop (0x10) is not a creation; an in-place tablespace has an empty location.
-        let drop = w.record(RM_TBLSPC_ID, 0x10, 702, &main_only(&16_385u32.to_le_bytes()));
+        let drop = w.record(
+            RM_TBLSPC_ID,
+            0x10,
+            702,
+            &main_only(&16_385u32.to_le_bytes()),
+        );
         let in_place = w.record(
             RM_TBLSPC_ID,
             XLOG_TBLSPC_CREATE,
