@@ -73,9 +73,12 @@ pub struct Entry(
     Option<u32>,
     u64,
     Vec<(String, i64, u64)>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    Option<Vec<(u64, u64, u32, Option<String>)>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")] Option<Vec<Created>>,
 );
+
+/// A tablespace creation in an [`Entry`]: LSN and previous record's LSN as numbers, oid,
+/// location.
+type Created = (u64, u64, u32, Option<String>);
 
 impl Entry {
     fn of(segno: u64, s: &SegmentSummary) -> Entry {

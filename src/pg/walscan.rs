@@ -438,14 +438,13 @@ impl<'a> Records<'a> {
         let xl_prev = le_u64(pages.data, self.pos + 8);
         let (info, rmid) = (pages.data[self.pos + 16], pages.data[self.pos + 17]);
         let chained = self.prev.map_or(xl_prev < lsn, |p| p == xl_prev);
-        (chained && rmid == RM_TBLSPC_ID && info & XLR_RMGR_INFO_MASK == XLOG_TBLSPC_CREATE).then(
-            || TablespaceCreation {
+        (chained && rmid == RM_TBLSPC_ID && info & XLR_RMGR_INFO_MASK == XLOG_TBLSPC_CREATE)
+            .then_some(TablespaceCreation {
                 lsn: Lsn(lsn),
                 prev: Lsn(xl_prev),
                 oid: 0,
                 location: None,
-            },
-        )
+            })
     }
 
     fn read(&mut self) -> Option<Record<'a>> {
