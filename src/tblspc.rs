@@ -125,7 +125,8 @@ pub fn refusal(command: &str, c: &TablespaceCreation) -> Error {
              PG_* directory, writes into it), and you start the server on a mount yourself, \
              where pgsnapfs cannot keep it off ({host}). Mount a point before it with \
              {before}, or use `pgsnapfs verify` or `pgsnapfs dump`, which run their server \
-             in a private mount namespace where that directory is an empty one of the view's"
+             in a private mount namespace where an empty directory of the view's own stands \
+             in for that one"
         ),
     })
 }
@@ -374,6 +375,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(m.contains("cannot cover"), "{m}");
+    }
+
+    #[test]
+    fn the_guard_knows_a_cover_by_the_directory_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        let covers = tmp.path().join("tablespaces");
+        let (cover, other) = (covers.join("0"), tmp.path().join("other"));
+        for d in [&cover, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        // As the namespace's bind mount makes it, a location that is the cover itself.
+        let location = tmp.path().join("location");
+        std::os::unix::fs::symlink(&cover, &location).unwrap();
+        let guard = Guard {
+            covers: covers.clone(),
+            start: Lsn(0),
+            end: None,
+        };
+        assert!(guard.covered(&location));
+        assert!(!guard.covered(&other), "a directory of the same name elsewhere");
+        assert!(!guard.covered(&tmp.path().join("missing")));
+        let elsewhere = Guard {
+            covers: tmp.path().join("none"),
+            ..guard.clone()
+        };
+        assert!(!elsewhere.covered(&location), "no covers: nothing covered");
+        // A segment that creates no tablespace, and a history file, pass.
+        let segment = include_bytes!("pg/testdata/pg15_wal_000000010000000000000002.prefix");
+        guard.check("000000010000000000000002", segment).unwrap();
+        guard.check("00000002.history", b"1\t0/3000000\tno recovery target\n").unwrap();
+        assert!(guard.check("000000010000000000000002", b"not WAL").is_err());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - `dump` and `verify` of a point past the creation see the rows, and the host's
 //!   tablespace directory stays byte-for-byte (and mode-for-mode) as it was; the source
 //!   still reads the table afterwards.
+//! - `verify` not run as root, or for a location that is not a directory here, and `backup
+//!   --from-archive` are refused (exit 2).
 //! - `mount` at that point is refused up front (exit 2, naming LSN, oid and location), and
 //!   nothing is mounted.
 //! - `wal-fetch` for a view refuses the segment holding the record.
@@ -127,6 +129,31 @@ fn views_replaying_create_tablespace_leave_the_host_alone() {
     let report = verified.assert_ok().json();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["assertions"], 1, "{report}");
+
+    // verify as another user than root cannot make the namespace: refused, with the way out.
+    repo.run("verify", &["--target-lsn", &after])
+        .assert_exit(2)
+        .assert_mentions("only as root")
+        .assert_mentions(&format!("oid {oid}"));
+    // A location that is not a directory here: no mount point can be made without touching
+    // the host, so verify refuses too.
+    let moved = location.with_extension("moved");
+    std::fs::rename(&location, &moved).unwrap();
+    let missing = root_run_within(300, &repo.args("verify", &["--target-lsn", &after]));
+    std::fs::rename(&moved, &location).unwrap();
+    missing
+        .assert_exit(2)
+        .assert_mentions("not a directory on this host");
+    unchanged("the host's tablespace directory after the refused verify runs");
+
+    // backup --from-archive would store the host's directory: refused.
+    root_run_within(
+        60,
+        &repo.args("backup", &["--from-archive", "--target-lsn", &after]),
+    )
+    .assert_exit(2)
+    .assert_mentions(&location.display().to_string())
+    .assert_mentions("pgsnapfs backup");
 
     // mount at the same point: the user starts that server, so it is refused up front.
     let mp = common::mount::mountpoint(&work, "after");
