@@ -653,18 +653,58 @@ impl<'a> SummaryCache<'a> {
             return Ok(c.get(segno).flatten());
         }
         if !self.cache.contains_key(&(tli, segno)) {
-            let s = match summary(self.repo, self.sysid, tli, segno, self.seg_size) {
-                Err(Error::Store(StoreError::Corrupt { object, reason })) if self.skip_corrupt => {
-                    tracing::warn!(
-                        "{object} is unreadable ({reason}): its commit times are not used"
-                    );
-                    None
-                }
-                other => other?,
-            };
+            let s = self.read(tli, segno)?;
             self.cache.insert((tli, segno), s);
         }
         Ok(self.cache[&(tli, segno)].as_ref())
+    }
+
+    /// Reads, 16 at a time (a request to S3 is mostly waiting), the summaries of `segments`
+    /// (timeline, segment number) that neither the index nor the cache holds, so that `get`
+    /// finds them.
+    pub fn prefetch(&mut self, segments: &[(u32, u64)]) -> Result<()> {
+        let missing: Vec<(u32, u64)> = segments
+            .iter()
+            .copied()
+            .filter(|&(tli, segno)| {
+                !self.cache.contains_key(&(tli, segno))
+                    && !self
+                        .indexed
+                        .get(&tli)
+                        .is_some_and(|c| c.get(segno).is_some())
+            })
+            .collect();
+        let chunk = missing.len().div_ceil(16).max(1);
+        let this = &*self;
+        let read = std::thread::scope(|s| {
+            let workers: Vec<_> = missing
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|&(tli, segno)| Ok(((tli, segno), this.read(tli, segno)?)))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        self.cache.extend(read.into_iter().flatten());
+        Ok(())
+    }
+
+    /// The summary object of a segment; with `skip_corrupt`, a damaged one reads as none.
+    fn read(&self, tli: u32, segno: u64) -> Result<Option<SegmentSummary>> {
+        match summary(self.repo, self.sysid, tli, segno, self.seg_size) {
+            Err(Error::Store(StoreError::Corrupt { object, reason })) if self.skip_corrupt => {
+                tracing::warn!("{object} is unreadable ({reason}): its commit times are not used");
+                Ok(None)
+            }
+            other => other,
+        }
     }
 }
 
@@ -702,5 +742,38 @@ mod tests {
             }
         }
         assert!(matches!(systems(&repo), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn prefetched_summaries_are_the_ones_get_reads() {
+        let mem = Arc::new(MemoryBackend::default());
+        let repo = Repository::init(mem.clone(), 8192, 3).unwrap();
+        let sum = |segno: u64| SegmentSummary {
+            first_commit_time: Some(segno as i64),
+            last_commit_time: None,
+            restore_points: Vec::new(),
+            min_commit_xid: None,
+            max_commit_xid: None,
+            end_lsn: Lsn(segno),
+            tablespaces: Some(Vec::new()),
+        };
+        let key = |segno| {
+            let name = WalFile::Segment { tli: 1, segno }.name(DEFAULT_SEG_SIZE);
+            keys::wal_summary(7, 1, &name)
+        };
+        for segno in 1..=40 {
+            repo.put_sealed(&key(segno), &serde_json::to_vec(&sum(segno)).unwrap())
+                .unwrap();
+        }
+        mem.tamper(&key(5), |b| b[0] ^= 1);
+        let path: Vec<(u32, u64)> = (1..=45).map(|s| (1, s)).collect();
+        let mut strict = SummaryCache::new(&repo, 7, DEFAULT_SEG_SIZE, false);
+        assert!(strict.prefetch(&path).is_err(), "a damaged summary fails");
+        let mut sums = SummaryCache::new(&repo, 7, DEFAULT_SEG_SIZE, true);
+        sums.prefetch(&path).unwrap();
+        assert_eq!(sums.cache.len(), 45);
+        assert_eq!(sums.get(1, 40).unwrap(), Some(&sum(40)));
+        assert_eq!(sums.get(1, 5).unwrap(), None, "damaged: read as none");
+        assert_eq!(sums.get(1, 41).unwrap(), None, "absent");
     }
 }

@@ -68,6 +68,7 @@ pub fn replayed(repo: &Repository, plan: &Plan) -> Result<Vec<TablespaceCreation
     let mut sums =
         SummaryCache::new(repo, plan.system.sysid(), seg_size, true).with_catalog(&plan.catalog);
     let (start, end) = (plan.snapshot.start_lsn, replay_end(plan));
+    sums.prefetch(&plan.path)?;
     let mut found = Vec::new();
     let mut unknown = 0;
     for &(tli, segno) in &plan.path {
@@ -394,7 +395,10 @@ mod tests {
             end: None,
         };
         assert!(guard.covered(&location));
-        assert!(!guard.covered(&other), "a directory of the same name elsewhere");
+        assert!(
+            !guard.covered(&other),
+            "a directory of the same name elsewhere"
+        );
         assert!(!guard.covered(&tmp.path().join("missing")));
         let elsewhere = Guard {
             covers: tmp.path().join("none"),
@@ -404,7 +408,9 @@ mod tests {
         // A segment that creates no tablespace, and a history file, pass.
         let segment = include_bytes!("pg/testdata/pg15_wal_000000010000000000000002.prefix");
         guard.check("000000010000000000000002", segment).unwrap();
-        guard.check("00000002.history", b"1\t0/3000000\tno recovery target\n").unwrap();
+        guard
+            .check("00000002.history", b"1\t0/3000000\tno recovery target\n")
+            .unwrap();
         assert!(guard.check("000000010000000000000002", b"not WAL").is_err());
     }
 
