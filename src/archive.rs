@@ -668,10 +668,10 @@ impl<'a> SummaryCache<'a> {
             .copied()
             .filter(|&(tli, segno)| {
                 !self.cache.contains_key(&(tli, segno))
-                    && !self
+                    && self
                         .indexed
                         .get(&tli)
-                        .is_some_and(|c| c.get(segno).is_some())
+                        .is_none_or(|c| c.get(segno).is_none())
             })
             .collect();
         let chunk = missing.len().div_ceil(16).max(1);
