@@ -355,9 +355,14 @@ impl Postmaster {
             // As pg_ctl does: a ^C meant for verify does not reach the server.
             .process_group(0);
         crate::namespace::isolate(&mut cmd, covers)?;
+        let how = match covers.is_empty() {
+            true => "",
+            // unshare and mount need CAP_SYS_ADMIN, which a container may withhold from root.
+            false => " in a mount namespace of its own, its tablespace locations covered",
+        };
         let child = cmd
             .spawn()
-            .map_err(io(format!("start {}", postgres.display())))?;
+            .map_err(io(format!("start {}{how}", postgres.display())))?;
         let postmaster = Postmaster {
             child,
             reaped: false,
