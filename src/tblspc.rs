@@ -5,11 +5,11 @@
 //! from pg_tblspc. A view replays archived WAL on whatever host runs it, the production host
 //! included, so before its server starts pgsnapfs knows which creations the replay meets
 //! ([`replayed`], from the segment summaries), and:
-//! - a server pgsnapfs starts itself (`verify`, `dump`: [`Policy::Cover`]) runs in a private
-//!   mount namespace where each location is covered by an empty directory of the view's own
-//!   ([`plan_covers`], `crate::namespace`);
-//! - a server someone else starts (`mount`), or whose result is stored (`backup
-//!   --from-archive`), is refused ([`Policy::Refuse`], [`refusal`]);
+//! - a server pgsnapfs starts itself (`verify`, `dump`, `backup --from-archive`:
+//!   [`Policy::Cover`]) runs in a private mount namespace where each location is covered by an
+//!   empty directory of the view's own ([`plan_covers`], `crate::namespace`); `backup
+//!   --from-archive` then stores the covers as the new tablespaces ([`relink_to_covers`]);
+//! - a server someone else starts (`mount`) is refused ([`Policy::Refuse`], [`refusal`]);
 //! - `wal-fetch` serving a view hands over no segment with a creation that is not covered
 //!   ([`Guard`]): the last line of defence, and the check of segments whose summary predates
 //!   the creations.
@@ -37,8 +37,7 @@ pub enum Policy {
     /// pgsnapfs starts the server itself: in a private mount namespace, each location
     /// covered.
     Cover,
-    /// Someone else starts the server (`mount`), or its data directory is stored (`backup
-    /// --from-archive`): refused before anything is mounted.
+    /// Someone else starts the server (`mount`): refused before anything is mounted.
     Refuse,
 }
 
@@ -108,28 +107,19 @@ fn on_this_host(c: &TablespaceCreation) -> &'static str {
     }
 }
 
-/// The refusal of a view whose replay meets `c`, for `command` (`mount` or `backup`).
-pub fn refusal(command: &str, c: &TablespaceCreation) -> Error {
-    let what = describe(c);
-    let host = on_this_host(c);
-    let before = format!("--target-lsn {} (or earlier)", c.prev);
-    Error::BadInput(match command {
-        "backup" => format!(
-            "the WAL to replay creates {what}. Its replay works on that directory of the host \
-             that runs it, and a backup made by replay would store it as this host has it \
-             ({host}). Stop before it with {before}, or take a backup of the server \
-             (`pgsnapfs backup`), which holds the tablespace"
-        ),
-        _ => format!(
-            "the WAL this view replays creates {what}. PostgreSQL's replay of that record \
-             works on that directory of the host the server runs on (chmod, removes its \
-             PG_* directory, writes into it), and you start the server on a mount yourself, \
-             where pgsnapfs cannot keep it off ({host}). Mount a point before it with \
-             {before}, or use `pgsnapfs verify` or `pgsnapfs dump`, which run their server \
-             in a private mount namespace where an empty directory of the view's own stands \
-             in for that one"
-        ),
-    })
+/// The refusal of a view whose replay meets `c`, for a server its user starts (`mount`).
+pub fn refusal(c: &TablespaceCreation) -> Error {
+    Error::BadInput(format!(
+        "the WAL this view replays creates {}. PostgreSQL's replay of that record works on \
+         that directory of the host the server runs on (chmod, removes its PG_* directory, \
+         writes into it), and you start the server on a mount yourself, where pgsnapfs cannot \
+         keep it off ({}). Mount a point before it with --target-lsn {} (or earlier), or use \
+         `pgsnapfs verify` or `pgsnapfs dump`, which run their server in a private mount \
+         namespace where an empty directory of the view's own stands in for that one",
+        describe(c),
+        on_this_host(c),
+        c.prev
+    ))
 }
 
 /// A host directory hidden from a view's server behind an empty one of the view's own.
@@ -202,6 +192,37 @@ pub fn make_covers(covers: &[Cover], base: &Path, owner: Owner) -> Result<()> {
             .map_err(io(format!("chown {}", dir.display())))?;
     }
     Ok(())
+}
+
+/// After a covered replay, as `backup --from-archive` stores the view: points each link of
+/// `pg_tblspc` (in the view) that replay made to a covered location at that location's cover,
+/// so that reading the view reads what replay wrote there, never the host's directory.
+/// Returns the tablespaces relinked, as (oid, location).
+pub fn relink_to_covers(pg_tblspc: &Path, covers: &[Cover]) -> Result<Vec<(u32, String)>> {
+    let mut relinked = Vec::new();
+    if covers.is_empty() {
+        return Ok(relinked);
+    }
+    let entries =
+        std::fs::read_dir(pg_tblspc).map_err(io(format!("list {}", pg_tblspc.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io(format!("list {}", pg_tblspc.display())))?;
+        let Ok(oid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if let Some(cover) = covers.iter().find(|c| c.location == target) {
+            let link = entry.path();
+            std::fs::remove_file(&link).map_err(io(format!("remove {}", link.display())))?;
+            std::os::unix::fs::symlink(&cover.dir, &link)
+                .map_err(io(format!("link {}", link.display())))?;
+            relinked.push((oid, target.display().to_string()));
+        }
+    }
+    relinked.sort();
+    Ok(relinked)
 }
 
 /// The `wal-fetch` options of a view's restore_command that turn its [`Guard`] on.
@@ -316,7 +337,7 @@ mod tests {
             16385,
             Some("/nonexistent/pgsnapfs/ts"),
         );
-        let m = refusal("mount", &c).to_string();
+        let m = refusal(&c).to_string();
         for part in [
             "oid 16385",
             "'/nonexistent/pgsnapfs/ts'",
@@ -327,12 +348,7 @@ mod tests {
         ] {
             assert!(m.contains(part), "{part}: {m}");
         }
-        assert_eq!(refusal("mount", &c).exit_code(), 2);
-        let m = refusal("backup", &c).to_string();
-        assert!(
-            m.contains("pgsnapfs backup") && m.contains("--target-lsn 0/3000110"),
-            "{m}"
-        );
+        assert_eq!(refusal(&c).exit_code(), 2);
     }
 
     #[test]
@@ -412,6 +428,31 @@ mod tests {
             .check("00000002.history", b"1\t0/3000000\tno recovery target\n")
             .unwrap();
         assert!(guard.check("000000010000000000000002", b"not WAL").is_err());
+    }
+
+    #[test]
+    fn links_to_covered_locations_point_at_the_covers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tblspc = tmp.path().join("pg_tblspc");
+        std::fs::create_dir(&tblspc).unwrap();
+        let cover = Cover {
+            location: "/srv/ts".into(),
+            dir: tmp.path().join("covers/0"),
+        };
+        std::os::unix::fs::symlink("/srv/ts", tblspc.join("16387")).unwrap();
+        std::os::unix::fs::symlink("/view/.pgsnapfs-tablespaces/16390", tblspc.join("16390"))
+            .unwrap();
+        assert!(relink_to_covers(&tblspc, &[]).unwrap().is_empty());
+        assert_eq!(
+            relink_to_covers(&tblspc, std::slice::from_ref(&cover)).unwrap(),
+            vec![(16387, "/srv/ts".to_string())]
+        );
+        assert_eq!(std::fs::read_link(tblspc.join("16387")).unwrap(), cover.dir);
+        assert_eq!(
+            std::fs::read_link(tblspc.join("16390")).unwrap(),
+            Path::new("/view/.pgsnapfs-tablespaces/16390"),
+            "a tablespace of the backup stays"
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! - `dump` and `verify` of a point past the creation see the rows, and the host's
 //!   tablespace directory stays byte-for-byte (and mode-for-mode) as it was; the source
 //!   still reads the table afterwards.
-//! - `verify` not run as root, or for a location that is not a directory here, and `backup
-//!   --from-archive` are refused (exit 2).
+//! - `verify` not run as root, or for a location that is not a directory here, is refused
+//!   (exit 2).
+//! - `backup --from-archive` past the creation stores the tablespace as replay made it, and
+//!   a verify of that backup sees the rows.
 //! - `mount` at that point is refused up front (exit 2, naming LSN, oid and location), and
 //!   nothing is mounted.
 //! - `wal-fetch` for a view refuses the segment holding the record.
@@ -20,6 +22,7 @@ mod common;
 
 use common::mount::{view_args, Mount};
 use common::*;
+use pgsnapfs::catalog::Backups;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -68,6 +71,8 @@ fn views_replaying_create_tablespace_leave_the_host_alone() {
         "CREATE TABLE in_ts(id int PRIMARY KEY, v text) TABLESPACE ts;
          INSERT INTO in_ts SELECT g, 'ts-' || g FROM generate_series(1, 400) g;",
     );
+    let mid = source.current_wal_lsn();
+    let want_mid = source.psql(IN_TS);
     source.psql("INSERT INTO in_ts SELECT g, 'more-' || g FROM generate_series(401, 700) g");
     let after = source.current_wal_lsn();
     let want = source.psql(IN_TS);
@@ -146,14 +151,48 @@ fn views_replaying_create_tablespace_leave_the_host_alone() {
         .assert_mentions("not a directory on this host");
     unchanged("the host's tablespace directory after the refused verify runs");
 
-    // backup --from-archive would store the host's directory: refused.
-    root_run_within(
-        60,
-        &repo.args("backup", &["--from-archive", "--target-lsn", &after]),
-    )
-    .assert_exit(2)
-    .assert_mentions(&location.display().to_string())
-    .assert_mentions("pgsnapfs backup");
+    // backup --from-archive past the creation: replayed under cover, and the new backup holds
+    // the tablespace as replay made it, not as the host has it.
+    let made = root_run_within(
+        300,
+        &repo.args(
+            "backup",
+            &["--from-archive", "--json", "--target-lsn", &mid],
+        ),
+    );
+    unchanged("the host's tablespace directory after backup --from-archive");
+    let id = json_str(&made.assert_ok().json(), "id");
+    let check_mid = work.join("check-mid.sql");
+    std::fs::write(&check_mid, format!("SELECT ({IN_TS}) = '{want_mid}';\n")).unwrap();
+    let stored =
+        pgsnapfs::store::Repository::open(pgsnapfs::store::open_backend(&repo.spec).unwrap())
+            .unwrap()
+            .load_snapshot(&id)
+            .unwrap();
+    assert_eq!(
+        stored.tablespaces,
+        [pgsnapfs::catalog::Tablespace {
+            oid: oid.parse().unwrap(),
+            location: location.display().to_string()
+        }],
+        "restore puts the new tablespace back where it was"
+    );
+    let verified = root_run_within(
+        300,
+        &repo.args(
+            "verify",
+            &[
+                "--json",
+                "--backup",
+                &id,
+                "--sql",
+                check_mid.to_str().unwrap(),
+            ],
+        ),
+    );
+    unchanged("the host's tablespace directory after verify of the backup from the archive");
+    let report = verified.assert_ok().json();
+    assert_eq!(report["ok"], true, "{report}");
 
     // mount at the same point: the user starts that server, so it is refused up front.
     let mp = common::mount::mountpoint(&work, "after");

@@ -216,7 +216,7 @@ impl Session {
                 let covers_dir = tblspc::covers_dir(&scratch_abs);
                 let covers = match req.view.tablespaces {
                     tblspc::Policy::Refuse => match created.first() {
-                        Some(c) => return Err(tblspc::refusal(req.command, c)),
+                        Some(c) => return Err(tblspc::refusal(c)),
                         None => Vec::new(),
                     },
                     tblspc::Policy::Cover => {
