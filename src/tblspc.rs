@@ -139,12 +139,14 @@ pub fn covers_dir(scratch: &Path) -> PathBuf {
 
 /// One cover per location the replay creates a tablespace in, below `base`. Refuses when the
 /// server could not run in a mount namespace of its own (`root`: the one privilege it takes),
-/// and when a location is not a directory here (`is_dir`), since a mount point for it could
-/// not be made without touching the host.
+/// when a location is not a directory here (`resolve` gives its canonical path if it is one),
+/// since a mount point for it could not be made without touching the host, and when it holds
+/// the view's `mountpoint` (canonical), which the cover would hide from the server.
 pub fn plan_covers(
     found: &[TablespaceCreation],
     root: bool,
-    is_dir: impl Fn(&Path) -> bool,
+    resolve: impl Fn(&Path) -> Option<PathBuf>,
+    mountpoint: &Path,
     base: &Path,
 ) -> Result<Vec<Cover>> {
     let mut covers: Vec<Cover> = Vec::new();
@@ -165,12 +167,21 @@ pub fn plan_covers(
                  stop before it with {before}"
             )));
         };
-        if !is_dir(&location) {
+        let Some(resolved) = resolve(&location) else {
             return Err(Error::BadInput(format!(
                 "the WAL to replay creates {what}, which is not a directory on this host: \
                  PostgreSQL's replay needs it, and pgsnapfs will not make it here. Stop \
                  before it with {before}, or run this on a host where that directory exists \
                  (it is left untouched)"
+            )));
+        };
+        if mountpoint.starts_with(&resolved) {
+            return Err(Error::BadInput(format!(
+                "the WAL to replay creates {what}, which holds this view's mount point {}: \
+                 covering it would hide the view from its server. Put the view elsewhere \
+                 (TMPDIR for verify and dump, --work-dir for backup --from-archive), or stop \
+                 before it with {before}",
+                mountpoint.display()
             )));
         }
         if !covers.iter().any(|k| k.location == location) {
@@ -359,7 +370,9 @@ mod tests {
             made(20, 15, 2, Some("/b")),
             made(30, 25, 3, Some("/a")),
         ];
-        let covers = plan_covers(&found, true, |_| true, base).unwrap();
+        let dir = |p: &Path| Some(p.to_path_buf());
+        let view = Path::new("/tmp/v/data");
+        let covers = plan_covers(&found, true, dir, view, base).unwrap();
         assert_eq!(
             covers,
             vec![
@@ -373,25 +386,47 @@ mod tests {
                 },
             ]
         );
-        assert!(plan_covers(&[], false, |_| false, base).unwrap().is_empty());
-        let m = plan_covers(&found, false, |_| true, base)
+        assert!(plan_covers(&[], false, |_| None, view, base)
+            .unwrap()
+            .is_empty());
+        let m = plan_covers(&found, false, dir, view, base)
             .unwrap_err()
             .to_string();
         assert!(
             m.contains("only as root") && m.contains("--target-lsn 0/5"),
             "{m}"
         );
-        let m = plan_covers(&found, true, |p| p != Path::new("/b"), base)
-            .unwrap_err()
-            .to_string();
+        let m = plan_covers(
+            &found,
+            true,
+            |p| (p != Path::new("/b")).then(|| p.to_path_buf()),
+            view,
+            base,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             m.contains("oid 2 at '/b'") && m.contains("not a directory"),
             "{m}"
         );
-        let m = plan_covers(&[made(10, 5, 0, None)], true, |_| true, base)
+        let m = plan_covers(&[made(10, 5, 0, None)], true, dir, view, base)
             .unwrap_err()
             .to_string();
         assert!(m.contains("cannot cover"), "{m}");
+        // A location (here through a link) holding the view's mount point.
+        let m = plan_covers(
+            &[made(10, 5, 7, Some("/scratch-link"))],
+            true,
+            |_| Some("/tmp".into()),
+            view,
+            base,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            m.contains("holds this view's mount point /tmp/v/data"),
+            "{m}"
+        );
     }
 
     #[test]

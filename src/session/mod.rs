@@ -210,6 +210,8 @@ impl Session {
             ),
             Subject::View { goal, scratch } => {
                 let plan = plan_pinned(&repo, Some(&lease), req.system, &goal)?;
+                let mountpoint = std::fs::canonicalize(&req.mountpoint)
+                    .map_err(io(format!("resolve {}", req.mountpoint.display())))?;
                 let created = tblspc::replayed(&repo, &plan)?;
                 let scratch_abs = std::path::absolute(&scratch)
                     .map_err(io(format!("resolve {}", scratch.display())))?;
@@ -219,12 +221,14 @@ impl Session {
                         Some(c) => return Err(tblspc::refusal(c)),
                         None => Vec::new(),
                     },
-                    tblspc::Policy::Cover => {
-                        tblspc::plan_covers(&created, is_root(), Path::is_dir, &covers_dir)?
-                    }
+                    tblspc::Policy::Cover => tblspc::plan_covers(
+                        &created,
+                        is_root(),
+                        |p| std::fs::canonicalize(p).ok().filter(|c| c.is_dir()),
+                        &mountpoint,
+                        &covers_dir,
+                    )?,
                 };
-                let mountpoint = std::fs::canonicalize(&req.mountpoint)
-                    .map_err(io(format!("resolve {}", req.mountpoint.display())))?;
                 // The server is started by someone else, with its own environment: the view
                 // keeps the passphrase in its scratch directory for wal-fetch.
                 let key_path = match repo.crypto().is_encrypted() {
