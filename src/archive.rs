@@ -360,6 +360,17 @@ fn check_system(
 
 /// Restores one archived file to `dest` (as `restore_command` asks), atomically.
 pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> Result<()> {
+    fetch_checked(repo, sysid, name, dest, &|_| Ok(()))
+}
+
+/// As [`fetch`], handing the file over only if `check` passes its bytes.
+pub fn fetch_checked(
+    repo: &Repository,
+    sysid: Option<u64>,
+    name: &str,
+    dest: &Path,
+    check: &dyn Fn(&[u8]) -> Result<()>,
+) -> Result<()> {
     if WalFile::parse(name, DEFAULT_SEG_SIZE).is_none() {
         return Err(Error::BadInput(format!("{name} is not a WAL file name")));
     }
@@ -372,6 +383,7 @@ pub fn fetch(repo: &Repository, sysid: Option<u64>, name: &str, dest: &Path) -> 
         _ => read_file(repo, sysid, name)?,
     }
     .ok_or_else(|| Error::NotFound(format!("{name} is not in the archive")))?;
+    check(&data)?;
     let tmp = dest.with_extension("pgsnapfs-tmp");
     std::fs::write(&tmp, &data).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, dest).map_err(io(format!("rename to {}", dest.display())))
@@ -677,18 +689,58 @@ impl<'a> SummaryCache<'a> {
             return Ok(c.get(segno).flatten());
         }
         if !self.cache.contains_key(&(tli, segno)) {
-            let s = match summary(self.repo, self.sysid, tli, segno, self.seg_size) {
-                Err(Error::Store(StoreError::Corrupt { object, reason })) if self.skip_corrupt => {
-                    tracing::warn!(
-                        "{object} is unreadable ({reason}): its commit times are not used"
-                    );
-                    None
-                }
-                other => other?,
-            };
+            let s = self.read(tli, segno)?;
             self.cache.insert((tli, segno), s);
         }
         Ok(self.cache[&(tli, segno)].as_ref())
+    }
+
+    /// Reads, 16 at a time (a request to S3 is mostly waiting), the summaries of `segments`
+    /// (timeline, segment number) that neither the index nor the cache holds, so that `get`
+    /// finds them.
+    pub fn prefetch(&mut self, segments: &[(u32, u64)]) -> Result<()> {
+        let missing: Vec<(u32, u64)> = segments
+            .iter()
+            .copied()
+            .filter(|&(tli, segno)| {
+                !self.cache.contains_key(&(tli, segno))
+                    && self
+                        .indexed
+                        .get(&tli)
+                        .is_none_or(|c| c.get(segno).is_none())
+            })
+            .collect();
+        let chunk = missing.len().div_ceil(16).max(1);
+        let this = &*self;
+        let read = std::thread::scope(|s| {
+            let workers: Vec<_> = missing
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|&(tli, segno)| Ok(((tli, segno), this.read(tli, segno)?)))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        self.cache.extend(read.into_iter().flatten());
+        Ok(())
+    }
+
+    /// The summary object of a segment; with `skip_corrupt`, a damaged one reads as none.
+    fn read(&self, tli: u32, segno: u64) -> Result<Option<SegmentSummary>> {
+        match summary(self.repo, self.sysid, tli, segno, self.seg_size) {
+            Err(Error::Store(StoreError::Corrupt { object, reason })) if self.skip_corrupt => {
+                tracing::warn!("{object} is unreadable ({reason}): its commit times are not used");
+                Ok(None)
+            }
+            other => other,
+        }
     }
 }
 
@@ -726,5 +778,38 @@ mod tests {
             }
         }
         assert!(matches!(systems(&repo), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn prefetched_summaries_are_the_ones_get_reads() {
+        let mem = Arc::new(MemoryBackend::default());
+        let repo = Repository::init(mem.clone(), 8192, 3).unwrap();
+        let sum = |segno: u64| SegmentSummary {
+            first_commit_time: Some(segno as i64),
+            last_commit_time: None,
+            restore_points: Vec::new(),
+            min_commit_xid: None,
+            max_commit_xid: None,
+            end_lsn: Lsn(segno),
+            tablespaces: Some(Vec::new()),
+        };
+        let key = |segno| {
+            let name = WalFile::Segment { tli: 1, segno }.name(DEFAULT_SEG_SIZE);
+            keys::wal_summary(7, 1, &name)
+        };
+        for segno in 1..=40 {
+            repo.put_sealed(&key(segno), &serde_json::to_vec(&sum(segno)).unwrap())
+                .unwrap();
+        }
+        mem.tamper(&key(5), |b| b[0] ^= 1);
+        let path: Vec<(u32, u64)> = (1..=45).map(|s| (1, s)).collect();
+        let mut strict = SummaryCache::new(&repo, 7, DEFAULT_SEG_SIZE, false);
+        assert!(strict.prefetch(&path).is_err(), "a damaged summary fails");
+        let mut sums = SummaryCache::new(&repo, 7, DEFAULT_SEG_SIZE, true);
+        sums.prefetch(&path).unwrap();
+        assert_eq!(sums.cache.len(), 45);
+        assert_eq!(sums.get(1, 40).unwrap(), Some(&sum(40)));
+        assert_eq!(sums.get(1, 5).unwrap(), None, "damaged: read as none");
+        assert_eq!(sums.get(1, 41).unwrap(), None, "absent");
     }
 }

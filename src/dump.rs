@@ -192,6 +192,7 @@ pub fn run(repo: Repository, opts: &DumpOptions, signals: Signals) -> Result<Rep
         bin: &bin,
         user: as_other.then_some((opts.server.user.as_str(), owner)),
         interrupt: &interrupt,
+        covers: mounted.view().map_or(&[], |v| &v.covers),
     };
     (opts.stage)(Stage::Recovering);
     let port = free_port()?;

@@ -10,7 +10,7 @@
 
 use crate::archive;
 use crate::backup::{free_id, pg_filter, publish};
-use crate::catalog::{ArchiveSource, BackupMeta, Snapshot, Source};
+use crate::catalog::{ArchiveSource, BackupMeta, Snapshot, Source, Tablespace};
 use crate::error::{io, Error, Result};
 use crate::lock::Lease;
 use crate::passphrase;
@@ -143,6 +143,7 @@ fn replay_archive(
                 action: TargetAction::Shutdown,
                 shared_buffers: opts.shared_buffers.clone(),
                 files: Vec::new(),
+                tablespaces: crate::tblspc::Policy::Cover,
             },
             cache: CacheOptions {
                 memory: 128 << 20,
@@ -230,7 +231,9 @@ fn replay_and_store(
         base.id,
         view.plan.replay_bytes
     );
-    replay(data, work, opts, stopper, base.pg_major)?;
+    replay(data, work, opts, stopper, base.pg_major, &view.covers)?;
+    // Tablespaces replay created are stored from their covers, never from the host.
+    let created = crate::tblspc::relink_to_covers(&data.join("pg_tblspc"), &view.covers)?;
     let control = fs::read(data.join("global/pg_control"))
         .map_err(io(format!("read {}/global/pg_control", data.display())))?;
     let point = RecoveryPoint::parse(&control)?.ok_or_else(|| {
@@ -325,7 +328,7 @@ fn replay_and_store(
             wal_segment_size: base.wal_segment_size,
             backup_label: String::new(),
             tablespace_map: None,
-            tablespaces: base.tablespaces.clone(),
+            tablespaces: tablespaces(&base.tablespaces, &created),
             read: None,
             source: Source::Archive,
             from_archive: Some(source),
@@ -357,6 +360,22 @@ fn replay_and_store(
         "backup from the archive finished"
     );
     Ok(snap)
+}
+
+/// The base's tablespaces and those replay created (oid, location), by oid; a created one
+/// replaces a base's of the same oid.
+fn tablespaces(base: &[Tablespace], created: &[(u32, String)]) -> Vec<Tablespace> {
+    let mut all: Vec<Tablespace> = base
+        .iter()
+        .filter(|t| !created.iter().any(|(oid, _)| *oid == t.oid))
+        .cloned()
+        .chain(created.iter().map(|(oid, location)| Tablespace {
+            oid: *oid,
+            location: location.clone(),
+        }))
+        .collect();
+    all.sort_by_key(|t| t.oid);
+    all
 }
 
 /// The manifest's `stop_lsn`: how far a restore must replay, so the planner asks for the
@@ -427,6 +446,7 @@ fn replay(
     opts: &Options,
     stopper: &Stopper,
     major: u32,
+    covers: &[crate::tblspc::Cover],
 ) -> Result<()> {
     let bin = crate::verify::pg_bin(opts.pg_bin.as_deref(), major)?;
     let owner = server_owner(&opts.user)?;
@@ -466,6 +486,7 @@ fn replay(
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     }
+    crate::namespace::isolate(&mut cmd, covers)?;
     let mut child = cmd
         .spawn()
         .map_err(io(format!("start {}", postgres.display())))?;
@@ -566,6 +587,23 @@ mod tests {
         assert_eq!(stop_lsn(&point(0x7406CC8), seg), Lsn(0x7406CC8));
         assert_eq!(stop_lsn(&point(0x8000000), seg), Lsn(0x7FFFFFF));
         assert_eq!(stop_lsn(&point(0), seg), Lsn(0x6172978));
+    }
+
+    #[test]
+    fn created_tablespaces_join_the_base_s() {
+        let t = |oid, location: &str| Tablespace {
+            oid,
+            location: location.into(),
+        };
+        let base = [t(16390, "/srv/b"), t(16400, "/srv/old")];
+        assert_eq!(
+            tablespaces(
+                &base,
+                &[(16387, "/srv/a".into()), (16400, "/srv/new".into())]
+            ),
+            [t(16387, "/srv/a"), t(16390, "/srv/b"), t(16400, "/srv/new")]
+        );
+        assert_eq!(tablespaces(&base, &[]), base);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! PostgreSQL can only stop at a time target when it meets a transaction record after that
 //! time, so the latest reachable time is the last archived commit, not the last segment.
 
-use crate::archive::{self, segment_size, SummaryCache, System};
+use crate::archive::{self, segment_size, SummaryCache, System, TimelineWal};
 use crate::catalog::{Backups, Snapshot};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
@@ -17,6 +17,7 @@ use crate::timelines::BackupPoint;
 use crate::walpath::{self, Aim, Archive, Summaries, TimelineChoice};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What a restore or mount should recover to, and along which timeline.
 #[derive(Debug, Clone)]
@@ -57,6 +58,11 @@ pub struct Plan {
     pub end_segment: (u32, u64),
     /// With no target: the first segment missing on the path, where recovery will stop.
     pub stops_early_at: Option<String>,
+    /// The segments recovery reads, from the backup's start to `end_segment`, each with the
+    /// timeline whose copy is read.
+    pub path: Vec<(u32, u64)>,
+    /// The archived WAL the plan was made from, with the WAL index's summaries.
+    pub catalog: Arc<Vec<TimelineWal>>,
 }
 
 /// Segment summaries from the repository, each read once; a switchpoint segment is split by
@@ -202,6 +208,9 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
     let snapshot = backups[choice.backup].clone();
     let from = segment_of(snapshot.start_lsn, seg_size);
     let replay_bytes = (choice.end_segment + 1).saturating_sub(from) * seg_size;
+    let path = tree
+        .path_segments(choice.timeline, from, choice.end_segment, seg_size)
+        .collect();
     Ok(Plan {
         snapshot,
         system,
@@ -214,6 +223,8 @@ pub fn plan(repo: &Repository, sysid: Option<u64>, goal: &Goal) -> Result<Plan> 
             choice.end_segment,
         ),
         stops_early_at: choice.stops_early_at,
+        path,
+        catalog: Arc::new(catalog),
     })
 }
 

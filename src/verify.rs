@@ -78,6 +78,7 @@ pub(crate) fn open_view(
                 // socket: trust it, whatever pg_hba.conf said (peer would refuse root as the
                 // server's role).
                 files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
+                tablespaces: crate::tblspc::Policy::Cover,
             },
             cache: server.cache.clone(),
             hydrate: None,
@@ -273,11 +274,13 @@ pub(crate) fn free_port() -> Result<u16> {
 }
 
 /// How to run the test server: its programs, its user (name and ids) when we are root and run
-/// it as someone else, and what stops it on a signal.
+/// it as someone else, what stops it on a signal, and the host directories it runs with
+/// covered (the view's `covers`).
 pub(crate) struct Launch<'a> {
     pub(crate) bin: &'a Path,
     pub(crate) user: Option<(&'a str, Owner)>,
     pub(crate) interrupt: &'a Arc<Interrupt>,
+    pub(crate) covers: &'a [crate::tblspc::Cover],
 }
 
 /// The test server: a postmaster run by this process, as the server's user when we are root
@@ -314,6 +317,7 @@ impl Postmaster {
             bin,
             user,
             interrupt,
+            covers,
         } = launch;
         interrupt.check()?;
         let out = std::fs::File::create(log).map_err(io(format!("create {}", log.display())))?;
@@ -351,9 +355,15 @@ impl Postmaster {
             .stderr(err)
             // As pg_ctl does: a ^C meant for verify does not reach the server.
             .process_group(0);
+        crate::namespace::isolate(&mut cmd, covers)?;
+        let how = match covers.is_empty() {
+            true => "",
+            // unshare and mount need CAP_SYS_ADMIN, which a container may withhold from root.
+            false => " in a mount namespace of its own, its tablespace locations covered",
+        };
         let child = cmd
             .spawn()
-            .map_err(io(format!("start {}", postgres.display())))?;
+            .map_err(io(format!("start {}{how}", postgres.display())))?;
         let postmaster = Postmaster {
             child,
             reaped: false,
@@ -616,6 +626,7 @@ fn verify_view(
         bin: &bin,
         user,
         interrupt: &interrupt,
+        covers: mounted.view().map_or(&[], |v| &v.covers),
     };
     let tested = test(&launch, &work, &plan, opts, &incremental, &mut report);
     // Whatever the server's death made of the checks, nothing of them counts.

@@ -27,7 +27,7 @@ use crate::catalog::{keys, wal, SystemId};
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
 use crate::pg::wal::WalFile;
-use crate::pg::walscan::{RestorePoint, SegmentSummary};
+use crate::pg::walscan::{RestorePoint, SegmentSummary, TablespaceCreation};
 use crate::store::{Repository, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -61,7 +61,9 @@ pub struct TimelineIndex {
 }
 
 /// One segment's summary, as a JSON array: segment number, first and last commit time,
-/// smallest and largest xid, end LSN, and restore points as `[name, time, lsn]`.
+/// smallest and largest xid, end LSN, restore points as `[name, time, lsn]`, and (when the
+/// summary knows them) tablespace creations as `[lsn, prev, oid, location]`. An entry of seven
+/// elements, written before the eighth existed, knows no creations: readers read the segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry(
     u64,
@@ -71,7 +73,12 @@ pub struct Entry(
     Option<u32>,
     u64,
     Vec<(String, i64, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")] Option<Vec<Created>>,
 );
+
+/// A tablespace creation in an [`Entry`]: LSN and previous record's LSN as numbers, oid,
+/// location.
+type Created = (u64, u64, u32, Option<String>);
 
 impl Entry {
     fn of(segno: u64, s: &SegmentSummary) -> Entry {
@@ -86,6 +93,11 @@ impl Entry {
                 .iter()
                 .map(|r| (r.name.clone(), r.time, r.lsn.0))
                 .collect(),
+            s.tablespaces.as_ref().map(|t| {
+                t.iter()
+                    .map(|c| (c.lsn.0, c.prev.0, c.oid, c.location.clone()))
+                    .collect()
+            }),
         )
     }
 
@@ -105,6 +117,16 @@ impl Entry {
             min_commit_xid: self.3,
             max_commit_xid: self.4,
             end_lsn: Lsn(self.5),
+            tablespaces: self.7.as_ref().map(|t| {
+                t.iter()
+                    .map(|(lsn, prev, oid, location)| TablespaceCreation {
+                        lsn: Lsn(*lsn),
+                        prev: Lsn(*prev),
+                        oid: *oid,
+                        location: location.clone(),
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -726,6 +748,12 @@ mod tests {
             min_commit_xid: Some(t as u32),
             max_commit_xid: Some(t as u32 + 1),
             end_lsn: Lsn(99),
+            tablespaces: Some(vec![TablespaceCreation {
+                lsn: Lsn(t as u64 + 1),
+                prev: Lsn(t as u64),
+                oid: 16_385,
+                location: Some(format!("/srv/ts{t}")),
+            }]),
         }
     }
 
@@ -751,6 +779,20 @@ mod tests {
         assert!(runs_of(&[]).is_empty());
         let s = sum(40);
         assert_eq!(Entry::of(4, &s).summary(), s);
+        // An entry written before tablespace creations were kept: they are unknown.
+        let old: Entry = serde_json::from_str(r#"[4,40,45,40,41,99,[["rp40",40,40]]]"#).unwrap();
+        let unknown = SegmentSummary {
+            tablespaces: None,
+            ..s.clone()
+        };
+        assert_eq!(old.summary(), unknown);
+        assert_eq!(
+            serde_json::to_string(&Entry::of(4, &unknown)).unwrap(),
+            r#"[4,40,45,40,41,99,[["rp40",40,40]]]"#
+        );
+        assert!(serde_json::to_string(&Entry::of(4, &s))
+            .unwrap()
+            .ends_with(r#"[[41,40,16385,"/srv/ts40"]]]"#));
     }
 
     #[test]

@@ -677,6 +677,7 @@ mod tests {
                 min_commit_xid: xids.clone().min(),
                 max_commit_xid: xids.max(),
                 end_lsn: Lsn(base + SEG),
+                tablespaces: Some(Vec::new()),
             }
         }
     }

@@ -61,6 +61,7 @@ fn summary(i: u64) -> SegmentSummary {
         min_commit_xid: Some(i as u32 * 10),
         max_commit_xid: Some(i as u32 * 10 + 9),
         end_lsn: Lsn((i + 1) * SEG - 64),
+        tablespaces: Some(Vec::new()),
     }
 }
 

@@ -857,6 +857,7 @@ mod tests {
                 min_commit_xid: None,
                 max_commit_xid: None,
                 end_lsn: crate::pg::lsn::Lsn(segno * seg),
+                tablespaces: Some(Vec::new()),
             };
             repo.put_sealed(
                 &keys::wal_summary(7, tli, &name),

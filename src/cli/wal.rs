@@ -4,10 +4,12 @@
 use crate::archive::{self, PushOutcome, Pushed};
 use crate::archiver::{self, AsyncOptions, Ended, PusherOptions};
 use crate::error::{Error, Result};
+use crate::pg::lsn::Lsn;
 use crate::prefetch;
 use crate::spool::{Limit, Spool};
 use crate::store::backend::RequestCounts;
 use crate::store::Repository;
+use crate::tblspc::Guard;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -92,6 +94,16 @@ pub struct FetchArgs {
     /// in pg_wal]
     #[arg(long)]
     pub prefetch_dir: Option<PathBuf>,
+    /// Serving a view (its restore_command sets this): hand over no segment that creates a
+    /// tablespace at a location other than one of the view's covers in this directory.
+    #[arg(long, conflicts_with = "prefetch")]
+    pub view_tablespaces: Option<PathBuf>,
+    /// With --view-tablespaces: where the view's replay starts.
+    #[arg(long, requires = "view_tablespaces", default_value = "0/0")]
+    pub replay_from: Lsn,
+    /// With --view-tablespaces: where the view's replay ends, when it ends at a position.
+    #[arg(long, requires = "view_tablespaces")]
+    pub replay_until: Option<Lsn>,
 }
 
 pub fn push(repo: &Repository, a: PushArgs) -> Result<()> {
@@ -267,6 +279,15 @@ pub fn status(a: StatusArgs) -> Result<()> {
 }
 
 pub fn fetch(open: impl FnOnce() -> Result<Repository>, a: FetchArgs) -> Result<()> {
+    if let Some(covers) = a.view_tablespaces {
+        let guard = Guard {
+            covers,
+            start: a.replay_from,
+            end: a.replay_until,
+        };
+        let check = |data: &[u8]| guard.check(&a.name, data);
+        return archive::fetch_checked(&open()?, a.system, &a.name, &a.dest, &check);
+    }
     if a.prefetch == 0 {
         return archive::fetch(&open()?, a.system, &a.name, &a.dest);
     }

@@ -1,6 +1,7 @@
 //! A WAL record scanner that summarises one archived segment: the commit
-//! times, xids and restore points in it, i.e. which recovery targets it serves.
-//! Key types: `SegmentSummary`, `RestorePoint`.
+//! times, xids and restore points in it, i.e. which recovery targets it serves;
+//! and the tablespaces it creates, whose redo touches the replaying host.
+//! Key types: `SegmentSummary`, `RestorePoint`, `TablespaceCreation`.
 //! Decision: like PostgreSQL's xlogreader, the scan ends quietly at the first
 //! record that is missing, torn, misplaced or fails its CRC, since that is how
 //! the end of WAL looks in partial and recycled segments.
@@ -25,6 +26,8 @@ const MAX_RECORD_SIZE: usize = 1020 * 1024 * 1024;
 
 const RM_XLOG_ID: u8 = 0;
 const RM_XACT_ID: u8 = 1;
+const RM_TBLSPC_ID: u8 = 5;
+const XLOG_TBLSPC_CREATE: u8 = 0x00;
 const XLR_RMGR_INFO_MASK: u8 = 0xF0;
 const XLOG_SWITCH: u8 = 0x40;
 const XLOG_RESTORE_POINT: u8 = 0x70;
@@ -73,6 +76,25 @@ pub struct RestorePoint {
     pub lsn: Lsn,
 }
 
+/// A CREATE TABLESPACE record (xl_tblspc_create_rec). Its redo works on `location` of the
+/// host that replays it: chmod, removal of the version directory there, mkdir, and a link
+/// from pg_tblspc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablespaceCreation {
+    /// Start of the record.
+    pub lsn: Lsn,
+    /// Start of the record before it (xl_prev): an inclusive `recovery_target_lsn` stops
+    /// after the first record at or past the target, so only a target at or before this one
+    /// stops before the creation.
+    pub prev: Lsn,
+    /// The tablespace's oid.
+    pub oid: u32,
+    /// The absolute directory given to CREATE TABLESPACE (empty for an in-place tablespace,
+    /// made inside pg_tblspc); `None` when the record goes on into the next segment, so the
+    /// scan of this one cannot read it.
+    pub location: Option<String>,
+}
+
 /// What a WAL segment offers as point-in-time recovery targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentSummary {
@@ -93,6 +115,10 @@ pub struct SegmentSummary {
     /// End of the last complete record found (of a record begun in the
     /// previous segment if none begins here); the segment start if none.
     pub end_lsn: Lsn,
+    /// The CREATE TABLESPACE records, in WAL order; `None` in a summary written before
+    /// pgsnapfs looked for them (unknown: read the segment).
+    #[serde(default)]
+    pub tablespaces: Option<Vec<TablespaceCreation>>,
 }
 
 /// Converts a PostgreSQL timestamp to microseconds since the Unix epoch.
@@ -132,8 +158,28 @@ pub fn scan_segment(data: &[u8], header: &SegmentHeader) -> Result<SegmentSummar
     Ok(summarise(
         &scan.xact_ends,
         scan.restore_points,
+        scan.tablespaces,
         scan.end_lsn,
     ))
+}
+
+/// The CREATE TABLESPACE records of a segment, as [`scan_segment`] finds them but reading
+/// nothing else: what `wal-fetch` checks before it hands a segment to a view's server. Fails
+/// where a tablespace record does not decode.
+pub fn tablespace_creations(
+    data: &[u8],
+    header: &SegmentHeader,
+) -> Result<Vec<TablespaceCreation>, Error> {
+    let major = major_of(header)?;
+    let mut records = Records::new(data, header)?;
+    let mut found = Vec::new();
+    for r in records.by_ref() {
+        if let Some(c) = tablespace_creation(&r.bytes, major, r.lsn)? {
+            found.push(c);
+        }
+    }
+    found.extend(records.cut);
+    Ok(found)
 }
 
 /// Summarises the records of a segment that begin before `at`, and those that begin at or
@@ -147,14 +193,16 @@ pub fn scan_segment_split(
 ) -> Result<Vec<SegmentSummary>, Error> {
     let scan = scan(data, header)?;
     let mut out = Vec::with_capacity(at.len() + 1);
-    let (mut xacts, mut points) = (&scan.xact_ends[..], scan.restore_points);
+    let (mut xacts, mut points, mut spaces) =
+        (&scan.xact_ends[..], scan.restore_points, scan.tablespaces);
     for &end in at {
         let split = xacts.partition_point(|x| x.lsn < end);
         let (before, after): (Vec<_>, Vec<_>) = points.into_iter().partition(|r| r.lsn < end);
-        out.push(summarise(&xacts[..split], before, end));
-        (xacts, points) = (&xacts[split..], after);
+        let (made, later): (Vec<_>, Vec<_>) = spaces.into_iter().partition(|t| t.lsn < end);
+        out.push(summarise(&xacts[..split], before, made, end));
+        (xacts, points, spaces) = (&xacts[split..], after, later);
     }
-    out.push(summarise(xacts, points, scan.end_lsn));
+    out.push(summarise(xacts, points, spaces, scan.end_lsn));
     Ok(out)
 }
 
@@ -177,6 +225,7 @@ pub fn next_to_last_record_start(
 fn summarise(
     xact_ends: &[XactEnd],
     restore_points: Vec<RestorePoint>,
+    tablespaces: Vec<TablespaceCreation>,
     end_lsn: Lsn,
 ) -> SegmentSummary {
     let times = xact_ends.iter().map(|x| x.time);
@@ -195,6 +244,7 @@ fn summarise(
         min_commit_xid: min_xid,
         max_commit_xid: max_xid,
         end_lsn,
+        tablespaces: Some(tablespaces),
     }
 }
 
@@ -216,6 +266,7 @@ struct XactEnd {
 struct Scan {
     xact_ends: Vec<XactEnd>,
     restore_points: Vec<RestorePoint>,
+    tablespaces: Vec<TablespaceCreation>,
     end_lsn: Lsn,
 }
 
@@ -336,6 +387,8 @@ struct Records<'a> {
     done: bool,
     /// Where the tail of a record begun in the previous segment ends.
     tail_end: Option<Lsn>,
+    /// Where the records end: a CREATE TABLESPACE record that goes on into the next segment.
+    cut: Option<TablespaceCreation>,
 }
 
 impl<'a> Records<'a> {
@@ -356,6 +409,7 @@ impl<'a> Records<'a> {
             prev: None,
             done: false,
             tail_end: None,
+            cut: None,
         };
         if first.info & XLP_FIRST_IS_CONTRECORD != 0 {
             match records.pages.continuation(0, first.rem_len, None) {
@@ -367,6 +421,30 @@ impl<'a> Records<'a> {
             }
         }
         Ok(records)
+    }
+
+    /// A CREATE TABLESPACE record at the current position that goes on past the segment's
+    /// data, told by its header (whole on its page, and chained to the record before); its
+    /// location is in the next segment.
+    fn cut_creation(&self, len: usize) -> Option<TablespaceCreation> {
+        let pages = &self.pages;
+        let page_end = (self.pos / pages.page_size + 1) * pages.page_size;
+        if len <= pages.count * pages.page_size - self.pos
+            || self.pos + RECORD_HEADER_SIZE > page_end
+        {
+            return None;
+        }
+        let lsn = pages.seg_start + self.pos as u64;
+        let xl_prev = le_u64(pages.data, self.pos + 8);
+        let (info, rmid) = (pages.data[self.pos + 16], pages.data[self.pos + 17]);
+        let chained = self.prev.map_or(xl_prev < lsn, |p| p == xl_prev);
+        (chained && rmid == RM_TBLSPC_ID && info & XLR_RMGR_INFO_MASK == XLOG_TBLSPC_CREATE)
+            .then_some(TablespaceCreation {
+                lsn: Lsn(lsn),
+                prev: Lsn(xl_prev),
+                oid: 0,
+                location: None,
+            })
     }
 
     fn read(&mut self) -> Option<Record<'a>> {
@@ -381,7 +459,10 @@ impl<'a> Records<'a> {
         if !(RECORD_HEADER_SIZE..=MAX_RECORD_SIZE).contains(&len) {
             return None;
         }
-        let (bytes, end) = pages.record(self.pos, len)?;
+        let Some((bytes, end)) = pages.record(self.pos, len) else {
+            self.cut = self.cut_creation(len);
+            return None;
+        };
         let lsn = Lsn(pages.seg_start + self.pos as u64);
         let xl_prev = le_u64(&bytes, 8);
         // The first record's predecessor lies in an earlier segment.
@@ -414,17 +495,59 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
-fn scan(data: &[u8], header: &SegmentHeader) -> Result<Scan, Error> {
-    let major = wal::major_from_wal_magic(header.magic)
+fn major_of(header: &SegmentHeader) -> Result<&'static Major, Error> {
+    wal::major_from_wal_magic(header.magic)
         .and_then(version::major)
-        .ok_or(Error::WalMagic(header.magic))?;
-    let records = Records::new(data, header)?;
+        .ok_or(Error::WalMagic(header.magic))
+}
+
+/// The creation a record is, if it is a CREATE TABLESPACE record.
+fn tablespace_creation(
+    bytes: &[u8],
+    major: &Major,
+    lsn: Lsn,
+) -> Result<Option<TablespaceCreation>, Error> {
+    let (info, rmid) = (bytes[16], bytes[17]);
+    if rmid != RM_TBLSPC_ID || info & XLR_RMGR_INFO_MASK != XLOG_TBLSPC_CREATE {
+        return Ok(None);
+    }
+    let invalid = |reason| Error::WalRecord { lsn, reason };
+    let main = main_data(bytes, major).map_err(invalid)?;
+    create_record(main, lsn, Lsn(le_u64(bytes, 8)))
+        .map(Some)
+        .map_err(invalid)
+}
+
+/// xl_tblspc_create_rec: the oid, then the NUL-terminated location.
+fn create_record(main: &[u8], lsn: Lsn, prev: Lsn) -> Result<TablespaceCreation, &'static str> {
+    let mut c = Cursor { bytes: main, at: 0 };
+    let oid = c.u32()?;
+    let path = &main[c.at..];
+    let len = path
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or("tablespace location is not terminated")?;
+    let location = std::str::from_utf8(&path[..len])
+        .map_err(|_| "tablespace location is not UTF-8")?
+        .to_string();
+    Ok(TablespaceCreation {
+        lsn,
+        prev,
+        oid,
+        location: Some(location),
+    })
+}
+
+fn scan(data: &[u8], header: &SegmentHeader) -> Result<Scan, Error> {
+    let major = major_of(header)?;
+    let mut records = Records::new(data, header)?;
     let mut scan = Scan {
         xact_ends: Vec::new(),
         restore_points: Vec::new(),
+        tablespaces: Vec::new(),
         end_lsn: records.tail_end.unwrap_or(Lsn(header.pageaddr)),
     };
-    for Record { lsn, bytes, end } in records {
+    for Record { lsn, bytes, end } in records.by_ref() {
         let (info, rmid) = (bytes[16], bytes[17]);
         let invalid = |reason| Error::WalRecord { lsn, reason };
         if rmid == RM_XACT_ID {
@@ -448,9 +571,12 @@ fn scan(data: &[u8], header: &SegmentHeader) -> Result<Scan, Error> {
             let main = main_data(&bytes, major).map_err(invalid)?;
             scan.restore_points
                 .push(restore_point(main, lsn).map_err(invalid)?);
+        } else if let Some(created) = tablespace_creation(&bytes, major, lsn)? {
+            scan.tablespaces.push(created);
         }
         scan.end_lsn = end;
     }
+    scan.tablespaces.extend(records.cut);
     Ok(scan)
 }
 
@@ -893,6 +1019,7 @@ mod tests {
                 min_commit_xid: Some(700),
                 max_commit_xid: Some(703),
                 end_lsn: end,
+                tablespaces: Some(Vec::new()),
             }
         );
         let json = serde_json::to_string(&summary).unwrap();
@@ -901,6 +1028,112 @@ mod tests {
             serde_json::from_str::<SegmentSummary>(&json).unwrap(),
             summary
         );
+    }
+
+    fn create_main(oid: u32, location: &str) -> Vec<u8> {
+        let mut m = oid.to_le_bytes().to_vec();
+        m.extend_from_slice(location.as_bytes());
+        m.push(0);
+        m
+    }
+
+    #[test]
+    fn tablespace_creations_are_found() {
+        let mut w = Writer::new(0x30_0000, MAGIC_15);
+        let before = commit(&mut w, 700, 1_000);
+        let at = w.record(
+            RM_TBLSPC_ID,
+            XLOG_TBLSPC_CREATE,
+            701,
+            &main_only(&create_main(16_385, "/srv/ts one")),
+        );
+        // A drop (0x10) is not a creation; an in-place tablespace has an empty location.
+        let drop = w.record(
+            RM_TBLSPC_ID,
+            0x10,
+            702,
+            &main_only(&16_385u32.to_le_bytes()),
+        );
+        let in_place = w.record(
+            RM_TBLSPC_ID,
+            XLOG_TBLSPC_CREATE,
+            703,
+            &main_only(&create_main(16_390, "")),
+        );
+        commit(&mut w, 703, 2_000);
+        let data = w.segment(0);
+        let header = SegmentHeader::parse(data).unwrap();
+        let want = vec![
+            TablespaceCreation {
+                lsn: at,
+                prev: before,
+                oid: 16_385,
+                location: Some("/srv/ts one".into()),
+            },
+            TablespaceCreation {
+                lsn: in_place,
+                prev: drop,
+                oid: 16_390,
+                location: Some(String::new()),
+            },
+        ];
+        assert_eq!(summary_of(data).tablespaces, Some(want.clone()));
+        assert_eq!(tablespace_creations(data, &header).unwrap(), want);
+        let parts = scan_segment_split(data, &header, &[in_place]).unwrap();
+        assert_eq!(parts[0].tablespaces, Some(want[..1].to_vec()));
+        assert_eq!(parts[1].tablespaces, Some(want[1..].to_vec()));
+        // A summary written before the field: unknown, not none.
+        let mut json: serde_json::Value = serde_json::to_value(summary_of(data)).unwrap();
+        json.as_object_mut().unwrap().remove("tablespaces");
+        let old: SegmentSummary = serde_json::from_value(json).unwrap();
+        assert_eq!(old.tablespaces, None);
+        // Unterminated, or too short for an oid: the record does not decode.
+        for main in [vec![1, 0, 0, 0, b'/', b'x'], vec![1, 0]] {
+            let mut w = Writer::new(0x30_0000, MAGIC_15);
+            let lsn = w.record(RM_TBLSPC_ID, XLOG_TBLSPC_CREATE, 1, &main_only(&main));
+            let data = w.segment(0);
+            let header = SegmentHeader::parse(data).unwrap();
+            assert!(
+                matches!(tablespace_creations(data, &header), Err(Error::WalRecord { lsn: l, .. }) if l == lsn)
+            );
+            assert!(scan_segment(data, &header).is_err());
+        }
+    }
+
+    #[test]
+    fn a_creation_going_on_into_the_next_segment_has_no_known_location() {
+        let mut w = Writer::new(0x10_0000, MAGIC_15);
+        let mut last = Lsn(0);
+        while w.pos < MIB - 700 {
+            let n = (MIB - 700 - w.pos).min(4000);
+            last = noise(&mut w, n);
+        }
+        let long = format!("/{}", "d".repeat(1200));
+        let at = w.record(
+            RM_TBLSPC_ID,
+            XLOG_TBLSPC_CREATE,
+            9,
+            &main_only(&create_main(16_400, &long)),
+        );
+        assert!(at.0 < 0x20_0000 - 24 && w.end().0 > 0x20_0000);
+        let cut = TablespaceCreation {
+            lsn: at,
+            prev: last,
+            oid: 0,
+            location: None,
+        };
+        let data = w.segment(0);
+        let header = SegmentHeader::parse(data).unwrap();
+        assert_eq!(summary_of(data).tablespaces, Some(vec![cut.clone()]));
+        assert_eq!(tablespace_creations(data, &header).unwrap(), vec![cut]);
+        // Any other record going on is nothing.
+        let mut w = Writer::new(0x10_0000, MAGIC_15);
+        while w.pos < MIB - 700 {
+            let n = (MIB - 700 - w.pos).min(4000);
+            noise(&mut w, n);
+        }
+        noise(&mut w, 1000);
+        assert_eq!(summary_of(w.segment(0)).tablespaces, Some(Vec::new()));
     }
 
     #[test]

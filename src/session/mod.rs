@@ -18,6 +18,7 @@ use crate::pg::target::TargetAction;
 use crate::pitr::{self, Goal};
 use crate::store::diskcache::DiskCache;
 use crate::store::{BackendError, Repository, StoreError};
+use crate::tblspc;
 use crate::view::Owner;
 use lifecycle::Signals;
 use plan::{Latest, Subject};
@@ -74,6 +75,8 @@ pub struct ViewSettings {
     pub shared_buffers: String,
     /// Files the command adds or replaces at the view's top, over the view's own.
     pub files: Vec<(String, Vec<u8>)>,
+    /// What the view does about tablespaces its replay creates.
+    pub tablespaces: crate::tblspc::Policy,
 }
 
 /// `--hydrate`: copy the mounted backup's files to the scratch directory in the
@@ -126,6 +129,9 @@ pub struct View {
     pub action: TargetAction,
     /// The names at the view's top that the view adds, replaces or hides: not the backup's.
     pub replaced: Vec<String>,
+    /// The host directories the view's server must run with covered (see
+    /// [`crate::namespace`]); always empty under [`crate::tblspc::Policy::Refuse`].
+    pub covers: Vec<crate::tblspc::Cover>,
     /// The passphrase for the server's `wal-fetch`, removed with the session.
     _key: Option<KeyFile>,
 }
@@ -206,6 +212,23 @@ impl Session {
                 let plan = plan_pinned(&repo, Some(&lease), req.system, &goal)?;
                 let mountpoint = std::fs::canonicalize(&req.mountpoint)
                     .map_err(io(format!("resolve {}", req.mountpoint.display())))?;
+                let created = tblspc::replayed(&repo, &plan)?;
+                let scratch_abs = std::path::absolute(&scratch)
+                    .map_err(io(format!("resolve {}", scratch.display())))?;
+                let covers_dir = tblspc::covers_dir(&scratch_abs);
+                let covers = match req.view.tablespaces {
+                    tblspc::Policy::Refuse => match created.first() {
+                        Some(c) => return Err(tblspc::refusal(c)),
+                        None => Vec::new(),
+                    },
+                    tblspc::Policy::Cover => tblspc::plan_covers(
+                        &created,
+                        is_root(),
+                        |p| std::fs::canonicalize(p).ok().filter(|c| c.is_dir()),
+                        &mountpoint,
+                        &covers_dir,
+                    )?,
+                };
                 // The server is started by someone else, with its own environment: the view
                 // keeps the passphrase in its scratch directory for wal-fetch.
                 let key_path = match repo.crypto().is_encrypted() {
@@ -221,10 +244,16 @@ impl Session {
                         crate::walfetch::sh_quote(&p.display().to_string())
                     )
                 });
+                // wal-fetch hands over no segment whose tablespace creation is not covered.
+                let guard = tblspc::guard_options(
+                    &covers_dir,
+                    plan.snapshot.start_lsn,
+                    tblspc::replay_end(&plan),
+                );
                 let restore_command = crate::walfetch::restore_command(
                     &req.repo_spec,
                     plan.system.system_identifier,
-                    &key_options,
+                    &format!("{key_options}{guard}"),
                 )?;
                 let settings = plan::settings(&plan, restore_command, req.view.action);
                 let prepared = crate::view::prepare(
@@ -236,6 +265,9 @@ impl Session {
                     owner,
                     &req.view.shared_buffers,
                 )?;
+                if !covers.is_empty() {
+                    tblspc::make_covers(&covers, &covers_dir, owner)?;
+                }
                 let key = match key_path {
                     Some(path) => Some(KeyFile::write(
                         &req.passphrase.read(&req.repo_spec)?,
@@ -259,6 +291,7 @@ impl Session {
                     scratch,
                     action: req.view.action,
                     replaced,
+                    covers,
                     _key: key,
                 };
                 (source, Some(view), hydrate_into)
