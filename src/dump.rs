@@ -15,8 +15,8 @@ use crate::session;
 use crate::session::lifecycle::Signals;
 use crate::store::Repository;
 use crate::verify::{
-    free_port, open_view, pg_bin, Interrupt, Launch, Postmaster, Started, ViewServer, Workspace,
-    POLL,
+    free_port, log_tail, open_view, pg_bin, stopped_in_recovery, Interrupt, Launch, Postmaster,
+    Started, ViewServer, Workspace, POLL,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -259,12 +259,11 @@ fn recover(launch: &Launch, work: &Workspace, port: u16, opts: &DumpOptions) -> 
     }
     // A server that stops during recovery (a target the archive never reaches) says why in
     // its log; the lost connection alone would not.
-    let died = |e: Error| match std::fs::read_to_string(&log) {
-        Ok(text) if text.contains("FATAL") => Error::Mount(format!(
-            "the server on the view stopped during recovery to the target: {}",
-            log_tail(&log)
+    let died = |e: Error| match stopped_in_recovery(&log) {
+        Some(why) => Error::Mount(format!(
+            "the server on the view stopped during recovery to the target: {why}"
         )),
-        _ => e,
+        None => e,
     };
     let conn = ConnOpts {
         dbname: None,
@@ -297,13 +296,6 @@ fn recover(launch: &Launch, work: &Workspace, port: u16, opts: &DumpOptions) -> 
         )));
     }
     Ok(postmaster)
-}
-
-/// The last lines of the server's log, on one line.
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(8).collect();
-    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// Where Debian installs each major's programs.

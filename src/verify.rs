@@ -679,8 +679,6 @@ fn test(
     let deadline = started + Duration::from_secs(3600);
     let ready = postmaster.wait_ready(&mnt, deadline)?;
     if !matches!(ready, Started::Ready) {
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(8).collect();
         let why = match ready {
             Started::TimedOut => "it was still starting after an hour",
             _ => "it exited",
@@ -688,7 +686,7 @@ fn test(
         report.problems.push(format!(
             "the server did not start on backup {} ({why}): {}",
             plan.snapshot.id,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            log_tail(&log)
         ));
         return Ok(Vec::new());
     }
@@ -701,9 +699,25 @@ fn test(
         username: Some(opts.server.user.clone()),
     };
     let started = Instant::now();
-    let server = Server::connect(&conn)?;
+    let recovering = |server: &Server| server.query_bool("SELECT pg_is_in_recovery()");
+    let server = match Server::connect(&conn).and_then(|s| recovering(&s).map(|_| s)) {
+        Ok(server) => server,
+        Err(e) => match stopped_in_recovery(&log) {
+            Some(why) => {
+                report.problems.push(format!(
+                    "the server stopped during recovery on backup {}: {why}",
+                    plan.snapshot.id
+                ));
+                return Ok(Vec::new());
+            }
+            None => return Err(e),
+        },
+    };
     let deadline = Instant::now() + Duration::from_secs(3600);
-    while server.query_bool("SELECT pg_is_in_recovery()")? {
+    while recovering(&server).map_err(|e| match stopped_in_recovery(&log) {
+        Some(why) => Error::Mount(format!("the server stopped during recovery: {why}")),
+        None => e,
+    })? {
         if Instant::now() > deadline {
             report
                 .problems
@@ -722,6 +736,21 @@ fn test(
     drop(postmaster);
     debug_since(started, "server stopped");
     Ok(outcomes)
+}
+
+/// The last lines of a server's log, on one line.
+pub(crate) fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(8).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Why a server that was accepting connections went away during recovery (a target the
+/// archive never reaches, a refused segment): its log's last lines, if it logged a FATAL or
+/// PANIC. A lost connection alone says nothing.
+pub(crate) fn stopped_in_recovery(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    (text.contains("FATAL") || text.contains("PANIC")).then(|| log_tail(log))
 }
 
 /// A relation the server lists, and the file it is stored in.

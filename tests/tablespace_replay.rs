@@ -285,6 +285,13 @@ fn views_replaying_create_tablespace_leave_the_host_alone() {
     }
     drop(view);
     unchanged("the host's tablespace directory after a view its wal-fetch stopped");
+    // verify there fails, saying why the server stopped (its log), not "connection closed",
+    // whether it stopped before or after it accepted connections.
+    root_run_within(300, &repo.args("verify", &["--target-lsn", &after]))
+        .assert_exit(1)
+        .assert_mentions("refusing to hand")
+        .assert_mentions("recovery ended before configured recovery target");
+    unchanged("the host's tablespace directory after a verify its wal-fetch stopped");
 
     // The source still has its table.
     source.start();
