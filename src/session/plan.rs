@@ -126,6 +126,7 @@ pub fn fuse_options(
         gid: owner.gid,
         allow_other: is_root,
         writable,
+        durable: false,
         block_size: crate::pg::PAGE_SIZE as u32,
         threads: 4,
         writeback_cache: !passthrough,

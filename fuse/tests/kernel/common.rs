@@ -97,6 +97,7 @@ impl Setup {
             gid: self.gid,
             allow_other: self.allow_other,
             writable: self.writable.then(|| scratch.clone()),
+            durable: false,
             block_size: BLOCK as u32,
             threads: 4,
             writeback_cache: self.writeback_cache,
