@@ -109,6 +109,7 @@ pub fn run(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome>
                 action: TargetAction::Shutdown,
                 shared_buffers: opts.shared_buffers.clone(),
                 files: Vec::new(),
+                durable: false,
             },
             cache: CacheOptions {
                 memory: 128 << 20,

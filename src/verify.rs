@@ -77,6 +77,7 @@ pub(crate) fn open_view(
                 // socket: trust it, whatever pg_hba.conf said (peer would refuse root as the
                 // server's role).
                 files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
+                durable: false,
             },
             cache: server.cache.clone(),
             hydrate: None,

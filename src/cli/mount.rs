@@ -85,6 +85,7 @@ pub fn run(
                 action: a.target_action,
                 shared_buffers: a.shared_buffers,
                 files: Vec::new(),
+                durable: false,
             },
             cache: a.cache.options(),
             hydrate: a.hydrate.then_some(Hydrate {

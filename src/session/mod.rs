@@ -74,6 +74,9 @@ pub struct ViewSettings {
     pub shared_buffers: String,
     /// Files the command adds or replaces at the view's top, over the view's own.
     pub files: Vec<(String, Vec<u8>)>,
+    /// A clone: the copy-on-write state is durable and kept in the scratch directory, which
+    /// a later mount takes up again, and the server runs with fsync on.
+    pub durable: bool,
 }
 
 /// `--hydrate`: copy the mounted backup's files to the scratch directory in the
@@ -195,6 +198,7 @@ impl Session {
         let owner = server_owner(&req.owner)?;
         let cache = req.cache.memory as usize;
         let pid = std::process::id();
+        let mut durable = false;
         // What hydration copies (a path below the mount's root), and to which scratch.
         let (source, view, hydrate_into) = match subject {
             Subject::Catalogue { scratch } => (
@@ -234,8 +238,17 @@ impl Session {
                     &scratch,
                     &mountpoint,
                     owner,
-                    &req.view.shared_buffers,
+                    &req.view,
                 )?;
+                if let Some(path) = key_path.as_ref().filter(|_| req.view.durable) {
+                    // Left by a mount process that was killed: this one writes its own.
+                    match std::fs::remove_file(path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io(format!("remove {}", path.display()))(e))
+                        }
+                        _ => {}
+                    }
+                }
                 let key = match key_path {
                     Some(path) => Some(KeyFile::write(
                         &req.passphrase.read(&req.repo_spec)?,
@@ -253,6 +266,7 @@ impl Session {
                     .collect();
                 let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
                 let hydrate_into = Some((PathBuf::new(), scratch.clone()));
+                durable = req.view.durable;
                 let view = View {
                     plan,
                     notes: prepared.notes,
@@ -271,6 +285,7 @@ impl Session {
             owner,
             is_root(),
             writable,
+            durable,
             req.hydrate.is_some(),
         );
         let hydrate = req
