@@ -816,6 +816,40 @@ mod tests {
     }
 
     #[test]
+    fn a_persistent_lease_pins_until_released_and_gc_does_not_wait_for_it() {
+        let repo = repo();
+        let (id, waited) = take_persistent(&repo, "clone dev", &["B1".into()]).unwrap();
+        assert!(!waited);
+        let found = list(&repo).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(!found[0].stale && !found[0].overdue);
+        let pinned = live(&repo).unwrap();
+        assert_eq!(
+            (pinned[0].id.as_str(), pinned[0].pins.as_slice()),
+            (id.as_str(), &["B1".to_string()][..])
+        );
+        assert!(live_ids(&repo).unwrap().is_empty(), "gc waits for no clone");
+        let why = keep_reason(&found[0], &Here::current()).unwrap();
+        assert!(
+            why.contains("clone dev") && why.contains("clone destroy"),
+            "{why}"
+        );
+        // Never stale, however old; and a build without the flag sees a lease of another
+        // machine that is not overdue for a century.
+        let mut old = pinned[0].clone();
+        old.refreshed = Utc::now() - chrono::Duration::days(3650);
+        assert!(!old.is_stale(Utc::now(), &Here::current(), |_, _| false));
+        old.persistent = false;
+        assert!(!old.is_stale(Utc::now(), &Here::current(), |_, _| false));
+        assert!(!old.is_overdue(Utc::now()));
+        assert!(repin_persistent(&repo, &id, &["B2".into()]).is_ok());
+        assert_eq!(live(&repo).unwrap()[0].pins, ["B2"]);
+        release_persistent(&repo, &id).unwrap();
+        release_persistent(&repo, &id).unwrap();
+        assert!(list(&repo).unwrap().is_empty());
+    }
+
+    #[test]
     fn watching_a_heartbeat_ignores_the_holders_clock() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
