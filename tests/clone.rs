@@ -182,6 +182,8 @@ fn a_clone_keeps_its_writes_through_crashes_unmounts_gc_and_expire() {
     // First start: recovery to the backup, promoted; fsync is on.
     let server = start(&data);
     assert_eq!(server.psql("SHOW fsync"), "on");
+    let listed = clones.listed();
+    assert_eq!(listed["server_pid"], server.read_pid().unwrap(), "{listed}");
     assert_eq!(server.psql("SELECT count(*) FROM t"), "5000");
     server.psql(
         "CREATE TABLE w (id int PRIMARY KEY, pad text);
