@@ -110,6 +110,7 @@ pub fn run(repo: Repository, opts: Options, signals: Signals) -> Result<Outcome>
                 shared_buffers: opts.shared_buffers.clone(),
                 files: Vec::new(),
                 durable: false,
+                standby: false,
             },
             cache: CacheOptions {
                 memory: 128 << 20,

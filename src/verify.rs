@@ -78,6 +78,7 @@ pub(crate) fn open_view(
                 // server's role).
                 files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
                 durable: false,
+                standby: false,
             },
             cache: server.cache.clone(),
             hydrate: None,

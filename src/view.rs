@@ -363,7 +363,12 @@ pub fn prepare(
     let (supplied, supplied_note) = supplied_files(repo, plan)?;
     let (mut files, locations_note) = config_files(repo, plan, &body)?;
     files.extend(supplied);
-    files.push(("recovery.signal".into(), Vec::new()));
+    // A standby follows the archive until promoted; otherwise recovery ends at the target.
+    let (signal, other) = match view.standby {
+        true => ("standby.signal", "recovery.signal"),
+        false => ("recovery.signal", "standby.signal"),
+    };
+    files.push((signal.into(), Vec::new()));
     let wal = fs::canonicalize(&wal).map_err(io(format!("resolve {}", wal.display())))?;
     if !wal.is_absolute() {
         return Err(Error::Mount(format!(
@@ -375,7 +380,7 @@ pub fn prepare(
         files,
         symlinks: vec![("pg_wal".into(), wal)],
         hide: vec![
-            "standby.signal".into(),
+            other.into(),
             "postmaster.pid".into(),
             "postmaster.opts".into(),
         ],

@@ -307,6 +307,84 @@ fn a_clone_keeps_its_writes_through_crashes_unmounts_gc_and_expire() {
     eprintln!("clone life cycle took {:?}", started.elapsed());
 }
 
+/// A follower replays what the primary archives as it comes; promoted, it takes writes, and
+/// stays promoted through unmount and mount.
+#[test]
+fn a_follower_follows_the_archive_until_promoted() {
+    let started = std::time::Instant::now();
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.spec);
+    source.psql("CREATE TABLE f AS SELECT generate_series(1, 10) AS n");
+    repo.backup(&source);
+    let work = TestDir::new("clone-follow");
+    let clones = Clones {
+        repo: &repo,
+        dir: work.join("clones"),
+    };
+    clones
+        .run(&[
+            "create",
+            "rep",
+            "--follow",
+            "--target-time",
+            "2026-01-01 00:00:00+00",
+        ])
+        .assert_exit(2)
+        .assert_mentions("follower");
+    clones
+        .run(&[
+            "create",
+            "rep",
+            "--follow",
+            "--backup",
+            "latest",
+            "--shared-buffers",
+            "64MB",
+        ])
+        .assert_ok();
+    let data = clones.data("rep");
+    let server = Cluster::start_on(&data);
+    assert_eq!(server.psql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(server.psql("SELECT count(*) FROM f"), "10");
+    assert_eq!(clones.listed()["following"], true);
+
+    // New commits on the primary reach the follower once archived.
+    source.psql("INSERT INTO f SELECT generate_series(11, 15)");
+    source.switch_wal_and_wait_archived();
+    wait_for(Duration::from_secs(60), || {
+        match server.psql("SELECT count(*) FROM f").as_str() {
+            "15" => Ok(()),
+            n => Err(format!("{n} rows on the follower")),
+        }
+    })
+    .unwrap();
+
+    clones.run(&["promote", "rep"]).assert_ok();
+    wait_for(Duration::from_secs(60), || {
+        match server.psql("SELECT pg_is_in_recovery()").as_str() {
+            "f" => Ok(()),
+            r => Err(format!("in recovery: {r}")),
+        }
+    })
+    .unwrap();
+    server.psql("INSERT INTO f VALUES (100)");
+    assert_eq!(clones.listed()["following"], false);
+    clones.run(&["promote", "rep"]).assert_exit(2);
+
+    let mut server = server;
+    server.stop();
+    drop(server);
+    clones.run(&["umount", "rep"]).assert_ok();
+    clones.run(&["mount", "rep"]).assert_ok();
+    let server = start(&data);
+    assert_eq!(server.psql("SELECT count(*) FROM f"), "16");
+    let mut server = server;
+    server.stop();
+    drop(server);
+    clones.run(&["destroy", "rep"]).assert_ok();
+    eprintln!("follower took {:?}", started.elapsed());
+}
+
 #[test]
 fn bad_clone_requests_say_what_is_wrong() {
     let repo = Repo::init();

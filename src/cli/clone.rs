@@ -34,6 +34,8 @@ pub enum Sub {
     Reset(NameArgs),
     /// Unmount and delete a clone, and release its repository lease.
     Destroy(NameArgs),
+    /// A follower's running server stops following the archive and becomes writable.
+    Promote(NameArgs),
 }
 
 #[derive(clap::Args)]
@@ -51,6 +53,10 @@ pub struct CreateArgs {
     /// The cluster, when the repository holds several.
     #[arg(long)]
     pub system: Option<u64>,
+    /// A follower: its server is a standby that replays newly archived WAL as it comes, from
+    /// the backup given with --backup, until `clone promote`.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(clap::Args)]
@@ -121,6 +127,7 @@ pub fn run(
                     system: c.system,
                     owner: &c.owner,
                     shared_buffers: &c.shared_buffers,
+                    follow: c.follow,
                 },
             )?;
             eprintln!(
@@ -148,9 +155,12 @@ pub fn run(
                     Mount::No => "not mounted",
                     Mount::Stale => "stale mount (`clone mount` repairs it)",
                 };
-                let server = c
+                let mut server = c
                     .server_pid
                     .map_or("no server".into(), |p| format!("server pid {p}"));
+                if c.following {
+                    server += ", following";
+                }
                 outln!(
                     "{}\t{}\t{mounted}\t{server}\t{} written",
                     c.name,
@@ -176,6 +186,17 @@ pub fn run(
                 "clone {} reset: every write dropped; `pgsnapfs clone mount {}` mounts it at its \
                  point in time again",
                 n.name,
+                n.name
+            );
+            Ok(())
+        }
+        Sub::Promote(n) => {
+            let layout = layout(&n.name);
+            layout.load(&repo.config.id)?;
+            clone::promote(&layout, &n.name)?;
+            outln!(
+                "clone {}: its server is promoting; it stops following and takes writes once \
+                 pg_is_in_recovery() is false",
                 n.name
             );
             Ok(())
@@ -218,10 +239,20 @@ fn mount(
         data.display(),
         layout.server_log().display()
     );
+    let start = match settings.follow {
+        true => format!(
+            "the server starts as a standby at {} and follows the archive until `pgsnapfs clone \
+             promote {name}`",
+            settings.point.describe()
+        ),
+        false => format!(
+            "the first start recovers to {} and promotes; later starts are crash recovery",
+            settings.point.describe()
+        ),
+    };
     eprintln!(
-        "the first start recovers to {} and promotes; later starts are crash recovery. The \
-         server listens on Unix sockets only (listen_addresses = '') and runs with fsync on",
-        settings.point.describe()
+        "{start}. The server listens on Unix sockets only (listen_addresses = '') and runs \
+         with fsync on"
     );
     Ok(())
 }

@@ -86,6 +86,7 @@ pub fn run(
                 shared_buffers: a.shared_buffers,
                 files: Vec::new(),
                 durable: false,
+                standby: false,
             },
             cache: a.cache.options(),
             hydrate: a.hydrate.then_some(Hydrate {

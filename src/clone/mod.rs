@@ -19,7 +19,7 @@ pub mod state;
 use crate::error::{io, Error, Result};
 use crate::lock;
 use crate::pg::target::TargetAction;
-use crate::pitr::{self, Goal};
+use crate::pitr::{self, Goal, Point};
 use crate::session::plan::Latest;
 use crate::session::{CacheOptions, Request, ViewSettings};
 use crate::store::Repository;
@@ -127,6 +127,8 @@ pub struct CreateRequest<'a> {
     pub owner: &'a str,
     /// shared_buffers of the clone's server.
     pub shared_buffers: &'a str,
+    /// A follower of the archive (see [`settings::Settings::follow`]).
+    pub follow: bool,
 }
 
 /// Creates clone `name`: plans the point, takes the persistent lease pinning its backup,
@@ -143,6 +145,13 @@ pub fn create(
             "clone {name} exists ({}); choose another name, or `pgsnapfs clone destroy {name}`",
             layout.dir.display()
         )));
+    }
+    if req.follow && !matches!(req.goal.to, Point::Backup(_)) {
+        return Err(Error::BadInput(
+            "a follower starts at a backup and follows the archive from there: give --backup \
+             ID|latest, not a --target-*"
+                .into(),
+        ));
     }
     let mut plan = pitr::plan(repo, req.system, req.goal)?;
     let point = StoredPoint::of(&req.goal.to, &plan.snapshot.id).ok_or_else(|| {
@@ -170,6 +179,7 @@ pub fn create(
             backup: plan.snapshot.id.clone(),
             point: StoredPoint::of(&req.goal.to, &plan.snapshot.id).unwrap_or(point),
             timeline: plan.timeline,
+            follow: req.follow,
             lease: lease.clone(),
             owner: req.owner.to_string(),
             shared_buffers: req.shared_buffers.to_string(),
@@ -225,6 +235,7 @@ pub fn mount_request(
             shared_buffers: settings.shared_buffers.clone(),
             files: Vec::new(),
             durable: true,
+            standby: settings.follow,
         },
         cache,
         hydrate: None,
@@ -273,6 +284,38 @@ pub fn unmount(layout: &Layout) -> Result<()> {
     }
 }
 
+/// Whether the clone's server is (or starts as) a standby following the archive: a
+/// follower not promoted yet.
+pub fn following(layout: &Layout) -> bool {
+    layout.mount_state() == state::Mount::Yes && layout.data().join("standby.signal").exists()
+}
+
+/// Promotes a follower's running server: it stops following, finishes replay and becomes
+/// writable on a new timeline, for good (the mount keeps standby.signal's removal). As
+/// `pg_ctl promote` does: a `promote` file, then SIGUSR1 to the postmaster.
+pub fn promote(layout: &Layout, name: &str) -> Result<()> {
+    if !following(layout) {
+        return Err(Error::BadInput(format!(
+            "clone {name} is not a follower waiting for promotion (not mounted, not a \
+             follower, or promoted already)"
+        )));
+    }
+    let Some(pid) = state::server(&layout.data()) else {
+        return Err(Error::BadInput(format!(
+            "no server runs on clone {name}: start it, then promote"
+        )));
+    };
+    let signal = layout.data().join("promote");
+    std::fs::write(&signal, b"").map_err(io(format!("create {}", signal.display())))?;
+    // SAFETY: sending a signal to a process.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) } != 0 {
+        return Err(io(format!("signal the server (pid {pid})"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Drops every write of an unmounted clone: its next mount is its point in time again.
 pub fn reset(layout: &Layout, name: &str) -> Result<()> {
     if layout.mount_state() != state::Mount::No {
@@ -315,6 +358,8 @@ pub struct Listed {
     pub data: PathBuf,
     /// The PID of the server running on it.
     pub server_pid: Option<u32>,
+    /// A follower not promoted yet.
+    pub following: bool,
     /// Bytes its writes take on local disk (copy-on-write state, pg_wal, logs).
     pub bytes_written: u64,
     /// Its lease.
@@ -351,6 +396,7 @@ pub fn list(clones_dir: &Path) -> Result<Vec<Listed>> {
             server_pid: (mounted == state::Mount::Yes)
                 .then(|| state::server(&layout.data()))
                 .flatten(),
+            following: settings.follow && following(&layout),
             bytes_written: state::disk_usage(&layout.scratch()),
             lease: settings.lease,
         });

@@ -93,6 +93,10 @@ pub struct Settings {
     pub point: StoredPoint,
     /// The timeline recovery follows.
     pub timeline: u32,
+    /// A follower: its server is a standby replaying the archived WAL as it comes, from
+    /// `backup`, until `clone promote`.
+    #[serde(default)]
+    pub follow: bool,
     /// The persistent repository lease pinning `backup` (`locks/<id>`).
     pub lease: String,
     /// The user the server runs as, who owns the files.

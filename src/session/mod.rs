@@ -77,6 +77,9 @@ pub struct ViewSettings {
     /// A clone: the copy-on-write state is durable and kept in the scratch directory, which
     /// a later mount takes up again, and the server runs with fsync on.
     pub durable: bool,
+    /// A follower: the server starts as a standby that replays the archived WAL as it comes,
+    /// until promoted, rather than recovering to the plan's target.
+    pub standby: bool,
 }
 
 /// `--hydrate`: copy the mounted backup's files to the scratch directory in the
@@ -230,7 +233,8 @@ impl Session {
                     plan.system.system_identifier,
                     &key_options,
                 )?;
-                let settings = plan::settings(&plan, restore_command, req.view.action);
+                let settings =
+                    plan::settings(&plan, restore_command, req.view.action, req.view.standby);
                 let prepared = crate::view::prepare(
                     &repo,
                     &plan,

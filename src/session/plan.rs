@@ -77,17 +77,22 @@ pub fn subject(
     Ok(Subject::View { goal, scratch })
 }
 
-/// The recovery settings of a view of `plan`.
+/// The recovery settings of a view of `plan`; a `standby` follows every timeline to its
+/// end, with no target.
 pub fn settings(
     plan: &pitr::Plan,
     restore_command: String,
     action: TargetAction,
+    standby: bool,
 ) -> RecoverySettings {
     RecoverySettings {
         restore_command,
-        target: plan.target.clone(),
+        target: if standby { None } else { plan.target.clone() },
         action,
-        timeline: Some(plan.timeline.to_string()),
+        timeline: Some(match standby {
+            true => "latest".to_string(),
+            false => plan.timeline.to_string(),
+        }),
     }
 }
 
