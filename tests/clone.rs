@@ -237,6 +237,7 @@ fn a_clone_keeps_its_writes_through_crashes_unmounts_gc_and_expire() {
         (v[0], v[1], v[2])
     };
     assert!(rows >= acked, "{rows} rows, {acked} commits acknowledged");
+    eprintln!("{acked} commits acknowledged before the crash, {rows} recovered");
     assert_eq!(
         (max, sum),
         (rows, rows),

@@ -130,12 +130,14 @@ impl Overlay {
         });
     }
 
-    /// Appends the current change to the journal as one frame (durable only).
+    /// Appends the current change to the journal as one frame (durable only). Every change
+    /// is then in the journal, the removals of files dropped so far included.
     pub(super) fn commit(&self, table: &mut InodeTable) -> Result<(), Error> {
-        match &self.journal {
-            Some(journal) => journal.append(&std::mem::take(&mut table.log)),
-            None => Ok(()),
-        }
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        journal.append(&std::mem::take(&mut table.log))?;
+        journal.doom_dropped()
     }
 }
 

@@ -498,10 +498,13 @@ impl CowFile {
 }
 
 impl Drop for CowFile {
-    /// A throw-away data file goes with its state; a durable one stays until the journal
-    /// no longer names it (see [`Journal::rewrite`]).
+    /// A throw-away data file goes with its state; a durable one once the journal's record
+    /// of its removal is synced (see [`Journal::drop_data`]; compaction removes any left).
     fn drop(&mut self) {
-        if self.journal.is_some() {
+        if let Some(journal) = &self.journal {
+            if self.inner.get_mut().is_ok_and(|i| i.data.is_some()) {
+                journal.drop_data(self.path.clone());
+            }
             return;
         }
         let created = self

@@ -260,6 +260,10 @@ pub(crate) struct Journal {
     /// (parent, name) of every source node looked up, to declare it when first named.
     origins: Mutex<HashMap<Ino, (Ino, OsString)>>,
     next_data: AtomicU64,
+    /// Data files of dropped files, whose removal may not be in the journal yet.
+    dropped: Mutex<Vec<PathBuf>>,
+    /// Data files whose removal is in the journal: deleted once it is synced.
+    doomed: Mutex<Vec<PathBuf>>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -319,6 +323,8 @@ impl Journal {
                 }),
                 origins: Mutex::new(HashMap::new()),
                 next_data: AtomicU64::new(next),
+                dropped: Mutex::new(Vec::new()),
+                doomed: Mutex::new(Vec::new()),
             },
             records,
         ))
@@ -363,12 +369,40 @@ impl Journal {
             .map_err(|e| Error::context(e, format!("append to {}", self.journal_path().display())))
     }
 
-    /// Makes every record appended so far durable.
+    /// Makes every record appended so far durable, then deletes the data files whose
+    /// removal that made durable.
     pub(crate) fn sync(&self) -> Result<(), Error> {
         // Synced outside the lock: appends go on meanwhile, and what came before is covered.
         let file = self.lock_out()?.file.clone();
+        let doomed = std::mem::take(&mut *lock(&self.doomed)?);
         file.sync_data()
-            .map_err(|e| Error::context(e, format!("sync {}", self.journal_path().display())))
+            .map_err(|e| Error::context(e, format!("sync {}", self.journal_path().display())))?;
+        for path in doomed {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("remove data file {}: {e}", path.display())
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The data file at `path` belongs to a file that is gone: deleted once its removal is
+    /// journaled ([`Self::doom_dropped`]) and synced.
+    pub(crate) fn drop_data(&self, path: PathBuf) {
+        if let Ok(mut dropped) = self.dropped.lock() {
+            dropped.push(path);
+        }
+    }
+
+    /// Every change so far is appended (the caller holds the inode table, whose changes
+    /// drop files only after journaling their removal): the files dropped so far may go at
+    /// the next sync.
+    pub(crate) fn doom_dropped(&self) -> Result<(), Error> {
+        let dropped = std::mem::take(&mut *lock(&self.dropped)?);
+        lock(&self.doomed)?.extend(dropped);
+        Ok(())
     }
 
     /// Makes the data files' names durable (new data files are created in the directory).
@@ -481,6 +515,11 @@ impl Journal {
             .lock()
             .map_err(|_| Error::io("journal poisoned by an earlier panic"))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, Error> {
+    m.lock()
+        .map_err(|_| Error::io("journal poisoned by an earlier panic"))
 }
 
 /// The id of a data file named `<16 hex digits>.blocks`.

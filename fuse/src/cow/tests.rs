@@ -1089,20 +1089,32 @@ fn a_torn_journal_tail_is_ignored() {
     }
 }
 
-/// Data files of dropped files go at the next open; the block size must not change.
+/// A dropped file's data file goes once its removal is journaled and synced (or at the next
+/// open, had the process died first); the block size must not change.
 #[test]
 fn durable_housekeeping() {
     let f = durable_fixture();
     let tmp = f.create("", "tmp", b"gone soon");
     f.overlay.fsync(tmp, false).unwrap();
+    let kept = f.create("", "kept", b"kept");
+    f.overlay.fsync(kept, false).unwrap();
     f.overlay.unlink(ROOT, OsStr::new("tmp")).unwrap();
     f.overlay.forget(tmp, 1).unwrap();
     assert_eq!(
         f.scratch_files().len(),
-        2,
-        "journal and the data file, kept till reopen"
+        3,
+        "removal not synced: data file kept"
     );
-    let f = f.reopen(true);
+    f.overlay.unlink(ROOT, OsStr::new("kept")).unwrap();
+    assert_eq!(f.scratch_files().len(), 3, "a held file keeps its data");
+    f.overlay.fsync_dir().unwrap();
+    assert_eq!(
+        f.scratch_files().len(),
+        2,
+        "journal, and the data of the held file"
+    );
+    assert_eq!(f.overlay.read(kept, 0, 10).unwrap(), b"kept");
+    let f = f.reopen(false);
     assert_eq!(f.scratch_files().len(), 1, "the journal alone");
     drop(f.overlay);
     let Err(err) = Overlay::durable(reordered_source(), f.scratch.path().join("cow"), 4096) else {
