@@ -359,6 +359,16 @@ fn a_follower_follows_the_archive_until_promoted() {
         }
     })
     .unwrap();
+    // Caught up: it waits for the segment after the newest archived one.
+    let lag = wait_for(Duration::from_secs(30), || {
+        let lag = clones.listed()["lag"].clone();
+        match lag["segments_behind"].as_u64() {
+            Some(0) => Ok(lag),
+            _ => Err(format!("lag {lag}")),
+        }
+    })
+    .unwrap();
+    assert_eq!(lag["waiting"], true, "{lag}");
 
     clones.run(&["promote", "rep"]).assert_ok();
     wait_for(Duration::from_secs(60), || {

@@ -141,7 +141,7 @@ pub fn run(
             mount(&repo, repo_spec, pass, &dir, &c.name)
         }
         Sub::List(l) => {
-            let clones = clone::list(&dir)?;
+            let clones = clone::list(&dir, &repo)?;
             if l.json {
                 super::print_json(&clones);
                 return Ok(());
@@ -160,6 +160,12 @@ pub fn run(
                     .map_or("no server".into(), |p| format!("server pid {p}"));
                 if c.following {
                     server += ", following";
+                }
+                if let Some(lag) = &c.lag {
+                    server += &format!(", {} segments behind", lag.segments_behind);
+                    if let Some(s) = lag.seconds_behind {
+                        server += &format!(" ({s} s)");
+                    }
                 }
                 outln!(
                     "{}\t{}\t{mounted}\t{server}\t{} written",

@@ -13,6 +13,7 @@
 //! backup (and the WAL it needs) and gc its chunks, whether or not the clone is mounted;
 //! destroy releases it.
 
+pub mod lag;
 pub mod settings;
 pub mod state;
 
@@ -360,15 +361,17 @@ pub struct Listed {
     pub server_pid: Option<u32>,
     /// A follower not promoted yet.
     pub following: bool,
+    /// How far its running server is behind the archive (followers).
+    pub lag: Option<lag::Lag>,
     /// Bytes its writes take on local disk (copy-on-write state, pg_wal, logs).
     pub bytes_written: u64,
     /// Its lease.
     pub lease: String,
 }
 
-/// Every clone in `clones_dir`, by name; a directory without a readable record is skipped
-/// with a warning.
-pub fn list(clones_dir: &Path) -> Result<Vec<Listed>> {
+/// Every clone in `clones_dir`, by name, with the lag of running followers behind `repo`'s
+/// archive; a directory without a readable record is skipped with a warning.
+pub fn list(clones_dir: &Path, repo: &Repository) -> Result<Vec<Listed>> {
     let entries = match std::fs::read_dir(clones_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -387,16 +390,26 @@ pub fn list(clones_dir: &Path) -> Result<Vec<Listed>> {
             }
         };
         let mounted = layout.mount_state();
+        let server_pid = (mounted == state::Mount::Yes)
+            .then(|| state::server(&layout.data()))
+            .flatten();
+        let following = settings.follow && following(&layout);
+        let lag = match server_pid.filter(|_| following) {
+            Some(pid) => lag::lag(repo, settings.system, pid).unwrap_or_else(|e| {
+                tracing::warn!("clone {name}: cannot tell its lag: {e}");
+                None
+            }),
+            None => None,
+        };
         out.push(Listed {
             name,
             backup: settings.backup,
             point: settings.point,
             mounted,
             data: layout.data(),
-            server_pid: (mounted == state::Mount::Yes)
-                .then(|| state::server(&layout.data()))
-                .flatten(),
-            following: settings.follow && following(&layout),
+            server_pid,
+            following,
+            lag,
             bytes_written: state::disk_usage(&layout.scratch()),
             lease: settings.lease,
         });
