@@ -277,11 +277,13 @@ pub fn clear_mountpoint(layout: &Layout, name: &str) -> Result<()> {
     }
 }
 
-/// Unmounts the clone, a stale mount included; nothing to do if it is not mounted.
+/// Unmounts the clone (refused while busy); a stale mount is detached lazily (see
+/// [`clear_mountpoint`]); nothing to do if it is not mounted.
 pub fn unmount(layout: &Layout) -> Result<()> {
     match layout.mount_state() {
         state::Mount::No => Ok(()),
-        _ => crate::session::unmount::umount(&layout.data(), false),
+        state::Mount::Stale => crate::session::unmount::umount(&layout.data(), true),
+        state::Mount::Yes => crate::session::unmount::umount(&layout.data(), false),
     }
 }
 
@@ -317,8 +319,12 @@ pub fn promote(layout: &Layout, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Drops every write of an unmounted clone: its next mount is its point in time again.
+/// Drops every write of an unmounted clone (a stale mount is detached first): its next
+/// mount is its point in time again.
 pub fn reset(layout: &Layout, name: &str) -> Result<()> {
+    if layout.mount_state() == state::Mount::Stale {
+        unmount(layout)?;
+    }
     if layout.mount_state() != state::Mount::No {
         return Err(Error::BadInput(format!(
             "clone {name} is mounted: stop its server and `pgsnapfs clone umount {name}` first"

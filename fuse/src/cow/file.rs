@@ -57,6 +57,8 @@ struct Inner {
     pending: Blocks,
     /// Durable: the data file was created and its name is not yet synced.
     fresh: bool,
+    /// Durable: changed since its last record, which a sync must write.
+    unjournaled: bool,
 }
 
 impl CowFile {
@@ -85,6 +87,7 @@ impl CowFile {
                 whole: false,
                 pending: Blocks::default(),
                 fresh: false,
+                unjournaled: false,
             }),
         }
     }
@@ -174,6 +177,7 @@ impl CowFile {
                 whole: true,
                 pending: Blocks::default(),
                 fresh: false,
+                unjournaled: false,
             }),
         }
     }
@@ -335,6 +339,7 @@ impl CowFile {
         }
         inner.size = inner.size.max(end);
         inner.mtime = SystemTime::now();
+        inner.unjournaled = true;
         Ok(())
     }
 
@@ -364,6 +369,7 @@ impl CowFile {
         }
         inner.size = size;
         inner.mtime = SystemTime::now();
+        inner.unjournaled = true;
         Ok(())
     }
 
@@ -372,7 +378,10 @@ impl CowFile {
         let mut inner = self.write_lock()?;
         match inner.data.as_ref().filter(|_| inner.whole) {
             Some(data) => data.set_modified(mtime)?,
-            None => inner.mtime = mtime,
+            None => {
+                inner.mtime = mtime;
+                inner.unjournaled = true;
+            }
         }
         Ok(())
     }
@@ -391,6 +400,11 @@ impl CowFile {
         };
         // Locked throughout: a truncation must not slip in between the flush and the record.
         let mut inner = self.write_lock()?;
+        if !inner.unjournaled {
+            // Synced and recorded already (PostgreSQL fsyncs every file at startup): what
+            // may be left is the journal's record of its name.
+            return journal.sync();
+        }
         if let Some(data) = &inner.data {
             data.sync_data()?;
         }
@@ -401,6 +415,7 @@ impl CowFile {
         let mut record = self.record(&inner, None);
         record.words = std::mem::take(&mut inner.pending).words();
         journal.append(&[Record::File(record)])?;
+        inner.unjournaled = false;
         journal.sync()
     }
 

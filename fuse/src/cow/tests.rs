@@ -1098,6 +1098,10 @@ fn durable_housekeeping() {
     f.overlay.fsync(tmp, false).unwrap();
     let kept = f.create("", "kept", b"kept");
     f.overlay.fsync(kept, false).unwrap();
+    let len = std::fs::metadata(f.journal()).unwrap().len();
+    f.overlay.fsync(kept, false).unwrap();
+    let again = std::fs::metadata(f.journal()).unwrap().len();
+    assert_eq!(again, len, "an unchanged file's fsync journals nothing");
     f.overlay.unlink(ROOT, OsStr::new("tmp")).unwrap();
     f.overlay.forget(tmp, 1).unwrap();
     assert_eq!(
