@@ -396,6 +396,91 @@ fn a_follower_follows_the_archive_until_promoted() {
     eprintln!("follower took {:?}", started.elapsed());
 }
 
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"));
+    line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ten clones of one backup at once, each with a running server that writes: gc and
+/// expire meanwhile delete nothing they need, and each sees the backup and its own writes.
+#[test]
+fn ten_clones_of_one_backup_run_at_once_through_gc_and_expire() {
+    const N: usize = 10;
+    let started = std::time::Instant::now();
+    let repo = Repo::init();
+    let source = Cluster::archiving_to(&repo.spec);
+    source.psql(
+        "CREATE TABLE t AS SELECT g AS id, repeat('t', 200) AS v FROM generate_series(1, 20000) g",
+    );
+    let first = repo.backup(&source)["id"].as_str().unwrap().to_string();
+    let work = TestDir::new("clone-ten");
+    let clones = Clones {
+        repo: &repo,
+        dir: work.join("clones"),
+    };
+    let mut servers = Vec::new();
+    let mut mounts = Vec::new();
+    for i in 0..N {
+        let name = format!("dev{i}");
+        let run = clones
+            .run(&[
+                "create",
+                &name,
+                "--backup",
+                "latest",
+                "--shared-buffers",
+                "32MB",
+            ])
+            .assert_ok();
+        mounts.push(mount_pid(&run));
+        let server = start(&clones.data(&name));
+        server.psql(&format!(
+            "CREATE TABLE mine AS SELECT {i} AS who; UPDATE t SET v = 'x' WHERE id % 10 = {i}"
+        ));
+        servers.push(server);
+    }
+    // The source moves on and retention runs while every clone is in use.
+    source.psql("DELETE FROM t WHERE id > 100");
+    repo.backup(&source);
+    let expired = repo.run("expire", &["--keep-last", "1"]).assert_ok();
+    assert_eq!(
+        expired.stdout_str().matches("clone dev").count(),
+        1,
+        "{}",
+        expired.report()
+    );
+    repo.run("gc", &[]).assert_ok();
+    assert!(repo.list().iter().any(|b| b["id"] == first.as_str()));
+    let listed = clones.run(&["list", "--json"]).assert_ok().json();
+    let written: Vec<u64> = (0..N)
+        .map(|i| listed[i]["bytes_written"].as_u64().unwrap())
+        .collect();
+    let rss: Vec<u64> = mounts.iter().map(|&p| rss_kib(p)).collect();
+    for (i, server) in servers.iter().enumerate() {
+        assert_eq!(
+            server.psql(
+                "SELECT (SELECT who FROM mine), count(*), count(*) FILTER (WHERE v = 'x') FROM t"
+            ),
+            format!("{i}|20000|2000"),
+        );
+    }
+    for mut server in servers {
+        server.stop();
+    }
+    for i in 0..N {
+        clones.run(&["destroy", &format!("dev{i}")]).assert_ok();
+    }
+    eprintln!(
+        "{N} clones took {:?}; written per clone (KiB): {:?}; mount RSS (KiB): {:?}",
+        started.elapsed(),
+        written.iter().map(|b| b / 1024).collect::<Vec<_>>(),
+        rss
+    );
+}
+
 #[test]
 fn bad_clone_requests_say_what_is_wrong() {
     let repo = Repo::init();
