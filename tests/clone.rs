@@ -423,8 +423,10 @@ fn ten_clones_of_one_backup_run_at_once_through_gc_and_expire() {
     };
     let mut servers = Vec::new();
     let mut mounts = Vec::new();
+    let mut first_query = Vec::new();
     for i in 0..N {
         let name = format!("dev{i}");
+        let t0 = std::time::Instant::now();
         let run = clones
             .run(&[
                 "create",
@@ -437,6 +439,8 @@ fn ten_clones_of_one_backup_run_at_once_through_gc_and_expire() {
             .assert_ok();
         mounts.push(mount_pid(&run));
         let server = start(&clones.data(&name));
+        assert_eq!(server.psql("SELECT count(*) FROM t WHERE id = 1"), "1");
+        first_query.push(t0.elapsed().as_millis());
         server.psql(&format!(
             "CREATE TABLE mine AS SELECT {i} AS who; UPDATE t SET v = 'x' WHERE id % 10 = {i}"
         ));
@@ -474,7 +478,8 @@ fn ten_clones_of_one_backup_run_at_once_through_gc_and_expire() {
         clones.run(&["destroy", &format!("dev{i}")]).assert_ok();
     }
     eprintln!(
-        "{N} clones took {:?}; written per clone (KiB): {:?}; mount RSS (KiB): {:?}",
+        "{N} clones took {:?}; create to first query (ms): {first_query:?}; written per \
+         clone (KiB): {:?}; mount RSS (KiB): {:?}",
         started.elapsed(),
         written.iter().map(|b| b / 1024).collect::<Vec<_>>(),
         rss
