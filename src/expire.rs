@@ -210,12 +210,16 @@ pub fn marks(repo: &Repository) -> Result<HashSet<String>> {
     Ok(repo.keep_marks()?.into_iter().collect())
 }
 
-/// Backups pinned by live leases, with who pins them; an unreadable lease stops expire.
+/// Backups pinned by live leases, with every lease that pins them (a clone's, and its
+/// mount's); an unreadable lease stops expire.
 fn pins(repo: &Repository) -> Result<HashMap<String, String>> {
-    let mut out = HashMap::new();
+    let mut out: HashMap<String, String> = HashMap::new();
     for r in lock::live(repo)? {
         for id in &r.pins {
-            out.insert(id.clone(), format!("{} (lease {})", r.command, r.id));
+            let by = format!("{} (lease {})", r.command, r.id);
+            out.entry(id.clone())
+                .and_modify(|all| *all = format!("{all}, {by}"))
+                .or_insert(by);
         }
     }
     Ok(out)

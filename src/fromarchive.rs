@@ -144,6 +144,8 @@ fn replay_archive(
                 shared_buffers: opts.shared_buffers.clone(),
                 files: Vec::new(),
                 tablespaces: crate::tblspc::Policy::Cover,
+                durable: false,
+                standby: false,
             },
             cache: CacheOptions {
                 memory: 128 << 20,

@@ -13,6 +13,7 @@ pub mod backup;
 pub mod catalog;
 pub mod check;
 pub mod cli;
+pub mod clone;
 pub mod copy;
 pub mod dump;
 pub mod error;

@@ -16,6 +16,10 @@
 //!
 //! Leases fail closed: one that cannot be read is held by someone unknown, using unknown
 //! backups, so expire and gc stop rather than guess.
+//!
+//! A persistent lease ([`take_persistent`]) belongs to a clone, not to a process: it pins the
+//! clone's backup until `clone destroy` releases it, and never goes stale. It reads nothing
+//! itself (the clone's mount takes a lease of its own), so gc does not wait for it.
 
 use crate::error::{Error, Result};
 use crate::store::crypto::Sealer;
@@ -64,6 +68,11 @@ pub struct LeaseRecord {
     /// Backups this command uses, which expire keeps while the lease is live.
     #[serde(default)]
     pub pins: Vec<String>,
+    /// Held by a clone until it is destroyed, not by a process: never stale. Written with
+    /// an empty `instance` and a TTL of a century, so builds that predate the field take it
+    /// for a live lease of another machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persistent: bool,
 }
 
 /// This process's host and instance, to judge leases held on the same machine.
@@ -149,7 +158,8 @@ impl LeaseRecord {
         here: &Here,
         alive: impl Fn(u32, Option<u64>) -> bool,
     ) -> bool {
-        self.shares_clock(here)
+        !self.persistent
+            && self.shares_clock(here)
             && (self.is_overdue(now) || (self.is_local(here) && !alive(self.pid, self.started)))
     }
 
@@ -377,9 +387,93 @@ pub fn live(repo: &Repository) -> Result<Vec<LeaseRecord>> {
     Ok(live)
 }
 
-/// The ids of the leases that are live now; fails on an unreadable one, like `live`.
+/// The ids of the leases of running commands live now (not the persistent ones of clones,
+/// which read nothing); fails on an unreadable one, like `live`.
 pub fn live_ids(repo: &Repository) -> Result<Vec<String>> {
-    Ok(live(repo)?.into_iter().map(|r| r.id).collect())
+    Ok(live(repo)?
+        .into_iter()
+        .filter(|r| !r.persistent)
+        .map(|r| r.id)
+        .collect())
+}
+
+/// The TTL written in a persistent lease: a century.
+const PERSISTENT_TTL_S: u64 = 100 * 365 * 24 * 3600;
+
+/// Takes a persistent lease for `command` (such as `clone NAME`) pinning `backups`, and
+/// returns its id. Like [`Lease::pin`], waits for an expire running as it was written and
+/// then returns true: the caller must check its backups still exist.
+pub fn take_persistent(
+    repo: &Repository,
+    command: &str,
+    backups: &[String],
+) -> Result<(String, bool)> {
+    let now = Utc::now();
+    let record = LeaseRecord {
+        id: random_id().to_hex()[..16].to_string(),
+        command: command.into(),
+        exclusive: false,
+        host: Here::current().host,
+        pid: 0,
+        instance: String::new(),
+        started: None,
+        created: now,
+        refreshed: now,
+        ttl_s: PERSISTENT_TTL_S,
+        pins: backups.to_vec(),
+        persistent: true,
+    };
+    let key = keys::lock(&record.id);
+    repo.backend()
+        .put(&key, &seal(&record, &repo.sealer(), &key))?;
+    let waited = wait_for_expire(repo, &key)?;
+    Ok((record.id, waited))
+}
+
+/// Re-points persistent lease `id` at `backups` (after an expire removed the first choice).
+pub fn repin_persistent(repo: &Repository, id: &str, backups: &[String]) -> Result<bool> {
+    let key = keys::lock(id);
+    let mut record: LeaseRecord = serde_json::from_slice(&repo.get_sealed(&key)?)
+        .map_err(|e| StoreError::corrupt(&key, format!("not a lease record: {e}")))?;
+    record.pins = backups.to_vec();
+    repo.backend()
+        .replace(&key, &seal(&record, &repo.sealer(), &key))?;
+    wait_for_expire(repo, &key)
+}
+
+/// Releases persistent lease `id`; one already gone is fine.
+pub fn release_persistent(repo: &Repository, id: &str) -> Result<()> {
+    match repo.delete_lease(&keys::lock(id)) {
+        Err(StoreError::Backend(e)) if e.is_not_found() => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Waits for the expires live now (other than lease `own`) to end; true if there was one.
+fn wait_for_expire(repo: &Repository, own: &str) -> Result<bool> {
+    let here = Here::current();
+    let mut watch = Watch::default();
+    let mut waited = false;
+    loop {
+        // An expire on another machine counts as gone once watched silent for its TTL.
+        let expiring: Vec<Found> = list(repo)?
+            .into_iter()
+            .filter(|f| f.key != own && f.is_live_exclusive(Some("expire")))
+            .filter(|f| {
+                f.record.as_ref().map_or(true, |r| {
+                    r.shares_clock(&here) || watch.look(&f.key, r, Instant::now()) != Heard::Silent
+                })
+            })
+            .collect();
+        let Some(first) = expiring.first() else {
+            return Ok(waited);
+        };
+        if !waited {
+            tracing::warn!("waiting for a running expire ({}) to finish", first.id());
+        }
+        waited = true;
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Why `locks --remove` without `--force` keeps a lease: its holder may be using the
@@ -388,6 +482,13 @@ pub fn keep_reason(found: &Found, here: &Here) -> Option<String> {
     let r = found.record.as_ref().ok()?;
     if found.stale {
         return None;
+    }
+    if r.persistent {
+        return Some(format!(
+            "it pins the backup of {} for as long as that exists: `pgsnapfs clone destroy` \
+             releases it",
+            r.command
+        ));
     }
     Some(if r.is_local(here) {
         format!(
@@ -527,6 +628,7 @@ impl Lease {
             refreshed: now,
             ttl_s: TTL.as_secs(),
             pins: Vec::new(),
+            persistent: false,
         };
         let key = keys::lock(&record.id);
         let backend = repo.backend_arc();
@@ -594,30 +696,7 @@ impl Lease {
             self.backend
                 .replace(&self.key, &seal(&s.record, &self.sealer, &self.key))?;
         }
-        let here = Here::current();
-        let mut watch = Watch::default();
-        let mut waited = false;
-        loop {
-            // An expire on another machine counts as gone once watched silent for its TTL.
-            let expiring: Vec<Found> = list(repo)?
-                .into_iter()
-                .filter(|f| f.key != self.key && f.is_live_exclusive(Some("expire")))
-                .filter(|f| {
-                    f.record.as_ref().map_or(true, |r| {
-                        r.shares_clock(&here)
-                            || watch.look(&f.key, r, Instant::now()) != Heard::Silent
-                    })
-                })
-                .collect();
-            let Some(first) = expiring.first() else {
-                return Ok(waited);
-            };
-            if !waited {
-                tracing::warn!("waiting for a running expire ({}) to finish", first.id());
-            }
-            waited = true;
-            std::thread::sleep(POLL);
-        }
+        wait_for_expire(repo, &self.key)
     }
 }
 
@@ -703,6 +782,7 @@ mod tests {
             refreshed,
             ttl_s: 300,
             pins: vec![],
+            persistent: false,
         }
     }
 
@@ -733,6 +813,40 @@ mod tests {
         assert!(!ahead.is_overdue(now));
         // A lease without an instance (an old version) shares no clock.
         assert!(!record("h", "", now).shares_clock(&here));
+    }
+
+    #[test]
+    fn a_persistent_lease_pins_until_released_and_gc_does_not_wait_for_it() {
+        let repo = repo();
+        let (id, waited) = take_persistent(&repo, "clone dev", &["B1".into()]).unwrap();
+        assert!(!waited);
+        let found = list(&repo).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(!found[0].stale && !found[0].overdue);
+        let pinned = live(&repo).unwrap();
+        assert_eq!(
+            (pinned[0].id.as_str(), pinned[0].pins.as_slice()),
+            (id.as_str(), &["B1".to_string()][..])
+        );
+        assert!(live_ids(&repo).unwrap().is_empty(), "gc waits for no clone");
+        let why = keep_reason(&found[0], &Here::current()).unwrap();
+        assert!(
+            why.contains("clone dev") && why.contains("clone destroy"),
+            "{why}"
+        );
+        // Never stale, however old; and a build without the flag sees a lease of another
+        // machine that is not overdue for a century.
+        let mut old = pinned[0].clone();
+        old.refreshed = Utc::now() - chrono::Duration::days(3650);
+        assert!(!old.is_stale(Utc::now(), &Here::current(), |_, _| false));
+        old.persistent = false;
+        assert!(!old.is_stale(Utc::now(), &Here::current(), |_, _| false));
+        assert!(!old.is_overdue(Utc::now()));
+        assert!(repin_persistent(&repo, &id, &["B2".into()]).is_ok());
+        assert_eq!(live(&repo).unwrap()[0].pins, ["B2"]);
+        release_persistent(&repo, &id).unwrap();
+        release_persistent(&repo, &id).unwrap();
+        assert!(list(&repo).unwrap().is_empty());
     }
 
     #[test]

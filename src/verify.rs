@@ -79,6 +79,8 @@ pub(crate) fn open_view(
                 // server's role).
                 files: vec![("pg_hba.conf".into(), b"local all all trust\n".to_vec())],
                 tablespaces: crate::tblspc::Policy::Cover,
+                durable: false,
+                standby: false,
             },
             cache: server.cache.clone(),
             hydrate: None,

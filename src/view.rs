@@ -122,15 +122,20 @@ const SUPPLIED: [(&str, &str); 3] = [
 
 /// The settings of a view's pgsnapfs block in postgresql.auto.conf: recovery, plus what
 /// a throw-away server needs (no archiving, hot standby, shared_buffers for replay), and
-/// the view's own authentication files, whatever the backup's configuration names.
+/// the view's own authentication files, whatever the backup's configuration names. A
+/// durable view (a clone) keeps its writes like a local disk: its server runs with fsync.
 fn settings_text(
     settings: &RecoverySettings,
     major: u32,
     shared_buffers: &str,
     mountpoint: &Path,
+    durable: bool,
 ) -> Result<String> {
     let mut text = recovery::render(settings, major);
-    for (name, value) in recovery::view_overrides(major) {
+    for (name, mut value) in recovery::view_overrides(major) {
+        if durable && name == "fsync" {
+            value = "on".into();
+        }
         text += &format!("{name} = {value}\n");
     }
     text += &format!("shared_buffers = {}\n", recovery::quote(shared_buffers));
@@ -330,7 +335,8 @@ fn config_files(repo: &Repository, plan: &Plan, body: &str) -> Result<(Vec<File>
 }
 
 /// Creates the scratch directory and returns the changes the view makes to the backup.
-/// `mountpoint` is absolute: the server's configuration names files under it.
+/// `mountpoint` is absolute: the server's configuration names files under it. A durable
+/// view's scratch directory may hold its state from an earlier mount, which it goes on with.
 pub fn prepare(
     repo: &Repository,
     plan: &Plan,
@@ -338,19 +344,31 @@ pub fn prepare(
     scratch: &Path,
     mountpoint: &Path,
     owner: Owner,
-    shared_buffers: &str,
+    view: &crate::session::ViewSettings,
 ) -> Result<View> {
-    crate::restore::check_empty(scratch, "scratch directory")?;
+    if !view.durable {
+        crate::restore::check_empty(scratch, "scratch directory")?;
+    }
     mkdir_owned_all(scratch, owner)?;
     let wal = scratch.join("pg_wal");
-    mkdir_owned(&wal, owner)?;
-    mkdir_owned(&wal.join("archive_status"), owner)?;
+    mkdir_owned_all(&wal.join("archive_status"), owner)?;
 
-    let body = settings_text(settings, plan.snapshot.pg_major, shared_buffers, mountpoint)?;
+    let body = settings_text(
+        settings,
+        plan.snapshot.pg_major,
+        &view.shared_buffers,
+        mountpoint,
+        view.durable,
+    )?;
     let (supplied, supplied_note) = supplied_files(repo, plan)?;
     let (mut files, locations_note) = config_files(repo, plan, &body)?;
     files.extend(supplied);
-    files.push(("recovery.signal".into(), Vec::new()));
+    // A standby follows the archive until promoted; otherwise recovery ends at the target.
+    let (signal, other) = match view.standby {
+        true => ("standby.signal", "recovery.signal"),
+        false => ("recovery.signal", "standby.signal"),
+    };
+    files.push((signal.into(), Vec::new()));
     let wal = fs::canonicalize(&wal).map_err(io(format!("resolve {}", wal.display())))?;
     if !wal.is_absolute() {
         return Err(Error::Mount(format!(
@@ -362,7 +380,7 @@ pub fn prepare(
         files,
         symlinks: vec![("pg_wal".into(), wal)],
         hide: vec![
-            "standby.signal".into(),
+            other.into(),
             "postmaster.pid".into(),
             "postmaster.opts".into(),
         ],
@@ -386,8 +404,13 @@ mod tests {
             action: crate::pg::target::TargetAction::Pause,
             timeline: None,
         };
-        let text = settings_text(&settings, 15, "1GB", Path::new("/srv/views/it's/")).unwrap();
+        let text =
+            settings_text(&settings, 15, "1GB", Path::new("/srv/views/it's/"), false).unwrap();
         assert!(text.contains("listen_addresses = ''\n"), "{text}");
+        assert!(text.contains("fsync = off\n"), "{text}");
+        let durable =
+            settings_text(&settings, 15, "1GB", Path::new("/srv/views/it's/"), true).unwrap();
+        assert!(durable.contains("fsync = on\n"), "{durable}");
         assert!(
             text.ends_with(
                 "hba_file = '/srv/views/it''s/pg_hba.conf'\n\

@@ -42,6 +42,7 @@ impl Remote {
             refreshed,
             ttl_s: 3,
             pins: vec![],
+            persistent: false,
         }
     }
 

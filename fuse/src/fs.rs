@@ -564,8 +564,7 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory changes live in memory: nothing to flush.
-        reply.ok();
+        empty(reply, run("fsyncdir", || self.overlay.fsync_dir()));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::cow::file::CowFile;
+use crate::cow::journal::Record;
 use crate::source::{Kind, MAX_NODE, ROOT};
 
 /// An inode number: a source node id, or a created inode from [`FIRST_CREATED`] up.
@@ -73,6 +74,8 @@ impl Inode {
 pub(crate) struct InodeTable {
     inodes: HashMap<Ino, Inode>,
     next_created: Ino,
+    /// Durable layer: the changes made under the current lock, for the journal.
+    pub(crate) log: Vec<Record>,
 }
 
 impl InodeTable {
@@ -80,7 +83,30 @@ impl InodeTable {
         Self {
             inodes: HashMap::new(),
             next_created: FIRST_CREATED,
+            log: Vec::new(),
         }
+    }
+
+    /// The entry of `ino` as the journal rebuilds it, made if missing. Created inode
+    /// numbers are handed out from past the highest one seen.
+    pub(crate) fn restore(&mut self, ino: Ino, kind: Kind) -> &mut Inode {
+        if ino >= self.next_created {
+            self.next_created = ino + 1;
+        }
+        self.inodes.entry(ino).or_insert_with(|| Inode::new(kind))
+    }
+
+    /// Drops the entry of `ino` (the journal says it is gone).
+    pub(crate) fn remove(&mut self, ino: Ino) {
+        if ino >= self.next_created {
+            self.next_created = ino + 1;
+        }
+        self.inodes.remove(&ino);
+    }
+
+    /// Every entry, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Ino, &Inode)> {
+        self.inodes.iter().map(|(&ino, inode)| (ino, inode))
     }
 
     pub(crate) fn get(&self, ino: Ino) -> Option<&Inode> {

@@ -15,8 +15,13 @@
 //! - in the scratch directory, one sparse file per written file, holding the written
 //!   blocks at their own offsets.
 //!
-//! The layer is throw-away: unmounting discards it, and nothing in the scratch
-//! directory is needed afterwards.
+//! By default the layer is throw-away: unmounting discards it, and nothing in the scratch
+//! directory is needed afterwards. With [`MountOptions::durable`], the inode state is also
+//! journaled in the scratch directory, and the layer survives unmount and crashes of the
+//! process or the machine as a local disk's files would: what was fsynced (files with
+//! `fsync`/`fdatasync`, directory changes with `fsyncdir` or a file's `fsync`) is kept;
+//! changes not yet synced may be lost, whole, never half-applied. Mounting the same source
+//! on the directory again brings the changes back. See `cow/journal.rs` for the format.
 //!
 //! Why blocks rather than whole files: a database opens its relation files read-write
 //! just to read them, and writes a few pages of a gigabyte segment at a time. Copying a
@@ -52,6 +57,7 @@
 //!     gid: 104,
 //!     allow_other: true,
 //!     writable: Some("/var/tmp/pgsnapfs-cow".into()),
+//!     durable: false,
 //!     block_size: 8192,
 //!     threads: 4,
 //!     writeback_cache: true,
@@ -101,6 +107,10 @@ pub struct MountOptions {
     /// `Some(scratch dir)`: writable, with the copy-on-write layer kept there (created
     /// with mode 0700 if missing). `None`: read-only, changes fail with EROFS.
     pub writable: Option<PathBuf>,
+    /// With `writable`: keep the copy-on-write state in the scratch directory, durably,
+    /// and take up what it holds (see the crate docs). The source must be the same tree
+    /// (same paths and contents) at every mount; its node ids may differ.
+    pub durable: bool,
     /// Copy-on-write granularity in bytes, e.g. 8192.
     pub block_size: u32,
     /// Threads serving requests; reads of different files and blocks run in parallel.
@@ -127,7 +137,10 @@ pub fn mount(
         .canonicalize()
         .map_err(|e| Error::context(e, format!("mountpoint {}", mountpoint.display())))?;
     let writable = opts.writable.is_some();
-    let overlay = Arc::new(cow::Overlay::new(source, opts.writable, opts.block_size)?);
+    let overlay = Arc::new(match (opts.writable, opts.durable) {
+        (Some(dir), true) => cow::Overlay::durable(source, dir, opts.block_size)?,
+        (writable, _) => cow::Overlay::new(source, writable, opts.block_size)?,
+    });
     let fs = fs::Fs::new(
         overlay.clone(),
         opts.uid,
@@ -216,7 +229,10 @@ impl MountHandle {
     /// an [`Unmounter`].
     pub fn wait(mut self) -> Result<(), Error> {
         match self.session.take() {
-            Some(session) => join(session),
+            Some(session) => {
+                join(session)?;
+                self.overlay.close()
+            }
             None => Ok(()),
         }
     }
@@ -227,11 +243,17 @@ impl MountHandle {
         };
         match umount(&self.mountpoint, 0) {
             // EINVAL: someone else unmounted it already.
-            Ok(()) | Err(libc::EINVAL) => join(session),
+            Ok(()) | Err(libc::EINVAL) => {
+                join(session)?;
+                self.overlay.close()
+            }
             // Not root: fuser goes through fusermount.
-            Err(libc::EPERM) => session
-                .umount_and_join()
-                .map_err(|e| Error::context(e, format!("unmount {}", self.mountpoint.display()))),
+            Err(libc::EPERM) => {
+                session.umount_and_join().map_err(|e| {
+                    Error::context(e, format!("unmount {}", self.mountpoint.display()))
+                })?;
+                self.overlay.close()
+            }
             Err(errno) => {
                 let detached = umount(&self.mountpoint, libc::MNT_DETACH);
                 tracing::warn!(

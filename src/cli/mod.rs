@@ -16,6 +16,7 @@ pub mod out;
 
 mod backup;
 mod check;
+mod clone;
 mod copy;
 mod dump;
 mod expire;
@@ -93,6 +94,9 @@ pub enum Command {
     Mount(mount::Args),
     /// Unmount a mount, including a stale one left by a killed process.
     Umount(mount::UmountArgs),
+    /// Persistent writable clones of a point in time, sharing the backup's blocks: create,
+    /// list, mount, umount, reset, destroy.
+    Clone(clone::Args),
     /// Check the repository: every object the backups need is there (and with --read-data
     /// intact), and the WAL is continuous. Exit 3 when something is damaged or missing.
     Check(check::Args),
@@ -149,6 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(a) => restore::run(&open(&repo()?)?, &repo()?, pass, a),
         Command::Mount(a) => mount::run(&repo()?, pass, a, &open),
         Command::Umount(a) => mount::umount(a),
+        Command::Clone(a) => clone::run(&repo()?, pass, a, &open),
         Command::Verify(a) => {
             // Before any thread starts, opening the repository included: verify cleans up
             // its server and view on SIGINT and SIGTERM.

@@ -86,6 +86,8 @@ pub fn run(
                 shared_buffers: a.shared_buffers,
                 files: Vec::new(),
                 tablespaces: crate::tblspc::Policy::Refuse,
+                durable: false,
+                standby: false,
             },
             cache: a.cache.options(),
             hydrate: a.hydrate.then_some(Hydrate {

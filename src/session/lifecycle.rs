@@ -78,11 +78,18 @@ pub struct Started {
 /// Starts this same command in the foreground as a detached child, and returns once it has
 /// printed that it is mounted (or has failed).
 pub fn background() -> Result<Started> {
+    spawn(
+        std::env::args_os()
+            .skip(1)
+            .filter(|a| a != "--background")
+            .collect(),
+    )
+}
+
+/// Starts pgsnapfs with `args` (a mount in the foreground) as a detached child, and returns
+/// once it has printed that it is mounted (or has failed).
+pub fn spawn(args: Vec<std::ffi::OsString>) -> Result<Started> {
     let exe = std::env::current_exe().map_err(io("find the pgsnapfs executable"))?;
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--background")
-        .collect();
     let mut cmd = Command::new(exe);
     cmd.args(&args)
         .env(DETACHED, "1")

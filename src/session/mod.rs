@@ -77,6 +77,12 @@ pub struct ViewSettings {
     pub files: Vec<(String, Vec<u8>)>,
     /// What the view does about tablespaces its replay creates.
     pub tablespaces: crate::tblspc::Policy,
+    /// A clone: the copy-on-write state is durable and kept in the scratch directory, which
+    /// a later mount takes up again, and the server runs with fsync on.
+    pub durable: bool,
+    /// A follower: the server starts as a standby that replays the archived WAL as it comes,
+    /// until promoted, rather than recovering to the plan's target.
+    pub standby: bool,
 }
 
 /// `--hydrate`: copy the mounted backup's files to the scratch directory in the
@@ -201,6 +207,7 @@ impl Session {
         let owner = server_owner(&req.owner)?;
         let cache = req.cache.memory as usize;
         let pid = std::process::id();
+        let mut durable = false;
         // What hydration copies (a path below the mount's root), and to which scratch.
         let (source, view, hydrate_into) = match subject {
             Subject::Catalogue { scratch } => (
@@ -255,7 +262,8 @@ impl Session {
                     plan.system.system_identifier,
                     &format!("{key_options}{guard}"),
                 )?;
-                let settings = plan::settings(&plan, restore_command, req.view.action);
+                let settings =
+                    plan::settings(&plan, restore_command, req.view.action, req.view.standby);
                 let prepared = crate::view::prepare(
                     &repo,
                     &plan,
@@ -263,10 +271,19 @@ impl Session {
                     &scratch,
                     &mountpoint,
                     owner,
-                    &req.view.shared_buffers,
+                    &req.view,
                 )?;
                 if !covers.is_empty() {
                     tblspc::make_covers(&covers, &covers_dir, owner)?;
+                }
+                if let Some(path) = key_path.as_ref().filter(|_| req.view.durable) {
+                    // Left by a mount process that was killed: this one writes its own.
+                    match std::fs::remove_file(path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io(format!("remove {}", path.display()))(e))
+                        }
+                        _ => {}
+                    }
                 }
                 let key = match key_path {
                     Some(path) => Some(KeyFile::write(
@@ -285,6 +302,7 @@ impl Session {
                     .collect();
                 let source = SnapSource::view(repo.clone(), &plan.snapshot, changes, cache)?;
                 let hydrate_into = Some((PathBuf::new(), scratch.clone()));
+                durable = req.view.durable;
                 let view = View {
                     plan,
                     notes: prepared.notes,
@@ -304,6 +322,7 @@ impl Session {
             owner,
             is_root(),
             writable,
+            durable,
             req.hydrate.is_some(),
         );
         let hydrate = req

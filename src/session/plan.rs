@@ -77,17 +77,22 @@ pub fn subject(
     Ok(Subject::View { goal, scratch })
 }
 
-/// The recovery settings of a view of `plan`.
+/// The recovery settings of a view of `plan`; a `standby` follows every timeline to its
+/// end, with no target.
 pub fn settings(
     plan: &pitr::Plan,
     restore_command: String,
     action: TargetAction,
+    standby: bool,
 ) -> RecoverySettings {
     RecoverySettings {
         restore_command,
-        target: plan.target.clone(),
+        target: if standby { None } else { plan.target.clone() },
         action,
-        timeline: Some(plan.timeline.to_string()),
+        timeline: Some(match standby {
+            true => "latest".to_string(),
+            false => plan.timeline.to_string(),
+        }),
     }
 }
 
@@ -110,7 +115,8 @@ pub fn fsname(command: &str, backup: Option<&str>, pid: u32) -> String {
 }
 
 /// The FUSE options of a session: files owned by the server's user, which root lets in
-/// with allow_other; writable through a copy-on-write layer for a view. With `passthrough`
+/// with allow_other; writable through a copy-on-write layer for a view, `durable` for a
+/// clone. With `passthrough`
 /// (local copies from `--hydrate`), the kernel's writeback cache is off: it would turn
 /// passthrough off.
 pub fn fuse_options(
@@ -118,6 +124,7 @@ pub fn fuse_options(
     owner: Owner,
     is_root: bool,
     writable: Option<PathBuf>,
+    durable: bool,
     passthrough: bool,
 ) -> pgsnapfs_fuse::MountOptions {
     pgsnapfs_fuse::MountOptions {
@@ -126,6 +133,7 @@ pub fn fuse_options(
         gid: owner.gid,
         allow_other: is_root,
         writable,
+        durable,
         block_size: crate::pg::PAGE_SIZE as u32,
         threads: 4,
         writeback_cache: !passthrough,
@@ -213,7 +221,7 @@ mod tests {
             matches!(s, Ok(Subject::Catalogue { scratch: Some(ref d) }) if d == Path::new("/s"))
         );
         let owner = Owner { uid: 5, gid: 6 };
-        let o = fuse_options("n".into(), owner, true, Some("/s/cow".into()), true);
+        let o = fuse_options("n".into(), owner, true, Some("/s/cow".into()), false, true);
         assert!(o.passthrough && !o.writeback_cache);
     }
 
@@ -227,7 +235,7 @@ mod tests {
     #[test]
     fn a_view_is_writable_through_its_scratch_directory() {
         let owner = Owner { uid: 5, gid: 6 };
-        let o = fuse_options("n".into(), owner, true, Some("/s/cow".into()), false);
+        let o = fuse_options("n".into(), owner, true, Some("/s/cow".into()), true, false);
         assert_eq!((o.uid, o.gid, o.allow_other), (5, 6, true));
         assert_eq!(o.writable.as_deref(), Some(Path::new("/s/cow")));
         assert_eq!(o.block_size, 8192);

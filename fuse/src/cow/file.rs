@@ -3,6 +3,14 @@
 //! `source_len` and read as zeros past it. Invariant: the scratch file is zero outside
 //! written blocks and at or past `size`, so shrinking is `set_len` and growing is free.
 //!
+//! Durable (with a [`Journal`]): blocks written since the last sync are `pending`; a sync
+//! flushes the data file, then journals them with the size and time, so the journal never
+//! names a block the data file may lack. A truncation is journaled (and synced) before the
+//! data file is cut. After a crash the data file may hold bytes the journal does not name
+//! (written, never synced): a block is wholly defined when first written (source bytes or
+//! zeros around the write), and [`CowFile::reopen`] cuts the file to its size, so those
+//! bytes never show.
+//!
 //! A whole file ([`CowFile::whole`]) is a complete local copy adopted from the source: the
 //! scratch file is the file, size and time included, so the kernel may read and write it
 //! directly (FUSE passthrough) while requests that still come here see the same bytes.
@@ -11,15 +19,21 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
+use super::journal::{FileRecord, Journal, Record};
+use crate::inode::Ino;
 use crate::source::{NodeId, Source};
 use crate::Error;
 
 /// The copy-on-write state of one regular file.
 #[derive(Debug)]
 pub(crate) struct CowFile {
+    /// The inode, as the journal names it.
+    ino: Ino,
+    /// Durable: changes are journaled, and the data file outlives this value.
+    journal: Option<Arc<Journal>>,
     /// The source node whose bytes show through, if the file came from the source.
     origin: Option<NodeId>,
     path: PathBuf,
@@ -39,18 +53,28 @@ struct Inner {
     data: Option<File>,
     /// The scratch file holds every byte (`data` is set): size and time are its own.
     whole: bool,
+    /// Durable: written blocks not yet journaled.
+    pending: Blocks,
+    /// Durable: the data file was created and its name is not yet synced.
+    fresh: bool,
+    /// Durable: changed since its last record, which a sync must write.
+    unjournaled: bool,
 }
 
 impl CowFile {
     /// State for a file of `size` bytes whose bytes show through from `origin`.
     pub(crate) fn new(
+        ino: Ino,
         origin: Option<NodeId>,
         size: u64,
         mtime: SystemTime,
         path: PathBuf,
         block_size: u32,
+        journal: Option<Arc<Journal>>,
     ) -> Self {
         Self {
+            ino,
+            journal,
             origin,
             path,
             block_size: u64::from(block_size),
@@ -61,14 +85,86 @@ impl CowFile {
                 written: Blocks::default(),
                 data: None,
                 whole: false,
+                pending: Blocks::default(),
+                fresh: false,
+                unjournaled: false,
             }),
+        }
+    }
+
+    /// Durable state rebuilt from the journal: `record` is the file's first; apply the
+    /// others with [`Self::apply`], then [`Self::reopen`].
+    pub(crate) fn restore(record: &FileRecord, block_size: u32, journal: Arc<Journal>) -> Self {
+        let path = journal.dir().join(&record.data);
+        let origin = record.origin.then_some(record.ino);
+        Self::new(
+            record.ino,
+            origin,
+            record.size,
+            record.mtime,
+            path,
+            block_size,
+            Some(journal),
+        )
+    }
+
+    /// Applies a journal record of this file.
+    pub(crate) fn apply(&self, record: &FileRecord) -> Result<(), Error> {
+        let mut inner = self.write_lock()?;
+        if let Some(cut) = record.cut {
+            inner.written.truncate(cut);
+        }
+        inner.written.add_words(&record.words);
+        inner.size = record.size;
+        inner.source_len = record.source_len;
+        inner.mtime = record.mtime;
+        Ok(())
+    }
+
+    /// Opens the data file of rebuilt state, cut to the file's size: bytes past it were
+    /// written and never synced.
+    pub(crate) fn reopen(&self) -> Result<(), Error> {
+        let mut inner = self.write_lock()?;
+        let data = match OpenOptions::new().read(true).write(true).open(&self.path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && inner.written.is_empty() => {
+                return Ok(())
+            }
+            Err(e) => return Err(Error::context(e, format!("open {}", self.path.display()))),
+        };
+        data.set_len(inner.size)?;
+        inner.data = Some(data);
+        Ok(())
+    }
+
+    /// The whole state of this durable file as one record (for compaction).
+    pub(crate) fn snapshot(&self) -> Result<Record, Error> {
+        let inner = self.read_lock()?;
+        let mut record = self.record(&inner, None);
+        record.words = inner.written.words();
+        Ok(Record::File(record))
+    }
+
+    /// A record of the file's size and times, without blocks.
+    fn record(&self, inner: &Inner, cut: Option<u64>) -> FileRecord {
+        FileRecord {
+            ino: self.ino,
+            data: self.path.file_name().unwrap_or_default().to_owned(),
+            origin: self.origin.is_some(),
+            size: inner.size,
+            source_len: inner.source_len,
+            mtime: inner.mtime,
+            cut,
+            words: Vec::new(),
         }
     }
 
     /// State for a file whose complete content is `data`, kept at `path` in the scratch
     /// directory; the kernel may write to it behind our back.
-    pub(crate) fn whole(data: File, path: PathBuf, block_size: u32) -> Self {
+    pub(crate) fn whole(ino: Ino, data: File, path: PathBuf, block_size: u32) -> Self {
         Self {
+            ino,
+            journal: None,
             origin: None,
             path,
             block_size: u64::from(block_size),
@@ -79,6 +175,9 @@ impl CowFile {
                 written: Blocks::default(),
                 data: Some(data),
                 whole: true,
+                pending: Blocks::default(),
+                fresh: false,
+                unjournaled: false,
             }),
         }
     }
@@ -226,6 +325,7 @@ impl CowFile {
         }
         if inner.data.is_none() {
             inner.data = Some(self.create_data_file()?);
+            inner.fresh = true;
         }
         let first = offset / self.block_size;
         let last = (end - 1) / self.block_size;
@@ -235,10 +335,11 @@ impl CowFile {
         let data = inner.data.as_ref().expect("created above");
         data.write_all_at(buf, offset)?;
         for block in first..=last {
-            inner.written.insert(block);
+            self.mark(&mut inner, block);
         }
         inner.size = inner.size.max(end);
         inner.mtime = SystemTime::now();
+        inner.unjournaled = true;
         Ok(())
     }
 
@@ -251,8 +352,16 @@ impl CowFile {
             return Ok(());
         }
         if size < inner.size {
+            let cut = size.div_ceil(self.block_size);
             inner.source_len = inner.source_len.min(size);
-            inner.written.truncate(size.div_ceil(self.block_size));
+            inner.written.truncate(cut);
+            inner.pending.truncate(cut);
+            inner.size = size;
+            if let Some(journal) = &self.journal {
+                // Journaled first: the journal must never name blocks the data file lost.
+                journal.append(&[Record::File(self.record(&inner, Some(cut)))])?;
+                journal.sync()?;
+            }
             if let Some(data) = &inner.data {
                 // Zeroes the cut part of a stored block, keeping the invariant.
                 data.set_len(size)?;
@@ -260,6 +369,7 @@ impl CowFile {
         }
         inner.size = size;
         inner.mtime = SystemTime::now();
+        inner.unjournaled = true;
         Ok(())
     }
 
@@ -268,20 +378,53 @@ impl CowFile {
         let mut inner = self.write_lock()?;
         match inner.data.as_ref().filter(|_| inner.whole) {
             Some(data) => data.set_modified(mtime)?,
-            None => inner.mtime = mtime,
+            None => {
+                inner.mtime = mtime;
+                inner.unjournaled = true;
+            }
         }
         Ok(())
     }
 
-    /// Flushes the scratch file, if there is one, to the scratch disk.
+    /// Flushes the scratch file, if there is one, to the scratch disk; durable, then
+    /// journals (and syncs) what it now holds, with the file's size and time.
     pub(crate) fn sync(&self, datasync: bool) -> Result<(), Error> {
-        let inner = self.read_lock()?;
-        match &inner.data {
-            Some(data) if datasync => data.sync_data()?,
-            Some(data) => data.sync_all()?,
-            None => {}
+        let Some(journal) = &self.journal else {
+            let inner = self.read_lock()?;
+            match &inner.data {
+                Some(data) if datasync => data.sync_data()?,
+                Some(data) => data.sync_all()?,
+                None => {}
+            }
+            return Ok(());
+        };
+        // Locked throughout: a truncation must not slip in between the flush and the record.
+        let mut inner = self.write_lock()?;
+        if !inner.unjournaled {
+            // Synced and recorded already (PostgreSQL fsyncs every file at startup): what
+            // may be left is the journal's record of its name.
+            return journal.sync();
         }
-        Ok(())
+        if let Some(data) = &inner.data {
+            data.sync_data()?;
+        }
+        if inner.fresh {
+            journal.sync_dir()?;
+            inner.fresh = false;
+        }
+        let mut record = self.record(&inner, None);
+        record.words = std::mem::take(&mut inner.pending).words();
+        journal.append(&[Record::File(record)])?;
+        inner.unjournaled = false;
+        journal.sync()
+    }
+
+    /// Marks `block` as held by the data file.
+    fn mark(&self, inner: &mut Inner, block: u64) {
+        inner.written.insert(block);
+        if self.journal.is_some() {
+            inner.pending.insert(block);
+        }
     }
 
     /// Where the byte at `pos` comes from, and where the run of bytes with that origin
@@ -312,7 +455,8 @@ impl CowFile {
 
     /// Copies `block`'s source bytes to the scratch file before the write `[start, end)`
     /// lands on part of it. The whole block is copied, in one source read, so a write that
-    /// fails half-way leaves old bytes rather than a hole.
+    /// fails half-way leaves old bytes rather than a hole. Durable, past the source's bytes
+    /// the block is zeroed: the data file may hold stale bytes there from before a crash.
     fn fill_from_source(
         &self,
         inner: &mut Inner,
@@ -325,18 +469,26 @@ impl CowFile {
         let block_end = block_start + self.block_size;
         let source_end = block_end.min(inner.source_len);
         let covered = start <= block_start && end >= block_end;
-        if covered || inner.written.contains(block) || block_start >= source_end {
+        let durable = self.journal.is_some();
+        if covered || inner.written.contains(block) || (block_start >= source_end && !durable) {
             return Ok(());
         }
-        let origin = self
-            .origin
-            .expect("only files with an origin have source bytes");
-        let want = (source_end - block_start) as usize;
-        let bytes = source.read(origin, block_start, want as u32)?;
+        let mut bytes = match self.origin {
+            Some(origin) if block_start < source_end => {
+                let want = (source_end - block_start) as usize;
+                let mut bytes = source.read(origin, block_start, want as u32)?;
+                bytes.truncate(want);
+                bytes
+            }
+            _ => Vec::new(),
+        };
+        if durable {
+            bytes.resize(self.block_size as usize, 0);
+        }
         let data = inner.data.as_ref().expect("created before filling");
-        data.write_all_at(&bytes[..bytes.len().min(want)], block_start)?;
+        data.write_all_at(&bytes, block_start)?;
         // Mark it now: the first and last block may be the same one.
-        inner.written.insert(block);
+        self.mark(inner, block);
         Ok(())
     }
 
@@ -361,7 +513,15 @@ impl CowFile {
 }
 
 impl Drop for CowFile {
+    /// A throw-away data file goes with its state; a durable one once the journal's record
+    /// of its removal is synced (see [`Journal::drop_data`]; compaction removes any left).
     fn drop(&mut self) {
+        if let Some(journal) = &self.journal {
+            if self.inner.get_mut().is_ok_and(|i| i.data.is_some()) {
+                journal.drop_data(self.path.clone());
+            }
+            return;
+        }
         let created = self
             .inner
             .get_mut()
@@ -438,6 +598,21 @@ impl Blocks {
 
     fn insert(&mut self, block: u64) {
         *self.words.entry(block / 64).or_default() |= 1 << (block % 64);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// The set as (word, bits) pairs, for the journal.
+    fn words(&self) -> Vec<(u64, u64)> {
+        self.words.iter().map(|(&w, &b)| (w, b)).collect()
+    }
+
+    fn add_words(&mut self, words: &[(u64, u64)]) {
+        for &(word, bits) in words.iter().filter(|(_, b)| *b != 0) {
+            *self.words.entry(word).or_default() |= bits;
+        }
     }
 
     /// Removes every block from `first` on.

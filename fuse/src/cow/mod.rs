@@ -3,8 +3,15 @@
 //! and per-file block stores in the scratch directory, speaks inode numbers and errnos,
 //! and needs no kernel, so every semantic is unit-tested here. Without a scratch
 //! directory the layer is read-only and every change fails with EROFS.
+//!
+//! Durable ([`Overlay::durable`]): the same layer, with every change also journaled in its
+//! directory (see [`journal`]) so that it survives unmount and crashes as a local disk's
+//! files would: a change is in the journal before the reply (not yet synced), and
+//! `fsync`/`fsyncdir` sync the data file and the journal before replying.
 
+mod durable;
 pub(crate) mod file;
+pub(crate) mod journal;
 #[cfg(test)]
 mod tests;
 
@@ -17,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use self::file::CowFile;
+use self::journal::{Journal, NameChange};
 use crate::inode::{DirOverlay, Ino, Inode, InodeTable, FIRST_CREATED};
 use crate::source::{Kind, Source, MAX_NODE};
 use crate::Error;
@@ -88,6 +96,8 @@ pub(crate) struct Overlay {
     scratch: Option<PathBuf>,
     block_size: u32,
     table: Mutex<InodeTable>,
+    /// Durable: where every change is journaled.
+    journal: Option<Arc<Journal>>,
 }
 
 impl Overlay {
@@ -112,6 +122,7 @@ impl Overlay {
             scratch,
             block_size,
             table: Mutex::new(InodeTable::new()),
+            journal: None,
         })
     }
 
@@ -213,6 +224,10 @@ impl Overlay {
                 }
                 inode.pinned = true;
             }
+            if change.mode.is_some() || change.mtime.is_some() {
+                self.log_node(&mut table, ino);
+            }
+            self.commit(&mut table)?;
         }
         self.getattr(ino)
     }
@@ -267,6 +282,10 @@ impl Overlay {
     /// whole copy-on-write file, adopting the source's local copy on first use (with the
     /// blocks written before merged into it). None when there is none.
     fn local(&self, ino: Ino) -> Result<Option<File>, Error> {
+        if self.journal.is_some() {
+            // Adopting a copy is not journaled: a durable layer keeps to its own files.
+            return Ok(None);
+        }
         let mut table = self.table()?;
         if let Some(file) = table.get(ino).and_then(|inode| inode.file.clone()) {
             if let Some(local) = file.local()? {
@@ -321,7 +340,7 @@ impl Overlay {
             None => self.source.getattr(ino)?.mtime,
         };
         data.set_modified(mtime)?;
-        let file = Arc::new(CowFile::whole(data, data_path, self.block_size));
+        let file = Arc::new(CowFile::whole(ino, data, data_path, self.block_size));
         let local = file.local();
         inode.file = Some(file);
         inode.pinned = true;
@@ -363,11 +382,20 @@ impl Overlay {
         Ok(())
     }
 
-    /// Flushes the scratch data of `ino`, if it has any.
+    /// Flushes the scratch data of `ino`, if it has any; durable, its journaled changes
+    /// (and every change before them) too.
     pub(crate) fn fsync(&self, ino: Ino, datasync: bool) -> Result<(), Error> {
         let file = self.table()?.get(ino).and_then(|i| i.file.clone());
         match file {
             Some(file) => file.sync(datasync),
+            None => self.fsync_dir(),
+        }
+    }
+
+    /// Durable: makes every directory change so far durable. Otherwise nothing to do.
+    pub(crate) fn fsync_dir(&self) -> Result<(), Error> {
+        match &self.journal {
+            Some(journal) => journal.sync(),
             None => Ok(()),
         }
     }
@@ -399,11 +427,13 @@ impl Overlay {
             }
             None => self.add_node(parent, name, Kind::File, mode, |ino, inode, overlay| {
                 inode.file = Some(Arc::new(CowFile::new(
+                    ino,
                     None,
                     0,
                     SystemTime::now(),
                     overlay.data_path(ino),
                     overlay.block_size,
+                    overlay.journal.clone(),
                 )));
             }),
         }
@@ -440,7 +470,9 @@ impl Overlay {
             inode.pinned = true;
             inode.nlink += 1;
             inode.lookups += 1;
+            self.log_node(&mut table, ino);
             self.add_name(&mut table, newparent, newname, ino)?;
+            self.commit(&mut table)?;
         }
         self.getattr(ino)
     }
@@ -487,7 +519,8 @@ impl Overlay {
         }
         self.add_name(&mut table, newparent, newname, ino)?;
         self.entry(&mut table, ino)?.pinned = true;
-        Ok(())
+        self.log_node(&mut table, ino);
+        self.commit(&mut table)
     }
 
     pub(crate) fn statfs(&self) -> Result<Space, Error> {
@@ -548,7 +581,9 @@ impl Overlay {
         inode.mtime = Some(SystemTime::now());
         inode.lookups = 1;
         init(ino, inode, self);
+        self.log_node(&mut table, ino);
         self.add_name(&mut table, parent, name, ino)?;
+        self.commit(&mut table)?;
         drop(table);
         self.getattr(ino)
     }
@@ -571,7 +606,8 @@ impl Overlay {
             (false, _) => {}
         }
         self.remove_name(&mut table, parent, name)?;
-        self.unlink_inode(&mut table, ino)
+        self.unlink_inode(&mut table, ino)?;
+        self.commit(&mut table)
     }
 
     /// Rename may replace a file by a non-directory, or an empty directory by a directory.
@@ -597,6 +633,7 @@ impl Overlay {
         let inode = self.entry(table, ino)?;
         inode.pinned = true;
         inode.nlink = inode.nlink.saturating_sub(1);
+        self.log_node(table, ino);
         table.collect(ino);
         Ok(())
     }
@@ -682,7 +719,12 @@ impl Overlay {
             Some(node) if node == 0 || node > MAX_NODE => Err(Error::io(format!(
                 "{name:?} in node {parent}: node id {node} is out of range"
             ))),
-            found => Ok(found),
+            found => {
+                if let (Some(journal), Some(node)) = (&self.journal, found) {
+                    journal.learn(node, parent, name);
+                }
+                Ok(found)
+            }
         }
     }
 
@@ -735,9 +777,9 @@ impl Overlay {
         name: &OsStr,
         ino: Ino,
     ) -> Result<(), Error> {
-        self.dir_mut(table, dir)?
-            .entries
-            .insert(name.to_owned(), ino);
+        let overlay = self.dir_mut(table, dir)?;
+        overlay.entries.insert(name.to_owned(), ino);
+        self.log_name(table, dir, name, NameChange::Add(ino));
         Ok(())
     }
 
@@ -745,9 +787,11 @@ impl Overlay {
     fn remove_name(&self, table: &mut InodeTable, dir: Ino, name: &OsStr) -> Result<(), Error> {
         let overlay = self.dir_mut(table, dir)?;
         overlay.entries.remove(name);
-        if dir < FIRST_CREATED {
+        let hide = dir < FIRST_CREATED;
+        if hide {
             overlay.hidden.insert(name.to_owned());
         }
+        self.log_name(table, dir, name, NameChange::Remove { hide });
         Ok(())
     }
 
@@ -767,11 +811,13 @@ impl Overlay {
         let attr = self.source.getattr(ino)?;
         let mtime = inode.mtime.unwrap_or(attr.mtime);
         let file = Arc::new(CowFile::new(
+            ino,
             Some(ino),
             attr.size,
             mtime,
             self.data_path(ino),
             self.block_size,
+            self.journal.clone(),
         ));
         inode.file = Some(file.clone());
         inode.pinned = true;
@@ -786,7 +832,12 @@ impl Overlay {
         }
     }
 
+    /// A new data file for `ino`: named by inode when throw-away; durable, by a number of
+    /// its own (a source node's id may differ at the next mount).
     fn data_path(&self, ino: Ino) -> PathBuf {
+        if let Some(journal) = &self.journal {
+            return journal.new_data_path();
+        }
         self.scratch
             .as_ref()
             .expect("writable")

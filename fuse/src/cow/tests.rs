@@ -1,6 +1,7 @@
 //! The copy-on-write semantics, driven directly against a [`MemSource`], without a kernel.
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -868,4 +869,260 @@ fn file_changes_name_the_written_blocks_of_the_same_source_file() {
     f.create("dir", "new", b"created");
     assert_eq!(change("dir/new"), FileChange::Replaced);
     assert_eq!(change("dir/sub/c"), FileChange::Unchanged);
+}
+
+// The durable layer: state kept in its directory, rebuilt at the next open.
+
+/// The fixture's tree, built in another order, so its node ids differ from `fixture()`'s:
+/// the journal must name source nodes by path.
+fn reordered_source() -> Arc<MemSource> {
+    let mut src = MemSource::new(0o700);
+    src.add_symlink("link", "dir/a");
+    src.add_file("dir/sub/c", b"source c".to_vec(), 0o600);
+    src.add_file("dir/b", b"source b".to_vec(), 0o600);
+    src.add_file("dir/a", b"source a".to_vec(), 0o600);
+    src.add_file("big", pattern(3 * BSU + 100, 0), 0o600);
+    Arc::new(src)
+}
+
+fn durable_fixture() -> Fixture {
+    let f = fixture();
+    let overlay = Overlay::durable(f.source.clone(), f.scratch.path().join("cow"), BS).unwrap();
+    Fixture { overlay, ..f }
+}
+
+impl Fixture {
+    /// The layer opened again on its directory over the reordered source, after `close`
+    /// (a clean unmount) or without it (a crash of the process: what was written to the
+    /// journal file is there, synced or not).
+    fn reopen(self, clean: bool) -> Fixture {
+        if clean {
+            self.overlay.close().unwrap();
+        }
+        drop(self.overlay);
+        let source = reordered_source();
+        let overlay =
+            Overlay::durable(source.clone(), self.scratch.path().join("cow"), BS).unwrap();
+        Fixture {
+            overlay,
+            source,
+            scratch: self.scratch,
+        }
+    }
+
+    fn journal(&self) -> std::path::PathBuf {
+        self.scratch.path().join("cow").join(journal::JOURNAL)
+    }
+}
+
+/// Every kind of change, synced, then read back after a clean close or a crash.
+#[test]
+fn durable_changes_survive_close_and_crash() {
+    for clean in [true, false] {
+        let f = durable_fixture();
+        let dir = f.ino("dir");
+        f.write("big", BS as u64 + 10, b"XYZ");
+        f.overlay
+            .setattr(
+                f.ino("big"),
+                &SetAttr {
+                    size: Some(2 * BS as u64 + 5),
+                    ..SetAttr::default()
+                },
+            )
+            .unwrap();
+        f.create("dir", "new", b"created");
+        f.overlay
+            .rename(dir, OsStr::new("a"), ROOT, OsStr::new("moved"), false)
+            .unwrap();
+        f.overlay.unlink(dir, OsStr::new("b")).unwrap();
+        let sub = f
+            .overlay
+            .mkdir(ROOT, OsStr::new("made"), 0o750)
+            .unwrap()
+            .ino;
+        f.overlay
+            .symlink(sub, OsStr::new("ln"), Path::new("../moved"))
+            .unwrap();
+        f.overlay
+            .link(f.ino("dir/new"), sub, OsStr::new("hard"))
+            .unwrap();
+        f.overlay
+            .setattr(
+                f.ino("dir/sub/c"),
+                &SetAttr {
+                    mode: Some(0o640),
+                    ..SetAttr::default()
+                },
+            )
+            .unwrap();
+        f.overlay.rmdir(ROOT, OsStr::new("made")).unwrap_err();
+        f.overlay.fsync(f.ino("big"), false).unwrap();
+        f.overlay.fsync(f.ino("dir/new"), true).unwrap();
+        let expected_big = {
+            let mut b = pattern(3 * BSU + 100, 0);
+            b[BSU + 10..BSU + 13].copy_from_slice(b"XYZ");
+            b.truncate(2 * BSU + 5);
+            b
+        };
+        let f = f.reopen(clean);
+        assert_eq!(f.read_all("big"), expected_big, "clean: {clean}");
+        assert_eq!(f.overlay.stored_blocks(f.ino("big")).unwrap(), 1);
+        assert_eq!(f.names(""), ["big", "dir", "link", "made", "moved"]);
+        assert_eq!(f.names("dir"), ["new", "sub"]);
+        assert_eq!(f.read_all("moved"), b"source a");
+        assert_eq!(f.read_all("made/hard"), b"created");
+        assert_eq!(f.ino("made/hard"), f.ino("dir/new"));
+        assert_eq!(f.overlay.getattr(f.ino("dir/new")).unwrap().nlink, 2);
+        assert_eq!(
+            f.overlay.readlink(f.ino("made/ln")).unwrap(),
+            Path::new("../moved")
+        );
+        assert_eq!(f.overlay.getattr(f.ino("made")).unwrap().perm, 0o750);
+        assert_eq!(f.overlay.getattr(f.ino("dir/sub/c")).unwrap().perm, 0o640);
+        // It goes on working, and a file made now gets a fresh inode and data file.
+        let again = f.create("made", "later", b"later");
+        assert!(again > f.ino("dir/new"));
+        assert_eq!(f.read_all("made/later"), b"later");
+        assert_eq!(f.read_all("made/hard"), b"created");
+        f.assert_source_intact();
+    }
+}
+
+/// After a crash, blocks written and never synced read as before; a block of such bytes
+/// written again in part shows none of them; what the data file holds past the journaled
+/// size is cut.
+#[test]
+fn unsynced_writes_leave_no_trace_after_a_crash() {
+    let f = durable_fixture();
+    f.write("big", 0, &pattern(BSU, 7));
+    f.overlay.fsync(f.ino("big"), true).unwrap();
+    f.write("big", BS as u64, &pattern(BSU, 9)); // never synced
+    let tmp = f.create("", "tmp", &pattern(3 * BSU, 3));
+    f.overlay.fsync(tmp, false).unwrap();
+    f.overlay
+        .setattr(
+            tmp,
+            &SetAttr {
+                size: Some(BS as u64 + 1),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    f.overlay.fsync(tmp, false).unwrap();
+    // Grown again and written far out, unsynced: the data file holds bytes past the size.
+    f.overlay.write(tmp, 2 * BS as u64, b"late").unwrap();
+    f.create("", "never synced", b"lost");
+    let f = f.reopen(false);
+    assert_eq!(
+        f.read_all("never synced"),
+        b"",
+        "made, but its data never synced"
+    );
+    let big = f.read_all("big");
+    assert_eq!(&big[..BSU], &pattern(BSU, 7)[..]);
+    assert_eq!(&big[BSU..2 * BSU], &pattern(3 * BSU + 100, 0)[BSU..2 * BSU]);
+    let mut expected_tmp = pattern(3 * BSU, 3);
+    expected_tmp.truncate(BSU + 1);
+    assert_eq!(f.read_all("tmp"), expected_tmp);
+    // A short write into the block past the end: zeros around it, not the stale bytes.
+    let tmp = f.ino("tmp");
+    f.overlay.write(tmp, 2 * BS as u64 + 100, b"new").unwrap();
+    let read = f.read_all("tmp");
+    assert_eq!(read.len(), 2 * BSU + 103);
+    assert!(read[BSU + 1..2 * BSU + 100].iter().all(|&b| b == 0));
+    assert_eq!(&read[2 * BSU + 100..], b"new");
+}
+
+/// A change whose frame was cut short by a crash of the machine is not applied, and the
+/// journal goes on after it; so is one whose bytes are garbage.
+#[test]
+fn a_torn_journal_tail_is_ignored() {
+    let f = durable_fixture();
+    let kept = f.create("", "kept", b"kept");
+    f.overlay.fsync(kept, true).unwrap();
+    let whole = std::fs::metadata(f.journal()).unwrap().len();
+    let dir = f.ino("dir");
+    f.overlay
+        .rename(dir, OsStr::new("a"), ROOT, OsStr::new("moved"), false)
+        .unwrap();
+    let torn = std::fs::metadata(f.journal()).unwrap().len();
+    assert!(torn > whole + 8);
+    drop(f.overlay);
+    for cut in [whole + 3, torn - 1] {
+        let copy = tempfile::tempdir().unwrap();
+        let dir = copy.path().join("cow");
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(f.scratch.path().join("cow")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        let journal = dir.join(journal::JOURNAL);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let g = Fixture {
+            overlay: Overlay::durable(reordered_source(), dir, BS).unwrap(),
+            source: reordered_source(),
+            scratch: copy,
+        };
+        assert_eq!(g.names(""), ["big", "dir", "kept", "link"], "cut at {cut}");
+        assert_eq!(g.names("dir"), ["a", "b", "sub"]);
+        assert_eq!(g.read_all("kept"), b"kept");
+        // Garbage where the tail was: ignored too, and the journal is whole again.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .unwrap()
+            .write_all(&[0xff; 20])
+            .unwrap();
+        let g = g.reopen(false);
+        assert_eq!(g.names(""), ["big", "dir", "kept", "link"]);
+        g.overlay
+            .rename(g.ino("dir"), OsStr::new("b"), ROOT, OsStr::new("b2"), false)
+            .unwrap();
+        let g = g.reopen(false);
+        assert_eq!(g.names(""), ["b2", "big", "dir", "kept", "link"]);
+    }
+}
+
+/// A dropped file's data file goes once its removal is journaled and synced (or at the next
+/// open, had the process died first); the block size must not change.
+#[test]
+fn durable_housekeeping() {
+    let f = durable_fixture();
+    let tmp = f.create("", "tmp", b"gone soon");
+    f.overlay.fsync(tmp, false).unwrap();
+    let kept = f.create("", "kept", b"kept");
+    f.overlay.fsync(kept, false).unwrap();
+    let len = std::fs::metadata(f.journal()).unwrap().len();
+    f.overlay.fsync(kept, false).unwrap();
+    let again = std::fs::metadata(f.journal()).unwrap().len();
+    assert_eq!(again, len, "an unchanged file's fsync journals nothing");
+    f.overlay.unlink(ROOT, OsStr::new("tmp")).unwrap();
+    f.overlay.forget(tmp, 1).unwrap();
+    assert_eq!(
+        f.scratch_files().len(),
+        3,
+        "removal not synced: data file kept"
+    );
+    f.overlay.unlink(ROOT, OsStr::new("kept")).unwrap();
+    assert_eq!(f.scratch_files().len(), 3, "a held file keeps its data");
+    f.overlay.fsync_dir().unwrap();
+    assert_eq!(
+        f.scratch_files().len(),
+        2,
+        "journal, and the data of the held file"
+    );
+    assert_eq!(f.overlay.read(kept, 0, 10).unwrap(), b"kept");
+    let f = f.reopen(false);
+    assert_eq!(f.scratch_files().len(), 1, "the journal alone");
+    drop(f.overlay);
+    let Err(err) = Overlay::durable(reordered_source(), f.scratch.path().join("cow"), 4096) else {
+        panic!("opened with another block size");
+    };
+    assert_eq!(err.errno, libc::EUCLEAN, "{err}");
 }

@@ -19,6 +19,7 @@ pub struct TestMount {
     pub source: Arc<MemSource>,
     pub root: PathBuf,
     pub scratch: PathBuf,
+    durable: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -38,8 +39,8 @@ impl TestMount {
             "{} still mounted",
             self.root.display()
         );
-        // The copy-on-write layer is throw-away: nothing is left behind.
-        if let Ok(dir) = std::fs::read_dir(&self.scratch) {
+        // A throw-away copy-on-write layer leaves nothing behind.
+        if let (Ok(dir), false) = (std::fs::read_dir(&self.scratch), self.durable) {
             assert_eq!(dir.count(), 0, "scratch files left after unmount");
         }
     }
@@ -58,6 +59,8 @@ pub struct Setup {
     pub passthrough: bool,
     pub uid: u32,
     pub gid: u32,
+    /// A durable copy-on-write layer kept in this directory, instead of a throw-away one.
+    pub durable: Option<PathBuf>,
 }
 
 impl Default for Setup {
@@ -69,6 +72,7 @@ impl Default for Setup {
             passthrough: false,
             uid: 0,
             gid: 0,
+            durable: None,
         }
     }
 }
@@ -89,7 +93,11 @@ impl Setup {
         // Other users (postgres) must be able to reach the mountpoint.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = dir.path().join("mnt");
-        let scratch = dir.path().join("scratch");
+        let durable = self.durable.is_some();
+        let scratch = self
+            .durable
+            .clone()
+            .unwrap_or_else(|| dir.path().join("scratch"));
         std::fs::create_dir(&root).unwrap();
         let opts = MountOptions {
             fsname: "pgsnapfs-test".into(),
@@ -97,6 +105,7 @@ impl Setup {
             gid: self.gid,
             allow_other: self.allow_other,
             writable: self.writable.then(|| scratch.clone()),
+            durable,
             block_size: BLOCK as u32,
             threads: 4,
             writeback_cache: self.writeback_cache,
@@ -110,6 +119,7 @@ impl Setup {
             source,
             root,
             scratch,
+            durable,
             _dir: dir,
         }
     }

@@ -594,3 +594,40 @@ fn source_failures_reach_the_reader_and_the_mount_survives() {
         m.unmount();
     }
 }
+
+/// A durable layer, through the kernel: what was written, fsynced and renamed is there at the
+/// next mount of the same source on the same directory, and the journal is all that is left
+/// of files dropped.
+#[test]
+fn a_durable_mount_keeps_its_changes_across_unmount() {
+    let state = tempfile::tempdir().unwrap();
+    let setup = || Setup {
+        durable: Some(state.path().join("cow")),
+        writeback_cache: true,
+        ..Setup::default()
+    };
+    let m = setup().mount(source());
+    let dir = m.path("dir");
+    std::fs::write(dir.join("a"), b"changed a").unwrap();
+    let mut f = File::create(dir.join("new.tmp")).unwrap();
+    f.write_all(&pattern(3 * BLOCK + 5, 9)).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::rename(dir.join("new.tmp"), dir.join("new")).unwrap();
+    File::open(&dir).unwrap().sync_all().unwrap();
+    std::fs::write(m.path("gone"), b"x").unwrap();
+    std::fs::remove_file(m.path("gone")).unwrap();
+    std::fs::remove_file(dir.join("b")).unwrap();
+    m.unmount();
+
+    let m = setup().mount(source());
+    let dir = m.path("dir");
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"changed a");
+    assert_eq!(
+        std::fs::read(dir.join("new")).unwrap(),
+        pattern(3 * BLOCK + 5, 9)
+    );
+    assert!(!m.path("gone").exists() && !dir.join("b").exists());
+    assert_source_intact(&m);
+    m.unmount();
+}

@@ -107,7 +107,8 @@ impl Drop for Server {
     }
 }
 
-fn postgres_runs(writeback_cache: bool) {
+/// `durable`: the layer is kept there, and the cluster starts again on a second mount.
+fn postgres_runs(writeback_cache: bool, durable: Option<&Path>) {
     assert!(
         Path::new(BIN).join("postgres").exists(),
         "PostgreSQL 15 is not installed at {BIN}"
@@ -117,12 +118,13 @@ fn postgres_runs(writeback_cache: bool) {
         uid,
         gid,
         writeback_cache,
+        durable: durable.map(Path::to_owned),
         ..Setup::default()
     }
     .mount(MemSource::new(0o700));
     let side = tempfile::tempdir().unwrap();
     std::fs::set_permissions(side.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let server = Server {
+    let mut server = Server {
         data: m.path("data"),
         sockets: side.path().to_owned(),
         log: side.path().join("log"),
@@ -165,16 +167,38 @@ fn postgres_runs(writeback_cache: bool) {
     assert_eq!(server.sql("SELECT count(*) FROM t"), "80000");
     assert_eq!(server.sql("SELECT count(*) FROM t WHERE v = 'y'"), "26667");
     server.stop();
-    drop(server);
     m.unmount();
+    if let Some(dir) = durable {
+        // Mounted again on the kept layer: the cluster is all there, and takes writes.
+        let m = Setup {
+            uid,
+            gid,
+            writeback_cache,
+            durable: Some(dir.to_owned()),
+            ..Setup::default()
+        }
+        .mount(MemSource::new(0o700));
+        server.data = m.path("data");
+        server.start();
+        assert_eq!(server.sql("SELECT count(*) FROM t WHERE v = 'y'"), "26667");
+        server.sql("INSERT INTO t VALUES (0, 'again')");
+        server.stop();
+        m.unmount();
+    }
 }
 
 #[test]
 fn postgres_runs_on_a_writable_mount() {
-    postgres_runs(false);
+    postgres_runs(false, None);
 }
 
 #[test]
 fn postgres_runs_with_writeback_cache() {
-    postgres_runs(true);
+    postgres_runs(true, None);
+}
+
+#[test]
+fn postgres_runs_on_a_durable_mount_and_again_after_unmount() {
+    let state = tempfile::tempdir().unwrap();
+    postgres_runs(true, Some(&state.path().join("cow")));
 }
