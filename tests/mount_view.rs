@@ -230,7 +230,8 @@ fn repository_unchanged_by_mounts_servers_and_verify(store: Store) {
     pgsnapfs_as_root(&repo.args("verify", &["--json"])).assert_ok();
 
     // verify adds its record for the next incremental run (docs/operations.md, "Incremental
-    // verify"), and nothing else: backups, packs and WAL stay as they were.
+    // verify") and its status object for `metrics`, and nothing else: backups, packs and WAL
+    // stay as they were.
     let mut after = repo.digest();
     let record: Vec<String> = after
         .keys()
@@ -241,7 +242,16 @@ fn repository_unchanged_by_mounts_servers_and_verify(store: Store) {
         record.iter().any(|k| k.ends_with(&format!("/{id}"))),
         "verify recorded backup {id}: {record:?}"
     );
-    after.retain(|k, _| !k.starts_with("verified"));
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("status/system/") && k.ends_with("/verify")),
+        "verify recorded its status: {:?}",
+        after.keys().collect::<Vec<_>>()
+    );
+    after.retain(|k, _| {
+        !k.starts_with("verified") && !(k.starts_with("status/") && k.ends_with("/verify"))
+    });
     assert_same_tree(&before, &after, "the repository");
 }
 
