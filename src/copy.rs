@@ -3,8 +3,10 @@
 //! The two repositories may differ in back end and in encryption, so blob ids may differ
 //! (HMAC ids under different keys): a copied backup's chunk lists and trees are rewritten with
 //! the target's ids and places. Only chunks the target lacks are sent. What it has is known
-//! from its pack entry tables, and, cheaper, from a backup both repositories hold: the copy of
-//! an unchanged file reuses that backup's lists in the target without reading a chunk.
+//! from its pack entry tables (24 bytes a blob in memory, see [`Stored`]), and, cheaper, from
+//! a backup both repositories hold: the copy of an unchanged file reuses that backup's lists
+//! in the target without reading a chunk. Entry tables are not trusted while a gc runs: it
+//! may delete a pack no backup references (a killed copy's) under our feet.
 //!
 //! Order is the backup's: packs first, the manifest last, so a killed copy leaves no visible
 //! backup, and a rerun finds the packs it wrote in the entry tables and sends only the rest.
@@ -15,7 +17,7 @@ use crate::archive::{self, System};
 use crate::catalog::keys;
 use crate::error::{Error, Result};
 use crate::gc::Condemned;
-use crate::lock::Lease;
+use crate::lock::{self, Lease};
 use crate::store::backend::BackendError;
 use crate::store::pack::BlobType;
 use crate::store::snapshot::{Requests, Snapshot};
@@ -168,7 +170,13 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
     }
     let mut logical = 0;
     if !todo.is_empty() {
-        let mut copier = Copier::new(from, to, &opts, stored_blobs(to, &writing.id())?);
+        let stored = match gc_running(to)? {
+            // It may have surveyed before our lease and so delete any unreferenced pack at
+            // once: only blobs of manifests read under the lease (the base) are reused.
+            true => Stored::default(),
+            false => Stored::read(to, &condemned(to, &writing.id())?)?,
+        };
+        let mut copier = Copier::new(from, to, &opts, stored);
         for id in &todo {
             let Some(m) = by_id.get(id.as_str()) else {
                 continue;
@@ -260,25 +268,102 @@ fn common_base(
     Ok(same.then_some((base.root, theirs.root)))
 }
 
-/// Every blob the target's packs hold, by id, except in packs a gc run has condemned (they
-/// may go at any time). Entry tables carry no crc; a chunk reused from one gets its crc read.
-fn stored_blobs(to: &Repository, ours: &str) -> Result<HashMap<BlobId, (Loc, Option<u32>)>> {
-    let condemned = condemned(to, ours)?;
-    let mut known = HashMap::new();
-    for pack in to.packs()?.ids {
-        if condemned.contains(&pack) {
-            continue;
-        }
-        for e in to.pack_entries(&pack)? {
-            let loc = Loc {
-                pack,
+/// Whether a gc may be running: its exclusive lease is live, or a lease cannot be read. Such
+/// a gc may have listed the leases before ours, and then deletes the packs it finds
+/// unreferenced at once; one that starts later counts our lease and keeps them while we run.
+fn gc_running(to: &Repository) -> Result<bool> {
+    Ok(lock::list(to)?.iter().any(|f| {
+        !f.stale
+            && f.record
+                .as_ref()
+                .map_or(true, |r| r.exclusive && r.command == "gc")
+    }))
+}
+
+/// The target's blobs as its pack entry tables list them (except packs a gc run condemned:
+/// they may go at any time), sorted by the first 8 bytes of their ids: 24 bytes a blob,
+/// whatever the blob, plus 32 a pack. A match is confirmed by reading the blob.
+#[derive(Default)]
+struct Stored {
+    packs: Vec<PackId>,
+    slots: Vec<Slot>,
+}
+
+/// One blob of [`Stored`].
+#[derive(Clone, Copy)]
+struct Slot {
+    prefix: [u8; 8],
+    pack: u32,
+    offset: u32,
+    stored_len: u32,
+    len: u32,
+}
+
+impl Stored {
+    fn read(to: &Repository, condemned: &HashSet<PackId>) -> Result<Stored> {
+        let mut out = Stored::default();
+        for pack in to.packs()?.ids {
+            if condemned.contains(&pack) {
+                continue;
+            }
+            let index = out.packs.len() as u32;
+            out.packs.push(pack);
+            out.slots.extend(to.pack_entries(&pack)?.into_iter().map(|e| Slot {
+                prefix: prefix(&e.id),
+                pack: index,
                 offset: e.offset,
                 stored_len: e.stored_len,
-            };
-            known.insert(e.id, (loc, None));
+                len: e.len,
+            }));
         }
+        out.slots.sort_unstable_by_key(|s| s.prefix);
+        out.slots.shrink_to_fit();
+        Ok(out)
     }
-    Ok(known)
+
+    /// The slots whose id starts like `id`'s.
+    fn candidates(&self, id: &BlobId) -> &[Slot] {
+        let p = prefix(id);
+        let start = self.slots.partition_point(|s| s.prefix < p);
+        let end = start + self.slots[start..].partition_point(|s| s.prefix == p);
+        &self.slots[start..end]
+    }
+
+    /// Whether the target may hold `id` (a match of the prefix only).
+    fn may_hold(&self, id: &BlobId) -> bool {
+        !self.candidates(id).is_empty()
+    }
+
+    /// Where the target holds blob `id`, with the crc of its stored bytes: read and checked
+    /// against the id, so a blob sharing only the prefix (or damaged) is not taken.
+    fn find(&self, to: &Repository, id: &BlobId) -> Result<Option<(Loc, Option<u32>)>> {
+        for slot in self.candidates(id) {
+            let loc = Loc {
+                pack: self.packs[slot.pack as usize],
+                offset: slot.offset,
+                stored_len: slot.stored_len,
+            };
+            let key = keys::pack(&loc.pack);
+            let stored = match to.backend().get_range(
+                &key,
+                u64::from(loc.offset),
+                u64::from(loc.stored_len),
+            ) {
+                Err(e) if e.is_not_found() => continue,
+                other => other?,
+            };
+            if to.crypto().decode_blob(&stored, slot.len, id, &key).is_ok() {
+                return Ok(Some((loc, Some(crc32c::crc32c(&stored)))));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn prefix(id: &BlobId) -> [u8; 8] {
+    let mut p = [0; 8];
+    p.copy_from_slice(&id.0[..8]);
+    p
 }
 
 /// The packs of the target that a gc run condemned without counting lease `ours`: its next
@@ -302,8 +387,10 @@ struct Copier<'a> {
     to: &'a Repository,
     /// Whether both repositories compute the same id for the same content.
     same_ids: bool,
-    /// The target's blobs, by target id, with crcs where known.
-    known: HashMap<BlobId, (Loc, Option<u32>)>,
+    /// The target's blobs from before this run.
+    stored: Stored,
+    /// The blobs this run wrote, by target id, with crcs where recorded.
+    sent: HashMap<BlobId, (Loc, Option<u32>)>,
     /// Source tree and list ids already mapped to the target.
     refs: HashMap<BlobId, BlobRef>,
     /// Source chunk ids already mapped to the target.
@@ -326,14 +413,15 @@ impl<'a> Copier<'a> {
         from: &'a Repository,
         to: &'a Repository,
         opts: &'a CopyOptions,
-        known: HashMap<BlobId, (Loc, Option<u32>)>,
+        stored: Stored,
     ) -> Copier<'a> {
         let probe = b"pgsnapfs copy: do both repositories name blobs alike?";
         Copier {
             from,
             to,
             same_ids: from.crypto().id(probe) == to.crypto().id(probe),
-            known,
+            stored,
+            sent: HashMap::new(),
             refs: HashMap::new(),
             chunks: HashMap::new(),
             data: Packer::new(to, to.config.pack_size as usize),
@@ -452,7 +540,7 @@ impl<'a> Copier<'a> {
     fn must_read(&self, c: &Chunk) -> bool {
         c.loc.is_some()
             && !self.chunks.contains_key(&c.id)
-            && !(self.same_ids && self.known.contains_key(&c.id))
+            && !(self.same_ids && (self.sent.contains_key(&c.id) || self.stored.may_hold(&c.id)))
     }
 
     /// One chunk in the target: mapped already, held there, or sent; `data` is its content
@@ -467,17 +555,20 @@ impl<'a> Copier<'a> {
                 ..*done
             });
         }
-        let held = |id: &BlobId| self.known.get(id).copied();
-        let out = match held(&c.id).filter(|_| self.same_ids) {
-            Some(placed) => self.reuse(c.id, c.len, placed)?,
+        let held = match self.same_ids {
+            true => self.held(&c.id)?,
+            false => None,
+        };
+        let out = match held {
+            Some(placed) => self.reuse(c.id, c.len, placed),
             None => {
                 let data = match data {
                     Some(data) => data,
                     None => self.from.read_chunk(c)?,
                 };
                 let id = self.to.crypto().id(&data);
-                match held(&id) {
-                    Some(placed) => self.reuse(id, c.len, placed)?,
+                match self.held(&id)? {
+                    Some(placed) => self.reuse(id, c.len, placed),
                     None => self.send(id, &data)?,
                 }
             }
@@ -486,19 +577,26 @@ impl<'a> Copier<'a> {
         Ok(out)
     }
 
+    /// Where the target holds blob `id`: written by this run, or found in a pack before it.
+    fn held(&mut self, id: &BlobId) -> Result<Option<(Loc, Option<u32>)>> {
+        if let Some(placed) = self.sent.get(id) {
+            return Ok(Some(*placed));
+        }
+        let found = self.stored.find(self.to, id)?;
+        if let Some((loc, _)) = found {
+            self.reused.insert(loc.pack);
+        }
+        Ok(found)
+    }
+
     /// A chunk the target holds, with the crc its lists record.
-    fn reuse(&mut self, id: BlobId, len: u32, (loc, crc): (Loc, Option<u32>)) -> Result<Chunk> {
-        self.reused.insert(loc.pack);
-        let crc = match crc {
-            None if self.to.records_crcs() => Some(self.stored_crc(&loc)?),
-            crc => crc,
-        };
-        Ok(Chunk {
+    fn reuse(&mut self, id: BlobId, len: u32, (loc, crc): (Loc, Option<u32>)) -> Chunk {
+        Chunk {
             id,
             len,
             loc: Some(loc),
-            crc,
-        })
+            crc: crc.filter(|_| self.to.records_crcs()),
+        }
     }
 
     /// Sends a chunk the target lacks.
@@ -508,7 +606,7 @@ impl<'a> Copier<'a> {
         let len = data.len() as u32;
         let loc = self.data.add(id, BlobType::Data, &stored, len)?;
         let crc = self.to.records_crcs().then(|| crc32c::crc32c(&stored));
-        self.known.insert(id, (loc, crc));
+        self.sent.insert(id, (loc, crc));
         self.chunks_sent += 1;
         self.bytes_sent += u64::from(len);
         Ok(Chunk {
@@ -519,31 +617,18 @@ impl<'a> Copier<'a> {
         })
     }
 
-    /// The crc32c of a blob's stored bytes in the target, for a list that records crcs.
-    fn stored_crc(&self, loc: &Loc) -> Result<u32> {
-        let key = keys::pack(&loc.pack);
-        let stored =
-            self.to
-                .backend()
-                .get_range(&key, u64::from(loc.offset), u64::from(loc.stored_len))?;
-        Ok(crc32c::crc32c(&stored))
-    }
-
     /// Stores a rewritten tree or list blob for source blob `r`, unless the target holds it.
     fn store(&mut self, r: &BlobRef, kind: BlobType, data: &[u8]) -> Result<BlobRef> {
         let id = self.to.crypto().id(data);
-        let out = match self.known.get(&id) {
-            Some((loc, _)) => {
-                self.reused.insert(loc.pack);
-                BlobRef {
-                    id,
-                    loc: *loc,
-                    len: data.len() as u32,
-                }
-            }
+        let out = match self.held(&id)? {
+            Some((loc, _)) => BlobRef {
+                id,
+                loc,
+                len: data.len() as u32,
+            },
             None => {
                 let out = self.meta.add_blob(kind, data)?;
-                self.known.insert(id, (out.loc, None));
+                self.sent.insert(id, (out.loc, None));
                 out
             }
         };
@@ -765,6 +850,51 @@ mod tests {
         to.put_sealed(&keys::trash("r1"), &json).unwrap();
         assert_eq!(run(&from, &to, all()).unwrap().chunks_sent, 10);
         assert_eq!(rel(&to, "b1"), data);
+    }
+
+    #[test]
+    fn packs_of_a_killed_copy_are_not_reused_while_a_gc_runs() {
+        let from = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let to = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10 * CHUNK).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::create_dir(dir.path().join("base")).unwrap();
+        std::fs::write(dir.path().join("base/rel"), &data).unwrap();
+        backup(&from, dir.path(), "b1", 1);
+        run(&from, &to, all()).unwrap();
+        // As after a killed copy: packs no backup references.
+        to.delete_snapshot("b1").unwrap();
+        let orphans = to.packs().unwrap().ids;
+        // A gc surveyed before the copy's lease: it saw them unreferenced and nobody else
+        // alive, so it deletes them at once, whatever the copy does meanwhile.
+        let gc = Lease::exclusive(&to, "gc").unwrap();
+        let copied = run(&from, &to, all()).unwrap();
+        for p in &orphans {
+            to.delete_pack(p).unwrap();
+        }
+        drop(gc);
+        assert_eq!(copied.chunks_sent, 10);
+        assert_eq!(rel(&to, "b1"), data);
+        // With no gc running, a rerun's packs are found again.
+        to.delete_snapshot("b1").unwrap();
+        assert_eq!(run(&from, &to, all()).unwrap().chunks_sent, 0);
+        assert_eq!(rel(&to, "b1"), data);
+    }
+
+    #[test]
+    fn stored_blobs_are_confirmed_beyond_their_prefix() {
+        let to = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let mut packer = Packer::new(&to, 1 << 20);
+        let held = packer.add_blob(BlobType::Tree, b"held").unwrap();
+        packer.flush().unwrap();
+        let stored = Stored::read(&to, &HashSet::new()).unwrap();
+        assert_eq!(stored.find(&to, &held.id).unwrap().unwrap().0, held.loc);
+        // Another id with the same first 8 bytes: a candidate, but not the blob.
+        let mut twin = held.id;
+        twin.0[31] ^= 1;
+        assert!(stored.may_hold(&twin));
+        assert!(stored.find(&to, &twin).unwrap().is_none());
+        assert!(!stored.may_hold(&to.crypto().id(b"other")));
     }
 
     #[test]
