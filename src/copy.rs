@@ -14,7 +14,8 @@
 //! its own backups run alongside.
 
 use crate::archive::{self, System};
-use crate::catalog::keys;
+use crate::catalog::{keys, BackupMeta};
+use crate::pg::wal::{segment_of, WalFile};
 use crate::error::{Error, Result};
 use crate::gc::Condemned;
 use crate::lock::{self, Lease};
@@ -45,7 +46,8 @@ pub enum Selection {
 pub struct CopyOptions {
     /// The backups to copy.
     pub backups: Selection,
-    /// Also copy every archived WAL file (and its summary) the target lacks.
+    /// Copy every archived WAL file (and its summary) the target lacks, not only the WAL
+    /// of the selected backups (from start to stop, and history files), which is always copied.
     pub wal: bool,
     /// Called with the total bytes (logical) of the backups to copy, once known.
     pub total: Box<dyn Fn(u64)>,
@@ -164,10 +166,14 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
             .map(|m| m.size_logical)
             .sum(),
     );
-    // WAL first: a backup that appears in the target can be restored there at once.
-    if opts.wal {
-        copy_wal(from, to, &mut summary)?;
-    }
+    // WAL first: a backup that appears in the target can be restored there at once. Without
+    // `wal`, each selected backup's own WAL, which its restore cannot do without.
+    let selected = todo.iter().chain(&summary.backups_present);
+    let needed = match opts.wal {
+        true => None,
+        false => Some(backup_wal(selected.filter_map(|id| by_id.get(id.as_str()).copied()))?),
+    };
+    copy_wal(from, to, needed.as_ref(), &mut summary)?;
     let mut logical = 0;
     if !todo.is_empty() {
         let stored = match gc_running(to)? {
@@ -647,13 +653,71 @@ impl<'a> Copier<'a> {
     }
 }
 
-/// Copies every archived WAL file, summary and drop marker of every cluster the target
-/// lacks: summaries first, as `wal-push` writes them, so a segment in the target always has
-/// its summary. The WAL index is not copied: the target's `check` writes its own, and
-/// readers list the archive until then.
-fn copy_wal(from: &Repository, to: &Repository, summary: &mut CopySummary) -> Result<()> {
+/// The WAL a backup needs to become consistent: segments `first..=last` of its cluster, on its
+/// timeline or a later one (a standby promoted while it was backed up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BackupWal {
+    tli: u32,
+    first: u64,
+    last: u64,
+}
+
+/// The WAL ranges of `backups`, per cluster.
+fn backup_wal<'m>(
+    backups: impl Iterator<Item = &'m Manifest>,
+) -> Result<HashMap<u64, Vec<BackupWal>>> {
+    let mut out: HashMap<u64, Vec<BackupWal>> = HashMap::new();
+    for m in backups {
+        let meta: BackupMeta = serde_json::from_value(Value::Object(m.meta.clone()))
+            .map_err(|e| StoreError::corrupt(keys::snapshot(&m.id), e.to_string()))?;
+        let seg_size = meta.wal_segment_size;
+        out.entry(meta.sysid()).or_default().push(BackupWal {
+            tli: meta.timeline,
+            first: segment_of(meta.start_lsn, seg_size),
+            last: segment_of(meta.stop_lsn, seg_size),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether WAL file `name` is one `ranges` need: in a range, or a history file (recovery reads
+/// them to choose its timeline).
+fn wal_needed(name: &str, seg_size: u64, ranges: &[BackupWal]) -> bool {
+    let (tli, segno) = match WalFile::parse(name, seg_size) {
+        Some(WalFile::History { .. }) => return true,
+        Some(
+            WalFile::Segment { tli, segno }
+            | WalFile::Partial { tli, segno }
+            | WalFile::Backup { tli, segno, .. },
+        ) => (tli, segno),
+        None => return false,
+    };
+    ranges
+        .iter()
+        .any(|r| tli >= r.tli && (r.first..=r.last).contains(&segno))
+}
+
+/// Copies the archived WAL files, summaries and drop markers the target lacks: all of every
+/// cluster, or with `needed` only those of its clusters and ranges. Summaries first, as
+/// `wal-push` writes them, so a segment in the target always has its summary. The WAL index
+/// is not copied: the target's `check` writes its own, and readers list the archive until
+/// then.
+fn copy_wal(
+    from: &Repository,
+    to: &Repository,
+    needed: Option<&HashMap<u64, Vec<BackupWal>>>,
+    summary: &mut CopySummary,
+) -> Result<()> {
     for system in archive::systems(from)? {
-        copy_system_wal(from, to, &system, summary)?;
+        let seg_size = archive::segment_size(&system);
+        let wanted: Box<dyn Fn(&str) -> bool> = match needed {
+            None => Box::new(|_| true),
+            Some(needed) => match needed.get(&system.sysid()) {
+                Some(ranges) => Box::new(move |name| wal_needed(name, seg_size, ranges)),
+                None => continue,
+            },
+        };
+        copy_system_wal(from, to, &system, &*wanted, summary)?;
     }
     Ok(())
 }
@@ -662,6 +726,7 @@ fn copy_system_wal(
     from: &Repository,
     to: &Repository,
     system: &System,
+    wanted: &dyn Fn(&str) -> bool,
     summary: &mut CopySummary,
 ) -> Result<()> {
     archive::register_system(to, system)?;
@@ -674,6 +739,10 @@ fn copy_system_wal(
     ] {
         let have: BTreeSet<String> = to.backend().list(&prefix)?.into_iter().collect();
         for key in from.backend().list(&prefix)? {
+            let name = key.rsplit('/').next().unwrap_or(&key);
+            if !wanted(name) {
+                continue;
+            }
             if have.contains(&key) {
                 summary.wal_files_present += 1;
                 continue;
@@ -682,7 +751,7 @@ fn copy_system_wal(
             match to.put_sealed(&key, &payload) {
                 Err(StoreError::Backend(BackendError::Conflict { .. })) => {
                     return Err(Error::WalConflict {
-                        name: key.rsplit('/').next().unwrap_or(&key).to_string(),
+                        name: name.to_string(),
                         key,
                     })
                 }
@@ -716,7 +785,11 @@ mod tests {
         let nodes = ingest.read_dir(dir, "", None, &|_, _| Visit::Keep).unwrap();
         let root = ingest.write_dir(nodes, None).unwrap();
         let (stats, stored) = ingest.finish().unwrap();
-        let meta = serde_json::json!({"system_identifier": "7", "stop_lsn": id});
+        let meta = serde_json::json!({
+            "system_identifier": "7", "pg_major": 15, "pg_version": "15", "timeline": 1,
+            "start_lsn": "0/2000028", "stop_lsn": format!("0/{:X}", 0x2000100 + secs),
+            "wal_segment_size": 16777216, "backup_label": id, "tablespaces": [],
+        });
         let snap: Manifest = Snapshot {
             format: 1,
             id: id.into(),
@@ -895,6 +968,26 @@ mod tests {
         assert!(stored.may_hold(&twin));
         assert!(stored.find(&to, &twin).unwrap().is_none());
         assert!(!stored.may_hold(&to.crypto().id(b"other")));
+    }
+
+    #[test]
+    fn a_backup_needs_its_segments_on_its_timeline_and_later_and_every_history() {
+        let seg = 16 << 20;
+        let ranges = [BackupWal {
+            tli: 2,
+            first: 3,
+            last: 5,
+        }];
+        let needed = |name: &str| wal_needed(name, seg, &ranges);
+        assert!(needed("000000020000000000000003"));
+        assert!(needed("000000020000000000000005"));
+        assert!(needed("000000030000000000000004.partial"));
+        assert!(needed("000000020000000000000003.00000028.backup"));
+        assert!(needed("00000001.history"));
+        assert!(!needed("000000020000000000000006"));
+        assert!(!needed("000000020000000000000002"));
+        assert!(!needed("000000010000000000000004"));
+        assert!(!needed("not-wal"));
     }
 
     #[test]
