@@ -15,10 +15,10 @@
 
 use crate::archive::{self, System};
 use crate::catalog::{keys, BackupMeta};
-use crate::pg::wal::{segment_of, WalFile};
 use crate::error::{Error, Result};
 use crate::gc::Condemned;
 use crate::lock::{self, Lease};
+use crate::pg::wal::{segment_of, WalFile};
 use crate::store::backend::BackendError;
 use crate::store::pack::BlobType;
 use crate::store::snapshot::{Requests, Snapshot};
@@ -171,7 +171,9 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
     let selected = todo.iter().chain(&summary.backups_present);
     let needed = match opts.wal {
         true => None,
-        false => Some(backup_wal(selected.filter_map(|id| by_id.get(id.as_str()).copied()))?),
+        false => Some(backup_wal(
+            selected.filter_map(|id| by_id.get(id.as_str()).copied()),
+        )?),
     };
     copy_wal(from, to, needed.as_ref(), &mut summary)?;
     let mut logical = 0;
@@ -314,13 +316,14 @@ impl Stored {
             }
             let index = out.packs.len() as u32;
             out.packs.push(pack);
-            out.slots.extend(to.pack_entries(&pack)?.into_iter().map(|e| Slot {
-                prefix: prefix(&e.id),
-                pack: index,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                len: e.len,
-            }));
+            out.slots
+                .extend(to.pack_entries(&pack)?.into_iter().map(|e| Slot {
+                    prefix: prefix(&e.id),
+                    pack: index,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    len: e.len,
+                }));
         }
         out.slots.sort_unstable_by_key(|s| s.prefix);
         out.slots.shrink_to_fit();
@@ -350,14 +353,14 @@ impl Stored {
                 stored_len: slot.stored_len,
             };
             let key = keys::pack(&loc.pack);
-            let stored = match to.backend().get_range(
-                &key,
-                u64::from(loc.offset),
-                u64::from(loc.stored_len),
-            ) {
-                Err(e) if e.is_not_found() => continue,
-                other => other?,
-            };
+            let stored =
+                match to
+                    .backend()
+                    .get_range(&key, u64::from(loc.offset), u64::from(loc.stored_len))
+                {
+                    Err(e) if e.is_not_found() => continue,
+                    other => other?,
+                };
             if to.crypto().decode_blob(&stored, slot.len, id, &key).is_ok() {
                 return Ok(Some((loc, Some(crc32c::crc32c(&stored)))));
             }

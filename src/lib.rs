@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod copy;
+pub mod delta;
 pub mod dump;
 pub mod error;
 pub mod expire;

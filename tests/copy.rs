@@ -207,5 +207,9 @@ fn copy_without_wal_carries_the_backup_s_own_wal() {
         r2.objects("wal/").len() < r1.objects("wal/").len(),
         "only the backup's WAL: {done}"
     );
-    assert_eq!(restored_rows(&r2), want, "rows restored from the copy alone");
+    assert_eq!(
+        restored_rows(&r2),
+        want,
+        "rows restored from the copy alone"
+    );
 }
