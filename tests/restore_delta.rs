@@ -1,0 +1,120 @@
+//! `pgsnapfs restore --delta` over the data directory of a cluster that ran on after its
+//! backup (an old primary to re-seed): refused while its server runs and for another
+//! cluster's directory; a run killed midway leaves a directory that cannot start and that a
+//! rerun completes; the server then starts with the backup's rows, the files created after
+//! the backup are gone, far fewer bytes are written than the cluster holds, and a second
+//! run writes almost nothing.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+
+const ROWS: &str = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t";
+const DROPPED: &str = "SELECT count(*) || ':' || sum(id) FROM dropped";
+
+fn fill(c: &Cluster, from: u32, to: u32) {
+    c.psql(&format!(
+        "INSERT INTO t SELECT g, md5(g::text || random()::text)
+           FROM generate_series({from}, {to}) g;"
+    ));
+}
+
+#[test]
+fn delta_restore_over_an_old_primary() {
+    let repo = Repo::init();
+    let mut c = Cluster::archiving_to(&repo.spec);
+    c.psql(
+        "CREATE TABLE t(id int PRIMARY KEY, v text);
+         CREATE TABLE dropped AS SELECT g AS id FROM generate_series(1, 5000) g;",
+    );
+    fill(&c, 1, 30_000);
+    let backup = json_str(&repo.backup(&c), "id");
+    let want = c.psql(ROWS);
+    let want_dropped = c.psql(DROPPED);
+
+    // The cluster runs on: more rows, a new table, a dropped one.
+    fill(&c, 30_001, 35_000);
+    c.psql("CREATE TABLE created AS SELECT g AS id FROM generate_series(1, 1000) g");
+    let created = c
+        .data
+        .join(c.psql("SELECT pg_relation_filepath('created')"));
+    c.psql("DROP TABLE dropped; CHECKPOINT");
+    assert!(created.is_file());
+    let data = c.data.clone();
+    let delta = |extra: &[&str]| {
+        let mut args = vec!["--to", data.to_str().unwrap()];
+        args.extend_from_slice(&["--delta", "--backup", backup.as_str(), "--json"]);
+        args.extend_from_slice(extra);
+        repo.args("restore", &args)
+    };
+
+    // Refused while the server runs, and over another cluster's directory.
+    pgsnapfs(&delta(&[]))
+        .assert_exit(2)
+        .assert_mentions("a server is running");
+    let other = TestDir::new("other");
+    fs::create_dir(other.join("global")).unwrap();
+    let mut control = vec![0u8; 8192];
+    control[..8].copy_from_slice(&42u64.to_le_bytes());
+    control[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    fs::write(other.join("global/pg_control"), &control).unwrap();
+    let mut args = repo.args("restore", &["--to", other.path().to_str().unwrap()]);
+    args.extend(["--delta".to_string(), "--backup".into(), backup.clone()]);
+    pgsnapfs_as_root(&args)
+        .assert_exit(2)
+        .assert_mentions("holds cluster 42");
+    assert_eq!(fs::read(other.join("global/pg_control")).unwrap(), control);
+    c.stop();
+
+    // Killed after a few files: the directory cannot start; a rerun completes it.
+    let killed = run_command(pgsnapfs_command(&delta(&[])).env("PGSNAPFS_KILL_AT", "file:3"));
+    assert_eq!(
+        killed.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        killed.report()
+    );
+    assert!(!c.data.join("global/pg_control").exists());
+    assert!(Cluster::try_start_on(&c.data, &[]).is_err());
+
+    let first = pgsnapfs(&delta(&[])).assert_ok().json();
+    let written = json_u64(&first, "bytes_written");
+    let size = json_u64(&first, "bytes");
+    assert!(
+        written * 4 < size,
+        "{written} bytes written of {size}: {first}"
+    );
+    assert!(json_u64(&first, "bytes_compared") > written, "{first}");
+    assert!(json_u64(&first, "files_removed") > 0, "{first}");
+    assert!(
+        !created.exists(),
+        "a table created after the backup is gone"
+    );
+
+    // Right after, nothing differs but what the recovery settings change.
+    let second = pgsnapfs(&delta(&[])).assert_ok().json();
+    assert!(json_u64(&second, "bytes_written") <= 64 << 10, "{second}");
+    assert_eq!(
+        json_u64(&second, "files_removed"),
+        1,
+        "recovery.signal: {second}"
+    );
+
+    let restored = Cluster::start_on(&c.data);
+    assert_ne!(
+        restored.wait_until_paused_or_ready(),
+        RecoveryState::ShutDown
+    );
+    assert_eq!(restored.psql(ROWS), want, "the backup's rows");
+    assert_eq!(
+        restored.psql(DROPPED),
+        want_dropped,
+        "the dropped table is back"
+    );
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM pg_class WHERE relname = 'created'"),
+        "0"
+    );
+}
