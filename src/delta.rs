@@ -19,7 +19,7 @@ use crate::pitr::Plan;
 use crate::restore::{self, in_pool, lock, mkdir, RestoreOptions, Restored};
 use crate::store::backend::killpoint;
 use crate::store::tree::{BlobRef, Chunk, Node, NodeKind};
-use crate::store::Repository;
+use crate::store::{Repository, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -180,12 +180,18 @@ pub fn run(
         |tx| walker.dir(&snap.root, &opts.to, "", tx),
     )?;
     let (rewritten, archiving) = restore::settle(opts, &spaces)?;
+    // Written by this process: the owner's, like the rest.
+    for rel in rewritten
+        .iter()
+        .map(|r| r.path.as_str())
+        .chain(["recovery.signal"])
+    {
+        walker.claim(&opts.to.join(rel))?;
+    }
     let control = control.into_inner().unwrap_or_else(|e| e.into_inner());
     let Some(control) = control else {
-        return Err(Error::BadInput(format!(
-            "backup {} holds no {PG_CONTROL}: it is not a data directory",
-            snap.id
-        )));
+        let key = crate::catalog::keys::snapshot(&snap.id);
+        return Err(StoreError::corrupt(key, format!("the backup holds no {PG_CONTROL}")).into());
     };
     put_pg_control(repo, &opts.to, &control, owner)?;
     let (files, bytes) = totals.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -1,14 +1,16 @@
 //! `pgsnapfs restore --delta` over the data directory of a cluster that ran on after its
 //! backup (an old primary to re-seed): refused while its server runs and for another
-//! cluster's directory; a run killed midway leaves a directory that cannot start and that a
-//! rerun completes; the server then starts with the backup's rows, the files created after
-//! the backup are gone, far fewer bytes are written than the cluster holds, and a second
-//! run writes almost nothing.
+//! cluster's directory. Over a copy made by root: far fewer bytes are written than the
+//! cluster holds, the files created after the backup are gone, ownership and modes are
+//! fixed, and a second run writes only pg_control. Over the directory itself, runs killed
+//! after every second file leave a directory that cannot start, until one completes it; it
+//! then equals the copy, and the server starts with the backup's rows.
 
 mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 
 const ROWS: &str = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t";
@@ -68,18 +70,26 @@ fn delta_restore_over_an_old_primary() {
     assert_eq!(fs::read(other.join("global/pg_control")).unwrap(), control);
     c.stop();
 
-    // Killed after a few files: the directory cannot start; a rerun completes it.
-    let killed = run_command(pgsnapfs_command(&delta(&[])).env("PGSNAPFS_KILL_AT", "file:3"));
-    assert_eq!(
-        killed.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        killed.report()
-    );
-    assert!(!c.data.join("global/pg_control").exists());
-    assert!(Cluster::try_start_on(&c.data, &[]).is_err());
-
-    let first = pgsnapfs(&delta(&[])).assert_ok().json();
+    // A copy made by root, as after copying a directory back by hand: root owns its entries
+    // but the top, and a mode differs. A delta restore as root gives everything to the top
+    // directory's owner and sets the backed-up modes.
+    let aside = TestDir::new("aside");
+    let copy = aside.join("data");
+    run_command(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&c.data)
+            .arg(&copy),
+    )
+    .assert_ok();
+    chown_to_postgres(&copy);
+    fs::set_permissions(copy.join("PG_VERSION"), fs::Permissions::from_mode(0o644)).unwrap();
+    let delta_as_root = || {
+        let mut args = repo.args("restore", &["--to", copy.to_str().unwrap(), "--delta"]);
+        args.extend(["--backup".into(), backup.clone(), "--json".into()]);
+        pgsnapfs_as_root(&args).assert_ok().json()
+    };
+    let first = delta_as_root();
     let written = json_u64(&first, "bytes_written");
     let size = json_u64(&first, "bytes");
     assert!(
@@ -88,19 +98,51 @@ fn delta_restore_over_an_old_primary() {
     );
     assert!(json_u64(&first, "bytes_compared") > written, "{first}");
     assert!(json_u64(&first, "files_removed") > 0, "{first}");
+    let created_in_copy = copy.join(created.strip_prefix(&c.data).unwrap());
     assert!(
-        !created.exists(),
+        !created_in_copy.exists(),
         "a table created after the backup is gone"
     );
-
+    let postgres = machine().postgres_uid;
+    for path in files_below(&copy) {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.uid(), postgres, "{} is not postgres's", path.display());
+    }
+    let mode = fs::metadata(copy.join("PG_VERSION"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     // Right after, nothing differs but what the recovery settings change.
-    let second = pgsnapfs(&delta(&[])).assert_ok().json();
-    assert!(json_u64(&second, "bytes_written") <= 64 << 10, "{second}");
+    let second = delta_as_root();
+    assert_eq!(
+        json_u64(&second, "bytes_written"),
+        8192,
+        "pg_control: {second}"
+    );
     assert_eq!(
         json_u64(&second, "files_removed"),
         1,
         "recovery.signal: {second}"
     );
+
+    // Over the cluster's own directory, killed after every second file it writes, run after
+    // run: the directory cannot start until a run completes; it then equals the copy.
+    let mut kills = 0;
+    loop {
+        let run = run_command(pgsnapfs_command(&delta(&[])).env("PGSNAPFS_KILL_AT", "file:2"));
+        if run.status.success() {
+            break;
+        }
+        assert_eq!(run.status.signal(), Some(libc::SIGKILL), "{}", run.report());
+        assert!(!c.data.join("global/pg_control").exists());
+        if kills == 0 {
+            assert!(Cluster::try_start_on(&c.data, &[]).is_err());
+        }
+        kills += 1;
+    }
+    assert!(kills >= 2, "{kills} runs killed");
+    assert_same_tree(&tree_digest(&copy), &tree_digest(&c.data), "the directory");
 
     let restored = Cluster::start_on(&c.data);
     assert_ne!(
