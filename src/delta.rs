@@ -18,14 +18,15 @@ use crate::pg::control::ControlData;
 use crate::pitr::Plan;
 use crate::restore::{self, in_pool, lock, mkdir, RestoreOptions, Restored};
 use crate::store::backend::killpoint;
-use crate::store::tree::{BlobRef, Chunk, Node, NodeKind};
+use crate::store::tree::{BlobRef, Chunk, Node, NodeKind, LIST_FANOUT};
 use crate::store::{Repository, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Where pg_control waits while a delta restore runs.
 const PG_CONTROL: &str = "global/pg_control";
@@ -114,12 +115,33 @@ impl Owner {
     }
 }
 
-/// A file to bring to the backup's content.
-struct FileJob {
+/// The backup's pg_control, written last.
+struct Control {
     path: PathBuf,
     size: u64,
     mode: u32,
     lists: Vec<BlobRef>,
+}
+
+/// A file being brought to the backup's content: opened, with mode, owner and length set, by
+/// the walk; its chunk lists are compared by the pool, one job each, so the segments of a
+/// large relation are compared on every core.
+struct Target {
+    path: PathBuf,
+    file: fs::File,
+    /// Its length was changed.
+    resized: bool,
+    /// A chunk was written.
+    written: AtomicBool,
+    /// Jobs not finished yet.
+    left: AtomicUsize,
+}
+
+/// One chunk list of a file, starting at `offset`.
+struct ListJob {
+    target: Arc<Target>,
+    offset: u64,
+    list: BlobRef,
 }
 
 /// Brings `opts.to` to the plan's backup in place, then writes the recovery settings, as a
@@ -160,23 +182,19 @@ pub fn run(
     let spaces = restore::locations(snap, opts);
     let counts = Mutex::new(DeltaCounts::default());
     let totals = Mutex::new((0u64, 0u64));
-    let control: Mutex<Option<FileJob>> = Mutex::new(None);
+    let control: Mutex<Option<Control>> = Mutex::new(None);
     let walker = Walker {
         repo,
         spaces: &spaces,
         owner,
+        chunk_size: u64::from(snap.chunk_size),
         counts: &counts,
+        totals: &totals,
         control: &control,
     };
     in_pool(
         opts.threads,
-        &|job: FileJob| {
-            sync_file(repo, &job, owner, &counts, &*opts.progress)?;
-            let mut t = lock(&totals);
-            t.0 += 1;
-            t.1 += job.size;
-            Ok(())
-        },
+        &|job: ListJob| sync_list(repo, &job, &counts, &*opts.progress),
         |tx| walker.dir(&snap.root, &opts.to, "", tx),
     )?;
     let (rewritten, archiving) = restore::settle(opts, &spaces)?;
@@ -288,7 +306,7 @@ fn set_aside_pg_control(dir: &Path) -> Result<()> {
 
 /// Writes the backup's pg_control (temporary name, fsync, rename), then drops the one set
 /// aside: the directory can be started from now on.
-fn put_pg_control(repo: &Repository, dir: &Path, job: &FileJob, owner: Owner) -> Result<()> {
+fn put_pg_control(repo: &Repository, dir: &Path, job: &Control, owner: Owner) -> Result<()> {
     let data = repo.read_file(&job.lists)?;
     let tmp = dir.join("global/pg_control.pgsnapfs-tmp");
     let mut f = OpenOptions::new()
@@ -327,9 +345,12 @@ struct Walker<'a> {
     repo: &'a Repository,
     spaces: &'a HashMap<u32, PathBuf>,
     owner: Owner,
+    chunk_size: u64,
     counts: &'a Mutex<DeltaCounts>,
+    /// Regular files of the backup and their bytes.
+    totals: &'a Mutex<(u64, u64)>,
     /// The backup's pg_control, written last.
-    control: &'a Mutex<Option<FileJob>>,
+    control: &'a Mutex<Option<Control>>,
 }
 
 impl Walker<'_> {
@@ -338,7 +359,7 @@ impl Walker<'_> {
         tree: &BlobRef,
         dest: &Path,
         rel: &str,
-        files: &crossbeam_channel::Sender<FileJob>,
+        files: &crossbeam_channel::Sender<ListJob>,
     ) -> Result<()> {
         let nodes = self.repo.load_dir(tree)?.entries;
         let Listing {
@@ -396,16 +417,35 @@ impl Walker<'_> {
                     self.claim(&path)?;
                 }
                 NodeKind::File { size, lists } => {
-                    let job = FileJob {
-                        path,
-                        size: *size,
-                        mode: node.mode & 0o7777,
-                        lists: lists.clone(),
-                    };
+                    let mode = node.mode & 0o7777;
                     if rel_child == PG_CONTROL {
-                        *lock(self.control) = Some(job);
-                    } else if files.send(job).is_err() {
-                        break;
+                        *lock(self.control) = Some(Control {
+                            path,
+                            size: *size,
+                            mode,
+                            lists: lists.clone(),
+                        });
+                        continue;
+                    }
+                    {
+                        let mut t = lock(self.totals);
+                        t.0 += 1;
+                        t.1 += size;
+                    }
+                    let target = open_target(path, *size, mode, self.owner, lists.len())?;
+                    if lists.is_empty() {
+                        finish(&target, self.counts);
+                    }
+                    let span = self.chunk_size * LIST_FANOUT as u64;
+                    for (i, list) in lists.iter().enumerate() {
+                        let job = ListJob {
+                            target: target.clone(),
+                            offset: i as u64 * span,
+                            list: *list,
+                        };
+                        if files.send(job).is_err() {
+                            return Ok(());
+                        }
                     }
                 }
             }
@@ -481,80 +521,109 @@ fn list(dir: &Path) -> Result<Listing> {
     Ok(out)
 }
 
-/// Brings one file to the backup's content: each chunk on disk is hashed and compared with
-/// the backup's; those that differ are fetched and written, then the length is set.
-fn sync_file(
-    repo: &Repository,
-    job: &FileJob,
+/// Opens (or creates) a file to bring over, with the backed-up mode, the owner, and the
+/// backup's length: cut or extended with a hole first, so every chunk compares against what
+/// is there (an all-zero chunk past the old end already matches).
+fn open_target(
+    path: PathBuf,
+    size: u64,
+    mode: u32,
     owner: Owner,
-    counts: &Mutex<DeltaCounts>,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<()> {
-    let werr = || io(format!("write {}", job.path.display()));
-    let f = OpenOptions::new()
+    jobs: usize,
+) -> Result<Arc<Target>> {
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(job.mode)
-        .open(&job.path)
-        .map_err(io(format!("open {}", job.path.display())))?;
-    let meta = f
+        .mode(mode)
+        .open(&path)
+        .map_err(io(format!("open {}", path.display())))?;
+    let meta = file
         .metadata()
-        .map_err(io(format!("stat {}", job.path.display())))?;
-    if meta.permissions().mode() & 0o7777 != job.mode {
-        f.set_permissions(fs::Permissions::from_mode(job.mode))
-            .map_err(io(format!("chmod {}", job.path.display())))?;
+        .map_err(io(format!("stat {}", path.display())))?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io(format!("chmod {}", path.display())))?;
     }
-    owner.claim(&job.path, &meta)?;
-    let on_disk = meta.len();
-    let chunks = repo.file_chunks(&job.lists)?;
+    owner.claim(&path, &meta)?;
+    let resized = meta.len() != size;
+    if resized {
+        file.set_len(size)
+            .map_err(io(format!("truncate {}", path.display())))?;
+    }
+    Ok(Arc::new(Target {
+        path,
+        file,
+        resized,
+        written: AtomicBool::new(false),
+        left: AtomicUsize::new(jobs),
+    }))
+}
+
+/// Brings one chunk list of a file to the backup's content: each chunk on disk is hashed and
+/// compared with the backup's; those that differ are fetched and written.
+fn sync_list(
+    repo: &Repository,
+    job: &ListJob,
+    counts: &Mutex<DeltaCounts>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let t = &job.target;
+    let chunks = repo.load_chunk_list(&job.list)?;
     let (mut compared, mut written) = (0u64, 0u64);
-    let mut offset = 0u64;
+    let mut offset = job.offset;
     let mut buf = Vec::new();
     for part in chunks.chunks(BATCH) {
+        let span: u64 = part.iter().map(|c| u64::from(c.len)).sum();
+        buf.resize(span as usize, 0);
+        t.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(io(format!("read {}", t.path.display())))?;
         let mut differ: Vec<(u64, Chunk)> = Vec::new();
+        let mut at = 0usize;
         for c in part {
-            let len = u64::from(c.len);
-            if offset < on_disk {
-                let have = len.min(on_disk - offset);
-                buf.resize(have as usize, 0);
-                f.read_exact_at(&mut buf, offset)
-                    .map_err(io(format!("read {}", job.path.display())))?;
-                compared += have;
-                let same = have == len
-                    && match c.loc {
-                        None => buf.iter().all(|b| *b == 0),
-                        Some(_) => repo.crypto().id(&buf) == c.id,
-                    };
-                if !same {
-                    differ.push((offset, *c));
-                }
-            } else if c.loc.is_some() {
-                // Past the end on disk: an all-zero chunk is the hole `set_len` leaves.
-                differ.push((offset, *c));
+            let have = &buf[at..at + c.len as usize];
+            let same = match c.loc {
+                None => have.iter().all(|b| *b == 0),
+                Some(_) => repo.crypto().id(have) == c.id,
+            };
+            if !same {
+                differ.push((offset + at as u64, *c));
             }
-            progress(len);
-            offset += len;
+            at += c.len as usize;
         }
         let stored: Vec<Chunk> = differ.iter().map(|(_, c)| *c).collect();
         for ((at, c), data) in differ.iter().zip(repo.read_chunks(&stored)?) {
-            f.write_all_at(&data, *at).map_err(werr())?;
+            t.file
+                .write_all_at(&data, *at)
+                .map_err(io(format!("write {}", t.path.display())))?;
             written += u64::from(c.len);
         }
+        compared += span;
+        offset += span;
+        progress(span);
     }
-    if on_disk != job.size {
-        f.set_len(job.size).map_err(werr())?;
+    {
+        let mut counts = lock(counts);
+        counts.bytes_compared += compared;
+        counts.bytes_written += written;
     }
-    let mut counts = lock(counts);
-    counts.bytes_compared += compared;
-    counts.bytes_written += written;
-    if written > 0 || on_disk != job.size {
-        counts.files_written += 1;
-        drop(counts);
-        killpoint::file_written(&job.path);
+    if written > 0 {
+        t.written.store(true, Ordering::Relaxed);
+    }
+    if t.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+        finish(t, counts);
     }
     Ok(())
+}
+
+/// Counts a file whose jobs are all done, if anything in it changed; its kill point.
+fn finish(t: &Target, counts: &Mutex<DeltaCounts>) {
+    if t.resized || t.written.load(Ordering::Relaxed) {
+        lock(counts).files_written += 1;
+        killpoint::file_written(&t.path);
+    }
 }
 
 #[cfg(test)]
@@ -652,13 +721,47 @@ mod tests {
         assert_eq!(steps, want);
     }
 
+    #[test]
+    fn which_cluster_and_whether_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(held_cluster(&d.join("missing")).unwrap(), Held::Empty);
+        assert_eq!(held_cluster(d).unwrap(), Held::Empty);
+        fs::write(d.join("notes"), "x").unwrap();
+        assert!(matches!(held_cluster(d).unwrap(), Held::Unknown(_)));
+        fs::create_dir(d.join("global")).unwrap();
+        let mut control = vec![0u8; 64];
+        control[..8].copy_from_slice(&42u64.to_le_bytes());
+        control[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(d.join(SET_ASIDE), &control).unwrap();
+        assert_eq!(
+            held_cluster(d).unwrap(),
+            Held::Cluster(42),
+            "set aside by a killed run"
+        );
+        set_aside_pg_control(d).unwrap();
+        assert!(d.join(SET_ASIDE).exists());
+
+        assert!(refuse_running(d).is_ok());
+        fs::write(
+            d.join("postmaster.pid"),
+            format!("{}\n{}\n", std::process::id(), d.display()),
+        )
+        .unwrap();
+        assert!(matches!(refuse_running(d), Err(Error::BadInput(_))));
+        // A server that crashed left its file; nothing runs under that PID now.
+        fs::write(d.join("postmaster.pid"), "999999999\n").unwrap();
+        assert!(refuse_running(d).is_ok());
+    }
+
     /// A file brought to a backup's content: only the differing chunk is written, a longer
     /// file is cut, and a second pass writes nothing.
     #[test]
     fn only_differing_chunks_are_written() {
         let repo = Repository::init(Arc::new(MemoryBackend::default()), CHUNK, 3).unwrap();
         let src = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..10 * CHUNK as usize)
+        // Two chunk lists: the second is compared by a job of its own.
+        let data: Vec<u8> = (0..(LIST_FANOUT + 10) * CHUNK as usize)
             .map(|i| (i * 7 % 251) as u8)
             .collect();
         let mut with_zeros = data.clone();
@@ -672,27 +775,34 @@ mod tests {
         let NodeKind::File { size, lists } = &nodes[0].kind else {
             panic!("not a file")
         };
+        assert_eq!(lists.len(), 2);
 
         let dest = tempfile::tempdir().unwrap();
         let path = dest.path().join("rel");
         let mut on_disk = with_zeros.clone();
-        on_disk[7 * CHUNK as usize] ^= 1;
+        on_disk[(LIST_FANOUT + 7) * CHUNK as usize] ^= 1;
         on_disk[4 * CHUNK as usize] = 1;
         on_disk.extend_from_slice(&[9; 100]);
         fs::write(&path, &on_disk).unwrap();
-        let job = FileJob {
-            path: path.clone(),
-            size: *size,
-            mode: 0o600,
-            lists: lists.clone(),
-        };
         let me = fs::metadata(dest.path()).unwrap();
         let owner = Owner {
             uid: me.uid(),
             gid: me.gid(),
         };
+        // The walk's part, then each list's job.
+        let sync = |counts: &Mutex<DeltaCounts>| {
+            let target = open_target(path.clone(), *size, 0o600, owner, lists.len()).unwrap();
+            for (i, list) in lists.iter().enumerate() {
+                let job = ListJob {
+                    target: target.clone(),
+                    offset: (i * LIST_FANOUT) as u64 * u64::from(CHUNK),
+                    list: *list,
+                };
+                sync_list(&repo, &job, counts, &|_| {}).unwrap();
+            }
+        };
         let counts = Mutex::new(DeltaCounts::default());
-        sync_file(&repo, &job, owner, &counts, &|_| {}).unwrap();
+        sync(&counts);
         assert_eq!(fs::read(&path).unwrap(), with_zeros);
         let c = lock(&counts).clone();
         assert_eq!(c.bytes_written, 2 * u64::from(CHUNK));
@@ -704,13 +814,13 @@ mod tests {
         assert_eq!(c.files_written, 1);
 
         let again = Mutex::new(DeltaCounts::default());
-        sync_file(&repo, &job, owner, &again, &|_| {}).unwrap();
+        sync(&again);
         assert_eq!(lock(&again).bytes_written, 0);
         assert_eq!(lock(&again).files_written, 0);
 
         // A missing file is written whole (zeros as a hole).
         fs::remove_file(&path).unwrap();
-        sync_file(&repo, &job, owner, &again, &|_| {}).unwrap();
+        sync(&again);
         assert_eq!(fs::read(&path).unwrap(), with_zeros);
     }
 }
