@@ -8,9 +8,11 @@
 #      restore to the backup's end (pgbackrest restore --delta --type=immediate; pgsnapfs restore
 #      --delta --backup ID), timed; then a server started on it must pause at the target with
 #      the noted row count;
-#   4. for scale, a plain pgsnapfs restore into an empty directory.
-# Rows: delta_restore (tool pgbackrest, pgsnapfs, pgsnapfs-full), with pgsnapfs's bytes
-# compared and written. Printed on stderr for docs/benchmarks.md. Needs BIN, SOCK, PORT, DATA,
+#   4. each tool's delta restore again over its directory once that server stopped (little
+#      differs: what the paused recovery wrote), page cache dropped;
+#   5. for scale, a plain pgsnapfs restore into an empty directory.
+# Rows: delta_restore and delta_restore_again (tool pgbackrest, pgsnapfs), delta_restore
+# pgsnapfs-full, with pgsnapfs's bytes compared and written. Printed on stderr for docs/benchmarks.md. Needs BIN, SOCK, PORT, DATA,
 # RESULTS, BENCH, PG_BIN and the helpers of scripts/bench; leaves the server running.
 
 # delta_check DIR TOOL: a server on DIR pauses at the target with the noted rows.
@@ -56,22 +58,29 @@ delta_rows() {
     local size
     size=$(bytes_of "$DATA")
 
+    local key
     dir=$(delta_copy)
-    measure delta_restore pgbackrest 1 -- "${PGRUN[@]}" pgbackrest --config="$conf" --stanza=bench \
-        restore --delta --pg1-path="$dir" --type=immediate --target-action=pause ||
-        die "pgbackrest restore --delta failed"
-    rec delta_restore pgbackrest 1 dir_bytes="$size"
-    delta_check "$dir" pgbackrest
+    for key in delta_restore delta_restore_again; do
+        drop_caches
+        measure "$key" pgbackrest 1 -- "${PGRUN[@]}" pgbackrest --config="$conf" --stanza=bench \
+            restore --delta --pg1-path="$dir" --type=immediate --target-action=pause ||
+            die "pgbackrest restore --delta failed"
+        rec "$key" pgbackrest 1 dir_bytes="$size"
+        delta_check "$dir" pgbackrest
+    done
 
     dir=$(delta_copy)
     out="$BENCH/delta-restore.json"
-    measure delta_restore pgsnapfs 1 --stdout "$out" -- "${PGRUN[@]}" "$BIN" restore --repo "$snap" \
-        --to "$dir" --delta --backup "$id" --json || die "pgsnapfs restore --delta failed"
-    rec delta_restore pgsnapfs 1 dir_bytes="$size" bytes="$(json_get "$out" bytes)" \
-        bytes_compared="$(json_get "$out" bytes_compared)" \
-        bytes_written="$(json_get "$out" bytes_written)" \
-        files_written="$(json_get "$out" files_written)" files_removed="$(json_get "$out" files_removed)"
-    delta_check "$dir" pgsnapfs
+    for key in delta_restore delta_restore_again; do
+        drop_caches
+        measure "$key" pgsnapfs 1 --stdout "$out" -- "${PGRUN[@]}" "$BIN" restore --repo "$snap" \
+            --to "$dir" --delta --backup "$id" --json || die "pgsnapfs restore --delta failed"
+        rec "$key" pgsnapfs 1 dir_bytes="$size" bytes="$(json_get "$out" bytes)" \
+            bytes_compared="$(json_get "$out" bytes_compared)" \
+            bytes_written="$(json_get "$out" bytes_written)" \
+            files_written="$(json_get "$out" files_written)" files_removed="$(json_get "$out" files_removed)"
+        delta_check "$dir" pgsnapfs
+    done
     rm -rf "$dir"
 
     dir="$BENCH/states/delta-full"
@@ -89,18 +98,20 @@ delta_print() {
     python3 - "$RESULTS" <<'PY' >&2
 import json, sys
 rs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def get(t):
+def get(k, t):
     out = {}
     for r in rs:
-        if r["key"] == "delta_restore" and r["tool"] == t:
+        if r["key"] == k and r["tool"] == t:
             out.update(r)
     return out
-br, sn, full = get("pgbackrest"), get("pgsnapfs"), get("pgsnapfs-full")
 mib = lambda b: f"{(b or 0) / 1048576:.1f} MiB"
-print("| delta restore of the data directory after pgbench | time | peak memory | written |")
+mem = lambda r: f"{(r.get('peak_rss_kb') or 0) // 1024} MiB"
+print("| delta restore of the data directory | pgBackRest `restore --delta` | pgsnapfs `restore --delta` | pgsnapfs wrote |")
 print("|---|---|---|---|")
-print(f"| pgBackRest `restore --delta` | {br.get('wall_s')} s | {(br.get('peak_rss_kb') or 0) // 1024} MiB | |")
-print(f"| pgsnapfs `restore --delta` | {sn.get('wall_s')} s | {(sn.get('peak_rss_kb') or 0) // 1024} MiB | {mib(sn.get('bytes_written'))} of {mib(sn.get('bytes'))} compared {mib(sn.get('bytes_compared'))}, {sn.get('files_removed')} files removed |")
-print(f"| pgsnapfs plain `restore` (empty directory) | {full.get('wall_s')} s | {(full.get('peak_rss_kb') or 0) // 1024} MiB | all |")
+for k, what in (("delta_restore", "after backup + pgbench"), ("delta_restore_again", "again, after the check's start")):
+    br, sn = get(k, "pgbackrest"), get(k, "pgsnapfs")
+    print(f"| {what} | {br.get('wall_s')} s, {mem(br)} | {sn.get('wall_s')} s, {mem(sn)} | {mib(sn.get('bytes_written'))} of {mib(sn.get('bytes'))}, {sn.get('files_removed')} files removed |")
+full = get("delta_restore", "pgsnapfs-full")
+print(f"| plain restore into an empty directory | | {full.get('wall_s')} s, {mem(full)} | all |")
 PY
 }
