@@ -4,7 +4,8 @@
 //! cluster holds, the files created after the backup are gone, ownership and modes are
 //! fixed, and a second run writes only pg_control. Over the directory itself, runs killed
 //! after every second file leave a directory that cannot start, until one completes it; it
-//! then equals the copy, and the server starts with the backup's rows.
+//! then equals the copy, and the server starts with the backup's rows, those of a table in a
+//! tablespace included.
 
 mod common;
 
@@ -15,6 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 
 const ROWS: &str = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t";
 const DROPPED: &str = "SELECT count(*) || ':' || sum(id) FROM dropped";
+const IN_TS: &str = "SELECT count(*) || ':' || sum(id) FROM in_ts";
 
 fn fill(c: &Cluster, from: u32, to: u32) {
     c.psql(&format!(
@@ -27,17 +29,23 @@ fn fill(c: &Cluster, from: u32, to: u32) {
 fn delta_restore_over_an_old_primary() {
     let repo = Repo::init();
     let mut c = Cluster::archiving_to(&repo.spec);
-    c.psql(
+    let location = c.dir().subdir("tablespace", 0o700);
+    c.psql(&format!(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
-         CREATE TABLE dropped AS SELECT g AS id FROM generate_series(1, 5000) g;",
-    );
+         CREATE TABLE dropped AS SELECT g AS id FROM generate_series(1, 5000) g;
+         CREATE TABLESPACE ts LOCATION '{}';
+         CREATE TABLE in_ts TABLESPACE ts AS SELECT g AS id FROM generate_series(1, 3000) g;",
+        location.display()
+    ));
     fill(&c, 1, 30_000);
     let backup = json_str(&repo.backup(&c), "id");
     let want = c.psql(ROWS);
     let want_dropped = c.psql(DROPPED);
+    let want_in_ts = c.psql(IN_TS);
 
-    // The cluster runs on: more rows, a new table, a dropped one.
+    // The cluster runs on: more rows (in the tablespace too), a new table, a dropped one.
     fill(&c, 30_001, 35_000);
+    c.psql("INSERT INTO in_ts SELECT g FROM generate_series(3001, 9000) g");
     c.psql("CREATE TABLE created AS SELECT g AS id FROM generate_series(1, 1000) g");
     let created = c
         .data
@@ -155,6 +163,7 @@ fn delta_restore_over_an_old_primary() {
         want_dropped,
         "the dropped table is back"
     );
+    assert_eq!(restored.psql(IN_TS), want_in_ts, "the tablespace's rows");
     assert_eq!(
         restored.psql("SELECT count(*) FROM pg_class WHERE relname = 'created'"),
         "0"
