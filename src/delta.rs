@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Where pg_control waits while a delta restore runs.
 const PG_CONTROL: &str = "global/pg_control";
+/// Where pg_control waits while a delta restore runs.
 const SET_ASIDE: &str = "global/pg_control.pgsnapfs-delta";
 /// Chunks compared, then fetched, at a time (8 MiB of 64 KiB chunks).
 const BATCH: usize = 128;
@@ -368,7 +368,7 @@ impl Walker<'_> {
         } = list(dest)?;
         if rel == "global" {
             // The set-aside pg_control stays until the backup's is in place.
-            disk.remove("pg_control.pgsnapfs-delta");
+            disk.remove(SET_ASIDE.trim_start_matches("global/"));
         }
         for path in &foreign {
             self.remove(path)?;
