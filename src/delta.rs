@@ -168,6 +168,8 @@ pub fn run(
             )))
         }
     }
+    let spaces = restore::locations(snap, opts);
+    refuse_foreign_tablespaces(&opts.to, &spaces)?;
     if let Some(parent) = opts.to.parent() {
         fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
     }
@@ -179,7 +181,6 @@ pub fn run(
     };
     set_aside_pg_control(&opts.to)?;
 
-    let spaces = restore::locations(snap, opts);
     let counts = Mutex::new(DeltaCounts::default());
     let totals = Mutex::new((0u64, 0u64));
     let control: Mutex<Option<Control>> = Mutex::new(None);
@@ -226,6 +227,24 @@ pub fn run(
         },
         counts,
     })
+}
+
+/// Refuses a tablespace location that holds files but is not this directory's (its
+/// `pg_tblspc/OID` links elsewhere or is missing): another cluster's, perhaps running.
+fn refuse_foreign_tablespaces(dir: &Path, spaces: &HashMap<u32, PathBuf>) -> Result<()> {
+    for (oid, location) in spaces {
+        let link = fs::read_link(dir.join("pg_tblspc").join(oid.to_string())).ok();
+        if link.as_deref() == Some(location.as_path()) {
+            continue;
+        }
+        restore::check_empty(location, &format!("tablespace {oid} location")).map_err(|e| {
+            Error::BadInput(format!(
+                "{e}, and it is not this data directory's tablespace (pg_tblspc/{oid} does \
+                 not link to it); map it elsewhere with --tablespace-map {oid}=DIR"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Refuses a directory whose server runs: its postmaster.pid names a live process.

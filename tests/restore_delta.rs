@@ -75,6 +75,19 @@ fn delta_restore_over_an_old_primary() {
         .assert_exit(2)
         .assert_mentions("holds cluster 42");
     assert_eq!(fs::read(other.join("global/pg_control")).unwrap(), control);
+    // --force replaces it, once the tablespace, which is another directory's, goes elsewhere.
+    args.push("--force".into());
+    pgsnapfs_as_root(&args)
+        .assert_exit(2)
+        .assert_mentions("--tablespace-map");
+    let oid = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
+    args.extend([
+        "--tablespace-map".into(),
+        format!("{oid}={}", other.join("ts").display()),
+    ]);
+    pgsnapfs_as_root(&args).assert_ok();
+    assert_ne!(fs::read(other.join("global/pg_control")).unwrap(), control);
+    assert!(!other.join("global/pg_control.pgsnapfs-delta").exists());
     c.stop();
 
     // A copy made by root, as after copying a directory back by hand: root owns its entries
