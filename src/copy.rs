@@ -3,8 +3,10 @@
 //! The two repositories may differ in back end and in encryption, so blob ids may differ
 //! (HMAC ids under different keys): a copied backup's chunk lists and trees are rewritten with
 //! the target's ids and places. Only chunks the target lacks are sent. What it has is known
-//! from its pack entry tables, and, cheaper, from a backup both repositories hold: the copy of
-//! an unchanged file reuses that backup's lists in the target without reading a chunk.
+//! from its pack entry tables (24 bytes a blob in memory, see [`Stored`]), and, cheaper, from
+//! a backup both repositories hold: the copy of an unchanged file reuses that backup's lists
+//! in the target without reading a chunk. Entry tables are not trusted while a gc runs: it
+//! may delete a pack no backup references (a killed copy's) under our feet.
 //!
 //! Order is the backup's: packs first, the manifest last, so a killed copy leaves no visible
 //! backup, and a rerun finds the packs it wrote in the entry tables and sends only the rest.
@@ -12,10 +14,11 @@
 //! its own backups run alongside.
 
 use crate::archive::{self, System};
-use crate::catalog::keys;
+use crate::catalog::{keys, BackupMeta};
 use crate::error::{Error, Result};
 use crate::gc::Condemned;
-use crate::lock::Lease;
+use crate::lock::{self, Lease};
+use crate::pg::wal::{segment_of, WalFile};
 use crate::store::backend::BackendError;
 use crate::store::pack::BlobType;
 use crate::store::snapshot::{Requests, Snapshot};
@@ -43,7 +46,8 @@ pub enum Selection {
 pub struct CopyOptions {
     /// The backups to copy.
     pub backups: Selection,
-    /// Also copy every archived WAL file (and its summary) the target lacks.
+    /// Copy every archived WAL file (and its summary) the target lacks, not only the WAL
+    /// of the selected backups (from start to stop, and history files), which is always copied.
     pub wal: bool,
     /// Called with the total bytes (logical) of the backups to copy, once known.
     pub total: Box<dyn Fn(u64)>,
@@ -162,13 +166,25 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
             .map(|m| m.size_logical)
             .sum(),
     );
-    // WAL first: a backup that appears in the target can be restored there at once.
-    if opts.wal {
-        copy_wal(from, to, &mut summary)?;
-    }
+    // WAL first: a backup that appears in the target can be restored there at once. Without
+    // `wal`, each selected backup's own WAL, which its restore cannot do without.
+    let selected = todo.iter().chain(&summary.backups_present);
+    let needed = match opts.wal {
+        true => None,
+        false => Some(backup_wal(
+            selected.filter_map(|id| by_id.get(id.as_str()).copied()),
+        )?),
+    };
+    copy_wal(from, to, needed.as_ref(), &mut summary)?;
     let mut logical = 0;
     if !todo.is_empty() {
-        let mut copier = Copier::new(from, to, &opts, stored_blobs(to, &writing.id())?);
+        let stored = match gc_running(to)? {
+            // It may have surveyed before our lease and so delete any unreferenced pack at
+            // once: only blobs of manifests read under the lease (the base) are reused.
+            true => Stored::default(),
+            false => Stored::read(to, &condemned(to, &writing.id())?)?,
+        };
+        let mut copier = Copier::new(from, to, &opts, stored);
         for id in &todo {
             let Some(m) = by_id.get(id.as_str()) else {
                 continue;
@@ -260,25 +276,103 @@ fn common_base(
     Ok(same.then_some((base.root, theirs.root)))
 }
 
-/// Every blob the target's packs hold, by id, except in packs a gc run has condemned (they
-/// may go at any time). Entry tables carry no crc; a chunk reused from one gets its crc read.
-fn stored_blobs(to: &Repository, ours: &str) -> Result<HashMap<BlobId, (Loc, Option<u32>)>> {
-    let condemned = condemned(to, ours)?;
-    let mut known = HashMap::new();
-    for pack in to.packs()?.ids {
-        if condemned.contains(&pack) {
-            continue;
+/// Whether a gc may be running: its exclusive lease is live, or a lease cannot be read. Such
+/// a gc may have listed the leases before ours, and then deletes the packs it finds
+/// unreferenced at once; one that starts later counts our lease and keeps them while we run.
+fn gc_running(to: &Repository) -> Result<bool> {
+    Ok(lock::list(to)?.iter().any(|f| {
+        !f.stale
+            && f.record
+                .as_ref()
+                .map_or(true, |r| r.exclusive && r.command == "gc")
+    }))
+}
+
+/// The target's blobs as its pack entry tables list them (except packs a gc run condemned:
+/// they may go at any time), sorted by the first 8 bytes of their ids: 24 bytes a blob,
+/// whatever the blob, plus 32 a pack. A match is confirmed by reading the blob.
+#[derive(Default)]
+struct Stored {
+    packs: Vec<PackId>,
+    slots: Vec<Slot>,
+}
+
+/// One blob of [`Stored`].
+#[derive(Clone, Copy)]
+struct Slot {
+    prefix: [u8; 8],
+    pack: u32,
+    offset: u32,
+    stored_len: u32,
+    len: u32,
+}
+
+impl Stored {
+    fn read(to: &Repository, condemned: &HashSet<PackId>) -> Result<Stored> {
+        let mut out = Stored::default();
+        for pack in to.packs()?.ids {
+            if condemned.contains(&pack) {
+                continue;
+            }
+            let index = out.packs.len() as u32;
+            out.packs.push(pack);
+            out.slots
+                .extend(to.pack_entries(&pack)?.into_iter().map(|e| Slot {
+                    prefix: prefix(&e.id),
+                    pack: index,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    len: e.len,
+                }));
         }
-        for e in to.pack_entries(&pack)? {
-            let loc = Loc {
-                pack,
-                offset: e.offset,
-                stored_len: e.stored_len,
-            };
-            known.insert(e.id, (loc, None));
-        }
+        out.slots.sort_unstable_by_key(|s| s.prefix);
+        out.slots.shrink_to_fit();
+        Ok(out)
     }
-    Ok(known)
+
+    /// The slots whose id starts like `id`'s.
+    fn candidates(&self, id: &BlobId) -> &[Slot] {
+        let p = prefix(id);
+        let start = self.slots.partition_point(|s| s.prefix < p);
+        let end = start + self.slots[start..].partition_point(|s| s.prefix == p);
+        &self.slots[start..end]
+    }
+
+    /// Whether the target may hold `id` (a match of the prefix only).
+    fn may_hold(&self, id: &BlobId) -> bool {
+        !self.candidates(id).is_empty()
+    }
+
+    /// Where the target holds blob `id`, with the crc of its stored bytes: read and checked
+    /// against the id, so a blob sharing only the prefix (or damaged) is not taken.
+    fn find(&self, to: &Repository, id: &BlobId) -> Result<Option<(Loc, Option<u32>)>> {
+        for slot in self.candidates(id) {
+            let loc = Loc {
+                pack: self.packs[slot.pack as usize],
+                offset: slot.offset,
+                stored_len: slot.stored_len,
+            };
+            let key = keys::pack(&loc.pack);
+            let stored =
+                match to
+                    .backend()
+                    .get_range(&key, u64::from(loc.offset), u64::from(loc.stored_len))
+                {
+                    Err(e) if e.is_not_found() => continue,
+                    other => other?,
+                };
+            if to.crypto().decode_blob(&stored, slot.len, id, &key).is_ok() {
+                return Ok(Some((loc, Some(crc32c::crc32c(&stored)))));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn prefix(id: &BlobId) -> [u8; 8] {
+    let mut p = [0; 8];
+    p.copy_from_slice(&id.0[..8]);
+    p
 }
 
 /// The packs of the target that a gc run condemned without counting lease `ours`: its next
@@ -302,8 +396,10 @@ struct Copier<'a> {
     to: &'a Repository,
     /// Whether both repositories compute the same id for the same content.
     same_ids: bool,
-    /// The target's blobs, by target id, with crcs where known.
-    known: HashMap<BlobId, (Loc, Option<u32>)>,
+    /// The target's blobs from before this run.
+    stored: Stored,
+    /// The blobs this run wrote, by target id, with crcs where recorded.
+    sent: HashMap<BlobId, (Loc, Option<u32>)>,
     /// Source tree and list ids already mapped to the target.
     refs: HashMap<BlobId, BlobRef>,
     /// Source chunk ids already mapped to the target.
@@ -326,14 +422,15 @@ impl<'a> Copier<'a> {
         from: &'a Repository,
         to: &'a Repository,
         opts: &'a CopyOptions,
-        known: HashMap<BlobId, (Loc, Option<u32>)>,
+        stored: Stored,
     ) -> Copier<'a> {
         let probe = b"pgsnapfs copy: do both repositories name blobs alike?";
         Copier {
             from,
             to,
             same_ids: from.crypto().id(probe) == to.crypto().id(probe),
-            known,
+            stored,
+            sent: HashMap::new(),
             refs: HashMap::new(),
             chunks: HashMap::new(),
             data: Packer::new(to, to.config.pack_size as usize),
@@ -452,7 +549,7 @@ impl<'a> Copier<'a> {
     fn must_read(&self, c: &Chunk) -> bool {
         c.loc.is_some()
             && !self.chunks.contains_key(&c.id)
-            && !(self.same_ids && self.known.contains_key(&c.id))
+            && !(self.same_ids && (self.sent.contains_key(&c.id) || self.stored.may_hold(&c.id)))
     }
 
     /// One chunk in the target: mapped already, held there, or sent; `data` is its content
@@ -467,17 +564,20 @@ impl<'a> Copier<'a> {
                 ..*done
             });
         }
-        let held = |id: &BlobId| self.known.get(id).copied();
-        let out = match held(&c.id).filter(|_| self.same_ids) {
-            Some(placed) => self.reuse(c.id, c.len, placed)?,
+        let held = match self.same_ids {
+            true => self.held(&c.id)?,
+            false => None,
+        };
+        let out = match held {
+            Some(placed) => self.reuse(c.id, c.len, placed),
             None => {
                 let data = match data {
                     Some(data) => data,
                     None => self.from.read_chunk(c)?,
                 };
                 let id = self.to.crypto().id(&data);
-                match held(&id) {
-                    Some(placed) => self.reuse(id, c.len, placed)?,
+                match self.held(&id)? {
+                    Some(placed) => self.reuse(id, c.len, placed),
                     None => self.send(id, &data)?,
                 }
             }
@@ -486,19 +586,26 @@ impl<'a> Copier<'a> {
         Ok(out)
     }
 
+    /// Where the target holds blob `id`: written by this run, or found in a pack before it.
+    fn held(&mut self, id: &BlobId) -> Result<Option<(Loc, Option<u32>)>> {
+        if let Some(placed) = self.sent.get(id) {
+            return Ok(Some(*placed));
+        }
+        let found = self.stored.find(self.to, id)?;
+        if let Some((loc, _)) = found {
+            self.reused.insert(loc.pack);
+        }
+        Ok(found)
+    }
+
     /// A chunk the target holds, with the crc its lists record.
-    fn reuse(&mut self, id: BlobId, len: u32, (loc, crc): (Loc, Option<u32>)) -> Result<Chunk> {
-        self.reused.insert(loc.pack);
-        let crc = match crc {
-            None if self.to.records_crcs() => Some(self.stored_crc(&loc)?),
-            crc => crc,
-        };
-        Ok(Chunk {
+    fn reuse(&mut self, id: BlobId, len: u32, (loc, crc): (Loc, Option<u32>)) -> Chunk {
+        Chunk {
             id,
             len,
             loc: Some(loc),
-            crc,
-        })
+            crc: crc.filter(|_| self.to.records_crcs()),
+        }
     }
 
     /// Sends a chunk the target lacks.
@@ -508,7 +615,7 @@ impl<'a> Copier<'a> {
         let len = data.len() as u32;
         let loc = self.data.add(id, BlobType::Data, &stored, len)?;
         let crc = self.to.records_crcs().then(|| crc32c::crc32c(&stored));
-        self.known.insert(id, (loc, crc));
+        self.sent.insert(id, (loc, crc));
         self.chunks_sent += 1;
         self.bytes_sent += u64::from(len);
         Ok(Chunk {
@@ -519,31 +626,18 @@ impl<'a> Copier<'a> {
         })
     }
 
-    /// The crc32c of a blob's stored bytes in the target, for a list that records crcs.
-    fn stored_crc(&self, loc: &Loc) -> Result<u32> {
-        let key = keys::pack(&loc.pack);
-        let stored =
-            self.to
-                .backend()
-                .get_range(&key, u64::from(loc.offset), u64::from(loc.stored_len))?;
-        Ok(crc32c::crc32c(&stored))
-    }
-
     /// Stores a rewritten tree or list blob for source blob `r`, unless the target holds it.
     fn store(&mut self, r: &BlobRef, kind: BlobType, data: &[u8]) -> Result<BlobRef> {
         let id = self.to.crypto().id(data);
-        let out = match self.known.get(&id) {
-            Some((loc, _)) => {
-                self.reused.insert(loc.pack);
-                BlobRef {
-                    id,
-                    loc: *loc,
-                    len: data.len() as u32,
-                }
-            }
+        let out = match self.held(&id)? {
+            Some((loc, _)) => BlobRef {
+                id,
+                loc,
+                len: data.len() as u32,
+            },
             None => {
                 let out = self.meta.add_blob(kind, data)?;
-                self.known.insert(id, (out.loc, None));
+                self.sent.insert(id, (out.loc, None));
                 out
             }
         };
@@ -562,13 +656,71 @@ impl<'a> Copier<'a> {
     }
 }
 
-/// Copies every archived WAL file, summary and drop marker of every cluster the target
-/// lacks: summaries first, as `wal-push` writes them, so a segment in the target always has
-/// its summary. The WAL index is not copied: the target's `check` writes its own, and
-/// readers list the archive until then.
-fn copy_wal(from: &Repository, to: &Repository, summary: &mut CopySummary) -> Result<()> {
+/// The WAL a backup needs to become consistent: segments `first..=last` of its cluster, on its
+/// timeline or a later one (a standby promoted while it was backed up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BackupWal {
+    tli: u32,
+    first: u64,
+    last: u64,
+}
+
+/// The WAL ranges of `backups`, per cluster.
+fn backup_wal<'m>(
+    backups: impl Iterator<Item = &'m Manifest>,
+) -> Result<HashMap<u64, Vec<BackupWal>>> {
+    let mut out: HashMap<u64, Vec<BackupWal>> = HashMap::new();
+    for m in backups {
+        let meta: BackupMeta = serde_json::from_value(Value::Object(m.meta.clone()))
+            .map_err(|e| StoreError::corrupt(keys::snapshot(&m.id), e.to_string()))?;
+        let seg_size = meta.wal_segment_size;
+        out.entry(meta.sysid()).or_default().push(BackupWal {
+            tli: meta.timeline,
+            first: segment_of(meta.start_lsn, seg_size),
+            last: segment_of(meta.stop_lsn, seg_size),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether WAL file `name` is one `ranges` need: in a range, or a history file (recovery reads
+/// them to choose its timeline).
+fn wal_needed(name: &str, seg_size: u64, ranges: &[BackupWal]) -> bool {
+    let (tli, segno) = match WalFile::parse(name, seg_size) {
+        Some(WalFile::History { .. }) => return true,
+        Some(
+            WalFile::Segment { tli, segno }
+            | WalFile::Partial { tli, segno }
+            | WalFile::Backup { tli, segno, .. },
+        ) => (tli, segno),
+        None => return false,
+    };
+    ranges
+        .iter()
+        .any(|r| tli >= r.tli && (r.first..=r.last).contains(&segno))
+}
+
+/// Copies the archived WAL files, summaries and drop markers the target lacks: all of every
+/// cluster, or with `needed` only those of its clusters and ranges. Summaries first, as
+/// `wal-push` writes them, so a segment in the target always has its summary. The WAL index
+/// is not copied: the target's `check` writes its own, and readers list the archive until
+/// then.
+fn copy_wal(
+    from: &Repository,
+    to: &Repository,
+    needed: Option<&HashMap<u64, Vec<BackupWal>>>,
+    summary: &mut CopySummary,
+) -> Result<()> {
     for system in archive::systems(from)? {
-        copy_system_wal(from, to, &system, summary)?;
+        let seg_size = archive::segment_size(&system);
+        let wanted: Box<dyn Fn(&str) -> bool> = match needed {
+            None => Box::new(|_| true),
+            Some(needed) => match needed.get(&system.sysid()) {
+                Some(ranges) => Box::new(move |name| wal_needed(name, seg_size, ranges)),
+                None => continue,
+            },
+        };
+        copy_system_wal(from, to, &system, &*wanted, summary)?;
     }
     Ok(())
 }
@@ -577,6 +729,7 @@ fn copy_system_wal(
     from: &Repository,
     to: &Repository,
     system: &System,
+    wanted: &dyn Fn(&str) -> bool,
     summary: &mut CopySummary,
 ) -> Result<()> {
     archive::register_system(to, system)?;
@@ -589,6 +742,10 @@ fn copy_system_wal(
     ] {
         let have: BTreeSet<String> = to.backend().list(&prefix)?.into_iter().collect();
         for key in from.backend().list(&prefix)? {
+            let name = key.rsplit('/').next().unwrap_or(&key);
+            if !wanted(name) {
+                continue;
+            }
             if have.contains(&key) {
                 summary.wal_files_present += 1;
                 continue;
@@ -597,7 +754,7 @@ fn copy_system_wal(
             match to.put_sealed(&key, &payload) {
                 Err(StoreError::Backend(BackendError::Conflict { .. })) => {
                     return Err(Error::WalConflict {
-                        name: key.rsplit('/').next().unwrap_or(&key).to_string(),
+                        name: name.to_string(),
                         key,
                     })
                 }
@@ -631,7 +788,11 @@ mod tests {
         let nodes = ingest.read_dir(dir, "", None, &|_, _| Visit::Keep).unwrap();
         let root = ingest.write_dir(nodes, None).unwrap();
         let (stats, stored) = ingest.finish().unwrap();
-        let meta = serde_json::json!({"system_identifier": "7", "stop_lsn": id});
+        let meta = serde_json::json!({
+            "system_identifier": "7", "pg_major": 15, "pg_version": "15", "timeline": 1,
+            "start_lsn": "0/2000028", "stop_lsn": format!("0/{:X}", 0x2000100 + secs),
+            "wal_segment_size": 16777216, "backup_label": id, "tablespaces": [],
+        });
         let snap: Manifest = Snapshot {
             format: 1,
             id: id.into(),
@@ -765,6 +926,71 @@ mod tests {
         to.put_sealed(&keys::trash("r1"), &json).unwrap();
         assert_eq!(run(&from, &to, all()).unwrap().chunks_sent, 10);
         assert_eq!(rel(&to, "b1"), data);
+    }
+
+    #[test]
+    fn packs_of_a_killed_copy_are_not_reused_while_a_gc_runs() {
+        let from = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let to = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10 * CHUNK).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::create_dir(dir.path().join("base")).unwrap();
+        std::fs::write(dir.path().join("base/rel"), &data).unwrap();
+        backup(&from, dir.path(), "b1", 1);
+        run(&from, &to, all()).unwrap();
+        // As after a killed copy: packs no backup references.
+        to.delete_snapshot("b1").unwrap();
+        let orphans = to.packs().unwrap().ids;
+        // A gc surveyed before the copy's lease: it saw them unreferenced and nobody else
+        // alive, so it deletes them at once, whatever the copy does meanwhile.
+        let gc = Lease::exclusive(&to, "gc").unwrap();
+        let copied = run(&from, &to, all()).unwrap();
+        for p in &orphans {
+            to.delete_pack(p).unwrap();
+        }
+        drop(gc);
+        assert_eq!(copied.chunks_sent, 10);
+        assert_eq!(rel(&to, "b1"), data);
+        // With no gc running, a rerun's packs are found again.
+        to.delete_snapshot("b1").unwrap();
+        assert_eq!(run(&from, &to, all()).unwrap().chunks_sent, 0);
+        assert_eq!(rel(&to, "b1"), data);
+    }
+
+    #[test]
+    fn stored_blobs_are_confirmed_beyond_their_prefix() {
+        let to = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let mut packer = Packer::new(&to, 1 << 20);
+        let held = packer.add_blob(BlobType::Tree, b"held").unwrap();
+        packer.flush().unwrap();
+        let stored = Stored::read(&to, &HashSet::new()).unwrap();
+        assert_eq!(stored.find(&to, &held.id).unwrap().unwrap().0, held.loc);
+        // Another id with the same first 8 bytes: a candidate, but not the blob.
+        let mut twin = held.id;
+        twin.0[31] ^= 1;
+        assert!(stored.may_hold(&twin));
+        assert!(stored.find(&to, &twin).unwrap().is_none());
+        assert!(!stored.may_hold(&to.crypto().id(b"other")));
+    }
+
+    #[test]
+    fn a_backup_needs_its_segments_on_its_timeline_and_later_and_every_history() {
+        let seg = 16 << 20;
+        let ranges = [BackupWal {
+            tli: 2,
+            first: 3,
+            last: 5,
+        }];
+        let needed = |name: &str| wal_needed(name, seg, &ranges);
+        assert!(needed("000000020000000000000003"));
+        assert!(needed("000000020000000000000005"));
+        assert!(needed("000000030000000000000004.partial"));
+        assert!(needed("000000020000000000000003.00000028.backup"));
+        assert!(needed("00000001.history"));
+        assert!(!needed("000000020000000000000006"));
+        assert!(!needed("000000020000000000000002"));
+        assert!(!needed("000000010000000000000004"));
+        assert!(!needed("not-wal"));
     }
 
     #[test]

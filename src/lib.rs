@@ -15,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod clone;
 pub mod copy;
+pub mod delta;
 pub mod dump;
 pub mod error;
 pub mod expire;

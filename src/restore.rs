@@ -91,7 +91,84 @@ pub fn check_empty(dir: &Path, what: &str) -> Result<()> {
     }
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<()> {
+/// Where each tablespace of `snap` goes: as mapped, or its original location.
+pub(crate) fn locations(
+    snap: &crate::catalog::Snapshot,
+    opts: &RestoreOptions,
+) -> HashMap<u32, PathBuf> {
+    snap.tablespaces
+        .iter()
+        .map(|ts| {
+            let dest = opts.tablespace_map.get(&ts.oid).cloned();
+            (ts.oid, dest.unwrap_or_else(|| PathBuf::from(&ts.location)))
+        })
+        .collect()
+}
+
+/// The last steps once the files are written: the recovery settings and signal, the data
+/// directory's mode, and everything synced to disk.
+pub(crate) fn settle(
+    opts: &RestoreOptions,
+    spaces: &HashMap<u32, PathBuf>,
+) -> Result<(Vec<Rewritten>, Archiving)> {
+    let body = match opts.archive_mode {
+        ArchiveMode::Preserve => opts.recovery.clone(),
+        ArchiveMode::Off => format!("{}archive_mode = 'off'\n", opts.recovery),
+    };
+    let rewritten = write_recovery(&opts.to, &body)?;
+    let archiving = archiving(&opts.to)?;
+    fs::set_permissions(&opts.to, fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
+    for dir in std::iter::once(&opts.to).chain(spaces.values()) {
+        syncfs(dir)?;
+    }
+    Ok((rewritten, archiving))
+}
+
+/// Runs `work` on every job `produce` sends, in `threads` threads (at least one). After the
+/// first failure the remaining jobs are skipped; an error of `produce` comes first.
+pub(crate) fn in_pool<J: Send>(
+    threads: usize,
+    work: &(dyn Fn(J) -> Result<()> + Sync),
+    produce: impl FnOnce(&crossbeam_channel::Sender<J>) -> Result<()>,
+) -> Result<()> {
+    let (tx, rx) = bounded::<J>(64);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                let rx = rx.clone();
+                let failure = &failure;
+                scope.spawn(move || {
+                    for job in rx {
+                        if lock(failure).is_some() {
+                            continue;
+                        }
+                        if let Err(e) = work(job) {
+                            lock(failure).get_or_insert(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let produced = produce(&tx);
+        drop(tx);
+        // Joined here, so a panic is an error rather than a panic of the scope.
+        for w in workers {
+            if let Err(payload) = w.join() {
+                lock(&failure)
+                    .get_or_insert(StoreError::worker_panicked("restore", &*payload).into());
+            }
+        }
+        produced
+    })?;
+    match failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Creates directory `path` with `mode`, or gives an existing one that mode.
+pub(crate) fn mkdir(path: &Path, mode: u32) -> Result<()> {
     match fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -116,78 +193,33 @@ struct FileJob {
 pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Restored> {
     let snap = &plan.snapshot;
     check_empty(&opts.to, "restore directory")?;
-    let mut spaces = HashMap::new();
-    for ts in &snap.tablespaces {
-        let dest = opts
-            .tablespace_map
-            .get(&ts.oid)
-            .cloned()
-            .unwrap_or_else(|| PathBuf::from(&ts.location));
-        check_empty(&dest, &format!("tablespace {} location", ts.oid)).map_err(|e| {
+    let spaces = locations(snap, opts);
+    for (oid, dest) in &spaces {
+        check_empty(dest, &format!("tablespace {oid} location")).map_err(|e| {
             Error::BadInput(format!(
-                "{e}; map it elsewhere with --tablespace-map {}=DIR",
-                ts.oid
+                "{e}; map it elsewhere with --tablespace-map {oid}=DIR"
             ))
         })?;
-        spaces.insert(ts.oid, dest);
     }
     if let Some(parent) = opts.to.parent() {
         fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
     }
     mkdir(&opts.to, 0o700)?;
 
-    let (tx, rx) = bounded::<FileJob>(64);
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
     let totals = Mutex::new((0u64, 0u64));
-    std::thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..opts.threads.max(1))
-            .map(|_| {
-                let rx = rx.clone();
-                let (failure, totals) = (&failure, &totals);
-                scope.spawn(move || {
-                    for job in rx {
-                        if lock(failure).is_some() {
-                            continue;
-                        }
-                        match write_file(repo, &job, snap.chunk_size, &*opts.progress) {
-                            Ok(()) => {
-                                let mut t = lock(totals);
-                                t.0 += 1;
-                                t.1 += job.size;
-                            }
-                            Err(e) => {
-                                lock(failure).get_or_insert(e);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        let walked = walk(repo, &snap.root, &opts.to, "", &spaces, &tx);
-        drop(tx);
-        // Joined here, so a panic is an error rather than a panic of the scope.
-        for w in workers {
-            if let Err(payload) = w.join() {
-                lock(&failure)
-                    .get_or_insert(StoreError::worker_panicked("restore", &*payload).into());
-            }
-        }
-        walked
-    })?;
-    if let Some(e) = failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
-        return Err(e);
-    }
+    in_pool(
+        opts.threads,
+        &|job: FileJob| {
+            write_file(repo, &job, snap.chunk_size, &*opts.progress)?;
+            let mut t = lock(&totals);
+            t.0 += 1;
+            t.1 += job.size;
+            Ok(())
+        },
+        |tx| walk(repo, &snap.root, &opts.to, "", &spaces, tx),
+    )?;
 
-    let body = match opts.archive_mode {
-        ArchiveMode::Preserve => opts.recovery.clone(),
-        ArchiveMode::Off => format!("{}archive_mode = 'off'\n", opts.recovery),
-    };
-    let rewritten = write_recovery(&opts.to, &body)?;
-    let archiving = archiving(&opts.to)?;
-    fs::set_permissions(&opts.to, fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
-    for dir in std::iter::once(&opts.to).chain(spaces.values()) {
-        syncfs(dir)?;
-    }
+    let (rewritten, archiving) = settle(opts, &spaces)?;
     let (files, bytes) = totals.into_inner().unwrap_or_else(PoisonError::into_inner);
     Ok(Restored {
         files,
@@ -362,7 +394,7 @@ fn walk(
 
 /// The workers' shared state stays valid if one of them panicked holding it: each update
 /// is a single step.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

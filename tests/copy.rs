@@ -187,3 +187,29 @@ fn copy_local_s3_encrypted_local_incremental_and_killed() {
         .assert_mentions("--to-passphrase-file");
     pgsnapfs(&copy_args(&r3, &r4, &["--backup", "20000101T000000Z"])).assert_exit(4);
 }
+
+/// Without `--wal`, a copied backup still carries the WAL from its start to its stop: a restore
+/// from the copy alone reaches the backup's rows.
+#[test]
+fn copy_without_wal_carries_the_backup_s_own_wal() {
+    let r1 = Repo::init();
+    let r2 = Repo::init();
+    let mut source = Cluster::archiving_to(&r1.spec);
+    fill(&source, 1, 5_000);
+    r1.backup(&source);
+    let want = source.psql(ROWS);
+    fill(&source, 5_001, 6_000);
+    source.switch_wal_and_wait_archived();
+    source.stop();
+    let done = copy(&r1, &r2, &[]);
+    assert!(json_u64(&done, "wal_files_sent") > 0, "{done}");
+    assert!(
+        r2.objects("wal/").len() < r1.objects("wal/").len(),
+        "only the backup's WAL: {done}"
+    );
+    assert_eq!(
+        restored_rows(&r2),
+        want,
+        "rows restored from the copy alone"
+    );
+}

@@ -9,7 +9,9 @@
 //! in the repository, as it would in life. `verify` is killed at the points of its record
 //! (the only thing it writes); the next verify works and leaves one record. `backup
 //! --from-archive` is killed at a sample of its points (its lease, its first pack, its
-//! manifest, its last point): no partial backup is listed, and a rerun works.
+//! manifest, its last point): no partial backup is listed, and a rerun works. `restore
+//! --delta` is killed after each file it writes, each time over a fresh copy of the same
+//! directory: the copy cannot start, and a rerun makes it what an uninterrupted run makes.
 
 mod common;
 
@@ -17,6 +19,7 @@ use common::*;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What a restored copy holds of `t`; [`rows_after`] is what it must hold. The test never
@@ -690,4 +693,57 @@ fn backup_from_archive_killed_at_its_points() {
     // The newest, made from the archive after all the kills, holds every batch.
     let newest = repo.list().last().map(|b| json_str(b, "id")).unwrap();
     assert_restores_rows(&repo, &["--backup", &newest], batch, "all kills");
+}
+
+#[test]
+fn restore_delta_killed_after_each_file() {
+    let repo = Repo::init();
+    let mut source = Cluster::archiving_to(&repo.spec);
+    create_t(&source);
+    add_batch(&source, 0);
+    let backup = json_str(&repo.backup(&source), "id");
+    // The old primary runs on, then stops: its directory differs from the backup.
+    add_batch(&source, 1);
+    add_batch(&source, 2);
+    source.psql("CHECKPOINT");
+    source.stop();
+    let work = TestDir::new("delta");
+    let fresh = |name: &str| -> PathBuf {
+        let to = work.join(name);
+        run_command(Command::new("cp").arg("-a").arg(&source.data).arg(&to)).assert_ok();
+        to
+    };
+    let args = |to: &Path| {
+        let to = to.to_str().unwrap();
+        repo.args("restore", &["--to", to, "--delta", "--backup", &backup])
+    };
+    let whole = fresh("whole");
+    let (_, points) = count_points(&args(&whole));
+    let files: Vec<&(String, String)> = points
+        .iter()
+        .filter(|(p, _)| p.starts_with("file:"))
+        .collect();
+    assert!(files.len() >= 3, "kill points: {points:?}");
+    let want = tree_digest(&whole);
+    for (point, key) in files {
+        let to = fresh(&point.replace(':', "-"));
+        kill_at(&args(&to), point, key);
+        assert!(
+            !to.join("global/pg_control").exists(),
+            "a directory half brought over at {point} could start"
+        );
+        pgsnapfs(&args(&to)).assert_ok();
+        assert_same_tree(
+            &want,
+            &tree_digest(&to),
+            &format!("killed at {point} ({key})"),
+        );
+        fs::remove_dir_all(&to).unwrap();
+    }
+    let restored = Cluster::start_on(&whole);
+    assert_ne!(
+        restored.wait_until_paused_or_ready(),
+        RecoveryState::ShutDown
+    );
+    assert_eq!(restored.psql(ROWS), rows_after(0));
 }

@@ -1064,6 +1064,10 @@ def render(doc, notes):
         L.append("## Backups from the archive (issue 18)\n")
         L.append(notes["fromarchive"])
         L.append("")
+    if "delta" in notes:  # `scripts/bench --delta` prints its rows likewise
+        L.append("## Delta restore (issue 20)\n")
+        L.append(notes["delta"])
+        L.append("")
     L.append("## Method\n")
     L.append(METHOD)
     return "\n".join(L) + "\n"

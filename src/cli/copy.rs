@@ -23,7 +23,8 @@ pub struct Args {
     /// The backup to copy: its id, `latest`, or `all`.
     #[arg(long, default_value = "all")]
     pub backup: String,
-    /// Also copy the archived WAL (with its summaries and drop markers) the target lacks.
+    /// Copy all the archived WAL (with its summaries and drop markers) the target lacks; without
+    /// it, only the WAL each copied backup needs to be restored (its start to its stop).
     #[arg(long)]
     pub wal: bool,
     /// File holding the source's passphrase (or key file); otherwise PGSNAPFS_FROM_PASSPHRASE.
@@ -108,13 +109,11 @@ pub fn run(a: Args, global: &super::key::PassphraseArgs) -> Result<()> {
         human(done.pack_bytes_written),
         human(done.bytes_skipped)
     );
-    if a.wal {
-        outln!(
-            "WAL: {} files copied ({}), {} already there",
-            done.wal_files_sent,
-            human(done.wal_bytes_sent),
-            done.wal_files_present
-        );
-    }
+    outln!(
+        "WAL: {} files copied ({}), {} already there",
+        done.wal_files_sent,
+        human(done.wal_bytes_sent),
+        done.wal_files_present
+    );
     Ok(())
 }

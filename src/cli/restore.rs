@@ -1,6 +1,7 @@
 //! `pgsnapfs restore`
 
-use super::{human, parse_action, progress, GoalArgs};
+use super::{human, parse_action, print_json, progress, GoalArgs};
+use crate::delta::{self, DeltaCounts};
 use crate::error::{Error, Result};
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The directory to write (missing or empty).
+    /// The directory to write (missing or empty; with --delta, an existing data directory).
     #[arg(long)]
     pub to: PathBuf,
     #[command(flatten)]
@@ -32,6 +33,28 @@ pub struct Args {
     /// push WAL into the production archive.
     #[arg(long, value_enum, default_value = "preserve")]
     pub archive_mode: ArchiveMode,
+    /// Bring an existing data directory (an old primary, a standby that fell behind) to the
+    /// backup in place: only chunks whose content differs are written, files the backup
+    /// lacks are removed. Its server must be stopped.
+    #[arg(long)]
+    pub delta: bool,
+    /// With --delta: replace a directory of another cluster (or not a data directory at all).
+    #[arg(long, requires = "delta")]
+    pub force: bool,
+    #[arg(long, help = super::JSON_HELP)]
+    pub json: bool,
+}
+
+/// What `restore --json` prints.
+#[derive(serde::Serialize)]
+struct Summary<'a> {
+    backup: &'a str,
+    files: u64,
+    bytes: u64,
+    /// Present with --delta.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    delta: Option<DeltaCounts>,
+    seconds: f64,
 }
 
 fn parse_map(s: &str) -> std::result::Result<(u32, PathBuf), String> {
@@ -50,7 +73,9 @@ pub fn run(
     a: Args,
 ) -> Result<()> {
     // Refused before anything is said or locked.
-    crate::restore::check_empty(&a.to, "restore directory")?;
+    if !a.delta {
+        crate::restore::check_empty(&a.to, "restore directory")?;
+    }
     let lease = crate::session::lease_unless_full(repo, "restore")?;
     if lease.is_none() {
         eprintln!(
@@ -91,28 +116,39 @@ pub fn run(
     let bar = progress(Some(snap.size_logical), "restoring");
     let tick = bar.clone();
     let started = Instant::now();
-    let done = restore::run(
-        repo,
-        &plan,
-        &RestoreOptions {
-            to: a.to.clone(),
-            tablespace_map: a.tablespace_map.into_iter().collect::<HashMap<_, _>>(),
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-            progress: Box::new(move |n| tick.inc(n)),
-            recovery: recovery::render(&settings, snap.pg_major),
-            archive_mode: a.archive_mode,
-        },
-    )
-    .inspect_err(|e| {
-        if !matches!(e, Error::BadInput(_)) {
-            eprintln!(
-                "pgsnapfs: {} may be incomplete: delete it before trying again",
-                a.to.display()
-            );
-        }
-    })?;
+    let opts = RestoreOptions {
+        to: a.to.clone(),
+        tablespace_map: a.tablespace_map.into_iter().collect::<HashMap<_, _>>(),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        progress: Box::new(move |n| tick.inc(n)),
+        recovery: recovery::render(&settings, snap.pg_major),
+        archive_mode: a.archive_mode,
+    };
+    let (done, counts) = match a.delta {
+        true => delta::run(repo, &plan, &opts, a.force)
+            .map(|d| (d.restored, Some(d.counts)))
+            .inspect_err(|e| {
+                if !matches!(e, Error::BadInput(_)) {
+                    eprintln!(
+                        "pgsnapfs: {} is not ready to start: run the same restore --delta \
+                         again to complete it",
+                        a.to.display()
+                    );
+                }
+            })?,
+        false => restore::run(repo, &plan, &opts)
+            .map(|d| (d, None))
+            .inspect_err(|e| {
+                if !matches!(e, Error::BadInput(_)) {
+                    eprintln!(
+                        "pgsnapfs: {} may be incomplete: delete it before trying again",
+                        a.to.display()
+                    );
+                }
+            })?,
+    };
     bar.finish_and_clear();
     if let Some(removed) = recovery::describe_removed(&done.rewritten) {
         eprintln!(
@@ -133,6 +169,26 @@ pub fn run(
             major = snap.pg_major
         )
     };
+    if a.json {
+        print_json(&Summary {
+            backup: &snap.id,
+            files: done.files,
+            bytes: done.bytes,
+            delta: counts,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        eprintln!("{}", describe_archiving(&done.archiving));
+        return Ok(());
+    }
+    if let Some(c) = &counts {
+        outln!(
+            "compared {}, wrote {} in {} files, removed {} files the backup lacks",
+            human(c.bytes_compared),
+            human(c.bytes_written),
+            c.files_written,
+            c.files_removed
+        );
+    }
     outln!(
         "restored {} files ({}) in {:.1}s. Start it with PostgreSQL {}'s server: {start}",
         done.files,

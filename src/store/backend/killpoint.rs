@@ -1,7 +1,8 @@
 //! Kill points, a test aid for tests/crash_injection.rs: with `PGSNAPFS_KILL_AT=put:N` the
 //! process sends itself SIGKILL just before its N-th `put` starts, with `put-done:N` just
 //! after it published its object (likewise `replace`, `delete`; each kind counted on its
-//! own, as a lease's timed refresh replaces but never puts or deletes). A real SIGKILL, so
+//! own, as a lease's timed refresh replaces but never puts or deletes; `file:N` after the N-th
+//! local file a command wrote, see [`file_written`]). A real SIGKILL, so
 //! nothing is flushed or cleaned up. `PGSNAPFS_KILL_AT=count` prints each point passed, as
 //! `kill point put:N KEY`, so a test can enumerate every point of a command. Unset, `wrap`
 //! returns the back end untouched. Release builds ignore the variable (with a warning), so a
@@ -22,13 +23,14 @@ enum Mode {
 }
 
 /// The points, in the spelling `PGSNAPFS_KILL_AT` takes.
-const POINTS: [&str; 6] = [
+const POINTS: [&str; 7] = [
     "put",
     "put-done",
     "replace",
     "replace-done",
     "delete",
     "delete-done",
+    "file",
 ];
 
 fn parse(value: &str) -> Option<Mode> {
@@ -44,6 +46,34 @@ fn parse(value: &str) -> Option<Mode> {
 static PUTS: AtomicU64 = AtomicU64::new(0);
 static REPLACES: AtomicU64 = AtomicU64::new(0);
 static DELETES: AtomicU64 = AtomicU64::new(0);
+/// Local files written (`file`: `restore --delta`, after each file it changed).
+static FILES: AtomicU64 = AtomicU64::new(0);
+
+/// Point `file:N`: a command has just written its N-th local file, `path`.
+pub fn file_written(path: &std::path::Path) {
+    static MODE: std::sync::OnceLock<Option<Mode>> = std::sync::OnceLock::new();
+    let mode = MODE.get_or_init(|| {
+        let value = std::env::var_os(ENV).map(|v| v.to_string_lossy().into_owned());
+        setting(value.as_deref(), cfg!(debug_assertions))
+            .ok()
+            .flatten()
+    });
+    if let Some(mode) = mode {
+        let n = FILES.fetch_add(1, Ordering::SeqCst) + 1;
+        pass(*mode, "file", n, &path.display().to_string());
+    }
+}
+
+fn pass(mode: Mode, point: &'static str, n: u64, key: &str) {
+    match mode {
+        Mode::Count => eprintln!("kill point {point}:{n} {key}"),
+        Mode::Kill(p, at) if p == point && at == n => {
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        Mode::Kill(..) => {}
+    }
+}
 
 /// What a build does with `PGSNAPFS_KILL_AT=value`: a value it cannot use is an error, so a
 /// mistyped test does not silently test nothing; a release build has no kill points.
@@ -87,14 +117,7 @@ struct KillPoints {
 
 impl KillPoints {
     fn pass(&self, point: &'static str, n: u64, key: &str) {
-        match self.mode {
-            Mode::Count => eprintln!("kill point {point}:{n} {key}"),
-            Mode::Kill(p, at) if p == point && at == n => {
-                // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-            }
-            Mode::Kill(..) => {}
-        }
+        pass(self.mode, point, n, key)
     }
 
     /// Runs `op` as the next operation counted by `counter`, between its two points.
