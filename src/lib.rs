@@ -27,6 +27,7 @@ pub mod mapped;
 pub mod mount;
 pub mod passphrase;
 pub mod pg;
+pub mod pgbackrest;
 pub mod pitr;
 pub mod prefetch;
 pub mod receive;

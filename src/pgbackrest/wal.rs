@@ -1,0 +1,154 @@
+//! Archived WAL of a pgBackRest stanza: `archive/<stanza>/<archive id>/<first 16 hex of the
+//! segment>/<segment>-<sha1 of its content><ext>`, and history files
+//! `archive/<stanza>/<archive id>/<TLI>.history` (stored as they are).
+
+use super::compress::Compress;
+use super::{Error, PgbrRepo};
+use crate::pg::wal::{WalFile, DEFAULT_SEG_SIZE};
+use sha1::{Digest, Sha1};
+use std::fs;
+use std::io::{ErrorKind, Read};
+use std::path::PathBuf;
+
+/// One archived WAL file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalObject {
+    /// Its name in pg_wal.
+    pub name: String,
+    /// The SHA-1 of its content, from its object's name (history files have none).
+    pub sha1: Option<String>,
+    /// How it is compressed.
+    pub compress: Compress,
+    /// Its object.
+    pub path: PathBuf,
+}
+
+/// A WAL object's file name: the WAL file's name, its SHA-1 and compression; `None` for
+/// other files (`.backup` files, temporary files).
+pub fn parse_name(file_name: &str) -> Option<(String, Option<String>, Compress)> {
+    let (compress, stem) = Compress::from_name(file_name);
+    if let Some((name, sha1)) = stem.split_once('-') {
+        let is_sha1 = sha1.len() == 40 && sha1.bytes().all(|b| b.is_ascii_hexdigit());
+        return match WalFile::parse(name, DEFAULT_SEG_SIZE) {
+            Some(WalFile::Segment { .. } | WalFile::Partial { .. }) if is_sha1 => {
+                Some((name.to_string(), Some(sha1.to_string()), compress))
+            }
+            _ => None,
+        };
+    }
+    match WalFile::parse(stem, DEFAULT_SEG_SIZE) {
+        Some(WalFile::History { .. }) => Some((stem.to_string(), None, compress)),
+        _ => None,
+    }
+}
+
+impl PgbrRepo {
+    /// The WAL archived under `archive_id` (such as `15-1`), sorted by name: history files
+    /// first, then segments.
+    pub fn wal(&self, archive_id: &str) -> Result<Vec<WalObject>, Error> {
+        let dir = self.archive_dir().join(archive_id);
+        let mut out = Vec::new();
+        let list = |dir: &PathBuf| -> Result<Vec<(String, PathBuf)>, Error> {
+            let object = self.object(dir);
+            let entries = match fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(source) => return Err(Error::Io { object, source }),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|source| Error::Io {
+                    object: object.clone(),
+                    source,
+                })?;
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push((name, entry.path()));
+                }
+            }
+            Ok(names)
+        };
+        for (name, path) in list(&dir)? {
+            let is_segment_dir = name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_segment_dir {
+                for (file, path) in list(&path)? {
+                    if let Some((name, sha1, compress)) = parse_name(&file) {
+                        out.push(WalObject {
+                            name,
+                            sha1,
+                            compress,
+                            path,
+                        });
+                    }
+                }
+            } else if let Some((name, sha1, compress)) = parse_name(&name) {
+                out.push(WalObject {
+                    name,
+                    sha1,
+                    compress,
+                    path,
+                });
+            }
+        }
+        // History files sort before segments ("00000002.history" < "000000020000...").
+        out.sort_by(|a, b| {
+            (!a.name.ends_with(".history"), &a.name).cmp(&(!b.name.ends_with(".history"), &b.name))
+        });
+        Ok(out)
+    }
+
+    /// The content of a WAL object, checked against the SHA-1 in its name.
+    pub fn read_wal(&self, wal: &WalObject) -> Result<Vec<u8>, Error> {
+        let object = self.object(&wal.path);
+        let f = fs::File::open(&wal.path).map_err(|source| Error::Io {
+            object: object.clone(),
+            source,
+        })?;
+        let mut data = Vec::new();
+        wal.compress
+            .decoder(f)
+            .and_then(|mut d| d.read_to_end(&mut data))
+            .map_err(|e| Error::corrupt(&object, format!("cannot be decompressed: {e}")))?;
+        if let Some(expected) = &wal.sha1 {
+            let actual = hex::encode(Sha1::digest(&data));
+            if &actual != expected {
+                return Err(Error::corrupt(
+                    object,
+                    format!("its content has SHA-1 {actual}, not the {expected} of its name"),
+                ));
+            }
+        }
+        Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_object_names() {
+        let sha = "0e3b97174c8da23c2a9f447730bfca6cbd6472df";
+        assert_eq!(
+            parse_name(&format!("000000010000000000000014-{sha}.zst")),
+            Some((
+                "000000010000000000000014".into(),
+                Some(sha.into()),
+                Compress::Zst
+            ))
+        );
+        assert_eq!(
+            parse_name(&format!("000000010000000000000014-{sha}")),
+            Some((
+                "000000010000000000000014".into(),
+                Some(sha.into()),
+                Compress::None
+            ))
+        );
+        assert_eq!(
+            parse_name("00000002.history"),
+            Some(("00000002.history".into(), None, Compress::None))
+        );
+        assert_eq!(parse_name("000000010000000000000009.00000028.backup"), None);
+        assert_eq!(parse_name("000000010000000000000014-nothex.gz"), None);
+    }
+}
