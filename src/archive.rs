@@ -176,9 +176,22 @@ pub fn push_for(repo: &Repository, path: &Path, known: Option<u64>) -> Result<Pu
     let control = std::fs::read(pgdata.join("global/pg_control"))
         .ok()
         .and_then(|b| ControlData::parse(&b).ok());
+    push_data(repo, name, file, &data, control.as_ref(), known)
+}
+
+/// Archives WAL file `name` (parsed as `file`) with content `data`, read from elsewhere than
+/// pg_wal (`import`); `control` is the cluster's pg_control when at hand.
+pub fn push_data(
+    repo: &Repository,
+    name: &str,
+    file: WalFile,
+    data: &[u8],
+    control: Option<&ControlData>,
+    known: Option<u64>,
+) -> Result<Pushed> {
     let header = match file {
         WalFile::Segment { .. } | WalFile::Partial { .. } => {
-            Some(segment_header(name, file, &data)?)
+            Some(segment_header(name, file, data)?)
         }
         _ => None,
     };
@@ -197,7 +210,7 @@ pub fn push_for(repo: &Repository, path: &Path, known: Option<u64>) -> Result<Pu
     // segment.
     let sealed = std::thread::scope(|s| {
         let sealed = s.spawn(|| repo.crypto().seal(&key, &data, WAL_LEVEL));
-        check_system(repo, sysid, control.as_ref(), seg_size, name)?;
+        check_system(repo, sysid, control, seg_size, name)?;
         if let Some(summary) = header.as_ref().and_then(|h| summarise(name, &data, h)) {
             let json = serde_json::to_vec(&summary).expect("summary serializes");
             match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {

@@ -218,6 +218,7 @@ pub fn run(repo: &Repository, opts: BackupOptions) -> Result<Backup> {
             read: Some(read),
             source: Source::Server,
             from_archive: None,
+            imported: None,
         },
         start_time,
         stop_time,

@@ -20,6 +20,7 @@ pub mod expire;
 pub mod fromarchive;
 pub mod gc;
 pub mod hydrate;
+pub mod import;
 pub mod info;
 pub mod init;
 pub mod lock;

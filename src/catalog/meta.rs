@@ -41,6 +41,9 @@ pub struct BackupMeta {
     /// For a backup made from the archive: its base and the WAL replayed on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_archive: Option<ArchiveSource>,
+    /// For a backup imported from another tool's repository: which backup it was there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportSource>,
 }
 
 /// What made a backup.
@@ -52,6 +55,8 @@ pub enum Source {
     Server,
     /// Archived WAL replayed on an earlier backup (`backup --from-archive`).
     Archive,
+    /// A backup of a pgBackRest repository (`import --from pgbackrest:PATH`).
+    Pgbackrest,
 }
 
 impl Source {
@@ -60,6 +65,7 @@ impl Source {
         match self {
             Source::Server => "server",
             Source::Archive => "archive",
+            Source::Pgbackrest => "pgbackrest",
         }
     }
 }
@@ -89,6 +95,18 @@ pub struct ArchiveSource {
     pub bytes_read: u64,
     /// Bytes taken from the base's chunk lists unread.
     pub bytes_skipped: u64,
+}
+
+/// Which backup of another tool's repository an imported backup is: a rerun of `import`
+/// skips the backups it finds here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSource {
+    /// The pgBackRest stanza.
+    pub stanza: String,
+    /// The backup's label there (`20261204-220215F_20261204-220226I`).
+    pub label: String,
+    /// `full`, `diff` or `incr`.
+    pub kind: String,
 }
 
 impl BackupMeta {

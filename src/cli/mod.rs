@@ -20,6 +20,7 @@ mod copy;
 mod dump;
 mod expire;
 mod gc;
+mod import;
 mod info;
 mod init;
 mod key;
@@ -114,6 +115,10 @@ pub enum Command {
     /// Copy backups (and with --wal archived WAL) that another repository lacks into it:
     /// only missing chunks are sent; a killed copy is resumed by running it again.
     Copy(copy::Args),
+    /// Import the backups (and with --wal the archived WAL) of a pgBackRest repository as
+    /// native backups: each file checked against pgBackRest's SHA-1, stored deduplicated; a
+    /// rerun imports only what is new.
+    Import(import::Args),
 }
 
 /// Runs the command, opening the repository for those that use one; `Err` carries what
@@ -162,6 +167,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Locks(a) => locks::run(&open(&repo()?)?, a),
         Command::Key(a) => key::run(&open(&repo()?)?, a),
         Command::Copy(a) => copy::run(a, pass),
+        Command::Import(a) => import::run(&open(&repo()?)?, a),
     }
 }
 
