@@ -11,7 +11,7 @@
 //! published for the backup it was in.
 
 use crate::archive::{self, System};
-use crate::backup::{free_id, latest_of, publish};
+use crate::backup::{free_id, publish};
 use crate::catalog::{
     wal as catalog_wal, BackupMeta, Backups, ImportSource, Snapshot, Source, SystemId, Tablespace,
 };
@@ -209,7 +209,8 @@ fn import_backup(
             holders.insert(holder.to_string(), pgbr.manifest(holder)?.compress);
         }
     }
-    let parent = latest_of(repo, m.system_id)?;
+    let snapshots: Vec<Snapshot> = repo.snapshots()?.into_iter().flatten().collect();
+    let parent = parent_for(&snapshots, m, pgbr.stanza(), repo.config.chunk_size).cloned();
     // The pgBackRest manifest of the parent, when it was imported from this stanza: its
     // files with the same SHA-1 are taken from the parent unread.
     let parent_manifest = parent
@@ -310,6 +311,37 @@ fn import_backup(
         bytes_read,
         stored_new: stored,
     })
+}
+
+/// The backup an imported backup is compared with, chunk by chunk at the same positions
+/// (and file by file, by SHA-1, when it was imported from the same stanza): the import of
+/// its prior backup in the stanza, else the backup of the cluster that started last before
+/// it (the most alike), else the cluster's newest.
+fn parent_for<'s>(
+    snapshots: &'s [Snapshot],
+    m: &Manifest,
+    stanza: &str,
+    chunk_size: u32,
+) -> Option<&'s Snapshot> {
+    let cluster = || {
+        snapshots
+            .iter()
+            .filter(|s| s.sysid() == m.system_id && s.chunk_size == chunk_size)
+    };
+    let prior = m.prior.as_deref().and_then(|prior| {
+        cluster().find(|s| {
+            s.imported
+                .as_ref()
+                .is_some_and(|i| i.stanza == stanza && i.label == prior)
+        })
+    });
+    prior
+        .or_else(|| {
+            cluster()
+                .filter(|s| s.start_time.timestamp() <= m.timestamp_start)
+                .max_by_key(|s| s.start_time)
+        })
+        .or_else(|| cluster().max_by_key(|s| s.start_time))
 }
 
 /// A small file's content as text, checked (backup_label).
@@ -620,6 +652,73 @@ mod tests {
         );
         let e = plan(&backups, Some("F9"), &done).unwrap_err();
         assert_eq!(e.exit_code(), 4, "{e}");
+    }
+
+    fn snap(id: &str, start: i64, imported: Option<(&str, &str)>) -> Snapshot {
+        let root = BlobRef {
+            id: crate::store::BlobId::of(b"root"),
+            loc: crate::store::tree::Loc {
+                pack: crate::store::PackId::of(b"pack"),
+                offset: 8,
+                stored_len: 10,
+            },
+            len: 10,
+        };
+        let mut s = crate::catalog::sample(id, root);
+        s.start_time = Utc.timestamp_opt(start, 0).unwrap();
+        s.imported = imported.map(|(stanza, label)| ImportSource {
+            stanza: stanza.into(),
+            label: label.into(),
+            kind: "full".into(),
+        });
+        s
+    }
+
+    fn manifest(label: &str, prior: Option<&str>, start: i64) -> Manifest {
+        Manifest {
+            label: label.into(),
+            kind: "incr".into(),
+            prior: prior.map(Into::into),
+            lsn_start: crate::pg::lsn::Lsn(0),
+            lsn_stop: crate::pg::lsn::Lsn(0),
+            archive_start: String::new(),
+            archive_stop: String::new(),
+            timestamp_start: start,
+            timestamp_stop: start,
+            system_id: 7,
+            pg_version: "15".into(),
+            db_id: 1,
+            compress: Compress::None,
+            tablespaces: Vec::new(),
+            files: Vec::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    /// The prior's import first; else the backup that started last before this one.
+    #[test]
+    fn the_parent_is_the_prior_or_the_nearest_earlier_backup() {
+        let snaps = [
+            snap("a", 100, Some(("main", "F1"))),
+            snap("b", 200, Some(("other", "F9"))),
+            snap("c", 300, None),
+        ];
+        let pick =
+            |m: &Manifest, stanza: &str| parent_for(&snaps, m, stanza, 65536).map(|s| s.id.clone());
+        assert_eq!(
+            pick(&manifest("F1_I", Some("F1"), 250), "main").as_deref(),
+            Some("a")
+        );
+        // The same label in another stanza is another backup.
+        assert_eq!(
+            pick(&manifest("F1_I", Some("F1"), 250), "x").as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            pick(&manifest("F2", None, 50), "main").as_deref(),
+            Some("c")
+        );
+        assert!(parent_for(&snaps, &manifest("F2", None, 250), "main", 4096).is_none());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct Manifest {
     pub label: String,
     /// `full`, `diff` or `incr`.
     pub kind: String,
+    /// The backup a diff or incr was taken against.
+    pub prior: Option<String>,
     /// Where replay starts (pg_backup_start's LSN).
     pub lsn_start: Lsn,
     /// Where the backup is consistent (pg_backup_stop's LSN).
@@ -176,6 +178,7 @@ impl Manifest {
         Ok(Manifest {
             label: ini.need("backup", "backup-label", object)?,
             kind: ini.need("backup", "backup-type", object)?,
+            prior: ini.get("backup", "backup-prior", object)?,
             lsn_start: lsn("backup-lsn-start")?,
             lsn_stop: lsn("backup-lsn-stop")?,
             archive_start: ini.need("backup", "backup-archive-start", object)?,
@@ -233,6 +236,10 @@ mod tests {
         let m = incr();
         assert_eq!(m.label, "20261204-220215F_20261204-220226I");
         assert_eq!(m.kind, "incr");
+        assert_eq!(
+            m.prior.as_deref(),
+            Some("20261204-220215F_20261204-220220D")
+        );
         assert_eq!(m.lsn_start, Lsn(0x1300_0028));
         assert_eq!(m.archive_stop, "000000010000000000000014");
         assert_eq!(m.compress, Compress::Zst);
