@@ -19,9 +19,8 @@ use crate::error::{Error, Result};
 use crate::lock::Lease;
 use crate::pg::label::BackupLabel;
 use crate::pg::wal::{segment_name, SegmentHeader, WalFile, DEFAULT_SEG_SIZE};
-use crate::pgbackrest::compress::Compress;
 use crate::pgbackrest::info::InfoBackup;
-use crate::pgbackrest::manifest::{File, Manifest};
+use crate::pgbackrest::manifest::{File, Manifest, Storage};
 use crate::pgbackrest::wal::WalObject;
 use crate::pgbackrest::{self, PgbrRepo};
 use crate::store::ingest::{Ingest, IngestError};
@@ -40,6 +39,8 @@ pub struct Options {
     pub from: PathBuf,
     /// The stanza to import.
     pub stanza: String,
+    /// The pgBackRest repository's passphrase (`repo1-cipher-pass`), if it is encrypted.
+    pub passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// One backup by label; `None`: all of them.
     pub backup: Option<String>,
     /// Also import all the archived WAL, not only what the backups need.
@@ -128,8 +129,12 @@ pub fn plan(
 /// Imports the stanza's backups (see the module comment). Each backup is published when it
 /// is complete; an error stops the import, and the backups published before it stay.
 pub fn run(repo: &Repository, opts: &Options) -> Result<Summary> {
-    let pgbr = PgbrRepo::open(&opts.from, &opts.stanza)?;
-    let info = pgbr.backup_info()?;
+    let pgbr = PgbrRepo::open(
+        &opts.from,
+        &opts.stanza,
+        opts.passphrase.as_deref().map(|p| &p[..]),
+    )?;
+    let info = pgbr.backup_info();
     let mut done = HashMap::new();
     for snap in repo.snapshots()?.into_iter().flatten() {
         if let Some(imp) = &snap.imported {
@@ -165,7 +170,11 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Summary> {
         summary.imported.push(imported);
     }
     if opts.wal {
-        for hist in pgbr.archive_info()?.history {
+        let history = pgbr
+            .archive_info()
+            .map(|a| a.history.clone())
+            .unwrap_or_default();
+        for hist in history {
             for object in pgbr.wal(&hist.archive_id())? {
                 wal.push(repo, &object, hist.system_id)?;
             }
@@ -202,11 +211,11 @@ fn import_backup(
     let seg_size = wal.backup_wal(repo, m, &archive_id, pg_major)?;
 
     let mut holders = HashMap::new();
-    holders.insert(m.label.clone(), m.compress);
+    holders.insert(m.label.clone(), m.storage());
     for f in &m.files {
         let holder = m.holder(f);
         if !holders.contains_key(holder) {
-            holders.insert(holder.to_string(), pgbr.manifest(holder)?.compress);
+            holders.insert(holder.to_string(), pgbr.manifest(holder)?.storage());
         }
     }
     let snapshots: Vec<Snapshot> = repo.snapshots()?.into_iter().flatten().collect();
@@ -348,10 +357,10 @@ fn parent_for<'s>(
 fn read_small(
     pgbr: &PgbrRepo,
     m: &Manifest,
-    holders: &HashMap<String, Compress>,
+    holders: &HashMap<String, Storage>,
     f: &File,
 ) -> Result<String> {
-    let mut reader = pgbr.open_file(m.holder(f), holders[m.holder(f)], f)?;
+    let mut reader = pgbr.open_file(m.holder(f), &holders[m.holder(f)], f)?;
     let mut text = String::new();
     if reader.read_to_string(&mut text).is_err() {
         return Err(match reader.failure() {
@@ -423,7 +432,7 @@ struct TreeStore<'a, 'r> {
     repo: &'a Repository,
     pgbr: &'a PgbrRepo,
     manifest: &'a Manifest,
-    holders: &'a HashMap<String, Compress>,
+    holders: &'a HashMap<String, Storage>,
     parent_manifest: Option<&'a Manifest>,
     ingest: &'a mut Ingest<'r>,
     dir_mtime: i64,
@@ -493,7 +502,7 @@ impl TreeStore<'_, '_> {
             }
         }
         let holder = self.manifest.holder(f);
-        let mut reader = self.pgbr.open_file(holder, self.holders[holder], f)?;
+        let mut reader = self.pgbr.open_file(holder, &self.holders[holder], f)?;
         let parent_lists = prev.map(|(_, l)| l).unwrap_or(&[]);
         let node = self.ingest.file_from_reader(
             (name, f.mode, f.timestamp),
@@ -623,6 +632,7 @@ impl<'p> WalSource<'p> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pgbackrest::compress::Compress;
 
     fn backup(label: &str) -> InfoBackup {
         InfoBackup {
@@ -689,6 +699,7 @@ mod tests {
             pg_version: "15".into(),
             db_id: 1,
             compress: Compress::None,
+            cipher_pass: None,
             tablespaces: Vec::new(),
             files: Vec::new(),
             paths: Vec::new(),

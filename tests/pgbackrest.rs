@@ -2,7 +2,8 @@
 //! PostgreSQL 15. One source cluster archives into three pgBackRest repositories, each with
 //! its own stanza: `plain` (no compression, one full backup), `chain` (a full backup in gz, a
 //! diff in lz4 and an incr in bz2: references across compression types) and `bundle` (zst,
-//! `repo1-bundle=y`, full + diff + incr). Everything is imported into one pgsnapfs repository;
+//! `repo1-bundle=y`, encrypted with `repo1-cipher-type=aes-256-cbc`, full + diff + incr).
+//! Everything is imported into one pgsnapfs repository;
 //! then, in sequence: every imported backup restores to exactly the source's rows at that
 //! backup; the stanza imported last stores little (the chunks are the same); `verify` passes
 //! on an imported backup; a rerun stores nothing; a damaged file (plain, and in a bundle)
@@ -18,11 +19,16 @@ use std::path::{Path, PathBuf};
 /// The test table's rows, summed up.
 const ROWS: &str = "SELECT count(*) || ':' || sum(i) || ':' || sum(length(s)) FROM t";
 
+/// The passphrase of the encrypted stanza.
+const CIPHER_PASS: &str = "correct horse battery staple";
+
 /// One pgBackRest repository with one stanza.
 struct Stanza {
     name: &'static str,
     conf: PathBuf,
     repo: PathBuf,
+    /// For an encrypted one: a file holding its passphrase.
+    pass_file: Option<PathBuf>,
 }
 
 impl Stanza {
@@ -48,10 +54,17 @@ impl Stanza {
         )
         .unwrap();
         fs::set_permissions(&conf, fs::Permissions::from_mode(0o644)).unwrap();
+        let pass_file = extra.contains("cipher-pass").then(|| {
+            let f = base.join("passphrase");
+            fs::write(&f, CIPHER_PASS).unwrap();
+            chown_to_postgres(&f);
+            f
+        });
         Stanza {
             name,
             conf,
             repo: base.join("repo"),
+            pass_file,
         }
     }
 
@@ -77,6 +90,10 @@ impl Stanza {
     fn import(&self, repo: &Repo, args: &[&str]) -> Run {
         let from = self.from();
         let mut all = vec!["--from", &from, "--stanza", self.name, "--json"];
+        let pass = self.pass_file.as_ref().map(|f| f.display().to_string());
+        if let Some(f) = &pass {
+            all.extend(["--from-passphrase-file", f]);
+        }
         all.extend_from_slice(args);
         repo.run("import", &all)
     }
@@ -128,7 +145,15 @@ fn pgbackrest_backups_import_as_native_backups() {
     });
     let plain = Stanza::new(&dir, "plain", &source, "compress-type=none");
     let chain = Stanza::new(&dir, "chain", &source, "compress-type=gz");
-    let bundle = Stanza::new(&dir, "bundle", &source, "compress-type=zst\nrepo1-bundle=y");
+    let bundle = Stanza::new(
+        &dir,
+        "bundle",
+        &source,
+        &format!(
+            "compress-type=zst\nrepo1-bundle=y\nrepo1-cipher-type=aes-256-cbc\n\
+             repo1-cipher-pass={CIPHER_PASS}"
+        ),
+    );
     let stanzas = [&plain, &chain, &bundle];
     let script: String = stanzas
         .iter()
@@ -172,8 +197,24 @@ fn pgbackrest_backups_import_as_native_backups() {
     assert_ne!(want_full, want_diff);
     assert_ne!(want_diff, want_incr);
 
-    // Import: each stanza's backups, oldest first.
+    // Import: each stanza's backups, oldest first. The encrypted one needs its passphrase.
     let repo = Repo::init();
+    let wrong = dir.join("wrong-passphrase");
+    fs::write(&wrong, "not it").unwrap();
+    chown_to_postgres(&wrong);
+    let from = bundle.from();
+    let run = repo.run(
+        "import",
+        &[
+            "--from",
+            &from,
+            "--stanza",
+            "bundle",
+            "--from-passphrase-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    assert!(run.assert_exit(2).stderr_str().contains("cannot decrypt"));
     let mut wanted = Vec::new();
     let mut stored_full = Vec::new();
     for (s, wants) in [

@@ -23,10 +23,20 @@ pub struct Args {
     /// Also import all the archived WAL, not only the WAL each backup needs.
     #[arg(long)]
     pub wal: bool,
+    /// File holding the pgBackRest repository's passphrase (repo1-cipher-pass), if it is
+    /// encrypted; otherwise PGBACKREST_REPO1_CIPHER_PASS is used.
+    #[arg(long)]
+    pub from_passphrase_file: Option<PathBuf>,
+    /// Command printing that passphrase on stdout, run by `sh -c`.
+    #[arg(long, conflicts_with = "from_passphrase_file")]
+    pub from_passphrase_command: Option<String>,
     /// Print what was imported as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
+
+/// pgBackRest's own variable for `repo1-cipher-pass`.
+const PGBACKREST_PASS_ENV: &str = "PGBACKREST_REPO1_CIPHER_PASS";
 
 /// The directory a `pgbackrest:PATH` source names.
 fn source_path(from: &str) -> Result<PathBuf> {
@@ -47,6 +57,11 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         &Options {
             from: source_path(&a.from)?,
             stanza: a.stanza.clone(),
+            passphrase: crate::passphrase::read_secret(
+                a.from_passphrase_file.as_deref(),
+                a.from_passphrase_command.as_deref(),
+                PGBACKREST_PASS_ENV,
+            )?,
             backup: (a.backup != "all").then(|| a.backup.clone()),
             wal: a.wal,
             threads: std::thread::available_parallelism()

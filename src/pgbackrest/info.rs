@@ -45,8 +45,8 @@ pub struct BackupInfo {
     pub backups: Vec<InfoBackup>,
     /// The clusters the stanza has held.
     pub history: Vec<DbHistory>,
-    /// Whether the repository is encrypted (`[cipher] cipher-pass`).
-    pub encrypted: bool,
+    /// The passphrase of the manifests, in an encrypted repository (`[cipher] cipher-pass`).
+    pub cipher_pass: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -80,7 +80,7 @@ impl BackupInfo {
         Ok(BackupInfo {
             backups,
             history: history(ini, object, "db-system-id")?,
-            encrypted: ini.raw("cipher", "cipher-pass").is_some(),
+            cipher_pass: ini.get("cipher", "cipher-pass", object)?,
         })
     }
 }
@@ -90,6 +90,8 @@ impl BackupInfo {
 pub struct ArchiveInfo {
     /// The clusters whose WAL is archived.
     pub history: Vec<DbHistory>,
+    /// The passphrase of the archived WAL, in an encrypted repository.
+    pub cipher_pass: Option<String>,
 }
 
 impl ArchiveInfo {
@@ -98,6 +100,7 @@ impl ArchiveInfo {
         // archive.info spells the system identifier "db-id" (pgBackRest's own quirk).
         Ok(ArchiveInfo {
             history: history(ini, object, "db-id")?,
+            cipher_pass: ini.get("cipher", "cipher-pass", object)?,
         })
     }
 }
@@ -158,7 +161,7 @@ mod tests {
         assert_eq!(info.backups[2].kind, "incr");
         assert_eq!(info.backups[2].references.len(), 2);
         assert_eq!(info.history[0].system_id, 7715572398002760392);
-        assert!(!info.encrypted);
+        assert_eq!(info.cipher_pass, None);
     }
 
     #[test]

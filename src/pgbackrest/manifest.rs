@@ -35,12 +35,23 @@ pub struct Manifest {
     pub db_id: u32,
     /// How this backup's own files are compressed.
     pub compress: Compress,
+    /// The passphrase of this backup's files, in an encrypted repository.
+    pub cipher_pass: Option<String>,
     /// Tablespaces: OID and location on the backed-up host.
     pub tablespaces: Vec<(u32, String)>,
     /// The files, in manifest (path) order.
     pub files: Vec<File>,
     /// The directories, with their modes.
     pub paths: Vec<(String, u32)>,
+}
+
+/// How a backup stores its files: the compression, and the passphrase if encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    /// The compression of every file.
+    pub compress: Compress,
+    /// The passphrase of every file, in an encrypted repository.
+    pub cipher_pass: Option<String>,
 }
 
 /// One file of a backup.
@@ -189,6 +200,7 @@ impl Manifest {
             pg_version: ini.need("backup:db", "db-version", object)?,
             db_id: ini.need("backup:db", "db-id", object)?,
             compress,
+            cipher_pass: ini.get("cipher", "cipher-pass", object)?,
             tablespaces,
             files,
             paths,
@@ -201,6 +213,14 @@ impl Manifest {
             .binary_search_by(|f| f.name.as_str().cmp(name))
             .ok()
             .map(|i| &self.files[i])
+    }
+
+    /// How this backup stores its files.
+    pub fn storage(&self) -> Storage {
+        Storage {
+            compress: self.compress,
+            cipher_pass: self.cipher_pass.clone(),
+        }
     }
 
     /// The label of the backup whose directory holds `file`.

@@ -12,6 +12,7 @@
 //! each file's SHA-1 and size): a mismatch is [`Error::Corrupt`] naming the file and the
 //! repository object. Encrypted repositories and block-incremental files are refused.
 
+pub mod cipher;
 pub mod compress;
 pub mod info;
 pub mod ini;
@@ -40,6 +41,9 @@ pub enum Error {
         /// Why it was needed (starts with ", " when not empty).
         why: String,
     },
+    /// An encrypted repository's passphrase is missing or wrong.
+    #[error("{0}")]
+    Passphrase(String),
     /// The repository uses a feature this pgsnapfs cannot read.
     #[error("{0}")]
     Unsupported(String),
@@ -63,12 +67,13 @@ impl Error {
         }
     }
 
-    /// The CLI's exit code: 3 corruption, 4 missing, 2 unsupported, 1 unreadable.
+    /// The CLI's exit code: 3 corruption, 4 missing, 2 unsupported or no passphrase, 1
+    /// unreadable.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Corrupt { .. } => 3,
             Error::Missing { .. } => 4,
-            Error::Unsupported(_) => 2,
+            Error::Unsupported(_) | Error::Passphrase(_) => 2,
             Error::Io { .. } => 1,
         }
     }

@@ -1,28 +1,37 @@
 //! A pgBackRest repository in a local directory: its info files, manifests and the bytes of
 //! each backed-up file, checked against the SHA-1 and size the manifest records.
 
-use super::compress::Compress;
+use super::cipher::{self, Decrypting};
 use super::info::{ArchiveInfo, BackupInfo};
 use super::ini::Ini;
-use super::manifest::{File, Manifest};
+use super::manifest::{File, Manifest, Storage};
 use super::Error;
 use sha1::{Digest, Sha1};
 use std::fs;
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-/// A stanza of a pgBackRest repository.
+/// A stanza of a pgBackRest repository, with its `backup.info` and `archive.info` read.
 pub struct PgbrRepo {
     root: PathBuf,
     stanza: String,
+    info: BackupInfo,
+    archive: Option<ArchiveInfo>,
 }
 
 impl PgbrRepo {
-    /// The stanza `stanza` of the repository at `root` (its `repo1-path`).
-    pub fn open(root: &Path, stanza: &str) -> Result<PgbrRepo, Error> {
-        let repo = PgbrRepo {
+    /// The stanza `stanza` of the repository at `root` (its `repo1-path`); `pass` is the
+    /// repository's passphrase (`repo1-cipher-pass`), if it is encrypted.
+    pub fn open(root: &Path, stanza: &str, pass: Option<&[u8]>) -> Result<PgbrRepo, Error> {
+        let mut repo = PgbrRepo {
             root: root.to_path_buf(),
             stanza: stanza.to_string(),
+            info: BackupInfo {
+                backups: Vec::new(),
+                history: Vec::new(),
+                cipher_pass: None,
+            },
+            archive: None,
         };
         let info = repo.backup_dir().join("backup.info");
         if !info.exists() && !repo.backup_dir().join("backup.info.copy").exists() {
@@ -34,6 +43,16 @@ impl PgbrRepo {
                 ),
             });
         }
+        let path = repo.backup_dir().join("backup.info");
+        let object = repo.object(&path);
+        repo.info = BackupInfo::parse(&repo.load_ini(&path, pass)?, &object)?;
+        let path = repo.archive_dir().join("archive.info");
+        let object = repo.object(&path);
+        repo.archive = match repo.load_ini(&path, pass) {
+            Ok(ini) => Some(ArchiveInfo::parse(&ini, &object)?),
+            Err(Error::Missing { .. }) => None,
+            Err(e) => return Err(e),
+        };
         Ok(repo)
     }
 
@@ -65,14 +84,17 @@ impl PgbrRepo {
 
     /// An info file, or its `.copy` when the file is missing or corrupt (as pgBackRest
     /// reads them: both are written at each change).
-    fn load_ini(&self, path: &Path) -> Result<Ini, Error> {
+    fn load_ini(&self, path: &Path, pass: Option<&[u8]>) -> Result<Ini, Error> {
         let mut first_error = None;
         for candidate in [path.to_path_buf(), copy_of(path)] {
             let object = self.object(&candidate);
             let result = match fs::read(&candidate) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(text) => Ini::parse(&text, &object),
-                    Err(_) => Err(Error::corrupt(&object, "not UTF-8 text")),
+                Ok(bytes) => match decrypted(bytes, pass, &object) {
+                    Ok(bytes) => match String::from_utf8(bytes) {
+                        Ok(text) => Ini::parse(&text, &object),
+                        Err(_) => Err(Error::corrupt(&object, "not UTF-8 text")),
+                    },
+                    Err(e) => Err(e),
                 },
                 Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::Missing {
                     object,
@@ -82,6 +104,8 @@ impl PgbrRepo {
             };
             match result {
                 Ok(ini) => return Ok(ini),
+                // Both files are encrypted alike: the copy cannot do better.
+                Err(e @ Error::Passphrase(_)) => return Err(e),
                 Err(e) => {
                     tracing::debug!("{e}");
                     first_error.get_or_insert(e);
@@ -91,35 +115,22 @@ impl PgbrRepo {
         Err(first_error.expect("two candidates were tried"))
     }
 
-    /// `backup.info`; an encrypted repository is refused.
-    pub fn backup_info(&self) -> Result<BackupInfo, Error> {
-        let path = self.backup_dir().join("backup.info");
-        let object = self.object(&path);
-        let info = BackupInfo::parse(
-            &self.load_ini(&path).map_err(|e| encrypted(e, &object))?,
-            &object,
-        )?;
-        if info.encrypted {
-            return Err(Error::Unsupported(format!(
-                "{object}: the repository is encrypted (repo-cipher-type); pgsnapfs does not \
-                 read encrypted pgBackRest repositories yet"
-            )));
-        }
-        Ok(info)
+    /// `backup.info`.
+    pub fn backup_info(&self) -> &BackupInfo {
+        &self.info
     }
 
-    /// `archive.info`.
-    pub fn archive_info(&self) -> Result<ArchiveInfo, Error> {
-        let path = self.archive_dir().join("archive.info");
-        let object = self.object(&path);
-        ArchiveInfo::parse(&self.load_ini(&path)?, &object)
+    /// `archive.info`; `None` if the stanza has none.
+    pub fn archive_info(&self) -> Option<&ArchiveInfo> {
+        self.archive.as_ref()
     }
 
     /// The manifest of backup `label`.
     pub fn manifest(&self, label: &str) -> Result<Manifest, Error> {
         let path = self.backup_dir().join(label).join("backup.manifest");
         let object = self.object(&path);
-        let manifest = Manifest::parse(&self.load_ini(&path)?, &object)?;
+        let pass = self.info.cipher_pass.as_deref().map(str::as_bytes);
+        let manifest = Manifest::parse(&self.load_ini(&path, pass)?, &object)?;
         if manifest.label != label {
             return Err(Error::corrupt(
                 object,
@@ -130,8 +141,13 @@ impl PgbrRepo {
     }
 
     /// The repository object that holds `file` of a backup whose directory is `holder` and
-    /// compression `compress`: (path, offset, length).
-    fn locate(&self, holder: &str, compress: Compress, file: &File) -> (PathBuf, u64) {
+    /// compression `compress`: (path, offset).
+    fn locate(
+        &self,
+        holder: &str,
+        compress: super::compress::Compress,
+        file: &File,
+    ) -> (PathBuf, u64) {
         let dir = self.backup_dir().join(holder);
         match file.bundle {
             Some((id, offset)) => (dir.join("bundle").join(id.to_string()), offset),
@@ -139,12 +155,12 @@ impl PgbrRepo {
         }
     }
 
-    /// A reader of `file`'s content, held by backup `holder` compressed with `compress`,
-    /// that checks its size and SHA-1 as it is read (see [`Checked`]).
+    /// A reader of `file`'s content, held by backup `holder` that stores files as `storage`
+    /// says, that checks its size and SHA-1 as it is read (see [`Checked`]).
     pub fn open_file(
         &self,
         holder: &str,
-        compress: Compress,
+        storage: &Storage,
         file: &File,
     ) -> Result<Checked<Box<dyn Read>>, Error> {
         if file.block_incremental {
@@ -162,7 +178,7 @@ impl PgbrRepo {
                 0,
             ));
         };
-        let (path, offset) = self.locate(holder, compress, file);
+        let (path, offset) = self.locate(holder, storage.compress, file);
         let object = self.object(&path);
         let mut f = fs::File::open(&path).map_err(|e| match e.kind() {
             ErrorKind::NotFound => Error::Missing {
@@ -179,8 +195,12 @@ impl PgbrRepo {
                 object: object.clone(),
                 source,
             })?;
-        let stored: Box<dyn Read> = Box::new(f.take(file.repo_size));
-        let decoded = compress
+        let mut stored: Box<dyn Read> = Box::new(f.take(file.repo_size));
+        if let Some(pass) = &storage.cipher_pass {
+            stored = Box::new(Decrypting::new(stored, pass.as_bytes()));
+        }
+        let decoded = storage
+            .compress
             .decoder(stored)
             .map_err(|e| Error::corrupt(&object, format!("{}: {e}", file.name)))?;
         Ok(Checked::new(
@@ -193,15 +213,28 @@ impl PgbrRepo {
     }
 }
 
-/// pgBackRest encrypts info files too: an encrypted backup.info is binary, not INI.
-fn encrypted(e: Error, object: &str) -> Error {
-    match e {
-        Error::Corrupt { reason, .. } if reason == "not UTF-8 text" => Error::Unsupported(format!(
-            "{object} is not readable text: the repository is probably encrypted \
-             (repo-cipher-type); pgsnapfs does not read encrypted pgBackRest repositories yet"
-        )),
-        e => e,
+/// The plaintext of an info file: as it is, or decrypted with `pass`.
+fn decrypted(bytes: Vec<u8>, pass: Option<&[u8]>, object: &str) -> Result<Vec<u8>, Error> {
+    if !cipher::is_encrypted(&bytes) {
+        return Ok(bytes);
     }
+    let Some(pass) = pass else {
+        return Err(Error::Passphrase(format!(
+            "{object} is encrypted (repo1-cipher-type): give the repository's passphrase \
+             (repo1-cipher-pass) with --from-passphrase-file, --from-passphrase-command or \
+             PGBACKREST_REPO1_CIPHER_PASS"
+        )));
+    };
+    let mut out = Vec::new();
+    Decrypting::new(&bytes[..], pass)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            Error::Passphrase(format!(
+                "cannot decrypt {object} ({e}): is the passphrase the repository's \
+                 repo1-cipher-pass?"
+            ))
+        })?;
+    Ok(out)
 }
 
 fn copy_of(path: &Path) -> PathBuf {

@@ -104,8 +104,13 @@ impl PgbrRepo {
             source,
         })?;
         let mut data = Vec::new();
+        let pass = self.archive_info().and_then(|a| a.cipher_pass.as_deref());
+        let stored: Box<dyn Read> = match pass {
+            Some(pass) => Box::new(super::cipher::Decrypting::new(f, pass.as_bytes())),
+            None => Box::new(f),
+        };
         wal.compress
-            .decoder(f)
+            .decoder(stored)
             .and_then(|mut d| d.read_to_end(&mut data))
             .map_err(|e| Error::corrupt(&object, format!("cannot be decompressed: {e}")))?;
         if let Some(expected) = &wal.sha1 {
