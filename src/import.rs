@@ -288,7 +288,8 @@ fn import_backup(
                 })
                 .collect(),
             read: None,
-            source: Source::Pgbackrest,
+            // pgBackRest took it from a running server, as `backup` does.
+            source: Source::Server,
             from_archive: None,
             imported: Some(ImportSource {
                 stanza: pgbr.stanza().to_string(),

@@ -240,7 +240,9 @@ fn pgbackrest_backups_import_as_native_backups() {
     let listed: Vec<serde_json::Value> = repo.list();
     assert_eq!(listed.len(), wanted.len(), "{listed:?}");
     assert!(
-        listed.iter().all(|b| json_str(b, "source") == "pgbackrest"),
+        listed
+            .iter()
+            .all(|b| b["imported"]["stanza"].is_string() && json_str(b, "source") == "server"),
         "{listed:?}"
     );
 

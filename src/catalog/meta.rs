@@ -41,7 +41,8 @@ pub struct BackupMeta {
     /// For a backup made from the archive: its base and the WAL replayed on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_archive: Option<ArchiveSource>,
-    /// For a backup imported from another tool's repository: which backup it was there.
+    /// For a backup imported from another tool's repository (pgBackRest, which took it from a
+    /// server: its `source` is `server`): which backup it was there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported: Option<ImportSource>,
 }
@@ -55,8 +56,6 @@ pub enum Source {
     Server,
     /// Archived WAL replayed on an earlier backup (`backup --from-archive`).
     Archive,
-    /// A backup of a pgBackRest repository (`import --from pgbackrest:PATH`).
-    Pgbackrest,
 }
 
 impl Source {
@@ -65,7 +64,6 @@ impl Source {
         match self {
             Source::Server => "server",
             Source::Archive => "archive",
-            Source::Pgbackrest => "pgbackrest",
         }
     }
 }
