@@ -212,8 +212,13 @@ fn import_backup(
 
     let mut holders = HashMap::new();
     holders.insert(m.label.clone(), m.storage());
-    for f in &m.files {
-        let holder = m.holder(f);
+    // Block maps may name any backup of the reference list, not only a file's holder.
+    let labels = m
+        .files
+        .iter()
+        .map(|f| m.holder(f))
+        .chain(m.references.iter().map(String::as_str));
+    for holder in labels {
         if !holders.contains_key(holder) {
             holders.insert(holder.to_string(), pgbr.manifest(holder)?.storage());
         }
@@ -503,7 +508,12 @@ impl TreeStore<'_, '_> {
             }
         }
         let holder = self.manifest.holder(f);
-        let mut reader = self.pgbr.open_file(holder, &self.holders[holder], f)?;
+        let mut reader = match f.block_incremental {
+            Some(incr) => self
+                .pgbr
+                .open_block_file(self.manifest, self.holders, f, incr)?,
+            None => self.pgbr.open_file(holder, &self.holders[holder], f)?,
+        };
         let parent_lists = prev.map(|(_, l)| l).unwrap_or(&[]);
         let node = self.ingest.file_from_reader(
             (name, f.mode, f.timestamp),
@@ -690,6 +700,7 @@ mod tests {
             label: label.into(),
             kind: "incr".into(),
             prior: prior.map(Into::into),
+            references: Vec::new(),
             lsn_start: crate::pg::lsn::Lsn(0),
             lsn_stop: crate::pg::lsn::Lsn(0),
             archive_start: String::new(),

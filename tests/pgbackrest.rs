@@ -2,7 +2,8 @@
 //! PostgreSQL 15. One source cluster archives into three pgBackRest repositories, each with
 //! its own stanza: `plain` (no compression, one full backup), `chain` (a full backup in gz, a
 //! diff in lz4 and an incr in bz2: references across compression types) and `bundle` (zst,
-//! `repo1-bundle=y`, encrypted with `repo1-cipher-type=aes-256-cbc`, full + diff + incr).
+//! `repo1-bundle=y`, encrypted with `repo1-cipher-type=aes-256-cbc`, full + diff + incr) and
+//! `block` (zst, bundles and block incremental: `repo1-block=y`, beta in 2.45; full + incr).
 //! Everything is imported into one pgsnapfs repository;
 //! then, in sequence: every imported backup restores to exactly the source's rows at that
 //! backup; the stanza imported last stores little (the chunks are the same); `verify` passes
@@ -154,7 +155,13 @@ fn pgbackrest_backups_import_as_native_backups() {
              repo1-cipher-pass={CIPHER_PASS}"
         ),
     );
-    let stanzas = [&plain, &chain, &bundle];
+    let block = Stanza::new(
+        &dir,
+        "block",
+        &source,
+        "compress-type=zst\nrepo1-bundle=y\nrepo1-block=y\nbeta=y",
+    );
+    let stanzas = [&plain, &chain, &bundle, &block];
     let script: String = stanzas
         .iter()
         .map(|s| {
@@ -180,6 +187,7 @@ fn pgbackrest_backups_import_as_native_backups() {
     plain.backup("--type=full", &[]);
     chain.backup("--type=full", &[]);
     bundle.backup("--type=full", &[]);
+    block.backup("--type=full", &[]);
     source.psql(
         "INSERT INTO t SELECT g, 'diff' FROM generate_series(20001, 25000) g;
          UPDATE t SET s = 'changed' WHERE i % 100 = 0;",
@@ -194,6 +202,7 @@ fn pgbackrest_backups_import_as_native_backups() {
     let want_incr = source.psql(ROWS);
     chain.backup("--type=incr", &["--compress-type=bz2"]);
     bundle.backup("--type=incr", &[]);
+    block.backup("--type=incr", &[]);
     assert_ne!(want_full, want_diff);
     assert_ne!(want_diff, want_incr);
 
@@ -221,6 +230,7 @@ fn pgbackrest_backups_import_as_native_backups() {
         (&plain, vec![&want_full]),
         (&chain, vec![&want_full, &want_diff, &want_incr]),
         (&bundle, vec![&want_full, &want_diff, &want_incr]),
+        (&block, vec![&want_full, &want_incr]),
     ] {
         let report = s.import(&repo, &[]).assert_ok().json();
         let done = imported(&report);
@@ -267,7 +277,7 @@ fn pgbackrest_backups_import_as_native_backups() {
     }
 
     // verify (a view, a server, every table read) on the incr imported from bundles.
-    let (_, label, id, want) = wanted.last().unwrap();
+    let (_, label, id, want) = &wanted[6];
     let sql = dir.join("rows.sql");
     fs::write(&sql, format!("SELECT ({ROWS}) = '{want}';\n")).unwrap();
     let mut args = repo.args("verify", &["--json", "--backup", id, "--sql"]);
@@ -287,7 +297,11 @@ fn pgbackrest_backups_import_as_native_backups() {
         assert!(imported(&report).is_empty(), "{report}");
         assert_eq!(
             report["skipped"].as_array().map(Vec::len),
-            Some(if s.name == "plain" { 1 } else { 3 }),
+            Some(match s.name {
+                "plain" => 1,
+                "block" => 2,
+                _ => 3,
+            }),
             "{report}"
         );
         // --wal: the WAL outside the backups is archived once, and found present afterwards.

@@ -15,6 +15,8 @@ pub struct Manifest {
     pub kind: String,
     /// The backup a diff or incr was taken against.
     pub prior: Option<String>,
+    /// The backups its files may be in, this one last: block maps number them from 0.
+    pub references: Vec<String>,
     /// Where replay starts (pg_backup_start's LSN).
     pub lsn_start: Lsn,
     /// Where the backup is consistent (pg_backup_stop's LSN).
@@ -73,9 +75,27 @@ pub struct File {
     pub timestamp: i64,
     /// Its permission bits.
     pub mode: u32,
-    /// Whether it is stored as block-incremental deltas (`repo-block=y`).
-    pub block_incremental: bool,
+    /// Stored block-incrementally (`repo-block=y`): its block map's shape.
+    pub block_incremental: Option<BlockIncr>,
 }
+
+/// How a block-incremental file is stored: blocks of `block_size` bytes grouped in super
+/// blocks, some in this backup, some in earlier ones, found through the block map stored at
+/// the end of the file's own object (its last `map_size` bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockIncr {
+    /// Bytes per block.
+    pub block_size: u64,
+    /// Bytes of each block's checksum in the map.
+    pub checksum_size: usize,
+    /// Bytes of the map.
+    pub map_size: u64,
+}
+
+/// pgBackRest records block sizes in units of 8 KiB.
+const BLOCK_INCR_SIZE_FACTOR: u64 = 8192;
+/// The checksum size when a manifest records none.
+const BLOCK_INCR_CHECKSUM_SIZE_MIN: usize = 6;
 
 #[derive(Deserialize)]
 struct FileJson {
@@ -88,8 +108,12 @@ struct FileJson {
     repo_size: Option<u64>,
     timestamp: i64,
     mode: Option<String>,
-    /// The block size of a block-incremental file.
+    /// The block size of a block-incremental file, in 8 KiB units.
     bi: Option<u64>,
+    /// Its block checksum size.
+    bic: Option<usize>,
+    /// Its block map's size.
+    bim: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -174,7 +198,20 @@ impl Manifest {
                     Some(m) => mode(&m, name, object)?,
                     None => default_file_mode,
                 },
-                block_incremental: f.bi.is_some(),
+                block_incremental: match (f.bi, f.bim) {
+                    (Some(bi), Some(bim)) => Some(BlockIncr {
+                        block_size: bi * BLOCK_INCR_SIZE_FACTOR,
+                        checksum_size: f.bic.unwrap_or(BLOCK_INCR_CHECKSUM_SIZE_MIN),
+                        map_size: bim,
+                    }),
+                    (Some(_), None) => {
+                        return Err(Error::corrupt(
+                            object,
+                            format!("{name}: \"bi\" without \"bim\""),
+                        ))
+                    }
+                    _ => None,
+                },
             });
         }
         let mut paths = Vec::new();
@@ -190,6 +227,10 @@ impl Manifest {
             label: ini.need("backup", "backup-label", object)?,
             kind: ini.need("backup", "backup-type", object)?,
             prior: ini.get("backup", "backup-prior", object)?,
+            references: ini
+                .get::<String>("backup", "backup-reference", object)?
+                .map(|r| r.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
             lsn_start: lsn("backup-lsn-start")?,
             lsn_stop: lsn("backup-lsn-stop")?,
             archive_start: ini.need("backup", "backup-archive-start", object)?,

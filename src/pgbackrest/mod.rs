@@ -12,6 +12,7 @@
 //! each file's SHA-1 and size): a mismatch is [`Error::Corrupt`] naming the file and the
 //! repository object. Encrypted repositories and block-incremental files are refused.
 
+pub mod block;
 pub mod cipher;
 pub mod compress;
 pub mod info;

@@ -1,12 +1,14 @@
 //! A pgBackRest repository in a local directory: its info files, manifests and the bytes of
 //! each backed-up file, checked against the SHA-1 and size the manifest records.
 
+use super::block;
 use super::cipher::{self, Decrypting};
 use super::info::{ArchiveInfo, BackupInfo};
 use super::ini::Ini;
-use super::manifest::{File, Manifest, Storage};
+use super::manifest::{BlockIncr, File, Manifest, Storage};
 use super::Error;
 use sha1::{Digest, Sha1};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -163,12 +165,6 @@ impl PgbrRepo {
         storage: &Storage,
         file: &File,
     ) -> Result<Checked<Box<dyn Read>>, Error> {
-        if file.block_incremental {
-            return Err(Error::Unsupported(format!(
-                "{}: block-incremental files (repo-block=y) are not read by pgsnapfs yet",
-                file.name
-            )));
-        }
         let Some(checksum) = file.checksum.clone() else {
             return Ok(Checked::new(
                 Box::new(io::empty()),
@@ -210,6 +206,220 @@ impl PgbrRepo {
             checksum,
             file.size,
         ))
+    }
+}
+
+impl PgbrRepo {
+    /// A reader of block-incremental `file` of backup `m` (see [`super::block`]), checked as
+    /// [`PgbrRepo::open_file`]'s; `storages` has how each backup of `m.references` stores its
+    /// files.
+    pub fn open_block_file(
+        &self,
+        m: &Manifest,
+        storages: &HashMap<String, Storage>,
+        file: &File,
+        incr: BlockIncr,
+    ) -> Result<Checked<Box<dyn Read>>, Error> {
+        let holder = m.holder(file);
+        let storage = &storages[holder];
+        if storage.cipher_pass.is_some() {
+            return Err(Error::Unsupported(format!(
+                "{}: block-incremental files of encrypted repositories are not read by \
+                 pgsnapfs yet",
+                file.name
+            )));
+        }
+        let (path, offset) = self.block_object(holder, file.bundle.map_or(0, |b| b.0), file);
+        let offset = offset.max(file.bundle.map_or(0, |b| b.1));
+        let object = self.object(&path);
+        let map_at = offset + file.repo_size - incr.map_size;
+        let map = self.read_range(&path, map_at, incr.map_size)?;
+        let items = block::parse_map(&map, incr.block_size, incr.checksum_size)
+            .map_err(|e| Error::corrupt(&object, format!("{}: block map: {e}", file.name)))?;
+        if items.len() as u64 != file.size.div_ceil(incr.block_size) {
+            return Err(Error::corrupt(
+                &object,
+                format!(
+                    "{}: the block map lists {} blocks for {} bytes",
+                    file.name,
+                    items.len(),
+                    file.size
+                ),
+            ));
+        }
+        let mut supers = Vec::new();
+        for item in &items {
+            let label = m.references.get(item.reference).ok_or_else(|| {
+                Error::corrupt(
+                    &object,
+                    format!("{}: block map reference {}", file.name, item.reference),
+                )
+            })?;
+            let compress = storages.get(label).map(|s| s.compress).ok_or_else(|| {
+                Error::corrupt(&object, format!("{}: unknown backup {label}", file.name))
+            })?;
+            let (path, _) = self.block_object(label, item.bundle_id, file);
+            supers.push((path, compress));
+        }
+        let reader = BlockReader {
+            root: self.root.clone(),
+            items,
+            supers,
+            block_size: incr.block_size,
+            remaining: file.size,
+            at: 0,
+            cache: Vec::new(),
+            buf: Vec::new(),
+            buf_at: 0,
+            name: file.name.clone(),
+        };
+        let checksum = file.checksum.clone().unwrap_or_default();
+        Ok(Checked::new(
+            Box::new(reader),
+            file.name.clone(),
+            object,
+            checksum,
+            file.size,
+        ))
+    }
+
+    /// The object holding super blocks of `file` written by backup `label`, and where the
+    /// file's part starts in it.
+    fn block_object(&self, label: &str, bundle_id: u64, file: &File) -> (PathBuf, u64) {
+        let dir = self.backup_dir().join(label);
+        match bundle_id {
+            0 => (dir.join(format!("{}.pgbi", file.name)), 0),
+            id => (dir.join("bundle").join(id.to_string()), 0),
+        }
+    }
+
+    fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        read_range(&self.root, path, offset, len)
+    }
+}
+
+/// `len` bytes at `offset` of `path`, an object of the repository at `root`.
+fn read_range(root: &Path, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+    {
+        let object = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let io_err = |source| Error::Io {
+            object: object.clone(),
+            source,
+        };
+        let mut f = fs::File::open(path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::Missing {
+                object: object.clone(),
+                why: String::new(),
+            },
+            _ => io_err(e),
+        })?;
+        f.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        let mut data = vec![0u8; len as usize];
+        f.read_exact(&mut data).map_err(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => {
+                Error::corrupt(&object, format!("shorter than {} bytes", offset + len))
+            }
+            _ => io_err(e),
+        })?;
+        Ok(data)
+    }
+}
+
+/// Super blocks kept decoded while a block-incremental file is read.
+const SUPER_BLOCK_CACHE: usize = 16;
+
+/// A block-incremental file's bytes, block after block.
+struct BlockReader {
+    root: PathBuf,
+    items: Vec<block::MapItem>,
+    /// Each item's super block object and compression.
+    supers: Vec<(PathBuf, super::compress::Compress)>,
+    block_size: u64,
+    remaining: u64,
+    at: usize,
+    /// Decoded super blocks: (object, offset) and their blocks.
+    cache: Vec<((PathBuf, u64), Vec<Vec<u8>>)>,
+    buf: Vec<u8>,
+    buf_at: usize,
+    name: String,
+}
+
+impl BlockReader {
+    fn next_block(&mut self) -> io::Result<bool> {
+        let Some(item) = self.items.get(self.at).copied() else {
+            return Ok(false);
+        };
+        let (path, compress) = self.supers[self.at].clone();
+        let key = (path.clone(), item.offset);
+        let bad = |e: String| io::Error::new(ErrorKind::InvalidData, e);
+        let pos = match self.cache.iter().position(|(k, _)| *k == key) {
+            Some(p) => p,
+            None => {
+                let stored = read_range(&self.root, &path, item.offset, item.size)
+                    .map_err(|e| bad(e.to_string()))?;
+                let compressed = block::unchunk(&stored).map_err(|e| {
+                    bad(format!(
+                        "{}: {e}",
+                        path.strip_prefix(&self.root).unwrap_or(&path).display()
+                    ))
+                })?;
+                let plain = match compress {
+                    // pgBackRest writes super blocks as raw deflate, without gzip's header.
+                    super::compress::Compress::Gz => {
+                        block::read_all(flate2::read::DeflateDecoder::new(&compressed[..]))?
+                    }
+                    c => block::read_all(c.decoder(&compressed[..])?)?,
+                };
+                let blocks = block::blocks(&plain, item.super_block_size, self.block_size)
+                    .map_err(|e| {
+                        bad(format!(
+                            "{}: {e}",
+                            path.strip_prefix(&self.root).unwrap_or(&path).display()
+                        ))
+                    })?
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                if self.cache.len() == SUPER_BLOCK_CACHE {
+                    self.cache.remove(0);
+                }
+                self.cache.push((key, blocks));
+                self.cache.len() - 1
+            }
+        };
+        let blocks = &self.cache[pos].1;
+        let block = blocks.get(item.block as usize).ok_or_else(|| {
+            bad(format!(
+                "{}: block {} is not in its super block of {} blocks",
+                self.name,
+                item.block,
+                blocks.len()
+            ))
+        })?;
+        let len = (block.len() as u64).min(self.remaining) as usize;
+        self.buf = block[..len].to_vec();
+        self.buf_at = 0;
+        self.remaining -= len as u64;
+        self.at += 1;
+        Ok(true)
+    }
+}
+
+impl Read for BlockReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.buf_at == self.buf.len() {
+            if !self.next_block()? {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.buf_at);
+        out[..n].copy_from_slice(&self.buf[self.buf_at..self.buf_at + n]);
+        self.buf_at += n;
+        Ok(n)
     }
 }
 
