@@ -209,9 +209,9 @@ pub fn push_data(
     // segment's own write waits for it. The order of writes stays fixed: registry, summary,
     // segment.
     let sealed = std::thread::scope(|s| {
-        let sealed = s.spawn(|| repo.crypto().seal(&key, &data, WAL_LEVEL));
+        let sealed = s.spawn(|| repo.crypto().seal(&key, data, WAL_LEVEL));
         check_system(repo, sysid, control, seg_size, name)?;
-        if let Some(summary) = header.as_ref().and_then(|h| summarise(name, &data, h)) {
+        if let Some(summary) = header.as_ref().and_then(|h| summarise(name, data, h)) {
             let json = serde_json::to_vec(&summary).expect("summary serializes");
             match repo.put_sealed(&keys::wal_summary(sysid, file.tli(), name), &json) {
                 // A retried push of a segment whose earlier summary differs is judged below
@@ -241,7 +241,7 @@ pub fn push_data(
         Err(e) => return Err(StoreError::from(e).into()),
     }
     // Compare contents by digest: compression settings may differ between copies.
-    if repo.sealed_header(&key)?.digest == crate::store::BlobId::of(&data) {
+    if repo.sealed_header(&key)?.digest == crate::store::BlobId::of(data) {
         Ok(pushed(PushOutcome::AlreadyArchived))
     } else {
         Err(Error::WalConflict {

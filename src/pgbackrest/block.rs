@@ -242,7 +242,7 @@ pub fn blocks(data: &[u8], super_block_size: u64, block_size: u64) -> Result<Vec
     let mut out = Vec::new();
     for i in 0..total {
         c.varint()?;
-        let len = if i == total - 1 && super_block_size % block_size != 0 {
+        let len = if i == total - 1 && !super_block_size.is_multiple_of(block_size) {
             super_block_size % block_size
         } else {
             block_size

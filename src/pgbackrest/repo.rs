@@ -229,8 +229,8 @@ impl PgbrRepo {
                 file.name
             )));
         }
-        let (path, offset) = self.block_object(holder, file.bundle.map_or(0, |b| b.0), file);
-        let offset = offset.max(file.bundle.map_or(0, |b| b.1));
+        let (bundle_id, offset) = file.bundle.unwrap_or((0, 0));
+        let path = self.block_object(holder, bundle_id, file);
         let object = self.object(&path);
         let map_at = offset + file.repo_size - incr.map_size;
         let map = self.read_range(&path, map_at, incr.map_size)?;
@@ -258,8 +258,7 @@ impl PgbrRepo {
             let compress = storages.get(label).map(|s| s.compress).ok_or_else(|| {
                 Error::corrupt(&object, format!("{}: unknown backup {label}", file.name))
             })?;
-            let (path, _) = self.block_object(label, item.bundle_id, file);
-            supers.push((path, compress));
+            supers.push((self.block_object(label, item.bundle_id, file), compress));
         }
         let reader = BlockReader {
             root: self.root.clone(),
@@ -283,13 +282,13 @@ impl PgbrRepo {
         ))
     }
 
-    /// The object holding super blocks of `file` written by backup `label`, and where the
-    /// file's part starts in it.
-    fn block_object(&self, label: &str, bundle_id: u64, file: &File) -> (PathBuf, u64) {
+    /// The object holding super blocks of `file` written by backup `label`: a bundle, or
+    /// (bundle id 0) the file's own `.pgbi` object.
+    fn block_object(&self, label: &str, bundle_id: u64, file: &File) -> PathBuf {
         let dir = self.backup_dir().join(label);
         match bundle_id {
-            0 => (dir.join(format!("{}.pgbi", file.name)), 0),
-            id => (dir.join("bundle").join(id.to_string()), 0),
+            0 => dir.join(format!("{}.pgbi", file.name)),
+            id => dir.join("bundle").join(id.to_string()),
         }
     }
 
@@ -300,37 +299,38 @@ impl PgbrRepo {
 
 /// `len` bytes at `offset` of `path`, an object of the repository at `root`.
 fn read_range(root: &Path, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-    {
-        let object = path
-            .strip_prefix(root)
-            .unwrap_or(path)
-            .display()
-            .to_string();
-        let io_err = |source| Error::Io {
+    let object = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let io_err = |source| Error::Io {
+        object: object.clone(),
+        source,
+    };
+    let mut f = fs::File::open(path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => Error::Missing {
             object: object.clone(),
-            source,
-        };
-        let mut f = fs::File::open(path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => Error::Missing {
-                object: object.clone(),
-                why: String::new(),
-            },
-            _ => io_err(e),
-        })?;
-        f.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-        let mut data = vec![0u8; len as usize];
-        f.read_exact(&mut data).map_err(|e| match e.kind() {
-            ErrorKind::UnexpectedEof => {
-                Error::corrupt(&object, format!("shorter than {} bytes", offset + len))
-            }
-            _ => io_err(e),
-        })?;
-        Ok(data)
-    }
+            why: String::new(),
+        },
+        _ => io_err(e),
+    })?;
+    f.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    let mut data = vec![0u8; len as usize];
+    f.read_exact(&mut data).map_err(|e| match e.kind() {
+        ErrorKind::UnexpectedEof => {
+            Error::corrupt(&object, format!("shorter than {} bytes", offset + len))
+        }
+        _ => io_err(e),
+    })?;
+    Ok(data)
 }
 
 /// Super blocks kept decoded while a block-incremental file is read.
 const SUPER_BLOCK_CACHE: usize = 16;
+
+/// A super block: its object and offset.
+type SuperBlockKey = (PathBuf, u64);
 
 /// A block-incremental file's bytes, block after block.
 struct BlockReader {
@@ -342,7 +342,7 @@ struct BlockReader {
     remaining: u64,
     at: usize,
     /// Decoded super blocks: (object, offset) and their blocks.
-    cache: Vec<((PathBuf, u64), Vec<Vec<u8>>)>,
+    cache: Vec<(SuperBlockKey, Vec<Vec<u8>>)>,
     buf: Vec<u8>,
     buf_at: usize,
     name: String,
