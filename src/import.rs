@@ -712,6 +712,7 @@ mod tests {
             db_id: 1,
             compress: Compress::None,
             cipher_pass: None,
+            bundle_raw: false,
             tablespaces: Vec::new(),
             files: Vec::new(),
             paths: Vec::new(),

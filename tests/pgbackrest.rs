@@ -3,7 +3,8 @@
 //! its own stanza: `plain` (no compression, one full backup), `chain` (a full backup in gz, a
 //! diff in lz4 and an incr in bz2: references across compression types) and `bundle` (zst,
 //! `repo1-bundle=y`, encrypted with `repo1-cipher-type=aes-256-cbc`, full + diff + incr) and
-//! `block` (zst, bundles and block incremental: `repo1-block=y`, beta in 2.45; full + incr).
+//! `block` (gz, bundles, block incremental: `repo1-block=y`, beta in 2.45; encrypted too, so
+//! its bundles and super blocks are in pgBackRest's "raw" formats; full + incr).
 //! Everything is imported into one pgsnapfs repository;
 //! then, in sequence: every imported backup restores to exactly the source's rows at that
 //! backup; the stanza imported last stores little (the chunks are the same); `verify` passes
@@ -159,7 +160,10 @@ fn pgbackrest_backups_import_as_native_backups() {
         &dir,
         "block",
         &source,
-        "compress-type=zst\nrepo1-bundle=y\nrepo1-block=y\nbeta=y",
+        &format!(
+            "compress-type=gz\nrepo1-bundle=y\nrepo1-block=y\nbeta=y\n\
+             repo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass={CIPHER_PASS}"
+        ),
     );
     let stanzas = [&plain, &chain, &bundle, &block];
     let script: String = stanzas

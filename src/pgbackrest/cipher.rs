@@ -11,6 +11,7 @@ use std::io::{self, ErrorKind, Read};
 
 const MAGIC: &[u8; 8] = b"Salted__";
 const HEADER: usize = 16;
+const SALT: usize = 8;
 const BLOCK: usize = 16;
 
 type Decryptor = cbc::Decryptor<aes::Aes256>;
@@ -51,6 +52,8 @@ pub struct Decrypting<R> {
     /// Ciphertext read but not yet decrypted (the last block waits for the end: padding).
     pending: Vec<u8>,
     eof: bool,
+    /// No `Salted__` before the salt (block-incremental maps and super blocks).
+    raw: bool,
 }
 
 impl<R: Read> Decrypting<R> {
@@ -64,6 +67,15 @@ impl<R: Read> Decrypting<R> {
             out_at: 0,
             pending: Vec::new(),
             eof: false,
+            raw: false,
+        }
+    }
+
+    /// Decrypts `inner`, which starts with the salt alone (pgBackRest's "raw" mode).
+    pub fn new_raw(inner: R, pass: &[u8]) -> Decrypting<R> {
+        Decrypting {
+            raw: true,
+            ..Decrypting::new(inner, pass)
         }
     }
 
@@ -85,18 +97,19 @@ impl<R: Read> Decrypting<R> {
         };
         self.pending.extend_from_slice(&buf[..n]);
         if self.cipher.is_none() {
-            if self.pending.len() < HEADER {
+            let header = if self.raw { SALT } else { HEADER };
+            if self.pending.len() < header {
                 if n == 0 {
                     return Err(Self::bad("shorter than the cipher header"));
                 }
                 return Ok(true);
             }
-            if !is_encrypted(&self.pending) {
+            if !self.raw && !is_encrypted(&self.pending) {
                 return Err(Self::bad("no cipher header (Salted__): not encrypted"));
             }
-            let (key, iv) = key_iv(&self.pass, &self.pending[8..HEADER]);
+            let (key, iv) = key_iv(&self.pass, &self.pending[header - SALT..header]);
             self.cipher = Some(Decryptor::new(&key.into(), &iv.into()));
-            self.pending.drain(..HEADER);
+            self.pending.drain(..header);
         }
         let cipher = self.cipher.as_mut().expect("set above");
         // Keep the last whole block back until the end: it holds the padding.
@@ -178,6 +191,12 @@ mod tests {
             .read_to_end(&mut whole)
             .unwrap();
         assert_eq!(whole, out.as_bytes());
+        // Raw: the same without the magic.
+        let mut raw = Vec::new();
+        Decrypting::new_raw(&data[8..], b"secret")
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(raw, out.as_bytes());
         let wrong = Decrypting::new(&data[..], b"wrong").read_to_end(&mut Vec::new());
         assert_eq!(wrong.unwrap_err().kind(), ErrorKind::InvalidData);
     }

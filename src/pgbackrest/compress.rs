@@ -53,6 +53,16 @@ impl Compress {
         (Compress::None, name)
     }
 
+    /// A reader of a decompressed stream in pgBackRest's "raw" format (bundles of backups
+    /// with block incremental, and super blocks): gz as zlib (no gzip header), the others as
+    /// usual.
+    pub fn raw_decoder<'a>(self, r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+        match self {
+            Compress::Gz => Ok(Box::new(flate2::read::ZlibDecoder::new(r))),
+            other => other.decoder(r),
+        }
+    }
+
     /// A reader of the decompressed stream.
     pub fn decoder<'a>(self, r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
         Ok(match self {

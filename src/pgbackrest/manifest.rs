@@ -39,6 +39,8 @@ pub struct Manifest {
     pub compress: Compress,
     /// The passphrase of this backup's files, in an encrypted repository.
     pub cipher_pass: Option<String>,
+    /// Whether files in bundles are in the "raw" format (backups with block incremental).
+    pub bundle_raw: bool,
     /// Tablespaces: OID and location on the backed-up host.
     pub tablespaces: Vec<(u32, String)>,
     /// The files, in manifest (path) order.
@@ -54,6 +56,8 @@ pub struct Storage {
     pub compress: Compress,
     /// The passphrase of every file, in an encrypted repository.
     pub cipher_pass: Option<String>,
+    /// Whether bundled files are in the "raw" format (see [`Compress::raw_decoder`]).
+    pub bundle_raw: bool,
 }
 
 /// One file of a backup.
@@ -242,6 +246,9 @@ impl Manifest {
             db_id: ini.need("backup:db", "db-id", object)?,
             compress,
             cipher_pass: ini.get("cipher", "cipher-pass", object)?,
+            bundle_raw: ini
+                .get("backup", "backup-bundle-raw", object)?
+                .unwrap_or(false),
             tablespaces,
             files,
             paths,
@@ -261,6 +268,7 @@ impl Manifest {
         Storage {
             compress: self.compress,
             cipher_pass: self.cipher_pass.clone(),
+            bundle_raw: self.bundle_raw,
         }
     }
 

@@ -86,18 +86,35 @@ impl PgbrRepo {
 
     /// An info file, or its `.copy` when the file is missing or corrupt (as pgBackRest
     /// reads them: both are written at each change).
+    ///
+    /// `pass` is the user's passphrase for `backup.info` and `archive.info`: an encrypted one
+    /// that does not decrypt to a sealed info file then means a wrong passphrase (exit 2), as
+    /// a wrong key can leave valid padding. Manifests' passphrases come from `backup.info`:
+    /// a failure there is damage.
     fn load_ini(&self, path: &Path, pass: Option<&[u8]>) -> Result<Ini, Error> {
+        let users = path.file_name().is_some_and(|n| n != "backup.manifest");
         let mut first_error = None;
         for candidate in [path.to_path_buf(), copy_of(path)] {
             let object = self.object(&candidate);
             let result = match fs::read(&candidate) {
-                Ok(bytes) => match decrypted(bytes, pass, &object) {
-                    Ok(bytes) => match String::from_utf8(bytes) {
-                        Ok(text) => Ini::parse(&text, &object),
-                        Err(_) => Err(Error::corrupt(&object, "not UTF-8 text")),
-                    },
-                    Err(e) => Err(e),
-                },
+                Ok(bytes) => {
+                    let encrypted = cipher::is_encrypted(&bytes);
+                    let parsed = decrypted(bytes, pass, &object).and_then(|plain| {
+                        match String::from_utf8(plain) {
+                            Ok(text) => Ini::parse(&text, &object),
+                            Err(_) => Err(Error::corrupt(&object, "not UTF-8 text")),
+                        }
+                    });
+                    match parsed {
+                        Err(Error::Corrupt { reason, .. }) if encrypted && users => {
+                            Err(Error::Passphrase(format!(
+                                "cannot decrypt {object} ({reason}): is the passphrase the \
+                                 repository's repo1-cipher-pass?"
+                            )))
+                        }
+                        other => other,
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::Missing {
                     object,
                     why: String::new(),
@@ -192,13 +209,18 @@ impl PgbrRepo {
                 source,
             })?;
         let mut stored: Box<dyn Read> = Box::new(f.take(file.repo_size));
+        let raw = storage.bundle_raw && file.bundle.is_some();
         if let Some(pass) = &storage.cipher_pass {
-            stored = Box::new(Decrypting::new(stored, pass.as_bytes()));
+            stored = Box::new(match raw {
+                true => Decrypting::new_raw(stored, pass.as_bytes()),
+                false => Decrypting::new(stored, pass.as_bytes()),
+            });
         }
-        let decoded = storage
-            .compress
-            .decoder(stored)
-            .map_err(|e| Error::corrupt(&object, format!("{}: {e}", file.name)))?;
+        let decoded = match raw {
+            true => storage.compress.raw_decoder(stored),
+            false => storage.compress.decoder(stored),
+        }
+        .map_err(|e| Error::corrupt(&object, format!("{}: {e}", file.name)))?;
         Ok(Checked::new(
             decoded,
             file.name.clone(),
@@ -222,18 +244,15 @@ impl PgbrRepo {
     ) -> Result<Checked<Box<dyn Read>>, Error> {
         let holder = m.holder(file);
         let storage = &storages[holder];
-        if storage.cipher_pass.is_some() {
-            return Err(Error::Unsupported(format!(
-                "{}: block-incremental files of encrypted repositories are not read by \
-                 pgsnapfs yet",
-                file.name
-            )));
-        }
         let (bundle_id, offset) = file.bundle.unwrap_or((0, 0));
         let path = self.block_object(holder, bundle_id, file);
         let object = self.object(&path);
         let map_at = offset + file.repo_size - incr.map_size;
-        let map = self.read_range(&path, map_at, incr.map_size)?;
+        let mut map = self.read_range(&path, map_at, incr.map_size)?;
+        if let Some(pass) = &storage.cipher_pass {
+            map = block::read_all(Decrypting::new_raw(&map[..], pass.as_bytes()))
+                .map_err(|e| Error::corrupt(&object, format!("{}: block map: {e}", file.name)))?;
+        }
         let items = block::parse_map(&map, incr.block_size, incr.checksum_size)
             .map_err(|e| Error::corrupt(&object, format!("{}: block map: {e}", file.name)))?;
         if items.len() as u64 != file.size.div_ceil(incr.block_size) {
@@ -255,10 +274,10 @@ impl PgbrRepo {
                     format!("{}: block map reference {}", file.name, item.reference),
                 )
             })?;
-            let compress = storages.get(label).map(|s| s.compress).ok_or_else(|| {
+            let stored = storages.get(label).cloned().ok_or_else(|| {
                 Error::corrupt(&object, format!("{}: unknown backup {label}", file.name))
             })?;
-            supers.push((self.block_object(label, item.bundle_id, file), compress));
+            supers.push((self.block_object(label, item.bundle_id, file), stored));
         }
         let reader = BlockReader {
             root: self.root.clone(),
@@ -336,8 +355,8 @@ type SuperBlockKey = (PathBuf, u64);
 struct BlockReader {
     root: PathBuf,
     items: Vec<block::MapItem>,
-    /// Each item's super block object and compression.
-    supers: Vec<(PathBuf, super::compress::Compress)>,
+    /// Each item's super block object, and how the backup that wrote it stores files.
+    supers: Vec<(PathBuf, Storage)>,
     block_size: u64,
     remaining: u64,
     at: usize,
@@ -353,7 +372,7 @@ impl BlockReader {
         let Some(item) = self.items.get(self.at).copied() else {
             return Ok(false);
         };
-        let (path, compress) = self.supers[self.at].clone();
+        let (path, stored_as) = self.supers[self.at].clone();
         let key = (path.clone(), item.offset);
         let bad = |e: String| io::Error::new(ErrorKind::InvalidData, e);
         let pos = match self.cache.iter().position(|(k, _)| *k == key) {
@@ -361,19 +380,17 @@ impl BlockReader {
             None => {
                 let stored = read_range(&self.root, &path, item.offset, item.size)
                     .map_err(|e| bad(e.to_string()))?;
-                let compressed = block::unchunk(&stored).map_err(|e| {
+                let mut compressed = block::unchunk(&stored).map_err(|e| {
                     bad(format!(
                         "{}: {e}",
                         path.strip_prefix(&self.root).unwrap_or(&path).display()
                     ))
                 })?;
-                let plain = match compress {
-                    // pgBackRest writes super blocks as raw deflate, without gzip's header.
-                    super::compress::Compress::Gz => {
-                        block::read_all(flate2::read::DeflateDecoder::new(&compressed[..]))?
-                    }
-                    c => block::read_all(c.decoder(&compressed[..])?)?,
-                };
+                if let Some(pass) = &stored_as.cipher_pass {
+                    compressed =
+                        block::read_all(Decrypting::new_raw(&compressed[..], pass.as_bytes()))?;
+                }
+                let plain = block::read_all(stored_as.compress.raw_decoder(&compressed[..])?)?;
                 let blocks = block::blocks(&plain, item.super_block_size, self.block_size)
                     .map_err(|e| {
                         bad(format!(
@@ -438,12 +455,7 @@ fn decrypted(bytes: Vec<u8>, pass: Option<&[u8]>, object: &str) -> Result<Vec<u8
     let mut out = Vec::new();
     Decrypting::new(&bytes[..], pass)
         .read_to_end(&mut out)
-        .map_err(|e| {
-            Error::Passphrase(format!(
-                "cannot decrypt {object} ({e}): is the passphrase the repository's \
-                 repo1-cipher-pass?"
-            ))
-        })?;
+        .map_err(|e| Error::corrupt(object, format!("cannot be decrypted: {e}")))?;
     Ok(out)
 }
 
