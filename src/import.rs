@@ -652,6 +652,12 @@ mod tests {
             db_id: 1,
             references: Vec::new(),
             timestamp_start: 0,
+            timestamp_stop: 0,
+            lsn_start: None,
+            lsn_stop: None,
+            prior: None,
+            size: 0,
+            repo_size_delta: 0,
         }
     }
 

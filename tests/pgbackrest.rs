@@ -260,6 +260,33 @@ fn pgbackrest_backups_import_as_native_backups() {
         "{listed:?}"
     );
 
+    // list and info read a pgBackRest repository as it is; other commands refuse it.
+    let foreign = chain.from();
+    let listed = pgsnapfs(&["list", "--repo", &foreign, "--stanza", "chain", "--json"])
+        .assert_ok()
+        .json();
+    let labels: Vec<String> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| json_str(b, "label"))
+        .collect();
+    let chain_labels: Vec<String> = wanted
+        .iter()
+        .filter(|w| w.0 == "chain")
+        .map(|w| w.1.clone())
+        .collect();
+    assert_eq!(labels, chain_labels, "{listed}");
+    let info = pgsnapfs(&["info", "--repo", &foreign, "--stanza", "chain", "--json"])
+        .assert_ok()
+        .json();
+    assert!(json_u64(&info["archive"][0], "files") > 0, "{info}");
+    let out = TestDir::new("refused");
+    let to = out.join("data");
+    let run = pgsnapfs(&["restore", "--repo", &foreign, "--to", to.to_str().unwrap()]);
+    assert!(run.assert_exit(2).stderr_str().contains("only reads"));
+    assert!(!to.exists());
+
     // Every imported backup restores to the source's rows at that backup.
     for (stanza, label, id, want) in &wanted {
         let out = TestDir::new("restore");

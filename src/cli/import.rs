@@ -36,7 +36,7 @@ pub struct Args {
 }
 
 /// pgBackRest's own variable for `repo1-cipher-pass`.
-const PGBACKREST_PASS_ENV: &str = "PGBACKREST_REPO1_CIPHER_PASS";
+pub(super) const PGBACKREST_PASS_ENV: &str = "PGBACKREST_REPO1_CIPHER_PASS";
 
 /// The directory a `pgbackrest:PATH` source names.
 fn source_path(from: &str) -> Result<PathBuf> {

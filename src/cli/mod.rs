@@ -26,6 +26,7 @@ mod init;
 mod key;
 mod locks;
 mod mount;
+mod pgbackrest;
 mod progress;
 mod receive;
 mod restore;
@@ -124,12 +125,24 @@ pub enum Command {
 /// Runs the command, opening the repository for those that use one; `Err` carries what
 /// `main` reports and the exit code it maps to.
 pub fn run(cli: Cli) -> Result<()> {
+    let pass = &cli.passphrase;
+    // A pgBackRest repository is only read, by list and info.
+    if let Some((spec, path)) = cli
+        .repo
+        .as_deref()
+        .and_then(|spec| Some((spec, pgbackrest::foreign(spec)?)))
+    {
+        return match cli.command {
+            Command::List(a) => pgbackrest::list(spec, &path, pass, a),
+            Command::Info(a) => pgbackrest::info(spec, &path, pass, a),
+            _ => Err(pgbackrest::refuse(spec)),
+        };
+    }
     let repo = || -> Result<String> {
         cli.repo.clone().ok_or_else(|| {
             Error::BadInput("no repository given: use --repo or set PGSNAPFS_REPO".into())
         })
     };
-    let pass = &cli.passphrase;
     let open = |spec: &str| open(spec, pass);
     match cli.command {
         Command::Init(a) => init::run(&repo()?, a, pass),

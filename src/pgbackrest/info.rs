@@ -6,7 +6,7 @@ use super::Error;
 use serde::Deserialize;
 
 /// One backup as `backup.info` lists it (`[backup:current]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InfoBackup {
     /// Its label, such as `20261204-220215F_20261204-220226I`: also its directory.
     pub label: String,
@@ -18,10 +18,22 @@ pub struct InfoBackup {
     pub references: Vec<String>,
     /// When it started, in seconds since the epoch.
     pub timestamp_start: i64,
+    /// When it stopped.
+    pub timestamp_stop: i64,
+    /// Where replay starts and where the backup is consistent, as pgBackRest writes LSNs.
+    pub lsn_start: Option<String>,
+    /// See `lsn_start`.
+    pub lsn_stop: Option<String>,
+    /// The backup a diff or incr was taken against.
+    pub prior: Option<String>,
+    /// The bytes of the data directory it restores.
+    pub size: u64,
+    /// Its bytes in the repository, its own files only.
+    pub repo_size_delta: u64,
 }
 
 /// A cluster a stanza has held (`[db:history]`): pg_upgrade or a new cluster adds one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DbHistory {
     /// The stanza's number for it.
     pub id: u32,
@@ -59,6 +71,18 @@ struct CurrentJson {
     references: Vec<String>,
     #[serde(rename = "backup-timestamp-start")]
     timestamp_start: i64,
+    #[serde(rename = "backup-timestamp-stop", default)]
+    timestamp_stop: i64,
+    #[serde(rename = "backup-lsn-start")]
+    lsn_start: Option<String>,
+    #[serde(rename = "backup-lsn-stop")]
+    lsn_stop: Option<String>,
+    #[serde(rename = "backup-prior")]
+    prior: Option<String>,
+    #[serde(rename = "backup-info-size", default)]
+    size: u64,
+    #[serde(rename = "backup-info-repo-size-delta", default)]
+    repo_size_delta: u64,
 }
 
 impl BackupInfo {
@@ -73,6 +97,12 @@ impl BackupInfo {
                 db_id: j.db_id,
                 references: j.references,
                 timestamp_start: j.timestamp_start,
+                timestamp_stop: j.timestamp_stop,
+                lsn_start: j.lsn_start,
+                lsn_stop: j.lsn_stop,
+                prior: j.prior,
+                size: j.size,
+                repo_size_delta: j.repo_size_delta,
             });
         }
         // Labels start with the full backup's time: sorting them sorts by start.
@@ -160,6 +190,9 @@ mod tests {
         );
         assert_eq!(info.backups[2].kind, "incr");
         assert_eq!(info.backups[2].references.len(), 2);
+        assert_eq!(info.backups[2].lsn_stop.as_deref(), Some("0/14018428"));
+        assert_eq!(info.backups[2].prior.as_deref(), Some(labels[1]));
+        assert_eq!(info.backups[0].size, 30742166);
         assert_eq!(info.history[0].system_id, 7715572398002760392);
         assert_eq!(info.cipher_pass, None);
     }

@@ -448,8 +448,9 @@ fn decrypted(bytes: Vec<u8>, pass: Option<&[u8]>, object: &str) -> Result<Vec<u8
     let Some(pass) = pass else {
         return Err(Error::Passphrase(format!(
             "{object} is encrypted (repo1-cipher-type): give the repository's passphrase \
-             (repo1-cipher-pass) with --from-passphrase-file, --from-passphrase-command or \
-             PGBACKREST_REPO1_CIPHER_PASS"
+             (repo1-cipher-pass) in PGBACKREST_REPO1_CIPHER_PASS, or with \
+             --from-passphrase-file or --from-passphrase-command (import), --passphrase-file \
+             or --passphrase-command (list, info)"
         )));
     };
     let mut out = Vec::new();
