@@ -8,14 +8,18 @@
 //! Everything is imported into one pgsnapfs repository;
 //! then, in sequence: every imported backup restores to exactly the source's rows at that
 //! backup; the stanza imported last stores little (the chunks are the same); `verify` passes
-//! on an imported backup; a rerun stores nothing; a damaged file (plain, and in a bundle)
-//! fails the import with exit 3 naming the pgBackRest object, and no backup is stored.
+//! on an imported backup; a rerun stores nothing; `list` and `info` read a pgBackRest
+//! repository as it is and `restore` refuses it; an import SIGKILLed at a sample of its kill
+//! points (`PGSNAPFS_KILL_AT`) leaves no partial backup and a rerun completes it; a damaged
+//! file (plain, and in a bundle) fails the import with exit 3 naming the pgBackRest object,
+//! and no backup is stored.
 
 mod common;
 
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 /// The test table's rows, summed up.
@@ -348,6 +352,98 @@ fn pgbackrest_backups_import_as_native_backups() {
             .collect()
     };
     assert_eq!(packs(&before), packs(&after), "a rerun stored packs");
+
+    // Killed: the chain's import with its WAL (without, `check` finds the WAL between the
+    // backups missing), into new repositories, at its first write, its first pack, its first
+    // WAL segment, the second backup's manifest (just before and just after) and its last
+    // write.
+    let args = |repo: &Repo| {
+        repo.args(
+            "import",
+            &[
+                "--from",
+                &chain.from(),
+                "--stanza",
+                "chain",
+                "--wal",
+                "--json",
+            ],
+        )
+    };
+    let counting = Repo::init();
+    let counted = run_command(pgsnapfs_command(&args(&counting)).env("PGSNAPFS_KILL_AT", "count"))
+        .assert_ok();
+    let points: Vec<(String, String)> = counted
+        .stderr_str()
+        .lines()
+        .filter_map(|l| l.strip_prefix("kill point "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(p, k)| (p.to_string(), k.to_string()))
+        .collect();
+    let first = |prefix: &str| {
+        points
+            .iter()
+            .position(|(p, k)| p.starts_with("put:") && k.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no put of {prefix}: {points:?}"))
+    };
+    let mut sample = vec![0, first("packs/"), first("wal/"), points.len() - 1];
+    // The second backup's manifest: just before it is stored, and just after.
+    let manifests: Vec<usize> = points
+        .iter()
+        .enumerate()
+        .filter(|(_, (p, k))| k.starts_with("snapshots/") && p.starts_with("put"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(manifests.len(), 6, "{points:?}");
+    sample.extend_from_slice(&manifests[2..4]);
+    sample.sort();
+    sample.dedup();
+    let state = TestDir::new("check-state");
+    for i in sample {
+        let (point, key) = &points[i];
+        let killed_repo = Repo::init();
+        let run = run_command(pgsnapfs_command(&args(&killed_repo)).env("PGSNAPFS_KILL_AT", point));
+        assert_eq!(
+            run.status.signal(),
+            Some(libc::SIGKILL),
+            "expected SIGKILL at {point} ({key})\n{}",
+            run.report()
+        );
+        // A kill at put-done comes just after the object was published.
+        let manifests_done = points[..=i]
+            .iter()
+            .filter(|(p, k)| p.starts_with("put-done:") && k.starts_with("snapshots/"))
+            .count();
+        let listed = killed_repo.list();
+        assert_eq!(
+            listed.len(),
+            manifests_done,
+            "killed at {point} ({key}): {listed:?}"
+        );
+        let report = args(&killed_repo);
+        let rerun = pgsnapfs(&report).assert_ok().json();
+        assert_eq!(
+            imported(&rerun).len(),
+            3 - manifests_done,
+            "rerun after a kill at {point} ({key}): {rerun}"
+        );
+        let check = killed_repo.run(
+            "check",
+            &[
+                "--read-data",
+                "--full",
+                "--json",
+                "--state-dir",
+                state.path().to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            check.code(),
+            Some(0),
+            "check after a kill at {point}\n{}",
+            check.report()
+        );
+    }
 
     // Damage: a file stored as is (SHA-1 mismatch), then a bundle (zstd frame or SHA-1).
     for (s, object) in [
