@@ -136,7 +136,8 @@ pub fn run(repo: &Repository, opts: &Options) -> Result<Summary> {
     )?;
     let info = pgbr.backup_info();
     let mut done = HashMap::new();
-    for snap in repo.snapshots()?.into_iter().flatten() {
+    // Every manifest must be read: one skipped could be an import, imported again.
+    for snap in repo.snapshots_all_or_error()? {
         if let Some(imp) = &snap.imported {
             if imp.stanza == opts.stanza {
                 done.insert(imp.label.clone(), snap.id.clone());
@@ -523,8 +524,12 @@ impl TreeStore<'_, '_> {
         );
         let node = match node {
             Ok(node) => node,
-            Err(IngestError::Read { .. }) if reader.failure().is_some() => {
-                return Err(reader.failure().expect("checked").into())
+            // A stream that cannot be decompressed is damage in pgBackRest's repository.
+            Err(e @ IngestError::Read { .. }) => {
+                return Err(match reader.failure() {
+                    Some(corrupt) => corrupt.into(),
+                    None => e.into(),
+                })
             }
             Err(e) => return Err(e.into()),
         };

@@ -5,7 +5,7 @@
 //! `repo1-bundle=y`, encrypted with `repo1-cipher-type=aes-256-cbc`, full + diff + incr) and
 //! `block` (gz, bundles, block incremental: `repo1-block=y`, beta in 2.45; encrypted too, so
 //! its bundles and super blocks are in pgBackRest's "raw" formats; full + incr).
-//! Everything is imported into one pgsnapfs repository;
+//! The cluster has a tablespace. Everything is imported into one pgsnapfs repository;
 //! then, in sequence: every imported backup restores to exactly the source's rows at that
 //! backup; the stanza imported last stores little (the chunks are the same); `verify` passes
 //! on an imported backup; a rerun stores nothing; `list` and `info` read a pgBackRest
@@ -22,8 +22,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
-/// The test table's rows, summed up.
-const ROWS: &str = "SELECT count(*) || ':' || sum(i) || ':' || sum(length(s)) FROM t";
+/// The test tables' rows, summed up: `t`, and `ts_t` in a tablespace.
+const ROWS: &str = "SELECT count(*) || ':' || sum(i) || ':' || sum(length(s)) || ':' || \
+     (SELECT count(*) FROM ts_t) FROM t";
 
 /// The passphrase of the encrypted stanza.
 const CIPHER_PASS: &str = "correct horse battery staple";
@@ -187,6 +188,13 @@ fn pgbackrest_backups_import_as_native_backups() {
         s.run(&["stanza-create"]).assert_ok();
     }
 
+    let ts_dir = dir.subdir("ts", 0o700);
+    source.psql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'; CREATE TABLE ts_t(i int) TABLESPACE ts;
+         INSERT INTO ts_t SELECT generate_series(1, 3000);",
+        ts_dir.display()
+    ));
+    let ts_oid = source.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
     source.psql(
         "CREATE TABLE t(i int, s text);
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
@@ -204,7 +212,8 @@ fn pgbackrest_backups_import_as_native_backups() {
     chain.backup("--type=diff", &["--compress-type=lz4"]);
     bundle.backup("--type=diff", &[]);
     source.psql(
-        "INSERT INTO t SELECT g, 'incr' FROM generate_series(25001, 27000) g;
+        "INSERT INTO ts_t SELECT generate_series(1, 500);
+         INSERT INTO t SELECT g, 'incr' FROM generate_series(25001, 27000) g;
          DELETE FROM t WHERE i % 7 = 0;",
     );
     let want_incr = source.psql(ROWS);
@@ -295,7 +304,10 @@ fn pgbackrest_backups_import_as_native_backups() {
     for (stanza, label, id, want) in &wanted {
         let out = TestDir::new("restore");
         let to = out.join("data");
-        repo.restore(&to, &["--backup", id]).assert_ok();
+        // The tablespace's own location is the source's, in use: restore it elsewhere.
+        let ts_map = format!("{ts_oid}={}", out.subdir("ts", 0o700).display());
+        repo.restore(&to, &["--backup", id, "--tablespace-map", &ts_map])
+            .assert_ok();
         let restored = Cluster::start_on(&to);
         let state = restored.wait_until_paused_or_ready();
         assert_ne!(
