@@ -6,6 +6,7 @@ use super::key::PassphraseArgs;
 use super::{human, print_json};
 use crate::error::{Error, Result};
 use crate::pgbackrest::info::{DbHistory, InfoBackup};
+use crate::pgbackrest::wal::ArchiveSummary;
 use crate::pgbackrest::PgbrRepo;
 use crate::timelines::fmt_time;
 use chrono::{TimeZone, Utc};
@@ -57,16 +58,7 @@ struct Listing<'a> {
     clusters: &'a [DbHistory],
     backups: &'a [InfoBackup],
     #[serde(skip_serializing_if = "Option::is_none")]
-    archive: Option<Vec<ArchiveRow>>,
-}
-
-#[derive(Serialize)]
-struct ArchiveRow {
-    archive_id: String,
-    system_identifier: u64,
-    files: usize,
-    first: Option<String>,
-    last: Option<String>,
+    archive: Option<Vec<ArchiveSummary>>,
 }
 
 fn time(secs: i64) -> String {
@@ -127,26 +119,7 @@ pub fn list(spec: &str, path: &Path, pass: &PassphraseArgs, a: ListArgs) -> Resu
 pub fn info(spec: &str, path: &Path, pass: &PassphraseArgs, a: InfoArgs) -> Result<()> {
     let repo = open(path, a.stanza.as_deref(), pass)?;
     let info = repo.backup_info();
-    let mut archive = Vec::new();
-    for db in repo
-        .archive_info()
-        .map(|a| a.history.as_slice())
-        .unwrap_or(&[])
-    {
-        let wal = repo.wal(&db.archive_id())?;
-        let segments: Vec<&str> = wal
-            .iter()
-            .map(|w| w.name.as_str())
-            .filter(|n| !n.ends_with(".history"))
-            .collect();
-        archive.push(ArchiveRow {
-            archive_id: db.archive_id(),
-            system_identifier: db.system_id,
-            files: wal.len(),
-            first: segments.first().map(|s| s.to_string()),
-            last: segments.last().map(|s| s.to_string()),
-        });
-    }
+    let archive = repo.archive_summary()?;
     if a.json {
         print_json(&Listing {
             repository: spec.to_string(),

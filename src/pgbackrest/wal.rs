@@ -42,7 +42,47 @@ pub fn parse_name(file_name: &str) -> Option<(String, Option<String>, Compress)>
     }
 }
 
+/// What a stanza's archive holds for one cluster (`info`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ArchiveSummary {
+    /// Its archive id (`15-1`).
+    pub archive_id: String,
+    /// The cluster's system identifier.
+    pub system_identifier: u64,
+    /// WAL files archived (segments and history files).
+    pub files: usize,
+    /// The first segment.
+    pub first: Option<String>,
+    /// The last segment.
+    pub last: Option<String>,
+}
+
 impl PgbrRepo {
+    /// What the archive holds, per cluster of `archive.info`.
+    pub fn archive_summary(&self) -> Result<Vec<ArchiveSummary>, Error> {
+        let mut out = Vec::new();
+        for db in self
+            .archive_info()
+            .map(|a| a.history.as_slice())
+            .unwrap_or(&[])
+        {
+            let wal = self.wal(&db.archive_id())?;
+            let segments: Vec<&str> = wal
+                .iter()
+                .map(|w| w.name.as_str())
+                .filter(|n| !n.ends_with(".history"))
+                .collect();
+            out.push(ArchiveSummary {
+                archive_id: db.archive_id(),
+                system_identifier: db.system_id,
+                files: wal.len(),
+                first: segments.first().map(|s| s.to_string()),
+                last: segments.last().map(|s| s.to_string()),
+            });
+        }
+        Ok(out)
+    }
+
     /// The WAL archived under `archive_id` (such as `15-1`), sorted by name: history files
     /// first, then segments.
     pub fn wal(&self, archive_id: &str) -> Result<Vec<WalObject>, Error> {
