@@ -555,3 +555,73 @@ impl<R: Read> Read for Checked<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgbackrest::compress::Compress;
+    use sha1::{Digest, Sha1};
+
+    /// A file of backup `F` (zstd, optionally at an offset in bundle 1) read and checked.
+    #[test]
+    fn files_are_checked_against_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = format!("{}/src/pgbackrest/testdata", env!("CARGO_MANIFEST_DIR"));
+        let backup = dir.path().join("backup/main");
+        fs::create_dir_all(backup.join("F/pg_data/base")).unwrap();
+        fs::create_dir_all(backup.join("F/bundle")).unwrap();
+        fs::copy(
+            format!("{fixtures}/backup.info"),
+            backup.join("backup.info"),
+        )
+        .unwrap();
+        let repo = PgbrRepo::open(dir.path(), "main", None).unwrap();
+        let content = b"a relation's pages".repeat(100);
+        let stored = zstd::encode_all(&content[..], 1).unwrap();
+        fs::write(backup.join("F/pg_data/base/16384.zst"), &stored).unwrap();
+        let mut bundle = b"another file first".to_vec();
+        bundle.extend_from_slice(&stored);
+        fs::write(backup.join("F/bundle/1"), &bundle).unwrap();
+        let storage = Storage {
+            compress: Compress::Zst,
+            cipher_pass: None,
+            bundle_raw: false,
+        };
+        let file = |checksum: &str, bundle| File {
+            name: "pg_data/base/16384".into(),
+            size: content.len() as u64,
+            checksum: Some(checksum.into()),
+            reference: None,
+            bundle,
+            repo_size: stored.len() as u64,
+            timestamp: 0,
+            mode: 0o600,
+            block_incremental: None,
+        };
+        let good = hex::encode(Sha1::digest(&content));
+        for bundle in [None, Some((1, 18))] {
+            let mut r = repo.open_file("F", &storage, &file(&good, bundle)).unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, content);
+            r.verify().unwrap();
+        }
+        let mut r = repo
+            .open_file("F", &storage, &file(&"0".repeat(40), None))
+            .unwrap();
+        r.read_to_end(&mut Vec::new()).unwrap();
+        match r.verify() {
+            Err(Error::Corrupt { object, reason }) => {
+                assert_eq!(object, "backup/main/F/pg_data/base/16384.zst");
+                assert!(reason.contains("SHA-1"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A bundle offset that misses the file: not a zstd stream.
+        let mut r = repo
+            .open_file("F", &storage, &file(&good, Some((1, 3))))
+            .unwrap();
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+        assert!(matches!(r.failure(), Some(Error::Corrupt { .. })));
+    }
+}

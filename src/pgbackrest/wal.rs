@@ -197,3 +197,79 @@ mod tests {
         assert_eq!(parse_name("000000010000000000000014-nothex.gz"), None);
     }
 }
+
+#[cfg(test)]
+mod repo_tests {
+    use super::*;
+    use sha1::{Digest, Sha1};
+
+    /// A stanza `main` with the fixtures' backup.info and archive.info, and one archived
+    /// segment (zstd) stored under the SHA-1 `named`; its content is `content`.
+    fn stanza(content: &[u8], named: &str) -> (tempfile::TempDir, PgbrRepo) {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = format!("{}/src/pgbackrest/testdata", env!("CARGO_MANIFEST_DIR"));
+        let backup = dir.path().join("backup/main");
+        let archive = dir.path().join("archive/main/15-1/0000000100000000");
+        fs::create_dir_all(&backup).unwrap();
+        fs::create_dir_all(&archive).unwrap();
+        fs::copy(
+            format!("{fixtures}/backup.info"),
+            backup.join("backup.info"),
+        )
+        .unwrap();
+        fs::copy(
+            format!("{fixtures}/archive.info"),
+            dir.path().join("archive/main/archive.info"),
+        )
+        .unwrap();
+        let stored = zstd::encode_all(content, 1).unwrap();
+        fs::write(
+            archive.join(format!("000000010000000000000003-{named}.zst")),
+            stored,
+        )
+        .unwrap();
+        // Not WAL: left alone.
+        fs::write(
+            archive.join("000000010000000000000003.00000028.backup"),
+            "x",
+        )
+        .unwrap();
+        let repo = PgbrRepo::open(dir.path(), "main", None).unwrap();
+        (dir, repo)
+    }
+
+    #[test]
+    fn archived_wal_is_listed_and_checked_against_its_name() {
+        let content = vec![7u8; 8192];
+        let sha = hex::encode(Sha1::digest(&content));
+        let (_dir, repo) = stanza(&content, &sha);
+        let wal = repo.wal("15-1").unwrap();
+        assert_eq!(wal.len(), 1);
+        assert_eq!(wal[0].name, "000000010000000000000003");
+        assert_eq!(repo.read_wal(&wal[0]).unwrap(), content);
+        assert_eq!(repo.archive_summary().unwrap()[0].files, 1);
+
+        let (_dir, repo) = stanza(&content, &"0".repeat(40));
+        let wal = repo.wal("15-1").unwrap();
+        match repo.read_wal(&wal[0]) {
+            Err(Error::Corrupt { object, reason }) => {
+                assert!(object.starts_with("archive/main/15-1/"), "{object}");
+                assert!(reason.contains(&sha), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_stanza_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        match PgbrRepo::open(dir.path(), "main", None) {
+            Err(e @ Error::Missing { .. }) => {
+                assert_eq!(e.exit_code(), 4);
+                assert!(e.to_string().contains("backup/main/backup.info"), "{e}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+}
