@@ -142,6 +142,12 @@ fn mode(text: &str, what: &str, object: &str) -> Result<u32, Error> {
 impl Manifest {
     /// Parses a manifest (`object` names it in errors).
     pub fn parse(ini: &Ini, object: &str) -> Result<Manifest, Error> {
+        // An offline backup (pg_ctl stop, then a copy) has no backup_label and no WAL range.
+        if ini.get::<bool>("backup:option", "option-online", object)? == Some(false) {
+            return Err(Error::Unsupported(format!(
+                "{object}: an offline backup (--no-online), which pgsnapfs does not import yet"
+            )));
+        }
         let lsn = |key: &str| -> Result<Lsn, Error> {
             let text: String = ini.need("backup", key, object)?;
             text.parse().map_err(|_| {
