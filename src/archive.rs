@@ -176,9 +176,22 @@ pub fn push_for(repo: &Repository, path: &Path, known: Option<u64>) -> Result<Pu
     let control = std::fs::read(pgdata.join("global/pg_control"))
         .ok()
         .and_then(|b| ControlData::parse(&b).ok());
+    push_data(repo, name, file, &data, control.as_ref(), known)
+}
+
+/// Archives WAL file `name` (parsed as `file`) with content `data`, read from elsewhere than
+/// pg_wal (`import`); `control` is the cluster's pg_control when at hand.
+pub fn push_data(
+    repo: &Repository,
+    name: &str,
+    file: WalFile,
+    data: &[u8],
+    control: Option<&ControlData>,
+    known: Option<u64>,
+) -> Result<Pushed> {
     let header = match file {
         WalFile::Segment { .. } | WalFile::Partial { .. } => {
-            Some(segment_header(name, file, &data)?)
+            Some(segment_header(name, file, data)?)
         }
         _ => None,
     };
@@ -196,9 +209,9 @@ pub fn push_for(repo: &Repository, path: &Path, known: Option<u64>) -> Result<Pu
     // segment's own write waits for it. The order of writes stays fixed: registry, summary,
     // segment.
     let sealed = std::thread::scope(|s| {
-        let sealed = s.spawn(|| repo.crypto().seal(&key, &data, WAL_LEVEL));
-        check_system(repo, sysid, control.as_ref(), seg_size, name)?;
-        if let Some(summary) = header.as_ref().and_then(|h| summarise(name, &data, h)) {
+        let sealed = s.spawn(|| repo.crypto().seal(&key, data, WAL_LEVEL));
+        check_system(repo, sysid, control, seg_size, name)?;
+        if let Some(summary) = header.as_ref().and_then(|h| summarise(name, data, h)) {
             let stored = StoredSummary {
                 summary: &summary,
                 archived_at: Utc::now(),
@@ -232,7 +245,7 @@ pub fn push_for(repo: &Repository, path: &Path, known: Option<u64>) -> Result<Pu
         Err(e) => return Err(StoreError::from(e).into()),
     }
     // Compare contents by digest: compression settings may differ between copies.
-    if repo.sealed_header(&key)?.digest == crate::store::BlobId::of(&data) {
+    if repo.sealed_header(&key)?.digest == crate::store::BlobId::of(data) {
         Ok(pushed(PushOutcome::AlreadyArchived))
     } else {
         Err(Error::WalConflict {

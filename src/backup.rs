@@ -244,6 +244,7 @@ fn take(
             read: Some(read),
             source: Source::Server,
             from_archive: None,
+            imported: None,
         },
         start_time,
         stop_time,

@@ -121,6 +121,9 @@ pub enum Error {
     /// The spool of asynchronous archiving cannot take a file (full), or its pusher keeps failing.
     #[error("{0}")]
     ArchiveQueue(String),
+    /// A pgBackRest repository could not be read, or holds damaged objects.
+    #[error(transparent)]
+    Pgbackrest(#[from] crate::pgbackrest::Error),
     /// SIGINT or SIGTERM (the number) stopped the command after it cleaned up.
     #[error(
         "interrupted by signal {0}: the test server was stopped and the view unmounted; \
@@ -157,6 +160,7 @@ impl Error {
             )
             | Error::BadInput(_) => 2,
             Error::NotFound(_) => 4,
+            Error::Pgbackrest(e) => e.exit_code(),
             Error::Interrupted(sig) => u8::try_from(128 + sig).unwrap_or(1),
             _ => 1,
         }

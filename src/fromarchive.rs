@@ -334,6 +334,7 @@ fn replay_and_store(
             read: None,
             source: Source::Archive,
             from_archive: Some(source),
+            imported: None,
         },
         start_time,
         stop_time: Utc::now(),

@@ -41,6 +41,10 @@ pub struct BackupMeta {
     /// For a backup made from the archive: its base and the WAL replayed on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_archive: Option<ArchiveSource>,
+    /// For a backup imported from another tool's repository (pgBackRest, which took it from a
+    /// server: its `source` is `server`): which backup it was there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportSource>,
 }
 
 /// What made a backup.
@@ -89,6 +93,18 @@ pub struct ArchiveSource {
     pub bytes_read: u64,
     /// Bytes taken from the base's chunk lists unread.
     pub bytes_skipped: u64,
+}
+
+/// Which backup of another tool's repository an imported backup is: a rerun of `import`
+/// skips the backups it finds here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSource {
+    /// The pgBackRest stanza.
+    pub stanza: String,
+    /// The backup's label there (`20261204-220215F_20261204-220226I`).
+    pub label: String,
+    /// `full`, `diff` or `incr`.
+    pub kind: String,
 }
 
 impl BackupMeta {

@@ -13,7 +13,8 @@ pub mod wal;
 #[cfg(test)]
 pub use meta::sample;
 pub use meta::{
-    ArchiveSource, BackupMeta, Backups, ReadMode, ReadRecord, Snapshot, Source, Tablespace,
+    ArchiveSource, BackupMeta, Backups, ImportSource, ReadMode, ReadRecord, Snapshot, Source,
+    Tablespace,
 };
 pub use system_id::SystemId;
 

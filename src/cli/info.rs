@@ -1,7 +1,7 @@
 //! `pgsnapfs list` and `pgsnapfs info`
 
 use super::{human, print_json};
-use crate::catalog::{ArchiveSource, Backups, ReadRecord, Snapshot};
+use crate::catalog::{ArchiveSource, Backups, ImportSource, ReadRecord, Snapshot};
 use crate::error::Result;
 use crate::info::{Info, Restorable, WalRow};
 use crate::store::backend::RequestCounts;
@@ -15,12 +15,18 @@ use std::fmt::Write as _;
 pub struct ListArgs {
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
+    /// The stanza, with --repo pgbackrest:PATH (a pgBackRest repository, read-only).
+    #[arg(long)]
+    pub stanza: Option<String>,
 }
 
 #[derive(clap::Args)]
 pub struct InfoArgs {
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
+    /// The stanza, with --repo pgbackrest:PATH (a pgBackRest repository, read-only).
+    #[arg(long)]
+    pub stanza: Option<String>,
 }
 
 /// One backup as `list --json` and `backup --json` print it.
@@ -48,6 +54,9 @@ pub struct BackupRow {
     pub source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_archive: Option<ArchiveSource>,
+    /// For a backup imported from pgBackRest: which backup it was there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportSource>,
 }
 
 impl From<&Snapshot> for BackupRow {
@@ -71,6 +80,7 @@ impl From<&Snapshot> for BackupRow {
             read: s.read.clone(),
             source: s.source.name(),
             from_archive: s.from_archive.clone(),
+            imported: s.imported.clone(),
         }
     }
 }
@@ -96,9 +106,10 @@ fn print_backups(list: &[Snapshot]) {
         "source"
     );
     for s in list {
-        let source = match &s.from_archive {
-            Some(f) => format!("archive: {} + WAL {} – {}", f.base, f.wal_start, s.stop_lsn),
-            None => s.source.name().to_string(),
+        let source = match (&s.from_archive, &s.imported) {
+            (Some(f), _) => format!("archive: {} + WAL {} – {}", f.base, f.wal_start, s.stop_lsn),
+            (None, Some(i)) => format!("pgbackrest: {} {}", i.stanza, i.label),
+            (None, None) => s.source.name().to_string(),
         };
         outln!(
             "{:<20} {:<20} {:>4} {:>14} {:>10} {:>10}  {}",

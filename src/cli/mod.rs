@@ -21,12 +21,14 @@ mod copy;
 mod dump;
 mod expire;
 mod gc;
+mod import;
 mod info;
 mod init;
 mod key;
 mod locks;
 mod metrics;
 mod mount;
+mod pgbackrest;
 mod progress;
 mod receive;
 mod restore;
@@ -122,17 +124,33 @@ pub enum Command {
     /// Copy backups (and with --wal archived WAL) that another repository lacks into it:
     /// only missing chunks are sent; a killed copy is resumed by running it again.
     Copy(copy::Args),
+    /// Import the backups (and with --wal the archived WAL) of a pgBackRest repository as
+    /// native backups: each file checked against pgBackRest's SHA-1, stored deduplicated; a
+    /// rerun imports only what is new.
+    Import(import::Args),
 }
 
 /// Runs the command, opening the repository for those that use one; `Err` carries what
 /// `main` reports and the exit code it maps to.
 pub fn run(cli: Cli) -> Result<()> {
+    let pass = &cli.passphrase;
+    // A pgBackRest repository is only read, by list and info.
+    if let Some((spec, path)) = cli
+        .repo
+        .as_deref()
+        .and_then(|spec| Some((spec, pgbackrest::foreign(spec)?)))
+    {
+        return match cli.command {
+            Command::List(a) => pgbackrest::list(spec, &path, pass, a),
+            Command::Info(a) => pgbackrest::info(spec, &path, pass, a),
+            _ => Err(pgbackrest::refuse(spec)),
+        };
+    }
     let repo = || -> Result<String> {
         cli.repo.clone().ok_or_else(|| {
             Error::BadInput("no repository given: use --repo or set PGSNAPFS_REPO".into())
         })
     };
-    let pass = &cli.passphrase;
     let open = |spec: &str| open(spec, pass);
     match cli.command {
         Command::Init(a) => init::run(&repo()?, a, pass),
@@ -179,6 +197,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 .then(crate::session::lifecycle::block_signals);
             metrics::run(&open(&repo()?)?, signals, a)
         }
+        Command::Import(a) => import::run(&open(&repo()?)?, a),
     }
 }
 

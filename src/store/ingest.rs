@@ -454,6 +454,28 @@ impl<'r> Ingest<'r> {
         })
     }
 
+    /// A file node for content read from a stream (a file of another tool's repository),
+    /// compared chunk by chunk with `parent_lists`, the same file in the parent snapshot;
+    /// `path` names the source in errors.
+    pub fn file_from_reader(
+        &mut self,
+        node: (&str, u32, i64),
+        reader: impl Read,
+        path: &str,
+        parent_lists: &[BlobRef],
+    ) -> Result<Node, IngestError> {
+        let (name, mode, mtime) = node;
+        let (size, lists) = self.ingest_stream(Sequential(reader), path, parent_lists, None)?;
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        Ok(Node {
+            name: name.into(),
+            mode,
+            mtime,
+            kind: NodeKind::File { size, lists },
+        })
+    }
+
     /// Writes a directory blob from its (unsorted) entries.
     pub fn write_dir(
         &mut self,
@@ -643,6 +665,25 @@ impl<'r> Ingest<'r> {
         Ok((
             self.stats.clone(),
             self.packer.bytes_written + self.meta_packer.bytes_written,
+        ))
+    }
+}
+
+/// A stream read front to back: ingest seeks only to skip known-unchanged chunks, which a
+/// stream without a parent file on disk never has.
+struct Sequential<R>(R);
+
+impl<R: Read> Read for Sequential<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R> Seek for Sequential<R> {
+    fn seek(&mut self, _: SeekFrom) -> std::io::Result<u64> {
+        Err(std::io::Error::new(
+            ErrorKind::Unsupported,
+            "a sequential stream cannot seek",
         ))
     }
 }
