@@ -82,7 +82,8 @@ install_test_deps() {
         deps_log "cargo is missing: install Rust with rustup first"
         return 1
     }
-    local pkgs=(postgresql-15 postgresql-client-15 fuse3 pkg-config)
+    # pgbackrest: tests/pgbackrest.rs imports the repositories it writes.
+    local pkgs=(postgresql-15 postgresql-client-15 fuse3 pkg-config pgbackrest)
     # zstd-sys and other crates compile C code.
     command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
     apt_install_missing "${pkgs[@]}"
@@ -106,8 +107,6 @@ install_moto() {
 
 install_bench_deps() {
     install_test_deps
-    apt_install_missing pgbackrest
-    stop_packaged_clusters
 }
 
 # PostgreSQL majors other than Debian's 15, for the version matrix (tests/versions.rs): npm's
