@@ -200,13 +200,25 @@ fn take(
     tracing::info!(backup = %id, parent = ?parent.as_ref().map(|p| &p.id), "starting backup");
     let start_lsn = server.backup_start(&label, major)?;
     if let Some(standby) = &standby {
-        // The primary's timeline: the standby's restartpoint must be on it.
-        let tli = server
-            .query_strings("SELECT timeline_id FROM pg_control_checkpoint()")?
-            .first()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| Error::BadAnswer("reported no timeline".into()))?;
-        crate::standby::ready_at(standby, start_lsn, tli, crate::standby::CATCH_UP_WAIT)?;
+        // The checkpoint pg_backup_start made (or a later one), on the primary's timeline.
+        let row = server
+            .query_rows("SELECT checkpoint_lsn::text, timeline_id FROM pg_control_checkpoint()")?;
+        let (checkpoint, tli) = match row.first().map(Vec::as_slice) {
+            Some([lsn, tli]) => (
+                Lsn::from_str(lsn)
+                    .map_err(|_| Error::BadAnswer(format!("returned a bad LSN {lsn:?}")))?,
+                tli.parse()
+                    .map_err(|_| Error::BadAnswer(format!("returned a bad timeline {tli:?}")))?,
+            ),
+            _ => return Err(Error::BadAnswer("returned no checkpoint".into())),
+        };
+        crate::standby::ready_at(
+            standby,
+            start_lsn,
+            checkpoint,
+            tli,
+            crate::standby::CATCH_UP_WAIT,
+        )?;
     }
 
     let tablespaces = tablespaces_of(&pgdata)?;

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::pg::lsn::Lsn;
-use crate::server::{ServerInfo, Server};
+use crate::server::{Server, ServerInfo};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -68,12 +68,21 @@ pub fn check(
     Ok(())
 }
 
-/// Waits until the standby has replayed `start`, then has it write a restartpoint there: a
-/// page the standby replayed but kept in its buffers must be on disk before the backup reads
-/// it, since replay of the backup begins at `start`. Checks the restartpoint is the backup's
-/// start checkpoint's (or later) on the backup's timeline, so the standby follows this primary.
-pub fn ready_at(standby: &Server, start: Lsn, tli: u32, wait: Duration) -> Result<()> {
-    wait_for(standby, "pg_last_wal_replay_lsn()", "replayed", start, wait)?;
+/// Waits until the standby has replayed the backup's start checkpoint record (at
+/// `checkpoint`, whose redo point is `start`), then has it write a restartpoint there: a page
+/// the standby replayed but kept in its buffers must be on disk before the backup reads it,
+/// since replay of the backup begins at `start`. Checks the restartpoint's redo is `start` or
+/// later, on the primary's timeline `tli`, so the standby follows this primary.
+pub fn ready_at(
+    standby: &Server,
+    start: Lsn,
+    checkpoint: Lsn,
+    tli: u32,
+    wait: Duration,
+) -> Result<()> {
+    // A restartpoint can only be made at a checkpoint record replayed in full: past its start.
+    let past = Lsn(checkpoint.0 + 1);
+    wait_for(standby, "pg_last_wal_replay_lsn()", "replayed", past, wait)?;
     standby.execute("CHECKPOINT")?;
     let row = one(
         standby,

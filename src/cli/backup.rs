@@ -253,7 +253,9 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     let snap = done.snapshot;
     match &done.read_from {
         ReadFrom::Primary => {}
-        ReadFrom::Standby => eprintln!("read the standby's files; the primary started and stopped the backup"),
+        ReadFrom::Standby => {
+            eprintln!("read the standby's files; the primary started and stopped the backup")
+        }
         ReadFrom::PrimaryInstead(why) => eprintln!(
             "no standby reachable ({why}): read the primary's files instead (--from-standby=prefer)"
         ),
