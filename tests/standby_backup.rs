@@ -85,7 +85,7 @@ fn backups_from_a_standby() {
     let mut args = vec!["--json".to_string(), "--only-on-primary".to_string()];
     args.extend(standby.backup_args());
     let skipped = repo.run("backup", &strs(&args)).assert_ok().json();
-    assert_eq!(skipped["status"], "skipped", "{skipped}");
+    assert_eq!(skipped["skipped"], true, "{skipped}");
     assert!(
         repo.list().is_empty(),
         "--only-on-primary on a standby stored a backup"

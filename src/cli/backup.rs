@@ -227,7 +227,7 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         let reason = "the server is in recovery (a standby): only a primary is backed up \
                       (--only-on-primary)";
         if a.json {
-            print_json(&serde_json::json!({ "status": "skipped", "reason": reason }));
+            print_json(&serde_json::json!({ "skipped": true, "reason": reason }));
         } else {
             outln!("nothing to do: {reason}");
         }
