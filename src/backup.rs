@@ -15,7 +15,7 @@ use crate::pg::layout::{self, Entry};
 use crate::pg::summary::{self, Changes, Summary};
 use crate::pg::wal::{segment_of, WalFile};
 use crate::pg::{control::ControlData, lsn::Lsn};
-use crate::server::{ConnOpts, Server, ServerInfo};
+use crate::server::{ConnOpts, Server};
 use crate::status::{Recorder, Run, Watched};
 use crate::store::ingest::{Ingest, IngestError, KnownChanges, Vanished, Visit};
 use crate::store::snapshot;
@@ -140,21 +140,29 @@ fn take(
     opts: BackupOptions,
     began: &std::cell::Cell<Option<u64>>,
 ) -> Result<Backup> {
+    // A bad --pgdata is bad input even when the server is down.
+    let primary_dir = opts.pgdata.as_deref().map(data_directory).transpose()?;
     let server = Server::connect(&opts.conn)?;
     let info = server.info()?;
-    let primary_dir = match &opts.pgdata {
-        Some(p) => Some(data_directory_of(&server, &info, p)?),
-        None => None,
-    };
+    if let (Some((dir, _)), Some(given)) = (&primary_dir, &opts.pgdata) {
+        if canonical(Path::new(&info.data_directory))? != *dir {
+            return Err(Error::BadInput(format!(
+                "--pgdata {} is not the data directory of the server at {} (it uses {})",
+                given.display(),
+                server.target(),
+                info.data_directory
+            )));
+        }
+    }
     let (standby, read_from) = connect_standby(opts.standby.as_ref())?;
     // The directory the files are read from: the standby's, or the primary's.
-    let (pgdata, given) = match (&standby, &opts.standby, primary_dir) {
+    let (pgdata, control) = match (&standby, &opts.standby, primary_dir) {
         (Some(s), Some(src), _) => {
-            let dir = canonical(&src.pgdata)?;
+            let (dir, control) = data_directory(&src.pgdata)?;
             crate::standby::check(&info, s, &s.info()?, &dir)?;
-            (dir, src.pgdata.clone())
+            (dir, control)
         }
-        (_, _, Some(dir)) => (dir, opts.pgdata.clone().unwrap_or_default()),
+        (_, _, Some(primary)) => primary,
         (_, _, None) => {
             return Err(Error::BadInput(
                 "give the primary's data directory with --pgdata (or PGDATA) to back up from \
@@ -163,7 +171,6 @@ fn take(
             ))
         }
     };
-    let control = control_of(&given)?;
     if control.system_identifier != info.system_identifier {
         return Err(Error::BadInput(format!(
             "{}/global/pg_control has system identifier {}, but the server reports {}",
@@ -341,19 +348,10 @@ pub fn in_recovery(conn: &ConnOpts) -> Result<bool> {
     crate::standby::in_recovery(&Server::connect(conn)?)
 }
 
-/// The canonical data directory `given` after checking it is the one `server` uses.
-fn data_directory_of(server: &Server, info: &ServerInfo, given: &Path) -> Result<PathBuf> {
-    control_of(given)?;
-    let pgdata = canonical(given)?;
-    if canonical(Path::new(&info.data_directory))? != pgdata {
-        return Err(Error::BadInput(format!(
-            "--pgdata {} is not the data directory of the server at {} (it uses {})",
-            given.display(),
-            server.target(),
-            info.data_directory
-        )));
-    }
-    Ok(pgdata)
+/// A data directory's canonical path and pg_control (bad input when it is not one).
+fn data_directory(given: &Path) -> Result<(PathBuf, ControlData)> {
+    let control = control_of(given)?;
+    Ok((canonical(given)?, control))
 }
 
 /// Connects to the standby asked for; with `prefer`, a standby that does not answer means
