@@ -283,3 +283,43 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{FromStandby, StandbyArgs};
+    use crate::server::ConnOpts;
+
+    #[test]
+    fn the_standby_connection_borrows_what_the_primary_gives() {
+        let args = StandbyArgs {
+            from_standby: Some(FromStandby::Prefer),
+            standby_pgdata: Some("/nonexistent/standby".into()),
+            standby_host: None,
+            standby_port: Some(5433),
+            standby_dbname: None,
+        };
+        let primary = ConnOpts {
+            dbname: Some("appdb".into()),
+            host: Some("/run/postgresql".into()),
+            port: Some(5432),
+            username: Some("pgsnapfs_backup".into()),
+        };
+        let s = args.source(&primary).expect("a standby source");
+        assert!(s.prefer);
+        assert_eq!(s.conn.host.as_deref(), Some("/run/postgresql"));
+        assert_eq!(s.conn.port, Some(5433));
+        assert_eq!(s.conn.dbname.as_deref(), Some("appdb"));
+        assert_eq!(s.conn.username.as_deref(), Some("pgsnapfs_backup"));
+        // A primary's connection string names the primary's host: it does not carry over.
+        let primary = ConnOpts {
+            dbname: Some("host=primary dbname=appdb".into()),
+            ..primary
+        };
+        assert_eq!(args.source(&primary).expect("source").conn.dbname, None);
+        let none = StandbyArgs {
+            from_standby: None,
+            ..args
+        };
+        assert!(none.source(&primary).is_none());
+    }
+}
