@@ -35,10 +35,12 @@ const SUMMARIZER_WAIT: Duration = Duration::from_secs(60);
 /// What to back up and how: the options of `pgsnapfs backup`.
 pub struct BackupOptions {
     /// The server's data directory, read directly; it must be the one the server at `conn`
-    /// reports (compared after resolving links).
-    pub pgdata: PathBuf,
+    /// reports (compared after resolving links). Optional when a standby is read instead.
+    pub pgdata: Option<PathBuf>,
     /// How to reach the server, which is told the backup starts and stops.
     pub conn: ConnOpts,
+    /// Read the files of this streaming standby of the server instead (`--from-standby`).
+    pub standby: Option<StandbySource>,
     /// The label given to pg_backup_start and kept in the snapshot; `None` means
     /// `pgsnapfs <backup id>`.
     pub label: Option<String>,
@@ -52,8 +54,31 @@ pub struct BackupOptions {
     pub total: Box<dyn Fn(u64)>,
 }
 
+/// The standby whose files a backup reads, and whether the primary's will do when it is down.
+pub struct StandbySource {
+    /// The standby's data directory, read directly.
+    pub pgdata: PathBuf,
+    /// How to reach the standby.
+    pub conn: ConnOpts,
+    /// `--from-standby=prefer`: when no standby answers, read the primary's files.
+    pub prefer: bool,
+}
+
+/// Which server's files a backup read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The primary's (no standby asked for).
+    Primary,
+    /// The standby's.
+    Standby,
+    /// The primary's, because the preferred standby did not answer: why.
+    PrimaryInstead(String),
+}
+
 /// A finished backup, and what its output should say besides.
 pub struct Backup {
+    /// Whose files were read.
+    pub read_from: ReadFrom,
     /// The snapshot manifest as published in the repository.
     pub snapshot: Snapshot,
     /// The server's configuration files outside its data directory, which the backup does
@@ -115,18 +140,37 @@ fn take(
     opts: BackupOptions,
     began: &std::cell::Cell<Option<u64>>,
 ) -> Result<Backup> {
-    let control = control_of(&opts.pgdata)?;
+    // A bad --pgdata is bad input even when the server is down.
+    let primary_dir = opts.pgdata.as_deref().map(data_directory).transpose()?;
     let server = Server::connect(&opts.conn)?;
     let info = server.info()?;
-    let pgdata = canonical(&opts.pgdata)?;
-    if canonical(Path::new(&info.data_directory))? != pgdata {
-        return Err(Error::BadInput(format!(
-            "--pgdata {} is not the data directory of the server at {} (it uses {})",
-            opts.pgdata.display(),
-            server.target(),
-            info.data_directory
-        )));
+    if let (Some((dir, _)), Some(given)) = (&primary_dir, &opts.pgdata) {
+        if canonical(Path::new(&info.data_directory))? != *dir {
+            return Err(Error::BadInput(format!(
+                "--pgdata {} is not the data directory of the server at {} (it uses {})",
+                given.display(),
+                server.target(),
+                info.data_directory
+            )));
+        }
     }
+    let (standby, read_from) = connect_standby(opts.standby.as_ref())?;
+    // The directory the files are read from: the standby's, or the primary's.
+    let (pgdata, control) = match (&standby, &opts.standby, primary_dir) {
+        (Some(s), Some(src), _) => {
+            let (dir, control) = data_directory(&src.pgdata)?;
+            crate::standby::check(&info, s, &s.info()?, &dir)?;
+            (dir, control)
+        }
+        (_, _, Some(primary)) => primary,
+        (_, _, None) => {
+            return Err(Error::BadInput(
+                "give the primary's data directory with --pgdata (or PGDATA) to back up from \
+                 the primary"
+                    .into(),
+            ))
+        }
+    };
     if control.system_identifier != info.system_identifier {
         return Err(Error::BadInput(format!(
             "{}/global/pg_control has system identifier {}, but the server reports {}",
@@ -162,6 +206,27 @@ fn take(
         .unwrap_or_else(|| format!("pgsnapfs {id}"));
     tracing::info!(backup = %id, parent = ?parent.as_ref().map(|p| &p.id), "starting backup");
     let start_lsn = server.backup_start(&label, major)?;
+    if let Some(standby) = &standby {
+        // The checkpoint pg_backup_start made (or a later one), on the primary's timeline.
+        let row = server
+            .query_rows("SELECT checkpoint_lsn::text, timeline_id FROM pg_control_checkpoint()")?;
+        let (checkpoint, tli) = match row.first().map(Vec::as_slice) {
+            Some([lsn, tli]) => (
+                Lsn::from_str(lsn)
+                    .map_err(|_| Error::BadAnswer(format!("returned a bad LSN {lsn:?}")))?,
+                tli.parse()
+                    .map_err(|_| Error::BadAnswer(format!("returned a bad timeline {tli:?}")))?,
+            ),
+            _ => return Err(Error::BadAnswer("returned no checkpoint".into())),
+        };
+        crate::standby::ready_at(
+            standby,
+            start_lsn,
+            checkpoint,
+            tli,
+            crate::standby::CATCH_UP_WAIT,
+        )?;
+    }
 
     let tablespaces = tablespaces_of(&pgdata)?;
     let mut ingest = Ingest::new(repo, opts.threads, opts.progress);
@@ -189,7 +254,7 @@ fn take(
             Some(why.to_string())
         }
     };
-    let filter = pg_filter(pgdata.clone());
+    let filter = standby_filter(pg_filter(pgdata.clone()), standby.is_some());
     (opts.total)(bytes_below(&pgdata, "", &filter));
     let parent_root = parent.as_ref().map(|p| p.root);
     let mut root = ingest.read_dir(&pgdata, "", parent_root.as_ref(), &filter)?;
@@ -217,6 +282,10 @@ fn take(
         bytes_skipped: stats.bytes_skipped,
     };
 
+    if let Some(standby) = &standby {
+        let end = crate::standby::segment_end(stop.lsn, info.wal_segment_size);
+        crate::standby::received(standby, end, crate::standby::CATCH_UP_WAIT)?;
+    }
     ensure_wal(
         repo,
         &pgdata,
@@ -269,9 +338,51 @@ fn take(
         "backup finished"
     );
     Ok(Backup {
+        read_from,
         snapshot: snap,
         config_outside,
     })
+}
+
+/// Whether the server at `conn` is in recovery: `--only-on-primary` backs up nothing then.
+pub fn in_recovery(conn: &ConnOpts) -> Result<bool> {
+    crate::standby::in_recovery(&Server::connect(conn)?)
+}
+
+/// A data directory's canonical path and pg_control (bad input when it is not one).
+fn data_directory(given: &Path) -> Result<(PathBuf, ControlData)> {
+    let control = control_of(given)?;
+    Ok((canonical(given)?, control))
+}
+
+/// Connects to the standby asked for; with `prefer`, a standby that does not answer means
+/// the primary's files are read instead (any other refusal stays an error).
+fn connect_standby(source: Option<&StandbySource>) -> Result<(Option<Server>, ReadFrom)> {
+    let Some(source) = source else {
+        return Ok((None, ReadFrom::Primary));
+    };
+    match Server::connect(&source.conn) {
+        Ok(s) => Ok((Some(s), ReadFrom::Standby)),
+        Err(e @ Error::Connect { .. }) if source.prefer => {
+            tracing::warn!("no standby reachable ({e}): backing up from the primary");
+            Ok((None, ReadFrom::PrimaryInstead(e.to_string())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A standby's recovery signal files are its own, not the backup's: a restore writes its
+/// own recovery.signal (pgBackRest leaves them out too).
+fn standby_filter(
+    filter: impl Fn(&str, &fs::Metadata) -> Visit,
+    from_standby: bool,
+) -> impl Fn(&str, &fs::Metadata) -> Visit {
+    move |rel: &str, meta: &fs::Metadata| {
+        if from_standby && matches!(rel, "standby.signal" | "recovery.signal") {
+            return Visit::Skip;
+        }
+        filter(rel, meta)
+    }
 }
 
 /// The first backup id for `start_time` not yet taken: its time, then `-1`, `-2`...

@@ -41,6 +41,7 @@ pub mod retention;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod standby;
 pub mod status;
 pub mod store;
 pub mod tblspc;

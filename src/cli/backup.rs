@@ -3,7 +3,7 @@
 use super::key::PassphraseArgs;
 use super::progress::set_total;
 use super::{human, print_json, progress};
-use crate::backup::{self, BackupOptions};
+use crate::backup::{self, BackupOptions, ReadFrom};
 use crate::error::{Error, Result};
 use crate::fromarchive::{self, Outcome};
 use crate::pg::target::Target;
@@ -24,11 +24,17 @@ pub struct Args {
         long,
         env = "PGDATA",
         hide_env = true,
-        required_unless_present = "from_archive"
+        required_unless_present_any = ["from_archive", "from_standby"]
     )]
     pub pgdata: Option<PathBuf>,
     #[command(flatten)]
     pub conn: ConnOpts,
+    #[command(flatten)]
+    pub standby: StandbyArgs,
+    /// Back up only when the server is a primary: on a server in recovery (a standby) do
+    /// nothing and exit 0, for one schedule on every node of a cluster (Patroni).
+    #[arg(long, conflicts_with = "from_archive")]
+    pub only_on_primary: bool,
     /// Backup label shown by the server.
     #[arg(long)]
     pub label: Option<String>,
@@ -41,6 +47,70 @@ pub struct Args {
     pub json: bool,
     #[command(flatten)]
     pub archive: FromArchiveArgs,
+}
+
+/// `--from-standby=require|prefer`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FromStandby {
+    /// Read the standby's files; fail when it cannot be used.
+    Require,
+    /// Read the standby's files; when no standby answers, the primary's (--pgdata).
+    Prefer,
+}
+
+/// `--from-standby` and the standby's location.
+#[derive(clap::Args)]
+pub struct StandbyArgs {
+    /// Read the files of a streaming standby of the server (-h/-p/-d name the primary,
+    /// which starts and stops the backup and archives its WAL). `prefer` falls back to the
+    /// primary's files (--pgdata) when the standby does not answer.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "require",
+        conflicts_with = "from_archive",
+        requires = "standby_pgdata"
+    )]
+    pub from_standby: Option<FromStandby>,
+    /// The standby's data directory, read directly.
+    #[arg(long, requires = "from_standby")]
+    pub standby_pgdata: Option<PathBuf>,
+    /// The standby's host or socket directory (default: the primary's -h).
+    #[arg(long, requires = "from_standby")]
+    pub standby_host: Option<String>,
+    /// The standby's port (default: the primary's -p).
+    #[arg(long, requires = "from_standby")]
+    pub standby_port: Option<u16>,
+    /// The standby's connection string, instead of --standby-host/--standby-port (the
+    /// primary's -U applies unless it names a user).
+    #[arg(long, requires = "from_standby")]
+    pub standby_dbname: Option<String>,
+}
+
+impl StandbyArgs {
+    /// The standby to read, its connection built from the primary's where not given.
+    fn source(&self, primary: &ConnOpts) -> Option<backup::StandbySource> {
+        let mode = self.from_standby?;
+        let pgdata = self.standby_pgdata.clone()?;
+        // A primary conninfo string names the primary's host: only its database carries over.
+        let dbname = self.standby_dbname.clone().or_else(|| {
+            primary
+                .dbname
+                .clone()
+                .filter(|d| !d.contains('=') && !d.contains("://"))
+        });
+        Some(backup::StandbySource {
+            pgdata,
+            conn: ConnOpts {
+                dbname,
+                host: self.standby_host.clone().or_else(|| primary.host.clone()),
+                port: self.standby_port.or(primary.port),
+                username: primary.username.clone(),
+            },
+            prefer: mode == FromStandby::Prefer,
+        })
+    }
 }
 
 /// `--from-archive` and the options that go with it.
@@ -153,18 +223,24 @@ pub fn run_from_archive(
 }
 
 pub fn run(repo: &Repository, a: Args) -> Result<()> {
-    let Some(pgdata) = a.pgdata else {
-        return Err(Error::BadInput(
-            "give the data directory with --pgdata (or PGDATA), or use --from-archive".into(),
-        ));
-    };
+    if a.only_on_primary && backup::in_recovery(&a.conn)? {
+        let reason = "the server is in recovery (a standby): only a primary is backed up \
+                      (--only-on-primary)";
+        if a.json {
+            print_json(&serde_json::json!({ "skipped": true, "reason": reason }));
+        } else {
+            outln!("nothing to do: {reason}");
+        }
+        return Ok(());
+    }
     let bar = progress(None, "backing up");
     let (tick, sized) = (bar.clone(), bar.clone());
     let threads = threads();
     let done = backup::run(
         repo,
         BackupOptions {
-            pgdata,
+            standby: a.standby.source(&a.conn),
+            pgdata: a.pgdata,
             conn: a.conn,
             label: a.label,
             threads,
@@ -175,6 +251,15 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
     )?;
     bar.finish_and_clear();
     let snap = done.snapshot;
+    match &done.read_from {
+        ReadFrom::Primary => {}
+        ReadFrom::Standby => {
+            eprintln!("read the standby's files; the primary started and stopped the backup")
+        }
+        ReadFrom::PrimaryInstead(why) => eprintln!(
+            "no standby reachable ({why}): read the primary's files instead (--from-standby=prefer)"
+        ),
+    }
     if !done.config_outside.is_empty() {
         eprintln!(
             "the server's configuration is outside its data directory and not in this backup \
@@ -197,4 +282,44 @@ pub fn run(repo: &Repository, a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FromStandby, StandbyArgs};
+    use crate::server::ConnOpts;
+
+    #[test]
+    fn the_standby_connection_borrows_what_the_primary_gives() {
+        let args = StandbyArgs {
+            from_standby: Some(FromStandby::Prefer),
+            standby_pgdata: Some("/nonexistent/standby".into()),
+            standby_host: None,
+            standby_port: Some(5433),
+            standby_dbname: None,
+        };
+        let primary = ConnOpts {
+            dbname: Some("appdb".into()),
+            host: Some("/run/postgresql".into()),
+            port: Some(5432),
+            username: Some("pgsnapfs_backup".into()),
+        };
+        let s = args.source(&primary).expect("a standby source");
+        assert!(s.prefer);
+        assert_eq!(s.conn.host.as_deref(), Some("/run/postgresql"));
+        assert_eq!(s.conn.port, Some(5433));
+        assert_eq!(s.conn.dbname.as_deref(), Some("appdb"));
+        assert_eq!(s.conn.username.as_deref(), Some("pgsnapfs_backup"));
+        // A primary's connection string names the primary's host: it does not carry over.
+        let primary = ConnOpts {
+            dbname: Some("host=primary dbname=appdb".into()),
+            ..primary
+        };
+        assert_eq!(args.source(&primary).expect("source").conn.dbname, None);
+        let none = StandbyArgs {
+            from_standby: None,
+            ..args
+        };
+        assert!(none.source(&primary).is_none());
+    }
 }
