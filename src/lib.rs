@@ -40,6 +40,7 @@ pub mod session;
 pub mod spool;
 pub mod status;
 pub mod store;
+pub mod targetlocks;
 pub mod tblspc;
 pub mod timelines;
 pub mod verified;
