@@ -14,7 +14,9 @@
 //! reads back from the end of the replay to the last segment before the target's that holds
 //! an XLOG_RUNNING_XACTS record, and starts one segment earlier, where that snapshot's lock
 //! record may lie; it goes no further back than the backup's first segment, whose checkpoint
-//! logged a snapshot. A record that spans two segments is not read (the scanner reads whole
+//! logged a snapshot. The work is the WAL of one snapshot interval (15 s of writes at most,
+//! or one checkpoint interval of a quiet cluster) plus a segment, whatever the range
+//! replayed, and at most two segments are held in memory. A record that spans two segments is not read (the scanner reads whole
 //! records of one segment); lock and transaction-end records are small.
 
 use crate::archive;
@@ -55,11 +57,16 @@ pub fn held(repo: &Repository, plan: &Plan) -> Result<Vec<StandbyLock>> {
         Ok((data, header))
     };
     let path = &plan.path;
-    let mut read_back = Vec::new();
+    // The last two segments read back (the snapshot's and the one after it), kept for the
+    // replay; memory stays at two segments however far back the snapshot lies.
+    let mut read_back: Vec<(usize, Vec<u8>, SegmentHeader)> = Vec::new();
     let mut first = 0;
-    for i in (0..path.len().saturating_sub(1)).rev() {
-        let (data, header) = read(&path[i])?;
+    for (i, seg) in path.iter().enumerate().rev().skip(1) {
+        let (data, header) = read(seg)?;
         let snapshot = has_standby_snapshot(&data, &header)?;
+        if read_back.len() == 2 {
+            read_back.remove(0);
+        }
         read_back.push((i, data, header));
         if snapshot {
             first = i.saturating_sub(1);
@@ -67,20 +74,18 @@ pub fn held(repo: &Repository, plan: &Plan) -> Result<Vec<StandbyLock>> {
         }
     }
     let mut replay = LockReplay::new(stop);
-    for i in first..path.len() {
+    for (i, seg) in path.iter().enumerate().skip(first) {
         if replay.stopped() {
             break;
         }
-        match read_back.iter().position(|(at, ..)| *at == i) {
+        let (data, header) = match read_back.iter().position(|(at, ..)| *at == i) {
             Some(k) => {
                 let (_, data, header) = read_back.swap_remove(k);
-                replay.feed(&data, &header)?;
+                (data, header)
             }
-            None => {
-                let (data, header) = read(&path[i])?;
-                replay.feed(&data, &header)?;
-            }
-        }
+            None => read(seg)?,
+        };
+        replay.feed(&data, &header)?;
     }
     Ok(replay.held().to_vec())
 }
@@ -151,7 +156,10 @@ mod tests {
     #[test]
     fn names_every_lock_and_the_point_before_the_earliest() {
         let text = describe(
-            &[lock(800, 16_390, 0x0300_0100, false), lock(750, 16_384, 0x0300_0080, false)],
+            &[
+                lock(800, 16_390, 0x0300_0100, false),
+                lock(750, 16_384, 0x0300_0080, false),
+            ],
             true,
         )
         .unwrap();
@@ -161,7 +169,13 @@ mod tests {
         assert!(text.contains("mount --target-lsn 0/3000040"), "{text}");
         assert!(text.contains("SELECT 16390::regclass"));
         let text = describe(&[lock(600, 1, 0x0300_0100, true)], false).unwrap();
-        assert!(text.contains("restore a point before the transaction took it"), "{text}");
-        assert!(text.contains("earlier than WAL position 0/3000100"), "{text}");
+        assert!(
+            text.contains("restore a point before the transaction took it"),
+            "{text}"
+        );
+        assert!(
+            text.contains("earlier than WAL position 0/3000100"),
+            "{text}"
+        );
     }
 }

@@ -82,7 +82,11 @@ fn a_target_inside_a_drop_names_its_locks() {
     });
     assert!(promoted.is_ok(), "{promoted:?}\n{}", server.log_tail(20));
     let got = server.try_psql(&format!("SET lock_timeout = '5s'; {T_ROWS}"));
-    assert_eq!(got.as_deref(), Ok(want.as_str()), "rows of t after promotion");
+    assert_eq!(
+        got.as_deref(),
+        Ok(want.as_str()),
+        "rows of t after promotion"
+    );
     m.stop_server();
     m.umount_ok();
 
