@@ -1,6 +1,6 @@
 //! `mount` and `restore` at a target inside a transaction that holds an AccessExclusiveLock
 //! (a DROP TABLE, whose lock a recovery paused there keeps): they name the locked relations
-//! by oid, with the ways out. Against real PostgreSQL 15 and real FUSE, one cluster: the
+//! by oid, with the ways out, at a target LSN or time. Against real PostgreSQL 15 and real FUSE, one cluster: the
 //! server started on the view and promoted as told shows the table with its rows; the point
 //! before the lock that the message suggests holds no lock, and the table is readable there
 //! without promotion.
@@ -36,6 +36,8 @@ fn a_target_inside_a_drop_names_its_locks() {
     source.psql("UPDATE t SET v = 'replayed-' || id WHERE id % 3 = 0;");
     let want = source.psql(T_ROWS);
     let oid = source.psql("SELECT 't'::regclass::oid");
+    let before_drop = source.now();
+    std::thread::sleep(Duration::from_millis(1100));
     // The accident; the LSN is taken inside its transaction, after the DROP's lock record.
     let out = source.psql(
         "BEGIN; DROP TABLE t; SELECT pg_current_wal_insert_lsn(); INSERT INTO other VALUES (1); COMMIT;",
@@ -112,7 +114,18 @@ fn a_target_inside_a_drop_names_its_locks() {
     m.stop_server();
     m.umount_ok();
 
-    // restore at the same target says it too.
+    // A time before the DROP's commit: recovery stops before that commit, after its lock.
+    let mnt = mountpoint(&work, "time");
+    let mut m = Mount::start(
+        &repo,
+        &mnt,
+        &view_args(&work.join("scratch-time"), &["--target-time", &before_drop]),
+    );
+    let said = m.report();
+    assert!(said.contains(&named), "{said}");
+    m.umount_ok();
+
+    // restore at the LSN inside the transaction says it too.
     let run = repo
         .restore(&work.join("restored"), &["--target-lsn", &inside])
         .assert_ok();
