@@ -21,6 +21,7 @@
 
 use crate::archive;
 use crate::error::{Error, Result};
+use crate::pg::pgclass::{mapped_filenode, relname, PG_CLASS_OID};
 use crate::pg::target::Target;
 use crate::pg::wal::{segment_name, SegmentHeader};
 use crate::pg::walscan::{
@@ -28,6 +29,7 @@ use crate::pg::walscan::{
 };
 use crate::pitr::Plan;
 use crate::store::Repository;
+use std::collections::HashMap;
 
 /// Where the replay of `plan` stops; `None` when it replays all the archived WAL and ends
 /// recovery, holding nothing.
@@ -90,15 +92,54 @@ pub fn held(repo: &Repository, plan: &Plan) -> Result<Vec<StandbyLock>> {
     Ok(replay.held().to_vec())
 }
 
-/// What to tell whoever starts a server that pauses holding `locks`, one paragraph; `None`
-/// if it holds none.
-pub fn describe(locks: &[StandbyLock], mount: bool) -> Option<String> {
+/// The names the backup's `pg_class` gives the locked relations, one per lock; `None` where
+/// it has none (a relation created after the backup, a shared relation) or cannot be read.
+pub fn names(repo: &Repository, plan: &Plan, locks: &[StandbyLock]) -> Vec<Option<String>> {
+    let mut classes: HashMap<u32, Option<Vec<u8>>> = HashMap::new();
+    locks
+        .iter()
+        .map(|l| {
+            let heap = classes
+                .entry(l.db_oid)
+                .or_insert_with(|| pg_class(repo, plan, l.db_oid));
+            relname(heap.as_deref()?, l.rel_oid)
+        })
+        .collect()
+}
+
+/// The first segment of database `db`'s pg_class in the backup.
+fn pg_class(repo: &Repository, plan: &Plan, db: u32) -> Option<Vec<u8>> {
+    if db == 0 {
+        return None;
+    }
+    let root = &plan.snapshot.root;
+    let read = |path: String| {
+        crate::view::read_file(repo, root, &path)
+            .inspect_err(|e| tracing::info!("cannot read {path} of the backup: {e}"))
+            .ok()
+            .flatten()
+    };
+    let map = read(format!("base/{db}/pg_filenode.map"))?;
+    read(format!(
+        "base/{db}/{}",
+        mapped_filenode(&map, PG_CLASS_OID)?
+    ))
+}
+
+/// What to tell whoever starts a server that pauses holding `locks`, named as `names` says
+/// (one per lock, see [`names`]), in one paragraph; `None` if it holds none.
+pub fn describe(locks: &[StandbyLock], names: &[Option<String>], mount: bool) -> Option<String> {
     let first = locks.first()?;
     let list = locks
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
+            let name = match names.get(i) {
+                Some(Some(n)) => format!("{n:?} (in the backup), "),
+                _ => String::new(),
+            };
             format!(
-                "relation oid {} in database oid {} (transaction {})",
+                "relation {name}oid {} in database oid {} (transaction {})",
                 l.rel_oid, l.db_oid, l.xid
             )
         })
@@ -150,7 +191,7 @@ mod tests {
 
     #[test]
     fn nothing_held_says_nothing() {
-        assert_eq!(describe(&[], true), None);
+        assert_eq!(describe(&[], &[], true), None);
     }
 
     #[test]
@@ -160,15 +201,21 @@ mod tests {
                 lock(800, 16_390, 0x0300_0100, false),
                 lock(750, 16_384, 0x0300_0080, false),
             ],
+            &[None, Some("t".into())],
             true,
         )
         .unwrap();
         assert!(text.contains("relation oid 16390 in database oid 5 (transaction 800)"));
-        assert!(text.contains("relation oid 16384 in database oid 5 (transaction 750)"));
+        assert!(
+            text.contains(
+                "relation \"t\" (in the backup), oid 16384 in database oid 5 (transaction 750)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("SELECT pg_promote()"));
         assert!(text.contains("mount --target-lsn 0/3000040"), "{text}");
         assert!(text.contains("SELECT 16390::regclass"));
-        let text = describe(&[lock(600, 1, 0x0300_0100, true)], false).unwrap();
+        let text = describe(&[lock(600, 1, 0x0300_0100, true)], &[], false).unwrap();
         assert!(
             text.contains("restore a point before the transaction took it"),
             "{text}"

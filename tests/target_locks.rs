@@ -1,9 +1,9 @@
 //! `mount` and `restore` at a target inside a transaction that holds an AccessExclusiveLock
 //! (a DROP TABLE, whose lock a recovery paused there keeps): they name the locked relations
-//! by oid, with the ways out, at a target LSN or time. Against real PostgreSQL 15 and real FUSE, one cluster: the
-//! server started on the view and promoted as told shows the table with its rows; the point
-//! before the lock that the message suggests holds no lock, and the table is readable there
-//! without promotion.
+//! (by the backup's name and the oid), with the ways out, at a target LSN or time. Against
+//! real PostgreSQL 15 and real FUSE, one cluster: the server started on the view and promoted
+//! as told shows the table with its rows; the point before the lock that the message suggests
+//! holds no lock, and the table is readable there without promotion.
 //!
 //! FUSE mounts need root, so `mount` runs as root here.
 
@@ -49,7 +49,8 @@ fn a_target_inside_a_drop_names_its_locks() {
         .to_string();
     source.switch_wal_and_wait_archived();
     let work = TestDir::new("target-locks");
-    let named = format!("relation oid {oid} in database oid ");
+    // Named from the backup's pg_class, and by the source's oid.
+    let named = format!("relation \"t\" (in the backup), oid {oid} in database oid ");
 
     // Inside the transaction: the lock is named, with the ways out.
     let mnt = mountpoint(&work, "inside");

@@ -145,7 +145,8 @@ fn describe(view: &View, mountpoint: &Path) {
 pub(super) fn warn_held_locks(repo: &Repository, plan: &crate::pitr::Plan, mount: bool) {
     match crate::targetlocks::held(repo, plan) {
         Ok(locks) => {
-            if let Some(text) = crate::targetlocks::describe(&locks, mount) {
+            let names = crate::targetlocks::names(repo, plan, &locks);
+            if let Some(text) = crate::targetlocks::describe(&locks, &names, mount) {
                 eprintln!("pgsnapfs: {text}");
             }
         }
