@@ -44,6 +44,7 @@ pub mod spool;
 pub mod standby;
 pub mod status;
 pub mod store;
+pub mod targetlocks;
 pub mod tblspc;
 pub mod timelines;
 pub mod verified;

@@ -233,7 +233,7 @@ fn read_conf(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<Str
 
 /// A regular file of the backup by its path in the data directory; None if missing or not
 /// a regular file.
-fn read_file(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_file(repo: &Repository, root: &BlobRef, path: &str) -> Result<Option<Vec<u8>>> {
     let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
     let Some(dir) = dir_at(repo, root, parent)? else {
         return Ok(None);

@@ -97,6 +97,9 @@ pub fn run(
     )?;
     if let Some(view) = session.view() {
         describe(view, &a.mountpoint);
+        if matches!(view.action, TargetAction::Pause) {
+            warn_held_locks(session.repo(), &view.plan, true);
+        }
     }
     let mounted = session.mount()?;
     outln!("{READY} at {}", mounted.mountpoint().display());
@@ -135,6 +138,19 @@ fn describe(view: &View, mountpoint: &Path) {
              transaction still open at the target (a DROP or TRUNCATE), promote the view with \
              SELECT pg_wal_replay_resume() (or mount with --target-action promote)"
         );
+    }
+}
+
+/// Names the AccessExclusiveLocks a paused recovery of `plan` holds at its target, if any.
+pub(super) fn warn_held_locks(repo: &Repository, plan: &crate::pitr::Plan, mount: bool) {
+    match crate::targetlocks::held(repo, plan) {
+        Ok(locks) => {
+            let names = crate::targetlocks::names(repo, plan, &locks);
+            if let Some(text) = crate::targetlocks::describe(&locks, &names, mount) {
+                eprintln!("pgsnapfs: {text}");
+            }
+        }
+        Err(e) => tracing::warn!("cannot tell which locks recovery holds at the target: {e}"),
     }
 }
 

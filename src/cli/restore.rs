@@ -197,6 +197,9 @@ pub fn run(
         snap.pg_major,
     );
     outln!("{}", describe_archiving(&done.archiving));
+    if matches!(a.target_action, TargetAction::Pause) {
+        super::mount::warn_held_locks(repo, &plan, false);
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod history;
 pub mod label;
 pub mod layout;
 pub mod lsn;
+pub mod pgclass;
 pub mod pgpass;
 pub mod recovery;
 pub mod summary;

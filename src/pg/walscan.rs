@@ -27,6 +27,13 @@ const MAX_RECORD_SIZE: usize = 1020 * 1024 * 1024;
 const RM_XLOG_ID: u8 = 0;
 const RM_XACT_ID: u8 = 1;
 const RM_TBLSPC_ID: u8 = 5;
+const RM_STANDBY_ID: u8 = 8;
+const XLOG_STANDBY_LOCK: u8 = 0x00;
+const XLOG_RUNNING_XACTS: u8 = 0x10;
+/// sizeof(xl_standby_lock): xid, dbOid, relOid.
+const STANDBY_LOCK_SIZE: usize = 12;
+/// offsetof(xl_running_xacts, oldestRunningXid).
+const OLDEST_RUNNING_XID_AT: usize = 16;
 const XLOG_TBLSPC_CREATE: u8 = 0x00;
 const XLR_RMGR_INFO_MASK: u8 = 0xF0;
 const XLOG_SWITCH: u8 = 0x40;
@@ -561,11 +568,15 @@ fn scan(data: &[u8], header: &SegmentHeader) -> Result<Scan, Error> {
             ) {
                 let main = main_data(&bytes, major).map_err(invalid)?;
                 let commit = op == XLOG_XACT_COMMIT || op == XLOG_XACT_COMMIT_PREPARED;
-                let (time, twophase_xid) = xact_end(main, info, commit, major).map_err(invalid)?;
+                let ended = xact_end(main, info, commit, major).map_err(invalid)?;
                 // A prepared transaction's xid is in the record body; the
                 // header has the xid of the session that ran COMMIT PREPARED.
-                let xid = twophase_xid.unwrap_or(le_u32(&bytes, 4));
-                scan.xact_ends.push(XactEnd { lsn, xid, time });
+                let xid = ended.twophase_xid.unwrap_or(le_u32(&bytes, 4));
+                scan.xact_ends.push(XactEnd {
+                    lsn,
+                    xid,
+                    time: ended.time,
+                });
             }
         } else if rmid == RM_XLOG_ID && info & XLR_RMGR_INFO_MASK == XLOG_RESTORE_POINT {
             let main = main_data(&bytes, major).map_err(invalid)?;
@@ -608,6 +619,14 @@ impl<'a> Cursor<'a> {
 
     fn u32(&mut self) -> Result<u32, &'static str> {
         Ok(le_u32(self.take(4)?, 0))
+    }
+
+    /// An `int` count followed by that many xids.
+    fn xids(&mut self) -> Result<Vec<u32>, &'static str> {
+        let count = self.u32()? as i32;
+        let count = usize::try_from(count).map_err(|_| "negative count")?;
+        let raw = self.take(count.checked_mul(4).ok_or("truncated")?)?;
+        Ok(raw.chunks_exact(4).map(|x| le_u32(x, 0)).collect())
     }
 
     /// Skips an `int` count followed by that many items of `size` bytes.
@@ -673,14 +692,19 @@ fn main_data<'r>(record: &'r [u8], major: &Major) -> Result<&'r [u8], &'static s
     Ok(&record[record.len() - main_len..])
 }
 
-/// xact_time and the prepared transaction's xid of a commit or abort record
-/// (ParseCommitRecord / ParseAbortRecord).
-fn xact_end(
-    main: &[u8],
-    info: u8,
-    commit: bool,
-    major: &Major,
-) -> Result<(i64, Option<u32>), &'static str> {
+/// What a commit or abort record tells of the transaction it ends.
+#[derive(Debug, PartialEq, Eq)]
+struct Ended {
+    time: i64,
+    /// The prepared transaction's xid, for COMMIT/ABORT PREPARED.
+    twophase_xid: Option<u32>,
+    /// The subtransactions ended with it.
+    subxids: Vec<u32>,
+}
+
+/// xact_time, the subtransactions and the prepared transaction's xid of a commit or abort
+/// record (ParseCommitRecord / ParseAbortRecord).
+fn xact_end(main: &[u8], info: u8, commit: bool, major: &Major) -> Result<Ended, &'static str> {
     let mut c = Cursor { bytes: main, at: 0 };
     let time = i64::from_le_bytes(c.take(8)?.try_into().expect("8 bytes"));
     let xinfo = if info & XLOG_XACT_HAS_INFO != 0 {
@@ -691,9 +715,11 @@ fn xact_end(
     if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
         c.take(8)?;
     }
-    if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
-        c.skip_array(4)?;
-    }
+    let subxids = if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
+        c.xids()?
+    } else {
+        Vec::new()
+    };
     if xinfo & XACT_XINFO_HAS_RELFILELOCATORS != 0 {
         c.skip_array(REL_FILE_LOCATOR_SIZE)?;
     }
@@ -711,7 +737,11 @@ fn xact_end(
     } else {
         None
     };
-    Ok((time, twophase_xid))
+    Ok(Ended {
+        time,
+        twophase_xid,
+        subxids,
+    })
 }
 
 fn restore_point(main: &[u8], lsn: Lsn) -> Result<RestorePoint, &'static str> {
@@ -725,6 +755,183 @@ fn restore_point(main: &[u8], lsn: Lsn) -> Result<RestorePoint, &'static str> {
         time: i64::from_le_bytes(main[..8].try_into().expect("8 bytes")),
         lsn,
     })
+}
+
+/// An AccessExclusiveLock as a hot standby's replay holds it (xl_standby_lock): taken when
+/// replay meets its XLOG_STANDBY_LOCK record, held until the transaction's commit or abort
+/// record, or an XLOG_RUNNING_XACTS record whose oldest running xid is past it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyLock {
+    /// The (sub)transaction holding it.
+    pub xid: u32,
+    /// The relation's database (0 for a shared relation).
+    pub db_oid: u32,
+    /// The relation.
+    pub rel_oid: u32,
+    /// Start of the first record seen logging it.
+    pub lsn: Lsn,
+    /// Start of the record before that one: as an inclusive `recovery_target_lsn`, a point
+    /// before the lock.
+    pub prev: Lsn,
+    /// Logged by a standby snapshot (a checkpoint's or the background writer's), not by the
+    /// transaction taking it: the lock was taken before `lsn`.
+    pub from_snapshot: bool,
+}
+
+/// Where a replay stops, as PostgreSQL's recovery targets do with
+/// `recovery_target_inclusive` on (pgsnapfs never turns it off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayStop {
+    /// After the first record starting at or past this position.
+    Lsn(Lsn),
+    /// Before the first commit or abort record later than this PostgreSQL timestamp.
+    Time(i64),
+    /// After the commit or abort record of this transaction.
+    Xid(u32),
+    /// After the restore point of this name.
+    Name(String),
+    /// After the record that ends at or past this position (consistency, for
+    /// `recovery_target = 'immediate'`: the backup's end).
+    Consistent(Lsn),
+}
+
+/// The AccessExclusiveLocks a replay holds, fed consecutive segments (the first one at or
+/// before a standby snapshot, see [`has_standby_snapshot`]) until it stops.
+/// Decision: locks of prepared transactions are released by XLOG_RUNNING_XACTS like any
+/// other (PostgreSQL keeps them): this tells of a paused replay, where a prepared
+/// transaction is rare.
+#[derive(Debug)]
+pub struct LockReplay {
+    stop: ReplayStop,
+    held: Vec<StandbyLock>,
+    stopped: bool,
+}
+
+impl LockReplay {
+    /// A replay that stops at `stop`, holding nothing yet.
+    pub fn new(stop: ReplayStop) -> LockReplay {
+        LockReplay {
+            stop,
+            held: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    /// Whether the replay reached its stop.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The locks held, in the order they were first logged.
+    pub fn held(&self) -> &[StandbyLock] {
+        &self.held
+    }
+
+    /// Replays the records of the next segment, up to the stop. Fails on a lock, running
+    /// transactions, transaction-end or restore point record that does not decode.
+    pub fn feed(&mut self, data: &[u8], header: &SegmentHeader) -> Result<(), Error> {
+        if self.stopped {
+            return Ok(());
+        }
+        let major = major_of(header)?;
+        for Record { lsn, bytes, end } in Records::new(data, header)? {
+            let (info, rmid) = (bytes[16], bytes[17]);
+            let invalid = |reason| Error::WalRecord { lsn, reason };
+            let mut stop_after = match &self.stop {
+                ReplayStop::Lsn(at) => lsn >= *at,
+                ReplayStop::Consistent(at) => end >= *at,
+                _ => false,
+            };
+            if rmid == RM_STANDBY_ID {
+                let main = main_data(&bytes, major).map_err(invalid)?;
+                match info & XLR_RMGR_INFO_MASK {
+                    XLOG_STANDBY_LOCK => {
+                        let from_snapshot = le_u32(&bytes, 4) == 0;
+                        let prev = Lsn(le_u64(&bytes, 8));
+                        for (xid, db_oid, rel_oid) in standby_locks(main).map_err(invalid)? {
+                            self.acquire(StandbyLock {
+                                xid,
+                                db_oid,
+                                rel_oid,
+                                lsn,
+                                prev,
+                                from_snapshot,
+                            });
+                        }
+                    }
+                    XLOG_RUNNING_XACTS => {
+                        let mut c = Cursor {
+                            bytes: main,
+                            at: OLDEST_RUNNING_XID_AT,
+                        };
+                        let oldest = c.u32().map_err(invalid)?;
+                        self.held.retain(|l| !xid_precedes(l.xid, oldest));
+                    }
+                    _ => {}
+                }
+            } else if rmid == RM_XACT_ID {
+                let op = info & XLOG_XACT_OPMASK;
+                if matches!(
+                    op,
+                    XLOG_XACT_COMMIT
+                        | XLOG_XACT_ABORT
+                        | XLOG_XACT_COMMIT_PREPARED
+                        | XLOG_XACT_ABORT_PREPARED
+                ) {
+                    let main = main_data(&bytes, major).map_err(invalid)?;
+                    let commit = op == XLOG_XACT_COMMIT || op == XLOG_XACT_COMMIT_PREPARED;
+                    let ended = xact_end(main, info, commit, major).map_err(invalid)?;
+                    if matches!(self.stop, ReplayStop::Time(t) if ended.time > t) {
+                        self.stopped = true;
+                        return Ok(());
+                    }
+                    let xid = ended.twophase_xid.unwrap_or(le_u32(&bytes, 4));
+                    stop_after |= self.stop == ReplayStop::Xid(xid);
+                    // StandbyReleaseLockTree: the transaction and its subtransactions.
+                    self.held
+                        .retain(|l| l.xid != xid && !ended.subxids.contains(&l.xid));
+                }
+            } else if rmid == RM_XLOG_ID && info & XLR_RMGR_INFO_MASK == XLOG_RESTORE_POINT {
+                if let ReplayStop::Name(name) = &self.stop {
+                    let main = main_data(&bytes, major).map_err(invalid)?;
+                    stop_after |= restore_point(main, lsn).map_err(invalid)?.name == *name;
+                }
+            }
+            if stop_after {
+                self.stopped = true;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds `lock` unless already held (a snapshot logs again the locks it finds).
+    fn acquire(&mut self, lock: StandbyLock) {
+        let same =
+            |l: &StandbyLock| (l.xid, l.db_oid, l.rel_oid) == (lock.xid, lock.db_oid, lock.rel_oid);
+        if !self.held.iter().any(same) {
+            self.held.push(lock);
+        }
+    }
+}
+
+/// xl_standby_locks: an `int` count, then (xid, dbOid, relOid) triples.
+fn standby_locks(main: &[u8]) -> Result<Vec<(u32, u32, u32)>, &'static str> {
+    let mut c = Cursor { bytes: main, at: 0 };
+    let count = usize::try_from(c.u32()? as i32).map_err(|_| "negative count")?;
+    let raw = c.take(count.checked_mul(STANDBY_LOCK_SIZE).ok_or("truncated")?)?;
+    Ok(raw
+        .chunks_exact(STANDBY_LOCK_SIZE)
+        .map(|l| (le_u32(l, 0), le_u32(l, 4), le_u32(l, 8)))
+        .collect())
+}
+
+/// Whether a segment holds a standby snapshot's XLOG_RUNNING_XACTS record, which follows the
+/// XLOG_STANDBY_LOCK record logging every AccessExclusiveLock held then (LogStandbySnapshot).
+pub fn has_standby_snapshot(data: &[u8], header: &SegmentHeader) -> Result<bool, Error> {
+    Ok(Records::new(data, header)?.any(|r| {
+        r.bytes[17] == RM_STANDBY_ID && r.bytes[16] & XLR_RMGR_INFO_MASK == XLOG_RUNNING_XACTS
+    }))
 }
 
 #[cfg(test)]
@@ -1489,7 +1696,11 @@ mod tests {
             let main = xact_main(5, xinfo, &[&array(2, item), &4242u32.to_le_bytes()]);
             assert_eq!(
                 xact_end(&main, info, true, m),
-                Ok((5, Some(4242))),
+                Ok(Ended {
+                    time: 5,
+                    twophase_xid: Some(4242),
+                    subxids: Vec::new()
+                }),
                 "{major}"
             );
         }
@@ -1533,5 +1744,165 @@ mod tests {
         );
         assert_eq!(format_pg_time(i64::MAX), "infinity");
         assert_eq!(format_pg_time(i64::MIN), "-infinity");
+    }
+
+    fn lock_main(locks: &[(u32, u32, u32)]) -> Vec<u8> {
+        let mut m = (locks.len() as u32).to_le_bytes().to_vec();
+        for &(xid, db, rel) in locks {
+            for v in [xid, db, rel] {
+                m.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        m
+    }
+
+    fn running_main(oldest: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 24];
+        m[OLDEST_RUNNING_XID_AT..OLDEST_RUNNING_XID_AT + 4].copy_from_slice(&oldest.to_le_bytes());
+        m
+    }
+
+    /// Two segments: a snapshot re-logging 600's lock, 700 locking in a subtransaction (701)
+    /// then committing, 800 locking and still open at its end.
+    fn lock_stream() -> (Writer, [Lsn; 6]) {
+        let mut w = Writer::new(0x30_0000, MAGIC_15);
+        noise(&mut w, 10);
+        let snap = w.record(
+            RM_STANDBY_ID,
+            XLOG_STANDBY_LOCK,
+            0,
+            &main_only(&lock_main(&[(600, 5, 16_000), (590, 5, 15_000)])),
+        );
+        w.record(
+            RM_STANDBY_ID,
+            XLOG_RUNNING_XACTS,
+            0,
+            &main_only(&running_main(595)),
+        );
+        let l701 = w.record(
+            RM_STANDBY_ID,
+            XLOG_STANDBY_LOCK,
+            701,
+            &main_only(&lock_main(&[(701, 5, 16_384)])),
+        );
+        let c700 = w.record(
+            RM_XACT_ID,
+            XLOG_XACT_COMMIT | XLOG_XACT_HAS_INFO,
+            700,
+            &main_only(&xact_main(
+                1_000,
+                XACT_XINFO_HAS_SUBXACTS,
+                &[&1u32.to_le_bytes(), &701u32.to_le_bytes()],
+            )),
+        );
+        while w.end().0 < 0x40_0100 {
+            noise(&mut w, 8_000);
+        }
+        let l800 = w.record(
+            RM_STANDBY_ID,
+            XLOG_STANDBY_LOCK,
+            800,
+            &main_only(&lock_main(&[(800, 5, 16_390)])),
+        );
+        let c600 = commit(&mut w, 600, 2_000);
+        let c800 = commit(&mut w, 800, 3_000);
+        assert!(c800.0 > 0x40_0000, "the stream must span two segments");
+        (w, [snap, l701, c700, l800, c600, c800])
+    }
+
+    fn held_at(w: &Writer, stop: ReplayStop) -> (Vec<(u32, u32)>, bool) {
+        let mut replay = LockReplay::new(stop);
+        for n in 0..2 {
+            let data = w.segment(n);
+            replay
+                .feed(data, &SegmentHeader::parse(data).unwrap())
+                .unwrap();
+        }
+        let held = replay.held().iter().map(|l| (l.xid, l.rel_oid)).collect();
+        (held, replay.stopped())
+    }
+
+    #[test]
+    fn locks_held_where_replay_stops() {
+        let (w, [snap, l701, c700, l800, c600, _]) = lock_stream();
+        // 590 ended before the snapshot's oldest running xid: released there.
+        assert_eq!(
+            held_at(&w, ReplayStop::Lsn(l701)),
+            (vec![(600, 16_000), (701, 16_384)], true)
+        );
+        // 700's commit releases its subtransaction's lock.
+        assert_eq!(
+            held_at(&w, ReplayStop::Lsn(c700)),
+            (vec![(600, 16_000)], true)
+        );
+        assert_eq!(
+            held_at(&w, ReplayStop::Lsn(l800)),
+            (vec![(600, 16_000), (800, 16_390)], true)
+        );
+        assert_eq!(
+            held_at(&w, ReplayStop::Xid(600)),
+            (vec![(800, 16_390)], true)
+        );
+        // A time target stops before the first later commit.
+        assert_eq!(
+            held_at(&w, ReplayStop::Time(1_500)),
+            (vec![(600, 16_000), (800, 16_390)], true)
+        );
+        assert_eq!(held_at(&w, ReplayStop::Time(9_000)), (vec![], false));
+        assert_eq!(
+            held_at(&w, ReplayStop::Consistent(Lsn(c600.0 + 1))),
+            (vec![(800, 16_390)], true)
+        );
+        let mut replay = LockReplay::new(ReplayStop::Lsn(l800));
+        for n in 0..2 {
+            let data = w.segment(n);
+            replay
+                .feed(data, &SegmentHeader::parse(data).unwrap())
+                .unwrap();
+        }
+        let held = replay.held();
+        assert!(held[0].from_snapshot && held[0].lsn == snap);
+        assert!(!held[1].from_snapshot && held[1].lsn == l800 && held[1].prev < l800);
+        let first = w.segment(0);
+        assert!(has_standby_snapshot(first, &SegmentHeader::parse(first).unwrap()).unwrap());
+        let second = w.segment(1);
+        assert!(!has_standby_snapshot(second, &SegmentHeader::parse(second).unwrap()).unwrap());
+    }
+
+    #[test]
+    fn restore_point_stops_lock_replay() {
+        let mut w = Writer::new(0x30_0000, MAGIC_15);
+        w.record(
+            RM_STANDBY_ID,
+            XLOG_STANDBY_LOCK,
+            9,
+            &main_only(&lock_main(&[(9, 1, 2)])),
+        );
+        w.record(
+            RM_XLOG_ID,
+            XLOG_RESTORE_POINT,
+            0,
+            &main_only(&restore_main(5, "here")),
+        );
+        commit(&mut w, 9, 10);
+        let data = w.segment(0);
+        let mut replay = LockReplay::new(ReplayStop::Name("here".into()));
+        replay
+            .feed(data, &SegmentHeader::parse(data).unwrap())
+            .unwrap();
+        assert_eq!(replay.held().len(), 1);
+        assert!(replay.stopped());
+        let truncated = w.record(
+            RM_STANDBY_ID,
+            XLOG_STANDBY_LOCK,
+            9,
+            &main_only(&lock_main(&[(9, 1, 2)])[..10]),
+        );
+        let data = w.segment(0);
+        let mut replay = LockReplay::new(ReplayStop::Lsn(Lsn(u64::MAX)));
+        assert!(matches!(
+            replay.feed(data, &SegmentHeader::parse(data).unwrap()),
+            Err(Error::WalRecord { lsn, .. }) if lsn == truncated
+        ));
     }
 }
