@@ -699,6 +699,36 @@ impl Overlay {
         }
     }
 
+    /// The file at `path` (relative to the root), for hydration: None when it is no
+    /// regular file (any more).
+    pub(crate) fn file_at(&self, path: &Path) -> Result<Option<Arc<CowFile>>, Error> {
+        self.check_writable()?;
+        let mut ino = crate::source::ROOT;
+        {
+            let mut table = self.table()?;
+            for name in path.iter() {
+                match self.resolve(&mut table, ino, name)? {
+                    Some(next) => ino = next,
+                    None => return Ok(None),
+                }
+            }
+            if self.entry(&mut table, ino)?.kind != Kind::File {
+                return Ok(None);
+            }
+        }
+        self.file_for_write(ino).map(Some)
+    }
+
+    /// The source the layer is over.
+    pub(crate) fn source(&self) -> &dyn Source {
+        &*self.source
+    }
+
+    /// The copy-on-write granularity.
+    pub(crate) fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
     /// The overlay's say on `parent/name`, without asking the source.
     fn overlay_lookup(&self, table: &InodeTable, parent: Ino, name: &OsStr) -> Result<Step, Error> {
         match table.get(parent) {
