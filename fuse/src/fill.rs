@@ -5,7 +5,7 @@
 //! and a later pass copies only the rest.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use crate::cow::Overlay;
 use crate::Error;
@@ -32,6 +32,19 @@ pub struct Filled {
 }
 
 impl Filler {
+    /// Runs `step` unless the layer is closed, holding it open meanwhile.
+    fn gated<T>(&self, step: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+        let closed = self
+            .overlay
+            .closed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            return Err(Error::new(libc::ESHUTDOWN, "unmounted"));
+        }
+        step()
+    }
+
     /// Fills the regular file at `path` (relative to the root). `pace` hears of the bytes
     /// copied after each step and answers whether to go on; when it says no, the pass
     /// stops (synced) with `complete` false.
@@ -42,27 +55,33 @@ impl Filler {
                 complete: true,
             });
         };
-        let blocks = STEP / u64::from(self.overlay.block_size()).max(1);
+        let blocks = (STEP / u64::from(self.overlay.block_size()).max(1)).max(1);
         let (mut next, mut copied, mut unsynced) = (Some(0), 0, 0);
         while let Some(from) = next {
-            let (after, bytes) = file.fill(self.overlay.source(), from, blocks.max(1))?;
-            next = after;
+            let bytes = self.gated(|| {
+                let (after, bytes) = file.fill(self.overlay.source(), from, blocks)?;
+                next = after;
+                unsynced += bytes;
+                if next.is_none() || unsynced >= SYNC_EVERY {
+                    file.sync(true)?;
+                    unsynced = 0;
+                }
+                Ok(bytes)
+            })?;
             copied += bytes;
-            unsynced += bytes;
-            if unsynced >= SYNC_EVERY {
-                file.sync(true)?;
-                unsynced = 0;
-            }
-            let go_on = pace(bytes);
-            if next.is_some() && !go_on {
-                file.sync(true)?;
+            // Paced outside the gate: a wait for the rate never holds up an unmount.
+            if !pace(bytes) && next.is_some() {
+                self.gated(|| file.sync(true))?;
                 return Ok(Filled {
                     copied,
                     complete: false,
                 });
             }
         }
-        file.sync(true)?;
+        if copied == 0 {
+            // Nothing to fill; still, what was filled before must be on disk.
+            self.gated(|| file.sync(true))?;
+        }
         Ok(Filled {
             copied,
             complete: true,

@@ -98,6 +98,9 @@ pub(crate) struct Overlay {
     table: Mutex<InodeTable>,
     /// Durable: where every change is journaled.
     journal: Option<Arc<Journal>>,
+    /// Closed (unmounted): hydration holds this shared for each step, and closing takes it
+    /// alone, so no step runs into the final compaction.
+    pub(crate) closed: std::sync::RwLock<bool>,
 }
 
 impl Overlay {
@@ -123,6 +126,7 @@ impl Overlay {
             block_size,
             table: Mutex::new(InodeTable::new()),
             journal: None,
+            closed: std::sync::RwLock::new(false),
         })
     }
 
