@@ -162,7 +162,14 @@ fn a_hydrated_clone_resumes_after_kill_and_detaches_into_a_plain_cluster() {
     );
     let script = workload_script(&work);
     let mut psql = postgres_command(pg_tool("psql"))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &server.conninfo(), "-f"])
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &server.conninfo(),
+            "-f",
+        ])
         .arg(&script)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -183,6 +190,13 @@ fn a_hydrated_clone_resumes_after_kill_and_detaches_into_a_plain_cluster() {
     eprintln!("hydration while the workload ran: {during}");
     let done = clones.wait_hydration(|h| h["complete"] == true);
     assert_eq!(hydrated(&done), done["total"].as_u64().unwrap());
+    // The resumed pass copied only what the killed one had left.
+    let total = done["total"].as_u64().unwrap();
+    let copied = done["copied"].as_u64().unwrap();
+    assert!(
+        copied <= total - hydrated(&partway),
+        "the resumed pass copied {copied} bytes; {partway} were hydrated before the kill"
+    );
     let listed = clones.run(&["list"]).assert_ok();
     assert!(
         listed.stdout_str().contains("hydrated"),
@@ -215,7 +229,10 @@ fn a_hydrated_clone_resumes_after_kill_and_detaches_into_a_plain_cluster() {
         .file_type()
         .is_symlink());
     let auto = std::fs::read_to_string(to.join("postgresql.auto.conf")).unwrap();
-    for line in auto.lines().filter(|l| l.contains("pgsnapfs") || l.contains("clones")) {
+    for line in auto
+        .lines()
+        .filter(|l| l.contains("pgsnapfs") || l.contains("clones"))
+    {
         assert!(
             line.starts_with('#') || line.starts_with("restore_command"),
             "{line}\n{auto}"

@@ -256,7 +256,9 @@ pub fn run(
                 to.display()
             );
             eprintln!(
-                "{} runs on the cluster's own settings (its archive_command,                  listen_addresses and port included); postgresql.auto.conf keeps the clone's                  restore_command, which you may remove",
+                "{} runs on the cluster's own settings (its archive_command, \
+                 listen_addresses and port included); postgresql.auto.conf keeps the clone's \
+                 restore_command, which you may remove",
                 to.display()
             );
             Ok(())

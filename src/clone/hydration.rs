@@ -24,6 +24,10 @@ pub struct Progress {
     pub total: u64,
     /// Bytes of them on local disk.
     pub hydrated: u64,
+    /// Bytes read from the repository by the latest pass (a resumed pass copies only what
+    /// the earlier ones left).
+    #[serde(default)]
+    pub copied: u64,
     /// A whole pass found every file local: the clone no longer needs the repository's
     /// chunks for what its files held then.
     pub complete: bool,
@@ -161,12 +165,14 @@ impl Job {
                 return Ok(());
             }
             p.hydrated = before + size;
+            p.copied = copied;
             if last_saved.elapsed() > Duration::from_millis(500) {
                 save(&self.progress, &p)?;
                 last_saved = Instant::now();
             }
         }
         p.complete = true;
+        p.copied = copied;
         save(&self.progress, &p)?;
         tracing::info!(
             "hydration complete: {} bytes local, {copied} copied in this pass",
