@@ -151,16 +151,22 @@ impl Job {
         let (mut copied, mut last_saved) = (0u64, Instant::now());
         for (path, size) in &files {
             let before = p.hydrated;
-            let filled = self
-                .filler
-                .fill(path, &mut |bytes| {
-                    copied += bytes;
-                    std::thread::sleep(pause(self.rate, copied, started.elapsed()));
-                    !self.stop.load(Ordering::Relaxed)
-                })
-                .map_err(|e| {
-                    crate::error::Error::Mount(format!("hydrate {}: {e}", path.display()))
-                })?;
+            let filled = self.filler.fill(path, &mut |bytes| {
+                copied += bytes;
+                std::thread::sleep(pause(self.rate, copied, started.elapsed()));
+                !self.stop.load(Ordering::Relaxed)
+            });
+            let filled = match filled {
+                Ok(filled) => filled,
+                // Unmounted: what was filled is kept; the next mount goes on.
+                Err(e) if e.errno == libc::ESHUTDOWN => return Ok(()),
+                Err(e) => {
+                    return Err(crate::error::Error::Mount(format!(
+                        "hydrate {}: {e}",
+                        path.display()
+                    )))
+                }
+            };
             if !filled.complete {
                 return Ok(());
             }
