@@ -293,7 +293,7 @@ fn space(dir: &Path) -> Result<(u64, u64), String> {
 }
 
 /// Hydration yields to everything else: lowest CPU priority, idle I/O class.
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     // SAFETY: plain system calls on this thread's own id.
     unsafe {
         let tid = libc::gettid();

@@ -73,6 +73,7 @@
 
 mod cow;
 mod error;
+mod fill;
 mod fs;
 mod inode;
 mod mem;
@@ -89,6 +90,7 @@ use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 
 pub use crate::cow::FileChange;
 pub use crate::error::Error;
+pub use crate::fill::{Filled, Filler};
 pub use crate::mem::MemSource;
 pub use crate::source::{Attr, DirEntry, Kind, NodeId, Source, MAX_NODE, ROOT};
 
@@ -209,6 +211,13 @@ impl MountHandle {
     /// pages of a file not fsynced).
     pub fn file_change(&self, path: &Path) -> Result<FileChange, Error> {
         self.overlay.file_change(path)
+    }
+
+    /// A [`Filler`] of this mount's writable layer, for hydration from another thread.
+    pub fn filler(&self) -> Filler {
+        Filler {
+            overlay: self.overlay.clone(),
+        }
     }
 
     /// An [`Unmounter`] that other threads can use, e.g. on a signal, while this thread waits.

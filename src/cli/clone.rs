@@ -36,6 +36,18 @@ pub enum Sub {
     Destroy(NameArgs),
     /// A follower's running server stops following the archive and becomes writable.
     Promote(NameArgs),
+    /// Make a fully hydrated clone a plain data directory (its server stopped), then
+    /// destroy the clone and release its lease.
+    Detach(DetachArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DetachArgs {
+    /// The clone's name.
+    pub name: String,
+    /// The new data directory: new, or an empty directory.
+    #[arg(long)]
+    pub to: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -57,6 +69,13 @@ pub struct CreateArgs {
     /// the backup given with --backup, until `clone promote`.
     #[arg(long)]
     pub follow: bool,
+    /// Copy every byte of the clone's files to local disk in the background, resumed by
+    /// each `clone mount`; then `clone detach` makes it a plain data directory.
+    #[arg(long, conflicts_with = "follow")]
+    pub hydrate: bool,
+    /// The most hydration copies per second, e.g. 100M (default: no limit).
+    #[arg(long, requires = "hydrate", value_parser = super::parse_size)]
+    pub hydrate_rate: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +120,11 @@ pub fn run(
                 clone::check_plan(&settings, &view.plan)?;
             }
             let mounted = session.mount()?;
+            // Stopped (and what it copied kept) when the mount ends.
+            let _hydration = match settings.hydrate {
+                true => clone::hydration::resume(&layout, &settings, &mounted)?,
+                false => None,
+            };
             outln!("{READY} at {}", mounted.mountpoint().display());
             let _ = std::io::stdout().flush();
             return mounted.serve(signals, |e| {
@@ -128,6 +152,7 @@ pub fn run(
                     owner: &c.owner,
                     shared_buffers: &c.shared_buffers,
                     follow: c.follow,
+                    hydrate: c.hydrate.then_some(c.hydrate_rate),
                 },
             )?;
             eprintln!(
@@ -167,8 +192,13 @@ pub fn run(
                         server += &format!(" ({s} s)");
                     }
                 }
+                let hydration = match c.hydration {
+                    Some(p) if p.complete => "\thydrated".to_string(),
+                    Some(p) => format!("\thydrating: {} of {}", human(p.hydrated), human(p.total)),
+                    None => String::new(),
+                };
                 outln!(
-                    "{}\t{}\t{mounted}\t{server}\t{} written",
+                    "{}\t{}\t{mounted}\t{server}\t{} written{hydration}",
                     c.name,
                     c.point.describe(),
                     human(c.bytes_written)
@@ -204,6 +234,32 @@ pub fn run(
                 "clone {}: its server is promoting; it stops following and takes writes once \
                  pg_is_in_recovery() is false",
                 n.name
+            );
+            Ok(())
+        }
+        Sub::Detach(d) => {
+            let layout = layout(&d.name);
+            let settings = layout.load(&repo.config.id)?;
+            let to = std::path::absolute(&d.to)
+                .map_err(crate::error::io(format!("resolve {}", d.to.display())))?;
+            clone::detach::detach(&repo, &layout, &settings, &to)?;
+            outln!(
+                "clone {} detached to {}; the clone is destroyed and lease {} released",
+                d.name,
+                to.display(),
+                settings.lease
+            );
+            outln!(
+                "start its server: runuser -u {} -- pg_ctl -D {} -l {}/server.log start",
+                settings.owner,
+                to.display(),
+                to.display()
+            );
+            eprintln!(
+                "{} runs on the cluster's own settings (its archive_command, \
+                 listen_addresses and port included); postgresql.auto.conf keeps the clone's \
+                 restore_command, which you may remove",
+                to.display()
             );
             Ok(())
         }

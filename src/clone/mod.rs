@@ -13,6 +13,8 @@
 //! backup (and the WAL it needs) and gc its chunks, whether or not the clone is mounted;
 //! destroy releases it.
 
+pub mod detach;
+pub mod hydration;
 pub mod lag;
 pub mod settings;
 pub mod state;
@@ -130,6 +132,8 @@ pub struct CreateRequest<'a> {
     pub shared_buffers: &'a str,
     /// A follower of the archive (see [`settings::Settings::follow`]).
     pub follow: bool,
+    /// Hydrated, at most this many bytes per second if given (see [`hydration`]).
+    pub hydrate: Option<Option<u64>>,
 }
 
 /// Creates clone `name`: plans the point, takes the persistent lease pinning its backup,
@@ -181,6 +185,8 @@ pub fn create(
             point: StoredPoint::of(&req.goal.to, &plan.snapshot.id).unwrap_or(point),
             timeline: plan.timeline,
             follow: req.follow,
+            hydrate: req.hydrate.is_some(),
+            hydrate_rate: req.hydrate.flatten(),
             lease: lease.clone(),
             owner: req.owner.to_string(),
             shared_buffers: req.shared_buffers.to_string(),
@@ -371,8 +377,11 @@ pub struct Listed {
     pub following: bool,
     /// How far its running server is behind the archive (followers).
     pub lag: Option<lag::Lag>,
-    /// Bytes its writes take on local disk (copy-on-write state, pg_wal, logs).
+    /// Bytes its writes take on local disk (copy-on-write state, pg_wal, logs), hydrated
+    /// bytes included.
     pub bytes_written: u64,
+    /// How far hydration is (hydrated clones).
+    pub hydration: Option<hydration::Progress>,
     /// Its lease.
     pub lease: String,
 }
@@ -419,6 +428,9 @@ pub fn list(clones_dir: &Path, repo: &Repository) -> Result<Vec<Listed>> {
             following,
             lag,
             bytes_written: state::disk_usage(&layout.scratch()),
+            hydration: settings
+                .hydrate
+                .then(|| hydration::progress(&layout.scratch()).unwrap_or_default()),
             lease: settings.lease,
         });
     }

@@ -97,6 +97,13 @@ pub struct Settings {
     /// `backup`, until `clone promote`.
     #[serde(default)]
     pub follow: bool,
+    /// Hydrated: every mount copies what is left of the clone's files to local disk in the
+    /// background (see [`super::hydration`]).
+    #[serde(default)]
+    pub hydrate: bool,
+    /// The most hydration copies per second (None: no limit).
+    #[serde(default)]
+    pub hydrate_rate: Option<u64>,
     /// The persistent repository lease pinning `backup` (`locks/<id>`).
     pub lease: String,
     /// The user the server runs as, who owns the files.

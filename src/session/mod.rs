@@ -437,6 +437,12 @@ impl Mounted {
             .map_err(|e| Error::Mount(format!("what changed in {}: {e}", path.display())))
     }
 
+    /// A filler of the mount's writable layer, for hydration (see
+    /// [`pgsnapfs_fuse::Filler`]).
+    pub fn filler(&self) -> pgsnapfs_fuse::Filler {
+        self.handle.filler()
+    }
+
     /// Unmounts now.
     pub fn unmount(self) -> Result<()> {
         let Mounted { handle, .. } = self;

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use super::file::CowFile;
@@ -35,6 +35,7 @@ impl Overlay {
             block_size,
             table: Mutex::new(table),
             journal: Some(journal),
+            closed: std::sync::RwLock::new(false),
         };
         overlay.compact()?;
         Ok(overlay)
@@ -43,6 +44,8 @@ impl Overlay {
     /// Clean unmount: syncs every file and compacts the journal. Call once nothing is
     /// served any more. Nothing to do for a throw-away layer.
     pub(crate) fn close(&self) -> Result<(), Error> {
+        // Waits for a hydration step under way; none starts after.
+        *self.closed.write().unwrap_or_else(PoisonError::into_inner) = true;
         if self.journal.is_none() {
             return Ok(());
         }

@@ -419,6 +419,64 @@ impl CowFile {
         journal.sync()
     }
 
+    /// Hydration: makes the data file hold up to `max` more blocks of the file, from block
+    /// `from` on, so that once every block below the size is held the data file is the
+    /// file, byte for byte. Unwritten blocks get the source's bytes (zeros past them);
+    /// blocks written before are kept. Durable: the blocks are journaled at the next sync.
+    /// Returns the block to go on from (None: every block is held) and the bytes copied.
+    pub(crate) fn fill(
+        &self,
+        source: &dyn Source,
+        from: u64,
+        max: u64,
+    ) -> Result<(Option<u64>, u64), Error> {
+        let mut inner = self.write_lock()?;
+        if inner.whole {
+            return Ok((None, 0));
+        }
+        let blocks = inner.size.div_ceil(self.block_size);
+        let mut first = from;
+        while first < blocks && inner.written.contains(first) {
+            first += 1;
+        }
+        if first >= blocks {
+            return Ok((None, 0));
+        }
+        let mut end = first;
+        while end < blocks && end - first < max && !inner.written.contains(end) {
+            end += 1;
+        }
+        if inner.data.is_none() {
+            inner.data = Some(self.create_data_file()?);
+            inner.fresh = true;
+        }
+        let start = first * self.block_size;
+        let source_end = (end * self.block_size).min(inner.source_len);
+        let mut bytes = Vec::new();
+        if let Some(origin) = self.origin {
+            while start + (bytes.len() as u64) < source_end {
+                let at = start + bytes.len() as u64;
+                let got = source.read(origin, at, len_of(at, source_end))?;
+                if got.is_empty() {
+                    return Err(Error::io(format!(
+                        "source node {origin} ends at {at} of {source_end} bytes"
+                    )));
+                }
+                bytes.extend_from_slice(&got);
+            }
+            bytes.truncate(source_end.saturating_sub(start) as usize);
+        }
+        bytes.resize(((end - first) * self.block_size) as usize, 0);
+        let data = inner.data.as_ref().expect("created above");
+        data.write_all_at(&bytes, start)?;
+        for block in first..end {
+            self.mark(&mut inner, block);
+        }
+        inner.unjournaled = true;
+        let copied = source_end.saturating_sub(start);
+        Ok(((end < blocks).then_some(end), copied))
+    }
+
     /// Marks `block` as held by the data file.
     fn mark(&self, inner: &mut Inner, block: u64) {
         inner.written.insert(block);

@@ -98,6 +98,9 @@ pub(crate) struct Overlay {
     table: Mutex<InodeTable>,
     /// Durable: where every change is journaled.
     journal: Option<Arc<Journal>>,
+    /// Closed (unmounted): hydration holds this shared for each step, and closing takes it
+    /// alone, so no step runs into the final compaction.
+    pub(crate) closed: std::sync::RwLock<bool>,
 }
 
 impl Overlay {
@@ -123,6 +126,7 @@ impl Overlay {
             block_size,
             table: Mutex::new(InodeTable::new()),
             journal: None,
+            closed: std::sync::RwLock::new(false),
         })
     }
 
@@ -697,6 +701,36 @@ impl Overlay {
             None => Ok(FileChange::Unchanged),
             Some(file) => file.change(),
         }
+    }
+
+    /// The file at `path` (relative to the root), for hydration: None when it is no
+    /// regular file (any more).
+    pub(crate) fn file_at(&self, path: &Path) -> Result<Option<Arc<CowFile>>, Error> {
+        self.check_writable()?;
+        let mut ino = crate::source::ROOT;
+        {
+            let mut table = self.table()?;
+            for name in path.iter() {
+                match self.resolve(&mut table, ino, name)? {
+                    Some(next) => ino = next,
+                    None => return Ok(None),
+                }
+            }
+            if self.entry(&mut table, ino)?.kind != Kind::File {
+                return Ok(None);
+            }
+        }
+        self.file_for_write(ino).map(Some)
+    }
+
+    /// The source the layer is over.
+    pub(crate) fn source(&self) -> &dyn Source {
+        &*self.source
+    }
+
+    /// The copy-on-write granularity.
+    pub(crate) fn block_size(&self) -> u32 {
+        self.block_size
     }
 
     /// The overlay's say on `parent/name`, without asking the source.

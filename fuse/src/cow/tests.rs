@@ -1126,3 +1126,59 @@ fn durable_housekeeping() {
     };
     assert_eq!(err.errno, libc::EUCLEAN, "{err}");
 }
+
+/// Hydration fills every block a file lacks, keeps the blocks written before, and is
+/// journaled: after a crash the filled file reads the same from the layer alone, a write
+/// made after it is kept, and a second pass copies nothing.
+#[test]
+fn filled_files_survive_a_crash_and_are_not_filled_again() {
+    let f = durable_fixture();
+    f.write("big", BS as u64 + 10, b"XYZ");
+    let filler = crate::Filler {
+        overlay: Arc::new(f.overlay),
+    };
+    let mut steps = 0;
+    let filled = filler
+        .fill(Path::new("big"), &mut |_| {
+            steps += 1;
+            true
+        })
+        .unwrap();
+    assert!(filled.complete);
+    // The written block is not copied over: 3 of the 4 blocks, the last one short.
+    assert_eq!(filled.copied, 2 * BS as u64 + 100);
+    assert!(steps >= 1);
+    let f = Fixture {
+        overlay: Arc::into_inner(filler.overlay).unwrap(),
+        ..f
+    };
+    let mut expected = pattern(3 * BSU + 100, 0);
+    expected[BSU + 10..BSU + 13].copy_from_slice(b"XYZ");
+    // A crash (no close): what was filled was synced with its journal record.
+    let f = f.reopen(false);
+    assert_eq!(f.overlay.stored_blocks(f.ino("big")).unwrap(), 4);
+    assert_eq!(f.read_all("big"), expected);
+    let data: Vec<_> = f
+        .scratch_files()
+        .into_iter()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".blocks"))
+        .collect();
+    assert_eq!(data.len(), 1);
+    // The data file is the file, byte for byte.
+    assert_eq!(std::fs::read(data[0].path()).unwrap(), expected);
+    f.write("big", 0, b"after");
+    f.overlay.fsync(f.ino("big"), true).unwrap();
+    expected[..5].copy_from_slice(b"after");
+    let filler = crate::Filler {
+        overlay: Arc::new(f.overlay),
+    };
+    let again = filler.fill(Path::new("big"), &mut |_| true).unwrap();
+    assert_eq!((again.copied, again.complete), (0, true));
+    let none = filler.fill(Path::new("dir"), &mut |_| true).unwrap();
+    assert_eq!((none.copied, none.complete), (0, true));
+    let f = Fixture {
+        overlay: Arc::into_inner(filler.overlay).unwrap(),
+        ..f
+    };
+    assert_eq!(f.reopen(false).read_all("big"), expected);
+}
