@@ -144,6 +144,25 @@ fn workload_script(dir: &TestDir, txns: u32) -> PathBuf {
     path
 }
 
+/// psql running `script` on `server`, its output (a line per statement, `COMMIT` for each
+/// acknowledged commit) on a pipe.
+fn run_script(server: &Cluster, script: &Path) -> std::process::Child {
+    postgres_command(pg_tool("psql"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &server.conninfo(),
+            "-f",
+        ])
+        .arg(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Every btree index of the database passes amcheck, heap included.
 fn assert_amcheck_clean(c: &Cluster) {
     c.psql("CREATE EXTENSION IF NOT EXISTS amcheck");
@@ -216,20 +235,7 @@ fn a_clone_keeps_its_writes_through_crashes_unmounts_gc_and_expire() {
 
     // The workload, killed with the mount process mid-run.
     let script = workload_script(&work, TXNS);
-    let mut psql = postgres_command(pg_tool("psql"))
-        .args([
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &server.conninfo(),
-            "-f",
-        ])
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut psql = run_script(&server, &script);
     let mut acked = 0;
     let mut killed = false;
     let server_pid = server.read_pid().unwrap();
@@ -610,20 +616,7 @@ fn a_hydrated_clone_resumes_after_kill_and_detaches_into_a_plain_cluster() {
          INSERT INTO acct SELECT g, 0 FROM generate_series(0, 49) g;",
     );
     let script = workload_script(&work, HYDRATE_TXNS);
-    let mut psql = postgres_command(pg_tool("psql"))
-        .args([
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &server.conninfo(),
-            "-f",
-        ])
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut psql = run_script(&server, &script);
     let mut acked = 0;
     let mut during = None;
     for line in BufReader::new(psql.stdout.take().unwrap()).lines() {
