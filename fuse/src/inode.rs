@@ -91,7 +91,7 @@ impl InodeTable {
     /// numbers are handed out from past the highest one seen.
     pub(crate) fn restore(&mut self, ino: Ino, kind: Kind) -> &mut Inode {
         if ino >= self.next_created {
-            self.next_created = ino + 1;
+            self.next_created = ino.saturating_add(1);
         }
         self.inodes.entry(ino).or_insert_with(|| Inode::new(kind))
     }
@@ -99,7 +99,7 @@ impl InodeTable {
     /// Drops the entry of `ino` (the journal says it is gone).
     pub(crate) fn remove(&mut self, ino: Ino) {
         if ino >= self.next_created {
-            self.next_created = ino + 1;
+            self.next_created = ino.saturating_add(1);
         }
         self.inodes.remove(&ino);
     }

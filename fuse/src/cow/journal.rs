@@ -278,6 +278,11 @@ struct Out {
     file: Arc<File>,
     /// Source nodes declared in the current journal file.
     declared: HashSet<Ino>,
+    /// An append or sync failed: the file may end in part of a frame, after which replay
+    /// would drop every later frame, or hold records never synced. Every later append and
+    /// sync fails until the next rewrite (a remount), so no fsync is acknowledged that a
+    /// replay would not honour.
+    broken: bool,
 }
 
 impl Journal {
@@ -320,6 +325,7 @@ impl Journal {
                 out: Mutex::new(Out {
                     file: Arc::new(placeholder),
                     declared: HashSet::new(),
+                    broken: false,
                 }),
                 origins: Mutex::new(HashMap::new()),
                 next_data: AtomicU64::new(next),
@@ -356,6 +362,7 @@ impl Journal {
             return Ok(());
         }
         let mut out = self.lock_out()?;
+        self.usable(&out)?;
         let mut all = Vec::new();
         for record in records {
             for ino in record.source_nodes() {
@@ -364,19 +371,40 @@ impl Journal {
             all.push(record.clone());
         }
         let frame = frame(&all);
-        (&*out.file)
-            .write_all(&frame)
+        let written = (&*out.file).write_all(&frame);
+        out.broken = written.is_err();
+        written
             .map_err(|e| Error::context(e, format!("append to {}", self.journal_path().display())))
+    }
+
+    /// Refuses to go on with a journal an append or sync failed on.
+    fn usable(&self, out: &Out) -> Result<(), Error> {
+        match out.broken {
+            true => Err(Error::io(format!(
+                "{} failed earlier: changes are refused until the file system is mounted again",
+                self.journal_path().display()
+            ))),
+            false => Ok(()),
+        }
     }
 
     /// Makes every record appended so far durable, then deletes the data files whose
     /// removal that made durable.
     pub(crate) fn sync(&self) -> Result<(), Error> {
         // Synced outside the lock: appends go on meanwhile, and what came before is covered.
-        let file = self.lock_out()?.file.clone();
+        let file = {
+            let out = self.lock_out()?;
+            self.usable(&out)?;
+            out.file.clone()
+        };
         let doomed = std::mem::take(&mut *lock(&self.doomed)?);
-        file.sync_data()
-            .map_err(|e| Error::context(e, format!("sync {}", self.journal_path().display())))?;
+        if let Err(e) = file.sync_data() {
+            self.lock_out()?.broken = true;
+            return Err(Error::context(
+                e,
+                format!("sync {}", self.journal_path().display()),
+            ));
+        }
         for path in doomed {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -446,6 +474,7 @@ impl Journal {
         *out = Out {
             file: Arc::new(file),
             declared,
+            broken: false,
         };
         drop(out);
         self.remove_unnamed(state)
@@ -684,7 +713,9 @@ impl Reader<'_> {
     fn time(&mut self) -> Result<SystemTime, Error> {
         let secs = self.u64()?;
         let nanos = self.u32()?;
-        Ok(UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999)))
+        UNIX_EPOCH
+            .checked_add(Duration::new(secs, nanos.min(999_999_999)))
+            .ok_or_else(|| Error::io(format!("a journal time of {secs} s is out of range")))
     }
 }
 
@@ -751,5 +782,22 @@ mod tests {
         assert_eq!(data_id("000000000000000a.blocks".as_ref()), Some(10));
         assert_eq!(data_id("journal".as_ref()), None);
         assert_eq!(data_id("a.blocks".as_ref()), None);
+    }
+
+    #[test]
+    fn after_a_failed_append_or_sync_nothing_more_is_acknowledged_until_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), 8192).unwrap();
+        journal.learn(7, ROOT, std::ffi::OsStr::new("base"));
+        journal.rewrite(&[]).unwrap();
+        journal.append(&samples()).unwrap();
+        journal.sync().unwrap();
+        // As a short write or an EIO from the disk leaves it.
+        journal.lock_out().unwrap().broken = true;
+        assert_eq!(journal.append(&samples()).unwrap_err().errno, libc::EIO);
+        assert_eq!(journal.sync().unwrap_err().errno, libc::EIO);
+        journal.rewrite(&samples()).unwrap();
+        journal.append(&samples()).unwrap();
+        journal.sync().unwrap();
     }
 }
