@@ -392,8 +392,16 @@ fn tree_path(name: &str) -> Option<&str> {
     if name == "pg_data" {
         return Some("");
     }
-    name.strip_prefix("pg_data/")
-        .or_else(|| name.starts_with("pg_tblspc/").then_some(name))
+    let path = name
+        .strip_prefix("pg_data/")
+        .or_else(|| name.starts_with("pg_tblspc/").then_some(name))?;
+    // A name that could step out of the tree (restore writes where the names say), and
+    // tablespace_map: pgBackRest stores it, but with backup_label present PostgreSQL would
+    // re-point pg_tblspc at the original locations, which may be production's.
+    let safe = path
+        .split('/')
+        .all(|part| !matches!(part, "" | "." | "..") && !part.contains('\0'));
+    (safe && path != "tablespace_map").then_some(path)
 }
 
 impl<'m> DirPlan<'m> {
@@ -410,7 +418,8 @@ impl<'m> DirPlan<'m> {
         for f in &m.files {
             let Some(path) = tree_path(&f.name) else {
                 tracing::warn!(
-                    "{}: not in the data directory or a tablespace; left out",
+                    "{}: not a file of the data directory or a tablespace that a restore \
+                     needs; left out",
                     f.name
                 );
                 continue;
@@ -765,5 +774,10 @@ mod tests {
             Some("pg_tblspc/16385/PG_15_202209061/5/16386")
         );
         assert_eq!(tree_path("other/x"), None);
+        assert_eq!(tree_path("pg_data/tablespace_map"), None);
+        assert_eq!(tree_path("pg_data/../x"), None);
+        assert_eq!(tree_path("pg_data/base//1"), None);
+        assert_eq!(tree_path("pg_tblspc/16385/../../x"), None);
+        assert_eq!(tree_path("pg_data/base/."), None);
     }
 }
