@@ -558,17 +558,7 @@ fn scan(data: &[u8], header: &SegmentHeader) -> Result<Scan, Error> {
         let (info, rmid) = (bytes[16], bytes[17]);
         let invalid = |reason| Error::WalRecord { lsn, reason };
         if rmid == RM_XACT_ID {
-            let op = info & XLOG_XACT_OPMASK;
-            if matches!(
-                op,
-                XLOG_XACT_COMMIT
-                    | XLOG_XACT_ABORT
-                    | XLOG_XACT_COMMIT_PREPARED
-                    | XLOG_XACT_ABORT_PREPARED
-            ) {
-                let main = main_data(&bytes, major).map_err(invalid)?;
-                let commit = op == XLOG_XACT_COMMIT || op == XLOG_XACT_COMMIT_PREPARED;
-                let ended = xact_end(main, info, commit, major).map_err(invalid)?;
+            if let Some(ended) = ended_xact(&bytes, info, major).map_err(invalid)? {
                 // A prepared transaction's xid is in the record body; the
                 // header has the xid of the session that ran COMMIT PREPARED.
                 let xid = ended.twophase_xid.unwrap_or(le_u32(&bytes, 4));
@@ -704,6 +694,18 @@ struct Ended {
 
 /// xact_time, the subtransactions and the prepared transaction's xid of a commit or abort
 /// record (ParseCommitRecord / ParseAbortRecord).
+/// The end a transaction record logs (commit or abort, prepared or not); None for the
+/// transaction manager's other records.
+fn ended_xact(record: &[u8], info: u8, major: &Major) -> Result<Option<Ended>, &'static str> {
+    let op = info & XLOG_XACT_OPMASK;
+    let commit = match op {
+        XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED => true,
+        XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED => false,
+        _ => return Ok(None),
+    };
+    xact_end(main_data(record, major)?, info, commit, major).map(Some)
+}
+
 fn xact_end(main: &[u8], info: u8, commit: bool, major: &Major) -> Result<Ended, &'static str> {
     let mut c = Cursor { bytes: main, at: 0 };
     let time = i64::from_le_bytes(c.take(8)?.try_into().expect("8 bytes"));
@@ -870,17 +872,7 @@ impl LockReplay {
                     _ => {}
                 }
             } else if rmid == RM_XACT_ID {
-                let op = info & XLOG_XACT_OPMASK;
-                if matches!(
-                    op,
-                    XLOG_XACT_COMMIT
-                        | XLOG_XACT_ABORT
-                        | XLOG_XACT_COMMIT_PREPARED
-                        | XLOG_XACT_ABORT_PREPARED
-                ) {
-                    let main = main_data(&bytes, major).map_err(invalid)?;
-                    let commit = op == XLOG_XACT_COMMIT || op == XLOG_XACT_COMMIT_PREPARED;
-                    let ended = xact_end(main, info, commit, major).map_err(invalid)?;
+                if let Some(ended) = ended_xact(&bytes, info, major).map_err(invalid)? {
                     if matches!(self.stop, ReplayStop::Time(t) if ended.time > t) {
                         self.stopped = true;
                         return Ok(());
