@@ -588,7 +588,7 @@ impl<'p> WalSource<'p> {
             object: format!(
                 "archive/{}/{archive_id}/{}/{name}-<sha1>",
                 self.pgbr.stanza(),
-                &name[..16.min(name.len())]
+                name.get(..16).unwrap_or(name)
             ),
             why: format!(", a WAL segment backup {} needs to be consistent", m.label),
         };

@@ -64,7 +64,7 @@ impl Cursor<'_> {
     }
 
     fn skip(&mut self, n: usize) -> Result<(), String> {
-        if self.at + n > self.data.len() {
+        if n > self.data.len() - self.at {
             return Err("the map ends inside a checksum".into());
         }
         self.at += n;
@@ -85,12 +85,23 @@ struct RefState {
     block: u64,
 }
 
-/// Parses a block map (see the module comment).
+/// A sum of numbers read from a map, or the map is damaged.
+fn add(a: u64, b: u64) -> Result<u64, String> {
+    a.checked_add(b)
+        .ok_or_else(|| "an offset or size past 2^64".into())
+}
+
+/// Parses a block map (see the module comment) of a file of `max_items` blocks: a map
+/// listing more is damaged, and is not read on.
 pub fn parse_map(
     data: &[u8],
     block_size: u64,
     checksum_size: usize,
+    max_items: u64,
 ) -> Result<Vec<MapItem>, String> {
+    if block_size == 0 {
+        return Err("a block size of 0".into());
+    }
     let mut c = Cursor { data, at: 0 };
     if c.varint()? & 1 != 0 {
         return Err("block map version is not 0".into());
@@ -137,9 +148,9 @@ pub fn parse_map(
                     item.size = r.size;
                     continued = true;
                 } else {
-                    item.offset = r.offset + r.size;
+                    item.offset = add(r.offset, r.size)?;
                     if encoded & FLAG_OFFSET != 0 {
-                        item.offset += c.varint()?;
+                        item.offset = add(item.offset, c.varint()?)?;
                     }
                     r.offset = item.offset;
                 }
@@ -147,7 +158,9 @@ pub fn parse_map(
         }
         let mut first = true;
         loop {
-            let r = refs.get_mut(&reference).expect("inserted above");
+            let r = refs
+                .get_mut(&reference)
+                .ok_or("a reference the map did not name")?;
             let super_encoded = if continued {
                 continued = false;
                 let last = if encoded & FLAG_CONTINUE_LAST != 0 {
@@ -160,43 +173,51 @@ pub fn parse_map(
                 let e = c.varint()?;
                 item.size = e >> SUPER_BLOCK_SHIFT;
                 if size_last != 0 {
-                    item.size = (zigzag(item.size) + size_last) as u64;
+                    item.size = zigzag(item.size)
+                        .checked_add(size_last)
+                        .and_then(|s| u64::try_from(s).ok())
+                        .ok_or("a negative super block size")?;
                 }
                 if e & FLAG_SUPER_BLOCK_CHANGE != 0 {
                     let s = c.varint()?;
-                    item.super_block_size = (s >> SUPER_BLOCK_SIZE_SHIFT) * block_size;
+                    item.super_block_size = (s >> SUPER_BLOCK_SIZE_SHIFT)
+                        .checked_mul(block_size)
+                        .ok_or("a super block size past 2^64")?;
                     if s & FLAG_SUPER_BLOCK_SIZE_REMAINDER != 0 {
-                        item.super_block_size += c.varint()?;
+                        item.super_block_size = add(item.super_block_size, c.varint()?)?;
                     }
                     r.super_block_size = item.super_block_size;
                 }
                 if first {
                     r.offset = item.offset;
                 } else {
-                    r.offset += size_last as u64;
+                    r.offset = add(r.offset, size_last as u64)?;
                 }
                 r.size = item.size;
                 r.block = 0;
                 e
             };
-            size_last = item.size as i64;
+            size_last = i64::try_from(item.size).map_err(|_| "a super block size past 2^63")?;
             first = false;
             let total = if super_encoded & FLAG_SUPER_BLOCK_TOTAL_OFFSET != 0 {
                 let t = c.varint()?;
                 if t & FLAG_BLOCK_TOTAL_OFFSET != 0 {
-                    r.block += c.varint()?;
+                    r.block = add(r.block, c.varint()?)?;
                 }
                 (t >> BLOCK_TOTAL_SHIFT) + 1
             } else {
                 item.super_block_size.div_ceil(block_size)
             };
+            if total > max_items.saturating_sub(items.len() as u64) {
+                return Err(format!("more than the file's {max_items} blocks"));
+            }
             for i in 0..total {
-                item.block = r.block + i;
+                item.block = add(r.block, i)?;
                 c.skip(checksum_size)?;
                 items.push(item);
             }
-            r.block += total;
-            item.offset += item.size;
+            r.block = add(r.block, total)?;
+            item.offset = add(item.offset, item.size)?;
             if super_encoded & FLAG_LAST != 0 {
                 break;
             }
@@ -215,20 +236,21 @@ pub fn unchunk(data: &[u8]) -> Result<Vec<u8>, String> {
     let mut last: i64 = 0;
     loop {
         let delta = c.varint()?;
-        let len = if last == 0 {
-            delta as i64
-        } else if delta == 0 {
+        let len = if delta == 0 {
             0
+        } else if last == 0 {
+            i64::try_from(delta).unwrap_or(i64::MAX)
         } else {
-            zigzag(delta - 1) + last
+            zigzag(delta - 1).saturating_add(last)
         };
-        if delta == 0 || len <= 0 {
+        if len <= 0 {
             return Ok(out);
         }
-        let len = len as usize;
-        let chunk = data
-            .get(c.at..c.at + len)
-            .ok_or("a super block ends inside a chunk")?;
+        let len = usize::try_from(len).map_err(|_| "a chunk past the address space")?;
+        let chunk =
+            c.at.checked_add(len)
+                .and_then(|end| data.get(c.at..end))
+                .ok_or("a super block ends inside a chunk")?;
         out.extend_from_slice(chunk);
         c.at += len;
         last = len as i64;
@@ -237,6 +259,9 @@ pub fn unchunk(data: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The blocks of a decompressed super block of `super_block_size` bytes.
 pub fn blocks(data: &[u8], super_block_size: u64, block_size: u64) -> Result<Vec<&[u8]>, String> {
+    if block_size == 0 {
+        return Err("a block size of 0".into());
+    }
     let mut c = Cursor { data, at: 0 };
     let total = super_block_size.div_ceil(block_size);
     let mut out = Vec::new();
@@ -247,9 +272,10 @@ pub fn blocks(data: &[u8], super_block_size: u64, block_size: u64) -> Result<Vec
         } else {
             block_size
         } as usize;
-        let block = data
-            .get(c.at..c.at + len)
-            .ok_or("a super block ends inside a block")?;
+        let block =
+            c.at.checked_add(len)
+                .and_then(|end| data.get(c.at..end))
+                .ok_or("a super block ends inside a block")?;
         out.push(block);
         c.at += len;
     }
@@ -287,7 +313,7 @@ mod tests {
     #[test]
     fn a_real_block_map() {
         let data = include_bytes!("testdata/block-map.bin");
-        let items = parse_map(data, 8192, 6).unwrap();
+        let items = parse_map(data, 8192, 6, 1051).unwrap();
         assert_eq!(items.len(), 8_609_792 / 8192);
         let refs: std::collections::BTreeSet<usize> = items.iter().map(|i| i.reference).collect();
         assert!(refs.contains(&0) && refs.contains(&2), "{refs:?}");
@@ -298,7 +324,45 @@ mod tests {
                 assert_eq!(w[0].size, w[1].size);
             }
         }
-        assert!(parse_map(&data[..100], 8192, 6).is_err());
+        assert!(parse_map(&data[..100], 8192, 6, 1051).is_err());
+    }
+
+    fn varint(mut n: u64, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+
+    /// Damaged maps end in an error, never a panic, a loop or memory for blocks the file
+    /// cannot have.
+    #[test]
+    fn damaged_maps_are_errors() {
+        let map = |numbers: &[u64]| {
+            let mut out = Vec::new();
+            for n in numbers {
+                varint(*n, &mut out);
+            }
+            out
+        };
+        // Version 0; reference 0, last; a super block of 100 bytes, last, with a block count
+        // of 2^63.
+        let huge = map(&[0, 1, (100 << 3) | 5, u64::MAX - 1]);
+        let e = parse_map(&huge, 8192, 0, 1000).unwrap_err();
+        assert!(e.contains("more than the file's 1000 blocks"), "{e}");
+        // The same with 3 blocks, for a file of 2.
+        let three = map(&[0, 1, (100 << 3) | 5, 2 << 1]);
+        assert!(parse_map(&three, 8192, 0, 3).is_ok());
+        assert!(parse_map(&three, 8192, 0, 2).is_err());
+        assert!(parse_map(&three, 0, 0, 3).is_err(), "a block size of 0");
+        // An offset past 2^64.
+        let far = map(&[0, 1 | 4, u64::MAX, (u64::MAX >> 3) << 3 | 5, 0]);
+        assert!(parse_map(&far, 8192, 6, 10).is_err());
+        // A chunk longer than the address space, and one past the data.
+        assert!(unchunk(&map(&[u64::MAX])).is_err());
+        assert!(unchunk(&[5, 1, 2]).is_err());
+        assert!(blocks(&[0, 1], 2, 0).is_err(), "a block size of 0");
     }
 
     #[test]

@@ -96,6 +96,39 @@ pub struct BlockIncr {
     pub map_size: u64,
 }
 
+/// The largest block size accepted (pgBackRest's largest is 56 KiB): a bigger one is damage.
+const BLOCK_INCR_SIZE_MAX: u64 = 1 << 20;
+/// The largest block checksum accepted (pgBackRest's are at most a SHA-1's 20 bytes).
+const BLOCK_INCR_CHECKSUM_SIZE_MAX: usize = 20;
+
+/// A block-incremental file's shape from its `bi`, `bic` and `bim` fields, checked: a block
+/// size of 0 or a checksum of no bytes would make reading it loop or divide by zero.
+fn block_incr(
+    bi: u64,
+    bic: Option<usize>,
+    bim: u64,
+    name: &str,
+    object: &str,
+) -> Result<BlockIncr, Error> {
+    let checksum_size = bic.unwrap_or(BLOCK_INCR_CHECKSUM_SIZE_MIN);
+    let block_size = bi
+        .checked_mul(BLOCK_INCR_SIZE_FACTOR)
+        .filter(|b| (1..=BLOCK_INCR_SIZE_MAX).contains(b));
+    match block_size {
+        Some(block_size) if (1..=BLOCK_INCR_CHECKSUM_SIZE_MAX).contains(&checksum_size) => {
+            Ok(BlockIncr {
+                block_size,
+                checksum_size,
+                map_size: bim,
+            })
+        }
+        _ => Err(Error::corrupt(
+            object,
+            format!("{name}: block size \"bi\" {bi} or checksum size \"bic\" {checksum_size}"),
+        )),
+    }
+}
+
 /// pgBackRest records block sizes in units of 8 KiB.
 const BLOCK_INCR_SIZE_FACTOR: u64 = 8192;
 /// The checksum size when a manifest records none.
@@ -209,11 +242,7 @@ impl Manifest {
                     None => default_file_mode,
                 },
                 block_incremental: match (f.bi, f.bim) {
-                    (Some(bi), Some(bim)) => Some(BlockIncr {
-                        block_size: bi * BLOCK_INCR_SIZE_FACTOR,
-                        checksum_size: f.bic.unwrap_or(BLOCK_INCR_CHECKSUM_SIZE_MIN),
-                        map_size: bim,
-                    }),
+                    (Some(bi), Some(bim)) => Some(block_incr(bi, f.bic, bim, name, object)?),
                     (Some(_), None) => {
                         return Err(Error::corrupt(
                             object,
@@ -304,6 +333,16 @@ mod tests {
             .unwrap();
         let ini = Ini::parse(&text, "backup.manifest").unwrap();
         Manifest::parse(&ini, "backup.manifest").unwrap()
+    }
+
+    #[test]
+    fn block_shapes_that_would_loop_or_divide_by_zero_are_corrupt() {
+        let ok = block_incr(1, None, 100, "f", "m").unwrap();
+        assert_eq!((ok.block_size, ok.checksum_size), (8192, 6));
+        for (bi, bic) in [(0, None), (1, Some(0)), (u64::MAX, None), (1, Some(1000))] {
+            let e = block_incr(bi, bic, 100, "f", "m").unwrap_err();
+            assert_eq!(e.exit_code(), 3, "{bi} {bic:?}: {e}");
+        }
     }
 
     #[test]

@@ -183,6 +183,13 @@ impl PgbrRepo {
         file: &File,
     ) -> Result<Checked<Box<dyn Read>>, Error> {
         let Some(checksum) = file.checksum.clone() else {
+            // pgBackRest records no checksum for an empty file only.
+            if file.size > 0 {
+                return Err(Error::corrupt(
+                    format!("backup/{}/{holder}/backup.manifest", self.stanza),
+                    format!("{}: {} bytes but no checksum", file.name, file.size),
+                ));
+            }
             return Ok(Checked::new(
                 Box::new(io::empty()),
                 file.name.clone(),
@@ -243,19 +250,34 @@ impl PgbrRepo {
         incr: BlockIncr,
     ) -> Result<Checked<Box<dyn Read>>, Error> {
         let holder = m.holder(file);
-        let storage = &storages[holder];
         let (bundle_id, offset) = file.bundle.unwrap_or((0, 0));
         let path = self.block_object(holder, bundle_id, file);
         let object = self.object(&path);
-        let map_at = offset + file.repo_size - incr.map_size;
+        let storage = storages.get(holder).ok_or_else(|| {
+            Error::corrupt(&object, format!("{}: unknown backup {holder}", file.name))
+        })?;
+        let map_at = file
+            .repo_size
+            .checked_sub(incr.map_size)
+            .and_then(|at| at.checked_add(offset))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    &object,
+                    format!(
+                        "{}: a block map of {} bytes in {} stored bytes",
+                        file.name, incr.map_size, file.repo_size
+                    ),
+                )
+            })?;
         let mut map = self.read_range(&path, map_at, incr.map_size)?;
         if let Some(pass) = &storage.cipher_pass {
             map = block::read_all(Decrypting::new_raw(&map[..], pass.as_bytes()))
                 .map_err(|e| Error::corrupt(&object, format!("{}: block map: {e}", file.name)))?;
         }
-        let items = block::parse_map(&map, incr.block_size, incr.checksum_size)
+        let blocks = file.size.div_ceil(incr.block_size);
+        let items = block::parse_map(&map, incr.block_size, incr.checksum_size, blocks)
             .map_err(|e| Error::corrupt(&object, format!("{}: block map: {e}", file.name)))?;
-        if items.len() as u64 != file.size.div_ceil(incr.block_size) {
+        if items.len() as u64 != blocks {
             return Err(Error::corrupt(
                 &object,
                 format!(
@@ -334,16 +356,26 @@ fn read_range(root: &Path, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>
         },
         _ => io_err(e),
     })?;
+    // Lengths come from the repository: checked against the object before any allocation.
+    let size = f.metadata().map_err(io_err)?.len();
+    let end = offset.checked_add(len).filter(|end| *end <= size);
+    let (Some(end), Ok(len)) = (end, usize::try_from(len)) else {
+        return Err(Error::corrupt(
+            &object,
+            format!("{size} bytes, shorter than the {len} bytes at {offset} the manifest says"),
+        ));
+    };
     f.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-    let mut data = vec![0u8; len as usize];
+    let mut data = vec![0u8; len];
     f.read_exact(&mut data).map_err(|e| match e.kind() {
-        ErrorKind::UnexpectedEof => {
-            Error::corrupt(&object, format!("shorter than {} bytes", offset + len))
-        }
+        ErrorKind::UnexpectedEof => Error::corrupt(&object, format!("shorter than {end} bytes")),
         _ => io_err(e),
     })?;
     Ok(data)
 }
+
+/// The largest super block read (pgBackRest's are at most a few MiB): a bigger one is damage.
+const MAX_SUPER_BLOCK: u64 = 64 << 20;
 
 /// Super blocks kept decoded while a block-incremental file is read.
 const SUPER_BLOCK_CACHE: usize = 16;
@@ -390,7 +422,28 @@ impl BlockReader {
                     compressed =
                         block::read_all(Decrypting::new_raw(&compressed[..], pass.as_bytes()))?;
                 }
-                let plain = block::read_all(stored_as.compress.raw_decoder(&compressed[..])?)?;
+                // Each block follows a varint of at most 10 bytes; more is damage.
+                let most = item
+                    .super_block_size
+                    .saturating_add(item.super_block_size.div_ceil(self.block_size) * 10);
+                if most > MAX_SUPER_BLOCK {
+                    return Err(bad(format!(
+                        "{}: a super block of {} bytes",
+                        self.name, item.super_block_size
+                    )));
+                }
+                let plain = block::read_all(
+                    stored_as
+                        .compress
+                        .raw_decoder(&compressed[..])?
+                        .take(most + 1),
+                )?;
+                if plain.len() as u64 > most {
+                    return Err(bad(format!(
+                        "{}: a super block decompresses to more than its {} bytes",
+                        self.name, item.super_block_size
+                    )));
+                }
                 let blocks = block::blocks(&plain, item.super_block_size, self.block_size)
                     .map_err(|e| {
                         bad(format!(
@@ -539,11 +592,11 @@ impl<R: Read> Read for Checked<R> {
             Ok(n) => {
                 self.hasher.update(&buf[..n]);
                 self.read += n as u64;
-                // A stream longer than recorded: stop here, verify reports it.
+                // A stream longer than recorded (a decompression bomb, say) is not read on.
                 if self.read > self.size {
-                    self.failed.get_or_insert_with(|| {
-                        format!("longer than the {} bytes the manifest records", self.size)
-                    });
+                    let why = format!("longer than the {} bytes the manifest records", self.size);
+                    self.failed.get_or_insert_with(|| why.clone());
+                    return Err(io::Error::new(ErrorKind::InvalidData, why));
                 }
                 Ok(n)
             }
@@ -561,6 +614,22 @@ mod tests {
     use super::*;
     use crate::pgbackrest::compress::Compress;
     use sha1::{Digest, Sha1};
+
+    /// A stream longer than the manifest's size (a decompression bomb) fails as soon as it
+    /// passes that size, and is reported as corruption.
+    #[test]
+    fn a_stream_running_long_stops_at_the_recorded_size() {
+        let bomb = io::repeat(0).take(100 << 20);
+        let mut c = Checked::new(bomb, "f".into(), "o".into(), String::new(), 10);
+        let mut buf = Vec::new();
+        assert!(c.read_to_end(&mut buf).is_err());
+        assert!(
+            buf.len() < 1 << 20,
+            "stopped early: {} bytes read",
+            buf.len()
+        );
+        assert!(c.failure().is_some_and(|e| e.exit_code() == 3));
+    }
 
     /// A file of backup `F` (zstd, optionally at an offset in bundle 1) read and checked.
     #[test]
@@ -623,5 +692,19 @@ mod tests {
             .unwrap();
         assert!(r.read_to_end(&mut Vec::new()).is_err());
         assert!(matches!(r.failure(), Some(Error::Corrupt { .. })));
+        // A file with bytes but no checksum is damage, not an empty file.
+        let unchecked = File {
+            checksum: None,
+            ..file(&good, None)
+        };
+        let e = repo.open_file("F", &storage, &unchecked).err().unwrap();
+        assert!(e.to_string().contains("no checksum"), "{e}");
+        // A bundle offset and length past the object's end: refused before reading.
+        let past = File {
+            repo_size: 1 << 40,
+            ..file(&good, Some((1, 18)))
+        };
+        let e = repo.read_range(&backup.join("F/bundle/1"), 18, past.repo_size);
+        assert!(matches!(e, Err(Error::Corrupt { .. })), "{e:?}");
     }
 }

@@ -10,6 +10,10 @@ use std::fs;
 use std::io::{ErrorKind, Read};
 use std::path::PathBuf;
 
+/// The largest WAL file PostgreSQL writes (wal_segment_size is at most 1 GiB): a stream
+/// decompressing to more is corrupt, and is not read on.
+const MAX_WAL_FILE: u64 = 1 << 30;
+
 /// One archived WAL file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalObject {
@@ -136,7 +140,8 @@ impl PgbrRepo {
         Ok(out)
     }
 
-    /// The content of a WAL object, checked against the SHA-1 in its name.
+    /// The content of a WAL object (at most [`MAX_WAL_FILE`]), checked against the SHA-1 in
+    /// its name.
     pub fn read_wal(&self, wal: &WalObject) -> Result<Vec<u8>, Error> {
         let object = self.object(&wal.path);
         let f = fs::File::open(&wal.path).map_err(|source| Error::Io {
@@ -151,8 +156,14 @@ impl PgbrRepo {
         };
         wal.compress
             .decoder(stored)
-            .and_then(|mut d| d.read_to_end(&mut data))
+            .and_then(|d| d.take(MAX_WAL_FILE + 1).read_to_end(&mut data))
             .map_err(|e| Error::corrupt(&object, format!("cannot be decompressed: {e}")))?;
+        if data.len() as u64 > MAX_WAL_FILE {
+            return Err(Error::corrupt(
+                object,
+                "decompresses to more than 1 GiB, the largest WAL segment PostgreSQL makes",
+            ));
+        }
         if let Some(expected) = &wal.sha1 {
             let actual = hex::encode(Sha1::digest(&data));
             if &actual != expected {
