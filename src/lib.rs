@@ -19,6 +19,7 @@ pub mod delta;
 pub mod dump;
 pub mod error;
 pub mod expire;
+pub mod foreign;
 pub mod fromarchive;
 pub mod gc;
 pub mod hydrate;

@@ -9,10 +9,13 @@
 //! then, in sequence: every imported backup restores to exactly the source's rows at that
 //! backup; the stanza imported last stores little (the chunks are the same); `verify` passes
 //! on an imported backup; a rerun stores nothing; `list` and `info` read a pgBackRest
-//! repository as it is and `restore` refuses it; an import SIGKILLed at a sample of its kill
+//! repository as it is and `gc` refuses it; straight from the pgBackRest repositories (through
+//! a cache repository), a view of the chain's diff backup, `verify` of the encrypted bundle
+//! stanza and `restore` of the block-incremental full backup see the source's rows; an
+//! import SIGKILLed at a sample of its kill
 //! points (`PGSNAPFS_KILL_AT`) leaves no partial backup and a rerun completes it; a damaged
-//! file (plain, and in a bundle) fails the import with exit 3 naming the pgBackRest object,
-//! and no backup is stored.
+//! file (plain, and in a bundle) fails the import, and `verify` straight from the pgBackRest
+//! repository, with exit 3 naming the pgBackRest object, and no backup is stored.
 
 mod common;
 
@@ -294,11 +297,86 @@ fn pgbackrest_backups_import_as_native_backups() {
         .assert_ok()
         .json();
     assert!(json_u64(&info["archive"][0], "files") > 0, "{info}");
-    let out = TestDir::new("refused");
-    let to = out.join("data");
-    let run = pgsnapfs(&["restore", "--repo", &foreign, "--to", to.to_str().unwrap()]);
+    let run = pgsnapfs(&["gc", "--repo", &foreign, "--stanza", "chain"]);
     assert!(run.assert_exit(2).stderr_str().contains("only reads"));
-    assert!(!to.exists());
+
+    // mount, verify and restore straight from the pgBackRest repositories, through a cache
+    // repository made on first use (one for root's commands, one for postgres's).
+    let cache = dir.join("cache");
+    mkdir_for_postgres(&cache, 0o755);
+    let direct = |s: &Stanza, command: &str, args: &[&str]| {
+        let mut v = vec![command.to_string(), "--repo".into(), s.from()];
+        v.extend(["--stanza".into(), s.name.into()]);
+        v.extend(["--pgbackrest-cache".into(), cache.display().to_string()]);
+        if let Some(f) = &s.pass_file {
+            v.extend(["--passphrase-file".into(), f.display().to_string()]);
+        }
+        v.extend(args.iter().map(|a| a.to_string()));
+        v
+    };
+    let label_of = |stanza: &str, i: usize| {
+        wanted
+            .iter()
+            .filter(|w| w.0 == stanza)
+            .nth(i)
+            .map(|w| w.1.clone())
+            .unwrap()
+    };
+    // A view of the chain's diff backup (gz full, lz4 diff), named by its pgBackRest label.
+    let work = TestDir::new("direct");
+    let mp = common::mount::mountpoint(&work, "diff");
+    let scratch = work.join("scratch");
+    let diff = label_of("chain", 1);
+    let args = direct(&chain, "mount", &[]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push(mp.to_str().unwrap());
+    args.extend(common::mount::view_args(&scratch, &["--backup", &diff]));
+    let mut view = common::mount::Mount::spawn(common::mount::root_cmd(&args), &mp)
+        .unwrap_or_else(|e| panic!("{e}"));
+    view.start_server().wait_until_paused_or_ready();
+    assert_eq!(view.server().psql(ROWS), want_diff, "a view of {diff}");
+    drop(view);
+    // verify of the encrypted bundle stanza's latest backup (its cache is encrypted too).
+    let sql = dir.join("direct-rows.sql");
+    fs::write(&sql, format!("SELECT ({ROWS}) = '{want_incr}';\n")).unwrap();
+    let run = pgsnapfs_as_root(&direct(
+        &bundle,
+        "verify",
+        &[
+            "--json",
+            "--backup",
+            "latest",
+            "--sql",
+            sql.to_str().unwrap(),
+        ],
+    ))
+    .assert_ok();
+    assert_eq!(run.json()["assertions"], 1, "{}", run.report());
+    // restore, as postgres, of the block-incremental stanza's full backup.
+    let out = TestDir::new("direct-restore");
+    let to = out.join("data");
+    let ts_map = format!("{ts_oid}={}", out.subdir("ts", 0o700).display());
+    let full = label_of("block", 0);
+    pgsnapfs(&direct(
+        &block,
+        "restore",
+        &[
+            "--to",
+            to.to_str().unwrap(),
+            "--backup",
+            &full,
+            "--tablespace-map",
+            &ts_map,
+        ],
+    ))
+    .assert_ok();
+    let restored = Cluster::start_on(&to);
+    assert_ne!(
+        restored.wait_until_paused_or_ready(),
+        RecoveryState::ShutDown
+    );
+    assert_eq!(restored.psql(ROWS), want_full, "restore of {full}");
+    drop(restored);
 
     // Every imported backup restores to the source's rows at that backup.
     for (stanza, label, id, want) in &wanted {
@@ -473,6 +551,21 @@ fn pgbackrest_backups_import_as_native_backups() {
         flip_byte(&object, len / 2);
         let run = s.import(&bad, &[]).assert_exit(3);
         let rel = object.strip_prefix(&s.repo).unwrap().display().to_string();
+        assert!(run.stderr_str().contains(&rel), "{rel}: {}", run.report());
+        // verify straight from the pgBackRest repository fails too, naming it.
+        let fresh = TestDir::new("fresh-cache");
+        let label = match s.name {
+            "bundle" => &wanted[4].1,
+            _ => &wanted[0].1,
+        };
+        let mut args = vec!["verify".to_string(), "--repo".into(), s.from()];
+        args.extend(["--stanza".into(), s.name.into(), "--backup".into()]);
+        args.extend([label.clone(), "--pgbackrest-cache".into()]);
+        args.push(fresh.path().display().to_string());
+        if let Some(f) = &s.pass_file {
+            args.extend(["--passphrase-file".into(), f.display().to_string()]);
+        }
+        let run = pgsnapfs_as_root(&args).assert_exit(3);
         assert!(run.stderr_str().contains(&rel), "{rel}: {}", run.report());
         assert!(
             bad.list().is_empty(),

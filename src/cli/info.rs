@@ -15,18 +15,12 @@ use std::fmt::Write as _;
 pub struct ListArgs {
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
-    /// The stanza, with --repo pgbackrest:PATH (a pgBackRest repository, read-only).
-    #[arg(long)]
-    pub stanza: Option<String>,
 }
 
 #[derive(clap::Args)]
 pub struct InfoArgs {
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
-    /// The stanza, with --repo pgbackrest:PATH (a pgBackRest repository, read-only).
-    #[arg(long)]
-    pub stanza: Option<String>,
 }
 
 /// One backup as `list --json` and `backup --json` print it.

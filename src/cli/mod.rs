@@ -60,6 +60,14 @@ pub struct Cli {
     /// Where the passphrase of an encrypted repository comes from.
     #[command(flatten)]
     pub passphrase: key::PassphraseArgs,
+    /// With --repo pgbackrest:PATH: the pgBackRest stanza.
+    #[arg(long, global = true)]
+    pub stanza: Option<String>,
+    /// With --repo pgbackrest:PATH, for mount, verify, restore and dump: where the backups
+    /// are imported on first use (default /var/cache/pgsnapfs/pgbackrest for root,
+    /// ~/.cache/pgsnapfs/pgbackrest for others).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub pgbackrest_cache: Option<std::path::PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -134,15 +142,41 @@ pub enum Command {
 /// `main` reports and the exit code it maps to.
 pub fn run(cli: Cli) -> Result<()> {
     let pass = &cli.passphrase;
-    // A pgBackRest repository is only read, by list and info.
+    // A pgBackRest repository is only read: by list and info, and by the commands that
+    // read a backup through the cache repository it is imported into (`crate::foreign`).
     if let Some((spec, path)) = cli
         .repo
         .as_deref()
         .and_then(|spec| Some((spec, pgbackrest::foreign(spec)?)))
     {
+        let source = pgbackrest::Source {
+            spec,
+            path: &path,
+            stanza: cli.stanza.as_deref(),
+            cache: cli.pgbackrest_cache.as_deref(),
+            pass,
+        };
         return match cli.command {
-            Command::List(a) => pgbackrest::list(spec, &path, pass, a),
-            Command::Info(a) => pgbackrest::info(spec, &path, pass, a),
+            Command::List(a) => pgbackrest::list(&source, a),
+            Command::Info(a) => pgbackrest::info(&source, a),
+            Command::Mount(mut a) => {
+                let cache = source.cache(&mut a.goal)?;
+                mount::run(&cache, pass, a, &|spec| open(spec, pass))
+            }
+            Command::Restore(mut a) => {
+                let cache = source.cache(&mut a.goal)?;
+                restore::run(&open(&cache, pass)?, &cache, pass, a)
+            }
+            Command::Verify(mut a) => {
+                let signals = crate::session::lifecycle::block_signals();
+                let cache = source.cache(&mut a.goal)?;
+                verify::run(open(&cache, pass)?, signals, &cache, pass, a)
+            }
+            Command::Dump(mut a) => {
+                let signals = crate::session::lifecycle::block_signals();
+                let cache = source.cache(&mut a.goal)?;
+                dump::run(open(&cache, pass)?, signals, &cache, pass, a)
+            }
             _ => Err(pgbackrest::refuse(spec)),
         };
     }

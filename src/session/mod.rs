@@ -38,20 +38,25 @@ pub struct CacheOptions {
     pub disk_size: u64,
 }
 
+/// The user's cache directory: `$XDG_CACHE_HOME/pgsnapfs` or `~/.cache/pgsnapfs`.
+pub fn user_cache() -> Result<PathBuf> {
+    match std::env::var_os("XDG_CACHE_HOME") {
+        Some(xdg) if !xdg.is_empty() => Ok(PathBuf::from(xdg).join("pgsnapfs")),
+        _ => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/pgsnapfs"))
+            .ok_or_else(|| Error::BadInput("no HOME to put the cache in: use --cache-dir".into())),
+    }
+}
+
 impl CacheOptions {
     /// Adds the disk cache to a remote repository; a local one is its own disk.
     pub fn attach(&self, repo: Repository, spec: &str) -> Result<Repository> {
         if !spec.contains("://") || self.disk_size == 0 {
             return Ok(repo);
         }
-        let base = match (&self.dir, std::env::var_os("XDG_CACHE_HOME")) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(xdg)) if !xdg.is_empty() => PathBuf::from(xdg).join("pgsnapfs"),
-            (None, _) => std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/pgsnapfs"))
-                .ok_or_else(|| {
-                    Error::BadInput("no HOME to put the disk cache in: use --cache-dir".into())
-                })?,
+        let base = match &self.dir {
+            Some(dir) => dir.clone(),
+            None => user_cache()?,
         };
         // Per repository, named by its id: two repositories never share cache files.
         let dir = base.join(&repo.config.id);
