@@ -163,8 +163,9 @@ pub fn describe(locks: &[StandbyLock], names: &[Option<String>], mount: bool) ->
     Some(format!(
         "warning: at the target, recovery still holds the AccessExclusiveLocks (logged by \
          XLOG_STANDBY_LOCK records) of transactions open there: {list}. A query on such a \
-         relation waits until they are released. To release them, promote the server \
-         (SELECT pg_promote(), which rolls those transactions back and ends recovery), or \
+         relation waits until they are released. To release them, end recovery at the \
+         target (SELECT pg_wal_replay_resume(), which rolls those transactions back and \
+         promotes the server, on every supported version), or \
          {verb} {before}. To name a relation, connect to its database (SELECT datname FROM \
          pg_database WHERE oid = {db}) and run SELECT {rel}::regclass (it takes no lock on \
          the relation)",
@@ -212,7 +213,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("SELECT pg_promote()"));
+        assert!(text.contains("SELECT pg_wal_replay_resume()"));
         assert!(text.contains("mount --target-lsn 0/3000040"), "{text}");
         assert!(text.contains("SELECT 16390::regclass"));
         let text = describe(&[lock(600, 1, 0x0300_0100, true)], &[], false).unwrap();

@@ -61,7 +61,7 @@ fn a_target_inside_a_drop_names_its_locks() {
     );
     let said = m.report();
     assert!(said.contains(&named), "{said}");
-    assert!(said.contains("SELECT pg_promote()"), "{said}");
+    assert!(said.contains("SELECT pg_wal_replay_resume()"), "{said}");
     assert!(said.contains(&format!("SELECT {oid}::regclass")), "{said}");
     let before = suggested_lsn(&said).unwrap_or_else(|| panic!("no --target-lsn in {said}"));
     let server = m.start_server();
@@ -76,7 +76,7 @@ fn a_target_inside_a_drop_names_its_locks() {
         server.psql(&format!("SET lock_timeout = '5s'; SELECT {oid}::regclass")),
         "t"
     );
-    server.psql("SELECT pg_promote()");
+    server.psql("SELECT pg_wal_replay_resume()");
     let promoted = wait_for(Duration::from_secs(120), || {
         match server.psql("SELECT pg_is_in_recovery()").as_str() {
             "f" => Ok(()),
