@@ -317,6 +317,12 @@ fn replay_and_store(
         bytes_skipped: stats.bytes_skipped,
     };
     let stop_lsn = stop_lsn(&point, base.wal_segment_size);
+    let stop_time = consistent_as_of(
+        last_commit_before(repo, &view.plan, stop_lsn)?,
+        base.stop_time,
+        view.plan.target.as_ref(),
+        Utc::now(),
+    );
     let snap = Snapshot {
         format: snapshot::FORMAT,
         id: free_id(repo, start_time)?,
@@ -337,7 +343,7 @@ fn replay_and_store(
             imported: None,
         },
         start_time,
-        stop_time: Utc::now(),
+        stop_time,
         label: opts
             .label
             .clone()
@@ -572,9 +578,62 @@ impl Drop for WorkDir {
     }
 }
 
+/// The time of the last commit the replay to `stop` carried out, from the segment summaries:
+/// the latest commit of the last segment up to `stop` that holds one (so possibly one after
+/// `stop` in that segment: late, never early).
+fn last_commit_before(
+    repo: &Repository,
+    plan: &pitr::Plan,
+    stop: Lsn,
+) -> Result<Option<chrono::DateTime<Utc>>> {
+    let seg_size = archive::segment_size(&plan.system);
+    let last = crate::pg::wal::segment_of(stop, seg_size);
+    let mut sums = archive::SummaryCache::new(repo, plan.system.sysid(), seg_size, true)
+        .with_catalog(&plan.catalog);
+    for &(tli, segno) in plan.path.iter().rev().filter(|(_, s)| *s <= last) {
+        if let Some(t) = sums.get(tli, segno)?.and_then(|s| s.last_commit_time) {
+            return Ok(Some(crate::pg::walscan::utc_of_pg(t)));
+        }
+    }
+    Ok(None)
+}
+
+/// A backup from the archive's stop time: when its content was current, as `restore` and
+/// `mount` compare it with a time target (a backup is a base for a target after its stop
+/// time). No commit after the last one replayed is in it, nor (for a time target) any after
+/// the target; it is never before its base's own end, nor after now.
+fn consistent_as_of(
+    last_commit: Option<chrono::DateTime<Utc>>,
+    base_stop: chrono::DateTime<Utc>,
+    target: Option<&Target>,
+    now: chrono::DateTime<Utc>,
+) -> chrono::DateTime<Utc> {
+    let mut t = last_commit.map_or(base_stop, |c| c.max(base_stop));
+    if let Some(Target::Time(target)) = target {
+        t = t.min(target.with_timezone(&Utc).max(base_stop));
+    }
+    t.min(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_from_the_archive_is_as_of_its_last_commit() {
+        let at = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let (base, now) = (at(0), at(1000));
+        assert_eq!(consistent_as_of(Some(at(500)), base, None, now), at(500));
+        assert_eq!(consistent_as_of(None, base, None, now), base, "no commit replayed");
+        assert_eq!(consistent_as_of(Some(at(-5)), base, None, now), base);
+        let target = Target::Time(at(400).into());
+        assert_eq!(
+            consistent_as_of(Some(at(450)), base, Some(&target), now),
+            at(400),
+            "a commit past the time target is in the summary's segment, not in the backup"
+        );
+        assert_eq!(consistent_as_of(Some(at(2000)), base, None, now), now);
+    }
 
     #[test]
     fn stop_lsn_names_the_last_segment_replay_needs() {

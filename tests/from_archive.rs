@@ -113,12 +113,22 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
     let b0 = json_str(&repo.backup(&source), "id");
 
     workload(&source, 1);
+    let last_commit = source.psql("SELECT extract(epoch FROM now())::float8");
     source.switch_wal_and_wait_archived();
     source.stop();
 
     // With the server down and PGHOST pointing nowhere.
     let run = from_archive(&repo, &[]).assert_ok();
     let a1 = run.json();
+    // Its stop time is when its content was current (the last commit replayed), not when the
+    // command ran: a time target after that last commit can start from it.
+    let stop = chrono::DateTime::parse_from_rfc3339(&json_str(&a1, "stop_time")).unwrap();
+    let last: f64 = last_commit.parse().unwrap();
+    assert!(
+        (stop.timestamp_micros() as f64 / 1e6) < last + 1.0,
+        "stop_time {stop}, last commit at {last}: {}",
+        run.report()
+    );
     assert_eq!(a1["source"], "archive", "{}", run.report());
     assert_eq!(a1["from_archive"]["base"], b0.as_str(), "{}", run.report());
     let a1_id = json_str(&a1, "id");
