@@ -217,6 +217,7 @@ pub fn run(from: &Repository, to: &Repository, opts: CopyOptions) -> Result<Copy
                     summary.backups_copied.push(id.clone());
                 }
             }
+            copier.backup_done();
             tracing::info!(backup = %id, written, "backup copied");
         }
         summary.chunks_sent = copier.chunks_sent;
@@ -330,6 +331,25 @@ impl Stored {
         Ok(out)
     }
 
+    /// Adds blobs written since the table was read.
+    fn add(&mut self, blobs: impl Iterator<Item = (BlobId, Loc, u32)>) {
+        let mut index: HashMap<PackId, u32> = HashMap::new();
+        for (id, loc, len) in blobs {
+            let pack = *index.entry(loc.pack).or_insert_with(|| {
+                self.packs.push(loc.pack);
+                (self.packs.len() - 1) as u32
+            });
+            self.slots.push(Slot {
+                prefix: prefix(&id),
+                pack,
+                offset: loc.offset,
+                stored_len: loc.stored_len,
+                len,
+            });
+        }
+        self.slots.sort_unstable_by_key(|s| s.prefix);
+    }
+
     /// The slots whose id starts like `id`'s.
     fn candidates(&self, id: &BlobId) -> &[Slot] {
         let p = prefix(id);
@@ -398,11 +418,12 @@ struct Copier<'a> {
     same_ids: bool,
     /// The target's blobs from before this run.
     stored: Stored,
-    /// The blobs this run wrote, by target id, with crcs where recorded.
-    sent: HashMap<BlobId, (Loc, Option<u32>)>,
-    /// Source tree and list ids already mapped to the target.
+    /// The blobs this run wrote for the backup being copied, by target id, with crcs where
+    /// recorded and their plain length; moved into `stored` once it is published.
+    sent: HashMap<BlobId, (Loc, Option<u32>, u32)>,
+    /// Source tree and list ids of the backup being copied already mapped to the target.
     refs: HashMap<BlobId, BlobRef>,
-    /// Source chunk ids already mapped to the target.
+    /// Source chunk ids of the backup being copied already mapped to the target.
     chunks: HashMap<BlobId, Chunk>,
     data: Packer<'a>,
     meta: Packer<'a>,
@@ -588,8 +609,8 @@ impl<'a> Copier<'a> {
 
     /// Where the target holds blob `id`: written by this run, or found in a pack before it.
     fn held(&mut self, id: &BlobId) -> Result<Option<(Loc, Option<u32>)>> {
-        if let Some(placed) = self.sent.get(id) {
-            return Ok(Some(*placed));
+        if let Some((loc, crc, _)) = self.sent.get(id) {
+            return Ok(Some((*loc, *crc)));
         }
         let found = self.stored.find(self.to, id)?;
         if let Some((loc, _)) = found {
@@ -615,7 +636,7 @@ impl<'a> Copier<'a> {
         let len = data.len() as u32;
         let loc = self.data.add(id, BlobType::Data, &stored, len)?;
         let crc = self.to.records_crcs().then(|| crc32c::crc32c(&stored));
-        self.sent.insert(id, (loc, crc));
+        self.sent.insert(id, (loc, crc, len));
         self.chunks_sent += 1;
         self.bytes_sent += u64::from(len);
         Ok(Chunk {
@@ -637,12 +658,22 @@ impl<'a> Copier<'a> {
             },
             None => {
                 let out = self.meta.add_blob(kind, data)?;
-                self.sent.insert(id, (out.loc, None));
+                self.sent.insert(id, (out.loc, None, out.len));
                 out
             }
         };
         self.refs.insert(r.id, out);
         Ok(out)
+    }
+
+    /// After a backup is published: what this run wrote joins the target's blobs at their 24
+    /// bytes each, and the maps of that backup go, so a run's memory does not grow with the
+    /// backups it copies (a later backup's unchanged chunks are mapped through its base).
+    fn backup_done(&mut self) {
+        self.stored
+            .add(self.sent.drain().map(|(id, (loc, _, len))| (id, loc, len)));
+        self.refs = HashMap::new();
+        self.chunks = HashMap::new();
     }
 
     /// Writes the open packs; returns the pack bytes written since the last flush.
@@ -849,6 +880,27 @@ mod tests {
         let other = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
         run(&from, &other, all()).unwrap();
         assert_eq!(run(&from, &other, all()).unwrap().backups_present, ["b1"]);
+    }
+
+    /// Two backups in one run whose files share chunks but not a base: the second's chunks
+    /// are found among what the run wrote for the first (after its maps were dropped), not
+    /// sent again.
+    #[test]
+    fn one_run_sends_a_chunk_once_across_backups() {
+        let from = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let to = Repository::init(Arc::new(MemoryBackend::default()), CHUNK as u32, 3).unwrap();
+        let data: Vec<u8> = (0..10 * CHUNK).map(|i| (i * 13 % 251) as u8).collect();
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir(one.path().join("base")).unwrap();
+        std::fs::write(one.path().join("base/rel"), &data).unwrap();
+        std::fs::create_dir(two.path().join("other")).unwrap();
+        std::fs::write(two.path().join("other/copy"), &data).unwrap();
+        backup(&from, one.path(), "b1", 1);
+        backup(&from, two.path(), "b2", 2);
+        let copied = run(&from, &to, all()).unwrap();
+        assert_eq!(copied.backups_copied, vec!["b1", "b2"]);
+        assert_eq!(copied.chunks_sent, 10);
+        assert_eq!(rel(&to, "b1"), data);
     }
 
     #[test]

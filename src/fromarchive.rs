@@ -624,7 +624,11 @@ mod tests {
         let at = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
         let (base, now) = (at(0), at(1000));
         assert_eq!(consistent_as_of(Some(at(500)), base, None, now), at(500));
-        assert_eq!(consistent_as_of(None, base, None, now), base, "no commit replayed");
+        assert_eq!(
+            consistent_as_of(None, base, None, now),
+            base,
+            "no commit replayed"
+        );
         assert_eq!(consistent_as_of(Some(at(-5)), base, None, now), base);
         let target = Target::Time(at(400).into());
         assert_eq!(
