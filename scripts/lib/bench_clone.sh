@@ -116,16 +116,7 @@ clone_rows() {
 
 # The rows as a markdown table on stderr (docs/benchmarks.md, "Clones").
 clone_print() {
-    python3 - "$RESULTS" <<'PY' >&2
-import json, sys
-rs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def get(k, t):
-    out = {}
-    for r in rs:
-        if r["key"] == k and r["tool"] == t:
-            out.update(r)
-    return out
-mib = lambda b: f"{(b or 0) / 1048576:.1f} MiB"
+    print_rows <<'PY'
 first, bench = get("clone_first_query", "pgsnapfs"), get("clone_pgbench", "pgsnapfs")
 hyd, rest = get("clone_hydrate", "pgsnapfs"), get("clone_hydrate", "pgsnapfs-restore")
 det, br = get("clone_detached", "pgsnapfs"), get("clone_detached", "pgbackrest")

@@ -95,16 +95,7 @@ delta_rows() {
 
 # The rows as a markdown table on stderr (docs/benchmarks.md, "Delta restore").
 delta_print() {
-    python3 - "$RESULTS" <<'PY' >&2
-import json, sys
-rs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def get(k, t):
-    out = {}
-    for r in rs:
-        if r["key"] == k and r["tool"] == t:
-            out.update(r)
-    return out
-mib = lambda b: f"{(b or 0) / 1048576:.1f} MiB"
+    print_rows <<'PY'
 mem = lambda r: f"{(r.get('peak_rss_kb') or 0) // 1024} MiB"
 print("| delta restore of the data directory | pgBackRest `restore --delta` | pgsnapfs `restore --delta` | pgsnapfs wrote |")
 print("|---|---|---|---|")

@@ -117,18 +117,9 @@ fromarchive_rows() {
 
 # The rows as a markdown table on stderr (docs/benchmarks.md, "Backups from the archive").
 fromarchive_print() {
-    python3 - "$RESULTS" <<'PY' >&2
-import json, sys
-rs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def get(k, t):
-    out = {}
-    for r in rs:
-        if r["key"] == k and r["tool"] == t:
-            out.update(r)
-    return out
+    print_rows <<'PY'
 old, new = get("fromarchive_view", "old-backup"), get("fromarchive_view", "archive-backup")
 srv, arc = get("fromarchive_backup", "server"), get("fromarchive_backup", "archive")
-mib = lambda b: f"{(b or 0) / 1048576:.1f} MiB"
 print("| measure | from the old backup / server backup | from the archive-made backup |")
 print("|---|---|---|")
 print(f"| view at the end of the WAL: first query | {old.get('first_query_s')} s ({old.get('replay')} of WAL) | {new.get('first_query_s')} s ({new.get('replay')} of WAL) |")

@@ -92,16 +92,7 @@ pgbr_mount_rows() {
 
 # The rows as a markdown table on stderr (docs/benchmarks.md, "pgBackRest repositories").
 pgbr_mount_print() {
-    python3 - "$RESULTS" <<'PY' >&2
-import json, sys
-rs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def get(k, t):
-    out = {}
-    for r in rs:
-        if r["key"] == k and r["tool"] == t:
-            out.update(r)
-    return out
-mib = lambda b: f"{(b or 0) / 1048576:.0f} MiB"
+    print_rows <<'PY'
 cold, warm = get("pgbr_first_query", "pgsnapfs-cold"), get("pgbr_first_query", "pgsnapfs-warm")
 br = get("pgbr_first_query", "pgbackrest")
 scan, brscan = get("pgbr_cold_scan", "pgsnapfs"), get("pgbr_cold_scan", "pgbackrest")
