@@ -38,21 +38,13 @@ clone_hydrated() {
 clone_mount_pid() { findmnt -no SOURCE "$CLONES/$1/data" | sed -n 's/.*@\([0-9]*\)$/\1/p'; }
 
 clone_rows() {
-    local seconds=${CLONE_SECONDS:-60} snap="$BENCH/repos/clone-pgsnapfs" conf out id t0 size
+    local seconds=${CLONE_SECONDS:-60} snap conf id t0 size
     CLONES="$BENCH/clones"
     mkdir -p "$CLONES"
     chmod 755 "$CLONES"
     log "clones: backups, a clone to a first query, pgbench ${seconds} s on it, hydrate, detach"
-    as_pg "$BIN" init --repo "$snap" --compression-level 3 >/dev/null
-    conf=$(pgbr_conf clone "$BENCH/repos/clone-pgbackrest")
-    pgbr "$conf" stanza-create >/dev/null
-    set_archive_targets "pgbackrest=$conf" "pgsnapfs=$snap"
-    sql "$SOCK" "$PORT" "CHECKPOINT" >/dev/null
-    pgbr "$conf" backup --type=full >/dev/null || die "pgbackrest backup failed"
-    out="$BENCH/clone-backup.json"
-    as_pg "$BIN" backup --repo "$snap" --pgdata "$DATA" -h "$SOCK" -p "$PORT" -U postgres \
-        --json >"$out" || die "pgsnapfs backup failed"
-    id=$(json_get "$out" id)
+    backups_with_both clone
+    snap=$BOTH_REPO conf=$BOTH_CONF id=$BOTH_ID
     switch_and_wait_archived
     size=$(bytes_of "$DATA")
     local clone=("$BIN" clone --repo "$snap" --clones-dir "$CLONES")

@@ -37,18 +37,10 @@ delta_copy() {
 }
 
 delta_rows() {
-    local seconds=${DELTA_SECONDS:-10} snap="$BENCH/repos/delta-pgsnapfs" conf out dir id
+    local seconds=${DELTA_SECONDS:-10} snap conf out dir id
     log "delta restore: backups, pgbench ${seconds} s, then restore --delta with each tool"
-    as_pg "$BIN" init --repo "$snap" --compression-level 3 >/dev/null
-    conf=$(pgbr_conf delta "$BENCH/repos/delta-pgbackrest")
-    pgbr "$conf" stanza-create >/dev/null
-    set_archive_targets "pgbackrest=$conf" "pgsnapfs=$snap"
-    sql "$SOCK" "$PORT" "CHECKPOINT" >/dev/null
-    pgbr "$conf" backup --type=full >/dev/null || die "pgbackrest backup failed"
-    out="$BENCH/delta-backup.json"
-    as_pg "$BIN" backup --repo "$snap" --pgdata "$DATA" -h "$SOCK" -p "$PORT" -U postgres \
-        --json >"$out" || die "pgsnapfs backup failed"
-    id=$(json_get "$out" id)
+    backups_with_both delta
+    snap=$BOTH_REPO conf=$BOTH_CONF id=$BOTH_ID
     DELTA_ROWS=$(sql "$SOCK" "$PORT" "SELECT count(*) FROM pgbench_history")
     as_pg "$PG_BIN/pgbench" -h "$SOCK" -p "$PORT" -n -T "$seconds" -c 4 postgres \
         >"$BENCH/logs/delta-pgbench.out" 2>&1 ||
