@@ -22,10 +22,18 @@ pub enum Mount {
 /// of a dead mount from its cache: a listing always asks the mount process.
 pub fn mount(data: &Path, parent: &Path) -> Mount {
     let stale = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    // A mount process killed a moment ago may still answer from the kernel's caches while
+    // its last threads exit (the connection ends with the last of them): its process
+    // decides.
+    let dead = || {
+        crate::session::unmount::serving_process(data)
+            .is_some_and(|pid| !crate::lock::holder_alive(pid, None))
+    };
     match (std::fs::metadata(data), std::fs::metadata(parent)) {
         (Err(e), _) if stale(&e) => Mount::Stale,
         (Ok(d), Ok(p)) if d.dev() != p.dev() => match std::fs::read_dir(data) {
             Err(e) if stale(&e) => Mount::Stale,
+            _ if dead() => Mount::Stale,
             _ => Mount::Yes,
         },
         _ => Mount::No,

@@ -30,6 +30,12 @@ fn mount_process(mountinfo: &str, path: &Path) -> Option<u32> {
         .next_back()
 }
 
+/// The process serving the pgsnapfs mount at `path`, if one is mounted there.
+pub fn serving_process(path: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_process(&info, path)
+}
+
 /// Unmounts `path`; `lazy` detaches it now even if busy. Without root, goes through
 /// fusermount3.
 pub fn umount(path: &Path, lazy: bool) -> Result<()> {
