@@ -169,7 +169,6 @@ pub fn run(
         }
     }
     let spaces = restore::locations(snap, opts);
-    restore::refuse_shared_locations(&spaces)?;
     refuse_foreign_tablespaces(&opts.to, &spaces)?;
     if let Some(parent) = opts.to.parent() {
         fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
@@ -390,22 +389,12 @@ impl Walker<'_> {
             // The set-aside pg_control stays until the backup's is in place.
             disk.remove(SET_ASIDE.trim_start_matches("global/"));
         }
-        if rel.is_empty() && pg_wal_is_linked(dest, &disk) {
-            // pg_wal on another disk, as initdb --waldir makes it: kept, filled through the
-            // link, as a directory.
-            disk.insert("pg_wal".into(), OnDisk::Dir);
-        }
-        // A tablespace's location may hold other clusters' (or other majors') version
-        // directories: only the backup's own is this restore's to change.
-        let shared = self.is_tablespace_root(rel);
-        if !shared {
-            for path in &foreign {
-                self.remove(path)?;
-            }
+        for path in &foreign {
+            self.remove(path)?;
         }
         let steps = reconcile(&nodes, &disk);
         for (name, step) in &steps {
-            if *step == Step::Remove && !shared {
+            if *step == Step::Remove {
                 self.remove(&dest.join(name))?;
             }
         }
@@ -483,13 +472,6 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Whether `rel` is a tablespace's directory (`pg_tblspc/OID`), walked at its location.
-    fn is_tablespace_root(&self, rel: &str) -> bool {
-        rel.strip_prefix("pg_tblspc/")
-            .and_then(|oid| oid.parse::<u32>().ok())
-            .is_some_and(|oid| self.spaces.contains_key(&oid))
-    }
-
     fn claim(&self, path: &Path) -> Result<()> {
         let meta = fs::symlink_metadata(path).map_err(io(format!("stat {}", path.display())))?;
         self.owner.claim(path, &meta)
@@ -519,11 +501,6 @@ impl Walker<'_> {
             Ok(())
         }
     }
-}
-
-/// Whether the data directory's pg_wal is a link to a directory (kept as it is).
-fn pg_wal_is_linked(dir: &Path, disk: &BTreeMap<String, OnDisk>) -> bool {
-    matches!(disk.get("pg_wal"), Some(OnDisk::Link(_))) && dir.join("pg_wal").is_dir()
 }
 
 /// The entries of a directory on disk.
@@ -565,9 +542,7 @@ fn list(dir: &Path) -> Result<Listing> {
 
 /// Opens (or creates) a file to bring over, with the backed-up mode, the owner, and the
 /// backup's length: cut or extended with a hole first, so every chunk compares against what
-/// is there (an all-zero chunk past the old end already matches). A file with other names
-/// (hard links, as `pg_upgrade --link` leaves them, shared with another cluster) is never
-/// written in place: this name gets a new file.
+/// is there (an all-zero chunk past the old end already matches).
 fn open_target(
     path: PathBuf,
     size: u64,
@@ -575,27 +550,17 @@ fn open_target(
     owner: Owner,
     jobs: usize,
 ) -> Result<Arc<Target>> {
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode)
-            .open(&path)
-            .map_err(io(format!("open {}", path.display())))
-    };
-    let stat = |file: &fs::File| {
-        file.metadata()
-            .map_err(io(format!("stat {}", path.display())))
-    };
-    let mut file = open()?;
-    let mut meta = stat(&file)?;
-    if meta.nlink() > 1 {
-        fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))?;
-        file = open()?;
-        meta = stat(&file)?;
-    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .open(&path)
+        .map_err(io(format!("open {}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(io(format!("stat {}", path.display())))?;
     if meta.permissions().mode() & 0o7777 != mode {
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io(format!("chmod {}", path.display())))?;

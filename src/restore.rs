@@ -179,26 +179,6 @@ pub(crate) fn mkdir(path: &Path, mode: u32) -> Result<()> {
     }
 }
 
-/// Refuses two tablespaces at one location (or one inside another): their version
-/// directories would be one, and the second's files would land among the first's.
-pub(crate) fn refuse_shared_locations(spaces: &HashMap<u32, PathBuf>) -> Result<()> {
-    let mut sorted: Vec<(&u32, &PathBuf)> = spaces.iter().collect();
-    sorted.sort();
-    for (i, (a, at)) in sorted.iter().enumerate() {
-        for (b, bt) in &sorted[i + 1..] {
-            if at.starts_with(bt) || bt.starts_with(at) {
-                return Err(Error::BadInput(format!(
-                    "tablespaces {a} and {b} would be restored to {} and {}, one inside the \
-                     other: give each its own directory with --tablespace-map OID=DIR",
-                    at.display(),
-                    bt.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 struct FileJob {
     path: PathBuf,
     size: u64,
@@ -214,7 +194,6 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
     let snap = &plan.snapshot;
     check_empty(&opts.to, "restore directory")?;
     let spaces = locations(snap, opts);
-    refuse_shared_locations(&spaces)?;
     for (oid, dest) in &spaces {
         check_empty(dest, &format!("tablespace {oid} location")).map_err(|e| {
             Error::BadInput(format!(
@@ -452,22 +431,6 @@ mod tests {
 
     fn write(dir: &Path, rel: &str, text: &str) {
         fs::write(dir.join(rel), text).unwrap();
-    }
-
-    #[test]
-    fn two_tablespaces_never_share_a_location() {
-        let spaces = |v: &[(u32, &str)]| -> HashMap<u32, PathBuf> {
-            v.iter().map(|(o, p)| (*o, PathBuf::from(p))).collect()
-        };
-        assert!(refuse_shared_locations(&spaces(&[(1, "/a"), (2, "/b"), (3, "/ab")])).is_ok());
-        for clash in [
-            spaces(&[(1, "/srv/ts"), (2, "/srv/ts/")]),
-            spaces(&[(1, "/srv/ts"), (2, "/srv/ts/inner")]),
-        ] {
-            let e = refuse_shared_locations(&clash).unwrap_err();
-            assert_eq!(e.exit_code(), 2);
-            assert!(e.to_string().contains("--tablespace-map"), "{e}");
-        }
     }
 
     #[test]
