@@ -122,83 +122,6 @@ pub fn refusal(c: &TablespaceCreation) -> Error {
     ))
 }
 
-/// What a restore's server will do, on this host, to the locations the WAL it replays creates
-/// tablespaces in (`restore`, `restore --delta`). Unlike a view's, that server is the cluster's
-/// new primary, so replay has to carry the creations out; but a side copy restored on the
-/// production host would remove production's version directory. So a location already holding
-/// a `PG_<major>_*` directory (what the redo removes) is refused unless `overwrite`; the rest
-/// come back as notes for the user, as does a location that is not there. `list` gives a
-/// directory's entry names; a location this process cannot list is refused too (unless
-/// `overwrite`), since what it holds is unknown.
-pub fn restore_effects(
-    found: &[TablespaceCreation],
-    major: u32,
-    overwrite: bool,
-    list: impl Fn(&Path) -> std::io::Result<Vec<String>>,
-) -> Result<Vec<String>> {
-    let prefix = format!("PG_{major}_");
-    let mut notes = Vec::new();
-    for c in found {
-        let what = describe(c);
-        let Some(location) = c.location.as_deref() else {
-            notes.push(format!(
-                "the WAL to replay creates {what}: make sure no other cluster on this host \
-                 uses that directory"
-            ));
-            continue;
-        };
-        let taken = match list(Path::new(location)) {
-            Ok(entries) => {
-                let mut taken: Vec<String> = entries
-                    .into_iter()
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect();
-                taken.sort();
-                taken.into_iter().next().map(|d| format!("{location}/{d}"))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                notes.push(format!(
-                    "the WAL to replay creates {what}: recovery will create that directory"
-                ));
-                continue;
-            }
-            Err(e) => Some(format!("{location} (which cannot be listed here: {e})")),
-        };
-        match taken {
-            Some(dir) if !overwrite => {
-                return Err(Error::BadInput(format!(
-                    "the WAL to replay creates {what}, and {dir} exists on this \
-                     host: the restored server's recovery would remove it and everything in \
-                     it. If it belongs to a cluster in use here (a side copy restored on the \
-                     production host), restore on another host, or stop before the creation \
-                     with --target-lsn {} (or earlier). If it is a leftover of this cluster that \
-                     may go, rerun with --overwrite-tablespaces",
-                    c.prev
-                )))
-            }
-            Some(dir) => notes.push(format!(
-                "the WAL to replay creates {what}: recovery will remove {dir} \
-                 (--overwrite-tablespaces)"
-            )),
-            None => notes.push(format!(
-                "the WAL to replay creates {what}: recovery will make that directory mode 0700 \
-                 and write into it"
-            )),
-        }
-    }
-    Ok(notes)
-}
-
-/// [`restore_effects`] for the replay of `plan`, on this host's directories.
-pub fn restore_guard(repo: &Repository, plan: &Plan, overwrite: bool) -> Result<Vec<String>> {
-    let found = replayed(repo, plan)?;
-    restore_effects(&found, plan.snapshot.pg_major, overwrite, |dir| {
-        std::fs::read_dir(dir)?
-            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-            .collect()
-    })
-}
-
 /// A host directory hidden from a view's server behind an empty one of the view's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cover {
@@ -437,48 +360,6 @@ mod tests {
             assert!(m.contains(part), "{part}: {m}");
         }
         assert_eq!(refusal(&c).exit_code(), 2);
-    }
-
-    #[test]
-    fn a_restore_refuses_to_replay_over_a_version_directory_of_its_major() {
-        use std::io::{Error as IoError, ErrorKind};
-        let host = |dir: &Path| match dir.to_str() {
-            Some("/prod/ts") => Ok(vec!["PG_14_202107181".into(), "PG_15_202209061".into()]),
-            Some("/old/ts") => Ok(vec!["PG_14_202107181".into()]),
-            Some("/locked") => Err(IoError::from(ErrorKind::PermissionDenied)),
-            _ => Err(IoError::from(ErrorKind::NotFound)),
-        };
-        let prod = [made(0x3000148, 0x3000110, 16385, Some("/prod/ts"))];
-        let e = restore_effects(&prod, 15, false, host).unwrap_err();
-        assert_eq!(e.exit_code(), 2);
-        let m = e.to_string();
-        for part in [
-            "oid 16385",
-            "/prod/ts/PG_15_202209061",
-            "--target-lsn 0/3000110",
-            "--overwrite-tablespaces",
-        ] {
-            assert!(m.contains(part), "{part}: {m}");
-        }
-        let notes = restore_effects(&prod, 15, true, host).unwrap();
-        assert!(
-            notes[0].contains("will remove /prod/ts/PG_15_202209061"),
-            "{notes:?}"
-        );
-        // Another major's directory is not what the redo removes.
-        let notes = restore_effects(&prod, 16, false, host).unwrap();
-        assert!(notes[0].contains("mode 0700"), "{notes:?}");
-        let notes = restore_effects(&[made(10, 5, 1, Some("/old/ts"))], 15, false, host).unwrap();
-        assert!(notes[0].contains("mode 0700"), "{notes:?}");
-        let notes = restore_effects(&[made(10, 5, 1, Some("/new/ts"))], 15, false, host).unwrap();
-        assert!(notes[0].contains("will create"), "{notes:?}");
-        let locked = [made(10, 5, 1, Some("/locked"))];
-        let m = restore_effects(&locked, 15, false, host)
-            .unwrap_err()
-            .to_string();
-        assert!(m.contains("cannot be listed"), "{m}");
-        let notes = restore_effects(&[made(10, 5, 1, None)], 15, false, host).unwrap();
-        assert!(notes[0].contains("no other cluster"), "{notes:?}");
     }
 
     #[test]

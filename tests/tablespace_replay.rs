@@ -13,8 +13,6 @@
 //!   nothing is mounted.
 //! - `wal-fetch` for a view refuses the segment holding the record.
 //! - A view at a target before the creation still works.
-//! - `restore` past the creation is refused while the location holds the version directory,
-//!   and goes ahead (its server has every row) where the location is free.
 //! - Where the repository does not know what a segment creates (no summary), a mount goes
 //!   ahead and its `wal-fetch` refuses the segment: recovery stops loudly.
 //!
@@ -250,34 +248,6 @@ fn views_replaying_create_tablespace_leave_the_host_alone() {
     );
     drop(view);
     unchanged("the host's tablespace directory after a view before the creation");
-
-    // restore: its server is the cluster's new primary, so its replay carries the creation
-    // out; over a location holding this major's version directory (the source's, here: a side
-    // copy restored on the production host) it is refused up front.
-    let restore_after =
-        |to: &Path| repo.restore(to, &["--target-lsn", &after, "--target-action", "pause"]);
-    let refused_to = work.join("restore-refused");
-    restore_after(&refused_to)
-        .assert_exit(2)
-        .assert_mentions(&location.display().to_string())
-        .assert_mentions(&format!("oid {oid}"))
-        .assert_mentions("--overwrite-tablespaces");
-    assert!(!refused_to.join("PG_VERSION").exists(), "nothing restored");
-    unchanged("the host's tablespace directory after a refused restore");
-    // Where the location is free (the host that replaces a lost one), the restore goes ahead,
-    // says what recovery will do, and its server has every row.
-    let moved = location.with_extension("aside");
-    std::fs::rename(&location, &moved).unwrap();
-    let restored_to = work.join("restored");
-    let restored = restore_after(&restored_to).assert_ok();
-    restored.assert_mentions("recovery will create that directory");
-    let server = Cluster::start_on(&restored_to);
-    server.wait_until_paused();
-    assert_eq!(server.psql(IN_TS), want, "the restored server's rows");
-    drop(server);
-    std::fs::remove_dir_all(&location).unwrap();
-    std::fs::rename(&moved, &location).unwrap();
-    unchanged("the host's tablespace directory, put back after the restore elsewhere");
 
     // The last line of defence: a repository that does not know what that segment creates
     // (its summary is gone, as where an older pgsnapfs archived it). The mount goes ahead; its

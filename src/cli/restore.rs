@@ -41,11 +41,6 @@ pub struct Args {
     /// With --delta: replace a directory of another cluster (or not a data directory at all).
     #[arg(long, requires = "delta")]
     pub force: bool,
-    /// Let recovery replay a CREATE TABLESPACE over a location that holds this major's
-    /// version directory (PG_<major>_*), which the redo removes: only for this cluster's own
-    /// leftovers, never on a host where another cluster uses that directory.
-    #[arg(long)]
-    pub overwrite_tablespaces: bool,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
@@ -101,9 +96,6 @@ pub fn run(
         plan.describe(),
         human(plan.replay_bytes)
     );
-    for note in crate::tblspc::restore_guard(repo, &plan, a.overwrite_tablespaces)? {
-        eprintln!("{note}");
-    }
     let key_options = walfetch::key_options(repo, &pass.source())?;
     if repo.crypto().is_encrypted() && key_options.is_empty() {
         eprintln!(
