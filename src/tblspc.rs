@@ -122,6 +122,113 @@ pub fn refusal(c: &TablespaceCreation) -> Error {
     ))
 }
 
+/// What the replay of one creation does to this host, for a restored server (`restore`,
+/// `restore --delta`), which runs unconfined on the host it is restored on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnHost {
+    /// The location holds the version directory: replay takes it over (older releases
+    /// remove it, current ones create their files in it and write over those there).
+    Destroys(PathBuf),
+    /// The location is the restored directory's own tablespace (`restore --delta` over the
+    /// cluster that made it): replay replaces it, as it should.
+    Own,
+    /// The location exists without the version directory: replay sets its mode to 0700 and
+    /// creates the version directory in it.
+    Writes,
+    /// The location does not exist here: replay stops at the record until it is made.
+    Missing,
+    /// The record's location is not known (it goes on into the next segment).
+    Unknown,
+}
+
+/// What the replay of `c` does to this host (`version_dir`: the backup's
+/// `PG_<major>_<catversion>`; `own`: whether a location is the restored directory's own
+/// tablespace of that oid).
+pub fn on_host(
+    c: &TablespaceCreation,
+    version_dir: &str,
+    own: impl Fn(u32, &Path) -> bool,
+) -> OnHost {
+    let Some(location) = c.location.as_deref().map(Path::new) else {
+        return OnHost::Unknown;
+    };
+    let version = location.join(version_dir);
+    if std::fs::symlink_metadata(&version).is_ok() {
+        match own(c.oid, location) {
+            true => OnHost::Own,
+            false => OnHost::Destroys(version),
+        }
+    } else if location.exists() {
+        OnHost::Writes
+    } else {
+        OnHost::Missing
+    }
+}
+
+/// The option that lets a restore's server replay creations over existing directories.
+pub const OVERWRITE_OPTION: &str = "--overwrite-tablespaces";
+
+/// Checks the creations a restore's replay carries out (`found`, with what each does to this
+/// host) before anything is written: refuses (exit 2) one that would remove a directory of
+/// this host's, or whose location is unknown, unless `overwrite`; otherwise says, one line
+/// each, what recovery will do.
+pub fn restore_check(
+    found: &[(TablespaceCreation, OnHost)],
+    overwrite: bool,
+) -> Result<Vec<String>> {
+    let mut said = Vec::new();
+    for (c, host) in found {
+        let what = describe(c);
+        let before = format!("--target-lsn {} (or earlier)", c.prev);
+        let line = match host {
+            OnHost::Destroys(version) if !overwrite => {
+                return Err(Error::BadInput(format!(
+                    "the WAL this restore replays creates {what}. The restored server's \
+                     replay of that record takes over {}, which exists on this host (another \
+                     cluster's tablespace, perhaps production's): it writes its files over \
+                     those there (older releases remove the directory first); \
+                     --tablespace-map does not move it. Restore on another host, stop \
+                     before it with {before}, or, if that directory may be destroyed, give \
+                     {OVERWRITE_OPTION}",
+                    version.display()
+                )))
+            }
+            OnHost::Unknown if !overwrite => {
+                return Err(Error::BadInput(format!(
+                    "the WAL this restore replays creates {what}, so pgsnapfs cannot check \
+                     what its replay would remove on this host. Stop before it with \
+                     {before}, or give {OVERWRITE_OPTION} if any directory it names may be \
+                     destroyed"
+                )))
+            }
+            OnHost::Destroys(version) => format!(
+                "replaying {what}, recovery takes over {} and writes over the files there \
+                 ({OVERWRITE_OPTION})",
+                version.display()
+            ),
+            OnHost::Unknown => format!(
+                "replaying {what}, recovery may take over a directory of this host \
+                 ({OVERWRITE_OPTION})"
+            ),
+            OnHost::Own => format!(
+                "replaying {what}, recovery replaces this data directory's own tablespace \
+                 there"
+            ),
+            OnHost::Writes => format!(
+                "replaying {what}, recovery sets that directory's mode to 0700 and creates \
+                 the tablespace in it"
+            ),
+            OnHost::Missing => format!(
+                "replaying {what}: that directory does not exist on this host, and recovery \
+                 stops at that record (\"directory does not exist\") until it is created, \
+                 empty and owned by the server's user; then start the server again"
+            ),
+        };
+        said.push(line);
+    }
+    Ok(said)
+}
+
 /// A host directory hidden from a view's server behind an empty one of the view's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cover {
