@@ -470,6 +470,53 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_is_refused_where_replay_takes_over_a_directory_of_this_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (taken, empty) = (tmp.path().join("taken"), tmp.path().join("empty"));
+        std::fs::create_dir_all(taken.join("PG_15_202209061")).unwrap();
+        std::fs::create_dir(&empty).unwrap();
+        let at = |p: &Path| made(0x3000148, 0x3000110, 16385, Some(p.to_str().unwrap()));
+        let host = |c: &TablespaceCreation, own: bool| on_host(c, "PG_15_202209061", |_, _| own);
+        let missing = tmp.path().join("missing");
+        assert_eq!(
+            host(&at(&taken), false),
+            OnHost::Destroys(taken.join("PG_15_202209061"))
+        );
+        assert_eq!(host(&at(&taken), true), OnHost::Own);
+        assert_eq!(host(&at(&empty), false), OnHost::Writes);
+        assert_eq!(host(&at(&missing), false), OnHost::Missing);
+        assert_eq!(host(&made(1, 0, 1, None), false), OnHost::Unknown);
+
+        let destroys = (at(&taken), host(&at(&taken), false));
+        let e = restore_check(std::slice::from_ref(&destroys), false).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let m = e.to_string();
+        for part in [
+            "oid 16385",
+            "0/3000148",
+            "PG_15_202209061",
+            "--target-lsn 0/3000110",
+            "another host",
+            OVERWRITE_OPTION,
+        ] {
+            assert!(m.contains(part), "{part}: {m}");
+        }
+        let unknown = (made(1, 0, 1, None), OnHost::Unknown);
+        assert!(restore_check(std::slice::from_ref(&unknown), false).is_err());
+        let fine = [
+            (at(&empty), OnHost::Writes),
+            (at(&missing), OnHost::Missing),
+            (at(&taken), OnHost::Own),
+        ];
+        let said = restore_check(&fine, false).unwrap();
+        assert!(said[0].contains("mode to 0700"), "{said:?}");
+        assert!(said[1].contains("does not exist on this host"), "{said:?}");
+        assert!(said[2].contains("own tablespace"), "{said:?}");
+        let said = restore_check(&[destroys, unknown], true).unwrap();
+        assert_eq!(said.len(), 2, "overridden: {said:?}");
+    }
+
+    #[test]
     fn covers_one_directory_per_location_as_root_only() {
         let base = Path::new("/s/tablespaces");
         let found = [
