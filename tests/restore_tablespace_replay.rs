@@ -7,6 +7,8 @@
 //! - With --overwrite-tablespaces it goes ahead, and the restored server really writes over
 //!   the source's files there (PostgreSQL 15 reuses the version directory in recovery; older
 //!   releases remove it): the hazard. The source's rows in it are no longer what it wrote.
+//! - `restore --delta` over the source's own directory goes ahead: the version directory is
+//!   its own tablespace; the server recovers the rows.
 //! - Where the location does not exist, the restore says recovery stops at the record until
 //!   it is created, and the restored server does so.
 
@@ -89,6 +91,20 @@ fn restores_replaying_create_tablespace_over_a_host_directory() {
         "the restored server wrote into the source's tablespace"
     );
     drop(restored);
+
+    // restore --delta over the source itself (an old primary re-seeded): the version
+    // directory is its own tablespace (pg_tblspc links there), so replay may take it over.
+    let data = source.data.to_str().unwrap().to_string();
+    let mut args = vec!["--to", data.as_str(), "--delta"];
+    args.extend_from_slice(&target);
+    repo.run("restore", &args)
+        .assert_ok()
+        .assert_mentions("own tablespace");
+    let mut reseeded = Cluster::start_on(&source.data);
+    reseeded.wait_until_paused();
+    assert_eq!(reseeded.psql(IN_TS), want, "the rows, replayed in place");
+    reseeded.stop();
+    drop(reseeded);
 
     // Where the location does not exist, the restore goes ahead and says what recovery needs.
     std::fs::remove_dir_all(&location).unwrap();
