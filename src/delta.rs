@@ -393,8 +393,10 @@ impl Walker<'_> {
         // The top of a tablespace location may hold other clusters' version directories
         // (PG_<major>_<catversion>, a shared location or pg_upgrade's old one): only the
         // backup's own is touched there.
-        let location_top =
-            rel.starts_with("pg_tblspc/") && !rel["pg_tblspc/".len()..].contains('/');
+        let location_top = rel
+            .strip_prefix("pg_tblspc/")
+            .and_then(|oid| oid.parse::<u32>().ok())
+            .is_some_and(|oid| self.spaces.contains_key(&oid));
         if location_top {
             disk.retain(|name, _| nodes.iter().any(|n| &n.name == name));
         } else {
