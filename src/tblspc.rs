@@ -1,8 +1,9 @@
 //! The tablespace creations a view's replay meets, and keeping their redo off this host.
 //!
 //! PostgreSQL's redo of CREATE TABLESPACE works on the location the record names, on the host
-//! that replays it: chmod 0700, removal of `PG_<major>_<catversion>` there, mkdir, and a link
-//! from pg_tblspc. A view replays archived WAL on whatever host runs it, the production host
+//! that replays it: chmod 0700, `PG_<major>_<catversion>` there made or, if it exists, taken
+//! over (older releases remove it; 15 writes over the files in it), and a link from
+//! pg_tblspc. A view replays archived WAL on whatever host runs it, the production host
 //! included, so before its server starts pgsnapfs knows which creations the replay meets
 //! ([`replayed`], from the segment summaries), and:
 //! - a server pgsnapfs starts itself (`verify`, `dump`, `backup --from-archive`:
@@ -10,6 +11,8 @@
 //!   empty directory of the view's own ([`plan_covers`], `crate::namespace`); `backup
 //!   --from-archive` then stores the covers as the new tablespaces ([`relink_to_covers`]);
 //! - a server someone else starts (`mount`) is refused ([`Policy::Refuse`], [`refusal`]);
+//! - a restored server (`restore`, `restore --delta`) is refused where a version directory
+//!   exists at a location ([`on_host`], [`restore_check`]), unless overridden;
 //! - `wal-fetch` serving a view hands over no segment with a creation that is not covered
 //!   ([`Guard`]): the last line of defence, and the check of segments whose summary predates
 //!   the creations.
