@@ -169,6 +169,7 @@ pub fn run(
         }
     }
     let spaces = restore::locations(snap, opts);
+    restore::refuse_shared_locations(&spaces)?;
     refuse_foreign_tablespaces(&opts.to, &spaces)?;
     if let Some(parent) = opts.to.parent() {
         fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
@@ -389,8 +390,19 @@ impl Walker<'_> {
             // The set-aside pg_control stays until the backup's is in place.
             disk.remove(SET_ASIDE.trim_start_matches("global/"));
         }
-        for path in &foreign {
-            self.remove(path)?;
+        // The top of a tablespace location may hold other clusters' version directories
+        // (PG_<major>_<catversion>, a shared location or pg_upgrade's old one): only the
+        // backup's own is touched there.
+        let location_top = rel
+            .strip_prefix("pg_tblspc/")
+            .and_then(|oid| oid.parse::<u32>().ok())
+            .is_some_and(|oid| self.spaces.contains_key(&oid));
+        if location_top {
+            disk.retain(|name, _| nodes.iter().any(|n| &n.name == name));
+        } else {
+            for path in &foreign {
+                self.remove(path)?;
+            }
         }
         let steps = reconcile(&nodes, &disk);
         for (name, step) in &steps {
@@ -409,8 +421,17 @@ impl Walker<'_> {
                 .then(|| node.name.parse::<u32>().ok())
                 .flatten()
                 .and_then(|oid| self.spaces.get(&oid));
+            // A pg_wal link (WAL on another disk) stays, as pgBackRest keeps it: the
+            // directory it leads to is brought over instead.
+            let wal_link = rel.is_empty()
+                && node.name == "pg_wal"
+                && matches!(node.kind, NodeKind::Dir { .. })
+                && matches!(disk.get("pg_wal"), Some(OnDisk::Link(_)))
+                && path.is_dir();
             match steps.get(&node.name) {
-                Some(Step::Sync { clear: true }) if space.is_none() => self.remove(&path)?,
+                Some(Step::Sync { clear: true }) if space.is_none() && !wal_link => {
+                    self.remove(&path)?
+                }
                 Some(Step::Keep) => continue,
                 _ => {}
             }
@@ -558,9 +579,18 @@ fn open_target(
         .mode(mode)
         .open(&path)
         .map_err(io(format!("open {}", path.display())))?;
-    let meta = file
+    let mut meta = file
         .metadata()
         .map_err(io(format!("stat {}", path.display())))?;
+    let file = if meta.nlink() > 1 {
+        let file = unshare(&path, file)?;
+        meta = file
+            .metadata()
+            .map_err(io(format!("stat {}", path.display())))?;
+        file
+    } else {
+        file
+    };
     if meta.permissions().mode() & 0o7777 != mode {
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io(format!("chmod {}", path.display())))?;
@@ -578,6 +608,31 @@ fn open_target(
         written: AtomicBool::new(false),
         left: AtomicUsize::new(jobs),
     }))
+}
+
+/// A file whose inode has other names (a `pg_upgrade --link` leftover shares it with the
+/// other cluster) is never written in place: its content is copied to a new file that
+/// replaces this name, and that one is opened. A leftover copy of a killed run is a name the
+/// backup lacks, removed by the next.
+fn unshare(path: &Path, file: fs::File) -> Result<fs::File> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".pgsnapfs-unlinked");
+    let tmp = path.with_file_name(name);
+    let mut from = file;
+    let mut to = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(format!("create {}", tmp.display())))?;
+    std::io::copy(&mut from, &mut to).map_err(io(format!("copy {}", path.display())))?;
+    fs::rename(&tmp, path).map_err(io(format!("rename {}", tmp.display())))?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io(format!("open {}", path.display())))
 }
 
 /// Brings one chunk list of a file to the backup's content: each chunk on disk is hashed and

@@ -105,6 +105,28 @@ pub(crate) fn locations(
         .collect()
 }
 
+/// Refuses two tablespaces put at one directory (a --tablespace-map onto another's
+/// location): their files would be written over each other.
+pub(crate) fn refuse_shared_locations(spaces: &HashMap<u32, PathBuf>) -> Result<()> {
+    let mut by_dir: Vec<(PathBuf, u32)> = spaces
+        .iter()
+        .map(|(oid, dir)| (fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()), *oid))
+        .collect();
+    by_dir.sort();
+    for pair in by_dir.windows(2) {
+        if let [(a, x), (b, y)] = pair {
+            if a == b {
+                return Err(Error::BadInput(format!(
+                    "tablespaces {x} and {y} would both be put at {}: map one of them \
+                     elsewhere with --tablespace-map OID=DIR",
+                    a.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The last steps once the files are written: the recovery settings and signal, the data
 /// directory's mode, and everything synced to disk.
 pub(crate) fn settle(
@@ -194,6 +216,7 @@ pub fn run(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> Result<Rest
     let snap = &plan.snapshot;
     check_empty(&opts.to, "restore directory")?;
     let spaces = locations(snap, opts);
+    refuse_shared_locations(&spaces)?;
     for (oid, dest) in &spaces {
         check_empty(dest, &format!("tablespace {oid} location")).map_err(|e| {
             Error::BadInput(format!(

@@ -1,8 +1,9 @@
 //! The tablespace creations a view's replay meets, and keeping their redo off this host.
 //!
 //! PostgreSQL's redo of CREATE TABLESPACE works on the location the record names, on the host
-//! that replays it: chmod 0700, removal of `PG_<major>_<catversion>` there, mkdir, and a link
-//! from pg_tblspc. A view replays archived WAL on whatever host runs it, the production host
+//! that replays it: chmod 0700, `PG_<major>_<catversion>` there made or, if it exists, taken
+//! over (older releases remove it; 15 writes over the files in it), and a link from
+//! pg_tblspc. A view replays archived WAL on whatever host runs it, the production host
 //! included, so before its server starts pgsnapfs knows which creations the replay meets
 //! ([`replayed`], from the segment summaries), and:
 //! - a server pgsnapfs starts itself (`verify`, `dump`, `backup --from-archive`:
@@ -10,6 +11,8 @@
 //!   empty directory of the view's own ([`plan_covers`], `crate::namespace`); `backup
 //!   --from-archive` then stores the covers as the new tablespaces ([`relink_to_covers`]);
 //! - a server someone else starts (`mount`) is refused ([`Policy::Refuse`], [`refusal`]);
+//! - a restored server (`restore`, `restore --delta`) is refused where a version directory
+//!   exists at a location ([`on_host`], [`restore_check`]), unless overridden;
 //! - `wal-fetch` serving a view hands over no segment with a creation that is not covered
 //!   ([`Guard`]): the last line of defence, and the check of segments whose summary predates
 //!   the creations.
@@ -120,6 +123,113 @@ pub fn refusal(c: &TablespaceCreation) -> Error {
         on_this_host(c),
         c.prev
     ))
+}
+
+/// What the replay of one creation does to this host, for a restored server (`restore`,
+/// `restore --delta`), which runs unconfined on the host it is restored on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnHost {
+    /// The location holds the version directory: replay takes it over (older releases
+    /// remove it, current ones create their files in it and write over those there).
+    Destroys(PathBuf),
+    /// The location is the restored directory's own tablespace (`restore --delta` over the
+    /// cluster that made it): replay replaces it, as it should.
+    Own,
+    /// The location exists without the version directory: replay sets its mode to 0700 and
+    /// creates the version directory in it.
+    Writes,
+    /// The location does not exist here: replay stops at the record until it is made.
+    Missing,
+    /// The record's location is not known (it goes on into the next segment).
+    Unknown,
+}
+
+/// What the replay of `c` does to this host (`version_dir`: the backup's
+/// `PG_<major>_<catversion>`; `own`: whether a location is the restored directory's own
+/// tablespace of that oid).
+pub fn on_host(
+    c: &TablespaceCreation,
+    version_dir: &str,
+    own: impl Fn(u32, &Path) -> bool,
+) -> OnHost {
+    let Some(location) = c.location.as_deref().map(Path::new) else {
+        return OnHost::Unknown;
+    };
+    let version = location.join(version_dir);
+    if std::fs::symlink_metadata(&version).is_ok() {
+        match own(c.oid, location) {
+            true => OnHost::Own,
+            false => OnHost::Destroys(version),
+        }
+    } else if location.exists() {
+        OnHost::Writes
+    } else {
+        OnHost::Missing
+    }
+}
+
+/// The option that lets a restore's server replay creations over existing directories.
+pub const OVERWRITE_OPTION: &str = "--overwrite-tablespaces";
+
+/// Checks the creations a restore's replay carries out (`found`, with what each does to this
+/// host) before anything is written: refuses (exit 2) one that would remove a directory of
+/// this host's, or whose location is unknown, unless `overwrite`; otherwise says, one line
+/// each, what recovery will do.
+pub fn restore_check(
+    found: &[(TablespaceCreation, OnHost)],
+    overwrite: bool,
+) -> Result<Vec<String>> {
+    let mut said = Vec::new();
+    for (c, host) in found {
+        let what = describe(c);
+        let before = format!("--target-lsn {} (or earlier)", c.prev);
+        let line = match host {
+            OnHost::Destroys(version) if !overwrite => {
+                return Err(Error::BadInput(format!(
+                    "the WAL this restore replays creates {what}. The restored server's \
+                     replay of that record takes over {}, which exists on this host (another \
+                     cluster's tablespace, perhaps production's): it writes its files over \
+                     those there (older releases remove the directory first); \
+                     --tablespace-map does not move it. Restore on another host, stop \
+                     before it with {before}, or, if that directory may be destroyed, give \
+                     {OVERWRITE_OPTION}",
+                    version.display()
+                )))
+            }
+            OnHost::Unknown if !overwrite => {
+                return Err(Error::BadInput(format!(
+                    "the WAL this restore replays creates {what}, so pgsnapfs cannot check \
+                     what its replay would remove on this host. Stop before it with \
+                     {before}, or give {OVERWRITE_OPTION} if any directory it names may be \
+                     destroyed"
+                )))
+            }
+            OnHost::Destroys(version) => format!(
+                "replaying {what}, recovery takes over {} and writes over the files there \
+                 ({OVERWRITE_OPTION})",
+                version.display()
+            ),
+            OnHost::Unknown => format!(
+                "replaying {what}, recovery may take over a directory of this host \
+                 ({OVERWRITE_OPTION})"
+            ),
+            OnHost::Own => format!(
+                "replaying {what}, recovery replaces this data directory's own tablespace \
+                 there"
+            ),
+            OnHost::Writes => format!(
+                "replaying {what}, recovery sets that directory's mode to 0700 and creates \
+                 the tablespace in it"
+            ),
+            OnHost::Missing => format!(
+                "replaying {what}: that directory does not exist on this host, and recovery \
+                 stops at that record (\"directory does not exist\") until it is created, \
+                 empty and owned by the server's user; then start the server again"
+            ),
+        };
+        said.push(line);
+    }
+    Ok(said)
 }
 
 /// A host directory hidden from a view's server behind an empty one of the view's own.
@@ -360,6 +470,53 @@ mod tests {
             assert!(m.contains(part), "{part}: {m}");
         }
         assert_eq!(refusal(&c).exit_code(), 2);
+    }
+
+    #[test]
+    fn a_restore_is_refused_where_replay_takes_over_a_directory_of_this_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (taken, empty) = (tmp.path().join("taken"), tmp.path().join("empty"));
+        std::fs::create_dir_all(taken.join("PG_15_202209061")).unwrap();
+        std::fs::create_dir(&empty).unwrap();
+        let at = |p: &Path| made(0x3000148, 0x3000110, 16385, Some(p.to_str().unwrap()));
+        let host = |c: &TablespaceCreation, own: bool| on_host(c, "PG_15_202209061", |_, _| own);
+        let missing = tmp.path().join("missing");
+        assert_eq!(
+            host(&at(&taken), false),
+            OnHost::Destroys(taken.join("PG_15_202209061"))
+        );
+        assert_eq!(host(&at(&taken), true), OnHost::Own);
+        assert_eq!(host(&at(&empty), false), OnHost::Writes);
+        assert_eq!(host(&at(&missing), false), OnHost::Missing);
+        assert_eq!(host(&made(1, 0, 1, None), false), OnHost::Unknown);
+
+        let destroys = (at(&taken), host(&at(&taken), false));
+        let e = restore_check(std::slice::from_ref(&destroys), false).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let m = e.to_string();
+        for part in [
+            "oid 16385",
+            "0/3000148",
+            "PG_15_202209061",
+            "--target-lsn 0/3000110",
+            "another host",
+            OVERWRITE_OPTION,
+        ] {
+            assert!(m.contains(part), "{part}: {m}");
+        }
+        let unknown = (made(1, 0, 1, None), OnHost::Unknown);
+        assert!(restore_check(std::slice::from_ref(&unknown), false).is_err());
+        let fine = [
+            (at(&empty), OnHost::Writes),
+            (at(&missing), OnHost::Missing),
+            (at(&taken), OnHost::Own),
+        ];
+        let said = restore_check(&fine, false).unwrap();
+        assert!(said[0].contains("mode to 0700"), "{said:?}");
+        assert!(said[1].contains("does not exist on this host"), "{said:?}");
+        assert!(said[2].contains("own tablespace"), "{said:?}");
+        let said = restore_check(&[destroys, unknown], true).unwrap();
+        assert_eq!(said.len(), 2, "overridden: {said:?}");
     }
 
     #[test]

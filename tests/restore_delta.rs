@@ -5,6 +5,10 @@
 //! fixed, and a second run writes only pg_control. Over the directory itself, a run killed
 //! midway leaves a directory that cannot start; a rerun makes it equal to the copy, and the
 //! server starts with the backup's rows, those of a table in a tablespace included.
+//! Around the directory: two tablespaces mapped to one directory are refused; a file hard
+//! linked from outside (a `pg_upgrade --link` leftover) is replaced, never written through;
+//! another cluster's version directory in the shared tablespace location is left alone; a
+//! `pg_wal` link stays a link, its directory brought over.
 
 mod common;
 
@@ -29,18 +33,22 @@ fn delta_restore_over_an_old_primary() {
     let repo = Repo::init();
     let mut c = Cluster::archiving_to(&repo.spec);
     let location = c.dir().subdir("tablespace", 0o700);
+    let location2 = c.dir().subdir("tablespace2", 0o700);
     c.psql(&format!(
         "CREATE TABLE t(id int PRIMARY KEY, v text);
          CREATE TABLE dropped AS SELECT g AS id FROM generate_series(1, 5000) g;
          CREATE TABLESPACE ts LOCATION '{}';
-         CREATE TABLE in_ts TABLESPACE ts AS SELECT g AS id FROM generate_series(1, 3000) g;",
-        location.display()
+         CREATE TABLE in_ts TABLESPACE ts AS SELECT g AS id FROM generate_series(1, 3000) g;
+         CREATE TABLESPACE ts2 LOCATION '{}';",
+        location.display(),
+        location2.display()
     ));
     fill(&c, 1, 30_000);
     let backup = json_str(&repo.backup(&c), "id");
     let want = c.psql(ROWS);
     let want_dropped = c.psql(DROPPED);
     let want_in_ts = c.psql(IN_TS);
+    let t_file = c.psql("SELECT pg_relation_filepath('t')");
 
     // The cluster runs on: more rows (in the tablespace too), a new table, a dropped one.
     fill(&c, 30_001, 35_000);
@@ -81,10 +89,19 @@ fn delta_restore_over_an_old_primary() {
         .assert_exit(2)
         .assert_mentions("--tablespace-map");
     let oid = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
+    let oid2 = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts2'");
     args.extend([
         "--tablespace-map".into(),
         format!("{oid}={}", other.join("ts").display()),
+        "--tablespace-map".into(),
+        format!("{oid2}={}", other.join("ts").display()),
     ]);
+    // Two tablespaces at one directory would be written over each other.
+    pgsnapfs_as_root(&args)
+        .assert_exit(2)
+        .assert_mentions("would both be put at");
+    args.pop();
+    args.push(format!("{oid2}={}", other.join("ts2").display()));
     pgsnapfs_as_root(&args).assert_ok();
     assert_ne!(fs::read(other.join("global/pg_control")).unwrap(), control);
     assert!(!other.join("global/pg_control.pgsnapfs-delta").exists());
@@ -109,7 +126,47 @@ fn delta_restore_over_an_old_primary() {
         args.extend(["--backup".into(), backup.clone(), "--json".into()]);
         pgsnapfs_as_root(&args).assert_ok().json()
     };
+    // A relation file hard linked from outside, as pg_upgrade --link leaves them.
+    let linked = aside.join("linked-by-another-cluster");
+    fs::hard_link(copy.join(&t_file), &linked).unwrap();
+    let linked_bytes = fs::read(&linked).unwrap();
+    // Another cluster's version directory in the shared tablespace location.
+    let neighbour = location.join("PG_16_202307071/5/16384");
+    fs::create_dir_all(neighbour.parent().unwrap()).unwrap();
+    fs::write(&neighbour, b"another cluster's relation").unwrap();
+    // WAL kept on another disk: pg_wal a link.
+    let wal = aside.join("wal");
+    fs::rename(copy.join("pg_wal"), &wal).unwrap();
+    std::os::unix::fs::symlink(&wal, copy.join("pg_wal")).unwrap();
+    let old_wal = fs::read_dir(&wal)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().len() == 24)
+        .count();
+    assert!(old_wal > 0, "the old timeline's WAL is there");
     let first = delta_as_root();
+    assert!(
+        fs::read(&linked).unwrap() == linked_bytes,
+        "nothing written through the hard link"
+    );
+    assert_eq!(fs::metadata(copy.join(&t_file)).unwrap().nlink(), 1);
+    assert_eq!(
+        fs::read(&neighbour).unwrap(),
+        b"another cluster's relation",
+        "the other cluster's version directory is left alone"
+    );
+    assert_eq!(
+        fs::read_link(copy.join("pg_wal")).unwrap(),
+        wal,
+        "pg_wal link kept"
+    );
+    assert_eq!(
+        fs::read_dir(&wal)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().len() == 24)
+            .count(),
+        0,
+        "the old timeline's WAL is gone from the link's directory"
+    );
     let written = json_u64(&first, "bytes_written");
     let size = json_u64(&first, "bytes");
     assert!(
@@ -145,6 +202,10 @@ fn delta_restore_over_an_old_primary() {
         1,
         "recovery.signal: {second}"
     );
+
+    // Back to a pg_wal directory, to compare with the cluster's own below.
+    fs::remove_file(copy.join("pg_wal")).unwrap();
+    fs::rename(&wal, copy.join("pg_wal")).unwrap();
 
     // Over the cluster's own directory, killed after its second file: the directory cannot
     // start; a rerun completes it, equal to the copy (every kill point: crash_injection.rs).

@@ -3,13 +3,16 @@
 use super::{human, parse_action, print_json, progress, GoalArgs};
 use crate::delta::{self, DeltaCounts};
 use crate::error::{Error, Result};
+use crate::pg::layout::tablespace_version_dir;
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::pg::target::TargetAction;
+use crate::pitr::Plan;
 use crate::restore::{self, ArchiveMode, Archiving, RestoreOptions};
 use crate::store::Repository;
+use crate::tblspc;
 use crate::walfetch;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -41,6 +44,11 @@ pub struct Args {
     /// With --delta: replace a directory of another cluster (or not a data directory at all).
     #[arg(long, requires = "delta")]
     pub force: bool,
+    /// Let the restored server's replay of a CREATE TABLESPACE take over the version
+    /// directory (PG_<major>_<catversion>) it finds at the recorded location on this host,
+    /// writing over the files there. Without it, such a restore is refused.
+    #[arg(long)]
+    pub overwrite_tablespaces: bool,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
@@ -96,6 +104,9 @@ pub fn run(
         plan.describe(),
         human(plan.replay_bytes)
     );
+    for line in tablespaces_replayed(repo, &plan, &a)? {
+        eprintln!("pgsnapfs: {line}");
+    }
     let key_options = walfetch::key_options(repo, &pass.source())?;
     if repo.crypto().is_encrypted() && key_options.is_empty() {
         eprintln!(
@@ -201,6 +212,34 @@ pub fn run(
         super::mount::warn_held_locks(repo, &plan, false);
     }
     Ok(())
+}
+
+/// The tablespace creations the restored server's replay carries out on this host (it runs
+/// unconfined): refused where one would remove a directory, else what recovery will do.
+fn tablespaces_replayed(repo: &Repository, plan: &Plan, a: &Args) -> Result<Vec<String>> {
+    let major = plan.snapshot.pg_major;
+    let version = crate::pg::version::major(major).ok_or_else(|| {
+        Error::BadInput(format!(
+            "backup {} is of PostgreSQL {major}, which pgsnapfs does not know",
+            plan.snapshot.id
+        ))
+    })?;
+    let version_dir = tablespace_version_dir(major, version.catalog_version);
+    // With --delta, a link of the directory's own pg_tblspc to the location: its own.
+    let own = |oid: u32, location: &Path| {
+        let link = a.to.join("pg_tblspc").join(oid.to_string());
+        a.delta
+            && std::fs::canonicalize(link)
+                .is_ok_and(|l| std::fs::canonicalize(location).is_ok_and(|p| p == l))
+    };
+    let found: Vec<_> = tblspc::replayed(repo, plan)?
+        .into_iter()
+        .map(|c| {
+            let host = tblspc::on_host(&c, &version_dir, own);
+            (c, host)
+        })
+        .collect();
+    tblspc::restore_check(&found, a.overwrite_tablespaces)
 }
 
 /// Where the restored server's WAL goes once it is started.
