@@ -71,7 +71,8 @@ fn segments_per_id(seg_size: u64) -> u64 {
 }
 
 fn parse_segment(name: &str, seg_size: u64) -> Option<(u32, u64)> {
-    if name.len() != 24 {
+    // Not ASCII: the slices below could cut a character.
+    if name.len() != 24 || !name.is_ascii() {
         return None;
     }
     let tli = hex_u32(&name[0..8])?;
@@ -227,6 +228,19 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn a_name_of_24_bytes_that_is_not_ascii_is_no_segment() {
+        // 8 ASCII bytes, then a 2-byte character across the slice at byte 16.
+        let name = "00000001000000020000000\u{e9}";
+        assert_eq!(name.len(), 25);
+        let name = "0000000100000002000000\u{e9}";
+        assert_eq!(name.len(), 24);
+        assert!(WalFile::parse(name, DEFAULT_SEG_SIZE).is_none());
+        let cut = "000000010000000\u{e9}0000000";
+        assert_eq!(cut.len(), 24);
+        assert!(WalFile::parse(cut, DEFAULT_SEG_SIZE).is_none());
+    }
 
     #[test]
     fn segment_names_depend_on_segment_size() {

@@ -10,7 +10,10 @@
 //!
 //! Everything read is checked against what pgBackRest recorded (the info files' checksums,
 //! each file's SHA-1 and size): a mismatch is [`Error::Corrupt`] naming the file and the
-//! repository object. Encrypted repositories and block-incremental files are refused.
+//! repository object. Encrypted repositories (`cipher`) and block-incremental files
+//! (`block`, pgBackRest 2.45's format) are read. Lengths, sizes and names read from the
+//! repository are checked before they are used: damage is an error, never a panic, a loop or
+//! an unbounded allocation.
 
 pub mod block;
 pub mod cipher;

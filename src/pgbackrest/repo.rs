@@ -166,12 +166,32 @@ impl PgbrRepo {
         holder: &str,
         compress: super::compress::Compress,
         file: &File,
-    ) -> (PathBuf, u64) {
-        let dir = self.backup_dir().join(holder);
-        match file.bundle {
+    ) -> Result<(PathBuf, u64), Error> {
+        let dir = self.label_dir(holder, file)?;
+        Ok(match file.bundle {
             Some((id, offset)) => (dir.join("bundle").join(id.to_string()), offset),
             None => (dir.join(format!("{}{}", file.name, compress.ext())), 0),
+        })
+    }
+
+    /// The directory of backup `label`, which holds (a part of) `file`: an error if the
+    /// label or the file's name would lead out of it (`..`, `/`), or to another file, which
+    /// the SHA-1 check would then confirm a guess at.
+    fn label_dir(&self, label: &str, file: &File) -> Result<PathBuf, Error> {
+        let parts_ok = |name: &str| {
+            name.split('/')
+                .all(|part| !matches!(part, "" | "." | "..") && !part.contains('\0'))
+        };
+        if !parts_ok(label) || label.contains('/') || !parts_ok(&file.name) {
+            return Err(Error::corrupt(
+                self.object(&self.backup_dir()),
+                format!(
+                    "file {:?} of backup {label:?}: a name that leads out of the backup",
+                    file.name
+                ),
+            ));
         }
+        Ok(self.backup_dir().join(label))
     }
 
     /// A reader of `file`'s content, held by backup `holder` that stores files as `storage`
@@ -198,7 +218,7 @@ impl PgbrRepo {
                 0,
             ));
         };
-        let (path, offset) = self.locate(holder, storage.compress, file);
+        let (path, offset) = self.locate(holder, storage.compress, file)?;
         let object = self.object(&path);
         let mut f = fs::File::open(&path).map_err(|e| match e.kind() {
             ErrorKind::NotFound => Error::Missing {
@@ -251,7 +271,7 @@ impl PgbrRepo {
     ) -> Result<Checked<Box<dyn Read>>, Error> {
         let holder = m.holder(file);
         let (bundle_id, offset) = file.bundle.unwrap_or((0, 0));
-        let path = self.block_object(holder, bundle_id, file);
+        let path = self.block_object(holder, bundle_id, file)?;
         let object = self.object(&path);
         let storage = storages.get(holder).ok_or_else(|| {
             Error::corrupt(&object, format!("{}: unknown backup {holder}", file.name))
@@ -299,7 +319,7 @@ impl PgbrRepo {
             let stored = storages.get(label).cloned().ok_or_else(|| {
                 Error::corrupt(&object, format!("{}: unknown backup {label}", file.name))
             })?;
-            supers.push((self.block_object(label, item.bundle_id, file), stored));
+            supers.push((self.block_object(label, item.bundle_id, file)?, stored));
         }
         let reader = BlockReader {
             root: self.root.clone(),
@@ -325,12 +345,12 @@ impl PgbrRepo {
 
     /// The object holding super blocks of `file` written by backup `label`: a bundle, or
     /// (bundle id 0) the file's own `.pgbi` object.
-    fn block_object(&self, label: &str, bundle_id: u64, file: &File) -> PathBuf {
-        let dir = self.backup_dir().join(label);
-        match bundle_id {
+    fn block_object(&self, label: &str, bundle_id: u64, file: &File) -> Result<PathBuf, Error> {
+        let dir = self.label_dir(label, file)?;
+        Ok(match bundle_id {
             0 => dir.join(format!("{}.pgbi", file.name)),
             id => dir.join("bundle").join(id.to_string()),
-        }
+        })
     }
 
     fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
@@ -699,6 +719,18 @@ mod tests {
         };
         let e = repo.open_file("F", &storage, &unchecked).err().unwrap();
         assert!(e.to_string().contains("no checksum"), "{e}");
+        // A name leading out of the backup is refused, before anything is opened.
+        let escaping = File {
+            name: "pg_data/../../../../etc/passwd".into(),
+            ..file(&good, None)
+        };
+        let e = repo.open_file("F", &storage, &escaping).err().unwrap();
+        assert!(e.to_string().contains("leads out"), "{e}");
+        let e = repo
+            .open_file("../F", &storage, &file(&good, None))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("leads out"), "{e}");
         // A bundle offset and length past the object's end: refused before reading.
         let past = File {
             repo_size: 1 << 40,
