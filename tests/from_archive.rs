@@ -17,9 +17,12 @@ use std::path::Path;
 use std::process::Command;
 
 /// `backup --from-archive` as root (it mounts a view), with libpq pointed nowhere: it must
-/// not need the server.
+/// not need the server. Its work directories go below the repository's own [`work_dir`], so
+/// that a test sees only its own.
 fn from_archive(repo: &Repo, args: &[&str]) -> Run {
-    let mut all = repo.args("backup", &["--from-archive", "--json"]);
+    let work = work_dir(repo);
+    let mut all = repo.args("backup", &["--from-archive", "--json", "--work-dir"]);
+    all.push(work.display().to_string());
     all.extend(args.iter().map(|a| a.to_string()));
     let mut cmd = Command::new(pgsnapfs_bin());
     cmd.args(&all)
@@ -286,13 +289,23 @@ fn backups_from_the_archive_replay_chain_and_refuse_gaps() {
         .assert_mentions(&missing);
     from_archive(&repo, &["--target-lsn", &past]).assert_mentions(&missing);
     assert_eq!(repo.list().len(), 3);
-    assert!(no_work_dirs_left(), "a work directory was left behind");
+    assert!(no_work_dirs_left(&repo), "a work directory was left behind");
     eprintln!("from_archive: {:.1}s", started.elapsed().as_secs_f64());
 }
 
-/// Whether `backup --from-archive` removed its work directories from the temp directory.
-fn no_work_dirs_left() -> bool {
-    std::fs::read_dir(std::env::temp_dir())
+/// Where [`from_archive`] runs with `repo` keep their work directories: like /tmp (sticky,
+/// writable by all), as the view's server runs as postgres there.
+fn work_dir(repo: &Repo) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = repo.path.parent().unwrap_or(&repo.path).join("fa-work");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
+/// Whether `backup --from-archive` removed its work directories.
+fn no_work_dirs_left(repo: &Repo) -> bool {
+    std::fs::read_dir(work_dir(repo))
         .map(|rd| {
             rd.flatten().all(|e| {
                 !e.file_name().to_string_lossy().starts_with("pgsnapfs-fa.")
